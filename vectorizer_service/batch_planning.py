@@ -1,0 +1,47 @@
+"""Grouping sequences into model batches by a token budget counted before the forward pass."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+def plan_batches(lengths: Sequence[int], patches: Sequence[int], *, token_budget: int, max_items: int,
+                 patch_budget: int | None = None) -> list[list[int]]:
+    """Index groups, longest first, so that rows of a batch have similar lengths.
+
+    A batch's cost is its padded size (rows x longest row); vision patches have their own
+    budget because the vision tower runs on them before the language model. A sequence larger
+    than the budget gets a batch of its own rather than an error: the budget is a throughput
+    knob, the per-item maximum length is the limit.
+    """
+    patch_budget = patch_budget if patch_budget is not None else 4 * token_budget
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0
+    used_patches = 0
+    for i in order:
+        new_width = max(width, lengths[i])
+        fits = (
+            current
+            and len(current) < max_items
+            and new_width * (len(current) + 1) <= token_budget
+            and used_patches + patches[i] <= patch_budget
+        )
+        if current and not fits:
+            batches.append(current)
+            current, width, used_patches = [], 0, 0
+            new_width = lengths[i]
+        current.append(i)
+        width = new_width
+        used_patches += patches[i]
+    if current:
+        batches.append(current)
+    return batches
+
+
+def padding_ratio(lengths: Sequence[int], batches: list[list[int]]) -> float:
+    """Share of padded positions in the planned batches (0 = no padding)."""
+    padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
+    real = sum(lengths)
+    return 0.0 if padded == 0 else 1.0 - real / padded

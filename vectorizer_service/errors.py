@@ -1,0 +1,67 @@
+"""The project's error types: every refusal names the item and the reason."""
+
+from __future__ import annotations
+
+
+class QvlError(Exception):
+    """Base class of the errors qvl raises on purpose."""
+
+
+class InputError(QvlError):
+    """Bad input: the caller must change the request (gRPC INVALID_ARGUMENT, HTTP 400/413/422).
+
+    ``item`` is the index of the offending item in its request (None when the request as a
+    whole is wrong); ``part`` names the part inside the item, e.g. ``"image 1"``.
+    """
+
+    def __init__(self, reason: str, *, item: int | None = None, part: str | None = None,
+                 status: int = 400) -> None:
+        self.reason = reason
+        self.item = item
+        self.part = part
+        self.status = status
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.item is not None:
+            where.append(f"item {self.item}")
+        if self.part:
+            where.append(self.part)
+        return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+    def at(self, item: int | None = None, part: str | None = None) -> InputError:
+        """The same error, placed at an item (and part) of a request."""
+        return InputError(
+            self.reason,
+            item=self.item if item is None else item,
+            part=part if part is not None else self.part,
+            status=self.status,
+        )
+
+    def __reduce__(self):  # picklable across process pools
+        return (_rebuild_input_error, (self.reason, self.item, self.part, self.status))
+
+
+def _rebuild_input_error(reason: str, item: int | None, part: str | None, status: int) -> InputError:
+    return InputError(reason, item=item, part=part, status=status)
+
+
+class OverloadedError(QvlError):
+    """The bounded queue is full (gRPC RESOURCE_EXHAUSTED, HTTP 503)."""
+
+
+class UnavailableError(QvlError):
+    """The service is starting or draining (gRPC UNAVAILABLE, HTTP 503)."""
+
+
+class DeadlineError(QvlError):
+    """The caller's deadline passed before the work could be done."""
+
+
+class CancelledError(QvlError):
+    """The caller went away; the work was dropped."""
+
+
+class ComputeError(QvlError):
+    """The model failed on an item that was accepted (gRPC INTERNAL, HTTP 500)."""

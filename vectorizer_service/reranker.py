@@ -1,0 +1,97 @@
+"""The reranker: sigmoid(h_last . (W[yes] - W[no])) for each query/document pair."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import InputError, QvlError
+from .items import Item
+from .model_loading import Checkpoint
+from .preprocess import DecodedItem, Encoded
+from .sequence_model import SequenceModel
+from .settings import Settings
+
+
+@dataclass
+class RerankResult:
+    """Scores in document order (None where that document failed) and the ranking, best first."""
+
+    scores: list[float | None]
+    ranking: list[int]
+    errors: dict[int, QvlError] = field(default_factory=dict)
+
+
+def rank(scores: Sequence[float | None], top_k: int | None) -> list[int]:
+    order = sorted((i for i, s in enumerate(scores) if s is not None),
+                   key=lambda i: (-(scores[i] or 0.0), i))
+    return order[:top_k] if top_k is not None else order
+
+
+class Reranker(SequenceModel):
+    what = "pair"
+
+    def __init__(self, ckpt: Checkpoint, settings: Settings) -> None:
+        if ckpt.score_vector is None:
+            raise ValueError("the reranker needs a checkpoint loaded with its score head")
+        super().__init__(ckpt, settings, settings.rerank_max_length)
+        self.score_vector = ckpt.score_vector
+
+    def decode_query(self, query: Item) -> DecodedItem:
+        """The query decoded once for all its pairs; a bad query fails the whole request."""
+        try:
+            return self.pre.decode(query)
+        except InputError as exc:
+            raise InputError(exc.reason, part="query" + (f" {exc.part}" if exc.part else ""),
+                             status=exc.status) from None
+
+    def decode_documents(self, documents: Sequence[Item]) -> list[DecodedItem | QvlError]:
+        out: list[DecodedItem | QvlError] = []
+        for i, doc in enumerate(documents):
+            try:
+                out.append(self.pre.decode(doc))
+            except InputError as exc:
+                out.append(exc.at(item=i))
+        return out
+
+    def pairs(self, query: DecodedItem, documents: Sequence[DecodedItem | QvlError],
+              instruction: str | None) -> list[Encoded | QvlError]:
+        """One sequence per document, in document order."""
+        prompts, slots = [], []
+        out: list[Encoded | QvlError | None] = []
+        for i, doc in enumerate(documents):
+            if isinstance(doc, QvlError):
+                out.append(doc)
+                continue
+            prompts.append(self.pre.rerank_prompt(query, doc, instruction))
+            slots.append(i)
+            out.append(None)
+        for i, enc in zip(slots, self.pre.finish(prompts), strict=True):
+            out[i] = enc.at(item=i) if isinstance(enc, InputError) else enc
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def forward(self, batch: Sequence[Encoded]) -> list[float]:
+        return torch.sigmoid(self.last_hidden(batch) @ self.score_vector).cpu().tolist()
+
+    def check_request(self, n_documents: int, top_k: int | None) -> None:
+        if top_k is not None and top_k < 1:
+            raise InputError(f"top_k must be at least 1, got {top_k}")
+        if n_documents > self.settings.max_rerank_documents:
+            raise InputError(f"{n_documents} documents, over the limit of "
+                             f"{self.settings.max_rerank_documents}", status=413)
+
+    def rerank(self, query: Item, documents: Sequence[Item], *, instruction: str | None = None,
+               top_k: int | None = None) -> RerankResult:
+        """Score every document against the query (the in-process path)."""
+        self.check_request(len(documents), top_k)
+        prepared = self.pairs(self.decode_query(query), self.decode_documents(documents), instruction)
+        return result_from_rows(self.run_ok(prepared), top_k)
+
+
+def result_from_rows(rows: Sequence[float | QvlError], top_k: int | None) -> RerankResult:
+    scores = [None if isinstance(r, QvlError) else float(r) for r in rows]
+    errors = {i: r for i, r in enumerate(rows) if isinstance(r, QvlError)}
+    return RerankResult(scores=scores, ranking=rank(scores, top_k), errors=errors)

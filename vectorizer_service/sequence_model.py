@@ -1,0 +1,74 @@
+"""What the embedder and the reranker share: one forward pass over planned, isolated batches."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from .batch_planning import plan_batches
+from .errors import ComputeError, QvlError
+from .model_loading import Checkpoint
+from .preprocess import Encoded, Preprocessor, collate
+from .settings import Settings
+
+log = logging.getLogger("qvl.model")
+
+
+class SequenceModel:
+    """A Qwen3-VL base model read at each sequence's last real token."""
+
+    what = "sequence"
+
+    def __init__(self, ckpt: Checkpoint, settings: Settings, max_length: int) -> None:
+        self.ckpt = ckpt
+        self.settings = settings
+        self.pre = Preprocessor(ckpt.processor, settings, max_length)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.ckpt.hidden_size
+
+    def last_hidden(self, batch: Sequence[Encoded]) -> torch.Tensor:
+        """Final hidden state at each row's last real token (right padding)."""
+        proc = self.ckpt.processor
+        inputs, last = collate(list(batch), self.pre.pad_id, proc.image_token_id, proc.video_token_id,
+                               self.ckpt.device)
+        hidden = self.ckpt.model(**inputs, use_cache=False).last_hidden_state
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+
+    def forward(self, batch: Sequence[Encoded]) -> list[Any]:
+        raise NotImplementedError
+
+    def forward_isolating(self, batch: Sequence[Encoded]) -> list[Any]:
+        """``forward``, but a failing batch is split so one bad sequence fails alone."""
+        try:
+            return self.forward(batch)
+        except Exception as exc:
+            if len(batch) == 1:
+                log.exception("forward failed", extra={"model": self.what})
+                return [ComputeError(f"the model failed on this {self.what}: {exc}")]
+            mid = len(batch) // 2
+            return self.forward_isolating(batch[:mid]) + self.forward_isolating(batch[mid:])
+
+    def plan(self, encoded: Sequence[Encoded]) -> list[list[int]]:
+        return plan_batches([e.length for e in encoded], [e.vision_patches for e in encoded],
+                            token_budget=self.settings.batch_tokens, max_items=self.settings.max_batch_items)
+
+    def run(self, encoded: Sequence[Encoded]) -> list[Any]:
+        """Forward many sequences in planned batches; results (or errors) in input order."""
+        out: list[Any] = [None] * len(encoded)
+        for group in self.plan(encoded):
+            for i, row in zip(group, self.forward_isolating([encoded[i] for i in group]), strict=True):
+                out[i] = row
+        return out
+
+    def run_ok(self, prepared: Sequence[Encoded | QvlError]) -> list[Any]:
+        """``run`` over the prepared sequences that are not errors; errors pass through in place."""
+        ok = [i for i, p in enumerate(prepared) if isinstance(p, Encoded)]
+        out: list[Any] = list(prepared)
+        for i, row in zip(ok, self.run([prepared[i] for i in ok]), strict=True):  # type: ignore[misc]
+            out[i] = row
+        return out

@@ -1,0 +1,124 @@
+"""One settings object for every entry point: defaults < settings file < ``QVL_*`` env < CLI flags."""
+
+from __future__ import annotations
+
+import contextvars
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+# Qwen3-VL's reference constants (factor 32 = patch 16 x spatial merge 2).
+IMAGE_FACTOR = 32
+DEFAULT_EMBED_INSTRUCTION = "Represent the user's input."
+DEFAULT_QUERY_INSTRUCTION = "Retrieve images or text relevant to the user's query."
+DEFAULT_RERANK_INSTRUCTION = "Given a search query, retrieve relevant candidates that answer the query."
+
+_settings_file: contextvars.ContextVar[Path | None] = contextvars.ContextVar("qvl_settings_file", default=None)
+
+
+class Profile(BaseModel):
+    """A named set of per-collection options, selectable through the URL (``/profiles/{name}/...``)."""
+
+    instruction: str | None = None
+    query_instruction: str | None = None
+    dimensions: int | None = None
+    encoding: Literal["float32", "float16", "int8", "binary"] = "float32"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="QVL_", extra="forbid", validate_default=True)
+
+    # Models
+    embedding_model: str | None = Field(None, description="Embedding checkpoint: directory or hub id")
+    reranker_model: str | None = Field(None, description="Reranker checkpoint: directory or hub id")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    embed_max_length: int = Field(8192, ge=64, description="Embedding tokens per item; longer text is cut")
+    rerank_max_length: int = Field(10240, ge=64, description="Reranker tokens per pair; longer text is cut")
+    default_instruction: str = DEFAULT_EMBED_INSTRUCTION
+    query_instruction: str = DEFAULT_QUERY_INSTRUCTION
+    rerank_instruction: str = DEFAULT_RERANK_INSTRUCTION
+
+    # Media: model-side sizes (the reference's), then hard limits checked before decoding.
+    image_min_pixels: int = 4 * IMAGE_FACTOR * IMAGE_FACTOR
+    image_max_pixels: int = 1800 * IMAGE_FACTOR * IMAGE_FACTOR
+    video_fps: float = Field(1.0, gt=0)
+    video_max_frames: int = Field(64, ge=2)
+    video_total_pixels: int = 10 * 768 * IMAGE_FACTOR * IMAGE_FACTOR
+    max_source_image_pixels: int = Field(64_000_000, description="Refuse larger images before decoding")
+    max_video_seconds: float = Field(3600.0, description="Refuse longer videos before decoding")
+    max_video_source_frames: int = Field(200_000, description="Refuse videos with more frames")
+    max_video_frame_pixels: int = Field(33_177_600, description="Refuse videos with larger frames (8K)")
+    max_media_bytes: int = Field(64 * 1024 * 1024, description="Largest single image or video")
+    max_images_per_item: int = 32
+    max_videos_per_item: int = 4
+    max_text_chars: int = Field(200_000, description="Longest text part; tokens past the max length are cut")
+    max_items_per_request: int = 1024
+    max_rerank_documents: int = 1000
+
+    # Batching
+    batch_tokens: int = Field(16384, ge=256, description="Token budget of one model batch (padded)")
+    max_batch_items: int = Field(64, ge=1)
+    max_wait_ms: float = Field(4.0, ge=0, description="How long a batch waits for company")
+    queue_max_items: int = Field(2048, ge=1, description="Items waiting; more is refused at once")
+    preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+    request_timeout_s: float = Field(120.0, gt=0, description="Default deadline when the caller sets none")
+
+    # Serving
+    host: str = "0.0.0.0"
+    grpc_port: int = 50051
+    http_port: int = 8080
+    token: str | None = Field(None, description="Bearer token required on gRPC and HTTP when set")
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    max_request_bytes: int = Field(128 * 1024 * 1024, description="Largest gRPC message / HTTP body")
+    drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight work")
+    allow_uri_schemes: list[str] = Field(default_factory=list, description="e.g. ['file'] (off by default)")
+    allow_uri_roots: list[str] = Field(default_factory=list, description="file roots / URL prefixes")
+    warmup: bool = True
+    profiles: dict[str, Profile] = Field(default_factory=dict)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"
+
+    @field_validator("allow_uri_schemes", "allow_uri_roots", mode="before")
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        path = _settings_file.get()
+        if path is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=path))
+        return tuple(sources)
+
+    @classmethod
+    def load(cls, settings_file: str | Path | None = None, **overrides: Any) -> Settings:
+        """Build settings; ``overrides`` (CLI flags) that are None are ignored."""
+        path = settings_file or os.environ.get("QVL_SETTINGS_FILE")
+        if path is not None and not Path(path).is_file():
+            raise FileNotFoundError(f"settings file not found: {path}")
+        token = _settings_file.set(Path(path) if path else None)
+        try:
+            return cls(**{k: v for k, v in overrides.items() if v is not None})
+        finally:
+            _settings_file.reset(token)
