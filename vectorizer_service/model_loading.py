@@ -72,27 +72,35 @@ def load_checkpoint(path: str, settings: Settings, *, with_score_head: bool = Fa
         log.info("loading checkpoint", extra={"path": path, "device": str(device), "dtype": str(dtype),
                                               "attention": attention})
         processor = AutoProcessor.from_pretrained(path)
-        score_vector = None
         if with_score_head:
-            full = Qwen3VLForConditionalGeneration.from_pretrained(path, dtype=dtype, attn_implementation=attention)
-            vocab = processor.tokenizer.get_vocab()
-            if "yes" not in vocab or "no" not in vocab:
-                raise ValueError(f"{path}: the tokenizer has no 'yes'/'no' tokens; not a Qwen3-VL reranker")
-            weight = full.lm_head.weight.detach()
-            score_vector = (weight[vocab["yes"]] - weight[vocab["no"]]).float().clone()
-            model = full.model
-            del full  # drops the LM head when it is not tied to the embeddings
+            model: Any = Qwen3VLForConditionalGeneration.from_pretrained(
+                path, dtype=dtype, attn_implementation=attention)
         else:
             model = Qwen3VLModel.from_pretrained(path, dtype=dtype, attn_implementation=attention)
-        model.to(device).eval()
-        model.requires_grad_(False)
-        ckpt = Checkpoint(
-            path=path, model=model, processor=processor, device=device, dtype=dtype, attention=attention,
-            hidden_size=int(model.config.text_config.hidden_size),
-            score_vector=score_vector.to(device) if score_vector is not None else None,
-        )
+        ckpt = wrap_model(path, model, processor, device=device, with_score_head=with_score_head)
         # A reranker checkpoint serves embeddings too when the same path is asked for both.
         _cache[key] = ckpt
         if with_score_head:
             _cache.setdefault((path, False), ckpt)
         return ckpt
+
+
+def wrap_model(path: str, model: Any, processor: Any, *, device: torch.device,
+               with_score_head: bool) -> Checkpoint:
+    """A ``Checkpoint`` from a loaded or freshly built model (full model when a score head is wanted)."""
+    score_vector = None
+    if with_score_head:
+        vocab = processor.tokenizer.get_vocab()
+        if "yes" not in vocab or "no" not in vocab:
+            raise ValueError(f"{path}: the tokenizer has no 'yes'/'no' tokens; not a Qwen3-VL reranker")
+        weight = model.lm_head.weight.detach()
+        score_vector = (weight[vocab["yes"]] - weight[vocab["no"]]).float().clone()
+        model = model.model  # the LM head is dropped where it is not tied to the embeddings
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return Checkpoint(
+        path=path, model=model, processor=processor, device=device, dtype=next(model.parameters()).dtype,
+        attention=str(model.config._attn_implementation),
+        hidden_size=int(model.config.text_config.hidden_size),
+        score_vector=score_vector.to(device) if score_vector is not None else None,
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import Literal
 
@@ -62,3 +63,13 @@ def encode_vector(raw: np.ndarray, *, dimensions: int | None = None, encoding: s
     if encoding == "binary":
         return EncodedVector(np.packbits(vec > 0), encoding, dims)
     raise InputError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
+
+
+def vector_json(vec: EncodedVector) -> dict[str, object]:
+    """JSON form: float encodings as a list, int8 and binary packed as base64 (with int8's scale)."""
+    if vec.encoding in ("float32", "float16"):
+        return {"embedding": [round(float(x), 7) for x in vec.values]}
+    out: dict[str, object] = {"embedding_b64": base64.b64encode(vec.values.tobytes()).decode("ascii")}
+    if vec.scale is not None:
+        out["scale"] = vec.scale
+    return out

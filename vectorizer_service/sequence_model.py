@@ -36,6 +36,9 @@ class SequenceModel:
         proc = self.ckpt.processor
         inputs, last = collate(list(batch), self.pre.pad_id, proc.image_token_id, proc.video_token_id,
                                self.ckpt.device)
+        # Right padding + causal attention: real tokens never see the pads that follow them, so no
+        # padding mask is needed and attention takes its fast causal path (rows stay independent).
+        inputs.pop("attention_mask")
         hidden = self.ckpt.model(**inputs, use_cache=False).last_hidden_state
         return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
 
