@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.support.postgres import PostgresServer
 from tests.support.weaviate import WeaviateServer
+from vectorizer_service.runtime import Models, load_models
+from vectorizer_service.settings import Settings
 
 
 @pytest.fixture(scope="session")
@@ -21,3 +24,23 @@ def weaviate_server() -> Iterator[WeaviateServer]:
     """A plain Weaviate with no modules enabled (vectors are supplied by the caller)."""
     with WeaviateServer() as server:
         yield server
+
+
+FIXTURES = Path(__file__).parent / "fixtures"
+TINY = FIXTURES / "tiny-qwen3-vl"
+
+
+@pytest.fixture(scope="session")
+def fixtures_dir() -> Path:
+    return FIXTURES
+
+
+@pytest.fixture(scope="session")
+def tiny_settings() -> Settings:
+    return Settings(embedding_model=str(TINY), reranker_model=str(TINY), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def models(tiny_settings: Settings) -> Models:
+    """The real transformers Qwen3-VL classes on the tiny fixture checkpoint (random weights)."""
+    return load_models(tiny_settings)

@@ -28,23 +28,39 @@ def _model_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", "-o", help="JSON lines to write (default: standard output)")
 
 
-def _open(path: str | None, mode: str, default: IO[str]) -> IO[str]:
-    return default if path in (None, "-") else open(path, mode, encoding="utf-8")
+def _open_out(path: str | None) -> IO[str]:
+    return sys.stdout if path in (None, "-") else open(path, "w", encoding="utf-8")
 
 
-def _chunks(stream: IO[str]) -> Iterator[list[str]]:
-    chunk: list[str] = []
-    for line in stream:
-        if line.strip():
-            chunk.append(line)
-            if len(chunk) >= CHUNK:
-                yield chunk
-                chunk = []
+def _open_in(path: str | None) -> IO[bytes]:
+    """Bytes, so that one line of bad UTF-8 is that line's error, not the end of the run."""
+    return sys.stdin.buffer if path in (None, "-") else open(path, "rb")
+
+
+def _lines(stream: IO[bytes]) -> Iterator[str | InputError]:
+    for raw in stream:
+        if not raw.strip():
+            continue
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield InputError(f"line is not valid UTF-8 (byte {exc.start})")
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[list[str | InputError]]:
+    chunk: list[str | InputError] = []
+    for line in _lines(stream):
+        chunk.append(line)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
     if chunk:
         yield chunk
 
 
-def _parse_line(line: str, base: str, parse: Any) -> Any:
+def _parse_line(line: str | InputError, base: str, parse: Any) -> Any:
+    if isinstance(line, InputError):
+        raise line
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
@@ -69,7 +85,7 @@ def cmd_embed(args: argparse.Namespace) -> int:
     base = os.getcwd()
     failed = 0
     progress = Progress("embedded items")
-    with _open(args.input, "r", sys.stdin) as src, _open(args.output, "w", sys.stdout) as dst:
+    with _open_in(args.input) as src, _open_out(args.output) as dst:
         for lines in _chunks(src):
             parsed: list[Item | InputError] = []
             for line in lines:
@@ -120,8 +136,8 @@ def cmd_rerank(args: argparse.Namespace) -> int:
     base = os.getcwd()
     failed = 0
     progress = Progress("reranked queries")
-    with _open(args.input, "r", sys.stdin) as src, _open(args.output, "w", sys.stdout) as dst:
-        for line in (ln for ln in src if ln.strip()):
+    with _open_in(args.input) as src, _open_out(args.output) as dst:
+        for line in _lines(src):
             try:
                 query, docs, instruction = _parse_line(line, base, _rerank_request)
                 result = reranker.rerank(query, docs, instruction=instruction or args.instruction,

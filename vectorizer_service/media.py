@@ -124,6 +124,7 @@ def sample_frame_list(frames: list[Any], max_frames: int) -> list[Any]:
 
 
 def decode_video(src: VideoSource, settings: Settings, what: str = "video") -> DecodedVideo:
+    """A video file's sampled frames, or a frame list (subsampled to the frame limit)."""
     if isinstance(src, list | tuple):
         if not src:
             raise InputError(f"{what} has no frames")
@@ -141,10 +142,15 @@ def decode_video(src: VideoSource, settings: Settings, what: str = "video") -> D
 
 def _decode_video_file(data: bytes, settings: Settings, what: str) -> DecodedVideo:
     try:
-        container = av.open(io.BytesIO(data), mode="r", metadata_errors="ignore")
-    except Exception as exc:
-        raise InputError(f"{what} is not a decodable video container: {exc}") from None
-    with container:
+        return _decode_container(data, settings, what)
+    except InputError:
+        raise
+    except Exception as exc:  # FFmpeg reports damage through many exception types
+        raise InputError(f"{what} is not a decodable video (truncated or corrupt): {exc}") from None
+
+
+def _decode_container(data: bytes, settings: Settings, what: str) -> DecodedVideo:
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
         if container.format.name not in VIDEO_FORMATS:
             raise InputError(f"{what} container {container.format.name!r} is not supported "
                              "(MP4, MOV, WebM, MKV or GIF)")
@@ -163,8 +169,10 @@ def _decode_video_file(data: bytes, settings: Settings, what: str) -> DecodedVid
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         if rate <= 0:
             rate = total / seconds if seconds else 1.0
-        indices = _sample_indices(total, rate, settings)
-        frames = _decode_frames(container, stream, indices, what)
+    indices = _sample_indices(total, rate, settings)
+    # A second pass decodes only up to the last wanted frame (demuxing consumed the first).
+    with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
+        frames = _decode_frames(container, container.streams.video[0], indices, what)
     video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
     meta = {"fps": rate, "frames_indices": indices, "total_num_frames": total}
     return DecodedVideo(frames=video, metadata=meta)
@@ -181,18 +189,11 @@ def _duration_seconds(container: Any, stream: Any) -> float | None:
 def _count_frames(container: Any, stream: Any, settings: Settings, what: str) -> int:
     """Frames counted from packets, without decoding; stops past the limit."""
     total = 0
-    try:
-        for packet in container.demux(stream):
-            if packet.size:
-                total += 1
-                if total > settings.max_video_source_frames:
-                    raise InputError(f"{what} has more than {settings.max_video_source_frames} frames",
-                                     status=413)
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"{what} is truncated or corrupt: {exc}") from None
-    container.seek(0)
+    for packet in container.demux(stream):
+        if packet.size:
+            total += 1
+            if total > settings.max_video_source_frames:
+                raise InputError(f"{what} has more than {settings.max_video_source_frames} frames", status=413)
     return total
 
 

@@ -11,10 +11,12 @@ import torch
 from .batch_planning import plan_batches
 from .errors import ComputeError, QvlError
 from .model_loading import Checkpoint
+from .prefix_sharing import forward_with_prefix, shared_prefix, vision_spans
 from .preprocess import Encoded, Preprocessor, collate
 from .settings import Settings
 
 log = logging.getLogger("qvl.model")
+MIN_SHARED_PREFIX = 16
 
 
 class SequenceModel:
@@ -34,6 +36,15 @@ class SequenceModel:
     def last_hidden(self, batch: Sequence[Encoded]) -> torch.Tensor:
         """Final hidden state at each row's last real token (right padding)."""
         proc = self.ckpt.processor
+        if len(batch) > 1 and self.settings.share_prefix:
+            spans = [vision_spans(e, proc.image_token_id, proc.video_token_id, self.pre.merge_length)
+                     for e in batch]
+            prefix = shared_prefix(batch, spans)
+            shortest = min(e.length for e in batch)
+            # Worth it when the prefix is a real share of the work, not a handful of tokens.
+            if prefix >= MIN_SHARED_PREFIX and prefix * 4 >= shortest:
+                return forward_with_prefix(self.ckpt.model, batch, spans, prefix, self.pre.pad_id,
+                                           proc.image_token_id, proc.video_token_id, self.ckpt.device)
         inputs, last = collate(list(batch), self.pre.pad_id, proc.image_token_id, proc.video_token_id,
                                self.ckpt.device)
         # Right padding + causal attention: real tokens never see the pads that follow them, so no

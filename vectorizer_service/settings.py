@@ -70,6 +70,7 @@ class Settings(BaseSettings):
     max_batch_items: int = Field(64, ge=1)
     max_wait_ms: float = Field(4.0, ge=0, description="How long a batch waits for company")
     queue_max_items: int = Field(2048, ge=1, description="Items waiting; more is refused at once")
+    share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")
     preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
     request_timeout_s: float = Field(120.0, gt=0, description="Default deadline when the caller sets none")
 

@@ -18,6 +18,8 @@ from . import workloads
 from .models import bench_checkpoint, bench_settings
 from .reference_style import ReferenceStyle
 
+# A rerank request carries 32 documents (what Weaviate sends at most per call).
+DOCS_PER_QUERY = 32
 # Default sizes (items) per scenario: small on CPU, GPU-sized elsewhere.
 SIZES = {
     "embed-text": (256, 4096), "embed-image": (32, 1024), "embed-video": (8, 128),
@@ -48,7 +50,7 @@ def _workload(scenario: str, n: int, seed: int) -> tuple[list[dict[str, Any]], l
         return [{"images": [b]} for b in workloads.jpeg_images(n, seed=seed)], None
     if scenario == "embed-video":
         return [{"videos": [v]} for v in workloads.mp4_videos(n, frames=16, seed=seed)], None
-    queries = [{"texts": [t]} for t in workloads.texts(max(1, n // 16), 8, 16, seed)]
+    queries = [{"texts": [t]} for t in workloads.texts(max(1, n // DOCS_PER_QUERY), 8, 16, seed)]
     if scenario == "rerank-text":
         docs = [{"texts": [t]} for t in workloads.texts(n, 18, 22, seed + 1)]
     else:

@@ -1,0 +1,84 @@
+"""The `qvl` command as a real process."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+FIXTURES = Path(__file__).parents[1] / "fixtures"
+TINY = str(FIXTURES / "tiny-qwen3-vl")
+
+
+def qvl(*args: str, stdin: bytes = b"", cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run([sys.executable, "-m", "vectorizer_service.cli", *args], input=stdin,
+                          capture_output=True, cwd=cwd, timeout=300)
+
+
+def test_embed_lines_in_order_with_a_bad_line(tmp_path: Path) -> None:
+    lines = [
+        {"text": "A woman playing with her dog on a beach at sunset."},
+        {"image": "media/rings_256x256.png", "text": "concentric rings"},
+        {"image": "media/missing.png"},
+        {"video": [f"media/clipA/frame_{i:03d}.png" for i in range(8)]},
+    ]
+    data = b"\n".join(json.dumps(x).encode() for x in lines) + b"\n{not json\n" + b'{"text": "\xff\xfe"}\n'
+    proc = qvl("embed", "--model", TINY, "--dimensions", "32", stdin=data, cwd=FIXTURES)
+    assert proc.returncode == 1, proc.stderr
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert len(out) == 6
+    assert len(out[0]["embedding"]) == 32 and abs(np.linalg.norm(out[0]["embedding"]) - 1) < 1e-4
+    assert "embedding" in out[1] and "embedding" in out[3]
+    assert "cannot read image 0 file" in out[2]["error"]
+    assert "not valid JSON" in out[4]["error"]
+    assert "UTF-8" in out[5]["error"]
+    embed_cases = json.loads((FIXTURES / "parity" / "embed.json").read_text())["cases"]
+    full = qvl("embed", "--model", TINY, stdin=json.dumps(lines[0]).encode(), cwd=FIXTURES)
+    assert float(np.dot(json.loads(full.stdout)["embedding"], embed_cases[0]["embedding"])) > 0.9999
+
+
+def test_embed_binary_and_int8_files(tmp_path: Path) -> None:
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "one"}\n{"text": "two"}\n')
+    for enc in ("binary", "int8"):
+        dst = tmp_path / f"{enc}.jsonl"
+        proc = qvl("embed", "-m", TINY, "--encoding", enc, "-i", str(src), "-o", str(dst))
+        assert proc.returncode == 0, proc.stderr
+        rows = [json.loads(x) for x in dst.read_text().splitlines()]
+        assert len(rows) == 2 and all("embedding_b64" in r for r in rows)
+        assert ("scale" in rows[0]) == (enc == "int8")
+
+
+def test_rerank_lines() -> None:
+    case = json.loads((FIXTURES / "parity" / "rerank.json").read_text())["cases"][0]["input"]
+    proc = qvl("rerank", "--model", TINY, "--top-k", "2", stdin=json.dumps(case).encode(), cwd=FIXTURES)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    np.testing.assert_allclose(out["scores"], [0.356574, 0.3913851, 0.3669699, 0.3483074], atol=1e-3)
+    assert out["ranking"] == [1, 2]
+
+
+def test_help_explains_every_flag() -> None:
+    proc = qvl("embed", "--help")
+    text = proc.stdout.decode()
+    for flag in ("--model", "--dimensions", "--encoding", "--instruction", "--batch-tokens", "--input", "--output"):
+        assert flag in text
+
+
+def test_tiny_model_builds_a_loadable_deterministic_checkpoint(tmp_path: Path) -> None:
+    from vectorizer_service.items import Item
+    from vectorizer_service.runtime import load_models
+    from vectorizer_service.settings import Settings
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for d in (a, b):
+        assert qvl("tiny-model", str(d)).returncode == 0
+    assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    models = load_models(Settings(embedding_model=str(a), reranker_model=str(a), device="cpu"))
+    assert models.embedder is not None and models.reranker is not None
+    [vec] = models.embedder.embed([Item(texts=["hello"])])
+    assert vec.values.shape == (64,)  # type: ignore[union-attr]
+    assert 0.0 < models.reranker.rerank(Item(texts=["q"]), [Item(texts=["d"])]).scores[0] < 1.0  # type: ignore[operator]
