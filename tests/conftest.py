@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.postgres import PostgresServer
+from tests.support.service import ServiceProcess
 from tests.support.weaviate import WeaviateServer
 from vectorizer_service.runtime import Models, load_models
 from vectorizer_service.settings import Settings
@@ -44,3 +45,10 @@ def tiny_settings() -> Settings:
 def models(tiny_settings: Settings) -> Models:
     """The real transformers Qwen3-VL classes on the tiny fixture checkpoint (random weights)."""
     return load_models(tiny_settings)
+
+
+@pytest.fixture(scope="session")
+def service() -> Iterator[ServiceProcess]:
+    """`qvl serve` on the tiny fixture (both models), shared by the tests that only call it."""
+    with ServiceProcess() as proc:
+        yield proc

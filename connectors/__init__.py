@@ -1,0 +1,1 @@
+"""Connectors: the Python client of the qvl service and the Postgres and Weaviate integrations."""

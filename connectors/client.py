@@ -1,0 +1,343 @@
+"""The Python client of the qvl gRPC API (sync ``Client`` and asyncio ``AsyncClient``).
+
+Items are dicts: ``{"text": str | [str], "image": bytes | [bytes], "video": bytes,
+"frames": [bytes], "image_uri": str | [str], "video_uri": str, "instruction": str}``, or a
+plain string for a text item.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import random
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
+
+ItemLike = str | Mapping[str, Any]
+ENCODINGS = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "binary": pb.BINARY}
+TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+MAX_MESSAGE = 256 * 1024 * 1024
+
+
+class QvlClientError(Exception):
+    """A failed call: ``code`` is the gRPC status name, ``index`` the item it concerns (if one)."""
+
+    def __init__(self, message: str, *, code: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.index = index
+
+
+class InvalidInput(QvlClientError):
+    """The request (or the item at ``index``) is bad; retrying will not help."""
+
+
+class TransientError(QvlClientError):
+    """UNAVAILABLE, RESOURCE_EXHAUSTED or DEADLINE_EXCEEDED after the retries: try again later."""
+
+
+class Unauthenticated(QvlClientError):
+    """The service requires a token and this one is missing or wrong."""
+
+
+@dataclass
+class ItemFailure:
+    """A per-item error from ``embed_stream`` (the stream goes on)."""
+
+    index: int
+    message: str
+    code: str
+
+
+@dataclass
+class RerankResult:
+    scores: np.ndarray  # document order; NaN where a document failed
+    ranking: list[tuple[int, float]]  # (index, score), best first
+    errors: dict[int, str] = field(default_factory=dict)
+
+
+def to_item(item: ItemLike) -> pb.Item:
+    if isinstance(item, pb.Item):
+        return item
+    if isinstance(item, str):
+        return pb.Item(parts=[pb.Part(text=item)])
+    parts: list[pb.Part] = []
+
+    def many(value: Any) -> list[Any]:
+        if value is None:
+            return []
+        return list(value) if isinstance(value, list | tuple) else [value]
+
+    if item.get("video") is not None:
+        parts.append(pb.Part(video=bytes(item["video"])))
+    if item.get("frames") is not None:
+        parts.append(pb.Part(frames=pb.Frames(frames=[bytes(f) for f in item["frames"]])))
+    if item.get("video_uri") is not None:
+        parts.append(pb.Part(video_uri=item["video_uri"]))
+    parts += [pb.Part(image=bytes(b)) for b in many(item.get("image"))]
+    parts += [pb.Part(image_uri=u) for u in many(item.get("image_uri"))]
+    parts += [pb.Part(text=t) for t in many(item.get("text"))]
+    unknown = set(item) - {"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"}
+    if unknown:
+        raise ValueError(f"unknown item keys: {sorted(unknown)}")
+    return pb.Item(parts=parts, instruction=item.get("instruction"))
+
+
+def embedding_array(e: pb.Embedding) -> np.ndarray:
+    """float32/float16 as float arrays, int8 as int8 (scale in ``Client.last_scales``), binary as packed uint8."""
+    if e.encoding == pb.FLOAT32:
+        return np.asarray(e.values, dtype=np.float32)
+    if e.encoding == pb.FLOAT16:
+        return np.frombuffer(e.packed, dtype="<f2").astype(np.float16)
+    if e.encoding == pb.INT8:
+        return np.frombuffer(e.packed, dtype=np.int8).copy()
+    return np.frombuffer(e.packed, dtype=np.uint8).copy()
+
+
+def _options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
+             allow_partial: bool = False) -> pb.EmbedOptions:
+    if encoding not in ENCODINGS:
+        raise ValueError(f"unknown encoding {encoding!r}; expected one of {sorted(ENCODINGS)}")
+    return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
+                           instruction=instruction, allow_partial=allow_partial)
+
+
+def _item_index(message: str) -> int | None:
+    """The service names items as "item N: ..."."""
+    if message.startswith("item "):
+        head = message[5:].split(":", 1)[0].split(",", 1)[0]
+        if head.isdigit():
+            return int(head)
+    return None
+
+
+def _translate(err: grpc.RpcError) -> QvlClientError:
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    message = (err.details() if hasattr(err, "details") else None) or str(err)
+    kind: type[QvlClientError] = QvlClientError
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        kind = InvalidInput
+    elif code in TRANSIENT:
+        kind = TransientError
+    elif code == grpc.StatusCode.UNAUTHENTICATED:
+        kind = Unauthenticated
+    return kind(message, code=code.name, index=_item_index(message))
+
+
+def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
+    return random.uniform(0, min(cap, base * 2 ** attempt))  # full jitter
+
+
+def _rerank_result(resp: pb.RerankResponse) -> RerankResult:
+    return RerankResult(scores=np.asarray(resp.scores, dtype=np.float32),
+                        ranking=[(r.index, r.score) for r in resp.ranking],
+                        errors={e.index: e.message for e in resp.errors})
+
+
+class _Base:
+    def __init__(self, target: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 6,
+                 root_certificates: bytes | None = None, tls: bool = False) -> None:
+        self.target = target
+        self.timeout = timeout
+        self.retries = retries
+        self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
+        self.options = [("grpc.max_send_message_length", MAX_MESSAGE),
+                        ("grpc.max_receive_message_length", MAX_MESSAGE),
+                        ("grpc.keepalive_time_ms", 30_000)]
+        self.credentials = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
+
+
+class Client(_Base):
+    """Blocking client. Retries UNAVAILABLE and RESOURCE_EXHAUSTED with jittered backoff."""
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self.channel = (grpc.secure_channel(target, self.credentials, options=self.options) if self.credentials
+                        else grpc.insecure_channel(target, options=self.options))
+        self.stub = pb_grpc.VectorizerStub(self.channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+            except grpc.RpcError as err:
+                translated = _translate(err)
+                retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                if not retryable or attempt >= self.retries:
+                    raise translated from None
+                time.sleep(_backoff(attempt))
+                attempt += 1
+
+    def info(self) -> pb.InfoResponse:
+        return self._call(self.stub.Info, pb.InfoRequest())
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
+              normalize: bool = True, instruction: str | None = None, timeout: float | None = None) -> np.ndarray:
+        """One row per item (float32 by default; int8 / packed binary as integer arrays)."""
+        request = pb.EmbedRequest(items=[to_item(i) for i in items],
+                                  options=_options(dimensions, encoding, normalize, instruction))
+        resp = self._call(self.stub.Embed, request, timeout)
+        self.last_scales = np.asarray([e.scale for e in resp.embeddings], dtype=np.float32)
+        return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
+
+    def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
+               top_k: int | None = None, allow_partial: bool = False, timeout: float | None = None) -> RerankResult:
+        request = pb.RerankRequest(query=to_item(query), documents=[to_item(d) for d in documents],
+                                   instruction=instruction, top_k=top_k, allow_partial=allow_partial)
+        return _rerank_result(self._call(self.stub.Rerank, request, timeout))
+
+    def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
+                     normalize: bool = True, instruction: str | None = None, max_in_flight: int = 256,
+                     timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
+        """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
+
+        A bad item yields an ``ItemFailure`` and the stream goes on; a failure of the stream
+        itself raises (items not yet answered were not embedded).
+        """
+        options = _options(dimensions, encoding, normalize, instruction)
+        window = threading.Semaphore(max_in_flight)
+        done = threading.Event()
+
+        def requests() -> Iterator[pb.EmbedStreamRequest]:
+            for seq, item in enumerate(items):
+                while not window.acquire(timeout=0.1):
+                    if done.is_set():
+                        return
+                if done.is_set():
+                    return
+                yield pb.EmbedStreamRequest(seq=seq, item=to_item(item), options=options if seq == 0 else None)
+
+        pending: dict[int, np.ndarray | ItemFailure] = {}
+        next_seq = 0
+        call = self.stub.EmbedStream(requests(), timeout=timeout, metadata=self.metadata)
+        try:
+            for result in call:
+                window.release()
+                if result.HasField("error"):
+                    pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code)
+                else:
+                    pending[result.seq] = embedding_array(result.embedding)
+                while next_seq in pending:
+                    yield pending.pop(next_seq)
+                    next_seq += 1
+        except grpc.RpcError as err:
+            raise _translate(err) from None
+        finally:
+            done.set()
+            call.cancel()
+
+
+class AsyncClient(_Base):
+    """asyncio client with the same methods as ``Client``."""
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self.channel = (grpc.aio.secure_channel(target, self.credentials, options=self.options)
+                        if self.credentials else grpc.aio.insecure_channel(target, options=self.options))
+        self.stub = pb_grpc.VectorizerStub(self.channel)
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+            except grpc.RpcError as err:
+                translated = _translate(err)
+                retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
+                if not retryable or attempt >= self.retries:
+                    raise translated from None
+                await asyncio.sleep(_backoff(attempt))
+                attempt += 1
+
+    async def info(self) -> pb.InfoResponse:
+        return await self._call(self.stub.Info, pb.InfoRequest())
+
+    async def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
+                    normalize: bool = True, instruction: str | None = None,
+                    timeout: float | None = None) -> np.ndarray:
+        request = pb.EmbedRequest(items=[to_item(i) for i in items],
+                                  options=_options(dimensions, encoding, normalize, instruction))
+        resp = await self._call(self.stub.Embed, request, timeout)
+        return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
+
+    async def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
+                     top_k: int | None = None, allow_partial: bool = False,
+                     timeout: float | None = None) -> RerankResult:
+        request = pb.RerankRequest(query=to_item(query), documents=[to_item(d) for d in documents],
+                                   instruction=instruction, top_k=top_k, allow_partial=allow_partial)
+        return _rerank_result(await self._call(self.stub.Rerank, request, timeout))
+
+    async def embed_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
+                           dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
+                           instruction: str | None = None, max_in_flight: int = 256,
+                           timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
+        options = _options(dimensions, encoding, normalize, instruction)
+        window = asyncio.Semaphore(max_in_flight)
+
+        async def source() -> AsyncIterator[ItemLike]:
+            if isinstance(items, AsyncIterable):
+                async for it in items:
+                    yield it
+            else:
+                for it in items:
+                    yield it
+
+        async def requests() -> AsyncIterator[pb.EmbedStreamRequest]:
+            seq = 0
+            async for item in source():
+                await window.acquire()
+                yield pb.EmbedStreamRequest(seq=seq, item=to_item(item), options=options if seq == 0 else None)
+                seq += 1
+
+        call = self.stub.EmbedStream(requests(), timeout=timeout, metadata=self.metadata)
+        pending: dict[int, np.ndarray | ItemFailure] = {}
+        next_seq = 0
+        try:
+            async for result in call:
+                window.release()
+                if result.HasField("error"):
+                    pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code)
+                else:
+                    pending[result.seq] = embedding_array(result.embedding)
+                while next_seq in pending:
+                    yield pending.pop(next_seq)
+                    next_seq += 1
+        except grpc.RpcError as err:
+            raise _translate(err) from None
+        finally:
+            call.cancel()
+
+
+def nan_to_none(values: Iterable[float]) -> list[float | None]:
+    return [None if math.isnan(v) else float(v) for v in values]

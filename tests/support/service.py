@@ -1,0 +1,106 @@
+"""`qvl serve` as a real subprocess on free ports, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+from tests.support.ports import free_ports
+
+TINY = Path(__file__).parents[1] / "fixtures" / "tiny-qwen3-vl"
+
+
+class ServiceProcess:
+    """Starts `python -m vectorizer_service.cli serve` with the tiny fixture for both models.
+
+    `env` adds QVL_* settings; `args` adds CLI flags. Ports survive `stop()`, so `start()`
+    brings the service back on the same addresses (used to simulate an outage).
+    """
+
+    def __init__(self, *, embedding_model: str | None = str(TINY), reranker_model: str | None = str(TINY),
+                 env: Mapping[str, str] | None = None, args: Sequence[str] = (), token: str | None = None,
+                 startup_timeout: float = 180.0) -> None:
+        self.grpc_port, self.http_port = free_ports(2)
+        self.embedding_model = embedding_model
+        self.reranker_model = reranker_model
+        self.extra_env = dict(env or {})
+        self.args = list(args)
+        self.token = token
+        self.startup_timeout = startup_timeout
+        self.log_path = Path(tempfile.mkstemp(prefix="qvl-serve-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def http_url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_target(self) -> str:
+        return f"127.0.0.1:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "vectorizer_service.cli", "--log-format", "json", "serve",
+               "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port)]
+        if self.embedding_model:
+            cmd += ["--embedding-model", self.embedding_model]
+        if self.reranker_model:
+            cmd += ["--reranker-model", self.reranker_model]
+        return cmd + self.args
+
+    def start(self, wait: bool = True) -> ServiceProcess:
+        env = {**os.environ, "QVL_DEVICE": "cpu", **self.extra_env}
+        if self.token:
+            env["QVL_TOKEN"] = self.token
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
+                                     cwd=Path(__file__).parents[2])
+        log.close()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def wait_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"qvl serve exited with {self.proc.returncode}:\n{self.log_tail()}")
+            try:
+                with urllib.request.urlopen(f"{self.http_url}/.well-known/ready", timeout=2) as resp:
+                    if resp.status == 204:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            time.sleep(0.2)
+        raise TimeoutError(f"qvl serve not ready after {self.startup_timeout}s:\n{self.log_tail()}")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else None
+        self.proc.send_signal(sig)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return self.proc.wait()
+
+    def log_tail(self, lines: int = 60) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def __enter__(self) -> ServiceProcess:
+        return self.start()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.stop()
