@@ -6,16 +6,20 @@ from collections.abc import Sequence
 
 
 def plan_batches(lengths: Sequence[int], patches: Sequence[int], *, token_budget: int, max_items: int,
-                 patch_budget: int | None = None) -> list[list[int]]:
+                 patch_budget: int | None = None, keys: Sequence[int] | None = None) -> list[list[int]]:
     """Index groups, longest first, so that rows of a batch have similar lengths.
 
     A batch's cost is its padded size (rows x longest row); vision patches have their own
     budget because the vision tower runs on them before the language model. A sequence larger
     than the budget gets a batch of its own rather than an error: the budget is a throughput
-    knob, the per-item maximum length is the limit.
+    knob, the per-item maximum length is the limit. With ``keys``, sequences of one key stay
+    together (a rerank request's pairs share their query as a prefix).
     """
     patch_budget = patch_budget if patch_budget is not None else 4 * token_budget
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    if keys is None:
+        order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    else:
+        order = sorted(range(len(lengths)), key=lambda i: (keys[i], -lengths[i], i))
     batches: list[list[int]] = []
     current: list[int] = []
     width = 0

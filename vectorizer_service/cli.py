@@ -167,6 +167,18 @@ def cmd_tiny_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .server import run
+
+    settings = Settings.load(
+        args.settings, embedding_model=args.embedding_model, reranker_model=args.reranker_model, host=args.host,
+        grpc_port=args.grpc_port, http_port=args.http_port, device=args.device, dtype=args.dtype,
+        batch_tokens=args.batch_tokens, token=args.token,
+    )
+    setup_logging(settings.log_level if args.log_level is None else args.log_level, args.log_format)
+    return run(settings)
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from .bench import run_bench
 
@@ -184,7 +196,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="qvl",
         description="Multimodal retrieval inside Postgres and Weaviate with Qwen3-VL embeddings and reranking.",
     )
-    parser.add_argument("--log-level", default=os.environ.get("QVL_LOG_LEVEL", "INFO"))
+    parser.add_argument("--log-level", default=os.environ.get("QVL_LOG_LEVEL"))
     parser.add_argument("--log-format", choices=["json", "text"], default=os.environ.get("QVL_LOG_FORMAT", "text"))
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -214,6 +226,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_tiny_model)
 
+    p = sub.add_parser("serve", help="serve the models over gRPC and HTTP (Weaviate modules, JSON API)",
+                       description="Every setting is also read from QVL_* environment variables and the "
+                       "settings file; flags win. Either model may be omitted to serve only the other.")
+    p.add_argument("--embedding-model", help="embedding checkpoint (QVL_EMBEDDING_MODEL)")
+    p.add_argument("--reranker-model", help="reranker checkpoint (QVL_RERANKER_MODEL)")
+    p.add_argument("--host", help="bind address (default 0.0.0.0)")
+    p.add_argument("--grpc-port", type=int, help="gRPC port (default 50051)")
+    p.add_argument("--http-port", type=int, help="HTTP port (default 8080)")
+    p.add_argument("--token", help="require this bearer token (QVL_TOKEN; prefer the variable)")
+    p.add_argument("--device", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--dtype", choices=["auto", "float32", "bfloat16", "float16"])
+    p.add_argument("--batch-tokens", type=int, help="token budget of one model batch")
+    p.add_argument("--settings", help="YAML settings file (profiles, limits, ...)")
+    p.set_defaults(func=cmd_serve)
+
     from .bench import add_bench_parser
     add_bench_parser(sub, cmd_bench)
 
@@ -228,7 +255,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level, args.log_format)
+    setup_logging(args.log_level or "INFO", args.log_format)
     try:
         return int(args.func(args) or 0)
     except FileNotFoundError as exc:

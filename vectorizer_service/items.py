@@ -51,10 +51,10 @@ class Item:
             raise InputError(f"{len(self.videos)} videos in one item, over the limit of "
                              f"{settings.max_videos_per_item}", status=413)
         for i, img in enumerate(self.images):
-            if not isinstance(img, bytes | bytearray | str | os.PathLike | Image.Image):
+            if not isinstance(img, bytes | bytearray | str | os.PathLike | Image.Image) and not hasattr(img, "uri"):
                 raise InputError(f"image {i} is {type(img).__name__}; expected bytes, a path or an image")
         for i, vid in enumerate(self.videos):
-            if not isinstance(vid, bytes | bytearray | str | os.PathLike | list | tuple):
+            if not isinstance(vid, bytes | bytearray | str | os.PathLike | list | tuple) and not hasattr(vid, "uri"):
                 raise InputError(f"video {i} is {type(vid).__name__}; expected bytes, a path or frames")
         if self.instruction is not None and not isinstance(self.instruction, str):
             raise InputError("instruction must be a string")

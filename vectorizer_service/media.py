@@ -46,6 +46,10 @@ def read_source(src: bytes | str | os.PathLike, settings: Settings, what: str) -
     """Bytes of a media part, refusing empty and oversized input before reading it all."""
     if isinstance(src, bytes | bytearray | memoryview):
         data = bytes(src)
+    elif hasattr(src, "uri"):  # request_items.UriSource: allow-listed reads only
+        from .uri_access import read_uri
+
+        data = read_uri(src.uri, settings, what)
     else:
         path = os.fspath(src)
         if path.startswith("file://"):

@@ -29,8 +29,8 @@ class Profile(BaseModel):
 
     instruction: str | None = None
     query_instruction: str | None = None
+    rerank_instruction: str | None = None
     dimensions: int | None = None
-    encoding: Literal["float32", "float16", "int8", "binary"] = "float32"
 
 
 class Settings(BaseSettings):
@@ -85,6 +85,9 @@ class Settings(BaseSettings):
     drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight work")
     allow_uri_schemes: list[str] = Field(default_factory=list, description="e.g. ['file'] (off by default)")
     allow_uri_roots: list[str] = Field(default_factory=list, description="file roots / URL prefixes")
+    uri_timeout_s: float = Field(10.0, gt=0, description="Timeout of one allowed http(s) fetch")
+    stream_max_in_flight: int = Field(256, ge=1, description="Items one EmbedStream reads ahead")
+    open_module_routes: bool = Field(False, description="Serve Weaviate's module routes without the token")
     warmup: bool = True
     profiles: dict[str, Profile] = Field(default_factory=dict)
     log_level: str = "INFO"

@@ -1,0 +1,229 @@
+"""The gRPC API (qvl.v1.Vectorizer) on grpc.aio, plus health, reflection and token auth."""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio
+from grpc_reflection.v1alpha import reflection
+
+from . import metrics
+from .batcher import Batcher, CallContext, EmbedOptions
+from .errors import (
+    CancelledError,
+    ComputeError,
+    DeadlineError,
+    InputError,
+    OverloadedError,
+    QvlError,
+    UnavailableError,
+)
+from .info import service_info
+from .proto_gen.qvl.v1 import vectorizer_pb2 as pb
+from .proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
+from .request_items import ENCODING_NAMES, embedding_to_proto, error_code, item_from_proto
+from .settings import Settings
+
+log = logging.getLogger("qvl.grpc")
+SERVICE_NAME = "qvl.v1.Vectorizer"
+
+STATUS = {
+    InputError: grpc.StatusCode.INVALID_ARGUMENT,
+    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
+    UnavailableError: grpc.StatusCode.UNAVAILABLE,
+    DeadlineError: grpc.StatusCode.DEADLINE_EXCEEDED,
+    CancelledError: grpc.StatusCode.CANCELLED,
+    ComputeError: grpc.StatusCode.INTERNAL,
+}
+# Failures of the call rather than of one item: they fail a unary call whatever allow_partial says.
+CALL_FAILURES = (OverloadedError, UnavailableError, DeadlineError, CancelledError)
+
+
+def _options(msg: pb.EmbedOptions) -> EmbedOptions:
+    if msg.encoding not in ENCODING_NAMES:
+        raise InputError(f"unknown encoding {msg.encoding}")
+    return EmbedOptions(
+        dimensions=msg.dimensions if msg.HasField("dimensions") else None,
+        encoding=ENCODING_NAMES[msg.encoding],
+        normalize=msg.normalize if msg.HasField("normalize") else True,
+        instruction=msg.instruction if msg.HasField("instruction") else None,
+    )
+
+
+class AuthInterceptor(grpc.aio.ServerInterceptor):
+    """Requires ``authorization: Bearer <token>`` on every call except health checks."""
+
+    def __init__(self, token: str) -> None:
+        self.expected = f"Bearer {token}".encode()
+
+        async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
+            metrics.ERRORS.labels("unauthenticated").inc()
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+        self.deny_unary = grpc.unary_unary_rpc_method_handler(deny)
+        self.deny_stream = grpc.stream_stream_rpc_method_handler(deny)
+
+    async def intercept_service(self, continuation: Callable[[Any], Awaitable[Any]],
+                                details: grpc.HandlerCallDetails) -> Any:
+        if details.method.startswith("/grpc.health.v1.Health/"):
+            return await continuation(details)
+        given = dict(details.invocation_metadata or ()).get("authorization", "")
+        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self.expected):
+            return await continuation(details)
+        return self.deny_stream if details.method.endswith("/EmbedStream") else self.deny_unary
+
+
+class VectorizerServicer(pb_grpc.VectorizerServicer):
+    def __init__(self, batcher: Batcher, settings: Settings) -> None:
+        self.batcher = batcher
+        self.settings = settings
+
+    def _context(self, context: grpc.aio.ServicerContext) -> CallContext:
+        remaining = context.time_remaining()
+        limit = self.settings.request_timeout_s
+        return CallContext.within(limit if remaining is None else min(remaining, limit))
+
+    async def _fail(self, context: grpc.aio.ServicerContext, endpoint: str, err: QvlError) -> None:
+        code = STATUS.get(type(err), grpc.StatusCode.INTERNAL)
+        metrics.REQUESTS.labels(endpoint, code.name).inc()
+        metrics.ERRORS.labels(code.name.lower()).inc()
+        await context.abort(code, str(err))
+
+    async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
+        started = time.perf_counter()
+        try:
+            options = _options(request.options)
+            items = [item_from_proto(it, i) for i, it in enumerate(request.items)]
+            results = await self.batcher.embed(items, options, self._context(context))
+            errors = [(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]
+            for _, err in errors:
+                if isinstance(err, CALL_FAILURES) or not request.options.allow_partial:
+                    raise err
+        except QvlError as err:
+            await self._fail(context, "grpc.Embed", err)
+            raise AssertionError("unreachable") from None
+        response = pb.EmbedResponse(model=self.batcher.embedder.ckpt.path if self.batcher.embedder else "")
+        for r in results:
+            response.embeddings.append(pb.Embedding() if isinstance(r, QvlError) else embedding_to_proto(r))
+        response.errors.extend(pb.ItemError(index=i, message=str(e), code=error_code(e)) for i, e in errors)
+        metrics.REQUESTS.labels("grpc.Embed", "OK").inc()
+        metrics.LATENCY.labels("grpc.Embed").observe(time.perf_counter() - started)
+        return response
+
+    async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
+        started = time.perf_counter()
+        try:
+            query = item_from_proto(request.query, 0)
+            docs = [item_from_proto(d, i) for i, d in enumerate(request.documents)]
+            top_k = request.top_k if request.HasField("top_k") else None
+            instruction = request.instruction if request.HasField("instruction") else None
+            result = await self.batcher.rerank(query, docs, instruction, top_k, self._context(context))
+            for err in result.errors.values():
+                if isinstance(err, CALL_FAILURES) or not request.allow_partial:
+                    raise err
+        except QvlError as err:
+            await self._fail(context, "grpc.Rerank", err)
+            raise AssertionError("unreachable") from None
+        response = pb.RerankResponse(
+            scores=[math.nan if s is None else s for s in result.scores],
+            ranking=[pb.Ranked(index=i, score=result.scores[i] or 0.0) for i in result.ranking],
+            errors=[pb.ItemError(index=i, message=str(e), code=error_code(e))
+                    for i, e in sorted(result.errors.items())],
+            model=self.batcher.reranker.ckpt.path if self.batcher.reranker else "",
+        )
+        metrics.REQUESTS.labels("grpc.Rerank", "OK").inc()
+        metrics.LATENCY.labels("grpc.Rerank").observe(time.perf_counter() - started)
+        return response
+
+    async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
+        return service_info(self.batcher, self.settings)
+
+    async def EmbedStream(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest],
+                          context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResult]:
+        """Per-item results as they complete; reading ahead is bounded by ``stream_max_in_flight``."""
+        window = asyncio.Semaphore(self.settings.stream_max_in_flight)
+        results: asyncio.Queue[pb.EmbedStreamResult | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+        first_options: list[pb.EmbedOptions] = []
+        ctx = self._context(context)
+
+        async def one(msg: pb.EmbedStreamRequest) -> None:
+            try:
+                opts_msg = msg.options if msg.HasField("options") else first_options[0]
+                item = item_from_proto(msg.item, int(msg.seq))
+                # Streams wait for queue space instead of failing: the window already bounds them.
+                [res] = await self.batcher.embed([item], _options(opts_msg), ctx, wait_for_capacity=True)
+                if isinstance(res, QvlError):
+                    raise res
+                out = pb.EmbedStreamResult(seq=msg.seq, embedding=embedding_to_proto(res))
+            except QvlError as err:
+                message = str(err)
+                if isinstance(err, InputError) and err.item is not None:
+                    message = str(err.at(item=int(msg.seq)))
+                out = pb.EmbedStreamResult(seq=msg.seq, error=pb.ItemError(index=msg.seq, message=message,
+                                                                             code=error_code(err)))
+                metrics.ERRORS.labels(error_code(err).lower()).inc()
+            finally:
+                window.release()
+            await results.put(out)
+
+        async def reader() -> None:
+            try:
+                async for msg in request_iterator:
+                    if not first_options:
+                        first_options.append(msg.options)
+                    await window.acquire()
+                    task = asyncio.create_task(one(msg))
+                    tasks.add(task)
+                    task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                await results.put(None)
+
+        reading = asyncio.create_task(reader())
+        try:
+            while True:
+                out = await results.get()
+                if out is None:
+                    break
+                yield out
+            metrics.REQUESTS.labels("grpc.EmbedStream", "OK").inc()
+        finally:
+            ctx.cancelled = True  # a gone caller's queued items are dropped before compute
+            reading.cancel()
+            for task in list(tasks):
+                task.cancel()
+
+
+async def build_grpc_server(batcher: Batcher, settings: Settings) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+    interceptors = [AuthInterceptor(settings.token)] if settings.token else []
+    server = grpc.aio.server(
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", settings.max_request_bytes),
+                 ("grpc.max_send_message_length", settings.max_request_bytes),
+                 ("grpc.so_reuseport", 0)],
+    )
+    pb_grpc.add_VectorizerServicer_to_server(VectorizerServicer(batcher, settings), server)
+    health = health_aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    await health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+    reflection.enable_server_reflection(
+        (pb.DESCRIPTOR.services_by_name["Vectorizer"].full_name, "grpc.health.v1.Health", reflection.SERVICE_NAME),
+        server)
+    address = f"{settings.host}:{settings.grpc_port}"
+    if settings.tls_cert and settings.tls_key:
+        creds = grpc.ssl_server_credentials([(settings.tls_key.read_bytes(), settings.tls_cert.read_bytes())])
+        server.add_secure_port(address, creds)
+    else:
+        server.add_insecure_port(address)
+    return server, health
