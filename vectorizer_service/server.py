@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import time
+from collections.abc import Iterator
 
 import uvicorn
 from grpc_health.v1 import health_pb2
@@ -22,6 +24,14 @@ WARMUP_IMAGE = (  # a 32x32 grey PNG: warm-up touches the vision tower too
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00 \x00\x00\x00 \x08\x00\x00\x00\x00V\x11%(\x00\x00\x00"
     b"\x12IDATx\x9cc\xb8\x0f\x04\x8c\xa3`\x14\x0cs\x00\x00\xc1\x8c\x1f\xe1\x01\xd9\xc9\x8f\x00\x00\x00\x00IEND\xaeB`\x82"
 )
+
+
+class HttpServer(uvicorn.Server):
+    """uvicorn without its own signal handling: SIGTERM starts our drain, not an immediate exit."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
 
 
 async def warm_up(batcher: Batcher) -> None:
@@ -44,7 +54,7 @@ async def serve(settings: Settings) -> int:
     # Listeners come up first: /ready answers 503 and health NOT_SERVING while the models load.
     batcher = Batcher(None, None, settings)
     app, http_service = build_http_app(batcher, settings)
-    http = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.http_port, log_config=None,
+    http = HttpServer(uvicorn.Config(app, host=settings.host, port=settings.http_port, log_config=None,
                                          access_log=False, timeout_keep_alive=75, lifespan="off"))
     http_task = asyncio.create_task(http.serve())
     grpc_server, health = await build_grpc_server(batcher, settings)

@@ -1,0 +1,225 @@
+"""Deadlines, cancellation, overload, bad input on every entry point, auth, and drain on SIGTERM."""
+
+from __future__ import annotations
+
+import json
+import re
+import signal
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+import httpx
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from connectors.client import Client, InvalidInput, TransientError, Unauthenticated
+from tests.media_factory import image_bytes
+from tests.support.service import ServiceProcess
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
+
+pytestmark = pytest.mark.service
+
+
+def metric(url: str, name: str, **labels: str) -> float:
+    text = httpx.get(f"{url}/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name) and (not want or "{" + want + "}" in line):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.fixture(scope="module")
+def slow_service() -> Iterator[ServiceProcess]:
+    """Batches wait 1.5 s for company and the queue holds 6 items: deadlines and overload show."""
+    with ServiceProcess(env={"QVL_MAX_WAIT_MS": "1500", "QVL_QUEUE_MAX_ITEMS": "6",
+                             "QVL_BATCH_TOKENS": "1000000", "QVL_MAX_BATCH_ITEMS": "512"}) as proc:
+        yield proc
+
+
+def test_deadline_drops_work_before_compute(slow_service: ServiceProcess) -> None:
+    url = slow_service.http_url
+    computed = metric(url, "qvl_items_total", task="embed")
+    with Client(slow_service.grpc_target, retries=0) as c:
+        with pytest.raises(TransientError) as err:
+            c.embed(["too slow for this deadline"], timeout=0.3)
+        assert err.value.code == "DEADLINE_EXCEEDED"
+        time.sleep(1.8)
+        # gRPC cancels the handler when the deadline passes: either way it never reached the model
+        dropped = metric(url, "qvl_dropped_total", reason="deadline") + metric(url, "qvl_dropped_total",
+                                                                               reason="cancelled")
+        assert dropped >= 1
+        assert metric(url, "qvl_items_total", task="embed") == computed
+        assert c.embed(["fine with time to spare"], timeout=30).shape == (1, 64)
+
+
+def test_cancelled_call_is_dropped(slow_service: ServiceProcess) -> None:
+    channel = grpc.insecure_channel(slow_service.grpc_target)
+    stub = pb_grpc.VectorizerStub(channel)
+    before = metric(slow_service.http_url, "qvl_dropped_total", reason="cancelled")
+    future = stub.Embed.future(pb.EmbedRequest(items=[pb.Item(parts=[pb.Part(text="never mind")])]), timeout=30)
+    time.sleep(0.3)
+    future.cancel()
+    time.sleep(1.8)
+    assert metric(slow_service.http_url, "qvl_dropped_total", reason="cancelled") >= before + 1
+    channel.close()
+
+
+def test_overload_is_refused_at_once_and_service_stays_healthy(slow_service: ServiceProcess) -> None:
+    def grpc_call(_: int) -> str:
+        with Client(slow_service.grpc_target, retries=0) as c:
+            try:
+                c.embed(["a", "b"], timeout=30)
+                return "OK"
+            except TransientError as err:
+                return err.code
+
+    def http_call(_: int) -> tuple[int, str | None]:
+        r = httpx.post(f"{slow_service.http_url}/v1/embed", json={"items": ["a", "b"]}, timeout=30)
+        return r.status_code, r.headers.get("retry-after")
+
+    started = time.monotonic()
+    with ThreadPoolExecutor(16) as pool:
+        g = pool.map(grpc_call, range(8))
+        h = pool.map(http_call, range(8))
+        grpc_codes, http_codes = list(g), list(h)
+    assert "RESOURCE_EXHAUSTED" in grpc_codes
+    assert "OK" in grpc_codes or any(code == 200 for code, _ in http_codes)
+    assert any(code == 503 and retry == "1" for code, retry in http_codes)
+    assert time.monotonic() - started < 10
+    assert httpx.get(f"{slow_service.http_url}/.well-known/ready").status_code == 204
+    with Client(slow_service.grpc_target) as c:
+        assert c.embed(["after the storm"]).shape == (1, 64)
+
+
+def test_memory_stays_flat_under_sustained_overload(slow_service: ServiceProcess) -> None:
+    assert slow_service.proc is not None
+    pid = slow_service.proc.pid
+
+    def rss() -> int:
+        with open(f"/proc/{pid}/status") as fh:
+            return int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)) * 1024  # type: ignore[union-attr]
+
+    big = image_bytes("PNG", (640, 480))
+
+    def flood(_: int) -> None:
+        for _ in range(5):
+            httpx.post(f"{slow_service.http_url}/v1/embed",
+                       json={"items": [{"image": __import__("base64").b64encode(big).decode()}] * 3}, timeout=30)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(flood, range(8)))
+    first = rss()
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(flood, range(8)))
+    second = rss()
+    assert second < 1.5 * 1024**3
+    assert second - first < 150 * 1024**2, (first, second)
+
+
+BAD_IMAGE = b"this is not an image"
+
+
+def test_bad_input_on_every_grpc_entry_point(service: ServiceProcess) -> None:
+    with Client(service.grpc_target) as c:
+        with pytest.raises(InvalidInput) as err:
+            c.embed(["ok", {"image": BAD_IMAGE}])
+        assert err.value.index == 1 and "not a recognised image" in str(err.value)
+        with pytest.raises(InvalidInput, match="dimensions"):
+            c.embed(["ok"], dimensions=8)
+        with pytest.raises(InvalidInput, match="item 1"):
+            c.rerank("q", ["a", {"image": BAD_IMAGE}])
+        partial = c.rerank("q", ["a", {"image": BAD_IMAGE}], allow_partial=True)
+        assert partial.errors and 1 in partial.errors and partial.ranking[0][0] == 0
+        with pytest.raises(InvalidInput, match="URI scheme"):
+            c.embed([{"image_uri": "file:///etc/passwd"}])
+        with pytest.raises(InvalidInput, match="reserved token"):
+            c.embed(["sneaky <|image_pad|>"])
+        results = list(c.embed_stream(["a", {"image": BAD_IMAGE}, {"video": b"\x00" * 10}, "d"]))
+        assert [type(r).__name__ for r in results] == ["ndarray", "ItemFailure", "ItemFailure", "ndarray"]
+        assert results[1].index == 1 and "item 1" in results[1].message  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(("path", "body", "status", "needle"), [
+    ("/v1/embed", {"items": [{"image": "@@@"}]}, 400, "base64"),
+    ("/v1/embed", {"items": [{"image": "aGVsbG8="}]}, 400, "not a recognised image"),
+    ("/v1/embed", {"items": ["a"], "dimensions": 4096}, 400, "dimensions"),
+    ("/v1/embed", {"items": ["a"], "encoding": "int4"}, 422, "encoding"),
+    ("/v1/embed", {"items": [{"colour": "red"}]}, 400, "unknown item keys"),
+    ("/v1/embed", {"itemz": []}, 422, "items"),
+    ("/v1/rerank", {"query": "q", "documents": ["a", {"video": "aGVsbG8="}]}, 400, "item 1"),
+    ("/v1/rerank", {"query": "q", "documents": ["a"], "top_k": 0}, 422, "top_k"),
+    ("/vectorize", {"texts": ["a"], "images": ["not base64!"]}, 400, "base64"),
+    ("/vectorize", {"thermal": ["AAAA"]}, 422, "thermal"),
+    ("/vectors", {"config": {}}, 422, "text"),
+    ("/rerank", {"query": "q"}, 422, "documents"),
+])
+def test_bad_input_on_every_http_entry_point(service: ServiceProcess, path: str, body: dict, status: int,
+                                             needle: str) -> None:
+    resp = httpx.post(service.http_url + path, content=json.dumps(body), timeout=30)
+    assert resp.status_code == status, resp.text
+    assert needle in resp.json()["error"]
+
+
+def test_http_body_limit_and_unknown_routes(service: ServiceProcess) -> None:
+    # A terabyte announced: refused from the header, before any body is read.
+    with socket.create_connection(("127.0.0.1", service.http_port), timeout=10) as sock:
+        sock.sendall(b"POST /v1/embed HTTP/1.1\r\nHost: x\r\nContent-Length: 1099511627776\r\n\r\n")
+        reply = b""
+        while b'"error"' not in reply and (chunk := sock.recv(65536)):
+            reply += chunk
+        reply = reply.decode()
+    assert reply.startswith("HTTP/1.1 413") and '"error"' in reply
+    missing = httpx.get(service.http_url + "/nowhere")
+    assert missing.status_code == 404 and "error" in missing.json()
+
+
+def test_token_is_required_when_configured() -> None:
+    with ServiceProcess(token="s3cret", env={"QVL_OPEN_MODULE_ROUTES": "true"}) as svc:
+        with Client(svc.grpc_target, retries=0) as anonymous, pytest.raises(Unauthenticated):
+            anonymous.embed(["a"])
+        with Client(svc.grpc_target, token="wrong", retries=0) as wrong, pytest.raises(Unauthenticated):
+            wrong.embed(["a"])
+        with Client(svc.grpc_target, token="s3cret") as good:
+            assert good.embed(["a"]).shape == (1, 64)
+        channel = grpc.insecure_channel(svc.grpc_target)  # health stays open for probes
+        status = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service="qvl.v1.Vectorizer"))
+        assert status.status == health_pb2.HealthCheckResponse.SERVING
+        channel.close()
+        assert httpx.post(svc.http_url + "/v1/embed", json={"items": ["a"]}).status_code == 401
+        ok = httpx.post(svc.http_url + "/v1/embed", json={"items": ["a"]}, headers={"Authorization": "Bearer s3cret"})
+        assert ok.status_code == 200
+        assert httpx.get(svc.http_url + "/metrics").status_code == 401
+        assert httpx.get(svc.http_url + "/.well-known/ready").status_code == 204
+        # Weaviate cannot send a token; the operator opened the module routes explicitly.
+        assert httpx.post(svc.http_url + "/vectorize", json={"texts": ["a"]}).status_code == 200
+
+
+def test_sigterm_drains_in_flight_work() -> None:
+    svc = ServiceProcess(env={"QVL_MAX_WAIT_MS": "2000", "QVL_BATCH_TOKENS": "1000000", "QVL_DRAIN_SECONDS": "20"})
+    svc.start()
+    results: dict[str, object] = {}
+
+    def in_flight() -> None:
+        with Client(svc.grpc_target, retries=0) as c:
+            results["vec"] = c.embed(["finish me"], timeout=30)
+
+    worker = threading.Thread(target=in_flight)
+    worker.start()
+    time.sleep(0.5)  # the request waits in its batch
+    assert svc.proc is not None
+    svc.proc.send_signal(signal.SIGTERM)
+    time.sleep(0.3)
+    assert httpx.get(svc.http_url + "/.well-known/ready").status_code == 503
+    with Client(svc.grpc_target, retries=0) as late, pytest.raises(TransientError) as err:
+        late.embed(["too late"], timeout=5)
+    assert err.value.code == "UNAVAILABLE"
+    worker.join(timeout=30)
+    assert results["vec"].shape == (1, 64)  # type: ignore[attr-defined]
+    assert svc.proc.wait(timeout=30) == 0
+    assert '"stopped"' in svc.log_tail() and '"drained": true' in svc.log_tail()
