@@ -1,0 +1,31 @@
+"""Weaviate with qvl as the model behind its modules, plus joint-embedding ingestion and search.
+
+- ``collections``: ``create_collection`` wires multi2vec-clip / multi2vec-bind /
+  text2vec-transformers and reranker-transformers to the service.
+- ``ingest`` / ``search``: joint embeddings of all of an object's fields (a named vector).
+- ``local_server``: a throwaway Weaviate server (tests, benchmark, demo).
+"""
+
+from connectors.weaviate.collections import (
+    JOINT_VECTOR,
+    MODULE_VECTOR,
+    CollectionError,
+    collection_fields,
+    create_collection,
+    service_path,
+)
+from connectors.weaviate.ingest import IngestError, ingest
+from connectors.weaviate.search import SearchError, search
+
+__all__ = [
+    "JOINT_VECTOR",
+    "MODULE_VECTOR",
+    "CollectionError",
+    "IngestError",
+    "SearchError",
+    "collection_fields",
+    "create_collection",
+    "ingest",
+    "search",
+    "service_path",
+]

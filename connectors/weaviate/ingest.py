@@ -1,0 +1,155 @@
+"""Joint-embedding ingestion: each object's text, images and video embedded as ONE Qwen3-VL item.
+
+Weaviate's modules embed every field apart and average the vectors; a joint embedding lets
+the model see caption and picture together. ``ingest`` streams the items to qvl over gRPC
+(``EmbedStream``: the service batches them), then inserts the objects with Weaviate's batch
+API, the embedding stored as the collection's ``joint`` named vector.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import logging
+import time
+import uuid as uuidlib
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
+
+import numpy as np
+from weaviate.collections import Collection
+
+from connectors.client import Client, ItemFailure
+from connectors.weaviate.collections import JOINT_VECTOR, collection_fields
+from vectorizer_service.logs import Progress
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
+
+log = logging.getLogger("qvl.weaviate.ingest")
+
+ProgressFn = Callable[[int, int | None], None]
+
+
+class IngestError(ValueError):
+    """An object could not be turned into an item; the message names the object and field."""
+
+
+def media_bytes(value: bytes | str, *, what: str) -> bytes:
+    """Raw bytes of a media value given as bytes or as (standard) base64 text."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    try:
+        return base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise IngestError(f"{what} is not valid base64") from None
+
+
+def media_b64(value: bytes | str) -> str:
+    """The base64 text Weaviate stores in a ``blob`` property."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    return value
+
+
+def _many(value: Any) -> list[Any]:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def object_item(obj: Mapping[str, Any], fields: Mapping[str, list[str]], *, index: int = 0) -> pb.Item:
+    """One Qwen3-VL item from an object's fields: videos, images, then texts (field-name order)."""
+    parts: list[pb.Part] = []
+    for field in fields.get("video", []):
+        for v in _many(obj.get(field)):
+            parts.append(pb.Part(video=media_bytes(v, what=f"object {index}: video field {field!r}")))
+    for field in fields.get("image", []):
+        for v in _many(obj.get(field)):
+            parts.append(pb.Part(image=media_bytes(v, what=f"object {index}: image field {field!r}")))
+    for field in fields.get("text", []):
+        for v in _many(obj.get(field)):
+            if not isinstance(v, str):
+                raise IngestError(f"object {index}: text field {field!r} holds {type(v).__name__}, not str")
+            parts.append(pb.Part(text=v))
+    return pb.Item(parts=parts)
+
+
+def weaviate_properties(obj: Mapping[str, Any], fields: Mapping[str, list[str]]) -> dict[str, Any]:
+    """The object as Weaviate stores it: media fields as base64 text, the rest unchanged."""
+    media = set(fields.get("image", [])) | set(fields.get("video", []))
+    return {k: (media_b64(v) if k in media and v is not None else v) for k, v in obj.items()}
+
+
+def ingest(
+    collection: Collection,
+    objects: Iterable[Mapping[str, Any]],
+    *,
+    qvl: Client,
+    instruction: str | None = None,
+    dimensions: int | None = None,
+    fields: Mapping[str, list[str]] | None = None,
+    batch_size: int = 64,
+    max_in_flight: int = 256,
+    total: int | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, Any]:
+    """Embed each object's fields as one item with qvl and insert it with its ``joint`` vector.
+
+    ``objects`` are property dicts (media as bytes or base64); ``fields`` maps "text",
+    "image", "video" to property names (default: read from the collection). ``instruction``
+    and ``dimensions`` go to qvl (``search`` must use the same ``dimensions``). A bad object
+    (unreadable media, a Weaviate refusal) is reported and the others go on. Returns
+    ``{"inserted", "failed": [{"index", "stage", "error"}], "uuids" (input order, None where it
+    failed), "seconds", "objects_per_s"}``.
+    """
+    fields = dict(fields) if fields is not None else collection_fields(collection)
+    started = time.monotonic()
+    failed: list[dict[str, Any]] = []
+    pending: deque[tuple[int, Mapping[str, Any]]] = deque()  # objects whose embedding is on its way
+    uuids: dict[int, str] = {}
+    seen = 0
+    meter = Progress(f"ingested objects into {collection.name}", total, logger=log)
+
+    def items() -> Iterator[pb.Item]:
+        nonlocal seen
+        for index, obj in enumerate(objects):
+            seen = index + 1
+            try:
+                item = object_item(obj, fields, index=index)
+            except IngestError as exc:
+                failed.append({"index": index, "stage": "read", "error": str(exc)})
+                continue
+            pending.append((index, obj))
+            yield item
+
+    done = 0
+    with collection.batch.fixed_size(batch_size=batch_size, concurrent_requests=2) as batch:
+        for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
+                                       max_in_flight=max_in_flight):
+            index, obj = pending.popleft()
+            if isinstance(result, ItemFailure):
+                failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
+            else:
+                object_id = str(uuidlib.uuid4())
+                uuids[index] = object_id
+                batch.add_object(properties=weaviate_properties(obj, fields), uuid=object_id,
+                                 vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()})
+            done += 1
+            meter.advance()
+            if progress is not None:
+                progress(done, total)
+    by_uuid = {u: i for i, u in uuids.items()}
+    for failure in collection.batch.failed_objects:
+        index = by_uuid.get(str(failure.original_uuid), -1)
+        uuids.pop(index, None)
+        failed.append({"index": index, "stage": "insert", "error": f"object {index}: {failure.message}"})
+    meter.finish()
+    seconds = time.monotonic() - started
+    failed.sort(key=lambda f: f["index"])
+    return {
+        "inserted": len(uuids),
+        "failed": failed,
+        "uuids": [uuids.get(i) for i in range(seen)],
+        "seconds": round(seconds, 3),
+        "objects_per_s": round(len(uuids) / seconds, 2) if seconds > 0 else None,
+    }
