@@ -1,5 +1,7 @@
 """A throwaway single-node Weaviate server (the pinned binary), for tests, the benchmark and the demo.
 
+(``vectorizer_service.local_service.ServiceProcess`` is its counterpart for ``qvl serve``.)
+
 ``module_env(service_url)`` gives the environment that wires Weaviate's four modules to a
 running ``qvl serve``; ``WeaviateServer(env=module_env(...))`` starts it on free ports.
 """
@@ -9,21 +11,20 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping, Sequence
-from contextlib import ExitStack
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from typing import IO
 
 import weaviate
 from weaviate.classes.init import AdditionalConfig, Timeout
+
+from vectorizer_service.local_service import free_ports
 
 DEFAULT_WEAVIATE_BIN = "/opt/qvl/weaviate-v1.39.0/weaviate-server"
 SETUP_HINT = "run `make setup` (scripts/setup.sh) to build it"
@@ -33,17 +34,6 @@ MODULES = ("multi2vec-clip", "multi2vec-bind", "text2vec-transformers", "reranke
 
 def weaviate_binary() -> Path:
     return Path(os.environ.get("QVL_WEAVIATE_BIN", DEFAULT_WEAVIATE_BIN))
-
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports that were free a moment ago (all held until every one is chosen)."""
-    with ExitStack() as stack:
-        ports = []
-        for _ in range(count):
-            sock = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            sock.bind(("127.0.0.1", 0))
-            ports.append(sock.getsockname()[1])
-        return ports
 
 
 def module_env(service_url: str, *, client_timeout: str = "120s", modules: tuple[str, ...] = MODULES) -> dict[str, str]:
@@ -248,79 +238,3 @@ def connect(server: WeaviateServer, *, timeout_s: float = 300.0) -> weaviate.Wea
         additional_config=AdditionalConfig(timeout=Timeout(init=30, query=timeout_s, insert=timeout_s)),
     )
 
-
-class ServiceProcess:
-    """``qvl serve`` as a subprocess on free ports (the benchmark's own service; tests have theirs).
-
-    Ports survive ``stop()``, so ``start()`` brings the service back on the same addresses.
-    """
-
-    def __init__(self, *, embedding_model: str, reranker_model: str | None = None,
-                 env: Mapping[str, str] | None = None, args: Sequence[str] = (),
-                 startup_timeout: float = 300.0) -> None:
-        self.grpc_port, self.http_port = free_ports(2)
-        self.embedding_model = embedding_model
-        self.reranker_model = reranker_model
-        self.extra_env = dict(env or {})
-        self.args = list(args)
-        self.startup_timeout = startup_timeout
-        self.log_path = Path(tempfile.mkstemp(prefix="qvl-serve-", suffix=".log")[1])
-        self._process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
-
-    @property
-    def grpc_target(self) -> str:
-        return f"127.0.0.1:{self.grpc_port}"
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "vectorizer_service.cli", "--log-format", "json", "serve",
-               "--host", "127.0.0.1", "--grpc-port", str(self.grpc_port), "--http-port", str(self.http_port),
-               "--embedding-model", self.embedding_model]
-        if self.reranker_model:
-            cmd += ["--reranker-model", self.reranker_model]
-        return cmd + self.args
-
-    def start(self) -> ServiceProcess:
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                             env={**os.environ, **self.extra_env}, stdin=subprocess.DEVNULL)
-        deadline = time.monotonic() + self.startup_timeout
-        while time.monotonic() < deadline:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"qvl serve exited with {self._process.returncode}:\n{self.log_tail()}")
-            try:
-                with urllib.request.urlopen(f"{self.http_url}/.well-known/ready", timeout=2) as resp:
-                    if 200 <= resp.status < 300:
-                        return self
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"qvl serve not ready after {self.startup_timeout:.0f} s:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 60.0) -> None:
-        process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no service log)"
-
-    def __enter__(self) -> ServiceProcess:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
