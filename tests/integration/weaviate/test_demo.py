@@ -1,0 +1,25 @@
+"""The Weaviate part of `qvl demo`, against the shared service (it starts its own Weaviate)."""
+
+from __future__ import annotations
+
+import pytest
+
+from connectors.weaviate.demo import run_weaviate_demo, sample_pictures
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+
+
+def test_weaviate_demo_prints_and_returns_rows(qvl_service: ServiceProcess) -> None:
+    lines: list[str] = []
+    rows = run_weaviate_demo(qvl_service.http_url, qvl_service.grpc_target, k=3, out=lines.append)
+    kinds = [r["kind"] for r in rows]
+    assert kinds.count("nearText") == 6 and kinds.count("nearImage") == 3 and kinds.count("joint") == 3
+    assert all(isinstance(r["rerank_score"], float) for r in rows)
+    names = {p["name"] for p in sample_pictures()}
+    assert {r["name"] for r in rows} <= names
+    for kind in ("nearText", "nearImage", "joint"):
+        part = [r["rerank_score"] for r in rows if r["kind"] == kind][:3]
+        assert part == sorted(part, reverse=True)
+    assert any("rerank(property: \"image\"" in line for line in lines)
+    assert len(lines) == len(rows) + 1 + 4  # a header, then a title per table
