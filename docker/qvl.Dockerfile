@@ -1,0 +1,32 @@
+# qvl: `qvl serve` (the model server), `qvl worker` and `qvl pg install` from one image.
+# CPU torch by default; docker-compose.gpu.yml builds with TORCH_INDEX_URL pointing at CUDA wheels.
+FROM python:3.11-slim-bookworm
+
+ARG TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu
+
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    HF_HOME=/models \
+    QVL_SQL_DIR=/app/sql
+
+WORKDIR /app
+
+# torch first, from the chosen index: the largest layer, cached across source changes.
+RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.org/simple \
+        torch==2.15.0 torchvision==0.29.2
+
+COPY pyproject.toml README.md ./
+COPY vectorizer_service ./vectorizer_service
+COPY connectors ./connectors
+COPY proto ./proto
+COPY sql ./sql
+RUN pip install . \
+    && useradd --system --uid 10001 --home-dir /app qvl \
+    && mkdir -p /models && chown qvl /models
+
+USER qvl
+EXPOSE 8080 50051
+ENTRYPOINT ["qvl"]
+CMD ["serve"]

@@ -1,0 +1,172 @@
+"""docker-compose.yml (Docker cannot run here): every module URL, DSN and gRPC target names a
+service that exists and a port it listens on; health checks gate the start order."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).parents[2]
+MODULE_URL_VARS = {
+    "multi2vec-clip": ("CLIP_INFERENCE_API",),
+    "multi2vec-bind": ("BIND_INFERENCE_API",),
+    "text2vec-transformers": ("TRANSFORMERS_PASSAGE_INFERENCE_API", "TRANSFORMERS_QUERY_INFERENCE_API"),
+    "reranker-transformers": ("RERANKER_INFERENCE_API",),
+}
+SUBST = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+
+
+def _expand(value: Any) -> Any:
+    """Compose's ${VAR:-default} with nothing set in the environment."""
+    if isinstance(value, str):
+        return SUBST.sub(lambda m: m.group(2) or "", value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def _load(name: str) -> dict[str, Any]:
+    return _expand(yaml.safe_load((ROOT / name).read_text()))
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    return _load("docker-compose.yml")
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+def _env(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _listens(name: str, service: dict[str, Any]) -> set[int]:
+    """Container ports a service listens on: its published/exposed ports and its QVL_*_PORT / GRPC_PORT."""
+    ports = {int(str(p).rsplit(":", 1)[-1].split("/")[0]) for p in service.get("ports", [])}
+    ports |= {int(p) for p in service.get("expose", [])}
+    env = _env(service)
+    ports |= {int(env[k]) for k in ("QVL_HTTP_PORT", "QVL_GRPC_PORT", "GRPC_PORT") if k in env}
+    if name == "postgres":
+        ports.add(5432)
+    return ports
+
+
+def _flag(command: list[str], flag: str) -> str:
+    assert flag in command, f"{flag} missing from {command}"
+    return command[command.index(flag) + 1]
+
+
+def _http_port(services: dict[str, dict[str, Any]], name: str) -> int:
+    return int(_env(services[name])["QVL_HTTP_PORT"])
+
+
+def test_every_module_url_points_at_qvls_http_port(services: dict[str, dict[str, Any]]) -> None:
+    env = _env(services["weaviate"])
+    modules = env["ENABLE_MODULES"].split(",")
+    assert set(modules) == set(MODULE_URL_VARS)
+    for module in modules:
+        for var in MODULE_URL_VARS[module]:
+            url = urlsplit(env[var])
+            assert url.scheme == "http", f"{var}: {env[var]}"
+            assert url.hostname in services, f"{var} names {url.hostname}, not a service"
+            assert url.port == _http_port(services, url.hostname), f"{var}: {env[var]} is not the HTTP port"
+            assert url.path in ("", "/") or url.path.startswith(("/profiles/", "/dim/")), var
+    # text2vec-transformers takes one common URL or both of passage and query, never a mix.
+    assert "TRANSFORMERS_INFERENCE_API" not in env
+
+
+def test_weaviate_settings(services: dict[str, dict[str, Any]]) -> None:
+    weaviate = services["weaviate"]
+    assert weaviate["image"] == "cr.weaviate.io/semitechnologies/weaviate:1.39.0"
+    env = _env(weaviate)
+    timeout = re.fullmatch(r"(\d+)s", env["MODULES_CLIENT_TIMEOUT"])
+    assert timeout and int(timeout.group(1)) >= 50, "keep at least Weaviate's 50s default"
+    assert env.get("MODULES_VALIDATE_BASE_URL", "false").lower() in ("false", "0", "off")  # it blocks private IPs
+    assert env["DEFAULT_VECTORIZER_MODULE"] == "none"
+    assert int(env["GRPC_PORT"]) in _listens("weaviate", weaviate)
+    assert env["PERSISTENCE_DATA_PATH"] in {v.split(":", 1)[1] for v in weaviate["volumes"]}
+
+
+def test_dsns_name_the_postgres_service_and_its_credentials(services: dict[str, dict[str, Any]]) -> None:
+    pg_env = _env(services["postgres"])
+    for name in ("pg-install", "worker"):
+        dsn = urlsplit(_flag(services[name]["command"], "--dsn"))
+        assert dsn.scheme in ("postgresql", "postgres")
+        assert dsn.hostname in services and services[dsn.hostname] is services["postgres"], name
+        assert dsn.port in _listens("postgres", services["postgres"])
+        assert dsn.username == pg_env["POSTGRES_USER"] and dsn.password == pg_env["POSTGRES_PASSWORD"], name
+        assert dsn.path.lstrip("/") == pg_env["POSTGRES_DB"], name
+
+
+def test_service_addresses_of_the_worker_and_the_installer(services: dict[str, dict[str, Any]]) -> None:
+    host, port = _flag(services["worker"]["command"], "--service").rsplit(":", 1)
+    assert host in services and int(port) == int(_env(services[host])["QVL_GRPC_PORT"])  # gRPC, not HTTP
+    url = urlsplit(_flag(services["pg-install"]["command"], "--service-url"))
+    assert url.hostname in services and url.port == _http_port(services, url.hostname)  # PL/Python speaks HTTP
+
+
+def test_health_checks_and_start_order(services: dict[str, dict[str, Any]]) -> None:
+    for name, service in services.items():
+        for dep, spec in (service.get("depends_on") or {}).items():
+            assert dep in services, f"{name} depends on unknown service {dep}"
+            condition = spec["condition"]
+            if condition == "service_healthy":
+                assert "healthcheck" in services[dep], f"{name} waits for {dep}, which has no health check"
+            elif condition == "service_completed_successfully":
+                assert services[dep].get("restart") == "no", f"{dep} is a one-shot job"
+            else:
+                pytest.fail(f"{name}: depends_on {dep} without a health condition")
+    order = {name: set(s.get("depends_on") or {}) for name, s in services.items()}
+    assert "qvl" in order["weaviate"]  # Weaviate's modules give up when qvl is not ready in 120 s
+    assert {"postgres", "qvl"} <= order["pg-install"]
+    assert "pg-install" in order["worker"]
+    check = " ".join(services["qvl"]["healthcheck"]["test"])
+    assert f":{_http_port(services, 'qvl')}/.well-known/ready" in check
+    assert "/v1/.well-known/ready" in " ".join(services["weaviate"]["healthcheck"]["test"])
+    assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
+
+
+def test_ports_volumes_and_builds(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    published = [str(p).rsplit(":", 1)[0] for s in services.values() for p in s.get("ports", [])]
+    assert len(published) == len(set(published)), f"a host port is published twice: {published}"
+    assert all(p.startswith("127.0.0.1:") for p in published), "publish on loopback by default"
+    for name, service in services.items():
+        for volume in service.get("volumes", []):
+            source = volume.split(":", 1)[0]
+            assert source.startswith(("/", ".")) or source in compose["volumes"], f"{name}: volume {source}"
+        if "build" in service:
+            assert (ROOT / service["build"]["context"] / service["build"]["dockerfile"]).is_file(), name
+    images = {s.get("image") for s in services.values() if "build" in s}
+    for name, service in services.items():
+        if "build" not in service and service["image"] in images:
+            assert service.get("pull_policy") == "never", f"{name} must use the image built here"
+
+
+def test_images_build_what_the_services_run() -> None:
+    qvl = (ROOT / "docker" / "qvl.Dockerfile").read_text()
+    assert 'ENTRYPOINT ["qvl"]' in qvl and "QVL_SQL_DIR=/app/sql" in qvl and "COPY sql ./sql" in qvl
+    postgres = (ROOT / "docker" / "postgres.Dockerfile").read_text()
+    assert "pgvector" in postgres and "plpython3" in postgres
+
+
+def test_gpu_override_changes_only_the_model_server(services: dict[str, dict[str, Any]]) -> None:
+    gpu = _load("docker-compose.gpu.yml")["services"]
+    assert set(gpu) <= set(services)
+    qvl = gpu["qvl"]
+    assert qvl["environment"]["QVL_DEVICE"] == "cuda"
+    [device] = qvl["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    assert {gpu[n]["image"] for n in gpu} == {qvl["image"]}  # worker and installer run the same image
