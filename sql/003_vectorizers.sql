@@ -1,0 +1,512 @@
+-- qvl 003: vectorizers. A vectorizer keeps a vector column of a table in step with some of its
+-- columns (text, images, video: one joint item per row).
+--
+-- Per vectorizer <id>:
+--   qvl.queue_<id>   rows waiting for the worker (primary key of the source row; claimed_until is
+--                    the worker's lease, so a killed worker's rows come back by themselves)
+--   qvl.failed_<id>  rows the service refused (bad input), with the error; qvl.retry_failed re-queues
+--   async mode: AFTER triggers (qvl._enqueue_<id>) add the row's key to the queue in the writing
+--               transaction; sync mode: BEFORE triggers (qvl._sync_embed) embed through HTTP.
+-- Triggers are ENABLE ALWAYS so they also fire when a logical-replication subscriber applies rows.
+
+CREATE FUNCTION qvl._vector_schema() RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+     WHERE e.extname = 'vector'
+$$;
+
+
+-- The text form of a row's primary key (what qvl.search and qvl.failed_items report).
+CREATE FUNCTION qvl._pk_text_sql(pk_columns name[], alias text) RETURNS text LANGUAGE sql IMMUTABLE
+SET search_path = pg_catalog AS $$
+    SELECT CASE WHEN cardinality(pk_columns) = 1 THEN format('%s%I::text', alias, pk_columns[1])
+                ELSE format('ROW(%s)::text', (SELECT string_agg(alias || quote_ident(c), ', ')
+                                                 FROM unnest(pk_columns) AS c)) END
+$$;
+
+
+-- (Re)creates the queue and failed tables, the trigger function and the triggers of one vectorizer.
+-- Idempotent, so an upgrade that changes the generated objects calls it for every vectorizer.
+CREATE FUNCTION qvl._install_objects(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+    pk_defs text;
+    pk_cols text;
+    new_vals text;
+    watched text;
+    changed text;
+    trig text;
+BEGIN
+    SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
+    SELECT string_agg(format('%I %s NOT NULL', c, t), ', ' ORDER BY o),
+           string_agg(format('%I', c), ', ' ORDER BY o),
+           string_agg(format('NEW.%I', c), ', ' ORDER BY o)
+      INTO pk_defs, pk_cols, new_vals
+      FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o);
+    SELECT string_agg(format('%I', c), ', '), string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
+      INTO watched, changed
+      FROM unnest(v.text_columns || v.image_columns || v.video_columns) AS c;
+
+    -- Queue rows churn: vacuum them often.
+    EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.queue_%s (%s, queued_at timestamptz NOT NULL DEFAULT now(), '
+                   'claimed_until timestamptz, claimed_by text, attempts int NOT NULL DEFAULT 0, PRIMARY KEY (%s)) '
+                   'WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 500)',
+                   vid, pk_defs, pk_cols);
+    EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.failed_%s (%s, error text NOT NULL, code text, '
+                   'attempts int NOT NULL DEFAULT 1, failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
+                   vid, pk_defs, pk_cols);
+
+    FOREACH trig IN ARRAY ARRAY['qvl_%s_insert', 'qvl_%s_update', 'zzz_qvl_%s_insert', 'zzz_qvl_%s_update'] LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format(trig, vid), v.source);
+    END LOOP;
+
+    IF v.mode = 'async' THEN
+        -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl.
+        -- Static SQL (a cached plan per backend), one NOTIFY payload per vectorizer (Postgres folds
+        -- duplicates within a transaction).
+        EXECUTE format($f$
+            CREATE OR REPLACE FUNCTION qvl._enqueue_%1$s() RETURNS trigger LANGUAGE plpgsql VOLATILE
+            SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                INSERT INTO qvl.queue_%1$s AS q (%2$s) VALUES (%3$s)
+                ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL;
+                PERFORM pg_notify('qvl_queue', '%1$s');
+                RETURN NULL;
+            END
+            $body$
+        $f$, vid, pk_cols, new_vals);
+        EXECUTE format('REVOKE ALL ON FUNCTION qvl._enqueue_%s() FROM PUBLIC', vid);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._enqueue_%s()',
+                       format('qvl_%s_insert', vid), v.source, vid);
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
+                       'EXECUTE FUNCTION qvl._enqueue_%s()', format('qvl_%s_update', vid), watched, v.source,
+                       changed, vid);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('qvl_%s_insert', vid));
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('qvl_%s_update', vid));
+    ELSE
+        EXECUTE format('DROP FUNCTION IF EXISTS qvl._enqueue_%s()', vid);
+        -- "zzz": BEFORE triggers fire in name order, so this one sees what other BEFORE triggers wrote.
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._sync_embed(%L)',
+                       format('zzz_qvl_%s_insert', vid), v.source, vid);
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
+                       'EXECUTE FUNCTION qvl._sync_embed(%L)', format('zzz_qvl_%s_update', vid), watched, v.source,
+                       changed, vid);
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('zzz_qvl_%s_insert', vid));
+        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('zzz_qvl_%s_update', vid));
+    END IF;
+END
+$$;
+
+
+CREATE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $py$
+lib = GD.get("qvl_lib_1")
+if lib is None:
+    plpy.execute("SELECT qvl._load()")
+    lib = GD["qvl_lib_1"]
+return lib.sync_trigger(TD)
+$py$;
+
+
+-- Checks a storage/dimensions/index choice against pgvector's limits; returns the column type.
+CREATE FUNCTION qvl._vector_type(storage text, dimensions int, index_kind text) RETURNS text LANGUAGE plpgsql
+STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    hnsw_max int := CASE storage WHEN 'vector' THEN 2000 WHEN 'halfvec' THEN 4000 ELSE 64000 END;
+BEGIN
+    IF dimensions IS NULL OR dimensions < 1 THEN
+        RAISE EXCEPTION 'qvl: dimensions must be positive, got %', dimensions USING ERRCODE = '22023';
+    END IF;
+    IF storage IN ('vector', 'halfvec') AND dimensions > 16000 THEN
+        RAISE EXCEPTION 'qvl: pgvector stores at most 16000 dimensions in a %, asked for %', storage, dimensions
+            USING ERRCODE = '54000', HINT = 'Keep fewer dimensions (dimensions => 1024) or use storage => ''bit''.';
+    END IF;
+    IF index_kind = 'hnsw' AND dimensions > hnsw_max THEN
+        RAISE EXCEPTION 'qvl: pgvector''s HNSW index takes at most % dimensions of %, asked for %',
+                hnsw_max, storage, dimensions
+            USING ERRCODE = '54000',
+                  HINT = CASE storage
+                      WHEN 'vector' THEN 'Keep the first dimensions (Matryoshka: dimensions => 1024 or 1536; the '
+                          'model is trained for it), or store halfvec (up to 4000 indexed): storage => ''halfvec''; '
+                          'or go without an index: index => ''none''.'
+                      ELSE 'Keep fewer dimensions (dimensions => 2048), or index => ''none''.' END;
+    END IF;
+    RETURN CASE storage WHEN 'bit' THEN format('bit(%s)', dimensions)
+                        ELSE format('%s.%s(%s)', qvl._vector_schema(), storage, dimensions) END;
+END
+$$;
+
+
+CREATE FUNCTION qvl._index_sql(v qvl.vectorizer) RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)',
+                  left(c.relname || '_' || v.destination || '_hnsw', 63), v.source, v.destination,
+                  qvl._vector_schema(),
+                  CASE v.storage WHEN 'vector' THEN 'vector_cosine_ops' WHEN 'halfvec' THEN 'halfvec_cosine_ops'
+                                 ELSE 'bit_hamming_ops' END)
+      FROM pg_class c WHERE c.oid = v.source
+$$;
+
+
+CREATE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+    cols text;
+    n bigint;
+BEGIN
+    SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
+    SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
+    EXECUTE format('INSERT INTO qvl.queue_%s (%s) SELECT %s FROM %s ON CONFLICT (%s) DO UPDATE '
+                   'SET claimed_until = NULL, claimed_by = NULL', vid, cols, cols, v.source, cols);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM pg_notify('qvl_queue', vid::text);
+    RETURN n;
+END
+$$;
+
+
+CREATE FUNCTION qvl.create_vectorizer(
+    source regclass,
+    name text DEFAULT NULL,
+    text_columns text[] DEFAULT '{}',
+    image_columns text[] DEFAULT '{}',
+    video_columns text[] DEFAULT '{}',
+    destination name DEFAULT 'embedding',
+    dimensions int DEFAULT NULL,
+    storage text DEFAULT 'vector',
+    instruction text DEFAULT NULL,
+    mode text DEFAULT 'async',
+    index text DEFAULT 'hnsw',
+    on_error text DEFAULT 'fail',
+    query_instruction text DEFAULT NULL
+) RETURNS int LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    rel record;
+    att record;
+    col text;
+    role text;
+    all_cols text[];
+    pk_cols name[];
+    pk_types text[];
+    vtype text;
+    new_id int;
+    queued bigint;
+    vname text;
+    listing text;
+BEGIN
+    SELECT c.relname, c.relkind INTO rel FROM pg_class c WHERE c.oid = source;
+    IF rel.relkind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION 'qvl: % is not a table', source USING ERRCODE = '42809';
+    END IF;
+    vname := coalesce(name, rel.relname);
+    text_columns := coalesce(text_columns, '{}');
+    image_columns := coalesce(image_columns, '{}');
+    video_columns := coalesce(video_columns, '{}');
+    all_cols := text_columns || image_columns || video_columns;
+    IF storage IS NULL OR storage NOT IN ('vector', 'halfvec', 'bit') THEN
+        RAISE EXCEPTION 'qvl: storage must be vector, halfvec or bit, got %', storage USING ERRCODE = '22023';
+    END IF;
+    IF mode IS NULL OR mode NOT IN ('async', 'sync') THEN
+        RAISE EXCEPTION 'qvl: mode must be async or sync, got %', mode USING ERRCODE = '22023';
+    END IF;
+    IF index IS NULL OR index NOT IN ('hnsw', 'none') THEN
+        RAISE EXCEPTION 'qvl: index must be hnsw or none, got %', index USING ERRCODE = '22023';
+    END IF;
+    IF on_error IS NULL OR on_error NOT IN ('fail', 'queue') THEN
+        RAISE EXCEPTION 'qvl: on_error must be fail or queue, got %', on_error USING ERRCODE = '22023';
+    END IF;
+    IF EXISTS (SELECT 1 FROM qvl.vectorizer v WHERE v.name = vname) THEN
+        RAISE EXCEPTION 'qvl: a vectorizer named % exists', vname USING ERRCODE = '42710',
+            HINT = 'Pass another name => ..., or drop it first: SELECT qvl.drop_vectorizer(''' || vname || ''');';
+    END IF;
+    IF cardinality(all_cols) = 0 THEN
+        RAISE EXCEPTION 'qvl: a vectorizer needs at least one column to embed' USING ERRCODE = '22023',
+            HINT = 'Pass text_columns => ARRAY[...], image_columns => ARRAY[...] or video_columns => ARRAY[...].';
+    END IF;
+    IF cardinality(video_columns) > 1 THEN
+        RAISE EXCEPTION 'qvl: one video column per vectorizer (an item holds one video)' USING ERRCODE = '22023';
+    END IF;
+    IF (SELECT count(DISTINCT c) FROM unnest(all_cols) AS c) <> cardinality(all_cols) THEN
+        RAISE EXCEPTION 'qvl: a column is listed twice in %', all_cols USING ERRCODE = '22023';
+    END IF;
+    IF destination = ANY (all_cols) THEN
+        RAISE EXCEPTION 'qvl: the destination % is also an input column', destination USING ERRCODE = '22023';
+    END IF;
+
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO listing
+      FROM pg_attribute a WHERE a.attrelid = source AND a.attnum > 0 AND NOT a.attisdropped;
+    FOR col, role IN SELECT c, 'text' FROM unnest(text_columns) AS c
+                     UNION ALL SELECT c, 'image' FROM unnest(image_columns) AS c
+                     UNION ALL SELECT c, 'video' FROM unnest(video_columns) AS c LOOP
+        SELECT a.attgenerated, t.typcategory AS cat, t.oid AS typ, coalesce(e.typcategory, '') AS elem_cat,
+               coalesce(e.oid, 0) AS elem
+          INTO att
+          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+         WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF NOT FOUND THEN
+            RAISE EXCEPTION 'qvl: % has no column %', source, col USING ERRCODE = '42703',
+                HINT = 'Its columns: ' || listing;
+        END IF;
+        IF NOT (att.cat = 'S' OR att.elem_cat = 'S'
+                OR (role <> 'text' AND (att.typ = 'bytea'::regtype OR att.elem = 'bytea'::regtype))) THEN
+            RAISE EXCEPTION 'qvl: column % has type %, which cannot be a % input', col, att.typ::regtype, role
+                USING ERRCODE = '42804',
+                HINT = CASE role WHEN 'text' THEN 'Text columns are text/varchar (or arrays); for other types add a '
+                                    'generated column: ADD COLUMN x text GENERATED ALWAYS AS (...) STORED.'
+                                 ELSE 'Media columns hold bytes (bytea; bytea[] = several images or a video''s '
+                                    'frames) or a path/URI (text) that the service may read.' END;
+        END IF;
+        IF mode = 'sync' AND att.attgenerated <> '' THEN
+            RAISE EXCEPTION 'qvl: % is a generated column, which BEFORE triggers cannot see', col
+                USING ERRCODE = '0A000', HINT = 'Use mode => ''async'' for generated columns.';
+        END IF;
+    END LOOP;
+
+    SELECT array_agg(a.attname ORDER BY k.ord), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
+      INTO pk_cols, pk_types
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
+      JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+     WHERE i.indrelid = source AND i.indisprimary;
+    IF pk_cols IS NULL THEN
+        RAISE EXCEPTION 'qvl: % has no primary key', source USING ERRCODE = '42P16',
+            HINT = 'The queue refers to rows by primary key: ALTER TABLE ... ADD PRIMARY KEY (...).';
+    END IF;
+
+    IF dimensions IS NULL THEN
+        BEGIN
+            SELECT (m->>'hidden_size')::int INTO dimensions
+              FROM jsonb_array_elements(qvl.service_info()->'models') AS m WHERE m->>'task' = 'embed';
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'qvl: dimensions => NULL means the model''s full size, and the service could not say: %',
+                    SQLERRM USING ERRCODE = '08001',
+                    HINT = 'Start the service (see qvl.set_service), or pass dimensions => N.';
+        END;
+        IF dimensions IS NULL THEN
+            RAISE EXCEPTION 'qvl: the service serves no embedding model' USING ERRCODE = '22023',
+                HINT = 'Start qvl serve with --embedding-model.';
+        END IF;
+    END IF;
+    vtype := qvl._vector_type(storage, dimensions, index);
+
+    SELECT a.atttypid, a.atttypmod INTO att FROM pg_attribute a
+     WHERE a.attrelid = source AND a.attname = destination AND a.attnum > 0 AND NOT a.attisdropped;
+    IF FOUND THEN
+        IF format_type(att.atttypid, att.atttypmod) <> vtype AND
+           format_type(att.atttypid, att.atttypmod) <> regexp_replace(vtype, '^[^.]*\.', '') THEN
+            RAISE EXCEPTION 'qvl: column %.% exists with type %, not %', source, destination,
+                    format_type(att.atttypid, att.atttypmod), vtype USING ERRCODE = '42804',
+                HINT = 'Choose another destination => ..., or drop or retype that column.';
+        END IF;
+    ELSE
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s', source, destination, vtype);
+    END IF;
+
+    INSERT INTO qvl.vectorizer (name, source, pk_columns, pk_types, text_columns, image_columns, video_columns,
+                                destination, dimensions, storage, instruction, query_instruction, mode, on_error,
+                                index_kind)
+    VALUES (vname, source, pk_cols, pk_types, text_columns, image_columns, video_columns, destination, dimensions,
+            storage, instruction, query_instruction, mode, on_error, index)
+    RETURNING id INTO new_id;
+    PERFORM qvl._install_objects(new_id);
+    IF index = 'hnsw' THEN
+        EXECUTE qvl._index_sql((SELECT v FROM qvl.vectorizer v WHERE v.id = new_id));
+    END IF;
+    queued := qvl._queue_all(new_id);  -- backfill: existing rows go to the worker
+    PERFORM pg_notify('qvl_config', new_id::text);
+    IF queued > 0 THEN
+        RAISE NOTICE 'qvl: vectorizer % created; % existing rows queued for the worker (qvl worker)', vname, queued;
+    END IF;
+    RETURN new_id;
+END
+$$;
+COMMENT ON FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text, text,
+                                          text, text) IS
+    'Keep a vector column in step with text/image/video columns of a table (one joint item per row)';
+
+
+CREATE FUNCTION qvl._vectorizer(vname text) RETURNS qvl.vectorizer LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+BEGIN
+    SELECT * INTO v FROM qvl.vectorizer WHERE name = vname;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qvl: no vectorizer named %', vname USING ERRCODE = '42704',
+            HINT = 'See SELECT name FROM qvl.vectorizer_status;';
+    END IF;
+    RETURN v;
+END
+$$;
+
+
+CREATE FUNCTION qvl.drop_vectorizer(name text, drop_column boolean DEFAULT false) RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v qvl.vectorizer := qvl._vectorizer(name);
+    trig text;
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = v.source) THEN
+        FOREACH trig IN ARRAY ARRAY['qvl_%s_insert', 'qvl_%s_update', 'zzz_qvl_%s_insert', 'zzz_qvl_%s_update'] LOOP
+            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format(trig, v.id), v.source);
+        END LOOP;
+        IF drop_column THEN
+            EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', v.source, v.destination);
+        END IF;
+    END IF;
+    EXECUTE format('DROP FUNCTION IF EXISTS qvl._enqueue_%s()', v.id);
+    EXECUTE format('DROP TABLE IF EXISTS qvl.queue_%s, qvl.failed_%s', v.id, v.id);
+    DELETE FROM qvl.vectorizer WHERE id = v.id;
+    PERFORM pg_notify('qvl_config', v.id::text);
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION qvl.drop_vectorizer(text, boolean) IS
+    'Remove a vectorizer (its triggers and queue); the vectors stay unless drop_column';
+
+
+-- Re-queue every row (after a model change), optionally at a new size: the column is retyped and
+-- emptied, the index rebuilt, and the worker fills it again.
+CREATE FUNCTION qvl.reembed(name text, dimensions int DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v qvl.vectorizer := qvl._vectorizer(name);
+BEGIN
+    IF dimensions IS NOT NULL AND dimensions <> v.dimensions THEN
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING NULL', v.source, v.destination,
+                       qvl._vector_type(v.storage, dimensions, v.index_kind));
+        UPDATE qvl.vectorizer SET dimensions = reembed.dimensions WHERE id = v.id;
+        PERFORM pg_notify('qvl_config', v.id::text);
+    END IF;
+    EXECUTE format('DELETE FROM qvl.failed_%s', v.id);
+    RETURN qvl._queue_all(v.id);
+END
+$$;
+
+
+CREATE FUNCTION qvl.retry_failed(name text) RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v qvl.vectorizer := qvl._vectorizer(name);
+    cols text;
+    n bigint;
+BEGIN
+    SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
+    EXECUTE format('WITH f AS (DELETE FROM qvl.failed_%1$s RETURNING %2$s) '
+                   'INSERT INTO qvl.queue_%1$s (%2$s) SELECT %2$s FROM f ON CONFLICT (%2$s) DO UPDATE '
+                   'SET claimed_until = NULL, claimed_by = NULL, attempts = 0', v.id, cols);
+    GET DIAGNOSTICS n = ROW_COUNT;
+    PERFORM pg_notify('qvl_queue', v.id::text);
+    RETURN n;
+END
+$$;
+
+
+CREATE FUNCTION qvl.failed_items(name text)
+RETURNS TABLE(pk text, error text, code text, attempts int, failed_at timestamptz)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    v qvl.vectorizer := qvl._vectorizer(name);
+BEGIN
+    RETURN QUERY EXECUTE format('SELECT %s, f.error, f.code, f.attempts, f.failed_at FROM qvl.failed_%s f '
+                                'ORDER BY f.failed_at', qvl._pk_text_sql(v.pk_columns, 'f.'), v.id);
+END
+$$;
+
+
+-- Counts only (no content), readable by anyone who may read the view.
+CREATE FUNCTION qvl._queue_stats(vid int, OUT pending bigint, OUT in_progress bigint, OUT failed bigint,
+                                 OUT oldest_pending_age interval)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regclass(format('qvl.queue_%s', vid)) IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('SELECT count(*), count(*) FILTER (WHERE claimed_by IS NOT NULL AND claimed_until > now()), '
+                   'now() - min(queued_at) FROM qvl.queue_%s', vid) INTO pending, in_progress, oldest_pending_age;
+    EXECUTE format('SELECT count(*) FROM qvl.failed_%s', vid) INTO failed;
+END
+$$;
+
+
+CREATE VIEW qvl.vectorizer_status AS
+SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
+       s.pending, s.in_progress, s.failed, s.oldest_pending_age
+  FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
+COMMENT ON VIEW qvl.vectorizer_status IS
+    'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused';
+
+
+-- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or
+-- failed), false at the timeout. Call it after COMMIT, in READ COMMITTED.
+CREATE FUNCTION qvl.wait_for_embeddings(vectorizer text, timeout interval DEFAULT '30 seconds') RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vid int;
+    deadline timestamptz := clock_timestamp() + timeout;
+    nap float8 := 0.005;
+    busy boolean;
+BEGIN
+    SELECT v.id INTO vid FROM qvl.vectorizer v WHERE v.name = vectorizer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704';
+    END IF;
+    LOOP
+        EXECUTE format('SELECT EXISTS (SELECT 1 FROM qvl.queue_%s)', vid) INTO busy;
+        IF NOT busy THEN
+            RETURN true;
+        END IF;
+        IF clock_timestamp() >= deadline THEN
+            RETURN false;
+        END IF;
+        PERFORM pg_sleep(least(nap, greatest(0.001, extract(epoch FROM deadline - clock_timestamp()))));
+        nap := least(nap * 2, 0.1);
+    END LOOP;
+END
+$$;
+
+
+-- Who may query. Everything in qvl is private, then the query functions are opened to the grantee.
+CREATE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
+                 '_call', '_load', '_queue_stats']::name[]
+$$;
+
+CREATE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    who text := CASE WHEN upper(grantee) = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(grantee) END;
+    verb text := CASE WHEN allow THEN 'GRANT' ELSE 'REVOKE' END;
+    prep text := CASE WHEN allow THEN 'TO' ELSE 'FROM' END;
+    f regprocedure;
+BEGIN
+    EXECUTE format('%s USAGE ON SCHEMA qvl %s %s', verb, prep, who);
+    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
+              WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname = ANY (qvl._query_functions()) LOOP
+        EXECUTE format('%s EXECUTE ON FUNCTION %s %s %s', verb, f, prep, who);
+    END LOOP;
+    EXECUTE format('%s SELECT ON qvl.vectorizer, qvl.vectorizer_status %s %s', verb, prep, who);
+END
+$$;
+
+CREATE FUNCTION qvl._apply_grants(public_access boolean) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA qvl FROM PUBLIC';
+    PERFORM qvl._grant_query_access('PUBLIC', public_access);
+    INSERT INTO qvl.config (key, value) VALUES ('public_grant', public_access::text)
+    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
+END
+$$;
+
+-- For installs with --no-public-grant: let one role embed, rerank and search.
+CREATE FUNCTION qvl.grant_query_access(role_name text) RETURNS void LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT qvl._grant_query_access(role_name, true)
+$$;
