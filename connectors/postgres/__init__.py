@@ -1,0 +1,1 @@
+"""Postgres connector: the installer (``sql/``), the queue worker, SQLAlchemy helpers."""

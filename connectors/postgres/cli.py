@@ -1,0 +1,95 @@
+"""``qvl pg install|status`` and ``qvl worker``: argument parsing only (imports stay lazy)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+
+def cmd_pg_install(args: argparse.Namespace) -> int:
+    from .installer import InstallError, check_service, install
+
+    try:
+        result = install(args.dsn, service_url=args.service_url, service_token=args.service_token,
+                         public_grant=not args.no_public_grant, target=args.target)
+    except InstallError as exc:
+        print(f"qvl pg install: {exc}")
+        return 2
+    print(f"qvl schema version {result.version_after}"
+          + (f" (applied {', '.join(result.applied)})" if result.applied else " (already current)"))
+    problem = check_service(args.dsn)
+    if problem:
+        print(f"warning: the database cannot reach the service yet: {problem}")
+    return 0
+
+
+def cmd_pg_status(args: argparse.Namespace) -> int:
+    import psycopg
+
+    with psycopg.connect(args.dsn) as conn:
+        cur = conn.execute("SELECT name, source::text, mode, pending, in_progress, failed, oldest_pending_age "
+                           "FROM qvl.vectorizer_status ORDER BY name")
+        names = [d.name for d in cur.description or []]
+        rows = cur.fetchall()
+    print("\t".join(names))
+    for row in rows:
+        print("\t".join("" if v is None else str(v) for v in row))
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from .worker import WorkerSettings, run_worker
+
+    settings = WorkerSettings(
+        dsn=args.dsn, service=args.service, token=args.token, batch=args.batch, concurrency=args.concurrency,
+        lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts, log_every_s=args.log_every,
+        vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
+    )
+    return run_worker(settings)
+
+
+def _dsn(p: argparse.ArgumentParser) -> None:
+    default = os.environ.get("QVL_PG_DSN") or os.environ.get("DATABASE_URL")
+    p.add_argument("--dsn", default=default, required=default is None,
+                   help="libpq connection string or URI (QVL_PG_DSN, DATABASE_URL)")
+
+
+def add_postgres_parsers(sub: Any) -> None:
+    pg = sub.add_parser("pg", help="install qvl into a Postgres database, show vectorizer status")
+    pg_sub = pg.add_subparsers(dest="pg_command", required=True)
+
+    p = pg_sub.add_parser("install", help="apply sql/ (idempotent; upgrades in place)",
+                          description="Creates or upgrades schema qvl. Needs the vector and plpython3u "
+                          "extensions and a superuser (PL/Python is an untrusted language).")
+    _dsn(p)
+    p.add_argument("--service-url", default=os.environ.get("QVL_SERVICE_URL"),
+                   help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080)")
+    p.add_argument("--service-token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
+    p.add_argument("--no-public-grant", action="store_true",
+                   help="do not let every role embed, rerank and search (grant with qvl.grant_query_access)")
+    p.add_argument("--target", type=int, help="stop at this schema version (default: the newest)")
+    p.set_defaults(func=cmd_pg_install)
+
+    p = pg_sub.add_parser("status", help="print qvl.vectorizer_status")
+    _dsn(p)
+    p.set_defaults(func=cmd_pg_status)
+
+    p = sub.add_parser("worker", help="embed queued Postgres rows through the service (gRPC)",
+                       description="LISTEN/NOTIFY with polling, FOR UPDATE SKIP LOCKED claims with a lease; run "
+                       "as many as you like. SIGTERM finishes the batches in hand.")
+    _dsn(p)
+    p.add_argument("--service", default=os.environ.get("QVL_SERVICE", "127.0.0.1:50051"),
+                   help="gRPC HOST:PORT of qvl serve (QVL_SERVICE)")
+    p.add_argument("--token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
+    p.add_argument("--batch", type=int, default=64, help="rows claimed and embedded at a time")
+    p.add_argument("--concurrency", type=int, default=2, help="batches in flight at once")
+    p.add_argument("--lease", type=float, default=300.0,
+                   help="seconds before a claimed row returns to the queue if its worker vanished")
+    p.add_argument("--poll", type=float, default=5.0, help="seconds between polls when no notification comes")
+    p.add_argument("--max-attempts", type=int, default=5,
+                   help="tries for rows the model fails on (bad input fails at once; outages never count)")
+    p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
+    p.add_argument("--vectorizer", action="append", help="only these vectorizers (repeatable; default all)")
+    p.add_argument("--exit-when-idle", action="store_true", help="exit once every queue is empty")
+    p.set_defaults(func=cmd_worker)

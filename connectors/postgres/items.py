@@ -1,0 +1,58 @@
+"""A source row's embedded columns as one gRPC item (the joint text + images + video input).
+
+The same mapping as the PL/Python ``make_item`` in sql/002 (sync mode and qvl.search), so a row
+embeds the same way through either path: video first, then image bytes, image URIs, texts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
+
+from .vectorizers import Vectorizer
+
+BYTES = (bytes, bytearray, memoryview)
+
+
+def _flat(values: list[Any]) -> Iterator[Any]:
+    for value in values:
+        if isinstance(value, list):
+            yield from (x for x in value if x is not None)
+        elif value is not None:
+            yield value
+
+
+def row_item(v: Vectorizer, row: Mapping[str, Any]) -> pb.Item | None:
+    """None when every embedded column is NULL (the row gets a NULL vector, no model call)."""
+    parts: list[pb.Part] = []
+    for col in v.video_columns:
+        value = row[col]
+        if value is None:
+            continue
+        if isinstance(value, list):
+            parts.append(pb.Part(frames=pb.Frames(frames=[bytes(f) for f in value if f is not None])))
+        elif isinstance(value, BYTES):
+            parts.append(pb.Part(video=bytes(value)))
+        else:
+            parts.append(pb.Part(video_uri=str(value)))
+    images = list(_flat([row[c] for c in v.image_columns]))
+    parts += [pb.Part(image=bytes(x)) for x in images if isinstance(x, BYTES)]
+    parts += [pb.Part(image_uri=str(x)) for x in images if not isinstance(x, BYTES)]
+    parts += [pb.Part(text=str(t)) for t in _flat([row[c] for c in v.text_columns])]
+    return pb.Item(parts=parts) if parts else None
+
+
+def item_size(item: pb.Item) -> int:
+    return int(item.ByteSize())
+
+
+def vector_literal(v: Vectorizer, values: np.ndarray) -> str:
+    """pgvector's text input: '[x,y,...]' (exact float32 round trip) or a bit string."""
+    if v.storage == "bit":
+        bits = np.unpackbits(np.asarray(values, dtype=np.uint8))[: v.dimensions]
+        return bits.astype(np.uint8).tobytes().translate(b"\x00\x01".maketrans(b"\x00\x01", b"01")).decode()
+    return "[" + ",".join(map(repr, np.asarray(values, dtype=np.float32).tolist())) + "]"

@@ -1,0 +1,174 @@
+"""Vectorizer definitions as the worker sees them (from ``qvl.vectorizer``) and the SQL it runs.
+
+Every statement addresses one vectorizer's queue and table by primary key; the content hash
+(md5 over the embedded columns) lets a write land only if the row still holds what was embedded.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+LOAD_SQL = """
+SELECT v.id, v.name, format('%I.%I', n.nspname, c.relname) AS source, v.pk_columns::text[], v.pk_types,
+       v.text_columns::text[], v.image_columns::text[], v.video_columns::text[], v.destination::text,
+       v.dimensions, v.storage, v.instruction, v.mode, qvl._vector_schema() AS vector_schema,
+       (SELECT json_object_agg(a.attname, format_type(a.atttypid, a.atttypmod))
+          FROM pg_attribute a WHERE a.attrelid = v.source AND a.attnum > 0 AND NOT a.attisdropped) AS types
+  FROM qvl.vectorizer v
+  JOIN pg_class c ON c.oid = v.source
+  JOIN pg_namespace n ON n.oid = c.relnamespace
+ ORDER BY v.id
+"""
+
+
+def ident(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass(frozen=True)
+class Vectorizer:
+    id: int
+    name: str
+    source: str  # quoted, schema-qualified
+    pk_columns: tuple[str, ...]
+    pk_types: tuple[str, ...]
+    text_columns: tuple[str, ...]
+    image_columns: tuple[str, ...]
+    video_columns: tuple[str, ...]
+    destination: str
+    dimensions: int
+    storage: str  # vector | halfvec | bit
+    instruction: str | None
+    mode: str
+    vector_schema: str
+    column_types: dict[str, str]
+
+    @property
+    def queue(self) -> str:
+        return f"qvl.queue_{self.id}"
+
+    @property
+    def failed(self) -> str:
+        return f"qvl.failed_{self.id}"
+
+    @property
+    def content_columns(self) -> tuple[str, ...]:
+        return self.text_columns + self.image_columns + self.video_columns
+
+    @property
+    def encoding(self) -> str:
+        return "binary" if self.storage == "bit" else "float32"
+
+    @property
+    def vector_type(self) -> str:
+        if self.storage == "bit":
+            return f"bit({self.dimensions})"
+        return f"{self.vector_schema}.{self.storage}({self.dimensions})"
+
+    # -- SQL fragments -----------------------------------------------------------------------
+    def content_hash(self, alias: str = "s") -> str:
+        """md5 over each embedded column (bytea hashed as bytes, the rest as text; NULL as '-')."""
+        parts = []
+        for col in self.content_columns:
+            ref = f"{alias}.{ident(col)}"
+            digest = f"md5({ref})" if self.column_types.get(col) == "bytea" else f"md5({ref}::text)"
+            parts.append(f"coalesce({digest}, '-')")
+        return "md5(" + " || ".join(parts) + ")"
+
+    def _keys(self, left: str, right: str) -> str:
+        return " AND ".join(f"{left}.{ident(c)} = {right}.{ident(c)}" for c in self.pk_columns)
+
+    def _unnest(self, extra: tuple[tuple[str, str], ...] = ()) -> str:
+        """unnest(%(k0)s::type[], ..., %(x)s::type[]) AS v(pk..., x...)."""
+        args = [f"%(k{i})s::{t}[]" for i, t in enumerate(self.pk_types)] + [f"%({n})s::{t}[]" for n, t in extra]
+        names = [ident(c) for c in self.pk_columns] + [n for n, _ in extra]
+        return f"unnest({', '.join(args)}) AS v({', '.join(names)})"
+
+    def key_params(self, keys: list[tuple[Any, ...]]) -> dict[str, list[Any]]:
+        return {f"k{i}": [k[i] for k in keys] for i in range(len(self.pk_columns))}
+
+    def claim_sql(self) -> str:
+        pk = [ident(c) for c in self.pk_columns]
+        content = "".join(f", s.{ident(c)}" for c in self.content_columns)
+        return f"""
+WITH picked AS (
+    SELECT {", ".join(pk)} FROM {self.queue}
+     WHERE claimed_until IS NULL OR claimed_until < now()
+     LIMIT %(limit)s FOR UPDATE SKIP LOCKED
+), claimed AS (
+    UPDATE {self.queue} q SET claimed_until = now() + make_interval(secs => %(lease)s), claimed_by = %(me)s
+      FROM picked p WHERE {self._keys("q", "p")}
+    RETURNING {", ".join("q." + c for c in pk)}, q.attempts
+)
+SELECT {", ".join("c." + c for c in pk)}, c.attempts, s.{pk[0]} IS NOT NULL AS present,
+       {self.content_hash("s")} AS content_hash{content}
+  FROM claimed c LEFT JOIN {self.source} s ON {self._keys("s", "c")}"""
+
+    def write_sql(self) -> str:
+        """Store vectors where the content hash still matches; dequeue and un-fail those rows."""
+        return f"""
+WITH v AS (SELECT * FROM {self._unnest((("qvl_hash", "text"), ("qvl_vec", "text")))}),
+written AS (
+    UPDATE {self.source} s SET {ident(self.destination)} = v.qvl_vec::{self.vector_type}
+      FROM v WHERE {self._keys("s", "v")} AND {self.content_hash("s")} = v.qvl_hash
+    RETURNING {", ".join("s." + ident(c) for c in self.pk_columns)}
+), dequeued AS (
+    DELETE FROM {self.queue} q USING written w WHERE {self._keys("q", "w")} RETURNING 1
+), unfailed AS (
+    DELETE FROM {self.failed} f USING written w WHERE {self._keys("f", "w")} RETURNING 1
+)
+SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM dequeued)"""
+
+    def fail_sql(self) -> str:
+        """Move rows this worker still holds to the failed table, with their error."""
+        cols = ", ".join(ident(c) for c in self.pk_columns)
+        return f"""
+WITH v AS (SELECT * FROM {self._unnest((("qvl_error", "text"), ("qvl_code", "text")))}),
+d AS (
+    DELETE FROM {self.queue} q USING v WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s
+    RETURNING {", ".join("q." + ident(c) for c in self.pk_columns)}, q.attempts
+)
+INSERT INTO {self.failed} AS f ({cols}, error, code, attempts, failed_at)
+SELECT {", ".join("d." + ident(c) for c in self.pk_columns)}, v.qvl_error, v.qvl_code, d.attempts + 1, now()
+  FROM d JOIN v ON {self._keys("d", "v")}
+ON CONFLICT ({cols}) DO UPDATE SET error = EXCLUDED.error, code = EXCLUDED.code,
+    attempts = f.attempts + 1, failed_at = EXCLUDED.failed_at"""
+
+    def retry_later_sql(self) -> str:
+        """Count an attempt and keep the rows queued, claimable again after a delay."""
+        return f"""
+UPDATE {self.queue} q SET attempts = q.attempts + 1, claimed_by = NULL,
+       claimed_until = now() + make_interval(secs => %(delay)s)
+  FROM {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
+
+    def release_sql(self) -> str:
+        """Give rows back at once (transient failure, shutdown, or the row changed meanwhile)."""
+        return f"""
+UPDATE {self.queue} q SET claimed_until = NULL, claimed_by = NULL
+  FROM {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
+
+    def forget_gone_sql(self) -> str:
+        """Queue rows whose source row was deleted: nothing to embed."""
+        return f"""
+DELETE FROM {self.queue} q USING {self._unnest()}
+ WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s
+   AND NOT EXISTS (SELECT 1 FROM {self.source} s WHERE {self._keys("s", "v")})"""
+
+    def pending_sql(self) -> str:
+        return f"SELECT count(*), count(*) FILTER (WHERE claimed_by IS NOT NULL) FROM {self.queue}"
+
+
+def load_vectorizers(conn: psycopg.Connection[Any], names: tuple[str, ...] = ()) -> list[Vectorizer]:
+    out = []
+    for row in conn.execute(LOAD_SQL).fetchall():
+        (vid, name, source, pk_columns, pk_types, text_columns, image_columns, video_columns, destination,
+         dimensions, storage, instruction, mode, vector_schema, types) = row
+        if names and name not in names:
+            continue
+        out.append(Vectorizer(vid, name, source, tuple(pk_columns), tuple(pk_types), tuple(text_columns),
+                              tuple(image_columns), tuple(video_columns), destination, dimensions, storage,
+                              instruction, mode, vector_schema, dict(types or {})))
+    return out

@@ -1,0 +1,508 @@
+"""``qvl worker``: embeds queued rows through the gRPC service and writes the vectors back.
+
+Each lane (``--concurrency``) loops: claim a batch in one autocommit statement (``FOR UPDATE
+SKIP LOCKED`` plus a lease, so a killed worker's rows come back by themselves) → embed it over
+EmbedStream with no transaction open → one short transaction stores the vectors where the row
+still holds what was embedded (content hash), moves refused rows to the failed table, and gives
+everything else back. A service outage only delays work: it stays queued while lanes back off.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import socket
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from connectors.client import Client, InvalidInput, ItemFailure, QvlClientError, TransientError, Unauthenticated
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
+
+from .items import item_size, row_item, vector_literal
+from .vectorizers import Vectorizer, load_vectorizers
+
+log = logging.getLogger("qvl.worker")
+
+# Per-item codes that say "not now" rather than "never": the row stays queued.
+TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
+PERMANENT_CODES = {"INVALID_ARGUMENT"}
+CONFIG_REFRESH_S = 30.0
+DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
+
+
+@dataclass
+class WorkerSettings:
+    dsn: str
+    service: str  # gRPC HOST:PORT
+    token: str | None = None
+    batch: int = 64
+    concurrency: int = 2
+    lease_s: float = 300.0  # a claimed row returns to the queue this long after a worker died on it
+    poll_s: float = 5.0  # fallback when notifications are missed (e.g. rows applied by replication)
+    max_attempts: int = 5  # for errors that are neither bad input nor transient (e.g. INTERNAL)
+    retry_delay_s: float = 30.0
+    backoff_base_s: float = 0.5
+    backoff_cap_s: float = 30.0
+    rpc_timeout_s: float = 600.0
+    log_every_s: float = 10.0
+    vectorizers: tuple[str, ...] = ()  # names; empty = all
+    exit_when_idle: bool = False
+    application_name: str = "qvl-worker"
+
+
+class ServiceDown(Exception):
+    """The service cannot take work now (transient or misconfigured): release and back off."""
+
+
+@dataclass
+class Claimed:
+    key: tuple[Any, ...]
+    attempts: int
+    present: bool
+    content_hash: str | None
+    item: pb.Item | None
+
+
+@dataclass
+class Counters:
+    embedded: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    batches: int = 0
+
+
+@dataclass
+class Outcome:
+    """What one batch came to (returned for tests and logs)."""
+
+    written: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    gone: int = 0
+    stale: int = 0
+
+
+class Backoff:
+    """Exponential with full jitter (spreads many workers' retries), reset on success."""
+
+    def __init__(self, base: float, cap: float) -> None:
+        self.base, self.cap, self.attempt = base, cap, 0
+
+    def next(self) -> float:
+        delay = random.uniform(self.base / 2, min(self.cap, self.base * 2 ** self.attempt))
+        self.attempt = min(self.attempt + 1, 30)
+        return delay
+
+    def reset(self) -> None:
+        self.attempt = 0
+
+
+def _keys(rows: Sequence[Claimed]) -> list[tuple[Any, ...]]:
+    return [r.key for r in rows]
+
+
+@dataclass
+class Lane:
+    """One lane's connections; ``me`` marks the rows it claims (queue.claimed_by)."""
+
+    me: str
+    conn: psycopg.Connection[Any] | None = None
+    client: Client | None = None
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+
+class Worker:
+    def __init__(self, settings: WorkerSettings) -> None:
+        self.s = settings
+        self.stopping = threading.Event()
+        self.ident = f"{socket.gethostname()}:{os.getpid()}"
+        self._wakeups = [threading.Event() for _ in range(max(1, settings.concurrency))]
+        self._idle = [False] * len(self._wakeups)
+        self._configs: list[Vectorizer] = []
+        self._configs_at = 0.0
+        self._configs_stale = True
+        self._config_lock = threading.Lock()
+        self._counters: dict[str, Counters] = defaultdict(Counters)
+        self._counter_lock = threading.Lock()
+        self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Finish the batches in hand, then return from run()."""
+        self.stopping.set()
+        self._wake_all()
+
+    def run(self) -> None:
+        self._check_install()
+        self._learn_limits()
+        lanes = [threading.Thread(target=self._lane, args=(n,), name=f"qvl-lane-{n}", daemon=True)
+                 for n in range(len(self._wakeups))]
+        listener = threading.Thread(target=self._listen, name="qvl-listen", daemon=True)
+        for t in [*lanes, listener]:
+            t.start()
+        log.info("worker started", extra={"worker": self.ident, "service": self.s.service,
+                                          "concurrency": len(lanes), "batch": self.s.batch})
+        try:
+            self._monitor()
+        finally:
+            self.stop()
+            for t in lanes:
+                t.join()
+            listener.join(timeout=5)
+            self._report(final=True)
+            log.info("worker stopped", extra={"worker": self.ident})
+
+    def counters(self) -> dict[str, Counters]:
+        with self._counter_lock:
+            return {k: Counters(**vars(v)) for k, v in self._counters.items()}
+
+    # -- connections -----------------------------------------------------------------------
+    def _connect(self) -> psycopg.Connection[Any]:
+        return psycopg.connect(self.s.dsn, autocommit=True, application_name=self.s.application_name,
+                               connect_timeout=10)
+
+    def _client(self) -> Client:
+        return Client(self.s.service, token=self.s.token, timeout=self.s.rpc_timeout_s, retries=1)
+
+    def _check_install(self) -> None:
+        with self._connect() as conn:
+            row = conn.execute("SELECT to_regclass('qvl.vectorizer') IS NOT NULL").fetchone()
+            if not row or not row[0]:
+                raise RuntimeError("qvl is not installed in this database: run `qvl pg install --dsn ...` first")
+
+    def _learn_limits(self) -> None:
+        try:
+            with Client(self.s.service, token=self.s.token, timeout=10, retries=0) as client:
+                info = client.info()
+            self.max_item_bytes = max(1024, int(info.limits.max_request_bytes) - 4096)
+        except QvlClientError as exc:
+            log.warning("the service is not answering yet; rows stay queued until it does",
+                        extra={"service": self.s.service, "error": str(exc)})
+
+    def _wake_all(self) -> None:
+        for event in self._wakeups:
+            event.set()
+
+    def _current_configs(self, conn: psycopg.Connection[Any]) -> list[Vectorizer]:
+        with self._config_lock:
+            if self._configs_stale or time.monotonic() - self._configs_at > CONFIG_REFRESH_S:
+                self._configs = load_vectorizers(conn, self.s.vectorizers)
+                self._configs_at = time.monotonic()
+                self._configs_stale = False
+            return self._configs
+
+    # -- notifications ---------------------------------------------------------------------
+    def _listen(self) -> None:
+        backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
+        while not self.stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    conn.execute("LISTEN qvl_queue")
+                    conn.execute("LISTEN qvl_config")
+                    backoff.reset()
+                    self._wake_all()  # rows may have come while we were not listening
+                    while not self.stopping.is_set():
+                        for note in conn.notifies(timeout=0.5):
+                            if note.channel == "qvl_config":
+                                self._configs_stale = True
+                            self._wake_all()
+            except psycopg.OperationalError as exc:
+                log.warning("listen connection lost; polling every %.0f s until it is back", self.s.poll_s,
+                            extra={"error": str(exc).strip()})
+                self.stopping.wait(backoff.next())
+
+    # -- lanes -----------------------------------------------------------------------------
+    def _lane(self, n: int) -> None:
+        lane = Lane(f"{self.ident}:{n}")
+        wake = self._wakeups[n]
+        backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
+        turn = 0
+        down_since: float | None = None
+        while not self.stopping.is_set():
+            try:
+                if lane.conn is None or lane.conn.closed:
+                    lane.conn = self._connect()
+                if lane.client is None:
+                    lane.client = self._client()
+                configs = self._current_configs(lane.conn)
+                wake.clear()
+                worked = False
+                for i in range(len(configs)):
+                    v = configs[(turn + i) % len(configs)]
+                    rows = self._claim(lane.conn, v, lane.me)
+                    if rows:
+                        self._idle[n] = False
+                        turn = (turn + i + 1) % len(configs)
+                        self.process(lane, v, rows)
+                        worked = True
+                        break
+                if worked:
+                    if down_since is not None:
+                        log.info("the service is back", extra={"down_s": round(time.monotonic() - down_since, 1)})
+                        down_since = None
+                    backoff.reset()
+                    continue
+                self._idle[n] = True
+                wake.wait(self.s.poll_s)
+            except ServiceDown as exc:
+                delay = backoff.next()
+                if down_since is None:
+                    down_since = time.monotonic()
+                    log.warning("the service is unavailable; rows stay queued and are retried",
+                                extra={"lane": n, "error": str(exc)})
+                else:
+                    log.debug("service still unavailable", extra={"lane": n, "retry_in_s": round(delay, 2)})
+                if lane.client is not None:
+                    lane.client.close()  # a fresh channel reconnects at once instead of after gRPC's backoff
+                    lane.client = None
+                self.stopping.wait(delay)
+            except psycopg.OperationalError as exc:
+                log.warning("lost the database connection; reconnecting",
+                            extra={"lane": n, "error": str(exc).strip()})
+                if lane.conn is not None:
+                    lane.conn.close()
+                lane.conn = None
+                self.stopping.wait(backoff.next())
+            except psycopg.errors.UndefinedTable:
+                self._configs_stale = True  # a vectorizer was dropped under us
+            except Exception:
+                log.exception("lane error", extra={"lane": n})
+                self._configs_stale = True
+                self.stopping.wait(backoff.next())
+        lane.close()
+
+    def _claim(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str) -> list[Claimed]:
+        rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}).fetchall()
+        npk = len(v.pk_columns)
+        out = []
+        for r in rows:
+            present = bool(r[npk + 1])
+            content = dict(zip(v.content_columns, r[npk + 3:], strict=True))
+            out.append(Claimed(tuple(r[:npk]), int(r[npk]), present, r[npk + 2],
+                               row_item(v, content) if present else None))
+        return out
+
+    # -- one batch ---------------------------------------------------------------------------
+    def process(self, lane: Lane, v: Vectorizer, rows: list[Claimed]) -> Outcome:
+        started = time.monotonic()
+        gone = [r for r in rows if not r.present]
+        empty = [r for r in rows if r.present and r.item is None]
+        with_item = [r for r in rows if r.present and r.item is not None]
+        too_big = [r for r in with_item if item_size(r.item) > self.max_item_bytes]  # type: ignore[arg-type]
+        send = [r for r in with_item if item_size(r.item) <= self.max_item_bytes]  # type: ignore[arg-type]
+        down: ServiceDown | None = None
+        results: list[np.ndarray | ItemFailure | None] = [None] * len(send)
+        if send:
+            try:
+                assert lane.client is not None
+                results = self._embed(lane.client, v, [r.item for r in send])  # type: ignore[misc]
+            except ServiceDown as exc:
+                down = exc
+        writes: list[tuple[Claimed, str | None]] = [(r, None) for r in empty]
+        failures = [(r, f"the row's item is {item_size(r.item)} bytes, over the service's request limit of "  # type: ignore[arg-type]
+                        f"{self.max_item_bytes} bytes", "INVALID_ARGUMENT") for r in too_big]
+        retry: list[Claimed] = []
+        for r, res in zip(send, results, strict=True):
+            if res is None:
+                continue  # not answered: given back below
+            if isinstance(res, ItemFailure):
+                if res.code in PERMANENT_CODES or r.attempts + 1 >= self.s.max_attempts:
+                    failures.append((r, res.message, res.code))
+                elif res.code not in TRANSIENT_CODES:
+                    retry.append(r)
+            else:
+                writes.append((r, vector_literal(v, res)))
+        outcome = self._finish(lane, v, rows, writes, failures, retry, gone)
+        with self._counter_lock:
+            c = self._counters[v.name]
+            c.embedded += outcome.written
+            c.failed += outcome.failed
+            c.retried += outcome.retried
+            c.released += outcome.released
+            c.batches += 1
+        log.debug("batch", extra={"vectorizer": v.name, "rows": len(rows), "written": outcome.written,
+                                  "failed": outcome.failed, "stale": outcome.stale,
+                                  "ms": round(1000 * (time.monotonic() - started), 1)})
+        for r, message, code in failures:
+            log.warning("row refused; moved to the failed table", extra={
+                "vectorizer": v.name, "key": list(map(str, r.key)), "code": code, "error": message})
+        if down is not None:
+            raise down
+        return outcome
+
+    def _embed(self, client: Client, v: Vectorizer, items: list[pb.Item]) -> list[np.ndarray | ItemFailure | None]:
+        """One result per item (None: not answered). A stream failing on bad input is halved until
+        the item responsible stands alone, so it cannot block its neighbours."""
+        out: list[np.ndarray | ItemFailure | None] = [None] * len(items)
+        done = 0
+        try:
+            stream = client.embed_stream(items, dimensions=v.dimensions, encoding=v.encoding,
+                                         instruction=v.instruction, max_in_flight=max(1, len(items)),
+                                         timeout=self.s.rpc_timeout_s)
+            for i, res in enumerate(stream):
+                out[i] = res
+                done = i + 1
+        except TransientError as exc:
+            if done == 0:
+                raise ServiceDown(str(exc)) from None
+            return out  # keep what came back; the rest goes back to the queue
+        except Unauthenticated as exc:
+            raise ServiceDown(f"the service refused the token (pass --token or QVL_TOKEN): {exc}") from None
+        except (InvalidInput, QvlClientError) as exc:
+            rest = items[done:]
+            if len(rest) == 1:
+                out[done] = ItemFailure(0, str(exc), exc.code)
+            else:
+                half = len(rest) // 2
+                out[done:done + half] = self._embed(client, v, rest[:half])
+                out[done + half:] = self._embed(client, v, rest[half:])
+        return out
+
+    def _finish(self, lane: Lane, v: Vectorizer, rows: list[Claimed], writes: list[tuple[Claimed, str | None]],
+                failures: list[tuple[Claimed, str, str]], retry: list[Claimed], gone: list[Claimed]) -> Outcome:
+        """One short transaction; on a lost connection, retried on a new one (the vectors are in hand)."""
+        for attempt in range(3):
+            if lane.conn is None or lane.conn.closed:
+                lane.conn = self._connect()
+            try:
+                return self._finish_once(lane.conn, v, lane.me, rows, writes, failures, retry, gone)
+            except psycopg.OperationalError:
+                if attempt == 2:
+                    raise
+                log.warning("lost the database connection while writing; retrying the write")
+                lane.conn.close()
+                self.stopping.wait(0.5 * (attempt + 1))
+            except psycopg.errors.DataException:
+                # e.g. qvl.reembed changed the size under us: give the batch back, reload the definition.
+                self._configs_stale = True
+                with lane.conn.transaction():
+                    lane.conn.execute(v.release_sql(), {**v.key_params(_keys(rows)), "me": lane.me})
+                return Outcome(released=len(rows))
+        raise AssertionError("unreachable")
+
+    def _finish_once(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str, rows: list[Claimed],
+                     writes: list[tuple[Claimed, str | None]], failures: list[tuple[Claimed, str, str]],
+                     retry: list[Claimed], gone: list[Claimed]) -> Outcome:
+        out = Outcome()
+        with conn.transaction():
+            if writes:
+                params = {**v.key_params([r.key for r, _ in writes]),
+                          "qvl_hash": [r.content_hash for r, _ in writes], "qvl_vec": [vec for _, vec in writes]}
+                row = conn.execute(v.write_sql(), params).fetchone()
+                out.written = int(row[0]) if row else 0
+                out.stale = len(writes) - out.written  # changed since the claim: the newer version wins
+            if failures:
+                params = {**v.key_params([r.key for r, _, _ in failures]), "me": me,
+                          "qvl_error": [m for _, m, _ in failures], "qvl_code": [c for _, _, c in failures]}
+                out.failed = conn.execute(v.fail_sql(), params).rowcount
+            if retry:
+                params = {**v.key_params(_keys(retry)), "me": me, "delay": self.s.retry_delay_s}
+                out.retried = conn.execute(v.retry_later_sql(), params).rowcount
+            if gone:
+                out.gone = conn.execute(v.forget_gone_sql(), {**v.key_params(_keys(gone)), "me": me}).rowcount
+            out.released = conn.execute(v.release_sql(), {**v.key_params(_keys(rows)), "me": me}).rowcount
+        return out
+
+    # -- progress --------------------------------------------------------------------------
+    def _monitor(self) -> None:
+        conn: psycopg.Connection[Any] | None = None
+        last_report = time.monotonic()
+        self._last_counts: dict[str, int] = {}
+        self._last_at = time.monotonic()
+        while not self.stopping.is_set():
+            self.stopping.wait(0.25 if self.s.exit_when_idle else 1.0)
+            now = time.monotonic()
+            try:
+                if self.s.exit_when_idle and all(self._idle):
+                    conn = conn if conn is not None and not conn.closed else self._connect()
+                    if self._pending(conn) == 0:
+                        log.info("queues empty; exiting (--exit-when-idle)")
+                        break
+                if now - last_report >= self.s.log_every_s:
+                    conn = conn if conn is not None and not conn.closed else self._connect()
+                    self._report(conn=conn)
+                    last_report = now
+            except psycopg.Error:
+                if conn is not None:
+                    conn.close()
+                conn = None
+        if conn is not None:
+            conn.close()
+
+    def _pending(self, conn: psycopg.Connection[Any]) -> int:
+        total = 0
+        for v in self._current_configs(conn):
+            try:
+                row = conn.execute(v.pending_sql()).fetchone()
+            except psycopg.errors.UndefinedTable:
+                self._configs_stale = True
+                continue
+            total += int(row[0]) if row else 0
+        return total
+
+    def _report(self, conn: psycopg.Connection[Any] | None = None, final: bool = False) -> None:
+        now = time.monotonic()
+        elapsed = max(now - getattr(self, "_last_at", now), 1e-9)
+        counts = self.counters()
+        last = getattr(self, "_last_counts", {})
+        for v in list(self._configs):
+            c = counts.get(v.name, Counters())
+            pending = None
+            if conn is not None:
+                try:
+                    row = conn.execute(v.pending_sql()).fetchone()
+                    pending = int(row[0]) if row else None
+                except psycopg.Error:
+                    pending = None
+            delta = c.embedded - last.get(v.name, 0)
+            if not final and delta == 0 and not pending:
+                continue
+            rate = delta / elapsed
+            extra: dict[str, Any] = {"vectorizer": v.name, "embedded": c.embedded, "failed": c.failed,
+                                     "pending": pending, "rate_per_s": round(rate, 1)}
+            if pending and rate > 0:
+                extra["eta_s"] = round(pending / rate, 1)
+            log.info(f"{v.name}: {c.embedded} embedded, {c.failed} failed"
+                     + (f", {pending} pending" if pending is not None else "")
+                     + (f" ({rate:.1f}/s)" if not final else " (final)"), extra=extra)
+        self._last_counts = {k: c.embedded for k, c in counts.items()}
+        self._last_at = now
+
+
+def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -> int:
+    """The ``qvl worker`` entry point: SIGTERM/SIGINT finish the batches in hand, a second one exits now."""
+    worker = Worker(settings)
+    if handle_signals:
+        def on_signal(signum: int, frame: Any) -> None:
+            if worker.stopping.is_set():
+                log.warning("second signal: exiting now (claimed rows return when their lease ends)")
+                os._exit(1)
+            log.info("signal received: finishing the batches in hand", extra={"signal": signum})
+            worker.stop()
+
+        signal.signal(signal.SIGTERM, on_signal)
+        signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run()
+    except RuntimeError as exc:
+        log.error(str(exc))
+        return 2
+    return 0
