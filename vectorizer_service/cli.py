@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench import add_bench_parser
     add_bench_parser(sub, cmd_bench)
 
+    from connectors.postgres.cli import add_postgres_parsers
+    add_postgres_parsers(sub)  # qvl pg install|status, qvl worker
+
     p = sub.add_parser("demo", help="run every part together on this machine (tiny model, random weights)")
     p.add_argument("--model", help="checkpoint for both tasks (default: build the tiny one)")
     p.add_argument("--workdir", default=os.environ.get("QVL_DEMO_DIR", ".cache/demo"))
