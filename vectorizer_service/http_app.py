@@ -148,7 +148,7 @@ class TokenAuth:
         self.open_module_routes = open_module_routes
 
     def _exempt(self, path: str) -> bool:
-        if path.startswith("/.well-known/"):
+        if path.startswith("/.well-known/") or (path.startswith(("/profiles/", "/dim/")) and "/.well-known/" in path):
             return True
         return self.open_module_routes and path.endswith(MODULE_PATHS)
 
@@ -346,6 +346,22 @@ def build_http_app(batcher: Batcher, settings: Settings) -> tuple[ASGIApp, HttpS
             endpoint = bind(handler, resolve)
             app.add_api_route(prefix + path, endpoint, methods=["POST"], openapi_extra=_doc(model),
                               include_in_schema=path != "/vectors/", summary=f"{prefix}{path} (Weaviate module)")
+        if prefix:
+            # A module configured by environment (bind and the reranker have no per-collection
+            # URL) checks {url}/.well-known/ready and reads {url}/meta under the same prefix.
+            def health(check: Callable[[], Awaitable[Response]]) -> Callable[[Request], Awaitable[Response]]:
+                async def endpoint(request: Request) -> Response:
+                    resolve(**request.path_params)  # an unknown profile is a 404, not "ready"
+                    return await check()
+                return endpoint
+
+            async def prefixed_meta(request: Request) -> dict[str, Any]:
+                resolve(**request.path_params)
+                return info_dict(batcher, settings)
+
+            app.add_api_route(prefix + "/.well-known/ready", health(ready), methods=["GET"], include_in_schema=False)
+            app.add_api_route(prefix + "/.well-known/live", health(live), methods=["GET"], include_in_schema=False)
+            app.add_api_route(prefix + "/meta", prefixed_meta, methods=["GET"], include_in_schema=False)
 
     module_routes("", lambda: RouteOptions())
     module_routes("/profiles/{name}", lambda name: svc.profile(name))
