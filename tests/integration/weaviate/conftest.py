@@ -20,6 +20,7 @@ PROFILES = {
     "small": {
         "instruction": "Represent this photo for search",
         "query_instruction": "Find photos that match the words",
+        "rerank_instruction": "Judge whether the photo shows what the words say",
         "dimensions": 32,
     },
 }
