@@ -56,7 +56,7 @@ class WorkerSettings:
     log_every_s: float = 10.0
     vectorizers: tuple[str, ...] = ()  # names; empty = all
     exit_when_idle: bool = False
-    application_name: str = "qvl-worker"
+    application_name: str = ""  # default qvl-worker-<pid> (pg_stat_activity shows who is who)
 
 
 class ServiceDown(Exception):
@@ -176,8 +176,8 @@ class Worker:
 
     # -- connections -----------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
-        return psycopg.connect(self.s.dsn, autocommit=True, application_name=self.s.application_name,
-                               connect_timeout=10)
+        name = self.s.application_name or f"qvl-worker-{os.getpid()}"
+        return psycopg.connect(self.s.dsn, autocommit=True, application_name=name, connect_timeout=10)
 
     def _client(self) -> Client:
         return Client(self.s.service, token=self.s.token, timeout=self.s.rpc_timeout_s, retries=1)

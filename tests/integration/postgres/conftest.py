@@ -1,0 +1,144 @@
+"""Real Postgres (pgvector + plpython3u) with qvl installed, the real service, workers."""
+
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from connectors.postgres.installer import install
+from connectors.postgres.worker import Worker, WorkerSettings
+from tests.media_factory import image_bytes
+from tests.support.postgres import PostgresServer
+from tests.support.service import ServiceProcess
+
+ROOT = Path(__file__).parents[3]
+
+
+def new_database(pg_server: PostgresServer, hint: str) -> str:
+    name = "q_" + re.sub(r"\W+", "_", hint.lower())[:40] + "_" + uuid.uuid4().hex[:6]
+    return pg_server.create_database(name)
+
+
+@pytest.fixture
+def qvl_db(pg_server: PostgresServer, service: ServiceProcess, request: pytest.FixtureRequest) -> str:
+    """A fresh database with qvl installed and pointed at the shared service."""
+    dsn = new_database(pg_server, request.node.name)
+    install(dsn, service_url=service.http_url)
+    return dsn
+
+
+@pytest.fixture
+def conn(qvl_db: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(qvl_db, autocommit=True) as c:
+        yield c
+
+
+def images(n: int, offset: int = 0) -> list[bytes]:
+    return [image_bytes("PNG", (64, 48), seed=offset + i) for i in range(n)]
+
+
+def vec(text: str | None) -> np.ndarray:
+    assert text is not None
+    return np.array([float(x) for x in text.strip("[]").split(",")], dtype=np.float32)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def drain(dsn: str, service: str, **kwargs: Any) -> Worker:
+    """Run a worker in this process until every queue is empty."""
+    settings = WorkerSettings(dsn=dsn, service=service, exit_when_idle=True, poll_s=0.5, log_every_s=60,
+                              backoff_cap_s=2.0, **kwargs)
+    worker = Worker(settings)
+    worker.run()
+    return worker
+
+
+def wait_until(check: Callable[[], bool], timeout: float = 60.0, every: float = 0.02) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > deadline:
+            raise TimeoutError("condition not met in time")
+        time.sleep(every)
+
+
+class WorkerProcess:
+    """``qvl worker`` as a real subprocess (to SIGKILL it, run two, or outlive a service outage)."""
+
+    def __init__(self, dsn: str, service: str, *args: str, name: str = "qvl-worker-test") -> None:
+        self.name = name
+        self.command = [sys.executable, "-m", "vectorizer_service.cli", "--log-format", "json", "worker",
+                        "--dsn", dsn, "--service", service, "--application-name", name, "--poll", "0.5",
+                        "--max-backoff", "1", "--log-every", "1", *args]
+        self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen(self.command, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        log.close()
+        return self
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 60.0) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            raise
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@pytest.fixture
+def worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
+    started: list[WorkerProcess] = []
+
+    def make(*args: Any, **kwargs: Any) -> WorkerProcess:
+        w = WorkerProcess(*args, **kwargs).start()
+        started.append(w)
+        return w
+
+    yield make
+    for w in started:
+        if w.proc is not None and w.proc.poll() is None:
+            w.kill()
+
+
+def write_log(conn: psycopg.Connection[Any], table: str, column: str = "embedding") -> None:
+    """Record every write of the vector column (who wrote it), to prove nothing is embedded twice."""
+    conn.execute(f"""
+        CREATE TABLE {table}_writes (id int, app text, at timestamptz DEFAULT clock_timestamp());
+        CREATE FUNCTION {table}_log_write() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            INSERT INTO {table}_writes (id, app) VALUES (NEW.id, current_setting('application_name'));
+            RETURN NULL;
+        END $$;
+        CREATE TRIGGER {table}_log_write AFTER UPDATE OF {column} ON {table}
+            FOR EACH ROW EXECUTE FUNCTION {table}_log_write();
+    """)

@@ -1,0 +1,201 @@
+"""Vectorizers: backfill + triggers + worker embed every row exactly as gRPC would; updates,
+poison rows, storage kinds, limits, drop and re-embed."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from connectors.client import Client
+from tests.integration.postgres.conftest import cosines, drain, images, vec, write_log
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> Any:
+    with Client(service.grpc_target) as c:
+        yield c
+
+
+def vectors(conn: psycopg.Connection[Any], table: str = "items") -> dict[int, np.ndarray | None]:
+    rows = conn.execute(f"SELECT id, embedding::text FROM {table} ORDER BY id").fetchall()
+    return {i: (vec(e) if e is not None else None) for i, e in rows}
+
+
+def status(conn: psycopg.Connection[Any], name: str = "items") -> tuple[int, int]:
+    row = conn.execute("SELECT pending, failed FROM qvl.vectorizer_status WHERE name = %s", (name,)).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def test_thousand_rows_with_images_and_captions(conn: psycopg.Connection[Any], qvl_db: str,
+                                                 service: ServiceProcess, client: Client) -> None:
+    n = 1000
+    pics = images(n)
+    captions = [f"photo {i}: {'sunset' if i % 3 else 'harbour'} number {i * 7 % 101}" for i in range(n)]
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text, image bytea, note text)")
+    with conn.cursor() as cur:  # half before the vectorizer exists (backfill), half after (triggers)
+        cur.executemany("INSERT INTO items VALUES (%s, %s, %s, 'x')", [(i, captions[i], pics[i]) for i in range(500)])
+        cur.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], "
+                    "image_columns => ARRAY['image'])")
+        cur.executemany("INSERT INTO items VALUES (%s, %s, %s, 'x')",
+                        [(i, captions[i], pics[i]) for i in range(500, n)])
+    assert status(conn) == (n, 0)
+    assert conn.execute("SELECT qvl.wait_for_embeddings('items', '50 ms')").fetchone() == (False,)
+
+    drain(qvl_db, service.grpc_target, batch=64, concurrency=2)
+
+    assert status(conn) == (0, 0)
+    assert conn.execute("SELECT qvl.wait_for_embeddings('items', '1 s')").fetchone() == (True,)
+    got = vectors(conn)
+    assert all(v is not None for v in got.values())
+    direct = np.concatenate([client.embed([{"image": pics[i], "text": captions[i]} for i in range(s, s + 250)])
+                             for s in range(0, n, 250)])
+    stored = np.stack([got[i] for i in range(n)])  # type: ignore[misc]
+    assert cosines(stored, direct).min() >= 0.9999
+
+
+def test_only_changes_of_embedded_columns_reembed(conn: psycopg.Connection[Any], qvl_db: str,
+                                                  service: ServiceProcess, client: Client) -> None:
+    pics = images(20, offset=100)
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text, image bytea, note text)")
+    conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['image'])")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO items VALUES (%s, %s, %s, 'n')", [(i, f"cap {i}", pics[i]) for i in range(20)])
+    drain(qvl_db, service.grpc_target)
+    before = vectors(conn)
+    write_log(conn, "items")
+
+    conn.execute("UPDATE items SET note = 'changed'")  # not an embedded column
+    conn.execute("UPDATE items SET caption = caption, image = image")  # named, but no real change
+    assert status(conn) == (0, 0)
+
+    conn.execute("UPDATE items SET caption = 'new caption ' || id WHERE id < 5")
+    conn.execute("UPDATE items SET image = %s WHERE id = 5", (pics[19],))
+    assert status(conn) == (6, 0)
+    conn.execute("DELETE FROM items WHERE id = 19")  # deletes need no work
+    assert status(conn) == (6, 0)
+    drain(qvl_db, service.grpc_target)
+
+    after = vectors(conn)
+    written = sorted(i for (i,) in conn.execute("SELECT id FROM items_writes").fetchall())
+    assert written == [0, 1, 2, 3, 4, 5]
+    for i in range(6, 19):
+        np.testing.assert_array_equal(after[i], before[i])
+    want = client.embed([{"image": pics[i], "text": f"new caption {i}"} for i in range(5)]
+                        + [{"image": pics[19], "text": "cap 5"}])
+    assert cosines(np.stack([after[i] for i in range(6)]), want).min() >= 0.9999  # type: ignore[misc]
+
+
+def test_poison_row_fails_alone(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess) -> None:
+    pics = images(30, offset=200)
+    pics[7] = b"this is not an image"
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text, image bytea)")
+    conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['image'])")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO items VALUES (%s, %s, %s)", [(i, f"c{i}", pics[i]) for i in range(30)])
+        cur.execute("INSERT INTO items VALUES (30, NULL, NULL)")  # nothing to embed: NULL, no model call
+    drain(qvl_db, service.grpc_target, batch=16)
+
+    got = vectors(conn)
+    assert got[7] is None and got[30] is None
+    assert all(got[i] is not None for i in range(30) if i != 7)
+    assert status(conn) == (0, 1)
+    failed = conn.execute("SELECT pk, error, code, attempts FROM qvl.failed_items('items')").fetchall()
+    assert len(failed) == 1 and failed[0][0] == "7" and failed[0][2] == "INVALID_ARGUMENT"
+    assert "not a recognised image" in failed[0][1]
+
+    assert conn.execute("SELECT qvl.retry_failed('items')").fetchone() == (1,)  # still bad: fails again
+    drain(qvl_db, service.grpc_target)
+    assert status(conn) == (0, 1)  # refused again, after a fresh set of attempts
+
+    conn.execute("UPDATE items SET image = %s WHERE id = 7", (images(1)[0],))  # fixing the row re-queues it
+    drain(qvl_db, service.grpc_target)
+    assert vectors(conn)[7] is not None
+    assert status(conn) == (0, 0)
+
+
+def test_storage_kinds_and_index(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,
+                                 client: Client) -> None:
+    texts = [f"text {i}" for i in range(10)]
+    for table, storage, dims in (("h", "halfvec", 48), ("b", "bit", None), ("v", "vector", 32)):
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+        conn.execute(f"SELECT qvl.create_vectorizer('{table}', text_columns => ARRAY['body'], storage => %s, "
+                     "dimensions => %s)", (storage, dims))
+        with conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO {table} VALUES (%s, %s)", list(enumerate(texts)))
+    drain(qvl_db, service.grpc_target)
+
+    types = dict(conn.execute("SELECT attrelid::regclass::text, format_type(atttypid, atttypmod) FROM pg_attribute "
+                              "WHERE attname = 'embedding' AND attrelid IN ('h'::regclass, 'b'::regclass, "
+                              "'v'::regclass)").fetchall())
+    assert types == {"h": "halfvec(48)", "b": "bit(64)", "v": "vector(32)"}
+    indexes = " ".join(r[0] for r in conn.execute("SELECT indexdef FROM pg_indexes WHERE indexname LIKE '%hnsw'"))
+    for opclass in ("halfvec_cosine_ops", "bit_hamming_ops", "vector_cosine_ops"):
+        assert opclass in indexes
+
+    half = np.stack([vec(e) for (e,) in conn.execute("SELECT embedding::text FROM h ORDER BY id")])
+    assert cosines(half, client.embed(texts, dimensions=48)).min() >= 0.999
+    bits = [e for (e,) in conn.execute("SELECT embedding::text FROM b ORDER BY id")]
+    want = client.embed(texts, encoding="binary")
+    assert bits == ["".join(map(str, np.unpackbits(w)[:64])) for w in want]
+    small = np.stack([vec(e) for (e,) in conn.execute("SELECT embedding::text FROM v ORDER BY id")])
+    assert cosines(small, client.embed(texts, dimensions=32)).min() >= 0.9999
+
+
+def test_create_vectorizer_refuses_with_a_hint(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE TABLE nopk (body text)")
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text, n int, pic bytea)")
+    cases = [
+        ("SELECT qvl.create_vectorizer('nopk', text_columns => ARRAY['body'])", "no primary key", "ADD PRIMARY KEY"),
+        ("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['bdy'])", "has no column bdy", "body"),
+        ("SELECT qvl.create_vectorizer('t', image_columns => ARRAY['n'])", "cannot be a image input", "bytea"),
+        ("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], dimensions => 2048)",
+         "at most 2000 dimensions", "halfvec"),
+        ("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], storage => 'halfvec', "
+         "dimensions => 4096)", "at most 4000 dimensions", "dimensions =>"),
+        ("SELECT qvl.create_vectorizer('t')", "at least one column", "text_columns"),
+    ]
+    for statement, message, hint in cases:
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(statement)
+        assert message in str(err.value), statement
+        assert hint in (err.value.diag.message_hint or ""), statement
+    conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], image_columns => ARRAY['pic'], "
+                 "dimensions => 2048, storage => 'halfvec')")  # halfvec indexes 2048 (the 2B model's size)
+    with pytest.raises(psycopg.errors.DuplicateObject):
+        conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'])")
+
+
+def test_drop_reembed_and_composite_keys(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,
+                                         client: Client) -> None:
+    conn.execute("CREATE TABLE docs (shelf int, slot text, body text, PRIMARY KEY (shelf, slot))")
+    conn.execute("INSERT INTO docs SELECT g % 3, 'slot' || g, 'document ' || g FROM generate_series(1, 12) g")
+    conn.execute("SELECT qvl.create_vectorizer('docs', 'd', text_columns => ARRAY['body'])")
+    drain(qvl_db, service.grpc_target)
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+
+    assert conn.execute("SELECT qvl.reembed('d', dimensions => 32)").fetchone() == (12,)
+    assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'docs'::regclass "
+                        "AND attname = 'embedding'").fetchone() == ("vector(32)",)
+    drain(qvl_db, service.grpc_target)
+    row = conn.execute("SELECT embedding::text FROM docs WHERE shelf = 1 AND slot = 'slot1'").fetchone()
+    assert row is not None
+    assert cosines(vec(row[0]), client.embed(["document 1"], dimensions=32)[0]) >= 0.9999
+
+    hits = conn.execute("SELECT pk FROM qvl.search('d', 'document 4', k => 3)").fetchall()
+    assert len(hits) == 3 and all(h[0].startswith("(") for h in hits)  # composite keys as ROW text
+
+    assert conn.execute("SELECT qvl.drop_vectorizer('d')").fetchone() == (True,)
+    conn.execute("INSERT INTO docs VALUES (9, 'late', 'after the drop')")
+    assert conn.execute("SELECT count(*) FROM qvl.vectorizer").fetchone() == (0,)
+    assert conn.execute("SELECT to_regclass('qvl.queue_1')").fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL").fetchone() == (12,)  # kept
