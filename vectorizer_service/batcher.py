@@ -1,16 +1,20 @@
 """The dynamic batcher: concurrent requests merged into model batches by token budget.
 
-Requests enter on the event loop. Admission is bounded (``queue_max_items``): past it a
-request is refused at once (or, for streams, waits) instead of growing memory. Media decoding
-and tokenization run on a thread pool, overlapping with model compute. One model thread takes
-sequences from the embed and rerank queues (oldest head first, so neither starves), waits up to
-``max_wait_ms`` for company, plans batches and runs them. Work whose caller has gone or whose
-deadline has passed is dropped before compute.
+Requests enter on the event loop and are admitted against bounded counts of items and raw
+bytes: past them a request is refused at once (streams wait instead) rather than growing
+memory. Media decoding and tokenization run on a thread pool, chunk by chunk, and each
+prepared chunk goes straight to the model queue; a chunk waits before decoding while the
+prepared-but-not-computed tensors exceed their byte budget, so decoded media never pile up.
+One model thread takes sequences from the embed and rerank queues (oldest head first, so
+neither starves), plans batches and runs them. Work whose caller has gone or whose deadline
+has passed is dropped before compute.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
+import contextlib
 import itertools
 import logging
 import threading
@@ -27,12 +31,13 @@ from .embedder import Embedder
 from .errors import CancelledError, DeadlineError, InputError, OverloadedError, QvlError, UnavailableError
 from .items import Item
 from .outputs import EncodedVector, check_options, encode_vector
-from .preprocess import Encoded
+from .preprocess import DecodedItem, Encoded
 from .reranker import Reranker, RerankResult, result_from_rows
 from .settings import Settings
 
 log = logging.getLogger("qvl.batcher")
-TEXT_CHUNK = 32  # text-only items tokenized together in one pool task
+TEXT_CHUNK = 32  # text-only items prepared together in one pool task
+INLINE_TEXT_CHARS = 4096  # text-only requests this small are prepared on the event loop
 
 
 @dataclass
@@ -65,9 +70,24 @@ class EmbedOptions:
 class _Job:
     enc: Encoded
     ctx: CallContext
-    future: asyncio.Future[Any]
     group: int
+    nbytes: int
+    future: concurrent.futures.Future[Any] = field(default_factory=concurrent.futures.Future)
     enqueued: float = field(default_factory=time.monotonic)
+
+
+def _media_bytes(item: Item) -> int:
+    size = sum(len(p) for p in item.images if isinstance(p, bytes | bytearray))
+    for v in item.videos:
+        if isinstance(v, bytes | bytearray):
+            size += len(v)
+        elif isinstance(v, list):
+            size += sum(len(f) for f in v if isinstance(f, bytes | bytearray))
+    return size
+
+
+def _tensor_bytes(enc: Encoded) -> int:
+    return sum(p.pixel_values.element_size() * p.pixel_values.nelement() for p in (*enc.images, *enc.videos))
 
 
 class Batcher:
@@ -77,18 +97,18 @@ class Batcher:
         self.settings = settings
         self.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="qvl-preprocess")
         self.queues: dict[str, deque[_Job]] = {"embed": deque(), "rerank": deque()}
-        self.cv = threading.Condition()
+        self.cv = threading.Condition()  # guards the queues and prepared_bytes
+        self.prepared_bytes = 0
         self.admitted = 0
+        self.admitted_bytes = 0
         self.capacity = asyncio.Condition()
         self.accepting = False
         self.stopping = False
         self.groups = itertools.count()
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.thread = threading.Thread(target=self._model_loop, name="qvl-model", daemon=True)
 
     # -- lifecycle -----------------------------------------------------------
     def start(self) -> None:
-        self.loop = asyncio.get_running_loop()
         self.accepting = True
         self.thread.start()
 
@@ -107,36 +127,42 @@ class Batcher:
         with self.cv:
             self.stopping = True
             self.cv.notify_all()
-        self.thread.join(timeout=10)
+        if self.thread.is_alive():
+            self.thread.join(timeout=10)
         self.pool.shutdown(wait=False, cancel_futures=True)
 
     # -- admission -----------------------------------------------------------
-    async def admit(self, n: int, *, wait: bool = False, ctx: CallContext | None = None) -> None:
+    async def admit(self, n: int, nbytes: int, *, wait: bool = False,
+                    ctx: CallContext | None = None) -> tuple[int, int]:
+        """Reserve room for ``n`` items of ``nbytes`` raw media; returns what to release."""
         if not self.accepting:
             raise UnavailableError("the service is starting or draining; retry shortly")
-        limit = self.settings.queue_max_items
-        n_eff = min(n, limit)  # one request larger than the queue still runs, alone
+        s = self.settings
+        # One request larger than the limits still runs, alone.
+        n, nbytes = min(n, s.queue_max_items), min(nbytes, s.queue_max_bytes)
         async with self.capacity:
-            while self.admitted + n_eff > limit:
+            while self.admitted + n > s.queue_max_items or self.admitted_bytes + nbytes > s.queue_max_bytes:
                 if not wait:
                     metrics.ERRORS.labels("overloaded").inc()
-                    raise OverloadedError(f"queue full ({self.admitted} of {limit} items in flight); retry later")
+                    raise OverloadedError(
+                        f"queue full ({self.admitted} items, {self.admitted_bytes} media bytes in flight; limits "
+                        f"{s.queue_max_items} and {s.queue_max_bytes}); retry later")
                 remaining = (ctx.deadline - time.monotonic()) if ctx else 60.0
-                if remaining <= 0:
-                    raise DeadlineError("the deadline passed while waiting for queue space")
                 try:
-                    await asyncio.wait_for(self.capacity.wait(), timeout=remaining)
+                    await asyncio.wait_for(self.capacity.wait(), timeout=max(remaining, 0.001))
                 except TimeoutError:
                     raise DeadlineError("the deadline passed while waiting for queue space") from None
                 if not self.accepting:
                     raise UnavailableError("the service is draining")
-            self.admitted += n_eff
+            self.admitted += n
+            self.admitted_bytes += nbytes
             metrics.ADMITTED.set(self.admitted)
-        return None
+        return n, nbytes
 
-    async def release(self, n: int) -> None:
+    async def release(self, reserved: tuple[int, int]) -> None:
         async with self.capacity:
-            self.admitted -= min(n, self.settings.queue_max_items)
+            self.admitted -= reserved[0]
+            self.admitted_bytes -= reserved[1]
             metrics.ADMITTED.set(self.admitted)
             self.capacity.notify_all()
 
@@ -148,12 +174,17 @@ class Batcher:
         if len(items) > self.settings.max_items_per_request:
             raise InputError(f"{len(items)} items, over the limit of {self.settings.max_items_per_request}",
                              status=413)
-        await self.admit(len(items), wait=wait_for_capacity, ctx=ctx)
+        reserved = await self.admit(len(items), sum(_media_bytes(i) for i in items), wait=wait_for_capacity,
+                                    ctx=ctx)
         try:
-            prepared = await self._prepare_items(embedder, items, options.instruction)
-            rows = await self._compute("embed", prepared, ctx)
+            group = next(self.groups)
+
+            def prepare(start: int, chunk: list[Item]) -> list[Any]:
+                return self._enqueue("embed", embedder.prepare(chunk, options.instruction), start, ctx, group)
+
+            rows = await self._run_chunks(items, prepare, ctx)
         finally:
-            await self.release(len(items))
+            await self.release(reserved)
         return [r if isinstance(r, QvlError) else
                 encode_vector(r, dimensions=options.dimensions, encoding=options.encoding,
                               normalize=options.normalize) for r in rows]
@@ -162,22 +193,20 @@ class Batcher:
                      ctx: CallContext) -> RerankResult:
         reranker = self._need(self.reranker, "reranker")
         reranker.check_request(len(documents), top_k)
-        await self.admit(max(1, len(documents)), ctx=ctx)
+        nbytes = _media_bytes(query) + sum(_media_bytes(d) for d in documents)
+        reserved = await self.admit(max(1, len(documents)), nbytes, ctx=ctx)
         try:
             loop = asyncio.get_running_loop()
-            q_task = loop.run_in_executor(self.pool, reranker.decode_query, query)
-            chunks = _chunks(documents, self._is_light)
-            doc_tasks = [loop.run_in_executor(self.pool, reranker.decode_documents, chunk) for _, chunk in chunks]
-            decoded_query = await q_task
-            decoded_docs: list[Any] = []
-            for (start, _), task in zip(chunks, doc_tasks, strict=True):
-                decoded_docs += [d.at(item=start + i) if isinstance(d, InputError) else d
-                                 for i, d in enumerate(await task)]
-            prepared = await loop.run_in_executor(self.pool, reranker.pairs, decoded_query, decoded_docs,
-                                                  instruction)
-            rows = await self._compute("rerank", prepared, ctx)
+            decoded_query: DecodedItem = await loop.run_in_executor(self.pool, reranker.decode_query, query)
+            group = next(self.groups)
+
+            def prepare(start: int, chunk: list[Item]) -> list[Any]:
+                docs = reranker.decode_documents(chunk)
+                return self._enqueue("rerank", reranker.pairs(decoded_query, docs, instruction), start, ctx, group)
+
+            rows = await self._run_chunks(documents, prepare, ctx)
         finally:
-            await self.release(max(1, len(documents)))
+            await self.release(reserved)
         return result_from_rows(rows, top_k)
 
     @staticmethod
@@ -186,44 +215,75 @@ class Batcher:
             raise InputError(f"this service has no {what} model loaded", status=404)
         return model
 
-    @staticmethod
-    def _is_light(item: Item) -> bool:
-        return not item.images and not item.videos
-
-    async def _prepare_items(self, embedder: Embedder, items: Sequence[Item],
-                             instruction: str | None) -> list[Encoded | QvlError]:
+    async def _run_chunks(self, items: Sequence[Item], prepare: Callable[[int, list[Item]], list[Any]],
+                          ctx: CallContext) -> list[Any]:
+        """Prepare chunks on the pool (each is queued as soon as it is ready), then await every row."""
         loop = asyncio.get_running_loop()
-        chunks = _chunks(items, self._is_light)
-        tasks = [loop.run_in_executor(self.pool, embedder.prepare, chunk, instruction) for _, chunk in chunks]
-        out: list[Encoded | QvlError] = []
-        for (start, _), task in zip(chunks, tasks, strict=True):
-            out += [p.at(item=start + i) if isinstance(p, InputError) else p for i, p in enumerate(await task)]
-        return out
-
-    async def _compute(self, task: str, prepared: Sequence[Encoded | QvlError], ctx: CallContext) -> list[Any]:
-        """Queue the sequences for the model thread and wait for their rows."""
         ctx.check()
-        loop = asyncio.get_running_loop()
-        group = next(self.groups)
-        out: list[Any] = list(prepared)
-        jobs: list[tuple[int, _Job]] = []
+        chunks = _chunks(items)
+        if len(chunks) == 1 and _is_small_text(chunks[0][1]):
+            # A few short texts tokenize in microseconds: cheaper here than a hop to the pool.
+            return await self._gather(prepare(0, chunks[0][1]), ctx, [])
+        tasks = [loop.run_in_executor(self.pool, self._budgeted, prepare, start, chunk, ctx)
+                 for start, chunk in chunks]
+        slots: list[Any] = []
+        try:
+            for task in tasks:
+                slots += await task
+        except asyncio.CancelledError:
+            ctx.cancelled = True
+            for task in tasks:
+                task.cancel()
+            raise
+        return await self._gather(slots, ctx, tasks)
+
+    @staticmethod
+    async def _gather(slots: list[Any], ctx: CallContext, tasks: list[asyncio.Future[Any]]) -> list[Any]:
+        """Rows of the queued sequences, errors in place."""
+        try:
+            rows = await asyncio.gather(*(asyncio.wrap_future(s) if isinstance(s, concurrent.futures.Future)
+                                          else _done(s) for s in slots))
+        except asyncio.CancelledError:
+            ctx.cancelled = True  # queued sequences of a gone caller are dropped before compute
+            for task in tasks:
+                task.cancel()
+            raise
+        return list(rows)
+
+    def _budgeted(self, prepare: Callable[[int, list[Item]], list[Any]], start: int, chunk: list[Item],
+                  ctx: CallContext) -> list[Any]:
+        """On a pool thread: wait while prepared tensors are over budget, then prepare and enqueue."""
+        with self.cv:
+            while self.prepared_bytes > self.settings.prepared_max_bytes and not self.stopping:
+                if ctx.cancelled or time.monotonic() > ctx.deadline:
+                    break
+                self.cv.wait(timeout=0.1)
+        if ctx.cancelled:
+            return [CancelledError("the caller cancelled the request")] * len(chunk)
+        if time.monotonic() > ctx.deadline:
+            return [DeadlineError("the deadline passed before the work was done")] * len(chunk)
+        return prepare(start, chunk)
+
+    def _enqueue(self, task: str, prepared: Sequence[Encoded | QvlError], start: int, ctx: CallContext,
+                 group: int) -> list[Any]:
+        """Queue the prepared sequences for the model thread; errors stay in place (indices shifted)."""
+        out: list[Any] = []
+        jobs: list[_Job] = []
         for i, p in enumerate(prepared):
             if isinstance(p, Encoded):
-                jobs.append((i, _Job(p, ctx, loop.create_future(), group)))
+                job = _Job(p, ctx, group, _tensor_bytes(p))
+                jobs.append(job)
+                out.append(job.future)
+            else:
+                out.append(p.at(item=start + i) if isinstance(p, InputError) else p)
         if jobs:
             with self.cv:
                 if self.stopping:
                     raise UnavailableError("the service is shutting down")
-                self.queues[task].extend(j for _, j in jobs)
+                self.queues[task].extend(jobs)
+                self.prepared_bytes += sum(j.nbytes for j in jobs)
                 metrics.QUEUE_DEPTH.labels(task).set(len(self.queues[task]))
-                self.cv.notify()
-            try:
-                results = await asyncio.gather(*(j.future for _, j in jobs))
-            except asyncio.CancelledError:
-                ctx.cancelled = True  # the model thread drops the rest before compute
-                raise
-            for (i, _), row in zip(jobs, results, strict=True):
-                out[i] = row
+                self.cv.notify_all()
         return out
 
     # -- the model thread ----------------------------------------------------
@@ -242,8 +302,14 @@ class Batcher:
                     self._resolve(job, UnavailableError(f"batch failed: {exc}"))
 
     def _wait_for_batch(self) -> str | None:
-        """Under the lock: the queue to serve next, once its batch is full or its head waited enough."""
+        """Under the lock: the queue to serve next.
+
+        An idle model does not wait for company that is not coming: it waits (up to
+        ``max_wait_ms``) only while admitted items are still being prepared, or for the
+        ``min_wait_ms`` floor. Under load, batches fill up while the model computes.
+        """
         max_wait = self.settings.max_wait_ms / 1000
+        min_wait = self.settings.min_wait_ms / 1000
         while True:
             ready = [k for k, q in self.queues.items() if q]
             if not ready:
@@ -254,11 +320,14 @@ class Batcher:
             task = min(ready, key=lambda k: self.queues[k][0].enqueued)
             queue = self.queues[task]
             waited = time.monotonic() - queue[0].enqueued
+            queued = sum(len(q) for q in self.queues.values())
+            preparing = self.admitted - queued  # admitted items not yet queued (decoding, tokenizing)
             full = sum(j.enc.length for j in queue) >= self.settings.batch_tokens or (
                 len(queue) >= self.settings.max_batch_items)
-            if full or waited >= max_wait or self.stopping:
+            deadline = max(min_wait, max_wait if preparing > 0 else 0.0)
+            if full or waited >= deadline or self.stopping:
                 return task
-            self.cv.wait(timeout=max_wait - waited)
+            self.cv.wait(timeout=deadline - waited)
 
     def _take(self, task: str) -> list[_Job]:
         """Jobs in arrival order up to the token budget (at least one)."""
@@ -307,21 +376,31 @@ class Batcher:
                 self._resolve(job, row)
 
     def _resolve(self, job: _Job, value: Any) -> None:
-        assert self.loop is not None
+        with self.cv:
+            self.prepared_bytes -= job.nbytes
+            self.cv.notify_all()
+        if not job.future.done():
+            with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile
+                job.future.set_result(value)
 
-        def settle(fut: asyncio.Future[Any] = job.future) -> None:
-            if not fut.done():
-                fut.set_result(value)
 
-        self.loop.call_soon_threadsafe(settle)
+async def _done(value: Any) -> Any:
+    return value
 
 
-def _chunks(items: Sequence[Item], light: Callable[[Item], bool]) -> list[tuple[int, list[Item]]]:
+def _is_small_text(chunk: list[Item]) -> bool:
+    return sum(len(t) for item in chunk for t in item.texts) <= INLINE_TEXT_CHARS and all(
+        not item.images and not item.videos for item in chunk)
+
+
+def _chunks(items: Sequence[Item]) -> list[tuple[int, list[Item]]]:
     """Pool tasks: runs of text-only items together, each item with media alone (decoding is the work)."""
     chunks: list[tuple[int, list[Item]]] = []
     for i, item in enumerate(items):
-        if light(item) and chunks and light(chunks[-1][1][-1]) and len(chunks[-1][1]) < TEXT_CHUNK:
-            chunks[-1][1].append(item)
+        light = not item.images and not item.videos
+        prev = chunks[-1][1] if chunks else None
+        if light and prev and not prev[-1].images and not prev[-1].videos and len(prev) < TEXT_CHUNK:
+            prev.append(item)
         else:
             chunks.append((i, [item]))
     return chunks

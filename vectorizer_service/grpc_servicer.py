@@ -34,6 +34,7 @@ from .settings import Settings
 
 log = logging.getLogger("qvl.grpc")
 SERVICE_NAME = "qvl.v1.Vectorizer"
+STREAM_GROUP = 64  # stream items handed to the batcher together
 
 STATUS = {
     InputError: grpc.StatusCode.INVALID_ARGUMENT,
@@ -148,60 +149,92 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
 
     async def EmbedStream(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResult]:
-        """Per-item results as they complete; reading ahead is bounded by ``stream_max_in_flight``."""
-        window = asyncio.Semaphore(self.settings.stream_max_in_flight)
-        results: asyncio.Queue[pb.EmbedStreamResult | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-        first_options: list[pb.EmbedOptions] = []
-        ctx = self._context(context)
+        """Per-item results as they complete; reading ahead is bounded by ``stream_max_in_flight``.
 
-        async def one(msg: pb.EmbedStreamRequest) -> None:
-            try:
-                opts_msg = msg.options if msg.HasField("options") else first_options[0]
-                item = item_from_proto(msg.item, int(msg.seq))
-                # Streams wait for queue space instead of failing: the window already bounds them.
-                [res] = await self.batcher.embed([item], _options(opts_msg), ctx, wait_for_capacity=True)
-                if isinstance(res, QvlError):
-                    raise res
-                out = pb.EmbedStreamResult(seq=msg.seq, embedding=embedding_to_proto(res))
-            except QvlError as err:
-                message = str(err)
-                if isinstance(err, InputError) and err.item is not None:
-                    message = str(err.at(item=int(msg.seq)))
-                out = pb.EmbedStreamResult(seq=msg.seq, error=pb.ItemError(index=msg.seq, message=message,
-                                                                             code=error_code(err)))
-                metrics.ERRORS.labels(error_code(err).lower()).inc()
-            finally:
-                window.release()
-            await results.put(out)
+        Items that arrive together are handed to the batcher together (one preprocessing task
+        for a run of texts), so a stream costs about what one large request costs.
+        """
+        window = asyncio.Semaphore(self.settings.stream_max_in_flight)
+        incoming: asyncio.Queue[pb.EmbedStreamRequest | None] = asyncio.Queue()
+        results: asyncio.Queue[pb.EmbedStreamResult | None] = asyncio.Queue()
+        ctx = self._context(context)
+        tasks: set[asyncio.Task[None]] = set()
 
         async def reader() -> None:
             try:
                 async for msg in request_iterator:
-                    if not first_options:
-                        first_options.append(msg.options)
                     await window.acquire()
-                    task = asyncio.create_task(one(msg))
-                    tasks.add(task)
-                    task.add_done_callback(tasks.discard)
+                    await incoming.put(msg)
+            finally:
+                await incoming.put(None)
+
+        async def run_group(msgs: list[pb.EmbedStreamRequest], options: pb.EmbedOptions) -> None:
+            outs: dict[int, pb.EmbedStreamResult] = {}
+            items, seqs = [], []
+            for m in msgs:
+                try:
+                    items.append(item_from_proto(m.item, 0))
+                    seqs.append(m.seq)
+                except InputError as err:
+                    outs[m.seq] = _stream_error(m.seq, err)
+            try:
+                if items:
+                    rows = await self.batcher.embed(items, _options(options), ctx, wait_for_capacity=True)
+                    for seq, row in zip(seqs, rows, strict=True):
+                        outs[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)
+                                     else pb.EmbedStreamResult(seq=seq, embedding=embedding_to_proto(row)))
+            except QvlError as err:  # the group as a whole (options, deadline, draining)
+                for seq in seqs:
+                    outs[seq] = _stream_error(seq, err)
+            for m in msgs:
+                window.release()
+                await results.put(outs[m.seq])
+
+        async def dispatcher() -> None:
+            first: pb.EmbedOptions | None = None
+            ended = False
+            try:
+                while not ended:
+                    msg = await incoming.get()
+                    if msg is None:
+                        break
+                    batch = [msg]
+                    while len(batch) < STREAM_GROUP and not incoming.empty():
+                        nxt = incoming.get_nowait()
+                        if nxt is None:
+                            ended = True
+                            break
+                        batch.append(nxt)
+                    groups: dict[bytes, tuple[pb.EmbedOptions, list[pb.EmbedStreamRequest]]] = {}
+                    for m in batch:
+                        if first is None:
+                            first = m.options
+                        opts = m.options if m.HasField("options") else first
+                        groups.setdefault(opts.SerializeToString(), (opts, []))[1].append(m)
+                    for opts, msgs in groups.values():
+                        task = asyncio.create_task(run_group(msgs, opts))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
                 while tasks:
                     await asyncio.gather(*list(tasks), return_exceptions=True)
             finally:
                 await results.put(None)
 
-        reading = asyncio.create_task(reader())
+        workers = [asyncio.create_task(reader()), asyncio.create_task(dispatcher())]
         try:
-            while True:
-                out = await results.get()
-                if out is None:
-                    break
+            while (out := await results.get()) is not None:
                 yield out
             metrics.REQUESTS.labels("grpc.EmbedStream", "OK").inc()
         finally:
             ctx.cancelled = True  # a gone caller's queued items are dropped before compute
-            reading.cancel()
-            for task in list(tasks):
+            for task in [*workers, *tasks]:
                 task.cancel()
+
+
+def _stream_error(seq: int, err: QvlError) -> pb.EmbedStreamResult:
+    message = str(err.at(item=seq)) if isinstance(err, InputError) else str(err)
+    metrics.ERRORS.labels(error_code(err).lower()).inc()
+    return pb.EmbedStreamResult(seq=seq, error=pb.ItemError(index=seq, message=message, code=error_code(err)))
 
 
 async def build_grpc_server(batcher: Batcher, settings: Settings) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:

@@ -1,9 +1,11 @@
-"""`qvl serve` as a real subprocess on free ports, for integration tests."""
+"""`qvl serve` as a real subprocess on free ports (tests, benchmarks and the demo start it this way)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -14,19 +16,24 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
-from tests.support.ports import free_ports
 
-TINY = Path(__file__).parents[1] / "fixtures" / "tiny-qwen3-vl"
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct ports of 127.0.0.1 that were free a moment ago."""
+    with contextlib.ExitStack() as stack:
+        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in socks]
 
 
 class ServiceProcess:
-    """Starts `python -m vectorizer_service.cli serve` with the tiny fixture for both models.
+    """Starts `python -m vectorizer_service.cli serve` for the given checkpoints.
 
     `env` adds QVL_* settings; `args` adds CLI flags. Ports survive `stop()`, so `start()`
     brings the service back on the same addresses (used to simulate an outage).
     """
 
-    def __init__(self, *, embedding_model: str | None = str(TINY), reranker_model: str | None = str(TINY),
+    def __init__(self, *, embedding_model: str | None, reranker_model: str | None,
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (), token: str | None = None,
                  startup_timeout: float = 180.0) -> None:
         self.grpc_port, self.http_port = free_ports(2)
@@ -62,7 +69,7 @@ class ServiceProcess:
             env["QVL_TOKEN"] = self.token
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
-                                     cwd=Path(__file__).parents[2])
+                                     cwd=os.getcwd())
         log.close()
         if wait:
             self.wait_ready()

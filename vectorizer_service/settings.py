@@ -68,8 +68,12 @@ class Settings(BaseSettings):
     # Batching
     batch_tokens: int = Field(16384, ge=256, description="Token budget of one model batch (padded)")
     max_batch_items: int = Field(64, ge=1)
-    max_wait_ms: float = Field(4.0, ge=0, description="How long a batch waits for company")
-    queue_max_items: int = Field(2048, ge=1, description="Items waiting; more is refused at once")
+    max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for items still being prepared")
+    min_wait_ms: float = Field(0.0, ge=0, description="How long every batch waits for company (latency floor)")
+    queue_max_items: int = Field(2048, ge=1, description="Items in flight; more is refused at once")
+    queue_max_bytes: int = Field(128 * 1024 * 1024, ge=1, description="Raw media bytes in flight; more is refused")
+    prepared_max_bytes: int = Field(
+        384 * 1024 * 1024, ge=1, description="Decoded pixel tensors waiting for the model; decoding pauses past it")
     share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")
     preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
     request_timeout_s: float = Field(120.0, gt=0, description="Default deadline when the caller sets none")

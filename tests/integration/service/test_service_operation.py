@@ -37,7 +37,7 @@ def metric(url: str, name: str, **labels: str) -> float:
 @pytest.fixture(scope="module")
 def slow_service() -> Iterator[ServiceProcess]:
     """Batches wait 1.5 s for company and the queue holds 6 items: deadlines and overload show."""
-    with ServiceProcess(env={"QVL_MAX_WAIT_MS": "1500", "QVL_QUEUE_MAX_ITEMS": "6",
+    with ServiceProcess(env={"QVL_MIN_WAIT_MS": "1500", "QVL_QUEUE_MAX_ITEMS": "6",
                              "QVL_BATCH_TOKENS": "1000000", "QVL_MAX_BATCH_ITEMS": "512"}) as proc:
         yield proc
 
@@ -201,7 +201,7 @@ def test_token_is_required_when_configured() -> None:
 
 
 def test_sigterm_drains_in_flight_work() -> None:
-    svc = ServiceProcess(env={"QVL_MAX_WAIT_MS": "2000", "QVL_BATCH_TOKENS": "1000000", "QVL_DRAIN_SECONDS": "20"})
+    svc = ServiceProcess(env={"QVL_MIN_WAIT_MS": "2000", "QVL_BATCH_TOKENS": "1000000", "QVL_DRAIN_SECONDS": "20"})
     svc.start()
     results: dict[str, object] = {}
 

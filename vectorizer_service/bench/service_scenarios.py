@@ -1,0 +1,151 @@
+"""Service benchmarks: a real `qvl serve` subprocess, measured against its baseline in the same run."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from connectors.client import Client
+from vectorizer_service.local_service import ServiceProcess
+
+from ..embedder import Embedder
+from ..items import Item
+from ..logs import Progress
+from . import workloads
+from .models import TINY_DIR, bench_checkpoint, bench_settings
+
+
+def _rss(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as fh:
+        match = re.search(r"VmRSS:\s+(\d+)", fh.read())
+    return int(match.group(1)) * 1024 if match else 0
+
+
+def _post(url: str, body: dict[str, Any]) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST")  # no Content-Type, as Weaviate
+    with urllib.request.urlopen(req, timeout=120) as resp:
+        return json.loads(resp.read())
+
+
+def _service(args: Any) -> ServiceProcess:
+    model = getattr(args, "model", None) or str(TINY_DIR)
+    if not getattr(args, "model", None):
+        from ..tiny_model import build_checkpoint
+        build_checkpoint(TINY_DIR)
+    env = {"QVL_DEVICE": args.device or "cpu", "QVL_LOG_LEVEL": "WARNING"}
+    return ServiceProcess(embedding_model=model, reranker_model=model, env=env)
+
+
+def grpc_concurrent(args: Any) -> dict[str, Any]:
+    n = args.items or 256
+    texts = workloads.texts(n, 8, 48, args.seed)
+    progress = Progress("bench grpc-concurrent", total=3, every=0)
+    with _service(args) as svc:
+        assert svc.proc is not None
+        with Client(svc.grpc_target) as c:
+            c.embed(texts[:8])
+            start = time.perf_counter()
+            for t in texts:
+                c.embed([t])
+            t_seq = time.perf_counter() - start
+        progress.advance()
+        clients = [Client(svc.grpc_target) for _ in range(32)]
+        start = time.perf_counter()
+        with ThreadPoolExecutor(32) as pool:
+            list(pool.map(lambda i: [clients[i].embed([t]) for t in texts[i::32]], range(32)))
+        t_conc = time.perf_counter() - start
+        progress.advance()
+        rss_start = _rss(svc.proc.pid)
+        # Sustained overload: far more than the queue admits, for a while; memory must stay flat.
+        rss_samples = []
+        big = workloads.jpeg_images(4, seed=args.seed)
+        with ThreadPoolExecutor(64) as pool:
+            for _round in range(3):
+                list(pool.map(lambda i: _overload_call(clients[i % 32], big), range(256)))
+                rss_samples.append(_rss(svc.proc.pid))
+        for cl in clients:
+            cl.close()
+        progress.finish()
+    return {"items": n, "items_per_s": n / t_conc, "baseline_items_per_s": n / t_seq, "speedup": t_seq / t_conc,
+            "clients": 32, "service_rss_bytes": rss_start, "service_rss_overload_bytes": rss_samples,
+            "rss_growth_during_overload_bytes": rss_samples[-1] - rss_samples[0],
+            "peak_memory_bytes": max([rss_start, *rss_samples])}
+
+
+def _overload_call(client: Client, images: list[bytes]) -> str:
+    try:
+        client.embed([{"image": b} for b in images] * 8, timeout=60)
+        return "OK"
+    except Exception as exc:  # RESOURCE_EXHAUSTED after the client's retries is the point
+        return type(exc).__name__
+
+
+def _stream_vs_local(embedder: Embedder, target: str, items: list[dict[str, Any]]) -> dict[str, float]:
+    local_items = [Item(texts=[d["text"]], images=[d["image"]] if "image" in d else []) for d in items]
+    embedder.embed(local_items[:8])
+    start = time.perf_counter()
+    local = embedder.embed(local_items)
+    t_local = time.perf_counter() - start
+    with Client(target) as c:
+        list(c.embed_stream(items[:16]))
+        start = time.perf_counter()
+        streamed = list(c.embed_stream(items))
+        t_stream = time.perf_counter() - start
+    agreement = min(float(np.dot(a.values, b)) for a, b in zip(local, streamed, strict=True))  # type: ignore[union-attr, arg-type]
+    return {"items_per_s": len(items) / t_stream, "baseline_items_per_s": len(items) / t_local,
+            "ratio": t_local / t_stream, "agreement_min_cos": agreement}
+
+
+def grpc_stream(args: Any) -> dict[str, Any]:
+    """Bulk ingestion as the Postgres worker does it: rows of an image and its caption.
+
+    Short texts alone are reported too: there the per-message cost of gRPC in Python, not the
+    model, sets the pace.
+    """
+    n = args.items or 256
+    captions = workloads.texts(n, 6, 24, args.seed)
+    images = workloads.jpeg_images(32, 320, 240, seed=args.seed)
+    rows = [{"text": captions[i], "image": images[i % len(images)]} for i in range(n)]
+    texts = [{"text": t} for t in workloads.texts(4 * n, 8, 48, args.seed + 1)]
+    settings = bench_settings(args)
+    embedder = Embedder(bench_checkpoint(args.shape, settings, model=getattr(args, "model", None)), settings)
+    with _service(args) as svc:
+        main = _stream_vs_local(embedder, svc.grpc_target, rows)
+        text_only = _stream_vs_local(embedder, svc.grpc_target, texts)
+    return {"items": n, "workload": "image (320x240 JPEG) + caption per item", **main,
+            "text_only": {"items": len(texts), **text_only}}
+
+
+def http_weaviate(args: Any) -> dict[str, Any]:
+    n = args.items or 128
+    concurrency = 2 * (os.cpu_count() or 1)
+    images = [base64.b64encode(b).decode() for b in workloads.jpeg_images(16, 320, 240, seed=args.seed)]
+    texts = workloads.texts(n, 4, 12, args.seed)
+    bodies = [{"texts": [texts[i]]} if i % 2 else {"images": [images[i % len(images)]]} for i in range(n)]
+    with _service(args) as svc:
+        url = svc.http_url + "/vectorize"
+        for b in bodies[:8]:
+            _post(url, b)
+        start = time.perf_counter()
+        for b in bodies:
+            _post(url, b)
+        t_seq = time.perf_counter() - start
+        start = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda b: _post(url, b), bodies))
+        t_conc = time.perf_counter() - start
+    return {"items": n, "concurrency": concurrency, "items_per_s": n / t_conc, "baseline_items_per_s": n / t_seq,
+            "speedup": t_seq / t_conc}
+
+
+def run_service_scenario(args: Any) -> dict[str, Any]:
+    return {"grpc-concurrent": grpc_concurrent, "grpc-stream": grpc_stream,
+            "http-weaviate": http_weaviate}[args.scenario](args)
