@@ -94,6 +94,8 @@ def test_weaviate_settings(services: dict[str, dict[str, Any]]) -> None:
     env = _env(weaviate)
     timeout = re.fullmatch(r"(\d+)s", env["MODULES_CLIENT_TIMEOUT"])
     assert timeout and int(timeout.group(1)) >= 50, "keep at least Weaviate's 50s default"
+    service_deadline = float(_env(services["qvl"])["QVL_REQUEST_TIMEOUT_S"])
+    assert service_deadline >= int(timeout.group(1)), "qvl would give up on a module call before Weaviate does"
     assert env.get("MODULES_VALIDATE_BASE_URL", "false").lower() in ("false", "0", "off")  # it blocks private IPs
     assert env["DEFAULT_VECTORIZER_MODULE"] == "none"
     assert int(env["GRPC_PORT"]) in _listens("weaviate", weaviate)
