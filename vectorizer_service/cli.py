@@ -249,6 +249,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo", help="run every part together on this machine (tiny model, random weights)")
     p.add_argument("--model", help="checkpoint for both tasks (default: build the tiny one)")
+    p.add_argument("--embedding-model", help="embedding checkpoint (e.g. Qwen/Qwen3-VL-Embedding-2B)")
+    p.add_argument("--reranker-model", help="reranker checkpoint (e.g. Qwen/Qwen3-VL-Reranker-2B)")
     p.add_argument("--workdir", default=os.environ.get("QVL_DEMO_DIR", ".cache/demo"))
     p.add_argument("--runtime-only", action="store_true", help="skip Postgres and Weaviate")
     p.set_defaults(func=cmd_demo)
