@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from weaviate.collections import Collection
 
-from connectors.client import Client, ItemFailure
+from connectors.client import Client, ItemFailure, QvlClientError
 from connectors.weaviate.collections import JOINT_VECTOR, collection_fields
 from vectorizer_service.logs import Progress
 from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
@@ -124,20 +124,28 @@ def ingest(
 
     done = 0
     with collection.batch.fixed_size(batch_size=batch_size, concurrent_requests=2) as batch:
-        for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
-                                       max_in_flight=max_in_flight):
-            index, obj = pending.popleft()
-            if isinstance(result, ItemFailure):
-                failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
-            else:
-                object_id = str(uuidlib.uuid4())
-                uuids[index] = object_id
-                batch.add_object(properties=weaviate_properties(obj, fields), uuid=object_id,
-                                 vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()})
-            done += 1
-            meter.advance()
-            if progress is not None:
-                progress(done, total)
+        try:
+            for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
+                                           max_in_flight=max_in_flight):
+                index, obj = pending.popleft()
+                if isinstance(result, ItemFailure):
+                    failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
+                else:
+                    object_id = str(uuidlib.uuid4())
+                    uuids[index] = object_id
+                    batch.add_object(properties=weaviate_properties(obj, fields), uuid=object_id,
+                                     vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()})
+                done += 1
+                meter.advance()
+                if progress is not None:
+                    progress(done, total)
+        except QvlClientError as exc:
+            # The stream itself broke (service down, token refused): the objects already added
+            # are still flushed by the batch; from the first unanswered one on nothing was stored.
+            first = pending[0][0] if pending else seen
+            raise IngestError(f"collection {collection.name!r}: the embedding stream failed at object {first} "
+                              f"after {len(uuids)} embedded objects; objects {first} and later were not "
+                              f"inserted: {exc}") from exc
     by_uuid = {u: i for i, u in uuids.items()}
     for failure in collection.batch.failed_objects:
         index = by_uuid.get(str(failure.original_uuid), -1)

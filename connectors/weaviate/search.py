@@ -5,6 +5,7 @@ from Weaviate's vector index, then reranked by qvl's reranker on all of each obj
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Mapping
 from typing import Any
 
@@ -20,17 +21,16 @@ class SearchError(Exception):
     """A search failed; the message names the collection and the step."""
 
 
-_query_instructions: dict[int, str] = {}
+_query_instructions: weakref.WeakKeyDictionary[Client, str] = weakref.WeakKeyDictionary()
 
 
 def query_instruction(qvl: Client) -> str:
     """The service's query instruction (``Info``), fetched once per client."""
-    key = id(qvl)
-    if key not in _query_instructions:
+    if qvl not in _query_instructions:
         info = qvl.info()
         embed = [m for m in info.models if m.task == "embed"]
-        _query_instructions[key] = embed[0].query_instruction if embed and embed[0].query_instruction else ""
-    return _query_instructions[key]
+        _query_instructions[qvl] = embed[0].query_instruction if embed and embed[0].query_instruction else ""
+    return _query_instructions[qvl]
 
 
 def search(

@@ -12,10 +12,11 @@ from weaviate.collections import Collection
 
 from connectors.client import Client
 from connectors.weaviate.collections import JOINT_VECTOR, MODULE_VECTOR, collection_fields, create_collection
-from connectors.weaviate.ingest import ingest
+from connectors.weaviate.ingest import IngestError, ingest
 from connectors.weaviate.search import search
 from tests.integration.weaviate.conftest import cos
 from tests.support.service import ServiceProcess
+from vectorizer_service.local_service import free_ports
 
 pytestmark = [pytest.mark.weaviate, pytest.mark.service]
 
@@ -126,3 +127,15 @@ def test_module_and_joint_vectors_side_by_side(wv: weaviate.WeaviateClient, qvl_
         assert cos(obj.vector[JOINT_VECTOR], both) >= 0.9999  # qvl's joint embedding
     finally:
         wv.collections.delete("BothVectors")
+
+
+def test_ingest_names_where_a_broken_stream_stopped(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
+                                                   pictures: list[dict[str, object]]) -> None:
+    create_collection(wv, "JointDown", text_fields=["caption"], image_fields=["image"],
+                      service_url=qvl_service.http_url, joint_vector=True, module_vector=False, replace=True)
+    try:
+        nobody = Client(f"127.0.0.1:{free_ports(1)[0]}", retries=0)  # nothing listens there
+        with nobody, pytest.raises(IngestError, match=r"'JointDown'.*failed at object 0"):
+            ingest(wv.collections.get("JointDown"), pictures[:2], qvl=nobody)
+    finally:
+        wv.collections.delete("JointDown")
