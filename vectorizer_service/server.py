@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import time
 from collections.abc import Iterator
 
+import torch
 import uvicorn
 from grpc_health.v1 import health_pb2
 
@@ -16,6 +18,7 @@ from .batcher import Batcher, CallContext, EmbedOptions
 from .grpc_servicer import SERVICE_NAME, build_grpc_server
 from .http_app import build_http_app
 from .items import Item
+from .model_loading import resolve_device
 from .runtime import load_models
 from .settings import Settings
 
@@ -62,6 +65,10 @@ async def serve(settings: Settings) -> int:
     log.info("listening", extra={"grpc": f"{settings.host}:{settings.grpc_port}",
                                  "http": f"{settings.host}:{settings.http_port}"})
 
+    if resolve_device(settings).type == "cpu":
+        # The event loop, gRPC and the preprocessing pool need a core; OpenMP threads that
+        # oversubscribe the machine spin and slow every batch down.
+        torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
     models = await asyncio.to_thread(load_models, settings)
     batcher.embedder, batcher.reranker = models.embedder, models.reranker
     batcher.start()

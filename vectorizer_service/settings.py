@@ -74,6 +74,8 @@ class Settings(BaseSettings):
     queue_max_bytes: int = Field(128 * 1024 * 1024, ge=1, description="Raw media bytes in flight; more is refused")
     prepared_max_bytes: int = Field(
         384 * 1024 * 1024, ge=1, description="Decoded pixel tensors waiting for the model; decoding pauses past it")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads of the model (default: all cores but one, leaving one for requests)")
     share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")
     preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
     request_timeout_s: float = Field(120.0, gt=0, description="Default deadline when the caller sets none")
