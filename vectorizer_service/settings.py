@@ -5,11 +5,12 @@ from __future__ import annotations
 import contextvars
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import (
     BaseSettings,
+    NoDecode,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
@@ -40,34 +41,36 @@ class Settings(BaseSettings):
     embedding_model: str | None = Field(None, description="Embedding checkpoint: directory or hub id")
     reranker_model: str | None = Field(None, description="Reranker checkpoint: directory or hub id")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
-    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 CUDA, fp32 CPU")
+    attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
+        "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa")
     embed_max_length: int = Field(8192, ge=64, description="Embedding tokens per item; longer text is cut")
     rerank_max_length: int = Field(10240, ge=64, description="Reranker tokens per pair; longer text is cut")
-    default_instruction: str = DEFAULT_EMBED_INSTRUCTION
-    query_instruction: str = DEFAULT_QUERY_INSTRUCTION
-    rerank_instruction: str = DEFAULT_RERANK_INSTRUCTION
+    default_instruction: str = Field(DEFAULT_EMBED_INSTRUCTION, description="Embedding instruction of documents")
+    query_instruction: str = Field(DEFAULT_QUERY_INSTRUCTION, description="Embedding instruction of queries")
+    rerank_instruction: str = Field(DEFAULT_RERANK_INSTRUCTION, description="Reranker instruction")
 
     # Media: model-side sizes (the reference's), then hard limits checked before decoding.
-    image_min_pixels: int = 4 * IMAGE_FACTOR * IMAGE_FACTOR
-    image_max_pixels: int = 1800 * IMAGE_FACTOR * IMAGE_FACTOR
-    video_fps: float = Field(1.0, gt=0)
-    video_max_frames: int = Field(64, ge=2)
-    video_total_pixels: int = 10 * 768 * IMAGE_FACTOR * IMAGE_FACTOR
+    image_min_pixels: int = Field(4 * IMAGE_FACTOR * IMAGE_FACTOR, description="Images are resized up to this")
+    image_max_pixels: int = Field(1800 * IMAGE_FACTOR * IMAGE_FACTOR, description="Images are resized down to this")
+    video_fps: float = Field(1.0, gt=0, description="Frames sampled per second of video")
+    video_max_frames: int = Field(64, ge=2, description="Most frames sampled from one video")
+    video_total_pixels: int = Field(10 * 768 * IMAGE_FACTOR * IMAGE_FACTOR,
+                                    description="Pixel budget of all sampled frames of a video")
     max_source_image_pixels: int = Field(64_000_000, description="Refuse larger images before decoding")
     max_video_seconds: float = Field(3600.0, description="Refuse longer videos before decoding")
     max_video_source_frames: int = Field(200_000, description="Refuse videos with more frames")
     max_video_frame_pixels: int = Field(33_177_600, description="Refuse videos with larger frames (8K)")
     max_media_bytes: int = Field(64 * 1024 * 1024, description="Largest single image or video")
-    max_images_per_item: int = 32
-    max_videos_per_item: int = 4
+    max_images_per_item: int = Field(32, description="Most images in one item")
+    max_videos_per_item: int = Field(4, description="Most videos in one item")
     max_text_chars: int = Field(200_000, description="Longest text part; tokens past the max length are cut")
-    max_items_per_request: int = 1024
-    max_rerank_documents: int = 1000
+    max_items_per_request: int = Field(1024, description="Most items in one embed request")
+    max_rerank_documents: int = Field(1000, description="Most documents in one rerank request")
 
     # Batching
     batch_tokens: int = Field(16384, ge=256, description="Token budget of one model batch (padded)")
-    max_batch_items: int = Field(64, ge=1)
+    max_batch_items: int = Field(64, ge=1, description="Most sequences in one model batch")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for items still being prepared")
     min_wait_ms: float = Field(0.0, ge=0, description="How long every batch waits for company (latency floor)")
     queue_max_items: int = Field(2048, ge=1, description="Items in flight; more is refused at once")
@@ -77,27 +80,31 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads of the model (default: all cores but one, leaving one for requests)")
     share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")
-    preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)))
+    preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)),
+                                    description="Threads decoding media and tokenizing (default: cores, up to 8)")
     request_timeout_s: float = Field(120.0, gt=0, description="Default deadline when the caller sets none")
 
     # Serving
-    host: str = "0.0.0.0"
-    grpc_port: int = 50051
-    http_port: int = 8080
+    host: str = Field("0.0.0.0", description="Bind address of both listeners")
+    grpc_port: int = Field(50051, description="gRPC port")
+    http_port: int = Field(8080, description="HTTP port")
     token: str | None = Field(None, description="Bearer token required on gRPC and HTTP when set")
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: Path | None = Field(None, description="PEM certificate: gRPC serves TLS when set with the key")
+    tls_key: Path | None = Field(None, description="PEM private key of the certificate")
     max_request_bytes: int = Field(128 * 1024 * 1024, description="Largest gRPC message / HTTP body")
     drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight work")
-    allow_uri_schemes: list[str] = Field(default_factory=list, description="e.g. ['file'] (off by default)")
-    allow_uri_roots: list[str] = Field(default_factory=list, description="file roots / URL prefixes")
+    allow_uri_schemes: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated, e.g. file,https (none by default: no URI is read)")
+    allow_uri_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated file roots and URL prefixes the URIs must be under")
     uri_timeout_s: float = Field(10.0, gt=0, description="Timeout of one allowed http(s) fetch")
     stream_max_in_flight: int = Field(256, ge=1, description="Items one EmbedStream reads ahead")
     open_module_routes: bool = Field(False, description="Serve Weaviate's module routes without the token")
-    warmup: bool = True
-    profiles: dict[str, Profile] = Field(default_factory=dict)
-    log_level: str = "INFO"
-    log_format: Literal["json", "text"] = "json"
+    warmup: bool = Field(True, description="Run one embedding and one rerank before reporting ready")
+    profiles: dict[str, Profile] = Field(
+        default_factory=dict, description="Named options for /profiles/{name}/... (settings file, or JSON)")
+    log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
+    log_format: Literal["json", "text"] = Field("json", description="json lines or text")
 
     @field_validator("allow_uri_schemes", "allow_uri_roots", mode="before")
     @classmethod
