@@ -45,7 +45,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         dsn=args.dsn, service=args.service, token=args.token, batch=args.batch, concurrency=args.concurrency,
         lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts, log_every_s=args.log_every,
         vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
-        backoff_cap_s=args.max_backoff, application_name=args.application_name or "",
+        backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
     )
     return run_worker(settings)
 
@@ -93,6 +93,8 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     p.add_argument("--max-backoff", type=float, default=30.0,
                    help="longest wait between retries while the service or database is down")
+    p.add_argument("--stall-timeout", type=float, default=120.0,
+                   help="seconds without any result before a batch's stream is abandoned and retried")
     p.add_argument("--application-name", help="shown in pg_stat_activity (default qvl-worker-<pid>)")
     p.add_argument("--vectorizer", action="append", help="only these vectorizers (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once every queue is empty")

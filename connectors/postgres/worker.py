@@ -9,6 +9,7 @@ everything else back. A service outage only delays work: it stays queued while l
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import random
@@ -24,7 +25,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from connectors.client import Client, InvalidInput, ItemFailure, QvlClientError, TransientError, Unauthenticated
+from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated
 from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
 
 from .items import item_size, row_item, vector_literal
@@ -53,6 +54,7 @@ class WorkerSettings:
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     rpc_timeout_s: float = 600.0
+    stall_s: float = 120.0  # no result for this long: the stream is abandoned and its rows given back
     log_every_s: float = 10.0
     vectorizers: tuple[str, ...] = ()  # names; empty = all
     exit_when_idle: bool = False
@@ -106,6 +108,36 @@ class Backoff:
 
     def reset(self) -> None:
         self.attempt = 0
+
+
+class _Watchdog:
+    """Closes the client's channel (cancelling its call) when a stream makes no progress.
+
+    A gRPC stream opened just as the service went away was seen to wait forever; no lane may.
+    """
+
+    def __init__(self, client: Client, stall_s: float) -> None:
+        self.client, self.stall_s = client, stall_s
+        self.last = time.monotonic()
+        self.fired = False
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="qvl-watchdog", daemon=True)
+        self._thread.start()
+
+    def progress(self) -> None:
+        self.last = time.monotonic()
+
+    def stop(self) -> None:
+        self._done.set()
+
+    def _watch(self) -> None:
+        while not self._done.wait(min(1.0, self.stall_s / 4)):
+            if time.monotonic() - self.last > self.stall_s:
+                self.fired = True
+                log.warning("the service stream made no progress; abandoning it",
+                            extra={"stall_s": self.stall_s})
+                self.client.close()
+                return
 
 
 def _keys(rows: Sequence[Claimed]) -> list[tuple[Any, ...]]:
@@ -353,20 +385,28 @@ class Worker:
         the item responsible stands alone, so it cannot block its neighbours."""
         out: list[np.ndarray | ItemFailure | None] = [None] * len(items)
         done = 0
+        log.debug("embedding", extra={"vectorizer": v.name, "items": len(items)})
+        watchdog = _Watchdog(client, self.s.stall_s)
         try:
             stream = client.embed_stream(items, dimensions=v.dimensions, encoding=v.encoding,
                                          instruction=v.instruction, max_in_flight=max(1, len(items)),
                                          timeout=self.s.rpc_timeout_s)
             for i, res in enumerate(stream):
+                watchdog.progress()
                 out[i] = res
                 done = i + 1
-        except TransientError as exc:
-            if done == 0:
-                raise ServiceDown(str(exc)) from None
-            return out  # keep what came back; the rest goes back to the queue
-        except Unauthenticated as exc:
-            raise ServiceDown(f"the service refused the token (pass --token or QVL_TOKEN): {exc}") from None
-        except (InvalidInput, QvlClientError) as exc:
+        except Exception as exc:
+            if watchdog.fired:
+                raise ServiceDown(f"no answer from the service for {self.s.stall_s:g} s; the stream was "
+                                  f"abandoned and its rows given back") from None
+            if isinstance(exc, TransientError):
+                if done == 0:
+                    raise ServiceDown(str(exc)) from None
+                return out  # keep what came back; the rest goes back to the queue
+            if isinstance(exc, Unauthenticated):
+                raise ServiceDown(f"the service refused the token (pass --token or QVL_TOKEN): {exc}") from None
+            if not isinstance(exc, QvlClientError):
+                raise
             rest = items[done:]
             if len(rest) == 1:
                 out[done] = ItemFailure(0, str(exc), exc.code)
@@ -374,6 +414,8 @@ class Worker:
                 half = len(rest) // 2
                 out[done:done + half] = self._embed(client, v, rest[:half])
                 out[done + half:] = self._embed(client, v, rest[half:])
+        finally:
+            watchdog.stop()
         return out
 
     def _finish(self, lane: Lane, v: Vectorizer, rows: list[Claimed], writes: list[tuple[Claimed, str | None]],
@@ -491,6 +533,7 @@ def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -> int:
     """The ``qvl worker`` entry point: SIGTERM/SIGINT finish the batches in hand, a second one exits now."""
     worker = Worker(settings)
     if handle_signals:
+        faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is each lane?
         def on_signal(signum: int, frame: Any) -> None:
             if worker.stopping.is_set():
                 log.warning("second signal: exiting now (claimed rows return when their lease ends)")

@@ -82,7 +82,7 @@ class WorkerProcess:
         self.name = name
         self.command = [sys.executable, "-m", "vectorizer_service.cli", "--log-format", "json", "worker",
                         "--dsn", dsn, "--service", service, "--application-name", name, "--poll", "0.5",
-                        "--max-backoff", "1", "--log-every", "1", *args]
+                        "--max-backoff", "1", "--log-every", "1", "--stall-timeout", "5", *args]
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
 
