@@ -64,6 +64,8 @@ class ServiceProcess:
         return cmd + self.args
 
     def start(self, wait: bool = True) -> ServiceProcess:
+        if self.proc is not None and self.proc.poll() is None:
+            raise RuntimeError(f"qvl serve is already running (pid {self.proc.pid}); stop() it first")
         env = {**os.environ, "QVL_DEVICE": "cpu", **self.extra_env}
         if self.token:
             env["QVL_TOKEN"] = self.token
