@@ -12,7 +12,7 @@ def cmd_pg_install(args: argparse.Namespace) -> int:
 
     try:
         result = install(args.dsn, service_url=args.service_url, service_token=args.service_token,
-                         public_grant=not args.no_public_grant, target=args.target)
+                         public_grant=args.public_grant, target=args.target)
     except InstallError as exc:
         print(f"qvl pg install: {exc}")
         return 2
@@ -67,8 +67,12 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--service-url", default=os.environ.get("QVL_SERVICE_URL"),
                    help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080)")
     p.add_argument("--service-token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
-    p.add_argument("--no-public-grant", action="store_true",
-                   help="do not let every role embed, rerank and search (grant with qvl.grant_query_access)")
+    grant = p.add_mutually_exclusive_group()
+    grant.add_argument("--no-public-grant", dest="public_grant", action="store_false", default=None,
+                       help="do not let every role embed, rerank and search (grant with qvl.grant_query_access)")
+    grant.add_argument("--public-grant", dest="public_grant", action="store_true",
+                       help="let every role embed, rerank and search (the default on a first install; a later "
+                       "install keeps the earlier choice unless told)")
     p.add_argument("--target", type=int, help="stop at this schema version (default: the newest)")
     p.set_defaults(func=cmd_pg_install)
 

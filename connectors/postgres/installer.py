@@ -114,8 +114,13 @@ def installed_version(conn: psycopg.Connection) -> int:
 
 
 def install(dsn: str, *, service_url: str | None = None, service_token: str | None = None,
-            public_grant: bool = True, target: int | None = None, directory: Path | None = None) -> InstallResult:
-    """Install or upgrade qvl in the database at ``dsn`` (up to version ``target``; default: all)."""
+            public_grant: bool | None = None, target: int | None = None,
+            directory: Path | None = None) -> InstallResult:
+    """Install or upgrade qvl in the database at ``dsn`` (up to version ``target``; default: all).
+
+    ``public_grant``: whether every role may embed, rerank and search; None keeps what an earlier
+    install chose (True on a first install).
+    """
     files = sql_files(directory)
     target = target or files[-1].version
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -147,6 +152,9 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                     applied.append(f.path.name)
             after = max(before, min(target, files[-1].version))
             if after >= GRANTS_FROM:
+                if public_grant is None:
+                    row = conn.execute("SELECT value::boolean FROM qvl.config WHERE key = 'public_grant'").fetchone()
+                    public_grant = True if row is None else bool(row[0])
                 conn.execute("SELECT qvl._apply_grants(%s)", (public_grant,))
             if service_url is not None:
                 if after < SERVICE_FROM:

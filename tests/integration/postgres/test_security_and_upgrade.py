@@ -1,0 +1,108 @@
+"""Who may do what, and upgrading the schema in place."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import psycopg
+import pytest
+
+from connectors.postgres.installer import install, installed_version, latest_version
+from tests.integration.postgres.conftest import drain, images, new_database
+from tests.support.postgres import PostgresServer
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+
+def role_dsn(dsn: str, role: str) -> str:
+    return dsn.replace("user=postgres", f"user={role}")
+
+
+def test_unprivileged_role_queries_but_cannot_manage(conn: psycopg.Connection[Any], qvl_db: str,
+                                                     service: ServiceProcess) -> None:
+    app, stranger = f"app_{uuid.uuid4().hex[:8]}", f"stranger_{uuid.uuid4().hex[:8]}"
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text)")
+    conn.execute("INSERT INTO items SELECT g, 'caption ' || g FROM generate_series(1, 20) g")
+    conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'])")
+    drain(qvl_db, service.grpc_target)
+    conn.execute(f"CREATE ROLE {app} LOGIN; GRANT SELECT, INSERT ON items TO {app}; CREATE ROLE {stranger} LOGIN")
+
+    with psycopg.connect(role_dsn(qvl_db, app), autocommit=True) as c:
+        assert c.execute("SELECT vector_dims(qvl.embed('hello'))").fetchone() == (64,)
+        assert len(c.execute("SELECT * FROM qvl.rerank('q', ARRAY['a', 'b'])").fetchall()) == 2
+        assert len(c.execute("SELECT * FROM qvl.search('items', 'caption 3', k => 3)").fetchall()) == 3
+        c.execute("INSERT INTO items VALUES (100, 'queued by an ordinary role')")  # the trigger queues it
+        assert c.execute("SELECT name, pending FROM qvl.vectorizer_status").fetchone() == ("items", 1)
+        for statement in ("SELECT qvl.set_service('http://attacker.example:8080')",
+                          "SELECT * FROM qvl.service",
+                          "UPDATE qvl.service SET url = 'http://attacker.example:8080'",
+                          "SELECT qvl.drop_vectorizer('items')",
+                          "DELETE FROM qvl.vectorizer",
+                          "SELECT qvl.create_vectorizer('items', 'mine', text_columns => ARRAY['caption'], "
+                          "destination => 'e2')",
+                          "SELECT qvl.reembed('items')",
+                          "SELECT * FROM qvl.failed_items('items')",
+                          "SELECT qvl.grant_query_access(current_user)"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute(statement)
+    drain(qvl_db, service.grpc_target)
+    assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 100").fetchone() == (True,)
+    assert conn.execute("SELECT url FROM qvl.service").fetchone() == (service.http_url,)
+
+    with psycopg.connect(role_dsn(qvl_db, stranger), autocommit=True) as c, \
+            pytest.raises(psycopg.errors.InsufficientPrivilege):
+        c.execute("SELECT * FROM qvl.search('items', 'caption 3')")  # search reads the table as its caller
+
+
+def test_no_public_grant(pg_server: PostgresServer, service: ServiceProcess, request: pytest.FixtureRequest) -> None:
+    dsn = new_database(pg_server, request.node.name)
+    install(dsn, service_url=service.http_url, public_grant=False)
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        with psycopg.connect(role_dsn(dsn, role), autocommit=True) as c:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                c.execute("SELECT qvl.embed('x')")
+            conn.execute("SELECT qvl.grant_query_access(%s)", (role,))
+            assert c.execute("SELECT vector_dims(qvl.embed('x'))").fetchone() == (64,)
+    install(dsn)  # a re-install keeps the choice: no PUBLIC access
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT has_function_privilege('public', 'qvl.embed(text,bytea,bytea,text,int)', "
+                            "'EXECUTE')").fetchone() == (False,)
+
+
+def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: ServiceProcess,
+                                     request: pytest.FixtureRequest) -> None:
+    dsn = new_database(pg_server, request.node.name)
+    newest = latest_version()
+    first = install(dsn, service_url=service.http_url, service_token=None, target=newest - 1)
+    assert first.version_after == newest - 1
+    pics = images(10, offset=500)
+    pics[4] = b"bad"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text, image bytea)")
+        with conn.cursor() as cur:
+            cur.executemany("INSERT INTO items VALUES (%s, %s, %s)", [(i, f"c{i}", pics[i]) for i in range(10)])
+        conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], "
+                     "image_columns => ARRAY['image'])")
+        drain(dsn, service.grpc_target)
+        before = conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall()
+        failed_before = conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall()
+        assert len(failed_before) == 1
+
+    upgrade = install(dsn)
+    assert (upgrade.version_before, upgrade.version_after) == (newest - 1, newest)
+    assert len(upgrade.applied) == 1
+    assert install(dsn).applied == []  # idempotent
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert installed_version(conn) == newest
+        assert conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall() == before
+        assert conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall() == failed_before
+        assert conn.execute("SELECT url FROM qvl.service").fetchone() == (service.http_url,)
+        conn.execute("INSERT INTO items VALUES (10, 'after the upgrade', %s)", (images(1)[0],))  # triggers survive
+        drain(dsn, service.grpc_target)
+        assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 10").fetchone() == (True,)
+        assert len(conn.execute("SELECT * FROM qvl.search('items', 'c3', k => 3)").fetchall()) == 3

@@ -1,0 +1,102 @@
+"""mode => 'sync' (embedded in the inserting statement) and qvl.search (ANN, then the reranker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from connectors.client import Client
+from tests.integration.postgres.conftest import cosines, drain, images, vec
+from tests.support.ports import free_port
+from tests.support.service import ServiceProcess
+from vectorizer_service.settings import DEFAULT_QUERY_INSTRUCTION
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> Any:
+    with Client(service.grpc_target) as c:
+        yield c
+
+
+def embedding(conn: psycopg.Connection[Any], table: str, key: int) -> np.ndarray | None:
+    row = conn.execute(f"SELECT embedding::text FROM {table} WHERE id = %s", (key,)).fetchone()
+    assert row is not None
+    return vec(row[0]) if row[0] is not None else None
+
+
+def test_sync_mode_embeds_in_the_statement(conn: psycopg.Connection[Any], client: Client) -> None:
+    pic = images(2, offset=300)
+    conn.execute("CREATE TABLE s (id int PRIMARY KEY, caption text, image bytea, note text)")
+    conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['caption'], image_columns => ARRAY['image'], "
+                 "mode => 'sync', instruction => 'Represent the product photo.')")
+    conn.execute("INSERT INTO s VALUES (1, 'a lamp', %s, 'n'), (2, NULL, NULL, 'empty')", (pic[0],))
+    want = client.embed([{"image": pic[0], "text": "a lamp"}], instruction="Represent the product photo.")[0]
+    assert cosines(embedding(conn, "s", 1), want) >= 0.9999  # type: ignore[arg-type]
+    assert embedding(conn, "s", 2) is None  # nothing to embed
+
+    conn.execute("UPDATE s SET caption = 'a brass lamp' WHERE id = 1")
+    want = client.embed([{"image": pic[0], "text": "a brass lamp"}], instruction="Represent the product photo.")[0]
+    assert cosines(embedding(conn, "s", 1), want) >= 0.9999  # type: ignore[arg-type]
+
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        conn.execute("INSERT INTO s VALUES (3, 'broken', 'junk'::bytea, 'n')")
+    assert "row 3 of public.s" in str(err.value)
+    assert "on_error => 'queue'" in (err.value.diag.message_hint or "")
+    assert conn.execute("SELECT count(*) FROM s").fetchone() == (2,)  # the statement failed
+    assert conn.execute("SELECT pending FROM qvl.vectorizer_status").fetchone() == (0,)
+
+
+def test_sync_mode_falls_back_to_the_queue(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,
+                                           client: Client) -> None:
+    conn.execute("CREATE TABLE s (id int PRIMARY KEY, caption text, image bytea)")
+    conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['caption'], image_columns => ARRAY['image'], "
+                 "mode => 'sync', on_error => 'queue')")
+    conn.execute("SELECT qvl.set_service(%s)", (f"http://127.0.0.1:{free_port()}",))  # the service is "down"
+    conn.execute("INSERT INTO s VALUES (1, 'stored now, embedded later', NULL)")
+    assert embedding(conn, "s", 1) is None
+    conn.execute("SELECT qvl.set_service(%s)", (service.http_url,))
+    conn.execute("INSERT INTO s VALUES (2, 'poison', 'junk'::bytea)")  # refused: queued, then failed
+    assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status").fetchone() == (2, 0)
+
+    drain(qvl_db, service.grpc_target)
+    assert cosines(embedding(conn, "s", 1), client.embed(["stored now, embedded later"])[0]) >= 0.9999  # type: ignore[arg-type]
+    assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status").fetchone() == (0, 1)
+
+
+def test_search_returns_the_right_rows(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,
+                                       client: Client) -> None:
+    n = 40
+    pics = images(n, offset=400)
+    captions = [f"{['red', 'green', 'blue', 'grey'][i % 4]} {['boat', 'house', 'car', 'tree', 'bird'][i % 5]} {i}"
+                for i in range(n)]
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text, image bytea)")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO items VALUES (%s, %s, %s)", [(i, captions[i], pics[i]) for i in range(n)])
+    conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['image'])")
+    drain(qvl_db, service.grpc_target)
+    stored = np.stack([embedding(conn, "items", i) for i in range(n)])  # type: ignore[misc]
+
+    for query, item in (("a green boat", {"text": "a green boat"}), (pics[3], {"image": pics[3]})):
+        q = client.embed([item], instruction=DEFAULT_QUERY_INSTRUCTION)[0]
+        distance = 1 - cosines(stored, q[None, :])
+        nearest = np.argsort(distance)[:12]
+        ann = conn.execute("SELECT pk, distance, score FROM qvl.search('items', %s, k => 12, rerank => false)",
+                           (query,)).fetchall()
+        assert [int(pk) for pk, _, _ in ann] == nearest.tolist()
+        np.testing.assert_allclose([d for _, d, _ in ann], distance[nearest], atol=1e-5)
+        assert all(s is None for _, _, s in ann)
+
+        hits = conn.execute("SELECT pk, distance, score FROM qvl.search('items', %s, k => 5, candidates => 12)",
+                            (query,)).fetchall()
+        want = client.rerank(item, [{"image": pics[i], "text": captions[i]} for i in nearest], top_k=5)
+        assert [int(pk) for pk, _, _ in hits] == [int(nearest[i]) for i, _ in want.ranking]
+        np.testing.assert_allclose([s for _, _, s in hits], [s for _, s in want.ranking], atol=1e-5)
+
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        conn.execute("SELECT * FROM qvl.search('nope', 'x')")
