@@ -1,0 +1,83 @@
+"""The SQLAlchemy 2 helpers against a real database: declare, auto-embed, query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+from sqlalchemy import LargeBinary, Text, cast, create_engine, select
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from connectors.client import Client
+from connectors.postgres.sqlalchemy import VECTOR, Vectorizer, embed, register_vector, rerank, search
+from tests.integration.postgres.conftest import cosines, drain, images
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Photo(Base):
+    __tablename__ = "photos"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    caption: Mapped[str] = mapped_column(Text)
+    image: Mapped[bytes] = mapped_column(LargeBinary)
+    embedding: Mapped[Any] = mapped_column(VECTOR(64), nullable=True)
+
+
+def test_declare_embed_and_query(qvl_db: str, service: ServiceProcess) -> None:
+    info = conninfo_to_dict(qvl_db)
+    engine = create_engine(URL.create("postgresql+psycopg", username=str(info["user"]), host=str(info["host"]),
+                                      port=int(info["port"]), database=str(info["dbname"])))
+    register_vector(engine)
+    photos = Vectorizer(Photo, text=[Photo.caption], images=[Photo.image])
+    pics = images(12, offset=700)
+    with engine.begin() as conn:
+        Base.metadata.create_all(conn)
+        assert photos.create(conn) is not None
+        assert photos.create(conn) is None  # if_not_exists
+    with Session(engine) as session, session.begin():
+        session.add_all(Photo(id=i, caption=f"photo {i}", image=pics[i]) for i in range(12))
+    drain(qvl_db, service.grpc_target)
+
+    with Client(service.grpc_target) as client, engine.connect() as conn:
+        assert photos.wait(conn, 1.0)
+        stored = np.asarray(conn.execute(select(Photo.embedding).where(Photo.id == 3)).scalar_one())
+        assert stored.shape == (64,)
+        assert cosines(stored, client.embed([{"image": pics[3], "text": "photo 3"}])[0]) >= 0.9999
+
+        value = np.asarray(conn.execute(select(embed("hello", instruction="Say hi."))).scalar_one())
+        assert cosines(value, client.embed(["hello"], instruction="Say hi.")[0]) >= 0.9999
+        from_columns = np.asarray(conn.execute(select(embed(Photo.caption, Photo.image))
+                                               .where(Photo.id == 3)).scalar_one())
+        assert cosines(from_columns, stored) >= 0.9999
+        half = conn.execute(select(embed("hello", dimensions=32, halfvec=True))).scalar_one()
+        assert len(half.to_list() if hasattr(half, "to_list") else half) == 32
+
+        nearest = conn.execute(select(Photo.id).order_by(Photo.embedding.cosine_distance(embed("photo 5")))
+                               .limit(3)).scalars().all()
+        assert len(nearest) == 3
+
+        r = rerank("photo", ["a", "b", "c"], top_k=2)
+        rows = conn.execute(select(r.c.index, r.c.score)).all()
+        want = client.rerank("photo", ["a", "b", "c"], top_k=2)
+        assert [i for i, _ in rows] == [i + 1 for i, _ in want.ranking]
+        r = rerank("noise", pics[:3])
+        assert len(conn.execute(select(r.c.index)).all()) == 3
+
+        hits = search("photos", "photo 7", k=4)
+        found = conn.execute(select(Photo.id, hits.c.score).join(hits, hits.c.pk == cast(Photo.id, Text))
+                             .order_by(hits.c.score.desc())).all()
+        assert len(found) == 4
+        assert [s for _, s in found] == sorted((s for _, s in found), reverse=True)
+        by_image = conn.execute(select(photos.search(pics[2], k=2, rerank=False).c.pk)).scalars().all()
+        assert len(by_image) == 2
+    with engine.begin() as conn:
+        photos.drop(conn)
+    engine.dispose()
