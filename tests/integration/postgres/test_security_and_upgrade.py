@@ -106,3 +106,30 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 10").fetchone() == (True,)
         assert len(conn.execute("SELECT * FROM qvl.search('items', 'c3', k => 3)").fetchall()) == 3
+
+
+def test_search_path_cannot_hijack_the_definer_trigger(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """The queueing trigger runs as its owner without a pinned search_path (it is hot): a role that
+    shadows operators and functions in its own schema must not get code run as the owner."""
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text)")
+    conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], dimensions => 32)")
+    dbname = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
+    conn.execute(f"CREATE ROLE {role} LOGIN; GRANT INSERT ON items TO {role}; GRANT CREATE ON DATABASE {dbname} "
+                 f"TO {role}; CREATE TABLE hijacked (who text); GRANT INSERT ON hijacked TO {role}")
+    with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as c:
+        c.execute("CREATE SCHEMA evil")
+        for name, args, body in (
+                ("ne", "a text, b text", "INSERT INTO public.hijacked VALUES (current_user); SELECT true"),
+                ("pg_notify", "a text, b text", "INSERT INTO public.hijacked VALUES (current_user)"),
+                ("current_setting", "a text, b boolean", "INSERT INTO public.hijacked VALUES (current_user); "
+                                                         "SELECT 'x'::text"),
+                ("set_config", "a text, b text, c boolean", "INSERT INTO public.hijacked VALUES (current_user); "
+                                                            "SELECT 'x'::text")):
+            returns = {"ne": "boolean", "pg_notify": "void"}.get(name, "text")
+            c.execute(f"CREATE FUNCTION evil.{name}({args}) RETURNS {returns} LANGUAGE sql AS $$ {body} $$")
+        c.execute("CREATE OPERATOR evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.ne)")
+        c.execute("SET search_path = evil, pg_catalog, public")
+        c.execute("INSERT INTO public.items VALUES (1, 'hello')")
+    assert conn.execute("SELECT count(*) FROM hijacked").fetchone() == (0,)
+    assert conn.execute("SELECT pending FROM qvl.vectorizer_status").fetchone() == (1,)
