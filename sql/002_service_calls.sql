@@ -43,7 +43,7 @@ HINTS = {
     504: "Send smaller inputs, or give the service longer: SELECT qvl.set_service(url, token, timeout_s => 120);",
     500: "The model failed on this input; the service log has the details.",
 }
-ITEM_PREFIX = re.compile(r"^(item|document) \d+: ")
+ITEM_PREFIX = re.compile(r"^((item|document) \d+|query): ")
 
 plans = {}
 conns = {}

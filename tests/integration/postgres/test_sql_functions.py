@@ -73,6 +73,10 @@ def test_bad_input_is_an_error_naming_the_item(conn: psycopg.Connection[Any]) ->
         conn.execute("SELECT * FROM qvl.rerank('q', ARRAY[%s, 'junk'::bytea])", (images(1)[0],))
     assert "documents[2]" in str(err.value)  # the 1-based array position
 
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        conn.execute("SELECT * FROM qvl.rerank('junk'::bytea, ARRAY['a', 'b'])")
+    assert "refused the query: image 0 is not a recognised image" in str(err.value)
+
 
 def test_unreachable_service_is_an_error_not_null(conn: psycopg.Connection[Any]) -> None:
     from tests.support.ports import free_port

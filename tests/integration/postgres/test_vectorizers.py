@@ -146,6 +146,9 @@ def test_storage_kinds_and_index(conn: psycopg.Connection[Any], qvl_db: str, ser
     bits = [e for (e,) in conn.execute("SELECT embedding::text FROM b ORDER BY id")]
     want = client.embed(texts, encoding="binary")
     assert bits == ["".join(map(str, np.unpackbits(w)[:64])) for w in want]
+    for table in ("h", "b", "v"):  # two-stage search works on every storage kind (hamming for bit)
+        hits = conn.execute(f"SELECT pk, distance, score FROM qvl.search('{table}', 'text 3', k => 3)").fetchall()
+        assert len(hits) == 3 and all(s is not None for _, _, s in hits)
     small = np.stack([vec(e) for (e,) in conn.execute("SELECT embedding::text FROM v ORDER BY id")])
     assert cosines(small, client.embed(texts, dimensions=32)).min() >= 0.9999
 
