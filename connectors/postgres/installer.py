@@ -125,10 +125,10 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
     target = target or files[-1].version
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.add_notice_handler(_log_notice)
+        conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))  # held until this connection closes
         for ext in ("vector", "plpython3u"):
             _ensure_extension(conn, ext)
         with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (LOCK_KEY,))
             before = installed_version(conn)
             schema = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                                   "ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
