@@ -3,6 +3,7 @@ duplicates nothing, SIGTERM finishes the batch in hand, two workers share one qu
 
 from __future__ import annotations
 
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -79,7 +80,13 @@ def test_sigkill_mid_batch_loses_and_repeats_nothing(conn: psycopg.Connection[An
     first = worker_processes(qvl_db, service.grpc_target, "--batch", "40", "--concurrency", "1", "--lease", "2",
                              name="qvl-worker-killed")
     claimed = f"SELECT count(*) FROM qvl.queue_{vid} WHERE claimed_by IS NOT NULL AND claimed_until > now()"
-    wait_until(lambda: embedded(conn) >= 40 and count(conn, claimed) > 0, timeout=120)
+    wait_until(lambda: embedded(conn) >= 40, timeout=120)
+    for _ in range(200):  # freeze it; kill it only while it holds a claimed batch
+        first.signal(signal.SIGSTOP)
+        if count(conn, claimed) > 0:
+            break
+        first.signal(signal.SIGCONT)
+        time.sleep(0.01)
     first.kill()  # SIGKILL: no chance to finish or release anything
     in_flight = count(conn, claimed)
     assert in_flight > 0  # it died holding a batch
@@ -103,6 +110,9 @@ def test_two_workers_share_the_queue_and_sigterm_finishes_the_batch(
     write_log(conn, "items")
     one = worker_processes(qvl_db, service.grpc_target, "--batch", "16", name="qvl-worker-one")
     two = worker_processes(qvl_db, service.grpc_target, "--batch", "16", name="qvl-worker-two")
+    listening = ("SELECT count(DISTINCT application_name) FROM pg_stat_activity WHERE application_name IN "
+                 "('qvl-worker-one', 'qvl-worker-two') AND query = 'LISTEN qvl_config'")
+    wait_until(lambda: count(conn, listening) == 2, timeout=60)  # both up before the first row arrives
     insert(conn, range(600), chunk=25)
     assert conn.execute("SELECT qvl.wait_for_embeddings('items', '120 s')").fetchone() == (True,)
     assert count(conn, "SELECT count(*) FROM items_writes") == 600
