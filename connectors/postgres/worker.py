@@ -215,10 +215,20 @@ class Worker:
         return Client(self.s.service, token=self.s.token, timeout=self.s.rpc_timeout_s, retries=1)
 
     def _check_install(self) -> None:
-        with self._connect() as conn:
-            row = conn.execute("SELECT to_regclass('qvl.vectorizer') IS NOT NULL").fetchone()
-            if not row or not row[0]:
-                raise RuntimeError("qvl is not installed in this database: run `qvl pg install --dsn ...` first")
+        """Wait for the database (it may start after the worker); refuse one without qvl."""
+        backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
+        while not self.stopping.is_set():
+            try:
+                with self._connect() as conn:
+                    row = conn.execute("SELECT to_regclass('qvl.vectorizer') IS NOT NULL").fetchone()
+                break
+            except psycopg.OperationalError as exc:
+                log.warning("the database is not reachable yet; retrying", extra={"error": str(exc).strip()})
+                self.stopping.wait(backoff.next())
+        else:
+            return
+        if not row or not row[0]:
+            raise RuntimeError("qvl is not installed in this database: run `qvl pg install --dsn ...` first")
 
     def _learn_limits(self) -> None:
         try:
