@@ -30,6 +30,7 @@ from .batch_planning import plan_batches
 from .embedder import Embedder
 from .errors import CancelledError, DeadlineError, InputError, OverloadedError, QvlError, UnavailableError
 from .items import Item
+from .memory import release_free_memory
 from .outputs import EncodedVector, check_options, encode_vector
 from .preprocess import DecodedItem, Encoded
 from .reranker import Reranker, RerankResult, result_from_rows
@@ -157,6 +158,7 @@ class Batcher:
             self.admitted += n
             self.admitted_bytes += nbytes
             metrics.ADMITTED.set(self.admitted)
+            metrics.ADMITTED_BYTES.set(self.admitted_bytes)
         return n, nbytes
 
     async def release(self, reserved: tuple[int, int]) -> None:
@@ -164,6 +166,7 @@ class Batcher:
             self.admitted -= reserved[0]
             self.admitted_bytes -= reserved[1]
             metrics.ADMITTED.set(self.admitted)
+            metrics.ADMITTED_BYTES.set(self.admitted_bytes)
             self.capacity.notify_all()
 
     # -- requests ------------------------------------------------------------
@@ -209,8 +212,10 @@ class Batcher:
             await self.release(reserved)
         return result_from_rows(rows, top_k)
 
-    @staticmethod
-    def _need(model: Any, what: str) -> Any:
+    def _need(self, model: Any, what: str) -> Any:
+        # While starting, no model is loaded yet: that is UNAVAILABLE (retry), not bad input.
+        if not self.accepting:
+            raise UnavailableError("the service is starting or draining; retry shortly")
         if model is None:
             raise InputError(f"this service has no {what} model loaded", status=404)
         return model
@@ -282,6 +287,7 @@ class Batcher:
                     raise UnavailableError("the service is shutting down")
                 self.queues[task].extend(jobs)
                 self.prepared_bytes += sum(j.nbytes for j in jobs)
+                metrics.PREPARED_BYTES.set(self.prepared_bytes)
                 metrics.QUEUE_DEPTH.labels(task).set(len(self.queues[task]))
                 self.cv.notify_all()
         return out
@@ -362,7 +368,7 @@ class Batcher:
         keys = [j.group for j in live] if task == "rerank" else None
         plan = plan_batches([j.enc.length for j in live], [j.enc.vision_patches for j in live],
                             token_budget=self.settings.batch_tokens, max_items=self.settings.max_batch_items,
-                            keys=keys)
+                            patch_budget=self.settings.batch_max_patches, keys=keys)
         for group in plan:
             batch = [live[i] for i in group]
             started = time.perf_counter()
@@ -374,10 +380,13 @@ class Batcher:
             metrics.TOKENS.labels(task).inc(sum(j.enc.length for j in batch))
             for job, row in zip(batch, rows, strict=True):
                 self._resolve(job, row)
+            if any(j.nbytes for j in batch):
+                release_free_memory()
 
     def _resolve(self, job: _Job, value: Any) -> None:
         with self.cv:
             self.prepared_bytes -= job.nbytes
+            metrics.PREPARED_BYTES.set(self.prepared_bytes)
             self.cv.notify_all()
         if not job.future.done():
             with contextlib.suppress(concurrent.futures.InvalidStateError):  # cancelled meanwhile

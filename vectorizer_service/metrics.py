@@ -13,6 +13,8 @@ TOKENS = Counter("qvl_tokens", "Tokens through the model (rate() gives tokens/s)
 QUEUE_DEPTH = Gauge("qvl_queue_depth", "Sequences waiting for the model", ["task"], registry=REGISTRY)
 ADMITTED = Gauge("qvl_admitted_items", "Items admitted and not finished (bounded by the queue limit)",
                  registry=REGISTRY)
+ADMITTED_BYTES = Gauge("qvl_admitted_media_bytes", "Raw media bytes admitted and not finished", registry=REGISTRY)
+PREPARED_BYTES = Gauge("qvl_prepared_bytes", "Decoded pixel tensors waiting for or in the model", registry=REGISTRY)
 BATCH_SIZE = Histogram("qvl_batch_size", "Sequences per model batch", ["task"], registry=REGISTRY,
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
 BATCH_TOKENS = Histogram("qvl_batch_tokens", "Padded tokens per model batch", ["task"], registry=REGISTRY,

@@ -69,7 +69,8 @@ class SequenceModel:
 
     def plan(self, encoded: Sequence[Encoded]) -> list[list[int]]:
         return plan_batches([e.length for e in encoded], [e.vision_patches for e in encoded],
-                            token_budget=self.settings.batch_tokens, max_items=self.settings.max_batch_items)
+                            token_budget=self.settings.batch_tokens, max_items=self.settings.max_batch_items,
+                            patch_budget=self.settings.batch_max_patches)
 
     def run(self, encoded: Sequence[Encoded]) -> list[Any]:
         """Forward many sequences in planned batches; results (or errors) in input order."""

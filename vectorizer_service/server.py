@@ -18,6 +18,7 @@ from .batcher import Batcher, CallContext, EmbedOptions
 from .grpc_servicer import SERVICE_NAME, build_grpc_server
 from .http_app import build_http_app
 from .items import Item
+from .memory import limit_malloc_arenas
 from .model_loading import resolve_device
 from .runtime import load_models
 from .settings import Settings
@@ -49,6 +50,7 @@ async def warm_up(batcher: Batcher) -> None:
 
 
 async def serve(settings: Settings) -> int:
+    limit_malloc_arenas()
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

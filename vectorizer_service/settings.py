@@ -71,12 +71,14 @@ class Settings(BaseSettings):
     # Batching
     batch_tokens: int = Field(16384, ge=256, description="Token budget of one model batch (padded)")
     max_batch_items: int = Field(64, ge=1, description="Most sequences in one model batch")
+    batch_max_patches: int = Field(
+        16384, ge=256, description="Most vision patches in one model batch (about 14 images of 640x480)")
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for items still being prepared")
     min_wait_ms: float = Field(0.0, ge=0, description="How long every batch waits for company (latency floor)")
     queue_max_items: int = Field(2048, ge=1, description="Items in flight; more is refused at once")
-    queue_max_bytes: int = Field(128 * 1024 * 1024, ge=1, description="Raw media bytes in flight; more is refused")
+    queue_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Raw media bytes in flight; more is refused")
     prepared_max_bytes: int = Field(
-        384 * 1024 * 1024, ge=1, description="Decoded pixel tensors waiting for the model; decoding pauses past it")
+        192 * 1024 * 1024, ge=1, description="Decoded pixel tensors waiting for the model; decoding pauses past it")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads of the model (default: all cores but one, leaving one for requests)")
     share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")

@@ -223,3 +223,32 @@ def test_sigterm_drains_in_flight_work() -> None:
     assert results["vec"].shape == (1, 64)  # type: ignore[attr-defined]
     assert svc.proc.wait(timeout=30) == 0
     assert '"stopped"' in svc.log_tail() and '"drained": true' in svc.log_tail()
+
+
+def test_requests_while_starting_are_unavailable_never_invalid() -> None:
+    """Listeners come up before the models: callers must see UNAVAILABLE (retry), not bad input."""
+    svc = ServiceProcess()
+    svc.start(wait=False)
+    codes: set[str] = set()
+    try:
+        deadline = time.monotonic() + 120
+        with Client(svc.grpc_target, retries=0) as c:
+            while time.monotonic() < deadline:
+                try:
+                    c.embed(["hello"], timeout=5)
+                    break
+                except TransientError as err:
+                    codes.add(err.code)
+                    time.sleep(0.05)
+                status = httpx.post(svc.http_url + "/v1/embed", json={"items": ["x"]}).status_code \
+                    if _port_open(svc.http_port) else 503
+                assert status in (200, 503)
+        assert codes <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
+        assert "UNAVAILABLE" in codes
+    finally:
+        svc.stop()
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
