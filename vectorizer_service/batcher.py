@@ -170,16 +170,24 @@ class Batcher:
             self.capacity.notify_all()
 
     # -- requests ------------------------------------------------------------
-    async def embed(self, items: Sequence[Item], options: EmbedOptions, ctx: CallContext, *,
-                    wait_for_capacity: bool = False) -> list[EncodedVector | QvlError]:
+    async def embed(self, items: Sequence[Item] | Callable[[], Sequence[Item]], options: EmbedOptions,
+                    ctx: CallContext, *, wait_for_capacity: bool = False,
+                    size_hint: tuple[int, int] | None = None) -> list[EncodedVector | QvlError]:
+        """Embed items. ``items`` may be a callable with a ``size_hint`` (count, bytes): it is then
+        called only once the request is admitted, so a refused request never copies its media."""
         embedder = self._need(self.embedder, "embedding")
         check_options(options.dimensions, options.encoding, embedder.hidden_size)
-        if len(items) > self.settings.max_items_per_request:
-            raise InputError(f"{len(items)} items, over the limit of {self.settings.max_items_per_request}",
-                             status=413)
-        reserved = await self.admit(len(items), sum(_media_bytes(i) for i in items), wait=wait_for_capacity,
-                                    ctx=ctx)
+        if callable(items):
+            assert size_hint is not None
+            count, nbytes = size_hint
+        else:
+            count, nbytes = len(items), sum(_media_bytes(i) for i in items)
+        if count > self.settings.max_items_per_request:
+            raise InputError(f"{count} items, over the limit of {self.settings.max_items_per_request}", status=413)
+        reserved = await self.admit(count, nbytes, wait=wait_for_capacity, ctx=ctx)
         try:
+            if callable(items):
+                items = items()
             group = next(self.groups)
 
             def prepare(start: int, chunk: list[Item]) -> list[Any]:

@@ -102,8 +102,10 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
         started = time.perf_counter()
         try:
             options = _options(request.options)
-            items = [item_from_proto(it, i) for i, it in enumerate(request.items)]
-            results = await self.batcher.embed(items, options, self._context(context))
+            # Admission is decided on the message's size before its media are copied into items.
+            results = await self.batcher.embed(
+                lambda: [item_from_proto(it, i) for i, it in enumerate(request.items)], options,
+                self._context(context), size_hint=(len(request.items), request.ByteSize()))
             errors = [(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]
             for _, err in errors:
                 if isinstance(err, CALL_FAILURES) or not request.options.allow_partial:
@@ -241,6 +243,7 @@ async def build_grpc_server(batcher: Batcher, settings: Settings) -> tuple[grpc.
     interceptors = [AuthInterceptor(settings.token)] if settings.token else []
     server = grpc.aio.server(
         interceptors=interceptors,
+        maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
                  ("grpc.max_send_message_length", settings.max_request_bytes),
                  ("grpc.so_reuseport", 0)],

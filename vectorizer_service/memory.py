@@ -10,6 +10,8 @@ import time
 
 log = logging.getLogger("qvl.memory")
 M_ARENA_MAX = -8
+M_MMAP_THRESHOLD = -3
+MMAP_THRESHOLD = 1024 * 1024
 _libc = None
 _last_trim = 0.0
 _lock = threading.Lock()
@@ -23,9 +25,14 @@ except (OSError, AttributeError):  # not glibc: nothing to do
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each thread its own arena; freed image buffers then stay mapped per thread."""
+    """Large buffers (images, messages) come from mmap and go back to the OS when freed.
+
+    By default glibc gives each thread an arena and raises its mmap threshold after large
+    frees, so freed image buffers stay resident, per thread.
+    """
     if _libc is not None:
         _libc.mallopt(M_ARENA_MAX, arenas)
+        _libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD)
 
 
 def release_free_memory() -> None:

@@ -76,9 +76,10 @@ class Settings(BaseSettings):
     max_wait_ms: float = Field(5.0, ge=0, description="How long a batch waits for items still being prepared")
     min_wait_ms: float = Field(0.0, ge=0, description="How long every batch waits for company (latency floor)")
     queue_max_items: int = Field(2048, ge=1, description="Items in flight; more is refused at once")
-    queue_max_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Raw media bytes in flight; more is refused")
+    queue_max_bytes: int = Field(32 * 1024 * 1024, ge=1, description="Raw media bytes in flight; more is refused")
     prepared_max_bytes: int = Field(
-        192 * 1024 * 1024, ge=1, description="Decoded pixel tensors waiting for the model; decoding pauses past it")
+        128 * 1024 * 1024, ge=1,
+        description="Decoded pixel tensors waiting for the model; decoding pauses past it (raise it on GPUs)")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads of the model (default: all cores but one, leaving one for requests)")
     share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")
@@ -94,6 +95,8 @@ class Settings(BaseSettings):
     tls_cert: Path | None = Field(None, description="PEM certificate: gRPC serves TLS when set with the key")
     tls_key: Path | None = Field(None, description="PEM private key of the certificate")
     max_request_bytes: int = Field(128 * 1024 * 1024, description="Largest gRPC message / HTTP body")
+    max_concurrent_rpcs: int = Field(
+        256, ge=1, description="gRPC calls served at once; more are refused before their messages are read")
     drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight work")
     allow_uri_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated, e.g. file,https (none by default: no URI is read)")
@@ -141,3 +144,18 @@ class Settings(BaseSettings):
             return cls(**{k: v for k, v in overrides.items() if v is not None})
         finally:
             _settings_file.reset(token)
+
+
+def settings_markdown() -> str:
+    """The README's settings table (tests/unit/test_readme.py keeps the README equal to it)."""
+    computed = {"preprocess_workers": "cores, up to 8", "allow_uri_schemes": "(none)", "allow_uri_roots": "(none)",
+                "profiles": "{}"}
+    rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
+    for name, field in Settings.model_fields.items():
+        default = computed.get(name, "(unset)" if field.default is None else field.default)
+        rows.append(f"| `QVL_{name.upper()}` | `{default}` | {field.description} |")
+    return "\n".join(rows)
+
+
+if __name__ == "__main__":
+    print(settings_markdown())
