@@ -8,7 +8,6 @@ plain string for a text item.
 from __future__ import annotations
 
 import asyncio
-import math
 import random
 import threading
 import time
@@ -145,14 +144,20 @@ def _rerank_result(resp: pb.RerankResponse) -> RerankResult:
 
 class _Base:
     def __init__(self, target: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 6,
-                 root_certificates: bytes | None = None, tls: bool = False) -> None:
+                 root_certificates: bytes | None = None, tls: bool = False, stall_timeout: float = 120.0,
+                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
         self.timeout = timeout
         self.retries = retries
+        self.stall_timeout = stall_timeout
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
-        self.options = [("grpc.max_send_message_length", MAX_MESSAGE),
-                        ("grpc.max_receive_message_length", MAX_MESSAGE),
-                        ("grpc.keepalive_time_ms", 30_000)]
+        # Keepalive finds a dead connection in seconds; a short reconnect backoff finds a service
+        # that came back (gRPC's default backoff grows to two minutes).
+        defaults = {"grpc.max_send_message_length": MAX_MESSAGE, "grpc.max_receive_message_length": MAX_MESSAGE,
+                    "grpc.keepalive_time_ms": 10_000, "grpc.keepalive_timeout_ms": 5_000,
+                    "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0,
+                    "grpc.max_reconnect_backoff_ms": 5_000}
+        self.options = list({**defaults, **dict(channel_options)}.items())
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
 
 
@@ -214,11 +219,13 @@ class Client(_Base):
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
         A bad item yields an ``ItemFailure`` and the stream goes on; a failure of the stream
-        itself raises (items not yet answered were not embedded).
+        itself raises (items not yet answered were not embedded), and so does a stream that
+        answers nothing for ``stall_timeout`` seconds while items are outstanding.
         """
         options = _options(dimensions, encoding, normalize, instruction)
         window = threading.Semaphore(max_in_flight)
         done = threading.Event()
+        progress = {"last": time.monotonic(), "sent": 0, "received": 0, "stalled": False}
 
         def requests() -> Iterator[pb.EmbedStreamRequest]:
             for seq, item in enumerate(items):
@@ -227,13 +234,28 @@ class Client(_Base):
                         return
                 if done.is_set():
                     return
+                if progress["sent"] == progress["received"]:
+                    progress["last"] = time.monotonic()  # idle time while nothing was outstanding is no stall
+                progress["sent"] += 1
                 yield pb.EmbedStreamRequest(seq=seq, item=to_item(item), options=options if seq == 0 else None)
 
         pending: dict[int, np.ndarray | ItemFailure] = {}
         next_seq = 0
         call = self.stub.EmbedStream(requests(), timeout=timeout, metadata=self.metadata)
+
+        def watchdog() -> None:
+            while not done.wait(1.0):
+                outstanding = progress["sent"] > progress["received"]
+                if outstanding and time.monotonic() - progress["last"] > self.stall_timeout:
+                    progress["stalled"] = True
+                    call.cancel()
+                    return
+
+        threading.Thread(target=watchdog, name="qvl-stream-watchdog", daemon=True).start()
         try:
             for result in call:
+                progress["received"] += 1
+                progress["last"] = time.monotonic()
                 window.release()
                 if result.HasField("error"):
                     pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code)
@@ -243,6 +265,9 @@ class Client(_Base):
                     yield pending.pop(next_seq)
                     next_seq += 1
         except grpc.RpcError as err:
+            if progress["stalled"]:
+                raise TransientError(f"the stream answered nothing for {self.stall_timeout} s; cancelled",
+                                     code="DEADLINE_EXCEEDED") from None
             raise _translate(err) from None
         finally:
             done.set()
@@ -339,5 +364,3 @@ class AsyncClient(_Base):
             call.cancel()
 
 
-def nan_to_none(values: Iterable[float]) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in values]

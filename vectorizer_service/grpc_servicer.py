@@ -246,7 +246,11 @@ async def build_grpc_server(batcher: Batcher, settings: Settings) -> tuple[grpc.
         maximum_concurrent_rpcs=settings.max_concurrent_rpcs,
         options=[("grpc.max_receive_message_length", settings.max_request_bytes),
                  ("grpc.max_send_message_length", settings.max_request_bytes),
-                 ("grpc.so_reuseport", 0)],
+                 ("grpc.so_reuseport", 0),
+                 # clients ping every 10 s to find dead connections; let them
+                 ("grpc.keepalive_permit_without_calls", 1),
+                 ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
+                 ("grpc.http2.max_ping_strikes", 0)],
     )
     pb_grpc.add_VectorizerServicer_to_server(VectorizerServicer(batcher, settings), server)
     health = health_aio.HealthServicer()

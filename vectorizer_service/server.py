@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import sys
 import time
 from collections.abc import Iterator
 
@@ -51,6 +52,9 @@ async def warm_up(batcher: Batcher) -> None:
 
 async def serve(settings: Settings) -> int:
     limit_malloc_arenas()
+    # The model thread runs thousands of short torch calls, each giving the GIL away; with the
+    # default 5 ms switch interval a busy event loop makes it wait 5 ms to get it back, each time.
+    sys.setswitchinterval(settings.gil_switch_ms / 1000)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

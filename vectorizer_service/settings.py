@@ -82,6 +82,8 @@ class Settings(BaseSettings):
         description="Decoded pixel tensors waiting for the model; decoding pauses past it (raise it on GPUs)")
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads of the model (default: all cores but one, leaving one for requests)")
+    gil_switch_ms: float = Field(
+        0.5, gt=0, description="Python's thread switch interval: short, so the model thread is not starved")
     share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")
     preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)),
                                     description="Threads decoding media and tokenizing (default: cores, up to 8)")

@@ -1,0 +1,81 @@
+"""Client behaviour against deliberately misbehaving gRPC servers (real servers, stuck on purpose)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from concurrent import futures
+
+import grpc
+import pytest
+
+from connectors.client import Client, InvalidInput, TransientError, to_item
+from vectorizer_service.local_service import free_ports
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
+from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
+
+
+class Stuck(pb_grpc.VectorizerServicer):
+    """Answers the first item of a stream, then never again; Embed is UNAVAILABLE twice, then fine."""
+
+    def __init__(self) -> None:
+        self.embed_calls = 0
+        self.release = threading.Event()
+
+    def EmbedStream(self, request_iterator, context):
+        first = next(request_iterator)
+        yield pb.EmbedStreamResult(seq=first.seq, embedding=pb.Embedding(values=[1.0, 0.0], dimensions=2))
+        self.release.wait(30)
+
+    def Embed(self, request, context):
+        self.embed_calls += 1
+        if self.embed_calls <= 2:
+            context.abort(grpc.StatusCode.UNAVAILABLE, "starting")
+        if request.items[0].parts[0].text == "bad":
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "item 0: text is bad")
+        return pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.6, 0.8], dimensions=2)])
+
+
+@pytest.fixture()
+def stuck() -> Iterator[tuple[Stuck, str]]:
+    servicer = Stuck()
+    server = grpc.server(futures.ThreadPoolExecutor(8))
+    pb_grpc.add_VectorizerServicer_to_server(servicer, server)
+    port = free_ports(1)[0]
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    yield servicer, f"127.0.0.1:{port}"
+    servicer.release.set()
+    server.stop(0)
+
+
+def test_a_stalled_stream_raises_instead_of_hanging(stuck: tuple[Stuck, str]) -> None:
+    _, target = stuck
+    started = time.monotonic()
+    got = []
+    with Client(target, stall_timeout=2.0) as c, pytest.raises(TransientError, match="answered nothing"):
+        for row in c.embed_stream(["a", "b", "c"]):
+            got.append(row)
+    assert len(got) == 1 and time.monotonic() - started < 10
+
+
+def test_unavailable_is_retried_and_bad_input_is_not(stuck: tuple[Stuck, str]) -> None:
+    servicer, target = stuck
+    with Client(target, retries=3) as c:
+        assert c.embed(["fine"]).tolist() == [[pytest.approx(0.6), pytest.approx(0.8)]]
+        assert servicer.embed_calls == 3
+        with pytest.raises(InvalidInput) as err:
+            c.embed(["bad"])
+        assert err.value.index == 0 and servicer.embed_calls == 4
+
+
+def test_items_and_channel_options() -> None:
+    item = to_item({"text": ["a", "b"], "image": [b"x"], "frames": [b"f1", b"f2"], "instruction": "do"})
+    kinds = [p.WhichOneof("kind") for p in item.parts]
+    assert kinds == ["frames", "image", "text", "text"] and item.instruction == "do"
+    with pytest.raises(ValueError, match="unknown item keys"):
+        to_item({"txt": "typo"})
+    c = Client("127.0.0.1:1", channel_options=[("grpc.max_reconnect_backoff_ms", 1000)])
+    assert dict(c.options)["grpc.max_reconnect_backoff_ms"] == 1000
+    c.close()
