@@ -136,16 +136,17 @@ def _weaviate_part(svc: ServiceProcess, out: Callable[[str], None]) -> list[dict
 
 
 def _side_by_side(pg: list[dict[str, Any]], wv: list[dict[str, Any]], out: Callable[[str], None]) -> None:
-    section("6. The same text query, SQL (qvl.search) and GraphQL (nearText + rerank), side by side", out)
-    pg_first = [r for r in pg if r.get("kind") == "search"]
-    wv_first = [r for r in wv if r.get("kind") == "nearText"]
-    query_pg = pg_first[0]["query"] if pg_first else "-"
-    query_wv = wv_first[0]["query"] if wv_first else "-"
-    out(f"  {'Postgres: ' + repr(query_pg):<44} {'Weaviate: ' + repr(query_wv)}")
-    for i in range(max(len(pg_first), len(wv_first))):
-        left = _cell(pg_first[i]) if i < len(pg_first) else ""
-        right = _cell(wv_first[i]) if i < len(wv_first) else ""
-        out(f"  {left:<44} {right}")
+    section("6. The same text queries, SQL (qvl.search) and GraphQL (nearText + rerank), side by side", out)
+    pg_rows = [r for r in pg if r.get("kind") == "search"]
+    wv_rows = [r for r in wv if r.get("kind") == "nearText"]
+    for query in dict.fromkeys(r["query"] for r in pg_rows):
+        left = [r for r in pg_rows if r["query"] == query]
+        right = [r for r in wv_rows if r["query"] == query]
+        out(f"  {'Postgres: ' + repr(query):<44} {'Weaviate: ' + repr(query)}")
+        for i in range(max(len(left), len(right))):
+            cell_l = _cell(left[i]) if i < len(left) else ""
+            cell_r = _cell(right[i]) if i < len(right) else ""
+            out(f"  {cell_l:<44} {cell_r}")
 
 
 def _cell(row: dict[str, Any]) -> str:
