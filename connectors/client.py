@@ -142,6 +142,25 @@ def _rerank_result(resp: pb.RerankResponse) -> RerankResult:
                         errors={e.index: e.message for e in resp.errors})
 
 
+class _InOrder:
+    """Stream results (which arrive in any order) handed back in input order."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, np.ndarray | ItemFailure] = {}
+        self.next = 0
+
+    def add(self, result: pb.EmbedStreamResult) -> list[np.ndarray | ItemFailure]:
+        if result.HasField("error"):
+            self.pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code)
+        else:
+            self.pending[result.seq] = embedding_array(result.embedding)
+        ready = []
+        while self.next in self.pending:
+            ready.append(self.pending.pop(self.next))
+            self.next += 1
+        return ready
+
+
 class _Base:
     def __init__(self, target: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 6,
                  root_certificates: bytes | None = None, tls: bool = False, stall_timeout: float = 120.0,
@@ -239,8 +258,7 @@ class Client(_Base):
                 progress["sent"] += 1
                 yield pb.EmbedStreamRequest(seq=seq, item=to_item(item), options=options if seq == 0 else None)
 
-        pending: dict[int, np.ndarray | ItemFailure] = {}
-        next_seq = 0
+        order = _InOrder()
         call = self.stub.EmbedStream(requests(), timeout=timeout, metadata=self.metadata)
 
         def watchdog() -> None:
@@ -257,13 +275,7 @@ class Client(_Base):
                 progress["received"] += 1
                 progress["last"] = time.monotonic()
                 window.release()
-                if result.HasField("error"):
-                    pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code)
-                else:
-                    pending[result.seq] = embedding_array(result.embedding)
-                while next_seq in pending:
-                    yield pending.pop(next_seq)
-                    next_seq += 1
+                yield from order.add(result)
         except grpc.RpcError as err:
             if progress["stalled"]:
                 raise TransientError(f"the stream answered nothing for {self.stall_timeout} s; cancelled",
@@ -346,18 +358,12 @@ class AsyncClient(_Base):
                 seq += 1
 
         call = self.stub.EmbedStream(requests(), timeout=timeout, metadata=self.metadata)
-        pending: dict[int, np.ndarray | ItemFailure] = {}
-        next_seq = 0
+        order = _InOrder()
         try:
             async for result in call:
                 window.release()
-                if result.HasField("error"):
-                    pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code)
-                else:
-                    pending[result.seq] = embedding_array(result.embedding)
-                while next_seq in pending:
-                    yield pending.pop(next_seq)
-                    next_seq += 1
+                for row in order.add(result):
+                    yield row
         except grpc.RpcError as err:
             raise _translate(err) from None
         finally:

@@ -26,18 +26,10 @@ from .local_service import ServiceProcess
 from .logs import Progress
 from .outputs import EncodedVector
 from .runtime import load_models
+from .samples import sample_media
 from .settings import Settings
 from .tiny_model import build_checkpoint
 
-MEDIA_DIR = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "media"
-CAPTIONS = {
-    "rings_256x256.png": "concentric coloured rings",
-    "stripes_320x240.png": "horizontal stripes",
-    "grid_200x400.png": "a grid of squares",
-    "tall_96x480.png": "a tall narrow strip",
-    "wide_640x160.jpg": "a wide panorama",
-    "small_48x40.png": "a tiny thumbnail",
-}
 TEXTS = ["concentric circles", "a striped pattern", "a short animated clip", "quarterly revenue report"]
 BANNER = """\
 qvl demo
@@ -57,17 +49,10 @@ def section(title: str, out: Callable[[str], None] = print) -> None:
 
 
 def sample_items() -> list[tuple[str, Item]]:
-    """The sample media (pictures with captions, a frame-list video) and some texts."""
-    samples: list[tuple[str, Item]] = []
-    for name in CAPTIONS:
-        path = MEDIA_DIR / name
-        if path.is_file():
-            samples.append((name, Item(images=[path.read_bytes()])))
-    frames = sorted((MEDIA_DIR / "clipA").glob("frame_*.png"))
-    if frames:
-        samples.append(("clipA (video)", Item(videos=[[f.read_bytes() for f in frames]])))
-    samples += [(f'"{t}"', Item(texts=[t])) for t in TEXTS]
-    return samples
+    """The sample media (pictures, a frame-list video) and some texts, as items."""
+    samples = [(m["name"], Item(images=[m["image"]]) if m["image"] else Item(videos=[m["frames"]]))
+               for m in sample_media()]
+    return samples + [(f'"{t}"', Item(texts=[t])) for t in TEXTS]
 
 
 def runtime_part(embedding_model: str, reranker_model: str, out: Callable[[str], None] = print) -> None:

@@ -14,7 +14,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
+
+from .local_process import LocalProcess
 
 
 def free_ports(count: int) -> list[int]:
@@ -26,7 +27,7 @@ def free_ports(count: int) -> list[int]:
         return [sock.getsockname()[1] for sock in socks]
 
 
-class ServiceProcess:
+class ServiceProcess(LocalProcess):
     """Starts `python -m vectorizer_service.cli serve` for the given checkpoints.
 
     `env` adds QVL_* settings; `args` adds CLI flags. Ports survive `stop()`, so `start()`
@@ -100,16 +101,3 @@ class ServiceProcess:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             return self.proc.wait()
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def __enter__(self) -> ServiceProcess:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()

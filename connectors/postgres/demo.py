@@ -18,20 +18,12 @@ from typing import Any
 
 import psycopg
 
+from vectorizer_service.samples import MEDIA_DIR, sample_media
+
 from .installer import install
 from .local_server import LocalPostgres
 from .worker import Worker, WorkerSettings
 
-MEDIA_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "media"
-CAPTIONS = {
-    "rings_256x256.png": "concentric coloured rings",
-    "stripes_320x240.png": "horizontal stripes",
-    "grid_200x400.png": "a grid of squares",
-    "tall_96x480.png": "a tall narrow strip",
-    "wide_640x160.jpg": "a wide panorama",
-    "small_48x40.png": "a tiny thumbnail",
-}
-VIDEOS = {"clipA": "a short animated clip", "clipB": "a longer animated clip"}
 TEXT_QUERIES = ("circles", "a panoramic view")
 RERANK_QUERY = "concentric circles"
 
@@ -47,21 +39,6 @@ VECTORIZER = ("SELECT qvl.create_vectorizer('media', text_columns => ARRAY['capt
 SEARCH = ("SELECT m.name, m.caption, s.distance, s.score FROM qvl.search('media', %s, k => 3) s "
           "JOIN media m ON m.id = s.pk::int")
 RERANK = "SELECT r.index, r.score FROM qvl.rerank(%s, %s::text[]) r"
-
-
-def sample_media(media_dir: Path = MEDIA_DIR) -> list[dict[str, Any]]:
-    """``[{"name", "caption", "image": bytes | None, "frames": [bytes] | None}]`` from the fixtures."""
-    rows: list[dict[str, Any]] = [{"name": name, "caption": caption, "image": (media_dir / name).read_bytes(),
-                                   "frames": None}
-                                  for name, caption in CAPTIONS.items() if (media_dir / name).is_file()]
-    for clip, caption in VIDEOS.items():
-        frames = sorted((media_dir / clip).glob("frame_*.png"))
-        if frames:
-            rows.append({"name": f"{clip} (video)", "caption": caption, "image": None,
-                         "frames": [f.read_bytes() for f in frames]})
-    if not rows:
-        raise FileNotFoundError(f"no sample media in {media_dir}")
-    return rows
 
 
 def _row(kind: str, query: str, rank: int, name: str, caption: str | None, distance: float | None,

@@ -14,10 +14,11 @@ import subprocess
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 
 import psycopg
 from psycopg import sql
+
+from vectorizer_service.local_process import LocalDataServer
 
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"
 SETUP_HINT = "run `make setup` (scripts/setup.sh) to install it, or set QVL_PG_BINDIR"
@@ -47,7 +48,7 @@ def _conf_value(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
-class LocalPostgres:
+class LocalPostgres(LocalDataServer):
     """initdb + pg_ctl start on a free port of 127.0.0.1, trust auth; ``stop()`` removes it all."""
 
     def __init__(self, bindir: Path | None = None, *, port: int | None = None,
@@ -107,29 +108,6 @@ class LocalPostgres:
             if remove and self.base_dir is not None:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
                 self.base_dir = None
-
-    def restart(self) -> None:
-        self.stop(remove=False)
-        self.start()
-
-    def log_tail(self, lines: int = 40) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, RuntimeError):
-            return "(no server log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> LocalPostgres:
-        return self.start()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.stop()
-
-    def _base(self) -> Path:
-        if self.base_dir is None:
-            raise RuntimeError("the server has not been started")
-        return self.base_dir
 
     def _init_cluster(self) -> None:
         # Under /tmp: the postgres user must be able to reach the directory.

@@ -21,27 +21,15 @@ from connectors.weaviate.collections import MODULE_VECTOR, create_collection
 from connectors.weaviate.ingest import ingest
 from connectors.weaviate.local_server import WeaviateServer, connect, module_env
 from connectors.weaviate.search import search
+from vectorizer_service.samples import MEDIA_DIR, sample_media
 
 COLLECTION = "QvlDemoMedia"
-MEDIA_DIR = Path(__file__).resolve().parents[2] / "tests" / "fixtures" / "media"
-CAPTIONS = {
-    "rings_256x256.png": "concentric coloured rings",
-    "stripes_320x240.png": "horizontal stripes",
-    "grid_200x400.png": "a grid of squares",
-    "tall_96x480.png": "a tall narrow strip",
-    "wide_640x160.jpg": "a wide panorama",
-    "small_48x40.png": "a tiny thumbnail",
-}
 TEXT_QUERIES = ("circles", "a panoramic view")
 
 
 def sample_pictures(media_dir: Path = MEDIA_DIR) -> list[dict[str, Any]]:
-    """The sample media with captions: ``[{"name", "caption", "image": bytes}]``."""
-    found = [{"name": name, "caption": caption, "image": (media_dir / name).read_bytes()}
-             for name, caption in CAPTIONS.items() if (media_dir / name).is_file()]
-    if not found:
-        raise FileNotFoundError(f"no sample pictures in {media_dir} (expected {', '.join(CAPTIONS)})")
-    return found
+    """The sample pictures with captions: ``[{"name", "caption", "image": bytes}]``."""
+    return [{k: m[k] for k in ("name", "caption", "image")} for m in sample_media(media_dir, videos=False)]
 
 
 def _row(kind: str, query: str, rank: int, props: dict[str, Any], distance: float | None,

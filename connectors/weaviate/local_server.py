@@ -18,12 +18,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
-from types import TracebackType
 from typing import IO
 
 import weaviate
 from weaviate.classes.init import AdditionalConfig, Timeout
 
+from vectorizer_service.local_process import LocalDataServer
 from vectorizer_service.local_service import free_ports
 
 DEFAULT_WEAVIATE_BIN = "/opt/qvl/weaviate-v1.39.0/weaviate-server"
@@ -62,7 +62,7 @@ def module_env(service_url: str, *, client_timeout: str = "120s", modules: tuple
     return env
 
 
-class WeaviateServer:
+class WeaviateServer(LocalDataServer):
     """weaviate-server bound to 127.0.0.1 with every port (REST, gRPC, gossip, data, Raft) free-picked.
 
     `env` adds to or overrides the server environment, e.g. ``module_env(url)``. Ports and the
@@ -177,33 +177,6 @@ class WeaviateServer:
             if remove and self.base_dir is not None:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
                 self.base_dir = None
-
-    def restart(self) -> None:
-        self.stop(remove=False)
-        self.start()
-
-    def log_tail(self, lines: int = 60) -> str:
-        try:
-            text = self.log_path.read_text(errors="replace")
-        except (OSError, RuntimeError):
-            return "(no server log)"
-        return "\n".join(text.splitlines()[-lines:])
-
-    def __enter__(self) -> WeaviateServer:
-        return self.start()
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
-
-    def _base(self) -> Path:
-        if self.base_dir is None:
-            raise RuntimeError("the server has not been started")
-        return self.base_dir
 
     def _wait_ready(self) -> None:
         assert self._process is not None
