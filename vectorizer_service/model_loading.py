@@ -12,6 +12,7 @@ import torch
 from transformers import AutoProcessor, Qwen3VLForConditionalGeneration, Qwen3VLModel
 from transformers.utils import logging as hf_logging
 
+from .fast_paths import use_fast_paths
 from .settings import Settings
 
 log = logging.getLogger("qvl.model")
@@ -98,6 +99,7 @@ def wrap_model(path: str, model: Any, processor: Any, *, device: torch.device,
         model = model.model  # the LM head is dropped where it is not tied to the embeddings
     model.to(device).eval()
     model.requires_grad_(False)
+    use_fast_paths(model)
     return Checkpoint(
         path=path, model=model, processor=processor, device=device, dtype=next(model.parameters()).dtype,
         attention=str(model.config._attn_implementation),
