@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
+
+TEXT_CHUNK = 32  # text-only items prepared together in one pool task
+INLINE_TEXT_CHARS = 4096  # text-only requests this small are prepared without a pool task
 
 
 def plan_batches(lengths: Sequence[int], patches: Sequence[int], *, token_budget: int, max_items: int,
@@ -49,3 +53,24 @@ def padding_ratio(lengths: Sequence[int], batches: list[list[int]]) -> float:
     padded = sum(max(lengths[i] for i in b) * len(b) for b in batches)
     real = sum(lengths)
     return 0.0 if padded == 0 else 1.0 - real / padded
+
+
+def _light(item: Any) -> bool:
+    return not item.images and not item.videos
+
+
+def is_small_text(chunk: Sequence[Any]) -> bool:
+    return all(_light(i) for i in chunk) and sum(len(t) for i in chunk for t in i.texts) <= INLINE_TEXT_CHARS
+
+
+def preparation_chunks(items: Sequence[Any]) -> list[tuple[int, list[Any]]]:
+    """(start, items) for preprocessing tasks: runs of text-only items together, each item with
+    media alone (decoding is the work)."""
+    chunks: list[tuple[int, list[Any]]] = []
+    for i, item in enumerate(items):
+        prev = chunks[-1][1] if chunks else None
+        if _light(item) and prev and _light(prev[-1]) and len(prev) < TEXT_CHUNK:
+            prev.append(item)
+        else:
+            chunks.append((i, [item]))
+    return chunks

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import metrics
-from .batch_planning import plan_batches
+from .batch_planning import is_small_text, plan_batches, preparation_chunks
 from .embedder import Embedder
 from .errors import CancelledError, DeadlineError, InputError, OverloadedError, QvlError, UnavailableError
 from .items import Item
@@ -37,8 +37,6 @@ from .reranker import Reranker, RerankResult, result_from_rows
 from .settings import Settings
 
 log = logging.getLogger("qvl.batcher")
-TEXT_CHUNK = 32  # text-only items prepared together in one pool task
-INLINE_TEXT_CHARS = 4096  # text-only requests this small are prepared on the event loop
 
 
 @dataclass
@@ -233,8 +231,8 @@ class Batcher:
         """Prepare chunks on the pool (each is queued as soon as it is ready), then await every row."""
         loop = asyncio.get_running_loop()
         ctx.check()
-        chunks = _chunks(items)
-        if len(chunks) == 1 and _is_small_text(chunks[0][1]):
+        chunks = preparation_chunks(items)
+        if len(chunks) == 1 and is_small_text(chunks[0][1]):
             # A few short texts tokenize in microseconds: cheaper here than a hop to the pool.
             return await self._gather(prepare(0, chunks[0][1]), ctx, [])
         tasks = [loop.run_in_executor(self.pool, self._budgeted, prepare, start, chunk, ctx)
@@ -403,21 +401,3 @@ class Batcher:
 
 async def _done(value: Any) -> Any:
     return value
-
-
-def _is_small_text(chunk: list[Item]) -> bool:
-    return sum(len(t) for item in chunk for t in item.texts) <= INLINE_TEXT_CHARS and all(
-        not item.images and not item.videos for item in chunk)
-
-
-def _chunks(items: Sequence[Item]) -> list[tuple[int, list[Item]]]:
-    """Pool tasks: runs of text-only items together, each item with media alone (decoding is the work)."""
-    chunks: list[tuple[int, list[Item]]] = []
-    for i, item in enumerate(items):
-        light = not item.images and not item.videos
-        prev = chunks[-1][1] if chunks else None
-        if light and prev and not prev[-1].images and not prev[-1].videos and len(prev) < TEXT_CHUNK:
-            prev.append(item)
-        else:
-            chunks.append((i, [item]))
-    return chunks

@@ -49,7 +49,7 @@ class Embedder(SequenceModel):
               encoding: str = "float32", normalize: bool = True) -> list[EncodedVector | QvlError]:
         """Embed items in one call (the in-process path of the CLI, benchmarks and tests)."""
         check_options(dimensions, encoding, self.hidden_size)
-        rows = self.run_ok(self.prepare(items, instruction))
+        rows = self.run_ok(self.prepare_parallel(lambda chunk: self.prepare(chunk, instruction), items))
         return [row if isinstance(row, QvlError) else
                 encode_vector(row, dimensions=dimensions, encoding=encoding, normalize=normalize)
                 for row in rows]

@@ -87,7 +87,8 @@ class Reranker(SequenceModel):
                top_k: int | None = None) -> RerankResult:
         """Score every document against the query (the in-process path)."""
         self.check_request(len(documents), top_k)
-        prepared = self.pairs(self.decode_query(query), self.decode_documents(documents), instruction)
+        decoded = self.prepare_parallel(self.decode_documents, documents)
+        prepared = self.pairs(self.decode_query(query), decoded, instruction)
         return result_from_rows(self.run_ok(prepared), top_k)
 
 

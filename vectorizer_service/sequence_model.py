@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import torch
 
-from .batch_planning import plan_batches
-from .errors import ComputeError, QvlError
+from .batch_planning import plan_batches, preparation_chunks
+from .errors import ComputeError, InputError, QvlError
 from .model_loading import Checkpoint
 from .prefix_sharing import forward_with_prefix, shared_prefix, vision_spans
 from .preprocess import Encoded, Preprocessor, collate
@@ -78,6 +79,19 @@ class SequenceModel:
         for group in self.plan(encoded):
             for i, row in zip(group, self.forward_isolating([encoded[i] for i in group]), strict=True):
                 out[i] = row
+        return out
+
+    def prepare_parallel(self, prepare: Callable[[list[Any]], list[Any]], items: Sequence[Any]) -> list[Any]:
+        """``prepare`` over chunks of ``items`` on ``preprocess_workers`` threads; results in order,
+        item indices of errors counted from the start of ``items``."""
+        chunks = preparation_chunks(items)
+        if len(chunks) == 1 or self.settings.preprocess_workers == 1:
+            return prepare(list(items))
+        with ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="qvl-prepare") as pool:
+            parts = list(pool.map(lambda chunk: prepare(chunk[1]), chunks))
+        out: list[Any] = []
+        for (start, _), part in zip(chunks, parts, strict=True):
+            out += [p.at(item=start + i) if isinstance(p, InputError) else p for i, p in enumerate(part)]
         return out
 
     def run_ok(self, prepared: Sequence[Encoded | QvlError]) -> list[Any]:
