@@ -8,7 +8,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -92,7 +92,8 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
         limit = self.settings.request_timeout_s
         return CallContext.within(limit if remaining is None else min(remaining, limit))
 
-    async def _fail(self, context: grpc.aio.ServicerContext, endpoint: str, err: QvlError) -> None:
+    async def _fail(self, context: grpc.aio.ServicerContext, endpoint: str, err: QvlError) -> NoReturn:
+        """Counts the failure and aborts the call (``context.abort`` raises)."""
         code = STATUS.get(type(err), grpc.StatusCode.INTERNAL)
         metrics.REQUESTS.labels(endpoint, code.name).inc()
         metrics.ERRORS.labels(code.name.lower()).inc()
@@ -112,7 +113,6 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
                     raise err
         except QvlError as err:
             await self._fail(context, "grpc.Embed", err)
-            raise AssertionError("unreachable") from None
         response = pb.EmbedResponse(model=self.batcher.embedder.ckpt.path if self.batcher.embedder else "")
         for r in results:
             response.embeddings.append(pb.Embedding() if isinstance(r, QvlError) else embedding_to_proto(r))
@@ -134,7 +134,6 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
                     raise err
         except QvlError as err:
             await self._fail(context, "grpc.Rerank", err)
-            raise AssertionError("unreachable") from None
         response = pb.RerankResponse(
             scores=[math.nan if s is None else s for s in result.scores],
             ranking=[pb.Ranked(index=i, score=result.scores[i] or 0.0) for i in result.ranking],

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 from PIL import Image
+from tokenizers import Tokenizer
 
 from .errors import InputError
 from .items import Item
@@ -66,7 +67,11 @@ class Preprocessor:
     def __init__(self, processor: Any, settings: Settings, max_length: int) -> None:
         self.processor = processor
         self.tokenizer = processor.tokenizer
-        self.backend = processor.tokenizer.backend_tokenizer
+        # A private copy of the Rust tokenizer: transformers leaves padding switched on in the
+        # shared one after a padded call, which would silently pad our ids.
+        self.backend = Tokenizer.from_str(processor.tokenizer.backend_tokenizer.to_str())
+        self.backend.no_padding()
+        self.backend.no_truncation()
         self.settings = settings
         self.max_length = max_length
         self.merge_length = processor.image_processor.merge_size ** 2

@@ -81,3 +81,14 @@ def test_rerank_all_cases_in_one_batch(models: Models) -> None:
         encoded += reranker.pairs(q, docs, inp.get("instruction"))
         expected += case["scores"]
     np.testing.assert_allclose(reranker.forward(encoded), expected, atol=1e-3)
+
+
+def test_a_padded_call_elsewhere_does_not_pad_our_ids(models: Models) -> None:
+    """transformers leaves padding on in its shared Rust tokenizer after a padded call."""
+    assert models.embedder is not None
+    proc = models.embedder.ckpt.processor
+    before = models.embedder.embed([item_from_json(c["input"], str(FIXTURES)) for c in EMBED])
+    proc(text=["a b", "a b c d e f g h"], padding=True, return_tensors="pt")
+    after = models.embedder.embed([item_from_json(c["input"], str(FIXTURES)) for c in EMBED])
+    for x, y in zip(before, after, strict=True):
+        assert float(x.values @ y.values) > 0.99999
