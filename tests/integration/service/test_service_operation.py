@@ -6,6 +6,7 @@ import json
 import re
 import signal
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -252,3 +253,16 @@ def test_requests_while_starting_are_unavailable_never_invalid() -> None:
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_grpc_over_tls(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
+                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
+                   check=True, capture_output=True)
+    with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+        target = f"localhost:{svc.grpc_port}"
+        with Client(target, root_certificates=cert.read_bytes()) as c:
+            assert c.embed(["over TLS"]).shape == (1, 64)
+        with Client(target, retries=0) as plain, pytest.raises(TransientError):
+            plain.embed(["in clear"], timeout=5)
