@@ -4,7 +4,13 @@ from __future__ import annotations
 
 
 class QvlError(Exception):
-    """Base class of the errors qvl raises on purpose."""
+    """Base class of the errors qvl raises on purpose.
+
+    ``code`` is the gRPC status name every entry point reports, ``http_status`` the HTTP one.
+    """
+
+    code = "INTERNAL"
+    http_status = 500
 
 
 class InputError(QvlError):
@@ -14,8 +20,11 @@ class InputError(QvlError):
     whole is wrong); ``part`` names the part inside the item, e.g. ``"image 1"``.
     """
 
+    code = "INVALID_ARGUMENT"
+
     def __init__(self, reason: str, *, item: int | None = None, part: str | None = None,
                  status: int = 400) -> None:
+        self.http_status = status
         self.reason = reason
         self.item = item
         self.part = part
@@ -50,17 +59,29 @@ def _rebuild_input_error(reason: str, item: int | None, part: str | None, status
 class OverloadedError(QvlError):
     """The bounded queue is full (gRPC RESOURCE_EXHAUSTED, HTTP 503)."""
 
+    code = "RESOURCE_EXHAUSTED"
+    http_status = 503
+
 
 class UnavailableError(QvlError):
     """The service is starting or draining (gRPC UNAVAILABLE, HTTP 503)."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
 
 
 class DeadlineError(QvlError):
     """The caller's deadline passed before the work could be done."""
 
+    code = "DEADLINE_EXCEEDED"
+    http_status = 504
+
 
 class CancelledError(QvlError):
     """The caller went away; the work was dropped."""
+
+    code = "CANCELLED"
+    http_status = 499
 
 
 class ComputeError(QvlError):

@@ -19,7 +19,6 @@ from . import metrics
 from .batcher import Batcher, CallContext, EmbedOptions
 from .errors import (
     CancelledError,
-    ComputeError,
     DeadlineError,
     InputError,
     OverloadedError,
@@ -36,14 +35,6 @@ log = logging.getLogger("qvl.grpc")
 SERVICE_NAME = "qvl.v1.Vectorizer"
 STREAM_GROUP = 64  # stream items handed to the batcher together
 
-STATUS = {
-    InputError: grpc.StatusCode.INVALID_ARGUMENT,
-    OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
-    UnavailableError: grpc.StatusCode.UNAVAILABLE,
-    DeadlineError: grpc.StatusCode.DEADLINE_EXCEEDED,
-    CancelledError: grpc.StatusCode.CANCELLED,
-    ComputeError: grpc.StatusCode.INTERNAL,
-}
 # Failures of the call rather than of one item: they fail a unary call whatever allow_partial says.
 CALL_FAILURES = (OverloadedError, UnavailableError, DeadlineError, CancelledError)
 
@@ -94,7 +85,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
 
     async def _fail(self, context: grpc.aio.ServicerContext, endpoint: str, err: QvlError) -> NoReturn:
         """Counts the failure and aborts the call (``context.abort`` raises)."""
-        code = STATUS.get(type(err), grpc.StatusCode.INTERNAL)
+        code = grpc.StatusCode[err.code]
         metrics.REQUESTS.labels(endpoint, code.name).inc()
         metrics.ERRORS.labels(code.name.lower()).inc()
         await context.abort(code, str(err))

@@ -24,7 +24,6 @@ from .batcher import Batcher, CallContext, EmbedOptions
 from .errors import (
     CancelledError,
     ComputeError,
-    DeadlineError,
     InputError,
     OverloadedError,
     QvlError,
@@ -53,20 +52,13 @@ class RouteOptions:
     dimensions: int | None = None
 
 
-def _status(err: QvlError) -> int:
-    if isinstance(err, InputError):
-        return err.status
-    return {OverloadedError: 503, UnavailableError: 503, DeadlineError: 504, CancelledError: 499,
-            ComputeError: 500}.get(type(err), 500)
-
-
 def error_response(err: QvlError) -> JSONResponse:
     body: dict[str, Any] = {"error": str(err), "code": error_code(err)}
     if isinstance(err, InputError) and err.item is not None:
         body["item"] = err.item
     headers = {"Retry-After": "1"} if isinstance(err, OverloadedError | UnavailableError) else None
     metrics.ERRORS.labels(error_code(err).lower()).inc()
-    return JSONResponse(body, status_code=_status(err), headers=headers)
+    return JSONResponse(body, status_code=err.http_status, headers=headers)
 
 
 def parse_body(raw: bytes, model: type[Body]) -> Body:

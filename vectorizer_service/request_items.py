@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,12 +123,4 @@ def error_dict(index: int, err: QvlError) -> dict[str, Any]:
 
 
 def error_code(err: BaseException) -> str:
-    from .errors import CancelledError, ComputeError, DeadlineError, OverloadedError, UnavailableError
-
-    return {InputError: "INVALID_ARGUMENT", OverloadedError: "RESOURCE_EXHAUSTED",
-            UnavailableError: "UNAVAILABLE", DeadlineError: "DEADLINE_EXCEEDED",
-            CancelledError: "CANCELLED", ComputeError: "INTERNAL"}.get(type(err), "INTERNAL")
-
-
-def nan_if_none(scores: list[float | None]) -> list[float]:
-    return [math.nan if s is None else s for s in scores]
+    return err.code if isinstance(err, QvlError) else "INTERNAL"
