@@ -18,6 +18,7 @@ from typing import Any
 import grpc
 import numpy as np
 
+from vectorizer_service.items import as_list
 from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
 from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
 
@@ -71,20 +72,15 @@ def to_item(item: ItemLike) -> pb.Item:
         return pb.Item(parts=[pb.Part(text=item)])
     parts: list[pb.Part] = []
 
-    def many(value: Any) -> list[Any]:
-        if value is None:
-            return []
-        return list(value) if isinstance(value, list | tuple) else [value]
-
     if item.get("video") is not None:
         parts.append(pb.Part(video=bytes(item["video"])))
     if item.get("frames") is not None:
         parts.append(pb.Part(frames=pb.Frames(frames=[bytes(f) for f in item["frames"]])))
     if item.get("video_uri") is not None:
         parts.append(pb.Part(video_uri=item["video_uri"]))
-    parts += [pb.Part(image=bytes(b)) for b in many(item.get("image"))]
-    parts += [pb.Part(image_uri=u) for u in many(item.get("image_uri"))]
-    parts += [pb.Part(text=t) for t in many(item.get("text"))]
+    parts += [pb.Part(image=bytes(b)) for b in as_list(item.get("image"))]
+    parts += [pb.Part(image_uri=u) for u in as_list(item.get("image_uri"))]
+    parts += [pb.Part(text=t) for t in as_list(item.get("text"))]
     unknown = set(item) - {"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"}
     if unknown:
         raise ValueError(f"unknown item keys: {sorted(unknown)}")

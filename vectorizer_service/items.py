@@ -61,7 +61,8 @@ class Item:
         return self
 
 
-def _as_list(value: Any) -> list[Any]:
+def as_list(value: Any) -> list[Any]:
+    """None -> [], a list or tuple -> a list, anything else -> [it] (one part or many)."""
     if value is None:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
@@ -85,8 +86,8 @@ def item_from_json(obj: Any, base_dir: str | None = None) -> Item:
     if unknown:
         raise InputError(f"unknown item keys: {', '.join(sorted(unknown))} "
                          "(expected text, image, video, instruction)")
-    texts = _as_list(obj.get("text"))
-    images = [_resolve(p, base_dir) for p in _as_list(obj.get("image"))]
+    texts = as_list(obj.get("text"))
+    images = [_resolve(p, base_dir) for p in as_list(obj.get("image"))]
     video = obj.get("video")
     videos: list[Any]
     if video is None:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from .errors import InputError, QvlError
-from .items import Item
+from .items import Item, as_list
 from .outputs import EncodedVector
 from .proto_gen.qvl.v1 import vectorizer_pb2 as pb
 
@@ -58,12 +58,6 @@ def _b64(value: Any, index: int | None, what: str) -> bytes:
         raise InputError(f"{what} is not valid base64", item=index) from None
 
 
-def _listed(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list) else [value]
-
-
 ITEM_KEYS = {"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"}
 
 
@@ -76,7 +70,7 @@ def item_from_json(obj: Any, index: int | None) -> Item:
     unknown = set(obj) - ITEM_KEYS
     if unknown:
         raise InputError(f"unknown item keys {sorted(unknown)}; expected {sorted(ITEM_KEYS)}", item=index)
-    texts = _listed(obj.get("text"))
+    texts = as_list(obj.get("text"))
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputError(f"text {i} must be a string", item=index)
@@ -84,11 +78,11 @@ def item_from_json(obj: Any, index: int | None) -> Item:
     if obj.get("video") is not None:
         item.videos.append(_b64(obj["video"], index, "video"))
     if obj.get("frames") is not None:
-        item.videos.append([_b64(f, index, f"frame {i}") for i, f in enumerate(_listed(obj["frames"]))])
+        item.videos.append([_b64(f, index, f"frame {i}") for i, f in enumerate(as_list(obj["frames"]))])
     if obj.get("video_uri") is not None:
         item.videos.append(UriSource(str(obj["video_uri"])))  # type: ignore[arg-type]
-    item.images += [_b64(b, index, f"image {i}") for i, b in enumerate(_listed(obj.get("image")))]
-    item.images += [UriSource(str(u)) for u in _listed(obj.get("image_uri"))]  # type: ignore[misc]
+    item.images += [_b64(b, index, f"image {i}") for i, b in enumerate(as_list(obj.get("image")))]
+    item.images += [UriSource(str(u)) for u in as_list(obj.get("image_uri"))]  # type: ignore[misc]
     instruction = obj.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise InputError("instruction must be a string", item=index)

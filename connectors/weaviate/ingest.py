@@ -22,6 +22,7 @@ from weaviate.collections import Collection
 
 from connectors.client import Client, ItemFailure, QvlClientError
 from connectors.weaviate.collections import JOINT_VECTOR, collection_fields
+from vectorizer_service.items import as_list
 from vectorizer_service.logs import Progress
 from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
 
@@ -51,23 +52,17 @@ def media_b64(value: bytes | str) -> str:
     return value
 
 
-def _many(value: Any) -> list[Any]:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, list | tuple) else [value]
-
-
 def object_item(obj: Mapping[str, Any], fields: Mapping[str, list[str]], *, index: int = 0) -> pb.Item:
     """One Qwen3-VL item from an object's fields: videos, images, then texts (field-name order)."""
     parts: list[pb.Part] = []
     for field in fields.get("video", []):
-        for v in _many(obj.get(field)):
+        for v in as_list(obj.get(field)):
             parts.append(pb.Part(video=media_bytes(v, what=f"object {index}: video field {field!r}")))
     for field in fields.get("image", []):
-        for v in _many(obj.get(field)):
+        for v in as_list(obj.get(field)):
             parts.append(pb.Part(image=media_bytes(v, what=f"object {index}: image field {field!r}")))
     for field in fields.get("text", []):
-        for v in _many(obj.get(field)):
+        for v in as_list(obj.get(field)):
             if not isinstance(v, str):
                 raise IngestError(f"object {index}: text field {field!r} holds {type(v).__name__}, not str")
             parts.append(pb.Part(text=v))
