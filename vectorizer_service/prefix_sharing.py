@@ -30,6 +30,8 @@ class Span:
 
 def vision_spans(enc: Encoded, image_token_id: int, video_token_id: int, merge_length: int) -> list[Span]:
     """Token ranges of each image and video of a sequence, in token order."""
+    if not enc.images and not enc.videos:
+        return []
     ids = torch.tensor(enc.input_ids)
     spans = []
     for parts, token in ((enc.images, image_token_id), (enc.videos, video_token_id)):

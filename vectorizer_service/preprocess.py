@@ -13,13 +13,13 @@ from typing import Any
 
 import torch
 from PIL import Image
-from tokenizers import Tokenizer
 
 from .errors import InputError
 from .items import Item
 from .media import DecodedVideo, decode_image, decode_video, resize_image, resize_video
 from .prompts import Prompt, embedding_prompt, rerank_prompt
 from .settings import Settings
+from .text_encoding import TextEncoder
 
 
 @dataclass
@@ -66,12 +66,7 @@ class Encoded:
 class Preprocessor:
     def __init__(self, processor: Any, settings: Settings, max_length: int) -> None:
         self.processor = processor
-        self.tokenizer = processor.tokenizer
-        # A private copy of the Rust tokenizer: transformers leaves padding switched on in the
-        # shared one after a padded call, which would silently pad our ids.
-        self.backend = Tokenizer.from_str(processor.tokenizer.backend_tokenizer.to_str())
-        self.backend.no_padding()
-        self.backend.no_truncation()
+        self.text = TextEncoder.from_processor(processor, max_length)
         self.settings = settings
         self.max_length = max_length
         self.merge_length = processor.image_processor.merge_size ** 2
@@ -80,30 +75,15 @@ class Preprocessor:
         self.video_token = processor.video_token
         self.vision_start = processor.vision_start_token
         self.vision_end = processor.vision_end_token
-        self.keep_ids = set(self.tokenizer.all_special_ids) | {processor.image_token_id, processor.video_token_id}
-        # Placeholders in user text would desynchronise tokens and vision features.
-        self.reserved_tokens = (self.image_token, self.video_token, self.vision_start, self.vision_end)
+        self.tokenizer = processor.tokenizer  # transformers' own, for decoding ids only
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
-        self.keep_suffix = self._generation_suffix_length()
-
-    def _generation_suffix_length(self) -> int:
-        """Tokens after the user's content ("<|im_end|>\n<|im_start|>assistant\n" for Qwen: 5).
-
-        Truncation keeps them: the pooled last token belongs to this suffix.
-        """
-        probe = [{"role": "user", "content": [{"type": "text", "text": "\x01"}]}]
-        text = self.processor.apply_chat_template(probe, tokenize=False, add_generation_prompt=True)
-        return len(self.backend.encode(text.split("\x01", 1)[1], add_special_tokens=False).ids)
 
     # -- media -----------------------------------------------------------------
     def decode(self, item: Item) -> DecodedItem:
         """Decode, bound and patchify every media part; errors name the part."""
         s = self.settings
         item.validate(s)
-        for i, text in enumerate(item.texts):
-            for token in self.reserved_tokens:
-                if token in text:
-                    raise InputError(f"text {i} contains the reserved token {token!r}")
+        self.text.check_texts(item.texts)
         images = []
         for i, src in enumerate(item.images):
             img = resize_image(decode_image(src, s, f"image {i}"), s)
@@ -144,7 +124,7 @@ class Preprocessor:
     # -- text ------------------------------------------------------------------
     def render(self, prompt: Prompt) -> str:
         """The chat template's text with each vision placeholder expanded to its tokens."""
-        text = self.processor.apply_chat_template(prompt.messages, tokenize=False, add_generation_prompt=True)
+        text = self.text.render(prompt.messages)
         for part in prompt.images:
             n = int(part.grid_thw.prod()) // self.merge_length
             text = text.replace(self.image_token, "\x00IMG\x00" * n, 1)
@@ -161,42 +141,13 @@ class Preprocessor:
                 text = text.replace(self.video_token, expansion, 1)
         return text.replace("\x00IMG\x00", self.image_token).replace("\x00VID\x00", self.video_token)
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Batch tokenization straight through the Rust backend (same ids as the HF call, less overhead)."""
-        if not texts:
-            return []
-        return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
-
-    def truncate(self, ids: list[int]) -> list[int]:
-        """Cut text past ``max_length`` keeping every special token and the generation prompt."""
-        if len(ids) <= self.max_length:
-            return ids
-        head, tail = ids[: -self.keep_suffix], ids[-self.keep_suffix:]
-        budget = self.max_length - self.keep_suffix
-        special = sum(1 for t in head if t in self.keep_ids)
-        if special > budget:
-            raise InputError(
-                f"needs {special + self.keep_suffix} image/video and control tokens, more than the "
-                f"maximum length {self.max_length}; send smaller images or fewer frames",
-                status=413,
-            )
-        keep_text = budget - special
-        out = []
-        for t in head:
-            if t in self.keep_ids:
-                out.append(t)
-            elif keep_text > 0:
-                out.append(t)
-                keep_text -= 1
-        return out + tail
-
     def finish(self, prompts: list[Prompt]) -> list[Encoded | InputError]:
         """Render, tokenize in one batch call, and truncate; per-prompt errors stay per prompt."""
-        ids = self.tokenize([self.render(p) for p in prompts])
+        ids = self.text.tokenize([self.render(p) for p in prompts])
         out: list[Encoded | InputError] = []
         for p, seq in zip(prompts, ids, strict=True):
             try:
-                out.append(Encoded(self.truncate(seq), list(p.images), list(p.videos)))
+                out.append(Encoded(self.text.truncate(seq), list(p.images), list(p.videos)))
             except InputError as exc:
                 out.append(exc)
         return out
