@@ -175,8 +175,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         grpc_port=args.grpc_port, http_port=args.http_port, device=args.device, dtype=args.dtype,
         batch_tokens=args.batch_tokens, token=args.token,
     )
-    setup_logging(settings.log_level if args.log_level is None else args.log_level, args.log_format)
-    return run(settings)
+    level = settings.log_level if args.log_level is None else args.log_level
+    setup_logging(level, args.log_format)
+    return run(settings, level, args.log_format)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -16,7 +16,8 @@ from grpc_health.v1.health import aio as health_aio
 from grpc_reflection.v1alpha import reflection
 
 from . import metrics
-from .batcher import Batcher, CallContext, EmbedOptions
+from .calls import CallContext, EmbedOptions
+from .dispatcher import Dispatcher
 from .errors import (
     CancelledError,
     DeadlineError,
@@ -33,7 +34,7 @@ from .settings import Settings
 
 log = logging.getLogger("qvl.grpc")
 SERVICE_NAME = "qvl.v1.Vectorizer"
-STREAM_GROUP = 64  # stream items handed to the batcher together
+STREAM_GROUP = 64  # stream items handed to the dispatcher together
 
 # Failures of the call rather than of one item: they fail a unary call whatever allow_partial says.
 CALL_FAILURES = (OverloadedError, UnavailableError, DeadlineError, CancelledError)
@@ -74,8 +75,8 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
 
 
 class VectorizerServicer(pb_grpc.VectorizerServicer):
-    def __init__(self, batcher: Batcher, settings: Settings) -> None:
-        self.batcher = batcher
+    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.dispatcher = dispatcher
         self.settings = settings
 
     def _context(self, context: grpc.aio.ServicerContext) -> CallContext:
@@ -95,7 +96,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
         try:
             options = _options(request.options)
             # Admission is decided on the message's size before its media are copied into items.
-            results = await self.batcher.embed(
+            results = await self.dispatcher.embed(
                 lambda: [item_from_proto(it, i) for i, it in enumerate(request.items)], options,
                 self._context(context), size_hint=(len(request.items), request.ByteSize()))
             errors = [(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]
@@ -104,7 +105,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
                     raise err
         except QvlError as err:
             await self._fail(context, "grpc.Embed", err)
-        response = pb.EmbedResponse(model=self.batcher.embedder.ckpt.path if self.batcher.embedder else "")
+        response = pb.EmbedResponse(model=self.dispatcher.model_name("embed"))
         for r in results:
             response.embeddings.append(pb.Embedding() if isinstance(r, QvlError) else embedding_to_proto(r))
         response.errors.extend(pb.ItemError(index=i, message=str(e), code=error_code(e)) for i, e in errors)
@@ -119,7 +120,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             docs = [item_from_proto(d, i) for i, d in enumerate(request.documents)]
             top_k = request.top_k if request.HasField("top_k") else None
             instruction = request.instruction if request.HasField("instruction") else None
-            result = await self.batcher.rerank(query, docs, instruction, top_k, self._context(context))
+            result = await self.dispatcher.rerank(query, docs, instruction, top_k, self._context(context))
             for err in result.errors.values():
                 if isinstance(err, CALL_FAILURES) or not request.allow_partial:
                     raise err
@@ -130,20 +131,20 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             ranking=[pb.Ranked(index=i, score=result.scores[i] or 0.0) for i in result.ranking],
             errors=[pb.ItemError(index=i, message=str(e), code=error_code(e))
                     for i, e in sorted(result.errors.items())],
-            model=self.batcher.reranker.ckpt.path if self.batcher.reranker else "",
+            model=self.dispatcher.model_name("rerank"),
         )
         metrics.REQUESTS.labels("grpc.Rerank", "OK").inc()
         metrics.LATENCY.labels("grpc.Rerank").observe(time.perf_counter() - started)
         return response
 
     async def Info(self, request: pb.InfoRequest, context: grpc.aio.ServicerContext) -> pb.InfoResponse:
-        return service_info(self.batcher, self.settings)
+        return service_info(self.dispatcher, self.settings)
 
     async def EmbedStream(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResult]:
         """Per-item results as they complete; reading ahead is bounded by ``stream_max_in_flight``.
 
-        Items that arrive together are handed to the batcher together (one preprocessing task
+        Items that arrive together are handed to the dispatcher together (one preprocessing task
         for a run of texts), so a stream costs about what one large request costs.
         """
         window = asyncio.Semaphore(self.settings.stream_max_in_flight)
@@ -171,7 +172,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
                     outs[m.seq] = _stream_error(m.seq, err)
             try:
                 if items:
-                    rows = await self.batcher.embed(items, _options(options), ctx, wait_for_capacity=True)
+                    rows = await self.dispatcher.embed(items, _options(options), ctx, wait_for_capacity=True)
                     for seq, row in zip(seqs, rows, strict=True):
                         outs[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)
                                      else pb.EmbedStreamResult(seq=seq, embedding=embedding_to_proto(row)))
@@ -182,7 +183,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
                 window.release()
                 await results.put(outs[m.seq])
 
-        async def dispatcher() -> None:
+        async def grouper() -> None:
             first: pb.EmbedOptions | None = None
             ended = False
             try:
@@ -212,7 +213,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             finally:
                 await results.put(None)
 
-        workers = [asyncio.create_task(reader()), asyncio.create_task(dispatcher())]
+        workers = [asyncio.create_task(reader()), asyncio.create_task(grouper())]
         try:
             while (out := await results.get()) is not None:
                 yield out
@@ -229,7 +230,8 @@ def _stream_error(seq: int, err: QvlError) -> pb.EmbedStreamResult:
     return pb.EmbedStreamResult(seq=seq, error=pb.ItemError(index=seq, message=message, code=error_code(err)))
 
 
-async def build_grpc_server(batcher: Batcher, settings: Settings) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
+async def build_grpc_server(dispatcher: Dispatcher,
+                            settings: Settings) -> tuple[grpc.aio.Server, health_aio.HealthServicer]:
     interceptors = [AuthInterceptor(settings.token)] if settings.token else []
     server = grpc.aio.server(
         interceptors=interceptors,
@@ -242,7 +244,7 @@ async def build_grpc_server(batcher: Batcher, settings: Settings) -> tuple[grpc.
                  ("grpc.http2.min_recv_ping_interval_without_data_ms", 5_000),
                  ("grpc.http2.max_ping_strikes", 0)],
     )
-    pb_grpc.add_VectorizerServicer_to_server(VectorizerServicer(batcher, settings), server)
+    pb_grpc.add_VectorizerServicer_to_server(VectorizerServicer(dispatcher, settings), server)
     health = health_aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health, server)
     await health.set("", health_pb2.HealthCheckResponse.NOT_SERVING)

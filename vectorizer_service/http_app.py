@@ -20,7 +20,8 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import metrics
-from .batcher import Batcher, CallContext, EmbedOptions
+from .calls import CallContext, EmbedOptions
+from .dispatcher import Dispatcher
 from .errors import (
     CancelledError,
     ComputeError,
@@ -157,8 +158,8 @@ class TokenAuth:
 
 
 class HttpService:
-    def __init__(self, batcher: Batcher, settings: Settings) -> None:
-        self.batcher = batcher
+    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.dispatcher = dispatcher
         self.settings = settings
         self.ready = False
 
@@ -180,7 +181,7 @@ class HttpService:
     async def embed_items(self, request: Request, items: list[Item], options: EmbedOptions,
                           allow_partial: bool = False) -> list[EncodedVector | QvlError]:
         ctx = self.context()
-        results = await self.watch(request, ctx, self.batcher.embed(items, options, ctx))
+        results = await self.watch(request, ctx, self.dispatcher.embed(items, options, ctx))
         for r in results:
             if isinstance(r, QvlError) and (not allow_partial or not isinstance(r, InputError | ComputeError)):
                 raise r
@@ -232,7 +233,7 @@ class HttpService:
             return Item(images=[image]) if image is not None else Item(texts=[value])
 
         ctx = self.context()
-        result = await self.watch(request, ctx, self.batcher.rerank(
+        result = await self.watch(request, ctx, self.dispatcher.rerank(
             item(body.query), [item(d) for d in body.documents], opts.rerank_instruction, None, ctx))
         for err in result.errors.values():
             raise err
@@ -254,19 +255,19 @@ class HttpService:
                 embeddings.append(embedding_to_json(r, body.format))
         dims = next((r.dimensions for r in results if isinstance(r, EncodedVector)), None)
         return {"embeddings": embeddings, "dimensions": dims, "encoding": body.encoding,
-                "model": self.batcher.embedder.ckpt.path if self.batcher.embedder else None, "errors": errors}
+                "model": self.dispatcher.model_name("embed") or None, "errors": errors}
 
     async def v1_rerank(self, request: Request) -> dict[str, Any]:
         body = parse_body(await request.body(), RerankBody)
         query = item_from_json(body.query, None)
         docs = [item_from_json(d, i) for i, d in enumerate(body.documents)]
         ctx = self.context()
-        result = await self.watch(request, ctx, self.batcher.rerank(query, docs, body.instruction, body.top_k, ctx))
+        result = await self.watch(request, ctx, self.dispatcher.rerank(query, docs, body.instruction, body.top_k, ctx))
         for err in result.errors.values():
             if not body.allow_partial or not isinstance(err, InputError | ComputeError):
                 raise err
         return {"scores": result.scores, "ranking": [{"index": i, "score": result.scores[i]} for i in result.ranking],
-                "model": self.batcher.reranker.ckpt.path if self.batcher.reranker else None,
+                "model": self.dispatcher.model_name("rerank") or None,
                 "errors": [error_dict(i, e) for i, e in sorted(result.errors.items())]}
 
 
@@ -274,8 +275,8 @@ def _doc(model: type[BaseModel]) -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {"schema": model.model_json_schema()}}}}
 
 
-def build_http_app(batcher: Batcher, settings: Settings) -> tuple[ASGIApp, HttpService]:
-    svc = HttpService(batcher, settings)
+def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp, HttpService]:
+    svc = HttpService(dispatcher, settings)
     app = FastAPI(title="qvl", version=__import__("vectorizer_service").__version__,
                   description="Qwen3-VL embeddings and reranking: Weaviate module contracts and a JSON API.")
 
@@ -303,19 +304,19 @@ def build_http_app(batcher: Batcher, settings: Settings) -> tuple[ASGIApp, HttpS
 
     @app.get("/.well-known/live", status_code=204)
     async def live() -> Response:
-        return Response(status_code=204 if batcher.thread.is_alive() or not svc.ready else 503)
+        return Response(status_code=204 if dispatcher.alive or not svc.ready else 503)
 
     @app.get("/.well-known/ready", status_code=204)
     async def ready() -> Response:
-        return Response(status_code=204 if svc.ready and batcher.accepting else 503)
+        return Response(status_code=204 if svc.ready and dispatcher.accepting else 503)
 
     @app.get("/meta")
     async def meta() -> dict[str, Any]:
-        return info_dict(batcher, settings)
+        return info_dict(dispatcher, settings)
 
     @app.get("/v1/info")
     async def info() -> dict[str, Any]:
-        return info_dict(batcher, settings)
+        return info_dict(dispatcher, settings)
 
     @app.get("/metrics")
     async def prometheus() -> Response:
@@ -349,7 +350,7 @@ def build_http_app(batcher: Batcher, settings: Settings) -> tuple[ASGIApp, HttpS
 
             async def prefixed_meta(request: Request) -> dict[str, Any]:
                 resolve(**request.path_params)
-                return info_dict(batcher, settings)
+                return info_dict(dispatcher, settings)
 
             app.add_api_route(prefix + "/.well-known/ready", health(ready), methods=["GET"], include_in_schema=False)
             app.add_api_route(prefix + "/.well-known/live", health(live), methods=["GET"], include_in_schema=False)

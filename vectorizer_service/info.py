@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-import transformers
 from google.protobuf.json_format import MessageToDict
 
 from . import __version__
@@ -14,23 +12,14 @@ from .proto_gen.qvl.v1 import vectorizer_pb2 as pb
 from .settings import Settings
 
 
-def _model_info(task: str, model: Any, settings: Settings) -> pb.ModelInfo:
-    ckpt = model.ckpt
-    return pb.ModelInfo(
-        task=task, name=ckpt.path, hidden_size=ckpt.hidden_size, max_length=model.pre.max_length,
-        modalities=["text", "image", "video"], dtype=str(ckpt.dtype).replace("torch.", ""), device=str(ckpt.device),
-        attention=ckpt.attention,
-        default_instruction=settings.default_instruction if task == "embed" else settings.rerank_instruction,
-        query_instruction=settings.query_instruction if task == "embed" else "",
-    )
+def _model_info(info: dict[str, Any]) -> pb.ModelInfo:
+    return pb.ModelInfo(**{k: v for k, v in info.items() if k != "text"})
 
 
-def service_info(batcher: Any, settings: Settings) -> pb.InfoResponse:
-    models = []
-    if batcher.embedder is not None:
-        models.append(_model_info("embed", batcher.embedder, settings))
-    if batcher.reranker is not None:
-        models.append(_model_info("rerank", batcher.reranker, settings))
+def service_info(dispatcher: Any, settings: Settings) -> pb.InfoResponse:
+    """From what the model process reported when it loaded (empty while it starts)."""
+    models = [_model_info(dispatcher.models[task]) for task in ("embed", "rerank") if task in dispatcher.models]
+    versions = dispatcher.link.info
     s = settings
     limits = pb.Limits(
         max_request_bytes=s.max_request_bytes, max_media_bytes=s.max_media_bytes,
@@ -41,9 +30,10 @@ def service_info(batcher: Any, settings: Settings) -> pb.InfoResponse:
         allow_uri_schemes=s.allow_uri_schemes,
     )
     return pb.InfoResponse(models=models, limits=limits, version=__version__,
-                           transformers_version=transformers.__version__, torch_version=torch.__version__,
+                           transformers_version=versions.get("transformers_version", ""),
+                           torch_version=versions.get("torch_version", ""),
                            encodings=list(ENCODINGS), profiles=sorted(s.profiles))
 
 
-def info_dict(batcher: Any, settings: Settings) -> dict[str, Any]:
-    return MessageToDict(service_info(batcher, settings), preserving_proto_field_name=True)
+def info_dict(dispatcher: Any, settings: Settings) -> dict[str, Any]:
+    return MessageToDict(service_info(dispatcher, settings), preserving_proto_field_name=True)

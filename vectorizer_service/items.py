@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from PIL import Image
 
 from .errors import InputError
-from .media import ImageSource, VideoSource
 from .settings import Settings
+
+if TYPE_CHECKING:  # the request process never imports the media stack (torch)
+    from .media import ImageSource, VideoSource
 
 
 @dataclass

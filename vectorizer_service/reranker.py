@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import torch
 
@@ -11,23 +10,9 @@ from .errors import InputError, QvlError
 from .items import Item
 from .model_loading import Checkpoint
 from .preprocess import DecodedItem, Encoded
+from .ranking import RerankResult, check_rerank_request, result_from_rows
 from .sequence_model import SequenceModel
 from .settings import Settings
-
-
-@dataclass
-class RerankResult:
-    """Scores in document order (None where that document failed) and the ranking, best first."""
-
-    scores: list[float | None]
-    ranking: list[int]
-    errors: dict[int, QvlError] = field(default_factory=dict)
-
-
-def rank(scores: Sequence[float | None], top_k: int | None) -> list[int]:
-    order = sorted((i for i, s in enumerate(scores) if s is not None),
-                   key=lambda i: (-(scores[i] or 0.0), i))
-    return order[:top_k] if top_k is not None else order
 
 
 class Reranker(SequenceModel):
@@ -76,23 +61,10 @@ class Reranker(SequenceModel):
     def forward(self, batch: Sequence[Encoded]) -> list[float]:
         return torch.sigmoid(self.last_hidden(batch) @ self.score_vector).cpu().tolist()
 
-    def check_request(self, n_documents: int, top_k: int | None) -> None:
-        if top_k is not None and top_k < 1:
-            raise InputError(f"top_k must be at least 1, got {top_k}")
-        if n_documents > self.settings.max_rerank_documents:
-            raise InputError(f"{n_documents} documents, over the limit of "
-                             f"{self.settings.max_rerank_documents}", status=413)
-
     def rerank(self, query: Item, documents: Sequence[Item], *, instruction: str | None = None,
                top_k: int | None = None) -> RerankResult:
         """Score every document against the query (the in-process path)."""
-        self.check_request(len(documents), top_k)
+        check_rerank_request(len(documents), top_k, self.settings)
         decoded = self.prepare_parallel(self.decode_documents, documents)
         prepared = self.pairs(self.decode_query(query), decoded, instruction)
         return result_from_rows(self.run_ok(prepared), top_k)
-
-
-def result_from_rows(rows: Sequence[float | QvlError], top_k: int | None) -> RerankResult:
-    scores = [None if isinstance(r, QvlError) else float(r) for r in rows]
-    errors = {i: r for i, r in enumerate(rows) if isinstance(r, QvlError)}
-    return RerankResult(scores=scores, ranking=rank(scores, top_k), errors=errors)

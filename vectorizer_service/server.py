@@ -1,27 +1,30 @@
-"""`qvl serve`: one process, one event loop, gRPC and HTTP in front of one dynamic batcher."""
+"""`qvl serve`: gRPC and HTTP on one event loop, in front of the model process (``engine``).
+
+This process never imports torch: it admits requests, prepares text, and answers; the model
+process batches and computes. If the model process dies, in-flight calls fail with UNAVAILABLE
+(clients retry), health turns NOT_SERVING, and it is started again.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import logging
-import os
 import signal
-import sys
 import time
 from collections.abc import Iterator
+from typing import Any
 
-import torch
 import uvicorn
 from grpc_health.v1 import health_pb2
 
-from .batcher import Batcher, CallContext, EmbedOptions
+from .calls import CallContext, EmbedOptions
+from .dispatcher import Dispatcher
+from .engine_link import EngineFailed
 from .grpc_servicer import SERVICE_NAME, build_grpc_server
 from .http_app import build_http_app
 from .items import Item
 from .memory import limit_malloc_arenas
-from .model_loading import resolve_device
-from .runtime import load_models
 from .settings import Settings
 
 log = logging.getLogger("qvl.server")
@@ -39,65 +42,105 @@ class HttpServer(uvicorn.Server):
         yield
 
 
-async def warm_up(batcher: Batcher) -> None:
+async def warm_up(dispatcher: Dispatcher) -> None:
     """One embedding and one rerank through the whole path before reporting SERVING."""
     started = time.perf_counter()
     ctx = CallContext.within(600)
-    if batcher.embedder is not None:
-        await batcher.embed([Item(texts=["warm-up"]), Item(images=[WARMUP_IMAGE])], EmbedOptions(), ctx)
-    if batcher.reranker is not None:
-        await batcher.rerank(Item(texts=["warm-up"]), [Item(texts=["a"]), Item(images=[WARMUP_IMAGE])], None, None, ctx)
+    if "embed" in dispatcher.models:
+        await dispatcher.embed([Item(texts=["warm-up"]), Item(images=[WARMUP_IMAGE])], EmbedOptions(), ctx)
+    if "rerank" in dispatcher.models:
+        await dispatcher.rerank(Item(texts=["warm-up"]), [Item(texts=["a"]), Item(images=[WARMUP_IMAGE])], None, None,
+                                ctx)
     log.info("warmed up", extra={"seconds": round(time.perf_counter() - started, 3)})
 
 
-async def serve(settings: Settings) -> int:
+class Service:
+    """The listeners, their readiness, and the model process behind them."""
+
+    def __init__(self, settings: Settings, log_level: str, log_format: str) -> None:
+        self.settings = settings
+        self.dispatcher = Dispatcher(settings, log_level=log_level, log_format=log_format)
+        self.app, self.http_service = build_http_app(self.dispatcher, settings)
+        self.health: Any = None
+        self.stopping = False
+
+    async def set_serving(self, serving: bool) -> None:
+        self.http_service.ready = serving
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def bring_up(self) -> None:
+        await self.dispatcher.start()
+        if self.settings.warmup:
+            await warm_up(self.dispatcher)
+        await self.set_serving(True)
+
+    async def supervise(self) -> None:
+        """Start the model process again whenever it exits (backing off while it keeps failing)."""
+        delay = 1.0
+        while True:
+            await self.dispatcher.link.exited.wait()
+            if self.stopping:
+                return
+            log.error("the model process exited; starting it again", extra={"retry_in_seconds": delay})
+            self.dispatcher.stop_accepting()
+            await self.set_serving(False)
+            await asyncio.sleep(delay)
+            try:
+                started = time.monotonic()
+                await self.bring_up()
+                delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60.0)
+            except EngineFailed as exc:
+                log.error("the model process failed to start", extra={"error": str(exc)})
+                delay = min(delay * 2, 60.0)
+
+
+async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "json") -> int:
     limit_malloc_arenas()
-    # The model thread runs thousands of short torch calls, each giving the GIL away; with the
-    # default 5 ms switch interval a busy event loop makes it wait 5 ms to get it back, each time.
-    sys.setswitchinterval(settings.gil_switch_ms / 1000)
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
 
     # Listeners come up first: /ready answers 503 and health NOT_SERVING while the models load.
-    batcher = Batcher(None, None, settings)
-    app, http_service = build_http_app(batcher, settings)
-    http = HttpServer(uvicorn.Config(app, host=settings.host, port=settings.http_port, log_config=None,
-                                         access_log=False, timeout_keep_alive=75, lifespan="off"))
+    service = Service(settings, log_level, log_format)
+    dispatcher = service.dispatcher
+    http = HttpServer(uvicorn.Config(service.app, host=settings.host, port=settings.http_port, log_config=None,
+                                     access_log=False, timeout_keep_alive=75, lifespan="off"))
     http_task = asyncio.create_task(http.serve())
-    grpc_server, health = await build_grpc_server(batcher, settings)
+    grpc_server, service.health = await build_grpc_server(dispatcher, settings)
     await grpc_server.start()
     log.info("listening", extra={"grpc": f"{settings.host}:{settings.grpc_port}",
                                  "http": f"{settings.host}:{settings.http_port}"})
 
-    if resolve_device(settings).type == "cpu":
-        # The event loop, gRPC and the preprocessing pool need a core; OpenMP threads that
-        # oversubscribe the machine spin and slow every batch down.
-        torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
-    models = await asyncio.to_thread(load_models, settings)
-    batcher.embedder, batcher.reranker = models.embedder, models.reranker
-    batcher.start()
-    if settings.warmup:
-        await warm_up(batcher)
-    http_service.ready = True
-    for name in ("", SERVICE_NAME):
-        await health.set(name, health_pb2.HealthCheckResponse.SERVING)
-    log.info("serving", extra={"embedding_model": settings.embedding_model, "reranker_model": settings.reranker_model})
+    starting = asyncio.create_task(service.bring_up())
+    await asyncio.wait({starting, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED)
+    if starting.done() and starting.exception() is not None:
+        log.error("cannot serve: the models did not load", extra={"error": str(starting.exception())})
+        await grpc_server.stop(grace=None)
+        http.should_exit = True
+        await http_task
+        return 1
+    supervisor = asyncio.create_task(service.supervise())
+    if starting.done():
+        log.info("serving", extra={"embedding_model": settings.embedding_model,
+                                   "reranker_model": settings.reranker_model})
 
     await stop.wait()
-    log.info("draining", extra={"grace_seconds": settings.drain_seconds, "in_flight": batcher.admitted})
-    http_service.ready = False
-    for name in ("", SERVICE_NAME):
-        await health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-    drained = await batcher.drain(settings.drain_seconds)
+    service.stopping = True
+    log.info("draining", extra={"grace_seconds": settings.drain_seconds, "in_flight": dispatcher.admitted})
+    await service.set_serving(False)
+    drained = await dispatcher.drain(settings.drain_seconds)
     await grpc_server.stop(grace=1.0)
     http.should_exit = True
     await http_task
-    batcher.close()
+    supervisor.cancel()
+    starting.cancel()
+    await dispatcher.close()
     log.info("stopped", extra={"drained": drained})
     return 0 if drained else 1
 
 
-def run(settings: Settings) -> int:
-    return asyncio.run(serve(settings))
+def run(settings: Settings, log_level: str = "INFO", log_format: str = "json") -> int:
+    return asyncio.run(serve(settings, log_level, log_format))
