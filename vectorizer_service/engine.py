@@ -395,8 +395,9 @@ def run_engine(conn: Connection, settings: Settings, log_level: str, log_format:
     except Exception as exc:  # the request process reports it and exits
         conn.send(("failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
         return
-    info = {"models": {}, "torch_version": torch.__version__, "transformers_version": transformers.__version__,
-            "pid": os.getpid()}
+    # Plain str: torch's version object would make the request process import torch to unpickle it.
+    info = {"models": {}, "torch_version": str(torch.__version__),
+            "transformers_version": str(transformers.__version__), "pid": os.getpid()}
     if models.embedder is not None:
         info["models"]["embed"] = model_info("embed", models.embedder, settings)
     if models.reranker is not None:

@@ -78,6 +78,38 @@ class ServiceProcess(LocalProcess):
             self.wait_ready()
         return self
 
+    def pids(self) -> list[int]:
+        """``qvl serve`` and every process under it (the model process, multiprocessing's helper)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return []
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            with contextlib.suppress(OSError):
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as fh:
+                        todo += [int(p) for p in fh.read().split()]
+        return found
+
+    def model_pid(self) -> int | None:
+        """The model process (the one that has loaded torch)."""
+        for pid in self.pids()[1:]:
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/maps") as fh:
+                if "libtorch" in fh.read():
+                    return pid
+        return None
+
+    def rss(self) -> int:
+        """Resident memory of the whole service: every process's RSS, summed (shared pages count twice)."""
+        total = 0
+        for pid in self.pids():
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/status") as fh:
+                for line in fh:
+                    if line.startswith("VmRSS:"):
+                        total += int(line.split()[1]) * 1024
+        return total
+
     def wait_ready(self) -> None:
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import re
+import os
 import signal
 import socket
 import subprocess
@@ -99,13 +99,8 @@ def test_overload_is_refused_at_once_and_service_stays_healthy(slow_service: Ser
 
 
 def test_memory_stays_flat_under_sustained_overload(slow_service: ServiceProcess) -> None:
-    assert slow_service.proc is not None
-    pid = slow_service.proc.pid
-
-    def rss() -> int:
-        with open(f"/proc/{pid}/status") as fh:
-            return int(re.search(r"VmRSS:\s+(\d+)", fh.read()).group(1)) * 1024  # type: ignore[union-attr]
-
+    rss = slow_service.rss  # the request process and the model process together
+    assert slow_service.model_pid() is not None
     big = image_bytes("PNG", (640, 480))
 
     def flood(_: int) -> None:
@@ -266,3 +261,49 @@ def test_grpc_over_tls(tmp_path) -> None:  # type: ignore[no-untyped-def]
             assert c.embed(["over TLS"]).shape == (1, 64)
         with Client(target, retries=0) as plain, pytest.raises(TransientError):
             plain.embed(["in clear"], timeout=5)
+
+
+def test_models_run_in_their_own_process_and_requests_in_one_without_torch() -> None:
+    with ServiceProcess() as svc:
+        assert svc.proc is not None
+        with open(f"/proc/{svc.proc.pid}/maps") as fh:
+            assert "libtorch" not in fh.read()  # the request process stays small
+        model = svc.model_pid()
+        assert model is not None and model != svc.proc.pid
+        with Client(svc.grpc_target) as c:
+            assert c.embed(["hello"]).shape == (1, 64)
+
+
+def test_a_crashed_model_process_is_replaced_and_calls_fail_retryably() -> None:
+    """SIGKILL the model process mid-load: callers see UNAVAILABLE, never a hang or bad input; a
+    new model process comes up and gives the same vectors."""
+    with ServiceProcess(env={"QVL_MIN_WAIT_MS": "1000"}) as svc:
+        with Client(svc.grpc_target) as c:
+            before = c.embed(["same vector after the restart", {"image": image_bytes("PNG", (64, 48))}])
+        victim = svc.model_pid()
+        assert victim is not None
+        outcome: dict[str, str] = {}
+
+        def in_flight() -> None:
+            with Client(svc.grpc_target, retries=0) as c:
+                try:
+                    c.embed(["caught in the crash"], timeout=30)
+                    outcome["code"] = "OK"
+                except TransientError as err:
+                    outcome["code"] = err.code
+
+        worker = threading.Thread(target=in_flight)
+        worker.start()
+        time.sleep(0.4)  # waiting in its batch (1 s floor)
+        os.kill(victim, signal.SIGKILL)
+        worker.join(timeout=30)
+        assert outcome["code"] == "UNAVAILABLE"
+        deadline = time.monotonic() + 120
+        while httpx.get(svc.http_url + "/.well-known/ready").status_code != 204:
+            assert time.monotonic() < deadline, svc.log_tail()
+            time.sleep(0.2)
+        assert svc.model_pid() not in (None, victim)
+        with Client(svc.grpc_target) as c:
+            after = c.embed(["same vector after the restart", {"image": image_bytes("PNG", (64, 48))}])
+        assert (before * after).sum(axis=1).min() > 0.99999
+        assert "the model process exited" in svc.log_tail()
