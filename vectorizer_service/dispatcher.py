@@ -21,6 +21,7 @@ from .calls import CallContext, EmbedOptions
 from .engine_link import EngineLink
 from .errors import DeadlineError, InputError, OverloadedError, QvlError, UnavailableError
 from .items import Item
+from .memory import release_free_memory
 from .outputs import EncodedVector, check_options, encode_vector
 from .prompts import embedding_prompt
 from .ranking import RerankResult, check_rerank_request, result_from_rows
@@ -142,6 +143,8 @@ class Dispatcher:
         self.admitted_bytes -= reserved[1]
         metrics.ADMITTED.set(self.admitted)
         metrics.ADMITTED_BYTES.set(self.admitted_bytes)
+        if reserved[1]:
+            release_free_memory()  # the request's media copies (message, items, pickle) go back to the OS
         if self.waiting:  # streams waiting for room
             task = asyncio.ensure_future(self._notify())
             self.notifying.add(task)

@@ -21,6 +21,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -29,7 +30,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from multiprocessing.connection import Connection
 from typing import Any
 
 from .batch_planning import plan_batches, preparation_chunks
@@ -40,6 +40,7 @@ from .logs import setup_logging
 from .memory import limit_malloc_arenas, release_free_memory
 from .preprocess import Encoded
 from .settings import Settings
+from .wire import encode, receive
 
 log = logging.getLogger("qvl.engine")
 
@@ -66,11 +67,11 @@ def _tensor_bytes(enc: Encoded) -> int:
 
 
 class Engine:
-    def __init__(self, models: Any, settings: Settings, conn: Connection) -> None:
+    def __init__(self, models: Any, settings: Settings, sock: socket.socket) -> None:
         self.embedder = models.embedder
         self.reranker = models.reranker
         self.settings = settings
-        self.conn = conn
+        self.sock = sock
         self.send_lock = threading.Lock()
         self.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="qvl-preprocess")
         self.queues: dict[str, deque[_Job]] = {"embed": deque(), "rerank": deque()}
@@ -83,9 +84,10 @@ class Engine:
 
     # -- the pipe ------------------------------------------------------------
     def send(self, message: tuple[Any, ...]) -> None:
+        data = encode(message)
         # A gone request process means EOF on our read side, and serve() ends.
-        with self.send_lock, contextlib.suppress(BrokenPipeError, OSError):
-            self.conn.send(message)
+        with self.send_lock, contextlib.suppress(OSError):
+            self.sock.sendall(data)
 
     def serve(self) -> None:
         """Read messages until ``stop`` or the request process goes away."""
@@ -93,7 +95,7 @@ class Engine:
         try:
             while True:
                 try:
-                    batch = self.conn.recv()
+                    batch = receive(self.sock)
                 except (EOFError, OSError):
                     return
                 for message in batch:
@@ -371,7 +373,7 @@ def model_info(task: str, model: Any, settings: Settings) -> dict[str, Any]:
             "text": model.pre.text.to_dict()}
 
 
-def run_engine(conn: Connection, settings: Settings, log_level: str, log_format: str) -> None:
+def run_engine(sock: socket.socket, settings: Settings, log_level: str, log_format: str) -> None:
     """The model process's entry point (``multiprocessing`` spawn target)."""
     setup_logging(log_level, log_format)
     # Signals go to the request process, which drains and then stops us; Ctrl-C in a terminal
@@ -393,7 +395,7 @@ def run_engine(conn: Connection, settings: Settings, log_level: str, log_format:
             torch.set_num_threads(settings.torch_threads or max(1, (os.cpu_count() or 2) - 1))
         models = load_models(settings)
     except Exception as exc:  # the request process reports it and exits
-        conn.send(("failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"))
+        sock.sendall(encode(("failed", f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}")))
         return
     # Plain str: torch's version object would make the request process import torch to unpickle it.
     info = {"models": {}, "torch_version": str(torch.__version__),
@@ -402,7 +404,7 @@ def run_engine(conn: Connection, settings: Settings, log_level: str, log_format:
         info["models"]["embed"] = model_info("embed", models.embedder, settings)
     if models.reranker is not None:
         info["models"]["rerank"] = model_info("rerank", models.reranker, settings)
-    engine = Engine(models, settings, conn)
-    conn.send(("ready", info))
+    engine = Engine(models, settings, sock)
+    engine.send(("ready", info))
     log.info("model process ready", extra={"pid": os.getpid()})
     engine.serve()

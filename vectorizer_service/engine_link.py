@@ -1,7 +1,7 @@
 """The request process's end of the pipe to the model process: start it, talk to it, see it exit.
 
-Messages leaving in one turn of the event loop travel together (one pickle, one write); a
-reader thread hands what comes back to the event loop, one batch of rows at a time.
+The pipe is an asyncio transport on the event loop: messages leaving in one turn of the loop
+travel together (one pickle, one write), and answers are dispatched as they arrive.
 """
 
 from __future__ import annotations
@@ -10,23 +10,23 @@ import asyncio
 import itertools
 import logging
 import multiprocessing
-import threading
+import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
 from typing import Any
 
 from .errors import QvlError, UnavailableError
 from .settings import Settings
+from .wire import FrameReader, encode
 
 log = logging.getLogger("qvl.engine_link")
 
 
-def _engine_entry(conn: Connection, settings: Settings, log_level: str, log_format: str) -> None:
+def _engine_entry(sock: socket.socket, settings: Settings, log_level: str, log_format: str) -> None:
     # Imported in the child only: the request process never loads torch.
     from .engine import run_engine
 
-    run_engine(conn, settings, log_level, log_format)
+    run_engine(sock, settings, log_level, log_format)
 
 
 class EngineFailed(RuntimeError):
@@ -40,6 +40,20 @@ class _Pending:
     left: int
 
 
+class _PipeProtocol(asyncio.Protocol):
+    def __init__(self, link: EngineLink, generation: int) -> None:
+        self.link = link
+        self.generation = generation
+        self.reader = FrameReader()
+
+    def data_received(self, data: bytes) -> None:
+        for message in self.reader.feed(data):
+            self.link._dispatch(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.link._exited(self.generation)
+
+
 class EngineLink:
     def __init__(self, settings: Settings, *, log_level: str = "INFO", log_format: str = "json",
                  on_stats: Callable[[dict[str, Any]], None] | None = None) -> None:
@@ -48,7 +62,8 @@ class EngineLink:
         self.log_format = log_format
         self.on_stats = on_stats or (lambda stats: None)
         self.process: Any = None
-        self.conn: Connection | None = None
+        self.transport: asyncio.BaseTransport | None = None
+        self.first: asyncio.Future[tuple[str, Any]] | None = None
         self.info: dict[str, Any] = {}
         self.pending: dict[int, _Pending] = {}
         self.ids = itertools.count(1)
@@ -63,25 +78,28 @@ class EngineLink:
         """Spawn the model process and wait until its models are loaded; returns what it serves."""
         self.loop = asyncio.get_running_loop()
         ctx = multiprocessing.get_context("spawn")
-        parent, child = ctx.Pipe(duplex=True)
+        mine, theirs = socket.socketpair()
+        self.generation += 1
+        self.alive = False
+        self.exited = asyncio.Event()
+        self.first = self.loop.create_future()
         self.process = ctx.Process(target=_engine_entry, name="qvl-model", daemon=True,
-                                   args=(child, self.settings, self.log_level, self.log_format))
+                                   args=(theirs, self.settings, self.log_level, self.log_format))
         self.process.start()
-        child.close()
+        theirs.close()
+        generation = self.generation
+        self.transport, _ = await self.loop.connect_accepted_socket(lambda: _PipeProtocol(self, generation), mine)
         try:
-            first = await asyncio.to_thread(parent.recv)
-        except (EOFError, OSError):
+            kind, payload = await self.first
+        except EOFError:
             await asyncio.to_thread(self.process.join, 10)
             raise EngineFailed(f"the model process exited while loading (exit code {self.process.exitcode})") from None
-        if first[0] != "ready":
+        if kind != "ready":
+            self.transport.close()
             await asyncio.to_thread(self.process.join, 10)
-            raise EngineFailed(f"the model process could not load the models: {first[1]}")
-        self.conn, self.info = parent, first[1]
-        self.generation += 1
-        self.exited = asyncio.Event()
+            raise EngineFailed(f"the model process could not load the models: {payload}")
+        self.info = payload
         self.alive = True
-        threading.Thread(target=self._reader, args=(parent, self.generation), name="qvl-engine-reader",
-                         daemon=True).start()
         log.info("model process started", extra={"pid": self.process.pid})
         return self.info
 
@@ -93,6 +111,8 @@ class EngineLink:
             self._send(("stop",))
             self._flush()
         await asyncio.to_thread(self.process.join, timeout)
+        if self.transport is not None:
+            self.transport.close()
         if self.process.is_alive():
             self.process.kill()
             await asyncio.to_thread(self.process.join, 5)
@@ -126,31 +146,16 @@ class EngineLink:
 
     def _flush(self) -> None:
         batch, self.outbox = self.outbox, []
-        if not batch or self.conn is None:
-            return
-        try:
-            self.conn.send(batch)
-        except (BrokenPipeError, OSError) as exc:
-            log.error("the model process does not read", extra={"error": str(exc)})
-            self._exited(self.generation)
+        if batch and self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(batch))  # type: ignore[attr-defined]
 
     # -- answers -------------------------------------------------------------
-    def _reader(self, conn: Connection, generation: int) -> None:
-        assert self.loop is not None
-        while True:
-            try:
-                message = conn.recv()
-            except (EOFError, OSError):
-                break
-            except Exception:  # an answer that cannot be unpickled must not stop the reader
-                log.exception("unreadable answer from the model process")
-                continue
-            self.loop.call_soon_threadsafe(self._dispatch, message)
-        self.loop.call_soon_threadsafe(self._exited, generation)
-
     def _dispatch(self, message: tuple[Any, ...]) -> None:
         kind = message[0]
-        if kind == "rows":
+        if kind in ("ready", "failed"):
+            if self.first is not None and not self.first.done():
+                self.first.set_result((kind, message[1]))
+        elif kind == "rows":
             _, rows, stats = message
             for rid, index, value in rows:
                 pending = self.pending.get(rid)
@@ -171,7 +176,11 @@ class EngineLink:
                 pending.future.set_exception(error if isinstance(error, QvlError) else UnavailableError(str(error)))
 
     def _exited(self, generation: int) -> None:
-        if generation != self.generation or not self.alive:
+        if generation != self.generation:
+            return
+        if self.first is not None and not self.first.done():
+            self.first.set_exception(EOFError())
+        if not self.alive:
             return
         self.alive = False
         code = self.process.exitcode if self.process is not None else None

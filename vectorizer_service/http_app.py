@@ -99,6 +99,35 @@ def looks_like_base64_image(value: str) -> bytes | None:
         return None
 
 
+class Measured:
+    """Requests and latency per route and status (plain ASGI: Starlette's ``BaseHTTPMiddleware``
+    costs about as much as a small request's whole handling)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            # The router leaves the matched route in the scope.
+            endpoint = "http " + getattr(scope.get("route"), "path", "other")
+            metrics.REQUESTS.labels(endpoint, str(status)).inc()
+            metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+
+
 class BodyLimit:
     """Refuses bodies over the limit before reading them (413), chunked ones included."""
 
@@ -292,16 +321,6 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
         return error_response(ComputeError(f"internal error: {exc}"))
 
-    @app.middleware("http")
-    async def _measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        started = time.perf_counter()
-        response = await call_next(request)
-        route = request.scope.get("route")
-        endpoint = getattr(route, "path", "other")
-        metrics.REQUESTS.labels(f"http {endpoint}", str(response.status_code)).inc()
-        metrics.LATENCY.labels(f"http {endpoint}").observe(time.perf_counter() - started)
-        return response
-
     @app.get("/.well-known/live", status_code=204)
     async def live() -> Response:
         return Response(status_code=204 if dispatcher.alive or not svc.ready else 503)
@@ -360,7 +379,7 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
     module_routes("/profiles/{name}", lambda name: svc.profile(name))
     module_routes("/dim/{dimensions:int}", lambda dimensions: RouteOptions(dimensions=dimensions))
 
-    wrapped: ASGIApp = BodyLimit(app, settings.max_request_bytes)
+    wrapped: ASGIApp = BodyLimit(Measured(app), settings.max_request_bytes)
     if settings.token:
         wrapped = TokenAuth(wrapped, settings.token, settings.open_module_routes)
     return wrapped, svc

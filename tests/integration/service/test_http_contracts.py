@@ -7,6 +7,7 @@ import json
 
 import httpx
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.media_factory import image_bytes, video_bytes
 from tests.support.service import ServiceProcess
@@ -27,6 +28,19 @@ def test_health_and_meta(service: ServiceProcess) -> None:
     meta = httpx.get(service.http_url + "/meta")
     assert meta.status_code == 200 and isinstance(meta.json(), dict)
     assert {m["task"] for m in meta.json()["models"]} == {"embed", "rerank"}
+
+
+def test_http_requests_are_counted_per_route_and_status(service: ServiceProcess) -> None:
+    def count(route: str, code: str) -> float:
+        families = text_string_to_metric_families(httpx.get(service.http_url + "/metrics").text)
+        return sum(s.value for f in families if f.name == "qvl_requests" for s in f.samples
+                   if s.name == "qvl_requests_total" and s.labels == {"endpoint": f"http {route}", "code": code})
+
+    ok, bad = count("/vectorize", "200"), count("/vectorize", "400")
+    post(service, "/vectorize", {"texts": ["counted"]})
+    httpx.post(service.http_url + "/vectorize", content=b"{not json")
+    assert count("/vectorize", "200") == ok + 1
+    assert count("/vectorize", "400") == bad + 1
 
 
 def test_clip_vectorize_one_vector_per_input_in_order(service: ServiceProcess) -> None:
