@@ -28,6 +28,8 @@ from .ranking import RerankResult, check_rerank_request, result_from_rows
 from .settings import Settings
 from .text_encoding import TextEncoder
 
+STUCK_MARGIN_S = 30.0
+
 
 def _media_bytes(item: Item) -> int:
     size = sum(len(p) for p in item.images if isinstance(p, bytes | bytearray))
@@ -251,7 +253,12 @@ class Dispatcher:
         ctx.check()
         rid, future = self.link.call(rows, expected, build)
         try:
-            return await future
+            # The model process answers a passed deadline itself (before compute); the margin
+            # only guards against a model process that stopped answering at all.
+            return await asyncio.wait_for(future, max(ctx.deadline - time.monotonic(), 0.0) + STUCK_MARGIN_S)
+        except TimeoutError:
+            self.link.cancel(rid)
+            raise DeadlineError("the model process did not answer before the deadline") from None
         except asyncio.CancelledError:
             ctx.cancelled = True  # its queued sequences are dropped before compute
             self.link.cancel(rid)

@@ -83,10 +83,11 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="CPU threads of the model (default: all cores but one, leaving one for requests)")
     gil_switch_ms: float = Field(
-        0.5, gt=0, description="Python's thread switch interval: short, so the model thread is not starved")
+        0.5, gt=0,
+        description="Thread switch interval of the model process: short, so decoding threads do not starve the model")
     share_prefix: bool = Field(True, description="Compute a prefix shared by a batch's rows once")
     preprocess_workers: int = Field(default_factory=lambda: max(1, min(8, os.cpu_count() or 1)),
-                                    description="Threads decoding media and tokenizing (default: cores, up to 8)")
+                                    description="Threads of the model process decoding media (default: cores, up to 8)")
     request_timeout_s: float = Field(120.0, gt=0, description="Default deadline when the caller sets none")
 
     # Serving
