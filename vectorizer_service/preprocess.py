@@ -8,6 +8,7 @@ Everything here is CPU work that is safe to run on several threads at once.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +28,7 @@ class VisionPart:
     """One image or video after the processor: patch rows and its (t, h, w) grid."""
 
     kind: str  # "image" | "video"
-    pixel_values: torch.Tensor
+    pixel_values: torch.Tensor  # one row per patch: pixels, or already embedded (Preprocessor.embed_patches)
     grid_thw: torch.Tensor  # shape (3,)
     timestamps: list[float] = field(default_factory=list)
 
@@ -64,8 +65,10 @@ class Encoded:
 
 
 class Preprocessor:
-    def __init__(self, processor: Any, settings: Settings, max_length: int) -> None:
+    def __init__(self, processor: Any, settings: Settings, max_length: int,
+                 embed_patches: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
         self.processor = processor
+        self.embed_patches = embed_patches  # patch rows -> embedded rows, here instead of in the forward
         self.text = TextEncoder.from_processor(processor, max_length)
         self.settings = settings
         self.max_length = max_length
@@ -95,7 +98,10 @@ class Preprocessor:
 
     def _image_part(self, img: Image.Image) -> VisionPart:
         out = self.processor.image_processor(images=[img], do_resize=False, return_tensors="pt")
-        return VisionPart("image", out["pixel_values"], out["image_grid_thw"][0])
+        return VisionPart("image", self._rows(out["pixel_values"]), out["image_grid_thw"][0])
+
+    def _rows(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.embed_patches(pixels) if self.embed_patches is not None else pixels
 
     def _video_part(self, video: DecodedVideo, what: str) -> VisionPart:
         try:
@@ -107,7 +113,7 @@ class Preprocessor:
             cap_pixels_per_frame=True, return_tensors="pt",
         )
         grid = out["video_grid_thw"][0]
-        return VisionPart("video", out["pixel_values_videos"], grid, self._timestamps(meta, int(grid[0])))
+        return VisionPart("video", self._rows(out["pixel_values_videos"]), grid, self._timestamps(meta, int(grid[0])))
 
     def _timestamps(self, meta: dict[str, Any], groups: int) -> list[float]:
         """Seconds at the middle of each temporal patch (Qwen3-VL's frame labels)."""

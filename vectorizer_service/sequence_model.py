@@ -11,6 +11,7 @@ import torch
 
 from .batch_planning import plan_batches, preparation_chunks
 from .errors import ComputeError, InputError, QvlError
+from .fast_paths import embed_patches, patches_embedded
 from .model_loading import Checkpoint
 from .prefix_sharing import forward_with_prefix, shared_prefix, vision_spans
 from .preprocess import Encoded, Preprocessor, collate
@@ -28,7 +29,9 @@ class SequenceModel:
     def __init__(self, ckpt: Checkpoint, settings: Settings, max_length: int) -> None:
         self.ckpt = ckpt
         self.settings = settings
-        self.pre = Preprocessor(ckpt.processor, settings, max_length)
+        # On CPU the model thread is the bottleneck: patch embedding moves to the decoding threads.
+        embed = embed_patches(ckpt.model) if ckpt.device.type == "cpu" else None
+        self.pre = Preprocessor(ckpt.processor, settings, max_length, embed)
 
     @property
     def hidden_size(self) -> int:
@@ -36,6 +39,12 @@ class SequenceModel:
 
     def last_hidden(self, batch: Sequence[Encoded]) -> torch.Tensor:
         """Final hidden state at each row's last real token (right padding)."""
+        if self.pre.embed_patches is None:
+            return self._last_hidden(batch)
+        with patches_embedded(self.ckpt.model):
+            return self._last_hidden(batch)
+
+    def _last_hidden(self, batch: Sequence[Encoded]) -> torch.Tensor:
         proc = self.ckpt.processor
         if len(batch) > 1 and self.settings.share_prefix:
             spans = [vision_spans(e, proc.image_token_id, proc.video_token_id, self.pre.merge_length)
