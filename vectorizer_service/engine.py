@@ -73,7 +73,7 @@ class Engine:
         self.settings = settings
         self.sock = sock
         self.send_lock = threading.Lock()
-        self.pool = ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="qvl-preprocess")
+        self.pool = ThreadPoolExecutor(settings.decode_threads(beside_model=True), thread_name_prefix="qvl-preprocess")
         self.queues: dict[str, deque[_Job]] = {"embed": deque(), "rerank": deque()}
         self.cv = threading.Condition()  # guards queues, requests, counters
         self.requests: dict[int, _Request] = {}

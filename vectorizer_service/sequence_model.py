@@ -91,12 +91,13 @@ class SequenceModel:
         return out
 
     def prepare_parallel(self, prepare: Callable[[list[Any]], list[Any]], items: Sequence[Any]) -> list[Any]:
-        """``prepare`` over chunks of ``items`` on ``preprocess_workers`` threads; results in order,
+        """``prepare`` over chunks of ``items`` on decoding threads; results in order,
         item indices of errors counted from the start of ``items``."""
         chunks = preparation_chunks(items)
-        if len(chunks) == 1 or self.settings.preprocess_workers == 1:
+        workers = self.settings.decode_threads(beside_model=False)
+        if len(chunks) == 1 or workers == 1:
             return prepare(list(items))
-        with ThreadPoolExecutor(self.settings.preprocess_workers, thread_name_prefix="qvl-prepare") as pool:
+        with ThreadPoolExecutor(workers, thread_name_prefix="qvl-prepare") as pool:
             parts = list(pool.map(lambda chunk: prepare(chunk[1]), chunks))
         out: list[Any] = []
         for (start, _), part in zip(chunks, parts, strict=True):

@@ -186,12 +186,12 @@ def _one_at_a_time_vs_concurrent(host: str, port: int, path: str, bodies: list[b
 def http_weaviate(args: Any) -> dict[str, Any]:
     """Weaviate's multi2vec-clip way: one object per request (its caption and its picture; and
     caption-only objects apart), from 2 x CPU-count workers, no Content-Type; vs one at a time."""
-    n = args.items or 128
+    n = args.items or 256
     concurrency = 2 * (os.cpu_count() or 1)
     images = [base64.b64encode(b).decode() for b in workloads.jpeg_images(16, 320, 240, seed=args.seed)]
     captions = workloads.texts(n, 4, 12, args.seed)
     objects = [json.dumps({"texts": [captions[i]], "images": [images[i % len(images)]]}).encode() for i in range(n)]
-    text_objects = [json.dumps({"texts": [c]}).encode() for c in workloads.texts(2 * n, 4, 12, args.seed + 1)]
+    text_objects = [json.dumps({"texts": [c]}).encode() for c in workloads.texts(4 * n, 4, 12, args.seed + 1)]
     with _service(args) as svc:
         main = _one_at_a_time_vs_concurrent("127.0.0.1", svc.http_port, "/vectorize", objects, concurrency)
         text_only = _one_at_a_time_vs_concurrent("127.0.0.1", svc.http_port, "/vectorize", text_objects, concurrency)
