@@ -75,6 +75,7 @@ class Preprocessor:
         self.merge_length = processor.image_processor.merge_size ** 2
         self.temporal_patch = processor.video_processor.temporal_patch_size
         self.image_token = processor.image_token
+        self.image_token_id = processor.image_token_id
         self.video_token = processor.video_token
         self.vision_start = processor.vision_start_token
         self.vision_end = processor.vision_end_token
@@ -128,12 +129,12 @@ class Preprocessor:
         return [(secs[i] + secs[i + tp - 1]) / 2 for i in range(0, len(secs), tp)][:groups]
 
     # -- text ------------------------------------------------------------------
-    def render(self, prompt: Prompt) -> str:
-        """The chat template's text with each vision placeholder expanded to its tokens."""
+    def render(self, prompt: Prompt, *, expand_images: bool = True) -> str:
+        """The chat template's text with each vision placeholder expanded to its tokens (images
+        may stay one placeholder each: ``expand_image_ids`` expands them after tokenizing)."""
         text = self.text.render(prompt.messages)
-        for part in prompt.images:
-            n = int(part.grid_thw.prod()) // self.merge_length
-            text = text.replace(self.image_token, "\x00IMG\x00" * n, 1)
+        for part in prompt.images if expand_images else ():
+            text = text.replace(self.image_token, "\x00IMG\x00" * self._tokens(part), 1)
         wrapped = self.vision_start + self.video_token + self.vision_end
         for part in prompt.videos:
             t, h, w = (int(x) for x in part.grid_thw)
@@ -147,12 +148,32 @@ class Preprocessor:
                 text = text.replace(self.video_token, expansion, 1)
         return text.replace("\x00IMG\x00", self.image_token).replace("\x00VID\x00", self.video_token)
 
+    def _tokens(self, part: VisionPart) -> int:
+        return int(part.grid_thw.prod()) // self.merge_length
+
+    def expand_image_ids(self, ids: list[int], images: list[VisionPart]) -> list[int]:
+        """Each image's placeholder id repeated to its token count. The placeholder is an added
+        token, so the text around it tokenizes the same whether it appears once or n times:
+        these are the ids of the expanded text, without tokenizing hundreds of placeholders."""
+        if not images:
+            return ids
+        counts = iter([self._tokens(p) for p in images])
+        out: list[int] = []
+        start = 0
+        for at, token in enumerate(ids):
+            if token == self.image_token_id:
+                out += ids[start:at]
+                out += [token] * next(counts)
+                start = at + 1
+        return out + ids[start:]
+
     def finish(self, prompts: list[Prompt]) -> list[Encoded | InputError]:
         """Render, tokenize in one batch call, and truncate; per-prompt errors stay per prompt."""
-        ids = self.text.tokenize([self.render(p) for p in prompts])
+        ids = self.text.tokenize([self.render(p, expand_images=False) for p in prompts])
         out: list[Encoded | InputError] = []
         for p, seq in zip(prompts, ids, strict=True):
             try:
+                seq = self.expand_image_ids(seq, p.images)
                 out.append(Encoded(self.text.truncate(seq), list(p.images), list(p.videos)))
             except InputError as exc:
                 out.append(exc)

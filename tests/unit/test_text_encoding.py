@@ -73,3 +73,23 @@ def test_prompts_filled_into_a_rendered_shape_equal_jinja_renderings(models: Mod
         for prompt in prompts:
             assert text.render(prompt.messages) == text._render_jinja(prompt.messages)
     assert any(v is not None for v in text._shapes.values())  # the fast path is taken
+
+
+def test_image_ids_expanded_after_tokenizing_equal_tokenizing_the_expanded_text(models: Models) -> None:
+    from tests.media_factory import image_bytes, video_bytes
+    from vectorizer_service.prompts import embedding_prompt, rerank_prompt
+
+    embedder, reranker = models.embedder, models.reranker
+    assert embedder is not None and reranker is not None
+    pre = embedder.pre
+    items = [Item(images=[image_bytes("PNG", (96, 64)), image_bytes("JPEG", (320, 240))], texts=["two images"]),
+             Item(images=[image_bytes("PNG", (64, 64))], videos=[video_bytes(frames=4, fps=2)], texts=["mixed"]),
+             Item(texts=["no image at all"])]
+    decoded = [pre.decode(item) for item in items]
+    prompts = [embedding_prompt(d, "Describe.") for d in decoded]
+    prompts.append(rerank_prompt(decoded[0], decoded[1], None, "Judge."))
+    for prompt in prompts:
+        whole = pre.text.tokenize([pre.render(prompt)])[0]  # every placeholder in the text
+        single = pre.text.tokenize([pre.render(prompt, expand_images=False)])[0]
+        assert pre.expand_image_ids(single, prompt.images) == whole
+        assert len(single) < len(whole) or not prompt.images
