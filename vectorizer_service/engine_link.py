@@ -118,10 +118,6 @@ class EngineLink:
             await asyncio.to_thread(self.process.join, 5)
         self.alive = False
 
-    def kill(self) -> None:
-        if self.process is not None and self.process.is_alive():
-            self.process.kill()
-
     # -- calls ---------------------------------------------------------------
     def call(self, rows: int, expected: int,
              build: Callable[[int], tuple[Any, ...]]) -> tuple[int, asyncio.Future[Any]]:

@@ -21,6 +21,7 @@ from grpc_health.v1 import health_pb2
 from .calls import CallContext, EmbedOptions
 from .dispatcher import Dispatcher
 from .engine_link import EngineFailed
+from .errors import QvlError
 from .grpc_servicer import SERVICE_NAME, build_grpc_server
 from .http_app import build_http_app
 from .items import Item
@@ -77,23 +78,27 @@ class Service:
         await self.set_serving(True)
 
     async def supervise(self) -> None:
-        """Start the model process again whenever it exits (backing off while it keeps failing)."""
+        """Start the model process again whenever it exits; while it keeps failing (to start, or
+        soon after starting), wait longer between tries, up to a minute."""
         delay = 1.0
+        up_since = time.monotonic()
         while True:
             await self.dispatcher.link.exited.wait()
             if self.stopping:
                 return
-            log.error("the model process exited; starting it again", extra={"retry_in_seconds": delay})
             self.dispatcher.stop_accepting()
             await self.set_serving(False)
-            await asyncio.sleep(delay)
-            try:
-                started = time.monotonic()
-                await self.bring_up()
-                delay = 1.0 if time.monotonic() - started > 60 else min(delay * 2, 60.0)
-            except EngineFailed as exc:
-                log.error("the model process failed to start", extra={"error": str(exc)})
-                delay = min(delay * 2, 60.0)
+            delay = 1.0 if time.monotonic() - up_since > 60 else min(delay * 2, 60.0)
+            while not self.stopping:
+                log.error("the model process exited; starting it again", extra={"retry_in_seconds": delay})
+                await asyncio.sleep(delay)
+                try:
+                    await self.bring_up()
+                    up_since = time.monotonic()
+                    break
+                except (EngineFailed, QvlError) as exc:  # failed to load, or died warming up
+                    log.error("the model process failed to start", extra={"error": str(exc)})
+                    delay = min(delay * 2, 60.0)
 
 
 async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "json") -> int:

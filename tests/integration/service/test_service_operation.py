@@ -307,3 +307,15 @@ def test_a_crashed_model_process_is_replaced_and_calls_fail_retryably() -> None:
             after = c.embed(["same vector after the restart", {"image": image_bytes("PNG", (64, 48))}])
         assert (before * after).sum(axis=1).min() > 0.99999
         assert "the model process exited" in svc.log_tail()
+
+
+def test_a_checkpoint_that_does_not_load_stops_the_service_with_the_reason(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    broken = tmp_path / "not-a-checkpoint"
+    broken.mkdir()
+    (broken / "config.json").write_text("{}")
+    svc = ServiceProcess(embedding_model=str(broken), reranker_model=None)
+    svc.start(wait=False)
+    assert svc.proc is not None
+    assert svc.proc.wait(timeout=120) == 1
+    log = svc.log_tail()
+    assert "the models did not load" in log and "not-a-checkpoint" in log
