@@ -110,7 +110,8 @@ class EngineLink:
         if self.alive:
             self._send(("stop",))
             self._flush()
-        await asyncio.to_thread(self.process.join, timeout)
+            await asyncio.to_thread(self.process.join, timeout)
+        # Still loading (stopped during start-up) it reads nothing: there is nothing to finish.
         if self.transport is not None:
             self.transport.close()
         if self.process.is_alive():

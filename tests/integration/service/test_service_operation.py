@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import signal
 import socket
 import subprocess
@@ -245,6 +246,13 @@ def test_requests_while_starting_are_unavailable_never_invalid() -> None:
         svc.stop()
 
 
+def _cmdline(pid: int) -> bytes:
+    try:
+        return pathlib.Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return b""
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         return sock.connect_ex(("127.0.0.1", port)) == 0
@@ -319,3 +327,23 @@ def test_a_checkpoint_that_does_not_load_stops_the_service_with_the_reason(tmp_p
     assert svc.proc.wait(timeout=120) == 1
     log = svc.log_tail()
     assert "the models did not load" in log and "not-a-checkpoint" in log
+
+
+def test_sigterm_while_the_models_load_stops_at_once_and_leaves_no_process() -> None:
+    svc = ServiceProcess()
+    svc.start(wait=False)
+    assert svc.proc is not None
+    deadline = time.monotonic() + 60
+    while not any(b"spawn_main" in _cmdline(pid) for pid in svc.pids()[1:]):  # the model process is loading
+        assert time.monotonic() < deadline, svc.log_tail()
+        time.sleep(0.05)
+    time.sleep(0.5)
+    assert not _port_open(svc.http_port) or httpx.get(svc.http_url + "/.well-known/ready").status_code == 503
+    children = svc.pids()[1:]
+    started = time.monotonic()
+    svc.proc.send_signal(signal.SIGTERM)
+    svc.proc.wait(timeout=60)
+    assert time.monotonic() - started < 15
+    time.sleep(0.5)
+    for pid in children:
+        assert not os.path.exists(f"/proc/{pid}") or "zombie" in pathlib.Path(f"/proc/{pid}/status").read_text()
