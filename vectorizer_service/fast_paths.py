@@ -6,7 +6,7 @@ fastest path on GPU); as a matmul it computes the same sums.
 
 Being a per-patch product, it can also run where an image is preprocessed, on the decoding
 threads, instead of on the model thread after the batch's patches are concatenated: the model
-thread then copies (and holds) a few values per patch instead of 1,536 (``embed_patches``;
+thread then copies (and holds) a few values per patch instead of 1,536 (``PatchPreEmbedding``;
 used on CPU, where the model thread is the pipeline's bottleneck).
 """
 
@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import types
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -28,14 +28,9 @@ def _embed(module: Any, pixels: torch.Tensor) -> torch.Tensor:
 
 
 def _patch_embed_linear(self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
-    if self.rows_embedded:  # embedded during preprocessing (see embed_patches)
+    if self.rows_embedded:  # embedded during preprocessing (PatchPreEmbedding)
         return hidden_states
     return _embed(self, hidden_states)
-
-
-def _patch_embeds(model: nn.Module) -> list[Any]:
-    return [m for m in model.modules() if getattr(m, "forward", None) is not None
-            and getattr(m.forward, "__func__", None) is _patch_embed_linear]
 
 
 def use_fast_paths(model: nn.Module) -> int:
@@ -51,29 +46,28 @@ def use_fast_paths(model: nn.Module) -> int:
     return count
 
 
-def embed_patches(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """Patch rows -> embedded rows, for preprocessing; None when the model has no single
-    rewritten patch embedding. Inputs made with it must go through ``patches_embedded``."""
-    found = _patch_embeds(model)
-    if len(found) != 1:
-        return None
-    module = found[0]
+class PatchPreEmbedding:
+    """Patch rows -> embedded rows on the decoding threads (call it), and the forward passes
+    whose vision inputs were made that way (``active``). Bound to the module once, so a forward
+    does not search the model's modules for it."""
+
+    def __init__(self, module: Any) -> None:
+        self.module = module
 
     @torch.inference_mode()
-    def embed(pixels: torch.Tensor) -> torch.Tensor:
-        return _embed(module, pixels)
+    def __call__(self, pixels: torch.Tensor) -> torch.Tensor:
+        return _embed(self.module, pixels)
 
-    return embed
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        self.module.rows_embedded = True
+        try:
+            yield
+        finally:
+            self.module.rows_embedded = False
 
 
-@contextlib.contextmanager
-def patches_embedded(model: nn.Module) -> Iterator[None]:
-    """A forward pass whose vision inputs were made with ``embed_patches``."""
-    found = _patch_embeds(model)
-    for module in found:
-        module.rows_embedded = True
-    try:
-        yield
-    finally:
-        for module in found:
-            module.rows_embedded = False
+def patch_pre_embedding(model: nn.Module) -> PatchPreEmbedding | None:
+    """None when the model has no single rewritten patch embedding."""
+    found = [m for m in model.modules() if getattr(m.forward, "__func__", None) is _patch_embed_linear]
+    return PatchPreEmbedding(found[0]) if len(found) == 1 else None

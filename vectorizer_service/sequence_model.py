@@ -11,7 +11,7 @@ import torch
 
 from .batch_planning import plan_batches, preparation_chunks
 from .errors import ComputeError, InputError, QvlError
-from .fast_paths import embed_patches, patches_embedded
+from .fast_paths import patch_pre_embedding
 from .model_loading import Checkpoint
 from .prefix_sharing import forward_with_prefix, shared_prefix, vision_spans
 from .preprocess import Encoded, Preprocessor, collate
@@ -30,8 +30,8 @@ class SequenceModel:
         self.ckpt = ckpt
         self.settings = settings
         # On CPU the model thread is the bottleneck: patch embedding moves to the decoding threads.
-        embed = embed_patches(ckpt.model) if ckpt.device.type == "cpu" else None
-        self.pre = Preprocessor(ckpt.processor, settings, max_length, embed)
+        self.pre_embedding = patch_pre_embedding(ckpt.model) if ckpt.device.type == "cpu" else None
+        self.pre = Preprocessor(ckpt.processor, settings, max_length, self.pre_embedding)
 
     @property
     def hidden_size(self) -> int:
@@ -39,9 +39,9 @@ class SequenceModel:
 
     def last_hidden(self, batch: Sequence[Encoded]) -> torch.Tensor:
         """Final hidden state at each row's last real token (right padding)."""
-        if self.pre.embed_patches is None:
+        if self.pre_embedding is None:
             return self._last_hidden(batch)
-        with patches_embedded(self.ckpt.model):
+        with self.pre_embedding.active():
             return self._last_hidden(batch)
 
     def _last_hidden(self, batch: Sequence[Encoded]) -> torch.Tensor:

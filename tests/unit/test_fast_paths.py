@@ -20,7 +20,7 @@ def test_patch_embed_as_matmul_equals_the_convolution(models: Models) -> None:
 def test_patches_embedded_while_preprocessing_give_the_same_vectors(models: Models) -> None:
     """On CPU the decoding threads embed patch rows; the model then takes them as they are."""
     from tests.media_factory import image_bytes
-    from vectorizer_service.fast_paths import embed_patches, patches_embedded
+    from vectorizer_service.fast_paths import patch_pre_embedding
     from vectorizer_service.items import Item
 
     embedder = models.embedder
@@ -30,9 +30,9 @@ def test_patches_embedded_while_preprocessing_give_the_same_vectors(models: Mode
     rows = enc.images[0].pixel_values  # type: ignore[union-attr]
     assert rows.shape[1] == model.visual.patch_embed.embed_dim  # embedded, not 1,536 pixel values
     pixels = torch.randn(8, model.visual.patch_embed.proj.weight[0].numel())
-    embed = embed_patches(model)
+    embed = patch_pre_embedding(model)
     assert embed is not None
-    with patches_embedded(model):
+    with embed.active():
         passed = model.visual.patch_embed(embed(pixels))
     torch.testing.assert_close(passed, model.visual.patch_embed(pixels))
     assert not model.visual.patch_embed.rows_embedded  # the flag lives only inside the forward
