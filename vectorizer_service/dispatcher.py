@@ -111,7 +111,7 @@ class Dispatcher:
         s = self.settings
         # One request larger than the limits still runs, alone.
         n, nbytes = min(n, s.queue_max_items), min(nbytes, s.queue_max_bytes)
-        if self.admitted + n > s.queue_max_items or self.admitted_bytes + nbytes > s.queue_max_bytes:
+        if self._no_room(n, nbytes):
             if not wait:
                 metrics.ERRORS.labels("overloaded").inc()
                 raise OverloadedError(
@@ -124,12 +124,15 @@ class Dispatcher:
         metrics.ADMITTED_BYTES.set(self.admitted_bytes)
         return n, nbytes
 
-    async def _wait_for_room(self, n: int, nbytes: int, ctx: CallContext | None) -> None:
+    def _no_room(self, n: int, nbytes: int) -> bool:
         s = self.settings
+        return self.admitted + n > s.queue_max_items or self.admitted_bytes + nbytes > s.queue_max_bytes
+
+    async def _wait_for_room(self, n: int, nbytes: int, ctx: CallContext | None) -> None:
         self.waiting += 1
         try:
             async with self.capacity:
-                while self.admitted + n > s.queue_max_items or self.admitted_bytes + nbytes > s.queue_max_bytes:
+                while self._no_room(n, nbytes):
                     remaining = (ctx.deadline - time.monotonic()) if ctx else 60.0
                     try:
                         await asyncio.wait_for(self.capacity.wait(), timeout=max(remaining, 0.001))

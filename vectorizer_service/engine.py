@@ -216,17 +216,17 @@ class Engine:
         if errors:
             self._settle(rid, errors, prepared=len(errors))
 
-    def _settle(self, rid: int, rows: list[tuple[int, Any]], *, prepared: int = 0,
-                stats: dict[str, Any] | None = None) -> None:
-        """Answer rows of one request (and forget the request once all are answered)."""
-        self._answer([(rid, i, v) for i, v in rows], prepared=prepared, stats=stats)
+    def _settle(self, rid: int, rows: list[tuple[int, Any]], *, prepared: int) -> None:
+        """Answer rows of one request that never reached the queue (``prepared`` of them leave
+        preparation here)."""
+        with self.cv:
+            self._prepared(rid, prepared)
+        self._answer([(rid, i, v) for i, v in rows])
 
-    def _answer(self, rows: list[tuple[int, int, Any]], *, prepared: int = 0,
-                stats: dict[str, Any] | None = None) -> None:
+    def _answer(self, rows: list[tuple[int, int, Any]], *, stats: dict[str, Any] | None = None) -> None:
+        """Send rows (and forget each request once all its rows are answered)."""
         live = []
         with self.cv:
-            if prepared and rows:
-                self._prepared(rows[0][0], prepared)
             for rid, index, value in rows:
                 request = self.requests.get(rid)
                 if request is None:
