@@ -10,10 +10,12 @@ setup:
 # Any nonzero exit fails the target, including pytest exit 5 (no tests collected).
 test: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(PYTHON) -m pytest -q
 
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 
 demo: setup
 	$(VENV)/bin/qvl demo

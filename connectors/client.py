@@ -18,15 +18,21 @@ from typing import Any
 import grpc
 import numpy as np
 
-from vectorizer_service.items import as_list
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
+from qvl_proto import vectorizer_pb2 as pb
+from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
 ItemLike = str | Mapping[str, Any]
 ENCODINGS = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "binary": pb.BINARY}
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 MAX_MESSAGE = 256 * 1024 * 1024
 
+
+
+def as_list(value: Any) -> list[Any]:
+    """None -> [], a list or tuple -> a list, anything else -> [it] (one part or many)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
 
 class QvlClientError(Exception):
     """A failed call: ``code`` is the gRPC status name, ``index`` the item it concerns (if one)."""

@@ -20,9 +20,13 @@ RUN pip install --index-url "$TORCH_INDEX_URL" --extra-index-url https://pypi.or
 COPY pyproject.toml README.md ./
 COPY vectorizer_service ./vectorizer_service
 COPY connectors ./connectors
+COPY qvl_proto ./qvl_proto
+COPY qvl_cli ./qvl_cli
+COPY qvl_devtools ./qvl_devtools
 COPY proto ./proto
 COPY sql ./sql
-RUN pip install . \
+# One image for every role (serve, worker, pg install): all the groups.
+RUN pip install '.[all]' \
     && useradd --system --uid 10001 --home-dir /app qvl \
     && mkdir -p /models && chown qvl /models
 

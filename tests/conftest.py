@@ -10,8 +10,8 @@ import pytest
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 from tests.support.weaviate import WeaviateServer
-from vectorizer_service.runtime import Models, load_models
-from vectorizer_service.settings import Settings
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.model.served_models import Models, load_models
 
 
 @pytest.fixture(scope="session")

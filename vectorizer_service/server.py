@@ -18,17 +18,19 @@ from typing import Any
 import uvicorn
 from grpc_health.v1 import health_pb2
 
-from .calls import CallContext, EmbedOptions
-from .dispatcher import Dispatcher
-from .engine_link import EngineFailed
-from .errors import QvlError
-from .grpc_servicer import SERVICE_NAME, build_grpc_server
-from .http_app import build_http_app
-from .items import Item
-from .memory import limit_malloc_arenas
-from .settings import Settings
+from vectorizer_service.api.grpc_service import SERVICE_NAME, build_grpc_server
+from vectorizer_service.api.http_app import build_http_app
+from vectorizer_service.core.call_context import CallContext, EmbedOptions
+from vectorizer_service.core.errors import QvlError
+from vectorizer_service.core.freed_memory import limit_malloc_arenas
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.serving.dispatcher import Dispatcher
+from vectorizer_service.serving.model_process_link import ModelProcessFailed
 
 log = logging.getLogger("qvl.server")
+# Named, not imported: importing it here would load torch into the request process.
+MODEL_PROCESS = "vectorizer_service.engine.model_process:run_model_process"
 WARMUP_IMAGE = (  # a 32x32 grey PNG: warm-up touches the vision tower too
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00 \x00\x00\x00 \x08\x00\x00\x00\x00V\x11%(\x00\x00\x00"
     b"\x12IDATx\x9cc\xb8\x0f\x04\x8c\xa3`\x14\x0cs\x00\x00\xc1\x8c\x1f\xe1\x01\xd9\xc9\x8f\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -60,7 +62,7 @@ class Service:
 
     def __init__(self, settings: Settings, log_level: str, log_format: str) -> None:
         self.settings = settings
-        self.dispatcher = Dispatcher(settings, log_level=log_level, log_format=log_format)
+        self.dispatcher = Dispatcher(settings, MODEL_PROCESS, log_level=log_level, log_format=log_format)
         self.app, self.http_service = build_http_app(self.dispatcher, settings)
         self.health: Any = None
         self.stopping = False
@@ -96,7 +98,7 @@ class Service:
                     await self.bring_up()
                     up_since = time.monotonic()
                     break
-                except (EngineFailed, QvlError) as exc:  # failed to load, or died warming up
+                except (ModelProcessFailed, QvlError) as exc:  # failed to load, or died warming up
                     log.error("the model process failed to start", extra={"error": str(exc)})
                     delay = min(delay * 2, 60.0)
 

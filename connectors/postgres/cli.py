@@ -8,7 +8,7 @@ from typing import Any
 
 
 def cmd_pg_install(args: argparse.Namespace) -> int:
-    from .installer import InstallError, check_service, install
+    from connectors.postgres.installer import InstallError, check_service, install
 
     try:
         result = install(args.dsn, service_url=args.service_url, service_token=args.service_token,
@@ -39,7 +39,7 @@ def cmd_pg_status(args: argparse.Namespace) -> int:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    from .worker import WorkerSettings, run_worker
+    from connectors.postgres.worker import WorkerSettings, run_worker
 
     settings = WorkerSettings(
         dsn=args.dsn, service=args.service, token=args.token, batch=args.batch, concurrency=args.concurrency,

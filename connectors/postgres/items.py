@@ -11,9 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
-
-from .vectorizers import Vectorizer
+from connectors.postgres.vectorizers import Vectorizer
+from qvl_proto import vectorizer_pb2 as pb
 
 BYTES = (bytes, bytearray, memoryview)
 

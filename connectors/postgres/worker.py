@@ -26,10 +26,9 @@ import numpy as np
 import psycopg
 
 from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
-
-from .items import item_size, row_item, vector_literal
-from .vectorizers import Vectorizer, load_vectorizers
+from connectors.postgres.items import item_size, row_item, vector_literal
+from connectors.postgres.vectorizers import Vectorizer, load_vectorizers
+from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.worker")
 

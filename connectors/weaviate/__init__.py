@@ -3,7 +3,7 @@
 - ``collections``: ``create_collection`` wires multi2vec-clip / multi2vec-bind /
   text2vec-transformers and reranker-transformers to the service.
 - ``ingest`` / ``search``: joint embeddings of all of an object's fields (a named vector).
-- ``local_server``: a throwaway Weaviate server (tests, benchmark, demo).
+- The throwaway local Weaviate server of the tests, benches and demo is ``qvl_devtools.launchers.weaviate``.
 """
 
 from connectors.weaviate.collections import (

@@ -20,11 +20,10 @@ from typing import Any
 import numpy as np
 from weaviate.collections import Collection
 
-from connectors.client import Client, ItemFailure, QvlClientError
+from connectors.client import Client, ItemFailure, QvlClientError, as_list
+from connectors.progress import Progress
 from connectors.weaviate.collections import JOINT_VECTOR, collection_fields
-from vectorizer_service.items import as_list
-from vectorizer_service.logs import Progress
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
+from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.weaviate.ingest")
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.postgres.local_server import (
+from qvl_devtools.launchers.postgres import (
     DEFAULT_PG_BINDIR,
     SETUP_HINT,
     THROWAWAY_SETTINGS,

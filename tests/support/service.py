@@ -1,11 +1,11 @@
-"""`qvl serve` on the tiny fixture checkpoint, as a real subprocess (see vectorizer_service.local_service)."""
+"""`qvl serve` on the tiny fixture checkpoint, as a real subprocess (see qvl_devtools.launchers.service)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from vectorizer_service import local_service
+from qvl_devtools.launchers import service as local_service
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny-qwen3-vl"
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from connectors.weaviate.local_server import (
+from qvl_devtools.launchers.weaviate import (
     DEFAULT_WEAVIATE_BIN,
     NODE_NAME,
     SETUP_HINT,

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from tests.media_factory import image_bytes, png_bomb, video_bytes
-from vectorizer_service.errors import InputError
-from vectorizer_service.items import Item
-from vectorizer_service.outputs import EncodedVector
-from vectorizer_service.runtime import Models
-from vectorizer_service.settings import Settings
+from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.core.vector_encoding import EncodedVector
+from vectorizer_service.model.served_models import Models
 
 GOOD = image_bytes("PNG")
 
@@ -65,7 +65,7 @@ def test_bomb_is_refused_before_decoding(models: Models) -> None:
 
 
 def test_video_limits(tiny_settings: Settings) -> None:
-    from vectorizer_service.media import decode_video
+    from vectorizer_service.model.media import decode_video
 
     strict = tiny_settings.model_copy(update={"max_video_seconds": 2.0, "max_video_source_frames": 1000})
     with pytest.raises(InputError, match="lasts"):
@@ -97,7 +97,7 @@ def test_dimensions_and_encoding_checked_first(models: Models) -> None:
 
 def test_long_text_is_truncated_keeping_the_prompt(models: Models, tiny_settings: Settings) -> None:
     """Past the max length, text is cut; special tokens and the generation prompt stay."""
-    from vectorizer_service.embedder import Embedder
+    from vectorizer_service.model.embedder import Embedder
 
     short = Embedder(models.embedder.ckpt, tiny_settings.model_copy(update={"embed_max_length": 96}))  # type: ignore[union-attr]
     [enc] = short.prepare([Item(texts=["word " * 500])])
@@ -110,7 +110,7 @@ def test_long_text_is_truncated_keeping_the_prompt(models: Models, tiny_settings
 
 
 def test_vision_tokens_past_max_length_are_an_error(models: Models, tiny_settings: Settings) -> None:
-    from vectorizer_service.embedder import Embedder
+    from vectorizer_service.model.embedder import Embedder
 
     short = Embedder(models.embedder.ckpt, tiny_settings.model_copy(update={"embed_max_length": 64}))  # type: ignore[union-attr]
     [res] = short.embed([Item(images=[image_bytes("PNG", (640, 480))])])

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from vectorizer_service.batch_planning import padding_ratio, plan_batches
+from vectorizer_service.core.batch_planning import padding_ratio, plan_batches
 
 
 def test_every_index_exactly_once_and_budget_respected() -> None:

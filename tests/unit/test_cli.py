@@ -14,7 +14,7 @@ TINY = str(FIXTURES / "tiny-qwen3-vl")
 
 
 def qvl(*args: str, stdin: bytes = b"", cwd: Path | None = None) -> subprocess.CompletedProcess[bytes]:
-    return subprocess.run([sys.executable, "-m", "vectorizer_service.cli", *args], input=stdin,
+    return subprocess.run([sys.executable, "-m", "qvl_cli", *args], input=stdin,
                           capture_output=True, cwd=cwd, timeout=300)
 
 
@@ -69,9 +69,9 @@ def test_help_explains_every_flag() -> None:
 
 
 def test_tiny_model_builds_a_loadable_deterministic_checkpoint(tmp_path: Path) -> None:
-    from vectorizer_service.items import Item
-    from vectorizer_service.runtime import load_models
-    from vectorizer_service.settings import Settings
+    from vectorizer_service.core.items import Item
+    from vectorizer_service.core.settings import Settings
+    from vectorizer_service.model.served_models import load_models
 
     a, b = tmp_path / "a", tmp_path / "b"
     for d in (a, b):

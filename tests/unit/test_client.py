@@ -11,9 +11,9 @@ import grpc
 import pytest
 
 from connectors.client import Client, InvalidInput, TransientError, to_item
-from vectorizer_service.local_service import free_ports
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
+from qvl_devtools.launchers.service import free_ports
+from qvl_proto import vectorizer_pb2 as pb
+from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
 
 class Stuck(pb_grpc.VectorizerServicer):

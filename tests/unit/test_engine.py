@@ -1,4 +1,4 @@
-"""The model process's engine, driven over a real socket pair in this process: rows land at
+"""The model process (``engine``), driven over a real socket pair in this process: rows land at
 their request indices, errors stay per item or fail the request, and its books balance after
 every outcome (a leaked 'preparing' count would make every later batch wait)."""
 
@@ -14,19 +14,20 @@ import numpy as np
 import pytest
 
 from tests.media_factory import image_bytes
-from vectorizer_service.engine import Engine
-from vectorizer_service.errors import CancelledError, InputError
-from vectorizer_service.items import Item
-from vectorizer_service.runtime import Models
-from vectorizer_service.settings import Settings
-from vectorizer_service.wire import encode, receive
+from vectorizer_service.core.errors import CancelledError, InputError
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.pipe_framing import encode, receive
+from vectorizer_service.core.pipe_messages import Cancel, EmbedCall, Fail, RerankCall, Rows, ToModelProcess
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.engine.model_process import ModelProcess, ServedTasks
+from vectorizer_service.model.served_models import Models
 
 
 class Pipe:
-    def __init__(self, engine: Engine, sock: socket.socket) -> None:
-        self.engine, self.sock = engine, sock
+    def __init__(self, process: ModelProcess, sock: socket.socket) -> None:
+        self.process, self.sock = process, sock
 
-    def send(self, *messages: tuple[Any, ...]) -> None:
+    def send(self, *messages: ToModelProcess) -> None:
         self.sock.sendall(encode(list(messages)))
 
     def rows(self, rid: int, count: int, timeout: float = 30) -> dict[int, Any]:
@@ -34,26 +35,27 @@ class Pipe:
         self.sock.settimeout(timeout)
         got: dict[int, Any] = {}
         while len(got) < count:
-            message = receive(self.sock)
-            if message[0] == "fail" and message[1] == rid:
-                return {-1: message[2]}
-            if message[0] == "rows":
-                got.update({index: value for r, index, value in message[1] if r == rid})
+            match receive(self.sock):
+                case Fail(rid=failed, error=error) if failed == rid:
+                    return {-1: error}
+                case Rows(rows=rows):
+                    got.update({index: value for r, index, value in rows if r == rid})
         return got
 
     def settled(self) -> None:
         deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and (self.engine.requests or self.engine.preparing):
+        batcher = self.process.batcher
+        while time.monotonic() < deadline and (batcher.books.requests or batcher.books.preparing):
             time.sleep(0.01)
-        assert self.engine.requests == {} and self.engine.preparing == 0 and self.engine.prepared_bytes == 0
+        assert batcher.books.requests == {} and batcher.books.preparing == 0 and batcher.prepared_bytes == 0
 
 
 def _pipe(models: Models, settings: Settings) -> Iterator[Pipe]:
     mine, theirs = socket.socketpair()
-    engine = Engine(models, settings, theirs)
-    thread = threading.Thread(target=engine.serve, daemon=True)
+    process = ModelProcess(ServedTasks(models.embedder, models.reranker), settings, theirs)
+    thread = threading.Thread(target=process.serve, daemon=True)
     thread.start()
-    yield Pipe(engine, mine)
+    yield Pipe(process, mine)
     mine.close()
     thread.join(timeout=10)
     theirs.close()
@@ -69,7 +71,7 @@ def test_prepared_ids_and_raw_items_answer_at_their_indices(pipe: Pipe, models: 
     items = [Item(texts=["a caption"]), Item(images=[image_bytes("PNG", (64, 48))]), Item(images=[b"not an image"])]
     [ids] = [e.input_ids for e in models.embedder.prepare(items[:1])]  # type: ignore[union-attr]
     deadline = time.monotonic() + 30
-    pipe.send(("embed", 7, deadline, None, [(0, ids), (1, items[1]), (2, items[2])]))
+    pipe.send(EmbedCall(7, deadline, None, [(0, ids), (1, items[1]), (2, items[2])]))
     rows = pipe.rows(7, 3)
     expected = models.embedder.embed(items[:2])
     for i in (0, 1):
@@ -80,11 +82,11 @@ def test_prepared_ids_and_raw_items_answer_at_their_indices(pipe: Pipe, models: 
 
 
 def test_a_bad_rerank_query_fails_the_request_and_leaves_nothing_behind(pipe: Pipe) -> None:
-    pipe.send(("rerank", 8, time.monotonic() + 30, Item(images=[b"broken"]), [Item(texts=["a"])] * 3, None))
+    pipe.send(RerankCall(8, time.monotonic() + 30, Item(images=[b"broken"]), [Item(texts=["a"])] * 3, None))
     failure = pipe.rows(8, 3)[-1]
     assert isinstance(failure, InputError) and "query" in str(failure)
     pipe.settled()
-    pipe.send(("rerank", 9, time.monotonic() + 30, Item(texts=["q"]), [Item(texts=["a"]), Item(texts=["b"])], None))
+    pipe.send(RerankCall(9, time.monotonic() + 30, Item(texts=["q"]), [Item(texts=["a"]), Item(texts=["b"])], None))
     scores = pipe.rows(9, 2)
     assert all(0.0 < scores[i] < 1.0 for i in (0, 1))
     pipe.settled()
@@ -93,9 +95,9 @@ def test_a_bad_rerank_query_fails_the_request_and_leaves_nothing_behind(pipe: Pi
 def test_cancelled_work_is_answered_not_computed(models: Models, tiny_settings: Settings) -> None:
     slow = tiny_settings.model_copy(update={"min_wait_ms": 1500.0})  # batches wait for company
     for pipe in _pipe(models, slow):
-        pipe.send(("embed", 11, time.monotonic() + 30, None, [(0, Item(texts=["never mind"]))]))
+        pipe.send(EmbedCall(11, time.monotonic() + 30, None, [(0, Item(texts=["never mind"]))]))
         time.sleep(0.3)
-        pipe.send(("cancel", 11))
+        pipe.send(Cancel(11))
         rows = pipe.rows(11, 1)
         assert isinstance(rows[0], CancelledError)
         pipe.settled()

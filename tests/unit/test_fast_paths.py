@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import torch
 
-from vectorizer_service.fast_paths import use_fast_paths
-from vectorizer_service.runtime import Models
+from vectorizer_service.model.patch_embedding import use_fast_paths
+from vectorizer_service.model.served_models import Models
 
 
 def test_patch_embed_as_matmul_equals_the_convolution(models: Models) -> None:
@@ -20,8 +20,8 @@ def test_patch_embed_as_matmul_equals_the_convolution(models: Models) -> None:
 def test_patches_embedded_while_preprocessing_give_the_same_vectors(models: Models) -> None:
     """On CPU the decoding threads embed patch rows; the model then takes them as they are."""
     from tests.media_factory import image_bytes
-    from vectorizer_service.fast_paths import patch_pre_embedding
-    from vectorizer_service.items import Item
+    from vectorizer_service.core.items import Item
+    from vectorizer_service.model.patch_embedding import patch_pre_embedding
 
     embedder = models.embedder
     assert embedder is not None and embedder.pre.embed_patches is not None

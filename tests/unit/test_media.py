@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from tests.media_factory import image_bytes, video_bytes
-from vectorizer_service.errors import InputError
-from vectorizer_service.items import Item
-from vectorizer_service.media import decode_image, decode_video
-from vectorizer_service.outputs import EncodedVector
-from vectorizer_service.runtime import Models
-from vectorizer_service.settings import Settings
+from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.core.vector_encoding import EncodedVector
+from vectorizer_service.model.media import decode_image, decode_video
+from vectorizer_service.model.served_models import Models
 
 
 @pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "GIF", "BMP", "TIFF"])

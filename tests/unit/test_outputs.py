@@ -5,8 +5,8 @@ import base64
 import numpy as np
 import pytest
 
-from vectorizer_service.errors import InputError
-from vectorizer_service.outputs import check_options, encode_vector, vector_json
+from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.vector_encoding import check_options, encode_vector, vector_json
 
 
 def raw(seed: int = 0, n: int = 64) -> np.ndarray:

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vectorizer_service.items import item_from_json
-from vectorizer_service.runtime import Models
+from vectorizer_service.core.items import item_from_json
+from vectorizer_service.model.served_models import Models
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 EMBED = json.loads((FIXTURES / "parity" / "embed.json").read_text())["cases"]

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 
 from tests.media_factory import image_bytes
-from vectorizer_service.items import Item
-from vectorizer_service.prefix_sharing import shared_prefix, vision_spans
-from vectorizer_service.reranker import Reranker
-from vectorizer_service.runtime import Models
-from vectorizer_service.settings import Settings
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.model.prefix_sharing import shared_prefix, vision_spans
+from vectorizer_service.model.reranker import Reranker
+from vectorizer_service.model.served_models import Models
 
 
 def _plain(models: Models, settings: Settings) -> Reranker:
@@ -45,7 +45,7 @@ def test_prefix_stops_before_media_that_differ(models: Models) -> None:
 
 
 def test_embedding_batch_with_and_without_sharing(models: Models, tiny_settings: Settings) -> None:
-    from vectorizer_service.embedder import Embedder
+    from vectorizer_service.model.embedder import Embedder
 
     assert models.embedder is not None
     plain = Embedder(models.embedder.ckpt, tiny_settings.model_copy(update={"share_prefix": False}))

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from vectorizer_service.cli import build_parser
-from vectorizer_service.settings import settings_markdown
+from qvl_cli.main import build_parser
+from vectorizer_service.core.settings import settings_markdown
 
 README = (Path(__file__).parents[2] / "README.md").read_text()
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import pickle
 
-from vectorizer_service.dispatcher import Dispatcher
-from vectorizer_service.errors import InputError
-from vectorizer_service.items import Item
-from vectorizer_service.runtime import Models
-from vectorizer_service.settings import Settings
-from vectorizer_service.text_encoding import TextEncoder
+from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.core.text_encoding import TextEncoder
+from vectorizer_service.model.served_models import Models
+from vectorizer_service.server import MODEL_PROCESS
+from vectorizer_service.serving.dispatcher import Dispatcher
 
 ITEMS = [
     Item(texts=["a photo of a dog on the beach"]),
@@ -26,7 +27,7 @@ ITEMS = [
 def _dispatcher(models: Models, settings: Settings) -> Dispatcher:
     assert models.embedder is not None
     spec = pickle.loads(pickle.dumps(models.embedder.pre.text.to_dict()))  # as it crosses the pipe
-    dispatcher = Dispatcher(settings)
+    dispatcher = Dispatcher(settings, MODEL_PROCESS)
     dispatcher.text = {"embed": TextEncoder.from_dict(spec)}
     return dispatcher
 
@@ -58,7 +59,7 @@ def test_request_process_refuses_what_the_model_process_refuses(models: Models, 
 
 def test_prompts_filled_into_a_rendered_shape_equal_jinja_renderings(models: Models, tiny_settings: Settings) -> None:
     """The per-shape cache must give exactly what the chat template gives, for every kind of prompt."""
-    from vectorizer_service.prompts import embedding_prompt, rerank_prompt
+    from vectorizer_service.core.prompts import embedding_prompt, rerank_prompt
 
     assert models.embedder is not None
     text = TextEncoder.from_dict(models.embedder.pre.text.to_dict())
@@ -77,7 +78,7 @@ def test_prompts_filled_into_a_rendered_shape_equal_jinja_renderings(models: Mod
 
 def test_image_ids_expanded_after_tokenizing_equal_tokenizing_the_expanded_text(models: Models) -> None:
     from tests.media_factory import image_bytes, video_bytes
-    from vectorizer_service.prompts import embedding_prompt, rerank_prompt
+    from vectorizer_service.core.prompts import embedding_prompt, rerank_prompt
 
     embedder, reranker = models.embedder, models.reranker
     assert embedder is not None and reranker is not None

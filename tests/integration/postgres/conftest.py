@@ -80,7 +80,7 @@ class WorkerProcess:
 
     def __init__(self, dsn: str, service: str, *args: str, name: str = "qvl-worker-test") -> None:
         self.name = name
-        self.command = [sys.executable, "-m", "vectorizer_service.cli", "--log-format", "json", "worker",
+        self.command = [sys.executable, "-m", "qvl_cli", "--log-format", "json", "worker",
                         "--dsn", dsn, "--service", service, "--application-name", name, "--poll", "0.5",
                         "--max-backoff", "1", "--log-every", "1", "--stall-timeout", "5", *args]
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])

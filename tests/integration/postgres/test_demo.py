@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.postgres.demo import run_postgres_demo, sample_media
+from qvl_devtools.demo.postgres_demo import run_postgres_demo, sample_media
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]

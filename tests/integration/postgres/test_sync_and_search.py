@@ -12,7 +12,7 @@ from connectors.client import Client
 from tests.integration.postgres.conftest import cosines, drain, images, vec
 from tests.support.ports import free_port
 from tests.support.service import ServiceProcess
-from vectorizer_service.settings import DEFAULT_QUERY_INSTRUCTION
+from vectorizer_service.core.settings import DEFAULT_QUERY_INSTRUCTION
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 

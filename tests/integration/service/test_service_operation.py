@@ -19,10 +19,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from connectors.client import Client, InvalidInput, TransientError, Unauthenticated
+from qvl_proto import vectorizer_pb2 as pb
+from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 from tests.media_factory import image_bytes
 from tests.support.service import ServiceProcess
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2 as pb
-from vectorizer_service.proto_gen.qvl.v1 import vectorizer_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.service
 

@@ -12,7 +12,7 @@ import weaviate
 import yaml
 
 from connectors.client import Client
-from connectors.weaviate.local_server import WeaviateServer, connect, module_env
+from qvl_devtools.launchers.weaviate import WeaviateServer, connect, module_env
 from tests.support.service import ServiceProcess
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"

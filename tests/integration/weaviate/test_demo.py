@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from connectors.weaviate.demo import run_weaviate_demo, sample_pictures
+from qvl_devtools.demo.weaviate_demo import run_weaviate_demo, sample_pictures
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]

@@ -14,9 +14,9 @@ from connectors.client import Client
 from connectors.weaviate.collections import JOINT_VECTOR, MODULE_VECTOR, collection_fields, create_collection
 from connectors.weaviate.ingest import IngestError, ingest
 from connectors.weaviate.search import search
+from qvl_devtools.launchers.service import free_ports
 from tests.integration.weaviate.conftest import cos
 from tests.support.service import ServiceProcess
-from vectorizer_service.local_service import free_ports
 
 pytestmark = [pytest.mark.weaviate, pytest.mark.service]
 

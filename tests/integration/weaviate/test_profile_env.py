@@ -13,7 +13,7 @@ from weaviate.classes.query import MetadataQuery, Rerank
 
 from connectors.client import Client
 from connectors.weaviate.collections import MODULE_VECTOR, create_collection, service_path
-from connectors.weaviate.local_server import WeaviateServer, connect, module_env
+from qvl_devtools.launchers.weaviate import WeaviateServer, connect, module_env
 from tests.integration.weaviate.conftest import PROFILES, b64, cos
 from tests.media_factory import video_bytes
 from tests.support.service import ServiceProcess

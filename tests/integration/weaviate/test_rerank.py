@@ -14,7 +14,7 @@ from weaviate.collections import Collection
 
 from connectors.client import Client
 from connectors.weaviate.collections import MODULE_VECTOR, create_collection
-from connectors.weaviate.local_server import WeaviateServer
+from qvl_devtools.launchers.weaviate import WeaviateServer
 from tests.integration.weaviate.conftest import b64
 from tests.support.service import ServiceProcess
 

@@ -1,0 +1,1 @@
+"""The ``qvl`` command: one parser; each subcommand imports what it needs when it runs."""

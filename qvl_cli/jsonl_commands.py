@@ -1,0 +1,149 @@
+"""``qvl embed`` and ``qvl rerank``: JSON lines through the models in this process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Iterator
+from typing import IO, Any
+
+from connectors.progress import Progress
+from vectorizer_service.core.errors import InputError, QvlError
+from vectorizer_service.core.items import Item, item_from_json
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.core.vector_encoding import vector_json
+
+CHUNK = 256  # lines read, embedded and written at a time: bounded memory on any input size
+
+
+def _open_out(path: str | None) -> IO[str]:
+    return sys.stdout if path in (None, "-") else open(path, "w", encoding="utf-8")
+
+
+def _open_in(path: str | None) -> IO[bytes]:
+    """Bytes, so that one line of bad UTF-8 is that line's error, not the end of the run."""
+    return sys.stdin.buffer if path in (None, "-") else open(path, "rb")
+
+
+def _lines(stream: IO[bytes]) -> Iterator[str | InputError]:
+    for raw in stream:
+        if not raw.strip():
+            continue
+        try:
+            yield raw.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            yield InputError(f"line is not valid UTF-8 (byte {exc.start})")
+
+
+def _chunks(stream: IO[bytes]) -> Iterator[list[str | InputError]]:
+    chunk: list[str | InputError] = []
+    for line in _lines(stream):
+        chunk.append(line)
+        if len(chunk) >= CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+def _parse_line(line: str | InputError, base: str, parse: Any) -> Any:
+    if isinstance(line, InputError):
+        raise line
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    return parse(obj, base)
+
+
+def _line_error(err: QvlError) -> str:
+    """An item's error without the in-chunk index (each output line is its own item)."""
+    if isinstance(err, InputError):
+        return f"{err.part}: {err.reason}" if err.part else err.reason
+    return str(err)
+
+
+def embed_lines(args: argparse.Namespace) -> int:
+    from vectorizer_service.model.checkpoint import load_checkpoint
+    from vectorizer_service.model.embedder import Embedder
+
+    settings = Settings.load(args.settings, embedding_model=args.model, device=args.device, dtype=args.dtype,
+                             batch_tokens=args.batch_tokens)
+    embedder = Embedder(load_checkpoint(args.model, settings), settings)
+    base = os.getcwd()
+    failed = 0
+    progress = Progress("embedded items")
+    with _open_in(args.input) as src, _open_out(args.output) as dst:
+        for lines in _chunks(src):
+            parsed: list[Item | InputError] = []
+            for line in lines:
+                try:
+                    parsed.append(_parse_line(line, base, item_from_json))
+                except InputError as exc:
+                    parsed.append(exc)
+            good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
+            results = embedder.embed([parsed[i] for i in good], instruction=args.instruction,  # type: ignore[misc]
+                                     dimensions=args.dimensions, encoding=args.encoding)
+            out: list[Any] = list(parsed)
+            for i, r in zip(good, results, strict=True):
+                out[i] = r
+            for r in out:
+                if isinstance(r, QvlError):
+                    failed += 1
+                    dst.write(json.dumps({"error": _line_error(r)}) + "\n")
+                else:
+                    dst.write(json.dumps(vector_json(r)) + "\n")
+            dst.flush()
+            progress.advance(len(lines))
+    progress.finish()
+    return 1 if failed else 0
+
+
+def _rerank_request(obj: Any, base: str) -> tuple[Item, list[Item], str | None]:
+    if not isinstance(obj, dict) or "query" not in obj or "documents" not in obj:
+        raise InputError('a line must be {"query": ITEM, "documents": [ITEM, ...], "instruction": "..."}')
+    if not isinstance(obj["documents"], list):
+        raise InputError("documents must be a list")
+    query = item_from_json(obj["query"], base)
+    docs = []
+    for i, d in enumerate(obj["documents"]):
+        try:
+            docs.append(item_from_json(d, base))
+        except InputError as exc:
+            raise exc.at(part=f"document {i}") from None
+    return query, docs, obj.get("instruction")
+
+
+def rerank_lines(args: argparse.Namespace) -> int:
+    from vectorizer_service.model.checkpoint import load_checkpoint
+    from vectorizer_service.model.reranker import Reranker
+
+    settings = Settings.load(args.settings, reranker_model=args.model, device=args.device, dtype=args.dtype,
+                             batch_tokens=args.batch_tokens)
+    reranker = Reranker(load_checkpoint(args.model, settings, with_score_head=True), settings)
+    base = os.getcwd()
+    failed = 0
+    progress = Progress("reranked queries")
+    with _open_in(args.input) as src, _open_out(args.output) as dst:
+        for line in _lines(src):
+            try:
+                query, docs, instruction = _parse_line(line, base, _rerank_request)
+                result = reranker.rerank(query, docs, instruction=instruction or args.instruction,
+                                         top_k=args.top_k)
+            except InputError as exc:
+                failed += 1
+                dst.write(json.dumps({"error": str(exc)}) + "\n")
+                continue
+            out: dict[str, Any] = {"scores": result.scores}
+            if args.top_k is not None:
+                out["ranking"] = result.ranking
+            if result.errors:
+                failed += 1
+                out["errors"] = [{"index": i, "error": str(e)} for i, e in sorted(result.errors.items())]
+            dst.write(json.dumps(out) + "\n")
+            dst.flush()
+            progress.advance()
+    progress.finish()
+    return 1 if failed else 0

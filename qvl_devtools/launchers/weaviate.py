@@ -1,0 +1,213 @@
+"""A throwaway single-node Weaviate server (the pinned binary), for tests, the benchmark and the demo.
+
+(``qvl_devtools.launchers.service.ServiceProcess`` is its counterpart for ``qvl serve``.)
+
+``module_env(service_url)`` gives the environment that wires Weaviate's four modules to a
+running ``qvl serve``; ``WeaviateServer(env=module_env(...))`` starts it on free ports.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import IO
+
+import weaviate
+from weaviate.classes.init import AdditionalConfig, Timeout
+
+from qvl_devtools.launchers.process import LocalDataServer
+from qvl_devtools.launchers.service import free_ports
+
+DEFAULT_WEAVIATE_BIN = "/opt/qvl/weaviate-v1.39.0/weaviate-server"
+SETUP_HINT = "run `make setup` (scripts/setup.sh) to build it"
+NODE_NAME = "node1"
+MODULES = ("multi2vec-clip", "multi2vec-bind", "text2vec-transformers", "reranker-transformers")
+
+
+def weaviate_binary() -> Path:
+    return Path(os.environ.get("QVL_WEAVIATE_BIN", DEFAULT_WEAVIATE_BIN))
+
+
+def module_env(service_url: str, *, client_timeout: str = "120s", modules: tuple[str, ...] = MODULES) -> dict[str, str]:
+    """Weaviate variables that point the qvl-backed modules at ``service_url`` (the service's HTTP URL).
+
+    text2vec-transformers gets separate passage and query URLs (the same service here: it
+    tells them apart by ``task_type``); set them to different ``/profiles/{name}`` paths to
+    give queries another profile. ``MODULES_CLIENT_TIMEOUT`` bounds one module request:
+    large images and videos need more than Weaviate's 50 s default on a CPU.
+    """
+    url = service_url.rstrip("/")
+    env = {
+        "ENABLE_MODULES": ",".join(modules),
+        "DEFAULT_VECTORIZER_MODULE": "none",
+        "MODULES_CLIENT_TIMEOUT": client_timeout,
+    }
+    if "multi2vec-clip" in modules:
+        env["CLIP_INFERENCE_API"] = url
+    if "multi2vec-bind" in modules:
+        env["BIND_INFERENCE_API"] = url
+    if "text2vec-transformers" in modules:
+        env["TRANSFORMERS_PASSAGE_INFERENCE_API"] = url
+        env["TRANSFORMERS_QUERY_INFERENCE_API"] = url
+    if "reranker-transformers" in modules:
+        env["RERANKER_INFERENCE_API"] = url
+    return env
+
+
+class WeaviateServer(LocalDataServer):
+    """weaviate-server bound to 127.0.0.1 with every port (REST, gRPC, gossip, data, Raft) free-picked.
+
+    `env` adds to or overrides the server environment, e.g. ``module_env(url)``. Ports and the
+    data directory survive `stop(remove=False)`, so `start()` again (or `restart()`) brings the
+    same server back on its data.
+    """
+
+    def __init__(
+        self,
+        binary: Path | None = None,
+        *,
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 120.0,
+    ) -> None:
+        self.binary = binary or weaviate_binary()
+        if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
+            raise FileNotFoundError(f"Weaviate server binary {self.binary} not found; {SETUP_HINT}")
+        self.extra_env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        (
+            self.http_port,
+            self.grpc_port,
+            self.gossip_port,
+            self.data_port,
+            self.raft_port,
+            self.raft_rpc_port,
+        ) = free_ports(6)
+        self.base_dir: Path | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self._log_file: IO[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.http_port}"
+
+    @property
+    def data_dir(self) -> Path:
+        return self._base() / "data"
+
+    @property
+    def log_path(self) -> Path:
+        return self._base() / "weaviate.log"
+
+    def server_env(self) -> dict[str, str]:
+        env = {
+            # A clean environment: Weaviate reads hundreds of variables, none should leak in.
+            "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+            "HOME": str(self._base()),
+            "PERSISTENCE_DATA_PATH": str(self.data_dir),
+            "AUTHENTICATION_ANONYMOUS_ACCESS_ENABLED": "true",
+            "DEFAULT_VECTORIZER_MODULE": "none",
+            "DISABLE_TELEMETRY": "true",
+            "GO_PROFILING_DISABLE": "true",
+            "LOG_LEVEL": "info",
+            "GRPC_PORT": str(self.grpc_port),
+            "CLUSTER_HOSTNAME": NODE_NAME,
+            "CLUSTER_BIND_ADDR": self.host,
+            "CLUSTER_ADVERTISE_ADDR": self.host,
+            "CLUSTER_GOSSIP_BIND_PORT": str(self.gossip_port),
+            "CLUSTER_DATA_BIND_PORT": str(self.data_port),
+            "RAFT_PORT": str(self.raft_port),
+            "RAFT_INTERNAL_RPC_PORT": str(self.raft_rpc_port),
+            "RAFT_JOIN": NODE_NAME,
+            "RAFT_BOOTSTRAP_EXPECT": "1",
+        }
+        env.update(self.extra_env)
+        return env
+
+    def start(self) -> WeaviateServer:
+        if self._process is not None:
+            return self
+        if self.base_dir is None:
+            self.base_dir = Path(tempfile.mkdtemp(prefix="qvl-weaviate-"))
+            self.data_dir.mkdir()
+        command = [str(self.binary), "--host", self.host, "--port", str(self.http_port), "--scheme", "http"]
+        self._log_file = self.log_path.open("ab")
+        self._process = subprocess.Popen(
+            command,
+            cwd=self.base_dir,
+            env=self.server_env(),
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop(remove=False)
+            raise
+        return self
+
+    def stop(self, *, remove: bool = True, timeout: float = 30.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`; with remove (the default) the data goes too."""
+        process, self._process = self._process, None
+        try:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+        finally:
+            if self._log_file is not None:
+                self._log_file.close()
+                self._log_file = None
+            if remove and self.base_dir is not None:
+                shutil.rmtree(self.base_dir, ignore_errors=True)
+                self.base_dir = None
+
+    def _wait_ready(self) -> None:
+        assert self._process is not None
+        deadline = time.monotonic() + self.startup_timeout
+        ready_url = f"{self.url}/v1/.well-known/ready"
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"weaviate-server exited with {code} during start-up\n"
+                    f"--- server log ---\n{self.log_tail()}"
+                )
+            try:
+                with urllib.request.urlopen(ready_url, timeout=2) as response:
+                    if 200 <= response.status < 300:
+                        return
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"weaviate-server not ready at {ready_url} after {self.startup_timeout:.0f} s\n"
+                    f"--- server log ---\n{self.log_tail()}"
+                )
+            time.sleep(0.25)
+
+
+def connect(server: WeaviateServer, *, timeout_s: float = 300.0) -> weaviate.WeaviateClient:
+    """A v4 client for ``server``; long timeouts because module calls on a CPU can be slow."""
+    return weaviate.connect_to_custom(
+        http_host=server.host, http_port=server.http_port, http_secure=False,
+        grpc_host=server.host, grpc_port=server.grpc_port, grpc_secure=False,
+        additional_config=AdditionalConfig(timeout=Timeout(init=30, query=timeout_s, insert=timeout_s)),
+    )
+

@@ -1,0 +1,121 @@
+"""EmbedStream: one session per stream, per-item results as they complete.
+
+Reading ahead is bounded by ``stream_max_in_flight``. Items that arrive together are handed to
+the dispatcher together (one preprocessing task for a run of texts), so a stream costs about
+what one large request costs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from qvl_proto import vectorizer_pb2 as pb
+from vectorizer_service.api.item_codecs import ENCODING_NAMES, embedding_to_proto, error_code, item_from_proto
+from vectorizer_service.core.call_context import CallContext, EmbedOptions
+from vectorizer_service.core.errors import InputError, QvlError
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.serving import metrics
+from vectorizer_service.serving.dispatcher import Dispatcher
+
+STREAM_GROUP = 64  # stream items handed to the dispatcher together
+
+
+def embed_options(msg: pb.EmbedOptions) -> EmbedOptions:
+    if msg.encoding not in ENCODING_NAMES:
+        raise InputError(f"unknown encoding {msg.encoding}")
+    return EmbedOptions(
+        dimensions=msg.dimensions if msg.HasField("dimensions") else None,
+        encoding=ENCODING_NAMES[msg.encoding],
+        normalize=msg.normalize if msg.HasField("normalize") else True,
+        instruction=msg.instruction if msg.HasField("instruction") else None,
+    )
+
+
+class EmbedStreamSession:
+    def __init__(self, dispatcher: Dispatcher, settings: Settings, ctx: CallContext) -> None:
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.ctx = ctx
+
+    async def run(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest]) -> AsyncIterator[pb.EmbedStreamResult]:
+        window = asyncio.Semaphore(self.settings.stream_max_in_flight)
+        incoming: asyncio.Queue[pb.EmbedStreamRequest | None] = asyncio.Queue()
+        results: asyncio.Queue[pb.EmbedStreamResult | None] = asyncio.Queue()
+        tasks: set[asyncio.Task[None]] = set()
+
+        async def reader() -> None:
+            try:
+                async for msg in request_iterator:
+                    await window.acquire()
+                    await incoming.put(msg)
+            finally:
+                await incoming.put(None)
+
+        async def run_group(msgs: list[pb.EmbedStreamRequest], options: pb.EmbedOptions) -> None:
+            outs: dict[int, pb.EmbedStreamResult] = {}
+            items, seqs = [], []
+            for m in msgs:
+                try:
+                    items.append(item_from_proto(m.item, 0))
+                    seqs.append(m.seq)
+                except InputError as err:
+                    outs[m.seq] = _stream_error(m.seq, err)
+            try:
+                if items:
+                    rows = await self.dispatcher.embed(items, embed_options(options), self.ctx, wait_for_capacity=True)
+                    for seq, row in zip(seqs, rows, strict=True):
+                        outs[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)
+                                     else pb.EmbedStreamResult(seq=seq, embedding=embedding_to_proto(row)))
+            except QvlError as err:  # the group as a whole (options, deadline, draining)
+                for seq in seqs:
+                    outs[seq] = _stream_error(seq, err)
+            for m in msgs:
+                window.release()
+                await results.put(outs[m.seq])
+
+        async def grouper() -> None:
+            first: pb.EmbedOptions | None = None
+            ended = False
+            try:
+                while not ended:
+                    msg = await incoming.get()
+                    if msg is None:
+                        break
+                    batch = [msg]
+                    while len(batch) < STREAM_GROUP and not incoming.empty():
+                        nxt = incoming.get_nowait()
+                        if nxt is None:
+                            ended = True
+                            break
+                        batch.append(nxt)
+                    groups: dict[bytes, tuple[pb.EmbedOptions, list[pb.EmbedStreamRequest]]] = {}
+                    for m in batch:
+                        if first is None:
+                            first = m.options
+                        opts = m.options if m.HasField("options") else first
+                        groups.setdefault(opts.SerializeToString(), (opts, []))[1].append(m)
+                    for opts, msgs in groups.values():
+                        task = asyncio.create_task(run_group(msgs, opts))
+                        tasks.add(task)
+                        task.add_done_callback(tasks.discard)
+                while tasks:
+                    await asyncio.gather(*list(tasks), return_exceptions=True)
+            finally:
+                await results.put(None)
+
+        workers = [asyncio.create_task(reader()), asyncio.create_task(grouper())]
+        try:
+            while (out := await results.get()) is not None:
+                yield out
+            metrics.REQUESTS.labels("grpc.EmbedStream", "OK").inc()
+        finally:
+            self.ctx.cancelled = True  # a gone caller's queued items are dropped before compute
+            for task in [*workers, *tasks]:
+                task.cancel()
+
+
+def _stream_error(seq: int, err: QvlError) -> pb.EmbedStreamResult:
+    message = str(err.at(item=seq)) if isinstance(err, InputError) else str(err)
+    metrics.ERRORS.labels(error_code(err).lower()).inc()
+    return pb.EmbedStreamResult(seq=seq, error=pb.ItemError(index=seq, message=message, code=error_code(err)))

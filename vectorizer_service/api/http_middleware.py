@@ -1,0 +1,101 @@
+"""ASGI middleware of the HTTP listener: metrics per route, the body size limit, the bearer token."""
+
+from __future__ import annotations
+
+import hmac
+import json
+import time
+
+from fastapi.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from vectorizer_service.api.weaviate_modules import MODULE_PATHS
+from vectorizer_service.core.errors import InputError
+from vectorizer_service.serving import metrics
+
+
+class Measured:
+    """Requests and latency per route and status (plain ASGI: Starlette's ``BaseHTTPMiddleware``
+    costs about as much as a small request's whole handling)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def sending(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            # The router leaves the matched route in the scope.
+            endpoint = "http " + getattr(scope.get("route"), "path", "other")
+            metrics.REQUESTS.labels(endpoint, str(status)).inc()
+            metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+
+
+class BodyLimit:
+    """Refuses bodies over the limit before reading them (413), chunked ones included."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(send)
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise InputError(f"request body over {self.limit} bytes", status=413)
+            return message
+
+        await self.app(scope, counted, send)
+
+    async def _refuse(self, send: Send) -> None:
+        body = json.dumps({"error": f"request body over {self.limit} bytes", "code": "INVALID_ARGUMENT"}).encode()
+        await send({"type": "http.response.start", "status": 413,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+        await send({"type": "http.response.body", "body": body})
+
+
+class TokenAuth:
+    """Bearer token on every route except health (and the module routes when they are open)."""
+
+    def __init__(self, app: ASGIApp, token: str, open_module_routes: bool) -> None:
+        self.app = app
+        self.expected = f"Bearer {token}".encode()
+        self.open_module_routes = open_module_routes
+
+    def _exempt(self, path: str) -> bool:
+        if path.startswith("/.well-known/") or (path.startswith(("/profiles/", "/dim/")) and "/.well-known/" in path):
+            return True
+        return self.open_module_routes and path.endswith(MODULE_PATHS)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._exempt(scope["path"]):
+            given = dict(scope["headers"]).get(b"authorization", b"")
+            if not hmac.compare_digest(given, self.expected):
+                metrics.ERRORS.labels("unauthenticated").inc()
+                response = JSONResponse({"error": "missing or wrong bearer token", "code": "UNAUTHENTICATED"},
+                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -1,0 +1,54 @@
+"""What every HTTP route shares: the dispatcher, a call's deadline, disconnect watching, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from typing import Any
+
+from fastapi import Request
+
+from vectorizer_service.core.call_context import CallContext, EmbedOptions
+from vectorizer_service.core.errors import CancelledError, QvlError
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.core.vector_encoding import EncodedVector
+from vectorizer_service.serving.dispatcher import Dispatcher
+
+
+class HttpService:
+    def __init__(self, dispatcher: Dispatcher, settings: Settings) -> None:
+        self.dispatcher = dispatcher
+        self.settings = settings
+        self.ready = False
+
+    def context(self) -> CallContext:
+        return CallContext.within(self.settings.request_timeout_s)
+
+    async def watch(self, request: Request, ctx: CallContext, work: Awaitable[Any]) -> Any:
+        """Run ``work``; if the client disconnects first, cancel it (its queued items are dropped)."""
+        task = asyncio.ensure_future(work)
+        while True:
+            done, _ = await asyncio.wait({task}, timeout=0.25)
+            if done:
+                return task.result()
+            if await request.is_disconnected():
+                ctx.cancelled = True
+                task.cancel()
+                raise CancelledError("the client disconnected")
+
+    async def embed_items(self, request: Request, items: list[Item], options: EmbedOptions,
+                          allow_partial: bool = False) -> list[EncodedVector | QvlError]:
+        ctx = self.context()
+        results = await self.watch(request, ctx, self.dispatcher.embed(items, options, ctx))
+        for r in results:
+            if isinstance(r, QvlError) and r.fails_call(allow_partial):
+                raise r
+        return results
+
+    async def live(self) -> bool:
+        """The model process answers (or the service is still starting, which is not death)."""
+        return self.dispatcher.alive or not self.ready
+
+    async def is_ready(self) -> bool:
+        return self.ready and self.dispatcher.accepting

@@ -1,0 +1,120 @@
+"""Requests into items and results into responses, for the gRPC and HTTP JSON wire forms.
+
+Service items carry bytes or allow-listed URIs only: a bare string is never read as a path.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from qvl_proto import vectorizer_pb2 as pb
+from vectorizer_service.core.errors import InputError, QvlError
+from vectorizer_service.core.items import Item, as_list
+from vectorizer_service.core.vector_encoding import EncodedVector
+
+ENCODING_NAMES = {pb.FLOAT32: "float32", pb.FLOAT16: "float16", pb.INT8: "int8", pb.BINARY: "binary"}
+ENCODING_VALUES = {v: k for k, v in ENCODING_NAMES.items()}
+
+
+@dataclass(frozen=True)
+class UriSource:
+    """Media named by URI, read in the preprocessing stage if the operator allows it."""
+
+    uri: str
+
+
+def item_from_proto(msg: pb.Item, index: int) -> Item:
+    item = Item(instruction=msg.instruction if msg.HasField("instruction") else None)
+    for part in msg.parts:
+        kind = part.WhichOneof("kind")
+        if kind == "text":
+            item.texts.append(part.text)
+        elif kind == "image":
+            item.images.append(part.image)
+        elif kind == "video":
+            item.videos.append(part.video)
+        elif kind == "frames":
+            item.videos.append(list(part.frames.frames))
+        elif kind == "image_uri":
+            item.images.append(UriSource(part.image_uri))  # type: ignore[arg-type]
+        elif kind == "video_uri":
+            item.videos.append(UriSource(part.video_uri))  # type: ignore[arg-type]
+        else:
+            raise InputError("a part has no content (set text, image, video, frames or a URI)", item=index)
+    return item
+
+
+def _b64(value: Any, index: int | None, what: str) -> bytes:
+    if not isinstance(value, str):
+        raise InputError(f"{what} must be a base64 string, got {type(value).__name__}", item=index)
+    try:
+        return base64.b64decode(value + "=" * (-len(value) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        raise InputError(f"{what} is not valid base64", item=index) from None
+
+
+ITEM_KEYS = {"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"}
+
+
+def item_from_json(obj: Any, index: int | None) -> Item:
+    """An item of the HTTP JSON API (docs/api.md); a plain string is a text item."""
+    if isinstance(obj, str):
+        return Item(texts=[obj])
+    if not isinstance(obj, dict):
+        raise InputError(f"an item must be an object or a string, got {type(obj).__name__}", item=index)
+    unknown = set(obj) - ITEM_KEYS
+    if unknown:
+        raise InputError(f"unknown item keys {sorted(unknown)}; expected {sorted(ITEM_KEYS)}", item=index)
+    texts = as_list(obj.get("text"))
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise InputError(f"text {i} must be a string", item=index)
+    item = Item(texts=texts)
+    if obj.get("video") is not None:
+        item.videos.append(_b64(obj["video"], index, "video"))
+    if obj.get("frames") is not None:
+        item.videos.append([_b64(f, index, f"frame {i}") for i, f in enumerate(as_list(obj["frames"]))])
+    if obj.get("video_uri") is not None:
+        item.videos.append(UriSource(str(obj["video_uri"])))  # type: ignore[arg-type]
+    item.images += [_b64(b, index, f"image {i}") for i, b in enumerate(as_list(obj.get("image")))]
+    item.images += [UriSource(str(u)) for u in as_list(obj.get("image_uri"))]  # type: ignore[misc]
+    instruction = obj.get("instruction")
+    if instruction is not None and not isinstance(instruction, str):
+        raise InputError("instruction must be a string", item=index)
+    item.instruction = instruction
+    return item
+
+
+def embedding_to_proto(vec: EncodedVector) -> pb.Embedding:
+    out = pb.Embedding(dimensions=vec.dimensions, encoding=ENCODING_VALUES[vec.encoding])
+    if vec.encoding == "float32":
+        out.values.extend(vec.values.tolist())
+    else:
+        out.packed = vec.values.astype(vec.values.dtype.newbyteorder("<"), copy=False).tobytes()
+        if vec.scale is not None:
+            out.scale = vec.scale
+    return out
+
+
+def embedding_to_json(vec: EncodedVector, fmt: str) -> dict[str, Any]:
+    """JSON lists for float encodings (or little-endian base64 with ``format: base64``); packed ones base64."""
+    if vec.encoding in ("float32", "float16") and fmt != "base64":
+        return {"embedding": vec.values.astype(np.float32).tolist()}
+    data = vec.values.astype(vec.values.dtype.newbyteorder("<"), copy=False).tobytes()
+    out: dict[str, Any] = {"embedding_b64": base64.b64encode(data).decode("ascii")}
+    if vec.scale is not None:
+        out["scale"] = vec.scale
+    return out
+
+
+def error_dict(index: int, err: QvlError) -> dict[str, Any]:
+    return {"item": index, "error": str(err), "code": error_code(err)}
+
+
+def error_code(err: BaseException) -> str:
+    return err.code if isinstance(err, QvlError) else "INTERNAL"

@@ -1,0 +1,60 @@
+"""qvl's own JSON API (``/v1/embed``, ``/v1/rerank``): what the SQL functions and scripts call."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from vectorizer_service.api.http_errors import parse_body
+from vectorizer_service.api.http_schemas import EmbedBody, RerankBody, request_doc
+from vectorizer_service.api.http_service import HttpService
+from vectorizer_service.api.item_codecs import embedding_to_json, error_dict, item_from_json
+from vectorizer_service.core.call_context import EmbedOptions
+from vectorizer_service.core.errors import QvlError
+from vectorizer_service.core.vector_encoding import EncodedVector
+
+
+class JsonApi:
+    def __init__(self, http: HttpService) -> None:
+        self.http = http
+
+    async def v1_embed(self, request: Request) -> dict[str, Any]:
+        body = parse_body(await request.body(), EmbedBody)
+        items = [item_from_json(obj, i) for i, obj in enumerate(body.items)]
+        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction)
+        results = await self.http.embed_items(request, items, options, allow_partial=body.allow_partial)
+        embeddings, errors = [], []
+        for i, r in enumerate(results):
+            if isinstance(r, QvlError):
+                errors.append(error_dict(i, r))
+                embeddings.append(None)
+            else:
+                embeddings.append(embedding_to_json(r, body.format))
+        dims = next((r.dimensions for r in results if isinstance(r, EncodedVector)), None)
+        return {"embeddings": embeddings, "dimensions": dims, "encoding": body.encoding,
+                "model": self.http.dispatcher.model_name("embed") or None, "errors": errors}
+
+    async def v1_rerank(self, request: Request) -> dict[str, Any]:
+        body = parse_body(await request.body(), RerankBody)
+        query = item_from_json(body.query, None)
+        docs = [item_from_json(d, i) for i, d in enumerate(body.documents)]
+        ctx = self.http.context()
+        result = await self.http.watch(
+            request, ctx, self.http.dispatcher.rerank(query, docs, body.instruction, body.top_k, ctx))
+        for err in result.errors.values():
+            if err.fails_call(body.allow_partial):
+                raise err
+        return {"scores": result.scores, "ranking": [{"index": i, "score": result.scores[i]} for i in result.ranking],
+                "model": self.http.dispatcher.model_name("rerank") or None,
+                "errors": [error_dict(i, e) for i, e in sorted(result.errors.items())]}
+
+
+def json_api_router(http: HttpService) -> APIRouter:
+    api = JsonApi(http)
+    router = APIRouter()
+    router.add_api_route("/v1/embed", api.v1_embed, methods=["POST"], openapi_extra=request_doc(EmbedBody),
+                         summary="Embed items")
+    router.add_api_route("/v1/rerank", api.v1_rerank, methods=["POST"], openapi_extra=request_doc(RerankBody),
+                         summary="Rerank documents")
+    return router

@@ -1,0 +1,37 @@
+"""What the service runs: models, sizes, limits, versions (gRPC Info, HTTP /v1/info and /meta)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.json_format import MessageToDict
+
+from qvl_proto import vectorizer_pb2 as pb
+from vectorizer_service import __version__
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.core.vector_encoding import ENCODINGS
+from vectorizer_service.serving.dispatcher import Dispatcher
+
+
+def service_info(dispatcher: Dispatcher, settings: Settings) -> pb.InfoResponse:
+    """From what the model process reported when it loaded (empty while it starts)."""
+    models = [pb.ModelInfo(**dispatcher.models[task].model_info()) for task in ("embed", "rerank")
+              if task in dispatcher.models]
+    ready = dispatcher.link.info
+    s = settings
+    limits = pb.Limits(
+        max_request_bytes=s.max_request_bytes, max_media_bytes=s.max_media_bytes,
+        max_source_image_pixels=s.max_source_image_pixels, image_max_pixels=s.image_max_pixels,
+        video_max_frames=s.video_max_frames, video_fps=s.video_fps, max_video_seconds=s.max_video_seconds,
+        max_items_per_request=s.max_items_per_request, max_rerank_documents=s.max_rerank_documents,
+        queue_max_items=s.queue_max_items, batch_tokens=s.batch_tokens, stream_max_in_flight=s.stream_max_in_flight,
+        allow_uri_schemes=s.allow_uri_schemes,
+    )
+    return pb.InfoResponse(models=models, limits=limits, version=__version__,
+                           transformers_version=ready.transformers_version if ready else "",
+                           torch_version=ready.torch_version if ready else "",
+                           encodings=list(ENCODINGS), profiles=sorted(s.profiles))
+
+
+def info_dict(dispatcher: Dispatcher, settings: Settings) -> dict[str, Any]:
+    return MessageToDict(service_info(dispatcher, settings), preserving_proto_field_name=True)

@@ -1,0 +1,98 @@
+"""The project's error types: every refusal names the item and the reason."""
+
+from __future__ import annotations
+
+
+class QvlError(Exception):
+    """Base class of the errors qvl raises on purpose.
+
+    ``code`` is the gRPC status name every entry point reports, ``http_status`` the HTTP one.
+    """
+
+    code = "INTERNAL"
+    http_status = 500
+    # An item's own problem (bad input, a model failure on it) can stand beside its neighbours'
+    # results; anything else (overload, outage, deadline, cancel) is a condition of the whole call.
+    item_level = False
+
+    def fails_call(self, allow_partial: bool) -> bool:
+        """The one rule every entry point applies to an item's error: does it fail the whole call?"""
+        return not (allow_partial and self.item_level)
+
+
+class InputError(QvlError):
+    """Bad input: the caller must change the request (gRPC INVALID_ARGUMENT, HTTP 400/413/422).
+
+    ``item`` is the index of the offending item in its request (None when the request as a
+    whole is wrong); ``part`` names the part inside the item, e.g. ``"image 1"``.
+    """
+
+    code = "INVALID_ARGUMENT"
+    item_level = True
+
+    def __init__(self, reason: str, *, item: int | None = None, part: str | None = None,
+                 status: int = 400) -> None:
+        self.http_status = status
+        self.reason = reason
+        self.item = item
+        self.part = part
+        self.status = status
+        super().__init__(self._render())
+
+    def _render(self) -> str:
+        where = []
+        if self.item is not None:
+            where.append(f"item {self.item}")
+        if self.part:
+            where.append(self.part)
+        return f"{', '.join(where)}: {self.reason}" if where else self.reason
+
+    def at(self, item: int | None = None, part: str | None = None) -> InputError:
+        """The same error, placed at an item (and part) of a request."""
+        return InputError(
+            self.reason,
+            item=self.item if item is None else item,
+            part=part if part is not None else self.part,
+            status=self.status,
+        )
+
+    def __reduce__(self):  # picklable across process pools
+        return (_rebuild_input_error, (self.reason, self.item, self.part, self.status))
+
+
+def _rebuild_input_error(reason: str, item: int | None, part: str | None, status: int) -> InputError:
+    return InputError(reason, item=item, part=part, status=status)
+
+
+class OverloadedError(QvlError):
+    """The bounded queue is full (gRPC RESOURCE_EXHAUSTED, HTTP 503)."""
+
+    code = "RESOURCE_EXHAUSTED"
+    http_status = 503
+
+
+class UnavailableError(QvlError):
+    """The service is starting or draining (gRPC UNAVAILABLE, HTTP 503)."""
+
+    code = "UNAVAILABLE"
+    http_status = 503
+
+
+class DeadlineError(QvlError):
+    """The caller's deadline passed before the work could be done."""
+
+    code = "DEADLINE_EXCEEDED"
+    http_status = 504
+
+
+class CancelledError(QvlError):
+    """The caller went away; the work was dropped."""
+
+    code = "CANCELLED"
+    http_status = 499
+
+
+class ComputeError(QvlError):
+    """The model failed on an item that was accepted (gRPC INTERNAL, HTTP 500)."""
+
+    item_level = True

@@ -1,0 +1,105 @@
+"""The input model: what an item is, how it is parsed from JSON-like data, and its size limits."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.settings import Settings
+
+# What an item may carry; the model process decodes them (``model.media``).
+ImageSource = bytes | str | os.PathLike | Image.Image
+VideoSource = bytes | str | os.PathLike | list[ImageSource]
+
+
+@dataclass
+class Item:
+    """One input: any mix of texts, images and videos, with an optional instruction.
+
+    Images are bytes, paths or PIL images; a video is bytes, a path, or a list of frames.
+    """
+
+    texts: list[str] = field(default_factory=list)
+    images: list[ImageSource] = field(default_factory=list)
+    videos: list[VideoSource] = field(default_factory=list)
+    instruction: str | None = None
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.texts or self.images or self.videos)
+
+    @property
+    def modalities(self) -> set[str]:
+        return {name for name, parts in (("text", self.texts), ("image", self.images),
+                                         ("video", self.videos)) if parts}
+
+    def validate(self, settings: Settings) -> Item:
+        """Cheap checks run before any decoding or tokenization."""
+        for i, text in enumerate(self.texts):
+            if not isinstance(text, str):
+                raise InputError(f"text {i} is {type(text).__name__}, not a string")
+            if len(text) > settings.max_text_chars:
+                raise InputError(f"text {i} has {len(text)} characters, over the limit of "
+                                 f"{settings.max_text_chars}", status=413)
+            if "\x00" in text:
+                raise InputError(f"text {i} contains a NUL character")
+        if len(self.images) > settings.max_images_per_item:
+            raise InputError(f"{len(self.images)} images in one item, over the limit of "
+                             f"{settings.max_images_per_item}", status=413)
+        if len(self.videos) > settings.max_videos_per_item:
+            raise InputError(f"{len(self.videos)} videos in one item, over the limit of "
+                             f"{settings.max_videos_per_item}", status=413)
+        for i, img in enumerate(self.images):
+            if not isinstance(img, bytes | bytearray | str | os.PathLike | Image.Image) and not hasattr(img, "uri"):
+                raise InputError(f"image {i} is {type(img).__name__}; expected bytes, a path or an image")
+        for i, vid in enumerate(self.videos):
+            if not isinstance(vid, bytes | bytearray | str | os.PathLike | list | tuple) and not hasattr(vid, "uri"):
+                raise InputError(f"video {i} is {type(vid).__name__}; expected bytes, a path or frames")
+        if self.instruction is not None and not isinstance(self.instruction, str):
+            raise InputError("instruction must be a string")
+        return self
+
+
+def as_list(value: Any) -> list[Any]:
+    """None -> [], a list or tuple -> a list, anything else -> [it] (one part or many)."""
+    if value is None:
+        return []
+    return list(value) if isinstance(value, list | tuple) else [value]
+
+
+def _resolve(path: Any, base: str | None) -> Any:
+    if isinstance(path, str) and base and not os.path.isabs(path) and "://" not in path:
+        return os.path.join(base, path)
+    return path
+
+
+def item_from_json(obj: Any, base_dir: str | None = None) -> Item:
+    """An item from JSON: ``{"text", "image", "video", "instruction"}`` with paths for media.
+
+    ``video`` is one path, or a list of frame paths (one video). Relative paths resolve
+    against ``base_dir``.
+    """
+    if not isinstance(obj, dict):
+        raise InputError(f"an item must be a JSON object, got {type(obj).__name__}")
+    unknown = set(obj) - {"text", "image", "video", "instruction"}
+    if unknown:
+        raise InputError(f"unknown item keys: {', '.join(sorted(unknown))} "
+                         "(expected text, image, video, instruction)")
+    texts = as_list(obj.get("text"))
+    images = [_resolve(p, base_dir) for p in as_list(obj.get("image"))]
+    video = obj.get("video")
+    videos: list[Any]
+    if video is None:
+        videos = []
+    elif isinstance(video, list):
+        videos = [[_resolve(p, base_dir) for p in video]]
+    else:
+        videos = [_resolve(video, base_dir)]
+    for i, img in enumerate(images):
+        if not isinstance(img, str):
+            raise InputError(f"image {i} must be a path string in JSON input")
+    return Item(texts=texts, images=images, videos=videos, instruction=obj.get("instruction"))

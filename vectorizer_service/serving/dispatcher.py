@@ -1,0 +1,191 @@
+"""The request side of the service: text preparation and calls to the model process.
+
+Requests enter on the event loop and take an admission permit (``admission``). Text-only
+items are rendered and tokenized here (a few short texts inline, larger runs on a thread), so
+the model process only batches and computes them; items with media travel raw and are decoded
+there. The dynamic batching itself is ``engine``'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+
+from vectorizer_service.core.batch_planning import is_small_text
+from vectorizer_service.core.call_context import CallContext, EmbedOptions
+from vectorizer_service.core.errors import DeadlineError, InputError, QvlError, UnavailableError
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.pipe_messages import EmbedCall, RerankCall, RowValue, ServedModel, ToModelProcess
+from vectorizer_service.core.prompts import embedding_prompt
+from vectorizer_service.core.ranking import RerankResult, check_rerank_request, result_from_rows
+from vectorizer_service.core.settings import Settings
+from vectorizer_service.core.text_encoding import TextEncoder
+from vectorizer_service.core.vector_encoding import EncodedVector, check_options, encode_vector
+from vectorizer_service.serving.admission import Admission
+from vectorizer_service.serving.metrics import record_batch
+from vectorizer_service.serving.model_process_link import ModelProcessLink
+
+STUCK_MARGIN_S = 30.0
+
+
+def _media_bytes(item: Item) -> int:
+    size = sum(len(p) for p in item.images if isinstance(p, bytes | bytearray))
+    for v in item.videos:
+        if isinstance(v, bytes | bytearray):
+            size += len(v)
+        elif isinstance(v, list):
+            size += sum(len(f) for f in v if isinstance(f, bytes | bytearray))
+    return size
+
+
+class Dispatcher:
+    def __init__(self, settings: Settings, model_process: str, *, log_level: str = "INFO",
+                 log_format: str = "json") -> None:
+        self.settings = settings
+        self.link = ModelProcessLink(settings, model_process, log_level=log_level, log_format=log_format,
+                                     on_stats=record_batch)
+        self.admission = Admission(settings)
+        self.models: dict[str, ServedModel] = {}  # task -> what the model process serves
+        self.text: dict[str, TextEncoder] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+    async def start(self) -> None:
+        """Start (or restart) the model process; accept work once it has loaded."""
+        ready = await self.link.start()
+        self.models = ready.models
+        self.text = {task: TextEncoder.from_dict(m.text) for task, m in self.models.items()}
+        self.admission.accepting = True
+
+    @property
+    def alive(self) -> bool:
+        return self.link.alive
+
+    @property
+    def accepting(self) -> bool:
+        return self.admission.accepting
+
+    @property
+    def admitted(self) -> int:
+        return self.admission.items
+
+    def model_name(self, task: str) -> str:
+        return self.models[task].name if task in self.models else ""
+
+    def stop_accepting(self) -> None:
+        self.admission.accepting = False
+
+    async def drain(self, timeout: float) -> bool:
+        """Wait until admitted work is done (True) or the grace period ends (False)."""
+        self.stop_accepting()
+        end = time.monotonic() + timeout
+        while self.admitted and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        return self.admitted == 0
+
+    async def close(self) -> None:
+        await self.link.stop()
+
+    # -- requests ------------------------------------------------------------
+    def _need(self, task: str, what: str) -> ServedModel:
+        # While starting, no model is loaded yet: that is UNAVAILABLE (retry), not bad input.
+        if not self.accepting:
+            raise UnavailableError("the service is starting or draining; retry shortly")
+        if task not in self.models:
+            raise InputError(f"this service has no {what} model loaded", status=404)
+        return self.models[task]
+
+    async def embed(self, items: Sequence[Item] | Callable[[], Sequence[Item]], options: EmbedOptions,
+                    ctx: CallContext, *, wait_for_capacity: bool = False,
+                    size_hint: tuple[int, int] | None = None) -> list[EncodedVector | QvlError]:
+        """Embed items. ``items`` may be a callable with a ``size_hint`` (count, bytes): it is then
+        called only once the request is admitted, so a refused request never copies its media."""
+        model = self._need("embed", "embedding")
+        check_options(options.dimensions, options.encoding, model.hidden_size)
+        if callable(items):
+            assert size_hint is not None
+            count, nbytes = size_hint
+        else:
+            count, nbytes = len(items), sum(_media_bytes(i) for i in items)
+        if count > self.settings.max_items_per_request:
+            raise InputError(f"{count} items, over the limit of {self.settings.max_items_per_request}", status=413)
+        async with self.admission.permit(count, nbytes, wait=wait_for_capacity, ctx=ctx):
+            if callable(items):
+                items = items()
+            rows = await self._embed_rows(list(items), options.instruction, ctx)
+        return [r if isinstance(r, QvlError) else
+                encode_vector(r, dimensions=options.dimensions, encoding=options.encoding,
+                              normalize=options.normalize) for r in rows]
+
+    async def _embed_rows(self, items: list[Item], instruction: str | None,
+                          ctx: CallContext) -> list[RowValue | None]:
+        out: list[RowValue | None] = [None] * len(items)
+        light = [i for i, item in enumerate(items) if not item.images and not item.videos]
+        entries: list[tuple[int, list[int] | Item]] = []
+        if light:
+            texts = [items[i] for i in light]
+            if is_small_text(texts):
+                prepared = self.encode_texts(texts, instruction)
+            else:  # rendering many templates would hold the event loop
+                prepared = await asyncio.to_thread(self.encode_texts, texts, instruction)
+            for i, p in zip(light, prepared, strict=True):
+                if isinstance(p, InputError):
+                    out[i] = p.at(item=i)
+                else:
+                    entries.append((i, p))
+        entries += [(i, item) for i, item in enumerate(items) if item.images or item.videos]
+        if entries:
+            rows = await self._call(len(items), len(entries),
+                                    lambda rid: EmbedCall(rid, ctx.deadline, instruction, entries), ctx)
+            for i, _ in entries:
+                out[i] = rows[i]
+        return out
+
+    def encode_texts(self, items: Sequence[Item], instruction: str | None) -> list[list[int] | InputError]:
+        """Token ids of text-only items, exactly as the model process's preprocessor makes them."""
+        text = self.text["embed"]
+        out: list[list[int] | InputError] = [InputError("not prepared")] * len(items)
+        prompts, slots = [], []
+        for k, item in enumerate(items):
+            try:
+                item.validate(self.settings)
+                text.check_texts(item.texts)
+                if instruction is not None and item.instruction is None:
+                    item = dataclasses.replace(item, instruction=instruction)
+                prompts.append(embedding_prompt(item, self.settings.default_instruction))
+                slots.append(k)
+            except InputError as exc:
+                out[k] = exc
+        for k, ids in zip(slots, text.encode_texts(prompts), strict=True):
+            out[k] = ids
+        return out
+
+    async def rerank(self, query: Item, documents: Sequence[Item], instruction: str | None, top_k: int | None,
+                     ctx: CallContext) -> RerankResult:
+        self._need("rerank", "reranker")
+        check_rerank_request(len(documents), top_k, self.settings)
+        nbytes = _media_bytes(query) + sum(_media_bytes(d) for d in documents)
+        rows: list[RowValue | None] = []
+        async with self.admission.permit(max(1, len(documents)), nbytes, ctx=ctx):
+            if documents:
+                docs = list(documents)
+                rows = await self._call(len(docs), len(docs),
+                                        lambda rid: RerankCall(rid, ctx.deadline, query, docs, instruction), ctx)
+        return result_from_rows(rows, top_k)
+
+    async def _call(self, rows: int, expected: int, build: Callable[[int], ToModelProcess],
+                    ctx: CallContext) -> list[RowValue | None]:
+        ctx.check()
+        rid, future = self.link.call(rows, expected, build)
+        try:
+            # The model process answers a passed deadline itself (before compute); the margin
+            # only guards against a model process that stopped answering at all.
+            return await asyncio.wait_for(future, max(ctx.deadline - time.monotonic(), 0.0) + STUCK_MARGIN_S)
+        except TimeoutError:
+            self.link.cancel(rid)
+            raise DeadlineError("the model process did not answer before the deadline") from None
+        except asyncio.CancelledError:
+            ctx.cancelled = True  # its queued sequences are dropped before compute
+            self.link.cancel(rid)
+            raise
