@@ -10,6 +10,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
+from pgvector import Bit, Vector
 
 from connectors.postgres.vectorizers import Vectorizer
 from qvl_proto import vectorizer_pb2 as pb
@@ -50,8 +51,8 @@ def item_size(item: pb.Item) -> int:
 
 
 def vector_literal(v: Vectorizer, values: np.ndarray) -> str:
-    """pgvector's text input: '[x,y,...]' (exact float32 round trip) or a bit string."""
+    """pgvector's text input, written by pgvector-python: '[x,y,...]' (float32 values, exact round
+    trip; a halfvec column casts it) or a bit string for ``bit`` storage (values are packed bits)."""
     if v.storage == "bit":
-        bits = np.unpackbits(np.asarray(values, dtype=np.uint8))[: v.dimensions]
-        return bits.astype(np.uint8).tobytes().translate(b"\x00\x01".maketrans(b"\x00\x01", b"01")).decode()
-    return "[" + ",".join(map(repr, np.asarray(values, dtype=np.float32).tolist())) + "]"
+        return Bit(np.unpackbits(np.asarray(values, dtype=np.uint8))[: v.dimensions].astype(bool)).to_text()
+    return Vector(np.asarray(values, dtype=np.float32)).to_text()

@@ -82,3 +82,11 @@ def test_tiny_model_builds_a_loadable_deterministic_checkpoint(tmp_path: Path) -
     [vec] = models.embedder.embed([Item(texts=["hello"])])
     assert vec.values.shape == (64,)  # type: ignore[union-attr]
     assert 0.0 < models.reranker.rerank(Item(texts=["q"]), [Item(texts=["d"])]).scores[0] < 1.0  # type: ignore[operator]
+
+
+def test_cli_encodings_are_the_services() -> None:
+    """The parser names the encodings without importing numpy; they must stay the service's."""
+    from qvl_cli.main import ENCODINGS as cli_encodings
+    from vectorizer_service.core.vector_encoding import ENCODINGS
+
+    assert cli_encodings == ENCODINGS
