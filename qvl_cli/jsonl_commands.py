@@ -11,7 +11,7 @@ from typing import IO, Any
 
 from connectors.progress import Progress
 from vectorizer_service.core.errors import InputError, QvlError
-from vectorizer_service.core.items import Item, item_from_json
+from vectorizer_service.core.items import Item, item_from_local_json
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.vector_encoding import vector_json
 
@@ -80,7 +80,7 @@ def embed_lines(args: argparse.Namespace) -> int:
             parsed: list[Item | InputError] = []
             for line in lines:
                 try:
-                    parsed.append(_parse_line(line, base, item_from_json))
+                    parsed.append(_parse_line(line, base, item_from_local_json))
                 except InputError as exc:
                     parsed.append(exc)
             good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
@@ -106,11 +106,11 @@ def _rerank_request(obj: Any, base: str) -> tuple[Item, list[Item], str | None]:
         raise InputError('a line must be {"query": ITEM, "documents": [ITEM, ...], "instruction": "..."}')
     if not isinstance(obj["documents"], list):
         raise InputError("documents must be a list")
-    query = item_from_json(obj["query"], base)
+    query = item_from_local_json(obj["query"], base)
     docs = []
     for i, d in enumerate(obj["documents"]):
         try:
-            docs.append(item_from_json(d, base))
+            docs.append(item_from_local_json(d, base))
         except InputError as exc:
             raise exc.at(part=f"document {i}") from None
     return query, docs, obj.get("instruction")

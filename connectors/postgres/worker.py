@@ -26,7 +26,7 @@ import numpy as np
 import psycopg
 
 from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated
-from connectors.postgres.items import item_size, row_item, vector_literal
+from connectors.postgres.row_encoding import item_size, row_item, vector_literal
 from connectors.postgres.vectorizers import Vectorizer, load_vectorizers
 from qvl_proto import vectorizer_pb2 as pb
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from vectorizer_service.core.items import item_from_json
+from vectorizer_service.core.items import item_from_local_json
 from vectorizer_service.model.served_models import Models
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
@@ -31,7 +31,7 @@ EMBED_IDS = [f"embed{i}-{'+'.join(c['input']) or 'empty'}" for i, c in enumerate
 @pytest.mark.parametrize("case", EMBED, ids=EMBED_IDS)
 def test_embedding_item_by_item(models: Models, case: dict) -> None:
     assert models.embedder is not None
-    [result] = models.embedder.embed([item_from_json(case["input"], str(FIXTURES))])
+    [result] = models.embedder.embed([item_from_local_json(case["input"], str(FIXTURES))])
     got = result.values
     assert got.shape == (64,)
     assert abs(float(np.linalg.norm(got)) - 1.0) < 1e-5
@@ -41,7 +41,7 @@ def test_embedding_item_by_item(models: Models, case: dict) -> None:
 def test_embedding_all_in_one_call(models: Models) -> None:
     """Batched with padding and a shared prefix, every case must still meet its bound."""
     assert models.embedder is not None
-    results = models.embedder.embed([item_from_json(c["input"], str(FIXTURES)) for c in EMBED])
+    results = models.embedder.embed([item_from_local_json(c["input"], str(FIXTURES)) for c in EMBED])
     for case, result in zip(EMBED, results, strict=True):
         assert cosine(result.values, np.array(case["embedding"])) >= bound(case), case["input"]
 
@@ -50,7 +50,7 @@ def test_embedding_video_cases_match_the_reference_token_layout(models: Models) 
     """Our runtime builds transformers 4.57's video layout, so video matches far inside the bound."""
     assert models.embedder is not None
     for case in (c for c in EMBED if "video" in c["input"]):
-        [r] = models.embedder.embed([item_from_json(case["input"], str(FIXTURES))])
+        [r] = models.embedder.embed([item_from_local_json(case["input"], str(FIXTURES))])
         assert cosine(r.values, np.array(case["embedding"])) >= 0.99999
 
 
@@ -58,8 +58,8 @@ def test_embedding_video_cases_match_the_reference_token_layout(models: Models) 
 def test_rerank_scores(models: Models, case: dict) -> None:
     assert models.reranker is not None
     inp = case["input"]
-    query = item_from_json(inp["query"], str(FIXTURES))
-    docs = [item_from_json(d, str(FIXTURES)) for d in inp["documents"]]
+    query = item_from_local_json(inp["query"], str(FIXTURES))
+    docs = [item_from_local_json(d, str(FIXTURES)) for d in inp["documents"]]
     together = models.reranker.rerank(query, docs, instruction=inp.get("instruction"))
     assert not together.errors
     np.testing.assert_allclose(together.scores, case["scores"], atol=1e-3)
@@ -76,8 +76,8 @@ def test_rerank_all_cases_in_one_batch(models: Models) -> None:
     encoded, expected = [], []
     for case in RERANK:
         inp = case["input"]
-        q = reranker.decode_query(item_from_json(inp["query"], str(FIXTURES)))
-        docs = reranker.decode_documents([item_from_json(d, str(FIXTURES)) for d in inp["documents"]])
+        q = reranker.decode_query(item_from_local_json(inp["query"], str(FIXTURES)))
+        docs = reranker.decode_documents([item_from_local_json(d, str(FIXTURES)) for d in inp["documents"]])
         encoded += reranker.pairs(q, docs, inp.get("instruction"))
         expected += case["scores"]
     np.testing.assert_allclose(reranker.forward(encoded), expected, atol=1e-3)
@@ -87,8 +87,8 @@ def test_a_padded_call_elsewhere_does_not_pad_our_ids(models: Models) -> None:
     """transformers leaves padding on in its shared Rust tokenizer after a padded call."""
     assert models.embedder is not None
     proc = models.embedder.ckpt.processor
-    before = models.embedder.embed([item_from_json(c["input"], str(FIXTURES)) for c in EMBED])
+    before = models.embedder.embed([item_from_local_json(c["input"], str(FIXTURES)) for c in EMBED])
     proc(text=["a b", "a b c d e f g h"], padding=True, return_tensors="pt")
-    after = models.embedder.embed([item_from_json(c["input"], str(FIXTURES)) for c in EMBED])
+    after = models.embedder.embed([item_from_local_json(c["input"], str(FIXTURES)) for c in EMBED])
     for x, y in zip(before, after, strict=True):
         assert float(x.values @ y.values) > 0.99999

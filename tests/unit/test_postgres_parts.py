@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from connectors.postgres.installer import InstallError, latest_version, sql_files
-from connectors.postgres.items import row_item, vector_literal
+from connectors.postgres.row_encoding import row_item, vector_literal
 from connectors.postgres.vectorizers import Vectorizer
 
 

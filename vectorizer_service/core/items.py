@@ -77,8 +77,9 @@ def _resolve(path: Any, base: str | None) -> Any:
     return path
 
 
-def item_from_json(obj: Any, base_dir: str | None = None) -> Item:
-    """An item from JSON: ``{"text", "image", "video", "instruction"}`` with paths for media.
+def item_from_local_json(obj: Any, base_dir: str | None = None) -> Item:
+    """An item of a local JSON-lines file (`qvl embed`, `qvl rerank`): ``{"text", "image", "video",
+    "instruction"}`` with file paths for media (the HTTP API's base64 items are ``api.item_codecs``).
 
     ``video`` is one path, or a list of frame paths (one video). Relative paths resolve
     against ``base_dir``.
