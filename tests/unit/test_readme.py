@@ -11,7 +11,7 @@ README = (Path(__file__).parents[2] / "README.md").read_text()
 
 
 def test_the_settings_table_is_current() -> None:
-    assert settings_markdown() in README, "regenerate it: python -m vectorizer_service.settings"
+    assert settings_markdown() in README, "regenerate it: python -m vectorizer_service.core.settings"
 
 
 def test_every_subcommand_is_in_the_readme() -> None:

@@ -105,8 +105,11 @@ class Settings(BaseSettings):
     allow_uri_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated, e.g. file,https (none by default: no URI is read)")
     allow_uri_roots: Annotated[list[str], NoDecode] = Field(
-        default_factory=list, description="Comma-separated file roots and URL prefixes the URIs must be under")
-    uri_timeout_s: float = Field(10.0, gt=0, description="Timeout of one allowed http(s) fetch")
+        default_factory=list,
+        description="Comma-separated file roots and URL roots (a URL matches a root's scheme, host, port and path)")
+    uri_timeout_s: float = Field(10.0, gt=0, description="Deadline of one allowed http(s) fetch, start to end")
+    allow_uri_private_addresses: bool = Field(
+        False, description="Let allowed URLs resolve to private, loopback or link-local addresses")
     stream_max_in_flight: int = Field(256, ge=1, description="Items one EmbedStream reads ahead")
     open_module_routes: bool = Field(False, description="Serve Weaviate's module routes without the token")
     warmup: bool = Field(True, description="Run one embedding and one rerank before reporting ready")

@@ -1,66 +1,223 @@
-"""Reading media by URI: off unless the operator allows a scheme and a root (no open fetching)."""
+"""Reading media by URI: off unless the operator allows a scheme and a root (no open fetching).
+
+An allowed root is matched exactly, never as a string prefix: a URL's scheme, host and port
+must equal the root's, and its decoded path must lie under the root's path segment by segment
+(dot segments are refused). Addresses a host resolves to must be public unless the operator
+allows private ones, and the connection goes to the address that was checked. One deadline
+covers the whole fetch (a server that drips bytes cannot hold a thread), redirects are refused,
+and errors say what was refused, not what the network answered (the service is no port
+scanner). Files are opened first and checked after: what was opened is what is read (no
+symlink swap between check and open), and only regular files are read (a FIFO cannot hang).
+"""
 
 from __future__ import annotations
 
+import errno
+import http.client
+import ipaddress
+import logging
 import os
-import urllib.error
+import socket
+import ssl
+import stat
+import time
 import urllib.parse
-import urllib.request
+from dataclasses import dataclass
 
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.settings import Settings
 
-
-class NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect could leave the allow-listed prefix, so none is followed."""
-
-    def redirect_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
-_opener = urllib.request.build_opener(NoRedirect)
+log = logging.getLogger("qvl.uri_access")
+DEFAULT_PORTS = {"http": 80, "https": 443}
+READ_CHUNK = 64 * 1024
 
 
 def read_uri(uri: str, settings: Settings, what: str) -> bytes:
     """The bytes behind ``uri`` if its scheme and root are allowed, within the media size limit."""
-    parsed = urllib.parse.urlparse(uri)
-    scheme = parsed.scheme or "file"
+    parsed = urllib.parse.urlsplit(uri)
+    scheme = (parsed.scheme or "file").lower()
     if scheme not in settings.allow_uri_schemes:
         allowed = ", ".join(settings.allow_uri_schemes) or "none"
         raise InputError(f"{what}: URI scheme {scheme!r} is not allowed (allowed: {allowed}); send the bytes "
                          "instead or ask the operator to set QVL_ALLOW_URI_SCHEMES", status=400)
     if scheme == "file":
         return _read_file(parsed.path if parsed.scheme else uri, settings, what)
-    if scheme in ("http", "https"):
+    if scheme in DEFAULT_PORTS:
         return _read_http(uri, settings, what)
     raise InputError(f"{what}: URI scheme {scheme!r} is not supported")
 
 
+# -- files -------------------------------------------------------------------------------------
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root.rstrip(os.sep) + os.sep)
+
+
 def _read_file(path: str, settings: Settings, what: str) -> bytes:
-    real = os.path.realpath(path)
-    roots = [os.path.realpath(r) for r in settings.allow_uri_roots if not r.startswith(("http://", "https://"))]
-    if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
+    roots = [os.path.realpath(r) for r in settings.allow_uri_roots if "://" not in r]
+    if not any(_under(os.path.realpath(path), r) for r in roots):
         raise InputError(f"{what}: {path!r} is outside the allowed roots")
     try:
-        size = os.path.getsize(real)
-        if size > settings.max_media_bytes:
-            raise InputError(f"{what}: {path!r} is {size} bytes, over the limit of {settings.max_media_bytes}",
-                             status=413)
-        with open(real, "rb") as fh:
-            return fh.read()
+        # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
     except OSError as exc:
         raise InputError(f"{what}: cannot read {path!r}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise InputError(f"{what}: {path!r} is not a regular file")
+        # Judge the file that was opened, not the name: a symlink swapped in after the check
+        # above would point elsewhere.
+        opened = os.readlink(f"/proc/self/fd/{fd}") if os.path.exists(f"/proc/self/fd/{fd}") else None
+        if opened is None or not any(_under(opened, r) for r in roots):
+            raise InputError(f"{what}: {path!r} is outside the allowed roots")
+        if info.st_size > settings.max_media_bytes:
+            raise InputError(f"{what}: {path!r} is {info.st_size} bytes, over the limit of "
+                             f"{settings.max_media_bytes}", status=413)
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=True) as fh:
+            fd = -1
+            return fh.read(settings.max_media_bytes + 1)
+    except OSError as exc:
+        raise InputError(f"{what}: cannot read {path!r}: {exc.strerror or exc}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+# -- http(s) -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class UrlRoot:
+    scheme: str
+    host: str
+    port: int
+    segments: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, url: str) -> UrlRoot | None:
+        parts = urllib.parse.urlsplit(url)
+        scheme = parts.scheme.lower()
+        if scheme not in DEFAULT_PORTS or not parts.hostname:
+            return None
+        try:
+            port = parts.port or DEFAULT_PORTS[scheme]
+        except ValueError:
+            return None
+        segments = _segments(parts.path)
+        if segments is None:
+            return None
+        return cls(scheme, parts.hostname.lower(), port, segments)
+
+    def covers(self, other: UrlRoot) -> bool:
+        n = len(self.segments)
+        return (self.scheme, self.host, self.port) == (other.scheme, other.host, other.port) and (
+            other.segments[:n] == self.segments)
+
+
+def _segments(path: str) -> tuple[str, ...] | None:
+    """A path's decoded segments; None when it has dot segments or encoded separators."""
+    decoded = urllib.parse.unquote(path)
+    if "\\" in decoded or "\x00" in decoded:
+        return None
+    parts = [p for p in decoded.split("/") if p]
+    if any(p in (".", "..") for p in parts) or any("/" in urllib.parse.unquote(p) for p in path.split("/")):
+        return None
+    return tuple(parts)
+
+
+def _allowed_root(uri: str, settings: Settings, what: str) -> UrlRoot:
+    target = UrlRoot.parse(uri)
+    parts = urllib.parse.urlsplit(uri)
+    if target is None or parts.username is not None or parts.password is not None:
+        raise InputError(f"{what}: {uri!r} is not a plain http(s) URL (no credentials, no dot segments)")
+    roots = [r for r in (UrlRoot.parse(u) for u in settings.allow_uri_roots if "://" in u) if r is not None]
+    if not any(root.covers(target) for root in roots):
+        raise InputError(f"{what}: {uri!r} is outside the allowed URL roots")
+    return target
+
+
+def _public(address: str) -> bool:
+    ip = ipaddress.ip_address(address)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    return ip.is_global and not ip.is_multicast
+
+
+def _resolve(host: str, port: int, settings: Settings, what: str, uri: str) -> list[tuple[int, str]]:
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except OSError:
+        raise InputError(f"{what}: cannot fetch {uri!r} (the host does not resolve)") from None
+    addresses = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos]
+    if not settings.allow_uri_private_addresses and not all(_public(a) for _, a in addresses):
+        raise InputError(f"{what}: {uri!r} resolves to a private or local address, which is not allowed "
+                         "(the operator may set QVL_ALLOW_URI_PRIVATE_ADDRESSES)")
+    return addresses
+
+
+class _Pinned:
+    """An HTTP(S) connection to an address already checked (no second name lookup)."""
+
+    @staticmethod
+    def open(target: UrlRoot, family: int, address: str, timeout: float) -> http.client.HTTPConnection:
+        sock = socket.socket(family, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect((address, target.port))
+            if target.scheme == "https":
+                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+        except Exception:
+            sock.close()
+            raise
+        conn_cls = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
+        conn = conn_cls(target.host, target.port, timeout=timeout)
+        conn.sock = sock
+        return conn
 
 
 def _read_http(uri: str, settings: Settings, what: str) -> bytes:
-    prefixes = [r for r in settings.allow_uri_roots if r.startswith(("http://", "https://"))]
-    if not any(uri.startswith(p) for p in prefixes):
-        raise InputError(f"{what}: {uri!r} is outside the allowed URL prefixes")
+    target = _allowed_root(uri, settings, what)
+    addresses = _resolve(target.host, target.port, settings, what, uri)
+    deadline = time.monotonic() + settings.uri_timeout_s
+    parts = urllib.parse.urlsplit(uri)
+    path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+    limit = settings.max_media_bytes
     try:
-        with _opener.open(uri, timeout=settings.uri_timeout_s) as resp:
-            data = resp.read(settings.max_media_bytes + 1)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
-        raise InputError(f"{what}: cannot fetch {uri!r}: {exc}") from None
-    if len(data) > settings.max_media_bytes:
-        raise InputError(f"{what}: {uri!r} is over the limit of {settings.max_media_bytes} bytes", status=413)
-    return data
+        family, address = addresses[0]
+        conn = _Pinned.open(target, family, address, settings.uri_timeout_s)
+        sock = conn.sock  # http.client lets go of it once the response is read to the end
+        try:
+            conn.request("GET", path, headers={"Host": parts.netloc, "Accept-Encoding": "identity"})
+            resp = conn.getresponse()
+            if 300 <= resp.status < 400:
+                raise InputError(f"{what}: {uri!r} answered with a redirect, which is not followed")
+            if resp.status != 200:
+                raise InputError(f"{what}: cannot fetch {uri!r} (HTTP status {resp.status})")
+            declared = resp.getheader("Content-Length")
+            if declared and declared.isdigit() and int(declared) > limit:
+                raise InputError(f"{what}: {uri!r} is over the limit of {limit} bytes", status=413)
+            chunks: list[bytes] = []
+            size = 0
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise TimeoutError
+                sock.settimeout(remaining)
+                chunk = resp.read1(READ_CHUNK)
+                if not chunk:
+                    break
+                size += len(chunk)
+                if size > limit:
+                    raise InputError(f"{what}: {uri!r} is over the limit of {limit} bytes", status=413)
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            conn.close()
+    except InputError:
+        raise
+    except TimeoutError:
+        raise InputError(f"{what}: cannot fetch {uri!r} within {settings.uri_timeout_s:g} s") from None
+    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+        # The reason stays in the log: echoed to the caller, it would map the network behind us.
+        log.warning("URI fetch failed", extra={"uri": uri, "error": str(exc),
+                                               "errno": errno.errorcode.get(getattr(exc, "errno", 0) or 0)})
+        raise InputError(f"{what}: cannot fetch {uri!r}") from None
