@@ -62,6 +62,13 @@ class Settings(BaseSettings):
     max_video_source_frames: int = Field(200_000, description="Refuse videos with more frames")
     max_video_frame_pixels: int = Field(33_177_600, description="Refuse videos with larger frames (8K)")
     max_media_bytes: int = Field(64 * 1024 * 1024, description="Largest single image or video")
+    max_item_decoded_pixels: int = Field(
+        268_435_456, ge=1, description="Pixels decoding one item may hold (its images and video frames at source size)")
+    max_request_decoded_pixels: int = Field(
+        4_294_967_296, ge=1, description="Pixels one request may decode in all; past it, items are refused (413)")
+    video_codecs: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "gif"],
+        description="Comma-separated FFmpeg decoders allowed for video files (others are refused before decoding)")
     max_images_per_item: int = Field(32, description="Most images in one item")
     max_videos_per_item: int = Field(4, description="Most videos in one item")
     max_text_chars: int = Field(200_000, description="Longest text part; tokens past the max length are cut")
@@ -118,7 +125,7 @@ class Settings(BaseSettings):
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
     log_format: Literal["json", "text"] = Field("json", description="json lines or text")
 
-    @field_validator("allow_uri_schemes", "allow_uri_roots", mode="before")
+    @field_validator("allow_uri_schemes", "allow_uri_roots", "video_codecs", mode="before")
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -165,7 +172,7 @@ class Settings(BaseSettings):
 def settings_markdown() -> str:
     """The README's settings table (tests/unit/test_readme.py keeps the README equal to it)."""
     computed = {"preprocess_workers": "cores, up to 8 (model process: cores − 1)", "allow_uri_schemes": "(none)",
-                "allow_uri_roots": "(none)",
+                "allow_uri_roots": "(none)", "video_codecs": "h264,hevc,vp8,vp9,av1,mpeg4,gif",
                 "profiles": "{}"}
     rows = ["| variable | default | meaning |", "| --- | --- | --- |"]
     for name, field in Settings.model_fields.items():

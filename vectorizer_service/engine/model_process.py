@@ -48,6 +48,7 @@ from vectorizer_service.core.pipe_messages import (
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.engine.batcher import Batcher, Job, tensor_bytes
 from vectorizer_service.model.contract import EmbeddingModel, RerankingModel, SequenceScorer
+from vectorizer_service.model.decode_budget import DecodeBudget
 from vectorizer_service.model.preprocessing import Encoded
 
 log = logging.getLogger("qvl.model_process")
@@ -131,8 +132,10 @@ class ModelProcess:
         assert embedder is not None  # the request process sends embeddings only when one is served
         indices = [i for i, _ in raw]
 
+        budget = DecodeBudget(self.settings, call.deadline)  # the request's pixels, shared by its chunks
+
         def prepare(start: int, chunk: list[Item]) -> None:
-            prepared = embedder.prepare(chunk, call.instruction)
+            prepared = embedder.prepare(chunk, call.instruction, budget)
             self._enqueue("embed", call.rid, ctx, list(zip(indices[start:start + len(chunk)], prepared, strict=True)))
 
         for start, chunk in preparation_chunks([item for _, item in raw]):
@@ -141,14 +144,15 @@ class ModelProcess:
     def _rerank(self, call: RerankCall) -> None:
         reranker = self.models.reranker
         assert reranker is not None
-        decoded_query = reranker.decode_query(call.query)  # a bad query fails the request (see _guard)
+        budget = DecodeBudget(self.settings, call.deadline)
+        decoded_query = reranker.decode_query(call.query, budget)  # a bad query fails the request (see _guard)
         request = self.batcher.request(call.rid)
         if request is None:
             return
         ctx = request.ctx
 
         def prepare(start: int, chunk: list[Item]) -> None:
-            pairs = reranker.pairs(decoded_query, reranker.decode_documents(chunk), call.instruction)
+            pairs = reranker.pairs(decoded_query, reranker.decode_documents(chunk, budget), call.instruction)
             self._enqueue("rerank", call.rid, ctx, list(zip(range(start, start + len(chunk)), pairs, strict=True)))
 
         indices = list(range(len(call.documents)))

@@ -10,6 +10,7 @@ import numpy as np
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.items import Item
 from vectorizer_service.core.pipe_messages import ServedModel
+from vectorizer_service.model.decode_budget import DecodeBudget
 from vectorizer_service.model.preprocessing import DecodedItem, Encoded
 
 
@@ -24,17 +25,19 @@ class SequenceScorer(Protocol):
 
 
 class EmbeddingModel(SequenceScorer, Protocol):
-    def prepare(self, items: Sequence[Item], instruction: str | None = None) -> list[Encoded | QvlError]:
+    def prepare(self, items: Sequence[Item], instruction: str | None = None,
+                budget: DecodeBudget | None = None) -> list[Encoded | QvlError]:
         """Decode and tokenize (thread-safe); a bad item becomes its own error."""
         ...
 
 
 class RerankingModel(SequenceScorer, Protocol):
-    def decode_query(self, query: Item) -> DecodedItem:
+    def decode_query(self, query: Item, budget: DecodeBudget | None = None) -> DecodedItem:
         """A bad query raises: it fails the whole request."""
         ...
 
-    def decode_documents(self, documents: Sequence[Item]) -> list[DecodedItem | QvlError]: ...
+    def decode_documents(self, documents: Sequence[Item],
+                         budget: DecodeBudget | None = None) -> list[DecodedItem | QvlError]: ...
 
     def pairs(self, query: DecodedItem, documents: Sequence[DecodedItem | QvlError],
               instruction: str | None) -> list[Encoded | QvlError]: ...

@@ -13,6 +13,7 @@ from vectorizer_service.core.items import Item
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.vector_encoding import EncodedVector, check_options, encode_vector
 from vectorizer_service.model.checkpoint import Checkpoint
+from vectorizer_service.model.decode_budget import DecodeBudget
 from vectorizer_service.model.preprocessing import Encoded
 from vectorizer_service.model.sequence_model import SequenceModel
 
@@ -24,7 +25,8 @@ class Embedder(SequenceModel):
     def __init__(self, ckpt: Checkpoint, settings: Settings) -> None:
         super().__init__(ckpt, settings, settings.embed_max_length)
 
-    def prepare(self, items: Sequence[Item], instruction: str | None = None) -> list[Encoded | QvlError]:
+    def prepare(self, items: Sequence[Item], instruction: str | None = None,
+                budget: DecodeBudget | None = None) -> list[Encoded | QvlError]:
         """Decode and tokenize (CPU, thread-safe); a bad item becomes its own error."""
         prompts, slots = [], []
         out: list[Encoded | QvlError | None] = []
@@ -32,7 +34,7 @@ class Embedder(SequenceModel):
             try:
                 if instruction is not None and item.instruction is None:
                     item = dataclasses.replace(item, instruction=instruction)
-                prompts.append(self.pre.embedding_prompt(self.pre.decode(item)))
+                prompts.append(self.pre.embedding_prompt(self.pre.decode(item, budget)))
                 slots.append(i)
                 out.append(None)
             except InputError as exc:
@@ -53,7 +55,8 @@ class Embedder(SequenceModel):
               encoding: str = "float32", normalize: bool = True) -> list[EncodedVector | QvlError]:
         """Embed items in one call (the in-process path of the CLI, benchmarks and tests)."""
         check_options(dimensions, encoding, self.hidden_size)
-        rows = self.run_ok(self.prepare_parallel(lambda chunk: self.prepare(chunk, instruction), items))
+        budget = DecodeBudget(self.settings)
+        rows = self.run_ok(self.prepare_parallel(lambda chunk: self.prepare(chunk, instruction, budget), items))
         return [row if isinstance(row, QvlError) else
                 encode_vector(row, dimensions=dimensions, encoding=encoding, normalize=normalize)
                 for row in rows]

@@ -20,9 +20,10 @@ from qwen_vl_utils import vision_process as qvu
 from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvf
 
-from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.items import ImageSource, VideoSource
 from vectorizer_service.core.settings import Settings
+from vectorizer_service.model.decode_budget import DecodeBudget, ItemBudget
 
 IMAGE_FORMATS = {"PNG", "JPEG", "MPO", "WEBP", "GIF", "BMP", "TIFF"}
 # PyAV container names (FFmpeg demuxers) for MP4/MOV, WebM/MKV and GIF.
@@ -39,6 +40,7 @@ class DecodedVideo:
 
     frames: torch.Tensor | list[Image.Image]
     metadata: dict[str, Any]
+    resized: bool = False  # frames already at the size resize_video would give (resized as decoded)
 
 
 def read_source(src: bytes | str | os.PathLike, settings: Settings, what: str) -> bytes:
@@ -84,12 +86,25 @@ def _check_dimensions(width: int, height: int, limit: int, what: str) -> None:
         raise InputError(f"{what} aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO}:1")
 
 
-def decode_image(src: ImageSource, settings: Settings, what: str = "image") -> Image.Image:
+def _item_budget(budget: ItemBudget | None, settings: Settings) -> ItemBudget:
+    return budget if budget is not None else DecodeBudget(settings).item()
+
+
+def decode_image(src: ImageSource, settings: Settings, what: str = "image",
+                 budget: ItemBudget | None = None) -> Image.Image:
     """A decoded RGB image (alpha flattened on white, as the reference does)."""
+    budget = _item_budget(budget, settings)
     if isinstance(src, Image.Image):
         _check_dimensions(src.width, src.height, settings.max_source_image_pixels, what)
+        budget.take(src.width * src.height, what)
         return qvu.to_rgb(src)
-    data = read_source(src, settings, what)
+    img = open_image(read_source(src, settings, what), settings, what)
+    budget.take(img.width * img.height, what)
+    return _load(img, what)
+
+
+def open_image(data: bytes, settings: Settings, what: str) -> Image.Image:
+    """The image's header, checked (format, size, aspect ratio); no pixels decoded yet."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -102,13 +117,7 @@ def decode_image(src: ImageSource, settings: Settings, what: str = "image") -> I
         raise InputError(f"{what} format {img.format} is not supported "
                          "(PNG, JPEG, WebP, GIF, BMP or TIFF)")
     _check_dimensions(img.width, img.height, settings.max_source_image_pixels, what)
-    try:
-        if getattr(img, "is_animated", False):
-            img.seek(0)
-        img.load()
-        return qvu.to_rgb(img)
-    except Exception as exc:
-        raise InputError(f"{what} data is truncated or corrupt: {exc}") from None
+    return img
 
 
 def resize_image(img: Image.Image, settings: Settings) -> Image.Image:
@@ -126,8 +135,10 @@ def sample_frame_list(frames: list[Any], max_frames: int) -> list[Any]:
     return [frames[i] for i in np.linspace(0, len(frames) - 1, max_frames, dtype=int).tolist()]
 
 
-def decode_video(src: VideoSource, settings: Settings, what: str = "video") -> DecodedVideo:
+def decode_video(src: VideoSource, settings: Settings, what: str = "video",
+                 budget: ItemBudget | None = None) -> DecodedVideo:
     """A video file's sampled frames, or a frame list (subsampled to the frame limit)."""
+    budget = _item_budget(budget, settings)
     if isinstance(src, list | tuple):
         if not src:
             raise InputError(f"{what} has no frames")
@@ -135,24 +146,47 @@ def decode_video(src: VideoSource, settings: Settings, what: str = "video") -> D
             raise InputError(f"{what} has {len(src)} frames, over the limit of "
                              f"{settings.max_video_source_frames}", status=413)
         picked = sample_frame_list(list(src), settings.video_max_frames)
-        frames = [decode_image(f, settings, f"{what} frame {i}") for i, f in enumerate(picked)]
-        size = frames[0].size
-        if any(f.size != size for f in frames):
+        # Every frame is decoded at full size before resizing (the reference's path): the headers
+        # say how much that holds, before any pixel is decoded.
+        headers: list[Image.Image] = []
+        for i, f in enumerate(picked):
+            name = f"{what} frame {i}"
+            if isinstance(f, Image.Image):
+                _check_dimensions(f.width, f.height, settings.max_source_image_pixels, name)
+                headers.append(f)
+            else:
+                headers.append(open_image(read_source(f, settings, name), settings, name))
+        if any(h.size != headers[0].size for h in headers):
             raise InputError(f"{what} frames differ in size; all frames of a video must match")
+        budget.take(sum(h.width * h.height for h in headers), what)
+        frames = []
+        for i, header in enumerate(headers):
+            budget.check_deadline()
+            frames.append(_load(header, f"{what} frame {i}"))
         return DecodedVideo(frames=frames, metadata={})
-    return _decode_video_file(read_source(src, settings, what), settings, what)
+    return _decode_video_file(read_source(src, settings, what), settings, what, budget)
 
 
-def _decode_video_file(data: bytes, settings: Settings, what: str) -> DecodedVideo:
+def _load(img: Image.Image, what: str) -> Image.Image:
     try:
-        return _decode_container(data, settings, what)
-    except InputError:
+        if getattr(img, "is_animated", False):
+            img.seek(0)
+        img.load()
+        return qvu.to_rgb(img)
+    except Exception as exc:
+        raise InputError(f"{what} data is truncated or corrupt: {exc}") from None
+
+
+def _decode_video_file(data: bytes, settings: Settings, what: str, budget: ItemBudget) -> DecodedVideo:
+    try:
+        return _decode_container(data, settings, what, budget)
+    except QvlError:
         raise
     except Exception as exc:  # FFmpeg reports damage through many exception types
         raise InputError(f"{what} is not a decodable video (truncated or corrupt): {exc}") from None
 
 
-def _decode_container(data: bytes, settings: Settings, what: str) -> DecodedVideo:
+def _decode_container(data: bytes, settings: Settings, what: str, budget: ItemBudget) -> DecodedVideo:
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
         if container.format.name not in VIDEO_FORMATS:
             raise InputError(f"{what} container {container.format.name!r} is not supported "
@@ -161,6 +195,9 @@ def _decode_container(data: bytes, settings: Settings, what: str) -> DecodedVide
             raise InputError(f"{what} has no video stream")
         stream = container.streams.video[0]
         cc = stream.codec_context
+        if cc.name not in settings.video_codecs:
+            raise InputError(f"{what} codec {cc.name!r} is not allowed (allowed: {', '.join(settings.video_codecs)}; "
+                             "QVL_VIDEO_CODECS)")
         _check_dimensions(cc.width, cc.height, settings.max_video_frame_pixels, f"{what} frame")
         seconds = _duration_seconds(container, stream)
         if seconds is not None and seconds > settings.max_video_seconds:
@@ -173,12 +210,18 @@ def _decode_container(data: bytes, settings: Settings, what: str) -> DecodedVide
         if rate <= 0:
             rate = total / seconds if seconds else 1.0
     indices = _sample_indices(total, rate, settings)
+    target = video_target_size(len(indices), cc.height, cc.width, settings)
+    # Frames shrink as they are decoded: decoding holds one source frame and the resized ones.
+    shrink = target[0] * target[1] < cc.height * cc.width
+    held = len(indices) * (target[0] * target[1] if shrink else cc.height * cc.width)
+    budget.take(held + (cc.height * cc.width if shrink else 0), what)
     # A second pass decodes only up to the last wanted frame (demuxing consumed the first).
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
-        frames = _decode_frames(container, container.streams.video[0], indices, what)
-    video = torch.from_numpy(np.stack(frames)).permute(0, 3, 1, 2).contiguous()
+        frames = _decode_frames(container, container.streams.video[0], indices, what, budget,
+                                target if shrink else None)
+    video = torch.stack(frames)
     meta = {"fps": rate, "frames_indices": indices, "total_num_frames": total}
-    return DecodedVideo(frames=video, metadata=meta)
+    return DecodedVideo(frames=video, metadata=meta, resized=shrink)
 
 
 def _duration_seconds(container: Any, stream: Any) -> float | None:
@@ -210,19 +253,26 @@ def _sample_indices(total: int, rate: float, settings: Settings) -> list[int]:
     return torch.linspace(0, total - 1, nframes).round().long().tolist()
 
 
-def _decode_frames(container: Any, stream: Any, indices: list[int], what: str) -> list[np.ndarray]:
+def _decode_frames(container: Any, stream: Any, indices: list[int], what: str, budget: ItemBudget,
+                   target: tuple[int, int] | None) -> list[torch.Tensor]:
+    """The wanted frames as (C, H, W) uint8 tensors, resized to ``target`` as they are decoded."""
     wanted: dict[int, int] = {}
     for i in indices:
         wanted[i] = wanted.get(i, 0) + 1
-    out: list[np.ndarray] = []
+    out: list[torch.Tensor] = []
     last = max(indices)
     try:
         for ordinal, frame in enumerate(container.decode(stream)):
+            budget.check_deadline()
             if ordinal in wanted:
-                arr = frame.to_ndarray(format="rgb24")
-                out.extend([arr] * wanted[ordinal])
+                pixels = torch.from_numpy(frame.to_ndarray(format="rgb24")).permute(2, 0, 1)
+                if target is not None:
+                    pixels = _resize_frames(pixels[None], target)[0]
+                out.extend([pixels.contiguous()] * wanted[ordinal])
             if ordinal >= last:
                 break
+    except QvlError:
+        raise
     except Exception as exc:
         if not out:
             raise InputError(f"{what} frames could not be decoded: {exc}") from None
@@ -244,7 +294,14 @@ def resize_video(video: DecodedVideo, settings: Settings) -> tuple[torch.Tensor,
         )
         return tensor, meta
     frames = video.frames
+    if video.resized:
+        return frames.float(), dict(video.metadata)
     nframes, _, height, width = frames.shape
+    return _resize_frames(frames, video_target_size(nframes, height, width, settings)).float(), dict(video.metadata)
+
+
+def video_target_size(nframes: int, height: int, width: int, settings: Settings) -> tuple[int, int]:
+    """The frame size the reference's reader resizes a video file's sampled frames to."""
     factor = 16 * qvu.SPATIAL_MERGE_SIZE
     min_pixels = qvu.VIDEO_MIN_TOKEN_NUM * factor * factor
     max_pixels = max(
@@ -252,6 +309,11 @@ def resize_video(video: DecodedVideo, settings: Settings) -> tuple[torch.Tensor,
         int(min_pixels * 1.05),
     )
     h, w = qvu.smart_resize(height, width, factor=factor, min_pixels=min_pixels, max_pixels=max_pixels)
-    resized = tvf.resize(frames, [h, w], interpolation=InterpolationMode.BICUBIC, antialias=True).float()
-    return resized, dict(video.metadata)
+    return int(h), int(w)
+
+
+def _resize_frames(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 (T, C, H, W) to ``size``; each frame is resized on its own, so frame by frame or all
+    at once give the same pixels."""
+    return tvf.resize(frames, list(size), interpolation=InterpolationMode.BICUBIC, antialias=True)
 

@@ -20,6 +20,7 @@ from vectorizer_service.core.items import Item
 from vectorizer_service.core.prompts import Prompt, embedding_prompt, rerank_prompt
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.text_encoding import TextEncoder
+from vectorizer_service.model.decode_budget import DecodeBudget
 from vectorizer_service.model.media import DecodedVideo, decode_image, decode_video, resize_image, resize_video
 
 
@@ -83,18 +84,20 @@ class Preprocessor:
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     # -- media -----------------------------------------------------------------
-    def decode(self, item: Item) -> DecodedItem:
-        """Decode, bound and patchify every media part; errors name the part."""
+    def decode(self, item: Item, budget: DecodeBudget | None = None) -> DecodedItem:
+        """Decode, bound and patchify every media part; errors name the part. ``budget`` is the
+        request's (its pixels and deadline); without one the item gets a budget of its own."""
         s = self.settings
         item.validate(s)
         self.text.check_texts(item.texts)
+        pixels = (budget or DecodeBudget(s)).item()
         images = []
         for i, src in enumerate(item.images):
-            img = resize_image(decode_image(src, s, f"image {i}"), s)
+            img = resize_image(decode_image(src, s, f"image {i}", pixels), s)
             images.append(self._image_part(img))
         videos = []
         for i, src in enumerate(item.videos):
-            videos.append(self._video_part(decode_video(src, s, f"video {i}"), f"video {i}"))
+            videos.append(self._video_part(decode_video(src, s, f"video {i}", pixels), f"video {i}"))
         return DecodedItem(texts=list(item.texts), images=images, videos=videos, instruction=item.instruction)
 
     def _image_part(self, img: Image.Image) -> VisionPart:

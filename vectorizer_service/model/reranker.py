@@ -11,6 +11,7 @@ from vectorizer_service.core.items import Item
 from vectorizer_service.core.ranking import RerankResult, check_rerank_request, result_from_rows
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.model.checkpoint import Checkpoint
+from vectorizer_service.model.decode_budget import DecodeBudget
 from vectorizer_service.model.preprocessing import DecodedItem, Encoded
 from vectorizer_service.model.sequence_model import SequenceModel
 
@@ -25,19 +26,20 @@ class Reranker(SequenceModel):
         super().__init__(ckpt, settings, settings.rerank_max_length)
         self.score_vector = ckpt.score_vector
 
-    def decode_query(self, query: Item) -> DecodedItem:
+    def decode_query(self, query: Item, budget: DecodeBudget | None = None) -> DecodedItem:
         """The query decoded once for all its pairs; a bad query fails the whole request."""
         try:
-            return self.pre.decode(query)
+            return self.pre.decode(query, budget)
         except InputError as exc:
             raise InputError(exc.reason, part="query" + (f" {exc.part}" if exc.part else ""),
                              status=exc.status) from None
 
-    def decode_documents(self, documents: Sequence[Item]) -> list[DecodedItem | QvlError]:
+    def decode_documents(self, documents: Sequence[Item],
+                         budget: DecodeBudget | None = None) -> list[DecodedItem | QvlError]:
         out: list[DecodedItem | QvlError] = []
         for i, doc in enumerate(documents):
             try:
-                out.append(self.pre.decode(doc))
+                out.append(self.pre.decode(doc, budget))
             except InputError as exc:
                 out.append(exc.at(item=i))
         return out
@@ -69,6 +71,7 @@ class Reranker(SequenceModel):
                top_k: int | None = None) -> RerankResult:
         """Score every document against the query (the in-process path)."""
         check_rerank_request(len(documents), top_k, self.settings)
-        decoded = self.prepare_parallel(self.decode_documents, documents)
-        prepared = self.pairs(self.decode_query(query), decoded, instruction)
+        budget = DecodeBudget(self.settings)
+        decoded = self.prepare_parallel(lambda chunk: self.decode_documents(chunk, budget), documents)
+        prepared = self.pairs(self.decode_query(query, budget), decoded, instruction)
         return result_from_rows(self.run_ok(prepared), top_k)

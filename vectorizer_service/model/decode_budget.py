@@ -1,0 +1,63 @@
+"""How many pixels decoding may hold, per item and per request, and until when it may run.
+
+Checked on headers before pixels are decoded: an item's images and video frames add up to what
+decoding will hold at once (a frame list decodes every frame at full size; a video file holds one
+source frame and its resized frames), and a request's items share one budget across the
+decoding threads. Decoding also stops once the call's deadline has passed.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from vectorizer_service.core.errors import DeadlineError, InputError
+from vectorizer_service.core.settings import Settings
+
+
+class DecodeBudget:
+    """One request's pixels (shared by the threads decoding its items) and its deadline."""
+
+    def __init__(self, settings: Settings, deadline: float | None = None) -> None:
+        self.settings = settings
+        self.deadline = deadline
+        self.left = settings.max_request_decoded_pixels
+        self.lock = threading.Lock()
+
+    def item(self) -> ItemBudget:
+        return ItemBudget(self)
+
+    def check_deadline(self) -> None:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            raise DeadlineError("the deadline passed while decoding media")
+
+    def _take(self, pixels: int, what: str) -> None:
+        with self.lock:
+            if pixels > self.left:
+                total = self.settings.max_request_decoded_pixels
+                raise InputError(f"{what} would decode {pixels} pixels, but this request has {max(self.left, 0)} of "
+                                 f"its {total} left (QVL_MAX_REQUEST_DECODED_PIXELS); send fewer or smaller media "
+                                 "per request", status=413)
+            self.left -= pixels
+
+
+class ItemBudget:
+    """One item's share: its own limit, then the request's."""
+
+    def __init__(self, request: DecodeBudget) -> None:
+        self.request = request
+        self.used = 0
+
+    def take(self, pixels: int, what: str) -> None:
+        """Reserve ``pixels`` before decoding them; refuses (413) past the item or request limit."""
+        self.request.check_deadline()
+        limit = self.request.settings.max_item_decoded_pixels
+        if self.used + pixels > limit:
+            raise InputError(f"{what} would bring the item's decoded media to {self.used + pixels} pixels, over the "
+                             f"limit of {limit} (QVL_MAX_ITEM_DECODED_PIXELS); send fewer frames or smaller media",
+                             status=413)
+        self.request._take(pixels, what)
+        self.used += pixels
+
+    def check_deadline(self) -> None:
+        self.request.check_deadline()
