@@ -73,18 +73,23 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
+        wire, held = self.dispatcher.admission.wire, 0
         try:
+            size = request.ByteSize()
+            held = wire.hold_or_refuse(size)
             options = embed_options(request.options)
             # Admission is decided on the message's size before its media are copied into items.
             results = await self.dispatcher.embed(
                 lambda: [item_from_proto(it, i) for i, it in enumerate(request.items)], options,
-                self._context(context), size_hint=(len(request.items), request.ByteSize()))
+                self._context(context), size_hint=(len(request.items), size))
             errors = [(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]
             for _, err in errors:
                 if err.fails_call(request.options.allow_partial):
                     raise err
         except QvlError as err:
             await self._fail(context, "grpc.Embed", err)
+        finally:
+            wire.release(held)
         response = pb.EmbedResponse(model=self.dispatcher.model_name("embed"))
         for r in results:
             response.embeddings.append(pb.Embedding() if isinstance(r, QvlError) else embedding_to_proto(r))
@@ -95,7 +100,9 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
 
     async def Rerank(self, request: pb.RerankRequest, context: grpc.aio.ServicerContext) -> pb.RerankResponse:
         started = time.perf_counter()
+        wire, held = self.dispatcher.admission.wire, 0
         try:
+            held = wire.hold_or_refuse(request.ByteSize())
             query = item_from_proto(request.query, 0)
             docs = [item_from_proto(d, i) for i, d in enumerate(request.documents)]
             top_k = request.top_k if request.HasField("top_k") else None
@@ -106,6 +113,8 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
                     raise err
         except QvlError as err:
             await self._fail(context, "grpc.Rerank", err)
+        finally:
+            wire.release(held)
         response = pb.RerankResponse(
             scores=[math.nan if s is None else s for s in result.scores],
             ranking=[pb.Ranked(index=i, score=result.scores[i] or 0.0) for i in result.ranking],

@@ -37,6 +37,7 @@ class EmbedStreamSession:
         self.dispatcher = dispatcher
         self.settings = settings
         self.ctx = ctx
+        self.held = 0  # bytes of read-ahead this stream holds in the process-wide budget
 
     async def run(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest]) -> AsyncIterator[pb.EmbedStreamResult]:
         window = asyncio.Semaphore(self.settings.stream_max_in_flight)
@@ -44,10 +45,15 @@ class EmbedStreamSession:
         results: asyncio.Queue[pb.EmbedStreamResult | None] = asyncio.Queue()
         tasks: set[asyncio.Task[None]] = set()
 
+        wire = self.dispatcher.admission.wire
+
         async def reader() -> None:
             try:
                 async for msg in request_iterator:
                     await window.acquire()
+                    # Read-ahead is bounded in bytes too: past the budget reading stops, and
+                    # flow control slows the sender.
+                    self.held += await wire.hold(msg.ByteSize(), self.ctx)
                     await incoming.put(msg)
             finally:
                 await incoming.put(None)
@@ -72,6 +78,9 @@ class EmbedStreamSession:
                     outs[seq] = _stream_error(seq, err)
             for m in msgs:
                 window.release()
+                size = wire.clamp(m.ByteSize())
+                self.held -= size
+                wire.release(size)
                 await results.put(outs[m.seq])
 
         async def grouper() -> None:
@@ -113,6 +122,8 @@ class EmbedStreamSession:
             self.ctx.cancelled = True  # a gone caller's queued items are dropped before compute
             for task in [*workers, *tasks]:
                 task.cancel()
+            wire.release(self.held)  # read ahead and never answered (the caller went away)
+            self.held = 0
 
 
 def _stream_error(seq: int, err: QvlError) -> pb.EmbedStreamResult:

@@ -67,7 +67,7 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
         if prefix:
             app.include_router(health, prefix=prefix)
 
-    wrapped: ASGIApp = BodyLimit(Measured(app), settings.max_request_bytes)
+    wrapped: ASGIApp = BodyLimit(Measured(app), settings.max_request_bytes, dispatcher.admission.wire)
     if settings.token:
         wrapped = TokenAuth(wrapped, settings.token, settings.open_module_routes)
     return wrapped, http

@@ -9,9 +9,11 @@ import time
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vectorizer_service.api.http_errors import error_response
 from vectorizer_service.api.weaviate_modules import MODULE_PATHS
-from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.errors import InputError, OverloadedError
 from vectorizer_service.serving import metrics
+from vectorizer_service.serving.admission import WireBytes
 
 
 class Measured:
@@ -44,30 +46,46 @@ class Measured:
 
 
 class BodyLimit:
-    """Refuses bodies over the limit before reading them (413), chunked ones included."""
+    """Refuses bodies over the size limit before reading them (413), chunked ones included, and
+    holds each body's bytes in the process-wide budget while its request runs: past the budget a
+    request is refused (503, Retry-After) before its body is read."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app, self.limit = app, limit
+    def __init__(self, app: ASGIApp, limit: int, wire: WireBytes) -> None:
+        self.app, self.limit, self.wire = app, limit, wire
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
         declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+        size = int(declared) if declared is not None and declared.isdigit() else None
+        if size is not None and size > self.limit:
             await self._refuse(send)
             return
+        held = 0
+        if size:
+            try:
+                held = self.wire.hold_or_refuse(size)
+            except OverloadedError as err:
+                await error_response(err)(scope, receive, send)
+                return
         seen = 0
 
         async def counted() -> Message:
-            nonlocal seen
+            nonlocal seen, held
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise InputError(f"request body over {self.limit} bytes", status=413)
+            if seen > held:  # a chunked body holds its bytes as they arrive
+                held += self.wire.hold_or_refuse(seen - held)
             return message
 
-        await self.app(scope, counted, send)
+        try:
+            await self.app(scope, counted, send)
+        finally:
+            if held:
+                self.wire.release(held)
 
     async def _refuse(self, send: Send) -> None:
         body = json.dumps({"error": f"request body over {self.limit} bytes", "code": "INVALID_ARGUMENT"}).encode()

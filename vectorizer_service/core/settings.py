@@ -118,6 +118,10 @@ class Settings(BaseSettings):
     allow_uri_private_addresses: bool = Field(
         False, description="Let allowed URLs resolve to private, loopback or link-local addresses")
     stream_max_in_flight: int = Field(256, ge=1, description="Items one EmbedStream reads ahead")
+    max_wire_bytes: int = Field(
+        512 * 1024 * 1024, ge=1,
+        description="Request bytes held at once (HTTP bodies, gRPC messages, stream read-ahead); past it 503 "
+                    "or RESOURCE_EXHAUSTED, streams wait")
     open_module_routes: bool = Field(False, description="Serve Weaviate's module routes without the token")
     warmup: bool = Field(True, description="Run one embedding and one rerank before reporting ready")
     profiles: dict[str, Profile] = Field(

@@ -17,6 +17,53 @@ from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
 
 
+class WireBytes:
+    """Request bytes the process holds before and while they are admitted (HTTP bodies, gRPC
+    messages, a stream's read-ahead): counted in bytes, because a count of requests says nothing
+    about memory when one body may be 128 MiB. One message larger than the whole budget still
+    runs, alone."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.held = 0
+        self.freed = asyncio.Event()
+
+    def clamp(self, nbytes: int) -> int:
+        return min(nbytes, self.limit)
+
+    def try_hold(self, nbytes: int) -> bool:
+        nbytes = self.clamp(nbytes)
+        if self.held + nbytes > self.limit:
+            return False
+        self.held += nbytes
+        metrics.WIRE_BYTES.set(self.held)
+        return True
+
+    def hold_or_refuse(self, nbytes: int) -> int:
+        """Hold ``nbytes`` (returns what to release) or raise OverloadedError."""
+        if not self.try_hold(nbytes):
+            metrics.ERRORS.labels("overloaded").inc()
+            raise OverloadedError(f"{self.held} request bytes are held (limit {self.limit}, QVL_MAX_WIRE_BYTES); "
+                                  "retry later")
+        return self.clamp(nbytes)
+
+    async def hold(self, nbytes: int, ctx: CallContext) -> int:
+        """Wait for room (streams: reading stops, so the sender is slowed by flow control)."""
+        while not self.try_hold(nbytes):
+            self.freed.clear()
+            remaining = ctx.deadline - time.monotonic()
+            try:
+                await asyncio.wait_for(self.freed.wait(), timeout=max(remaining, 0.001))
+            except TimeoutError:
+                raise DeadlineError("the deadline passed while waiting for room for the stream's items") from None
+        return self.clamp(nbytes)
+
+    def release(self, nbytes: int) -> None:
+        self.held -= nbytes
+        metrics.WIRE_BYTES.set(self.held)
+        self.freed.set()
+
+
 class Admission:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -26,6 +73,7 @@ class Admission:
         self.capacity = asyncio.Condition()
         self.waiting = 0  # requests waiting for room (streams)
         self.notifying: set[asyncio.Future[None]] = set()
+        self.wire = WireBytes(settings.max_wire_bytes)
 
     def permit(self, items: int, media_bytes: int, *, wait: bool = False,
                ctx: CallContext | None = None) -> Permit:

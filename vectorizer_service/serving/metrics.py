@@ -16,6 +16,8 @@ QUEUE_DEPTH = Gauge("qvl_queue_depth", "Sequences waiting for the model", ["task
 ADMITTED = Gauge("qvl_admitted_items", "Items admitted and not finished (bounded by the queue limit)",
                  registry=REGISTRY)
 ADMITTED_BYTES = Gauge("qvl_admitted_media_bytes", "Raw media bytes admitted and not finished", registry=REGISTRY)
+WIRE_BYTES = Gauge("qvl_wire_bytes", "Request bytes held (HTTP bodies, gRPC messages, stream read-ahead)",
+                   registry=REGISTRY)
 PREPARED_BYTES = Gauge("qvl_prepared_bytes", "Decoded pixel tensors waiting for or in the model", registry=REGISTRY)
 BATCH_SIZE = Histogram("qvl_batch_size", "Sequences per model batch", ["task"], registry=REGISTRY,
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256))
