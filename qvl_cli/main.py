@@ -9,6 +9,7 @@ import sys
 
 from connectors.postgres.cli import add_postgres_parsers
 from qvl_devtools.bench import add_bench_parser
+from vectorizer_service.core.errors import ConfigError
 from vectorizer_service.core.logs import setup_logging
 
 # The choices of vectorizer_service.core.vector_encoding, named here so that parsing needs no numpy.
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_level or "INFO", args.log_format)
     try:
         return int(args.func(args) or 0)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ConfigError) as exc:
         print(f"qvl: {exc}", file=sys.stderr)
         return 2
 

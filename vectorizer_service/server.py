@@ -113,8 +113,9 @@ async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "
     # Listeners come up first: /ready answers 503 and health NOT_SERVING while the models load.
     service = Service(settings, log_level, log_format)
     dispatcher = service.dispatcher
+    tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)} if settings.tls_cert else {}
     http = HttpServer(uvicorn.Config(service.app, host=settings.host, port=settings.http_port, log_config=None,
-                                     access_log=False, timeout_keep_alive=75, lifespan="off"))
+                                     access_log=False, timeout_keep_alive=75, lifespan="off", **tls))
     http_task = asyncio.create_task(http.serve())
     grpc_server, service.health = await build_grpc_server(dispatcher, settings)
     await grpc_server.start()

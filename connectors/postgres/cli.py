@@ -46,6 +46,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts, log_every_s=args.log_every,
         vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
         backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
+        tls=args.tls, ca_file=args.ca_file,
     )
     return run_worker(settings)
 
@@ -87,6 +88,10 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--service", default=os.environ.get("QVL_SERVICE", "127.0.0.1:50051"),
                    help="gRPC HOST:PORT of qvl serve (QVL_SERVICE)")
     p.add_argument("--token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
+    p.add_argument("--tls", action="store_true", default=os.environ.get("QVL_SERVICE_TLS", "") in ("1", "true"),
+                   help="gRPC over TLS, verified against the system's CAs (QVL_SERVICE_TLS=true)")
+    p.add_argument("--ca-file", default=os.environ.get("QVL_SERVICE_CA_FILE"),
+                   help="PEM CA bundle that signed the service's certificate; implies --tls (QVL_SERVICE_CA_FILE)")
     p.add_argument("--batch", type=int, default=64, help="rows claimed and embedded at a time")
     p.add_argument("--concurrency", type=int, default=2, help="batches in flight at once")
     p.add_argument("--lease", type=float, default=300.0,

@@ -20,6 +20,7 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -58,6 +59,8 @@ class WorkerSettings:
     vectorizers: tuple[str, ...] = ()  # names; empty = all
     exit_when_idle: bool = False
     application_name: str = ""  # default qvl-worker-<pid> (pg_stat_activity shows who is who)
+    tls: bool = False  # gRPC over TLS, verified against the system's CAs (or ca_file)
+    ca_file: str | None = None  # PEM CA bundle that signed the service's certificate (implies TLS)
 
 
 class ServiceDown(Exception):
@@ -210,8 +213,10 @@ class Worker:
         name = self.s.application_name or f"qvl-worker-{os.getpid()}"
         return psycopg.connect(self.s.dsn, autocommit=True, application_name=name, connect_timeout=10)
 
-    def _client(self) -> Client:
-        return Client(self.s.service, token=self.s.token, timeout=self.s.rpc_timeout_s, retries=1)
+    def _client(self, *, timeout: float | None = None, retries: int = 1) -> Client:
+        roots = Path(self.s.ca_file).read_bytes() if self.s.ca_file else None
+        return Client(self.s.service, token=self.s.token, timeout=timeout or self.s.rpc_timeout_s, retries=retries,
+                      root_certificates=roots, tls=self.s.tls)
 
     def _check_install(self) -> None:
         """Wait for the database (it may start after the worker); refuse one without qvl."""
@@ -231,7 +236,7 @@ class Worker:
 
     def _learn_limits(self) -> None:
         try:
-            with Client(self.s.service, token=self.s.token, timeout=10, retries=0) as client:
+            with self._client(timeout=10, retries=0) as client:
                 info = client.info()
             self.max_item_bytes = max(1024, int(info.limits.max_request_bytes) - 4096)
         except QvlClientError as exc:

@@ -6,6 +6,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -48,8 +49,13 @@ class ServiceProcess(LocalProcess):
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
+    def tls_cert(self) -> str | None:
+        return self.extra_env.get("QVL_TLS_CERT") or os.environ.get("QVL_TLS_CERT")
+
+    @property
     def http_url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        # A TLS certificate names a host, not an address: https goes to localhost.
+        return f"https://localhost:{self.http_port}" if self.tls_cert else f"http://127.0.0.1:{self.http_port}"
 
     @property
     def grpc_target(self) -> str:
@@ -116,7 +122,8 @@ class ServiceProcess(LocalProcess):
             if self.proc is not None and self.proc.poll() is not None:
                 raise RuntimeError(f"qvl serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
-                with urllib.request.urlopen(f"{self.http_url}/.well-known/ready", timeout=2) as resp:
+                context = ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
+                with urllib.request.urlopen(f"{self.http_url}/.well-known/ready", timeout=2, context=context) as resp:
                     if resp.status == 204:
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):

@@ -96,3 +96,7 @@ class ComputeError(QvlError):
     """The model failed on an item that was accepted (gRPC INTERNAL, HTTP 500)."""
 
     item_level = True
+
+
+class ConfigError(Exception):
+    """The service's own configuration is wrong (not a request's): it does not start."""

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     NoDecode,
@@ -15,6 +15,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from vectorizer_service.core.errors import ConfigError
 
 # Qwen3-VL's reference constants (factor 32 = patch 16 x spatial merge 2).
 IMAGE_FACTOR = 32
@@ -103,7 +105,7 @@ class Settings(BaseSettings):
     grpc_port: int = Field(50051, description="gRPC port")
     http_port: int = Field(8080, description="HTTP port")
     token: str | None = Field(None, description="Bearer token required on gRPC and HTTP when set")
-    tls_cert: Path | None = Field(None, description="PEM certificate: gRPC serves TLS when set with the key")
+    tls_cert: Path | None = Field(None, description="PEM certificate: gRPC and HTTP serve TLS (set with the key)")
     tls_key: Path | None = Field(None, description="PEM private key of the certificate")
     max_request_bytes: int = Field(128 * 1024 * 1024, description="Largest gRPC message / HTTP body")
     max_concurrent_rpcs: int = Field(
@@ -160,15 +162,31 @@ class Settings(BaseSettings):
         cores = (os.cpu_count() or 1) - (1 if beside_model else 0)
         return max(1, min(8, cores))
 
+    @model_validator(mode="after")
+    def _whole_tls(self) -> Settings:
+        # Half a TLS configuration must not quietly serve plaintext.
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("QVL_TLS_CERT and QVL_TLS_KEY go together: set both (TLS on gRPC and HTTP) or neither")
+        for path in (self.tls_cert, self.tls_key):
+            if path is not None and not path.is_file():
+                raise ValueError(f"TLS file not found: {path}")
+        return self
+
     @classmethod
     def load(cls, settings_file: str | Path | None = None, **overrides: Any) -> Settings:
-        """Build settings; ``overrides`` (CLI flags) that are None are ignored."""
+        """Build settings; ``overrides`` (CLI flags) that are None are ignored. Bad settings raise
+        ConfigError naming each setting and the reason."""
         path = settings_file or os.environ.get("QVL_SETTINGS_FILE")
         if path is not None and not Path(path).is_file():
             raise FileNotFoundError(f"settings file not found: {path}")
         token = _settings_file.set(Path(path) if path else None)
         try:
             return cls(**{k: v for k, v in overrides.items() if v is not None})
+        except ValidationError as exc:
+            problems = "; ".join(
+                (f"QVL_{'_'.join(str(p) for p in e['loc']).upper()}: " if e["loc"] else "") + e["msg"].removeprefix(
+                    "Value error, ") for e in exc.errors())
+            raise ConfigError(f"bad settings: {problems}") from None
         finally:
             _settings_file.reset(token)
 

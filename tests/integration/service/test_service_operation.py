@@ -7,11 +7,16 @@ import os
 import pathlib
 import signal
 import socket
+import ssl
 import subprocess
+import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import grpc
 import httpx
@@ -22,7 +27,7 @@ from connectors.client import Client, InvalidInput, TransientError, Unauthentica
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 from tests.media_factory import image_bytes
-from tests.support.service import ServiceProcess
+from tests.support.service import TINY, ServiceProcess
 
 pytestmark = pytest.mark.service
 
@@ -258,17 +263,39 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_grpc_over_tls(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    key, cert = tmp_path / "key.pem", tmp_path / "cert.pem"
+def self_signed(directory: Path) -> tuple[Path, Path]:
+    key, cert = directory / "key.pem", directory / "cert.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
                     str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
                    check=True, capture_output=True)
+    return key, cert
+
+
+def test_grpc_and_http_over_tls(tmp_path: Path) -> None:
+    key, cert = self_signed(tmp_path)
     with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
         target = f"localhost:{svc.grpc_port}"
         with Client(target, root_certificates=cert.read_bytes()) as c:
             assert c.embed(["over TLS"]).shape == (1, 64)
         with Client(target, retries=0) as plain, pytest.raises(TransientError):
             plain.embed(["in clear"], timeout=5)
+        context = ssl.create_default_context(cafile=str(cert))
+        request = urllib.request.Request(f"https://localhost:{svc.http_port}/v1/embed", method="POST",
+                                         data=json.dumps({"items": ["over https"]}).encode())
+        with urllib.request.urlopen(request, context=context, timeout=30) as resp:
+            assert len(json.loads(resp.read())["embeddings"][0]["embedding"]) == 64
+        with pytest.raises((urllib.error.URLError, ConnectionError)):
+            urllib.request.urlopen(f"http://localhost:{svc.http_port}/.well-known/ready", timeout=10)
+
+
+@pytest.mark.parametrize("half", ["QVL_TLS_CERT", "QVL_TLS_KEY"])
+def test_half_a_tls_configuration_refuses_to_start(tmp_path: Path, half: str) -> None:
+    key, cert = self_signed(tmp_path)
+    env = {**os.environ, half: str(cert if half == "QVL_TLS_CERT" else key)}
+    done = subprocess.run([sys.executable, "-m", "qvl_cli", "serve", "--embedding-model", str(TINY)], env=env,
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "QVL_TLS_CERT and QVL_TLS_KEY go together" in done.stderr and "Traceback" not in done.stderr
 
 
 def test_models_run_in_their_own_process_and_requests_in_one_without_torch() -> None:

@@ -1,0 +1,36 @@
+"""The worker reaches a TLS-only service (gRPC verified against the CA file it is given)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+
+from connectors.client import Client
+from connectors.postgres.installer import install
+from tests.integration.postgres.conftest import cosines, drain, new_database, vec
+from tests.integration.service.test_service_operation import self_signed
+from tests.support.postgres import PostgresServer
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+
+def test_worker_embeds_through_a_tls_service(tmp_path: Path, pg_server: PostgresServer) -> None:
+    key, cert = self_signed(tmp_path)
+    with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+        dsn = new_database(pg_server, "worker_tls")
+        install(dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO notes SELECT i, 'secret note ' || i FROM generate_series(1, 12) i")
+            conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], dimensions => 64)")
+        target = f"localhost:{svc.grpc_port}"
+        drain(dsn, target, ca_file=str(cert))
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            rows: list[Any] = conn.execute("SELECT body, embedding::text FROM notes ORDER BY id").fetchall()
+        with Client(target, root_certificates=cert.read_bytes()) as client:
+            expected = client.embed([r[0] for r in rows])
+        assert cosines(expected, [vec(r[1]) for r in rows]).min() > 0.9999
