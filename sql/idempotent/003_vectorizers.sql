@@ -8,15 +8,18 @@
 --   async mode: AFTER triggers (qvl._enqueue_<id>) add the row's key to the queue in the writing
 --               transaction; sync mode: BEFORE triggers (qvl._sync_embed) embed through HTTP.
 -- Triggers are ENABLE ALWAYS so they also fire when a logical-replication subscriber applies rows.
+--
+-- Re-applied by every install (sql/idempotent/); the catalog table qvl.vectorizer is in
+-- sql/incremental/001_schema.sql.
 
-CREATE FUNCTION qvl._vector_schema() RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+CREATE OR REPLACE FUNCTION qvl._vector_schema() RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
      WHERE e.extname = 'vector'
 $$;
 
 
 -- The text form of a row's primary key (what qvl.search and qvl.failed_items report).
-CREATE FUNCTION qvl._pk_text_sql(pk_columns name[], alias text) RETURNS text LANGUAGE sql IMMUTABLE
+CREATE OR REPLACE FUNCTION qvl._pk_text_sql(pk_columns name[], alias text) RETURNS text LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog AS $$
     SELECT CASE WHEN cardinality(pk_columns) = 1 THEN format('%s%I::text', alias, pk_columns[1])
                 ELSE format('ROW(%s)::text', (SELECT string_agg(alias || quote_ident(c), ', ')
@@ -26,7 +29,7 @@ $$;
 
 -- (Re)creates the queue and failed tables, the trigger function and the triggers of one vectorizer.
 -- Idempotent, so an upgrade that changes the generated objects calls it for every vectorizer.
-CREATE FUNCTION qvl._install_objects(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+CREATE OR REPLACE FUNCTION qvl._install_objects(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v qvl.vectorizer;
@@ -103,18 +106,15 @@ END
 $$;
 
 
-CREATE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
+CREATE OR REPLACE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $py$
-lib = GD.get("qvl_lib_1")
-if lib is None:
-    plpy.execute("SELECT qvl._load()")
-    lib = GD["qvl_lib_1"]
+# qvl:prologue
 return lib.sync_trigger(TD)
 $py$;
 
 
 -- Checks a storage/dimensions/index choice against pgvector's limits; returns the column type.
-CREATE FUNCTION qvl._vector_type(storage text, dimensions int, index_kind text) RETURNS text LANGUAGE plpgsql
+CREATE OR REPLACE FUNCTION qvl._vector_type(storage text, dimensions int, index_kind text) RETURNS text LANGUAGE plpgsql
 STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     hnsw_max int := CASE storage WHEN 'vector' THEN 2000 WHEN 'halfvec' THEN 4000 ELSE 64000 END;
@@ -142,7 +142,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl._index_sql(v qvl.vectorizer) RETURNS text LANGUAGE sql STABLE
+CREATE OR REPLACE FUNCTION qvl._index_sql(v qvl.vectorizer) RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)',
                   left(c.relname || '_' || v.destination || '_hnsw', 63), v.source, v.destination,
@@ -153,7 +153,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 
-CREATE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
+CREATE OR REPLACE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v qvl.vectorizer;
@@ -171,7 +171,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.create_vectorizer(
+CREATE OR REPLACE FUNCTION qvl.create_vectorizer(
     source regclass,
     name text DEFAULT NULL,
     text_columns text[] DEFAULT '{}',
@@ -248,7 +248,8 @@ BEGIN
         SELECT a.attgenerated, t.typcategory AS cat, t.oid AS typ, coalesce(e.typcategory, '') AS elem_cat,
                coalesce(e.oid, 0) AS elem
           INTO att
-          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+          LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
          WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'qvl: % has no column %', source, col USING ERRCODE = '42703',
@@ -332,7 +333,7 @@ COMMENT ON FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[]
     'Keep a vector column in step with text/image/video columns of a table (one joint item per row)';
 
 
-CREATE FUNCTION qvl._vectorizer(vname text) RETURNS qvl.vectorizer LANGUAGE plpgsql STABLE
+CREATE OR REPLACE FUNCTION qvl._vectorizer(vname text) RETURNS qvl.vectorizer LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v qvl.vectorizer;
@@ -347,7 +348,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.drop_vectorizer(name text, drop_column boolean DEFAULT false) RETURNS boolean
+CREATE OR REPLACE FUNCTION qvl.drop_vectorizer(name text, drop_column boolean DEFAULT false) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -375,7 +376,7 @@ COMMENT ON FUNCTION qvl.drop_vectorizer(text, boolean) IS
 
 -- Re-queue every row (after a model change), optionally at a new size: the column is retyped and
 -- emptied, the index rebuilt, and the worker fills it again.
-CREATE FUNCTION qvl.reembed(name text, dimensions int DEFAULT NULL) RETURNS bigint
+CREATE OR REPLACE FUNCTION qvl.reembed(name text, dimensions int DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -393,7 +394,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.retry_failed(name text) RETURNS bigint LANGUAGE plpgsql VOLATILE
+CREATE OR REPLACE FUNCTION qvl.retry_failed(name text) RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -412,7 +413,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.failed_items(name text)
+CREATE OR REPLACE FUNCTION qvl.failed_items(name text)
 RETURNS TABLE(pk text, error text, code text, attempts int, failed_at timestamptz)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -426,8 +427,8 @@ $$;
 
 
 -- Counts only (no content), readable by anyone who may read the view.
-CREATE FUNCTION qvl._queue_stats(vid int, OUT pending bigint, OUT in_progress bigint, OUT failed bigint,
-                                 OUT oldest_pending_age interval)
+CREATE OR REPLACE FUNCTION qvl._queue_stats(vid int, OUT pending bigint, OUT in_progress bigint, OUT failed bigint,
+                                            OUT oldest_pending_age interval)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF to_regclass(format('qvl.queue_%s', vid)) IS NULL THEN
@@ -440,7 +441,7 @@ END
 $$;
 
 
-CREATE VIEW qvl.vectorizer_status AS
+CREATE OR REPLACE VIEW qvl.vectorizer_status AS
 SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
        s.pending, s.in_progress, s.failed, s.oldest_pending_age
   FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
@@ -450,7 +451,8 @@ COMMENT ON VIEW qvl.vectorizer_status IS
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or
 -- failed), false at the timeout. Call it after COMMIT, in READ COMMITTED.
-CREATE FUNCTION qvl.wait_for_embeddings(vectorizer text, timeout interval DEFAULT '30 seconds') RETURNS boolean
+CREATE OR REPLACE FUNCTION qvl.wait_for_embeddings(vectorizer text, timeout interval DEFAULT '30 seconds')
+RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vid int;
@@ -474,44 +476,4 @@ BEGIN
         nap := least(nap * 2, 0.1);
     END LOOP;
 END
-$$;
-
-
--- Who may query. Everything in qvl is private, then the query functions are opened to the grantee.
-CREATE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
-                 '_call', '_load', '_queue_stats']::name[]
-$$;
-
-CREATE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    who text := CASE WHEN upper(grantee) = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(grantee) END;
-    verb text := CASE WHEN allow THEN 'GRANT' ELSE 'REVOKE' END;
-    prep text := CASE WHEN allow THEN 'TO' ELSE 'FROM' END;
-    f regprocedure;
-BEGIN
-    EXECUTE format('%s USAGE ON SCHEMA qvl %s %s', verb, prep, who);
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-              WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname = ANY (qvl._query_functions()) LOOP
-        EXECUTE format('%s EXECUTE ON FUNCTION %s %s %s', verb, f, prep, who);
-    END LOOP;
-    EXECUTE format('%s SELECT ON qvl.vectorizer, qvl.vectorizer_status %s %s', verb, prep, who);
-END
-$$;
-
-CREATE FUNCTION qvl._apply_grants(public_access boolean) RETURNS void LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA qvl FROM PUBLIC';
-    PERFORM qvl._grant_query_access('PUBLIC', public_access);
-    INSERT INTO qvl.config (key, value) VALUES ('public_grant', public_access::text)
-    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
-END
-$$;
-
--- For installs with --no-public-grant: let one role embed, rerank and search.
-CREATE FUNCTION qvl.grant_query_access(role_name text) RETURNS void LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
-    SELECT qvl._grant_query_access(role_name, true)
 $$;
