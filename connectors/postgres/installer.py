@@ -1,14 +1,29 @@
-"""``qvl pg install``: applies ``sql/NNN_*.sql`` in order, once each, in one transaction.
+"""``qvl pg install``: puts schema ``qvl`` into a database, or upgrades it in place, in one transaction.
 
-The installed version is ``max(version)`` in ``qvl.schema_version``; a second run applies only
-newer files (so the same command installs and upgrades in place, and does nothing when current).
+``sql/`` is split the way pgai splits its extension:
+
+- ``sql/incremental/NNN_*.sql``: tables, types and one-time data changes. Each runs once, in
+  order, and its number is recorded in ``qvl.schema_version``; the installed version is
+  ``max(version)``, so a second run applies only newer files.
+- ``sql/idempotent/NNN_*.sql``: functions, views and grants (``CREATE OR REPLACE``). Every install
+  applies them again, in order, so changing a function never needs a migration; a file numbered
+  NNN is applied once the schema is at version NNN (a partial install, ``target``, gets the
+  functions of its version only).
+
+The PL/Python library is a real Python file, ``connectors/postgres/plpy/qvl_lib.py``. The
+installer writes its text into ``qvl._load()`` at the ``# qvl:library`` marker and the prologue
+that fetches it from ``GD`` at every ``# qvl:prologue`` marker. The ``GD`` key is a hash of the
+library and its loader, so backends that loaded an older library load the new one after an
+upgrade, and nobody bumps a key by hand.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -19,6 +34,12 @@ from psycopg import sql
 log = logging.getLogger("qvl.pg.install")
 
 FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
+INCREMENTAL, IDEMPOTENT = "incremental", "idempotent"
+LIBRARY = Path(__file__).resolve().parent / "plpy" / "qvl_lib.py"
+LIBRARY_MARKER = re.compile(r"^[ \t]*# qvl:library[ \t]*$", re.M)
+PROLOGUE_MARKER = re.compile(r"^([ \t]*)# qvl:prologue[ \t]*$", re.M)
+ANY_MARKER = re.compile(r"^[ \t]*# qvl:\w+[ \t]*$", re.M)
+DOLLAR_TAG = "$py$"  # the SQL files quote PL/Python bodies with it
 LOCK_KEY = 0x71766C  # "qvl": concurrent installs wait for each other
 PGVECTOR_MIN = (0, 7)
 # Version from which qvl._apply_grants and qvl.set_service exist.
@@ -50,7 +71,8 @@ class SqlFile:
 class InstallResult:
     version_before: int
     version_after: int
-    applied: list[str] = field(default_factory=list)
+    applied: list[str] = field(default_factory=list)  # incremental files run by this install
+    refreshed: list[str] = field(default_factory=list)  # idempotent files (re)applied by this install
 
 
 def sql_dir() -> Path:
@@ -63,21 +85,98 @@ def sql_dir() -> Path:
     return Path(str(resources.files("connectors.postgres") / "sql"))
 
 
-def sql_files(directory: Path | None = None) -> list[SqlFile]:
-    directory = directory or sql_dir()
+def _numbered(directory: Path) -> list[SqlFile]:
     files = []
     for path in sorted(directory.glob("*.sql")):
         match = FILE_NAME.match(path.name)
         if match:
             files.append(SqlFile(int(match.group(1)), path.stem, path))
+    return files
+
+
+def sql_files(directory: Path | None = None) -> list[SqlFile]:
+    """The migrations (``sql/incremental/``): 001, 002, ... without gaps."""
+    directory = directory or sql_dir() / INCREMENTAL
+    files = _numbered(directory)
     versions = [f.version for f in files]
     if not files or versions != list(range(1, len(files) + 1)):
         raise InstallError(f"{directory}: expected 001_*.sql, 002_*.sql, ... without gaps, found {versions}")
     return files
 
 
+def idempotent_files(directory: Path | None = None) -> list[SqlFile]:
+    """The functions, views and grants (``sql/idempotent/``), in the order they are applied."""
+    return _numbered(directory or sql_dir() / IDEMPOTENT)
+
+
 def latest_version(directory: Path | None = None) -> int:
     return sql_files(directory)[-1].version
+
+
+# -- the PL/Python library -----------------------------------------------------------------------
+# qvl._load(): runs the library's text as a module and keeps it in GD. `plpy` is set after the
+# text runs: the library names it at module level only as a placeholder.
+LOADER = """import types
+lib = types.ModuleType("qvl_lib")
+exec(compile({source!r}, "qvl_lib.py", "exec"), lib.__dict__)
+lib.plpy = plpy
+GD[{key!r}] = lib"""
+# What every PL/Python function runs first: the library, loaded once per backend and version.
+PROLOGUE = """lib = GD.get({key!r})
+if lib is None:
+    plpy.execute("SELECT qvl._load()")
+    lib = GD[{key!r}]"""
+
+
+@dataclass(frozen=True)
+class Library:
+    """The library's text and the GD key it lives under (a hash of the text, loader and prologue)."""
+
+    source: str
+
+    @property
+    def key(self) -> str:
+        digest = hashlib.sha256("\0".join((LOADER, PROLOGUE, self.source)).encode("utf-8")).hexdigest()
+        return f"qvl_lib_{digest[:16]}"
+
+    def loader(self) -> str:
+        return LOADER.format(source=self.source, key=self.key)
+
+    def prologue(self, indent: str = "") -> str:
+        return "\n".join(indent + line for line in PROLOGUE.format(key=self.key).splitlines())
+
+
+def library(path: Path = LIBRARY) -> Library:
+    source = path.read_text(encoding="utf-8")
+    if DOLLAR_TAG in repr(source):
+        raise InstallError(f"{path} contains {DOLLAR_TAG}, which ends the function body that carries it")
+    return Library(source)
+
+
+def render(text: str, lib: Library, where: str = "sql") -> str:
+    """``text`` with the library written at ``# qvl:library`` and the prologue at ``# qvl:prologue``."""
+    text = LIBRARY_MARKER.sub(lambda m: lib.loader(), text)
+    text = PROLOGUE_MARKER.sub(lambda m: lib.prologue(m.group(1)), text)
+    left = ANY_MARKER.search(text)
+    if left:
+        raise InstallError(f"{where}: unknown marker {left.group(0).strip()!r} (known: # qvl:library, "
+                           f"# qvl:prologue)")
+    return text
+
+
+def script(directory: Path | None = None, lib: Library | None = None, public_grant: bool = True) -> str:
+    """The whole install as one SQL script, for a database where ``qvl pg install`` cannot run
+    (``psql -1 -f``): every migration with its version row, every function, then the grants."""
+    root = directory or sql_dir()
+    lib = lib or library()
+    parts = []
+    for f in sql_files(root / INCREMENTAL):
+        parts += [f"-- {INCREMENTAL}/{f.path.name}", f.path.read_text(encoding="utf-8"),
+                  f"INSERT INTO qvl.schema_version (version, name) VALUES ({f.version}, '{f.name}');"]
+    for f in idempotent_files(root / IDEMPOTENT):
+        parts += [f"-- {IDEMPOTENT}/{f.path.name}", render(f.path.read_text(encoding="utf-8"), lib, f.path.name)]
+    parts.append(f"SELECT qvl._apply_grants({str(public_grant).lower()});")
+    return "\n".join(parts) + "\n"
 
 
 def _log_notice(diag: psycopg.errors.Diagnostic) -> None:
@@ -113,16 +212,35 @@ def installed_version(conn: psycopg.Connection) -> int:
     return int(got[0]) if got else 0
 
 
+def _has_statements(text: str) -> bool:
+    """Whether ``text`` holds more than comments and blank lines (a migration may hold none)."""
+    return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
+
+
+def _run(conn: psycopg.Connection, name: str, text: str) -> None:
+    log.info("applying %s", name)
+    try:
+        conn.execute(text)
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise InstallError(f"{name}: {exc.diag.message_primary}; PL/Python is an untrusted "
+                           f"language, so a superuser must run the install") from None
+
+
 def install(dsn: str, *, service_url: str | None = None, service_token: str | None = None,
             public_grant: bool | None = None, target: int | None = None,
             directory: Path | None = None) -> InstallResult:
     """Install or upgrade qvl in the database at ``dsn`` (up to version ``target``; default: all).
 
-    ``public_grant``: whether every role may embed, rerank and search; None keeps what an earlier
-    install chose (True on a first install).
+    ``directory``: the ``sql/`` folder (its ``incremental/`` and ``idempotent/``). ``public_grant``:
+    whether every role may embed, rerank and search; None keeps what an earlier install chose (True
+    on a first install).
     """
-    files = sql_files(directory)
-    target = target or files[-1].version
+    root = directory or sql_dir()
+    migrations = sql_files(root / INCREMENTAL)
+    functions = idempotent_files(root / IDEMPOTENT)
+    lib = library()
+    newest = migrations[-1].version
+    target = target or newest
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.add_notice_handler(_log_notice)
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))  # held until this connection closes
@@ -139,18 +257,26 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                 # Another role may upgrade: its new functions must be private by default as well.
                 conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA qvl REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
             applied = []
-            for f in files:
+            for f in migrations:
                 if before < f.version <= target:
-                    log.info("applying %s", f.path.name)
-                    try:
-                        conn.execute(f.path.read_text(encoding="utf-8"))
-                    except psycopg.errors.InsufficientPrivilege as exc:
-                        raise InstallError(f"{f.path.name}: {exc.diag.message_primary}; PL/Python is an untrusted "
-                                           f"language, so a superuser must run the install") from None
+                    text = f.path.read_text(encoding="utf-8")
+                    if _has_statements(text):
+                        _run(conn, f"{INCREMENTAL}/{f.path.name}", text)
                     conn.execute("INSERT INTO qvl.schema_version (version, name) VALUES (%s, %s)",
                                  (f.version, f.name))
                     applied.append(f.path.name)
-            after = max(before, min(target, files[-1].version))
+            after = max(before, min(target, newest))
+            refreshed = []
+            if before > newest:
+                # A newer qvl installed this database: its functions stay (these would be older).
+                log.warning("qvl schema at version %d, newer than this qvl (%d): functions left as they are",
+                            before, newest)
+            else:
+                for f in functions:
+                    if f.version <= after:
+                        name = f"{IDEMPOTENT}/{f.path.name}"
+                        _run(conn, name, render(f.path.read_text(encoding="utf-8"), lib, name))
+                        refreshed.append(f.path.name)
             if after >= GRANTS_FROM:
                 if public_grant is None:
                     row = conn.execute("SELECT value::boolean FROM qvl.config WHERE key = 'public_grant'").fetchone()
@@ -165,7 +291,7 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                  extra={"version": after, "version_before": before})
     else:
         log.info("qvl schema already at version %d", after, extra={"version": after})
-    return InstallResult(before, after, applied)
+    return InstallResult(before, after, applied, refreshed)
 
 
 def check_service(dsn: str) -> str | None:
@@ -177,3 +303,7 @@ def check_service(dsn: str) -> str | None:
             hint = f" ({exc.diag.message_hint})" if exc.diag.message_hint else ""
             return f"{exc.diag.message_primary or exc}{hint}"
     return None
+
+
+if __name__ == "__main__":  # python -m connectors.postgres.installer > qvl.sql; psql -1 -f qvl.sql
+    sys.stdout.write(script())

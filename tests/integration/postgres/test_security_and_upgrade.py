@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import subprocess
 import uuid
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
-from connectors.postgres.installer import install, installed_version, latest_version
+from connectors.postgres.installer import idempotent_files, install, installed_version, latest_version, script
 from tests.integration.postgres.conftest import drain, images, new_database
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
@@ -91,11 +93,15 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         before = conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall()
         failed_before = conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall()
         assert len(failed_before) == 1
+        # The functions of a version come with it: none of the newest version's yet.
+        assert conn.execute("SELECT to_regprocedure('qvl.search(text,text,int,int,boolean)')").fetchone() == (None,)
 
     upgrade = install(dsn)
     assert (upgrade.version_before, upgrade.version_after) == (newest - 1, newest)
     assert len(upgrade.applied) == 1
-    assert install(dsn).applied == []  # idempotent
+    assert upgrade.refreshed == [f.path.name for f in idempotent_files()]
+    again = install(dsn)
+    assert again.applied == [] and again.refreshed == upgrade.refreshed  # functions re-applied, nothing migrated
 
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert installed_version(conn) == newest
@@ -106,6 +112,97 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 10").fetchone() == (True,)
         assert len(conn.execute("SELECT * FROM qvl.search('items', 'c3', k => 3)").fetchall()) == 3
+
+
+# The last commit of the single-folder layout (sql/NNN_*.sql at version 4, the library inside
+# qvl._load() under the hand-bumped GD key "qvl_lib_1"): what existing databases hold.
+SINGLE_FOLDER_LAYOUT = "5538d1f"
+ROOT = Path(__file__).parents[3]
+
+
+def single_folder_sql() -> list[tuple[int, str, str]]:
+    """(version, name, text) of that layout's files, from git history (skips without it)."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout
+
+    try:
+        names = git("ls-tree", "--name-only", f"{SINGLE_FOLDER_LAYOUT}:sql").split()
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"needs the git history of commit {SINGLE_FOLDER_LAYOUT} (a full clone)")
+    return [(int(n[:3]), n.removesuffix(".sql"), git("show", f"{SINGLE_FOLDER_LAYOUT}:sql/{n}")) for n in names]
+
+
+def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, service: ServiceProcess,
+                                               request: pytest.FixtureRequest) -> None:
+    """A database installed before sql/ was split (functions created once, library key "qvl_lib_1")
+    takes the new installer: every function is replaced, sessions that loaded the old library load
+    the new one, and the data, the queue and the triggers carry on."""
+    files = single_folder_sql()
+    assert [v for v, _, _ in files] == [1, 2, 3, 4]
+    dsn = new_database(pg_server, request.node.name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector; CREATE EXTENSION plpython3u")
+        with conn.transaction():  # what the installer of that commit did
+            conn.execute("SET LOCAL search_path = pg_catalog, public")
+            for version, name, text in files:
+                conn.execute(text)
+                conn.execute("INSERT INTO qvl.schema_version (version, name) VALUES (%s, %s)", (version, name))
+            conn.execute("SELECT qvl._apply_grants(true)")
+            conn.execute("SELECT qvl.set_service(%s)", (service.http_url,))
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text)")
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO items SELECT g, 'caption ' || g FROM generate_series(1, 8) g")
+        conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'])")
+        conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], mode => 'sync')")
+        drain(dsn, service.grpc_target)
+        before = conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall()
+
+        with psycopg.connect(dsn, autocommit=True) as old_session:
+            old_session.execute("INSERT INTO notes VALUES (1, 'written before the upgrade')")  # loads qvl_lib_1
+            upgrade = install(dsn)
+            assert (upgrade.version_before, upgrade.version_after, upgrade.applied) == (4, 4, [])
+            assert upgrade.refreshed == [f.path.name for f in idempotent_files()]
+            # The session that had loaded the old library runs the new functions with the new one.
+            old_session.execute("INSERT INTO notes VALUES (2, 'written after the upgrade')")
+            keys: list[str] = []
+            old_session.add_notice_handler(lambda d: keys.extend((d.message_primary or "").split(",")))
+            old_session.execute("""DO $$ plpy.notice(",".join(sorted(k for k in GD if k.startswith("qvl_lib"))))
+                                   $$ LANGUAGE plpython3u""")
+            assert len(keys) == 2 and "qvl_lib_1" in keys, keys
+
+        assert "qvl_lib_1" not in conn.execute("SELECT prosrc FROM pg_proc WHERE oid = "
+                                               "'qvl.embed(text,bytea,bytea,text,int)'::regprocedure").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (2,)
+        assert conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall() == before
+        conn.execute("INSERT INTO items VALUES (9, 'after the upgrade')")  # the queueing trigger survives
+        drain(dsn, service.grpc_target)
+        assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 9").fetchone() == (True,)
+        assert len(conn.execute("SELECT * FROM qvl.search('items', 'caption 3', k => 3)").fetchall()) == 3
+        conn.execute("SELECT qvl.drop_vectorizer('notes', drop_column => true)")
+        conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], dimensions => 32)")
+        assert conn.execute("SELECT name, dimensions, pending FROM qvl.vectorizer_status WHERE name = 'notes'"
+                            ).fetchone() == ("notes", 32, 2)
+        assert conn.execute("SELECT has_function_privilege('public', 'qvl.search(text,text,int,int,boolean)', "
+                            "'EXECUTE')").fetchone() == (True,)
+
+
+def test_the_psql_script_installs_what_the_installer_does(pg_server: PostgresServer,
+                                                          request: pytest.FixtureRequest) -> None:
+    by_installer, by_script = (new_database(pg_server, request.node.name + suffix) for suffix in ("_i", "_s"))
+    install(by_installer)
+    with psycopg.connect(by_script, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION vector; CREATE EXTENSION plpython3u")
+        with conn.transaction():
+            conn.execute(script())
+    functions = ("SELECT p.oid::regprocedure::text, md5(p.prosrc), p.proacl::text FROM pg_proc p "
+                 "WHERE p.pronamespace = 'qvl'::regnamespace ORDER BY 1")
+    found = []
+    for dsn in (by_installer, by_script):
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            found.append((conn.execute(functions).fetchall(), installed_version(conn)))
+            # The library loads and runs (no documents: no call to the service).
+            assert conn.execute("SELECT * FROM qvl.rerank('q', ARRAY[]::text[])").fetchall() == []
+    assert found[0] == found[1] and found[0][1] == latest_version() and len(found[0][0]) >= 30
 
 
 def test_search_path_cannot_hijack_the_definer_trigger(conn: psycopg.Connection[Any], qvl_db: str) -> None:

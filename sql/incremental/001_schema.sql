@@ -2,7 +2,9 @@
 --
 -- Applied by `qvl pg install` (connectors/postgres/installer.py) inside one transaction, after
 -- `CREATE EXTENSION vector` and `CREATE EXTENSION plpython3u`, with the vector extension's
--- schema on the search_path. Each file runs once; its number is recorded in qvl.schema_version.
+-- schema on the search_path. Each file of sql/incremental/ runs once, in order; its number is
+-- recorded in qvl.schema_version. Tables, types and one-time data changes go here; functions,
+-- views and grants go to sql/idempotent/, which every install applies again.
 
 CREATE SCHEMA IF NOT EXISTS qvl;
 COMMENT ON SCHEMA qvl IS 'qvl: Qwen3-VL embeddings and reranking inside Postgres';

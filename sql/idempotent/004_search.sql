@@ -6,27 +6,22 @@
 -- images, video) against the query. Rows come back best first: by score, or by distance when
 -- rerank => false (score NULL). pk is the primary key as text (ROW(...)::text when composite).
 -- SECURITY INVOKER: the caller's privileges and row-level security apply to the table read.
+-- Re-applied by every install (sql/idempotent/).
 
-CREATE FUNCTION qvl.search(vectorizer text, query text, k int DEFAULT 10, candidates int DEFAULT 100,
-                           rerank boolean DEFAULT true)
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query text, k int DEFAULT 10, candidates int DEFAULT 100,
+                                      rerank boolean DEFAULT true)
 RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE
 SET search_path = pg_catalog, pg_temp AS $py$
-lib = GD.get("qvl_lib_1")
-if lib is None:
-    plpy.execute("SELECT qvl._load()")
-    lib = GD["qvl_lib_1"]
+# qvl:prologue
 return lib.search_rows(vectorizer, lib.text_item(query), k, candidates, rerank)
 $py$;
 COMMENT ON FUNCTION qvl.search(text, text, int, int, boolean) IS 'Text query: ANN recall, then rerank';
 
-CREATE FUNCTION qvl.search(vectorizer text, query bytea, k int DEFAULT 10, candidates int DEFAULT 100,
-                           rerank boolean DEFAULT true)
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query bytea, k int DEFAULT 10, candidates int DEFAULT 100,
+                                      rerank boolean DEFAULT true)
 RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE
 SET search_path = pg_catalog, pg_temp AS $py$
-lib = GD.get("qvl_lib_1")
-if lib is None:
-    plpy.execute("SELECT qvl._load()")
-    lib = GD["qvl_lib_1"]
+# qvl:prologue
 return lib.search_rows(vectorizer, lib.image_item(query), k, candidates, rerank)
 $py$;
 COMMENT ON FUNCTION qvl.search(text, bytea, int, int, boolean) IS 'Image query: ANN recall, then rerank';

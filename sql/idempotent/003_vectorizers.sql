@@ -8,15 +8,18 @@
 --   async mode: AFTER triggers (qvl._enqueue_<id>) add the row's key to the queue in the writing
 --               transaction; sync mode: BEFORE triggers (qvl._sync_embed) embed through HTTP.
 -- Triggers are ENABLE ALWAYS so they also fire when a logical-replication subscriber applies rows.
+--
+-- Re-applied by every install (sql/idempotent/); the catalog table qvl.vectorizer is in
+-- sql/incremental/001_schema.sql.
 
-CREATE FUNCTION qvl._vector_schema() RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+CREATE OR REPLACE FUNCTION qvl._vector_schema() RETURNS text LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT quote_ident(n.nspname) FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
      WHERE e.extname = 'vector'
 $$;
 
 
 -- The text form of a row's primary key (what qvl.search and qvl.failed_items report).
-CREATE FUNCTION qvl._pk_text_sql(pk_columns name[], alias text) RETURNS text LANGUAGE sql IMMUTABLE
+CREATE OR REPLACE FUNCTION qvl._pk_text_sql(pk_columns name[], alias text) RETURNS text LANGUAGE sql IMMUTABLE
 SET search_path = pg_catalog AS $$
     SELECT CASE WHEN cardinality(pk_columns) = 1 THEN format('%s%I::text', alias, pk_columns[1])
                 ELSE format('ROW(%s)::text', (SELECT string_agg(alias || quote_ident(c), ', ')
@@ -24,49 +27,62 @@ SET search_path = pg_catalog AS $$
 $$;
 
 
--- (Re)creates the queue and failed tables, the trigger function and the triggers of one vectorizer.
--- Idempotent, so an upgrade that changes the generated objects calls it for every vectorizer.
-CREATE FUNCTION qvl._install_objects(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+-- The generated objects of one vectorizer, one function each; qvl._install_objects runs them all.
+-- Each is idempotent, so an upgrade that changes the generated objects calls qvl._install_objects
+-- for every vectorizer.
+
+-- qvl.queue_<id> and qvl.failed_<id>, keyed by the source table's primary key.
+CREATE OR REPLACE FUNCTION qvl._create_queue_tables(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    v qvl.vectorizer;
     pk_defs text;
     pk_cols text;
-    new_vals text;
-    watched text;
-    changed text;
-    trig text;
 BEGIN
-    SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
-    SELECT string_agg(format('%I %s NOT NULL', c, t), ', ' ORDER BY o),
-           string_agg(format('%I', c), ', ' ORDER BY o),
-           string_agg(format('NEW.%I', c), ', ' ORDER BY o)
-      INTO pk_defs, pk_cols, new_vals
+    SELECT string_agg(format('%I %s NOT NULL', c, t), ', ' ORDER BY o), string_agg(format('%I', c), ', ' ORDER BY o)
+      INTO pk_defs, pk_cols
       FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o);
-    SELECT string_agg(format('%I', c), ', '), string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
-      INTO watched, changed
-      FROM unnest(v.text_columns || v.image_columns || v.video_columns) AS c;
-
     -- Queue rows churn: vacuum them often.
     EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.queue_%s (%s, queued_at timestamptz NOT NULL DEFAULT now(), '
                    'claimed_until timestamptz, claimed_by text, attempts int NOT NULL DEFAULT 0, PRIMARY KEY (%s)) '
                    'WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 500)',
-                   vid, pk_defs, pk_cols);
+                   v.id, pk_defs, pk_cols);
     EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.failed_%s (%s, error text NOT NULL, code text, '
                    'attempts int NOT NULL DEFAULT 1, failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
-                   vid, pk_defs, pk_cols);
+                   v.id, pk_defs, pk_cols);
+END
+$$;
 
+
+-- Both modes' triggers of a vectorizer off its table (qvl_<id>_* async, zzz_qvl_<id>_* sync).
+CREATE OR REPLACE FUNCTION qvl._drop_triggers(vid int, source regclass) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    trig text;
+BEGIN
     FOREACH trig IN ARRAY ARRAY['qvl_%s_insert', 'qvl_%s_update', 'zzz_qvl_%s_insert', 'zzz_qvl_%s_update'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format(trig, vid), v.source);
+        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format(trig, vid), source);
     END LOOP;
+END
+$$;
 
-    IF v.mode = 'async' THEN
-        -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl.
-        -- No SET search_path (it costs a GUC save/restore per row, a third of the trigger): instead
-        -- every name below is schema-qualified, the operator included, so no search_path a caller
-        -- sets can redirect anything. Static SQL: one cached plan per backend. One NOTIFY per
-        -- transaction and vectorizer: a transaction-local flag remembers that it was sent.
-        EXECUTE format($f$
+
+-- Async mode's trigger function qvl._enqueue_<id>: the row's key into the queue, one NOTIFY per
+-- transaction.
+CREATE OR REPLACE FUNCTION qvl._create_enqueue_function(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pk_cols text;
+    new_vals text;
+BEGIN
+    SELECT string_agg(format('%I', c), ', ' ORDER BY o), string_agg(format('NEW.%I', c), ', ' ORDER BY o)
+      INTO pk_cols, new_vals
+      FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
+    -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl.
+    -- No SET search_path (it costs a GUC save/restore per row, a third of the trigger): instead
+    -- every name below is schema-qualified, the operator included, so no search_path a caller
+    -- sets can redirect anything. Static SQL: one cached plan per backend. One NOTIFY per
+    -- transaction and vectorizer: a transaction-local flag remembers that it was sent.
+    EXECUTE format($f$
             CREATE OR REPLACE FUNCTION qvl._enqueue_%1$s() RETURNS trigger LANGUAGE plpgsql VOLATILE
             SECURITY DEFINER AS $body$
             BEGIN
@@ -79,42 +95,68 @@ BEGIN
                 RETURN NULL;
             END
             $body$
-        $f$, vid, pk_cols, new_vals);
-        EXECUTE format('REVOKE ALL ON FUNCTION qvl._enqueue_%s() FROM PUBLIC', vid);
-        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._enqueue_%s()',
-                       format('qvl_%s_insert', vid), v.source, vid);
-        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
-                       'EXECUTE FUNCTION qvl._enqueue_%s()', format('qvl_%s_update', vid), watched, v.source,
-                       changed, vid);
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('qvl_%s_insert', vid));
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('qvl_%s_update', vid));
-    ELSE
-        EXECUTE format('DROP FUNCTION IF EXISTS qvl._enqueue_%s()', vid);
-        -- "zzz": BEFORE triggers fire in name order, so this one sees what other BEFORE triggers wrote.
-        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._sync_embed(%L)',
-                       format('zzz_qvl_%s_insert', vid), v.source, vid);
-        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
-                       'EXECUTE FUNCTION qvl._sync_embed(%L)', format('zzz_qvl_%s_update', vid), watched, v.source,
-                       changed, vid);
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('zzz_qvl_%s_insert', vid));
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, format('zzz_qvl_%s_update', vid));
-    END IF;
+    $f$, v.id, pk_cols, new_vals);
+    EXECUTE format('REVOKE ALL ON FUNCTION qvl._enqueue_%s() FROM PUBLIC', v.id);
 END
 $$;
 
 
-CREATE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
+-- The INSERT and UPDATE triggers of the vectorizer's mode (UPDATE only when an input column
+-- changes), replacing whatever triggers it had.
+CREATE OR REPLACE FUNCTION qvl._create_triggers(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    watched text;
+    changed text;
+    prefix text := CASE v.mode WHEN 'async' THEN 'qvl' ELSE 'zzz_qvl' END;
+    insert_trigger text := format('%s_%s_insert', prefix, v.id);
+    update_trigger text := format('%s_%s_update', prefix, v.id);
+BEGIN
+    SELECT string_agg(format('%I', c), ', '), string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
+      INTO watched, changed
+      FROM unnest(v.text_columns || v.image_columns || v.video_columns) AS c;
+    PERFORM qvl._drop_triggers(v.id, v.source);
+    IF v.mode = 'async' THEN
+        PERFORM qvl._create_enqueue_function(v);
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._enqueue_%s()',
+                       insert_trigger, v.source, v.id);
+        EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
+                       'EXECUTE FUNCTION qvl._enqueue_%s()', update_trigger, watched, v.source, changed, v.id);
+    ELSE
+        EXECUTE format('DROP FUNCTION IF EXISTS qvl._enqueue_%s()', v.id);
+        -- "zzz": BEFORE triggers fire in name order, so this one sees what other BEFORE triggers wrote.
+        EXECUTE format('CREATE TRIGGER %I BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._sync_embed(%L)',
+                       insert_trigger, v.source, v.id);
+        EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
+                       'EXECUTE FUNCTION qvl._sync_embed(%L)', update_trigger, watched, v.source, changed, v.id);
+    END IF;
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, insert_trigger);
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, update_trigger);
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION qvl._install_objects(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+BEGIN
+    SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
+    PERFORM qvl._create_queue_tables(v);
+    PERFORM qvl._create_triggers(v);
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $py$
-lib = GD.get("qvl_lib_1")
-if lib is None:
-    plpy.execute("SELECT qvl._load()")
-    lib = GD["qvl_lib_1"]
+# qvl:prologue
 return lib.sync_trigger(TD)
 $py$;
 
 
 -- Checks a storage/dimensions/index choice against pgvector's limits; returns the column type.
-CREATE FUNCTION qvl._vector_type(storage text, dimensions int, index_kind text) RETURNS text LANGUAGE plpgsql
+CREATE OR REPLACE FUNCTION qvl._vector_type(storage text, dimensions int, index_kind text) RETURNS text LANGUAGE plpgsql
 STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     hnsw_max int := CASE storage WHEN 'vector' THEN 2000 WHEN 'halfvec' THEN 4000 ELSE 64000 END;
@@ -142,7 +184,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl._index_sql(v qvl.vectorizer) RETURNS text LANGUAGE sql STABLE
+CREATE OR REPLACE FUNCTION qvl._index_sql(v qvl.vectorizer) RETURNS text LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('CREATE INDEX IF NOT EXISTS %I ON %s USING hnsw (%I %s.%s)',
                   left(c.relname || '_' || v.destination || '_hnsw', 63), v.source, v.destination,
@@ -153,7 +195,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 
-CREATE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
+CREATE OR REPLACE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v qvl.vectorizer;
@@ -171,61 +213,62 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.create_vectorizer(
-    source regclass,
-    name text DEFAULT NULL,
-    text_columns text[] DEFAULT '{}',
-    image_columns text[] DEFAULT '{}',
-    video_columns text[] DEFAULT '{}',
-    destination name DEFAULT 'embedding',
-    dimensions int DEFAULT NULL,
-    storage text DEFAULT 'vector',
-    instruction text DEFAULT NULL,
-    mode text DEFAULT 'async',
-    index text DEFAULT 'hnsw',
-    on_error text DEFAULT 'fail',
-    query_instruction text DEFAULT NULL
-) RETURNS int LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
-#variable_conflict use_variable
+-- qvl.create_vectorizer, step by step: each check raises the error that names what to change,
+-- in the order below; then the column, the catalog row, the objects, the index and the backfill.
+
+-- The source must be a table (plain or partitioned); returns its name (the default vectorizer name).
+CREATE OR REPLACE FUNCTION qvl._check_source(source regclass) RETURNS name LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel record;
-    att record;
-    col text;
-    role text;
-    all_cols text[];
-    pk_cols name[];
-    pk_types text[];
-    vtype text;
-    new_id int;
-    queued bigint;
-    vname text;
-    listing text;
 BEGIN
     SELECT c.relname, c.relkind INTO rel FROM pg_class c WHERE c.oid = source;
     IF rel.relkind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION 'qvl: % is not a table', source USING ERRCODE = '42809';
     END IF;
-    vname := coalesce(name, rel.relname);
-    text_columns := coalesce(text_columns, '{}');
-    image_columns := coalesce(image_columns, '{}');
-    video_columns := coalesce(video_columns, '{}');
-    all_cols := text_columns || image_columns || video_columns;
+    RETURN rel.relname;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION qvl._check_options(storage text, mode text, index_kind text, on_error text)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     IF storage IS NULL OR storage NOT IN ('vector', 'halfvec', 'bit') THEN
         RAISE EXCEPTION 'qvl: storage must be vector, halfvec or bit, got %', storage USING ERRCODE = '22023';
     END IF;
     IF mode IS NULL OR mode NOT IN ('async', 'sync') THEN
         RAISE EXCEPTION 'qvl: mode must be async or sync, got %', mode USING ERRCODE = '22023';
     END IF;
-    IF index IS NULL OR index NOT IN ('hnsw', 'none') THEN
-        RAISE EXCEPTION 'qvl: index must be hnsw or none, got %', index USING ERRCODE = '22023';
+    IF index_kind IS NULL OR index_kind NOT IN ('hnsw', 'none') THEN
+        RAISE EXCEPTION 'qvl: index must be hnsw or none, got %', index_kind USING ERRCODE = '22023';
     END IF;
     IF on_error IS NULL OR on_error NOT IN ('fail', 'queue') THEN
         RAISE EXCEPTION 'qvl: on_error must be fail or queue, got %', on_error USING ERRCODE = '22023';
     END IF;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION qvl._check_new_name(vname text) RETURNS void LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     IF EXISTS (SELECT 1 FROM qvl.vectorizer v WHERE v.name = vname) THEN
         RAISE EXCEPTION 'qvl: a vectorizer named % exists', vname USING ERRCODE = '42710',
             HINT = 'Pass another name => ..., or drop it first: SELECT qvl.drop_vectorizer(''' || vname || ''');';
     END IF;
+END
+$$;
+
+
+-- The column lists as lists: something to embed, at most one video, no column twice, and the
+-- destination none of them.
+CREATE OR REPLACE FUNCTION qvl._check_column_lists(text_columns text[], image_columns text[], video_columns text[],
+                                                   destination name)
+RETURNS void LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    all_cols text[] := text_columns || image_columns || video_columns;
+BEGIN
     IF cardinality(all_cols) = 0 THEN
         RAISE EXCEPTION 'qvl: a vectorizer needs at least one column to embed' USING ERRCODE = '22023',
             HINT = 'Pass text_columns => ARRAY[...], image_columns => ARRAY[...] or video_columns => ARRAY[...].';
@@ -239,7 +282,21 @@ BEGIN
     IF destination = ANY (all_cols) THEN
         RAISE EXCEPTION 'qvl: the destination % is also an input column', destination USING ERRCODE = '22023';
     END IF;
+END
+$$;
 
+
+-- Every input column exists and has a type its role takes (text: text-like; image and video: also
+-- bytea or bytea[]); sync mode cannot read generated columns.
+CREATE OR REPLACE FUNCTION qvl._check_input_columns(source regclass, text_columns text[], image_columns text[],
+                                                    video_columns text[], mode text)
+RETURNS void LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    att record;
+    col text;
+    role text;
+    listing text;
+BEGIN
     SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) INTO listing
       FROM pg_attribute a WHERE a.attrelid = source AND a.attnum > 0 AND NOT a.attisdropped;
     FOR col, role IN SELECT c, 'text' FROM unnest(text_columns) AS c
@@ -248,7 +305,8 @@ BEGIN
         SELECT a.attgenerated, t.typcategory AS cat, t.oid AS typ, coalesce(e.typcategory, '') AS elem_cat,
                coalesce(e.oid, 0) AS elem
           INTO att
-          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
+          FROM pg_attribute a JOIN pg_type t ON t.oid = a.atttypid
+          LEFT JOIN pg_type e ON e.oid = t.typelem AND t.typcategory = 'A'
          WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
         IF NOT FOUND THEN
             RAISE EXCEPTION 'qvl: % has no column %', source, col USING ERRCODE = '42703',
@@ -268,34 +326,57 @@ BEGIN
                 USING ERRCODE = '0A000', HINT = 'Use mode => ''async'' for generated columns.';
         END IF;
     END LOOP;
+END
+$$;
 
+
+-- The source's primary key columns and their types, in key order (the queue refers to rows by it).
+CREATE OR REPLACE FUNCTION qvl._primary_key(source regclass, OUT pk_columns name[], OUT pk_types text[])
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
     SELECT array_agg(a.attname ORDER BY k.ord), array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.ord)
-      INTO pk_cols, pk_types
+      INTO pk_columns, pk_types
       FROM pg_index i
       CROSS JOIN LATERAL unnest(i.indkey::int2[]) WITH ORDINALITY AS k(attnum, ord)
       JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
      WHERE i.indrelid = source AND i.indisprimary;
-    IF pk_cols IS NULL THEN
+    IF pk_columns IS NULL THEN
         RAISE EXCEPTION 'qvl: % has no primary key', source USING ERRCODE = '42P16',
             HINT = 'The queue refers to rows by primary key: ALTER TABLE ... ADD PRIMARY KEY (...).';
     END IF;
+END
+$$;
 
+
+-- dimensions => NULL: the embedding model's full size, as the service reports it.
+CREATE OR REPLACE FUNCTION qvl._full_dimensions() RETURNS int LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    dimensions int;
+BEGIN
+    BEGIN
+        SELECT (m->>'hidden_size')::int INTO dimensions
+          FROM jsonb_array_elements(qvl.service_info()->'models') AS m WHERE m->>'task' = 'embed';
+    EXCEPTION WHEN OTHERS THEN
+        RAISE EXCEPTION 'qvl: dimensions => NULL means the model''s full size, and the service could not say: %',
+                SQLERRM USING ERRCODE = '08001',
+                HINT = 'Start the service (see qvl.set_service), or pass dimensions => N.';
+    END;
     IF dimensions IS NULL THEN
-        BEGIN
-            SELECT (m->>'hidden_size')::int INTO dimensions
-              FROM jsonb_array_elements(qvl.service_info()->'models') AS m WHERE m->>'task' = 'embed';
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'qvl: dimensions => NULL means the model''s full size, and the service could not say: %',
-                    SQLERRM USING ERRCODE = '08001',
-                    HINT = 'Start the service (see qvl.set_service), or pass dimensions => N.';
-        END;
-        IF dimensions IS NULL THEN
-            RAISE EXCEPTION 'qvl: the service serves no embedding model' USING ERRCODE = '22023',
-                HINT = 'Start qvl serve with --embedding-model.';
-        END IF;
+        RAISE EXCEPTION 'qvl: the service serves no embedding model' USING ERRCODE = '22023',
+            HINT = 'Start qvl serve with --embedding-model.';
     END IF;
-    vtype := qvl._vector_type(storage, dimensions, index);
+    RETURN dimensions;
+END
+$$;
 
+
+-- The destination column: checked when it exists (it must have the vector type), else added.
+CREATE OR REPLACE FUNCTION qvl._ensure_destination(source regclass, destination name, vtype text)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    att record;
+BEGIN
     SELECT a.atttypid, a.atttypmod INTO att FROM pg_attribute a
      WHERE a.attrelid = source AND a.attname = destination AND a.attnum > 0 AND NOT a.attisdropped;
     IF FOUND THEN
@@ -308,17 +389,72 @@ BEGIN
     ELSE
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %s', source, destination, vtype);
     END IF;
+END
+$$;
+
+
+-- The HNSW index over the destination column, for vectorizers created with index => 'hnsw'.
+CREATE OR REPLACE FUNCTION qvl._create_index(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+BEGIN
+    SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
+    IF v.index_kind = 'hnsw' THEN
+        EXECUTE qvl._index_sql(v);
+    END IF;
+END
+$$;
+
+
+CREATE OR REPLACE FUNCTION qvl.create_vectorizer(
+    source regclass,
+    name text DEFAULT NULL,
+    text_columns text[] DEFAULT '{}',
+    image_columns text[] DEFAULT '{}',
+    video_columns text[] DEFAULT '{}',
+    destination name DEFAULT 'embedding',
+    dimensions int DEFAULT NULL,
+    storage text DEFAULT 'vector',
+    instruction text DEFAULT NULL,
+    mode text DEFAULT 'async',
+    index text DEFAULT 'hnsw',
+    on_error text DEFAULT 'fail',
+    query_instruction text DEFAULT NULL
+) RETURNS int LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    relname name;
+    vname text;
+    pk record;
+    vtype text;
+    new_id int;
+    queued bigint;
+BEGIN
+    relname := qvl._check_source(source);
+    vname := coalesce(name, relname);
+    text_columns := coalesce(text_columns, '{}');
+    image_columns := coalesce(image_columns, '{}');
+    video_columns := coalesce(video_columns, '{}');
+    PERFORM qvl._check_options(storage, mode, index, on_error);
+    PERFORM qvl._check_new_name(vname);
+    PERFORM qvl._check_column_lists(text_columns, image_columns, video_columns, destination);
+    PERFORM qvl._check_input_columns(source, text_columns, image_columns, video_columns, mode);
+    SELECT * INTO pk FROM qvl._primary_key(source);
+    IF dimensions IS NULL THEN
+        dimensions := qvl._full_dimensions();
+    END IF;
+    vtype := qvl._vector_type(storage, dimensions, index);
+    PERFORM qvl._ensure_destination(source, destination, vtype);
 
     INSERT INTO qvl.vectorizer (name, source, pk_columns, pk_types, text_columns, image_columns, video_columns,
                                 destination, dimensions, storage, instruction, query_instruction, mode, on_error,
                                 index_kind)
-    VALUES (vname, source, pk_cols, pk_types, text_columns, image_columns, video_columns, destination, dimensions,
-            storage, instruction, query_instruction, mode, on_error, index)
+    VALUES (vname, source, pk.pk_columns, pk.pk_types, text_columns, image_columns, video_columns, destination,
+            dimensions, storage, instruction, query_instruction, mode, on_error, index)
     RETURNING id INTO new_id;
     PERFORM qvl._install_objects(new_id);
-    IF index = 'hnsw' THEN
-        EXECUTE qvl._index_sql((SELECT v FROM qvl.vectorizer v WHERE v.id = new_id));
-    END IF;
+    PERFORM qvl._create_index(new_id);
     queued := qvl._queue_all(new_id);  -- backfill: existing rows go to the worker
     PERFORM pg_notify('qvl_config', new_id::text);
     IF queued > 0 THEN
@@ -332,7 +468,7 @@ COMMENT ON FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[]
     'Keep a vector column in step with text/image/video columns of a table (one joint item per row)';
 
 
-CREATE FUNCTION qvl._vectorizer(vname text) RETURNS qvl.vectorizer LANGUAGE plpgsql STABLE
+CREATE OR REPLACE FUNCTION qvl._vectorizer(vname text) RETURNS qvl.vectorizer LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v qvl.vectorizer;
@@ -347,17 +483,14 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.drop_vectorizer(name text, drop_column boolean DEFAULT false) RETURNS boolean
+CREATE OR REPLACE FUNCTION qvl.drop_vectorizer(name text, drop_column boolean DEFAULT false) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
-    trig text;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_class WHERE oid = v.source) THEN
-        FOREACH trig IN ARRAY ARRAY['qvl_%s_insert', 'qvl_%s_update', 'zzz_qvl_%s_insert', 'zzz_qvl_%s_update'] LOOP
-            EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format(trig, v.id), v.source);
-        END LOOP;
+        PERFORM qvl._drop_triggers(v.id, v.source);
         IF drop_column THEN
             EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', v.source, v.destination);
         END IF;
@@ -375,7 +508,7 @@ COMMENT ON FUNCTION qvl.drop_vectorizer(text, boolean) IS
 
 -- Re-queue every row (after a model change), optionally at a new size: the column is retyped and
 -- emptied, the index rebuilt, and the worker fills it again.
-CREATE FUNCTION qvl.reembed(name text, dimensions int DEFAULT NULL) RETURNS bigint
+CREATE OR REPLACE FUNCTION qvl.reembed(name text, dimensions int DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -393,7 +526,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.retry_failed(name text) RETURNS bigint LANGUAGE plpgsql VOLATILE
+CREATE OR REPLACE FUNCTION qvl.retry_failed(name text) RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -412,7 +545,7 @@ END
 $$;
 
 
-CREATE FUNCTION qvl.failed_items(name text)
+CREATE OR REPLACE FUNCTION qvl.failed_items(name text)
 RETURNS TABLE(pk text, error text, code text, attempts int, failed_at timestamptz)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -426,8 +559,8 @@ $$;
 
 
 -- Counts only (no content), readable by anyone who may read the view.
-CREATE FUNCTION qvl._queue_stats(vid int, OUT pending bigint, OUT in_progress bigint, OUT failed bigint,
-                                 OUT oldest_pending_age interval)
+CREATE OR REPLACE FUNCTION qvl._queue_stats(vid int, OUT pending bigint, OUT in_progress bigint, OUT failed bigint,
+                                            OUT oldest_pending_age interval)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF to_regclass(format('qvl.queue_%s', vid)) IS NULL THEN
@@ -440,7 +573,7 @@ END
 $$;
 
 
-CREATE VIEW qvl.vectorizer_status AS
+CREATE OR REPLACE VIEW qvl.vectorizer_status AS
 SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
        s.pending, s.in_progress, s.failed, s.oldest_pending_age
   FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
@@ -450,7 +583,8 @@ COMMENT ON VIEW qvl.vectorizer_status IS
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or
 -- failed), false at the timeout. Call it after COMMIT, in READ COMMITTED.
-CREATE FUNCTION qvl.wait_for_embeddings(vectorizer text, timeout interval DEFAULT '30 seconds') RETURNS boolean
+CREATE OR REPLACE FUNCTION qvl.wait_for_embeddings(vectorizer text, timeout interval DEFAULT '30 seconds')
+RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vid int;
@@ -474,44 +608,4 @@ BEGIN
         nap := least(nap * 2, 0.1);
     END LOOP;
 END
-$$;
-
-
--- Who may query. Everything in qvl is private, then the query functions are opened to the grantee.
-CREATE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
-                 '_call', '_load', '_queue_stats']::name[]
-$$;
-
-CREATE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    who text := CASE WHEN upper(grantee) = 'PUBLIC' THEN 'PUBLIC' ELSE quote_ident(grantee) END;
-    verb text := CASE WHEN allow THEN 'GRANT' ELSE 'REVOKE' END;
-    prep text := CASE WHEN allow THEN 'TO' ELSE 'FROM' END;
-    f regprocedure;
-BEGIN
-    EXECUTE format('%s USAGE ON SCHEMA qvl %s %s', verb, prep, who);
-    FOR f IN SELECT p.oid::regprocedure FROM pg_proc p
-              WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname = ANY (qvl._query_functions()) LOOP
-        EXECUTE format('%s EXECUTE ON FUNCTION %s %s %s', verb, f, prep, who);
-    END LOOP;
-    EXECUTE format('%s SELECT ON qvl.vectorizer, qvl.vectorizer_status %s %s', verb, prep, who);
-END
-$$;
-
-CREATE FUNCTION qvl._apply_grants(public_access boolean) RETURNS void LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA qvl FROM PUBLIC';
-    PERFORM qvl._grant_query_access('PUBLIC', public_access);
-    INSERT INTO qvl.config (key, value) VALUES ('public_grant', public_access::text)
-    ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
-END
-$$;
-
--- For installs with --no-public-grant: let one role embed, rerank and search.
-CREATE FUNCTION qvl.grant_query_access(role_name text) RETURNS void LANGUAGE sql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
-    SELECT qvl._grant_query_access(role_name, true)
 $$;

@@ -1,0 +1,1 @@
+"""Python that runs inside the database (PL/Python): ``qvl_lib.py``, installed by ``qvl pg install``."""

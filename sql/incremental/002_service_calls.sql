@@ -1,0 +1,5 @@
+-- qvl 002: the PL/Python service calls.
+--
+-- Nothing to migrate: this version's objects are functions (and views), which live in
+-- sql/idempotent/002_*.sql and are applied again by every install. The file keeps the number,
+-- so a database at version 2 (qvl.schema_version) means what it meant before the split.

@@ -1,0 +1,5 @@
+-- qvl 003: vectorizers: their functions and the qvl.vectorizer_status view.
+--
+-- Nothing to migrate: this version's objects are functions (and views), which live in
+-- sql/idempotent/003_*.sql and are applied again by every install. The file keeps the number,
+-- so a database at version 3 (qvl.schema_version) means what it meant before the split.

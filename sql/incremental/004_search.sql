@@ -1,0 +1,5 @@
+-- qvl 004: two-stage search (qvl.search).
+--
+-- Nothing to migrate: this version's objects are functions (and views), which live in
+-- sql/idempotent/004_*.sql and are applied again by every install. The file keeps the number,
+-- so a database at version 4 (qvl.schema_version) means what it meant before the split.

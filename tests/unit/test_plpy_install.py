@@ -1,0 +1,142 @@
+"""How the installer puts the PL/Python library into the SQL, and the incremental/idempotent split."""
+
+from __future__ import annotations
+
+import re
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.postgres.installer import (
+    IDEMPOTENT,
+    INCREMENTAL,
+    LIBRARY,
+    InstallError,
+    Library,
+    _has_statements,
+    idempotent_files,
+    latest_version,
+    library,
+    render,
+    script,
+    sql_dir,
+    sql_files,
+)
+
+HEADER = re.compile(r"^(qvl\.\w+)\(.*?LANGUAGE (\w+)[^$]*? AS \$py\$\n(.*?)^\$py\$;", re.S | re.M)
+
+
+def plpython_functions(text: str) -> list[tuple[str, str]]:
+    """(name, body) of each PL/Python function (each quoted with $py$; the others with $$)."""
+    found = []
+    for chunk in text.split("CREATE OR REPLACE FUNCTION ")[1:]:
+        m = HEADER.match(chunk)
+        if m and m.group(2) == "plpython3u":
+            found.append((m.group(1), m.group(3)))
+        else:
+            assert "LANGUAGE plpython3u" not in chunk.split(" AS ")[0], chunk[:200]
+    return found
+
+
+def idempotent_text() -> str:
+    return "\n".join(f.path.read_text() for f in idempotent_files())
+
+
+def run_body(body: str, plpy: Any, gd: dict[str, Any], **args: Any) -> Any:
+    """A PL/Python function body run as PL/Python runs it: a function whose globals hold the arguments."""
+    namespace: dict[str, Any] = {"plpy": plpy, "GD": gd, **args}
+    exec("def __procedure():\n" + textwrap.indent(body, "    "), namespace)
+    return namespace["__procedure"]()
+
+
+def test_every_plpython_function_but_the_loader_starts_with_the_prologue_marker() -> None:
+    functions = plpython_functions(idempotent_text())
+    assert len(functions) >= 12
+    for name, body in functions:
+        first = body.splitlines()[0]
+        assert first == ("# qvl:library" if name == "qvl._load" else "# qvl:prologue"), name
+        assert "GD" not in body and "qvl_lib" not in body, name  # the key is the installer's business
+
+
+def test_the_split_functions_are_idempotent_tables_are_incremental() -> None:
+    for f in idempotent_files():
+        text = f.path.read_text()
+        assert not re.search(r"^CREATE (FUNCTION|VIEW|TABLE|TYPE|SCHEMA)\b", text, re.M), f.name
+        assert f.version <= latest_version(), f"{f.name} would never be applied"
+    for f in sql_files():
+        assert "CREATE OR REPLACE" not in f.path.read_text(), f.name
+    assert not list(sql_dir().glob("*.sql")), "every SQL file is incremental/ or idempotent/"
+
+
+def test_migrations_without_statements_are_recognised() -> None:
+    assert not _has_statements("-- nothing\n\n  -- here\n")
+    assert _has_statements("-- a table\nCREATE TABLE t ();\n")
+    assert _has_statements(sql_files()[0].path.read_text())
+
+
+def test_render_writes_the_library_and_the_prologue_with_one_key() -> None:
+    lib = library()
+    text = render(idempotent_text(), lib)
+    assert not re.search(r"^\s*# qvl:", text, re.M)  # no marker line left
+    keys = set(re.findall(r"qvl_lib_[0-9a-f]{16}", text))
+    assert keys == {lib.key}
+    assert text.count(f"lib = GD.get({lib.key!r})") == len(plpython_functions(idempotent_text())) - 1
+    assert render("    # qvl:prologue\n", lib) == lib.prologue("    ") + "\n"  # indentation is kept
+
+
+def test_the_key_follows_the_library_text() -> None:
+    lib = library()
+    assert lib.key == library().key
+    assert Library(lib.source + "\n# changed\n").key != lib.key
+
+
+def test_render_refuses_unknown_markers_and_a_library_that_ends_the_body(tmp_path: Path) -> None:
+    with pytest.raises(InstallError, match="unknown marker '# qvl:prolog'"):
+        render("AS $py$\n# qvl:prolog\n$py$;", library(), "x.sql")
+    assert "# qvl:prologue" in render("-- the `# qvl:prologue` marker, in a comment\n", library())
+    bad = tmp_path / "lib.py"
+    bad.write_text('X = "$py$"\n')
+    with pytest.raises(InstallError, match=r"contains \$py\$"):
+        library(bad)
+
+
+class LoaderPlpy:
+    """Enough of plpy for the prologue: SELECT qvl._load() runs the rendered loader."""
+
+    def __init__(self, loader_body: str, gd: dict[str, Any]) -> None:
+        self.loader_body, self.gd, self.loads = loader_body, gd, 0
+
+    def execute(self, query: str) -> None:
+        assert query == "SELECT qvl._load()"
+        self.loads += 1
+        run_body(self.loader_body, self, self.gd)
+
+
+def test_the_rendered_loader_and_prologue_load_the_library_once_per_backend() -> None:
+    lib = library()
+    functions = dict(plpython_functions(render(idempotent_text(), lib)))
+    gd: dict[str, Any] = {}
+    plpy = LoaderPlpy(functions["qvl._load"], gd)
+    rerank = next(body for name, body in plpython_functions(render(idempotent_text(), lib))
+                  if name == "qvl.rerank")  # the first overload: (text, text[])
+    assert "lib.rerank_sql" in rerank
+    for _ in range(3):
+        assert run_body(rerank, plpy, gd, query=None, documents=["a"], instruction=None, top_k=None) == []
+    assert plpy.loads == 1
+    module = gd[lib.key]
+    assert module.plpy is plpy and module.__name__ == "qvl_lib"
+    assert module.make_item(["x"]) == {"text": ["x"]}
+    assert module.target("http://h:1/p", "/v1/info") == ("http", "h", 1, "/p/v1/info")
+
+
+def test_script_is_the_whole_install_for_psql() -> None:
+    text = script(public_grant=False)
+    for f in sql_files():
+        assert f"-- {INCREMENTAL}/{f.path.name}" in text
+        assert f"INSERT INTO qvl.schema_version (version, name) VALUES ({f.version}, '{f.name}');" in text
+    for f in idempotent_files():
+        assert f"-- {IDEMPOTENT}/{f.path.name}" in text
+    assert text.rstrip().endswith("SELECT qvl._apply_grants(false);")
+    assert repr(LIBRARY.read_text())[:60] in text  # the library, inside qvl._load()

@@ -1,0 +1,467 @@
+"""The PL/Python library (connectors/postgres/plpy/qvl_lib.py) without a database.
+
+A stand-in for PL/Python's ``plpy`` answers the library's queries; its HTTP calls go to a tiny
+``http.server`` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import ast
+import base64
+import json
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from connectors.postgres.plpy import qvl_lib
+
+LIB_PATH = Path(qvl_lib.__file__)
+
+
+class PlpyError(Exception):
+    """What plpy.error raises (PL/Python turns it into the SQL error)."""
+
+    def __init__(self, message: str, detail: str | None = None, hint: str | None = None,
+                 sqlstate: str | None = None) -> None:
+        super().__init__(message)
+        self.message, self.detail, self.hint, self.sqlstate = message, detail, hint, sqlstate
+
+
+class Result(list[dict[str, Any]]):
+    def nrows(self) -> int:
+        return len(self)
+
+
+class Plan:
+    def __init__(self, query: str, argtypes: list[str]) -> None:
+        self.query, self.argtypes = query, argtypes
+
+
+class FakePlpy:
+    """Answers by the first registered fragment found in the query; records what ran."""
+
+    def __init__(self) -> None:
+        self.prepared: list[Plan] = []
+        self.executed: list[tuple[str, list[Any]]] = []
+        self.notices: list[str] = []
+        self.answers: list[tuple[str, Callable[[list[Any]], list[dict[str, Any]]]]] = []
+
+    def on(self, fragment: str, answer: Callable[[list[Any]], list[dict[str, Any]]]) -> None:
+        self.answers.append((fragment, answer))
+
+    def prepare(self, query: str, argtypes: list[str]) -> Plan:
+        plan = Plan(query, argtypes)
+        self.prepared.append(plan)
+        return plan
+
+    def execute(self, plan: Plan | str, args: list[Any] | None = None) -> Result:
+        query = plan.query if isinstance(plan, Plan) else plan
+        self.executed.append((query, list(args or [])))
+        for fragment, answer in self.answers:
+            if fragment in query:
+                return Result(answer(list(args or [])))
+        return Result()
+
+    def error(self, message: str, detail: str | None = None, hint: str | None = None,
+              sqlstate: str | None = None) -> None:
+        raise PlpyError(message, detail, hint, sqlstate)
+
+    def notice(self, message: str) -> None:
+        self.notices.append(message)
+
+    @staticmethod
+    def quote_ident(name: str) -> str:
+        return '"' + name.replace('"', '""') + '"'
+
+
+@pytest.fixture
+def plpy(monkeypatch: pytest.MonkeyPatch) -> FakePlpy:
+    fake = FakePlpy()
+    monkeypatch.setattr(qvl_lib, "plpy", fake)
+    for name in ("plans", "cache"):
+        monkeypatch.setattr(qvl_lib, name, {})
+    return fake
+
+
+@pytest.fixture(autouse=True)
+def fresh_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(qvl_lib, "conns", {})
+    yield
+    for conn in qvl_lib.conns.values():
+        conn.close()
+
+
+def service_answers(plpy: FakePlpy, answers: dict[str, tuple[int, Any]]) -> list[tuple[str, Any]]:
+    """qvl._call answers by endpoint (status, JSON body); returns the calls made."""
+    calls: list[tuple[str, Any]] = []
+
+    def call(args: list[Any]) -> list[dict[str, Any]]:
+        endpoint, body = args
+        calls.append((endpoint, json.loads(body)))
+        status, answer = answers[endpoint]
+        return [{"status": status, "response": answer if isinstance(answer, str) else json.dumps(answer)}]
+
+    plpy.on("qvl._call", call)
+    return calls
+
+
+def b64_floats(values: list[float]) -> str:
+    import array
+    a = array.array("f", values)
+    if sys.byteorder != "little":
+        a.byteswap()
+    return base64.b64encode(a.tobytes()).decode()
+
+
+# -- the module itself ---------------------------------------------------------------------------
+def test_the_library_imports_the_standard_library_only() -> None:
+    tree = ast.parse(LIB_PATH.read_text())
+    names = {a.name.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    names |= {n.module.split(".")[0] for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    assert names - {"__future__"} <= set(sys.stdlib_module_names), names - set(sys.stdlib_module_names)
+
+
+# -- items -------------------------------------------------------------------------------------
+def test_make_item_is_one_joint_item_in_the_worker_order() -> None:
+    item = qvl_lib.make_item(["a cat", ["pet", None, "sofa"]], [b"\x89PNG", "/m/cat.jpg", [memoryview(b"GIF8")]],
+                             [[b"f1", None, b"f2"]])
+    assert item is not None
+    assert list(item) == ["frames", "image", "image_uri", "text"]
+    assert item["frames"] == [base64.b64encode(b"f1").decode(), base64.b64encode(b"f2").decode()]
+    assert item["image"] == [base64.b64encode(b"\x89PNG").decode(), base64.b64encode(b"GIF8").decode()]
+    assert item["image_uri"] == ["/m/cat.jpg"]
+    assert item["text"] == ["a cat", "pet", "sofa"]
+    assert qvl_lib.make_item([None], [None], [None]) is None  # all NULL: nothing to embed
+    assert qvl_lib.make_item(videos=[b"mp4"]) == {"video": base64.b64encode(b"mp4").decode()}
+    assert qvl_lib.make_item(videos=["file:///v.mp4"]) == {"video_uri": "file:///v.mp4"}
+
+
+def test_row_item_reads_the_vectorizer_columns() -> None:
+    cfg = {"text_columns": ["caption"], "image_columns": ["image"], "video_columns": []}
+    assert qvl_lib.row_item(cfg, {"caption": "c", "image": None, "other": "x"}) == {"text": ["c"]}
+    assert qvl_lib.text_item(None) is None and qvl_lib.image_item(None) is None
+    assert qvl_lib.image_item(b"\x00") == {"image": ["AA=="]}
+
+
+# -- requests and answers ------------------------------------------------------------------------
+def test_embed_request_asks_for_base64_in_the_storage_encoding() -> None:
+    assert qvl_lib.embed_request(None, None, None, "vector") == {"items": [{}], "format": "base64",
+                                                                  "encoding": "float32"}
+    req = qvl_lib.embed_request({"text": ["x"]}, "Find it", 32, "bit")
+    assert req == {"items": [{"text": ["x"]}], "format": "base64", "encoding": "binary", "instruction": "Find it",
+                   "dimensions": 32}
+
+
+def test_vector_text_decodes_float32_bits_and_plain_lists() -> None:
+    values = [0.5, -1.25, 3.0]
+    assert qvl_lib.vector_text({"embedding_b64": b64_floats(values)}, "vector", 3) == "[0.5,-1.25,3.0]"
+    bits = base64.b64encode(bytes([0b10110000, 0b11111111])).decode()
+    assert qvl_lib.vector_text({"embedding_b64": bits}, "bit", 10) == "1011000011"
+    assert qvl_lib.vector_text({"embedding": [1.0, 2.5]}, "halfvec", 2) == "[1.0,2.5]"
+
+
+def test_rerank_request_skips_what_has_nothing_to_rank() -> None:
+    q = {"text": ["q"]}
+    assert qvl_lib.rerank_request(None, [q], None, None) is None
+    assert qvl_lib.rerank_request(q, [], None, None) is None
+    assert qvl_lib.rerank_request(q, [q], None, 0) is None
+    assert qvl_lib.rerank_request(q, [q, None], "inst", 1) == {"query": q, "documents": [q, {}],
+                                                                "instruction": "inst", "top_k": 1}
+    assert qvl_lib.rerank_what(None) == "the query" and qvl_lib.rerank_what(0) == "documents[1]"
+
+
+@pytest.mark.parametrize(("status", "body", "message", "sqlstate", "hint"), [
+    (0, {"error": "cannot reach the qvl service at h:1: refused", "code": "UNAVAILABLE"},
+     "qvl: cannot reach the model service", "08001", "Start the service"),
+    (400, {"error": "item 0: not an image", "item": 0}, "qvl: the model service refused item #0: not an image",
+     "22023", "Fix or leave out that input"),
+    (413, {"error": "too big"}, "qvl: the model service refused the input: too big", "54000", "smaller image"),
+    (401, {"error": "bad token"}, "qvl: the model service refused the token", "28000", "sets the token"),
+    (429, {"error": "full"}, "qvl: the model service is busy or starting", "53000", "busy or still starting"),
+    (504, {"error": "late"}, "qvl: the model service did not answer in time", "57014", "timeout_s => 120"),
+    (500, "Internal Server Error", "qvl: the model service failed on the input: Internal Server Error", "XX000",
+     "The model failed"),
+])
+def test_failures_become_sql_errors_that_say_what_to_do(status: int, body: Any, message: str, sqlstate: str,
+                                                         hint: str) -> None:
+    text = body if isinstance(body, str) else json.dumps(body)
+    f = qvl_lib.failure("embed", status, text, lambda i: "the input" if i is None else f"item #{i}")
+    assert (f.message, f.sqlstate, f.status) == (message, sqlstate, status)
+    assert f.hint is not None and hint in f.hint
+    error = body if isinstance(body, str) else body["error"]
+    assert f.detail == f"embed {status or 'unreachable'}: {error}"
+
+
+def test_failure_of_an_empty_or_odd_body() -> None:
+    f = qvl_lib.failure("rerank", 502, "", qvl_lib.rerank_what)
+    assert f.message == "qvl: the model service failed on the query: HTTP 502" and f.sqlstate == "XX000"
+    f = qvl_lib.failure("rerank", 422, "[1, 2]", qvl_lib.rerank_what)  # JSON, but not an object
+    assert f.message == "qvl: the model service refused the query: [1, 2]" and f.hint == qvl_lib.MEDIA_HINT
+    f = qvl_lib.failure("rerank", 400, json.dumps({"error": "document 3: bad", "item": 2}), qvl_lib.rerank_what)
+    assert f.message == "qvl: the model service refused documents[3]: bad"
+    assert len(qvl_lib.failure("info", 500, "x" * 1000, lambda i: "it").message) < 400  # long bodies cut
+
+
+def test_answer_decodes_200_and_raises_otherwise(plpy: FakePlpy) -> None:
+    assert qvl_lib.answer("info", 200, '{"a": 1}', lambda i: "") == {"a": 1}
+    with pytest.raises(qvl_lib.Failure) as caught:
+        qvl_lib.answer("embed", 503, '{"error": "warming up"}', lambda i: "the input")
+    with pytest.raises(PlpyError) as sql_error:
+        caught.value.raise_sql()
+    assert (sql_error.value.sqlstate, sql_error.value.detail) == ("53000", "embed 503: warming up")
+
+
+# -- memoization -------------------------------------------------------------------------------
+def test_plans_are_prepared_once_per_key(plpy: FakePlpy) -> None:
+    first = qvl_lib.plan("k", "SELECT 1", ["int4"])
+    assert qvl_lib.plan("k", "SELECT 1", ["int4"]) is first
+    qvl_lib.plan(("k", 2), "SELECT 2")
+    assert [p.query for p in plpy.prepared] == ["SELECT 1", "SELECT 2"]
+
+
+def test_service_info_is_remembered_for_a_minute(plpy: FakePlpy, monkeypatch: pytest.MonkeyPatch) -> None:
+    info = {"models": [{"task": "rerank"}, {"task": "embed", "query_instruction": "Find images."}]}
+    calls = service_answers(plpy, {"info": (200, info)})
+    assert qvl_lib.query_instruction() == "Find images."
+    assert qvl_lib.model_info("rerank") == {"task": "rerank"} and qvl_lib.model_info("ocr") == {}
+    assert len(calls) == 1
+    now = time.monotonic()
+    monkeypatch.setattr(qvl_lib.time, "monotonic", lambda: now + qvl_lib.INFO_TTL_S + 1)
+    qvl_lib.info()
+    assert len(calls) == 2 and calls[0] == ("info", None)
+
+
+def test_query_instruction_falls_back_to_the_default(plpy: FakePlpy) -> None:
+    service_answers(plpy, {"info": (200, {"models": [{"task": "embed"}]})})
+    assert qvl_lib.query_instruction() == qvl_lib.DEFAULT_QUERY_INSTRUCTION
+
+
+# -- SQL the library writes ----------------------------------------------------------------------
+CFG: dict[str, Any] = {
+    "id": 7, "name": "photos", "pk_columns": ["id"], "pk_types": ["bigint"], "text_columns": ["caption"],
+    "image_columns": ["image"], "video_columns": [], "destination": "embedding", "dimensions": 3,
+    "storage": "vector", "instruction": None, "query_instruction": None, "mode": "sync", "on_error": "fail",
+    "source_sql": "public.photos", "vector_schema": "public",
+}
+
+
+def test_search_sql_names_everything_qualified() -> None:
+    q = FakePlpy.quote_ident
+    sql, types = qvl_lib.search_sql(CFG, True, q)
+    assert types == ["public.vector(3)", "int8"]
+    assert sql == ('SELECT s."id"::text AS qvl_pk, (s."embedding" OPERATOR(public.<=>) $1)::real AS qvl_distance, '
+                   's."caption", s."image" FROM public.photos s WHERE s."embedding" IS NOT NULL '
+                   'ORDER BY s."embedding" OPERATOR(public.<=>) $1 LIMIT $2')
+    sql, types = qvl_lib.search_sql({**CFG, "storage": "bit", "pk_columns": ["a", "b"]}, False, q)
+    assert types == ["bit(3)", "int8"]
+    assert sql.startswith('SELECT ROW(s."a", s."b")::text AS qvl_pk, (s."embedding" OPERATOR(public.<~>) $1)')
+    assert 's."caption"' not in sql  # without rerank the content columns stay unread
+
+
+def test_ef_search_widens_to_the_candidates_within_bounds() -> None:
+    assert qvl_lib.ef_search(None, 10) == 40
+    assert qvl_lib.ef_search("100", 10) == 100
+    assert qvl_lib.ef_search("", 300) == 300
+    assert qvl_lib.ef_search("x", 5000) == 1000
+
+
+def test_enqueue_sql_releases_a_claimed_row() -> None:
+    assert qvl_lib.enqueue_sql(7, ["a", "b"], FakePlpy.quote_ident) == (
+        'INSERT INTO qvl.queue_7 ("a", "b") VALUES ($1, $2) ON CONFLICT ("a", "b") DO UPDATE '
+        "SET claimed_until = NULL, claimed_by = NULL")
+
+
+# -- the sync trigger and search against the stand-in ---------------------------------------------
+def sync_setup(plpy: FakePlpy, on_error: str, status: int, body: Any) -> list[tuple[str, Any]]:
+    plpy.on("FROM qvl.vectorizer v", lambda args: [{**CFG, "on_error": on_error}])
+    return service_answers(plpy, {"embed": (status, body)})
+
+
+def test_sync_trigger_writes_the_vector_into_the_new_row(plpy: FakePlpy) -> None:
+    calls = sync_setup(plpy, "fail", 200, {"embeddings": [{"embedding_b64": b64_floats([1, 0, 0])}],
+                                           "dimensions": 3})
+    td: dict[str, Any] = {"args": ["7"], "new": {"id": 1, "caption": "a cat", "image": None, "embedding": None}}
+    assert qvl_lib.sync_trigger(td) == "MODIFY"
+    assert td["new"]["embedding"] == "[1.0,0.0,0.0]"
+    assert calls == [("embed", {"items": [{"text": ["a cat"]}], "format": "base64", "encoding": "float32",
+                                "dimensions": 3})]
+    td = {"args": ["7"], "new": {"id": 2, "caption": None, "image": None, "embedding": "[1,2,3]"}}
+    assert qvl_lib.sync_trigger(td) == "MODIFY" and td["new"]["embedding"] is None and len(calls) == 1
+
+
+def test_sync_trigger_fails_the_statement_or_queues_the_row(plpy: FakePlpy) -> None:
+    sync_setup(plpy, "fail", 400, {"error": "item 0: not an image", "item": 0})
+    td: dict[str, Any] = {"args": ["7"], "new": {"id": 5, "caption": "x", "image": b"bad", "embedding": None}}
+    with pytest.raises(PlpyError) as caught:
+        qvl_lib.sync_trigger(td)
+    assert caught.value.message == "qvl: the model service refused row 5 of public.photos: not an image"
+    assert caught.value.hint is not None and caught.value.hint.endswith(qvl_lib.SYNC_QUEUE_HINT)
+
+    plpy.answers.clear()
+    sync_setup(plpy, "queue", 503, {"error": "warming up"})
+    assert qvl_lib.sync_trigger(td) == "MODIFY" and td["new"]["embedding"] is None
+    queued = [(q, a) for q, a in plpy.executed if "qvl.queue_7" in q or "pg_notify" in q]
+    assert queued == [('INSERT INTO qvl.queue_7 ("id") VALUES ($1) ON CONFLICT ("id") DO UPDATE '
+                       "SET claimed_until = NULL, claimed_by = NULL", [5]),
+                      ("SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["7"])]
+    assert plpy.notices == ["qvl: row 5 of public.photos queued for the worker: qvl: the model service is busy "
+                            "or starting"]
+
+
+def test_search_rows_recalls_then_reranks_and_restores_ef_search(plpy: FakePlpy) -> None:
+    plpy.on("FROM qvl.vectorizer v", lambda args: [CFG])
+    plpy.on("current_setting('hnsw.ef_search'", lambda args: [{"v": "60"}])
+    plpy.on("qvl_distance", lambda args: [{"qvl_pk": "1", "qvl_distance": 0.1, "caption": "a", "image": None},
+                                          {"qvl_pk": "2", "qvl_distance": 0.2, "caption": "b", "image": None}])
+    calls = service_answers(plpy, {
+        "info": (200, {"models": []}),
+        "embed": (200, {"embeddings": [{"embedding_b64": b64_floats([0, 1, 0])}], "dimensions": 3}),
+        "rerank": (200, {"ranking": [{"index": 1, "score": 0.9}, {"index": 0, "score": 0.3}]}),
+    })
+    rows = qvl_lib.search_rows("photos", {"text": ["q"]}, 2, 150, True)
+    assert rows == [("2", 0.2, 0.9), ("1", 0.1, 0.3)]
+    assert calls[1][1]["instruction"] == qvl_lib.DEFAULT_QUERY_INSTRUCTION
+    assert calls[2][1] == {"query": {"text": ["q"]}, "documents": [{"text": ["a"]}, {"text": ["b"]}], "top_k": 2,
+                           "allow_partial": True}
+    ef = [a for q, a in plpy.executed if "set_config('hnsw.ef_search'" in q]
+    assert ef == [["150"], ["60"]]
+    assert qvl_lib.search_rows("photos", None, 2, 10, True) == []
+
+
+def test_unknown_vectorizer_is_a_sql_error(plpy: FakePlpy) -> None:
+    with pytest.raises(PlpyError) as caught:
+        qvl_lib.vectorizer_by_name("nope")
+    assert (caught.value.message, caught.value.sqlstate) == ("qvl: no vectorizer named 'nope'", "42704")
+
+
+# -- HTTP against a real server -------------------------------------------------------------------
+class Service:
+    """A tiny HTTP server: each request takes the next scripted answer (status, headers, body, delay)."""
+
+    def __init__(self) -> None:
+        self.script: list[dict[str, Any]] = []
+        self.seen: list[dict[str, Any]] = []
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                self.answer()
+
+            def do_POST(self) -> None:
+                self.answer()
+
+            def answer(self) -> None:
+                size = int(self.headers.get("Content-Length") or 0)
+                service.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
+                                     "body": self.rfile.read(size), "client": self.client_address})
+                step = service.script.pop(0) if service.script else {}
+                time.sleep(step.get("delay", 0))
+                body = json.dumps(step.get("body", {"ok": True})).encode()
+                self.send_response(step.get("status", 200))
+                for k, v in step.get("headers", {}).items():
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                self.close_connection = bool(step.get("hang_up"))  # closes without saying so
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def service() -> Iterator[Service]:
+    s = Service()
+    yield s
+    s.close()
+
+
+EMBED = qvl_lib.ROUTES["embed"]
+
+
+def test_target_puts_the_route_under_the_service_path() -> None:
+    assert qvl_lib.target("http://qvl:8080", "/v1/embed") == ("http", "qvl", 8080, "/v1/embed")
+    assert qvl_lib.target("https://h/base/", "/v1/info") == ("https", "h", 443, "/base/v1/info")
+    assert qvl_lib.target("http://h", "/v1/rerank") == ("http", "h", 80, "/v1/rerank")
+
+
+def test_http_send_posts_json_with_the_token_on_one_kept_alive_connection(service: Service) -> None:
+    service.script = [{"body": {"n": 1}}, {"body": {"n": 2}}]
+    url = service.url + "/qvl/"
+    assert qvl_lib.http_send(url, "s3cret", 5, EMBED, '{"items": []}') == (200, '{"n": 1}')
+    assert qvl_lib.http_send(url, None, 5, qvl_lib.ROUTES["info"], "null") == (200, '{"n": 2}')
+    first, second = service.seen
+    assert (first["method"], first["path"], first["body"]) == ("POST", "/qvl/v1/embed", b'{"items": []}')
+    assert first["headers"]["Authorization"] == "Bearer s3cret"
+    assert first["headers"]["Content-Type"] == "application/json"
+    assert first["headers"]["User-Agent"] == "qvl-postgres"
+    assert (second["method"], second["path"], second["body"]) == ("GET", "/qvl/v1/info", b"")
+    assert "Authorization" not in second["headers"]
+    assert first["client"] == second["client"]  # the same connection
+
+
+def test_http_send_retries_once_when_the_kept_alive_connection_was_closed(service: Service) -> None:
+    service.script = [{"hang_up": True}, {"body": {"again": True}}]
+    assert qvl_lib.http_send(service.url, None, 5, EMBED, "{}")[0] == 200
+    time.sleep(0.05)  # the server has hung up by now
+    assert qvl_lib.http_send(service.url, None, 5, EMBED, "{}") == (200, '{"again": true}')
+    assert len(service.seen) == 2 and service.seen[0]["client"] != service.seen[1]["client"]
+
+
+def test_http_send_waits_as_a_busy_service_asks_within_the_deadline(service: Service) -> None:
+    service.script = [{"status": 429, "headers": {"Retry-After": "0"}, "body": {"error": "full"}},
+                      {"status": 503, "headers": {"Retry-After": "0.1"}, "body": {"error": "warming"}},
+                      {"body": {"done": True}}]
+    started = time.monotonic()
+    assert qvl_lib.http_send(service.url, None, 5, EMBED, "{}") == (200, '{"done": true}')
+    assert 0.15 <= time.monotonic() - started < 2 and len(service.seen) == 3
+    service.script = [{"status": 503, "headers": {"Retry-After": "30"}, "body": {"error": "warming"}}]
+    assert qvl_lib.http_send(service.url, None, 1, EMBED, "{}") == (503, '{"error": "warming"}')  # past deadline
+
+
+def test_http_send_reports_unreachable_and_late_services_as_statuses(service: Service) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once closed
+    status, body = qvl_lib.http_send(f"http://127.0.0.1:{port}", None, 2, EMBED, "{}")
+    assert status == 0 and json.loads(body)["code"] == "UNAVAILABLE"
+    assert f"cannot reach the qvl service at 127.0.0.1:{port}" in json.loads(body)["error"]
+    service.script = [{"delay": 1.0}]
+    status, body = qvl_lib.http_send(service.url, None, 0.2, EMBED, "{}")
+    assert (status, json.loads(body)["code"]) == (504, "DEADLINE_EXCEEDED")
+    assert json.loads(body)["error"].endswith("within 0.2 s")
+    assert qvl_lib.conns == {}  # a broken connection is not kept
+
+
+@pytest.mark.parametrize(("value", "seconds"), [(None, 1.0), ("0", 0.05), ("2.5", 2.5), ("60", 5.0), ("soon", 1.0)])
+def test_retry_after_is_bounded(value: str | None, seconds: float) -> None:
+    assert qvl_lib.retry_after(value) == seconds
+
+
+def test_send_reads_the_address_from_qvl_service(plpy: FakePlpy, service: Service) -> None:
+    assert qvl_lib.send("nope", "{}")[0] == 400
+    status, body = qvl_lib.send("embed", "{}")
+    assert status == 0 and json.loads(body) == {"error": "no service address is configured", "code": "UNAVAILABLE"}
+    plpy.on("FROM qvl.service", lambda args: [{"url": service.url, "token": "t", "timeout_s": 5.0}])
+    assert qvl_lib.send("embed", '{"items": [{}]}') == (200, '{"ok": true}')
+    assert service.seen[0]["headers"]["Authorization"] == "Bearer t"
+    assert [p.query for p in plpy.prepared].count("SELECT url, token, timeout_s FROM qvl.service") == 1
