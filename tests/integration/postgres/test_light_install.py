@@ -49,10 +49,14 @@ def _copy_tree(dest: Path) -> None:
     wanted = ("pyproject.toml", "README.md", "vectorizer_service/", "connectors/", "qvl_proto/", "qvl_cli/",
               "qvl_devtools/", "sql/")
     for name in listed:
-        if name and name.startswith(wanted) and (ROOT / name).is_file():
-            target = dest / name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes((ROOT / name).read_bytes())
+        if not name or not name.startswith(wanted):
+            continue
+        source, target = ROOT / name, dest / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if source.is_symlink():  # connectors/postgres/sql -> ../../sql
+            target.symlink_to(os.readlink(source))
+        elif source.is_file():
+            target.write_bytes(source.read_bytes())
 
 
 def test_worker_environment_has_no_torch_and_embeds_rows(worker_env: Path, pg_server: PostgresServer,
