@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import urllib.error
 import urllib.parse
@@ -37,7 +38,10 @@ def read_uri(uri: str, settings: Settings, what: str) -> bytes:
 
 
 def _read_file(path: str, settings: Settings, what: str) -> bytes:
-    real = os.path.realpath(path)
+    try:
+        real = os.path.realpath(path)
+    except ValueError as exc:  # a NUL byte, a lone surrogate: no file has that name
+        raise InputError(f"{what}: cannot read {path!r}: {exc}") from None
     roots = [os.path.realpath(r) for r in settings.allow_uri_roots if not r.startswith(("http://", "https://"))]
     if not any(real == r or real.startswith(r.rstrip(os.sep) + os.sep) for r in roots):
         raise InputError(f"{what}: {path!r} is outside the allowed roots")
@@ -48,8 +52,8 @@ def _read_file(path: str, settings: Settings, what: str) -> bytes:
                              status=413)
         with open(real, "rb") as fh:
             return fh.read()
-    except OSError as exc:
-        raise InputError(f"{what}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what}: cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
 
 
 def _read_http(uri: str, settings: Settings, what: str) -> bytes:
@@ -59,7 +63,8 @@ def _read_http(uri: str, settings: Settings, what: str) -> bytes:
     try:
         with _opener.open(uri, timeout=settings.uri_timeout_s) as resp:
             data = resp.read(settings.max_media_bytes + 1)
-    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+    # ValueError and HTTPException: a URL no request can carry (spaces, control characters, non-ASCII)
+    except (urllib.error.URLError, TimeoutError, OSError, ValueError, http.client.HTTPException) as exc:
         raise InputError(f"{what}: cannot fetch {uri!r}: {exc}") from None
     if len(data) > settings.max_media_bytes:
         raise InputError(f"{what}: {uri!r} is over the limit of {settings.max_media_bytes} bytes", status=413)
