@@ -13,7 +13,7 @@ from connectors.progress import Progress
 from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.items import Item, item_from_json
 from vectorizer_service.core.settings import Settings
-from vectorizer_service.core.vector_encoding import vector_json
+from vectorizer_service.core.vector_encoding import MIN_DIMENSIONS, vector_json
 
 CHUNK = 256  # lines read, embedded and written at a time: bounded memory on any input size
 
@@ -65,10 +65,41 @@ def _line_error(err: QvlError) -> str:
     return str(err)
 
 
+class UsageError(Exception):
+    """A flag or the checkpoint is wrong: one line on standard error and exit 2, before any loading."""
+
+
+def refuse(command: str, err: UsageError) -> int:
+    print(f"qvl {command}: {err}", file=sys.stderr)
+    return 2
+
+
+def _model_width(path: str) -> int:
+    from vectorizer_service.model.checkpoint import checkpoint_hidden_size
+
+    try:
+        return checkpoint_hidden_size(path)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--model {path!r} is not a readable checkpoint directory or hub id: {reason}") from None
+
+
+def _check_embed_flags(args: argparse.Namespace) -> None:
+    """What would otherwise fail only after the model has loaded (or fail every line)."""
+    width = _model_width(args.model)
+    if args.dimensions is not None and not MIN_DIMENSIONS <= args.dimensions <= width:
+        raise UsageError(f"--dimensions must be between {MIN_DIMENSIONS} and {width} (the model's size), "
+                         f"got {args.dimensions}")
+
+
 def embed_lines(args: argparse.Namespace) -> int:
     from vectorizer_service.model.checkpoint import load_checkpoint
     from vectorizer_service.model.embedder import Embedder
 
+    try:
+        _check_embed_flags(args)
+    except UsageError as err:
+        return refuse("embed", err)
     settings = Settings.load(args.settings, embedding_model=args.model, device=args.device, dtype=args.dtype,
                              batch_tokens=args.batch_tokens)
     embedder = Embedder(load_checkpoint(args.model, settings), settings)
@@ -120,6 +151,12 @@ def rerank_lines(args: argparse.Namespace) -> int:
     from vectorizer_service.model.checkpoint import load_checkpoint
     from vectorizer_service.model.reranker import Reranker
 
+    try:
+        if args.top_k is not None and args.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+        _model_width(args.model)
+    except UsageError as err:
+        return refuse("rerank", err)
     settings = Settings.load(args.settings, reranker_model=args.model, device=args.device, dtype=args.dtype,
                              batch_tokens=args.batch_tokens)
     reranker = Reranker(load_checkpoint(args.model, settings, with_score_head=True), settings)

@@ -82,3 +82,24 @@ def test_tiny_model_builds_a_loadable_deterministic_checkpoint(tmp_path: Path) -
     [vec] = models.embedder.embed([Item(texts=["hello"])])
     assert vec.values.shape == (64,)  # type: ignore[union-attr]
     assert 0.0 < models.reranker.rerank(Item(texts=["q"]), [Item(texts=["d"])]).scores[0] < 1.0  # type: ignore[operator]
+
+
+def test_embed_refuses_bad_dimensions_before_loading_the_model(tmp_path: Path) -> None:
+    for dims in ("100000", "65", "31", "0", "-5"):
+        dst = tmp_path / f"out-{dims}.jsonl"
+        proc = qvl("embed", "--model", TINY, "--dimensions", dims, "-o", str(dst), stdin=b'{"text": "a"}\n')
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, err
+        assert "Traceback" not in err and "loading checkpoint" not in err, err
+        [line] = err.strip().splitlines()
+        assert "--dimensions" in line and "between 32 and 64" in line and dims in line, line
+        assert not dst.exists()
+    proc = qvl("rerank", "--model", TINY, "--top-k", "0", stdin=b'{"query": "q", "documents": ["d"]}\n')
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err and "loading checkpoint" not in err, err
+    [line] = err.strip().splitlines()
+    assert "--top-k" in line and "at least 1" in line, line
+    proc = qvl("embed", "--model", str(tmp_path / "no-such-model"), stdin=b'{"text": "a"}\n')
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "no-such-model" in err
