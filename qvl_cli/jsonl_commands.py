@@ -28,11 +28,14 @@ def _open_in(path: str | None) -> IO[bytes]:
 
 
 def _lines(stream: IO[bytes]) -> Iterator[str | InputError]:
+    """Every input line, in order: output line N always answers input line N, so a blank line
+    is an error line too (skipping it would shift every later answer)."""
     for raw in stream:
         if not raw.strip():
+            yield InputError("the line is blank; every input line must hold one JSON object")
             continue
         try:
-            yield raw.decode("utf-8")
+            yield raw.decode("utf-8").rstrip("\r\n")  # a string left open ends at its line
         except UnicodeDecodeError as exc:
             yield InputError(f"line is not valid UTF-8 (byte {exc.start})")
 
@@ -54,15 +57,17 @@ def _parse_line(line: str | InputError, base: str, parse: Any) -> Any:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        # Some messages end in "at" already ("Unterminated string starting at").
+        raise InputError(f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from None
     return parse(obj, base)
 
 
-def _line_error(err: QvlError) -> str:
-    """An item's error without the in-chunk index (each output line is its own item)."""
+def _line_error(err: QvlError, number: int) -> dict[str, Any]:
+    """The error line answering input line ``number`` (an item's error without its in-chunk index)."""
+    reason = str(err)
     if isinstance(err, InputError):
-        return f"{err.part}: {err.reason}" if err.part else err.reason
-    return str(err)
+        reason = f"{err.part}: {err.reason}" if err.part else err.reason
+    return {"line": number, "error": f"line {number}: {reason}"}
 
 
 class UsageError(Exception):
@@ -106,6 +111,7 @@ def embed_lines(args: argparse.Namespace) -> int:
     base = os.getcwd()
     failed = 0
     progress = Progress("embedded items")
+    number = 0  # input lines answered so far
     with _open_in(args.input) as src, _open_out(args.output) as dst:
         for lines in _chunks(src):
             parsed: list[Item | InputError] = []
@@ -121,9 +127,10 @@ def embed_lines(args: argparse.Namespace) -> int:
             for i, r in zip(good, results, strict=True):
                 out[i] = r
             for r in out:
+                number += 1
                 if isinstance(r, QvlError):
                     failed += 1
-                    dst.write(json.dumps({"error": _line_error(r)}) + "\n")
+                    dst.write(json.dumps(_line_error(r, number)) + "\n")
                 else:
                     dst.write(json.dumps(vector_json(r)) + "\n")
             dst.flush()
@@ -164,14 +171,14 @@ def rerank_lines(args: argparse.Namespace) -> int:
     failed = 0
     progress = Progress("reranked queries")
     with _open_in(args.input) as src, _open_out(args.output) as dst:
-        for line in _lines(src):
+        for number, line in enumerate(_lines(src), 1):
             try:
                 query, docs, instruction = _parse_line(line, base, _rerank_request)
                 result = reranker.rerank(query, docs, instruction=instruction or args.instruction,
                                          top_k=args.top_k)
             except InputError as exc:
                 failed += 1
-                dst.write(json.dumps({"error": str(exc)}) + "\n")
+                dst.write(json.dumps(_line_error(exc, number)) + "\n")
                 continue
             out: dict[str, Any] = {"scores": result.scores}
             if args.top_k is not None:

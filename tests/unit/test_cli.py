@@ -103,3 +103,27 @@ def test_embed_refuses_bad_dimensions_before_loading_the_model(tmp_path: Path) -
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "no-such-model" in err
+
+
+def test_output_line_n_answers_input_line_n() -> None:
+    """Blank lines are errors too (never skipped), and every error names its input line."""
+    data = (b'{"text": "one"}\n\n   \n{"text": "unterminated}\n{"text": "five"}\n'
+            b'{"image": "media/missing.png"}\n')
+    proc = qvl("embed", "--model", TINY, stdin=data, cwd=FIXTURES)
+    assert proc.returncode == 1, proc.stderr
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert len(out) == 6
+    assert "embedding" in out[0] and "embedding" in out[4]
+    for n in (2, 3):
+        assert out[n - 1]["line"] == n and out[n - 1]["error"].startswith(f"line {n}: ")
+        assert "blank" in out[n - 1]["error"]
+    assert out[3]["line"] == 4
+    assert out[3]["error"] == "line 4: not valid JSON: Unterminated string starting at column 10"
+    assert out[5]["line"] == 6 and out[5]["error"].startswith("line 6: cannot read image 0 file")
+    rerank = (b'{"query": {"text": "q"}, "documents": [{"text": "d"}]}\n\n'
+              b'{"query": {"image": "media/missing.png"}, "documents": [{"text": "d"}]}\n')
+    proc = qvl("rerank", "--model", TINY, stdin=rerank, cwd=FIXTURES)
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 1 and len(out) == 3, proc.stderr
+    assert "scores" in out[0] and out[1]["line"] == 2 and "blank" in out[1]["error"]
+    assert out[2]["line"] == 3 and out[2]["error"].startswith("line 3: query: ")
