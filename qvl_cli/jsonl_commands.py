@@ -144,7 +144,10 @@ def _rerank_request(obj: Any, base: str) -> tuple[Item, list[Item], str | None]:
         raise InputError('a line must be {"query": ITEM, "documents": [ITEM, ...], "instruction": "..."}')
     if not isinstance(obj["documents"], list):
         raise InputError("documents must be a list")
-    query = item_from_json(obj["query"], base)
+    try:
+        query = item_from_json(obj["query"], base)
+    except InputError as exc:
+        raise exc.at(part="query") from None
     docs = []
     for i, d in enumerate(obj["documents"]):
         try:

@@ -82,8 +82,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="embed JSON-lines items with an embedding checkpoint",
                        description='Reads lines like {"text": "...", "image": "a.png", "video": "v.mp4", '
-                       '"instruction": "..."} and writes one {"embedding": [...]} line per input line, in order: '
-                       'output line N always answers input line N. A bad or blank line gets '
+                       '"instruction": "..."} (or a plain string: a text item) and writes one '
+                       '{"embedding": [...]} line per input line, in order: output line N always answers '
+                       'input line N. A bad or blank line gets '
                        '{"line": N, "error": "line N: ..."} and the exit code is 1; the others are embedded.')
     p.add_argument("--model", "-m", required=True, help="checkpoint directory or hub id")
     p.add_argument("--dimensions", type=int, help="Matryoshka size: keep the first D values, renormalized")
@@ -97,7 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
                        description='Reads lines like {"query": ITEM, "documents": [ITEM, ...], "instruction": '
                        '"..."} and writes {"scores": [...]} per line, scores in document order; output line N '
                        'answers input line N (a bad or blank line gets {"line": N, "error": "line N: ..."}, '
-                       'exit code 1).')
+                       'exit code 1). An ITEM is an object as for qvl embed, or a plain string (a text).')
     p.add_argument("--model", "-m", required=True, help="checkpoint directory or hub id")
     p.add_argument("--instruction", help="instruction for lines without their own")
     p.add_argument("--top-k", type=int, help='also write "ranking": the best K document indices')

@@ -127,3 +127,20 @@ def test_output_line_n_answers_input_line_n() -> None:
     assert proc.returncode == 1 and len(out) == 3, proc.stderr
     assert "scores" in out[0] and out[1]["line"] == 2 and "blank" in out[1]["error"]
     assert out[2]["line"] == 3 and out[2]["error"].startswith("line 3: query: ")
+
+
+def test_plain_strings_are_text_items_and_query_errors_say_query() -> None:
+    """As in the HTTP API and the Python client: a plain string is a text item."""
+    lines = [{"query": "a dog", "documents": ["a puppy", {"text": "a cat"}]},
+             {"query": {"text": "a dog"}, "documents": [{"text": "a puppy"}, {"text": "a cat"}]},
+             {"query": 5, "documents": ["a"]},
+             {"query": "q", "documents": ["a", 7]}]
+    proc = qvl("rerank", "--model", TINY, stdin=b"\n".join(json.dumps(x).encode() for x in lines) + b"\n")
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 1 and len(out) == 4, proc.stderr
+    np.testing.assert_allclose(out[0]["scores"], out[1]["scores"], atol=1e-6)
+    assert out[2]["error"].startswith("line 3: query: an item must be a JSON object or a string"), out[2]
+    assert out[3]["error"].startswith("line 4: document 1: an item must be a JSON object or a string"), out[3]
+    proc = qvl("embed", "--model", TINY, stdin=b'"a puppy"\n{"text": "a puppy"}\n')
+    plain, obj = (json.loads(x)["embedding"] for x in proc.stdout.decode().splitlines())
+    assert proc.returncode == 0 and plain == obj

@@ -93,13 +93,16 @@ def _resolve(path: Any, base: str | None) -> Any:
 
 
 def item_from_json(obj: Any, base_dir: str | None = None) -> Item:
-    """An item from JSON: ``{"text", "image", "video", "instruction"}`` with paths for media.
+    """An item from JSON: ``{"text", "image", "video", "instruction"}`` with paths for media, or
+    a plain string (a text item, as in the HTTP API and the Python client).
 
     ``video`` is one path, or a list of frame paths (one video). Relative paths resolve
     against ``base_dir``.
     """
+    if isinstance(obj, str):
+        return Item(texts=[obj])
     if not isinstance(obj, dict):
-        raise InputError(f"an item must be a JSON object, got {type(obj).__name__}")
+        raise InputError(f"an item must be a JSON object or a string, got {type(obj).__name__}")
     unknown = set(obj) - {"text", "image", "video", "instruction"}
     if unknown:
         raise InputError(f"unknown item keys: {', '.join(sorted(unknown))} "
