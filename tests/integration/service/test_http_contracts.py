@@ -132,3 +132,13 @@ def test_a_lone_surrogate_is_bad_input_naming_its_item(service: ServiceProcess) 
     assert [e["item"] for e in out["errors"]] == [1] and out["errors"][0]["code"] == "INVALID_ARGUMENT"
     resp = post(service, "/rerank", {"query": "q", "documents": ["a", bad]})
     assert resp.status_code == 400 and "surrogate" in resp.json()["error"]
+
+
+def test_info_limits_are_json_numbers(service: ServiceProcess) -> None:
+    """protobuf's JSON mapping writes 64-bit integers as strings; /v1/info and /meta must not."""
+    for path in ("/v1/info", "/meta"):
+        limits = httpx.get(service.http_url + path).json()["limits"]
+        numbers = {k: v for k, v in limits.items() if k != "allow_uri_schemes"}
+        assert {"max_request_bytes", "max_media_bytes", "max_source_image_pixels", "batch_tokens"} <= set(numbers)
+        for name, value in numbers.items():
+            assert isinstance(value, int | float) and not isinstance(value, bool), (path, name, value)
