@@ -55,8 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens, token=args.token,
     )
     level = settings.log_level if args.log_level is None else args.log_level
-    setup_logging(level, args.log_format)
-    return run(settings, level, args.log_format)
+    log_format = settings.log_format if args.log_format is None else args.log_format
+    setup_logging(level, log_format)
+    return run(settings, level, log_format)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -77,7 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multimodal retrieval inside Postgres and Weaviate with Qwen3-VL embeddings and reranking.",
     )
     parser.add_argument("--log-level", default=os.environ.get("QVL_LOG_LEVEL"))
-    parser.add_argument("--log-format", choices=["json", "text"], default=os.environ.get("QVL_LOG_FORMAT", "text"))
+    parser.add_argument("--log-format", choices=["json", "text"],
+                        help="text (the default) or json lines; also QVL_LOG_FORMAT (serve: the settings file too)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed JSON-lines items with an embedding checkpoint",
@@ -141,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level or "INFO", args.log_format)
+    setup_logging(args.log_level or "INFO", args.log_format or os.environ.get("QVL_LOG_FORMAT") or "text")
     try:
         return int(args.func(args) or 0)
     except FileNotFoundError as exc:

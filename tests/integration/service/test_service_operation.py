@@ -153,6 +153,7 @@ def test_bad_input_on_every_grpc_entry_point(service: ServiceProcess) -> None:
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_k": 0}, 422, "top_k"),
     ("/vectorize", {"texts": ["a"], "images": ["not base64!"]}, 400, "base64"),
     ("/vectorize", {"thermal": ["AAAA"]}, 422, "thermal"),
+    ("/vectorize", {"video": "AAAA"}, 422, "video"),  # a list, even for one (docs/api.md)
     ("/vectors", {"config": {}}, 422, "text"),
     ("/rerank", {"query": "q"}, 422, "documents"),
 ])
@@ -205,6 +206,9 @@ def test_token_is_required_when_configured() -> None:
         assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
         channel.close()
         assert httpx.get(svc.http_url + "/metrics").status_code == 401
+        for path in ("/metrics", "/openapi.json", "/docs"):  # as docs/api.md says (Prometheus sends it)
+            assert httpx.get(svc.http_url + path).status_code == 401, path
+            assert httpx.get(svc.http_url + path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert httpx.get(svc.http_url + "/.well-known/ready").status_code == 204
         # Weaviate cannot send a token; the operator opened the module routes explicitly.
         assert httpx.post(svc.http_url + "/vectorize", json={"texts": ["a"]}).status_code == 200
