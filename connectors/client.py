@@ -8,6 +8,8 @@ plain string for a text item.
 from __future__ import annotations
 
 import asyncio
+import math
+import numbers
 import random
 import threading
 import time
@@ -45,6 +47,35 @@ class QvlClientError(Exception):
 
 class InvalidInput(QvlClientError):
     """The request (or the item at ``index``) is bad; retrying will not help."""
+
+
+class InvalidArgument(InvalidInput, ValueError):
+    """An argument of a client method is out of range or of the wrong type; nothing was sent."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message, code="INVALID_ARGUMENT")
+
+
+UINT32_MAX = 2 ** 32 - 1
+
+
+def _whole(name: str, value: Any, *, least: int, most: int = UINT32_MAX, note: str = "") -> int:
+    """``value`` as an int within [least, most], or ``InvalidArgument`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or not least <= value <= most:
+        bound = f"at least {least}" if most == UINT32_MAX else f"between {least} and {most}"
+        raise InvalidArgument(f"{name} must be a whole number {bound}{note}, got {value!r}")
+    return int(value)
+
+
+def _seconds(name: str, value: Any) -> float:
+    """A positive, finite number of seconds, or ``InvalidArgument`` naming ``name``."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not (math.isfinite(value) and value > 0):
+        raise InvalidArgument(f"{name} must be a positive number of seconds, got {value!r}")
+    return float(value)
+
+
+def _timeout(value: Any) -> float | None:
+    return None if value is None else _seconds("timeout", value)
 
 
 class TransientError(QvlClientError):
@@ -107,9 +138,24 @@ def embedding_array(e: pb.Embedding) -> np.ndarray:
 def _options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
              allow_partial: bool = False) -> pb.EmbedOptions:
     if encoding not in ENCODINGS:
-        raise ValueError(f"unknown encoding {encoding!r}; expected one of {sorted(ENCODINGS)}")
+        raise InvalidArgument(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+    if dimensions is not None:
+        dimensions = _whole("dimensions", dimensions, least=1,
+                            note=" (the service accepts 32 up to its model's size)")
     return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
                            instruction=instruction, allow_partial=allow_partial)
+
+
+def _rerank_request(query: ItemLike, documents: Sequence[ItemLike], instruction: str | None, top_k: int | None,
+                    allow_partial: bool) -> pb.RerankRequest:
+    if top_k is not None:
+        top_k = _whole("top_k", top_k, least=1)
+    return pb.RerankRequest(query=to_item(query), documents=[to_item(d) for d in documents],
+                            instruction=instruction, top_k=top_k, allow_partial=allow_partial)
+
+
+def _stream_limits(max_in_flight: Any, timeout: Any) -> tuple[int, float | None]:
+    return _whole("max_in_flight", max_in_flight, least=1), _timeout(timeout)
 
 
 def _item_index(message: str) -> int | None:
@@ -168,9 +214,9 @@ class _Base:
                  root_certificates: bytes | None = None, tls: bool = False, stall_timeout: float = 120.0,
                  channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
-        self.timeout = timeout
-        self.retries = retries
-        self.stall_timeout = stall_timeout
+        self.timeout = _seconds("timeout", timeout)
+        self.retries = _whole("retries", retries, least=0)
+        self.stall_timeout = _seconds("stall_timeout", stall_timeout)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         # Keepalive finds a dead connection in seconds; a short reconnect backoff finds a service
         # that came back (gRPC's default backoff grows to two minutes).
@@ -204,7 +250,7 @@ class Client(_Base):
         attempt = 0
         while True:
             try:
-                return method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata)
             except grpc.RpcError as err:
                 translated = _translate(err)
                 retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -222,17 +268,16 @@ class Client(_Base):
     def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
               normalize: bool = True, instruction: str | None = None, timeout: float | None = None) -> np.ndarray:
         """One row per item (float32 by default; int8 / packed binary as integer arrays)."""
-        request = pb.EmbedRequest(items=[to_item(i) for i in items],
-                                  options=_options(dimensions, encoding, normalize, instruction))
-        resp = self._call(self.stub.Embed, request, timeout)
+        options = _options(dimensions, encoding, normalize, instruction)
+        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+        resp = self._call(self.stub.Embed, request, _timeout(timeout))
         self.last_scales = np.asarray([e.scale for e in resp.embeddings], dtype=np.float32)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
     def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                top_k: int | None = None, allow_partial: bool = False, timeout: float | None = None) -> RerankResult:
-        request = pb.RerankRequest(query=to_item(query), documents=[to_item(d) for d in documents],
-                                   instruction=instruction, top_k=top_k, allow_partial=allow_partial)
-        return _rerank_result(self._call(self.stub.Rerank, request, timeout))
+        request = _rerank_request(query, documents, instruction, top_k, allow_partial)
+        return _rerank_result(self._call(self.stub.Rerank, request, _timeout(timeout)))
 
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                      normalize: bool = True, instruction: str | None = None, max_in_flight: int = 256,
@@ -244,6 +289,7 @@ class Client(_Base):
         answers nothing for ``stall_timeout`` seconds while items are outstanding.
         """
         options = _options(dimensions, encoding, normalize, instruction)
+        max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
         window = threading.Semaphore(max_in_flight)
         done = threading.Event()
         progress = {"last": time.monotonic(), "sent": 0, "received": 0, "stalled": False}
@@ -310,7 +356,8 @@ class AsyncClient(_Base):
         attempt = 0
         while True:
             try:
-                return await method(request, timeout=timeout or self.timeout, metadata=self.metadata)
+                return await method(request, timeout=self.timeout if timeout is None else timeout,
+                                    metadata=self.metadata)
             except grpc.RpcError as err:
                 translated = _translate(err)
                 retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
@@ -325,23 +372,23 @@ class AsyncClient(_Base):
     async def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                     normalize: bool = True, instruction: str | None = None,
                     timeout: float | None = None) -> np.ndarray:
-        request = pb.EmbedRequest(items=[to_item(i) for i in items],
-                                  options=_options(dimensions, encoding, normalize, instruction))
-        resp = await self._call(self.stub.Embed, request, timeout)
+        options = _options(dimensions, encoding, normalize, instruction)
+        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+        resp = await self._call(self.stub.Embed, request, _timeout(timeout))
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
     async def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                      top_k: int | None = None, allow_partial: bool = False,
                      timeout: float | None = None) -> RerankResult:
-        request = pb.RerankRequest(query=to_item(query), documents=[to_item(d) for d in documents],
-                                   instruction=instruction, top_k=top_k, allow_partial=allow_partial)
-        return _rerank_result(await self._call(self.stub.Rerank, request, timeout))
+        request = _rerank_request(query, documents, instruction, top_k, allow_partial)
+        return _rerank_result(await self._call(self.stub.Rerank, request, _timeout(timeout)))
 
     async def embed_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
                            instruction: str | None = None, max_in_flight: int = 256,
                            timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
         options = _options(dimensions, encoding, normalize, instruction)
+        max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
         window = asyncio.Semaphore(max_in_flight)
 
         async def source() -> AsyncIterator[ItemLike]:

@@ -13,7 +13,7 @@ from connectors.progress import Progress
 from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.items import Item, item_from_local_json
 from vectorizer_service.core.settings import Settings
-from vectorizer_service.core.vector_encoding import vector_json
+from vectorizer_service.core.vector_encoding import MIN_DIMENSIONS, vector_json
 
 CHUNK = 256  # lines read, embedded and written at a time: bounded memory on any input size
 
@@ -28,11 +28,14 @@ def _open_in(path: str | None) -> IO[bytes]:
 
 
 def _lines(stream: IO[bytes]) -> Iterator[str | InputError]:
+    """Every input line, in order: output line N always answers input line N, so a blank line
+    is an error line too (skipping it would shift every later answer)."""
     for raw in stream:
         if not raw.strip():
+            yield InputError("the line is blank; every input line must hold one JSON object")
             continue
         try:
-            yield raw.decode("utf-8")
+            yield raw.decode("utf-8").rstrip("\r\n")  # a string left open ends at its line
         except UnicodeDecodeError as exc:
             yield InputError(f"line is not valid UTF-8 (byte {exc.start})")
 
@@ -54,27 +57,61 @@ def _parse_line(line: str | InputError, base: str, parse: Any) -> Any:
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as exc:
-        raise InputError(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+        # Some messages end in "at" already ("Unterminated string starting at").
+        raise InputError(f"not valid JSON: {exc.msg.removesuffix(' at')} at column {exc.colno}") from None
     return parse(obj, base)
 
 
-def _line_error(err: QvlError) -> str:
-    """An item's error without the in-chunk index (each output line is its own item)."""
+def _line_error(err: QvlError, number: int) -> dict[str, Any]:
+    """The error line answering input line ``number`` (an item's error without its in-chunk index)."""
+    reason = str(err)
     if isinstance(err, InputError):
-        return f"{err.part}: {err.reason}" if err.part else err.reason
-    return str(err)
+        reason = f"{err.part}: {err.reason}" if err.part else err.reason
+    return {"line": number, "error": f"line {number}: {reason}"}
+
+
+class UsageError(Exception):
+    """A flag or the checkpoint is wrong: one line on standard error and exit 2, before any loading."""
+
+
+def refuse(command: str, err: UsageError) -> int:
+    print(f"qvl {command}: {err}", file=sys.stderr)
+    return 2
+
+
+def _model_width(path: str) -> int:
+    from vectorizer_service.model.checkpoint import checkpoint_hidden_size
+
+    try:
+        return checkpoint_hidden_size(path)
+    except (OSError, ValueError) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UsageError(f"--model {path!r} is not a readable checkpoint directory or hub id: {reason}") from None
+
+
+def _check_embed_flags(args: argparse.Namespace) -> None:
+    """What would otherwise fail only after the model has loaded (or fail every line)."""
+    width = _model_width(args.model)
+    if args.dimensions is not None and not MIN_DIMENSIONS <= args.dimensions <= width:
+        raise UsageError(f"--dimensions must be between {MIN_DIMENSIONS} and {width} (the model's size), "
+                         f"got {args.dimensions}")
 
 
 def embed_lines(args: argparse.Namespace) -> int:
     from vectorizer_service.model.checkpoint import load_checkpoint
     from vectorizer_service.model.embedder import Embedder
 
+    try:
+        _check_embed_flags(args)
+    except UsageError as err:
+        return refuse("embed", err)
     settings = Settings.load(args.settings, embedding_model=args.model, device=args.device, dtype=args.dtype,
                              batch_tokens=args.batch_tokens)
     embedder = Embedder(load_checkpoint(args.model, settings), settings)
     base = os.getcwd()
     failed = 0
     progress = Progress("embedded items")
+    number = 0  # input lines answered so far
     with _open_in(args.input) as src, _open_out(args.output) as dst:
         for lines in _chunks(src):
             parsed: list[Item | InputError] = []
@@ -90,9 +127,10 @@ def embed_lines(args: argparse.Namespace) -> int:
             for i, r in zip(good, results, strict=True):
                 out[i] = r
             for r in out:
+                number += 1
                 if isinstance(r, QvlError):
                     failed += 1
-                    dst.write(json.dumps({"error": _line_error(r)}) + "\n")
+                    dst.write(json.dumps(_line_error(r, number)) + "\n")
                 else:
                     dst.write(json.dumps(vector_json(r)) + "\n")
             dst.flush()
@@ -106,7 +144,10 @@ def _rerank_request(obj: Any, base: str) -> tuple[Item, list[Item], str | None]:
         raise InputError('a line must be {"query": ITEM, "documents": [ITEM, ...], "instruction": "..."}')
     if not isinstance(obj["documents"], list):
         raise InputError("documents must be a list")
-    query = item_from_local_json(obj["query"], base)
+    try:
+        query = item_from_local_json(obj["query"], base)
+    except InputError as exc:
+        raise exc.at(part="query") from None
     docs = []
     for i, d in enumerate(obj["documents"]):
         try:
@@ -120,6 +161,12 @@ def rerank_lines(args: argparse.Namespace) -> int:
     from vectorizer_service.model.checkpoint import load_checkpoint
     from vectorizer_service.model.reranker import Reranker
 
+    try:
+        if args.top_k is not None and args.top_k < 1:
+            raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
+        _model_width(args.model)
+    except UsageError as err:
+        return refuse("rerank", err)
     settings = Settings.load(args.settings, reranker_model=args.model, device=args.device, dtype=args.dtype,
                              batch_tokens=args.batch_tokens)
     reranker = Reranker(load_checkpoint(args.model, settings, with_score_head=True), settings)
@@ -127,14 +174,14 @@ def rerank_lines(args: argparse.Namespace) -> int:
     failed = 0
     progress = Progress("reranked queries")
     with _open_in(args.input) as src, _open_out(args.output) as dst:
-        for line in _lines(src):
+        for number, line in enumerate(_lines(src), 1):
             try:
                 query, docs, instruction = _parse_line(line, base, _rerank_request)
                 result = reranker.rerank(query, docs, instruction=instruction or args.instruction,
                                          top_k=args.top_k)
             except InputError as exc:
                 failed += 1
-                dst.write(json.dumps({"error": str(exc)}) + "\n")
+                dst.write(json.dumps(_line_error(exc, number)) + "\n")
                 continue
             out: dict[str, Any] = {"scores": result.scores}
             if args.top_k is not None:

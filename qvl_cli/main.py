@@ -56,8 +56,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         batch_tokens=args.batch_tokens, token=args.token,
     )
     level = settings.log_level if args.log_level is None else args.log_level
-    setup_logging(level, args.log_format)
-    return run(settings, level, args.log_format)
+    log_format = settings.log_format if args.log_format is None else args.log_format
+    setup_logging(level, log_format)
+    return run(settings, level, log_format)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -78,13 +79,16 @@ def build_parser() -> argparse.ArgumentParser:
         description="Multimodal retrieval inside Postgres and Weaviate with Qwen3-VL embeddings and reranking.",
     )
     parser.add_argument("--log-level", default=os.environ.get("QVL_LOG_LEVEL"))
-    parser.add_argument("--log-format", choices=["json", "text"], default=os.environ.get("QVL_LOG_FORMAT", "text"))
+    parser.add_argument("--log-format", choices=["json", "text"],
+                        help="text (the default) or json lines; also QVL_LOG_FORMAT (serve: the settings file too)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("embed", help="embed JSON-lines items with an embedding checkpoint",
                        description='Reads lines like {"text": "...", "image": "a.png", "video": "v.mp4", '
-                       '"instruction": "..."} and writes one {"embedding": [...]} line per item, in order. '
-                       'A bad item gets {"error": "..."} and the exit code is 1; the others are embedded.')
+                       '"instruction": "..."} (or a plain string: a text item) and writes one '
+                       '{"embedding": [...]} line per input line, in order: output line N always answers '
+                       'input line N. A bad or blank line gets '
+                       '{"line": N, "error": "line N: ..."} and the exit code is 1; the others are embedded.')
     p.add_argument("--model", "-m", required=True, help="checkpoint directory or hub id")
     p.add_argument("--dimensions", type=int, help="Matryoshka size: keep the first D values, renormalized")
     p.add_argument("--encoding", choices=ENCODINGS, default="float32",
@@ -95,7 +99,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("rerank", help="score documents against queries with a reranker checkpoint",
                        description='Reads lines like {"query": ITEM, "documents": [ITEM, ...], "instruction": '
-                       '"..."} and writes {"scores": [...]} per line, scores in document order.')
+                       '"..."} and writes {"scores": [...]} per line, scores in document order; output line N '
+                       'answers input line N (a bad or blank line gets {"line": N, "error": "line N: ..."}, '
+                       'exit code 1). An ITEM is an object as for qvl embed, or a plain string (a text).')
     p.add_argument("--model", "-m", required=True, help="checkpoint directory or hub id")
     p.add_argument("--instruction", help="instruction for lines without their own")
     p.add_argument("--top-k", type=int, help='also write "ranking": the best K document indices')
@@ -138,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    setup_logging(args.log_level or "INFO", args.log_format)
+    setup_logging(args.log_level or "INFO", args.log_format or os.environ.get("QVL_LOG_FORMAT") or "text")
     try:
         return int(args.func(args) or 0)
     except (FileNotFoundError, ConfigError) as exc:

@@ -32,6 +32,8 @@ GOOD = image_bytes("PNG")
         (Item(videos=[image_bytes("PNG")]), "video 0"),
         (Item(videos=[[]]), "has no frames"),
         (Item(texts=["a\x00b"]), "NUL"),
+        (Item(texts=["fine", "a\ud800b"]), "text 1 contains a lone surrogate"),
+        (Item(texts=["a"], instruction="\udfff"), "instruction contains a lone surrogate"),
         (Item(texts=["look: <|image_pad|>"]), "reserved token"),
         (Item(texts=[123]), "not a string"),  # type: ignore[list-item]
     ],
@@ -128,3 +130,19 @@ def test_rerank_bad_document_and_bad_query(models: Models) -> None:
         reranker.rerank(Item(images=[b"xx"]), [Item(texts=["a"])])
     with pytest.raises(InputError, match="top_k"):
         reranker.rerank(Item(texts=["q"]), [Item(texts=["a"])], top_k=0)
+
+
+def test_lone_surrogates_are_input_errors_on_every_text_path(models: Models, tiny_settings: Settings) -> None:
+    """Text the tokenizer cannot take is the caller's problem, named, wherever it enters."""
+    from vectorizer_service.core.text_encoding import TextEncoder
+
+    assert models.embedder is not None and models.reranker is not None
+    result = models.reranker.rerank(Item(texts=["q"]), [Item(texts=["a"]), Item(texts=["\ud800"])])
+    assert result.scores[0] is not None and "item 1: text 0 contains a lone surrogate" in str(result.errors[1])
+    with pytest.raises(InputError, match="query: text 0 contains a lone surrogate"):
+        models.reranker.rerank(Item(texts=["\ud800"]), [Item(texts=["a"])])
+    # Past the cheap checks (a caller that skips validate), tokenizing still fails per prompt.
+    encoder = TextEncoder.from_dict(models.embedder.pre.text.to_dict())
+    ids = encoder.tokenize(["fine", "bad \ud800", "also fine"])
+    assert isinstance(ids[0], list) and isinstance(ids[2], list)
+    assert isinstance(ids[1], InputError) and "cannot be tokenized" in str(ids[1])

@@ -90,3 +90,65 @@ def test_cli_encodings_are_the_services() -> None:
     from vectorizer_service.core.vector_encoding import ENCODINGS
 
     assert cli_encodings == ENCODINGS
+
+
+def test_embed_refuses_bad_dimensions_before_loading_the_model(tmp_path: Path) -> None:
+    for dims in ("100000", "65", "31", "0", "-5"):
+        dst = tmp_path / f"out-{dims}.jsonl"
+        proc = qvl("embed", "--model", TINY, "--dimensions", dims, "-o", str(dst), stdin=b'{"text": "a"}\n')
+        err = proc.stderr.decode()
+        assert proc.returncode == 2, err
+        assert "Traceback" not in err and "loading checkpoint" not in err, err
+        [line] = err.strip().splitlines()
+        assert "--dimensions" in line and "between 32 and 64" in line and dims in line, line
+        assert not dst.exists()
+    proc = qvl("rerank", "--model", TINY, "--top-k", "0", stdin=b'{"query": "q", "documents": ["d"]}\n')
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err and "loading checkpoint" not in err, err
+    [line] = err.strip().splitlines()
+    assert "--top-k" in line and "at least 1" in line, line
+    proc = qvl("embed", "--model", str(tmp_path / "no-such-model"), stdin=b'{"text": "a"}\n')
+    err = proc.stderr.decode()
+    assert proc.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+    assert "no-such-model" in err
+
+
+def test_output_line_n_answers_input_line_n() -> None:
+    """Blank lines are errors too (never skipped), and every error names its input line."""
+    data = (b'{"text": "one"}\n\n   \n{"text": "unterminated}\n{"text": "five"}\n'
+            b'{"image": "media/missing.png"}\n')
+    proc = qvl("embed", "--model", TINY, stdin=data, cwd=FIXTURES)
+    assert proc.returncode == 1, proc.stderr
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert len(out) == 6
+    assert "embedding" in out[0] and "embedding" in out[4]
+    for n in (2, 3):
+        assert out[n - 1]["line"] == n and out[n - 1]["error"].startswith(f"line {n}: ")
+        assert "blank" in out[n - 1]["error"]
+    assert out[3]["line"] == 4
+    assert out[3]["error"] == "line 4: not valid JSON: Unterminated string starting at column 10"
+    assert out[5]["line"] == 6 and out[5]["error"].startswith("line 6: cannot read image 0 file")
+    rerank = (b'{"query": {"text": "q"}, "documents": [{"text": "d"}]}\n\n'
+              b'{"query": {"image": "media/missing.png"}, "documents": [{"text": "d"}]}\n')
+    proc = qvl("rerank", "--model", TINY, stdin=rerank, cwd=FIXTURES)
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 1 and len(out) == 3, proc.stderr
+    assert "scores" in out[0] and out[1]["line"] == 2 and "blank" in out[1]["error"]
+    assert out[2]["line"] == 3 and out[2]["error"].startswith("line 3: query: ")
+
+
+def test_plain_strings_are_text_items_and_query_errors_say_query() -> None:
+    """As in the HTTP API and the Python client: a plain string is a text item."""
+    lines = [{"query": "a dog", "documents": ["a puppy", {"text": "a cat"}]},
+             {"query": {"text": "a dog"}, "documents": [{"text": "a puppy"}, {"text": "a cat"}]},
+             {"query": 5, "documents": ["a"]},
+             {"query": "q", "documents": ["a", 7]}]
+    proc = qvl("rerank", "--model", TINY, stdin=b"\n".join(json.dumps(x).encode() for x in lines) + b"\n")
+    out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
+    assert proc.returncode == 1 and len(out) == 4, proc.stderr
+    np.testing.assert_allclose(out[0]["scores"], out[1]["scores"], atol=1e-6)
+    assert out[2]["error"].startswith("line 3: query: an item must be a JSON object or a string"), out[2]
+    assert out[3]["error"].startswith("line 4: document 1: an item must be a JSON object or a string"), out[3]
+    proc = qvl("embed", "--model", TINY, stdin=b'"a puppy"\n{"text": "a puppy"}\n')
+    plain, obj = (json.loads(x)["embedding"] for x in proc.stdout.decode().splitlines())
+    assert proc.returncode == 0 and plain == obj

@@ -79,3 +79,50 @@ def test_items_and_channel_options() -> None:
     c = Client("127.0.0.1:1", channel_options=[("grpc.max_reconnect_backoff_ms", 1000)])
     assert dict(c.options)["grpc.max_reconnect_backoff_ms"] == 1000
     c.close()
+
+
+def test_arguments_are_checked_before_anything_is_sent() -> None:
+    """Out-of-range numbers name their argument (not protobuf's "Value out of range: -1")."""
+    import asyncio
+
+    from connectors.client import AsyncClient, InvalidArgument, InvalidInput
+
+    bad_embed = [({"dimensions": -1}, "dimensions"), ({"dimensions": 0}, "dimensions"),
+                 ({"dimensions": 2 ** 32}, "dimensions"), ({"dimensions": 1.5}, "dimensions"),
+                 ({"dimensions": True}, "dimensions"), ({"timeout": -1}, "timeout"), ({"timeout": 0}, "timeout"),
+                 ({"timeout": float("nan")}, "timeout"), ({"encoding": "int2"}, "encoding")]
+    bad_rerank = [({"top_k": 0}, "top_k"), ({"top_k": -3}, "top_k"), ({"timeout": -1.0}, "timeout")]
+    bad_stream = [({"max_in_flight": 0}, "max_in_flight"), ({"dimensions": -1}, "dimensions"),
+                  ({"timeout": -2}, "timeout")]
+    with Client("127.0.0.1:1", retries=0) as c:
+        for kwargs, name in bad_embed:
+            with pytest.raises(InvalidArgument, match=rf"^{name} must be") as err:
+                c.embed(["ok"], **kwargs)
+            assert isinstance(err.value, InvalidInput) and isinstance(err.value, ValueError)
+            assert err.value.code == "INVALID_ARGUMENT"
+        for kwargs, name in bad_rerank:
+            with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
+                c.rerank("q", ["d"], **kwargs)
+        for kwargs, name in bad_stream:
+            with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
+                list(c.embed_stream(["ok"], **kwargs))
+    for kwargs, name in ([({"timeout": -1}, "timeout"), ({"retries": -1}, "retries"),
+                          ({"stall_timeout": 0}, "stall_timeout")]):
+        with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
+            Client("127.0.0.1:1", **kwargs)
+
+    async def check_async() -> None:
+        async with AsyncClient("127.0.0.1:1", retries=0) as c:
+            for kwargs, name in bad_embed:
+                with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
+                    await c.embed(["ok"], **kwargs)
+            for kwargs, name in bad_rerank:
+                with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
+                    await c.rerank("q", ["d"], **kwargs)
+            for kwargs, name in bad_stream:
+                with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
+                    [row async for row in c.embed_stream(["ok"], **kwargs)]
+        with pytest.raises(InvalidArgument, match=r"^timeout must be"):
+            AsyncClient("127.0.0.1:1", timeout=-5)
+
+    asyncio.run(check_async())

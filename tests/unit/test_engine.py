@@ -101,3 +101,62 @@ def test_cancelled_work_is_answered_not_computed(models: Models, tiny_settings: 
         rows = pipe.rows(11, 1)
         assert isinstance(rows[0], CancelledError)
         pipe.settled()
+
+
+def test_an_unexpected_preparation_failure_fails_its_item_not_the_request(
+        pipe: Pipe, models: Models, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug met while preparing one item is that item's INTERNAL error (no retry hint for the
+    whole request: UNAVAILABLE would have every client retry an input that fails every time)."""
+    from vectorizer_service.core.errors import ComputeError
+
+    assert models.embedder is not None and models.reranker is not None
+    for pre in (models.embedder.pre, models.reranker.pre):
+        decode = pre.decode
+
+        def exploding(item: Item, budget: Any = None, decode: Any = decode) -> Any:
+            if "boom" in item.texts:
+                raise RuntimeError("boom")
+            return decode(item, budget)
+
+        monkeypatch.setattr(pre, "decode", exploding)
+    image = image_bytes("PNG", (64, 48))
+    items = [Item(texts=["fine"], images=[image]), Item(texts=["boom"], images=[image]), Item(images=[image])]
+    pipe.send(EmbedCall(21, time.monotonic() + 30, None, list(enumerate(items))))
+    rows = pipe.rows(21, 3)
+    assert -1 not in rows, rows
+    assert isinstance(rows[1], ComputeError) and rows[1].item_level and "boom" in str(rows[1])
+    assert isinstance(rows[0], np.ndarray) and isinstance(rows[2], np.ndarray)
+    pipe.settled()
+
+    docs = [Item(texts=["a"]), Item(texts=["boom"]), Item(texts=["b"])]
+    pipe.send(RerankCall(22, time.monotonic() + 30, Item(texts=["q"]), docs, None))
+    scores = pipe.rows(22, 3)
+    assert isinstance(scores[1], ComputeError) and 0.0 < scores[0] < 1.0 and 0.0 < scores[2] < 1.0
+    pipe.settled()
+    pipe.send(RerankCall(23, time.monotonic() + 30, Item(texts=["boom"]), docs[:1], None))
+    failure = pipe.rows(23, 1)[-1]
+    assert isinstance(failure, ComputeError) and "query" in str(failure)
+    pipe.settled()
+
+
+def test_unreadable_uris_are_input_errors(models: Models, tiny_settings: Settings, tmp_path: Any,
+                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    """Allowed schemes and roots, but names no file system or HTTP request can take."""
+    from vectorizer_service.api.item_codecs import UriSource
+
+    assert models.embedder is not None
+    allowed = tiny_settings.model_copy(update={"allow_uri_schemes": ["file", "http"],
+                                               "allow_uri_roots": [str(tmp_path), "http://127.0.0.1:1/"],
+                                               "allow_uri_private_addresses": True})  # loopback: reach the fetch
+    monkeypatch.setattr(models.embedder.pre, "settings", allowed)
+    uris = [f"file://{tmp_path}/a\x00b.png", f"{tmp_path}/\ud800.png", "http://127.0.0.1:1/a b.png",
+            "http://127.0.0.1:1/\ud800.png"]
+    for pipe in _pipe(models, allowed):
+        items = [Item(images=[UriSource(u)]) for u in uris]  # type: ignore[list-item]
+        pipe.send(EmbedCall(31, time.monotonic() + 30, None, list(enumerate(items))))
+        rows = pipe.rows(31, len(uris))
+        assert -1 not in rows, rows
+        for i in range(len(uris)):
+            assert isinstance(rows[i], InputError) and rows[i].item == i, rows[i]
+            assert "cannot read" in str(rows[i]) or "cannot fetch" in str(rows[i]), rows[i]
+        pipe.settled()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 import math
 import time
@@ -16,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
+from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.grpc_stream import EmbedStreamSession, embed_options
 from vectorizer_service.api.item_codecs import embedding_to_proto, error_code, item_from_proto
 from vectorizer_service.api.service_info import service_info
@@ -32,10 +32,11 @@ SERVICE_NAME = "qvl.v1.Vectorizer"
 
 
 class AuthInterceptor(grpc.aio.ServerInterceptor):
-    """Requires ``authorization: Bearer <token>`` on every call except health checks."""
+    """Requires ``authorization: Bearer <token>`` (the scheme in any case) on every call except
+    health checks."""
 
     def __init__(self, token: str) -> None:
-        self.expected = f"Bearer {token}".encode()
+        self.token = token.encode()
 
         async def deny(request: Any, context: grpc.aio.ServicerContext) -> None:
             metrics.ERRORS.labels("unauthenticated").inc()
@@ -48,8 +49,7 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
                                 details: grpc.HandlerCallDetails) -> Any:
         if details.method.startswith("/grpc.health.v1.Health/"):
             return await continuation(details)
-        given = dict(details.invocation_metadata or ()).get("authorization", "")
-        if hmac.compare_digest(given.encode() if isinstance(given, str) else given, self.expected):
+        if bearer_matches(dict(details.invocation_metadata or ()).get("authorization"), self.token):
             return await continuation(details)
         return self.deny_stream if details.method.endswith("/EmbedStream") else self.deny_unary
 

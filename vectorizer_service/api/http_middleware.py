@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 
 from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.http_errors import error_response
 from vectorizer_service.api.weaviate_modules import MODULE_PATHS
 from vectorizer_service.core.errors import InputError, OverloadedError
@@ -99,7 +99,7 @@ class TokenAuth:
 
     def __init__(self, app: ASGIApp, token: str, open_module_routes: bool) -> None:
         self.app = app
-        self.expected = f"Bearer {token}".encode()
+        self.token = token.encode()
         self.open_module_routes = open_module_routes
 
     def _exempt(self, path: str) -> bool:
@@ -108,12 +108,11 @@ class TokenAuth:
         return self.open_module_routes and path.endswith(MODULE_PATHS)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and not self._exempt(scope["path"]):
-            given = dict(scope["headers"]).get(b"authorization", b"")
-            if not hmac.compare_digest(given, self.expected):
-                metrics.ERRORS.labels("unauthenticated").inc()
-                response = JSONResponse({"error": "missing or wrong bearer token", "code": "UNAUTHENTICATED"},
-                                        status_code=401, headers={"WWW-Authenticate": "Bearer"})
-                await response(scope, receive, send)
-                return
+        if (scope["type"] == "http" and not self._exempt(scope["path"])
+                and not bearer_matches(dict(scope["headers"]).get(b"authorization"), self.token)):
+            metrics.ERRORS.labels("unauthenticated").inc()
+            response = JSONResponse({"error": "missing or wrong bearer token", "code": "UNAUTHENTICATED"},
+                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            await response(scope, receive, send)
+            return
         await self.app(scope, receive, send)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
 
 from qvl_proto import vectorizer_pb2 as pb
 from vectorizer_service import __version__
@@ -33,5 +35,25 @@ def service_info(dispatcher: Dispatcher, settings: Settings) -> pb.InfoResponse:
                            encodings=list(ENCODINGS), profiles=sorted(s.profiles))
 
 
+_INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
+          FieldDescriptor.TYPE_FIXED64, FieldDescriptor.TYPE_SFIXED64}
+
+
+def _numbers(message: Message, out: dict[str, Any]) -> dict[str, Any]:
+    """64-bit integers back to JSON numbers: protobuf's JSON mapping writes them as strings (for
+    JavaScript), which left ``/v1/info`` with some limits strings and others numbers."""
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.label == FieldDescriptor.LABEL_REPEATED:
+                for sub, sub_out in zip(value, out[field.name], strict=True):
+                    _numbers(sub, sub_out)
+            else:
+                _numbers(value, out[field.name])
+        elif field.type in _INT64:
+            out[field.name] = list(value) if field.label == FieldDescriptor.LABEL_REPEATED else int(value)
+    return out
+
+
 def info_dict(dispatcher: Dispatcher, settings: Settings) -> dict[str, Any]:
-    return MessageToDict(service_info(dispatcher, settings), preserving_proto_field_name=True)
+    info = service_info(dispatcher, settings)
+    return _numbers(info, MessageToDict(info, preserving_proto_field_name=True))

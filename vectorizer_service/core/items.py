@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,6 +15,17 @@ from vectorizer_service.core.settings import Settings
 # What an item may carry; the model process decodes them (``model.media``).
 ImageSource = bytes | str | os.PathLike | Image.Image
 VideoSource = bytes | str | os.PathLike | list[ImageSource]
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def check_unicode(text: str, what: str) -> None:
+    """Refuse text that is not valid Unicode: a lone surrogate (JSON may escape one, ``"\\ud800"``)
+    has no UTF-8 form, so no tokenizer can take it; retrying never helps."""
+    found = _SURROGATE.search(text)
+    if found is not None:
+        raise InputError(f"{what} contains a lone surrogate (U+{ord(found.group()):04X}) at character "
+                         f"{found.start()}; send valid Unicode text")
 
 
 @dataclass
@@ -47,6 +59,7 @@ class Item:
                                  f"{settings.max_text_chars}", status=413)
             if "\x00" in text:
                 raise InputError(f"text {i} contains a NUL character")
+            check_unicode(text, f"text {i}")
         if len(self.images) > settings.max_images_per_item:
             raise InputError(f"{len(self.images)} images in one item, over the limit of "
                              f"{settings.max_images_per_item}", status=413)
@@ -59,8 +72,10 @@ class Item:
         for i, vid in enumerate(self.videos):
             if not isinstance(vid, bytes | bytearray | str | os.PathLike | list | tuple) and not hasattr(vid, "uri"):
                 raise InputError(f"video {i} is {type(vid).__name__}; expected bytes, a path or frames")
-        if self.instruction is not None and not isinstance(self.instruction, str):
-            raise InputError("instruction must be a string")
+        if self.instruction is not None:
+            if not isinstance(self.instruction, str):
+                raise InputError("instruction must be a string")
+            check_unicode(self.instruction, "instruction")
         return self
 
 
@@ -79,13 +94,16 @@ def _resolve(path: Any, base: str | None) -> Any:
 
 def item_from_local_json(obj: Any, base_dir: str | None = None) -> Item:
     """An item of a local JSON-lines file (`qvl embed`, `qvl rerank`): ``{"text", "image", "video",
-    "instruction"}`` with file paths for media (the HTTP API's base64 items are ``api.item_codecs``).
+    "instruction"}`` with file paths for media, or a plain string (a text item, as in the HTTP API
+    and the Python client; the HTTP API's base64 items are ``api.item_codecs``).
 
     ``video`` is one path, or a list of frame paths (one video). Relative paths resolve
     against ``base_dir``.
     """
+    if isinstance(obj, str):
+        return Item(texts=[obj])
     if not isinstance(obj, dict):
-        raise InputError(f"an item must be a JSON object, got {type(obj).__name__}")
+        raise InputError(f"an item must be a JSON object or a string, got {type(obj).__name__}")
     unknown = set(obj) - {"text", "image", "video", "instruction"}
     if unknown:
         raise InputError(f"unknown item keys: {', '.join(sorted(unknown))} "

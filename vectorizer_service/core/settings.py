@@ -129,7 +129,8 @@ class Settings(BaseSettings):
     profiles: dict[str, Profile] = Field(
         default_factory=dict, description="Named options for /profiles/{name}/... (settings file, or JSON)")
     log_level: str = Field("INFO", description="DEBUG, INFO, WARNING, ERROR")
-    log_format: Literal["json", "text"] = Field("json", description="json lines or text")
+    log_format: Literal["json", "text"] = Field(
+        "text", description="text, or json lines (`qvl --log-format` wins; the compose file sets json)")
 
     @field_validator("allow_uri_schemes", "allow_uri_roots", "video_codecs", mode="before")
     @classmethod

@@ -123,11 +123,29 @@ class TextEncoder:
                 if token in text:
                     raise InputError(f"text {i} contains the reserved token {token!r}")
 
-    def tokenize(self, texts: list[str]) -> list[list[int]]:
-        """Straight through the Rust backend (same ids as the HF call, less overhead)."""
-        if len(texts) == 1:  # no hand-off to the batch thread pool for one text
-            return [self.backend.encode(texts[0], add_special_tokens=False).ids]
-        return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
+    def tokenize(self, texts: list[str]) -> list[list[int] | InputError]:
+        """Straight through the Rust backend (same ids as the HF call, less overhead).
+
+        A text the backend refuses (``Item.validate`` catches the known causes first) is an
+        ``InputError`` in its place: the batch is retried text by text, so its neighbours keep theirs.
+        """
+        try:
+            if len(texts) == 1:  # no hand-off to the batch thread pool for one text
+                return [self.backend.encode(texts[0], add_special_tokens=False).ids]
+            return [enc.ids for enc in self.backend.encode_batch(texts, add_special_tokens=False)]
+        except Exception:
+            if len(texts) == 1:
+                return [self._refused(texts[0])]
+        return [ids for text in texts for ids in self.tokenize([text])]
+
+    @staticmethod
+    def _refused(text: str) -> InputError:
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return InputError(f"the text cannot be tokenized: it is not valid Unicode ({exc.reason} at "
+                              f"character {exc.start})")
+        return InputError("the text cannot be tokenized")
 
     def truncate(self, ids: list[int]) -> list[int]:
         """Cut text past ``max_length`` keeping every special token and the generation prompt."""
@@ -157,6 +175,9 @@ class TextEncoder:
         ids = self.tokenize([self.render(p.messages) for p in prompts])
         out: list[list[int] | InputError] = []
         for seq in ids:
+            if isinstance(seq, InputError):
+                out.append(seq)
+                continue
             try:
                 out.append(self.truncate(seq))
             except InputError as exc:

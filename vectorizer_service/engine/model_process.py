@@ -26,7 +26,14 @@ from dataclasses import dataclass
 
 from vectorizer_service.core.batch_planning import plan_batches, preparation_chunks
 from vectorizer_service.core.call_context import CallContext
-from vectorizer_service.core.errors import CancelledError, DeadlineError, InputError, QvlError, UnavailableError
+from vectorizer_service.core.errors import (
+    CancelledError,
+    ComputeError,
+    DeadlineError,
+    InputError,
+    QvlError,
+    UnavailableError,
+)
 from vectorizer_service.core.freed_memory import limit_malloc_arenas, release_free_memory
 from vectorizer_service.core.items import Item
 from vectorizer_service.core.logs import setup_logging
@@ -105,14 +112,18 @@ class ModelProcess:
             self.close()
 
     def _guard(self, rid: int, work: Callable[..., None], *args: object) -> None:
-        """A preparation task: an error of the request as a whole fails the request."""
+        """A preparation task: an error of the request as a whole fails the request.
+
+        An unexpected exception is INTERNAL, never UNAVAILABLE: it would fail again on a retry.
+        (Items are isolated in ``_isolating``; what reaches here failed outside any one item.)
+        """
         try:
             work(*args)
         except QvlError as err:
             self._fail(rid, err)
         except Exception as exc:  # never leave a request unanswered
             log.exception("preparation failed")
-            self._fail(rid, UnavailableError(f"preparation failed: {exc}"))
+            self._fail(rid, ComputeError(f"preparation failed: {exc}"))
 
     def _fail(self, rid: int, err: QvlError) -> None:
         self.batcher.close(rid)
@@ -145,7 +156,13 @@ class ModelProcess:
         reranker = self.models.reranker
         assert reranker is not None
         budget = DecodeBudget(self.settings, call.deadline)
-        decoded_query = reranker.decode_query(call.query, budget)  # a bad query fails the request (see _guard)
+        try:  # a bad query fails the request (see _guard)
+            decoded_query = reranker.decode_query(call.query, budget)
+        except QvlError:
+            raise
+        except Exception as exc:
+            log.exception("preparation failed")
+            raise ComputeError(f"query: preparing it failed: {exc}") from None
         request = self.batcher.request(call.rid)
         if request is None:
             return
@@ -173,7 +190,24 @@ class ModelProcess:
         if failure is not None:
             self._settle(rid, [(indices[start + k], failure) for k in range(len(chunk))])
             return
-        prepare(start, chunk)
+        self._isolating(rid, prepare, start, chunk, indices)
+
+    def _isolating(self, rid: int, prepare: Callable[[int, list[Item]], None], start: int, chunk: list[Item],
+                   indices: list[int]) -> None:
+        """``prepare``, but a chunk that raises is prepared again item by item, so an unexpected
+        failure (input problems are ``InputError``s in place already) fails its own item only."""
+        try:
+            prepare(start, chunk)
+        except QvlError:
+            raise
+        except Exception as exc:
+            if len(chunk) > 1:
+                for k in range(len(chunk)):
+                    self._isolating(rid, prepare, start + k, chunk[k:k + 1], indices)
+                return
+            index = indices[start]
+            log.exception("preparation failed", extra={"item": index})
+            self._settle(rid, [(index, ComputeError(f"item {index}: preparing it failed: {exc}"))])
 
     def _enqueue(self, task: str, rid: int, ctx: CallContext,
                  prepared: Sequence[tuple[int, Encoded | QvlError]]) -> None:

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from transformers import AutoProcessor, Qwen3VLForConditionalGeneration, Qwen3VLModel
+from transformers import AutoConfig, AutoProcessor, Qwen3VLForConditionalGeneration, Qwen3VLModel
 from transformers.utils import logging as hf_logging
 
 from vectorizer_service.core.settings import Settings
@@ -55,6 +55,12 @@ def resolve_attention(settings: Settings, device: torch.device) -> str:
     if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
         return "flash_attention_2"
     return "sdpa"
+
+
+def checkpoint_hidden_size(path: str) -> int:
+    """The language model's width, from the checkpoint's config alone (no weights are read)."""
+    config = AutoConfig.from_pretrained(path)
+    return int(getattr(config, "text_config", config).hidden_size)
 
 
 _cache: dict[tuple[str, bool], Checkpoint] = {}

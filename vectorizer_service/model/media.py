@@ -57,8 +57,8 @@ def read_source(src: bytes | str | os.PathLike, settings: Settings, what: str) -
             path = path[len("file://"):]
         try:
             size = os.path.getsize(path)
-        except OSError as exc:
-            raise InputError(f"cannot read {what} file {path!r}: {exc.strerror or exc}") from None
+        except (OSError, ValueError) as exc:  # ValueError: a NUL byte or a lone surrogate in the name
+            raise InputError(f"cannot read {what} file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
         if size > settings.max_media_bytes:
             raise InputError(f"{what} file is {size} bytes, over the limit of {settings.max_media_bytes}",
                              status=413)

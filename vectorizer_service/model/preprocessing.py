@@ -175,6 +175,9 @@ class Preprocessor:
         ids = self.text.tokenize([self.render(p, expand_images=False) for p in prompts])
         out: list[Encoded | InputError] = []
         for p, seq in zip(prompts, ids, strict=True):
+            if isinstance(seq, InputError):
+                out.append(seq)
+                continue
             try:
                 seq = self.expand_image_ids(seq, p.images)
                 out.append(Encoded(self.text.truncate(seq), list(p.images), list(p.videos)))

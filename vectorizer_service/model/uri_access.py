@@ -54,13 +54,17 @@ def _under(path: str, root: str) -> bool:
 
 def _read_file(path: str, settings: Settings, what: str) -> bytes:
     roots = [os.path.realpath(r) for r in settings.allow_uri_roots if "://" not in r]
-    if not any(_under(os.path.realpath(path), r) for r in roots):
+    try:
+        real = os.path.realpath(path)
+    except ValueError as exc:  # a NUL byte, a lone surrogate: no file has that name
+        raise InputError(f"{what}: cannot read {path!r}: {exc}") from None
+    if not any(_under(real, r) for r in roots):
         raise InputError(f"{what}: {path!r} is outside the allowed roots")
     try:
         # O_NONBLOCK: opening a FIFO returns at once instead of waiting for a writer.
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC)
-    except OSError as exc:
-        raise InputError(f"{what}: cannot read {path!r}: {exc.strerror or exc}") from None
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{what}: cannot read {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
     try:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
@@ -125,8 +129,11 @@ def _segments(path: str) -> tuple[str, ...] | None:
 
 
 def _allowed_root(uri: str, settings: Settings, what: str) -> UrlRoot:
-    target = UrlRoot.parse(uri)
-    parts = urllib.parse.urlsplit(uri)
+    try:
+        target = UrlRoot.parse(uri)
+        parts = urllib.parse.urlsplit(uri)
+    except ValueError:  # e.g. an unbalanced IPv6 bracket
+        raise InputError(f"{what}: {uri!r} is not a valid URL") from None
     if target is None or parts.username is not None or parts.password is not None:
         raise InputError(f"{what}: {uri!r} is not a plain http(s) URL (no credentials, no dot segments)")
     roots = [r for r in (UrlRoot.parse(u) for u in settings.allow_uri_roots if "://" in u) if r is not None]
@@ -216,7 +223,8 @@ def _read_http(uri: str, settings: Settings, what: str) -> bytes:
         raise
     except TimeoutError:
         raise InputError(f"{what}: cannot fetch {uri!r} within {settings.uri_timeout_s:g} s") from None
-    except (OSError, http.client.HTTPException, ssl.SSLError) as exc:
+    # ValueError: a URL no request can carry (spaces, control characters, non-ASCII)
+    except (OSError, ValueError, http.client.HTTPException, ssl.SSLError) as exc:
         # The reason stays in the log: echoed to the caller, it would map the network behind us.
         log.warning("URI fetch failed", extra={"uri": uri, "error": str(exc),
                                                "errno": errno.errorcode.get(getattr(exc, "errno", 0) or 0)})

@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from vectorizer_service.core.batch_planning import is_small_text
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import DeadlineError, InputError, QvlError, UnavailableError
-from vectorizer_service.core.items import Item
+from vectorizer_service.core.items import Item, check_unicode
 from vectorizer_service.core.pipe_messages import EmbedCall, RerankCall, RowValue, ServedModel, ToModelProcess
 from vectorizer_service.core.prompts import embedding_prompt
 from vectorizer_service.core.ranking import RerankResult, check_rerank_request, result_from_rows
@@ -103,6 +103,8 @@ class Dispatcher:
         called only once the request is admitted, so a refused request never copies its media."""
         model = self._need("embed", "embedding")
         check_options(options.dimensions, options.encoding, model.hidden_size)
+        if options.instruction is not None:
+            check_unicode(options.instruction, "instruction")
         if callable(items):
             assert size_hint is not None
             count, nbytes = size_hint
@@ -165,6 +167,8 @@ class Dispatcher:
                      ctx: CallContext) -> RerankResult:
         self._need("rerank", "reranker")
         check_rerank_request(len(documents), top_k, self.settings)
+        if instruction is not None:
+            check_unicode(instruction, "instruction")
         nbytes = _media_bytes(query) + sum(_media_bytes(d) for d in documents)
         rows: list[RowValue | None] = []
         async with self.admission.permit(max(1, len(documents)), nbytes, ctx=ctx):

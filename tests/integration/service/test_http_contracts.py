@@ -94,3 +94,51 @@ def test_openapi_document(service: ServiceProcess) -> None:
     doc = httpx.get(service.http_url + "/openapi.json").json()
     for path in ("/v1/embed", "/v1/rerank", "/vectorize", "/vectors", "/rerank", "/profiles/{name}/vectorize"):
         assert path in doc["paths"], path
+
+
+def test_a_lone_surrogate_is_bad_input_naming_its_item(service: ServiceProcess) -> None:
+    """JSON may escape a lone surrogate ("\\ud800"); that text can never be tokenized: 400, not 500/503."""
+    bad = "\ud800"
+
+    def refused(resp: httpx.Response, item: int | None) -> None:
+        assert resp.status_code == 400, resp.text
+        assert "retry-after" not in resp.headers
+        body = resp.json()
+        assert body["code"] == "INVALID_ARGUMENT" and "surrogate" in body["error"]
+        assert body.get("item") == item, body
+
+    refused(post(service, "/v1/embed", {"items": ["ok", bad]}), 1)
+    refused(post(service, "/v1/embed", {"items": [{"text": "ok", "instruction": bad}]}), 0)
+    refused(post(service, "/v1/embed", {"items": ["ok"], "instruction": bad}), None)
+    partial = post(service, "/v1/embed", {"items": ["ok", {"text": ["fine", "x" + bad]}], "allow_partial": True})
+    assert partial.status_code == 200, partial.text
+    out = partial.json()
+    assert len(out["embeddings"][0]["embedding"]) == 64 and out["embeddings"][1] is None
+    [err] = out["errors"]
+    assert err["item"] == 1 and err["code"] == "INVALID_ARGUMENT" and "text 1" in err["error"]
+
+    refused(post(service, "/vectorize", {"texts": ["ok", bad]}), 1)
+    resp = post(service, "/vectors", {"text": bad})
+    assert resp.status_code == 400 and "surrogate" in resp.json()["error"]
+
+    refused(post(service, "/v1/rerank", {"query": "q", "documents": ["a", bad]}), 1)
+    query = post(service, "/v1/rerank", {"query": bad, "documents": ["a"]})
+    assert query.status_code == 400 and "query" in query.json()["error"] and "retry-after" not in query.headers
+    refused(post(service, "/v1/rerank", {"query": "q", "documents": ["a"], "instruction": bad}), None)
+    partial = post(service, "/v1/rerank", {"query": "q", "documents": ["a", bad, "b"], "allow_partial": True})
+    assert partial.status_code == 200, partial.text
+    out = partial.json()
+    assert out["scores"][1] is None and out["scores"][0] is not None and out["scores"][2] is not None
+    assert [e["item"] for e in out["errors"]] == [1] and out["errors"][0]["code"] == "INVALID_ARGUMENT"
+    resp = post(service, "/rerank", {"query": "q", "documents": ["a", bad]})
+    assert resp.status_code == 400 and "surrogate" in resp.json()["error"]
+
+
+def test_info_limits_are_json_numbers(service: ServiceProcess) -> None:
+    """protobuf's JSON mapping writes 64-bit integers as strings; /v1/info and /meta must not."""
+    for path in ("/v1/info", "/meta"):
+        limits = httpx.get(service.http_url + path).json()["limits"]
+        numbers = {k: v for k, v in limits.items() if k != "allow_uri_schemes"}
+        assert {"max_request_bytes", "max_media_bytes", "max_source_image_pixels", "batch_tokens"} <= set(numbers)
+        for name, value in numbers.items():
+            assert isinstance(value, int | float) and not isinstance(value, bool), (path, name, value)

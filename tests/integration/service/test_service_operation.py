@@ -158,6 +158,7 @@ def test_bad_input_on_every_grpc_entry_point(service: ServiceProcess) -> None:
     ("/v1/rerank", {"query": "q", "documents": ["a"], "top_k": 0}, 422, "top_k"),
     ("/vectorize", {"texts": ["a"], "images": ["not base64!"]}, 400, "base64"),
     ("/vectorize", {"thermal": ["AAAA"]}, 422, "thermal"),
+    ("/vectorize", {"video": "AAAA"}, 422, "video"),  # a list, even for one (docs/api.md)
     ("/vectors", {"config": {}}, 422, "text"),
     ("/rerank", {"query": "q"}, 422, "documents"),
 ])
@@ -196,7 +197,23 @@ def test_token_is_required_when_configured() -> None:
         assert httpx.post(svc.http_url + "/v1/embed", json={"items": ["a"]}).status_code == 401
         ok = httpx.post(svc.http_url + "/v1/embed", json={"items": ["a"]}, headers={"Authorization": "Bearer s3cret"})
         assert ok.status_code == 200
+        # RFC 7235: the scheme is case-insensitive (the token is not).
+        for header, status in (("bearer s3cret", 200), ("BEARER  s3cret", 200), ("bearer S3CRET", 401),
+                               ("Basic s3cret", 401), ("bearer", 401), ("Bearers3cret", 401)):
+            resp = httpx.post(svc.http_url + "/v1/embed", json={"items": ["a"]}, headers={"Authorization": header})
+            assert resp.status_code == status, header
+        channel = grpc.insecure_channel(svc.grpc_target)
+        info = channel.unary_unary("/qvl.v1.Vectorizer/Info", request_serializer=pb.InfoRequest.SerializeToString,
+                                   response_deserializer=pb.InfoResponse.FromString)
+        assert info(pb.InfoRequest(), metadata=(("authorization", "bearer s3cret"),), timeout=10).version
+        with pytest.raises(grpc.RpcError) as denied:
+            info(pb.InfoRequest(), metadata=(("authorization", "bearer wrong"),), timeout=10)
+        assert denied.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        channel.close()
         assert httpx.get(svc.http_url + "/metrics").status_code == 401
+        for path in ("/metrics", "/openapi.json", "/docs"):  # as docs/api.md says (Prometheus sends it)
+            assert httpx.get(svc.http_url + path).status_code == 401, path
+            assert httpx.get(svc.http_url + path, headers={"Authorization": "Bearer s3cret"}).status_code == 200
         assert httpx.get(svc.http_url + "/.well-known/ready").status_code == 204
         # Weaviate cannot send a token; the operator opened the module routes explicitly.
         assert httpx.post(svc.http_url + "/vectorize", json={"texts": ["a"]}).status_code == 200
