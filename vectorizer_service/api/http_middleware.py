@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 
 from fastapi.responses import JSONResponse
@@ -10,7 +11,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.http_errors import error_response
-from vectorizer_service.api.weaviate_modules import MODULE_PATHS
 from vectorizer_service.core.errors import InputError, OverloadedError
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.admission import WireBytes
@@ -94,8 +94,17 @@ class BodyLimit:
         await send({"type": "http.response.body", "body": body})
 
 
+# Routes are matched whole, never by suffix: "/v1/rerank" ends like "/rerank" but is not one.
+HEALTH_ROUTE = re.compile(r"/\.well-known/(live|ready)")
+MODULE_ROUTE = re.compile(r"(/profiles/[^/]+|/dim/\d+)?"
+                          r"(/vectorize|/vectors/?|/rerank|/meta|/\.well-known/(live|ready))")
+
+
 class TokenAuth:
-    """Bearer token on every route except health (and the module routes when they are open)."""
+    """Bearer token on every route except the service's own health checks, and Weaviate's module
+    routes (root and prefixed, their health and meta included) when the operator opens them.
+    Prefixed health stays behind the token otherwise: its 404 for an unknown profile would tell
+    an anonymous caller which profiles exist."""
 
     def __init__(self, app: ASGIApp, token: str, open_module_routes: bool) -> None:
         self.app = app
@@ -103,9 +112,9 @@ class TokenAuth:
         self.open_module_routes = open_module_routes
 
     def _exempt(self, path: str) -> bool:
-        if path.startswith("/.well-known/") or (path.startswith(("/profiles/", "/dim/")) and "/.well-known/" in path):
+        if HEALTH_ROUTE.fullmatch(path):
             return True
-        return self.open_module_routes and path.endswith(MODULE_PATHS)
+        return self.open_module_routes and MODULE_ROUTE.fullmatch(path) is not None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if (scope["type"] == "http" and not self._exempt(scope["path"])

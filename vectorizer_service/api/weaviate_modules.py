@@ -26,7 +26,6 @@ from vectorizer_service.core.items import Item
 
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 UNSUPPORTED_MODALITIES = ("audio", "imu", "thermal", "depth")
-MODULE_PATHS = ("/vectorize", "/vectors", "/vectors/", "/rerank", "/meta")
 PREFIXES = ("", "/profiles/{name}", "/dim/{dimensions:int}")
 
 
@@ -77,9 +76,12 @@ class WeaviateModules:
         return RouteOptions()
 
     def profile(self, name: str) -> RouteOptions:
-        if name not in self.http.settings.profiles:
-            known = ", ".join(sorted(self.http.settings.profiles)) or "none configured"
-            raise InputError(f"unknown profile {name!r} (known: {known})", status=404)
+        settings = self.http.settings
+        if name not in settings.profiles:
+            # Behind a token the names are not for anonymous callers (open module routes reach here).
+            known = ("listed in /v1/info" if settings.token else
+                     "known: " + (", ".join(sorted(settings.profiles)) or "none configured"))
+            raise InputError(f"unknown profile {name!r} ({known})", status=404)
         p = self.http.settings.profiles[name]
         return RouteOptions(p.instruction, p.query_instruction, p.rerank_instruction, p.dimensions)
 

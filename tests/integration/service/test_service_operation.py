@@ -182,6 +182,33 @@ def test_http_body_limit_and_unknown_routes(service: ServiceProcess) -> None:
     assert missing.status_code == 404 and "error" in missing.json()
 
 
+def test_open_module_routes_open_exactly_the_module_routes() -> None:
+    profiles = json.dumps({"secretname": {"dimensions": 32}})
+    with ServiceProcess(token="s3cret", env={"QVL_OPEN_MODULE_ROUTES": "true", "QVL_PROFILES": profiles}) as svc:
+        url = svc.http_url
+        # /v1/rerank ends like the module's /rerank: it is not one, and URI reads and compute stay behind the token.
+        assert httpx.post(url + "/v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
+        assert httpx.post(url + "/v1/embed", json={"items": ["a"]}).status_code == 401
+        assert httpx.post(url + "/x/vectorize", json={"texts": ["a"]}).status_code == 401
+        assert httpx.post(url + "/rerank", json={"query": "q", "documents": ["d"]}).status_code == 200
+        assert httpx.post(url + "/vectorize", json={"texts": ["a"]}).status_code == 200
+        assert httpx.post(url + "/profiles/secretname/vectorize", json={"texts": ["a"]}).status_code == 200
+        assert httpx.post(url + "/dim/32/vectors", json={"text": "a"}).status_code == 200
+        probe = httpx.get(url + "/profiles/guess/.well-known/ready")
+        assert probe.status_code == 404 and "secretname" not in probe.text
+
+
+def test_prefixed_health_is_behind_the_token_unless_module_routes_are_open() -> None:
+    profiles = json.dumps({"secretname": {"dimensions": 32}})
+    with ServiceProcess(token="s3cret", env={"QVL_PROFILES": profiles}) as svc:
+        for path in ("/profiles/secretname/.well-known/ready", "/profiles/guess/.well-known/ready",
+                     "/profiles/guess/meta", "/dim/32/.well-known/live"):
+            assert httpx.get(svc.http_url + path).status_code == 401, path
+        auth = {"Authorization": "Bearer s3cret"}
+        assert httpx.get(svc.http_url + "/profiles/secretname/.well-known/ready", headers=auth).status_code == 204
+        assert httpx.get(svc.http_url + "/.well-known/ready").status_code == 204
+
+
 def test_token_is_required_when_configured() -> None:
     with ServiceProcess(token="s3cret", env={"QVL_OPEN_MODULE_ROUTES": "true"}) as svc:
         with Client(svc.grpc_target, retries=0) as anonymous, pytest.raises(Unauthenticated):
