@@ -107,6 +107,7 @@ class BatchStats:
     seconds: float = 0.0
     padded: int = 0  # tokens including padding
     tokens: int = 0
+    failed: int = 0  # sequences of the batch the model failed on (ComputeError)
 
 
 @dataclass(frozen=True, slots=True)

@@ -99,6 +99,8 @@ class Settings(BaseSettings):
         None, ge=1, description="Threads decoding media (default: cores up to 8; in the model process, beside the "
                                 "model thread, one fewer)")
     request_timeout_s: float = Field(120.0, gt=0, description="Default deadline when the caller sets none")
+    live_max_failing_batches: int = Field(
+        8, ge=1, description="Batches in a row the model fails on every sequence before /live answers 503")
 
     # Serving
     host: str = Field("0.0.0.0", description="Bind address of both listeners")

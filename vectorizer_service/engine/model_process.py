@@ -280,7 +280,8 @@ class ModelProcess:
             self.batcher.release(batch)
             stats = self.batcher.stats(task, waits=waits if number == 0 else [], size=len(batch), seconds=seconds,
                                        padded=max(j.enc.length for j in batch) * len(batch),
-                                       tokens=sum(j.enc.length for j in batch))
+                                       tokens=sum(j.enc.length for j in batch),
+                                       failed=sum(isinstance(r, ComputeError) for r in rows))
             self._answer([(j.rid, j.index, row) for j, row in zip(batch, rows, strict=True)], stats=stats)
             if any(j.nbytes for j in batch):
                 release_free_memory()

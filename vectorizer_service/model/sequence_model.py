@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
+import numpy as np
 import torch
 
 from vectorizer_service.core.batch_planning import plan_batches, preparation_chunks
@@ -82,15 +84,18 @@ class SequenceModel:
                            text=self.pre.text.to_dict())
 
     def forward_isolating(self, batch: Sequence[Encoded]) -> list[Any]:
-        """``forward``, but a failing batch is split so one bad sequence fails alone."""
+        """``forward``, but a failing batch is split so one bad sequence fails alone, and a row
+        that is not finite (NaN, inf: a numeric fault) is that sequence's error, never a vector."""
         try:
-            return self.forward(batch)
+            rows = self.forward(batch)
         except Exception as exc:
             if len(batch) == 1:
                 log.exception("forward failed", extra={"model": self.what})
                 return [ComputeError(f"the model failed on this {self.what}: {exc}")]
             mid = len(batch) // 2
             return self.forward_isolating(batch[:mid]) + self.forward_isolating(batch[mid:])
+        return [row if _finite(row) else ComputeError(f"the model gave non-finite values for this {self.what}")
+                for row in rows]
 
     def plan(self, encoded: Sequence[Encoded]) -> list[list[int]]:
         return plan_batches([e.length for e in encoded], [e.vision_patches for e in encoded],
@@ -126,3 +131,7 @@ class SequenceModel:
         for i, row in zip(ok, self.run([prepared[i] for i in ok]), strict=True):  # type: ignore[misc]
             out[i] = row
         return out
+
+
+def _finite(row: Any) -> bool:
+    return bool(np.isfinite(row).all()) if isinstance(row, np.ndarray) else math.isfinite(row)

@@ -17,7 +17,14 @@ from vectorizer_service.core.batch_planning import is_small_text
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import DeadlineError, InputError, QvlError, UnavailableError
 from vectorizer_service.core.items import Item, check_unicode
-from vectorizer_service.core.pipe_messages import EmbedCall, RerankCall, RowValue, ServedModel, ToModelProcess
+from vectorizer_service.core.pipe_messages import (
+    BatchStats,
+    EmbedCall,
+    RerankCall,
+    RowValue,
+    ServedModel,
+    ToModelProcess,
+)
 from vectorizer_service.core.prompts import embedding_prompt
 from vectorizer_service.core.ranking import RerankResult, check_rerank_request, result_from_rows
 from vectorizer_service.core.settings import Settings
@@ -45,7 +52,8 @@ class Dispatcher:
                  log_format: str = "json") -> None:
         self.settings = settings
         self.link = ModelProcessLink(settings, model_process, log_level=log_level, log_format=log_format,
-                                     on_stats=record_batch)
+                                     on_stats=self._batch_done)
+        self.failing_batches = 0  # batches in a row on which the model failed every sequence
         self.admission = Admission(settings)
         self.models: dict[str, ServedModel] = {}  # task -> what the model process serves
         self.text: dict[str, TextEncoder] = {}
@@ -54,13 +62,21 @@ class Dispatcher:
     async def start(self) -> None:
         """Start (or restart) the model process; accept work once it has loaded."""
         ready = await self.link.start()
+        self.failing_batches = 0
         self.models = ready.models
         self.text = {task: TextEncoder.from_dict(m.text) for task, m in self.models.items()}
         self.admission.accepting = True
 
+    def _batch_done(self, stats: BatchStats) -> None:
+        record_batch(stats)
+        if stats.size:
+            self.failing_batches = self.failing_batches + 1 if stats.failed == stats.size else 0
+
     @property
     def alive(self) -> bool:
-        return self.link.alive
+        """The model process runs and computes: one that fails every batch (a wedged GPU) is not
+        alive, so an orchestrator's liveness probe restarts it."""
+        return self.link.alive and self.failing_batches < self.settings.live_max_failing_batches
 
     @property
     def accepting(self) -> bool:
