@@ -77,7 +77,8 @@ BEGIN
     SELECT string_agg(format('%I', c), ', ' ORDER BY o), string_agg(format('NEW.%I', c), ', ' ORDER BY o)
       INTO pk_cols, new_vals
       FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
-    -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl.
+    -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl;
+    -- owned by qvl_trigger (qvl._secure_vectorizer), never by the installing superuser.
     -- No SET search_path (it costs a GUC save/restore per row, a third of the trigger): instead
     -- every name below is schema-qualified, the operator included, so no search_path a caller
     -- sets can redirect anything. Static SQL: one cached plan per backend. One NOTIFY per
@@ -144,10 +145,68 @@ BEGIN
     SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
     PERFORM qvl._create_queue_tables(v);
     PERFORM qvl._create_triggers(v);
+    PERFORM qvl._secure_vectorizer(vid);
 END
 $$;
 
 
+-- Whose rights the trigger functions run with. They are SECURITY DEFINER (whoever may write a
+-- table may queue its rows, without rights on qvl), and the row they handle is the writer's: a
+-- domain CHECK on one of its columns runs as the current user whenever a value is converted to
+-- the domain (PL/Python handing the row back, a key going into the queue). Owned by the installing
+-- superuser, that let a role that owns such a domain's function run it as a superuser. So they are
+-- owned by qvl_trigger: NOLOGIN, no role attributes, member of no role, allowed only what the
+-- triggers do (read qvl.vectorizer, call qvl._call and qvl._load, write the queues).
+CREATE OR REPLACE FUNCTION qvl._ensure_trigger_role() RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_trigger') THEN
+        CREATE ROLE qvl_trigger NOLOGIN;
+    END IF;
+    -- Roles belong to the whole cluster: whatever it was given since (or in another database), take it back.
+    ALTER ROLE qvl_trigger NOSUPERUSER NOLOGIN NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
+    IF EXISTS (SELECT 1 FROM pg_auth_members WHERE member = 'qvl_trigger'::regrole) THEN
+        RAISE EXCEPTION 'qvl: role qvl_trigger, which qvl''s trigger functions run as, is a member of %',
+                (SELECT string_agg(roleid::regrole::text, ', ') FROM pg_auth_members
+                  WHERE member = 'qvl_trigger'::regrole)
+            USING ERRCODE = '42501', HINT = 'It must hold no other role''s rights: REVOKE ... FROM qvl_trigger;';
+    END IF;
+    GRANT USAGE ON SCHEMA qvl TO qvl_trigger;
+    GRANT SELECT ON qvl.vectorizer TO qvl_trigger;
+    GRANT EXECUTE ON FUNCTION qvl._call(text, text), qvl._load() TO qvl_trigger;
+    ALTER FUNCTION qvl._sync_embed() OWNER TO qvl_trigger;
+END
+$$;
+
+-- One vectorizer's share: its queue, and its queueing trigger function (async mode).
+CREATE OR REPLACE FUNCTION qvl._secure_vectorizer(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM qvl._ensure_trigger_role();
+    IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON qvl.queue_%s TO qvl_trigger', vid);
+    END IF;
+    IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
+        EXECUTE format('ALTER FUNCTION qvl._enqueue_%s() OWNER TO qvl_trigger', vid);
+    END IF;
+END
+$$;
+
+-- Every install: the role, and every vectorizer's objects (those of older versions included).
+CREATE OR REPLACE FUNCTION qvl._secure_triggers() RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vid int;
+BEGIN
+    PERFORM qvl._ensure_trigger_role();
+    FOR vid IN SELECT id FROM qvl.vectorizer ORDER BY id LOOP
+        PERFORM qvl._secure_vectorizer(vid);
+    END LOOP;
+END
+$$;
+
+
+-- Sync mode's trigger function; owned by qvl_trigger (qvl._ensure_trigger_role), like qvl._enqueue_<id>.
 CREATE OR REPLACE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $py$
 # qvl:prologue
