@@ -253,9 +253,8 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
             assert schema is not None
             # The files name pgvector's types unqualified: resolve them in the extension's schema.
             conn.execute(sql.SQL("SET LOCAL search_path = pg_catalog, {}").format(sql.Identifier(schema[0])))
-            if before:
-                # Another role may upgrade: its new functions must be private by default as well.
-                conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA qvl REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+            # No ALTER DEFAULT PRIVILEGES IN SCHEMA qvl REVOKE: a per-schema entry cannot take away
+            # PUBLIC's global EXECUTE (it stored nothing). qvl._apply_grants revokes function by function.
             applied = []
             for f in migrations:
                 if before < f.version <= target:

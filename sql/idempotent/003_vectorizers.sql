@@ -617,12 +617,22 @@ END
 $$;
 
 
--- Counts only (no content), readable by anyone who may read the view.
+-- Whether the role calling a SECURITY DEFINER function of qvl may read the vectorizer's table
+-- (inside one, current_user is the owner: the session's role is the caller's login).
+CREATE OR REPLACE FUNCTION qvl._may_read_source(vid int) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT has_table_privilege(session_user, v.source, 'SELECT') FROM qvl.vectorizer v
+                      WHERE v.id = vid), false)
+$$;
+
+
+-- Counts only (no content), and only to roles that may read the vectorizer's table: how many rows
+-- wait and since when says how a table is written to.
 CREATE OR REPLACE FUNCTION qvl._queue_stats(vid int, OUT pending bigint, OUT in_progress bigint, OUT failed bigint,
                                             OUT oldest_pending_age interval)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF to_regclass(format('qvl.queue_%s', vid)) IS NULL THEN
+    IF to_regclass(format('qvl.queue_%s', vid)) IS NULL OR NOT qvl._may_read_source(vid) THEN
         RETURN;
     END IF;
     EXECUTE format('SELECT count(*), count(*) FILTER (WHERE claimed_by IS NOT NULL AND claimed_until > now()), '
@@ -637,7 +647,8 @@ SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
        s.pending, s.in_progress, s.failed, s.oldest_pending_age
   FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
 COMMENT ON VIEW qvl.vectorizer_status IS
-    'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused';
+    'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused '
+    '(counts NULL unless you may read the table)';
 
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or
@@ -654,6 +665,10 @@ BEGIN
     SELECT v.id INTO vid FROM qvl.vectorizer v WHERE v.name = vectorizer;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704';
+    END IF;
+    IF NOT qvl._may_read_source(vid) THEN
+        RAISE EXCEPTION 'qvl: permission denied to wait for vectorizer %', vectorizer USING ERRCODE = '42501',
+            HINT = 'Waiting needs SELECT on its table.';
     END IF;
     LOOP
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM qvl.queue_%s)', vid) INTO busy;

@@ -21,6 +21,7 @@ import base64
 import contextlib
 import http.client
 import json
+import os
 import re
 import socket
 import sys
@@ -49,7 +50,7 @@ BUSY_HINT = ("The service is busy or still starting; retry shortly (more replica
 TOKEN_HINT = "The installing role sets the token: SELECT qvl.set_service(url, token);"
 HINTS = {
     0: "Start the service (qvl serve) or, as the installing role, point qvl at it: "
-       "SELECT qvl.set_service('http://host:8080');",
+       "SELECT qvl.set_service('http://host:8080'); (SELECT url FROM qvl.service shows where it points now.)",
     401: TOKEN_HINT,
     403: TOKEN_HINT,
     413: "Send a smaller image or a shorter video, or raise the service limits (QVL_MAX_MEDIA_BYTES, "
@@ -118,6 +119,14 @@ def retry_after(value: str | None) -> float:
         return 1.0
 
 
+def why(exc: BaseException) -> str:
+    """What went wrong, without the service's address: the error reaches roles that may not read
+    qvl.service (exception texts may name the host; SELECT url FROM qvl.service shows it to the owner)."""
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return type(exc).__name__
+
+
 def send(endpoint: str, request: str) -> tuple[int, str]:
     """(status, body) of one call to the configured service; status 0 when unreachable. Never raises."""
     route = ROUTES.get(endpoint)
@@ -138,7 +147,6 @@ def http_send(url: str, token: str | None, timeout: float, route: tuple[str, str
     """
     method, route_path = route
     scheme, host, port, path = target(url, route_path)
-    where = f"{host}:{port}"
     headers = {"Content-Type": "application/json", "User-Agent": "qvl-postgres"}
     if token:
         headers["Authorization"] = "Bearer " + token
@@ -159,13 +167,12 @@ def http_send(url: str, token: str | None, timeout: float, route: tuple[str, str
             data = resp.read()
         except TimeoutError:
             _drop(key)
-            return 504, error_body(f"no answer from the qvl service at {where} within {timeout:g} s",
-                                   "DEADLINE_EXCEEDED")
+            return 504, error_body(f"no answer from the qvl service within {timeout:g} s", "DEADLINE_EXCEEDED")
         except (OSError, http.client.HTTPException) as exc:
             _drop(key)
             if not fresh:
                 continue  # a kept-alive connection the server had closed: once more on a new one
-            return 0, error_body(f"cannot reach the qvl service at {where}: {exc}", "UNAVAILABLE")
+            return 0, error_body(f"cannot reach the qvl service: {why(exc)}", "UNAVAILABLE")
         if resp.will_close:
             _drop(key)
         if resp.status in (429, 503):

@@ -73,3 +73,71 @@ def test_a_hostile_domain_check_never_runs_as_a_superuser(conn: psycopg.Connecti
                           "WHERE p.pronamespace = 'qvl'::regnamespace AND p.prorettype = 'trigger'::regtype "
                           "ORDER BY 1").fetchall()
     assert owners == [("_enqueue_2", "qvl_trigger"), ("_sync_embed", "qvl_trigger")]
+
+
+# -- 10.13: what other roles may learn --------------------------------------------------------------
+def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked(conn: psycopg.Connection[Any],
+                                                                                 qvl_db: str) -> None:
+    """The finding is right: `ALTER DEFAULT PRIVILEGES IN SCHEMA qvl REVOKE EXECUTE ... FROM PUBLIC`
+    stores nothing (a per-schema entry can only add to the global default, which grants PUBLIC
+    EXECUTE), so a function created in qvl later is PUBLIC's. The installer no longer runs it; the
+    explicit REVOKEs (every install, and each generated trigger function) are what keep qvl private."""
+    conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA qvl REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+    assert conn.execute("SELECT count(*) FROM pg_default_acl WHERE defaclnamespace = 'qvl'::regnamespace"
+                        ).fetchone() == (0,)
+    conn.execute("CREATE FUNCTION qvl.created_later() RETURNS int LANGUAGE sql AS 'SELECT 1'")
+    assert conn.execute("SELECT has_function_privilege('public', 'qvl.created_later()', 'EXECUTE')"
+                        ).fetchone() == (True,)
+    conn.execute("DROP FUNCTION qvl.created_later()")
+
+    conn.execute("CREATE TABLE a (id int PRIMARY KEY, body text); CREATE TABLE s (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qvl.create_vectorizer('a', text_columns => ARRAY['body'], dimensions => 16)")
+    conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['body'], dimensions => 16, mode => 'sync')")
+    public = conn.execute("SELECT DISTINCT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'qvl'::regnamespace "
+                          "AND has_function_privilege('public', p.oid, 'EXECUTE') ORDER BY 1").fetchall()
+    assert [name for (name,) in public] == sorted(
+        ["_call", "_load", "_queue_stats", "embed", "embed_halfvec", "rerank", "search", "service_info",
+         "wait_for_embeddings"])
+
+
+def test_errors_do_not_name_the_service_host(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens there once closed
+    conn.execute("SELECT qvl.set_service(%s)", (f"http://127.0.0.1:{port}",))
+    role = f"app_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as c, \
+            pytest.raises(psycopg.errors.SqlclientUnableToEstablishSqlconnection) as caught:
+        c.execute("SELECT qvl.embed('x')")
+    diag = caught.value.diag
+    said = " ".join(filter(None, (diag.message_primary, diag.message_detail, diag.message_hint)))
+    assert "cannot reach the model service" in said
+    assert str(port) not in said and "127.0.0.1" not in said, said
+
+
+def test_queue_counts_show_only_to_roles_that_may_read_the_table(conn: psycopg.Connection[Any],
+                                                                 qvl_db: str) -> None:
+    reader, stranger = (f"{who}_{uuid.uuid4().hex[:8]}" for who in ("reader", "stranger"))
+    conn.execute("CREATE TABLE secret (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qvl.create_vectorizer('secret', text_columns => ARRAY['body'], dimensions => 16)")
+    conn.execute("INSERT INTO secret SELECT g, 'row ' || g FROM generate_series(1, 7) g")
+    conn.execute(f"CREATE ROLE {reader} LOGIN; GRANT SELECT ON secret TO {reader}; CREATE ROLE {stranger} LOGIN")
+    status = "SELECT name, pending, in_progress, failed, oldest_pending_age IS NOT NULL FROM qvl.vectorizer_status"
+    with psycopg.connect(role_dsn(qvl_db, reader), autocommit=True) as c:
+        assert c.execute(status).fetchall() == [("secret", 7, 0, 0, True)]
+        assert c.execute("SELECT qvl.wait_for_embeddings('secret', '10 ms')").fetchone() == (False,)
+    with psycopg.connect(role_dsn(qvl_db, stranger), autocommit=True) as c:
+        assert c.execute(status).fetchall() == [("secret", None, None, None, False)]
+        assert c.execute("SELECT pending, failed FROM qvl._queue_stats(1)").fetchall() == [(None, None)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute("SELECT qvl.wait_for_embeddings('secret', '10 ms')")
+
+
+def test_service_info_names_the_model_without_its_local_path(conn: psycopg.Connection[Any]) -> None:
+    """/v1/info (and qvl.service_info(), open to every role) said where the checkpoint lies on disk."""
+    from tests.support.service import TINY
+    models = conn.execute("SELECT qvl.service_info()->'models'").fetchone()[0]  # type: ignore[index]
+    assert [m["name"] for m in models] == [TINY.name, TINY.name]
+    assert str(TINY.parent) not in str(models)
