@@ -141,3 +141,73 @@ def test_service_info_names_the_model_without_its_local_path(conn: psycopg.Conne
     models = conn.execute("SELECT qvl.service_info()->'models'").fetchone()[0]  # type: ignore[index]
     assert [m["name"] for m in models] == [TINY.name, TINY.name]
     assert str(TINY.parent) not in str(models)
+
+
+# -- 10.12: deadlines and cancellation of the PL/Python calls ----------------------------------------
+class Hanging:
+    """A "service" that accepts connections and reads requests but never answers."""
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        self.held: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self.listener.accept()
+            except OSError:
+                return
+            self.held.append(sock)
+
+    def close(self) -> None:
+        self.listener.close()
+        for sock in self.held:
+            sock.close()
+
+
+@pytest.fixture
+def hanging(conn: psycopg.Connection[Any]) -> Any:
+    server = Hanging()
+    conn.execute("SELECT qvl.set_service(%s, timeout_s => 20)", (server.url,))
+    yield server
+    server.close()
+
+
+def test_statement_timeout_bounds_a_call_to_a_hanging_service(conn: psycopg.Connection[Any], hanging: Hanging) -> None:
+    import time
+    conn.execute("SET statement_timeout = '2s'")
+    started = time.monotonic()
+    with pytest.raises(psycopg.errors.QueryCanceled):
+        conn.execute("SELECT qvl.embed('x')")
+    assert time.monotonic() - started < 3.0
+    conn.execute("RESET statement_timeout")
+    assert conn.execute("SELECT 1").fetchone() == (1,)  # the session carries on
+
+
+def test_pg_cancel_backend_cancels_a_call_stuck_on_a_hanging_service(conn: psycopg.Connection[Any], qvl_db: str,
+                                                                     hanging: Hanging) -> None:
+    import threading
+    import time
+    outcome: dict[str, Any] = {}
+    with psycopg.connect(qvl_db, autocommit=True) as victim:
+        pid = victim.info.backend_pid
+
+        def call() -> None:
+            try:
+                victim.execute("SELECT qvl.embed('x')")
+            except psycopg.Error as exc:
+                outcome["error"], outcome["at"] = exc, time.monotonic()
+
+        thread = threading.Thread(target=call)
+        thread.start()
+        time.sleep(1.0)  # stuck waiting for the answer by now
+        cancelled = time.monotonic()
+        assert conn.execute("SELECT pg_cancel_backend(%s)", (pid,)).fetchone() == (True,)
+        thread.join(timeout=25)
+        assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled), outcome
+        assert outcome["at"] - cancelled < 2.0
+        assert victim.execute("SELECT 1").fetchone() == (1,)
