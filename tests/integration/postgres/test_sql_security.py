@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from connectors.postgres.installer import install
 from tests.integration.postgres.test_security_and_upgrade import role_dsn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -211,3 +212,53 @@ def test_pg_cancel_backend_cancels_a_call_stuck_on_a_hanging_service(conn: psyco
         assert isinstance(outcome.get("error"), psycopg.errors.QueryCanceled), outcome
         assert outcome["at"] - cancelled < 2.0
         assert victim.execute("SELECT 1").fetchone() == (1,)
+
+
+# -- 10.10 (SQL side): https to the service, its certificate verified against a CA file --------------
+def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    import os
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from tests.integration.service.test_service_operation import self_signed
+    from tests.support.service import ServiceProcess
+
+    # The database server's own user reads the CA file: a folder it may enter.
+    folder = Path(tempfile.mkdtemp(prefix="qvl-tls-"))
+    try:
+        os.chmod(folder, 0o755)
+        key, cert = self_signed(folder)
+        other = folder / "other"
+        other.mkdir(mode=0o755)
+        _, stranger_ca = self_signed(other)
+        for path in (cert, stranger_ca):
+            os.chmod(path, 0o644)
+        with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+            assert svc.http_url.startswith("https://localhost:")
+            install(qvl_db, service_url=svc.http_url, service_ca_file=str(cert))  # qvl pg install --service-ca-file
+            assert conn.execute("SELECT ca_file FROM qvl.service").fetchone() == (str(cert),)
+            assert conn.execute("SELECT vector_dims(qvl.embed('over TLS'))").fetchone() == (64,)
+            role = f"app_{uuid.uuid4().hex[:8]}"
+            conn.execute(f"CREATE ROLE {role} LOGIN")
+            with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as c:
+                assert len(c.execute("SELECT * FROM qvl.rerank('q', ARRAY['a', 'b'])").fetchall()) == 2
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    c.execute("SELECT ca_file FROM qvl.service")
+
+            def refused(url: str, ca_file: str | None) -> str:
+                conn.execute("SELECT qvl.set_service(%s, ca_file => %s)", (url, ca_file))
+                with pytest.raises(psycopg.errors.SqlclientUnableToEstablishSqlconnection) as caught:
+                    conn.execute("SELECT qvl.embed('x')")
+                return caught.value.diag.message_detail or ""
+
+            assert "certificate did not verify" in refused(svc.http_url, None)  # not a CA the system trusts
+            assert "certificate did not verify" in refused(svc.http_url, str(stranger_ca))
+            ip_url = svc.http_url.replace("localhost", "127.0.0.1")
+            assert "certificate did not verify" in refused(ip_url, str(cert))  # the name is checked too
+            assert "cannot use the CA file" in refused(svc.http_url, str(folder / "missing.pem"))
+            refused(svc.http_url.replace("https://", "http://"), None)  # plain HTTP to the TLS port
+            with pytest.raises(psycopg.errors.InvalidParameterValue):
+                conn.execute("SELECT qvl.set_service('http://localhost:1', ca_file => %s)", (str(cert),))
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
