@@ -161,10 +161,19 @@ CREATE OR REPLACE FUNCTION qvl._ensure_trigger_role() RETURNS void LANGUAGE plpg
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_trigger') THEN
-        CREATE ROLE qvl_trigger NOLOGIN;
+        BEGIN
+            CREATE ROLE qvl_trigger NOLOGIN NOINHERIT;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- an install into another database of the cluster made it just now
+        END;
     END IF;
-    -- Roles belong to the whole cluster: whatever it was given since (or in another database), take it back.
-    ALTER ROLE qvl_trigger NOSUPERUSER NOLOGIN NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
+    -- Roles belong to the whole cluster: whatever it was given since (or in another database), take it
+    -- back (only when needed: installs into two databases at once would both update the role).
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_trigger'
+                  AND (rolsuper OR rolcanlogin OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls
+                       OR rolinherit)) THEN
+        ALTER ROLE qvl_trigger NOSUPERUSER NOLOGIN NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
+    END IF;
     IF EXISTS (SELECT 1 FROM pg_auth_members WHERE member = 'qvl_trigger'::regrole) THEN
         RAISE EXCEPTION 'qvl: role qvl_trigger, which qvl''s trigger functions run as, is a member of %',
                 (SELECT string_agg(roleid::regrole::text, ', ') FROM pg_auth_members

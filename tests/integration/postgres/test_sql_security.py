@@ -262,3 +262,21 @@ def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connecti
                 conn.execute("SELECT qvl.set_service('http://localhost:1', ca_file => %s)", (str(cert),))
     finally:
         shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_the_install_takes_back_what_qvl_trigger_was_given(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """qvl_trigger belongs to the whole cluster: an install hardens it again, and refuses when it
+    has been made a member of a role (it would hold that role's rights)."""
+    conn.execute("ALTER ROLE qvl_trigger LOGIN CREATEDB BYPASSRLS")
+    install(qvl_db)
+    assert conn.execute("SELECT rolsuper, rolcanlogin, rolcreatedb, rolbypassrls, rolinherit FROM pg_roles "
+                        "WHERE rolname = 'qvl_trigger'").fetchone() == (False, False, False, False, False)
+    powerful = f"powerful_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {powerful} NOLOGIN; GRANT {powerful} TO qvl_trigger")
+    try:
+        from connectors.postgres.installer import InstallError
+        with pytest.raises((psycopg.errors.InsufficientPrivilege, InstallError), match="member of"):
+            install(qvl_db)
+    finally:
+        conn.execute(f"REVOKE {powerful} FROM qvl_trigger; DROP ROLE {powerful}")
+    install(qvl_db)
