@@ -12,7 +12,7 @@ def cmd_pg_install(args: argparse.Namespace) -> int:
 
     try:
         result = install(args.dsn, service_url=args.service_url, service_token=args.service_token,
-                         public_grant=args.public_grant, target=args.target)
+                         service_ca_file=args.service_ca_file, public_grant=args.public_grant, target=args.target)
     except InstallError as exc:
         print(f"qvl pg install: {exc}")
         return 2
@@ -68,6 +68,9 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--service-url", default=os.environ.get("QVL_SERVICE_URL"),
                    help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080)")
     p.add_argument("--service-token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
+    p.add_argument("--service-ca-file", default=None,
+                   help="https:// service: the CA file (PEM, a path on the database server) its certificate is "
+                   "verified against (default: the system's CAs)")
     grant = p.add_mutually_exclusive_group()
     grant.add_argument("--no-public-grant", dest="public_grant", action="store_false", default=None,
                        help="do not let every role embed, rerank and search (grant with qvl.grant_query_access)")

@@ -45,6 +45,7 @@ PGVECTOR_MIN = (0, 7)
 # Version from which qvl._apply_grants and qvl.set_service exist.
 GRANTS_FROM = 3
 SERVICE_FROM = 2
+CA_FILE_FROM = 5  # qvl.set_service(..., ca_file)
 
 EXTENSION_HELP = {
     "vector": "pgvector (>= 0.7) is not installed on the database server. Debian 13 / Ubuntu: "
@@ -227,11 +228,12 @@ def _run(conn: psycopg.Connection, name: str, text: str) -> None:
 
 
 def install(dsn: str, *, service_url: str | None = None, service_token: str | None = None,
-            public_grant: bool | None = None, target: int | None = None,
+            service_ca_file: str | None = None, public_grant: bool | None = None, target: int | None = None,
             directory: Path | None = None) -> InstallResult:
     """Install or upgrade qvl in the database at ``dsn`` (up to version ``target``; default: all).
 
-    ``directory``: the ``sql/`` folder (its ``incremental/`` and ``idempotent/``). ``public_grant``:
+    ``directory``: the ``sql/`` folder (its ``incremental/`` and ``idempotent/``). ``service_ca_file``:
+    the CA file (on the database server) an https:// service's certificate is verified against. ``public_grant``:
     whether every role may embed, rerank and search; None keeps what an earlier install chose (True
     on a first install).
     """
@@ -253,9 +255,8 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
             assert schema is not None
             # The files name pgvector's types unqualified: resolve them in the extension's schema.
             conn.execute(sql.SQL("SET LOCAL search_path = pg_catalog, {}").format(sql.Identifier(schema[0])))
-            if before:
-                # Another role may upgrade: its new functions must be private by default as well.
-                conn.execute("ALTER DEFAULT PRIVILEGES IN SCHEMA qvl REVOKE EXECUTE ON FUNCTIONS FROM PUBLIC")
+            # No ALTER DEFAULT PRIVILEGES IN SCHEMA qvl REVOKE: a per-schema entry cannot take away
+            # PUBLIC's global EXECUTE (it stored nothing). qvl._apply_grants revokes function by function.
             applied = []
             for f in migrations:
                 if before < f.version <= target:
@@ -285,7 +286,13 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
             if service_url is not None:
                 if after < SERVICE_FROM:
                     raise InstallError("--service-url needs version >= 2")
-                conn.execute("SELECT qvl.set_service(%s, %s)", (service_url, service_token))
+                if service_ca_file is None:
+                    conn.execute("SELECT qvl.set_service(%s, %s)", (service_url, service_token))
+                elif after < CA_FILE_FROM:
+                    raise InstallError(f"--service-ca-file needs version >= {CA_FILE_FROM}")
+                else:
+                    conn.execute("SELECT qvl.set_service(%s, %s, ca_file => %s)",
+                                 (service_url, service_token, service_ca_file))
     if applied:
         log.info("qvl schema at version %d (was %d): applied %s", after, before, ", ".join(applied),
                  extra={"version": after, "version_before": before})

@@ -29,6 +29,7 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA qvl FROM PUBLIC';
     PERFORM qvl._grant_query_access('PUBLIC', public_access);
+    PERFORM qvl._secure_triggers();  -- the trigger functions' owner and its rights
     INSERT INTO qvl.config (key, value) VALUES ('public_grant', public_access::text)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 END

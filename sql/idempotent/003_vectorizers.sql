@@ -77,7 +77,8 @@ BEGIN
     SELECT string_agg(format('%I', c), ', ' ORDER BY o), string_agg(format('NEW.%I', c), ', ' ORDER BY o)
       INTO pk_cols, new_vals
       FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
-    -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl.
+    -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl;
+    -- owned by qvl_trigger (qvl._secure_vectorizer), never by the installing superuser.
     -- No SET search_path (it costs a GUC save/restore per row, a third of the trigger): instead
     -- every name below is schema-qualified, the operator included, so no search_path a caller
     -- sets can redirect anything. Static SQL: one cached plan per backend. One NOTIFY per
@@ -144,10 +145,77 @@ BEGIN
     SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
     PERFORM qvl._create_queue_tables(v);
     PERFORM qvl._create_triggers(v);
+    PERFORM qvl._secure_vectorizer(vid);
 END
 $$;
 
 
+-- Whose rights the trigger functions run with. They are SECURITY DEFINER (whoever may write a
+-- table may queue its rows, without rights on qvl), and the row they handle is the writer's: a
+-- domain CHECK on one of its columns runs as the current user whenever a value is converted to
+-- the domain (PL/Python handing the row back, a key going into the queue). Owned by the installing
+-- superuser, that let a role that owns such a domain's function run it as a superuser. So they are
+-- owned by qvl_trigger: NOLOGIN, no role attributes, member of no role, allowed only what the
+-- triggers do (read qvl.vectorizer, call qvl._call and qvl._load, write the queues).
+CREATE OR REPLACE FUNCTION qvl._ensure_trigger_role() RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_trigger') THEN
+        BEGIN
+            CREATE ROLE qvl_trigger NOLOGIN NOINHERIT;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- an install into another database of the cluster made it just now
+        END;
+    END IF;
+    -- Roles belong to the whole cluster: whatever it was given since (or in another database), take it
+    -- back (only when needed: installs into two databases at once would both update the role).
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_trigger'
+                  AND (rolsuper OR rolcanlogin OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls
+                       OR rolinherit)) THEN
+        ALTER ROLE qvl_trigger NOSUPERUSER NOLOGIN NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS NOINHERIT;
+    END IF;
+    IF EXISTS (SELECT 1 FROM pg_auth_members WHERE member = 'qvl_trigger'::regrole) THEN
+        RAISE EXCEPTION 'qvl: role qvl_trigger, which qvl''s trigger functions run as, is a member of %',
+                (SELECT string_agg(roleid::regrole::text, ', ') FROM pg_auth_members
+                  WHERE member = 'qvl_trigger'::regrole)
+            USING ERRCODE = '42501', HINT = 'It must hold no other role''s rights: REVOKE ... FROM qvl_trigger;';
+    END IF;
+    GRANT USAGE ON SCHEMA qvl TO qvl_trigger;
+    GRANT SELECT ON qvl.vectorizer TO qvl_trigger;
+    GRANT EXECUTE ON FUNCTION qvl._call(text, text), qvl._load() TO qvl_trigger;
+    ALTER FUNCTION qvl._sync_embed() OWNER TO qvl_trigger;
+END
+$$;
+
+-- One vectorizer's share: its queue, and its queueing trigger function (async mode).
+CREATE OR REPLACE FUNCTION qvl._secure_vectorizer(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM qvl._ensure_trigger_role();
+    IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON qvl.queue_%s TO qvl_trigger', vid);
+    END IF;
+    IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
+        EXECUTE format('ALTER FUNCTION qvl._enqueue_%s() OWNER TO qvl_trigger', vid);
+    END IF;
+END
+$$;
+
+-- Every install: the role, and every vectorizer's objects (those of older versions included).
+CREATE OR REPLACE FUNCTION qvl._secure_triggers() RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vid int;
+BEGIN
+    PERFORM qvl._ensure_trigger_role();
+    FOR vid IN SELECT id FROM qvl.vectorizer ORDER BY id LOOP
+        PERFORM qvl._secure_vectorizer(vid);
+    END LOOP;
+END
+$$;
+
+
+-- Sync mode's trigger function; owned by qvl_trigger (qvl._ensure_trigger_role), like qvl._enqueue_<id>.
 CREATE OR REPLACE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
 SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $py$
 # qvl:prologue
@@ -558,12 +626,22 @@ END
 $$;
 
 
--- Counts only (no content), readable by anyone who may read the view.
+-- Whether the role calling a SECURITY DEFINER function of qvl may read the vectorizer's table
+-- (inside one, current_user is the owner: the session's role is the caller's login).
+CREATE OR REPLACE FUNCTION qvl._may_read_source(vid int) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT has_table_privilege(session_user, v.source, 'SELECT') FROM qvl.vectorizer v
+                      WHERE v.id = vid), false)
+$$;
+
+
+-- Counts only (no content), and only to roles that may read the vectorizer's table: how many rows
+-- wait and since when says how a table is written to.
 CREATE OR REPLACE FUNCTION qvl._queue_stats(vid int, OUT pending bigint, OUT in_progress bigint, OUT failed bigint,
                                             OUT oldest_pending_age interval)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF to_regclass(format('qvl.queue_%s', vid)) IS NULL THEN
+    IF to_regclass(format('qvl.queue_%s', vid)) IS NULL OR NOT qvl._may_read_source(vid) THEN
         RETURN;
     END IF;
     EXECUTE format('SELECT count(*), count(*) FILTER (WHERE claimed_by IS NOT NULL AND claimed_until > now()), '
@@ -578,7 +656,8 @@ SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
        s.pending, s.in_progress, s.failed, s.oldest_pending_age
   FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
 COMMENT ON VIEW qvl.vectorizer_status IS
-    'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused';
+    'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused '
+    '(counts NULL unless you may read the table)';
 
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or
@@ -595,6 +674,10 @@ BEGIN
     SELECT v.id INTO vid FROM qvl.vectorizer v WHERE v.name = vectorizer;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704';
+    END IF;
+    IF NOT qvl._may_read_source(vid) THEN
+        RAISE EXCEPTION 'qvl: permission denied to wait for vectorizer %', vectorizer USING ERRCODE = '42501',
+            HINT = 'Waiting needs SELECT on its table.';
     END IF;
     LOOP
         EXECUTE format('SELECT EXISTS (SELECT 1 FROM qvl.queue_%s)', vid) INTO busy;

@@ -177,7 +177,7 @@ def test_rerank_request_skips_what_has_nothing_to_rank() -> None:
 
 
 @pytest.mark.parametrize(("status", "body", "message", "sqlstate", "hint"), [
-    (0, {"error": "cannot reach the qvl service at h:1: refused", "code": "UNAVAILABLE"},
+    (0, {"error": "cannot reach the qvl service: Connection refused", "code": "UNAVAILABLE"},
      "qvl: cannot reach the model service", "08001", "Start the service"),
     (400, {"error": "item 0: not an image", "item": 0}, "qvl: the model service refused item #0: not an image",
      "22023", "Fix or leave out that input"),
@@ -373,6 +373,12 @@ class Service:
                     self.send_header(k, v)
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
+                if step.get("drip"):  # one byte at a time: every read is quick, the whole answer is not
+                    for i in range(len(body)):
+                        self.wfile.write(body[i:i + 1])
+                        self.wfile.flush()
+                        time.sleep(step["drip"])
+                    return
                 self.wfile.write(body)
                 self.close_connection = bool(step.get("hang_up"))  # closes without saying so
 
@@ -444,11 +450,11 @@ def test_http_send_reports_unreachable_and_late_services_as_statuses(service: Se
         port = s.getsockname()[1]  # nothing listens here once closed
     status, body = qvl_lib.http_send(f"http://127.0.0.1:{port}", None, 2, EMBED, "{}")
     assert status == 0 and json.loads(body)["code"] == "UNAVAILABLE"
-    assert f"cannot reach the qvl service at 127.0.0.1:{port}" in json.loads(body)["error"]
+    assert json.loads(body)["error"] == "cannot reach the qvl service: Connection refused"  # no address (10.13)
     service.script = [{"delay": 1.0}]
     status, body = qvl_lib.http_send(service.url, None, 0.2, EMBED, "{}")
     assert (status, json.loads(body)["code"]) == (504, "DEADLINE_EXCEEDED")
-    assert json.loads(body)["error"].endswith("within 0.2 s")
+    assert json.loads(body)["error"].endswith("within 0.2 s (timeout_s)")
     assert qvl_lib.conns == {}  # a broken connection is not kept
 
 
@@ -464,4 +470,63 @@ def test_send_reads_the_address_from_qvl_service(plpy: FakePlpy, service: Servic
     plpy.on("FROM qvl.service", lambda args: [{"url": service.url, "token": "t", "timeout_s": 5.0}])
     assert qvl_lib.send("embed", '{"items": [{}]}') == (200, '{"ok": true}')
     assert service.seen[0]["headers"]["Authorization"] == "Bearer t"
-    assert [p.query for p in plpy.prepared].count("SELECT url, token, timeout_s FROM qvl.service") == 1
+    assert [p.query for p in plpy.prepared].count(qvl_lib.STATEMENT_LEFT_SQL) == 1
+
+
+# -- 10.12: one deadline for the whole call; cancellation looked for between short waits ------------
+def test_a_dripping_answer_is_bounded_by_the_deadline_not_per_read(service: Service) -> None:
+    service.script = [{"drip": 0.1, "body": {"padding": "x" * 200}}]
+    started = time.monotonic()
+    status, body = qvl_lib.http_send(service.url, None, 1.0, EMBED, "{}")
+    assert (status, json.loads(body)["code"]) == (504, "DEADLINE_EXCEEDED")
+    assert time.monotonic() - started < 1.5
+    assert qvl_lib.conns == {}
+
+
+def test_a_cancel_seen_between_waits_ends_the_call_at_once(service: Service) -> None:
+    class Cancelled(Exception):
+        pass
+
+    looks: list[float] = []
+
+    def check() -> None:
+        looks.append(time.monotonic())
+        if len(looks) == 3:
+            raise Cancelled  # what plpy.execute("SELECT 1") raises once the statement is cancelled
+
+    service.script = [{"delay": 5}]
+    started = time.monotonic()
+    with pytest.raises(Cancelled):
+        qvl_lib.http_send(service.url, None, 30, EMBED, "{}", check=check)
+    assert time.monotonic() - started < 3 * qvl_lib.TICK_S + 0.5
+    assert qvl_lib.conns == {}  # a connection left mid-exchange is not reused
+
+
+def test_a_busy_service_is_waited_for_in_ticks_that_look_for_a_cancel(service: Service) -> None:
+    looks: list[float] = []
+    service.script = [{"status": 503, "headers": {"Retry-After": "1"}, "body": {"error": "warming"}}, {}]
+    assert qvl_lib.http_send(service.url, None, 5, EMBED, "{}", check=lambda: looks.append(1))[0] == 200
+    assert len(looks) >= 1 / qvl_lib.TICK_S - 1
+
+
+@pytest.mark.parametrize(("timeout_s", "statement", "elapsed", "expected"), [
+    (60.0, None, None, (60.0, "timeout_s")),
+    (60.0, 0.0, 0.5, (60.0, "timeout_s")),  # statement_timeout = 0: none
+    (60.0, 2.0, 0.5, (1.5, "statement_timeout")),
+    (1.0, 30.0, 0.5, (1.0, "timeout_s")),
+    (60.0, 2.0, 2.5, (0.0, "statement_timeout")),
+])
+def test_budget_is_the_sooner_of_timeout_s_and_the_statement_time_left(
+        timeout_s: float, statement: float | None, elapsed: float | None, expected: tuple[float, str]) -> None:
+    assert qvl_lib.budget(timeout_s, statement, elapsed) == expected
+
+
+def test_send_derives_the_deadline_from_statement_timeout(plpy: FakePlpy, service: Service) -> None:
+    plpy.on("FROM qvl.service", lambda args: [{"url": service.url, "token": None, "timeout_s": 60.0,
+                                               "statement_timeout_s": 2.0, "statement_elapsed_s": 1.7}])
+    service.script = [{"delay": 2}]
+    started = time.monotonic()
+    status, body = qvl_lib.send("embed", "{}")
+    assert (status, json.loads(body)["code"]) == (504, "DEADLINE_EXCEEDED")
+    assert "statement_timeout" in json.loads(body)["error"]
+    assert time.monotonic() - started < 0.8

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -22,6 +24,8 @@ from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.dispatcher import Dispatcher
 
+log = logging.getLogger("qvl.http")
+
 
 def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp, HttpService]:
     http = HttpService(dispatcher, settings)
@@ -38,7 +42,13 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        return error_response(ComputeError(f"internal error: {exc}"))
+        # The exception's text may say where files lie or what the process holds: it goes to the
+        # log, and the caller gets an id to find it there.
+        request_id = uuid.uuid4().hex[:16]
+        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc,
+                  extra={"request_id": request_id})
+        return error_response(ComputeError(f"internal error (request id {request_id}; the service log has it)"),
+                              request_id)
 
     @app.get("/.well-known/live", status_code=204)
     async def live() -> Response:

@@ -15,11 +15,14 @@ from vectorizer_service.serving import metrics
 Body = TypeVar("Body", bound=BaseModel)
 
 
-def error_response(err: QvlError) -> JSONResponse:
+def error_response(err: QvlError, request_id: str | None = None) -> JSONResponse:
     body: dict[str, Any] = {"error": str(err), "code": error_code(err)}
     if isinstance(err, InputError) and err.item is not None:
         body["item"] = err.item
     headers = {"Retry-After": "1"} if isinstance(err, OverloadedError | UnavailableError) else None
+    if request_id is not None:
+        body["request_id"] = request_id
+        headers = {**(headers or {}), "X-Request-Id": request_id}
     metrics.ERRORS.labels(error_code(err).lower()).inc()
     return JSONResponse(body, status_code=err.http_status, headers=headers)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import re
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -14,11 +16,25 @@ from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.vector_encoding import ENCODINGS
 from vectorizer_service.serving.dispatcher import Dispatcher
 
+HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
+
+
+def public_model_name(name: str) -> str:
+    """The name a client may see: a hub id as it is, a local checkpoint by its last path component
+    (where the service keeps its files is nobody's business; /v1/info is open to every caller)."""
+    if HUB_ID.match(name) and not os.path.exists(name):
+        return name
+    return re.split(r"[\\/]", name.rstrip("/\\"))[-1]
+
+
+def _model_info(model: Any) -> pb.ModelInfo:
+    fields = model.model_info()
+    return pb.ModelInfo(**{**fields, "name": public_model_name(fields["name"])})
+
 
 def service_info(dispatcher: Dispatcher, settings: Settings) -> pb.InfoResponse:
     """From what the model process reported when it loaded (empty while it starts)."""
-    models = [pb.ModelInfo(**dispatcher.models[task].model_info()) for task in ("embed", "rerank")
-              if task in dispatcher.models]
+    models = [_model_info(dispatcher.models[task]) for task in ("embed", "rerank") if task in dispatcher.models]
     ready = dispatcher.link.info
     s = settings
     limits = pb.Limits(

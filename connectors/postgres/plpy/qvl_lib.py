@@ -19,10 +19,15 @@ from __future__ import annotations
 import array
 import base64
 import contextlib
+import errno
 import http.client
+import io
 import json
+import os
 import re
+import select
 import socket
+import ssl
 import sys
 import time
 import urllib.parse
@@ -49,14 +54,15 @@ BUSY_HINT = ("The service is busy or still starting; retry shortly (more replica
 TOKEN_HINT = "The installing role sets the token: SELECT qvl.set_service(url, token);"
 HINTS = {
     0: "Start the service (qvl serve) or, as the installing role, point qvl at it: "
-       "SELECT qvl.set_service('http://host:8080');",
+       "SELECT qvl.set_service('http://host:8080'); (SELECT url FROM qvl.service shows where it points now.)",
     401: TOKEN_HINT,
     403: TOKEN_HINT,
     413: "Send a smaller image or a shorter video, or raise the service limits (QVL_MAX_MEDIA_BYTES, "
          "QVL_MAX_REQUEST_BYTES).",
     429: BUSY_HINT,
     503: BUSY_HINT,
-    504: "Send smaller inputs, or give the service longer: SELECT qvl.set_service(url, token, timeout_s => 120);",
+    504: "Send smaller inputs, or allow longer: SET statement_timeout (when it is what ran out), or as the "
+         "installing role SELECT qvl.set_service(url, token, timeout_s => 120);",
     500: "The model failed on this input; the service log has the details.",
 }
 SYNC_QUEUE_HINT = (" Or create the vectorizer with on_error => 'queue' to store the row "
@@ -64,10 +70,12 @@ SYNC_QUEUE_HINT = (" Or create the vectorizer with on_error => 'queue' to store 
 ITEM_PREFIX = re.compile(r"^((item|document) \d+|query): ")
 INFO_TTL_S = 60.0
 RETRY_AFTER_S = (0.05, 5.0)  # bounds of a 429/503 Retry-After wait
+TICK_S = 0.2  # the longest wait on the service between looks for a cancel (see Clock)
 
 # Per backend (the module lives as long as the backend's GD entry).
 plans: dict[Any, Any] = {}  # prepared statements by key
-conns: dict[tuple[str, Any, int], http.client.HTTPConnection] = {}  # keep-alive connections by (scheme, host, port)
+conns: dict[tuple[Any, ...], Any] = {}  # keep-alive Connections by (scheme, host, port, CA file)
+contexts: dict[str | None, ssl.SSLContext] = {}  # TLS contexts by CA file
 cache: dict[str, tuple[float, Any]] = {}  # "info": (when, GET /v1/info answer)
 
 
@@ -103,7 +111,7 @@ def target(url: str, route_path: str) -> tuple[str, Any, int, str]:
     return parts.scheme, parts.hostname, port, parts.path.rstrip("/") + route_path
 
 
-def _drop(key: tuple[str, Any, int]) -> None:
+def _drop(key: tuple[Any, ...]) -> None:
     conn = conns.pop(key, None)
     if conn is not None:
         with contextlib.suppress(Exception):
@@ -118,60 +126,271 @@ def retry_after(value: str | None) -> float:
         return 1.0
 
 
+def why(exc: BaseException) -> str:
+    """What went wrong, without the service's address: the error reaches roles that may not read
+    qvl.service (exception texts may name the host; SELECT url FROM qvl.service shows it to the owner)."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"its TLS certificate did not verify ({(exc.verify_message or 'unknown reason').split(',')[0]})"
+    if isinstance(exc, ssl.SSLError):
+        return f"TLS failed ({exc.reason or type(exc).__name__})"
+    if isinstance(exc, OSError) and exc.errno is not None and exc.errno > 0:
+        return os.strerror(exc.errno)
+    return type(exc).__name__
+
+
+class Clock:
+    """One call's deadline, and a look for cancellation between short waits.
+
+    PL/Python cannot be interrupted inside a socket call: a cancel (pg_cancel_backend) or a
+    statement_timeout only sets a flag that the server looks at when it runs something. So no wait
+    lasts longer than TICK_S, and after each one ``check`` runs a trivial query, which raises the
+    pending cancel as an SPIError that ends the call.
+    """
+
+    def __init__(self, seconds: float, check: Callable[[], Any] | None = None) -> None:
+        self.seconds = seconds
+        self.at = time.monotonic() + seconds
+        self.check = check or (lambda: None)
+
+    def left(self) -> float:
+        """Seconds left; TimeoutError once there are none."""
+        left = self.at - time.monotonic()
+        if left <= 0:
+            raise TimeoutError("the call's deadline passed")
+        return left
+
+    def sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while (rest := end - time.monotonic()) > 0:
+            time.sleep(min(TICK_S, rest, self.left()))
+            self.check()
+
+
+class Wire:
+    """A connected non-blocking socket (TLS or not): every wait is at most TICK_S, ends at the
+    deadline (TimeoutError) and looks for cancellation, so connecting, the TLS handshake, sending
+    and every read are bounded by the call's deadline, not per socket operation."""
+
+    def __init__(self, sock: socket.socket, clock: Clock) -> None:
+        self.sock, self.clock = sock, clock
+
+    def wait(self, writing: bool) -> bool:
+        """Whether the socket became ready within one tick (else the clock looked for a cancel)."""
+        tick = min(TICK_S, self.clock.left())
+        if hasattr(select, "poll"):  # select() fails on descriptors past 1024, which a backend may hold
+            poller = select.poll()
+            poller.register(self.sock, select.POLLOUT if writing else select.POLLIN)
+            ready = bool(poller.poll(tick * 1000))
+        else:
+            r, w, _ = select.select([] if writing else [self.sock], [self.sock] if writing else [], [], tick)
+            ready = bool(r or w)
+        if not ready:
+            self.clock.check()
+        return ready
+
+    def connect(self, address: Any) -> None:
+        code = self.sock.connect_ex(address)
+        if code in (errno.EINPROGRESS, errno.EWOULDBLOCK, errno.EAGAIN):
+            while not self.wait(True):
+                pass
+            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            raise OSError(code, os.strerror(code))
+
+    def handshake(self) -> None:
+        while True:
+            try:
+                self.sock.do_handshake()  # type: ignore[attr-defined]
+                return
+            except ssl.SSLWantReadError:
+                self.wait(False)
+            except ssl.SSLWantWriteError:
+                self.wait(True)
+
+    def sendall(self, data: Any) -> None:
+        view = memoryview(data).cast("B")
+        while view:
+            try:
+                view = view[self.sock.send(view):]
+            except (BlockingIOError, InterruptedError, ssl.SSLWantWriteError):
+                self.wait(True)
+            except ssl.SSLWantReadError:
+                self.wait(False)
+
+    def recv_into(self, buffer: Any) -> int:
+        while True:
+            try:
+                return self.sock.recv_into(buffer)
+            except (BlockingIOError, InterruptedError, ssl.SSLWantReadError):
+                self.wait(False)
+            except ssl.SSLWantWriteError:
+                self.wait(True)
+
+    def makefile(self, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        return io.BufferedReader(WireReader(self))
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+class WireReader(io.RawIOBase):
+    """What http.client reads the response from."""
+
+    def __init__(self, wire: Wire) -> None:
+        self.wire = wire
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        return self.wire.recv_into(buffer)
+
+
+def open_wire(host: str, port: int, context: ssl.SSLContext | None, clock: Clock) -> Wire:
+    """A connection to the first address of ``host`` that answers (TLS when ``context``)."""
+    error: OSError = OSError(errno.EHOSTUNREACH, os.strerror(errno.EHOSTUNREACH))
+    for family, kind, proto, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        wire = Wire(sock, clock)
+        try:
+            sock.setblocking(False)
+            wire.connect(address)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if context is not None:
+                wire.sock = context.wrap_socket(sock, server_hostname=host, do_handshake_on_connect=False)
+                wire.handshake()
+            return wire
+        except TimeoutError:
+            wire.close()
+            raise
+        except OSError as exc:  # this address failed: the next one
+            wire.close()
+            error = exc
+        except BaseException:  # a cancel
+            wire.close()
+            raise
+    raise error
+
+
+class Connection(http.client.HTTPConnection):
+    """HTTP/1.1 (http.client parses) over a Wire; TLS when ``context`` is given."""
+
+    def __init__(self, host: str, port: int, context: ssl.SSLContext | None) -> None:
+        http.client.HTTPConnection.__init__(self, host, port)
+        self.context = context
+        self.clock = Clock(0)
+
+    def use(self, clock: Clock) -> None:
+        self.clock = clock
+        if self.sock is not None:
+            self.sock.clock = clock
+
+    def connect(self) -> None:
+        self.sock = open_wire(self.host, self.port, self.context, self.clock)
+
+
+def tls_context(ca_file: str | None) -> ssl.SSLContext:
+    """Verifies the service's certificate and host name: against ``ca_file``, else the system's CAs."""
+    context = contexts.get(ca_file)
+    if context is None:
+        context = contexts[ca_file] = ssl.create_default_context(cafile=ca_file)
+    return context
+
+
+STATEMENT_LEFT_SQL = """
+SELECT s.*,
+       EXTRACT(epoch FROM pg_catalog.current_setting('statement_timeout')::pg_catalog.interval)::float8
+           AS statement_timeout_s,
+       EXTRACT(epoch FROM pg_catalog.clock_timestamp() OPERATOR(pg_catalog.-) pg_catalog.statement_timestamp())::float8
+           AS statement_elapsed_s
+  FROM qvl.service s"""
+
+
+def budget(timeout_s: float, statement_timeout_s: float | None, elapsed_s: float | None) -> tuple[float, str]:
+    """Seconds the call may take and what limits it: the service's timeout_s, or what is left of the
+    statement's statement_timeout when that is set and sooner."""
+    if statement_timeout_s and statement_timeout_s > 0:
+        left = statement_timeout_s - (elapsed_s or 0.0)
+        if left < timeout_s:
+            return max(left, 0.0), "statement_timeout"
+    return timeout_s, "timeout_s"
+
+
+def interrupts() -> None:
+    """Raises (an SPIError) when the statement was cancelled or ran past statement_timeout."""
+    plpy.execute(plan("tick", "SELECT 1"))
+
+
 def send(endpoint: str, request: str) -> tuple[int, str]:
-    """(status, body) of one call to the configured service; status 0 when unreachable. Never raises."""
+    """(status, body) of one call to the configured service; status 0 when unreachable. Raises only
+    when the statement is cancelled (pg_cancel_backend, statement_timeout) while it waits."""
     route = ROUTES.get(endpoint)
     if route is None:
         return 400, json.dumps({"error": f"unknown endpoint {endpoint!r}", "code": "INVALID_ARGUMENT"})
-    rows = plpy.execute(plan("service", "SELECT url, token, timeout_s FROM qvl.service"))
+    rows = plpy.execute(plan("service", STATEMENT_LEFT_SQL))
     if rows.nrows() == 0:
         return 0, error_body("no service address is configured", "UNAVAILABLE")
     svc = rows[0]
-    return http_send(svc["url"], svc["token"], float(svc["timeout_s"]), route, request)
+    seconds, limit = budget(float(svc["timeout_s"]), svc.get("statement_timeout_s"), svc.get("statement_elapsed_s"))
+    return http_send(svc["url"], svc["token"], seconds, route, request, ca_file=svc.get("ca_file"),
+                     check=interrupts, limit=limit)
 
 
-def http_send(url: str, token: str | None, timeout: float, route: tuple[str, str], request: str) -> tuple[int, str]:
+def http_send(url: str, token: str | None, timeout: float, route: tuple[str, str], request: str, *,
+              ca_file: str | None = None, check: Callable[[], Any] | None = None,
+              limit: str = "timeout_s") -> tuple[int, str]:
     """One HTTP exchange on a kept-alive connection; (0, ...) unreachable, (504, ...) no answer in time.
 
-    A kept-alive connection the server had closed is retried once on a new one; 429 and 503 are
-    retried after the service's Retry-After while that fits in ``timeout``.
+    ``timeout`` bounds the whole exchange: connecting, sending, every read and the retries (a
+    kept-alive connection the server had closed is retried once on a new one; 429 and 503 after
+    the service's Retry-After while that fits). ``check`` runs between waits of at most TICK_S and
+    raises to abandon the call (a cancelled statement). https: the certificate is verified against
+    ``ca_file`` (else the system's CAs).
     """
     method, route_path = route
     scheme, host, port, path = target(url, route_path)
-    where = f"{host}:{port}"
     headers = {"Content-Type": "application/json", "User-Agent": "qvl-postgres"}
     if token:
         headers["Authorization"] = "Bearer " + token
     body = request.encode("utf-8") if method == "POST" else None
-    key = (scheme, host, port)
-    deadline = time.monotonic() + timeout
+    key = (scheme, host, port, ca_file)
+    clock = Clock(timeout, check)
+    late = error_body(f"no answer from the qvl service within {timeout:.3g} s ({limit})", "DEADLINE_EXCEEDED")
     while True:
         conn = conns.get(key)
         fresh = conn is None
         try:
             if conn is None:
-                cls = http.client.HTTPSConnection if scheme == "https" else http.client.HTTPConnection
-                conn = conns[key] = cls(host, port, timeout=timeout)
-                conn.connect()
-                conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                try:
+                    context = tls_context(ca_file) if scheme == "https" else None
+                except (OSError, ValueError) as exc:
+                    return 0, error_body(f"cannot use the CA file: {why(exc)}", "UNAVAILABLE")
+                conn = conns[key] = Connection(host, port, context)
+            conn.use(clock)
+            clock.left()
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except TimeoutError:
             _drop(key)
-            return 504, error_body(f"no answer from the qvl service at {where} within {timeout:g} s",
-                                   "DEADLINE_EXCEEDED")
+            return 504, late
         except (OSError, http.client.HTTPException) as exc:
             _drop(key)
             if not fresh:
                 continue  # a kept-alive connection the server had closed: once more on a new one
-            return 0, error_body(f"cannot reach the qvl service at {where}: {exc}", "UNAVAILABLE")
+            return 0, error_body(f"cannot reach the qvl service: {why(exc)}", "UNAVAILABLE")
+        except BaseException:  # cancelled mid-exchange: the connection is in no state to reuse
+            _drop(key)
+            raise
         if resp.will_close:
             _drop(key)
         if resp.status in (429, 503):
             wait = retry_after(resp.getheader("Retry-After"))
-            if time.monotonic() + wait < deadline:
-                time.sleep(wait)  # queue full or warming up: wait as the service asks, within the deadline
+            if time.monotonic() + wait < clock.at:
+                try:
+                    clock.sleep(wait)  # queue full or warming up: wait as the service asks, within the deadline
+                except TimeoutError:
+                    return 504, late
                 continue
         return resp.status, data.decode("utf-8", "replace")
 

@@ -67,7 +67,9 @@ STATE = [
     "dimensions, storage, instruction, query_instruction, mode, on_error, index_kind FROM qvl.vectorizer ORDER BY id",
     "SELECT tgrelid::regclass::text, tgname, tgenabled, pg_get_triggerdef(oid) FROM pg_trigger "
     "WHERE NOT tgisinternal ORDER BY 1, 2",
-    "SELECT p.proname, pg_get_functiondef(p.oid), p.proacl::text FROM pg_proc p "
+    # The trigger function now belongs to qvl_trigger (issue 10.4), not the installing role: the same
+    # rights otherwise.
+    "SELECT p.proname, pg_get_functiondef(p.oid), replace(p.proacl::text, 'qvl_trigger', 'postgres') FROM pg_proc p "
     "WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname LIKE '\\_enqueue\\_%' ORDER BY 1",
     "SELECT c.relname, c.reloptions::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
     "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
