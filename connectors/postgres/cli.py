@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
 
 
@@ -27,11 +28,20 @@ def cmd_pg_install(args: argparse.Namespace) -> int:
 def cmd_pg_status(args: argparse.Namespace) -> int:
     import psycopg
 
-    with psycopg.connect(args.dsn) as conn:
-        cur = conn.execute("SELECT name, source::text, mode, pending, in_progress, failed, oldest_pending_age "
-                           "FROM qvl.vectorizer_status ORDER BY name")
-        names = [d.name for d in cur.description or []]
-        rows = cur.fetchall()
+    try:
+        with psycopg.connect(args.dsn, connect_timeout=10) as conn:
+            installed = conn.execute("SELECT to_regclass('qvl.vectorizer_status') IS NOT NULL").fetchone()
+            if not installed or not installed[0]:
+                print("qvl pg status: qvl is not installed in this database; install it (as a superuser) with: "
+                      "qvl pg install --dsn DSN --service-url http://SERVICE:8080", file=sys.stderr)
+                return 2
+            cur = conn.execute("SELECT * FROM qvl.vectorizer_status ORDER BY name")
+            names = [d.name for d in cur.description or []]
+            rows = cur.fetchall()
+    except psycopg.Error as exc:
+        reason = (exc.diag.message_primary if isinstance(exc, psycopg.errors.DatabaseError) else None) or str(exc)
+        print(f"qvl pg status: {reason.strip().splitlines()[0]}", file=sys.stderr)
+        return 2
     print("\t".join(names))
     for row in rows:
         print("\t".join("" if v is None else str(v) for v in row))
