@@ -42,10 +42,13 @@ BEGIN
       INTO pk_defs, pk_cols
       FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o);
     -- Queue rows churn: vacuum them often.
+    -- not_before: a failed row's backoff; queued_at is indexed: claims take the oldest rows first.
     EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.queue_%s (%s, queued_at timestamptz NOT NULL DEFAULT now(), '
-                   'claimed_until timestamptz, claimed_by text, attempts int NOT NULL DEFAULT 0, PRIMARY KEY (%s)) '
+                   'claimed_until timestamptz, claimed_by text, attempts int NOT NULL DEFAULT 0, '
+                   'not_before timestamptz, last_error text, PRIMARY KEY (%s)) '
                    'WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 500)',
                    v.id, pk_defs, pk_cols);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS queue_%s_queued_at ON qvl.queue_%s (queued_at)', v.id, v.id);
     EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.failed_%s (%s, error text NOT NULL, code text, '
                    'attempts int NOT NULL DEFAULT 1, failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
                    v.id, pk_defs, pk_cols);
@@ -87,7 +90,7 @@ BEGIN
             SECURITY DEFINER AS $body$
             BEGIN
                 INSERT INTO qvl.queue_%1$s AS q (%2$s) VALUES (%3$s)
-                ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL;
+                ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL, not_before = NULL;
                 IF COALESCE(pg_catalog.current_setting('qvl.notified_%1$s', true), '') OPERATOR(pg_catalog.<>) 'y' THEN
                     PERFORM pg_catalog.pg_notify('qvl_queue', '%1$s');
                     PERFORM pg_catalog.set_config('qvl.notified_%1$s', 'y', true);
@@ -205,7 +208,7 @@ BEGIN
     SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
     SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
     EXECUTE format('INSERT INTO qvl.queue_%s (%s) SELECT %s FROM %s ON CONFLICT (%s) DO UPDATE '
-                   'SET claimed_until = NULL, claimed_by = NULL', vid, cols, cols, v.source, cols);
+                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL', vid, cols, cols, v.source, cols);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qvl_queue', vid::text);
     RETURN n;
@@ -537,7 +540,7 @@ BEGIN
     SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
     EXECUTE format('WITH f AS (DELETE FROM qvl.failed_%1$s RETURNING %2$s) '
                    'INSERT INTO qvl.queue_%1$s (%2$s) SELECT %2$s FROM f ON CONFLICT (%2$s) DO UPDATE '
-                   'SET claimed_until = NULL, claimed_by = NULL, attempts = 0', v.id, cols);
+                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0', v.id, cols);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qvl_queue', v.id::text);
     RETURN n;

@@ -417,7 +417,7 @@ def enqueue_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
     cols = ", ".join(quote(c) for c in pk_columns)
     params = ", ".join(f"${i + 1}" for i in range(len(pk_columns)))
     return (f"INSERT INTO qvl.queue_{vid} ({cols}) VALUES ({params}) ON CONFLICT ({cols}) DO UPDATE "
-            f"SET claimed_until = NULL, claimed_by = NULL")
+            f"SET claimed_until = NULL, claimed_by = NULL, not_before = NULL")
 
 
 def enqueue(cfg: Row, row: Row) -> None:
