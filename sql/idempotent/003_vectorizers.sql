@@ -374,6 +374,48 @@ END
 $$;
 
 
+-- The embedding model's size as the service reports it; NULL when the service cannot say now.
+CREATE OR REPLACE FUNCTION qvl._model_dimensions() RETURNS int LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    size int;
+BEGIN
+    SELECT (m->>'hidden_size')::int INTO size
+      FROM jsonb_array_elements(qvl.service_info()->'models') AS m WHERE m->>'task' = 'embed';
+    RETURN size;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END
+$$;
+
+
+-- Refuses dimensions the service would refuse for every row (too few, or more than the model
+-- gives), by asking it: one embedding of a short text at that size. Skipped when the service
+-- cannot say now (model_size NULL): the worker then pauses on such a vectorizer, failing no row.
+CREATE OR REPLACE FUNCTION qvl._check_dimensions(dimensions int, model_size int) RETURNS void LANGUAGE plpgsql
+VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    msg text;
+    detail text;
+BEGIN
+    IF model_size IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM qvl.embed('qvl: a check of the dimensions', dimensions => dimensions);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+        RAISE EXCEPTION 'qvl: the service''s embedding model cannot give % dimensions: %', dimensions,
+                coalesce(regexp_replace(detail, '^\S+ \S+: ', ''), msg) USING ERRCODE = '22023', DETAIL = detail,
+            HINT = format('The model has %s dimensions: pass dimensions => NULL (all %s), or fewer within the '
+                          'service''s range (the first N of a Matryoshka embedding).', model_size, model_size);
+    WHEN OTHERS THEN
+        RETURN;  -- busy or gone since it answered: nothing learnt, nothing refused
+    END;
+END
+$$;
+
+
 -- The destination column: checked when it exists (it must have the vector type), else added.
 CREATE OR REPLACE FUNCTION qvl._ensure_destination(source regclass, destination name, vtype text)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -433,6 +475,9 @@ DECLARE
     vtype text;
     new_id int;
     queued bigint;
+    model_size int;
+    msg text;
+    hint text;
 BEGIN
     relname := qvl._check_source(source);
     vname := coalesce(name, relname);
@@ -447,8 +492,16 @@ BEGIN
     IF dimensions IS NULL THEN
         dimensions := qvl._full_dimensions();
     END IF;
-    vtype := qvl._vector_type(storage, dimensions, index);
+    model_size := qvl._model_dimensions();
+    BEGIN
+        vtype := qvl._vector_type(storage, dimensions, index);
+    EXCEPTION WHEN program_limit_exceeded THEN  -- pgvector's limits: say what the model gives too
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        RAISE EXCEPTION '%', msg || coalesce(format(' (the service''s embedding model gives %s)', model_size), '')
+            USING ERRCODE = '54000', HINT = hint;
+    END;
     PERFORM qvl._ensure_destination(source, destination, vtype);
+    PERFORM qvl._check_dimensions(dimensions, model_size);
 
     INSERT INTO qvl.vectorizer (name, source, pk_columns, pk_types, text_columns, image_columns, video_columns,
                                 destination, dimensions, storage, instruction, query_instruction, mode, on_error,
@@ -518,6 +571,7 @@ DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
 BEGIN
     IF dimensions IS NOT NULL AND dimensions <> v.dimensions THEN
+        PERFORM qvl._check_dimensions(dimensions, qvl._model_dimensions());
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING NULL', v.source, v.destination,
                        qvl._vector_type(v.storage, dimensions, v.index_kind));
         UPDATE qvl.vectorizer SET dimensions = reembed.dimensions WHERE id = v.id;
