@@ -68,7 +68,7 @@ def test_service_outage_loses_nothing(pg_server: PostgresServer, request: pytest
             assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status").fetchone() == (0, 0)
             assert worker.stop() == 0
             log = worker.log()
-            assert "the service is unavailable" in log and "the service is back" in log
+            assert "the service cannot embed now; pausing" in log and "the service is back" in log
 
 
 def test_sigkill_mid_batch_loses_and_repeats_nothing(conn: psycopg.Connection[Any], qvl_db: str,
