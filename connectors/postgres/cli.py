@@ -56,7 +56,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts, log_every_s=args.log_every,
         vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
         backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
-        tls=args.tls, ca_file=args.ca_file,
+        tls=args.tls, ca_file=args.ca_file, retry_delay_s=args.retry_delay,
     )
     return run_worker(settings)
 
@@ -108,10 +108,14 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--batch", type=int, default=64, help="rows claimed and embedded at a time")
     p.add_argument("--concurrency", type=int, default=2, help="batches in flight at once")
     p.add_argument("--lease", type=float, default=300.0,
-                   help="seconds before a claimed row returns to the queue if its worker vanished")
+                   help="seconds before a claimed row returns to the queue if its worker vanished (renewed "
+                   "while the worker holds it)")
     p.add_argument("--poll", type=float, default=5.0, help="seconds between polls when no notification comes")
     p.add_argument("--max-attempts", type=int, default=5,
-                   help="tries for rows the model fails on (bad input fails at once; outages never count)")
+                   help="tries for a row the model fails on, the last ones alone (bad input fails at once; "
+                   "outages and misconfiguration of the service never count)")
+    p.add_argument("--retry-delay", type=float, default=5.0,
+                   help="seconds a failed row waits before its next try; doubled for each further attempt")
     p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
     p.add_argument("--max-backoff", type=float, default=30.0,
                    help="longest wait between retries while the service or database is down")

@@ -16,7 +16,9 @@ SELECT v.id, v.name, format('%I.%I', n.nspname, c.relname) AS source, v.pk_colum
        v.text_columns::text[], v.image_columns::text[], v.video_columns::text[], v.destination::text,
        v.dimensions, v.storage, v.instruction, v.mode, qvl._vector_schema() AS vector_schema,
        (SELECT json_object_agg(a.attname, format_type(a.atttypid, a.atttypmod))
-          FROM pg_attribute a WHERE a.attrelid = v.source AND a.attnum > 0 AND NOT a.attisdropped) AS types
+          FROM pg_attribute a WHERE a.attrelid = v.source AND a.attnum > 0 AND NOT a.attisdropped) AS types,
+       EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(format('qvl.queue_%s', v.id))
+                  AND a.attname = 'not_before' AND NOT a.attisdropped) AS backoff_columns
   FROM qvl.vectorizer v
   JOIN pg_class c ON c.oid = v.source
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -45,6 +47,9 @@ class Vectorizer:
     mode: str
     vector_schema: str
     column_types: dict[str, str]
+    # The queue has not_before and last_error (schema version 6). A database not upgraded yet keeps
+    # a failed row's backoff in claimed_until instead, as before.
+    backoff_columns: bool = True
 
     @property
     def queue(self) -> str:
@@ -91,24 +96,34 @@ class Vectorizer:
         return {f"k{i}": [k[i] for k in keys] for i in range(len(self.pk_columns))}
 
     def claim_sql(self) -> str:
+        """Claim the oldest claimable rows: not leased (or the lease ran out) and past their backoff."""
         pk = [ident(c) for c in self.pk_columns]
         content = "".join(f", s.{ident(c)}" for c in self.content_columns)
+        backoff = " AND (not_before IS NULL OR not_before <= now())" if self.backoff_columns else ""
         return f"""
 WITH picked AS (
     SELECT {", ".join(pk)} FROM {self.queue}
-     WHERE claimed_until IS NULL OR claimed_until < now()
+     WHERE (claimed_until IS NULL OR claimed_until < now()){backoff}
+     ORDER BY queued_at
      LIMIT %(limit)s FOR UPDATE SKIP LOCKED
 ), claimed AS (
     UPDATE {self.queue} q SET claimed_until = now() + make_interval(secs => %(lease)s), claimed_by = %(me)s
       FROM picked p WHERE {self._keys("q", "p")}
-    RETURNING {", ".join("q." + c for c in pk)}, q.attempts
+    RETURNING {", ".join("q." + c for c in pk)}, q.attempts, q.queued_at
 )
 SELECT {", ".join("c." + c for c in pk)}, c.attempts, s.{pk[0]} IS NOT NULL AS present,
        {self.content_hash("s")} AS content_hash{content}
-  FROM claimed c LEFT JOIN {self.source} s ON {self._keys("s", "c")}"""
+  FROM claimed c LEFT JOIN {self.source} s ON {self._keys("s", "c")}
+ ORDER BY c.queued_at"""
+
+    def renew_sql(self) -> str:
+        """Extend the lease of rows this worker still holds (a batch may outlast one lease)."""
+        return f"""
+UPDATE {self.queue} q SET claimed_until = now() + make_interval(secs => %(lease)s)
+  FROM {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
 
     def write_sql(self) -> str:
-        """Store vectors where the content hash still matches; dequeue and un-fail those rows."""
+        """Store vectors where the content hash still matches; dequeue (if still ours) and un-fail those rows."""
         return f"""
 WITH v AS (SELECT * FROM {self._unnest((("qvl_hash", "text"), ("qvl_vec", "text")))}),
 written AS (
@@ -116,7 +131,8 @@ written AS (
       FROM v WHERE {self._keys("s", "v")} AND {self.content_hash("s")} = v.qvl_hash
     RETURNING {", ".join("s." + ident(c) for c in self.pk_columns)}
 ), dequeued AS (
-    DELETE FROM {self.queue} q USING written w WHERE {self._keys("q", "w")} RETURNING 1
+    -- Only rows still claimed by this worker: one queued again meanwhile (qvl.reembed) stays queued.
+    DELETE FROM {self.queue} q USING written w WHERE {self._keys("q", "w")} AND q.claimed_by = %(me)s RETURNING 1
 ), unfailed AS (
     DELETE FROM {self.failed} f USING written w WHERE {self._keys("f", "w")} RETURNING 1
 )
@@ -138,11 +154,18 @@ ON CONFLICT ({cols}) DO UPDATE SET error = EXCLUDED.error, code = EXCLUDED.code,
     attempts = f.attempts + 1, failed_at = EXCLUDED.failed_at"""
 
     def retry_later_sql(self) -> str:
-        """Count an attempt and keep the rows queued, claimable again after a delay."""
-        return f"""
+        """Count an attempt and keep the rows queued, claimable again after their own delay."""
+        if not self.backoff_columns:
+            return f"""
 UPDATE {self.queue} q SET attempts = q.attempts + 1, claimed_by = NULL,
-       claimed_until = now() + make_interval(secs => %(delay)s)
-  FROM {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
+       claimed_until = now() + make_interval(secs => v.qvl_delay)
+  FROM {self._unnest((("qvl_delay", "float8"), ("qvl_error", "text")))}
+ WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
+        return f"""
+UPDATE {self.queue} q SET attempts = q.attempts + 1, claimed_by = NULL, claimed_until = NULL,
+       not_before = now() + make_interval(secs => v.qvl_delay), last_error = v.qvl_error
+  FROM {self._unnest((("qvl_delay", "float8"), ("qvl_error", "text")))}
+ WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
 
     def release_sql(self) -> str:
         """Give rows back at once (transient failure, shutdown, or the row changed meanwhile)."""
@@ -165,10 +188,10 @@ def load_vectorizers(conn: psycopg.Connection[Any], names: tuple[str, ...] = ())
     out = []
     for row in conn.execute(LOAD_SQL).fetchall():
         (vid, name, source, pk_columns, pk_types, text_columns, image_columns, video_columns, destination,
-         dimensions, storage, instruction, mode, vector_schema, types) = row
+         dimensions, storage, instruction, mode, vector_schema, types, backoff_columns) = row
         if names and name not in names:
             continue
         out.append(Vectorizer(vid, name, source, tuple(pk_columns), tuple(pk_types), tuple(text_columns),
                               tuple(image_columns), tuple(video_columns), destination, dimensions, storage,
-                              instruction, mode, vector_schema, dict(types or {})))
+                              instruction, mode, vector_schema, dict(types or {}), bool(backoff_columns)))
     return out

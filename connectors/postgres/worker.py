@@ -13,12 +13,14 @@ import faulthandler
 import logging
 import os
 import random
+import re
 import signal
 import socket
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,18 @@ from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.worker")
 
-# Per-item codes that say "not now" rather than "never": the row stays queued.
+# Codes that say "not now" rather than "never" (a probe that gets one waits and asks again).
 TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
-PERMANENT_CODES = {"INVALID_ARGUMENT"}
+# Bad input: the row fails at once (unless the probe shows the whole service refusing everything).
+PERMANENT_CODES = {"INVALID_ARGUMENT", "OUT_OF_RANGE"}
+# The service's words for "your items never reached the model" (it was starting, draining or
+# restarting when they came): the service's state, never the row's fault, so no attempt is counted.
+NOT_READY_MARKERS = ("is starting or draining", "is not running")
 CONFIG_REFRESH_S = 30.0
 DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
+PROBE_TEXT = "qvl worker probe"
+NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
+ITEM_PREFIX = re.compile(r"^item \d+")
 
 
 @dataclass
@@ -49,8 +58,10 @@ class WorkerSettings:
     concurrency: int = 2
     lease_s: float = 300.0  # a claimed row returns to the queue this long after a worker died on it
     poll_s: float = 5.0  # fallback when notifications are missed (e.g. rows applied by replication)
-    max_attempts: int = 5  # for errors that are neither bad input nor transient (e.g. INTERNAL)
-    retry_delay_s: float = 30.0
+    max_attempts: int = 5  # tries for a row the model fails on (bad input fails at once; outages never count)
+    retry_delay_s: float = 5.0  # a failed row's first wait; doubled for each further attempt
+    retry_delay_cap_s: float = 600.0
+    probe_wait_s: float = 300.0  # how long a probe waits for a restarting service before calling it down
     backoff_base_s: float = 0.5
     backoff_cap_s: float = 30.0
     rpc_timeout_s: float = 600.0
@@ -64,7 +75,12 @@ class WorkerSettings:
 
 
 class ServiceDown(Exception):
-    """The service cannot take work now (transient or misconfigured): release and back off."""
+    """The service cannot take work now (down, starting, misconfigured, failing every item, or
+    answering malformed results): the rows go back uncounted and the lane waits for it."""
+
+
+class Malformed(Exception):
+    """A result the service should never send (a vector of the wrong size)."""
 
 
 @dataclass
@@ -118,10 +134,14 @@ class _Watchdog:
     A gRPC stream opened just as the service went away was seen to wait forever; no lane may.
     """
 
-    def __init__(self, client: Client, stall_s: float) -> None:
+    def __init__(self, client: Client, stall_s: float, reachable: Any = None, check_s: float = 5.0) -> None:
         self.client, self.stall_s = client, stall_s
+        self.reachable = reachable  # () -> bool: asks the service on a fresh channel
+        self.check_s = check_s
         self.last = time.monotonic()
+        self.checked = self.last
         self.fired = False
+        self.unreachable = False
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="qvl-watchdog", daemon=True)
         self._thread.start()
@@ -134,12 +154,23 @@ class _Watchdog:
 
     def _watch(self) -> None:
         while not self._done.wait(min(1.0, self.stall_s / 4)):
-            if time.monotonic() - self.last > self.stall_s:
+            now = time.monotonic()
+            quiet = now - self.last
+            if quiet > self.stall_s:
                 self.fired = True
                 log.warning("the service stream made no progress; abandoning it",
                             extra={"stall_s": self.stall_s})
                 self.client.close()
                 return
+            # A stream opened as the service went away can wait for nothing: when the service does
+            # not answer on a new connection either, give the rows back now, not after stall_s.
+            if self.reachable is not None and quiet > self.check_s and now - self.checked > self.check_s:
+                self.checked = now
+                if not self.reachable() and not self._done.is_set():
+                    self.fired = self.unreachable = True
+                    log.warning("the service went away while a stream was waiting; abandoning it")
+                    self.client.close()
+                    return
 
 
 def _keys(rows: Sequence[Claimed]) -> list[tuple[Any, ...]]:
@@ -177,6 +208,9 @@ class Worker:
         self._counters: dict[str, Counters] = defaultdict(Counters)
         self._counter_lock = threading.Lock()
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
+        self._paused: str | None = None  # why the service cannot embed now (None: it can)
+        self._status_written: tuple[str, str | None] | None = None
+        self._status_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -202,6 +236,7 @@ class Worker:
                 t.join()
             listener.join(timeout=5)
             self._report(final=True)
+            self._forget_status()
             log.info("worker stopped", extra={"worker": self.ident})
 
     def counters(self) -> dict[str, Counters]:
@@ -282,6 +317,7 @@ class Worker:
         backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
         turn = 0
         down_since: float | None = None
+        last: Vectorizer | None = None  # the vectorizer whose options the readiness probe uses
         while not self.stopping.is_set():
             try:
                 if lane.conn is None or lane.conn.closed:
@@ -297,6 +333,7 @@ class Worker:
                     if rows:
                         self._idle[n] = False
                         turn = (turn + i + 1) % len(configs)
+                        last = v
                         self.process(lane, v, rows)
                         worked = True
                         break
@@ -304,6 +341,7 @@ class Worker:
                     if down_since is not None:
                         log.info("the service is back", extra={"down_s": round(time.monotonic() - down_since, 1)})
                         down_since = None
+                    self._set_status(lane, None)
                     backoff.reset()
                     continue
                 self._idle[n] = True
@@ -312,14 +350,16 @@ class Worker:
                 delay = backoff.next()
                 if down_since is None:
                     down_since = time.monotonic()
-                    log.warning("the service is unavailable; rows stay queued and are retried",
-                                extra={"lane": n, "error": str(exc)})
+                    log.warning("the service cannot embed now; pausing (rows stay queued, no attempt is counted)",
+                                extra={"lane": n, "reason": str(exc)})
                 else:
-                    log.debug("service still unavailable", extra={"lane": n, "retry_in_s": round(delay, 2)})
+                    log.debug("service still unavailable", extra={"lane": n, "retry_in_s": round(delay, 2),
+                                                                   "reason": str(exc)})
+                self._set_status(lane, str(exc))
                 if lane.client is not None:
                     lane.client.close()  # a fresh channel reconnects at once instead of after gRPC's backoff
                     lane.client = None
-                self.stopping.wait(delay)
+                self._await_service(last, delay)
             except psycopg.OperationalError as exc:
                 log.warning("lost the database connection; reconnecting",
                             extra={"lane": n, "error": str(exc).strip()})
@@ -335,6 +375,44 @@ class Worker:
                 self.stopping.wait(backoff.next())
         lane.close()
 
+    def _await_service(self, v: Vectorizer | None, delay: float) -> None:
+        """Wait up to ``delay``, asking the service every second: back to work as soon as it can
+        embed again (rows move within seconds of the service coming back, whatever the backoff)."""
+        deadline = time.monotonic() + delay
+        while not self.stopping.wait(min(1.0, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                return
+            if v is not None and self._probe_once(v) is None:
+                return
+
+    # -- what workers say about the service (qvl.worker_status) ------------------------------
+    def _set_status(self, lane: Lane, reason: str | None) -> None:
+        """Record 'paused' with the reason, or 'running', when it changes (cheap: one row per worker)."""
+        with self._status_lock:
+            self._paused = reason
+            state = ("paused" if reason else "running", reason)
+            if state == self._status_written or lane.conn is None:
+                return
+            try:
+                lane.conn.execute(
+                    "INSERT INTO qvl.worker_status AS w (worker, service, state, reason) VALUES (%s, %s, %s, %s) "
+                    "ON CONFLICT (worker) DO UPDATE SET service = EXCLUDED.service, state = EXCLUDED.state, "
+                    "reason = EXCLUDED.reason, updated_at = now(), "
+                    "since = CASE WHEN w.state = EXCLUDED.state THEN w.since ELSE now() END",
+                    (self.ident, self.s.service, state[0], reason))
+                self._status_written = state
+            except psycopg.errors.UndefinedTable:
+                self._status_written = state  # a database not upgraded to version 6: nowhere to say it
+            except psycopg.Error as exc:
+                log.debug("could not record the worker's status", extra={"error": str(exc).strip()})
+
+    def _forget_status(self) -> None:
+        try:
+            with self._connect() as conn:
+                conn.execute("DELETE FROM qvl.worker_status WHERE worker = %s", (self.ident,))
+        except psycopg.Error:
+            pass
+
     def _claim(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str) -> list[Claimed]:
         rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}).fetchall()
         npk = len(v.pk_columns)
@@ -348,32 +426,56 @@ class Worker:
 
     # -- one batch ---------------------------------------------------------------------------
     def process(self, lane: Lane, v: Vectorizer, rows: list[Claimed]) -> Outcome:
+        """Embed and store one claimed batch.
+
+        Rows never tried go to the service together; rows that failed before (``attempts > 0``)
+        go one at a time, so a row that kills the model process takes only itself down and is
+        failed after ``max_attempts`` tries while its neighbours are stored. Every per-item failure
+        counts an attempt and sets the row's backoff, unless it is the service's state rather than
+        the row's: items that never reached the model, or failures the probe shows for a plain text
+        too (no model, dimensions it cannot give, a wedged GPU) — then the rows go back uncounted
+        and the lane pauses.
+        """
         started = time.monotonic()
         gone = [r for r in rows if not r.present]
         empty = [r for r in rows if r.present and r.item is None]
         with_item = [r for r in rows if r.present and r.item is not None]
         too_big = [r for r in with_item if item_size(r.item) > self.max_item_bytes]  # type: ignore[arg-type]
         send = [r for r in with_item if item_size(r.item) <= self.max_item_bytes]  # type: ignore[arg-type]
-        down: ServiceDown | None = None
+        fresh = [k for k, r in enumerate(send) if r.attempts == 0]
+        groups = ([fresh] if fresh else []) + [[k] for k, r in enumerate(send) if r.attempts > 0]
         results: list[np.ndarray | ItemFailure | None] = [None] * len(send)
-        if send:
-            try:
-                assert lane.client is not None
-                results = self._embed(lane.client, v, [r.item for r in send])  # type: ignore[misc]
-            except ServiceDown as exc:
-                down = exc
+        alone = [False] * len(send)
+        down: ServiceDown | None = None
+        with self._renewing(lane, v, _keys(rows)):
+            for group in groups:
+                try:
+                    got = self._embed_checked(lane, v, [send[k].item for k in group])  # type: ignore[misc]
+                except ServiceDown as exc:
+                    down = exc
+                    break
+                for k, res in zip(group, got, strict=True):
+                    results[k] = res
+                    alone[k] = len(group) == 1
+                if down is None and any(isinstance(res, ServiceDown) for res in got):
+                    down = next(res for res in got if isinstance(res, ServiceDown))  # type: ignore[misc]
+                if down is not None:
+                    break
         writes: list[tuple[Claimed, str | None]] = [(r, None) for r in empty]
-        failures = [(r, f"the row's item is {item_size(r.item)} bytes, over the service's request limit of "  # type: ignore[arg-type]
-                        f"{self.max_item_bytes} bytes", "INVALID_ARGUMENT") for r in too_big]
-        retry: list[Claimed] = []
-        for r, res in zip(send, results, strict=True):
-            if res is None:
-                continue  # not answered: given back below
+        failures = [(r, self._row_message(v, r, f"the row's item is {item_size(r.item)} bytes, over the "  # type: ignore[arg-type]
+                                          f"service's request limit of {self.max_item_bytes} bytes"),
+                     "INVALID_ARGUMENT") for r in too_big]
+        retry: list[tuple[Claimed, float, str]] = []
+        for k, (r, res) in enumerate(zip(send, results, strict=True)):
+            if res is None or isinstance(res, ServiceDown):
+                continue  # not answered, or the service's state: given back uncounted below
             if isinstance(res, ItemFailure):
-                if res.code in PERMANENT_CODES or r.attempts + 1 >= self.s.max_attempts:
-                    failures.append((r, res.message, res.code))
-                elif res.code not in TRANSIENT_CODES:
-                    retry.append(r)
+                message = self._row_message(v, r, res.message)
+                tries = r.attempts + 1
+                if res.code in PERMANENT_CODES or (tries >= self.s.max_attempts and alone[k]):
+                    failures.append((r, message, res.code))
+                else:  # tried alone next time; failed only once it has failed alone max_attempts times
+                    retry.append((r, self._retry_delay(tries), f"{res.code}: {message}"))
             else:
                 writes.append((r, vector_literal(v, res)))
         outcome = self._finish(lane, v, rows, writes, failures, retry, gone)
@@ -385,14 +487,128 @@ class Worker:
             c.released += outcome.released
             c.batches += 1
         log.debug("batch", extra={"vectorizer": v.name, "rows": len(rows), "written": outcome.written,
-                                  "failed": outcome.failed, "stale": outcome.stale,
+                                  "failed": outcome.failed, "retried": outcome.retried, "stale": outcome.stale,
                                   "ms": round(1000 * (time.monotonic() - started), 1)})
         for r, message, code in failures:
-            log.warning("row refused; moved to the failed table", extra={
+            log.warning(f"{message}: refused; moved to the failed table", extra={
                 "vectorizer": v.name, "key": list(map(str, r.key)), "code": code, "error": message})
+        for r, delay, message in retry:
+            log.info(f"{message}: tried {r.attempts + 1} of {self.s.max_attempts} times; retrying in {delay:.1f} s",
+                     extra={"vectorizer": v.name, "key": list(map(str, r.key)), "attempts": r.attempts + 1})
         if down is not None:
             raise down
         return outcome
+
+    def _retry_delay(self, tries: int) -> float:
+        """A row's backoff after its ``tries``-th failure: doubling from retry_delay_s, +-10 % jitter."""
+        base = min(self.s.retry_delay_cap_s, self.s.retry_delay_s * 2 ** min(tries - 1, 30))
+        return base * random.uniform(0.9, 1.1)
+
+    @staticmethod
+    def _row_message(v: Vectorizer, r: Claimed, message: str) -> str:
+        """The service's words about "item N" (a position that changes between tries) as the row's key."""
+        key = str(r.key[0]) if len(r.key) == 1 else "(" + ",".join(map(str, r.key)) + ")"
+        row = f"row {key} of {v.source}"
+        if ITEM_PREFIX.match(message):
+            return ITEM_PREFIX.sub(lambda m: row, message, count=1)
+        return f"{row}: {message}"
+
+    def _embed_checked(self, lane: Lane, v: Vectorizer, items: list[pb.Item]
+                       ) -> list[np.ndarray | ItemFailure | ServiceDown | None]:
+        """One stream's results, judged: a non-finite vector is that item's failure; a malformed
+        answer, items that never reached the model, or failures the probe shows the service has for
+        any input become ``ServiceDown`` (the rows go back uncounted)."""
+        assert lane.client is not None
+        raw = self._embed(lane.client, v, items)
+        out: list[np.ndarray | ItemFailure | ServiceDown | None] = []
+        for res in raw:
+            if isinstance(res, np.ndarray):
+                try:
+                    out.append(self._check_vector(v, res))
+                except Malformed as exc:
+                    raise ServiceDown(f"the service answered a malformed result: {exc}") from None
+            elif isinstance(res, ItemFailure) and any(m in res.message for m in NOT_READY_MARKERS):
+                out.append(ServiceDown(f"{res.code}: {ITEM_PREFIX.sub('', res.message).lstrip(': ')}"))
+            else:
+                out.append(res)
+        counted = [res for res in out if isinstance(res, ItemFailure)]
+        if counted and not any(isinstance(res, np.ndarray) for res in out):
+            # Nothing in this stream worked: the rows' fault, or the service's? A plain text answers.
+            problem = self._probe(v)
+            if problem is not None:
+                down = ServiceDown(problem)
+                return [down if isinstance(res, ItemFailure) else res for res in out]
+        return out
+
+    def _check_vector(self, v: Vectorizer, res: np.ndarray) -> np.ndarray | ItemFailure:
+        want = (v.dimensions + 7) // 8 if v.storage == "bit" else v.dimensions
+        if res.ndim != 1 or res.shape[0] != want:
+            raise Malformed(f"a vector of {res.shape[0] if res.ndim == 1 else res.shape} values, expected {want}")
+        if v.storage != "bit" and not np.isfinite(res).all():
+            return ItemFailure(0, NON_FINITE, "INTERNAL")
+        return res
+
+    def _probe_once(self, v: Vectorizer) -> str | None:
+        """None when the service embeds a plain text with this vectorizer's options, else why not."""
+        try:
+            with self._client(timeout=30, retries=0) as client:
+                got = list(client.embed_stream([pb.Item(parts=[pb.Part(text=PROBE_TEXT)])], dimensions=v.dimensions,
+                                               encoding=v.encoding, instruction=v.instruction, timeout=30))
+        except QvlClientError as exc:
+            return f"{exc.code}: {exc}"
+        if len(got) != 1:
+            return "the service answered a probe with nothing"
+        res = got[0]
+        if isinstance(res, ItemFailure):
+            return f"{res.code}: {ITEM_PREFIX.sub('', res.message).lstrip(': ')}"
+        try:
+            checked = self._check_vector(v, res)
+        except Malformed as exc:
+            return f"the service answered a malformed result: {exc}"
+        return checked.message if isinstance(checked, ItemFailure) else None
+
+    def _probe(self, v: Vectorizer) -> str | None:
+        """Like ``_probe_once``, but a service that is restarting (a transient failure) is waited
+        for, up to probe_wait_s: a row that killed the model process is then counted, not excused."""
+        deadline = time.monotonic() + self.s.probe_wait_s
+        while True:
+            problem = self._probe_once(v)
+            if problem is None or problem.split(":", 1)[0] not in TRANSIENT_CODES:
+                return problem
+            if time.monotonic() >= deadline or self.stopping.wait(1.0):
+                return problem
+
+    def _reachable(self) -> bool:
+        try:
+            with self._client(timeout=3, retries=0) as client:
+                client.info()
+            return True
+        except QvlClientError:
+            return False
+
+    @contextmanager
+    def _renewing(self, lane: Lane, v: Vectorizer, keys: list[tuple[Any, ...]]) -> Iterator[None]:
+        """Extend the rows' lease every third of it while the batch is in hand (a batch may take
+        longer than one lease: the RPC timeout is longer). Uses the lane's idle connection."""
+        done = threading.Event()
+
+        def renew() -> None:
+            every = max(0.2, self.s.lease_s / 3)
+            while not done.wait(every):
+                try:
+                    if lane.conn is not None and not lane.conn.closed:
+                        lane.conn.execute(v.renew_sql(), {**v.key_params(keys), "me": lane.me,
+                                                          "lease": self.s.lease_s})
+                except psycopg.Error as exc:
+                    log.debug("could not renew a lease", extra={"error": str(exc).strip()})
+
+        thread = threading.Thread(target=renew, name="qvl-lease", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            done.set()
+            thread.join()
 
     def _embed(self, client: Client, v: Vectorizer, items: list[pb.Item]) -> list[np.ndarray | ItemFailure | None]:
         """One result per item (None: not answered). A stream failing on bad input is halved until
@@ -400,7 +616,7 @@ class Worker:
         out: list[np.ndarray | ItemFailure | None] = [None] * len(items)
         done = 0
         log.debug("embedding", extra={"vectorizer": v.name, "items": len(items)})
-        watchdog = _Watchdog(client, self.s.stall_s)
+        watchdog = _Watchdog(client, self.s.stall_s, self._reachable)
         try:
             stream = client.embed_stream(items, dimensions=v.dimensions, encoding=v.encoding,
                                          instruction=v.instruction, max_in_flight=max(1, len(items)),
@@ -410,10 +626,13 @@ class Worker:
                 out[i] = res
                 done = i + 1
         except Exception as exc:
+            if watchdog.unreachable:
+                raise ServiceDown("the service went away while the stream waited; its rows were given back") from None
             if watchdog.fired:
                 raise ServiceDown(f"no answer from the service for {self.s.stall_s:g} s; the stream was "
                                   f"abandoned and its rows given back") from None
-            if isinstance(exc, TransientError):
+            # CANCELLED for a whole stream: the service stopped it (draining), not this input.
+            if isinstance(exc, TransientError) or (isinstance(exc, QvlClientError) and exc.code == "CANCELLED"):
                 if done == 0:
                     raise ServiceDown(str(exc)) from None
                 return out  # keep what came back; the rest goes back to the queue
@@ -433,7 +652,8 @@ class Worker:
         return out
 
     def _finish(self, lane: Lane, v: Vectorizer, rows: list[Claimed], writes: list[tuple[Claimed, str | None]],
-                failures: list[tuple[Claimed, str, str]], retry: list[Claimed], gone: list[Claimed]) -> Outcome:
+                failures: list[tuple[Claimed, str, str]], retry: list[tuple[Claimed, float, str]],
+                gone: list[Claimed]) -> Outcome:
         """One short transaction; on a lost connection, retried on a new one (the vectors are in hand)."""
         for attempt in range(3):
             if lane.conn is None or lane.conn.closed:
@@ -456,11 +676,11 @@ class Worker:
 
     def _finish_once(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str, rows: list[Claimed],
                      writes: list[tuple[Claimed, str | None]], failures: list[tuple[Claimed, str, str]],
-                     retry: list[Claimed], gone: list[Claimed]) -> Outcome:
+                     retry: list[tuple[Claimed, float, str]], gone: list[Claimed]) -> Outcome:
         out = Outcome()
         with conn.transaction():
             if writes:
-                params = {**v.key_params([r.key for r, _ in writes]),
+                params = {**v.key_params([r.key for r, _ in writes]), "me": me,
                           "qvl_hash": [r.content_hash for r, _ in writes], "qvl_vec": [vec for _, vec in writes]}
                 row = conn.execute(v.write_sql(), params).fetchone()
                 out.written = int(row[0]) if row else 0
@@ -470,7 +690,8 @@ class Worker:
                           "qvl_error": [m for _, m, _ in failures], "qvl_code": [c for _, _, c in failures]}
                 out.failed = conn.execute(v.fail_sql(), params).rowcount
             if retry:
-                params = {**v.key_params(_keys(retry)), "me": me, "delay": self.s.retry_delay_s}
+                params = {**v.key_params([r.key for r, _, _ in retry]), "me": me,
+                          "qvl_delay": [d for _, d, _ in retry], "qvl_error": [m for _, _, m in retry]}
                 out.retried = conn.execute(v.retry_later_sql(), params).rowcount
             if gone:
                 out.gone = conn.execute(v.forget_gone_sql(), {**v.key_params(_keys(gone)), "me": me}).rowcount

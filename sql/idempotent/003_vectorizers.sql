@@ -42,10 +42,13 @@ BEGIN
       INTO pk_defs, pk_cols
       FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o);
     -- Queue rows churn: vacuum them often.
+    -- not_before: a failed row's backoff; queued_at is indexed: claims take the oldest rows first.
     EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.queue_%s (%s, queued_at timestamptz NOT NULL DEFAULT now(), '
-                   'claimed_until timestamptz, claimed_by text, attempts int NOT NULL DEFAULT 0, PRIMARY KEY (%s)) '
+                   'claimed_until timestamptz, claimed_by text, attempts int NOT NULL DEFAULT 0, '
+                   'not_before timestamptz, last_error text, PRIMARY KEY (%s)) '
                    'WITH (autovacuum_vacuum_scale_factor = 0.02, autovacuum_vacuum_threshold = 500)',
                    v.id, pk_defs, pk_cols);
+    EXECUTE format('CREATE INDEX IF NOT EXISTS queue_%s_queued_at ON qvl.queue_%s (queued_at)', v.id, v.id);
     EXECUTE format('CREATE TABLE IF NOT EXISTS qvl.failed_%s (%s, error text NOT NULL, code text, '
                    'attempts int NOT NULL DEFAULT 1, failed_at timestamptz NOT NULL DEFAULT now(), PRIMARY KEY (%s))',
                    v.id, pk_defs, pk_cols);
@@ -88,7 +91,7 @@ BEGIN
             SECURITY DEFINER AS $body$
             BEGIN
                 INSERT INTO qvl.queue_%1$s AS q (%2$s) VALUES (%3$s)
-                ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL;
+                ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL, not_before = NULL;
                 IF COALESCE(pg_catalog.current_setting('qvl.notified_%1$s', true), '') OPERATOR(pg_catalog.<>) 'y' THEN
                     PERFORM pg_catalog.pg_notify('qvl_queue', '%1$s');
                     PERFORM pg_catalog.set_config('qvl.notified_%1$s', 'y', true);
@@ -273,7 +276,7 @@ BEGIN
     SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
     SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
     EXECUTE format('INSERT INTO qvl.queue_%s (%s) SELECT %s FROM %s ON CONFLICT (%s) DO UPDATE '
-                   'SET claimed_until = NULL, claimed_by = NULL', vid, cols, cols, v.source, cols);
+                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL', vid, cols, cols, v.source, cols);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qvl_queue', vid::text);
     RETURN n;
@@ -439,6 +442,48 @@ END
 $$;
 
 
+-- The embedding model's size as the service reports it; NULL when the service cannot say now.
+CREATE OR REPLACE FUNCTION qvl._model_dimensions() RETURNS int LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    size int;
+BEGIN
+    SELECT (m->>'hidden_size')::int INTO size
+      FROM jsonb_array_elements(qvl.service_info()->'models') AS m WHERE m->>'task' = 'embed';
+    RETURN size;
+EXCEPTION WHEN OTHERS THEN
+    RETURN NULL;
+END
+$$;
+
+
+-- Refuses dimensions the service would refuse for every row (too few, or more than the model
+-- gives), by asking it: one embedding of a short text at that size. Skipped when the service
+-- cannot say now (model_size NULL): the worker then pauses on such a vectorizer, failing no row.
+CREATE OR REPLACE FUNCTION qvl._check_dimensions(dimensions int, model_size int) RETURNS void LANGUAGE plpgsql
+VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    msg text;
+    detail text;
+BEGIN
+    IF model_size IS NULL THEN
+        RETURN;
+    END IF;
+    BEGIN
+        PERFORM qvl.embed('qvl: a check of the dimensions', dimensions => dimensions);
+    EXCEPTION WHEN invalid_parameter_value THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, detail = PG_EXCEPTION_DETAIL;
+        RAISE EXCEPTION 'qvl: the service''s embedding model cannot give % dimensions: %', dimensions,
+                coalesce(regexp_replace(detail, '^\S+ \S+: ', ''), msg) USING ERRCODE = '22023', DETAIL = detail,
+            HINT = format('The model has %s dimensions: pass dimensions => NULL (all %s), or fewer within the '
+                          'service''s range (the first N of a Matryoshka embedding).', model_size, model_size);
+    WHEN OTHERS THEN
+        RETURN;  -- busy or gone since it answered: nothing learnt, nothing refused
+    END;
+END
+$$;
+
+
 -- The destination column: checked when it exists (it must have the vector type), else added.
 CREATE OR REPLACE FUNCTION qvl._ensure_destination(source regclass, destination name, vtype text)
 RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
@@ -498,6 +543,9 @@ DECLARE
     vtype text;
     new_id int;
     queued bigint;
+    model_size int;
+    msg text;
+    hint text;
 BEGIN
     relname := qvl._check_source(source);
     vname := coalesce(name, relname);
@@ -512,8 +560,16 @@ BEGIN
     IF dimensions IS NULL THEN
         dimensions := qvl._full_dimensions();
     END IF;
-    vtype := qvl._vector_type(storage, dimensions, index);
+    model_size := qvl._model_dimensions();
+    BEGIN
+        vtype := qvl._vector_type(storage, dimensions, index);
+    EXCEPTION WHEN program_limit_exceeded THEN  -- pgvector's limits: say what the model gives too
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        RAISE EXCEPTION '%', msg || coalesce(format(' (the service''s embedding model gives %s)', model_size), '')
+            USING ERRCODE = '54000', HINT = hint;
+    END;
     PERFORM qvl._ensure_destination(source, destination, vtype);
+    PERFORM qvl._check_dimensions(dimensions, model_size);
 
     INSERT INTO qvl.vectorizer (name, source, pk_columns, pk_types, text_columns, image_columns, video_columns,
                                 destination, dimensions, storage, instruction, query_instruction, mode, on_error,
@@ -583,6 +639,7 @@ DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
 BEGIN
     IF dimensions IS NOT NULL AND dimensions <> v.dimensions THEN
+        PERFORM qvl._check_dimensions(dimensions, qvl._model_dimensions());
         EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING NULL', v.source, v.destination,
                        qvl._vector_type(v.storage, dimensions, v.index_kind));
         UPDATE qvl.vectorizer SET dimensions = reembed.dimensions WHERE id = v.id;
@@ -605,7 +662,7 @@ BEGIN
     SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
     EXECUTE format('WITH f AS (DELETE FROM qvl.failed_%1$s RETURNING %2$s) '
                    'INSERT INTO qvl.queue_%1$s (%2$s) SELECT %2$s FROM f ON CONFLICT (%2$s) DO UPDATE '
-                   'SET claimed_until = NULL, claimed_by = NULL, attempts = 0', v.id, cols);
+                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0', v.id, cols);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qvl_queue', v.id::text);
     RETURN n;

@@ -274,7 +274,7 @@ def test_ef_search_widens_to_the_candidates_within_bounds() -> None:
 def test_enqueue_sql_releases_a_claimed_row() -> None:
     assert qvl_lib.enqueue_sql(7, ["a", "b"], FakePlpy.quote_ident) == (
         'INSERT INTO qvl.queue_7 ("a", "b") VALUES ($1, $2) ON CONFLICT ("a", "b") DO UPDATE '
-        "SET claimed_until = NULL, claimed_by = NULL")
+        "SET claimed_until = NULL, claimed_by = NULL, not_before = NULL")
 
 
 # -- the sync trigger and search against the stand-in ---------------------------------------------
@@ -308,7 +308,7 @@ def test_sync_trigger_fails_the_statement_or_queues_the_row(plpy: FakePlpy) -> N
     assert qvl_lib.sync_trigger(td) == "MODIFY" and td["new"]["embedding"] is None
     queued = [(q, a) for q, a in plpy.executed if "qvl.queue_7" in q or "pg_notify" in q]
     assert queued == [('INSERT INTO qvl.queue_7 ("id") VALUES ($1) ON CONFLICT ("id") DO UPDATE '
-                       "SET claimed_until = NULL, claimed_by = NULL", [5]),
+                       "SET claimed_until = NULL, claimed_by = NULL, not_before = NULL", [5]),
                       ("SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["7"])]
     assert plpy.notices == ["qvl: row 5 of public.photos queued for the worker: qvl: the model service is busy "
                             "or starting"]

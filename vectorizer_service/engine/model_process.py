@@ -59,6 +59,10 @@ from vectorizer_service.model.decode_budget import DecodeBudget
 from vectorizer_service.model.preprocessing import Encoded
 
 log = logging.getLogger("qvl.model_process")
+# Test-only fault injection, off unless set: an item (with media) whose text equals this value makes
+# the model process exit at once, as a native crash would. The worker's tests use it to prove that a
+# row which keeps killing the model process is isolated and failed while its neighbours are stored.
+TEST_CRASH_ENV = "QVL_TEST_CRASH_ON_TEXT"
 
 
 @dataclass
@@ -78,6 +82,7 @@ class ModelProcess:
         self.pool = ThreadPoolExecutor(settings.decode_threads(beside_model=True), thread_name_prefix="qvl-preprocess")
         self.batcher = Batcher(settings)
         self.thread = threading.Thread(target=self._model_loop, name="qvl-model", daemon=True)
+        self.crash_on_text = os.environ.get(TEST_CRASH_ENV) or None
 
     # -- the pipe ------------------------------------------------------------
     def send(self, message: FromModelProcess) -> None:
@@ -135,6 +140,9 @@ class ModelProcess:
         self.batcher.open(call.rid, ctx, len(call.entries))
         ready = [(i, Encoded(p, [], [])) for i, p in call.entries if isinstance(p, list)]
         raw = [(i, p) for i, p in call.entries if isinstance(p, Item)]
+        if self.crash_on_text is not None and any(self.crash_on_text in item.texts for _, item in raw):
+            log.error("test-only crash: an item carries the %s text", TEST_CRASH_ENV)
+            os._exit(70)
         if ready:
             self._enqueue("embed", call.rid, ctx, ready)
         if not raw:

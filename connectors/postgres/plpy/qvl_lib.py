@@ -23,6 +23,7 @@ import errno
 import http.client
 import io
 import json
+import math
 import os
 import re
 import select
@@ -405,10 +406,23 @@ def call(endpoint: str, payload: Any, what: What) -> Any:
 
 
 def answer(endpoint: str, status: int, text: str, what: What) -> Any:
-    """The JSON of a 200 answer; else raises the Failure that ``status`` and ``text`` describe."""
+    """The JSON of a 200 answer; else raises the Failure that ``status`` and ``text`` describe.
+    A 200 that is not a JSON object is the service's failure (``malformed``), not the input's."""
     if status == 200:
-        return json.loads(text)
+        try:
+            data = json.loads(text)
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            raise malformed(endpoint, f"a 200 answer that is not a JSON object: {text[:200]!r}")
+        return data
     raise failure(endpoint, status, text, what)
+
+
+def malformed(endpoint: str, what: str) -> Failure:
+    return Failure("qvl: the model service answered something malformed", detail=f"{endpoint}: {what}",
+                   hint="The service (or something between it and the database) is broken or not qvl's "
+                        "service; check qvl.set_service and the service log.", sqlstate="XX000", status=200)
 
 
 def failure(endpoint: str, status: int, text: str | None, what: What) -> Failure:
@@ -551,8 +565,17 @@ def embed_request(item: Item | None, instruction: str | None, dimensions: int | 
 
 def embed_text(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
                what: What) -> str:
+    """The vector's text; a Failure for an answer without one or with a value that is not finite."""
     resp = call("embed", embed_request(item, instruction, dimensions, storage), what)
-    return vector_text(resp["embeddings"][0], storage, resp.get("dimensions"))
+    try:
+        text = vector_text(resp["embeddings"][0], storage, resp.get("dimensions"))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise malformed("embed", f"no vector in the answer ({type(exc).__name__}: {exc})") from None
+    if storage != "bit" and not all(math.isfinite(float(x)) for x in text.strip("[]").split(",")):
+        raise Failure(f"qvl: the model service returned a vector that is not finite (NaN or infinity) for "
+                      f"{what(None)}", detail="embed 200: a NaN or infinite value", hint=HINTS[500],
+                      sqlstate="XX000", status=200)
+    return text
 
 
 def embed_sql(text: str | None, image: bytes | None, video: bytes | None, instruction: str | None,
@@ -636,7 +659,7 @@ def enqueue_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
     cols = ", ".join(quote(c) for c in pk_columns)
     params = ", ".join(f"${i + 1}" for i in range(len(pk_columns)))
     return (f"INSERT INTO qvl.queue_{vid} ({cols}) VALUES ({params}) ON CONFLICT ({cols}) DO UPDATE "
-            f"SET claimed_until = NULL, claimed_by = NULL")
+            f"SET claimed_until = NULL, claimed_by = NULL, not_before = NULL")
 
 
 def enqueue(cfg: Row, row: Row) -> None:

@@ -25,7 +25,7 @@ TABLES = """
 CREATE TABLE nopk (body text);
 CREATE VIEW vw AS SELECT 1 AS id, 'x'::text AS body;
 CREATE TABLE t (id int PRIMARY KEY, body text, tags text[], n int, pic bytea, pics bytea[], clip bytea, clip2 bytea,
-                g text GENERATED ALWAYS AS (body || '!') STORED, emb vector(3));
+                g text GENERATED ALWAYS AS (body || '!') STORED, emb vector(32));
 CREATE TABLE c (a int, b text, body text, PRIMARY KEY (b, a));
 INSERT INTO t (id, body) VALUES (1, 'one'), (2, 'two');
 """
@@ -55,11 +55,11 @@ CALLS = [
     "'t', text_columns => ARRAY['body'], destination => 'n', dimensions => 3",
     # and the ones that succeed
     "'t', text_columns => ARRAY['body', 'tags'], image_columns => ARRAY['pic', 'pics'], video_columns => ARRAY['clip']",
-    "'t', 'named', text_columns => ARRAY['g'], destination => 'emb', dimensions => 3, instruction => 'i', "
+    "'t', 'named', text_columns => ARRAY['g'], destination => 'emb', dimensions => 32, instruction => 'i', "
     "query_instruction => 'q'",
     "'t', text_columns => ARRAY['body'], mode => 'sync', on_error => 'queue', storage => 'halfvec', dimensions => 48",
     "'t', text_columns => ARRAY['body'], storage => 'bit', dimensions => 64, index => 'none'",
-    "'c', text_columns => ARRAY['body'], dimensions => 16",
+    "'c', text_columns => ARRAY['body'], dimensions => 32",
 ]
 
 STATE = [
@@ -103,6 +103,19 @@ def outcome(conn: psycopg.Connection[Any], call: str) -> tuple[Any, ...]:
         conn._notice_handlers.clear()  # type: ignore[attr-defined]
 
 
+def changed_on_purpose(result: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A result of today's install less what changed on purpose since the single function: pgvector's
+    limit errors name the model's size (issue 11 item 4), queue tables have a backoff per row and a
+    queue-order index, and a changed row clears its backoff (issue 10 item 1)."""
+    if result[0] == "error":
+        return (*result[:2], result[2].replace(" (the service's embedding model gives 64)", ""), *result[3:])
+    kind, new_id, state, notices = result
+    state = list(state)
+    state[2] = [(name, body.replace(", not_before = NULL", ""), acl) for name, body, acl in state[2]]
+    state[3] = [r for r in state[3] if r[2] not in ("not_before", "last_error") and not r[0].endswith("_queued_at")]
+    return (kind, new_id, state, notices)
+
+
 def test_the_steps_do_what_the_single_function_did(pg_server: PostgresServer, service: ServiceProcess,
                                                   request: pytest.FixtureRequest) -> None:
     files = single_folder_sql()
@@ -121,6 +134,7 @@ def test_the_steps_do_what_the_single_function_did(pg_server: PostgresServer, se
             conn.execute(TABLES)
             results.append([outcome(conn, call) for call in CALLS])
     old, new = results
+    new = [changed_on_purpose(r) for r in new]
     for call, was, now in zip(CALLS, old, new, strict=True):
         if was[0] == now[0] == "created":
             for query, a, b in zip(STATE, was[2], now[2], strict=True):

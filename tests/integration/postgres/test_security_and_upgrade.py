@@ -100,10 +100,8 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         before = conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall()
         failed_before = conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall()
         assert len(failed_before) == 1
-        # The functions of a version come with it: none of the newest version's yet (version 5: set_service
-        # with a CA file).
-        assert conn.execute("SELECT to_regprocedure('qvl.set_service(text,text,real,text)')").fetchone() == (None,)
-        assert conn.execute("SELECT to_regprocedure('qvl.set_service(text,text,real)')").fetchone() is not None
+        # The objects of a version come with it: none of the newest version's yet.
+        assert conn.execute("SELECT to_regclass('qvl.worker_status')").fetchone() == (None,)
 
     upgrade = install(dsn)
     assert (upgrade.version_before, upgrade.version_after) == (newest - 1, newest)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import http.server
+import json
+import threading
 from typing import Any
 
 import numpy as np
@@ -100,3 +103,47 @@ def test_search_returns_the_right_rows(conn: psycopg.Connection[Any], qvl_db: st
 
     with pytest.raises(psycopg.errors.UndefinedObject):
         conn.execute("SELECT * FROM qvl.search('nope', 'x')")
+
+
+class _OddService(http.server.BaseHTTPRequestHandler):
+    """Answers every POST /v1/embed with 200 and the body the test chose (malformed, NaN, empty)."""
+
+    body = b""
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_sync_mode_queues_on_a_malformed_answer_or_a_nan_vector(conn: psycopg.Connection[Any]) -> None:
+    """Issue 10 item 7: with on_error => 'queue' a 200 that is not JSON, has no vector or holds a
+    NaN queues the row instead of failing the INSERT; with on_error => 'fail' it is a qvl error."""
+    conn.execute("CREATE TABLE s (id int PRIMARY KEY, caption text)")
+    conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['caption'], mode => 'sync', "
+                 "on_error => 'queue', dimensions => 32)")
+    conn.execute("CREATE TABLE f (id int PRIMARY KEY, caption text)")
+    conn.execute("SELECT qvl.create_vectorizer('f', text_columns => ARRAY['caption'], mode => 'sync', "
+                 "dimensions => 32)")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _OddService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        conn.execute("SELECT qvl.set_service(%s)", (f"http://127.0.0.1:{server.server_address[1]}",))
+        nan = json.dumps({"embeddings": [{"embedding": [float("nan")] * 32}], "dimensions": 32}).encode()
+        bodies = [b"<html>not json</html>", b'{"embeddings": []}', b"[1, 2]", nan]
+        for key, body in enumerate(bodies):
+            _OddService.body = body
+            conn.execute("INSERT INTO s VALUES (%s, 'a caption')", (key,))
+            assert embedding(conn, "s", key) is None, body
+            with pytest.raises(psycopg.Error) as err:
+                conn.execute("INSERT INTO f VALUES (%s, 'a caption')", (key,))
+            assert "qvl: the model service" in (err.value.diag.message_primary or ""), (body, err.value)
+        assert conn.execute("SELECT pending FROM qvl.vectorizer_status WHERE name = 's'").fetchone() == (len(bodies),)
+    finally:
+        server.shutdown()

@@ -171,10 +171,35 @@ def test_create_vectorizer_refuses_with_a_hint(conn: psycopg.Connection[Any]) ->
             conn.execute(statement)
         assert message in str(err.value), statement
         assert hint in (err.value.diag.message_hint or ""), statement
+    # halfvec indexes 2048 (the 2B model's size); the tiny model here gives 64.
+    assert conn.execute("SELECT qvl._vector_type('halfvec', 2048, 'hnsw')").fetchone() == ("public.halfvec(2048)",)
     conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], image_columns => ARRAY['pic'], "
-                 "dimensions => 2048, storage => 'halfvec')")  # halfvec indexes 2048 (the 2B model's size)
+                 "storage => 'halfvec')")
     with pytest.raises(psycopg.errors.DuplicateObject):
         conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'])")
+
+
+def test_create_vectorizer_refuses_dimensions_the_model_cannot_give(conn: psycopg.Connection[Any]) -> None:
+    """Issue 11 item 4 (and 10.6): asked of the service at creation; the tiny model gives 64."""
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+    for dims in (16, 100, 65):
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], dimensions => %s)",
+                         (dims,))
+        assert err.value.sqlstate == "22023", dims
+        assert f"cannot give {dims} dimensions" in (err.value.diag.message_primary or ""), dims
+        assert "The model has 64 dimensions" in (err.value.diag.message_hint or ""), dims
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], dimensions => 5000)")
+    assert err.value.sqlstate == "54000"
+    assert "model gives 64" in (err.value.diag.message_primary or "")
+    assert conn.execute("SELECT count(*) FROM qvl.vectorizer").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 't'::regclass "
+                        "AND attname = 'embedding'").fetchone() == (0,)  # nothing left behind
+    conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], dimensions => 32)")
+    with pytest.raises(psycopg.Error) as err:
+        conn.execute("SELECT qvl.reembed('t', dimensions => 100)")
+    assert "The model has 64 dimensions" in (err.value.diag.message_hint or "")
 
 
 def test_drop_reembed_and_composite_keys(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,

@@ -68,7 +68,7 @@ def test_service_outage_loses_nothing(pg_server: PostgresServer, request: pytest
             assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status").fetchone() == (0, 0)
             assert worker.stop() == 0
             log = worker.log()
-            assert "the service is unavailable" in log and "the service is back" in log
+            assert "the service cannot embed now; pausing" in log and "the service is back" in log
 
 
 def test_sigkill_mid_batch_loses_and_repeats_nothing(conn: psycopg.Connection[Any], qvl_db: str,
@@ -132,3 +132,63 @@ def test_two_workers_share_the_queue_and_sigterm_finishes_the_batch(
     assert embedded(conn) == 900
     assert count(conn, "SELECT count(*) FROM items_writes") == 900
     assert two.stop() == 0
+
+
+def test_rows_move_within_seconds_of_the_service_coming_back(pg_server: PostgresServer,
+                                                             request: pytest.FixtureRequest,
+                                                             worker_processes: Callable[..., WorkerProcess]) -> None:
+    """Issue 11 item 3: service stopped, rows inserted, service back 25 s later: the rows must move
+    within seconds of the service being ready, not after the 120 s stall timeout."""
+    with ServiceProcess() as svc:
+        dsn = new_database(pg_server, request.node.name)
+        install(dsn, service_url=svc.http_url)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            make_items(conn)
+            worker = worker_processes(dsn, svc.grpc_target, "--batch", "32", "--stall-timeout", "120",
+                                      "--max-backoff", "30")
+            insert(conn, range(10))
+            assert conn.execute("SELECT qvl.wait_for_embeddings('items', '60 s')").fetchone() == (True,)
+
+            svc.stop()
+            insert(conn, range(10, 30))
+            time.sleep(25)
+            svc.start()  # returns once /.well-known/ready answers
+            ready = time.monotonic()
+            wait_until(lambda: embedded(conn) == 30, timeout=240, every=0.1)
+            moved_s = time.monotonic() - ready
+            print(f"rows moved {moved_s:.1f} s after the service was ready again")
+            assert moved_s < 10, f"rows waited {moved_s:.1f} s after the service was back"
+            assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status").fetchone() == (0, 0)
+            assert worker.stop() == 0
+
+
+def test_a_row_that_kills_the_model_process_is_isolated_and_failed(
+        pg_server: PostgresServer, request: pytest.FixtureRequest,
+        worker_processes: Callable[..., WorkerProcess]) -> None:
+    """Issue 10 item 1: a row whose input kills the model process (here the test-only hook
+    QVL_TEST_CRASH_ON_TEXT: the model process exits on an item with that text) is tried alone after
+    its batch died, failed after --max-attempts tries, and its neighbours are embedded; the service
+    is not kept in a crash loop."""
+    marker = "qvl-test: crash the model process"
+    with ServiceProcess(env={"QVL_TEST_CRASH_ON_TEXT": marker}) as svc:
+        dsn = new_database(pg_server, request.node.name)
+        install(dsn, service_url=svc.http_url)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            make_items(conn)
+            pics = images(24, offset=500)
+            with conn.cursor() as cur:
+                cur.executemany("INSERT INTO items VALUES (%s, %s, %s)",
+                                [(i, marker if i == 13 else f"caption {i}", pics[i]) for i in range(24)])
+            started = time.monotonic()
+            worker = worker_processes(dsn, svc.grpc_target, "--batch", "8", "--concurrency", "1",
+                                      "--max-attempts", "3", "--retry-delay", "0.5")
+            wait_until(lambda: count(conn, "SELECT count(*) FROM qvl.failed_items('items')") == 1
+                       and embedded(conn) == 23, timeout=300, every=0.2)
+            print(f"poison row failed and its neighbours embedded in {time.monotonic() - started:.1f} s")
+            row = conn.execute("SELECT pk, code, attempts, error FROM qvl.failed_items('items')").fetchone()
+            assert row is not None and row[0] == "13" and row[1] == "UNAVAILABLE" and row[2] == 3, row
+            assert "row 13 of public.items" in row[3]
+            assert conn.execute("SELECT pending FROM qvl.vectorizer_status").fetchone() == (0,)
+            assert worker.stop() == 0
+        crashes = svc.log_path.read_text().count("the model process exited; starting it again")
+        assert crashes == 3, f"{crashes} model process restarts for a row tried 3 times"
