@@ -92,8 +92,8 @@ def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked
     conn.execute("DROP FUNCTION qvl.created_later()")
 
     conn.execute("CREATE TABLE a (id int PRIMARY KEY, body text); CREATE TABLE s (id int PRIMARY KEY, body text)")
-    conn.execute("SELECT qvl.create_vectorizer('a', text_columns => ARRAY['body'], dimensions => 16)")
-    conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['body'], dimensions => 16, mode => 'sync')")
+    conn.execute("SELECT qvl.create_vectorizer('a', text_columns => ARRAY['body'], dimensions => 32)")
+    conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['body'], dimensions => 32, mode => 'sync')")
     public = conn.execute("SELECT DISTINCT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'qvl'::regnamespace "
                           "AND has_function_privilege('public', p.oid, 'EXECUTE') ORDER BY 1").fetchall()
     assert [name for (name,) in public] == sorted(
@@ -122,7 +122,7 @@ def test_queue_counts_show_only_to_roles_that_may_read_the_table(conn: psycopg.C
                                                                  qvl_db: str) -> None:
     reader, stranger = (f"{who}_{uuid.uuid4().hex[:8]}" for who in ("reader", "stranger"))
     conn.execute("CREATE TABLE secret (id int PRIMARY KEY, body text)")
-    conn.execute("SELECT qvl.create_vectorizer('secret', text_columns => ARRAY['body'], dimensions => 16)")
+    conn.execute("SELECT qvl.create_vectorizer('secret', text_columns => ARRAY['body'], dimensions => 32)")
     conn.execute("INSERT INTO secret SELECT g, 'row ' || g FROM generate_series(1, 7) g")
     conn.execute(f"CREATE ROLE {reader} LOGIN; GRANT SELECT ON secret TO {reader}; CREATE ROLE {stranger} LOGIN")
     status = "SELECT name, pending, in_progress, failed, oldest_pending_age IS NOT NULL FROM qvl.vectorizer_status"
