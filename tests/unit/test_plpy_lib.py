@@ -530,3 +530,35 @@ def test_send_derives_the_deadline_from_statement_timeout(plpy: FakePlpy, servic
     assert (status, json.loads(body)["code"]) == (504, "DEADLINE_EXCEEDED")
     assert "statement_timeout" in json.loads(body)["error"]
     assert time.monotonic() - started < 0.8
+
+
+class _ClosingService(BaseHTTPRequestHandler):
+    """HTTP/1.0: the server closes after each answer, and the body comes a moment after the headers."""
+
+    body = b'{"embeddings": []}' + b" " * 200_000
+
+    def do_POST(self) -> None:
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(self.body)))
+        self.end_headers()
+        self.wfile.flush()
+        time.sleep(0.05)
+        self.wfile.write(self.body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_an_answer_is_read_whole_when_the_server_closes_after_it() -> None:
+    """http.client closes a "Connection: close" connection before the body is read: the socket
+    must stay open until the response has been read (it failed with EBADF)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ClosingService)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}"
+        for _ in range(3):
+            status, text = qvl_lib.http_send(url, None, 5.0, ("POST", "/v1/embed"), "{}", check=lambda: None)
+            assert (status, len(text)) == (200, len(_ClosingService.body)), text[:200]
+    finally:
+        server.shutdown()

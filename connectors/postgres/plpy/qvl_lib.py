@@ -174,6 +174,10 @@ class Wire:
 
     def __init__(self, sock: socket.socket, clock: Clock) -> None:
         self.sock, self.clock = sock, clock
+        # As socket.makefile does: a response still reading keeps the socket open after close()
+        # (http.client closes the connection as soon as it sees "Connection: close").
+        self.readers = 0
+        self.closing = False
 
     def wait(self, writing: bool) -> bool:
         """Whether the socket became ready within one tick (else the clock looked for a cancel)."""
@@ -228,10 +232,18 @@ class Wire:
                 self.wait(True)
 
     def makefile(self, *args: Any, **kwargs: Any) -> io.BufferedReader:
+        self.readers += 1
         return io.BufferedReader(WireReader(self))
 
     def close(self) -> None:
-        self.sock.close()
+        self.closing = True
+        if self.readers == 0:
+            self.sock.close()
+
+    def reader_closed(self) -> None:
+        self.readers -= 1
+        if self.closing and self.readers == 0:
+            self.sock.close()
 
 
 class WireReader(io.RawIOBase):
@@ -245,6 +257,11 @@ class WireReader(io.RawIOBase):
 
     def readinto(self, buffer: Any) -> int:
         return self.wire.recv_into(buffer)
+
+    def close(self) -> None:
+        if not self.closed:
+            super().close()
+            self.wire.reader_closed()
 
 
 def open_wire(host: str, port: int, context: ssl.SSLContext | None, clock: Clock) -> Wire:
