@@ -54,7 +54,8 @@ class PeakRss:
             for role, pids in list(self.pids.items()):
                 for pid in pids():
                     with contextlib.suppress(OSError, ValueError), open(f"/proc/{pid}/status") as fh:
-                        rss = next(int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:"))
+                        # A process that is exiting has no VmRSS line any more.
+                        rss = next((int(line.split()[1]) * 1024 for line in fh if line.startswith("VmRSS:")), 0)
                         self.peak[role] = max(self.peak.get(role, 0), rss)
 
     def mb(self, role: str) -> int:
@@ -76,8 +77,12 @@ def _rows(start: int, stop: int) -> list[tuple[Any, ...]]:
 
 
 def _insert_all(dsn: str, done: threading.Event, retried: list[int]) -> None:
-    """The application: chunks of 50 rows, each chunk retried until its transaction commits."""
+    """The application: chunks of 50 rows, each chunk retried until its transaction commits. It
+    stays about 300 rows ahead of the worker, so it is still writing when Postgres restarts."""
+    backlog = "SELECT count(*) FROM items WHERE embedding IS NULL"
     for start in range(0, N, 50):
+        while _count(dsn, backlog) > 300:
+            time.sleep(0.2)
         chunk = _rows(start, min(start + 50, N))
         while True:
             try:
@@ -161,10 +166,12 @@ def test_nothing_is_lost_whatever_fails() -> None:
             wait_until(lambda: _count(dsn, embedded) >= share * N, timeout=900, every=0.2)
 
         def kill_model() -> None:
+            """SIGKILL the model process (waiting for one: it may be restarting after a poison row)."""
+            wait_until(lambda: svc.model_pid() is not None, timeout=300, every=0.2)
             pid = svc.model_pid()
-            if pid is not None:
-                os.kill(pid, signal.SIGKILL)
-                figures["model_kills"] += 1
+            assert pid is not None
+            os.kill(pid, signal.SIGKILL)
+            figures["model_kills"] += 1
 
         at(0.10)
         kill_model()
@@ -213,4 +220,4 @@ def test_nothing_is_lost_whatever_fails() -> None:
         assert writes == distinct == N - len(POISON_IDS), figures  # every good row written exactly once
         assert failed == failed_poison == len(POISON_IDS), figures  # only the poison rows failed
         assert total - done - failed == 0, figures  # nothing lost
-        assert figures["oversized_refused"] == 24
+        assert figures["oversized_refused"] == 24 and figures["model_kills"] == 3
