@@ -123,12 +123,20 @@ UPDATE {self.queue} q SET claimed_until = now() + make_interval(secs => %(lease)
   FROM {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
 
     def write_sql(self) -> str:
-        """Store vectors where the content hash still matches; dequeue (if still ours) and un-fail those rows."""
+        """Store vectors of rows this worker still holds and whose content hash still matches; dequeue
+        and un-fail those rows. A row whose lease ran out and that another lane claimed meanwhile (a
+        database restart can outlast a lease) is left to that claim: each row is written once. A row
+        queued again meanwhile (qvl.reembed) is left to its new queue entry."""
+        pk = ", ".join("q." + ident(c) for c in self.pk_columns)
         return f"""
 WITH v AS (SELECT * FROM {self._unnest((("qvl_hash", "text"), ("qvl_vec", "text")))}),
+held AS (
+    SELECT {pk} FROM {self.queue} q JOIN v ON {self._keys("q", "v")} WHERE q.claimed_by = %(me)s FOR UPDATE OF q
+),
 written AS (
     UPDATE {self.source} s SET {ident(self.destination)} = v.qvl_vec::{self.vector_type}
-      FROM v WHERE {self._keys("s", "v")} AND {self.content_hash("s")} = v.qvl_hash
+      FROM v JOIN held h ON {self._keys("h", "v")}
+     WHERE {self._keys("s", "v")} AND {self.content_hash("s")} = v.qvl_hash
     RETURNING {", ".join("s." + ident(c) for c in self.pk_columns)}
 ), dequeued AS (
     -- Only rows still claimed by this worker: one queued again meanwhile (qvl.reembed) stays queued.
