@@ -46,6 +46,7 @@ class EmbedStreamSession:
         tasks: set[asyncio.Task[None]] = set()
 
         wire = self.dispatcher.admission.wire
+        sizes: dict[int, int] = {}  # bytes held per message read ahead (by the message's id)
 
         async def reader() -> None:
             try:
@@ -53,7 +54,9 @@ class EmbedStreamSession:
                     await window.acquire()
                     # Read-ahead is bounded in bytes too: past the budget reading stops, and
                     # flow control slows the sender.
-                    self.held += await wire.hold(msg.ByteSize(), self.ctx)
+                    size = await wire.hold(msg.ByteSize(), self.ctx)
+                    sizes[id(msg)] = size  # released as held, without measuring the message again
+                    self.held += size
                     await incoming.put(msg)
             finally:
                 await incoming.put(None)
@@ -78,7 +81,7 @@ class EmbedStreamSession:
                     outs[seq] = _stream_error(seq, err)
             for m in msgs:
                 window.release()
-                size = wire.clamp(m.ByteSize())
+                size = sizes.pop(id(m))
                 self.held -= size
                 wire.release(size)
                 await results.put(outs[m.seq])
