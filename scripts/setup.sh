@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Make a Debian 12 machine (run as root) ready to build and test qvl:
 #   PostgreSQL 15 + plpython3u + pgvector (built from Debian trixie's source package),
-#   the Weaviate server binary (built with Go), and the project's virtualenv.
+#   the Weaviate server and Helm binaries (built with Go), and the project's virtualenv.
 # Idempotent: every step checks whether it is already done, so a second run takes seconds.
 set -euo pipefail
 
@@ -26,6 +26,10 @@ GO_TOOLCHAIN_SHA256=30c2b1bf7dcc88d3eb0a1364e47ddd9128edb3110a30e8a0ef61cd5856b3
 WEAVIATE_VERSION=v1.39.0
 WEAVIATE_DIR=/opt/qvl/weaviate-$WEAVIATE_VERSION
 WEAVIATE_BIN=$WEAVIATE_DIR/weaviate-server
+
+# Helm renders and lints the chart in deploy/helm (tests/unit/test_helm_chart.py).
+HELM_VERSION=v3.22.0
+HELM_BIN=/opt/qvl/bin/helm
 
 VENV=$REPO_ROOT/.venv
 VENV_STAMP=$VENV/.qvl-installed
@@ -167,6 +171,23 @@ install_weaviate() {
   [[ $(weaviate_binary_version) == "$WEAVIATE_VERSION" ]] || die "weaviate-server build did not produce $WEAVIATE_BIN"
 }
 
+helm_binary_version() {
+  # `helm version` of a `go install` build says only "v3.22": read the module version Go recorded.
+  [[ -x $HELM_BIN ]] || return 0
+  go version -m "$HELM_BIN" 2>/dev/null | awk '$1 == "mod" && $2 == "helm.sh/helm/v3" {print $3}'
+}
+
+install_helm() {
+  if [[ $(helm_binary_version) == "$HELM_VERSION" ]]; then
+    log "helm: $HELM_BIN is $HELM_VERSION, skipping"
+    return
+  fi
+  log "helm: go install helm@$HELM_VERSION into $(dirname "$HELM_BIN") (a minute or two on a cold build cache)"
+  mkdir -p "$(dirname "$HELM_BIN")"
+  GOBIN=$(dirname "$HELM_BIN") go install "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
+  [[ $(helm_binary_version) == "$HELM_VERSION" ]] || die "helm build did not produce $HELM_BIN"
+}
+
 install_python_env() {
   if ! "$VENV/bin/python" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then
     log "python: creating $VENV with python3.11"
@@ -189,6 +210,7 @@ main() {
   install_pgvector
   install_go
   install_weaviate
+  install_helm
   install_python_env
   log "ready. The tests find the servers through these variables (defaults shown):"
   printf 'export QVL_PG_BINDIR=%s\n' "$PG_BINDIR"
