@@ -77,6 +77,7 @@ def create_collection(
     joint_vector: bool = False,
     properties: Sequence[Property] = (),
     replace: bool = False,
+    replication_factor: int = 1,
 ) -> dict[str, Any]:
     """Create collection ``name`` wired to the qvl service at ``service_url`` (its HTTP URL).
 
@@ -85,8 +86,12 @@ def create_collection(
     (clip, text2vec-transformers); multi2vec-bind has no per-collection URL, so a video
     collection uses whatever ``BIND_INFERENCE_API`` points at. ``weights`` maps field names
     to weights of Weaviate's per-field average (missing fields weigh 1). ``properties`` adds
-    plain properties that no module reads. Returns a description of what was created.
+    plain properties that no module reads. ``replication_factor`` > 1 keeps that many copies of
+    each shard on a cluster's nodes (Weaviate's async replication brings a node that was down up
+    to date by itself). Returns a description of what was created.
     """
+    if replication_factor < 1:
+        raise ValueError(f"collection {name!r}: replication_factor must be at least 1")
     roles = {"text": list(text_fields), "image": list(image_fields), "video": list(video_fields)}
     _check_fields(name, roles)
     if weights:
@@ -148,6 +153,8 @@ def create_collection(
             properties=props,
             vector_config=vector_config,
             reranker_config=Configure.Reranker.transformers() if rerank else None,
+            # Weaviate >= 1.38 runs async replication for every factor > 1 by itself.
+            replication_config=Configure.replication(factor=replication_factor) if replication_factor > 1 else None,
         )
     except CollectionError:
         raise
@@ -162,6 +169,7 @@ def create_collection(
         "video_fields": sorted(video_fields),
         "vectors": [v for v, on in ((MODULE_VECTOR, module_vector), (JOINT_VECTOR, joint_vector)) if on],
         "reranker": "reranker-transformers" if rerank else None,
+        "replication_factor": replication_factor,
         "weights": {f: float((weights or {}).get(f, 1.0)) for fs in roles.values() for f in fs} if weights else None,
     }
 

@@ -8,9 +8,11 @@ running ``qvl serve``; ``WeaviateServer(env=module_env(...))`` starts it on free
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -62,12 +64,34 @@ def module_env(service_url: str, *, client_timeout: str = "120s", modules: tuple
     return env
 
 
+def free_port_pairs(count: int) -> list[int]:
+    """``count`` ports p of 127.0.0.1 such that p and p + 1 were both free a moment ago.
+
+    A node of a cluster on one host finds its peers' data and Raft RPC ports as their gossip and
+    Raft ports + 1 (Weaviate's convention for CLUSTER_IN_LOCALHOST), so each pair must be adjacent.
+    """
+    found: list[int] = []
+    with contextlib.ExitStack() as stack:
+        while len(found) < count:
+            first = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            first.bind(("127.0.0.1", 0))
+            port = first.getsockname()[1]
+            second = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            try:
+                second.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+            found.append(port)
+    return found
+
+
 class WeaviateServer(LocalDataServer):
     """weaviate-server bound to 127.0.0.1 with every port (REST, gRPC, gossip, data, Raft) free-picked.
 
     `env` adds to or overrides the server environment, e.g. ``module_env(url)``. Ports and the
     data directory survive `stop(remove=False)`, so `start()` again (or `restart()`) brings the
-    same server back on its data.
+    same server back on its data. ``node_name`` names the node (a cluster's nodes differ; see
+    ``WeaviateCluster``).
     """
 
     def __init__(
@@ -76,20 +100,17 @@ class WeaviateServer(LocalDataServer):
         *,
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 120.0,
+        node_name: str = NODE_NAME,
     ) -> None:
         self.binary = binary or weaviate_binary()
         if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
             raise FileNotFoundError(f"Weaviate server binary {self.binary} not found; {SETUP_HINT}")
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
-        (
-            self.http_port,
-            self.grpc_port,
-            self.gossip_port,
-            self.data_port,
-            self.raft_port,
-            self.raft_rpc_port,
-        ) = free_ports(6)
+        self.node_name = node_name
+        self.http_port, self.grpc_port = free_ports(2)
+        self.gossip_port, self.raft_port = free_port_pairs(2)
+        self.data_port, self.raft_rpc_port = self.gossip_port + 1, self.raft_port + 1
         self.base_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
@@ -122,14 +143,14 @@ class WeaviateServer(LocalDataServer):
             "GO_PROFILING_DISABLE": "true",
             "LOG_LEVEL": "info",
             "GRPC_PORT": str(self.grpc_port),
-            "CLUSTER_HOSTNAME": NODE_NAME,
+            "CLUSTER_HOSTNAME": self.node_name,
             "CLUSTER_BIND_ADDR": self.host,
             "CLUSTER_ADVERTISE_ADDR": self.host,
             "CLUSTER_GOSSIP_BIND_PORT": str(self.gossip_port),
             "CLUSTER_DATA_BIND_PORT": str(self.data_port),
             "RAFT_PORT": str(self.raft_port),
             "RAFT_INTERNAL_RPC_PORT": str(self.raft_rpc_port),
-            "RAFT_JOIN": NODE_NAME,
+            "RAFT_JOIN": self.node_name,
             "RAFT_BOOTSTRAP_EXPECT": "1",
         }
         env.update(self.extra_env)
@@ -138,6 +159,32 @@ class WeaviateServer(LocalDataServer):
     def start(self) -> WeaviateServer:
         if self._process is not None:
             return self
+        self.launch()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop(remove=False)
+            raise
+        return self
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the data and ports stay for `start()`."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.kill()
+            process.wait()
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def launch(self) -> None:
+        """Start the process without waiting: the nodes of a cluster become ready only together."""
+        if self._process is not None:
+            return
         if self.base_dir is None:
             self.base_dir = Path(tempfile.mkdtemp(prefix="qvl-weaviate-"))
             self.data_dir.mkdir()
@@ -152,12 +199,6 @@ class WeaviateServer(LocalDataServer):
             stderr=subprocess.STDOUT,
             start_new_session=True,
         )
-        try:
-            self._wait_ready()
-        except BaseException:
-            self.stop(remove=False)
-            raise
-        return self
 
     def stop(self, *, remove: bool = True, timeout: float = 30.0) -> None:
         """SIGTERM, then SIGKILL after `timeout`; with remove (the default) the data goes too."""
@@ -178,7 +219,7 @@ class WeaviateServer(LocalDataServer):
                 shutil.rmtree(self.base_dir, ignore_errors=True)
                 self.base_dir = None
 
-    def _wait_ready(self) -> None:
+    def wait_ready(self) -> None:
         assert self._process is not None
         deadline = time.monotonic() + self.startup_timeout
         ready_url = f"{self.url}/v1/.well-known/ready"

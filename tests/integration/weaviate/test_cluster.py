@@ -1,0 +1,180 @@
+"""A Weaviate cluster on qvl replicas: three real weaviate-server nodes (replication factor 3),
+two qvl services behind a real HAProxy, 2,000 objects with images ingested through the nodes in
+turn while one qvl replica and one Weaviate node are SIGKILLed; the node comes back.
+
+Then every object is on every replica (each node's shard count) with exactly qvl's vector (read
+through every node with consistency ALL), and nearText + rerank through each node agree.
+One line of figures is printed: objects lost (must be 0), objects retried (by the test, through
+another node), requests HAProxy retried on the other replica, the longest stall between batches.
+"""
+
+from __future__ import annotations
+
+import base64
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import pytest
+import requests
+import weaviate
+from weaviate.classes.config import ConsistencyLevel
+from weaviate.classes.data import DataObject
+from weaviate.classes.query import Rerank
+from weaviate.util import generate_uuid5
+
+from connectors.client import Client
+from connectors.weaviate.collections import MODULE_VECTOR, create_collection
+from qvl_devtools.launchers.weaviate import WeaviateServer, connect, module_env
+from qvl_devtools.launchers.weaviate_cluster import WeaviateCluster
+from tests.media_factory import image_bytes
+from tests.support.haproxy import HAProxy
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+
+N_OBJECTS = 2000
+BATCH = 50
+COLLECTION = "ClusterPics"
+KILL_REPLICA_AT, KILL_NODE_AT, NODE_BACK_AT = 8, 14, 26  # batch numbers (40 batches in all)
+WORDS = ("red", "green", "blue", "striped", "dotted", "bright", "dark", "tiny", "wide", "tall")
+
+
+def _objects() -> list[dict[str, Any]]:
+    objs = []
+    for i in range(N_OBJECTS):
+        caption = f"{WORDS[i % 10]} {WORDS[(i // 10) % 10]} picture number {i}"
+        image = image_bytes(size=(24 + i % 17, 20 + i % 13), seed=i)
+        objs.append({"key": f"pic-{i}", "caption": caption, "image": image})
+    return objs
+
+
+class Nodes:
+    """A client per node, remade after the node was killed and came back."""
+
+    def __init__(self, cluster: WeaviateCluster) -> None:
+        self.cluster = cluster
+        self.clients: dict[int, weaviate.WeaviateClient] = {}
+
+    def client(self, i: int) -> weaviate.WeaviateClient:
+        if i not in self.clients:
+            self.clients[i] = connect(self.cluster.nodes[i], timeout_s=120)
+        return self.clients[i]
+
+    def drop(self, i: int) -> None:
+        client = self.clients.pop(i, None)
+        if client is not None:
+            client.close()
+
+    def close(self) -> None:
+        for i in list(self.clients):
+            self.drop(i)
+
+
+@pytest.fixture
+def stack() -> Iterator[tuple[list[ServiceProcess], HAProxy, WeaviateCluster]]:
+    with (ServiceProcess() as a, ServiceProcess() as b, HAProxy([a.http_url, b.http_url]) as lb,
+          WeaviateCluster(3, env=module_env(lb.url, client_timeout="120s")) as cluster):
+        yield [a, b], lb, cluster
+
+
+def _insert(nodes: Nodes, node: int, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Insert through one node; returns the objects that did not make it (to retry elsewhere)."""
+    col = nodes.client(node).collections.get(COLLECTION).with_consistency_level(ConsistencyLevel.QUORUM)
+    try:
+        result = col.data.insert_many([
+            DataObject(properties={"caption": o["caption"], "image": base64.b64encode(o["image"]).decode()},
+                       uuid=generate_uuid5(o["key"], COLLECTION)) for o in batch])
+    except Exception:  # the node is down or lost quorum: the whole batch goes to the next node
+        nodes.drop(node)
+        return batch
+    return [batch[i] for i in result.errors]
+
+
+def _shard_counts(node: WeaviateServer) -> dict[str, int]:
+    """Objects per node for the collection, as each node's shards report them."""
+    body = requests.get(f"{node.url}/v1/nodes", params={"output": "verbose", "collection": COLLECTION},
+                        timeout=30).json()
+    return {n["name"]: sum(s["objectCount"] for s in (n.get("shards") or []) if s["class"] == COLLECTION)
+            for n in body["nodes"]}
+
+
+def test_cluster_ingest_loses_nothing_when_a_replica_and_a_node_die(stack: Any) -> None:
+    (replica_a, replica_b), lb, cluster = stack
+    nodes = Nodes(cluster)
+    try:
+        create_collection(nodes.client(0), COLLECTION, text_fields=["caption"], image_fields=["image"],
+                          service_url=lb.url, replication_factor=3, replace=True)
+        objs = _objects()
+        batches = [objs[i:i + BATCH] for i in range(0, len(objs), BATCH)]
+        down: set[int] = set()
+        retried = 0
+        longest_stall = 0.0
+        last_progress = started = time.monotonic()
+        turn = 0
+        for b, batch in enumerate(batches):
+            if b == KILL_REPLICA_AT:
+                replica_a.stop(sig=9)  # SIGKILL: HAProxy's health check takes it out
+            if b == KILL_NODE_AT:
+                cluster.nodes[2].kill()
+                nodes.drop(2)
+                down.add(2)
+            if b == NODE_BACK_AT:
+                cluster.nodes[2].start()
+                down.discard(2)
+            pending = batch
+            tries = 0
+            while pending:
+                node = turn % 3
+                turn += 1
+                if node in down:
+                    continue
+                left = _insert(nodes, node, pending)
+                retried += len(left)
+                tries += 1
+                assert tries < 30, f"batch {b}: {len(left)} objects still refused after 30 tries"
+                if left:
+                    time.sleep(0.5)
+                pending = left
+            now = time.monotonic()
+            longest_stall = max(longest_stall, now - last_progress)
+            last_progress = now
+        ingest_s = time.monotonic() - started
+
+        # Every replica holds every object: node3 catches up through async replication.
+        deadline = time.monotonic() + 180
+        while True:
+            counts = _shard_counts(cluster.nodes[0])
+            if set(counts.values()) == {N_OBJECTS} and len(counts) == 3:
+                break
+            assert time.monotonic() < deadline, f"replicas never converged: {counts}"
+            time.sleep(2)
+
+        with Client(replica_b.grpc_target) as qvl:
+            items = [x for o in objs for x in (o["caption"], {"image": o["image"]})]
+            embedded = np.asarray([v for v in qvl.embed_stream(iter(items))], dtype=np.float64)
+        # multi2vec-clip: the mean of the caption's and the image's vectors (equal weights).
+        want = {str(generate_uuid5(o["key"], COLLECTION)): (embedded[2 * i] + embedded[2 * i + 1]) / 2
+                for i, o in enumerate(objs)}
+        hits = []
+        for i, node in enumerate(cluster.nodes):
+            col = nodes.client(i).collections.get(COLLECTION).with_consistency_level(ConsistencyLevel.ALL)
+            seen = 0
+            for obj in col.iterator(include_vector=True):
+                got = np.asarray(obj.vector[MODULE_VECTOR], dtype=np.float64)
+                w = want[str(obj.uuid)]
+                assert float(got @ w / (np.linalg.norm(got) * np.linalg.norm(w))) >= 0.9999, (node.node_name, obj.uuid)
+                seen += 1
+            assert seen == N_OBJECTS, f"{node.node_name} lists {seen} objects"
+            found = col.query.near_text("red striped picture", limit=10,
+                                        rerank=Rerank(prop="caption", query="red striped picture"))
+            hits.append([str(o.uuid) for o in found.objects])
+        assert hits[0] and hits[0] == hits[1] == hits[2], hits
+        lost = N_OBJECTS - min(_shard_counts(cluster.nodes[0]).values())
+        print(f"\ncluster figures: objects={N_OBJECTS} lost={lost} retried={retried} "
+              f"longest_stall_s={longest_stall:.1f} ingest_s={ingest_s:.1f} "
+              f"balancer_retries={lb.retries()} requests_per_replica={lb.server_requests()}")
+        assert lost == 0
+    finally:
+        nodes.close()
