@@ -44,6 +44,7 @@ APT_PACKAGES=(
   ca-certificates
   curl
   unzip
+  haproxy
 )
 
 export DEBIAN_FRONTEND=noninteractive
