@@ -52,6 +52,10 @@ def media_data_uri(value: str, what: str) -> tuple[MediaKind, bytes] | None:
     return kind, decode_base64(value[found.end():], what)  # type: ignore[return-value]
 
 
+def _a(kind: str) -> str:
+    return f"an {kind}" if kind == "image" else f"a {kind}"
+
+
 def media_reference(value: Any, kind: MediaKind, what: str, *, bare_base64: bool = False) -> Media:
     """An image or video given as a data URI, a URL (allow-listed) or, with ``bare_base64``, base64."""
     if not isinstance(value, str) or not value:
@@ -61,7 +65,7 @@ def media_reference(value: Any, kind: MediaKind, what: str, *, bare_base64: bool
         if found is None:
             raise InputError(f"{what} is not a valid data URI (data:{kind}/<format>;base64,<data>)")
         if found[0] != kind:
-            raise InputError(f"{what} is a data URI of a {found[0]}, where a {kind} is expected")
+            raise InputError(f"{what} is a data URI of {_a(found[0])}, where {_a(kind)} is expected")
         return found[1]
     if urlsplit(value).scheme.lower() in URL_SCHEMES:
         return UriSource(value)
