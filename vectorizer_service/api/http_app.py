@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import uuid
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
@@ -13,18 +11,18 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp
 
 from vectorizer_service import __version__
-from vectorizer_service.api.http_errors import error_response
+from vectorizer_service.api.dialects.errors import shaped_error_response
+from vectorizer_service.api.dialects.routes import dialect_router
+from vectorizer_service.api.http_errors import internal_error
 from vectorizer_service.api.http_middleware import BodyLimit, Measured, TokenAuth
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.json_api import json_api_router
 from vectorizer_service.api.service_info import info_dict
 from vectorizer_service.api.weaviate_modules import PREFIXES, health_router, module_router
-from vectorizer_service.core.errors import ComputeError, QvlError
+from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.dispatcher import Dispatcher
-
-log = logging.getLogger("qvl.http")
 
 
 def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp, HttpService]:
@@ -32,23 +30,20 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
     app = FastAPI(title="qvl", version=__version__,
                   description="Qwen3-VL embeddings and reranking: Weaviate module contracts and a JSON API.")
 
+    # Errors take the shape of the protocol a route speaks: qvl's own, or a dialect's (OpenAI, Cohere, ...).
     @app.exception_handler(QvlError)
     async def _qvl_error(request: Request, exc: QvlError) -> JSONResponse:
-        return error_response(exc)
+        return shaped_error_response(exc, request.url.path)
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return JSONResponse({"error": str(exc.detail), "code": "HTTP"}, status_code=exc.status_code)
+        return shaped_error_response(InputError(str(exc.detail), status=exc.status_code), request.url.path,
+                                     code="HTTP")
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
-        # The exception's text may say where files lie or what the process holds: it goes to the
-        # log, and the caller gets an id to find it there.
-        request_id = uuid.uuid4().hex[:16]
-        log.error("unexpected error in %s %s", request.method, request.url.path, exc_info=exc,
-                  extra={"request_id": request_id})
-        return error_response(ComputeError(f"internal error (request id {request_id}; the service log has it)"),
-                              request_id)
+        err, request_id = internal_error(request, exc)
+        return shaped_error_response(err, request.url.path, request_id)
 
     @app.get("/.well-known/live", status_code=204)
     async def live() -> Response:
@@ -71,6 +66,10 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
         return Response(generate_latest(metrics.REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
     app.include_router(json_api_router(http))
+    # The OpenAI/Cohere/Voyage/Jina dialects, at the root and under /profiles/{name}; the root's
+    # /v1/rerank is the JSON API's route, which hands foreign bodies to the dialects (dialects.rerank).
+    app.include_router(dialect_router(http, with_v1_rerank=False))
+    app.include_router(dialect_router(http, with_v1_rerank=True), prefix="/profiles/{name}")
     modules, health = module_router(http), health_router(http)
     for prefix in PREFIXES:
         app.include_router(modules, prefix=prefix)

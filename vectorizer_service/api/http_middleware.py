@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vectorizer_service.api.bearer import bearer_matches
-from vectorizer_service.api.http_errors import error_response
+from vectorizer_service.api.dialects.errors import Unauthenticated, shape_for_path, shaped_error_response
 from vectorizer_service.core.errors import InputError, OverloadedError
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.admission import WireBytes
@@ -60,14 +60,14 @@ class BodyLimit:
         declared = dict(scope["headers"]).get(b"content-length")
         size = int(declared) if declared is not None and declared.isdigit() else None
         if size is not None and size > self.limit:
-            await self._refuse(send)
+            await self._refuse(scope, send)
             return
         held = 0
         if size:
             try:
                 held = self.wire.hold_or_refuse(size)
             except OverloadedError as err:
-                await error_response(err)(scope, receive, send)
+                await shaped_error_response(err, scope["path"], before_body=True)(scope, receive, send)
                 return
         seen = 0
 
@@ -87,8 +87,12 @@ class BodyLimit:
             if held:
                 self.wire.release(held)
 
-    async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": f"request body over {self.limit} bytes", "code": "INVALID_ARGUMENT"}).encode()
+    async def _refuse(self, scope: Scope, send: Send) -> None:
+        message = f"request body over {self.limit} bytes"
+        shape = shape_for_path(scope["path"], before_body=True)
+        payload = (shape(message, InputError(message, status=413), "INVALID_ARGUMENT") if shape is not None
+                   else {"error": message, "code": "INVALID_ARGUMENT"})
+        body = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
@@ -120,8 +124,13 @@ class TokenAuth:
         if (scope["type"] == "http" and not self._exempt(scope["path"])
                 and not bearer_matches(dict(scope["headers"]).get(b"authorization"), self.token)):
             metrics.ERRORS.labels("unauthenticated").inc()
-            response = JSONResponse({"error": "missing or wrong bearer token", "code": "UNAUTHENTICATED"},
-                                    status_code=401, headers={"WWW-Authenticate": "Bearer"})
+            message = "missing or wrong bearer token"
+            # In the shape the route's dialect reads (the voyageai SDK calls a 401 without "detail" a
+            # malformed answer, not an authentication error).
+            shape = shape_for_path(scope["path"], before_body=True)
+            body = (shape(message, Unauthenticated(message), "UNAUTHENTICATED") if shape is not None
+                    else {"error": message, "code": "UNAUTHENTICATED"})
+            response = JSONResponse(body, status_code=401, headers={"WWW-Authenticate": "Bearer"})
             await response(scope, receive, send)
             return
         await self.app(scope, receive, send)

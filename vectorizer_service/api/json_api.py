@@ -6,7 +6,9 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 
-from vectorizer_service.api.http_errors import parse_body
+from vectorizer_service.api.dialects.errors import rerank_shape, shaped
+from vectorizer_service.api.dialects.rerank import ForeignRerank, is_foreign_body
+from vectorizer_service.api.http_errors import parse_body, read_json
 from vectorizer_service.api.http_schemas import EmbedBody, RerankBody, request_doc
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.item_codecs import embedding_to_json, error_dict, item_from_json
@@ -18,6 +20,7 @@ from vectorizer_service.core.vector_encoding import EncodedVector
 class JsonApi:
     def __init__(self, http: HttpService) -> None:
         self.http = http
+        self.foreign_rerank = shaped(rerank_shape, ForeignRerank(http).rerank)
 
     async def v1_embed(self, request: Request) -> dict[str, Any]:
         body = parse_body(await request.body(), EmbedBody)
@@ -35,8 +38,11 @@ class JsonApi:
         return {"embeddings": embeddings, "dimensions": dims, "encoding": body.encoding,
                 "model": self.http.dispatcher.model_name("embed") or None, "errors": errors}
 
-    async def v1_rerank(self, request: Request) -> dict[str, Any]:
-        body = parse_body(await request.body(), RerankBody)
+    async def v1_rerank(self, request: Request) -> Any:
+        raw = await request.body()
+        if is_foreign_body(read_json(raw)):  # Jina, Cohere v1, Voyage, vLLM (docs/api.md: the rule)
+            return await self.foreign_rerank(request)
+        body = parse_body(raw, RerankBody)
         query = item_from_json(body.query, None)
         docs = [item_from_json(d, i) for i, d in enumerate(body.documents)]
         ctx = self.http.context()
@@ -56,5 +62,9 @@ def json_api_router(http: HttpService) -> APIRouter:
     router.add_api_route("/v1/embed", api.v1_embed, methods=["POST"], openapi_extra=request_doc(EmbedBody),
                          summary="Embed items")
     router.add_api_route("/v1/rerank", api.v1_rerank, methods=["POST"], openapi_extra=request_doc(RerankBody),
-                         summary="Rerank documents")
+                         summary="Rerank documents",
+                         description="qvl's own body; a body with model, top_n, return_documents, rank_fields, "
+                                     "max_chunks_per_doc, max_tokens_per_doc or truncation is read as Jina's, "
+                                     "Cohere v1's, Voyage's or vLLM's and answered in their shape (results[] or, "
+                                     "with truncation, Voyage's data[])")
     return router

@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -19,6 +18,7 @@ from fastapi import APIRouter, Request, Response
 from vectorizer_service.api.http_errors import parse_body
 from vectorizer_service.api.http_schemas import RerankModuleBody, VectorizeBody, VectorsBody, request_doc
 from vectorizer_service.api.http_service import HttpService
+from vectorizer_service.api.route_profiles import RouteOptions, profile_options
 from vectorizer_service.api.service_info import info_dict
 from vectorizer_service.core.call_context import EmbedOptions
 from vectorizer_service.core.errors import InputError
@@ -27,16 +27,6 @@ from vectorizer_service.core.items import Item
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 UNSUPPORTED_MODALITIES = ("audio", "imu", "thermal", "depth")
 PREFIXES = ("", "/profiles/{name}", "/dim/{dimensions:int}")
-
-
-@dataclass
-class RouteOptions:
-    """Options a collection selects through its inference URL."""
-
-    instruction: str | None = None
-    query_instruction: str | None = None
-    rerank_instruction: str | None = None
-    dimensions: int | None = None
 
 
 def _b64_media(value: str, what: str) -> bytes:
@@ -76,14 +66,7 @@ class WeaviateModules:
         return RouteOptions()
 
     def profile(self, name: str) -> RouteOptions:
-        settings = self.http.settings
-        if name not in settings.profiles:
-            # Behind a token the names are not for anonymous callers (open module routes reach here).
-            known = ("listed in /v1/info" if settings.token else
-                     "known: " + (", ".join(sorted(settings.profiles)) or "none configured"))
-            raise InputError(f"unknown profile {name!r} ({known})", status=404)
-        p = self.http.settings.profiles[name]
-        return RouteOptions(p.instruction, p.query_instruction, p.rerank_instruction, p.dimensions)
+        return profile_options(self.http.settings, name)
 
     async def vectorize(self, request: Request, opts: RouteOptions) -> dict[str, Any]:
         body = parse_body(await request.body(), VectorizeBody)

@@ -34,6 +34,9 @@ class Profile(BaseModel):
     query_instruction: str | None = None
     rerank_instruction: str | None = None
     dimensions: int | None = None
+    # The OpenAI-style /v1/embeddings route: strings with no input_type or task are queries (for
+    # Weaviate's multi2vec-jinaai, which sends query texts as plain strings and objects as {text}).
+    plain_strings_are_queries: bool = False
 
 
 class Settings(BaseSettings):

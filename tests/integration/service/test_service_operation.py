@@ -190,6 +190,10 @@ def test_open_module_routes_open_exactly_the_module_routes() -> None:
         assert httpx.post(url + "/v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
         assert httpx.post(url + "/v1/embed", json={"items": ["a"]}).status_code == 401
         assert httpx.post(url + "/x/vectorize", json={"texts": ["a"]}).status_code == 401
+        # The OpenAI/Cohere/Voyage/Jina dialects are never module routes: always behind the token.
+        for path in ("/v1/embeddings", "/v2/embed", "/v2/rerank", "/v1/multimodalembeddings",
+                     "/profiles/secretname/v1/embeddings", "/profiles/secretname/v1/rerank", "/dim/32/v1/embeddings"):
+            assert httpx.post(url + path, json={"input": ["a"]}).status_code == 401, path
         assert httpx.post(url + "/rerank", json={"query": "q", "documents": ["d"]}).status_code == 200
         assert httpx.post(url + "/vectorize", json={"texts": ["a"]}).status_code == 200
         assert httpx.post(url + "/profiles/secretname/vectorize", json={"texts": ["a"]}).status_code == 200

@@ -1,0 +1,148 @@
+"""``POST /v1/embeddings``: OpenAI's embeddings API, and the bodies others send to the same path.
+
+- OpenAI SDK, LangChain, Weaviate text2vec-openai: ``input`` (a string or strings), ``model``,
+  ``dimensions``, ``encoding_format`` float/base64;
+- Jina, Weaviate multi2vec-jinaai: ``input`` items ``{text}`` / ``{image}``, ``task``,
+  ``dimensions``, ``embedding_type``, ``normalized``;
+- vLLM chat-style: ``messages`` (one item from system + user content parts);
+- NVIDIA, Weaviate multi2vec-nvidia: ``input`` strings, images among them as
+  ``data:image/...;base64,`` URIs, ``input_type`` query/passage;
+- the voyageai SDK's ``embed``: ``input``, ``input_type`` query/document, ``output_dimension``,
+  ``output_dtype``, ``encoding_format: base64``.
+
+The answer is OpenAI's list: ``{object: list, data: [{object: embedding, index, embedding}], model,
+usage: {prompt_tokens, total_tokens}}``, ``data`` in input order. With ``allow_partial`` (qvl's
+extension) a bad input answers ``embedding: null`` and its ``error`` object in place (Weaviate's
+OpenAI client reads ``data[].error``); otherwise it fails the request with a 400 naming it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import Request
+
+from vectorizer_service.api.dialects.bodies import DialectBody, read_body
+from vectorizer_service.api.dialects.content import string_item
+from vectorizer_service.api.dialects.embedding import (
+    Parsed,
+    check_dimensions,
+    check_inputs,
+    embed_parsed,
+    parse_each,
+)
+from vectorizer_service.api.dialects.errors import FieldError, openai_shape
+from vectorizer_service.api.dialects.instructions import Instructions, instructions, is_query_input_type, is_query_task
+from vectorizer_service.api.dialects.jina import embedding_type, jina_item
+from vectorizer_service.api.dialects.output import check_dtype, render
+from vectorizer_service.api.dialects.usage import text_tokens
+from vectorizer_service.api.dialects.vllm import item_from_messages
+from vectorizer_service.api.http_service import HttpService
+from vectorizer_service.api.item_codecs import error_code
+from vectorizer_service.api.service_info import public_model_name
+from vectorizer_service.core.errors import InputError, QvlError
+from vectorizer_service.core.items import Item
+from vectorizer_service.core.vector_encoding import EncodedVector
+
+
+class EmbeddingsBody(DialectBody):
+    input: Any = None
+    messages: Any = None
+    model: str | None = None
+    dimensions: int | None = None
+    output_dimension: int | None = None  # Voyage
+    encoding_format: str | None = None  # OpenAI: float | base64
+    embedding_type: Any = None  # Jina: float | base64 | binary | ubinary
+    output_dtype: str | None = None  # Voyage: float | int8 | uint8 | binary | ubinary
+    input_type: str | None = None  # Voyage, NVIDIA
+    task: str | None = None  # Jina
+    normalized: bool = True  # Jina
+    allow_partial: bool = False  # qvl
+
+
+def _is_tokens(value: Any) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool)
+                                                           for t in value)
+
+
+TOKENS = "token arrays are not supported: send the text (qvl tokenizes with the model's own tokenizer)"
+
+
+def output_form(body: EmbeddingsBody) -> tuple[str, bool]:
+    """(dialect type, in base64) from Jina's embedding_type, Voyage's output_dtype, OpenAI's encoding_format."""
+    if body.embedding_type is not None and body.output_dtype is not None:
+        raise FieldError("embedding_type", "send embedding_type (Jina) or output_dtype (Voyage), not both")
+    dtype, in_base64 = embedding_type(body.embedding_type) if body.embedding_type is not None else ("float", False)
+    if body.output_dtype is not None:
+        dtype = check_dtype(body.output_dtype, "output_dtype")
+    if body.encoding_format is not None:
+        if body.encoding_format not in ("float", "base64"):
+            raise FieldError("encoding_format", f"unknown value {body.encoding_format!r}; expected float or base64")
+        in_base64 = body.encoding_format == "base64"
+    return dtype, in_base64
+
+
+class OpenAiEmbeddings:
+    def __init__(self, http: HttpService) -> None:
+        self.http = http
+
+    def parse(self, body: EmbeddingsBody, opts: Instructions) -> list[Parsed]:
+        said = is_query_input_type(body.input_type)
+        by_task = is_query_task(body.task)
+        if said is not None and by_task is not None and said != by_task:
+            raise FieldError("task", f"says {body.task!r} while input_type says {body.input_type!r}")
+        said = said if said is not None else by_task
+
+        def instruction(plain_string: bool) -> str:
+            is_query = said if said is not None else (plain_string and opts.plain_strings_are_queries)
+            return opts.embedding(is_query)
+
+        if body.messages is not None:
+            if body.input is not None:
+                raise FieldError("messages", "send input or messages, not both")
+            item = item_from_messages(body.messages)
+            if item.instruction is None:
+                item.instruction = instruction(False)
+            return [item]
+        if body.input is None:
+            raise FieldError("input", "is required (a string, a list of strings or of {text}/{image} items)")
+        if _is_tokens(body.input):
+            raise FieldError("input", TOKENS)
+        values = check_inputs(self.http, [body.input] if isinstance(body.input, str | dict) else body.input, "input")
+
+        def parse(value: Any, index: int) -> Item:
+            if isinstance(value, str):
+                item = string_item(value, "input")
+                item.instruction = instruction(bool(item.texts))
+            elif isinstance(value, dict):
+                item = jina_item(value)
+                item.instruction = instruction(False)
+            elif _is_tokens(value):
+                raise InputError(TOKENS)
+            else:
+                raise InputError(f"an input is a string or a {{text}}/{{image}} object, got {type(value).__name__}")
+            return item
+
+        return parse_each(values, parse)
+
+    async def embeddings(self, request: Request) -> dict[str, Any]:
+        body, _ = await read_body(request, EmbeddingsBody)
+        opts = instructions(request, self.http.settings, body.model)
+        dtype, in_base64 = output_form(body)
+        dims = body.dimensions if body.dimensions is not None else body.output_dimension
+        dims = check_dimensions(self.http, dims if dims is not None else opts.dimensions,
+                                "dimensions" if body.dimensions is not None else "output_dimension")
+        parsed = self.parse(body, opts)
+        results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
+                                     allow_partial=body.allow_partial)
+        tokens = await text_tokens(self.http.dispatcher, [p for p in parsed if isinstance(p, Item)])
+        return {"object": "list", "data": [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)],
+                "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+
+    @staticmethod
+    def datum(index: int, result: EncodedVector | QvlError, dtype: str, in_base64: bool) -> dict[str, Any]:
+        if isinstance(result, EncodedVector):
+            return {"object": "embedding", "index": index, "embedding": render(result, dtype, in_base64)}
+        return {"object": "embedding", "index": index, "embedding": None,
+                "error": openai_shape(str(result), result, error_code(result))["error"]}
