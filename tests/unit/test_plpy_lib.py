@@ -166,11 +166,16 @@ def test_vector_text_decodes_float32_bits_and_plain_lists() -> None:
     assert qvl_lib.vector_text({"embedding": [1.0, 2.5]}, "halfvec", 2) == "[1.0,2.5]"
 
 
-def test_rerank_request_skips_what_has_nothing_to_rank() -> None:
+def test_rerank_request_skips_what_has_nothing_to_rank_and_refuses_top_k_below_1() -> None:
     q = {"text": ["q"]}
     assert qvl_lib.rerank_request(None, [q], None, None) is None
     assert qvl_lib.rerank_request(q, [], None, None) is None
-    assert qvl_lib.rerank_request(q, [q], None, 0) is None
+    for top_k in (0, -2):  # the service's rule (HTTP 422, gRPC INVALID_ARGUMENT), whatever the data
+        for query, docs in ((q, [q]), (None, []), (q, [])):
+            with pytest.raises(qvl_lib.Failure) as caught:
+                qvl_lib.rerank_request(query, docs, None, top_k)
+            assert caught.value.message == f"qvl: top_k must be at least 1, got {top_k}"
+            assert caught.value.sqlstate == "22023" and "top_k => NULL" in (caught.value.hint or "")
     assert qvl_lib.rerank_request(q, [q, None], "inst", 1) == {"query": q, "documents": [q, {}],
                                                                 "instruction": "inst", "top_k": 1}
     assert qvl_lib.rerank_what(None) == "the query" and qvl_lib.rerank_what(0) == "documents[1]"

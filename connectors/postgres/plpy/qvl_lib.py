@@ -66,6 +66,7 @@ HINTS = {
          "installing role SELECT qvl.set_service(url, token, timeout_s => 120);",
     500: "The model failed on this input; the service log has the details.",
 }
+TOP_K_HINT = "Pass top_k => NULL to rank every document, or a number from 1 up."
 SYNC_QUEUE_HINT = (" Or create the vectorizer with on_error => 'queue' to store the row "
                    "now and embed it later through the worker.")
 ITEM_PREFIX = re.compile(r"^((item|document) \d+|query): ")
@@ -608,15 +609,19 @@ def embed_sql(text: str | None, image: bytes | None, video: bytes | None, instru
 # -- reranking -----------------------------------------------------------------------------------
 def rerank_request(query_item: Item | None, doc_items: Sequence[Item | None], instruction: str | None,
                    top_k: int | None) -> dict[str, Any] | None:
-    """The POST /v1/rerank body, or None when there is nothing to rank (no query, no documents, top_k < 1)."""
+    """The POST /v1/rerank body, or None when there is nothing to rank (no query, no documents).
+
+    top_k follows the service's rule, the same over HTTP and gRPC: NULL ranks every document, else it
+    must be at least 1. Checked first, so a wrong top_k is an error whatever the data.
+    """
+    if top_k is not None and top_k < 1:
+        raise Failure(f"qvl: top_k must be at least 1, got {top_k}", hint=TOP_K_HINT, sqlstate="22023")
     if query_item is None or not doc_items:
         return None
     payload: dict[str, Any] = {"query": query_item, "documents": [d or {} for d in doc_items]}
     if instruction is not None:
         payload["instruction"] = instruction
     if top_k is not None:
-        if top_k < 1:
-            return None
         payload["top_k"] = top_k
     return payload
 
@@ -628,10 +633,10 @@ def rerank_what(i: int | None) -> str:
 def rerank_sql(query_item: Item | None, doc_items: Sequence[Item | None], instruction: str | None,
                top_k: int | None) -> list[tuple[int, float]]:
     """qvl.rerank: (1-based index, score) best first."""
-    payload = rerank_request(query_item, doc_items, instruction, top_k)
-    if payload is None:
-        return []
     try:
+        payload = rerank_request(query_item, doc_items, instruction, top_k)
+        if payload is None:
+            return []
         resp = call("rerank", payload, rerank_what)
     except Failure as f:
         f.raise_sql()
