@@ -76,7 +76,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise InputError(f"request body over {self.limit} bytes", status=413)
+                raise InputError(f"request body over {self.limit} bytes", status=413, limit="QVL_MAX_REQUEST_BYTES")
             if seen > held:  # a chunked body holds its bytes as they arrive
                 held += self.wire.hold_or_refuse(seen - held)
             return message
@@ -88,7 +88,8 @@ class BodyLimit:
                 self.wire.release(held)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps({"error": f"request body over {self.limit} bytes", "code": "INVALID_ARGUMENT"}).encode()
+        body = json.dumps({"error": f"request body over {self.limit} bytes (QVL_MAX_REQUEST_BYTES)",
+                           "code": "INVALID_ARGUMENT", "limit": "QVL_MAX_REQUEST_BYTES"}).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
         await send({"type": "http.response.body", "body": body})
