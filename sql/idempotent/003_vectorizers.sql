@@ -56,15 +56,31 @@ END
 $$;
 
 
--- Both modes' triggers of a vectorizer off its table (qvl_<id>_* async, zzz_qvl_<id>_* sync).
+-- Both modes' triggers of a vectorizer off its table (qvl_<id>_* async, zzz_qvl_<id>_* sync). Only
+-- those that exist: DROP ... IF EXISTS would say "does not exist, skipping" for the other mode's.
 CREATE OR REPLACE FUNCTION qvl._drop_triggers(vid int, source regclass) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    trig text;
+    trig name;
 BEGIN
-    FOREACH trig IN ARRAY ARRAY['qvl_%s_insert', 'qvl_%s_update', 'zzz_qvl_%s_insert', 'zzz_qvl_%s_update'] LOOP
-        EXECUTE format('DROP TRIGGER IF EXISTS %I ON %s', format(trig, vid), source);
+    FOR trig IN SELECT t.tgname FROM pg_trigger t
+                 WHERE t.tgrelid = source AND NOT t.tgisinternal
+                   AND t.tgname IN (format('qvl_%s_insert', vid), format('qvl_%s_update', vid),
+                                    format('zzz_qvl_%s_insert', vid), format('zzz_qvl_%s_update', vid)) LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', trig, source);
     END LOOP;
+END
+$$;
+
+
+-- A vectorizer's generated trigger function, when it has one (sync mode has none), dropped without
+-- a "does not exist, skipping" NOTICE.
+CREATE OR REPLACE FUNCTION qvl._drop_enqueue_function(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
+        EXECUTE format('DROP FUNCTION qvl._enqueue_%s()', vid);
+    END IF;
 END
 $$;
 
@@ -127,7 +143,7 @@ BEGIN
         EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
                        'EXECUTE FUNCTION qvl._enqueue_%s()', update_trigger, watched, v.source, changed, v.id);
     ELSE
-        EXECUTE format('DROP FUNCTION IF EXISTS qvl._enqueue_%s()', v.id);
+        PERFORM qvl._drop_enqueue_function(v.id);
         -- "zzz": BEFORE triggers fire in name order, so this one sees what other BEFORE triggers wrote.
         EXECUTE format('CREATE TRIGGER %I BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._sync_embed(%L)',
                        insert_trigger, v.source, v.id);
@@ -401,6 +417,36 @@ END
 $$;
 
 
+-- A destination column belongs to one vectorizer: a second one writing it would overwrite the
+-- first one's vectors with its own (caption-only over caption+image), and qvl.search would read
+-- whichever came last. A partitioned table's column is its partitions' column too. The lock makes
+-- the check and the new catalog row one step: a creation waits for another one in progress to
+-- commit, then sees it (reads of qvl.vectorizer, the worker's included, do not wait).
+CREATE OR REPLACE FUNCTION qvl._check_destination_free(source regclass, destination name, vname text)
+RETURNS void LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+#variable_conflict use_variable
+DECLARE
+    owner record;
+BEGIN
+    LOCK TABLE qvl.vectorizer IN SHARE ROW EXCLUSIVE MODE;
+    SELECT v.name, v.source, array_to_string(v.text_columns || v.image_columns || v.video_columns, ', ') AS inputs
+      INTO owner
+      FROM qvl.vectorizer v
+     WHERE v.destination = destination
+       AND (v.source = source
+            OR v.source IN (SELECT a.relid FROM pg_partition_ancestors(source) AS a)
+            OR v.source IN (SELECT t.relid FROM pg_partition_tree(source) AS t))
+     ORDER BY v.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'qvl: column %.% is written by vectorizer % (% of %)', source, destination, owner.name,
+                owner.inputs, owner.source USING ERRCODE = '42710',
+            HINT = format('Give this one a column of its own: destination => %L; or replace that one: '
+                          'SELECT qvl.drop_vectorizer(%L);', vname || '_embedding', owner.name);
+    END IF;
+END
+$$;
+
+
 -- The source's primary key columns and their types, in key order (the queue refers to rows by it).
 CREATE OR REPLACE FUNCTION qvl._primary_key(source regclass, OUT pk_columns name[], OUT pk_types text[])
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -513,7 +559,11 @@ DECLARE
     v qvl.vectorizer;
 BEGIN
     SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
-    IF v.index_kind = 'hnsw' THEN
+    -- The index of a dropped vectorizer stays with its column: a new one on that column keeps it
+    -- (CREATE INDEX IF NOT EXISTS would say "already exists, skipping").
+    IF v.index_kind = 'hnsw' AND NOT EXISTS (
+        SELECT 1 FROM pg_class c JOIN pg_class i ON i.relnamespace = c.relnamespace
+         WHERE c.oid = v.source AND i.relname = left(c.relname || '_' || v.destination || '_hnsw', 63)) THEN
         EXECUTE qvl._index_sql(v);
     END IF;
 END
@@ -556,6 +606,7 @@ BEGIN
     PERFORM qvl._check_new_name(vname);
     PERFORM qvl._check_column_lists(text_columns, image_columns, video_columns, destination);
     PERFORM qvl._check_input_columns(source, text_columns, image_columns, video_columns, mode);
+    PERFORM qvl._check_destination_free(source, destination, vname);
     SELECT * INTO pk FROM qvl._primary_key(source);
     IF dimensions IS NULL THEN
         dimensions := qvl._full_dimensions();
@@ -607,27 +658,64 @@ END
 $$;
 
 
+-- Once dropped, nothing keeps the column in step with the row. Rows still queued (changed since
+-- their vector was written) or failed (their last embedding refused) hold a vector of what they
+-- were: those are cleared, so no vector stays that no vectorizer vouches for; a NOTICE says how
+-- many vectors the column keeps. Only objects that exist are dropped (no "skipping" NOTICEs).
 CREATE OR REPLACE FUNCTION qvl.drop_vectorizer(name text, drop_column boolean DEFAULT false) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
+    has_column boolean;
+    stale text[] := '{}';
+    tbl text;
+    cleared bigint := 0;
+    kept bigint;
 BEGIN
     IF EXISTS (SELECT 1 FROM pg_class WHERE oid = v.source) THEN
         PERFORM qvl._drop_triggers(v.id, v.source);
-        IF drop_column THEN
-            EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', v.source, v.destination);
+        has_column := EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = v.source
+                                 AND a.attname = v.destination AND a.attnum > 0 AND NOT a.attisdropped);
+        IF has_column AND drop_column THEN
+            EXECUTE format('ALTER TABLE %s DROP COLUMN %I', v.source, v.destination);
+        ELSIF has_column THEN
+            FOREACH tbl IN ARRAY ARRAY[format('qvl.queue_%s', v.id), format('qvl.failed_%s', v.id)] LOOP
+                IF to_regclass(tbl) IS NOT NULL THEN
+                    stale := stale || format('EXISTS (SELECT 1 FROM %s q WHERE %s)', tbl,
+                        (SELECT string_agg(format('q.%1$I = s.%1$I', c), ' AND ') FROM unnest(v.pk_columns) AS c));
+                END IF;
+            END LOOP;
+            IF cardinality(stale) > 0 THEN
+                EXECUTE format('UPDATE %s s SET %I = NULL WHERE s.%I IS NOT NULL AND (%s)', v.source, v.destination,
+                               v.destination, array_to_string(stale, ' OR '));
+                GET DIAGNOSTICS cleared = ROW_COUNT;
+            END IF;
+            EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NOT NULL', v.source, v.destination) INTO kept;
         END IF;
     END IF;
-    EXECUTE format('DROP FUNCTION IF EXISTS qvl._enqueue_%s()', v.id);
-    EXECUTE format('DROP TABLE IF EXISTS qvl.queue_%s, qvl.failed_%s', v.id, v.id);
+    PERFORM qvl._drop_enqueue_function(v.id);
+    FOREACH tbl IN ARRAY ARRAY[format('qvl.queue_%s', v.id), format('qvl.failed_%s', v.id)] LOOP
+        IF to_regclass(tbl) IS NOT NULL THEN
+            EXECUTE format('DROP TABLE %s', tbl);
+        END IF;
+    END LOOP;
     DELETE FROM qvl.vectorizer WHERE id = v.id;
     PERFORM pg_notify('qvl_config', v.id::text);
+    IF kept IS NOT NULL THEN
+        RAISE NOTICE 'qvl: vectorizer % dropped; %.% keeps % vectors, no longer updated when their rows change',
+                v.name, v.source, v.destination, kept
+            USING DETAIL = format('%s vectors of rows still queued or failed were cleared: they no longer matched '
+                                  'their rows.', cleared),
+                  HINT = format('To remove the rest: ALTER TABLE %s DROP COLUMN %I (what drop_column => true does). '
+                                'A new vectorizer on the column embeds every row again.', v.source, v.destination);
+    END IF;
     RETURN true;
 END
 $$;
 COMMENT ON FUNCTION qvl.drop_vectorizer(text, boolean) IS
-    'Remove a vectorizer (its triggers and queue); the vectors stay unless drop_column';
+    'Remove a vectorizer (its triggers and queue); the vectors stay (but those of rows still queued or failed) '
+    'unless drop_column';
 
 
 -- Re-queue every row (after a model change), optionally at a new size: the column is retyped and

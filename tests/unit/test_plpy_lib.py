@@ -9,6 +9,7 @@ from __future__ import annotations
 import ast
 import base64
 import json
+import re
 import sys
 import threading
 import time
@@ -166,11 +167,16 @@ def test_vector_text_decodes_float32_bits_and_plain_lists() -> None:
     assert qvl_lib.vector_text({"embedding": [1.0, 2.5]}, "halfvec", 2) == "[1.0,2.5]"
 
 
-def test_rerank_request_skips_what_has_nothing_to_rank() -> None:
+def test_rerank_request_skips_what_has_nothing_to_rank_and_refuses_top_k_below_1() -> None:
     q = {"text": ["q"]}
     assert qvl_lib.rerank_request(None, [q], None, None) is None
     assert qvl_lib.rerank_request(q, [], None, None) is None
-    assert qvl_lib.rerank_request(q, [q], None, 0) is None
+    for top_k in (0, -2):  # the service's rule (HTTP 422, gRPC INVALID_ARGUMENT), whatever the data
+        for query, docs in ((q, [q]), (None, []), (q, [])):
+            with pytest.raises(qvl_lib.Failure) as caught:
+                qvl_lib.rerank_request(query, docs, None, top_k)
+            assert caught.value.message == f"qvl: top_k must be at least 1, got {top_k}"
+            assert caught.value.sqlstate == "22023" and "top_k => NULL" in (caught.value.hint or "")
     assert qvl_lib.rerank_request(q, [q, None], "inst", 1) == {"query": q, "documents": [q, {}],
                                                                 "instruction": "inst", "top_k": 1}
     assert qvl_lib.rerank_what(None) == "the query" and qvl_lib.rerank_what(0) == "documents[1]"
@@ -181,7 +187,10 @@ def test_rerank_request_skips_what_has_nothing_to_rank() -> None:
      "qvl: cannot reach the model service", "08001", "Start the service"),
     (400, {"error": "item 0: not an image", "item": 0}, "qvl: the model service refused item #0: not an image",
      "22023", "Fix or leave out that input"),
-    (413, {"error": "too big"}, "qvl: the model service refused the input: too big", "54000", "smaller image"),
+    (413, {"error": "too big"}, "qvl: the model service refused the input: too big", "54000",
+     "raise the service's limit that the message names"),  # a service that does not name the limit
+    (404, {"error": "this service has no embed model loaded"},
+     "qvl: the model service refused the input: this service has no embed model loaded", "22023", "--embedding-model"),
     (401, {"error": "bad token"}, "qvl: the model service refused the token", "28000", "sets the token"),
     (429, {"error": "full"}, "qvl: the model service is busy or starting", "53000", "busy or still starting"),
     (504, {"error": "late"}, "qvl: the model service did not answer in time", "57014", "timeout_s => 120"),
@@ -198,11 +207,30 @@ def test_failures_become_sql_errors_that_say_what_to_do(status: int, body: Any, 
     assert f.detail == f"embed {status or 'unreachable'}: {error}"
 
 
+def test_a_refusal_by_a_limit_names_that_limits_setting_only() -> None:
+    """Issue 11 item 8: every limit's refusal got the media hint (QVL_MAX_MEDIA_BYTES,
+    QVL_MAX_REQUEST_BYTES), a bad dimensions the image formats. The service names the limit."""
+    names = [*qvl_lib.LIMIT_ADVICE, "QVL_SOME_NEW_LIMIT"]
+    for limit in names:
+        body = json.dumps({"error": "over the limit", "code": "INVALID_ARGUMENT", "limit": limit})
+        f = qvl_lib.failure("embed", 413, body, lambda i: "the input")
+        assert f.hint is not None and f.hint.endswith(f"raise {limit} on the service."), limit
+        assert [n for n in re.findall(r"QVL_\w+", f.hint)] == [limit], f.hint
+    f = qvl_lib.failure("embed", 400, json.dumps({"error": "dimensions must be between 32 and 64, got 16",
+                                                  "limit": "dimensions"}), lambda i: "the input")
+    assert f.hint == qvl_lib.DIMENSIONS_HINT and "QVL_" not in f.hint and "PNG" not in f.hint
+    # No limit: media refusals get the media hint, others (a reserved token in a text) a plain one.
+    for error, hint in (("item 0: image 0 is not a recognised image", qvl_lib.MEDIA_HINT),
+                        ("item 0: video 0 has no video stream", qvl_lib.MEDIA_HINT),
+                        ("item 0: text 0 contains the reserved token '<|image_pad|>'", qvl_lib.INPUT_HINT)):
+        assert qvl_lib.failure("embed", 400, json.dumps({"error": error}), lambda i: "it").hint == hint, error
+
+
 def test_failure_of_an_empty_or_odd_body() -> None:
     f = qvl_lib.failure("rerank", 502, "", qvl_lib.rerank_what)
     assert f.message == "qvl: the model service failed on the query: HTTP 502" and f.sqlstate == "XX000"
     f = qvl_lib.failure("rerank", 422, "[1, 2]", qvl_lib.rerank_what)  # JSON, but not an object
-    assert f.message == "qvl: the model service refused the query: [1, 2]" and f.hint == qvl_lib.MEDIA_HINT
+    assert f.message == "qvl: the model service refused the query: [1, 2]" and f.hint == qvl_lib.INPUT_HINT
     f = qvl_lib.failure("rerank", 400, json.dumps({"error": "document 3: bad", "item": 2}), qvl_lib.rerank_what)
     assert f.message == "qvl: the model service refused documents[3]: bad"
     assert len(qvl_lib.failure("info", 500, "x" * 1000, lambda i: "it").message) < 400  # long bodies cut

@@ -30,6 +30,8 @@ def error_response(err: QvlError, request_id: str | None = None) -> JSONResponse
     body: dict[str, Any] = {"error": str(err), "code": error_code(err)}
     if isinstance(err, InputError) and err.item is not None:
         body["item"] = err.item
+    if isinstance(err, InputError) and err.limit is not None:
+        body["limit"] = err.limit  # which limit refused it: what a caller should change (docs/api.md)
     if request_id is not None:
         body["request_id"] = request_id
     metrics.ERRORS.labels(error_code(err).lower()).inc()

@@ -76,7 +76,7 @@ class BodyLimit:
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
-                raise InputError(f"request body over {self.limit} bytes", status=413)
+                raise InputError(f"request body over {self.limit} bytes", status=413, limit="QVL_MAX_REQUEST_BYTES")
             if seen > held:  # a chunked body holds its bytes as they arrive
                 held += self.wire.hold_or_refuse(seen - held)
             return message
@@ -88,10 +88,11 @@ class BodyLimit:
                 self.wire.release(held)
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
-        message = f"request body over {self.limit} bytes"
+        message = f"request body over {self.limit} bytes (QVL_MAX_REQUEST_BYTES)"
         shape = shape_for_path(scope["path"], before_body=True)
-        payload = (shape(message, InputError(message, status=413), "INVALID_ARGUMENT") if shape is not None
-                   else {"error": message, "code": "INVALID_ARGUMENT"})
+        payload = (shape(message, InputError(message, status=413, limit="QVL_MAX_REQUEST_BYTES"), "INVALID_ARGUMENT")
+                   if shape is not None
+                   else {"error": message, "code": "INVALID_ARGUMENT", "limit": "QVL_MAX_REQUEST_BYTES"})
         body = json.dumps(payload).encode()
         await send({"type": "http.response.start", "status": 413,
                     "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})

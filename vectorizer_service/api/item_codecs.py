@@ -113,7 +113,10 @@ def embedding_to_json(vec: EncodedVector, fmt: str) -> dict[str, Any]:
 
 
 def error_dict(index: int, err: QvlError) -> dict[str, Any]:
-    return {"item": index, "error": str(err), "code": error_code(err)}
+    out: dict[str, Any] = {"item": index, "error": str(err), "code": error_code(err)}
+    if isinstance(err, InputError) and err.limit is not None:
+        out["limit"] = err.limit
+    return out
 
 
 def error_code(err: BaseException) -> str:

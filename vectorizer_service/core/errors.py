@@ -24,19 +24,23 @@ class InputError(QvlError):
     """Bad input: the caller must change the request (gRPC INVALID_ARGUMENT, HTTP 400/413/422).
 
     ``item`` is the index of the offending item in its request (None when the request as a
-    whole is wrong); ``part`` names the part inside the item, e.g. ``"image 1"``.
+    whole is wrong); ``part`` names the part inside the item, e.g. ``"image 1"``. ``limit`` names
+    the limit that refused it: the ``QVL_*`` setting that raises it (the message then names it
+    too), or ``"dimensions"`` for the model's own range. Callers read it to say what to change
+    (HTTP error bodies carry it as ``limit``; the SQL functions' hints name that setting).
     """
 
     code = "INVALID_ARGUMENT"
     item_level = True
 
     def __init__(self, reason: str, *, item: int | None = None, part: str | None = None,
-                 status: int = 400) -> None:
+                 status: int = 400, limit: str | None = None) -> None:
         self.http_status = status
         self.reason = reason
         self.item = item
         self.part = part
         self.status = status
+        self.limit = limit
         super().__init__(self._render())
 
     def _render(self) -> str:
@@ -45,7 +49,10 @@ class InputError(QvlError):
             where.append(f"item {self.item}")
         if self.part:
             where.append(self.part)
-        return f"{', '.join(where)}: {self.reason}" if where else self.reason
+        reason = self.reason
+        if self.limit and self.limit.startswith("QVL_") and self.limit not in reason:
+            reason = f"{reason} ({self.limit})"
+        return f"{', '.join(where)}: {reason}" if where else reason
 
     def at(self, item: int | None = None, part: str | None = None) -> InputError:
         """The same error, placed at an item (and part) of a request."""
@@ -54,14 +61,16 @@ class InputError(QvlError):
             item=self.item if item is None else item,
             part=part if part is not None else self.part,
             status=self.status,
+            limit=self.limit,
         )
 
-    def __reduce__(self):  # picklable across process pools
-        return (_rebuild_input_error, (self.reason, self.item, self.part, self.status))
+    def __reduce__(self):  # picklable across process pools and the pipe between the processes
+        return (_rebuild_input_error, (self.reason, self.item, self.part, self.status, self.limit))
 
 
-def _rebuild_input_error(reason: str, item: int | None, part: str | None, status: int) -> InputError:
-    return InputError(reason, item=item, part=part, status=status)
+def _rebuild_input_error(reason: str, item: int | None, part: str | None, status: int,
+                         limit: str | None = None) -> InputError:
+    return InputError(reason, item=item, part=part, status=status, limit=limit)
 
 
 class OverloadedError(QvlError):

@@ -56,16 +56,16 @@ class Item:
                 raise InputError(f"text {i} is {type(text).__name__}, not a string")
             if len(text) > settings.max_text_chars:
                 raise InputError(f"text {i} has {len(text)} characters, over the limit of "
-                                 f"{settings.max_text_chars}", status=413)
+                                 f"{settings.max_text_chars}", status=413, limit="QVL_MAX_TEXT_CHARS")
             if "\x00" in text:
                 raise InputError(f"text {i} contains a NUL character")
             check_unicode(text, f"text {i}")
         if len(self.images) > settings.max_images_per_item:
             raise InputError(f"{len(self.images)} images in one item, over the limit of "
-                             f"{settings.max_images_per_item}", status=413)
+                             f"{settings.max_images_per_item}", status=413, limit="QVL_MAX_IMAGES_PER_ITEM")
         if len(self.videos) > settings.max_videos_per_item:
             raise InputError(f"{len(self.videos)} videos in one item, over the limit of "
-                             f"{settings.max_videos_per_item}", status=413)
+                             f"{settings.max_videos_per_item}", status=413, limit="QVL_MAX_VIDEOS_PER_ITEM")
         for i, img in enumerate(self.images):
             if not isinstance(img, bytes | bytearray | str | os.PathLike | Image.Image) and not hasattr(img, "uri"):
                 raise InputError(f"image {i} is {type(img).__name__}; expected bytes, a path or an image")

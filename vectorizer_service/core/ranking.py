@@ -34,4 +34,5 @@ def check_rerank_request(n_documents: int, top_k: int | None, settings: Settings
     if top_k is not None and top_k < 1:
         raise InputError(f"top_k must be at least 1, got {top_k}")
     if n_documents > settings.max_rerank_documents:
-        raise InputError(f"{n_documents} documents, over the limit of {settings.max_rerank_documents}", status=413)
+        raise InputError(f"{n_documents} documents, over the limit of {settings.max_rerank_documents}", status=413,
+                         limit="QVL_MAX_RERANK_DOCUMENTS")

@@ -28,6 +28,7 @@ class TextSpec:
     keep_ids: list[int]  # special, image and video token ids: never cut by truncation
     reserved_tokens: list[str]  # vision placeholders that user text may not contain
     max_length: int
+    max_length_setting: str = "QVL_EMBED_MAX_LENGTH"  # where max_length comes from (named in refusals)
 
 
 class TextEncoder:
@@ -44,7 +45,8 @@ class TextEncoder:
         self.keep_suffix = self._generation_suffix_length()
 
     @classmethod
-    def from_processor(cls, processor: Any, max_length: int) -> TextEncoder:
+    def from_processor(cls, processor: Any, max_length: int,
+                       max_length_setting: str = "QVL_EMBED_MAX_LENGTH") -> TextEncoder:
         tok = processor.tokenizer
         template = processor.chat_template
         if isinstance(template, dict):
@@ -55,7 +57,8 @@ class TextEncoder:
         reserved = [processor.image_token, processor.video_token, processor.vision_start_token,
                     processor.vision_end_token]
         return cls(TextSpec(chat_template=template, tokenizer_json=tok.backend_tokenizer.to_str(),
-                            special_tokens=special, keep_ids=keep, reserved_tokens=reserved, max_length=max_length))
+                            special_tokens=special, keep_ids=keep, reserved_tokens=reserved, max_length=max_length,
+                            max_length_setting=max_length_setting))
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TextEncoder:
@@ -158,7 +161,7 @@ class TextEncoder:
             raise InputError(
                 f"needs {special + self.keep_suffix} image/video and control tokens, more than the "
                 f"maximum length {self.max_length}; send smaller images or fewer frames",
-                status=413,
+                status=413, limit=self.spec.max_length_setting,
             )
         keep_text = budget - special
         out = []

@@ -36,7 +36,8 @@ class EncodedVector:
 
 def check_options(dimensions: int | None, encoding: str, hidden_size: int) -> None:
     if dimensions is not None and not MIN_DIMENSIONS <= dimensions <= hidden_size:
-        raise InputError(f"dimensions must be between {MIN_DIMENSIONS} and {hidden_size}, got {dimensions}")
+        raise InputError(f"dimensions must be between {MIN_DIMENSIONS} and {hidden_size}, got {dimensions}",
+                         limit="dimensions")
     if encoding not in ENCODINGS:
         raise InputError(f"unknown encoding {encoding!r}; expected one of {', '.join(ENCODINGS)}")
 

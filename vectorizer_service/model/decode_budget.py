@@ -37,7 +37,7 @@ class DecodeBudget:
                 total = self.settings.max_request_decoded_pixels
                 raise InputError(f"{what} would decode {pixels} pixels, but this request has {max(self.left, 0)} of "
                                  f"its {total} left (QVL_MAX_REQUEST_DECODED_PIXELS); send fewer or smaller media "
-                                 "per request", status=413)
+                                 "per request", status=413, limit="QVL_MAX_REQUEST_DECODED_PIXELS")
             self.left -= pixels
 
 
@@ -55,7 +55,7 @@ class ItemBudget:
         if self.used + pixels > limit:
             raise InputError(f"{what} would bring the item's decoded media to {self.used + pixels} pixels, over the "
                              f"limit of {limit} (QVL_MAX_ITEM_DECODED_PIXELS); send fewer frames or smaller media",
-                             status=413)
+                             status=413, limit="QVL_MAX_ITEM_DECODED_PIXELS")
         self.request._take(pixels, what)
         self.used += pixels
 

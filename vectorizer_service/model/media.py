@@ -61,7 +61,7 @@ def read_source(src: bytes | str | os.PathLike, settings: Settings, what: str) -
             raise InputError(f"cannot read {what} file {path!r}: {getattr(exc, 'strerror', None) or exc}") from None
         if size > settings.max_media_bytes:
             raise InputError(f"{what} file is {size} bytes, over the limit of {settings.max_media_bytes}",
-                             status=413)
+                             status=413, limit="QVL_MAX_MEDIA_BYTES")
         try:
             with open(path, "rb") as fh:
                 data = fh.read()
@@ -71,16 +71,18 @@ def read_source(src: bytes | str | os.PathLike, settings: Settings, what: str) -
         raise InputError(f"{what} is empty (0 bytes)")
     if len(data) > settings.max_media_bytes:
         raise InputError(f"{what} is {len(data)} bytes, over the limit of {settings.max_media_bytes}",
-                         status=413)
+                         status=413, limit="QVL_MAX_MEDIA_BYTES")
     return data
 
 
-def _check_dimensions(width: int, height: int, limit: int, what: str) -> None:
+def _check_dimensions(width: int, height: int, limit: int, what: str, setting: str) -> None:
+    """``setting``: the QVL_* setting ``limit`` comes from (named in the refusal)."""
     if width <= 0 or height <= 0:
         raise InputError(f"{what} has no pixels ({width}x{height})")
     if width * height > limit:
         raise InputError(
-            f"{what} is {width}x{height} = {width * height} pixels, over the limit of {limit}", status=413
+            f"{what} is {width}x{height} = {width * height} pixels, over the limit of {limit}", status=413,
+            limit=setting,
         )
     if max(width, height) / min(width, height) > MAX_ASPECT_RATIO:
         raise InputError(f"{what} aspect ratio {width}x{height} exceeds {MAX_ASPECT_RATIO}:1")
@@ -95,7 +97,7 @@ def decode_image(src: ImageSource, settings: Settings, what: str = "image",
     """A decoded RGB image (alpha flattened on white, as the reference does)."""
     budget = _item_budget(budget, settings)
     if isinstance(src, Image.Image):
-        _check_dimensions(src.width, src.height, settings.max_source_image_pixels, what)
+        _check_dimensions(src.width, src.height, settings.max_source_image_pixels, what, "QVL_MAX_SOURCE_IMAGE_PIXELS")
         budget.take(src.width * src.height, what)
         return qvu.to_rgb(src)
     img = open_image(read_source(src, settings, what), settings, what)
@@ -116,7 +118,7 @@ def open_image(data: bytes, settings: Settings, what: str) -> Image.Image:
     if img.format not in IMAGE_FORMATS:
         raise InputError(f"{what} format {img.format} is not supported "
                          "(PNG, JPEG, WebP, GIF, BMP or TIFF)")
-    _check_dimensions(img.width, img.height, settings.max_source_image_pixels, what)
+    _check_dimensions(img.width, img.height, settings.max_source_image_pixels, what, "QVL_MAX_SOURCE_IMAGE_PIXELS")
     return img
 
 
@@ -144,7 +146,7 @@ def decode_video(src: VideoSource, settings: Settings, what: str = "video",
             raise InputError(f"{what} has no frames")
         if len(src) > settings.max_video_source_frames:
             raise InputError(f"{what} has {len(src)} frames, over the limit of "
-                             f"{settings.max_video_source_frames}", status=413)
+                             f"{settings.max_video_source_frames}", status=413, limit="QVL_MAX_VIDEO_SOURCE_FRAMES")
         picked = sample_frame_list(list(src), settings.video_max_frames)
         # Every frame is decoded at full size before resizing (the reference's path): the headers
         # say how much that holds, before any pixel is decoded.
@@ -152,7 +154,8 @@ def decode_video(src: VideoSource, settings: Settings, what: str = "video",
         for i, f in enumerate(picked):
             name = f"{what} frame {i}"
             if isinstance(f, Image.Image):
-                _check_dimensions(f.width, f.height, settings.max_source_image_pixels, name)
+                _check_dimensions(f.width, f.height, settings.max_source_image_pixels, name,
+                                  "QVL_MAX_SOURCE_IMAGE_PIXELS")
                 headers.append(f)
             else:
                 headers.append(open_image(read_source(f, settings, name), settings, name))
@@ -197,12 +200,13 @@ def _decode_container(data: bytes, settings: Settings, what: str, budget: ItemBu
         cc = stream.codec_context
         if cc.name not in settings.video_codecs:
             raise InputError(f"{what} codec {cc.name!r} is not allowed (allowed: {', '.join(settings.video_codecs)}; "
-                             "QVL_VIDEO_CODECS)")
-        _check_dimensions(cc.width, cc.height, settings.max_video_frame_pixels, f"{what} frame")
+                             "QVL_VIDEO_CODECS)", limit="QVL_VIDEO_CODECS")
+        _check_dimensions(cc.width, cc.height, settings.max_video_frame_pixels, f"{what} frame",
+                          "QVL_MAX_VIDEO_FRAME_PIXELS")
         seconds = _duration_seconds(container, stream)
         if seconds is not None and seconds > settings.max_video_seconds:
             raise InputError(f"{what} lasts {seconds:.1f} s, over the limit of {settings.max_video_seconds} s",
-                             status=413)
+                             status=413, limit="QVL_MAX_VIDEO_SECONDS")
         total = _count_frames(container, stream, settings, what)
         if total == 0:
             raise InputError(f"{what} has no frames")
@@ -239,7 +243,8 @@ def _count_frames(container: Any, stream: Any, settings: Settings, what: str) ->
         if packet.size:
             total += 1
             if total > settings.max_video_source_frames:
-                raise InputError(f"{what} has more than {settings.max_video_source_frames} frames", status=413)
+                raise InputError(f"{what} has more than {settings.max_video_source_frames} frames", status=413,
+                                 limit="QVL_MAX_VIDEO_SOURCE_FRAMES")
     return total
 
 

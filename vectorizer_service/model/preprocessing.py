@@ -67,10 +67,11 @@ class Encoded:
 
 class Preprocessor:
     def __init__(self, processor: Any, settings: Settings, max_length: int,
-                 embed_patches: Callable[[torch.Tensor], torch.Tensor] | None = None) -> None:
+                 embed_patches: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                 max_length_setting: str = "QVL_EMBED_MAX_LENGTH") -> None:
         self.processor = processor
         self.embed_patches = embed_patches  # patch rows -> embedded rows, here instead of in the forward
-        self.text = TextEncoder.from_processor(processor, max_length)
+        self.text = TextEncoder.from_processor(processor, max_length, max_length_setting)
         self.settings = settings
         self.max_length = max_length
         self.merge_length = processor.image_processor.merge_size ** 2

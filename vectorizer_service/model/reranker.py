@@ -19,6 +19,7 @@ from vectorizer_service.model.sequence_model import SequenceModel
 class Reranker(SequenceModel):
     what = "pair"
     task = "rerank"
+    max_length_setting = "QVL_RERANK_MAX_LENGTH"
 
     def __init__(self, ckpt: Checkpoint, settings: Settings) -> None:
         if ckpt.score_vector is None:
@@ -32,7 +33,7 @@ class Reranker(SequenceModel):
             return self.pre.decode(query, budget)
         except InputError as exc:
             raise InputError(exc.reason, part="query" + (f" {exc.part}" if exc.part else ""),
-                             status=exc.status) from None
+                             status=exc.status, limit=exc.limit) from None
 
     def decode_documents(self, documents: Sequence[Item],
                          budget: DecodeBudget | None = None) -> list[DecodedItem | QvlError]:

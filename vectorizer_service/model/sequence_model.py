@@ -29,13 +29,14 @@ class SequenceModel:
 
     what = "sequence"
     task = ""  # "embed" | "rerank"
+    max_length_setting = "QVL_EMBED_MAX_LENGTH"  # the setting max_length comes from (named in refusals)
 
     def __init__(self, ckpt: Checkpoint, settings: Settings, max_length: int) -> None:
         self.ckpt = ckpt
         self.settings = settings
         # On CPU the model thread is the bottleneck: patch embedding moves to the decoding threads.
         self.pre_embedding = patch_pre_embedding(ckpt.model) if ckpt.device.type == "cpu" else None
-        self.pre = Preprocessor(ckpt.processor, settings, max_length, self.pre_embedding)
+        self.pre = Preprocessor(ckpt.processor, settings, max_length, self.pre_embedding, self.max_length_setting)
 
     @property
     def hidden_size(self) -> int:

@@ -76,7 +76,7 @@ def _read_file(path: str, settings: Settings, what: str) -> bytes:
             raise InputError(f"{what}: {path!r} is outside the allowed roots")
         if info.st_size > settings.max_media_bytes:
             raise InputError(f"{what}: {path!r} is {info.st_size} bytes, over the limit of "
-                             f"{settings.max_media_bytes}", status=413)
+                             f"{settings.max_media_bytes}", status=413, limit="QVL_MAX_MEDIA_BYTES")
         os.set_blocking(fd, True)
         with os.fdopen(fd, "rb", closefd=True) as fh:
             fd = -1
@@ -201,7 +201,8 @@ def _read_http(uri: str, settings: Settings, what: str) -> bytes:
                 raise InputError(f"{what}: cannot fetch {uri!r} (HTTP status {resp.status})")
             declared = resp.getheader("Content-Length")
             if declared and declared.isdigit() and int(declared) > limit:
-                raise InputError(f"{what}: {uri!r} is over the limit of {limit} bytes", status=413)
+                raise InputError(f"{what}: {uri!r} is over the limit of {limit} bytes", status=413,
+                                 limit="QVL_MAX_MEDIA_BYTES")
             chunks: list[bytes] = []
             size = 0
             while True:
@@ -214,7 +215,8 @@ def _read_http(uri: str, settings: Settings, what: str) -> bytes:
                     break
                 size += len(chunk)
                 if size > limit:
-                    raise InputError(f"{what}: {uri!r} is over the limit of {limit} bytes", status=413)
+                    raise InputError(f"{what}: {uri!r} is over the limit of {limit} bytes", status=413,
+                                     limit="QVL_MAX_MEDIA_BYTES")
                 chunks.append(chunk)
             return b"".join(chunks)
         finally:

@@ -127,7 +127,8 @@ class Dispatcher:
         else:
             count, nbytes = len(items), sum(_media_bytes(i) for i in items)
         if count > self.settings.max_items_per_request:
-            raise InputError(f"{count} items, over the limit of {self.settings.max_items_per_request}", status=413)
+            raise InputError(f"{count} items, over the limit of {self.settings.max_items_per_request}", status=413,
+                             limit="QVL_MAX_ITEMS_PER_REQUEST")
         async with self.admission.permit(count, nbytes, wait=wait_for_capacity, ctx=ctx):
             if callable(items):
                 items = items()

@@ -58,14 +58,43 @@ HINTS = {
        "SELECT qvl.set_service('http://host:8080'); (SELECT url FROM qvl.service shows where it points now.)",
     401: TOKEN_HINT,
     403: TOKEN_HINT,
-    413: "Send a smaller image or a shorter video, or raise the service limits (QVL_MAX_MEDIA_BYTES, "
-         "QVL_MAX_REQUEST_BYTES).",
+    # A service that does not say which limit it hit (older than the "limit" field).
+    413: "Send less, or raise the service's limit that the message names.",
+    404: "The service has no model for this call loaded: start qvl serve with --embedding-model and "
+         "--reranker-model (QVL_EMBEDDING_MODEL, QVL_RERANKER_MODEL).",
     429: BUSY_HINT,
     503: BUSY_HINT,
     504: "Send smaller inputs, or allow longer: SET statement_timeout (when it is what ran out), or as the "
          "installing role SELECT qvl.set_service(url, token, timeout_s => 120);",
     500: "The model failed on this input; the service log has the details.",
 }
+TOP_K_HINT = "Pass top_k => NULL to rank every document, or a number from 1 up."
+INPUT_HINT = "Fix or leave out that input (DETAIL has the service's words)."
+# What a refusal by each of the service's limits asks of the caller; the hint adds the setting that
+# raises it. The service names the limit in its error body ("limit", docs/api.md).
+LIMIT_ADVICE = {
+    "QVL_MAX_TEXT_CHARS": "Send a shorter text (split it into several rows or items)",
+    "QVL_EMBED_MAX_LENGTH": "Send fewer or smaller images, or fewer video frames, in one item",
+    "QVL_RERANK_MAX_LENGTH": "Send fewer or smaller images, or fewer video frames, in the query and each document",
+    "QVL_MAX_RERANK_DOCUMENTS": "Rerank fewer documents in one call (split the array)",
+    "QVL_MAX_ITEMS_PER_REQUEST": "Send fewer items in one call",
+    "QVL_MAX_REQUEST_BYTES": "Send less in one call (fewer or smaller images, videos or documents)",
+    "QVL_MAX_MEDIA_BYTES": "Send a smaller image or a shorter video",
+    "QVL_MAX_SOURCE_IMAGE_PIXELS": "Send an image of fewer pixels (scale it down)",
+    "QVL_MAX_VIDEO_FRAME_PIXELS": "Send a video of smaller frames",
+    "QVL_MAX_VIDEO_SOURCE_FRAMES": "Send a video of fewer frames",
+    "QVL_MAX_VIDEO_SECONDS": "Send a shorter video",
+    "QVL_MAX_ITEM_DECODED_PIXELS": "Send fewer or smaller images or frames in one item",
+    "QVL_MAX_REQUEST_DECODED_PIXELS": "Send fewer or smaller images or videos in one call",
+    "QVL_MAX_IMAGES_PER_ITEM": "Send fewer images in one item",
+    "QVL_MAX_VIDEOS_PER_ITEM": "Send fewer videos in one item",
+    "QVL_VIDEO_CODECS": "Send the video in a codec the service decodes (H.264, for one)",
+}
+REQUEST_LIMITS = ("QVL_MAX_RERANK_DOCUMENTS", "QVL_MAX_ITEMS_PER_REQUEST")
+DIMENSIONS_HINT = ("Ask for dimensions the model gives: from 32 up to its size (SELECT qvl.service_info()), "
+                   "or NULL for all of them.")
+# A refusal without a limit names its part: images, video frames and URIs get the media hint.
+MEDIA_WORDS = re.compile(r"\b(images?|videos?|frames?|URIs?|URLs?)\b")
 SYNC_QUEUE_HINT = (" Or create the vectorizer with on_error => 'queue' to store the row "
                    "now and embed it later through the worker.")
 ITEM_PREFIX = re.compile(r"^((item|document) \d+|query): ")
@@ -452,7 +481,9 @@ def failure(endpoint: str, status: int, text: str | None, what: What) -> Failure
         info = {}
     error = str(info.get("error") or (text or "")[:300] or f"HTTP {status}")
     item = info.get("item")
-    subject = what(item if isinstance(item, int) else None)
+    limit = info.get("limit")
+    # A count of the request's inputs is the request's fault, not the query's (what(None) for a rerank).
+    subject = "the request" if limit in REQUEST_LIMITS else what(item if isinstance(item, int) else None)
     reason = ITEM_PREFIX.sub("", error)
     if status == 0:
         message = "qvl: cannot reach the model service"
@@ -466,9 +497,22 @@ def failure(endpoint: str, status: int, text: str | None, what: What) -> Failure
         message = "qvl: the model service did not answer in time"
     else:
         message = f"qvl: the model service failed on {subject}: {reason}"
-    hint = HINTS.get(status) or (MEDIA_HINT if status in (400, 422) else HINTS[500])
+    if isinstance(limit, str) and limit:
+        hint = limit_hint(limit)
+    elif status in (400, 422):
+        hint = MEDIA_HINT if MEDIA_WORDS.search(reason) else INPUT_HINT
+    else:
+        hint = HINTS.get(status) or HINTS[500]
     return Failure(message, detail=f"{endpoint} {status or 'unreachable'}: {error}", hint=hint,
                    sqlstate=SQLSTATE.get(status, "XX000"), status=status)
+
+
+def limit_hint(limit: str) -> str:
+    """The hint of a refusal by one of the service's limits: what to send instead, and the setting."""
+    if limit == "dimensions":
+        return DIMENSIONS_HINT
+    advice = LIMIT_ADVICE.get(limit, "Send less")
+    return f"{advice}, or raise {limit} on the service."
 
 
 def info() -> Any:
@@ -608,15 +652,19 @@ def embed_sql(text: str | None, image: bytes | None, video: bytes | None, instru
 # -- reranking -----------------------------------------------------------------------------------
 def rerank_request(query_item: Item | None, doc_items: Sequence[Item | None], instruction: str | None,
                    top_k: int | None) -> dict[str, Any] | None:
-    """The POST /v1/rerank body, or None when there is nothing to rank (no query, no documents, top_k < 1)."""
+    """The POST /v1/rerank body, or None when there is nothing to rank (no query, no documents).
+
+    top_k follows the service's rule, the same over HTTP and gRPC: NULL ranks every document, else it
+    must be at least 1. Checked first, so a wrong top_k is an error whatever the data.
+    """
+    if top_k is not None and top_k < 1:
+        raise Failure(f"qvl: top_k must be at least 1, got {top_k}", hint=TOP_K_HINT, sqlstate="22023")
     if query_item is None or not doc_items:
         return None
     payload: dict[str, Any] = {"query": query_item, "documents": [d or {} for d in doc_items]}
     if instruction is not None:
         payload["instruction"] = instruction
     if top_k is not None:
-        if top_k < 1:
-            return None
         payload["top_k"] = top_k
     return payload
 
@@ -628,10 +676,10 @@ def rerank_what(i: int | None) -> str:
 def rerank_sql(query_item: Item | None, doc_items: Sequence[Item | None], instruction: str | None,
                top_k: int | None) -> list[tuple[int, float]]:
     """qvl.rerank: (1-based index, score) best first."""
-    payload = rerank_request(query_item, doc_items, instruction, top_k)
-    if payload is None:
-        return []
     try:
+        payload = rerank_request(query_item, doc_items, instruction, top_k)
+        if payload is None:
+            return []
         resp = call("rerank", payload, rerank_what)
     except Failure as f:
         f.raise_sql()

@@ -135,6 +135,10 @@ def test_the_steps_do_what_the_single_function_did(pg_server: PostgresServer, se
             results.append([outcome(conn, call) for call in CALLS])
     old, new = results
     new = [changed_on_purpose(r) for r in new]
+    # The single function dropped the triggers of both modes with IF EXISTS, one "does not exist,
+    # skipping" NOTICE each; now only existing ones are dropped, in silence (issue 11).
+    old = [(*r[:3], [n for n in r[3] if not n.endswith("does not exist, skipping")]) if r[0] == "created" else r
+           for r in old]
     for call, was, now in zip(CALLS, old, new, strict=True):
         if was[0] == now[0] == "created":
             for query, a, b in zip(STATE, was[2], now[2], strict=True):

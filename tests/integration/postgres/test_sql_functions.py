@@ -101,3 +101,30 @@ def test_token(pg_server: Any, request: pytest.FixtureRequest) -> None:
             assert "qvl.set_service" in (err.value.diag.message_hint or "")
             install(dsn, service_url=svc.http_url, service_token="s3cret")
             assert c.execute("SELECT vector_dims(qvl.embed('x'))").fetchone() == (64,)
+
+
+def test_rerank_top_k_below_1_is_refused_by_sql_http_and_grpc(conn: psycopg.Connection[Any],
+                                                             service: ServiceProcess) -> None:
+    """Issue 11: qvl.rerank(..., top_k => 0) returned nothing while HTTP answered 422. One rule
+    everywhere: top_k NULL (absent) ranks every document, else it must be at least 1."""
+    import grpc
+    import httpx
+
+    from qvl_proto import vectorizer_pb2 as pb
+    from qvl_proto import vectorizer_pb2_grpc as pb_grpc
+
+    for top_k in (0, -1):
+        for docs in ("ARRAY['a', 'b']", "ARRAY[]::text[]"):
+            with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+                conn.execute(f"SELECT * FROM qvl.rerank('q', {docs}, top_k => %s)", (top_k,))
+            assert f"top_k must be at least 1, got {top_k}" in (err.value.diag.message_primary or "")
+            assert "top_k => NULL" in (err.value.diag.message_hint or "")
+    assert len(conn.execute("SELECT * FROM qvl.rerank('q', ARRAY['a', 'b'], top_k => NULL)").fetchall()) == 2
+
+    resp = httpx.post(service.http_url + "/v1/rerank", json={"query": "q", "documents": ["a"], "top_k": 0}, timeout=30)
+    assert resp.status_code == 422 and "top_k" in resp.json()["error"]
+    with grpc.insecure_channel(service.grpc_target) as channel, pytest.raises(grpc.RpcError) as rpc:
+        pb_grpc.VectorizerStub(channel).Rerank(pb.RerankRequest(
+            query=pb.Item(parts=[pb.Part(text="q")]), documents=[pb.Item(parts=[pb.Part(text="a")])], top_k=0),
+            timeout=30)
+    assert rpc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "top_k must be at least 1" in rpc.value.details()

@@ -3,6 +3,7 @@ poison rows, storage kinds, limits, drop and re-embed."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
@@ -10,7 +11,7 @@ import psycopg
 import pytest
 
 from connectors.client import Client
-from tests.integration.postgres.conftest import cosines, drain, images, vec, write_log
+from tests.integration.postgres.conftest import cosines, drain, images, vec, wait_until, write_log
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -227,3 +228,111 @@ def test_drop_reembed_and_composite_keys(conn: psycopg.Connection[Any], qvl_db: 
     assert conn.execute("SELECT to_regclass('qvl.queue_1')").fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL").fetchone() == (12,)  # kept
+
+
+def test_a_destination_column_belongs_to_one_vectorizer(conn: psycopg.Connection[Any]) -> None:
+    """Issue 11 item 1: a second vectorizer on the same column would overwrite the first one's vectors
+    (caption-only over caption+image) and qvl.search would read them: it is refused, naming the owner."""
+    conn.execute("CREATE TABLE photos (id int PRIMARY KEY, caption text, image bytea)")
+    conn.execute("SELECT qvl.create_vectorizer('photos', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['image'])")
+    with pytest.raises(psycopg.errors.DuplicateObject) as err:
+        conn.execute("SELECT qvl.create_vectorizer('photos', name => 'other', text_columns => ARRAY['caption'])")
+    assert "photos.embedding is written by vectorizer photos" in (err.value.diag.message_primary or "")
+    hint = err.value.diag.message_hint or ""
+    assert "destination => " in hint and "SELECT qvl.drop_vectorizer('photos');" in hint
+    # Another column of the same table is another vectorizer's to own.
+    conn.execute("SELECT qvl.create_vectorizer('photos', name => 'other', text_columns => ARRAY['caption'], "
+                 "destination => 'caption_embedding')")
+    assert conn.execute("SELECT name, destination FROM qvl.vectorizer ORDER BY id").fetchall() == [
+        ("photos", "embedding"), ("other", "caption_embedding")]
+
+    # A partitioned table's column is its partitions' column: either way round is the same column.
+    conn.execute("CREATE TABLE p (id int PRIMARY KEY, body text) PARTITION BY RANGE (id); "
+                 "CREATE TABLE p1 PARTITION OF p FOR VALUES FROM (0) TO (100); "
+                 "CREATE TABLE q (id int PRIMARY KEY, body text, embedding vector(64)) PARTITION BY RANGE (id); "
+                 "CREATE TABLE q1 PARTITION OF q FOR VALUES FROM (0) TO (100)")
+    conn.execute("SELECT qvl.create_vectorizer('p', text_columns => ARRAY['body'])")
+    conn.execute("SELECT qvl.create_vectorizer('q1', text_columns => ARRAY['body'])")
+    for statement, owner in (("SELECT qvl.create_vectorizer('p1', text_columns => ARRAY['body'])", "p"),
+                             ("SELECT qvl.create_vectorizer('q', text_columns => ARRAY['body'])", "q1")):
+        with pytest.raises(psycopg.errors.DuplicateObject) as err:
+            conn.execute(statement)
+        assert f"is written by vectorizer {owner} " in (err.value.diag.message_primary or ""), statement
+
+
+def test_two_creations_at_once_cannot_both_take_a_column(qvl_db: str) -> None:
+    """The check and the catalog row are one step: a creation waiting on another's uncommitted one
+    sees it once it commits, and is refused."""
+    with psycopg.connect(qvl_db, autocommit=True) as first, psycopg.connect(qvl_db, autocommit=True) as second:
+        first.execute("CREATE TABLE photos (id int PRIMARY KEY, caption text)")
+        outcome: list[BaseException | None] = []
+
+        def create_second() -> None:
+            try:
+                second.execute("SELECT qvl.create_vectorizer('photos', 'second', text_columns => ARRAY['caption'])")
+                outcome.append(None)
+            except psycopg.Error as exc:
+                outcome.append(exc)
+
+        with first.transaction():
+            first.execute("SELECT qvl.create_vectorizer('photos', 'first', text_columns => ARRAY['caption'])")
+            thread = threading.Thread(target=create_second)
+            thread.start()
+            pid = second.info.backend_pid
+            wait_until(lambda: first.execute("SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                                             (pid,)).fetchone() == ("Lock",), timeout=30)
+        thread.join(30)
+        assert len(outcome) == 1 and isinstance(outcome[0], psycopg.errors.DuplicateObject), outcome
+        assert first.execute("SELECT name FROM qvl.vectorizer").fetchall() == [("first",)]
+
+
+def test_drop_leaves_no_stale_vector_and_says_what_it_kept(conn: psycopg.Connection[Any], qvl_db: str,
+                                                           service: ServiceProcess) -> None:
+    """Issue 11 item 1: once dropped, nothing keeps the column in step. A row whose last embedding
+    failed, or that changed and still waits in the queue, holds a vector of what it was: those are
+    cleared; the others stay, and a NOTICE says how many and what removes them."""
+    pics = images(4, offset=300)
+    conn.execute("CREATE TABLE photos (id int PRIMARY KEY, caption text, image bytea)")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO photos VALUES (%s, %s, %s)", [(i, f"photo {i}", pics[i]) for i in range(4)])
+    conn.execute("SELECT qvl.create_vectorizer('photos', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['image'])")
+    drain(qvl_db, service.grpc_target)
+    conn.execute("UPDATE photos SET image = 'not an image'::bytea WHERE id = 1")
+    drain(qvl_db, service.grpc_target)
+    assert status(conn, "photos") == (0, 1)
+    conn.execute("UPDATE photos SET caption = 'changed' WHERE id = 2")  # queued, not embedded yet
+    assert status(conn, "photos") == (1, 1)
+    assert conn.execute("SELECT count(*) FROM photos WHERE embedding IS NOT NULL").fetchone() == (4,)
+
+    notices: list[tuple[str, str, str]] = []  # a Diagnostic is valid only inside the handler
+    conn.add_notice_handler(lambda d: notices.append((d.message_primary or "", d.message_detail or "",
+                                                      d.message_hint or "")))
+    assert conn.execute("SELECT qvl.drop_vectorizer('photos')").fetchone() == (True,)
+    assert vectors(conn, "photos")[1] is None and vectors(conn, "photos")[2] is None
+    assert all(vectors(conn, "photos")[i] is not None for i in (0, 3))
+    assert len(notices) == 1, notices
+    message, detail, hint = notices[0]
+    assert message.startswith("qvl: vectorizer photos dropped; public.photos.embedding keeps 2 vectors"), message
+    assert detail.startswith("2 vectors of rows still queued or failed were cleared"), detail
+    assert "ALTER TABLE public.photos DROP COLUMN embedding" in hint and "drop_column => true" in hint, hint
+
+
+def test_create_and_drop_say_nothing_of_objects_they_skip(conn: psycopg.Connection[Any]) -> None:
+    """Issue 11: creating and dropping a vectorizer printed 2-4 "trigger ... does not exist,
+    skipping" NOTICEs (the other mode's triggers, a sync vectorizer's missing function). Every
+    NOTICE left is qvl's own."""
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO t VALUES (1, 'one')")
+    for mode in ("async", "sync"):
+        conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], mode => %s)", (mode,))
+        conn.execute("SELECT qvl.drop_vectorizer('t')")
+        # Again on the column (and index) the first one left, then dropped with its column.
+        conn.execute("SELECT qvl.create_vectorizer('t', text_columns => ARRAY['body'], mode => %s)", (mode,))
+        conn.execute("SELECT qvl.reembed('t')")
+        conn.execute("SELECT qvl.retry_failed('t')")
+        conn.execute("SELECT qvl.drop_vectorizer('t', drop_column => true)")
+    assert notices and all(n.startswith("qvl: ") for n in notices), notices
