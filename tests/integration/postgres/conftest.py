@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -20,6 +22,7 @@ import pytest
 from connectors.postgres.installer import install
 from connectors.postgres.worker import Worker, WorkerSettings
 from tests.media_factory import image_bytes
+from tests.support.fake_service import FakeService
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
@@ -65,6 +68,33 @@ def drain(dsn: str, service: str, **kwargs: Any) -> Worker:
     worker = Worker(settings)
     worker.run()
     return worker
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeService]:
+    """A gRPC service that answers as the test tells it (good vectors by default)."""
+    with FakeService() as svc:
+        yield svc
+
+
+@contextlib.contextmanager
+def running(dsn: str, target: str, **kwargs: Any) -> Iterator[Worker]:
+    """A worker in a thread of this process for the duration of the block."""
+    defaults: dict[str, Any] = dict(poll_s=0.2, log_every_s=60, backoff_base_s=0.2, backoff_cap_s=1.0,
+                                    retry_delay_s=0.4, concurrency=1, batch=8, stall_s=10)
+    worker = Worker(WorkerSettings(dsn=dsn, service=target, **{**defaults, **kwargs}))
+    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
+    thread.start()
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        thread.join(30)
+        assert not thread.is_alive()
+
+
+def role_dsn(dsn: str, role: str) -> str:
+    return dsn.replace("user=postgres", f"user={role}")
 
 
 def wait_until(check: Callable[[], bool], timeout: float = 60.0, every: float = 0.02) -> None:

@@ -18,15 +18,11 @@ from connectors.postgres.installer import (
     script,
     sql_files,
 )
-from tests.integration.postgres.conftest import drain, images, new_database
+from tests.integration.postgres.conftest import drain, images, new_database, role_dsn
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
-
-
-def role_dsn(dsn: str, role: str) -> str:
-    return dsn.replace("user=postgres", f"user={role}")
 
 
 def test_unprivileged_role_queries_but_cannot_manage(conn: psycopg.Connection[Any], qvl_db: str,

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from connectors.postgres.installer import install
-from tests.integration.postgres.test_security_and_upgrade import role_dsn
+from tests.integration.postgres.conftest import role_dsn
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 

@@ -6,47 +6,21 @@ rows are named by their key."""
 
 from __future__ import annotations
 
-import contextlib
 import itertools
 import logging
-import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 
-from connectors.postgres.worker import Worker, WorkerSettings
-from tests.integration.postgres.conftest import wait_until
+from tests.integration.postgres.conftest import running, wait_until
 from tests.support.fake_service import FakeService
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
 CRASH = "the model process exited (exit code -9); retry shortly"
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeService]:
-    with FakeService() as svc:
-        yield svc
-
-
-@contextlib.contextmanager
-def running(dsn: str, target: str, **kwargs: Any) -> Iterator[Worker]:
-    """A worker in a thread of this process for the duration of the block."""
-    defaults: dict[str, Any] = dict(poll_s=0.2, log_every_s=60, backoff_base_s=0.2, backoff_cap_s=1.0,
-                                    retry_delay_s=0.4, concurrency=1, batch=8, stall_s=10)
-    worker = Worker(WorkerSettings(dsn=dsn, service=target, **{**defaults, **kwargs}))
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive()
 
 
 def make_items(conn: psycopg.Connection[Any], captions: list[str]) -> int:
