@@ -672,7 +672,24 @@ class Worker:
                 with lane.conn.transaction():
                     lane.conn.execute(v.release_sql(), {**v.key_params(_keys(rows)), "me": lane.me})
                 return Outcome(released=len(rows))
+            except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
+                # The table changed while the batch was embedded (a renamed column or table, which the
+                # schema guard followed): write with the definition as it is now. Rows of a vectorizer
+                # dropped meanwhile have nowhere to go.
+                fresh = self._reload(lane.conn, v)
+                if fresh is None:
+                    return Outcome()
+                if fresh == v or attempt == 2:
+                    raise
+                log.info(f"vectorizer {v.name}: its table changed while a batch was embedded; writing it with "
+                         f"the new definition", extra={"vectorizer": v.name})
+                v = fresh
         raise AssertionError("unreachable")
+
+    def _reload(self, conn: psycopg.Connection[Any], v: Vectorizer) -> Vectorizer | None:
+        """``v`` as the catalog defines it now (None: dropped); the lanes reload theirs too."""
+        self._configs_stale = True
+        return next((c for c in load_vectorizers(conn, self.s.vectorizers) if c.id == v.id), None)
 
     def _finish_once(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str, rows: list[Claimed],
                      writes: list[tuple[Claimed, str | None]], failures: list[tuple[Claimed, str, str]],

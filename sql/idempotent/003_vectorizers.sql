@@ -667,19 +667,18 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
+    source_exists boolean := EXISTS (SELECT 1 FROM pg_class WHERE oid = v.source);
     has_column boolean;
     stale text[] := '{}';
     tbl text;
     cleared bigint := 0;
     kept bigint;
 BEGIN
-    IF EXISTS (SELECT 1 FROM pg_class WHERE oid = v.source) THEN
+    IF source_exists THEN
         PERFORM qvl._drop_triggers(v.id, v.source);
         has_column := EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = v.source
                                  AND a.attname = v.destination AND a.attnum > 0 AND NOT a.attisdropped);
-        IF has_column AND drop_column THEN
-            EXECUTE format('ALTER TABLE %s DROP COLUMN %I', v.source, v.destination);
-        ELSIF has_column THEN
+        IF has_column AND NOT drop_column THEN
             FOREACH tbl IN ARRAY ARRAY[format('qvl.queue_%s', v.id), format('qvl.failed_%s', v.id)] LOOP
                 IF to_regclass(tbl) IS NOT NULL THEN
                     stale := stale || format('EXISTS (SELECT 1 FROM %s q WHERE %s)', tbl,
@@ -701,6 +700,11 @@ BEGIN
         END IF;
     END LOOP;
     DELETE FROM qvl.vectorizer WHERE id = v.id;
+    -- After the catalog row is gone: qvl's schema guard (sql/idempotent/007_*) refuses to drop a
+    -- column a vectorizer still writes.
+    IF has_column AND drop_column THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', v.source, v.destination);
+    END IF;
     PERFORM pg_notify('qvl_config', v.id::text);
     IF kept IS NOT NULL THEN
         RAISE NOTICE 'qvl: vectorizer % dropped; %.% keeps % vectors, no longer updated when their rows change',
@@ -725,12 +729,14 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
+    vtype text;
 BEGIN
     IF dimensions IS NOT NULL AND dimensions <> v.dimensions THEN
         PERFORM qvl._check_dimensions(dimensions, qvl._model_dimensions());
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING NULL', v.source, v.destination,
-                       qvl._vector_type(v.storage, dimensions, v.index_kind));
+        vtype := qvl._vector_type(v.storage, dimensions, v.index_kind);
+        -- The catalog first: qvl's schema guard (sql/idempotent/007_*) checks the column against it.
         UPDATE qvl.vectorizer SET dimensions = reembed.dimensions WHERE id = v.id;
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING NULL', v.source, v.destination, vtype);
         PERFORM pg_notify('qvl_config', v.id::text);
     END IF;
     EXECUTE format('DELETE FROM qvl.failed_%s', v.id);

@@ -122,10 +122,15 @@ class Failure(Exception):
 
 
 def plan(key: Any, query: str, argtypes: Sequence[str] = ()) -> Any:
-    """The prepared statement of ``query``, prepared once per backend under ``key``."""
-    p = plans.get(key)
+    """The prepared statement of ``query``, prepared once per backend under ``key``.
+
+    The text and argument types are part of the key: a vectorizer whose columns were renamed or
+    whose key was widened (the schema guard follows both) gets a new statement, where a plan of the
+    old text would fail once Postgres re-plans it."""
+    full_key = (key, query, tuple(argtypes))
+    p = plans.get(full_key)
     if p is None:
-        p = plans[key] = plpy.prepare(query, list(argtypes))
+        p = plans[full_key] = plpy.prepare(query, list(argtypes))
     return p
 
 

@@ -97,7 +97,8 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         failed_before = conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall()
         assert len(failed_before) == 1
         # The objects of a version come with it: none of the newest version's yet.
-        assert conn.execute("SELECT to_regclass('qvl.worker_status')").fetchone() == (None,)
+        guard = "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'qvl%'"
+        assert conn.execute(guard).fetchone() == (0,)
 
     upgrade = install(dsn)
     assert (upgrade.version_before, upgrade.version_after) == (newest - 1, newest)
@@ -112,6 +113,7 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         assert conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall() == failed_before
         assert conn.execute("SELECT url, ca_file FROM qvl.service").fetchone() == (service.http_url, None)
         assert conn.execute("SELECT to_regprocedure('qvl.set_service(text,text,real)')").fetchone() == (None,)
+        assert conn.execute(guard).fetchone() == (2,)
         conn.execute("INSERT INTO items VALUES (10, 'after the upgrade', %s)", (images(1)[0],))  # triggers survive
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 10").fetchone() == (True,)
