@@ -178,6 +178,18 @@ def _keys(rows: Sequence[Claimed]) -> list[tuple[Any, ...]]:
 
 
 @dataclass
+class Hold:
+    """A vectorizer whose claims fail (the worker's role may not read its table, a definition the
+    table no longer matches): skipped by every lane until ``until``, on its own backoff, so the
+    other vectorizers go on. A new definition of it is tried at once."""
+
+    definition: Vectorizer
+    backoff: Backoff
+    until: float = 0.0
+    failures: int = 0
+
+
+@dataclass
 class Lane:
     """One lane's connections; ``me`` marks the rows it claims (queue.claimed_by)."""
 
@@ -211,6 +223,8 @@ class Worker:
         self._paused: str | None = None  # why the service cannot embed now (None: it can)
         self._status_written: tuple[str, str | None] | None = None
         self._status_lock = threading.Lock()
+        self._holds: dict[int, Hold] = {}  # by vectorizer id
+        self._hold_lock = threading.Lock()
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -315,7 +329,7 @@ class Worker:
         lane = Lane(f"{self.ident}:{n}")
         wake = self._wakeups[n]
         backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
-        turn = 0
+        turn = n  # lanes start at different vectorizers
         down_since: float | None = None
         last: Vectorizer | None = None  # the vectorizer whose options the readiness probe uses
         while not self.stopping.is_set():
@@ -329,7 +343,9 @@ class Worker:
                 worked = False
                 for i in range(len(configs)):
                     v = configs[(turn + i) % len(configs)]
-                    rows = self._claim(lane.conn, v, lane.me)
+                    if self._held(v):
+                        continue
+                    rows = self._claim_in_turn(lane.conn, v, lane.me)
                     if rows:
                         self._idle[n] = False
                         turn = (turn + i + 1) % len(configs)
@@ -412,6 +428,51 @@ class Worker:
                 conn.execute("DELETE FROM qvl.worker_status WHERE worker = %s", (self.ident,))
         except psycopg.Error:
             pass
+
+    # -- claims in turn: a vectorizer whose claims fail is held back, alone -------------------
+    def _held(self, v: Vectorizer) -> bool:
+        with self._hold_lock:
+            hold = self._holds.get(v.id)
+            return hold is not None and hold.definition == v and time.monotonic() < hold.until
+
+    def _claim_in_turn(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str) -> list[Claimed]:
+        """``_claim``, except that a failure other than a lost connection holds ``v`` back (and
+        returns nothing): the lane goes on to the next vectorizer instead of retrying this one
+        first for ever, and ``v`` is tried again after its own backoff."""
+        try:
+            rows = self._claim(conn, v, me)
+        except Exception as exc:
+            if isinstance(exc, psycopg.Error) and (conn.broken or conn.closed):
+                raise
+            self._hold(v, exc)
+            return []
+        with self._hold_lock:
+            hold = self._holds.pop(v.id, None)
+        if hold is not None:
+            log.info(f"vectorizer {v.name}: claims work again", extra={"vectorizer": v.name,
+                                                                       "failures": hold.failures})
+        return rows
+
+    def _hold(self, v: Vectorizer, exc: Exception) -> None:
+        self._configs_stale = True  # the table may have changed: the next try reads the definition again
+        with self._hold_lock:
+            hold = self._holds.get(v.id)
+            if hold is None or hold.definition != v:
+                hold = self._holds[v.id] = Hold(v, Backoff(self.s.backoff_base_s, self.s.backoff_cap_s))
+            delay = hold.backoff.next()
+            hold.until = time.monotonic() + delay
+            hold.failures += 1
+            first = hold.failures == 1
+        error = str(exc).strip() or type(exc).__name__
+        extra = {"vectorizer": v.name, "error": error, "retry_in_s": round(delay, 2), "failures": hold.failures}
+        if not first:
+            log.debug(f"vectorizer {v.name}: claiming rows failed again: {error}", extra=extra)
+        elif isinstance(exc, psycopg.Error):
+            log.warning(f"vectorizer {v.name} ({v.source}): claiming rows failed: {error}; the other vectorizers "
+                        f"go on, this one is tried again with backoff", extra=extra)
+        else:
+            log.exception(f"vectorizer {v.name} ({v.source}): claiming rows failed: {error}; the other vectorizers "
+                          f"go on, this one is tried again with backoff", extra=extra)
 
     def _claim(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str) -> list[Claimed]:
         rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}).fetchall()
