@@ -177,6 +177,16 @@ def _keys(rows: Sequence[Claimed]) -> list[tuple[Any, ...]]:
     return [r.key for r in rows]
 
 
+# SQLSTATEs of a server going away (admin, crash shutdown; cannot connect now): the connection's
+# fault, not one vectorizer's. (57014, a statement or lock timeout, is the vectorizer's.)
+SHUTDOWN_STATES = {"57P01", "57P02", "57P03"}
+
+
+def _connection_lost(conn: psycopg.Connection[Any], exc: psycopg.Error) -> bool:
+    state = exc.sqlstate or ""
+    return conn.broken or conn.closed or state.startswith("08") or state in SHUTDOWN_STATES
+
+
 @dataclass
 class Hold:
     """A vectorizer whose claims fail (the worker's role may not read its table, a definition the
@@ -442,7 +452,7 @@ class Worker:
         try:
             rows = self._claim(conn, v, me)
         except Exception as exc:
-            if isinstance(exc, psycopg.Error) and (conn.broken or conn.closed):
+            if isinstance(exc, psycopg.Error) and _connection_lost(conn, exc):
                 raise
             self._hold(v, exc)
             return []
