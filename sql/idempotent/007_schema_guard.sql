@@ -40,7 +40,7 @@ CREATE OR REPLACE FUNCTION qvl._queue_column_names() RETURNS name[] LANGUAGE sql
 $$;
 
 CREATE OR REPLACE FUNCTION qvl._drop_hint(vectorizer text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
-    SELECT format('drop the vectorizer first (SELECT qvl.drop_vectorizer(%L); its vectors stay), change the '
+    SELECT format('drop the vectorizer first (SELECT qvl.drop_vectorizer(%L); the column stays), change the '
                   'table, then create it again (SELECT qvl.create_vectorizer(...), which queues every row).', vectorizer)
 $$;
 
