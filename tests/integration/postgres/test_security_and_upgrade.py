@@ -101,7 +101,9 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         failed_before = conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall()
         assert len(failed_before) == 1
         # The objects of a version come with it: none of the newest version's yet.
-        assert conn.execute("SELECT to_regclass('qvl.worker_status')").fetchone() == (None,)
+        assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'qvl.vectorizer'::regclass "
+                            "AND attname = 'fulltext'").fetchone() == (0,)
+        assert conn.execute("SELECT to_regprocedure('qvl.set_fulltext(text, text)')").fetchone() == (None,)
 
     upgrade = install(dsn)
     assert (upgrade.version_before, upgrade.version_after) == (newest - 1, newest)
@@ -120,6 +122,9 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 10").fetchone() == (True,)
         assert len(conn.execute("SELECT * FROM qvl.search('items', 'c3', k => 3)").fetchall()) == 3
+        # A vectorizer made before version 10 takes a full-text index and hybrid search.
+        conn.execute("SELECT qvl.set_fulltext('items', 'english')")
+        assert len(conn.execute("SELECT * FROM qvl.hybrid_search('items', 'c3', k => 3)").fetchall()) == 3
 
 
 # The last commit of the single-folder layout (sql/NNN_*.sql at version 4, the library inside
@@ -191,8 +196,9 @@ def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, servic
         conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], dimensions => 32)")
         assert conn.execute("SELECT name, dimensions, pending FROM qvl.vectorizer_status WHERE name = 'notes'"
                             ).fetchone() == ("notes", 32, 2)
-        assert conn.execute("SELECT has_function_privilege('public', 'qvl.search(text,text,int,int,boolean)', "
+        assert conn.execute("SELECT has_function_privilege('public', 'qvl.search(text,text,int,int,boolean,text,int)', "
                             "'EXECUTE')").fetchone() == (True,)
+        assert conn.execute("SELECT to_regprocedure('qvl.search(text,text,int,int,boolean)')").fetchone() == (None,)
 
 
 def test_the_psql_script_installs_what_the_installer_does(pg_server: PostgresServer,

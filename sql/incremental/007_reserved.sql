@@ -1,0 +1,4 @@
+-- qvl 007: reserved for a migration of another branch (007-009 are taken while this one is written).
+--
+-- The installer wants the numbers without gaps, so this branch holds the number with nothing to
+-- migrate; the merge replaces this file with the real 007 (and renumbers 010 after it if needed).
