@@ -1073,6 +1073,15 @@ def rerank_candidates(cfg: Row, query_item: Item, rows: Sequence[Row], top_k: in
 
 
 # -- qvl.search ------------------------------------------------------------------------------------
+def check_k(k: int | None) -> int:
+    """k; NULL is refused: qvl.search('t', q, NULL::int) means k => NULL, not key_type => NULL::int."""
+    if k is None:
+        plpy.error("qvl: k is NULL", sqlstate="22004",
+                   hint="k => 10 returns the 10 best rows. For keys in the table's own type name that argument: "
+                        "key_type => NULL::int.")
+    return k
+
+
 def check_offset(offset: int | None) -> int:
     if offset is None:
         return 0
@@ -1088,9 +1097,9 @@ def search_rows(name: str, query_item: Item | None, k: int | None, candidates: i
     filter, then the reranker over the candidates' own columns; rows offset+1 .. offset+k of that
     order. Runs as the caller: their privileges, row-level security and search_path apply."""
     cfg = vectorizer_by_name(name)
-    skip = check_offset(offset)
+    k, skip = check_k(k), check_offset(offset)
     text = caller_filter(filter)
-    if query_item is None or k is None or k < 1:
+    if query_item is None or k < 1:
         return []
     wanted = skip + k
     limit = max(candidates or 0, wanted)
@@ -1207,7 +1216,7 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
     under the filter), fused by reciprocal rank, then the reranker over the fused best; rows
     offset+1 .. offset+k of that order: (pk, score, rrf, vector_rank, text_rank)."""
     cfg = vectorizer_by_name(name)
-    skip = check_offset(offset)
+    k, skip = check_k(k), check_offset(offset)
     w_vector, w_text = check_weights(weights)
     text = caller_filter(filter)
     ft = plpy.execute(plan("fulltext", FULLTEXT_SQL, ["int4"]), [cfg["id"]])[0]
@@ -1215,7 +1224,7 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
         plpy.error(f"qvl: vectorizer {name!r} has no full-text index", sqlstate="55000",
                    hint=f"Give it one: SELECT qvl.set_fulltext({name!r}, 'english'); (or create the vectorizer "
                         f"with fulltext => 'english').")
-    if query is None or k is None or k < 1:
+    if query is None or k < 1:
         return []
     wanted = skip + k
     limit = max(candidates or 0, wanted)
