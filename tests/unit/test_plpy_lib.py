@@ -498,9 +498,13 @@ def test_query_embedding_asks_the_service_once_per_statement(plpy: FakePlpy) -> 
         assert qvl_lib.query_embedding_sql("photos", "q", None, None, "vector") == "[0.0,1.0,0.0]"
     assert len(calls) == 1 and calls[0][1]["instruction"] == "Find it." and calls[0][1]["dimensions"] == 3
     assert qvl_lib.query_embedding_sql("photos", None, None, None, "vector") is None  # nothing to embed
+    for n in range(qvl_lib.MEMO_MAX + 5):  # a query per row: the statement keeps the latest MEMO_MAX
+        qvl_lib.query_embedding_sql("photos", f"q{n}", None, None, "vector")
+    assert len(qvl_lib.memo["values"]) == qvl_lib.MEMO_MAX
+    calls.clear()
     stamp[0] = "2025-01-01 00:00:01+00"  # the next statement
     qvl_lib.query_embedding_sql("photos", "q", None, None, "halfvec")
-    assert len(calls) == 2
+    assert len(calls) == 1
     plpy.answers.insert(0, ("FROM qvl.vectorizer v", lambda args: [{**CFG, "storage": "vector"}]))
     with pytest.raises(PlpyError) as caught:  # a halfvec beside a vector column: the index would go unused
         qvl_lib.query_embedding_sql("other", "q", None, None, "halfvec")
@@ -514,11 +518,19 @@ def test_query_embedding_asks_the_service_once_per_statement(plpy: FakePlpy) -> 
 def test_rerank_items_splits_long_lists_and_merges_the_rankings(plpy: FakePlpy, monkeypatch: pytest.MonkeyPatch
                                                                 ) -> None:
     monkeypatch.setattr(qvl_lib, "RERANK_CHUNK", 2)
-    ranking = [{"index": 1, "score": 0.5}, {"index": 0, "score": 0.1}]
-    calls = service_answers(plpy, {"rerank": (200, {"ranking": ranking})})
-    docs: list[dict[str, Any]] = [{"text": [str(i)]} for i in range(3)]
-    assert qvl_lib.rerank_items({"text": ["q"]}, docs, 2, str) == [(1, 0.5), (3, 0.5)]
-    assert [len(body["documents"]) for _, body in calls] == [2, 1]
+    calls: list[Any] = []
+
+    def rerank(args: list[Any]) -> list[dict[str, Any]]:  # scores a document by the number in its text
+        body = json.loads(args[1])
+        calls.append(body)
+        scores = [(i, int(d["text"][0]) / 10) for i, d in enumerate(body["documents"])]
+        ranking = [{"index": i, "score": sc} for i, sc in sorted(scores, key=lambda x: -x[1])][:body["top_k"]]
+        return [{"status": 200, "response": json.dumps({"ranking": ranking})}]
+
+    plpy.on("qvl._call", rerank)
+    docs: list[dict[str, Any]] = [{"text": [str(n)]} for n in (3, 9, 1, 7, 5)]
+    assert qvl_lib.rerank_items({"text": ["q"]}, docs, 3, str) == [(1, 0.9), (3, 0.7), (4, 0.5)]
+    assert [len(body["documents"]) for body in calls] == [2, 2, 1]
 
 
 def test_unknown_vectorizer_is_a_sql_error(plpy: FakePlpy) -> None:

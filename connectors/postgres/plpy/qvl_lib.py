@@ -715,6 +715,7 @@ def sync_trigger(TD: dict[str, Any]) -> str:
 # the others read the answer.
 STAMP_SQL = "SELECT pg_catalog.statement_timestamp()::pg_catalog.text AS stamp"
 memo: dict[str, Any] = {"stamp": None, "values": {}}  # per backend: the running statement's values
+MEMO_MAX = 256  # values one statement keeps (a query per row, e.g. of a column, would otherwise pile up)
 QUERY_FUNCTIONS = {"vector": "qvl.query_embedding", "halfvec": "qvl.query_embedding_halfvec",
                    "bit": "qvl.query_embedding_bit"}
 
@@ -769,6 +770,8 @@ def query_embedding_sql(name: str, text: str | None, image: bytes | None, video:
             vec = query_vector(cfg, item, "bit" if kind == "bit" else "vector", lambda i: "the query")
         except Failure as f:
             f.raise_sql()
+    if len(values) >= MEMO_MAX:
+        values.pop(next(iter(values)))  # the oldest
     values[key] = vec
     return vec
 
