@@ -14,6 +14,7 @@ import pytest
 from connectors.client import Client
 from tests.integration.postgres.conftest import cosines, drain, vec
 from tests.integration.postgres.test_security_and_upgrade import role_dsn
+from tests.media_factory import image_bytes, video_bytes
 from tests.support.service import ServiceProcess
 from vectorizer_service.core.settings import DEFAULT_QUERY_INSTRUCTION
 
@@ -76,6 +77,14 @@ def test_query_embedding_is_one_service_call_per_statement_and_serves_the_index(
     assert bits == "".join("1" if x > 0 else "0" for x in want)  # binary_quantize's rule
     assert conn.execute("SELECT qvl.query_embedding_bit('v', 'red shoes') = "
                         "binary_quantize(qvl.query_embedding('v', 'red shoes'))").fetchone() == (True,)
+    # An image, or a caption with a video, as the query.
+    pic, clip = image_bytes("PNG", (64, 48), seed=5), video_bytes()
+    got = vec(conn.execute("SELECT qvl.query_embedding('v', %s::bytea)::text", (pic,)).fetchone()[0])  # type: ignore[index]
+    assert cosines(got, client.embed([{"image": pic}], instruction="Find the caption.", dimensions=32)[0]) >= 0.9999
+    got = vec(conn.execute("SELECT qvl.query_embedding('v', 'a clip', video => %s)::text",
+                           (clip,)).fetchone()[0])  # type: ignore[index]
+    want = client.embed([{"video": clip, "text": "a clip"}], instruction="Find the caption.", dimensions=32)[0]
+    assert cosines(got, want) >= 0.9999
 
     # The natural query uses each column's HNSW index: vector, halfvec (vector casts to halfvec), bit.
     idiom = {
