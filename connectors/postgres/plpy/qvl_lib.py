@@ -985,8 +985,8 @@ def estimated_rows(cfg: Row, text: str | None) -> float:
 def scan_settings(limit: int, passing: float, total: float) -> dict[str, str]:
     """pgvector settings for an index scan that should find ``limit`` rows among ``passing`` of
     ``total``: HNSW returns at most ef_search rows per pass, and an iterative scan (pgvector 0.8)
-    goes on past rows the filter drops, up to max_scan_tuples (sized so the expected passing rows
-    are met four times over)."""
+    goes on past rows the filter drops, up to max_scan_tuples: enough tuples to meet 4 x ``limit``
+    passing rows at the estimated share, within MAX_SCAN_TUPLES."""
     fraction = min(1.0, passing / total) if total > 0 else 1.0
     scan = int(min(MAX_SCAN_TUPLES[1], max(MAX_SCAN_TUPLES[0], 4 * limit / max(fraction, 1e-9))))
     return {"hnsw.ef_search": str(ef_search(None, limit)), "hnsw.iterative_scan": "relaxed_order",
