@@ -1240,14 +1240,15 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
         lists.append((w_vector, candidate_rows(cfg, qvec, text, limit, bool(rerank))))
     else:
         lists.append((0.0, []))
-    tsq = plpy.execute(plan("tsquery", TSQUERY_SQL, ["text", "text"]), [ft["fulltext"], query])[0]
-    if w_text > 0 and tsq["nodes"]:  # a query of stop words only matches nothing
-        sql = fulltext_sql(cfg, ft["document"], text, bool(rerank), plpy.quote_ident)
-        p = filter_plan(cfg, ("fulltext", cfg["id"], ft["document"], bool(rerank)), sql, ["pg_catalog.tsquery", "int8"],
-                        text)
-        lists.append((w_text, list(plpy.execute(p, [tsq["q"], limit]))))
-    else:
-        lists.append((0.0, []))
+    matches: list[Row] = []
+    if w_text > 0:
+        tsq = plpy.execute(plan("tsquery", TSQUERY_SQL, ["text", "text"]), [ft["fulltext"], query])[0]
+        if tsq["nodes"]:  # a query of stop words only matches nothing
+            sql = fulltext_sql(cfg, ft["document"], text, bool(rerank), plpy.quote_ident)
+            key = ("fulltext", cfg["id"], ft["document"], bool(rerank))
+            p = filter_plan(cfg, key, sql, ["pg_catalog.tsquery", "int8"], text)
+            matches = list(plpy.execute(p, [tsq["q"], limit]))
+    lists.append((w_text, matches))
     best = fused(lists)
     if not rerank or not best:
         return [(row["qvl_pk"], None, rrf, ranks[0], ranks[1]) for row, rrf, ranks in best][skip:wanted]
