@@ -184,7 +184,7 @@ def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, servic
                                    $$ LANGUAGE plpython3u""")
             assert len(keys) == 2 and "qvl_lib_1" in keys, keys
 
-        assert "qvl_lib_1" not in conn.execute("SELECT prosrc FROM pg_proc WHERE oid = "
+        assert "'qvl_lib_1'" not in conn.execute("SELECT prosrc FROM pg_proc WHERE oid = "
                                                "'qvl.embed(text,bytea,bytea,text,int)'::regprocedure").fetchone()[0]
         assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (2,)
         assert conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall() == before
