@@ -14,7 +14,7 @@ from typing import Any
 
 RUNTIME = ("embed-text", "embed-image", "embed-video", "rerank-text", "rerank-image")
 SERVICE = ("grpc-concurrent", "grpc-stream", "http-weaviate")
-POSTGRES = ("pg-ingest", "pg-insert-overhead", "pg-rerank")
+POSTGRES = ("pg-ingest", "pg-insert-overhead", "pg-rerank", "pg-search")
 WEAVIATE = ("weaviate-ingest",)
 SCENARIOS = RUNTIME + SERVICE + POSTGRES + WEAVIATE
 
@@ -27,6 +27,7 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "pg-ingest": ("ratio", ">=", 0.7),
     "pg-insert-overhead": ("ratio", ">=", 0.8),
     "pg-rerank": ("overhead_ms", "<=", 5.0),
+    "pg-search": ("recall_min", ">=", 0.95),
     "weaviate-ingest": ("ratio", ">=", 0.7),
 }
 

@@ -1,4 +1,4 @@
-"""``qvl bench --scenario pg-ingest | pg-insert-overhead | pg-rerank``.
+"""``qvl bench --scenario pg-ingest | pg-insert-overhead | pg-rerank | pg-search``.
 
 Each starts its own Postgres (qvl_devtools.launchers.postgres) and ``qvl serve`` subprocess and
 measures qvl and its baseline on the same inputs, in alternating rounds, reporting medians (one
@@ -10,6 +10,7 @@ from __future__ import annotations
 import statistics
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -212,7 +213,165 @@ def pg_rerank(args: Any) -> dict[str, Any]:
             "items_per_s": 20 * 1000 / p50_sql, "baseline_items_per_s": 20 * 1000 / p50_grpc}
 
 
-SCENARIOS = {"pg-ingest": pg_ingest, "pg-insert-overhead": pg_insert_overhead, "pg-rerank": pg_rerank}
+# -- pg-search ---------------------------------------------------------------------------------------
+SEARCH_FILTERS = {"50%": "bucket < 500", "5%": "bucket < 50", "0.5%": "bucket < 5"}
+
+
+def _embed_calls(svc: ServiceProcess) -> float:
+    """POST /v1/embed calls the service has answered (its /metrics)."""
+    with urllib.request.urlopen(svc.http_url + "/metrics", timeout=10) as resp:
+        lines = resp.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("qvl_requests_total{")
+               and 'endpoint="http /v1/embed"' in line and 'code="200"' in line)
+
+
+def _ids(conn: psycopg.Connection[Any], sql: str, params: tuple[Any, ...],
+         prepare: bool | None = None) -> tuple[list[int], float]:
+    """The first column as ints, and the statement's milliseconds."""
+    start = time.perf_counter()
+    ids = [int(r[0]) for r in conn.execute(sql, params, prepare=prepare)]
+    return ids, 1000 * (time.perf_counter() - start)
+
+
+def _hnsw_scans(conn: psycopg.Connection[Any]) -> int:
+    """Scans of the vector index this backend has not reported yet (they grow within a transaction)."""
+    row = conn.execute("SELECT pg_stat_get_xact_numscans('pgs_embedding_hnsw'::regclass)").fetchone()
+    return int(row[0]) if row else 0
+
+
+def _p50(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+def pg_search(args: Any) -> dict[str, Any]:
+    """Filtered search on >= 10,000 rows, every one embedded for real (INSERT, triggers, queue, worker,
+    service): recall@10 of qvl.search (rerank => false) against exact search of the filtered rows for
+    filters keeping 50 %, 5 % and 0.5 % of them; the same for pgvector's own idiom (ORDER BY
+    embedding <=> qvl.query_embedding(...) with an iterative scan); p50 latencies of qvl.search,
+    qvl.hybrid_search and the idiom; service calls per statement (the service's /metrics)."""
+    n = getattr(args, "items", None) or 10_000
+    seed = getattr(args, "seed", 0)
+    queries = workloads.texts(30, 2, 5, seed + 1)
+    reranked = queries[:8]  # the reranker on CPU costs most: fewer queries
+    progress = Progress("bench pg-search", total=2 + len(SEARCH_FILTERS) + 3, every=0)
+    recall: dict[str, dict[str, float]] = {}
+    latency: dict[str, float] = {}
+    with _stack(args) as (svc, dsn), psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE pgs (id bigint PRIMARY KEY, bucket int NOT NULL, caption text)")
+        conn.execute("CREATE INDEX ON pgs (bucket)")
+        conn.execute("SELECT qvl.create_vectorizer('pgs', text_columns => ARRAY['caption'], fulltext => 'english')")
+        captions = workloads.texts(n, 6, 16, seed)
+        rows = [(i, (i * 7919) % 1000, captions[i]) for i in range(n)]  # bucket: 0..999, each n/1000 times
+        worker = Worker(WorkerSettings(dsn=dsn, service=svc.grpc_target, batch=64, concurrency=3, poll_s=1.0,
+                                       log_every_s=3600))
+        thread = threading.Thread(target=worker.run, name="qvl-bench-worker", daemon=True)
+        thread.start()
+        try:
+            start = time.perf_counter()
+            for s in range(0, n, 1000):
+                with conn.transaction(), conn.cursor() as cur:
+                    cur.executemany("INSERT INTO pgs VALUES (%s, %s, %s)", rows[s:s + 1000])
+            done = conn.execute("SELECT qvl.wait_for_embeddings('pgs', '1800 s')").fetchone()
+            embed_seconds = time.perf_counter() - start
+        finally:
+            worker.stop()
+            thread.join(timeout=60)
+        if not done or not done[0]:
+            raise RuntimeError("pg-search: the rows were not embedded in time")
+        conn.execute("ANALYZE pgs")
+        progress.advance()
+        for q in queries[:3]:  # warm: plans, the PL/Python library, connections
+            conn.execute("SELECT * FROM qvl.search('pgs', %s, rerank => false, filter => 'bucket < 500')", (q,))
+            conn.execute("SELECT * FROM qvl.hybrid_search('pgs', %s, rerank => false)", (q,))
+        progress.advance()
+
+        paths: dict[str, str] = {}
+        for label, where in SEARCH_FILTERS.items():
+            got_search, got_idiom, ms_search, ms_idiom, index_used = [], [], [], [], 0
+            for q in queries:
+                qvec = conn.execute("SELECT qvl.query_embedding('pgs', %s)::text", (q,)).fetchone()[0]  # type: ignore[index]
+                exact, _ = _ids(conn, f"SELECT id FROM (SELECT id, embedding FROM pgs WHERE {where} OFFSET 0) s "
+                                      "ORDER BY embedding <=> %s::vector LIMIT 10", (qvec,))
+                with conn.transaction():
+                    before = _hnsw_scans(conn)
+                    ids, ms = _ids(conn, "SELECT pk FROM qvl.search('pgs', %s, k => 10, rerank => false, "
+                                         "filter => %s)", (q, where))
+                    index_used += _hnsw_scans(conn) > before
+                got_search.append(len(set(ids) & set(exact)) / max(1, len(exact)))
+                ms_search.append(ms)
+                with conn.transaction():
+                    conn.execute("SET LOCAL hnsw.iterative_scan = relaxed_order")
+                    ids, ms = _ids(conn, f"SELECT id FROM pgs WHERE {where} ORDER BY embedding <=> "
+                                         "qvl.query_embedding('pgs', %s) LIMIT 10", (q,))
+                got_idiom.append(len(set(ids) & set(exact)) / max(1, len(exact)))
+                ms_idiom.append(ms)
+            recall[label] = {"qvl_search": statistics.mean(got_search),
+                             "idiom_iterative_scan": statistics.mean(got_idiom)}
+            latency[f"search_no_rerank_{label}"] = _p50(ms_search)
+            latency[f"idiom_{label}"] = _p50(ms_idiom)
+            paths[label] = "hnsw iterative scan" if index_used > len(queries) // 2 else "exact (few rows pass)"
+            progress.advance()
+
+        timings: dict[str, list[float]] = {"search": [], "search_filtered_5%": [], "hybrid": [],
+                                           "hybrid_no_rerank": [], "idiom": []}
+        for q in reranked:
+            timings["search"].append(_ids(conn, "SELECT pk FROM qvl.search('pgs', %s)", (q,))[1])
+            timings["search_filtered_5%"].append(_ids(conn, "SELECT pk FROM qvl.search('pgs', %s, filter => %s)",
+                                                 (q, SEARCH_FILTERS["5%"]))[1])
+            timings["hybrid"].append(_ids(conn, "SELECT pk FROM qvl.hybrid_search('pgs', %s)", (q,))[1])
+        hybrid_sql = "SELECT pk FROM qvl.hybrid_search('pgs', %s, rerank => false)"
+        idiom_sql = "SELECT id FROM pgs ORDER BY embedding <=> qvl.query_embedding('pgs', %s) LIMIT 10"
+        for q in queries:
+            timings["hybrid_no_rerank"].append(_ids(conn, hybrid_sql, (q,))[1])
+            timings["idiom"].append(_ids(conn, idiom_sql, (q,))[1])
+        latency.update({name: _p50(values) for name, values in timings.items()})
+        progress.advance()
+
+        # Service calls per statement, and what each further row of a plan costs.
+        statements = {
+            "idiom_index_limit_10": "SELECT id FROM pgs ORDER BY embedding <=> qvl.query_embedding('pgs', %s) LIMIT 10",
+            "idiom_seq_scan_all_rows": "SELECT id FROM pgs ORDER BY embedding <=> qvl.query_embedding('pgs', %s) "
+                                       "LIMIT 10",
+            "initplan_seq_scan_all_rows": "SELECT id FROM pgs ORDER BY embedding <=> "
+                                          "(SELECT qvl.query_embedding('pgs', %s)) LIMIT 10",
+        }
+        calls: dict[str, float] = {}
+        seconds: dict[str, float] = {}
+        for name, sql in statements.items():
+            before, spent = _embed_calls(svc), 0.0
+            for i, q in enumerate(queries[:10]):
+                with conn.transaction():
+                    if "seq_scan" in name:  # every row through the sort: the function runs once per row
+                        conn.execute("SET LOCAL enable_indexscan = off")
+                    # Not prepared: a plan kept from an earlier execution would ignore the setting.
+                    spent += _ids(conn, sql, (f"{q} {name} {i}",), prepare=False)[1]
+            calls[name] = (_embed_calls(svc) - before) / 10
+            seconds[name] = spent / 10
+        per_row_us = 1000 * (seconds["idiom_seq_scan_all_rows"] - seconds["initplan_seq_scan_all_rows"]) / n
+        progress.advance()
+        before = _embed_calls(svc)
+        for q in queries[:10]:
+            conn.execute("SELECT pk FROM qvl.search('pgs', %s, rerank => false)", (q,)).fetchall()
+        calls["qvl_search"] = (_embed_calls(svc) - before) / 10
+        progress.advance()
+    progress.finish()
+    recall_min = min(r["qvl_search"] for r in recall.values())
+    return {"items": n, "rows": n, "queries": len(queries), "k": 10, "candidates": 100,
+            "row": "id bigint, bucket int (filter column, B-tree index), caption (6-16 words); vector(64), HNSW",
+            "embedding": f"all {n} rows embedded for real: INSERT, trigger, queue, worker, service "
+                         f"({embed_seconds:.1f} s); the query path is the real one",
+            "filters": SEARCH_FILTERS, "qvl_search_path": paths,
+            "recall_at_10": recall, "recall_min": recall_min,
+            "latency_p50_ms": latency,
+            "latency_note": "search/hybrid: k 10, candidates 100, reranked unless *_no_rerank; idiom: ORDER BY "
+                            "embedding <=> qvl.query_embedding(...) LIMIT 10",
+            "embed_calls_per_statement": calls,
+            "query_embedding_per_row_us": per_row_us,
+            "ms_per_statement": seconds}
+
+
+SCENARIOS = {"pg-ingest": pg_ingest, "pg-insert-overhead": pg_insert_overhead, "pg-rerank": pg_rerank,
+             "pg-search": pg_search}
 
 
 def run_postgres_scenario(args: Any) -> dict[str, Any]:

@@ -4,7 +4,8 @@
 -- Who may query. Everything in qvl is private, then the query functions are opened to the grantee.
 CREATE OR REPLACE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
-                 '_call', '_load', '_queue_stats']::name[]
+                 'query_embedding', 'query_embedding_halfvec', 'query_embedding_bit', 'rerank_rows', 'hybrid_search',
+                 '_call', '_load', '_queue_stats', '_check_key_type', '_rerank_rows', '_fulltext_document']::name[]
 $$;
 
 CREATE OR REPLACE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE
@@ -29,6 +30,11 @@ SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE 'REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA qvl FROM PUBLIC';
     PERFORM qvl._grant_query_access('PUBLIC', public_access);
+    -- A full-text index over text[] columns (version 8) calls qvl._fulltext_join as whoever writes
+    -- the table: PostgreSQL checks EXECUTE on functions in index expressions too.
+    IF to_regprocedure('qvl._fulltext_join(text[])') IS NOT NULL THEN
+        GRANT EXECUTE ON FUNCTION qvl._fulltext_join(text[]) TO PUBLIC;
+    END IF;
     PERFORM qvl._secure_triggers();  -- the trigger functions' owner and its rights
     INSERT INTO qvl.config (key, value) VALUES ('public_grant', public_access::text)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;

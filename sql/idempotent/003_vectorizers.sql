@@ -570,6 +570,10 @@ END
 $$;
 
 
+-- Before hybrid search (fulltext) it had 13 parameters; that signature would make calls ambiguous.
+DROP FUNCTION IF EXISTS qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text,
+                                              text, text, text);
+
 CREATE OR REPLACE FUNCTION qvl.create_vectorizer(
     source regclass,
     name text DEFAULT NULL,
@@ -583,7 +587,8 @@ CREATE OR REPLACE FUNCTION qvl.create_vectorizer(
     mode text DEFAULT 'async',
     index text DEFAULT 'hnsw',
     on_error text DEFAULT 'fail',
-    query_instruction text DEFAULT NULL
+    query_instruction text DEFAULT NULL,
+    fulltext text DEFAULT NULL
 ) RETURNS int LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -630,6 +635,9 @@ BEGIN
     RETURNING id INTO new_id;
     PERFORM qvl._install_objects(new_id);
     PERFORM qvl._create_index(new_id);
+    IF fulltext IS NOT NULL THEN  -- hybrid search's full-text index (sql/idempotent/008_hybrid_search.sql)
+        PERFORM qvl.set_fulltext(vname, fulltext);
+    END IF;
     queued := qvl._queue_all(new_id);  -- backfill: existing rows go to the worker
     PERFORM pg_notify('qvl_config', new_id::text);
     IF queued > 0 THEN
@@ -639,7 +647,7 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text, text,
-                                          text, text) IS
+                                          text, text, text) IS
     'Keep a vector column in step with text/image/video columns of a table (one joint item per row)';
 
 
@@ -676,6 +684,9 @@ DECLARE
 BEGIN
     IF source_exists THEN
         PERFORM qvl._drop_triggers(v.id, v.source);
+        IF to_regprocedure('qvl.set_fulltext(text, text)') IS NOT NULL THEN  -- version 8: its full-text index
+            PERFORM qvl.set_fulltext(v.name, NULL);
+        END IF;
         has_column := EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = v.source
                                  AND a.attname = v.destination AND a.attnum > 0 AND NOT a.attisdropped);
         IF has_column AND NOT drop_column THEN

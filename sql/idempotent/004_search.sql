@@ -1,27 +1,190 @@
--- qvl 004: two-stage search in one call.
+-- qvl 004: search in SQL, as pieces and in one call. Re-applied by every install (sql/idempotent/).
 --
--- qvl.search(vectorizer, query, k, candidates, rerank): the query is embedded with the query
--- instruction (the vectorizer's query_instruction, else the service's), the `candidates` nearest
--- rows come from the vector index, and the reranker scores each candidate's own columns (text,
--- images, video) against the query. Rows come back best first: by score, or by distance when
--- rerank => false (score NULL). pk is the primary key as text (ROW(...)::text when composite).
--- SECURITY INVOKER: the caller's privileges and row-level security apply to the table read.
--- Re-applied by every install (sql/idempotent/).
+-- qvl.query_embedding(vectorizer, query [, video]): the query's vector as the vectorizer makes
+--   them (its dimensions, its query instruction), for `ORDER BY embedding <=> qvl.query_embedding(...)`
+--   under any WHERE. STABLE, so an index scan may use it; remembered for the statement, so the
+--   service is asked once per statement, not once per row.
+-- qvl.rerank_rows(vectorizer, query, keys): the reranker over the rows with those keys (their own
+--   text, images and video), keys in the table's key type: over the result of any query.
+-- qvl.search(vectorizer, query, k, candidates, rerank, filter, offset): the nearest `candidates`
+--   rows that pass the filter, reranked; the key as text, or typed with key_type => NULL::bigint.
+--
+-- Every function here runs as its caller (SECURITY INVOKER, no SET search_path): the caller's
+-- privileges, row-level security and search_path apply to the table read and to the filter. The
+-- SQL they build names qvl's and pgvector's objects by schema; only qvl._call (the service door)
+-- is SECURITY DEFINER.
 
-CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query text, k int DEFAULT 10, candidates int DEFAULT 100,
-                                      rerank boolean DEFAULT true)
-RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE
-SET search_path = pg_catalog, pg_temp AS $py$
+-- Until filter and offset came, qvl.search had five parameters; those signatures would make calls
+-- that leave the new parameters out ambiguous.
+DROP FUNCTION IF EXISTS qvl.search(text, text, int, int, boolean);
+DROP FUNCTION IF EXISTS qvl.search(text, bytea, int, int, boolean);
+
+
+-- The query's vector. query_embedding returns vector, which serves vector and halfvec columns
+-- alike (pgvector casts vector to halfvec implicitly: the argument is cast, the column keeps its
+-- index); _halfvec skips that cast; _bit serves bit columns and binary_quantize(...) indexes.
+CREATE OR REPLACE FUNCTION qvl.query_embedding(vectorizer text, query text, video bytea DEFAULT NULL)
+RETURNS vector LANGUAGE plpython3u STABLE AS $py$
 # qvl:prologue
-return lib.search_rows(vectorizer, lib.text_item(query), k, candidates, rerank)
+return lib.query_embedding_sql(vectorizer, query, None, video, "vector")
 $py$;
-COMMENT ON FUNCTION qvl.search(text, text, int, int, boolean) IS 'Text query: ANN recall, then rerank';
+CREATE OR REPLACE FUNCTION qvl.query_embedding(vectorizer text, query bytea, video bytea DEFAULT NULL)
+RETURNS vector LANGUAGE plpython3u STABLE AS $py$
+# qvl:prologue
+return lib.query_embedding_sql(vectorizer, None, query, video, "vector")
+$py$;
+COMMENT ON FUNCTION qvl.query_embedding(text, text, bytea) IS
+    'The query''s vector as the vectorizer makes them (its size, its query instruction); once per statement';
+COMMENT ON FUNCTION qvl.query_embedding(text, bytea, bytea) IS
+    'An image query''s vector as the vectorizer makes them; once per statement';
+
+CREATE OR REPLACE FUNCTION qvl.query_embedding_halfvec(vectorizer text, query text, video bytea DEFAULT NULL)
+RETURNS halfvec LANGUAGE plpython3u STABLE AS $py$
+# qvl:prologue
+return lib.query_embedding_sql(vectorizer, query, None, video, "halfvec")
+$py$;
+CREATE OR REPLACE FUNCTION qvl.query_embedding_halfvec(vectorizer text, query bytea, video bytea DEFAULT NULL)
+RETURNS halfvec LANGUAGE plpython3u STABLE AS $py$
+# qvl:prologue
+return lib.query_embedding_sql(vectorizer, None, query, video, "halfvec")
+$py$;
+
+CREATE OR REPLACE FUNCTION qvl.query_embedding_bit(vectorizer text, query text, video bytea DEFAULT NULL)
+RETURNS bit LANGUAGE plpython3u STABLE AS $py$
+# qvl:prologue
+return lib.query_embedding_sql(vectorizer, query, None, video, "bit")
+$py$;
+CREATE OR REPLACE FUNCTION qvl.query_embedding_bit(vectorizer text, query bytea, video bytea DEFAULT NULL)
+RETURNS bit LANGUAGE plpython3u STABLE AS $py$
+# qvl:prologue
+return lib.query_embedding_sql(vectorizer, None, query, video, "bit")
+$py$;
+
+
+-- Keys in the table's own type: key_type (search) or the keys' element type (rerank_rows) must be
+-- the key column's type, or for a composite key a composite type of the key's column types in key
+-- order (CREATE TYPE docs_key AS (tenant int, id uuid)). Returns it.
+CREATE OR REPLACE FUNCTION qvl._check_key_type(vectorizer text, key_type regtype) RETURNS regtype
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v record;
+    fields regtype[];
+    wanted text;
+BEGIN
+    SELECT x.source, x.pk_columns, x.pk_types INTO v FROM qvl.vectorizer x WHERE x.name = vectorizer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704',
+            HINT = 'See SELECT name FROM qvl.vectorizer_status;';
+    END IF;
+    IF cardinality(v.pk_columns) = 1 THEN
+        IF key_type IS DISTINCT FROM v.pk_types[1]::regtype THEN
+            RAISE EXCEPTION 'qvl: the key of % is %, not %', v.source, v.pk_types[1]::regtype, key_type
+                USING ERRCODE = '42804',
+                HINT = format('Pass keys of that type: key_type => NULL::%1$s, or ARRAY[...]::%1$s[] for '
+                              'rerank_rows.', v.pk_types[1]::regtype);
+        END IF;
+        RETURN key_type;
+    END IF;
+    SELECT array_agg(a.atttypid::regtype ORDER BY a.attnum) INTO fields
+      FROM pg_type t JOIN pg_attribute a ON a.attrelid = t.typrelid
+     WHERE t.oid = key_type AND a.attnum > 0 AND NOT a.attisdropped;
+    IF fields IS DISTINCT FROM (SELECT array_agg(t::regtype ORDER BY o) FROM unnest(v.pk_types) WITH ORDINALITY
+                                                                              AS u(t, o)) THEN
+        SELECT string_agg(format('%I %s', c, t::regtype), ', ' ORDER BY o) INTO wanted
+          FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o);
+        RAISE EXCEPTION 'qvl: the key of % is (%), which % is not', v.source, wanted, key_type
+            USING ERRCODE = '42804',
+            HINT = format('A composite key comes as a composite type of those columns, in that order: '
+                          'CREATE TYPE %s AS (%s); then key_type => NULL::%1$s.',
+                          quote_ident((SELECT relname FROM pg_class WHERE oid = v.source) || '_key'), wanted);
+    END IF;
+    RETURN key_type;
+END
+$$;
+
+
+-- Rerank given rows: (key, score) best first, for the keys whose rows the caller can read (each row
+-- once); the reranker scores each row's own columns against the query. keys: the table's key type
+-- (qvl._check_key_type), e.g. ARRAY(SELECT id FROM photos WHERE ...).
+CREATE OR REPLACE FUNCTION qvl._rerank_rows(vectorizer text, query text, image bytea, keys text[],
+                                            key_type regtype, top_k int)
+RETURNS TABLE(ordinal int, score real) LANGUAGE plpython3u VOLATILE AS $py$
+# qvl:prologue
+item = lib.text_item(query) if image is None else lib.image_item(image)
+return lib.rerank_rows_sql(vectorizer, item, keys, key_type, top_k)
+$py$;
+
+CREATE OR REPLACE FUNCTION qvl.rerank_rows(vectorizer text, query text, keys anyarray, top_k int DEFAULT NULL)
+RETURNS TABLE(key anyelement, score real) LANGUAGE sql VOLATILE AS $$
+    SELECT keys[pg_catalog.array_lower(keys, 1) + r.ordinal - 1], r.score
+      FROM qvl._rerank_rows(vectorizer, query, NULL, keys::pg_catalog.text[],
+                            pg_catalog.pg_typeof(keys[pg_catalog.array_lower(keys, 1)])::pg_catalog.regtype,
+                            top_k) AS r
+$$;
+CREATE OR REPLACE FUNCTION qvl.rerank_rows(vectorizer text, query bytea, keys anyarray, top_k int DEFAULT NULL)
+RETURNS TABLE(key anyelement, score real) LANGUAGE sql VOLATILE AS $$
+    SELECT keys[pg_catalog.array_lower(keys, 1) + r.ordinal - 1], r.score
+      FROM qvl._rerank_rows(vectorizer, NULL, query, keys::pg_catalog.text[],
+                            pg_catalog.pg_typeof(keys[pg_catalog.array_lower(keys, 1)])::pg_catalog.regtype,
+                            top_k) AS r
+$$;
+COMMENT ON FUNCTION qvl.rerank_rows(text, text, anyarray, int) IS
+    'Rerank the rows with these keys by their own text/images/video: (key, score) best first';
+COMMENT ON FUNCTION qvl.rerank_rows(text, bytea, anyarray, int) IS
+    'Rerank the rows with these keys against an image: (key, score) best first';
+
+
+-- Two-stage search: the query embedded with the query instruction; the `candidates` nearest rows
+-- that pass `filter` (one condition on the table's columns, run with the caller's rights: see
+-- docs/postgres.md) from the vector index (an iterative scan, or every passing row when few pass);
+-- the reranker over each candidate's own columns. Rows offset+1 .. offset+k, best first: by score,
+-- or by distance when rerank => false (score NULL). pk: the key as text (ROW(...)::text when composite).
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query text, k int DEFAULT 10, candidates int DEFAULT 100,
+                                      rerank boolean DEFAULT true, filter text DEFAULT NULL,
+                                      "offset" int DEFAULT 0)
+RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE AS $py$
+# qvl:prologue
+return lib.search_rows(vectorizer, lib.text_item(query), k, candidates, rerank, filter, offset)
+$py$;
+COMMENT ON FUNCTION qvl.search(text, text, int, int, boolean, text, int) IS
+    'Text query: filtered ANN recall, then rerank; the key as text';
 
 CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query bytea, k int DEFAULT 10, candidates int DEFAULT 100,
-                                      rerank boolean DEFAULT true)
-RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE
-SET search_path = pg_catalog, pg_temp AS $py$
+                                      rerank boolean DEFAULT true, filter text DEFAULT NULL,
+                                      "offset" int DEFAULT 0)
+RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE AS $py$
 # qvl:prologue
-return lib.search_rows(vectorizer, lib.image_item(query), k, candidates, rerank)
+return lib.search_rows(vectorizer, lib.image_item(query), k, candidates, rerank, filter, offset)
 $py$;
-COMMENT ON FUNCTION qvl.search(text, bytea, int, int, boolean) IS 'Image query: ANN recall, then rerank';
+COMMENT ON FUNCTION qvl.search(text, bytea, int, int, boolean, text, int) IS
+    'Image query: filtered ANN recall, then rerank; the key as text';
+
+-- The same with the key in the table's own type: key_type => NULL::bigint (or the composite type of
+-- a composite key); join back with ON t.id = s.key.
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query text, key_type anyelement, k int DEFAULT 10,
+                                      candidates int DEFAULT 100, rerank boolean DEFAULT true,
+                                      filter text DEFAULT NULL, "offset" int DEFAULT 0)
+RETURNS TABLE(key anyelement, distance real, score real) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'SELECT s.pk::%s, s.distance, s.score FROM qvl.search($1, $2, $3, $4, $5, $6, $7) AS s',
+        qvl._check_key_type(vectorizer, pg_catalog.pg_typeof(key_type)::pg_catalog.regtype))
+        USING vectorizer, query, k, candidates, rerank, filter, "offset";
+END
+$$;
+COMMENT ON FUNCTION qvl.search(text, text, anyelement, int, int, boolean, text, int) IS
+    'Text query: filtered ANN recall, then rerank; the key in the table''s type (key_type => NULL::bigint)';
+
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query bytea, key_type anyelement, k int DEFAULT 10,
+                                      candidates int DEFAULT 100, rerank boolean DEFAULT true,
+                                      filter text DEFAULT NULL, "offset" int DEFAULT 0)
+RETURNS TABLE(key anyelement, distance real, score real) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'SELECT s.pk::%s, s.distance, s.score FROM qvl.search($1, $2, $3, $4, $5, $6, $7) AS s',
+        qvl._check_key_type(vectorizer, pg_catalog.pg_typeof(key_type)::pg_catalog.regtype))
+        USING vectorizer, query, k, candidates, rerank, filter, "offset";
+END
+$$;
+COMMENT ON FUNCTION qvl.search(text, bytea, anyelement, int, int, boolean, text, int) IS
+    'Image query: filtered ANN recall, then rerank; the key in the table''s type';

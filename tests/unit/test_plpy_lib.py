@@ -47,6 +47,13 @@ class Plan:
 class FakePlpy:
     """Answers by the first registered fragment found in the query; records what ran."""
 
+    class SPIError(Exception):
+        """What plpy.execute and plpy.prepare raise for a SQL error."""
+
+        def __init__(self, message: str, sqlstate: str) -> None:
+            super().__init__(message)
+            self.sqlstate = sqlstate
+
     def __init__(self) -> None:
         self.prepared: list[Plan] = []
         self.executed: list[tuple[str, list[Any]]] = []
@@ -87,6 +94,8 @@ def plpy(monkeypatch: pytest.MonkeyPatch) -> FakePlpy:
     monkeypatch.setattr(qvl_lib, "plpy", fake)
     for name in ("plans", "cache"):
         monkeypatch.setattr(qvl_lib, name, {})
+    monkeypatch.setattr(qvl_lib, "memo", {"stamp": None, "values": {}})
+    monkeypatch.setattr(qvl_lib, "filter_plans", qvl_lib.OrderedDict())
     return fake
 
 
@@ -275,21 +284,33 @@ CFG: dict[str, Any] = {
     "id": 7, "name": "photos", "pk_columns": ["id"], "pk_types": ["bigint"], "text_columns": ["caption"],
     "image_columns": ["image"], "video_columns": [], "destination": "embedding", "dimensions": 3,
     "storage": "vector", "instruction": None, "query_instruction": None, "mode": "sync", "on_error": "fail",
-    "source_sql": "public.photos", "vector_schema": "public",
+    "source_sql": "public.photos", "source_name": "photos", "vector_schema": "public",
 }
 
 
-def test_search_sql_names_everything_qualified() -> None:
+def test_candidate_sql_names_everything_qualified_and_keeps_the_filter_in_its_parentheses() -> None:
     q = FakePlpy.quote_ident
-    sql, types = qvl_lib.search_sql(CFG, True, q)
+    sql, types = qvl_lib.candidate_sql(CFG, None, True, False, q)
     assert types == ["public.vector(3)", "int8"]
-    assert sql == ('SELECT s."id"::text AS qvl_pk, (s."embedding" OPERATOR(public.<=>) $1)::real AS qvl_distance, '
-                   's."caption", s."image" FROM public.photos s WHERE s."embedding" IS NOT NULL '
-                   'ORDER BY s."embedding" OPERATOR(public.<=>) $1 LIMIT $2')
-    sql, types = qvl_lib.search_sql({**CFG, "storage": "bit", "pk_columns": ["a", "b"]}, False, q)
-    assert types == ["bit(3)", "int8"]
-    assert sql.startswith('SELECT ROW(s."a", s."b")::text AS qvl_pk, (s."embedding" OPERATOR(public.<~>) $1)')
-    assert 's."caption"' not in sql  # without rerank the content columns stay unread
+    assert sql == ('SELECT "photos"."id"::pg_catalog.text AS qvl_pk, ("photos"."embedding" OPERATOR(public.<=>) $1)'
+                   '::pg_catalog.float4 AS qvl_distance, "photos"."caption", "photos"."image" FROM public.photos '
+                   'WHERE "photos"."embedding" IS NOT NULL ORDER BY "photos"."embedding" OPERATOR(public.<=>) $1 '
+                   'LIMIT $2')
+    sql, types = qvl_lib.candidate_sql({**CFG, "storage": "bit", "pk_columns": ["a", "b"]}, "cat = 3", False, False, q)
+    assert types == ["pg_catalog.bit(3)", "int8"]
+    assert sql.startswith('SELECT ROW("photos"."a", "photos"."b")::pg_catalog.text AS qvl_pk, '
+                          '("photos"."embedding" OPERATOR(public.<~>) $1)')
+    assert 'WHERE "photos"."embedding" IS NOT NULL AND (\ncat = 3\n) ORDER BY' in sql
+    assert '"caption"' not in sql  # without rerank the content columns stay unread
+
+
+def test_exact_candidates_are_a_subquery_the_vector_index_cannot_order() -> None:
+    sql, _ = qvl_lib.candidate_sql(CFG, "cat = 3", True, True, FakePlpy.quote_ident)
+    assert sql == ('SELECT qvl_exact.qvl_pk, (qvl_exact.qvl_vector OPERATOR(public.<=>) $1)::pg_catalog.float4 AS '
+                   'qvl_distance, qvl_exact."caption", qvl_exact."image" FROM (SELECT "photos"."id"::pg_catalog.text '
+                   'AS qvl_pk, "photos"."embedding" AS qvl_vector, "photos"."caption", "photos"."image" FROM '
+                   'public.photos WHERE "photos"."embedding" IS NOT NULL AND (\ncat = 3\n) OFFSET 0) AS qvl_exact '
+                   'ORDER BY qvl_exact.qvl_vector OPERATOR(public.<=>) $1 LIMIT $2')
 
 
 def test_ef_search_widens_to_the_candidates_within_bounds() -> None:
@@ -297,6 +318,73 @@ def test_ef_search_widens_to_the_candidates_within_bounds() -> None:
     assert qvl_lib.ef_search("100", 10) == 100
     assert qvl_lib.ef_search("", 300) == 300
     assert qvl_lib.ef_search("x", 5000) == 1000
+
+
+def test_scan_settings_size_an_iterative_scan_by_the_filter() -> None:
+    assert qvl_lib.scan_settings(100, 10_000, 10_000) == {
+        "hnsw.ef_search": "100", "hnsw.iterative_scan": "relaxed_order", "hnsw.max_scan_tuples": "20000"}
+    assert qvl_lib.scan_settings(100, 5_000, 1_000_000)["hnsw.max_scan_tuples"] == "80000"  # 0.5 % pass
+    assert qvl_lib.scan_settings(100, 1, 10**9)["hnsw.max_scan_tuples"] == "5000000"  # bounded
+
+
+@pytest.mark.parametrize("text", [
+    "cat = 3", "taken_on >= '2024-01-01' AND tenant_id = 7", "caption ILIKE '%it''s%'", "\"select\" = 1",
+    "tags @> ARRAY['a', 'b'] AND (x > 1 OR (y < 2))", "E'it\\'s (' = caption", "caption = $$;) SELECT$$",
+    "caption = $q$ -- ) $q$", "extract(year FROM taken_on) = 2024", "ts::timestamp with time zone > now()",
+    "a$b = 1", "x = U & 1",
+])
+def test_check_filter_takes_one_condition(plpy: FakePlpy, text: str) -> None:
+    assert qvl_lib.check_filter(text) == text
+
+
+@pytest.mark.parametrize(("text", "why"), [
+    ("id IN (SELECT id FROM secret)", "subquery (SELECT)"),
+    ("EXISTS (values (1))", "subquery (VALUES)"),
+    ("id = ANY(ARRAY(TABLE secret))", "subquery (TABLE)"),
+    ("true) OR (true", "closes a parenthesis"),
+    ("true)) UNION ALL SELECT 1 --", "closes a parenthesis"),
+    ("(true", "leaves a parenthesis open"),
+    ("true; DROP TABLE photos", "semicolons"),
+    ("true -- ) ORDER BY", "comment"),
+    ("true /* ) */", "comment"),
+    ("id = $1", "parameter"),
+    ("caption = 'open", "quote open"),
+    ("caption = E'x\\' ) OR (SELECT 1)", "quote open"),
+    ("caption = $a$ x", "dollar quote open"),
+    ("U&'\\0041' = caption", "U& string"),
+    ('"caption = 1', "quote open"),
+])
+def test_check_filter_refuses_what_could_reach_out_or_read_elsewhere(plpy: FakePlpy, text: str, why: str) -> None:
+    with pytest.raises(PlpyError) as caught:
+        qvl_lib.check_filter(text)
+    assert why in caught.value.message and caught.value.sqlstate == "42601"
+    assert caught.value.hint == qvl_lib.FILTER_HINT
+
+
+def test_check_filter_reads_backslashes_as_the_session_does(plpy: FakePlpy) -> None:
+    text = "caption = 'a\\' ) OR (SELECT 1) --'"  # standard_conforming_strings off: \' escapes the quote
+    with pytest.raises(PlpyError):
+        qvl_lib.check_filter(text, standard_strings=True)  # 'a\' ends the string: ) reaches out
+    assert qvl_lib.check_filter(text, standard_strings=False) == text  # one string
+    assert qvl_lib.check_filter("  ") is None and qvl_lib.check_filter(None) is None
+
+
+def test_rows_by_key_sql_matches_scalar_and_composite_keys() -> None:
+    q = FakePlpy.quote_ident
+    assert qvl_lib.rows_by_key_sql(CFG, "pg_catalog.int8", None, False, q) == (
+        'SELECT qvl_k.pos AS qvl_pos, "photos"."id"::pg_catalog.text AS qvl_pk FROM '
+        "pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS qvl_k(txt, pos) JOIN public.photos "
+        'ON "photos"."id" = qvl_k.txt::pg_catalog.int8')
+    sql = qvl_lib.rows_by_key_sql({**CFG, "pk_columns": ["a", "b"]}, "public.k", ["x", "y"], True, q)
+    assert sql.endswith('ON "photos"."a" = (qvl_k.txt::public.k)."x" AND "photos"."b" = (qvl_k.txt::public.k)."y"')
+    assert '"photos"."caption", "photos"."image" FROM' in sql
+
+
+def test_fusion_adds_weighted_reciprocal_ranks() -> None:
+    a, b, c = ({"qvl_pk": pk} for pk in "abc")
+    best = qvl_lib.fused([(1.0, [a, b]), (2.0, [c, a])])
+    assert [(row["qvl_pk"], ranks) for row, _, ranks in best] == [("a", [1, 2]), ("c", [None, 1]), ("b", [2, None])]
+    assert best[0][1] == pytest.approx(1 / 61 + 2 / 62)
 
 
 def test_enqueue_sql_releases_a_claimed_row() -> None:
@@ -342,24 +430,135 @@ def test_sync_trigger_fails_the_statement_or_queues_the_row(plpy: FakePlpy) -> N
                             "or starting"]
 
 
-def test_search_rows_recalls_then_reranks_and_restores_ef_search(plpy: FakePlpy) -> None:
+def estimates(plpy: FakePlpy, passing: float, total: float = 10_000) -> None:
+    """EXPLAIN answers: ``passing`` rows for a query with a filter, ``total`` without."""
+    def explain(args: list[Any]) -> list[dict[str, Any]]:
+        query = plpy.executed[-1][0]
+        rows = passing if "AND (" in query else total
+        return [{"QUERY PLAN": json.dumps([{"Plan": {"Plan Rows": rows}}])}]
+
+    plpy.on("EXPLAIN (FORMAT JSON)", explain)
+
+
+def search_setup(plpy: FakePlpy, ann: list[dict[str, Any]], exact: list[dict[str, Any]]) -> list[tuple[str, Any]]:
     plpy.on("FROM qvl.vectorizer v", lambda args: [CFG])
-    plpy.on("current_setting('hnsw.ef_search'", lambda args: [{"v": "60"}])
-    plpy.on("qvl_distance", lambda args: [{"qvl_pk": "1", "qvl_distance": 0.1, "caption": "a", "image": None},
-                                          {"qvl_pk": "2", "qvl_distance": 0.2, "caption": "b", "image": None}])
-    calls = service_answers(plpy, {
+    plpy.on("standard_conforming_strings", lambda args: [{"v": "on"}])
+    plpy.on("current_setting('hnsw.ef_search'", lambda args: [{"ef_search": "60", "iterative_scan": "off",
+                                                                 "max_scan_tuples": "20000"}])
+    plpy.on("qvl_exact", lambda args: exact)
+    plpy.on("qvl_distance", lambda args: ann)
+    return service_answers(plpy, {
         "info": (200, {"models": []}),
         "embed": (200, {"embeddings": [{"embedding_b64": b64_floats([0, 1, 0])}], "dimensions": 3}),
         "rerank": (200, {"ranking": [{"index": 1, "score": 0.9}, {"index": 0, "score": 0.3}]}),
     })
-    rows = qvl_lib.search_rows("photos", {"text": ["q"]}, 2, 150, True)
-    assert rows == [("2", 0.2, 0.9), ("1", 0.1, 0.3)]
+
+
+ROWS = [{"qvl_pk": "2", "qvl_distance": 0.2, "caption": "b", "image": None},
+        {"qvl_pk": "1", "qvl_distance": 0.1, "caption": "a", "image": None}]  # an iterative scan's relaxed order
+
+
+def settings_made(plpy: FakePlpy) -> list[list[Any]]:
+    return [a for q, a in plpy.executed if q == qvl_lib.SET_CONFIG_SQL]
+
+
+def test_search_rows_scans_the_index_iteratively_then_reranks_and_restores_the_settings(plpy: FakePlpy) -> None:
+    calls = search_setup(plpy, ROWS, [])
+    estimates(plpy, passing=5000)
+    rows = qvl_lib.search_rows("photos", {"text": ["q"]}, 2, 2, True, "cat = 3")
+    assert rows == [("2", 0.2, 0.9), ("1", 0.1, 0.3)]  # sorted by distance, then reranked
     assert calls[1][1]["instruction"] == qvl_lib.DEFAULT_QUERY_INSTRUCTION
     assert calls[2][1] == {"query": {"text": ["q"]}, "documents": [{"text": ["a"]}, {"text": ["b"]}], "top_k": 2,
                            "allow_partial": True}
-    ef = [a for q, a in plpy.executed if "set_config('hnsw.ef_search'" in q]
-    assert ef == [["150"], ["60"]]
+    assert settings_made(plpy) == [["hnsw.ef_search", "40"], ["hnsw.iterative_scan", "relaxed_order"],
+                                   ["hnsw.max_scan_tuples", "20000"], ["hnsw.ef_search", "60"],
+                                   ["hnsw.iterative_scan", "off"], ["hnsw.max_scan_tuples", "20000"]]
+    assert not any("qvl_exact" in q for q, _ in plpy.executed)
     assert qvl_lib.search_rows("photos", None, 2, 10, True) == []
+
+
+def test_search_rows_compares_every_row_when_few_pass_the_filter(plpy: FakePlpy) -> None:
+    search_setup(plpy, [], ROWS[::-1])
+    estimates(plpy, passing=1500)
+    assert qvl_lib.search_rows("photos", {"text": ["q"]}, 1, 10, False, "cat = 3", 1) == [("2", 0.2, None)]
+    assert settings_made(plpy) == []  # no index scan, nothing to set
+    ran = [q for q, _ in plpy.executed if "qvl_distance" in q]
+    assert len(ran) == 1 and "OFFSET 0" in ran[0]
+
+
+def test_an_index_scan_that_comes_back_short_is_redone_exactly(plpy: FakePlpy) -> None:
+    search_setup(plpy, ROWS[:1], ROWS[::-1])
+    estimates(plpy, passing=5000)
+    assert qvl_lib.search_rows("photos", {"text": ["q"]}, 2, 2, False, "cat = 3") == [("1", 0.1, None),
+                                                                                      ("2", 0.2, None)]
+
+
+def test_a_filter_postgres_refuses_is_a_filter_error_but_privileges_pass_as_they_are(plpy: FakePlpy) -> None:
+    search_setup(plpy, [], [])
+
+    def refuse(state: str) -> Callable[..., Any]:
+        def prepare(query: str, argtypes: list[str]) -> Any:
+            if "nocol" not in query and "secret_fn" not in query:
+                return Plan(query, argtypes)
+            raise FakePlpy.SPIError('column "nocol" does not exist' if state != "42501" else "denied", state)
+        return prepare
+
+    plpy.prepare = refuse("42703")  # type: ignore[method-assign]
+    with pytest.raises(PlpyError) as caught:
+        qvl_lib.search_rows("photos", {"text": ["q"]}, 2, 2, False, "nocol = 1")
+    assert caught.value.message == 'qvl: the filter is not a condition on public.photos: column "nocol" does not exist'
+    assert (caught.value.sqlstate, caught.value.hint) == ("42703", qvl_lib.FILTER_HINT)
+    plpy.prepare = refuse("42501")  # type: ignore[method-assign]
+    with pytest.raises(FakePlpy.SPIError):
+        qvl_lib.search_rows("photos", {"text": ["q"]}, 2, 2, False, "secret_fn(id)")
+    with pytest.raises(PlpyError) as caught:
+        qvl_lib.search_rows("photos", {"text": ["q"]}, 2, 2, False, None, -1)
+    assert caught.value.sqlstate == "22023"
+
+
+def test_query_embedding_asks_the_service_once_per_statement(plpy: FakePlpy) -> None:
+    stamp = ["2025-01-01 00:00:00+00"]
+    plpy.on("statement_timestamp()", lambda args: [{"stamp": stamp[0]}])
+    plpy.on("FROM qvl.vectorizer v", lambda args: [{**CFG, "storage": "halfvec", "query_instruction": "Find it."}])
+    calls = service_answers(plpy, {"embed": (200, {"embeddings": [{"embedding_b64": b64_floats([0, 1, 0])}],
+                                                   "dimensions": 3})})
+    for _ in range(5):  # five rows of one statement
+        assert qvl_lib.query_embedding_sql("photos", "q", None, None, "vector") == "[0.0,1.0,0.0]"
+    assert len(calls) == 1 and calls[0][1]["instruction"] == "Find it." and calls[0][1]["dimensions"] == 3
+    assert qvl_lib.query_embedding_sql("photos", None, None, None, "vector") is None  # nothing to embed
+    for n in range(qvl_lib.MEMO_MAX + 5):  # a query per row: the statement keeps the latest MEMO_MAX
+        qvl_lib.query_embedding_sql("photos", f"q{n}", None, None, "vector")
+    assert len(qvl_lib.memo["values"]) == qvl_lib.MEMO_MAX
+    calls.clear()
+    stamp[0] = "2025-01-01 00:00:01+00"  # the next statement
+    qvl_lib.query_embedding_sql("photos", "q", None, None, "halfvec")
+    assert len(calls) == 1
+    plpy.answers.insert(0, ("FROM qvl.vectorizer v", lambda args: [{**CFG, "storage": "vector"}]))
+    with pytest.raises(PlpyError) as caught:  # a halfvec beside a vector column: the index would go unused
+        qvl_lib.query_embedding_sql("other", "q", None, None, "halfvec")
+    assert caught.value.sqlstate == "42804" and "qvl.query_embedding('photos', ...)" in (caught.value.hint or "")
+    plpy.answers.insert(0, ("FROM qvl.vectorizer v", lambda args: [{**CFG, "storage": "bit"}]))
+    with pytest.raises(PlpyError) as caught:
+        qvl_lib.query_embedding_sql("bits", "q", None, None, "vector")
+    assert "qvl.query_embedding_bit('photos', ...)" in (caught.value.hint or "")
+
+
+def test_rerank_items_splits_long_lists_and_merges_the_rankings(plpy: FakePlpy, monkeypatch: pytest.MonkeyPatch
+                                                                ) -> None:
+    monkeypatch.setattr(qvl_lib, "RERANK_CHUNK", 2)
+    calls: list[Any] = []
+
+    def rerank(args: list[Any]) -> list[dict[str, Any]]:  # scores a document by the number in its text
+        body = json.loads(args[1])
+        calls.append(body)
+        scores = [(i, int(d["text"][0]) / 10) for i, d in enumerate(body["documents"])]
+        ranking = [{"index": i, "score": sc} for i, sc in sorted(scores, key=lambda x: -x[1])][:body["top_k"]]
+        return [{"status": 200, "response": json.dumps({"ranking": ranking})}]
+
+    plpy.on("qvl._call", rerank)
+    docs: list[dict[str, Any]] = [{"text": [str(n)]} for n in (3, 9, 1, 7, 5)]
+    assert qvl_lib.rerank_items({"text": ["q"]}, docs, 3, str) == [(1, 0.9), (3, 0.7), (4, 0.5)]
+    assert [len(body["documents"]) for body in calls] == [2, 2, 1]
 
 
 def test_unknown_vectorizer_is_a_sql_error(plpy: FakePlpy) -> None:

@@ -32,6 +32,7 @@ import ssl
 import sys
 import time
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any, NoReturn
 
@@ -695,7 +696,7 @@ def rerank_sql(query_item: Item | None, doc_items: Sequence[Item | None], instru
 VECTORIZER_SQL = """
 SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, v.video_columns,
        v.destination, v.dimensions, v.storage, v.instruction, v.query_instruction, v.mode, v.on_error,
-       format('%%I.%%I', n.nspname, c.relname) AS source_sql,
+       pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS source_sql, c.relname AS source_name,
        (SELECT format('%%I', ns.nspname) FROM pg_catalog.pg_extension e
           JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector') AS vector_schema
   FROM qvl.vectorizer v
@@ -760,27 +761,308 @@ def sync_trigger(TD: dict[str, Any]) -> str:
     return "MODIFY"
 
 
-# -- two-stage search ----------------------------------------------------------------------------
-def search_sql(cfg: Row, rerank: bool, quote: Quote) -> tuple[str, list[str]]:
-    """The candidate query ($1 = query vector, $2 = how many) and its argument types.
+# -- query embeddings, once per statement --------------------------------------------------------
+# A STABLE function in `ORDER BY embedding <=> qvl.query_embedding(...)` runs once per row: as the
+# sort key of every row a sequential scan reads, and as the distance projected for every row an index
+# scan returns. So the vector is remembered for the running statement: its first row asks the service,
+# the others read the answer.
+STAMP_SQL = "SELECT pg_catalog.statement_timestamp()::pg_catalog.text AS stamp"
+memo: dict[str, Any] = {"stamp": None, "values": {}}  # per backend: the running statement's values
+MEMO_MAX = 256  # values one statement keeps (a query per row, e.g. of a column, would otherwise pile up)
+QUERY_FUNCTIONS = {"vector": "qvl.query_embedding", "halfvec": "qvl.query_embedding_halfvec",
+                   "bit": "qvl.query_embedding_bit"}
 
-    Every name is qualified (the operator in pgvector's schema); with ``rerank`` it also reads the
-    content columns the reranker scores.
-    """
-    storage, vs, dims = cfg["storage"], cfg["vector_schema"], cfg["dimensions"]
-    dest = "s." + quote(cfg["destination"])
+
+def statement_memo() -> dict[Any, Any]:
+    """What the running statement remembers; emptied when another statement starts. The key is
+    statement_timestamp(), set when a statement arrives from the client (statements that functions
+    run share their caller's)."""
+    stamp = plpy.execute(plan("stamp", STAMP_SQL))[0]["stamp"]
+    if memo["stamp"] != stamp:
+        memo["stamp"], memo["values"] = stamp, {}
+    return memo["values"]
+
+
+def check_query_type(cfg: Row, kind: str) -> None:
+    """A query vector of ``kind`` must meet the vectorizer's column in its own type, or the column is
+    cast and its index goes unused. vector also serves halfvec columns: pgvector casts vector to
+    halfvec implicitly (the argument is cast, not the column). bit serves every column: a bit
+    vectorizer's own, or the binary quantization of a vector/halfvec one (binary_quantize)."""
+    storage = cfg["storage"]
+    if kind == "bit" or kind == storage or (kind == "vector" and storage == "halfvec"):
+        return
+    name = cfg["name"]
     if storage == "bit":
-        qtype, op = f"bit({dims})", f"OPERATOR({vs}.<~>)"
+        hint = f"Use {QUERY_FUNCTIONS['bit']}({name!r}, ...) with the <~> (Hamming distance) operator."
     else:
-        qtype, op = f"{vs}.{storage}({dims})", f"OPERATOR({vs}.<=>)"
-    pk = cfg["pk_columns"]
-    keys = ", ".join("s." + quote(c) for c in pk)
-    pk_sql = f"{keys}::text" if len(pk) == 1 else f"ROW({keys})::text"
-    content = list(cfg["text_columns"]) + list(cfg["image_columns"]) + list(cfg["video_columns"])
-    cols = "".join(f", s.{quote(c)}" for c in content) if rerank else ""
-    sql = (f"SELECT {pk_sql} AS qvl_pk, ({dest} {op} $1)::real AS qvl_distance{cols} FROM {cfg['source_sql']} s "
-           f"WHERE {dest} IS NOT NULL ORDER BY {dest} {op} $1 LIMIT $2")
+        hint = (f"Use {QUERY_FUNCTIONS['vector']}({name!r}, ...): a halfvec beside a vector column would cast "
+                f"the column, and its index would go unused.")
+    plpy.error(f"qvl: vectorizer {name!r} stores {storage}, and {QUERY_FUNCTIONS[kind]} gives {kind}", hint=hint,
+               sqlstate="42804")
+
+
+def query_vector(cfg: Row, query_item: Item, storage: str, what: What) -> str:
+    """The query's vector text at the vectorizer's size, embedded with its query instruction."""
+    instruction = cfg["query_instruction"] or query_instruction()
+    return embed_text(query_item, instruction, cfg["dimensions"], storage, what)
+
+
+def query_embedding_sql(name: str, text: str | None, image: bytes | None, video: bytes | None,
+                        kind: str) -> str | None:
+    """qvl.query_embedding(_halfvec, _bit): one service call per statement and query."""
+    values = statement_memo()
+    key = (name, kind, text, image, video)
+    if key in values:
+        return values[key]
+    cfg = vectorizer_by_name(name)
+    check_query_type(cfg, kind)
+    item = make_item([text], [image], [video])
+    vec = None
+    if item is not None:
+        try:
+            vec = query_vector(cfg, item, "bit" if kind == "bit" else "vector", lambda i: "the query")
+        except Failure as f:
+            f.raise_sql()
+    if len(values) >= MEMO_MAX:
+        values.pop(next(iter(values)))  # the oldest
+    values[key] = vec
+    return vec
+
+
+# -- filters: one condition on the table, with the caller's rights --------------------------------
+# The functions that take a filter run as their caller (SECURITY INVOKER), so a filter reads nothing
+# its caller could not read with a SELECT of their own: that is the boundary. The check below is a
+# guard for applications that build a filter from user input: the text must be one condition that
+# stays inside the parentheses it is put in, without a subquery (the plain way to read other tables).
+FILTER_HINT = ("A filter is one condition on the table's own columns, as after WHERE: \"taken_on >= "
+               "'2024-01-01' AND tenant_id = 7\". It runs with your rights and search_path. Quote values with "
+               "format('tenant_id = %L', value); subqueries, comments, semicolons and $n parameters are refused.")
+NOT_IN_A_FILTER = {"select": "a subquery (SELECT)", "values": "a subquery (VALUES)", "table": "a subquery (TABLE)"}
+IDENT_START = re.compile(r"[A-Za-z_\u0080-\U0010ffff]")
+IDENT = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
+DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
+SQLSTATES_OF_A_BAD_FILTER = ("42", "22", "0A")  # syntax, names and types; bad literals; what WHERE cannot hold
+
+
+def refuse_filter(text: str, why: str) -> NoReturn:
+    plpy.error(f"qvl: the filter {why}", detail=f"filter: {text[:300]}", hint=FILTER_HINT, sqlstate="42601")
+
+
+def end_of_quoted(text: str, start: int, backslashes: bool) -> int:
+    """The index after the string literal (or quoted identifier) opened at ``start``: a doubled
+    quote is a quote, and with ``backslashes`` (E'' strings, or standard_conforming_strings off) a
+    backslash escapes the next character, as PostgreSQL's lexer reads them."""
+    quote, i, n = text[start], start + 1, len(text)
+    while i < n:
+        c = text[i]
+        if backslashes and c == "\\":
+            i += 2
+        elif c == quote:
+            if i + 1 < n and text[i + 1] == quote:
+                i += 2
+            else:
+                return i + 1
+        else:
+            i += 1
+    refuse_filter(text, "leaves a quote open")
+
+
+def check_filter(text: str | None, standard_strings: bool = True) -> str | None:
+    """``text`` when it is one condition that cannot reach out of its parentheses (None when blank);
+    a 42601 error otherwise. Tokens are read the way PostgreSQL's lexer reads them: strings (E'',
+    B'', X'', N'', dollar-quoted), quoted identifiers, words; parentheses are counted outside them."""
+    if text is None or not text.strip():
+        return None
+    i, n, depth = 0, len(text), 0
+    while i < n:
+        c = text[i]
+        if text.startswith(("--", "/*"), i):
+            refuse_filter(text, "holds a comment")
+        if c == ";":
+            refuse_filter(text, "is one condition: no semicolons")
+        if c in "'\"":
+            i = end_of_quoted(text, i, c == "'" and not standard_strings)
+            continue
+        if c == "(":
+            depth += 1
+        elif c == ")":
+            depth -= 1
+            if depth < 0:
+                refuse_filter(text, "closes a parenthesis it did not open")
+        elif c == "$":
+            dollar = DOLLAR_QUOTE.match(text, i)
+            if dollar is None:
+                refuse_filter(text, "holds a parameter ($n); put the value in the text")
+            close = text.find(dollar.group(0), dollar.end())
+            if close < 0:
+                refuse_filter(text, "leaves a dollar quote open")
+            i = close + len(dollar.group(0))
+            continue
+        elif IDENT_START.match(c):
+            word = IDENT.match(text, i)
+            assert word is not None
+            lower, i = word.group(0).lower(), word.end()
+            if lower == "u" and text.startswith(("&'", '&"'), i):
+                refuse_filter(text, "holds a U& string or identifier")
+            if i < n and text[i] == "'" and lower in ("e", "b", "x", "n"):
+                i = end_of_quoted(text, i, lower == "e" or not standard_strings)
+            elif lower in NOT_IN_A_FILTER:
+                refuse_filter(text, f"holds {NOT_IN_A_FILTER[lower]}: it is one condition on the table's own "
+                                    f"columns (a column of that name is written quoted)")
+            continue
+        i += 1
+    if depth:
+        refuse_filter(text, "leaves a parenthesis open")
+    return text
+
+
+def caller_filter(text: str | None) -> str | None:
+    """check_filter with the session's string syntax (standard_conforming_strings)."""
+    if text is None or not text.strip():
+        return None
+    rows = plpy.execute(plan("standard_strings",
+                             "SELECT pg_catalog.current_setting('standard_conforming_strings') AS v"))
+    return check_filter(text, rows[0]["v"] == "on")
+
+
+def spi_error_class() -> type[BaseException]:
+    return getattr(plpy, "SPIError", Exception)
+
+
+def bad_filter(cfg: Row, text: str, exc: BaseException) -> None:
+    """Re-raises what preparing a query with the filter raised as a filter error, unless it is not
+    the filter's fault (permissions, cancellation, ...: those pass as they are)."""
+    state = getattr(exc, "sqlstate", None) or ""
+    if state == "42501" or not state.startswith(SQLSTATES_OF_A_BAD_FILTER):
+        raise exc
+    plpy.error(f"qvl: the filter is not a condition on {cfg['source_sql']}: {exc}", detail=f"filter: {text[:300]}",
+               hint=FILTER_HINT, sqlstate=state)
+
+
+FILTER_PLANS = 64  # prepared statements kept per backend for queries that hold a filter
+filter_plans: OrderedDict[Any, Any] = OrderedDict()
+
+
+def filter_plan(cfg: Row, key: Any, query: str, argtypes: Sequence[str], text: str | None) -> Any:
+    """plan() for a query that holds the caller's filter: the most recent FILTER_PLANS are kept
+    (applications vary filters), and a filter PostgreSQL refuses is a SQL error that says so."""
+    if text is None:
+        return plan(key, query, argtypes)
+    key = (key, text)
+    p = filter_plans.get(key)
+    if p is not None:
+        filter_plans.move_to_end(key)
+        return p
+    try:
+        p = plpy.prepare(query, list(argtypes))
+    except spi_error_class() as exc:
+        bad_filter(cfg, text, exc)
+    filter_plans[key] = p
+    while len(filter_plans) > FILTER_PLANS:
+        filter_plans.popitem(last=False)
+    return p
+
+
+# -- candidates: the nearest rows that pass the filter ---------------------------------------------
+EXACT_ROWS = 2000  # at most this many rows pass the filter (planner's estimate): compare them all
+MAX_SCAN_TUPLES = (20000, 5_000_000)  # bounds of hnsw.max_scan_tuples for an iterative scan
+SCAN_SETTINGS_SQL = ("SELECT pg_catalog.current_setting('hnsw.ef_search', true) AS ef_search, "
+                     "pg_catalog.current_setting('hnsw.iterative_scan', true) AS iterative_scan, "
+                     "pg_catalog.current_setting('hnsw.max_scan_tuples', true) AS max_scan_tuples")
+SET_CONFIG_SQL = "SELECT pg_catalog.set_config($1, $2, true)"
+PGVECTOR_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off", "hnsw.max_scan_tuples": "20000"}
+
+
+def vector_operator(cfg: Row) -> tuple[str, str]:
+    """(query parameter type, distance operator): cosine, or Hamming for bit; qualified names."""
+    vs, dims = cfg["vector_schema"], cfg["dimensions"]
+    if cfg["storage"] == "bit":
+        return f"pg_catalog.bit({dims})", f"OPERATOR({vs}.<~>)"
+    return f"{vs}.{cfg['storage']}({dims})", f"OPERATOR({vs}.<=>)"
+
+
+def key_sql(cfg: Row, rel: str, quote: Quote) -> str:
+    """The row's primary key as text (ROW(...)::text when composite)."""
+    keys = ", ".join(f"{rel}.{quote(c)}" for c in cfg["pk_columns"])
+    return f"{keys}::pg_catalog.text" if len(cfg["pk_columns"]) == 1 else f"ROW({keys})::pg_catalog.text"
+
+
+def content_columns(cfg: Row) -> list[str]:
+    return list(cfg["text_columns"]) + list(cfg["image_columns"]) + list(cfg["video_columns"])
+
+
+def where_sql(cfg: Row, text: str | None, quote: Quote) -> str:
+    """The table's rows with a vector (and that pass the filter). The filter sits in parentheses on
+    lines of its own; check_filter made sure it cannot close them."""
+    dest = f"{quote(cfg['source_name'])}.{quote(cfg['destination'])}"
+    return f"{dest} IS NOT NULL" + (f" AND (\n{text}\n)" if text is not None else "")
+
+
+def candidate_sql(cfg: Row, text: str | None, content: bool, exact: bool, quote: Quote) -> tuple[str, list[str]]:
+    """The nearest rows ($1 = query vector, $2 = how many): qvl_pk, qvl_distance (and the content
+    columns the reranker scores). The table keeps its own name (no alias), so a filter may qualify
+    its columns with it. ``exact`` compares every row that passes the filter (OFFSET 0 keeps them a
+    subquery whose order the vector index cannot serve; the filter may still use other indexes)."""
+    qtype, op = vector_operator(cfg)
+    rel = quote(cfg["source_name"])
+    dest = f"{rel}.{quote(cfg['destination'])}"
+    cols = [quote(c) for c in content_columns(cfg)] if content else []
+    source, where, key = cfg["source_sql"], where_sql(cfg, text, quote), key_sql(cfg, rel, quote)
+    if exact:
+        inner = "".join(f", {rel}.{c}" for c in cols)
+        outer = "".join(f", qvl_exact.{c}" for c in cols)
+        sql = (f"SELECT qvl_exact.qvl_pk, (qvl_exact.qvl_vector {op} $1)::pg_catalog.float4 AS qvl_distance{outer} "
+               f"FROM (SELECT {key} AS qvl_pk, {dest} AS qvl_vector{inner} FROM {source} WHERE {where} OFFSET 0) "
+               f"AS qvl_exact ORDER BY qvl_exact.qvl_vector {op} $1 LIMIT $2")
+    else:
+        picked = "".join(f", {rel}.{c}" for c in cols)
+        sql = (f"SELECT {key} AS qvl_pk, ({dest} {op} $1)::pg_catalog.float4 AS qvl_distance{picked} "
+               f"FROM {source} WHERE {where} ORDER BY {dest} {op} $1 LIMIT $2")
     return sql, [qtype, "int8"]
+
+
+def estimated_rows(cfg: Row, text: str | None) -> float:
+    """The planner's estimate of the rows with a vector that pass the filter (EXPLAIN: nothing runs)."""
+    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {cfg['source_sql']} WHERE {where_sql(cfg, text, plpy.quote_ident)}"
+    p = filter_plan(cfg, ("estimate", cfg["id"]), sql, [], text)
+    try:
+        found = plpy.execute(p)
+    except spi_error_class() as exc:
+        if text is None:
+            raise
+        bad_filter(cfg, text, exc)
+    doc = found[0]["QUERY PLAN"]
+    return float((json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]["Plan Rows"])
+
+
+def scan_settings(limit: int, passing: float, total: float) -> dict[str, str]:
+    """pgvector settings for an index scan that should find ``limit`` rows among ``passing`` of
+    ``total``: HNSW returns at most ef_search rows per pass, and an iterative scan (pgvector 0.8)
+    goes on past rows the filter drops, up to max_scan_tuples: enough tuples to meet 4 x ``limit``
+    passing rows at the estimated share, within MAX_SCAN_TUPLES."""
+    fraction = min(1.0, passing / total) if total > 0 else 1.0
+    scan = int(min(MAX_SCAN_TUPLES[1], max(MAX_SCAN_TUPLES[0], 4 * limit / max(fraction, 1e-9))))
+    return {"hnsw.ef_search": str(ef_search(None, limit)), "hnsw.iterative_scan": "relaxed_order",
+            "hnsw.max_scan_tuples": str(scan)}
+
+
+def with_settings(wanted: Mapping[str, str], run: Callable[[], Any]) -> Any:
+    """``run()`` under these settings (transaction-local), then back to what they were. A setting
+    this pgvector lacks (iterative scans before 0.8) is left out."""
+    old = plpy.execute(plan("scan_settings", SCAN_SETTINGS_SQL))[0]
+    setter = plan("set_config", SET_CONFIG_SQL, ["text", "text"])
+    changed: dict[str, str | None] = {}
+    for name, value in wanted.items():
+        before = old[name.split(".", 1)[1]]
+        if before is None and name != "hnsw.ef_search":
+            continue
+        plpy.execute(setter, [name, value])
+        changed[name] = before
+    try:
+        return run()
+    finally:
+        for name, before in changed.items():
+            plpy.execute(setter, [name, before or PGVECTOR_DEFAULTS[name]])
 
 
 def ef_search(old: str | None, candidates: int) -> int:
@@ -788,36 +1070,241 @@ def ef_search(old: str | None, candidates: int) -> int:
     return min(1000, max(40, candidates, int(old) if old and old.isdigit() else 0))
 
 
-def search_rows(name: str, query_item: Item | None, k: int | None, candidates: int | None,
-                rerank: bool) -> list[tuple[str, float, float | None]]:
-    """ANN over the vectorizer's column with the query instruction, then the reranker over the
-    candidates' own columns. Runs as the caller: their privileges (and row security) apply."""
-    cfg = vectorizer_by_name(name)
-    if query_item is None or k is None or k < 1:
-        return []
-    candidates = max(candidates or 0, k)
-    try:
-        qvec = embed_text(query_item, cfg["query_instruction"] or query_instruction(), cfg["dimensions"],
-                          cfg["storage"], lambda i: "the query")
-    except Failure as f:
-        f.raise_sql()
-    sql, argtypes = search_sql(cfg, rerank, plpy.quote_ident)
-    p = plan(("search", cfg["id"], cfg["dimensions"], bool(rerank)), sql, argtypes)
-    # HNSW returns at most ef_search rows: widen it to the candidate count for this query only.
-    old = plpy.execute("SELECT pg_catalog.current_setting('hnsw.ef_search', true) AS v")[0]["v"]
-    setter = plan("set_ef", "SELECT pg_catalog.set_config('hnsw.ef_search', $1, true)", ["text"])
-    plpy.execute(setter, [str(ef_search(old, candidates))])
-    try:
-        rows = plpy.execute(p, [qvec, candidates])
-    finally:
-        plpy.execute(setter, [old or "40"])
-    if not rerank or rows.nrows() == 0:
-        return [(r["qvl_pk"], r["qvl_distance"], None) for r in rows][:k]
+def candidate_rows(cfg: Row, qvec: str, text: str | None, limit: int, content: bool) -> list[Row]:
+    """The ``limit`` nearest rows that pass the filter, nearest first, read as the caller (their
+    privileges and row-level security apply: a policy is a filter too).
+
+    When few rows pass (the planner's estimate, at most max(EXACT_ROWS, 10 x limit)) every one is
+    compared: exact. Otherwise the vector index with an iterative scan, which goes on past the rows
+    the filter drops; its relaxed order is sorted here. An index scan that comes back short (the
+    estimate was wrong, or the scan gave up at max_scan_tuples) is redone exactly, so a filter never
+    loses rows that pass it."""
+    quote = plpy.quote_ident
+    passing = estimated_rows(cfg, text)
+    exact = passing <= max(EXACT_ROWS, 10 * limit)
+    rows: list[Row] = []
+    if not exact:
+        sql, argtypes = candidate_sql(cfg, text, content, False, quote)
+        p = filter_plan(cfg, ("ann", cfg["id"], cfg["dimensions"], content), sql, argtypes, text)
+        total = estimated_rows(cfg, None) if text is not None else passing
+        rows = with_settings(scan_settings(limit, passing, total), lambda: list(plpy.execute(p, [qvec, limit])))
+        rows.sort(key=lambda r: r["qvl_distance"])
+    if exact or len(rows) < limit:
+        sql, argtypes = candidate_sql(cfg, text, content, True, quote)
+        p = filter_plan(cfg, ("exact", cfg["id"], cfg["dimensions"], content), sql, argtypes, text)
+        rows = list(plpy.execute(p, [qvec, limit]))
+    return rows
+
+
+# -- reranking rows by their own columns -----------------------------------------------------------
+RERANK_CHUNK = 500  # documents per /v1/rerank call (the service takes up to QVL_MAX_RERANK_DOCUMENTS)
+
+
+def rerank_items(query_item: Item, docs: Sequence[Item], top_k: int | None, what: What) -> list[tuple[int, float]]:
+    """(index into docs, score) best first. Scores are per pair, so a long list goes in several calls
+    and the rankings merge. Documents the service cannot read (a broken image) are left out."""
+    ranked: list[tuple[int, float]] = []
+    for start in range(0, len(docs), RERANK_CHUNK):
+        payload: dict[str, Any] = {"query": query_item, "documents": list(docs[start:start + RERANK_CHUNK]),
+                                   "allow_partial": True}
+        if top_k is not None:
+            payload["top_k"] = top_k
+        resp = call("rerank", payload, lambda i, s=start: what(None if i is None else s + i))
+        ranked += [(start + r["index"], r["score"]) for r in resp["ranking"]]
+    ranked.sort(key=lambda r: -r[1])
+    return ranked if top_k is None else ranked[:top_k]
+
+
+def rerank_candidates(cfg: Row, query_item: Item, rows: Sequence[Row], top_k: int | None) -> list[tuple[int, float]]:
+    """The reranker over each row's own text, images and video; (index into rows, score) best first."""
     docs = [row_item(cfg, r) or {} for r in rows]
-    payload = {"query": query_item, "documents": docs, "top_k": k, "allow_partial": True}
+
+    def what(i: int | None) -> str:
+        return "the query" if i is None or i >= len(rows) else f"row {rows[i]['qvl_pk']} of {cfg['source_sql']}"
+
     try:
-        resp = call("rerank", payload,
-                    lambda i: "the query" if i is None or i >= rows.nrows() else f"row {rows[i]['qvl_pk']}")
+        return rerank_items(query_item, docs, top_k, what)
     except Failure as f:
         f.raise_sql()
-    return [(rows[r["index"]]["qvl_pk"], rows[r["index"]]["qvl_distance"], r["score"]) for r in resp["ranking"]]
+
+
+# -- qvl.search ------------------------------------------------------------------------------------
+def check_k(k: int | None) -> int:
+    """k; NULL is refused: qvl.search('t', q, NULL::int) means k => NULL, not key_type => NULL::int."""
+    if k is None:
+        plpy.error("qvl: k is NULL", sqlstate="22004",
+                   hint="k => 10 returns the 10 best rows. For keys in the table's own type name that argument: "
+                        "key_type => NULL::int.")
+    return k
+
+
+def check_offset(offset: int | None) -> int:
+    if offset is None:
+        return 0
+    if offset < 0:
+        plpy.error(f"qvl: offset must be 0 or more, got {offset}", hint="offset => 20 skips the 20 best rows.",
+                   sqlstate="22023")
+    return offset
+
+
+def search_rows(name: str, query_item: Item | None, k: int | None, candidates: int | None, rerank: bool,
+                filter: str | None = None, offset: int | None = 0) -> list[tuple[str, float, float | None]]:
+    """ANN over the vectorizer's column (with the query instruction) among the rows that pass the
+    filter, then the reranker over the candidates' own columns; rows offset+1 .. offset+k of that
+    order. Runs as the caller: their privileges, row-level security and search_path apply."""
+    cfg = vectorizer_by_name(name)
+    k, skip = check_k(k), check_offset(offset)
+    text = caller_filter(filter)
+    if query_item is None or k < 1:
+        return []
+    wanted = skip + k
+    limit = max(candidates or 0, wanted)
+    try:
+        qvec = query_vector(cfg, query_item, cfg["storage"], lambda i: "the query")
+    except Failure as f:
+        f.raise_sql()
+    rows = candidate_rows(cfg, qvec, text, limit, bool(rerank))
+    if not rerank or not rows:
+        return [(r["qvl_pk"], r["qvl_distance"], None) for r in rows][skip:wanted]
+    ranked = rerank_candidates(cfg, query_item, rows, wanted)
+    return [(rows[i]["qvl_pk"], rows[i]["qvl_distance"], score) for i, score in ranked][skip:wanted]
+
+
+# -- qvl.rerank_rows -------------------------------------------------------------------------------
+# The key type, checked against the table's key, by its qualified name (the same type whatever the
+# search_path), and its fields when it is composite.
+KEY_TYPE_SQL = """
+SELECT pg_catalog.format('%I.%I', n.nspname, t.typname) AS key_type,
+       (SELECT pg_catalog.array_agg(a.attname ORDER BY a.attnum) FROM pg_catalog.pg_attribute a
+         WHERE a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped) AS fields
+  FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+ WHERE t.oid = qvl._check_key_type($1, $2)"""
+
+
+def rows_by_key_sql(cfg: Row, key_type: str, fields: Sequence[str] | None, content: bool,
+                    quote: Quote) -> str:
+    """The rows whose keys are in $1 (their text forms, of type ``key_type``), with each key's
+    1-based position. Equality is the key type's own (unqualified: extension types keep theirs)."""
+    rel = quote(cfg["source_name"])
+    key = "qvl_k.txt::" + key_type
+    parts = [f"({key}).{quote(f)}" for f in fields] if fields else [key]
+    on = " AND ".join(f"{rel}.{quote(c)} = {part}" for c, part in zip(cfg["pk_columns"], parts, strict=True))
+    cols = "".join(f", {rel}.{quote(c)}" for c in content_columns(cfg)) if content else ""
+    return (f"SELECT qvl_k.pos AS qvl_pos, {key_sql(cfg, rel, quote)} AS qvl_pk{cols} "
+            f"FROM pg_catalog.unnest($1::pg_catalog.text[]) WITH ORDINALITY AS qvl_k(txt, pos) "
+            f"JOIN {cfg['source_sql']} ON {on}")
+
+
+def rerank_rows_sql(name: str, query_item: Item | None, keys: Sequence[Any] | None, key_type: str,
+                    top_k: int | None) -> list[tuple[int, float]]:
+    """qvl.rerank_rows: (1-based position in keys, score) best first, for the keys whose rows the
+    caller can read (each row once). Keys come as text, with the type they have in SQL."""
+    cfg = vectorizer_by_name(name)
+    if keys and any(isinstance(k, list) for k in keys):
+        plpy.error("qvl: keys must be a one-dimensional array", sqlstate="2202E",
+                   hint="Pass ARRAY(SELECT id FROM ...) or ARRAY[1, 2, 3].")
+    if query_item is None or not keys or (top_k is not None and top_k < 1):
+        return []
+    found = plpy.execute(plan("key_type", KEY_TYPE_SQL, ["text", "regtype"]), [name, key_type])[0]
+    if found["fields"] is not None and len(found["fields"]) != len(cfg["pk_columns"]):
+        plpy.error(f"qvl: {found['key_type']} has {len(found['fields'])} fields, and the key of "
+                   f"{cfg['source_sql']} has {len(cfg['pk_columns'])} columns", sqlstate="42804")
+    sql = rows_by_key_sql(cfg, found["key_type"], found["fields"], True, plpy.quote_ident)
+    rows = plpy.execute(plan(("rows_by_key", cfg["id"], found["key_type"]), sql, ["text[]"]), [list(keys)])
+    first: dict[str, Row] = {}
+    for r in rows:  # a key given twice is one row, at its first position
+        if r["qvl_pk"] not in first or r["qvl_pos"] < first[r["qvl_pk"]]["qvl_pos"]:
+            first[r["qvl_pk"]] = r
+    unique = sorted(first.values(), key=lambda r: r["qvl_pos"])
+    if not unique:
+        return []
+    return [(unique[i]["qvl_pos"], score) for i, score in rerank_candidates(cfg, query_item, unique, top_k)]
+
+
+# -- qvl.hybrid_search -------------------------------------------------------------------------------
+RRF_K = 60  # reciprocal rank fusion: a row's share of a list is weight / (RRF_K + its rank)
+FULLTEXT_SQL = ("SELECT v.fulltext, qvl._fulltext_document(v.id) AS document FROM qvl.vectorizer v "
+                "WHERE v.id = $1")
+TSQUERY_SQL = ("SELECT q::pg_catalog.text AS q, pg_catalog.numnode(q) AS nodes "
+               "FROM pg_catalog.websearch_to_tsquery($1::pg_catalog.regconfig, $2) AS q")
+
+
+def check_weights(weights: Sequence[float | None] | None) -> tuple[float, float]:
+    """(vector weight, full-text weight)."""
+    if weights is None:
+        return 1.0, 1.0
+    values = list(weights)
+    if len(values) != 2 or any(w is None or not math.isfinite(w) or w < 0 for w in values) or not any(values):
+        plpy.error(f"qvl: weights must be two numbers >= 0, not both 0 (vector, full text), got {values}",
+                   hint="weights => ARRAY[1, 1] weighs both alike; ARRAY[1, 0] is vector search alone.",
+                   sqlstate="22023")
+    return float(values[0]), float(values[1])
+
+
+def fulltext_sql(cfg: Row, document: str, text: str | None, content: bool, quote: Quote) -> str:
+    """The rows whose document matches the tsquery $1, best ts_rank_cd first, at most $2. The
+    document is the expression of the vectorizer's GIN index, so the index answers the match."""
+    rel = quote(cfg["source_name"])
+    cols = "".join(f", {rel}.{quote(c)}" for c in content_columns(cfg)) if content else ""
+    order = ", ".join(f"{rel}.{quote(c)}" for c in cfg["pk_columns"])
+    where = f"{document} OPERATOR(pg_catalog.@@) $1" + (f" AND (\n{text}\n)" if text is not None else "")
+    return (f"SELECT {key_sql(cfg, rel, quote)} AS qvl_pk, pg_catalog.ts_rank_cd({document}, $1) AS qvl_rank{cols} "
+            f"FROM {cfg['source_sql']} WHERE {where} ORDER BY qvl_rank DESC, {order} LIMIT $2")
+
+
+def fused(lists: Sequence[tuple[float, Sequence[Row]]]) -> list[tuple[Row, float, list[int | None]]]:
+    """Reciprocal rank fusion: (row, weighted sum of 1 / (RRF_K + rank), rank in each list) best first."""
+    by_pk: dict[str, tuple[Row, list[float], list[int | None]]] = {}
+    for n, (weight, rows) in enumerate(lists):
+        for rank, row in enumerate(rows, 1):
+            entry = by_pk.setdefault(row["qvl_pk"], (row, [0.0], [None] * len(lists)))
+            entry[1][0] += weight / (RRF_K + rank)
+            entry[2][n] = rank
+    out = [(row, total[0], ranks) for row, total, ranks in by_pk.values()]
+    out.sort(key=lambda e: (-e[1], min(r for r in e[2] if r is not None)))
+    return out
+
+
+def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
+                weights: Sequence[float | None] | None, rerank: bool, candidates: int | None,
+                offset: int | None) -> list[tuple[str, float | None, float, int | None, int | None]]:
+    """qvl.hybrid_search: the vector list and the full-text list (each ``candidates`` long, both
+    under the filter), fused by reciprocal rank, then the reranker over the fused best; rows
+    offset+1 .. offset+k of that order: (pk, score, rrf, vector_rank, text_rank)."""
+    cfg = vectorizer_by_name(name)
+    k, skip = check_k(k), check_offset(offset)
+    w_vector, w_text = check_weights(weights)
+    text = caller_filter(filter)
+    ft = plpy.execute(plan("fulltext", FULLTEXT_SQL, ["int4"]), [cfg["id"]])[0]
+    if ft["fulltext"] is None:
+        plpy.error(f"qvl: vectorizer {name!r} has no full-text index", sqlstate="55000",
+                   hint=f"Give it one: SELECT qvl.set_fulltext({name!r}, 'english'); (or create the vectorizer "
+                        f"with fulltext => 'english').")
+    if query is None or k < 1:
+        return []
+    wanted = skip + k
+    limit = max(candidates or 0, wanted)
+    lists: list[tuple[float, list[Row]]] = []
+    if w_vector > 0:
+        try:
+            qvec = query_vector(cfg, {"text": [query]}, cfg["storage"], lambda i: "the query")
+        except Failure as f:
+            f.raise_sql()
+        lists.append((w_vector, candidate_rows(cfg, qvec, text, limit, bool(rerank))))
+    else:
+        lists.append((0.0, []))
+    matches: list[Row] = []
+    if w_text > 0:
+        tsq = plpy.execute(plan("tsquery", TSQUERY_SQL, ["text", "text"]), [ft["fulltext"], query])[0]
+        if tsq["nodes"]:  # a query of stop words only matches nothing
+            sql = fulltext_sql(cfg, ft["document"], text, bool(rerank), plpy.quote_ident)
+            key = ("fulltext", cfg["id"], ft["document"], bool(rerank))
+            p = filter_plan(cfg, key, sql, ["pg_catalog.tsquery", "int8"], text)
+            matches = list(plpy.execute(p, [tsq["q"], limit]))
+    lists.append((w_text, matches))
+    best = fused(lists)
+    if not rerank or not best:
+        return [(row["qvl_pk"], None, rrf, ranks[0], ranks[1]) for row, rrf, ranks in best][skip:wanted]
+    top = best[:limit]
+    ranked = rerank_candidates(cfg, {"text": [query]}, [row for row, _, _ in top], wanted)
+    return [(top[i][0]["qvl_pk"], score, top[i][1], top[i][2][0], top[i][2][1]) for i, score in ranked][skip:wanted]

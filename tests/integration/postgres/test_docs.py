@@ -18,6 +18,8 @@ pytestmark = [pytest.mark.postgres, pytest.mark.service]
 DOC = Path(__file__).parents[3] / "docs" / "postgres.md"
 MEDIA = Path(__file__).parents[2] / "fixtures" / "media"
 BLOCK = re.compile(r"<!-- test: (setup|query) -->\s*```sql\n(.*?)```", re.S)
+ANY_BLOCK = re.compile(r"(<!-- (?:test: (?:setup|query)|signatures) -->\s*)?```sql\n(.*?)```", re.S)
+SIGNATURES = re.compile(r"<!-- signatures -->\s*```sql\n(.*?)```", re.S)
 
 
 def fill(conn: psycopg.Connection[Any], table: str) -> None:
@@ -32,11 +34,26 @@ def fill(conn: psycopg.Connection[Any], table: str) -> None:
         elif table == "articles":
             cur.executemany("INSERT INTO articles VALUES (%s, %s, %s)",
                             [(i, f"title {i}", f"body of article {i}") for i in range(5)])
+        elif table == "posts":
+            cur.executemany("INSERT INTO posts VALUES (%s, %s, %s)",
+                            [(1 + i % 2, f"post-{i}", f"opening hours of shop {i}") for i in range(6)])
         elif table == "clips":
             frames = [[f.read_bytes() for f in sorted((MEDIA / clip).glob("frame_*.png"))]
                       for clip in ("clipA", "clipB")]
             cur.executemany("INSERT INTO clips VALUES (%s, %s, %s)",
                             [(0, "clip A", frames[0]), (1, "clip B", frames[1])])
+
+
+def test_every_sql_block_runs_or_names_functions_that_exist(conn: psycopg.Connection[Any]) -> None:
+    """An SQL block is a cookbook example (run below) or a list of signatures, whose functions exist."""
+    text = DOC.read_text(encoding="utf-8")
+    unmarked = [sql[:80] for marker, sql in ANY_BLOCK.findall(text) if not marker]
+    assert unmarked == [], "mark each ```sql block <!-- test: setup|query --> or <!-- signatures -->"
+    named = {name for block in SIGNATURES.findall(text) for name in re.findall(r"\bqvl\.(\w+)\(", block)}
+    assert len(named) >= 12
+    found = {name for name, in conn.execute("SELECT proname FROM pg_proc WHERE pronamespace = 'qvl'::regnamespace "
+                                            "AND proname = ANY(%s)", (sorted(named),))}
+    assert found == named
 
 
 def test_cookbook_runs(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess) -> None:

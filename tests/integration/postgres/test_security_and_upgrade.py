@@ -82,8 +82,10 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
                                      request: pytest.FixtureRequest) -> None:
     dsn = new_database(pg_server, request.node.name)
     newest = latest_version()
-    first = install(dsn, service_url=service.http_url, service_token=None, target=newest - 1)
-    assert first.version_after == newest - 1
+    # Version 6: before the schema guard (7) and hybrid search (8) and whatever came after.
+    before_version = 6
+    first = install(dsn, service_url=service.http_url, service_token=None, target=before_version)
+    assert first.version_after == before_version
     pics = images(10, offset=500)
     pics[4] = b"bad"
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -96,13 +98,16 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         before = conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall()
         failed_before = conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall()
         assert len(failed_before) == 1
-        # The objects of a version come with it: none of the newest version's yet.
+        # The objects of a version come with it: none of the later versions' yet.
         guard = "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'qvl%'"
         assert conn.execute(guard).fetchone() == (0,)
+        assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'qvl.vectorizer'::regclass "
+                            "AND attname = 'fulltext'").fetchone() == (0,)
+        assert conn.execute("SELECT to_regprocedure('qvl.set_fulltext(text, text)')").fetchone() == (None,)
 
     upgrade = install(dsn)
-    assert (upgrade.version_before, upgrade.version_after) == (newest - 1, newest)
-    assert len(upgrade.applied) == 1
+    assert (upgrade.version_before, upgrade.version_after) == (before_version, newest)
+    assert len(upgrade.applied) == newest - before_version
     assert upgrade.refreshed == [f.path.name for f in idempotent_files()]
     again = install(dsn)
     assert again.applied == [] and again.refreshed == upgrade.refreshed  # functions re-applied, nothing migrated
@@ -118,6 +123,9 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 10").fetchone() == (True,)
         assert len(conn.execute("SELECT * FROM qvl.search('items', 'c3', k => 3)").fetchall()) == 3
+        # A vectorizer made before version 8 takes a full-text index and hybrid search.
+        conn.execute("SELECT qvl.set_fulltext('items', 'english')")
+        assert len(conn.execute("SELECT * FROM qvl.hybrid_search('items', 'c3', k => 3)").fetchall()) == 3
 
 
 # The last commit of the single-folder layout (sql/NNN_*.sql at version 4, the library inside
@@ -177,7 +185,7 @@ def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, servic
                                    $$ LANGUAGE plpython3u""")
             assert len(keys) == 2 and "qvl_lib_1" in keys, keys
 
-        assert "qvl_lib_1" not in conn.execute("SELECT prosrc FROM pg_proc WHERE oid = "
+        assert "'qvl_lib_1'" not in conn.execute("SELECT prosrc FROM pg_proc WHERE oid = "
                                                "'qvl.embed(text,bytea,bytea,text,int)'::regprocedure").fetchone()[0]
         assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (2,)
         assert conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall() == before
@@ -189,8 +197,9 @@ def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, servic
         conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], dimensions => 32)")
         assert conn.execute("SELECT name, dimensions, pending FROM qvl.vectorizer_status WHERE name = 'notes'"
                             ).fetchone() == ("notes", 32, 2)
-        assert conn.execute("SELECT has_function_privilege('public', 'qvl.search(text,text,int,int,boolean)', "
+        assert conn.execute("SELECT has_function_privilege('public', 'qvl.search(text,text,int,int,boolean,text,int)', "
                             "'EXECUTE')").fetchone() == (True,)
+        assert conn.execute("SELECT to_regprocedure('qvl.search(text,text,int,int,boolean)')").fetchone() == (None,)
 
 
 def test_the_psql_script_installs_what_the_installer_does(pg_server: PostgresServer,

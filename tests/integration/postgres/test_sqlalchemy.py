@@ -7,12 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy import LargeBinary, Text, cast, create_engine, select
+from sqlalchemy import BigInteger, Integer, LargeBinary, Text, cast, create_engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from connectors.client import Client
-from connectors.postgres.sqlalchemy import VECTOR, Vectorizer, embed, register_vector, rerank, search
+from connectors.postgres.sqlalchemy import VECTOR, Vectorizer, embed, register_vector, rerank, rerank_rows, search
 from tests.integration.postgres.conftest import cosines, drain, images
 from tests.support.service import ServiceProcess
 
@@ -80,4 +80,55 @@ def test_declare_embed_and_query(qvl_db: str, service: ServiceProcess) -> None:
         assert len(by_image) == 2
     with engine.begin() as conn:
         photos.drop(conn)
+    engine.dispose()
+
+
+class Doc(Base):
+    __tablename__ = "docs"
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    shop: Mapped[int] = mapped_column(Integer)
+    caption: Mapped[str] = mapped_column(Text)
+    embedding: Mapped[Any] = mapped_column(VECTOR(32), nullable=True)
+
+
+def test_search_pieces_filters_and_typed_keys(qvl_db: str, service: ServiceProcess) -> None:
+    info = conninfo_to_dict(qvl_db)
+    engine = create_engine(URL.create("postgresql+psycopg", username=str(info["user"]), host=str(info["host"]),
+                                      port=int(info["port"]), database=str(info["dbname"])))
+    register_vector(engine)
+    docs = Vectorizer(Doc, text=[Doc.caption], dimensions=32, fulltext="english")
+    with engine.begin() as conn:
+        Doc.__table__.create(conn)  # type: ignore[attr-defined]
+        docs.create(conn)
+    with Session(engine) as session, session.begin():
+        session.add_all(Doc(id=10**10 + i, shop=i % 3, caption=f"harbour lights {i}" if i % 5 == 0 else f"shop {i}")
+                        for i in range(30))
+    drain(qvl_db, service.grpc_target)
+    in_shop = Doc.shop == 1
+    with engine.connect() as conn:
+        nearest = conn.execute(select(Doc.id, Doc.shop).where(in_shop)
+                               .order_by(Doc.embedding.cosine_distance(docs.query_embedding("harbour"))).limit(5)).all()
+        assert len(nearest) == 5 and {s for _, s in nearest} == {1}
+
+        hits = docs.search("harbour", k=5, rerank=False, filter=in_shop, typed=True)
+        typed = conn.execute(select(Doc.id, Doc.shop).join(hits, hits.c.key == Doc.id)
+                             .order_by(hits.c.distance)).all()
+        assert [i for i, _ in typed] == [i for i, _ in nearest]  # the same rows: exact under a filter
+        as_text = search("docs", "harbour", k=5, rerank=False, filter="shop = 1")
+        assert conn.execute(select(as_text.c.pk)).scalars().all() == [str(i) for i, _ in nearest]
+        page = conn.execute(select(docs.search("harbour", k=2, rerank=False, filter=in_shop, offset=3,
+                                               typed=True).c.key)).scalars().all()
+        assert page == [i for i, _ in nearest][3:5]
+
+        fused = docs.hybrid_search("harbour lights", k=6, weights=(0.0, 1.0), rerank=False, typed=True)
+        rows = conn.execute(select(Doc.caption, fused.c.text_rank).join(fused, fused.c.key == Doc.id)
+                            .order_by(fused.c.rrf.desc())).all()
+        assert len(rows) == 6 and all(c.startswith("harbour") and r is not None for c, r in rows)
+
+        ranked = conn.execute(select(docs.rerank_rows("harbour", select(Doc.id).where(Doc.shop == 0)))).all()
+        assert len(ranked) == 10 and [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True)
+        listed = conn.execute(select(docs.rerank_rows("harbour", [10**10, 10**10 + 3], top_k=1))).all()
+        assert len(listed) == 1 and listed[0][0] in (10**10, 10**10 + 3)
+        assert conn.execute(select(rerank_rows("docs", "harbour", [10**10], key_type=BigInteger).c.key)
+                            ).scalar_one() == 10**10
     engine.dispose()
