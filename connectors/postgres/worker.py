@@ -660,17 +660,26 @@ class Worker:
                 lane.conn = self._connect()
             try:
                 return self._finish_once(lane.conn, v, lane.me, rows, writes, failures, retry, gone)
-            except psycopg.OperationalError:
+            except (psycopg.errors.TransactionRollback, psycopg.errors.DeadlockDetected) as exc:
+                # A deadlock or serialization failure: nothing was written; the same write again.
                 if attempt == 2:
                     raise
-                log.warning("lost the database connection while writing; retrying the write")
+                log.warning("the database rolled the write back; retrying it", extra={"error": str(exc).strip()})
+                self.stopping.wait(0.1 * (attempt + 1))
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("lost the database connection while writing; retrying the write",
+                            extra={"error": str(exc).strip()})
                 lane.conn.close()
                 self.stopping.wait(0.5 * (attempt + 1))
             except psycopg.errors.DataException:
                 # e.g. qvl.reembed changed the size under us: give the batch back, reload the definition.
                 self._configs_stale = True
+                params = {**v.key_params(_keys(rows)), "me": lane.me}
                 with lane.conn.transaction():
-                    lane.conn.execute(v.release_sql(), {**v.key_params(_keys(rows)), "me": lane.me})
+                    lane.conn.execute(v.lock_queue_sql(), params)
+                    lane.conn.execute(v.release_sql(), params)
                 return Outcome(released=len(rows))
         raise AssertionError("unreachable")
 
@@ -679,6 +688,10 @@ class Worker:
                      retry: list[tuple[Claimed, float, str]], gone: list[Claimed]) -> Outcome:
         out = Outcome()
         with conn.transaction():
+            # Every lock the batch needs, taken first and in a fixed order (see lock_source_sql).
+            batch = v.key_params(_keys(rows))
+            conn.execute(v.lock_source_sql(), batch)
+            conn.execute(v.lock_queue_sql(), batch)
             if writes:
                 params = {**v.key_params([r.key for r, _ in writes]), "me": me,
                           "qvl_hash": [r.content_hash for r, _ in writes], "qvl_vec": [vec for _, vec in writes]}

@@ -1,0 +1,111 @@
+"""Queue upkeep (issue 10 item 15): the worker's writes take row locks in key order, rows hidden by
+row-level security are never taken for deleted, re-queueing keeps lag figures true, failed rows are
+pruned, and workers that died are shown as stale. Real Postgres; a fake gRPC service whose answers
+the tests hold back to catch the worker mid-batch."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.postgres.conftest import wait_until, worker_thread
+from tests.support.fake_service import FakeService
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeService]:
+    with FakeService() as svc:
+        yield svc
+
+
+def scalar(conn: psycopg.Connection[Any], sql: str, params: Any = None) -> Any:
+    row = conn.execute(sql, params).fetchone()
+    assert row is not None
+    return row[0]
+
+
+def make_items(conn: psycopg.Connection[Any], ids: list[int]) -> int:
+    """Table items (id, caption, note) with an async vectorizer on caption; rows queued in the order given,
+    one transaction each (so each has its own queued_at)."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text, note text)")
+    vid = int(scalar(conn, "SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], "
+                           "dimensions => 32)"))
+    for i in ids:
+        conn.execute("INSERT INTO items (id, caption) VALUES (%s, %s)", (i, f"caption {i}"))
+    return vid
+
+
+def embedded(conn: psycopg.Connection[Any]) -> int:
+    return int(scalar(conn, "SELECT count(*) FROM items WHERE embedding IS NOT NULL"))
+
+
+def waiting_on_a_lock(conn: psycopg.Connection[Any], application_name: str) -> bool:
+    return bool(scalar(conn, "SELECT count(*) > 0 FROM pg_stat_activity WHERE application_name = %s "
+                             "AND wait_event_type = 'Lock'", (application_name,)))
+
+
+def troubles(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() + " " + str(r.__dict__.get("error", "")) for r in caplog.records
+            if r.name == "qvl.worker" and r.levelno >= logging.WARNING]
+
+
+# -- (d) the write locks rows in a fixed order ------------------------------------------------------
+
+def test_the_write_waits_for_a_users_multi_row_update_without_deadlock(conn: psycopg.Connection[Any], qvl_db: str,
+                                                                       fake: FakeService,
+                                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """A user's transaction holds row 1 while the worker writes a batch of rows 3, 2, 1 (claimed in that
+    order); then it updates the embedded column of rows 1..3, in key order, which queues them again. The
+    worker used to lock the queue rows before the table rows: it held queue row 1 while it waited for
+    table row 1, and the user's trigger waited for queue row 1: a deadlock. Now the worker locks the
+    table rows first, in key order, then the queue rows: it waits without holding anything the user needs."""
+    vid = make_items(conn, [3, 2, 1])  # claimed oldest first: 3, 2, 1
+    caplog.set_level(logging.INFO, logger="qvl.worker")
+    app = "qvl-worker-lock-order"
+    with psycopg.connect(qvl_db) as user:
+        user.execute("UPDATE items SET note = 'held by the user' WHERE id = 1")
+        with worker_thread(qvl_db, fake.target, application_name=app):
+            wait_until(lambda: waiting_on_a_lock(conn, app), timeout=30)  # the worker's write waits for row 1
+            user.execute("UPDATE items SET caption = caption || ' (changed)' WHERE id IN (1, 2, 3)")
+            user.commit()
+            wait_until(lambda: scalar(conn, "SELECT count(*) FROM items WHERE embedding IS NOT NULL "
+                                            "AND caption LIKE '%(changed)'") == 3 and
+                       scalar(conn, f"SELECT count(*) FROM qvl.queue_{vid}") == 0, timeout=30)
+    assert troubles(caplog) == []  # no deadlock: nothing rolled back, nothing retried
+    # The stale write (made before the change) was not stored: each row holds its changed caption's vector.
+    assert len(fake.fake.sent("caption 1 (changed)")) == 1
+
+
+def test_lease_renewal_skips_rows_a_user_holds(conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService,
+                                              caplog: pytest.LogCaptureFixture) -> None:
+    """While a batch of rows 1 and 2 is embedded, a user's transaction changes row 2, then row 1 (each
+    change queues the row again, locking its queue row). The renewal of the lease used to lock rows 1
+    and 2 in turn: it held row 1 while it waited for row 2, and the user waited for row 1: a deadlock,
+    which cost the renewal (or the user's transaction). Now it skips the rows a user holds."""
+    release = threading.Event()
+    def held(text: str) -> None:
+        release.wait(30)  # the batch stays in hand until the test lets it go
+
+    fake.fake.behave = held
+    make_items(conn, [1, 2])
+    caplog.set_level(logging.DEBUG, logger="qvl.worker")
+    with psycopg.connect(qvl_db) as user, worker_thread(qvl_db, fake.target, lease_s=0.6, batch=2):
+        wait_until(lambda: len(fake.fake.seen) >= 1, timeout=30)
+        user.execute("UPDATE items SET caption = 'caption 2 (changed)' WHERE id = 2")
+        threading.Event().wait(0.6)  # the renewal (every 0.2 s) meets the held row
+        user.execute("UPDATE items SET caption = 'caption 1 (changed)' WHERE id = 1")
+        user.commit()
+        release.set()
+        wait_until(lambda: scalar(conn, "SELECT count(*) FROM items WHERE embedding IS NOT NULL "
+                                        "AND caption LIKE '%(changed)'") == 2, timeout=30)
+    renewals = [r.getMessage() + str(r.__dict__.get("error")) for r in caplog.records
+                if "could not renew" in r.getMessage()]
+    assert renewals == []
+    assert troubles(caplog) == []
