@@ -83,6 +83,23 @@ class Malformed(Exception):
     """A result the service should never send (a vector of the wrong size)."""
 
 
+class Blocked(Exception):
+    """The worker's role may not do what one vectorizer needs (see, read or write its rows): its rows
+    stay queued, the other vectorizers go on, and the worker says why until it may."""
+
+    def __init__(self, v: Vectorizer, exc: psycopg.Error) -> None:
+        message = (exc.diag.message_primary if isinstance(exc, psycopg.errors.DatabaseError) else None) or str(exc)
+        hint = exc.diag.message_hint if isinstance(exc, psycopg.errors.DatabaseError) else None
+        if "row-level security" in message:
+            advice = (hint or "") + (" " if hint else "") + (
+                "The worker must see every row: run it as a role with BYPASSRLS (ALTER ROLE ... BYPASSRLS), "
+                "a superuser, or the table's owner (without FORCE ROW LEVEL SECURITY).")
+        else:
+            advice = "Grant the worker's role what it needs (docs/postgres.md, \"Running it\")."
+        super().__init__(f"{message.strip()}; its rows stay queued. {advice}")
+        self.vectorizer = v.name
+
+
 @dataclass
 class Claimed:
     key: tuple[Any, ...]
@@ -209,6 +226,7 @@ class Worker:
         self._counter_lock = threading.Lock()
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
         self._paused: str | None = None  # why the service cannot embed now (None: it can)
+        self._blocked: dict[str, str] = {}  # vectorizer name -> why its rows stay queued (Blocked)
         self._status_written: tuple[str, str | None] | None = None
         self._status_lock = threading.Lock()
 
@@ -246,7 +264,12 @@ class Worker:
     # -- connections -----------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         name = self.s.application_name or f"qvl-worker-{os.getpid()}"
-        return psycopg.connect(self.s.dsn, autocommit=True, application_name=name, connect_timeout=10)
+        conn = psycopg.connect(self.s.dsn, autocommit=True, application_name=name, connect_timeout=10)
+        # A row that row-level security hides from the worker's role must never pass for a deleted one
+        # (its queue entry would be dropped, its vector never written): with row_security off, a query
+        # that a policy would filter fails instead (pg_dump does the same), and the rows stay queued.
+        conn.execute("SET row_security = off")
+        return conn
 
     def _client(self, *, timeout: float | None = None, retries: int = 1) -> Client:
         roots = Path(self.s.ca_file).read_bytes() if self.s.ca_file else None
@@ -329,13 +352,19 @@ class Worker:
                 worked = False
                 for i in range(len(configs)):
                     v = configs[(turn + i) % len(configs)]
-                    rows = self._claim(lane.conn, v, lane.me)
-                    if rows:
-                        self._idle[n] = False
-                        turn = (turn + i + 1) % len(configs)
-                        last = v
-                        self.process(lane, v, rows)
-                        worked = True
+                    try:
+                        rows = self._claim(lane.conn, v, lane.me)
+                        if rows:
+                            self._idle[n] = False
+                            turn = (turn + i + 1) % len(configs)
+                            last = v
+                            self.process(lane, v, rows)
+                            worked = True
+                    except Blocked as exc:
+                        self._block(lane, v, str(exc))
+                        continue
+                    self._block(lane, v, None)
+                    if worked:
                         break
                 if worked:
                     if down_since is not None:
@@ -386,11 +415,32 @@ class Worker:
                 return
 
     # -- what workers say about the service (qvl.worker_status) ------------------------------
+    def _block(self, lane: Lane, v: Vectorizer, reason: str | None) -> None:
+        """Note that a vectorizer's rows stay queued because of the worker's role (reason), or no longer."""
+        with self._status_lock:
+            if self._blocked.get(v.name) == reason:
+                return
+            if reason is None:
+                del self._blocked[v.name]
+                log.info(f"{v.name}: the worker may work on its rows again", extra={"vectorizer": v.name})
+            else:
+                self._blocked[v.name] = reason
+                log.warning(f"{v.name}: {reason}", extra={"vectorizer": v.name, "source": v.source})
+        self._set_status(lane, self._paused)
+
+    def _status(self) -> tuple[str, str | None]:
+        """(state, reason): paused while the service cannot embed; the reason also names each vectorizer
+        whose rows stay queued because of the worker's role."""
+        notes = [f"vectorizer {name}: {why}" for name, why in sorted(self._blocked.items())]
+        if self._paused:
+            return "paused", "; ".join([self._paused, *notes])
+        return "running", "; ".join(notes) or None
+
     def _set_status(self, lane: Lane, reason: str | None) -> None:
         """Record 'paused' with the reason, or 'running', when it changes (cheap: one row per worker)."""
         with self._status_lock:
             self._paused = reason
-            state = ("paused" if reason else "running", reason)
+            state = self._status()
             if state == self._status_written or lane.conn is None:
                 return
             try:
@@ -399,7 +449,7 @@ class Worker:
                     "ON CONFLICT (worker) DO UPDATE SET service = EXCLUDED.service, state = EXCLUDED.state, "
                     "reason = EXCLUDED.reason, updated_at = now(), "
                     "since = CASE WHEN w.state = EXCLUDED.state THEN w.since ELSE now() END",
-                    (self.ident, self.s.service, state[0], reason))
+                    (self.ident, self.s.service, *state))
                 self._status_written = state
             except psycopg.errors.UndefinedTable:
                 self._status_written = state  # a database not upgraded to version 6: nowhere to say it
@@ -414,7 +464,11 @@ class Worker:
             pass
 
     def _claim(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str) -> list[Claimed]:
-        rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}).fetchall()
+        try:
+            rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}
+                                ).fetchall()
+        except psycopg.errors.InsufficientPrivilege as exc:  # row-level security, or a missing grant
+            raise Blocked(v, exc) from None
         npk = len(v.pk_columns)
         out = []
         for r in rows:
@@ -673,6 +727,12 @@ class Worker:
                             extra={"error": str(exc).strip()})
                 lane.conn.close()
                 self.stopping.wait(0.5 * (attempt + 1))
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # May read but not write (a missing grant, or a policy that hides rows from the write):
+                # give the batch back untouched and say so; nothing is failed or dropped.
+                with lane.conn.transaction():
+                    lane.conn.execute(v.release_sql(), {**v.key_params(_keys(rows)), "me": lane.me})
+                raise Blocked(v, exc) from None
             except psycopg.errors.DataException:
                 # e.g. qvl.reembed changed the size under us: give the batch back, reload the definition.
                 self._configs_stale = True

@@ -266,8 +266,10 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 
+-- Queues every row of the table (the backfill, qvl.reembed). row_security off: a caller whom a policy
+-- would show only some rows gets an error, not a backfill that silently leaves the others out.
 CREATE OR REPLACE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
 DECLARE
     v qvl.vectorizer;
     cols text;

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.integration.postgres.conftest import wait_until, worker_thread
+from tests.integration.postgres.test_security_and_upgrade import role_dsn
 from tests.support.fake_service import FakeService
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -109,3 +111,89 @@ def test_lease_renewal_skips_rows_a_user_holds(conn: psycopg.Connection[Any], qv
                 if "could not renew" in r.getMessage()]
     assert renewals == []
     assert troubles(caplog) == []
+
+
+# -- (a) rows hidden by row-level security ------------------------------------------------------------
+
+def worker_role(conn: psycopg.Connection[Any], vid: int) -> str:
+    """A login role with the rights the worker needs on table items and vectorizer ``vid`` (no attributes)."""
+    role = f"qvl_worker_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"""
+        CREATE ROLE {role} LOGIN;
+        GRANT USAGE ON SCHEMA qvl TO {role};
+        GRANT SELECT ON qvl.vectorizer TO {role};
+        GRANT EXECUTE ON FUNCTION qvl._vector_schema() TO {role};
+        GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.queue_{vid}, qvl.failed_{vid}, qvl.worker_status TO {role};
+        GRANT SELECT, UPDATE ON items TO {role};
+    """)
+    return role
+
+
+def test_rows_hidden_by_row_level_security_stay_queued(conn: psycopg.Connection[Any], qvl_db: str,
+                                                       fake: FakeService, caplog: pytest.LogCaptureFixture) -> None:
+    """The worker's role sees only the even rows of a table with row-level security. It used to take the
+    odd ones for deleted and drop them from the queue (they never got a vector). Now it refuses to work
+    on a table it cannot see whole: every row stays queued, its log and qvl.worker_status say why and what
+    to do, and once the role may bypass row-level security every row is embedded."""
+    vid = make_items(conn, list(range(10)))
+    role = worker_role(conn, vid)
+    conn.execute("ALTER TABLE items ENABLE ROW LEVEL SECURITY; "
+                 f"CREATE POLICY evens ON items TO {role} USING (id % 2 = 0)")
+    dsn = role_dsn(qvl_db, role)
+    queued = f"SELECT count(*) FROM qvl.queue_{vid}"
+    reason = "SELECT coalesce(string_agg(reason, ' '), '') FROM qvl.worker_status"
+    caplog.set_level(logging.INFO, logger="qvl.worker")
+    with worker_thread(dsn, fake.target):
+        wait_until(lambda: scalar(conn, queued) < 10 or "row-level security" in scalar(conn, reason), timeout=30)
+        threading.Event().wait(1.0)  # several passes of the lane
+        assert scalar(conn, queued) == 10, "rows the worker could not see were dropped from the queue"
+        assert embedded(conn) == 0
+        status = scalar(conn, reason)
+        assert "vectorizer items" in status and "row-level security" in status and "BYPASSRLS" in status
+    warnings = [r.getMessage() for r in caplog.records if "row-level security" in r.getMessage()]
+    assert len(warnings) == 1 and "stay queued" in warnings[0]  # said once, not every pass
+    assert fake.fake.seen == []
+
+    conn.execute(f"ALTER ROLE {role} BYPASSRLS")
+    with worker_thread(dsn, fake.target):
+        wait_until(lambda: embedded(conn) == 10, timeout=30)
+        wait_until(lambda: scalar(conn, reason) == "", timeout=10)
+    assert scalar(conn, queued) == 0
+
+
+def test_the_tables_owner_under_forced_row_level_security_leaves_rows_queued(
+        conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService) -> None:
+    """The same for a worker that runs as the table's owner when the table FORCEs row-level security."""
+    vid = make_items(conn, list(range(6)))
+    role = worker_role(conn, vid)
+    conn.execute(f"ALTER TABLE items OWNER TO {role}; ALTER TABLE items ENABLE ROW LEVEL SECURITY; "
+                 "ALTER TABLE items FORCE ROW LEVEL SECURITY; CREATE POLICY none_odd ON items USING (id % 2 = 0)")
+    dsn = role_dsn(qvl_db, role)
+    queued = f"SELECT count(*) FROM qvl.queue_{vid}"
+    reason = "SELECT coalesce(string_agg(reason, ' '), '') FROM qvl.worker_status"
+    with worker_thread(dsn, fake.target):
+        wait_until(lambda: scalar(conn, queued) < 6 or "row-level security" in scalar(conn, reason), timeout=30)
+        threading.Event().wait(1.0)
+        assert scalar(conn, queued) == 6 and embedded(conn) == 0
+        assert "NO FORCE ROW LEVEL SECURITY" in scalar(conn, reason)  # Postgres's hint for the owner
+    conn.execute("ALTER TABLE items NO FORCE ROW LEVEL SECURITY")
+    with worker_thread(dsn, fake.target):
+        wait_until(lambda: embedded(conn) == 6, timeout=30)
+
+
+def test_reembed_under_row_level_security_refuses_rather_than_queue_only_the_visible_rows(
+        conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """qvl.reembed (and the backfill of qvl.create_vectorizer) by a role that row-level security applies
+    to used to queue only the rows it could see, and say it had queued them all."""
+    vid = make_items(conn, list(range(6)))
+    conn.execute(f"DELETE FROM qvl.queue_{vid}")
+    role = worker_role(conn, vid)
+    conn.execute(f"GRANT EXECUTE ON FUNCTION qvl.reembed(text, int), qvl._vectorizer(text), qvl._queue_all(int) "
+                 f"TO {role}; ALTER TABLE items OWNER TO {role}; ALTER TABLE items ENABLE ROW LEVEL SECURITY; "
+                 "ALTER TABLE items FORCE ROW LEVEL SECURITY; CREATE POLICY evens ON items USING (id % 2 = 0)")
+    with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as owner:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            owner.execute("SELECT qvl.reembed('items')")
+        assert scalar(conn, f"SELECT count(*) FROM qvl.queue_{vid}") == 0
+        conn.execute("ALTER TABLE items NO FORCE ROW LEVEL SECURITY")
+        assert scalar(owner, "SELECT qvl.reembed('items')") == 6
