@@ -197,3 +197,51 @@ def test_reembed_under_row_level_security_refuses_rather_than_queue_only_the_vis
         assert scalar(conn, f"SELECT count(*) FROM qvl.queue_{vid}") == 0
         conn.execute("ALTER TABLE items NO FORCE ROW LEVEL SECURITY")
         assert scalar(owner, "SELECT qvl.reembed('items')") == 6
+
+
+# -- (c) queued_at on re-queueing -------------------------------------------------------------------
+
+def test_a_requeue_of_rows_being_embedded_keeps_their_wait(conn: psycopg.Connection[Any], qvl_db: str,
+                                                           fake: FakeService) -> None:
+    """The finding said re-queueing should refresh queued_at "so lag figures are true". They are true as
+    they are: queued_at is when the row began to wait for a vector, and a re-queue writes none. Here
+    qvl.reembed comes while a worker embeds the batch: the worker stores none of it (the claim no longer
+    holds the rows, the re-queue does), so the rows still wait since they were first queued, and
+    oldest_pending_age says so."""
+    first, second = threading.Event(), threading.Event()
+    rounds: list[str] = []
+
+    def held(text: str) -> None:  # each batch's first item waits for the test
+        if text == "caption 1":
+            rounds.append(text)
+            (first if len(rounds) == 1 else second).wait(30)
+
+    fake.fake.behave = held
+    vid = make_items(conn, [1, 2, 3])
+    queued_at = scalar(conn, f"SELECT max(queued_at) FROM qvl.queue_{vid}")
+    with worker_thread(qvl_db, fake.target, batch=3):
+        wait_until(lambda: len(fake.fake.seen) == 1, timeout=30)  # the batch is in hand (its first item held)
+        assert scalar(conn, "SELECT qvl.reembed('items')") == 3
+        first.set()  # the batch comes back; the worker claims the re-queued rows and holds them
+        wait_until(lambda: len(fake.fake.seen) == 4, timeout=30)
+        assert embedded(conn) == 0  # nothing was written since the rows were queued...
+        assert scalar(conn, f"SELECT max(queued_at) FROM qvl.queue_{vid}") == queued_at  # ...so their wait goes on
+        assert scalar(conn, "SELECT oldest_pending_age >= now() - %s FROM qvl.vectorizer_status", (queued_at,))
+        second.set()
+        wait_until(lambda: scalar(conn, f"SELECT count(*) FROM qvl.queue_{vid}") == 0, timeout=30)
+    assert embedded(conn) == 3
+
+
+def test_a_change_of_a_waiting_row_keeps_its_place_and_its_wait(conn: psycopg.Connection[Any], qvl_db: str,
+                                                               fake: FakeService) -> None:
+    """Not refreshed on purpose: a row changed again while it still waits (no worker has taken it) keeps
+    its queued_at, so oldest_pending_age says how long its vector has been out of date, and it keeps its
+    place: a row changed more often than the backlog drains would otherwise never be embedded."""
+    vid = make_items(conn, list(range(6)))
+    queued_at = f"SELECT queued_at FROM qvl.queue_{vid} WHERE id = 0"
+    before = scalar(conn, queued_at)
+    conn.execute("UPDATE items SET caption = 'caption 0 (changed)' WHERE id = 0")
+    assert scalar(conn, queued_at) == before
+    with worker_thread(qvl_db, fake.target, batch=1):
+        wait_until(lambda: embedded(conn) == 6, timeout=30)
+    assert fake.fake.seen[0][1] == "caption 0 (changed)"  # first in line, as it was
