@@ -67,6 +67,9 @@ class WorkerSettings:
     rpc_timeout_s: float = 600.0
     stall_s: float = 120.0  # no result for this long: the stream is abandoned and its rows given back
     log_every_s: float = 10.0
+    heartbeat_s: float = 15.0  # qvl.worker_status.last_seen; a worker silent for 3 beats shows as stale
+    forget_workers_s: float = 86400.0  # rows of workers not seen for this long are deleted (by live workers)
+    prune_every_s: float = 300.0  # qvl.prune_failed: failures of deleted rows (and past the retention); 0: never
     vectorizers: tuple[str, ...] = ()  # names; empty = all
     exit_when_idle: bool = False
     application_name: str = ""  # default qvl-worker-<pid> (pg_stat_activity shows who is who)
@@ -229,6 +232,8 @@ class Worker:
         self._blocked: dict[str, str] = {}  # vectorizer name -> why its rows stay queued (Blocked)
         self._status_written: tuple[str, str | None] | None = None
         self._status_lock = threading.Lock()
+        self._beats = True  # False on a database older than schema version 8 (no heartbeat column)
+        self._prunes = settings.prune_every_s > 0  # False where qvl.prune_failed is missing or not ours to call
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -455,6 +460,55 @@ class Worker:
                 self._status_written = state  # a database not upgraded to version 6: nowhere to say it
             except psycopg.Error as exc:
                 log.debug("could not record the worker's status", extra={"error": str(exc).strip()})
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        """Say this worker is alive (qvl.worker_status.last_seen; the row is made if there is none yet),
+        and delete the rows of workers not seen for forget_workers_s (killed ones never delete their own)."""
+        with self._status_lock:
+            state, reason = self._status()
+        try:
+            conn.execute(
+                "INSERT INTO qvl.worker_status AS w (worker, service, state, reason, last_seen, heartbeat_s) "
+                "VALUES (%s, %s, %s, %s, now(), %s) "
+                "ON CONFLICT (worker) DO UPDATE SET last_seen = now(), heartbeat_s = EXCLUDED.heartbeat_s",
+                (self.ident, self.s.service, state, reason, self.s.heartbeat_s))
+            gone = conn.execute("DELETE FROM qvl.worker_status WHERE last_seen < now() - make_interval(secs => %s) "
+                                "AND worker <> %s", (self.s.forget_workers_s, self.ident)).rowcount
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+            self._beats = False  # a database older than schema version 8: nowhere to say it
+            log.info("no heartbeats: the database's qvl schema is older than version 8 (qvl pg install upgrades it)")
+            return
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self._beats = False
+            log.warning("no heartbeats: the worker's role may not write qvl.worker_status",
+                        extra={"error": str(exc).strip()})
+            return
+        if gone:
+            log.info(f"forgot {gone} workers not seen for {self.s.forget_workers_s:g} s (qvl.worker_status)")
+
+    def _prune_failed(self, conn: psycopg.Connection[Any]) -> None:
+        """qvl.prune_failed for this worker's vectorizers (all, or those it was told to serve)."""
+        names: tuple[str | None, ...] = self.s.vectorizers or (None,)
+        try:
+            rows = [r for name in names for r in conn.execute(
+                "SELECT vectorizer, gone, expired FROM qvl.prune_failed(%s)", (name,)).fetchall()]
+        except psycopg.errors.UndefinedFunction:
+            self._prunes = False  # a database older than schema version 8
+            log.info("no pruning of failed rows: the database's qvl schema is older than version 8")
+            return
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self._prunes = False
+            log.warning("no pruning of failed rows: the worker's role may not call qvl.prune_failed "
+                        "(run it as the installing role, or call qvl.prune_failed from a job)",
+                        extra={"error": str(exc).strip()})
+            return
+        except psycopg.errors.UndefinedObject:
+            self._configs_stale = True  # a vectorizer it serves was dropped
+            return
+        for name, gone, expired in rows:
+            if gone or expired:
+                log.info(f"{name}: pruned {gone or 0} failed rows whose table row is gone, {expired} older than "
+                         "the retention", extra={"vectorizer": name, "gone": gone, "expired": expired})
 
     def _forget_status(self) -> None:
         try:
@@ -775,12 +829,23 @@ class Worker:
     def _monitor(self) -> None:
         conn: psycopg.Connection[Any] | None = None
         last_report = time.monotonic()
+        last_beat = last_prune = float("-inf")  # both at once on start
         self._last_counts: dict[str, int] = {}
         self._last_at = time.monotonic()
+        pause = 0.0  # the first heartbeat at once: the worker's row is there as it starts
         while not self.stopping.is_set():
-            self.stopping.wait(0.25 if self.s.exit_when_idle else 1.0)
+            self.stopping.wait(pause)
+            pause = min(0.25 if self.s.exit_when_idle else 1.0, self.s.heartbeat_s)
             now = time.monotonic()
             try:
+                if self._beats and now - last_beat >= self.s.heartbeat_s:
+                    conn = conn if conn is not None and not conn.closed else self._connect()
+                    self._heartbeat(conn)
+                    last_beat = now
+                if self._prunes and now - last_prune >= self.s.prune_every_s:
+                    conn = conn if conn is not None and not conn.closed else self._connect()
+                    self._prune_failed(conn)
+                    last_prune = now
                 if self.s.exit_when_idle and all(self._idle):
                     conn = conn if conn is not None and not conn.closed else self._connect()
                     if self._pending(conn) == 0:

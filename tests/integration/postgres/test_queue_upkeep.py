@@ -6,17 +6,19 @@ the tests hold back to catch the worker mid-batch."""
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.integration.postgres.conftest import wait_until, worker_thread
+from tests.integration.postgres.conftest import WorkerProcess, drain, images, wait_until, worker_thread
 from tests.integration.postgres.test_security_and_upgrade import role_dsn
 from tests.support.fake_service import FakeService
+from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
@@ -245,3 +247,117 @@ def test_a_change_of_a_waiting_row_keeps_its_place_and_its_wait(conn: psycopg.Co
     with worker_thread(qvl_db, fake.target, batch=1):
         wait_until(lambda: embedded(conn) == 6, timeout=30)
     assert fake.fake.seen[0][1] == "caption 0 (changed)"  # first in line, as it was
+
+
+# -- (b) pruning qvl.failed_<id> --------------------------------------------------------------------
+
+def failed_keys(conn: psycopg.Connection[Any], name: str = "items") -> list[str]:
+    return [pk for (pk,) in conn.execute("SELECT pk FROM qvl.failed_items(%s) ORDER BY pk::int", (name,))]
+
+
+def refuse_bad(text: str) -> tuple[str, str] | None:
+    return ("INVALID_ARGUMENT", "not a recognised image") if text.startswith("bad") else None
+
+
+def make_failed(conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService, bad: list[int], good: list[int]) -> int:
+    """Table items whose rows ``bad`` the (fake) service refuses: drained, they are in qvl.failed_<id>."""
+    fake.fake.behave = refuse_bad
+    vid = make_items(conn, [])
+    for i in sorted(bad + good):
+        conn.execute("INSERT INTO items (id, caption) VALUES (%s, %s)", (i, f"bad {i}" if i in bad else f"caption {i}"))
+    with worker_thread(qvl_db, fake.target):
+        wait_until(lambda: len(failed_keys(conn)) == len(bad) and embedded(conn) == len(good), timeout=30)
+    return vid
+
+
+def test_failed_rows_of_deleted_rows_are_pruned_by_the_worker(conn: psycopg.Connection[Any], qvl_db: str,
+                                                             fake: FakeService) -> None:
+    """A failed row whose table row was deleted was kept forever (nothing to retry, and qvl.failed_items
+    listed it). The worker prunes such rows as it goes; failures of rows that still exist are kept (by
+    default as long as they fail: they are the only record of why a row has no vector)."""
+    vid = make_failed(conn, qvl_db, fake, bad=[0, 1, 2], good=[3, 4, 5])
+    conn.execute("DELETE FROM items WHERE id IN (0, 1)")
+    conn.execute(f"UPDATE qvl.failed_{vid} SET failed_at = now() - interval '400 days' WHERE id = 2")
+    with worker_thread(qvl_db, fake.target, prune_every_s=0.2):
+        wait_until(lambda: failed_keys(conn) != ["0", "1", "2"], timeout=30)
+    assert failed_keys(conn) == ["2"]  # its row is still there and still fails: kept, however old
+
+
+def test_prune_failed_with_a_retention(conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService) -> None:
+    vid = make_failed(conn, qvl_db, fake, bad=[1, 2, 3, 4], good=[])
+    conn.execute(f"UPDATE qvl.failed_{vid} SET failed_at = now() - interval '40 days' WHERE id IN (1, 2)")
+    conn.execute("DELETE FROM items WHERE id = 4")
+    assert conn.execute("SELECT * FROM qvl.prune_failed()").fetchall() == [("items", 1, 0)]
+    assert failed_keys(conn) == ["1", "2", "3"]
+    assert conn.execute("SELECT * FROM qvl.prune_failed('items', older_than => '60 days')").fetchall() == [
+        ("items", 0, 0)]
+    assert scalar(conn, "SELECT qvl.set_failed_retention('30 days')") is not None
+    assert conn.execute("SELECT * FROM qvl.prune_failed('items')").fetchall() == [("items", 0, 2)]
+    assert failed_keys(conn) == ["3"]
+    conn.execute("SELECT qvl.set_failed_retention(NULL)")  # back to: as long as the row fails
+    conn.execute(f"UPDATE qvl.failed_{vid} SET failed_at = now() - interval '40 days'")
+    assert conn.execute("SELECT * FROM qvl.prune_failed()").fetchall() == [("items", 0, 0)]
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        conn.execute("SELECT qvl.set_failed_retention('-1 day')")
+    with pytest.raises(psycopg.errors.UndefinedObject):
+        conn.execute("SELECT * FROM qvl.prune_failed('nope')")
+
+
+def test_pruning_never_takes_rows_hidden_by_row_level_security_for_deleted(
+        conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService) -> None:
+    vid = make_failed(conn, qvl_db, fake, bad=[1, 2, 3, 4], good=[])
+    role = worker_role(conn, vid)
+    conn.execute(f"GRANT EXECUTE ON FUNCTION qvl.prune_failed(text, interval), qvl._vectorizer(text), "
+                 f"qvl._failed_retention() TO {role}; GRANT SELECT ON qvl.config TO {role}; "
+                 f"ALTER TABLE items ENABLE ROW LEVEL SECURITY; CREATE POLICY evens ON items TO {role} "
+                 "USING (id % 2 = 0)")
+    with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as c:
+        notices: list[str] = []
+        c.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        assert c.execute("SELECT * FROM qvl.prune_failed()").fetchall() == [("items", None, 0)]
+        assert any("row-level security" in n for n in notices), notices
+    assert failed_keys(conn) == ["1", "2", "3", "4"]
+
+
+def test_a_failure_fixed_through_a_sync_trigger_is_forgotten(conn: psycopg.Connection[Any], qvl_db: str,
+                                                             service: ServiceProcess) -> None:
+    """A sync vectorizer with on_error => 'queue': a row the service refuses goes to the queue, the worker
+    fails it. The row is fixed by an UPDATE and the trigger embeds it: its failure used to stay listed
+    in qvl.failed_items (and counted in vectorizer_status) forever."""
+    conn.execute("CREATE TABLE shots (id int PRIMARY KEY, caption text, image bytea)")
+    conn.execute("SELECT qvl.create_vectorizer('shots', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['image'], mode => 'sync', on_error => 'queue', dimensions => 32)")
+    conn.execute("INSERT INTO shots VALUES (1, 'broken', 'not an image'::bytea), (2, 'fine', NULL)")
+    drain(qvl_db, service.grpc_target)
+    assert failed_keys(conn, "shots") == ["1"]
+    conn.execute("UPDATE shots SET image = %s WHERE id = 1", (images(1)[0],))
+    assert scalar(conn, "SELECT embedding IS NOT NULL FROM shots WHERE id = 1")
+    assert failed_keys(conn, "shots") == []
+    assert scalar(conn, "SELECT failed FROM qvl.vectorizer_status WHERE name = 'shots'") == 0
+
+
+# -- (f) workers that died without a word -------------------------------------------------------------
+
+def test_a_killed_worker_shows_as_stale_and_is_forgotten(conn: psycopg.Connection[Any], qvl_db: str,
+                                                         fake: FakeService,
+                                                         worker_processes: Callable[..., WorkerProcess]) -> None:
+    """A SIGKILLed worker cannot delete its qvl.worker_status row: it stayed 'running' forever. Workers now
+    beat (last_seen); qvl.workers shows one silent for 3 heartbeats as 'stale', and live workers delete
+    rows not seen for forget_workers_s (a day by default)."""
+    make_items(conn, [1, 2])
+    killed = worker_processes(qvl_db, fake.target, "--heartbeat", "0.5")
+    assert killed.proc is not None
+    name = f"{socket.gethostname()}:{killed.proc.pid}"
+    state = "SELECT state FROM qvl.workers WHERE worker = %s"
+    beats = "SELECT count(*) FROM qvl.workers WHERE worker = %s AND heartbeat_s = 0.5"
+    wait_until(lambda: embedded(conn) == 2 and scalar(conn, beats, (name,)) == 1, timeout=60)
+    assert scalar(conn, state, (name,)) == "running"
+    killed.kill()
+    wait_until(lambda: scalar(conn, state, (name,)) == "stale", timeout=10)
+    with worker_thread(qvl_db, fake.target, heartbeat_s=0.2, forget_workers_s=4.0) as live:
+        wait_until(lambda: scalar(conn, f"SELECT count(*) FROM ({state}) s", (live.ident,)) == 1, timeout=10)
+        assert scalar(conn, state, (live.ident,)) == "running"  # an idle worker has its row too
+        wait_until(lambda: scalar(conn, "SELECT count(*) FROM qvl.workers WHERE worker = %s", (name,)) == 0,
+                   timeout=15)
+        assert scalar(conn, state, (live.ident,)) == "running"
+    assert scalar(conn, "SELECT count(*) FROM qvl.worker_status") == 0  # a stopped worker deletes its own

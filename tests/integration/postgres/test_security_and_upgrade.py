@@ -101,7 +101,7 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         failed_before = conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall()
         assert len(failed_before) == 1
         # The objects of a version come with it: none of the newest version's yet.
-        assert conn.execute("SELECT to_regclass('qvl.worker_status')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('qvl.workers')").fetchone() == (None,)
 
     upgrade = install(dsn)
     assert (upgrade.version_before, upgrade.version_after) == (newest - 1, newest)

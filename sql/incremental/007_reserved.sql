@@ -1,0 +1,4 @@
+-- qvl 007: reserved.
+--
+-- A placeholder (nothing to migrate) so that 008 follows without a gap: another branch brings its own
+-- 007, and this file gives way to it when the branches are merged.
