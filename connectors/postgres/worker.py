@@ -90,7 +90,7 @@ class Blocked(Exception):
     """The worker's role may not do what one vectorizer needs (see, read or write its rows): its rows
     stay queued, the other vectorizers go on, and the worker says why until it may."""
 
-    def __init__(self, v: Vectorizer, exc: psycopg.Error) -> None:
+    def __init__(self, exc: psycopg.Error) -> None:
         message = (exc.diag.message_primary if isinstance(exc, psycopg.errors.DatabaseError) else None) or str(exc)
         hint = exc.diag.message_hint if isinstance(exc, psycopg.errors.DatabaseError) else None
         if "row-level security" in message:
@@ -100,7 +100,6 @@ class Blocked(Exception):
         else:
             advice = "Grant the worker's role what it needs (docs/postgres.md, \"Running it\")."
         super().__init__(f"{message.strip()}; its rows stay queued. {advice}")
-        self.vectorizer = v.name
 
 
 @dataclass
@@ -522,7 +521,7 @@ class Worker:
             rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}
                                 ).fetchall()
         except psycopg.errors.InsufficientPrivilege as exc:  # row-level security, or a missing grant
-            raise Blocked(v, exc) from None
+            raise Blocked(exc) from None
         npk = len(v.pk_columns)
         out = []
         for r in rows:
@@ -784,9 +783,11 @@ class Worker:
             except psycopg.errors.InsufficientPrivilege as exc:
                 # May read but not write (a missing grant, or a policy that hides rows from the write):
                 # give the batch back untouched and say so; nothing is failed or dropped.
+                params = {**v.key_params(_keys(rows)), "me": lane.me}
                 with lane.conn.transaction():
-                    lane.conn.execute(v.release_sql(), {**v.key_params(_keys(rows)), "me": lane.me})
-                raise Blocked(v, exc) from None
+                    lane.conn.execute(v.lock_queue_sql(), params)
+                    lane.conn.execute(v.release_sql(), params)
+                raise Blocked(exc) from None
             except psycopg.errors.DataException:
                 # e.g. qvl.reembed changed the size under us: give the batch back, reload the definition.
                 self._configs_stale = True

@@ -183,6 +183,25 @@ def test_the_tables_owner_under_forced_row_level_security_leaves_rows_queued(
         wait_until(lambda: embedded(conn) == 6, timeout=30)
 
 
+def test_a_worker_that_may_read_but_not_write_gives_the_rows_back_and_says_why(
+        conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService, caplog: pytest.LogCaptureFixture) -> None:
+    """The role may read the table but not update it: the write fails. It used to end as a "lane error"
+    with a traceback on every try, the rows held until their lease ran out; now the batch is given
+    back at once (no attempt counted), the log says why once, and so does qvl.worker_status."""
+    vid = make_items(conn, [1, 2, 3])
+    role = worker_role(conn, vid)
+    conn.execute(f"REVOKE UPDATE ON items FROM {role}")
+    caplog.set_level(logging.INFO, logger="qvl.worker")
+    reason = "SELECT coalesce(string_agg(reason, ' '), '') FROM qvl.worker_status"
+    with worker_thread(role_dsn(qvl_db, role), fake.target, lease_s=300):
+        wait_until(lambda: "permission denied for table items" in scalar(conn, reason), timeout=30)
+        wait_until(lambda: len(fake.fake.seen) >= 6, timeout=30)  # tried again: the rows were given back
+        assert scalar(conn, f"SELECT count(*) FROM qvl.queue_{vid} WHERE attempts = 0") == 3
+    assert embedded(conn) == 0
+    assert not any(r.getMessage() == "lane error" for r in caplog.records)
+    assert len([r for r in caplog.records if "permission denied" in r.getMessage()]) == 1
+
+
 def test_reembed_under_row_level_security_refuses_rather_than_queue_only_the_visible_rows(
         conn: psycopg.Connection[Any], qvl_db: str) -> None:
     """qvl.reembed (and the backfill of qvl.create_vectorizer) by a role that row-level security applies
