@@ -56,7 +56,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
         lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts, log_every_s=args.log_every,
         vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
         backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
-        tls=args.tls, ca_file=args.ca_file, retry_delay_s=args.retry_delay,
+        tls=args.tls, ca_file=args.ca_file, retry_delay_s=args.retry_delay, heartbeat_s=args.heartbeat,
+        prune_every_s=args.prune_every,
     )
     return run_worker(settings)
 
@@ -121,6 +122,12 @@ def add_postgres_parsers(sub: Any) -> None:
                    help="longest wait between retries while the service or database is down")
     p.add_argument("--stall-timeout", type=float, default=120.0,
                    help="seconds without any result before a batch's stream is abandoned and retried")
+    p.add_argument("--heartbeat", type=float, default=15.0,
+                   help="seconds between the worker's heartbeats in qvl.worker_status (qvl.workers shows a worker "
+                   "silent for 3 heartbeats as stale)")
+    p.add_argument("--prune-every", type=float, default=300.0,
+                   help="seconds between prunings of failed rows whose table row is gone (and those past "
+                   "qvl.set_failed_retention); 0: never")
     p.add_argument("--application-name", help="shown in pg_stat_activity (default qvl-worker-<pid>)")
     p.add_argument("--vectorizer", action="append", help="only these vectorizers (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once every queue is empty")

@@ -116,11 +116,40 @@ SELECT {", ".join("c." + c for c in pk)}, c.attempts, s.{pk[0]} IS NOT NULL AS p
   FROM claimed c LEFT JOIN {self.source} s ON {self._keys("s", "c")}
  ORDER BY c.queued_at"""
 
+    def _key_order(self, alias: str) -> str:
+        return ", ".join(f"{alias}.{ident(c)}" for c in self.pk_columns)
+
+    def lock_source_sql(self) -> str:
+        """Lock the batch's table rows in primary-key order, before anything else of the batch's write.
+
+        Users' transactions lock a table row and then (through the queueing trigger) its queue row, and
+        multi-row updates usually go in key order: the worker takes its locks in the same order (table
+        rows by key, then queue rows by key), so while it waits it holds nothing a user waits for.
+        FOR NO KEY UPDATE is what the UPDATE of the vector column takes anyway (foreign keys still pass).
+        """
+        return f"""
+SELECT count(*) FROM (
+    SELECT 1 FROM {self.source} s JOIN {self._unnest()} ON {self._keys("s", "v")}
+     ORDER BY {self._key_order("s")} FOR NO KEY UPDATE OF s
+) locked"""
+
+    def lock_queue_sql(self) -> str:
+        """Lock the batch's queue rows in primary-key order (after its table rows: see lock_source_sql)."""
+        return f"""
+SELECT count(*) FROM (
+    SELECT 1 FROM {self.queue} q JOIN {self._unnest()} ON {self._keys("q", "v")}
+     ORDER BY {self._key_order("q")} FOR UPDATE OF q
+) locked"""
+
     def renew_sql(self) -> str:
-        """Extend the lease of rows this worker still holds (a batch may outlast one lease)."""
+        """Extend the lease of rows this worker still holds (a batch may outlast one lease). Rows locked
+        right now are skipped, never waited for: a user's transaction queueing one again holds it (and
+        resets the claim anyway); waiting while holding others could deadlock with that transaction."""
         return f"""
 UPDATE {self.queue} q SET claimed_until = now() + make_interval(secs => %(lease)s)
-  FROM {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
+  FROM (SELECT {self._key_order("l")} FROM {self.queue} l JOIN {self._unnest()} ON {self._keys("l", "v")}
+         WHERE l.claimed_by = %(me)s ORDER BY {self._key_order("l")} FOR UPDATE OF l SKIP LOCKED) v
+ WHERE {self._keys("q", "v")}"""
 
     def write_sql(self) -> str:
         """Store vectors of rows this worker still holds and whose content hash still matches; dequeue

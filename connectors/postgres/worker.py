@@ -67,6 +67,9 @@ class WorkerSettings:
     rpc_timeout_s: float = 600.0
     stall_s: float = 120.0  # no result for this long: the stream is abandoned and its rows given back
     log_every_s: float = 10.0
+    heartbeat_s: float = 15.0  # qvl.worker_status.last_seen; a worker silent for 3 beats shows as stale
+    forget_workers_s: float = 86400.0  # rows of workers not seen for this long are deleted (by live workers)
+    prune_every_s: float = 300.0  # qvl.prune_failed: failures of deleted rows (and past the retention); 0: never
     vectorizers: tuple[str, ...] = ()  # names; empty = all
     exit_when_idle: bool = False
     application_name: str = ""  # default qvl-worker-<pid> (pg_stat_activity shows who is who)
@@ -81,6 +84,22 @@ class ServiceDown(Exception):
 
 class Malformed(Exception):
     """A result the service should never send (a vector of the wrong size)."""
+
+
+class Blocked(Exception):
+    """The worker's role may not do what one vectorizer needs (see, read or write its rows): its rows
+    stay queued, the other vectorizers go on, and the worker says why until it may."""
+
+    def __init__(self, exc: psycopg.Error) -> None:
+        message = (exc.diag.message_primary if isinstance(exc, psycopg.errors.DatabaseError) else None) or str(exc)
+        hint = exc.diag.message_hint if isinstance(exc, psycopg.errors.DatabaseError) else None
+        if "row-level security" in message:
+            advice = (hint or "") + (" " if hint else "") + (
+                "The worker must see every row: run it as a role with BYPASSRLS (ALTER ROLE ... BYPASSRLS), "
+                "a superuser, or the table's owner (without FORCE ROW LEVEL SECURITY).")
+        else:
+            advice = "Grant the worker's role what it needs (docs/postgres.md, \"Running it\")."
+        super().__init__(f"{message.strip()}; its rows stay queued. {advice}")
 
 
 @dataclass
@@ -231,10 +250,13 @@ class Worker:
         self._counter_lock = threading.Lock()
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
         self._paused: str | None = None  # why the service cannot embed now (None: it can)
+        self._blocked: dict[str, str] = {}  # vectorizer name -> why its rows stay queued (Blocked)
         self._status_written: tuple[str, str | None] | None = None
         self._status_lock = threading.Lock()
         self._holds: dict[int, Hold] = {}  # by vectorizer id
         self._hold_lock = threading.Lock()
+        self._beats = True  # False on a database older than schema version 9 (no heartbeat column)
+        self._prunes = settings.prune_every_s > 0  # False where qvl.prune_failed is missing or not ours to call
 
     # -- lifecycle -------------------------------------------------------------------------
     def stop(self) -> None:
@@ -270,7 +292,12 @@ class Worker:
     # -- connections -----------------------------------------------------------------------
     def _connect(self) -> psycopg.Connection[Any]:
         name = self.s.application_name or f"qvl-worker-{os.getpid()}"
-        return psycopg.connect(self.s.dsn, autocommit=True, application_name=name, connect_timeout=10)
+        conn = psycopg.connect(self.s.dsn, autocommit=True, application_name=name, connect_timeout=10)
+        # A row that row-level security hides from the worker's role must never pass for a deleted one
+        # (its queue entry would be dropped, its vector never written): with row_security off, a query
+        # that a policy would filter fails instead (pg_dump does the same), and the rows stay queued.
+        conn.execute("SET row_security = off")
+        return conn
 
     def _client(self, *, timeout: float | None = None, retries: int = 1) -> Client:
         roots = Path(self.s.ca_file).read_bytes() if self.s.ca_file else None
@@ -355,13 +382,22 @@ class Worker:
                     v = configs[(turn + i) % len(configs)]
                     if self._held(v):
                         continue
-                    rows = self._claim_in_turn(lane.conn, v, lane.me)
-                    if rows:
-                        self._idle[n] = False
-                        turn = (turn + i + 1) % len(configs)
-                        last = v
-                        self.process(lane, v, rows)
-                        worked = True
+                    try:
+                        rows = self._claim_in_turn(lane.conn, v, lane.me)
+                        if rows:
+                            self._idle[n] = False
+                            turn = (turn + i + 1) % len(configs)
+                            last = v
+                            self.process(lane, v, rows)
+                            worked = True
+                    except Blocked as exc:
+                        # The worker's role may not see or write these rows: they stay queued, the
+                        # reason is shown, and the vectorizer waits its own backoff before the next try.
+                        self._hold(v, exc, quiet=True)
+                        self._block(lane, v, str(exc))
+                        continue
+                    self._block(lane, v, None)
+                    if worked:
                         break
                 if worked:
                     if down_since is not None:
@@ -412,11 +448,32 @@ class Worker:
                 return
 
     # -- what workers say about the service (qvl.worker_status) ------------------------------
+    def _block(self, lane: Lane, v: Vectorizer, reason: str | None) -> None:
+        """Note that a vectorizer's rows stay queued because of the worker's role (reason), or no longer."""
+        with self._status_lock:
+            if self._blocked.get(v.name) == reason:
+                return
+            if reason is None:
+                del self._blocked[v.name]
+                log.info(f"{v.name}: the worker may work on its rows again", extra={"vectorizer": v.name})
+            else:
+                self._blocked[v.name] = reason
+                log.warning(f"{v.name}: {reason}", extra={"vectorizer": v.name, "source": v.source})
+        self._set_status(lane, self._paused)
+
+    def _status(self) -> tuple[str, str | None]:
+        """(state, reason): paused while the service cannot embed; the reason also names each vectorizer
+        whose rows stay queued because of the worker's role."""
+        notes = [f"vectorizer {name}: {why}" for name, why in sorted(self._blocked.items())]
+        if self._paused:
+            return "paused", "; ".join([self._paused, *notes])
+        return "running", "; ".join(notes) or None
+
     def _set_status(self, lane: Lane, reason: str | None) -> None:
         """Record 'paused' with the reason, or 'running', when it changes (cheap: one row per worker)."""
         with self._status_lock:
             self._paused = reason
-            state = ("paused" if reason else "running", reason)
+            state = self._status()
             if state == self._status_written or lane.conn is None:
                 return
             try:
@@ -425,12 +482,61 @@ class Worker:
                     "ON CONFLICT (worker) DO UPDATE SET service = EXCLUDED.service, state = EXCLUDED.state, "
                     "reason = EXCLUDED.reason, updated_at = now(), "
                     "since = CASE WHEN w.state = EXCLUDED.state THEN w.since ELSE now() END",
-                    (self.ident, self.s.service, state[0], reason))
+                    (self.ident, self.s.service, *state))
                 self._status_written = state
             except psycopg.errors.UndefinedTable:
                 self._status_written = state  # a database not upgraded to version 6: nowhere to say it
             except psycopg.Error as exc:
                 log.debug("could not record the worker's status", extra={"error": str(exc).strip()})
+
+    def _heartbeat(self, conn: psycopg.Connection[Any]) -> None:
+        """Say this worker is alive (qvl.worker_status.last_seen; the row is made if there is none yet),
+        and delete the rows of workers not seen for forget_workers_s (killed ones never delete their own)."""
+        with self._status_lock:
+            state, reason = self._status()
+        try:
+            conn.execute(
+                "INSERT INTO qvl.worker_status AS w (worker, service, state, reason, last_seen, heartbeat_s) "
+                "VALUES (%s, %s, %s, %s, now(), %s) "
+                "ON CONFLICT (worker) DO UPDATE SET last_seen = now(), heartbeat_s = EXCLUDED.heartbeat_s",
+                (self.ident, self.s.service, state, reason, self.s.heartbeat_s))
+            gone = conn.execute("DELETE FROM qvl.worker_status WHERE last_seen < now() - make_interval(secs => %s) "
+                                "AND worker <> %s", (self.s.forget_workers_s, self.ident)).rowcount
+        except (psycopg.errors.UndefinedTable, psycopg.errors.UndefinedColumn):
+            self._beats = False  # a database older than schema version 9: nowhere to say it
+            log.info("no heartbeats: the database's qvl schema is older than version 9 (qvl pg install upgrades it)")
+            return
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self._beats = False
+            log.warning("no heartbeats: the worker's role may not write qvl.worker_status",
+                        extra={"error": str(exc).strip()})
+            return
+        if gone:
+            log.info(f"forgot {gone} workers not seen for {self.s.forget_workers_s:g} s (qvl.worker_status)")
+
+    def _prune_failed(self, conn: psycopg.Connection[Any]) -> None:
+        """qvl.prune_failed for this worker's vectorizers (all, or those it was told to serve)."""
+        names: tuple[str | None, ...] = self.s.vectorizers or (None,)
+        try:
+            rows = [r for name in names for r in conn.execute(
+                "SELECT vectorizer, gone, expired FROM qvl.prune_failed(%s)", (name,)).fetchall()]
+        except psycopg.errors.UndefinedFunction:
+            self._prunes = False  # a database older than schema version 9
+            log.info("no pruning of failed rows: the database's qvl schema is older than version 9")
+            return
+        except psycopg.errors.InsufficientPrivilege as exc:
+            self._prunes = False
+            log.warning("no pruning of failed rows: the worker's role may not call qvl.prune_failed "
+                        "(run it as the installing role, or call qvl.prune_failed from a job)",
+                        extra={"error": str(exc).strip()})
+            return
+        except psycopg.errors.UndefinedObject:
+            self._configs_stale = True  # a vectorizer it serves was dropped
+            return
+        for name, gone, expired in rows:
+            if gone or expired:
+                log.info(f"{name}: pruned {gone or 0} failed rows whose table row is gone, {expired} older than "
+                         "the retention", extra={"vectorizer": name, "gone": gone, "expired": expired})
 
     def _forget_status(self) -> None:
         try:
@@ -451,6 +557,8 @@ class Worker:
         first for ever, and ``v`` is tried again after its own backoff."""
         try:
             rows = self._claim(conn, v, me)
+        except Blocked:
+            raise  # the worker's rights, not the vectorizer: the lane says why (_block)
         except Exception as exc:
             if isinstance(exc, psycopg.Error) and _connection_lost(conn, exc):
                 raise
@@ -463,7 +571,7 @@ class Worker:
                                                                        "failures": hold.failures})
         return rows
 
-    def _hold(self, v: Vectorizer, exc: Exception) -> None:
+    def _hold(self, v: Vectorizer, exc: Exception, *, quiet: bool = False) -> None:
         self._configs_stale = True  # the table may have changed: the next try reads the definition again
         with self._hold_lock:
             hold = self._holds.get(v.id)
@@ -475,7 +583,7 @@ class Worker:
             first = hold.failures == 1
         error = str(exc).strip() or type(exc).__name__
         extra = {"vectorizer": v.name, "error": error, "retry_in_s": round(delay, 2), "failures": hold.failures}
-        if not first:
+        if quiet or not first:
             log.debug(f"vectorizer {v.name}: claiming rows failed again: {error}", extra=extra)
         elif isinstance(exc, psycopg.Error):
             log.warning(f"vectorizer {v.name} ({v.source}): claiming rows failed: {error}; the other vectorizers "
@@ -485,7 +593,11 @@ class Worker:
                           f"go on, this one is tried again with backoff", extra=extra)
 
     def _claim(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str) -> list[Claimed]:
-        rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}).fetchall()
+        try:
+            rows = conn.execute(v.claim_sql(), {"limit": self.s.batch, "lease": self.s.lease_s, "me": me}
+                                ).fetchall()
+        except psycopg.errors.InsufficientPrivilege as exc:  # row-level security, or a missing grant
+            raise Blocked(exc) from None
         npk = len(v.pk_columns)
         out = []
         for r in rows:
@@ -731,17 +843,34 @@ class Worker:
                 lane.conn = self._connect()
             try:
                 return self._finish_once(lane.conn, v, lane.me, rows, writes, failures, retry, gone)
-            except psycopg.OperationalError:
+            except (psycopg.errors.TransactionRollback, psycopg.errors.DeadlockDetected) as exc:
+                # A deadlock or serialization failure: nothing was written; the same write again.
                 if attempt == 2:
                     raise
-                log.warning("lost the database connection while writing; retrying the write")
+                log.warning("the database rolled the write back; retrying it", extra={"error": str(exc).strip()})
+                self.stopping.wait(0.1 * (attempt + 1))
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    raise
+                log.warning("lost the database connection while writing; retrying the write",
+                            extra={"error": str(exc).strip()})
                 lane.conn.close()
                 self.stopping.wait(0.5 * (attempt + 1))
+            except psycopg.errors.InsufficientPrivilege as exc:
+                # May read but not write (a missing grant, or a policy that hides rows from the write):
+                # give the batch back untouched and say so; nothing is failed or dropped.
+                params = {**v.key_params(_keys(rows)), "me": lane.me}
+                with lane.conn.transaction():
+                    lane.conn.execute(v.lock_queue_sql(), params)
+                    lane.conn.execute(v.release_sql(), params)
+                raise Blocked(exc) from None
             except psycopg.errors.DataException:
                 # e.g. qvl.reembed changed the size under us: give the batch back, reload the definition.
                 self._configs_stale = True
+                params = {**v.key_params(_keys(rows)), "me": lane.me}
                 with lane.conn.transaction():
-                    lane.conn.execute(v.release_sql(), {**v.key_params(_keys(rows)), "me": lane.me})
+                    lane.conn.execute(v.lock_queue_sql(), params)
+                    lane.conn.execute(v.release_sql(), params)
                 return Outcome(released=len(rows))
             except (psycopg.errors.UndefinedColumn, psycopg.errors.UndefinedTable):
                 # The table changed while the batch was embedded (a renamed column or table, which the
@@ -767,6 +896,10 @@ class Worker:
                      retry: list[tuple[Claimed, float, str]], gone: list[Claimed]) -> Outcome:
         out = Outcome()
         with conn.transaction():
+            # Every lock the batch needs, taken first and in a fixed order (see lock_source_sql).
+            batch = v.key_params(_keys(rows))
+            conn.execute(v.lock_source_sql(), batch)
+            conn.execute(v.lock_queue_sql(), batch)
             if writes:
                 params = {**v.key_params([r.key for r, _ in writes]), "me": me,
                           "qvl_hash": [r.content_hash for r, _ in writes], "qvl_vec": [vec for _, vec in writes]}
@@ -790,12 +923,23 @@ class Worker:
     def _monitor(self) -> None:
         conn: psycopg.Connection[Any] | None = None
         last_report = time.monotonic()
+        last_beat = last_prune = float("-inf")  # both at once on start
         self._last_counts: dict[str, int] = {}
         self._last_at = time.monotonic()
+        pause = 0.0  # the first heartbeat at once: the worker's row is there as it starts
         while not self.stopping.is_set():
-            self.stopping.wait(0.25 if self.s.exit_when_idle else 1.0)
+            self.stopping.wait(pause)
+            pause = min(0.25 if self.s.exit_when_idle else 1.0, self.s.heartbeat_s)
             now = time.monotonic()
             try:
+                if self._beats and now - last_beat >= self.s.heartbeat_s:
+                    conn = conn if conn is not None and not conn.closed else self._connect()
+                    self._heartbeat(conn)
+                    last_beat = now
+                if self._prunes and now - last_prune >= self.s.prune_every_s:
+                    conn = conn if conn is not None and not conn.closed else self._connect()
+                    self._prune_failed(conn)
+                    last_prune = now
                 if self.s.exit_when_idle and all(self._idle):
                     conn = conn if conn is not None and not conn.closed else self._connect()
                     if self._pending(conn) == 0:

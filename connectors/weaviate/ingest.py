@@ -3,7 +3,8 @@
 Weaviate's modules embed every field apart and average the vectors; a joint embedding lets
 the model see caption and picture together. ``ingest`` streams the items to qvl over gRPC
 (``EmbedStream``: the service batches them), then inserts the objects with Weaviate's batch
-API, the embedding stored as the collection's ``joint`` named vector.
+API, the embedding stored as the collection's ``joint`` named vector. With a ``key`` each object's
+id follows from it, so ingesting again replaces the objects instead of adding copies.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 
 import numpy as np
 from weaviate.collections import Collection
+from weaviate.util import generate_uuid5
 
 from connectors.client import Client, ItemFailure, QvlClientError, as_list
 from connectors.progress import Progress
@@ -28,6 +30,7 @@ from qvl_proto import vectorizer_pb2 as pb
 log = logging.getLogger("qvl.weaviate.ingest")
 
 ProgressFn = Callable[[int, int | None], None]
+KeyFn = Callable[[Mapping[str, Any]], Any]
 
 
 class IngestError(ValueError):
@@ -68,6 +71,22 @@ def object_item(obj: Mapping[str, Any], fields: Mapping[str, list[str]], *, inde
     return pb.Item(parts=parts)
 
 
+def object_uuid(collection_name: str, key: Any) -> str:
+    """The id of the object whose key is ``key`` in that collection: Weaviate's ``generate_uuid5`` of the
+    key's text, namespaced by the collection's name (so anyone can compute it, and the same key in two
+    collections names two objects)."""
+    return generate_uuid5(key, collection_name)
+
+
+def key_value(obj: Mapping[str, Any], key: str | KeyFn, *, index: int) -> Any:
+    """The object's key: the value of the property named ``key``, or what ``key(obj)`` returns."""
+    value = obj.get(key) if isinstance(key, str) else key(obj)
+    if value is None or value == "":
+        what = f"key property {key!r}" if isinstance(key, str) else "the key function's value"
+        raise IngestError(f"object {index}: {what} is missing or empty")
+    return value
+
+
 def weaviate_properties(obj: Mapping[str, Any], fields: Mapping[str, list[str]]) -> dict[str, Any]:
     """The object as Weaviate stores it: media fields as base64 text, the rest unchanged."""
     media = set(fields.get("image", [])) | set(fields.get("video", []))
@@ -86,21 +105,27 @@ def ingest(
     max_in_flight: int = 256,
     total: int | None = None,
     progress: ProgressFn | None = None,
+    key: str | KeyFn | None = None,
 ) -> dict[str, Any]:
     """Embed each object's fields as one item with qvl and insert it with its ``joint`` vector.
 
     ``objects`` are property dicts (media as bytes or base64); ``fields`` maps "text",
     "image", "video" to property names (default: read from the collection). ``instruction``
-    and ``dimensions`` go to qvl (``search`` must use the same ``dimensions``). A bad object
-    (unreadable media, a Weaviate refusal) is reported and the others go on. Returns
-    ``{"inserted", "failed": [{"index", "stage", "error"}], "uuids" (input order, None where it
-    failed), "seconds", "objects_per_s"}``.
+    and ``dimensions`` go to qvl (``search`` must use the same ``dimensions``). ``key`` (a property
+    name, or a function of the object) makes the ids deterministic (``object_uuid``): ingesting the
+    same keys again replaces those objects, so a re-run updates instead of duplicating; an object
+    without a key, or repeating an earlier object's key in this run, is refused. Without ``key`` the
+    ids are random. A bad object (unreadable media, a Weaviate refusal) is reported and the others go
+    on. Returns
+    ``{"inserted" (objects stored, new or replaced), "failed": [{"index", "stage", "error"}], "uuids"
+    (input order, None where it failed), "seconds", "objects_per_s"}``.
     """
     fields = dict(fields) if fields is not None else collection_fields(collection)
     started = time.monotonic()
     failed: list[dict[str, Any]] = []
-    pending: deque[tuple[int, Mapping[str, Any]]] = deque()  # objects whose embedding is on its way
+    pending: deque[tuple[int, Mapping[str, Any], str]] = deque()  # objects whose embedding is on its way
     uuids: dict[int, str] = {}
+    keyed: dict[str, int] = {}  # id -> the index of the object that has it (key given: ids repeat)
     seen = 0
     meter = Progress(f"ingested objects into {collection.name}", total, logger=log)
 
@@ -110,10 +135,17 @@ def ingest(
             seen = index + 1
             try:
                 item = object_item(obj, fields, index=index)
+                object_id = str(uuidlib.uuid4())
+                if key is not None:
+                    value = key_value(obj, key, index=index)
+                    object_id = object_uuid(collection.name, value)
+                    if object_id in keyed:  # in one batch the later copy would silently win
+                        raise IngestError(f"object {index}: key {value!r} repeats object {keyed[object_id]}'s")
+                    keyed[object_id] = index
             except IngestError as exc:
                 failed.append({"index": index, "stage": "read", "error": str(exc)})
                 continue
-            pending.append((index, obj))
+            pending.append((index, obj, object_id))
             yield item
 
     done = 0
@@ -121,11 +153,10 @@ def ingest(
         try:
             for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
                                            max_in_flight=max_in_flight):
-                index, obj = pending.popleft()
+                index, obj, object_id = pending.popleft()
                 if isinstance(result, ItemFailure):
                     failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
                 else:
-                    object_id = str(uuidlib.uuid4())
                     uuids[index] = object_id
                     batch.add_object(properties=weaviate_properties(obj, fields), uuid=object_id,
                                      vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()})

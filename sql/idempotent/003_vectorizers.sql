@@ -175,7 +175,7 @@ $$;
 -- the domain (PL/Python handing the row back, a key going into the queue). Owned by the installing
 -- superuser, that let a role that owns such a domain's function run it as a superuser. So they are
 -- owned by qvl_trigger: NOLOGIN, no role attributes, member of no role, allowed only what the
--- triggers do (read qvl.vectorizer, call qvl._call and qvl._load, write the queues).
+-- triggers do (read qvl.vectorizer, call qvl._call and qvl._load, write the queues, forget failures).
 CREATE OR REPLACE FUNCTION qvl._ensure_trigger_role() RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -213,6 +213,9 @@ BEGIN
     PERFORM qvl._ensure_trigger_role();
     IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE ON qvl.queue_%s TO qvl_trigger', vid);
+    END IF;
+    IF to_regclass(format('qvl.failed_%s', vid)) IS NOT NULL THEN  -- the sync trigger forgets a fixed row's failure
+        EXECUTE format('GRANT SELECT, DELETE ON qvl.failed_%s TO qvl_trigger', vid);
     END IF;
     IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
         EXECUTE format('ALTER FUNCTION qvl._enqueue_%s() OWNER TO qvl_trigger', vid);
@@ -282,8 +285,10 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 
+-- Queues every row of the table (the backfill, qvl.reembed). row_security off: a caller whom a policy
+-- would show only some rows gets an error, not a backfill that silently leaves the others out.
 CREATE OR REPLACE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
-SET search_path = pg_catalog, pg_temp AS $$
+SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
 DECLARE
     v qvl.vectorizer;
     cols text;

@@ -393,6 +393,11 @@ def test_enqueue_sql_releases_a_claimed_row() -> None:
         "SET claimed_until = NULL, claimed_by = NULL, not_before = NULL")
 
 
+def test_unfail_sql_deletes_one_rows_failure() -> None:
+    assert qvl_lib.unfail_sql(7, ["a", "b"], FakePlpy.quote_ident) == (
+        'DELETE FROM qvl.failed_7 WHERE "a" = $1 AND "b" = $2')
+
+
 # -- the sync trigger and search against the stand-in ---------------------------------------------
 def sync_setup(plpy: FakePlpy, on_error: str, status: int, body: Any) -> list[tuple[str, Any]]:
     plpy.on("FROM qvl.vectorizer v", lambda args: [{**CFG, "on_error": on_error}])
@@ -407,6 +412,9 @@ def test_sync_trigger_writes_the_vector_into_the_new_row(plpy: FakePlpy) -> None
     assert td["new"]["embedding"] == "[1.0,0.0,0.0]"
     assert calls == [("embed", {"items": [{"text": ["a cat"]}], "format": "base64", "encoding": "float32",
                                 "dimensions": 3})]
+    # Embedded: a failure the worker recorded for the row before it was fixed is forgotten.
+    assert [(q, a) for q, a in plpy.executed if "failed_7" in q] == [
+        ('DELETE FROM qvl.failed_7 WHERE "id" = $1', [1])]
     td = {"args": ["7"], "new": {"id": 2, "caption": None, "image": None, "embedding": "[1,2,3]"}}
     assert qvl_lib.sync_trigger(td) == "MODIFY" and td["new"]["embedding"] is None and len(calls) == 1
 
@@ -428,6 +436,7 @@ def test_sync_trigger_fails_the_statement_or_queues_the_row(plpy: FakePlpy) -> N
                       ("SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["7"])]
     assert plpy.notices == ["qvl: row 5 of public.photos queued for the worker: qvl: the model service is busy "
                             "or starting"]
+    assert not any("failed_7" in q for q, _ in plpy.executed)  # queued, not embedded: any failure stands
 
 
 def estimates(plpy: FakePlpy, passing: float, total: float = 10_000) -> None:

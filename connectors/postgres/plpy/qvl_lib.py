@@ -739,6 +739,17 @@ def enqueue(cfg: Row, row: Row) -> None:
     plpy.execute(plan("notify", "SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["text"]), [str(cfg["id"])])
 
 
+def unfail_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
+    """Forget a row's failure ($1, $2, ...: its key): it has just been embedded."""
+    where = " AND ".join(f"{quote(c)} = ${i + 1}" for i, c in enumerate(pk_columns))
+    return f"DELETE FROM qvl.failed_{vid} WHERE {where}"
+
+
+def unfail(cfg: Row, row: Row) -> None:
+    query = unfail_sql(cfg["id"], cfg["pk_columns"], plpy.quote_ident)
+    plpy.execute(plan(("unfail", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
+
+
 def sync_trigger(TD: dict[str, Any]) -> str:
     """BEFORE INSERT/UPDATE of a 'sync' vectorizer: the vector is in the row when the statement ends."""
     cfg = vectorizer_by_id(int(TD["args"][0]))
@@ -758,6 +769,10 @@ def sync_trigger(TD: dict[str, Any]) -> str:
         new[dest] = None
         enqueue(cfg, new)
         plpy.notice(f"qvl: {where} queued for the worker: {f.message}")
+        return "MODIFY"
+    # A row that failed in the worker (queued by on_error => 'queue') and was fixed since: its failure
+    # is past (the worker's write does the same for async rows).
+    unfail(cfg, new)
     return "MODIFY"
 
 

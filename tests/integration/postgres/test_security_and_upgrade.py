@@ -82,7 +82,7 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
                                      request: pytest.FixtureRequest) -> None:
     dsn = new_database(pg_server, request.node.name)
     newest = latest_version()
-    # Version 6: before the schema guard (7) and hybrid search (8) and whatever came after.
+    # Version 6: before the schema guard (7), hybrid search (8), queue upkeep (9) and whatever came after.
     before_version = 6
     first = install(dsn, service_url=service.http_url, service_token=None, target=before_version)
     assert first.version_after == before_version
@@ -104,6 +104,7 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'qvl.vectorizer'::regclass "
                             "AND attname = 'fulltext'").fetchone() == (0,)
         assert conn.execute("SELECT to_regprocedure('qvl.set_fulltext(text, text)')").fetchone() == (None,)
+        assert conn.execute("SELECT to_regclass('qvl.workers')").fetchone() == (None,)
 
     upgrade = install(dsn)
     assert (upgrade.version_before, upgrade.version_after) == (before_version, newest)

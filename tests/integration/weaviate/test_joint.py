@@ -9,10 +9,11 @@ import pytest
 import weaviate
 from weaviate.classes.config import DataType, Property
 from weaviate.collections import Collection
+from weaviate.util import generate_uuid5
 
 from connectors.client import Client
 from connectors.weaviate.collections import JOINT_VECTOR, MODULE_VECTOR, collection_fields, create_collection
-from connectors.weaviate.ingest import IngestError, ingest
+from connectors.weaviate.ingest import IngestError, ingest, object_uuid
 from connectors.weaviate.search import search
 from qvl_devtools.launchers.service import free_ports
 from tests.integration.weaviate.conftest import cos
@@ -139,3 +140,38 @@ def test_ingest_names_where_a_broken_stream_stopped(wv: weaviate.WeaviateClient,
             ingest(wv.collections.get("JointDown"), pictures[:2], qvl=nobody)
     finally:
         wv.collections.delete("JointDown")
+
+
+def test_ingest_with_a_key_updates_instead_of_duplicating(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
+                                                          qvl: Client, pictures: list[dict[str, object]]) -> None:
+    """Ids were random: ingesting the same objects again stored each one twice. With ``key`` the id is
+    generate_uuid5(key, collection name): a re-run replaces the objects (new properties, new vector)."""
+    create_collection(wv, "JointKeyed", text_fields=["caption"], image_fields=["image"],
+                      service_url=qvl_service.http_url, joint_vector=True, module_vector=False,
+                      properties=[Property(name="name", data_type=DataType.TEXT)], replace=True)
+    col = wv.collections.get("JointKeyed")
+    try:
+        first = ingest(col, pictures, qvl=qvl, key="name")
+        assert first["inserted"] == len(pictures) and len(col) == len(pictures)
+        assert first["uuids"] == [generate_uuid5(p["name"], "JointKeyed") for p in pictures]
+        assert first["uuids"][0] == object_uuid("JointKeyed", pictures[0]["name"])
+
+        changed = [{**p, "caption": f"{p['caption']}, again"} for p in pictures]
+        again = ingest(col, changed, qvl=qvl, key=lambda o: o["name"])  # a function of the object works too
+        assert again["uuids"] == first["uuids"] and again["failed"] == []
+        assert len(col) == len(pictures)  # replaced, not duplicated
+        obj = col.query.fetch_object_by_id(first["uuids"][0], include_vector=True)
+        assert obj.properties["caption"] == changed[0]["caption"]
+        [want] = qvl.embed([{"text": changed[0]["caption"], "image": changed[0]["image"]}])
+        assert cos(obj.vector[JOINT_VECTOR], want) >= 0.9999
+
+        # A key repeated within one run, or missing, is refused (a later copy would silently win).
+        odd = [pictures[0], {**pictures[1], "name": pictures[0]["name"]},
+               {"caption": "no name", "image": pictures[2]["image"]}]
+        report = ingest(col, odd, qvl=qvl, key="name")
+        assert [(f["index"], f["stage"]) for f in report["failed"]] == [(1, "read"), (2, "read")]
+        assert "repeats object 0" in report["failed"][0]["error"]
+        assert "key property 'name' is missing" in report["failed"][1]["error"]
+        assert report["uuids"] == [first["uuids"][0], None, None] and len(col) == len(pictures)
+    finally:
+        wv.collections.delete("JointKeyed")
