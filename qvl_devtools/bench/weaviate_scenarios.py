@@ -49,7 +49,8 @@ def _objects(n: int, seed: int) -> list[dict[str, Any]]:
 
 def _weaviate_insert(client: Any, name: str, objects: list[dict[str, Any]], service_url: str) -> tuple[float, int]:
     """Seconds to insert ``objects`` with the batch API (Weaviate calls qvl per object), and failures."""
-    create_collection(client, name, text_fields=["caption"], image_fields=["image"], service_url=service_url,
+    create_collection(client, name, module="multi2vec-clip",
+                      text_fields=["caption"], image_fields=["image"], service_url=service_url,
                       rerank=False, replace=True)
     col = client.collections.get(name)
     rows = [{"caption": o["caption"], "image": base64.b64encode(o["image"]).decode("ascii")} for o in objects]
