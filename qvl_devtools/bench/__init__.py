@@ -15,7 +15,7 @@ from typing import Any
 RUNTIME = ("embed-text", "embed-image", "embed-video", "rerank-text", "rerank-image")
 SERVICE = ("grpc-concurrent", "grpc-stream", "http-weaviate")
 POSTGRES = ("pg-ingest", "pg-insert-overhead", "pg-rerank", "pg-search")
-WEAVIATE = ("weaviate-ingest",)
+WEAVIATE = ("weaviate-ingest", "weaviate-voyage-ingest")
 SCENARIOS = RUNTIME + SERVICE + POSTGRES + WEAVIATE
 
 # Targets from the issues (CPU/tiny unless noted); reported, never asserted in tests.
@@ -29,6 +29,7 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "pg-rerank": ("overhead_ms", "<=", 5.0),
     "pg-search": ("recall_min", ">=", 0.95),
     "weaviate-ingest": ("ratio", ">=", 0.7),
+    "weaviate-voyage-ingest": ("ratio", ">=", 0.7),
 }
 
 
@@ -78,8 +79,8 @@ def _runner(scenario: str) -> Callable[[argparse.Namespace], dict[str, Any]]:
     if scenario in POSTGRES:
         from qvl_devtools.bench.postgres_scenarios import run_postgres_scenario
         return run_postgres_scenario
-    from qvl_devtools.bench.weaviate_scenarios import run_weaviate_scenario
-    return run_weaviate_scenario
+    from qvl_devtools.bench.weaviate_scenarios import run_voyage_scenario, run_weaviate_scenario
+    return run_voyage_scenario if scenario == "weaviate-voyage-ingest" else run_weaviate_scenario
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -1,11 +1,16 @@
-"""``qvl bench --scenario weaviate-ingest``: objects/s through Weaviate's batch API with qvl as the
-module, against qvl's own ``EmbedStream`` on the same items, in the same run.
+"""``qvl bench --scenario weaviate-ingest`` / ``weaviate-voyage-ingest``: objects/s through
+Weaviate's batch API with qvl behind the module, against qvl's own ``EmbedStream`` on the same
+items, in the same run.
 
-Each object is a caption and a JPEG. Weaviate's multi2vec-clip embeds the two apart (one
-``/vectorize`` call per object, 2 x CPU calls at once), so the baseline streams the same two
-items per object. ``ratio`` = Weaviate's objects/s over the stream's (target >= 0.7): what
-Weaviate's path costs on top of the model. The joint-embedding path (``ingest``: one item per
-object) is reported beside it.
+Each object is a caption and a JPEG. ``weaviate-ingest`` uses the local multi2vec-clip (one
+``/vectorize`` call per object); ``weaviate-voyage-ingest`` the per-collection multi2vec-voyageai
+pointed at qvl by baseURL, with qvl behind a token (one ``/v1/multimodalembeddings`` call per
+object, the key sent as the client's ``X-VoyageAI-Api-Key`` header). Both modules embed the two
+fields apart (voyage sends each field value as its own input, and qvl's route makes each input
+one item: two vectors, averaged by Weaviate), 2 x GOMAXPROCS calls at once, so the baseline
+streams the same two items per object. ``ratio`` = Weaviate's objects/s over the stream's (target
+>= 0.7): what Weaviate's path costs on top of the model. ``weaviate-ingest`` also reports the
+joint-embedding path (``ingest``: one item per object).
 """
 
 from __future__ import annotations
@@ -17,18 +22,19 @@ from typing import Any
 
 from connectors.client import Client
 from connectors.progress import Progress
-from connectors.weaviate.collections import create_collection
+from connectors.weaviate.collections import api_key_headers, create_collection
 from connectors.weaviate.ingest import ingest
 from qvl_devtools.bench import workloads
 from qvl_devtools.bench.models import TINY_DIR
 from qvl_devtools.launchers.service import ServiceProcess
-from qvl_devtools.launchers.weaviate import WeaviateServer, connect, module_env
+from qvl_devtools.launchers.weaviate import API_MODULES, WeaviateServer, connect, module_env
 
 WARMUP = 8
 ROUNDS = 3
+TOKEN = "bench-token"
 
 
-def _service(args: Any) -> ServiceProcess:
+def _service(args: Any, token: str | None = None) -> ServiceProcess:
     model = getattr(args, "model", None)
     if not model:
         if getattr(args, "shape", "tiny") != "tiny":
@@ -38,7 +44,7 @@ def _service(args: Any) -> ServiceProcess:
     env = {"QVL_DEVICE": getattr(args, "device", None) or "cpu", "QVL_LOG_LEVEL": "WARNING"}
     if getattr(args, "batch_tokens", None):
         env["QVL_BATCH_TOKENS"] = str(args.batch_tokens)
-    return ServiceProcess(embedding_model=model, reranker_model=None, env=env)  # started by ``with``
+    return ServiceProcess(embedding_model=model, reranker_model=None, env=env, token=token)  # started by ``with``
 
 
 def _objects(n: int, seed: int) -> list[dict[str, Any]]:
@@ -47,10 +53,11 @@ def _objects(n: int, seed: int) -> list[dict[str, Any]]:
     return [{"caption": c, "image": i} for c, i in zip(captions, images, strict=True)]
 
 
-def _weaviate_insert(client: Any, name: str, objects: list[dict[str, Any]], service_url: str) -> tuple[float, int]:
+def _weaviate_insert(client: Any, name: str, objects: list[dict[str, Any]], service_url: str,
+                     module: str = "multi2vec-clip") -> tuple[float, int]:
     """Seconds to insert ``objects`` with the batch API (Weaviate calls qvl per object), and failures."""
-    create_collection(client, name, text_fields=["caption"], image_fields=["image"], service_url=service_url,
-                      rerank=False, replace=True)
+    create_collection(client, name, module=module, text_fields=["caption"], image_fields=["image"],
+                      service_url=service_url, rerank=False, replace=True)
     col = client.collections.get(name)
     rows = [{"caption": o["caption"], "image": base64.b64encode(o["image"]).decode("ascii")} for o in objects]
     start = time.perf_counter()
@@ -60,7 +67,7 @@ def _weaviate_insert(client: Any, name: str, objects: list[dict[str, Any]], serv
     seconds = time.perf_counter() - start
     failed = len(col.batch.failed_objects)
     if failed:
-        raise RuntimeError(f"weaviate-ingest: {failed} objects failed in collection {name!r}: "
+        raise RuntimeError(f"{module}: {failed} objects failed in collection {name!r}: "
                            f"{col.batch.failed_objects[0].message}")
     return seconds, failed
 
@@ -128,4 +135,51 @@ def run_weaviate_scenario(args: Any) -> dict[str, Any]:
         "objects_stored": stored,
         "weaviate_start_seconds": round(weaviate_start_s, 2),
         "weaviate_batch": "fixed_size(batch_size=64, concurrent_requests=2); Weaviate sends 2 x CPU module calls",
+    }
+
+
+def run_voyage_scenario(args: Any) -> dict[str, Any]:
+    """``weaviate-voyage-ingest``: the same as ``weaviate-ingest`` through multi2vec-voyageai."""
+    n = getattr(args, "items", None) or 128
+    objects = _objects(n + WARMUP, getattr(args, "seed", 0))
+    warm, measured = objects[:WARMUP], objects[WARMUP:]
+    progress = Progress("bench weaviate-voyage-ingest", total=1 + ROUNDS, every=0)
+    t_weaviate: list[float] = []
+    t_stream: list[float] = []
+    module = "multi2vec-voyageai"
+    # No module variable names qvl: the collection's baseURL does, the client's header holds the token.
+    with (_service(args, token=TOKEN) as svc, WeaviateServer(env=module_env(modules=API_MODULES)) as server,
+          Client(svc.grpc_target, token=TOKEN) as qvl):
+        client = connect(server, headers=api_key_headers(TOKEN))
+        try:
+            _weaviate_insert(client, "BenchWarm", warm, svc.http_url, module)
+            _stream(qvl, warm)
+            progress.advance()
+            # Alternating rounds, medians: one slow moment on a shared machine moves one round only.
+            for r in range(ROUNDS):
+                t_weaviate.append(_weaviate_insert(client, f"BenchVoyage{r}", measured, svc.http_url, module)[0])
+                t_stream.append(_stream(qvl, measured))
+                progress.advance()
+            stored = len(client.collections.get("BenchVoyage0"))
+        finally:
+            client.close()
+    progress.finish()
+    weaviate_rate = n / statistics.median(t_weaviate)
+    stream_rate = n / statistics.median(t_stream)
+    return {
+        "items": n,
+        "objects": n,
+        "items_per_object": 2,
+        "image_size": "320x240 JPEG",
+        "module": module,
+        "token": True,
+        "rounds": ROUNDS,
+        "weaviate_objects_per_s": round(weaviate_rate, 2),
+        "baseline_objects_per_s": round(stream_rate, 2),
+        "ratio": weaviate_rate / stream_rate,
+        "weaviate_objects_per_s_rounds": [round(n / t, 2) for t in t_weaviate],
+        "baseline_objects_per_s_rounds": [round(n / t, 2) for t in t_stream],
+        "objects_stored": stored,
+        "weaviate_batch": "fixed_size(batch_size=64, concurrent_requests=2); Weaviate sends 2 x GOMAXPROCS "
+                          "module calls, one object (two inputs) each",
     }

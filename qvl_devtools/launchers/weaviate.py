@@ -2,8 +2,10 @@
 
 (``qvl_devtools.launchers.service.ServiceProcess`` is its counterpart for ``qvl serve``.)
 
-``module_env(service_url)`` gives the environment that wires Weaviate's four modules to a
-running ``qvl serve``; ``WeaviateServer(env=module_env(...))`` starts it on free ports.
+``module_env(service_url)`` gives the environment that enables Weaviate's per-collection API
+modules (multi2vec-voyageai, -jinaai, -cohere, -nvidia, text2vec-openai, reranker-cohere: a
+collection's ``baseURL`` names qvl, no variable does) and wires the four local modules to a running
+``qvl serve``; ``WeaviateServer(env=module_env(...))`` starts it on free ports.
 """
 
 from __future__ import annotations
@@ -31,27 +33,58 @@ from qvl_devtools.launchers.service import free_ports
 DEFAULT_WEAVIATE_BIN = "/opt/qvl/weaviate-v1.39.0/weaviate-server"
 SETUP_HINT = "run `make setup` (scripts/setup.sh) to build it"
 NODE_NAME = "node1"
-MODULES = ("multi2vec-clip", "multi2vec-bind", "text2vec-transformers", "reranker-transformers")
+API_MODULES = ("multi2vec-voyageai", "multi2vec-jinaai", "multi2vec-cohere", "multi2vec-nvidia", "text2vec-openai",
+               "reranker-cohere")
+LOCAL_MODULES = ("multi2vec-clip", "multi2vec-bind", "text2vec-transformers", "reranker-transformers")
+MODULES = API_MODULES + LOCAL_MODULES
+# Each API module's key variable (the alternative to the client's X-<Provider>-Api-Key header).
+API_KEY_VARIABLES = {"multi2vec-voyageai": "VOYAGEAI_APIKEY", "multi2vec-jinaai": "JINAAI_APIKEY",
+                     "multi2vec-cohere": "COHERE_APIKEY", "multi2vec-nvidia": "NVIDIA_APIKEY",
+                     "text2vec-openai": "OPENAI_APIKEY", "reranker-cohere": "COHERE_APIKEY"}
+DEFAULT_TIKTOKEN_CACHE_DIR = "/opt/qvl/tiktoken"
 
 
 def weaviate_binary() -> Path:
     return Path(os.environ.get("QVL_WEAVIATE_BIN", DEFAULT_WEAVIATE_BIN))
 
 
-def module_env(service_url: str, *, client_timeout: str = "120s", modules: tuple[str, ...] = MODULES) -> dict[str, str]:
-    """Weaviate variables that point the qvl-backed modules at ``service_url`` (the service's HTTP URL).
+def tiktoken_cache_dir() -> str | None:
+    """Where ``make setup`` put OpenAI's cl100k_base file for text2vec-openai (None when absent)."""
+    path = os.environ.get("QVL_TIKTOKEN_CACHE_DIR", DEFAULT_TIKTOKEN_CACHE_DIR)
+    return path if Path(path).is_dir() and any(Path(path).iterdir()) else None
 
-    text2vec-transformers gets separate passage and query URLs (the same service here: it
-    tells them apart by ``task_type``); set them to different ``/profiles/{name}`` paths to
-    give queries another profile. ``MODULES_CLIENT_TIMEOUT`` bounds one module request:
-    large images and videos need more than Weaviate's 50 s default on a CPU.
+
+def module_env(service_url: str | None = None, *, client_timeout: str = "120s", modules: tuple[str, ...] = MODULES,
+               api_key: str | None = None) -> dict[str, str]:
+    """Weaviate variables that enable ``modules`` and point the local ones at ``service_url``.
+
+    The API modules need no URL here (each collection's ``baseURL`` names qvl); ``api_key`` (qvl's
+    token) becomes their key variables, for clients that send no ``X-<Provider>-Api-Key`` header.
+    text2vec-openai counts tokens with OpenAI's cl100k_base file before a batch import: the variable
+    ``TIKTOKEN_CACHE_DIR`` points at the copy ``make setup`` installs (without it Weaviate downloads
+    it, and fails every object of the batch where it cannot).
+    The local text2vec-transformers gets separate passage and query URLs (the same service here:
+    it tells them apart by ``task_type``); set them to different ``/profiles/{name}`` paths to give
+    queries another profile. ``MODULES_CLIENT_TIMEOUT`` bounds one module request: large images and
+    videos need more than Weaviate's 50 s default on a CPU.
     """
-    url = service_url.rstrip("/")
+    unknown = set(modules) - set(MODULES)
+    if unknown:
+        raise ValueError(f"unknown modules {sorted(unknown)}; expected some of {', '.join(MODULES)}")
+    local = [m for m in modules if m in LOCAL_MODULES]
+    if local and not service_url:
+        raise ValueError(f"the local modules {', '.join(local)} need the service URL")
+    url = (service_url or "").rstrip("/")
     env = {
         "ENABLE_MODULES": ",".join(modules),
         "DEFAULT_VECTORIZER_MODULE": "none",
         "MODULES_CLIENT_TIMEOUT": client_timeout,
     }
+    if api_key:
+        env.update({API_KEY_VARIABLES[m]: api_key for m in modules if m in API_KEY_VARIABLES})
+    cache = tiktoken_cache_dir()
+    if "text2vec-openai" in modules and cache:
+        env["TIKTOKEN_CACHE_DIR"] = cache
     if "multi2vec-clip" in modules:
         env["CLIP_INFERENCE_API"] = url
     if "multi2vec-bind" in modules:
@@ -244,11 +277,15 @@ class WeaviateServer(LocalDataServer):
             time.sleep(0.25)
 
 
-def connect(server: WeaviateServer, *, timeout_s: float = 300.0) -> weaviate.WeaviateClient:
-    """A v4 client for ``server``; long timeouts because module calls on a CPU can be slow."""
+def connect(server: WeaviateServer, *, timeout_s: float = 300.0,
+            headers: Mapping[str, str] | None = None) -> weaviate.WeaviateClient:
+    """A v4 client for ``server``; long timeouts because module calls on a CPU can be slow.
+    ``headers`` go with every request (``connectors.weaviate.api_key_headers(token)``: qvl's token
+    for the API modules)."""
     return weaviate.connect_to_custom(
         http_host=server.host, http_port=server.http_port, http_secure=False,
         grpc_host=server.host, grpc_port=server.grpc_port, grpc_secure=False,
+        headers=dict(headers) if headers else None,
         additional_config=AdditionalConfig(timeout=Timeout(init=30, query=timeout_s, insert=timeout_s)),
     )
 

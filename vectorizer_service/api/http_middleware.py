@@ -1,4 +1,5 @@
-"""ASGI middleware of the HTTP listener: metrics per route, the body size limit, the bearer token."""
+"""ASGI middleware of the HTTP listener: repeated slashes, metrics per route, the body size limit, the
+bearer token."""
 
 from __future__ import annotations
 
@@ -14,6 +15,26 @@ from vectorizer_service.api.dialects.errors import Unauthenticated, shape_for_pa
 from vectorizer_service.core.errors import InputError, OverloadedError
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.admission import WireBytes
+
+REPEATED_SLASHES = re.compile(r"//+")
+
+
+class CollapseSlashes:
+    """``//v2/embed`` is served as ``/v2/embed``. Weaviate's cohere and nvidia clients append
+    ``/v2/embed`` / ``/v1/embeddings`` to a collection's baseURL as plain strings, and the Python
+    weaviate-client stores a bare ``http://qvl:8080`` as ``http://qvl:8080/``; the path is
+    collapsed before anything else (the token's open routes included) looks at it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "//" in scope["path"]:
+            scope = dict(scope)
+            scope["path"] = REPEATED_SLASHES.sub("/", scope["path"])
+            if scope.get("raw_path"):
+                scope["raw_path"] = REPEATED_SLASHES.sub("/", scope["raw_path"].decode("latin-1")).encode("latin-1")
+        await self.app(scope, receive, send)
 
 
 class Measured:

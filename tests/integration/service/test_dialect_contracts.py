@@ -57,6 +57,42 @@ def test_text2vec_openai_body(dialect_service: ServiceProcess) -> None:
     assert body["object"] == "list" and [d["object"] for d in body["data"]] == ["embedding"] * 2
     assert "error" not in body and body["usage"]["prompt_tokens"] > 0
     same(vectors(resp), qvl_embed(dialect_service, ["a", "b"], DOC, 32))
+    # Without rate-limit headers Weaviate's OpenAI client sends one text per request, in turn.
+    assert resp.headers["x-ratelimit-remaining-tokens"] == resp.headers["x-ratelimit-limit-tokens"]
+    assert int(resp.headers["x-ratelimit-limit-tokens"]) >= 300_000  # its most tokens in one request
+    assert int(resp.headers["x-ratelimit-limit-requests"]) > 0 and resp.headers["x-ratelimit-reset-tokens"] == "1s"
+
+
+def test_openai_takes_2048_inputs_in_calls_of_the_limit(dialect_service: ServiceProcess) -> None:
+    # text2vec-openai sends up to 2000 texts a request; qvl embeds them QVL_MAX_ITEMS_PER_REQUEST (16
+    # here) at a time, and an error in a later call is still named by its index in the request.
+    svc = dialect_service
+
+    def reference(texts: list[str]) -> np.ndarray:  # /v1/embed takes MAX_ITEMS at most
+        return np.concatenate([qvl_embed(svc, texts[k:k + MAX_ITEMS], DOC) for k in range(0, len(texts), MAX_ITEMS)])
+
+    texts = [f"text {i}" for i in range(2 * MAX_ITEMS + 3)]
+    same(vectors(post(svc, "/v1/embeddings", {"input": texts, "model": "qwen"})), reference(texts))
+    bad = MAX_ITEMS + 4
+    inputs: list[Any] = [*texts[:bad], data_uri(b"not an image"), *texts[bad + 1:]]
+    refused(post(svc, "/v1/embeddings", {"input": inputs}), 400, OPENAI_KEYS, f"item {bad}")
+    data = post(svc, "/v1/embeddings", {"input": inputs, "allow_partial": True}).json()["data"]
+    assert data[bad]["embedding"] is None and f"item {bad}" in data[bad]["error"]["message"]
+    assert [d["index"] for d in data] == list(range(len(inputs)))
+    good = [d["embedding"] for d in data if d["embedding"] is not None]
+    same(good, reference(texts[:bad] + texts[bad + 1:]))
+
+
+def test_repeated_slashes_are_one(dialect_service: ServiceProcess) -> None:
+    # weaviate-client stores http://qvl:8080 as http://qvl:8080/, and Weaviate's cohere and nvidia
+    # clients append /v2/embed, /v1/embeddings as strings.
+    svc = dialect_service
+    resp = post(svc, "//v2/embed", {"texts": ["a"], "input_type": "search_query", "embedding_types": ["float"]})
+    assert resp.status_code == 200, resp.text
+    same(resp.json()["embeddings"]["float"], qvl_embed(svc, ["a"], QUERY))
+    resp = post(svc, "/profiles/products//v2/rerank", {"query": "a", "documents": ["a", "b"]})
+    assert resp.status_code == 200, resp.text
+    assert post(svc, "//v2/embed", {"texts": ["a"]}, token="wrong").status_code == 401
 
 
 def test_multi2vec_jinaai_bodies(dialect_service: ServiceProcess) -> None:
@@ -229,7 +265,7 @@ def test_openai_dialect_bad_input(dialect_service: ServiceProcess) -> None:
     refused(post(svc, "/v1/embeddings", {"input": ["a"], "task": "retrieval.everything"}), 400, OPENAI_KEYS, "task")
     refused(post(svc, "/v1/embeddings", {"input": [{"text": "a"}, {"image": "data:application/pdf;base64,aGk="}]}),
             400, OPENAI_KEYS, "item 1", "application/pdf")
-    refused(post(svc, "/v1/embeddings", {"input": ["a"] * (MAX_ITEMS + 1)}), 413, OPENAI_KEYS, "over the limit")
+    refused(post(svc, "/v1/embeddings", {"input": ["a"] * 2049}), 413, OPENAI_KEYS, "over the limit of 2048")
     refused(post(svc, "/v1/embeddings", {"input": ["a"], "dimensions": 65}), 400, OPENAI_KEYS, "dimensions")
     refused(post(svc, "/v1/embeddings", {"input": ["a"], "encoding_format": "int4"}), 400, OPENAI_KEYS,
             "encoding_format")

@@ -20,7 +20,7 @@ def test_video_collection_and_near_video(wv: weaviate.WeaviateClient, qvl_servic
                                          qvl: Client) -> None:
     videos = [video_bytes(frames=4, fps=2, size=(96, 64), seed=s) for s in range(4)]
     titles = ["first clip", "second clip"]
-    info = create_collection(wv, "Clips", text_fields=["title"], video_fields=["clip"],
+    info = create_collection(wv, "Clips", module="multi2vec-bind", text_fields=["title"], video_fields=["clip"],
                              service_url=qvl_service.http_url, replace=True)
     assert info["module"] == "multi2vec-bind"
     col = wv.collections.get("Clips")

@@ -35,7 +35,7 @@ def _vector(col: Collection, uuid: str, name: str = MODULE_VECTOR) -> np.ndarray
 @pytest.fixture(scope="module")
 def pics(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
          pictures: list[dict[str, object]]) -> Iterator[tuple[Collection, list[str]]]:
-    create_collection(wv, "ClipPics", text_fields=["caption"], image_fields=["image"],
+    create_collection(wv, "ClipPics", module="multi2vec-clip", text_fields=["caption"], image_fields=["image"],
                       service_url=qvl_service.http_url, properties=[Property(name="name", data_type=DataType.TEXT)],
                       replace=True)
     col = wv.collections.get("ClipPics")
@@ -46,7 +46,8 @@ def pics(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
 
 def test_image_only_vectors_equal_qvl_embeddings(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                                  qvl: Client, pictures: list[dict[str, object]]) -> None:
-    create_collection(wv, "ClipImages", image_fields=["image"], service_url=qvl_service.http_url, replace=True)
+    create_collection(wv, "ClipImages", module="multi2vec-clip",
+                      image_fields=["image"], service_url=qvl_service.http_url, replace=True)
     col = wv.collections.get("ClipImages")
     try:
         uuids = _insert(col, pictures, ("image",))
@@ -64,7 +65,8 @@ def test_combined_fields_are_weaviates_weighted_average(wv: weaviate.WeaviateCli
     # Fields listed out of name order on purpose: create_collection sorts them so that Weaviate
     # (which orders vectors by property name) pairs each vector with its own weight.
     weights = {"title": 1.0, "caption": 2.0, "image": 3.0}
-    create_collection(wv, "ClipWeighted", text_fields=["title", "caption"], image_fields=["image"],
+    create_collection(wv, "ClipWeighted", module="multi2vec-clip",
+                      text_fields=["title", "caption"], image_fields=["image"],
                       weights=weights, service_url=qvl_service.http_url, replace=True)
     col = wv.collections.get("ClipWeighted")
     try:
@@ -135,7 +137,8 @@ def test_hybrid_query(pics: tuple[Collection, list[str]]) -> None:
 def test_profile_sets_instruction_and_dimensions(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                                  qvl: Client, pictures: list[dict[str, object]]) -> None:
     profile = PROFILES["small"]
-    info = create_collection(wv, "ClipProfile", image_fields=["image"], service_url=qvl_service.http_url,
+    info = create_collection(wv, "ClipProfile", module="multi2vec-clip",
+                             image_fields=["image"], service_url=qvl_service.http_url,
                              profile="small", replace=True)
     assert info["inference_url"].endswith("/profiles/small")
     col = wv.collections.get("ClipProfile")
@@ -155,7 +158,8 @@ def test_profile_sets_instruction_and_dimensions(wv: weaviate.WeaviateClient, qv
 
 def test_dimensions_path(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess, qvl: Client,
                          pictures: list[dict[str, object]]) -> None:
-    create_collection(wv, "ClipDim", image_fields=["image"], service_url=qvl_service.http_url, dimensions=48,
+    create_collection(wv, "ClipDim", module="multi2vec-clip",
+                      image_fields=["image"], service_url=qvl_service.http_url, dimensions=48,
                       replace=True)
     col = wv.collections.get("ClipDim")
     try:
@@ -170,7 +174,8 @@ def test_dimensions_path(wv: weaviate.WeaviateClient, qvl_service: ServiceProces
 
 def test_unknown_profile_is_a_clear_insert_error(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                                  pictures: list[dict[str, object]]) -> None:
-    create_collection(wv, "ClipNoProfile", image_fields=["image"], service_url=qvl_service.http_url,
+    create_collection(wv, "ClipNoProfile", module="multi2vec-clip",
+                      image_fields=["image"], service_url=qvl_service.http_url,
                       profile="nope", replace=True)
     try:
         with pytest.raises(weaviate.exceptions.WeaviateBaseError, match="unknown profile 'nope'"):
@@ -182,14 +187,16 @@ def test_unknown_profile_is_a_clear_insert_error(wv: weaviate.WeaviateClient, qv
 def test_create_collection_names_the_problem(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess) -> None:
     url = qvl_service.http_url
     with pytest.raises(ValueError, match="'photo' is both a text and a image field"):
-        create_collection(wv, "Bad", text_fields=["photo"], image_fields=["photo"], service_url=url)
+        create_collection(wv, "Bad", module="multi2vec-clip",
+                          text_fields=["photo"], image_fields=["photo"], service_url=url)
     with pytest.raises(ValueError, match="no per-collection inferenceUrl"):
-        create_collection(wv, "Bad", video_fields=["clip"], profile="small", service_url=url)
+        create_collection(wv, "Bad", module="multi2vec-bind", video_fields=["clip"], profile="small", service_url=url)
     with pytest.raises(ValueError, match="weights name unknown fields"):
-        create_collection(wv, "Bad", image_fields=["image"], weights={"other": 1.0}, service_url=url)
-    create_collection(wv, "Twice", image_fields=["image"], service_url=url, replace=True)
+        create_collection(wv, "Bad", module="multi2vec-clip",
+                          image_fields=["image"], weights={"other": 1.0}, service_url=url)
+    create_collection(wv, "Twice", module="multi2vec-clip", image_fields=["image"], service_url=url, replace=True)
     try:
         with pytest.raises(CollectionError, match="collection 'Twice' already exists"):
-            create_collection(wv, "Twice", image_fields=["image"], service_url=url)
+            create_collection(wv, "Twice", module="multi2vec-clip", image_fields=["image"], service_url=url)
     finally:
         wv.collections.delete("Twice")

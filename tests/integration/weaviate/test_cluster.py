@@ -104,7 +104,8 @@ def test_cluster_ingest_loses_nothing_when_a_replica_and_a_node_die(stack: Any) 
     (replica_a, replica_b), lb, cluster = stack
     nodes = Nodes(cluster)
     try:
-        create_collection(nodes.client(0), COLLECTION, text_fields=["caption"], image_fields=["image"],
+        create_collection(nodes.client(0), COLLECTION, module="multi2vec-clip",
+                          text_fields=["caption"], image_fields=["image"],
                           service_url=lb.url, replication_factor=3, replace=True)
         objs = _objects()
         batches = [objs[i:i + BATCH] for i in range(0, len(objs), BATCH)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 
 from qvl_devtools.demo.weaviate_demo import run_weaviate_demo, sample_pictures
@@ -22,4 +24,9 @@ def test_weaviate_demo_prints_and_returns_rows(qvl_service: ServiceProcess) -> N
         part = [r["rerank_score"] for r in rows if r["kind"] == kind][:3]
         assert part == sorted(part, reverse=True)
     assert any("rerank(property: \"image\"" in line for line in lines)
-    assert len(lines) == len(rows) + 1 + 4  # a header, then a title per table
+    assert len(lines) == len(rows) + 1 + 4 + 2  # a header, a title per table, a proof per nearText
+    proofs = [line for line in lines if "1 - cos(qvl query embedding" in line]
+    assert len(proofs) == 2
+    for line in proofs:  # Weaviate's distance equals the one from qvl's query embedding
+        got, want, other = re.findall(r"(\d+\.\d{6})", line)
+        assert abs(float(got) - float(want)) <= 1e-4 and abs(float(got) - float(other)) > 1e-4

@@ -116,7 +116,7 @@ def test_ingest_reports_bad_objects_and_goes_on(wv: weaviate.WeaviateClient, qvl
 
 def test_module_and_joint_vectors_side_by_side(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                                qvl: Client, pictures: list[dict[str, object]]) -> None:
-    create_collection(wv, "BothVectors", text_fields=["caption"], image_fields=["image"],
+    create_collection(wv, "BothVectors", module="multi2vec-clip", text_fields=["caption"], image_fields=["image"],
                       service_url=qvl_service.http_url, joint_vector=True, replace=True)
     col = wv.collections.get("BothVectors")
     try:

@@ -14,7 +14,7 @@ pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
 
 def test_qvl_down_mid_ingestion(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                 pictures: list[dict[str, object]]) -> None:
-    create_collection(wv, "Outage", text_fields=["caption"], image_fields=["image"],
+    create_collection(wv, "Outage", module="multi2vec-clip", text_fields=["caption"], image_fields=["image"],
                       service_url=qvl_service.http_url, replace=True)
     col = wv.collections.get("Outage")
     objects = [{"caption": p["caption"], "image": b64(p["image"])} for p in pictures]

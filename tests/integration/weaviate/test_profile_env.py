@@ -36,7 +36,7 @@ def profiled(qvl_service: ServiceProcess) -> Iterator[weaviate.WeaviateClient]:
 def test_profile_through_the_environment(profiled: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                          qvl: Client) -> None:
     profile = PROFILES["small"]
-    create_collection(profiled, "ProfiledClips", text_fields=["title"], video_fields=["clip"],
+    create_collection(profiled, "ProfiledClips", module="multi2vec-bind", text_fields=["title"], video_fields=["clip"],
                       service_url=qvl_service.http_url, replace=True)
     col = profiled.collections.get("ProfiledClips")
     video = video_bytes(frames=4, fps=2, size=(96, 64), seed=7)

@@ -26,7 +26,7 @@ QUERY = "a picture of circles"
 @pytest.fixture(scope="module")
 def ranked(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
            pictures: list[dict[str, object]]) -> Iterator[Collection]:
-    create_collection(wv, "RankPics", text_fields=["caption"], image_fields=["image"],
+    create_collection(wv, "RankPics", module="multi2vec-clip", text_fields=["caption"], image_fields=["image"],
                       service_url=qvl_service.http_url, properties=[Property(name="name", data_type=DataType.TEXT)],
                       replace=True)
     col = wv.collections.get("RankPics")

@@ -34,7 +34,8 @@ def test_passages_and_query_instruction(wv: weaviate.WeaviateClient, qvl_service
                                         qvl: Client) -> None:
     passage_instruction, query_instruction = _passage_and_query_instructions(qvl)
     assert passage_instruction != query_instruction
-    info = create_collection(wv, "Notes", text_fields=["body"], service_url=qvl_service.http_url, replace=True)
+    info = create_collection(wv, "Notes", module="text2vec-transformers",
+                             text_fields=["body"], service_url=qvl_service.http_url, replace=True)
     assert info["module"] == "text2vec-transformers"
     col = wv.collections.get("Notes")
     try:
@@ -62,10 +63,12 @@ def test_passages_and_query_instruction(wv: weaviate.WeaviateClient, qvl_service
 def test_profile_and_module_dimensions(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                        qvl: Client) -> None:
     profile = PROFILES["small"]
-    create_collection(wv, "NotesProfile", text_fields=["body"], service_url=qvl_service.http_url,
+    create_collection(wv, "NotesProfile", module="text2vec-transformers",
+                      text_fields=["body"], service_url=qvl_service.http_url,
                       profile="small", replace=True)
     # dimensions without a profile travel in the module's own config (task config "dimensions").
-    create_collection(wv, "NotesDim", text_fields=["body"], service_url=qvl_service.http_url, dimensions=40,
+    create_collection(wv, "NotesDim", module="text2vec-transformers",
+                      text_fields=["body"], service_url=qvl_service.http_url, dimensions=40,
                       replace=True)
     try:
         for name in ("NotesProfile", "NotesDim"):

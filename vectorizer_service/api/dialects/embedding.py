@@ -4,6 +4,10 @@ dispatcher, with the dimensions and normalization asked for.
 Without partial results the first bad input fails the whole request (400 naming it) before any
 work; with them (OpenAI's ``/v1/embeddings`` and ``allow_partial``) a bad input stands as its own
 error beside its neighbours' vectors.
+
+A route may take more inputs than ``QVL_MAX_ITEMS_PER_REQUEST`` (``/v1/embeddings`` takes OpenAI's
+2048): they are embedded in consecutive calls of at most that many items, so that no one call
+holds more of the queue than the setting allows.
 """
 
 from __future__ import annotations
@@ -23,16 +27,18 @@ from vectorizer_service.core.vector_encoding import MIN_DIMENSIONS, EncodedVecto
 Parsed = Item | InputError
 
 
-def check_inputs(http: HttpService, values: Any, param: str) -> list[Any]:
-    """A non-empty list within the request limit."""
+def check_inputs(http: HttpService, values: Any, param: str, *, at_least: int = 0) -> list[Any]:
+    """A non-empty list within the request limit: ``QVL_MAX_ITEMS_PER_REQUEST``, or ``at_least``
+    where a route's callers are written to a larger one."""
     if not isinstance(values, list):
         raise FieldError(param, f"must be a list, got {type(values).__name__}")
     if not values:
         raise FieldError(param, "is empty: send at least one input")
-    limit = http.settings.max_items_per_request
+    setting = http.settings.max_items_per_request
+    limit = max(setting, at_least)
     if len(values) > limit:
-        raise FieldError(param, f"{len(values)} inputs, over the limit of {limit} (QVL_MAX_ITEMS_PER_REQUEST)",
-                         status=413)
+        why = "QVL_MAX_ITEMS_PER_REQUEST" if limit == setting else "this route's limit"
+        raise FieldError(param, f"{len(values)} inputs, over the limit of {limit} ({why})", status=413)
     return values
 
 
@@ -64,12 +70,18 @@ async def embed_parsed(http: HttpService, request: Request, parsed: Sequence[Par
                 raise p
     good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
     out: list[Any] = [p if isinstance(p, InputError) else None for p in parsed]
-    if good:
-        options = EmbedOptions(dimensions=dimensions, normalize=normalize)
-        items = [p for p in parsed if isinstance(p, Item)]
-        results = await http.embed_items(request, items, options, allow_partial=allow_partial)
-        for i, r in zip(good, results, strict=True):
+    items = [p for p in parsed if isinstance(p, Item)]
+    options = EmbedOptions(dimensions=dimensions, normalize=normalize)
+    step = http.settings.max_items_per_request
+    for start in range(0, len(good), step):
+        where = good[start:start + step]
+        # Every result comes back (partial), so that an error is named by its index in the request,
+        # not in its call; then the rule of the request applies.
+        results = await http.embed_items(request, items[start:start + step], options, allow_partial=True)
+        for i, r in zip(where, results, strict=True):
             out[i] = r.at(item=i) if isinstance(r, InputError) else r
+            if isinstance(out[i], QvlError) and out[i].fails_call(allow_partial):
+                raise out[i]
     return out
 
 

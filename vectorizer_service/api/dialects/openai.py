@@ -11,7 +11,10 @@
   ``output_dtype``, ``encoding_format: base64``.
 
 The answer is OpenAI's list: ``{object: list, data: [{object: embedding, index, embedding}], model,
-usage: {prompt_tokens, total_tokens}}``, ``data`` in input order. With ``allow_partial`` (qvl's
+usage: {prompt_tokens, total_tokens}}``, ``data`` in input order, with OpenAI's ``x-ratelimit-*``
+headers (see ``RATE_LIMIT_HEADERS``). Up to 2048 inputs (OpenAI's limit, which its callers are
+written to: Weaviate's text2vec-openai sends up to 2000) are taken even where
+``QVL_MAX_ITEMS_PER_REQUEST`` is lower; they are embedded in calls of that many. With ``allow_partial`` (qvl's
 extension) a bad input answers ``embedding: null`` and its ``error`` object in place (Weaviate's
 OpenAI client reads ``data[].error``); otherwise it fails the request with a 400 naming it.
 """
@@ -21,6 +24,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import Request
+from fastapi.responses import JSONResponse
 
 from vectorizer_service.api.dialects.bodies import DialectBody, read_body
 from vectorizer_service.api.dialects.content import string_item
@@ -65,6 +69,21 @@ def _is_tokens(value: Any) -> bool:
                                                            for t in value)
 
 
+OPENAI_MAX_INPUTS = 2048
+
+# qvl limits no rate, but Weaviate's OpenAI client reads these after every answer: without them it
+# sends each object's text alone, one request after another; with a budget this large it packs up
+# to 2000 texts (285k tokens) a request and sends a batch's requests in parallel. Values are constant:
+# the remaining budget is always the whole one.
+RATE_LIMIT_HEADERS = {
+    "x-ratelimit-limit-requests": "100000",
+    "x-ratelimit-remaining-requests": "100000",
+    "x-ratelimit-reset-requests": "1s",
+    "x-ratelimit-limit-tokens": "100000000",
+    "x-ratelimit-remaining-tokens": "100000000",
+    "x-ratelimit-reset-tokens": "1s",
+}
+
 TOKENS = "token arrays are not supported: send the text (qvl tokenizes with the model's own tokenizer)"
 
 
@@ -108,7 +127,8 @@ class OpenAiEmbeddings:
             raise FieldError("input", "is required (a string, a list of strings or of {text}/{image} items)")
         if _is_tokens(body.input):
             raise FieldError("input", TOKENS)
-        values = check_inputs(self.http, [body.input] if isinstance(body.input, str | dict) else body.input, "input")
+        values = check_inputs(self.http, [body.input] if isinstance(body.input, str | dict) else body.input, "input",
+                              at_least=OPENAI_MAX_INPUTS)
 
         def parse(value: Any, index: int) -> Item:
             if isinstance(value, str):
@@ -125,7 +145,7 @@ class OpenAiEmbeddings:
 
         return parse_each(values, parse)
 
-    async def embeddings(self, request: Request) -> dict[str, Any]:
+    async def embeddings(self, request: Request) -> JSONResponse:
         body, _ = await read_body(request, EmbeddingsBody)
         opts = instructions(request, self.http.settings, body.model)
         dtype, in_base64 = output_form(body)
@@ -136,9 +156,11 @@ class OpenAiEmbeddings:
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
                                      allow_partial=body.allow_partial)
         tokens = await text_tokens(self.http.dispatcher, [p for p in parsed if isinstance(p, Item)])
-        return {"object": "list", "data": [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)],
-                "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),
-                "usage": {"prompt_tokens": tokens, "total_tokens": tokens}}
+        data = [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)]
+        return JSONResponse({"object": "list", "data": data,
+                             "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),
+                             "usage": {"prompt_tokens": tokens, "total_tokens": tokens}},
+                            headers=RATE_LIMIT_HEADERS)
 
     @staticmethod
     def datum(index: int, result: EncodedVector | QvlError, dtype: str, in_base64: bool) -> dict[str, Any]:
