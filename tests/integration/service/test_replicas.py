@@ -1,30 +1,34 @@
 """Two real `qvl serve` replicas behind one client target: round_robin spreads the calls over
-both (each replica's /metrics counts them), and when one is SIGKILLed mid-run every call and
-every stream item still comes back, once, with the right vector."""
+both (each replica's /metrics counts them); when one is SIGKILLed mid-run every call and every
+stream item still comes back, once, with the right vector; a replica that is starting (health
+NOT_SERVING) gets no calls until it is warm, and one that drains on SIGTERM loses none."""
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from typing import Any
 
+import grpc
 import httpx
 import numpy as np
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from connectors.client import Client, ItemFailure
+from connectors.client import SERVICE_NAME, Client, ItemFailure
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
 
-def grpc_calls(svc: ServiceProcess) -> dict[str, float]:
-    """The replica's own count of gRPC calls answered OK, by method (qvl_requests_total)."""
+def grpc_calls(svc: ServiceProcess, code: str | None = "OK") -> dict[str, float]:
+    """The replica's own count of gRPC calls answered with ``code`` (None: any), by method."""
     out: dict[str, float] = {}
     for line in httpx.get(f"{svc.http_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith("qvl_requests_total{") and 'code="OK"' in line and '"grpc.' in line:
+        if line.startswith("qvl_requests_total{") and '"grpc.' in line and (code is None or f'code="{code}"' in line):
             endpoint = line.split('endpoint="', 1)[1].split('"', 1)[0]
-            out[endpoint] = float(line.rsplit(" ", 1)[1])
+            out[endpoint] = out.get(endpoint, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
 
 
@@ -37,11 +41,22 @@ def start_pair() -> tuple[ServiceProcess, ServiceProcess]:
     return a, b
 
 
+def health(svc: ServiceProcess) -> str:
+    """What the replica's grpc.health.v1 says of qvl.v1.Vectorizer (or that it does not answer)."""
+    with grpc.insecure_channel(svc.grpc_target) as channel:
+        try:
+            got = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=SERVICE_NAME),
+                                                            timeout=2)
+        except grpc.RpcError as err:
+            return err.code().name
+    return health_pb2.HealthCheckResponse.ServingStatus.Name(got.status)
+
+
 def cosine(x: np.ndarray, y: np.ndarray) -> float:
     return float(x @ y / np.linalg.norm(x) / np.linalg.norm(y))
 
 
-def test_round_robin_spreads_calls_and_a_killed_replica_loses_nothing() -> None:
+def test_round_robin_health_checks_and_a_killed_replica_loses_nothing() -> None:
     a, b = start_pair()
     try:
         target = f"ipv4:{a.grpc_target},{b.grpc_target}"
@@ -123,6 +138,50 @@ def test_round_robin_spreads_calls_and_a_killed_replica_loses_nothing() -> None:
               f"{len(after_kill)} stream results after the kill")
         assert client.retried >= 1  # something was in flight on the killed replica
         assert max(gaps) < 10
+
+        # 3. The killed replica starts again: while it loads it says NOT_SERVING and gets no calls;
+        # once warm it gets its share again.
+        a.start(wait=False)
+        seen: set[str] = set()
+        while True:
+            state = health(a)
+            seen.add(state)
+            if state == "SERVING":
+                break
+            client.embed(["while a starts"])
+            time.sleep(0.05)
+        assert "NOT_SERVING" in seen, seen  # listeners first, models later: health said so meanwhile
+        assert grpc_calls(a, code=None) == {}  # not one call reached it, not even to be refused
+        time.sleep(1.0)  # the client's health watch sees it too
+        for i in range(40):
+            client.embed([f"back {i}"])
+        assert grpc_calls(a).get("grpc.Embed", 0) >= 10
+
+        # 4. SIGTERM: b turns NOT_SERVING and drains; calls go on, none fails.
+        failures: list[BaseException] = []
+        done = threading.Event()
+        answered = [0]
+
+        def keep_calling() -> None:
+            while not done.is_set():
+                try:
+                    client.embed(["during the drain"])
+                    answered[0] += 1
+                except BaseException as exc:  # reported by the test
+                    failures.append(exc)
+
+        caller = threading.Thread(target=keep_calling)
+        caller.start()
+        time.sleep(0.5)
+        assert b.proc is not None
+        b.proc.send_signal(signal.SIGTERM)
+        assert b.proc.wait(timeout=60) == 0
+        before = answered[0]
+        time.sleep(1.0)
+        done.set()
+        caller.join(timeout=60)
+        assert not failures, failures[:3]
+        assert answered[0] > before  # and a went on answering alone
         client.close()
     finally:
         a.kill()
