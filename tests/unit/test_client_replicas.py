@@ -259,3 +259,14 @@ def test_the_async_client_carries_a_stream_over_too(replicas: list[Replica]) -> 
             return out
 
     check_complete(asyncio.run(run()), 200)
+
+
+def test_a_dns_target_reaches_every_address_of_the_name(replicas: list[Replica]) -> None:
+    """A dns:/// target: gRPC's resolver gives every address of the name (with ::1 as well as
+    127.0.0.1, the one that refuses connections is never picked: round_robin picks READY ones)."""
+    a = replicas[0]
+    with Client(f"dns:///localhost:{a.port}", retries=0) as c:
+        c.wait_ready(10)
+        for i in range(10):
+            assert c.embed([f"n {i}"])[0, 0] == i
+    assert a.calls == 10
