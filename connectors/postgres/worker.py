@@ -55,9 +55,10 @@ NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)
 ITEM_PREFIX = re.compile(r"^item \d+")
 STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
 STANDBY_RECHECK_S = 10.0
-STANDBY = ("the database is a hot standby (read-only): the worker claims rows and writes vectors, so it runs "
-           "against the primary only. Point --dsn at the primary (or list every node with "
-           "target_session_attrs=read-write)")
+PRIMARY_ONLY = ("the worker claims rows and writes vectors, so it runs against the primary only. Point --dsn at "
+                "the primary (or list every node with target_session_attrs=read-write)")
+STANDBY = f"the database is a hot standby (read-only): {PRIMARY_ONLY}"
+READ_ONLY = f"the database refuses writes (a hot standby now, or read-only): {PRIMARY_ONLY}"
 
 
 @dataclass
@@ -342,6 +343,7 @@ class Worker:
         backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
         turn = 0
         down_since: float | None = None
+        read_only = False  # said that the database refuses writes (said once until it takes them again)
         last: Vectorizer | None = None  # the vectorizer whose options the readiness probe uses
         while not self.stopping.is_set():
             try:
@@ -362,6 +364,9 @@ class Worker:
                         self.process(lane, v, rows)
                         worked = True
                         break
+                if read_only:
+                    log.info("the database takes writes again", extra={"lane": n})
+                    read_only = False
                 if worked:
                     if down_since is not None:
                         log.info("the service is back", extra={"down_s": round(time.monotonic() - down_since, 1)})
@@ -397,7 +402,9 @@ class Worker:
             except psycopg.errors.ReadOnlySqlTransaction:
                 # The node became a standby (a failover demoted it, or --dsn now reaches another):
                 # nothing can be claimed or written here; the rows wait on the primary.
-                log.warning(f"{STANDBY}; waiting", extra={"lane": n, "standby": True})
+                if not read_only:
+                    log.warning(f"{READ_ONLY}; waiting", extra={"lane": n, "standby": True})
+                    read_only = True
                 if lane.conn is not None:
                     lane.conn.close()
                 lane.conn = None

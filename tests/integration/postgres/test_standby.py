@@ -65,6 +65,8 @@ def answers(conn: psycopg.Connection[Any]) -> dict[str, Any]:
         "by_image": conn.execute("SELECT pk FROM qvl.search('photos', %s::bytea, k => 3, rerank => false)",
                                  (images(1, offset=3)[0],)).fetchall(),
         "embed": vec(conn.execute("SELECT qvl.embed('thing 7')::text").fetchone()[0]),  # type: ignore[index]
+        "halfvec": conn.execute("SELECT vector_dims(qvl.embed_halfvec('thing 7')::vector)").fetchone(),
+        "failed": conn.execute("SELECT * FROM qvl.failed_items('photos')").fetchall(),
         "rerank": conn.execute("SELECT * FROM qvl.rerank('thing', ARRAY['thing 1', 'other', 'thing 2'])").fetchall(),
         "vectors": conn.execute("SELECT id, embedding::text FROM photos ORDER BY id").fetchall(),
     }
@@ -86,6 +88,7 @@ def test_vectors_replicate_and_the_query_functions_answer_on_the_standby(
             assert [r[0] for r in got["search"]] == [r[0] for r in want["search"]]
             assert got["nearest"] == want["nearest"] and got["by_image"] == want["by_image"]
             assert got["rerank"] == want["rerank"]
+            assert got["halfvec"] == want["halfvec"] == (64,) and got["failed"] == want["failed"] == []
             assert float(got["embed"] @ want["embed"]) > 0.9999
             assert s.execute("SELECT qvl.service_info() ->> 'models' IS NOT NULL").fetchone() == (True,)
             assert s.execute("SELECT name, pending, failed FROM qvl.vectorizer_status").fetchall() == [
@@ -153,3 +156,33 @@ def test_a_worker_on_a_standby_says_so_waits_and_starts_when_promoted(
         assert worker.stop() == 0
     finally:
         standby.stop()
+
+
+def test_a_running_worker_whose_database_turns_read_only_pauses_without_tracebacks(
+        app: str, service: ServiceProcess, worker_processes: Callable[..., WorkerProcess]) -> None:
+    """A node demoted under a running worker (here: the database made read-only and the worker's
+    sessions cut, so it reconnects into read-only sessions): the lanes say why and wait; once the
+    database takes writes again the rows move."""
+    dbname = app.split("dbname=", 1)[1].split()[0]
+    worker = worker_processes(app, service.grpc_target, name="qvl-worker-demoted")
+    with psycopg.connect(app, autocommit=True) as conn:
+        listening = ("SELECT count(*) FROM pg_stat_activity WHERE application_name = 'qvl-worker-demoted' "
+                     "AND query = 'LISTEN qvl_config'")
+        wait_until(lambda: conn.execute(listening).fetchone() == (1,), timeout=60)
+        conn.execute(f"ALTER DATABASE {dbname} SET default_transaction_read_only = on")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name = 'qvl-worker-demoted'")
+        conn.execute("SET default_transaction_read_only = off")
+        insert(conn, range(40, 45))
+        wait_until(lambda: "the database refuses writes" in worker.log(), timeout=30, every=0.2)
+        assert conn.execute("SELECT count(embedding) FROM photos").fetchone() == (40,)
+        conn.execute(f"ALTER DATABASE {dbname} RESET default_transaction_read_only")
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                     "WHERE application_name = 'qvl-worker-demoted'")
+        wait_until(lambda: conn.execute("SELECT count(embedding) FROM photos").fetchone() == (45,),
+                   timeout=60, every=0.2)
+    log = worker.log()
+    assert "Traceback" not in log and "lane error" not in log, log[-3000:]
+    assert log.count("the database refuses writes") <= 2  # once per lane, not once per try
+    assert "the database takes writes again" in log
+    assert worker.stop() == 0
