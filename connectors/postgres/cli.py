@@ -76,7 +76,8 @@ def add_postgres_parsers(sub: Any) -> None:
                           "extensions and a superuser (PL/Python is an untrusted language).")
     _dsn(p)
     p.add_argument("--service-url", default=os.environ.get("QVL_SERVICE_URL"),
-                   help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080)")
+                   help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080), or "
+                   "several replicas, comma-separated (http://qvl-a:8080,http://qvl-b:8080)")
     p.add_argument("--service-token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
     p.add_argument("--service-ca-file", default=None,
                    help="https:// service: the CA file (PEM, a path on the database server) its certificate is "
