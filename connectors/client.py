@@ -1,5 +1,14 @@
 """The Python client of the qvl gRPC API (sync ``Client`` and asyncio ``AsyncClient``).
 
+The target is any gRPC target: ``host:port``, several replicas as ``ipv4:10.0.0.1:50051,10.0.0.2:50051``
+(or ``ipv6:[::1]:50051,...``), or ``dns:///qvl.internal:50051`` for a name with one address per
+replica. Calls are spread over the replicas with gRPC's own ``round_robin`` policy, and gRPC's
+client-side health checking (``grpc.health.v1``, which ``qvl serve`` serves) leaves out a replica
+that is starting, draining or gone. A call that fails with UNAVAILABLE is retried (on another
+replica); an ``embed_stream`` whose replica dies sends the items it had not had answered again on
+a new stream. Embedding is idempotent (the same item gives the same vector on any replica running
+the same checkpoint), so retrying is safe, and each result is handed on exactly once.
+
 Items are dicts: ``{"text": str | [str], "image": bytes | [bytes], "video": bytes,
 "frames": [bytes], "image_uri": str | [str], "video_uri": str, "instruction": str}``, or a
 plain string for a text item.
@@ -8,12 +17,13 @@ plain string for a text item.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import numbers
 import random
 import threading
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,6 +37,17 @@ ItemLike = str | Mapping[str, Any]
 ENCODINGS = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "binary": pb.BINARY}
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 MAX_MESSAGE = 256 * 1024 * 1024
+# A stream that failed with these is opened again (another replica, or the same one back).
+STREAM_RETRY = {grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.RESOURCE_EXHAUSTED.name}
+# The service's words for an item that never reached the model (the replica was starting, draining
+# or restarting its model process): safe to send to another replica. Other per-item UNAVAILABLE
+# errors (the model process died with the item in it) are the item's and are handed on.
+NOT_READY_MARKERS = ("is starting or draining", "is not running")
+SERVICE_NAME = "qvl.v1.Vectorizer"
+# round_robin over every address the target resolves to, each watched with grpc.health.v1: a
+# replica that is NOT_SERVING (loading, draining, restarting its model process) gets no calls.
+# (pick_first, gRPC's default, would send everything to the first address that connects.)
+SERVICE_CONFIG = {"loadBalancingConfig": [{"round_robin": {}}], "healthCheckConfig": {"serviceName": SERVICE_NAME}}
 
 
 
@@ -209,6 +230,61 @@ class _InOrder:
         return ready
 
 
+_END = object()
+
+
+class _StreamBooks:
+    """What one ``embed_stream`` has taken from its items and not had answered, kept across the
+    gRPC streams it opens. A stream that fails (its replica died) or that a replica could not serve
+    (starting, draining) is followed by another that sends those items again under the same seq,
+    first; each seq's result is handed on once."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()  # the books (the reader of results and the sender share them)
+        self.open: dict[int, pb.Item] = {}  # seq -> item, in seq order: taken, not answered
+        self.next_seq = 0
+        self.exhausted = False
+
+    def unsent(self, sent: set[int]) -> tuple[int, pb.Item] | None:
+        """The first open item this stream has not sent yet."""
+        with self.lock:
+            for seq, item in self.open.items():
+                if seq not in sent:
+                    return seq, item
+        return None
+
+    def add(self, raw: ItemLike) -> tuple[int, pb.Item]:
+        item = to_item(raw)
+        with self.lock:
+            seq, self.next_seq = self.next_seq, self.next_seq + 1
+            self.open[seq] = item
+        return seq, item
+
+    def answered(self, seq: int) -> bool:
+        """Closes ``seq``; False for one that was not open (never handed on twice)."""
+        with self.lock:
+            return self.open.pop(seq, None) is not None
+
+    @property
+    def finished(self) -> bool:
+        with self.lock:
+            return self.exhausted and not self.open
+
+
+def _not_ready(result: pb.EmbedStreamResult) -> bool:
+    """A per-item result saying the item never reached this replica's model."""
+    return (result.HasField("error") and result.error.code == grpc.StatusCode.UNAVAILABLE.name
+            and any(m in result.error.message for m in NOT_READY_MARKERS))
+
+
+def _unfinished(books: _StreamBooks, progressed: bool) -> tuple[QvlClientError, bool]:
+    """Why a stream that ended without error left items open (the replica could not take them)."""
+    with books.lock:
+        waiting = len(books.open)
+    return (TransientError(f"the service could not take {waiting} items now (starting or draining)",
+                           code=grpc.StatusCode.UNAVAILABLE.name), progressed)
+
+
 class _Base:
     def __init__(self, target: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 6,
                  root_certificates: bytes | None = None, tls: bool = False, stall_timeout: float = 120.0,
@@ -223,9 +299,21 @@ class _Base:
         defaults = {"grpc.max_send_message_length": MAX_MESSAGE, "grpc.max_receive_message_length": MAX_MESSAGE,
                     "grpc.keepalive_time_ms": 10_000, "grpc.keepalive_timeout_ms": 5_000,
                     "grpc.keepalive_permit_without_calls": 1, "grpc.http2.max_pings_without_data": 0,
-                    "grpc.max_reconnect_backoff_ms": 5_000}
+                    "grpc.max_reconnect_backoff_ms": 5_000, "grpc.service_config": json.dumps(SERVICE_CONFIG)}
         self.options = list({**defaults, **dict(channel_options)}.items())
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
+        self.retried = 0  # calls and streams sent again after UNAVAILABLE / RESOURCE_EXHAUSTED
+        self.closed = False
+
+    def _retry_stream(self, ended: tuple[QvlClientError, bool], attempt: int) -> int:
+        """The next attempt number for a stream that ended with ``ended`` (error, whether it
+        answered anything), or raises the error when it is not retried."""
+        error, progressed = ended
+        attempt = 0 if progressed else attempt
+        if error.code not in STREAM_RETRY or attempt >= self.retries or self.closed:
+            raise error
+        self.retried += 1
+        return attempt + 1
 
 
 class Client(_Base):
@@ -244,6 +332,7 @@ class Client(_Base):
         self.close()
 
     def close(self) -> None:
+        self.closed = True
         self.channel.close()
 
     def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
@@ -256,6 +345,7 @@ class Client(_Base):
                 retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
                 if not retryable or attempt >= self.retries:
                     raise translated from None
+                self.retried += 1
                 time.sleep(_backoff(attempt))
                 attempt += 1
 
@@ -284,29 +374,70 @@ class Client(_Base):
                      timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
-        A bad item yields an ``ItemFailure`` and the stream goes on; a failure of the stream
-        itself raises (items not yet answered were not embedded), and so does a stream that
-        answers nothing for ``stall_timeout`` seconds while items are outstanding.
+        A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
+        UNAVAILABLE or RESOURCE_EXHAUSTED (its replica died or refused it), or the replica answers
+        items with "starting or draining", a new stream (round_robin: another replica) sends the
+        unanswered items again, up to ``retries`` times in a row without an answer; after that the
+        failure raises (items not yet answered were not embedded). A stream that answers nothing
+        for ``stall_timeout`` seconds while items are outstanding raises at once.
         """
         options = _options(dimensions, encoding, normalize, instruction)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
+        books = _StreamBooks()
+        source = iter(items)
+        pulling = threading.Lock()  # one sender pulls from ``source`` at a time (an old stream's may linger)
+        order = _InOrder()
+        attempt = 0
+        while True:
+            ended = yield from self._one_stream(books, source, pulling, order, options, max_in_flight, timeout,
+                                                resend_unready=attempt < self.retries)
+            if ended is None:
+                return
+            attempt = self._retry_stream(ended, attempt)
+            time.sleep(_backoff(attempt - 1))
+
+    def _one_stream(self, books: _StreamBooks, source: Iterator[ItemLike], pulling: threading.Lock,
+                    order: _InOrder, options: pb.EmbedOptions, max_in_flight: int, timeout: float | None,
+                    resend_unready: bool
+                    ) -> Generator[np.ndarray | ItemFailure, None, tuple[QvlClientError, bool] | None]:
+        """One gRPC stream of an ``embed_stream``; returns None when every item is answered, else
+        (the error it ended with, whether it answered anything)."""
         window = threading.Semaphore(max_in_flight)
-        done = threading.Event()
+        done = threading.Event()  # the stream is over: send nothing more
+        halt = threading.Event()  # the replica is draining: send nothing more, let it finish
         progress = {"last": time.monotonic(), "sent": 0, "received": 0, "stalled": False}
 
+        def stopped() -> bool:
+            return done.is_set() or halt.is_set()
+
+        def next_item(sent: set[int]) -> tuple[int, pb.Item] | None:
+            with pulling:
+                got = books.unsent(sent)  # items an earlier stream left unanswered go first
+                if got is None and not stopped() and not books.exhausted:
+                    raw = next(source, _END)
+                    if raw is _END:
+                        books.exhausted = True
+                    else:
+                        got = books.add(raw)
+            return got
+
         def requests() -> Iterator[pb.EmbedStreamRequest]:
-            for seq, item in enumerate(items):
+            sent: set[int] = set()
+            while (got := next_item(sent)) is not None:
                 while not window.acquire(timeout=0.1):
-                    if done.is_set():
+                    if stopped():
                         return
-                if done.is_set():
+                if stopped():
                     return
                 if progress["sent"] == progress["received"]:
                     progress["last"] = time.monotonic()  # idle time while nothing was outstanding is no stall
                 progress["sent"] += 1
-                yield pb.EmbedStreamRequest(seq=seq, item=to_item(item), options=options if seq == 0 else None)
+                seq, item = got
+                # The first message of each stream carries the options (the service applies them
+                # to the messages that have none).
+                yield pb.EmbedStreamRequest(seq=seq, item=item, options=None if sent else options)
+                sent.add(seq)
 
-        order = _InOrder()
         call = self.stub.EmbedStream(requests(), timeout=timeout, metadata=self.metadata)
 
         def watchdog() -> None:
@@ -318,20 +449,27 @@ class Client(_Base):
                     return
 
         threading.Thread(target=watchdog, name="qvl-stream-watchdog", daemon=True).start()
+        answered = False
         try:
             for result in call:
                 progress["received"] += 1
                 progress["last"] = time.monotonic()
                 window.release()
-                yield from order.add(result)
+                if resend_unready and _not_ready(result):
+                    halt.set()  # this replica cannot take items now: the next stream sends them again
+                    continue
+                if books.answered(result.seq):
+                    answered = True
+                    yield from order.add(result)
         except grpc.RpcError as err:
             if progress["stalled"]:
                 raise TransientError(f"the stream answered nothing for {self.stall_timeout} s; cancelled",
                                      code="DEADLINE_EXCEEDED") from None
-            raise _translate(err) from None
+            return _translate(err), answered
         finally:
             done.set()
             call.cancel()
+        return None if books.finished else _unfinished(books, answered)
 
 
 class AsyncClient(_Base):
@@ -350,6 +488,7 @@ class AsyncClient(_Base):
         await self.close()
 
     async def close(self) -> None:
+        self.closed = True
         await self.channel.close()
 
     async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
@@ -363,6 +502,7 @@ class AsyncClient(_Base):
                 retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
                 if not retryable or attempt >= self.retries:
                     raise translated from None
+                self.retried += 1
                 await asyncio.sleep(_backoff(attempt))
                 attempt += 1
 
@@ -387,11 +527,12 @@ class AsyncClient(_Base):
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
                            instruction: str | None = None, max_in_flight: int = 256,
                            timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
+        """As ``Client.embed_stream`` (without the stall timeout): unanswered items are sent again
+        on a new stream after UNAVAILABLE, up to ``retries`` times in a row."""
         options = _options(dimensions, encoding, normalize, instruction)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
-        window = asyncio.Semaphore(max_in_flight)
 
-        async def source() -> AsyncIterator[ItemLike]:
+        async def each() -> AsyncIterator[ItemLike]:
             if isinstance(items, AsyncIterable):
                 async for it in items:
                     yield it
@@ -399,23 +540,70 @@ class AsyncClient(_Base):
                 for it in items:
                     yield it
 
+        books = _StreamBooks()
+        source = each()
+        pulling = asyncio.Lock()
+        order = _InOrder()
+        attempt = 0
+        while True:
+            ended: tuple[QvlClientError, bool] | None = None
+            async for row in self._one_stream(books, source, pulling, order, options, max_in_flight, timeout,
+                                              attempt < self.retries):
+                if isinstance(row, tuple):
+                    ended = row
+                else:
+                    yield row
+            if ended is None:
+                return
+            attempt = self._retry_stream(ended, attempt)
+            await asyncio.sleep(_backoff(attempt - 1))
+
+    async def _one_stream(self, books: _StreamBooks, source: AsyncIterator[ItemLike], pulling: asyncio.Lock,
+                          order: _InOrder, options: pb.EmbedOptions, max_in_flight: int, timeout: float | None,
+                          resend_unready: bool
+                          ) -> AsyncIterator[np.ndarray | ItemFailure | tuple[QvlClientError, bool]]:
+        """One gRPC stream; its last value is (error, answered anything) when it left items open."""
+        window = asyncio.Semaphore(max_in_flight)
+        stop = asyncio.Event()
+
+        async def next_item(sent: set[int]) -> tuple[int, pb.Item] | None:
+            async with pulling:
+                got = books.unsent(sent)
+                if got is None and not stop.is_set() and not books.exhausted:
+                    try:
+                        got = books.add(await anext(source))
+                    except StopAsyncIteration:
+                        books.exhausted = True
+            return got
+
         async def requests() -> AsyncIterator[pb.EmbedStreamRequest]:
-            seq = 0
-            async for item in source():
+            sent: set[int] = set()
+            while (got := await next_item(sent)) is not None:
                 await window.acquire()
-                yield pb.EmbedStreamRequest(seq=seq, item=to_item(item), options=options if seq == 0 else None)
-                seq += 1
+                if stop.is_set():
+                    return
+                seq, item = got
+                yield pb.EmbedStreamRequest(seq=seq, item=item, options=None if sent else options)
+                sent.add(seq)
 
         call = self.stub.EmbedStream(requests(), timeout=timeout, metadata=self.metadata)
-        order = _InOrder()
+        answered = False
         try:
             async for result in call:
                 window.release()
-                for row in order.add(result):
-                    yield row
+                if resend_unready and _not_ready(result):
+                    stop.set()
+                    continue
+                if books.answered(result.seq):
+                    answered = True
+                    for row in order.add(result):
+                        yield row
         except grpc.RpcError as err:
-            raise _translate(err) from None
+            yield _translate(err), answered
+            return
         finally:
+            stop.set()
+            window.release()  # a sender waiting for the window sees the stop
             call.cancel()
-
-
+        if not books.finished:
+            yield _unfinished(books, answered)

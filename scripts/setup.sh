@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Make a Debian 12 machine (run as root) ready to build and test qvl:
 #   PostgreSQL 15 + plpython3u + pgvector (built from Debian trixie's source package),
+#   HAProxy (the scale-out tests put it in front of qvl replicas),
 #   the Weaviate server and Helm binaries (built with Go), and the project's virtualenv.
 # Idempotent: every step checks whether it is already done, so a second run takes seconds.
 set -euo pipefail
@@ -245,6 +246,7 @@ main() {
   printf 'export QVL_PG_BINDIR=%s\n' "$PG_BINDIR"
   printf 'export QVL_WEAVIATE_BIN=%s\n' "$WEAVIATE_BIN"
   printf 'export QVL_TIKTOKEN_CACHE_DIR=%s\n' "$TIKTOKEN_DIR"
+  printf 'export QVL_HAPROXY=%s\n' /usr/sbin/haproxy
 }
 
 main "$@"

@@ -77,7 +77,8 @@ def add_postgres_parsers(sub: Any) -> None:
                           "extensions and a superuser (PL/Python is an untrusted language).")
     _dsn(p)
     p.add_argument("--service-url", default=os.environ.get("QVL_SERVICE_URL"),
-                   help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080)")
+                   help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080), or "
+                   "several replicas, comma-separated (http://qvl-a:8080,http://qvl-b:8080)")
     p.add_argument("--service-token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
     p.add_argument("--service-ca-file", default=None,
                    help="https:// service: the CA file (PEM, a path on the database server) its certificate is "
@@ -100,7 +101,8 @@ def add_postgres_parsers(sub: Any) -> None:
                        "as many as you like. SIGTERM finishes the batches in hand.")
     _dsn(p)
     p.add_argument("--service", default=os.environ.get("QVL_SERVICE", "127.0.0.1:50051"),
-                   help="gRPC HOST:PORT of qvl serve (QVL_SERVICE)")
+                   help="gRPC target of qvl serve (QVL_SERVICE): HOST:PORT, or several replicas as "
+                   "ipv4:H1:P1,H2:P2 or dns:///NAME:PORT (round_robin with health checks)")
     p.add_argument("--token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
     p.add_argument("--tls", action="store_true", default=os.environ.get("QVL_SERVICE_TLS", "") in ("1", "true"),
                    help="gRPC over TLS, verified against the system's CAs (QVL_SERVICE_TLS=true)")

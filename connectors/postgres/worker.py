@@ -5,6 +5,12 @@ SKIP LOCKED`` plus a lease, so a killed worker's rows come back by themselves) â
 EmbedStream with no transaction open â†’ one short transaction stores the vectors where the row
 still holds what was embedded (content hash), moves refused rows to the failed table, and gives
 everything else back. A service outage only delays work: it stays queued while lanes back off.
+
+``--service`` is a gRPC target: one replica, or several (``ipv4:a:50051,b:50051``,
+``dns:///name:50051``) that the client balances with round_robin and health checking; a stream
+whose replica dies is carried on by another (``connectors.client``), and what never came back is
+given back to the queue. The worker runs against the primary only: on a hot standby it says so
+and waits for a promotion.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated
+from connectors.client import NOT_READY_MARKERS, Client, ItemFailure, QvlClientError, TransientError, Unauthenticated
 from connectors.postgres.row_encoding import item_size, row_item, vector_literal
 from connectors.postgres.vectorizers import Vectorizer, load_vectorizers
 from qvl_proto import vectorizer_pb2 as pb
@@ -39,20 +45,26 @@ log = logging.getLogger("qvl.worker")
 TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
 # Bad input: the row fails at once (unless the probe shows the whole service refusing everything).
 PERMANENT_CODES = {"INVALID_ARGUMENT", "OUT_OF_RANGE"}
-# The service's words for "your items never reached the model" (it was starting, draining or
-# restarting when they came): the service's state, never the row's fault, so no attempt is counted.
-NOT_READY_MARKERS = ("is starting or draining", "is not running")
+# NOT_READY_MARKERS (connectors.client): the service's words for "your items never reached the
+# model" (it was starting, draining or restarting when they came): the service's state, never the
+# row's fault, so no attempt is counted.
 CONFIG_REFRESH_S = 30.0
 DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 PROBE_TEXT = "qvl worker probe"
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 ITEM_PREFIX = re.compile(r"^item \d+")
+STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
+STANDBY_RECHECK_S = 10.0
+PRIMARY_ONLY = ("the worker claims rows and writes vectors, so it runs against the primary only. Point --dsn at "
+                "the primary (or list every node with target_session_attrs=read-write)")
+STANDBY = f"the database is a hot standby (read-only): {PRIMARY_ONLY}"
+READ_ONLY = f"the database refuses writes (a hot standby now, or read-only): {PRIMARY_ONLY}"
 
 
 @dataclass
 class WorkerSettings:
     dsn: str
-    service: str  # gRPC HOST:PORT
+    service: str  # a gRPC target: HOST:PORT, ipv4:H1:P1,H2:P2, dns:///NAME:PORT
     token: str | None = None
     batch: int = 64
     concurrency: int = 2
@@ -118,6 +130,7 @@ class Counters:
     retried: int = 0
     released: int = 0
     batches: int = 0
+    resent: int = 0  # streams carried on to another replica (or the same one back)
 
 
 @dataclass
@@ -299,26 +312,37 @@ class Worker:
         conn.execute("SET row_security = off")
         return conn
 
-    def _client(self, *, timeout: float | None = None, retries: int = 1) -> Client:
+    def _client(self, *, timeout: float | None = None, retries: int = STREAM_RETRIES) -> Client:
         roots = Path(self.s.ca_file).read_bytes() if self.s.ca_file else None
         return Client(self.s.service, token=self.s.token, timeout=timeout or self.s.rpc_timeout_s, retries=retries,
                       root_certificates=roots, tls=self.s.tls)
 
     def _check_install(self) -> None:
-        """Wait for the database (it may start after the worker); refuse one without qvl."""
+        """Wait for the database (it may start after the worker); refuse one without qvl; on a hot
+        standby say so once and wait for a promotion (no crash loop, no traceback)."""
         backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
+        said_standby = False
         while not self.stopping.is_set():
             try:
                 with self._connect() as conn:
-                    row = conn.execute("SELECT to_regclass('qvl.vectorizer') IS NOT NULL").fetchone()
-                break
+                    row = conn.execute("SELECT to_regclass('qvl.vectorizer') IS NOT NULL, "
+                                       "pg_catalog.pg_is_in_recovery()").fetchone()
             except psycopg.OperationalError as exc:
                 log.warning("the database is not reachable yet; retrying", extra={"error": str(exc).strip()})
                 self.stopping.wait(backoff.next())
-        else:
-            return
-        if not row or not row[0]:
-            raise RuntimeError("qvl is not installed in this database: run `qvl pg install --dsn ...` first")
+                continue
+            if not row or not row[0]:
+                raise RuntimeError("qvl is not installed in this database: run `qvl pg install --dsn ...` first")
+            if not row[1]:
+                if said_standby:
+                    log.info("the database was promoted; starting")
+                return
+            if self.s.exit_when_idle:
+                raise RuntimeError(STANDBY)
+            if not said_standby:
+                log.warning(f"{STANDBY}; waiting for it to be promoted", extra={"standby": True})
+                said_standby = True
+            self.stopping.wait(STANDBY_RECHECK_S)
 
     def _learn_limits(self) -> None:
         try:
@@ -360,6 +384,8 @@ class Worker:
                 log.warning("listen connection lost; polling every %.0f s until it is back", self.s.poll_s,
                             extra={"error": str(exc).strip()})
                 self.stopping.wait(backoff.next())
+            except psycopg.errors.ReadOnlySqlTransaction:  # LISTEN on a node that became a standby
+                self.stopping.wait(STANDBY_RECHECK_S)
 
     # -- lanes -----------------------------------------------------------------------------
     def _lane(self, n: int) -> None:
@@ -368,6 +394,7 @@ class Worker:
         backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
         turn = n  # lanes start at different vectorizers
         down_since: float | None = None
+        read_only = False  # said that the database refuses writes (said once until it takes them again)
         last: Vectorizer | None = None  # the vectorizer whose options the readiness probe uses
         while not self.stopping.is_set():
             try:
@@ -399,6 +426,9 @@ class Worker:
                     self._block(lane, v, None)
                     if worked:
                         break
+                if read_only:
+                    log.info("the database takes writes again", extra={"lane": n})
+                    read_only = False
                 if worked:
                     if down_since is not None:
                         log.info("the service is back", extra={"down_s": round(time.monotonic() - down_since, 1)})
@@ -431,6 +461,16 @@ class Worker:
                 self.stopping.wait(backoff.next())
             except psycopg.errors.UndefinedTable:
                 self._configs_stale = True  # a vectorizer was dropped under us
+            except psycopg.errors.ReadOnlySqlTransaction:
+                # The node became a standby (a failover demoted it, or --dsn now reaches another):
+                # nothing can be claimed or written here; the rows wait on the primary.
+                if not read_only:
+                    log.warning(f"{READ_ONLY}; waiting", extra={"lane": n, "standby": True})
+                    read_only = True
+                if lane.conn is not None:
+                    lane.conn.close()
+                lane.conn = None
+                self.stopping.wait(STANDBY_RECHECK_S)
             except Exception:
                 log.exception("lane error", extra={"lane": n})
                 self._configs_stale = True
@@ -800,6 +840,7 @@ class Worker:
         done = 0
         log.debug("embedding", extra={"vectorizer": v.name, "items": len(items)})
         watchdog = _Watchdog(client, self.s.stall_s, self._reachable)
+        retried = client.retried
         try:
             stream = client.embed_stream(items, dimensions=v.dimensions, encoding=v.encoding,
                                          instruction=v.instruction, max_in_flight=max(1, len(items)),
@@ -832,6 +873,11 @@ class Worker:
                 out[done + half:] = self._embed(client, v, rest[half:])
         finally:
             watchdog.stop()
+            if client.retried > retried:
+                log.info("a stream was carried on to another replica", extra={
+                    "vectorizer": v.name, "times": client.retried - retried})
+                with self._counter_lock:
+                    self._counters[v.name].resent += client.retried - retried
         return out
 
     def _finish(self, lane: Lane, v: Vectorizer, rows: list[Claimed], writes: list[tuple[Claimed, str | None]],
@@ -986,7 +1032,8 @@ class Worker:
                 continue
             rate = delta / elapsed
             extra: dict[str, Any] = {"vectorizer": v.name, "embedded": c.embedded, "failed": c.failed,
-                                     "pending": pending, "rate_per_s": round(rate, 1)}
+                                     "pending": pending, "rate_per_s": round(rate, 1), "resent": c.resent,
+                                     "released": c.released}
             if pending and rate > 0:
                 extra["eta_s"] = round(pending / rate, 1)
             log.info(f"{v.name}: {c.embedded} embedded, {c.failed} failed"

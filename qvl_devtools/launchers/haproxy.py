@@ -1,17 +1,27 @@
-"""A throwaway HAProxy (Debian's ``haproxy``) balancing HTTP over qvl replicas, for tests and demos.
+"""HAProxy (Debian's ``haproxy`` package) in front of qvl replicas' HTTP ports, with a generated
+config: tests and local setups put the SQL functions and Weaviate behind one address this way.
 
-The balancing, health checks and retries are HAProxy's own: round robin, a server leaves the
-pool after two failed ``GET /.well-known/ready`` checks (204 = loaded and not draining) and a
-request whose connection fails is sent to another server.
+What the config does (docs/scale-out.md explains it; ``docker/haproxy.cfg`` is the same for
+docker-compose):
+
+- ``option httpchk GET /.well-known/ready`` with ``http-check expect status 204``: a replica that
+  is loading, draining or restarting its model process answers 503 and is taken out after
+  ``fall`` failed checks, put back after ``rise`` good ones;
+- ``retry-on conn-failure empty-response 503`` with ``option redispatch 1``: a request that could
+  not be sent, that a replica dropped without a word (it died mid-request), or that it answered
+  503 (draining, not ready) goes to another replica. qvl's embed and rerank are idempotent, so a
+  replay is safe. Requests larger than ``tune.bufsize`` are not replayed (HAProxy keeps a copy
+  only of those that fit): 1 MiB here;
+- ``balance leastconn``: a replica busy with long requests gets fewer new ones.
 """
 
 from __future__ import annotations
 
-import csv
-import io
+import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tempfile
 import time
@@ -19,137 +29,149 @@ import urllib.error
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
-from typing import IO
-from urllib.parse import urlsplit
 
 from qvl_devtools.launchers.process import LocalProcess
 from qvl_devtools.launchers.service import free_ports
 
-DEFAULT_HAPROXY_BIN = "/usr/sbin/haproxy"
+DEFAULT_HAPROXY = "/usr/sbin/haproxy"
+SETUP_HINT = "run `make setup` (scripts/setup.sh installs Debian's haproxy), or set QVL_HAPROXY"
+BACKEND = "qvl_replicas"
 
 
-def haproxy_config(frontend_port: int, stats_port: int, backends: Sequence[str], *,
-                   timeout_s: float = 300.0, check_interval_ms: int = 500) -> str:
-    """The configuration: one HTTP frontend, one backend of ``backends`` (``http://host:port``)."""
-    servers = []
-    for i, url in enumerate(backends):
-        parts = urlsplit(url)
-        if parts.scheme != "http" or not parts.hostname or not parts.port:
-            raise ValueError(f"backend {url!r}: expected http://host:port")
-        servers.append(f"    server qvl{i} {parts.hostname}:{parts.port} check")
-    return "\n".join([
-        "global",
-        "    maxconn 4096",
-        "defaults",
-        "    mode http",
-        "    timeout connect 2s",
-        f"    timeout client {int(timeout_s)}s",
-        f"    timeout server {int(timeout_s)}s",
-        "    retries 3",
-        "    option redispatch",
-        "frontend qvl_http",
-        f"    bind 127.0.0.1:{frontend_port}",
-        "    default_backend qvl",
-        "backend qvl",
-        "    balance roundrobin",
-        "    option httpchk GET /.well-known/ready",
-        "    http-check expect status 204",
-        # A refused connection or a 503 (loading, draining) goes to another server.
-        "    retry-on conn-failure empty-response 503",
-        f"    default-server inter {check_interval_ms}ms fall 2 rise 1",
-        *servers,
-        "listen stats",
-        f"    bind 127.0.0.1:{stats_port}",
-        "    stats enable",
-        "    stats uri /stats",
-        "",
-    ])
+def haproxy_binary() -> Path:
+    return Path(os.environ.get("QVL_HAPROXY", DEFAULT_HAPROXY))
+
+
+def haproxy_config(servers: Sequence[tuple[str, str]], *, bind: str, stats_socket: str | None = None,
+                   check_inter_ms: int = 500, fall: int = 2, rise: int = 2, server_timeout_s: int = 310,
+                   bufsize: int = 1 << 20) -> str:
+    """The config text: ``servers`` are (name, host:port of a replica's HTTP listener)."""
+    stats = f"    stats socket {stats_socket} mode 600 level admin\n" if stats_socket else ""
+    lines = "".join(f"    server {name} {address} check\n" for name, address in servers)
+    return f"""global
+    log stdout format raw local0 info
+{stats}    tune.bufsize {bufsize}
+
+defaults
+    mode http
+    log global
+    option httplog
+    timeout connect 2s
+    timeout client {server_timeout_s}s
+    timeout server {server_timeout_s}s
+    timeout http-request 30s
+    # A request that could not be sent, that a replica dropped without answering (it died), or
+    # that it answered 503 (draining, not ready) is sent again, to another replica (embed and
+    # rerank are idempotent).
+    retries 3
+    option redispatch 1
+    retry-on conn-failure empty-response 503
+
+frontend qvl
+    bind {bind}
+    default_backend {BACKEND}
+
+backend {BACKEND}
+    balance leastconn
+    # Only a replica whose models are loaded and warm answers 204; it answers 503 while it loads,
+    # drains (SIGTERM) or restarts its model process.
+    option httpchk GET /.well-known/ready
+    http-check expect status 204
+    default-server inter {check_inter_ms}ms fall {fall} rise {rise}
+{lines}"""
 
 
 class HAProxy(LocalProcess):
-    """``haproxy -db`` on free loopback ports in front of ``backends``."""
+    """``haproxy -db`` on a free port of 127.0.0.1 in front of ``replicas`` (HTTP URLs of qvl serve)."""
 
-    def __init__(self, backends: Sequence[str], *, binary: str | None = None, timeout_s: float = 300.0) -> None:
-        self.binary = binary or os.environ.get("QVL_HAPROXY_BIN", DEFAULT_HAPROXY_BIN)
-        if not Path(self.binary).is_file():
-            raise FileNotFoundError(f"haproxy not found at {self.binary}: `make setup` installs Debian's haproxy")
-        self.backends = list(backends)
-        self.port, self.stats_port = free_ports(2)
-        self.timeout_s = timeout_s
-        self.base_dir: Path | None = None
-        self._process: subprocess.Popen[bytes] | None = None
-        self._log_file: IO[bytes] | None = None
+    def __init__(self, replicas: Sequence[str], *, port: int | None = None, check_inter_ms: int = 500) -> None:
+        self.binary = haproxy_binary()
+        if not self.binary.is_file():
+            raise FileNotFoundError(f"HAProxy binary {self.binary} not found; {SETUP_HINT}")
+        self.port = port or free_ports(1)[0]
+        self.names = [f"qvl-{chr(ord('a') + i)}" for i in range(len(replicas))]
+        self.servers = [(name, url.split("://", 1)[1].rstrip("/")) for name, url in zip(self.names, replicas,
+                                                                                          strict=True)]
+        self.check_inter_ms = check_inter_ms
+        self.base_dir = Path(tempfile.mkdtemp(prefix="qvl-haproxy-"))
+        self.log_path = self.base_dir / "haproxy.log"
+        self.config_path = self.base_dir / "haproxy.cfg"
+        self.stats_socket = self.base_dir / "admin.sock"
+        self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def log_path(self) -> Path:
-        if self.base_dir is None:
-            raise RuntimeError("haproxy has not been started")
-        return self.base_dir / "haproxy.log"
+    def config(self) -> str:
+        return haproxy_config(self.servers, bind=f"127.0.0.1:{self.port}", stats_socket=str(self.stats_socket),
+                              check_inter_ms=self.check_inter_ms)
 
-    def start(self) -> HAProxy:
-        if self._process is not None:
-            return self
-        self.base_dir = Path(tempfile.mkdtemp(prefix="qvl-haproxy-"))
-        config = self.base_dir / "haproxy.cfg"
-        config.write_text(haproxy_config(self.port, self.stats_port, self.backends, timeout_s=self.timeout_s))
-        check = subprocess.run([self.binary, "-c", "-q", "-f", str(config)], capture_output=True, text=True)
-        if check.returncode != 0:
-            raise RuntimeError(f"haproxy refused its configuration:\n{check.stdout}{check.stderr}")
-        self._log_file = self.log_path.open("ab")
-        self._process = subprocess.Popen([self.binary, "-db", "-f", str(config)], stdin=subprocess.DEVNULL,
-                                         stdout=self._log_file, stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.monotonic() + 15
-        while True:
-            if self._process.poll() is not None:
-                raise RuntimeError(f"haproxy exited during start-up\n{self.log_tail()}")
-            try:
-                self.stats()
-                return self
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise TimeoutError(f"haproxy stats page did not answer\n{self.log_tail()}") from None
-                time.sleep(0.1)
+    def start(self, timeout: float = 60.0) -> HAProxy:
+        self.config_path.write_text(self.config())
+        checked = subprocess.run([str(self.binary), "-c", "-q", "-f", str(self.config_path)],
+                                 capture_output=True, text=True)
+        if checked.returncode != 0:
+            raise RuntimeError(f"haproxy refused its config:\n{checked.stdout}{checked.stderr}\n{self.config()}")
+        log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
+        self.proc = subprocess.Popen([str(self.binary), "-db", "-f", str(self.config_path)], stdout=log,
+                                     stderr=subprocess.STDOUT)
+        log.close()
+        self.wait_ready(timeout)
+        return self
 
-    def stats(self) -> list[dict[str, str]]:
-        """HAProxy's own per-proxy, per-server statistics (its CSV stats page)."""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.stats_port}/stats;csv", timeout=5) as response:
-            text = response.read().decode().lstrip("# ")
-        return list(csv.DictReader(io.StringIO(text)))
+    def wait_ready(self, timeout: float = 60.0) -> None:
+        """Until a replica is UP behind it (its /.well-known/ready answers 204 through HAProxy)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"haproxy exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with (contextlib.suppress(urllib.error.URLError, ConnectionError, TimeoutError),
+                  urllib.request.urlopen(f"{self.url}/.well-known/ready", timeout=2) as resp):
+                if resp.status == 204:
+                    return
+            time.sleep(0.1)
+        raise TimeoutError(f"no replica became ready behind haproxy in {timeout} s:\n{self.log_tail()}")
 
-    def server_requests(self) -> dict[str, int]:
-        """HTTP responses each backend server gave (``hrsp_*`` summed), by server name."""
+    def stats(self) -> dict[str, dict[str, str]]:
+        """HAProxy's statistics of the replicas' backend (``show stat`` on its stats socket), by
+        server name, and "BACKEND" for the backend as a whole."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(str(self.stats_socket))
+            sock.sendall(b"show stat\n")
+            data = b""
+            while chunk := sock.recv(65536):
+                data += chunk
+        rows = data.decode().splitlines()
+        header = rows[0].lstrip("# ").split(",")
         out = {}
-        for row in self.stats():
-            if row["pxname"] == "qvl" and row["svname"].startswith("qvl"):
-                out[row["svname"]] = sum(int(row[k] or 0) for k in row if k.startswith("hrsp_"))
+        for row in rows[1:]:
+            fields = dict(zip(header, row.split(","), strict=False))
+            if fields.get("pxname") == BACKEND:
+                out[fields["svname"]] = fields
         return out
 
-    def retries(self) -> int:
-        """Requests HAProxy sent again (to the same or another server) after a failed try."""
-        return sum(int(r["wretr"] or 0) + int(r["wredis"] or 0) for r in self.stats()
-                   if r["pxname"] == "qvl" and r["svname"] == "BACKEND")
+    def server_states(self) -> dict[str, str]:
+        """Each replica's state as HAProxy sees it ("UP", "DOWN", "UP 1/2", ...)."""
+        return {name: fields["status"] for name, fields in self.stats().items() if name in self.names}
 
-    def server_status(self) -> dict[str, str]:
-        return {r["svname"]: r["status"] for r in self.stats()
-                if r["pxname"] == "qvl" and r["svname"].startswith("qvl")}
+    def server_requests(self) -> dict[str, int]:
+        """HTTP responses each replica gave through HAProxy so far (``hrsp_*`` summed), by name."""
+        return {name: sum(int(v or 0) for k, v in fields.items() if k.startswith("hrsp_"))
+                for name, fields in self.stats().items() if name in self.names}
+
+    def retries(self) -> tuple[int, int]:
+        """(requests sent again, of which to another replica) so far: ``wretr`` and ``wredis``."""
+        backend = self.stats()["BACKEND"]
+        return int(backend.get("wretr") or 0), int(backend.get("wredis") or 0)
 
     def stop(self) -> None:
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.send_signal(signal.SIGTERM)
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
             try:
-                process.wait(10)
+                self.proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        if self._log_file is not None:
-            self._log_file.close()
-            self._log_file = None
-        if self.base_dir is not None:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
-            self.base_dir = None
+                self.proc.kill()
+                self.proc.wait()
+        shutil.rmtree(self.base_dir, ignore_errors=True)

@@ -1,4 +1,5 @@
-"""A throwaway PostgreSQL server in a temporary directory (benchmarks, the demo, tests).
+"""A throwaway PostgreSQL server in a temporary directory (benchmarks, the demo, tests), and hot
+standbys of it fed by streaming replication (``pg_basebackup -R``).
 
 PostgreSQL refuses to run as root, so when this process is root every server command runs as
 the ``postgres`` OS user (``runuser -u postgres --``) and the directory is handed to that user.
@@ -6,12 +7,14 @@ the ``postgres`` OS user (``runuser -u postgres --``) and the directory is hande
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pwd
 import shutil
 import socket
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -32,6 +35,11 @@ THROWAWAY_SETTINGS: dict[str, str] = {
     "full_page_writes": "off",
     "log_min_messages": "warning",
 }
+
+
+# A standby's own settings: queries on it are not cancelled because the primary vacuumed rows
+# they still read (the primary hears what the standby's queries need).
+STANDBY_SETTINGS: dict[str, str] = {"hot_standby": "on", "hot_standby_feedback": "on"}
 
 
 def pg_bindir() -> Path:
@@ -63,6 +71,7 @@ class LocalPostgres(LocalDataServer):
         self._os_user = os_user
         self.base_dir: Path | None = None
         self._running = False
+        self.primary: LocalPostgres | None = None  # set on a standby
 
     @property
     def data_dir(self) -> Path:
@@ -91,15 +100,65 @@ class LocalPostgres(LocalDataServer):
             return self
         if self.base_dir is None:
             self._init_cluster()
+        self._start()
+        return self
+
+    def start_standby(self, settings: Mapping[str, str] | None = None) -> LocalPostgres:
+        """A hot standby of this (running) server on a new port: ``pg_basebackup -R`` copies the
+        cluster and writes ``standby.signal`` and ``primary_conninfo``; a physical replication slot
+        keeps the WAL it has not replayed yet. ``stop()`` it before this server."""
+        if not self._running:
+            raise RuntimeError("start the primary first")
+        standby = LocalPostgres(self.bindir, settings={**self.settings, **STANDBY_SETTINGS, **(settings or {})},
+                                os_user=self._os_user)
+        standby.base_dir = Path(tempfile.mkdtemp(prefix="qvl-pg-standby-", dir="/tmp"))
+        standby._own_dirs()
+        slot = f"qvl_standby_{standby.port}"
+        standby._run(self.bindir / "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
+                     "-D", str(standby.data_dir), "-R", "-X", "stream", "-C", "-S", slot, "--checkpoint=fast",
+                     "--no-sync")
+        standby._write_settings()  # after the copied postgresql.conf: its own port and socket
+        standby.primary = self
+        standby._start()
+        return standby
+
+    @property
+    def in_recovery(self) -> bool:
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_is_in_recovery()").fetchone()
+        return bool(row and row[0])
+
+    def catch_up(self, timeout: float = 60.0) -> None:
+        """Wait until this standby has replayed everything its primary had written when called."""
+        if self.primary is None:
+            raise RuntimeError("not a standby")
+        with psycopg.connect(self.primary.dsn(), autocommit=True) as conn:
+            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+        assert row is not None
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.dsn(), autocommit=True) as conn:
+            while True:
+                done = conn.execute("SELECT pg_last_wal_replay_lsn() >= %s::pg_lsn", (row[0],)).fetchone()
+                if done and done[0]:
+                    return
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"the standby did not replay up to {row[0]} in {timeout} s")
+                time.sleep(0.05)
+
+    def promote(self) -> None:
+        """Make this standby a primary (``pg_ctl promote``): it leaves recovery and takes writes."""
+        self._pg_ctl("promote", "-w", "-t", "60")
+
+    def _start(self) -> None:
         try:
             self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_path))
         except RuntimeError as exc:
             raise RuntimeError(f"{exc}\n--- server log ---\n{self.log_tail()}") from exc
         self._running = True
-        return self
 
     def stop(self, *, remove: bool = True) -> None:
-        """Fast shutdown; with remove (the default) the whole temporary directory goes too."""
+        """Fast shutdown; with remove (the default) the whole temporary directory goes too, and a
+        standby's replication slot on its primary (which would keep WAL for it forever)."""
         try:
             if self._running:
                 self._running = False
@@ -108,17 +167,32 @@ class LocalPostgres(LocalDataServer):
             if remove and self.base_dir is not None:
                 shutil.rmtree(self.base_dir, ignore_errors=True)
                 self.base_dir = None
+                self._drop_slot()
+
+    def _drop_slot(self) -> None:
+        if self.primary is None or not self.primary._running:
+            return
+        with contextlib.suppress(psycopg.Error), psycopg.connect(self.primary.dsn(), autocommit=True) as conn:
+            conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                         "WHERE slot_name = %s AND NOT active", (f"qvl_standby_{self.port}",))
 
     def _init_cluster(self) -> None:
         # Under /tmp: the postgres user must be able to reach the directory.
         self.base_dir = Path(tempfile.mkdtemp(prefix="qvl-pg-", dir="/tmp"))
+        self._own_dirs()
+        # initdb's pg_hba.conf trusts local and 127.0.0.1 connections, replication ones included.
+        initdb_args = ["-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--encoding=UTF8"]
+        self._run(self.bindir / "initdb", *initdb_args, "--locale=C.UTF-8", "--no-sync")
+        self._write_settings()
+
+    def _own_dirs(self) -> None:
         self.socket_dir.mkdir()
         if self._as_root:
             entry = pwd.getpwnam(self._os_user)
-            for path in (self.base_dir, self.socket_dir):
+            for path in (self._base(), self.socket_dir):
                 os.chown(path, entry.pw_uid, entry.pw_gid)
-        initdb_args = ["-D", str(self.data_dir), "-U", "postgres", "--auth=trust", "--encoding=UTF8"]
-        self._run(self.bindir / "initdb", *initdb_args, "--locale=C.UTF-8", "--no-sync")
+
+    def _write_settings(self) -> None:
         settings = {**self.settings, "port": str(self.port), "listen_addresses": "127.0.0.1",
                     "unix_socket_directories": str(self.socket_dir)}
         lines = [f"{key} = {_conf_value(value)}" for key, value in settings.items()]

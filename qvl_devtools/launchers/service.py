@@ -131,6 +131,15 @@ class ServiceProcess(LocalProcess):
             time.sleep(0.2)
         raise TimeoutError(f"qvl serve not ready after {self.startup_timeout}s:\n{self.log_tail()}")
 
+    def kill(self) -> None:
+        """SIGKILL the service and every process under it at once, as when its machine is lost:
+        no drain, no goodbye on open connections (the kernel resets them)."""
+        for pid in self.pids():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if self.proc is not None:
+            self.proc.wait()
+
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 60.0) -> int | None:
         if self.proc is None or self.proc.poll() is not None:
             return self.proc.returncode if self.proc else None

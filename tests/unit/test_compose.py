@@ -1,9 +1,12 @@
 """docker-compose.yml (Docker cannot run here): every module URL, DSN and gRPC target names a
-service that exists and a port it listens on; health checks gate the start order."""
+service that exists and a port it listens on; HTTP goes through HAProxy (docker/haproxy.cfg) to
+every qvl replica, gRPC to every replica by their shared DNS name; health checks gate the start
+order."""
 
 from __future__ import annotations
 
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -11,9 +14,13 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from qvl_devtools.launchers.haproxy import haproxy_binary, haproxy_config
 from qvl_devtools.launchers.weaviate import API_MODULES
 
 ROOT = Path(__file__).parents[2]
+HAPROXY_CFG = ROOT / "docker" / "haproxy.cfg"
+BALANCER = "qvl"  # the HAProxy service
+REPLICA_ALIAS = "qvl-replicas"
 MODULE_URL_VARS = {
     "multi2vec-clip": ("CLIP_INFERENCE_API",),
     "multi2vec-bind": ("BIND_INFERENCE_API",),
@@ -71,7 +78,42 @@ def _flag(command: list[str], flag: str) -> str:
     return command[command.index(flag) + 1]
 
 
+def _haproxy() -> dict[str, Any]:
+    """docker/haproxy.cfg: its sections' lines, the frontend's port, the backend's servers."""
+    sections: dict[str, list[str]] = {}
+    current = ""
+    for raw in HAPROXY_CFG.read_text().splitlines():
+        line = raw.split("#", 1)[0].rstrip()
+        if not line:
+            continue
+        if not line[0].isspace():
+            current = line.strip()
+            sections[current] = []
+        else:
+            sections[current].append(" ".join(line.split()))
+    [frontend] = [k for k in sections if k.startswith("frontend ")]
+    [backend] = [k for k in sections if k.startswith("backend ")]
+    [bind] = [line for line in sections[frontend] if line.startswith("bind ")]
+    servers = {}
+    for line in sections[backend]:
+        if line.startswith("server "):
+            _, name, address, *params = line.split()
+            host, port = address.rsplit(":", 1)
+            servers[name] = (host, int(port), params)
+    return {"sections": sections, "port": int(bind.split()[1].rsplit(":", 1)[1]), "servers": servers,
+            "defaults": sections["defaults"], "backend": sections[backend]}
+
+
+def _replicas(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The qvl serve replicas: the services that answer to the replicas' shared DNS name."""
+    return {name: s for name, s in services.items()
+            if REPLICA_ALIAS in ((s.get("networks") or {}).get("default") or {}).get("aliases", [])}
+
+
 def _http_port(services: dict[str, dict[str, Any]], name: str) -> int:
+    """Where a service takes qvl's HTTP: a replica's QVL_HTTP_PORT, or the HAProxy frontend's port."""
+    if name == BALANCER:
+        return int(_haproxy()["port"])
     return int(_env(services[name])["QVL_HTTP_PORT"])
 
 
@@ -97,8 +139,13 @@ def test_weaviate_settings(services: dict[str, dict[str, Any]]) -> None:
     env = _env(weaviate)
     timeout = re.fullmatch(r"(\d+)s", env["MODULES_CLIENT_TIMEOUT"])
     assert timeout and int(timeout.group(1)) >= 50, "keep at least Weaviate's 50s default"
-    service_deadline = float(_env(services["qvl"])["QVL_REQUEST_TIMEOUT_S"])
-    assert service_deadline >= int(timeout.group(1)), "qvl would give up on a module call before Weaviate does"
+    for name, replica in _replicas(services).items():
+        service_deadline = float(_env(replica)["QVL_REQUEST_TIMEOUT_S"])
+        assert service_deadline >= int(timeout.group(1)), f"{name} would give up on a module call before Weaviate"
+        # and HAProxy must not cut a request the replica is still allowed to work on
+        haproxy_timeout = {line.split()[1]: line.split()[2] for line in _haproxy()["defaults"]
+                           if line.startswith("timeout ")}
+        assert int(haproxy_timeout["server"].rstrip("s")) >= service_deadline
     assert env.get("MODULES_VALIDATE_BASE_URL", "false").lower() in ("false", "0", "off")  # it blocks private IPs
     assert env["DEFAULT_VECTORIZER_MODULE"] == "none"
     assert int(env["GRPC_PORT"]) in _listens("weaviate", weaviate)
@@ -117,10 +164,56 @@ def test_dsns_name_the_postgres_service_and_its_credentials(services: dict[str, 
 
 
 def test_service_addresses_of_the_worker_and_the_installer(services: dict[str, dict[str, Any]]) -> None:
-    host, port = _flag(services["worker"]["command"], "--service").rsplit(":", 1)
-    assert host in services and int(port) == int(_env(services[host])["QVL_GRPC_PORT"])  # gRPC, not HTTP
+    # gRPC: every replica by their shared name (round_robin over the addresses Docker's DNS gives)
+    target = _flag(services["worker"]["command"], "--service")
+    assert target.startswith("dns:///"), target
+    host, port = target.removeprefix("dns:///").rsplit(":", 1)
+    replicas = _replicas(services)
+    assert host == REPLICA_ALIAS and len(replicas) >= 2
+    assert all(int(port) == int(_env(r)["QVL_GRPC_PORT"]) for r in replicas.values())  # gRPC, not HTTP
+    # HTTP: PL/Python reaches the replicas through HAProxy
     url = urlsplit(_flag(services["pg-install"]["command"], "--service-url"))
-    assert url.hostname in services and url.port == _http_port(services, url.hostname)  # PL/Python speaks HTTP
+    assert url.hostname == BALANCER and url.port == _http_port(services, url.hostname)
+
+
+def test_haproxy_fronts_every_replica_with_health_checks_and_retries(services: dict[str, dict[str, Any]]) -> None:
+    cfg = _haproxy()
+    replicas = _replicas(services)
+    assert {name: (host, port) for name, (host, port, _) in cfg["servers"].items()} == {
+        name: (name, int(_env(r)["QVL_HTTP_PORT"])) for name, r in replicas.items()}
+    assert all("check" in params for _, _, params in cfg["servers"].values())
+    backend, defaults = cfg["backend"], cfg["defaults"]
+    assert "option httpchk GET /.well-known/ready" in backend and "http-check expect status 204" in backend
+    [retry_on] = [line.split()[1:] for line in defaults if line.startswith("retry-on ")]
+    assert {"conn-failure", "empty-response", "503"} <= set(retry_on)
+    assert "500" not in retry_on and "junk-response" not in retry_on  # a request that broke a replica is not replayed
+    assert "option redispatch 1" in defaults
+    balancer = services[BALANCER]
+    assert "./docker/haproxy.cfg:/etc/haproxy/haproxy.cfg:ro" in balancer["volumes"]
+    assert cfg["port"] in _listens(BALANCER, balancer)
+    assert set(balancer["depends_on"]) == set(replicas)
+    check = " ".join(balancer["healthcheck"]["test"])
+    assert f"/dev/tcp/127.0.0.1/{cfg['port']}" in check and "GET /.well-known/ready" in check and " 204 " in check
+
+
+def test_the_tests_haproxy_config_is_the_compose_one() -> None:
+    """The integration tests run a generated config: the directives that decide where a request
+    goes, and when it is sent again, are the same as docker/haproxy.cfg's."""
+    generated = haproxy_config([("qvl-a", "127.0.0.1:1"), ("qvl-b", "127.0.0.1:2")], bind="127.0.0.1:3")
+    lines = {" ".join(line.split()) for line in generated.splitlines()}
+    cfg = _haproxy()
+    for line in [*cfg["defaults"], *cfg["backend"]]:
+        if line.split()[0] in ("retries", "retry-on", "balance", "http-check") or line.startswith(
+                ("option redispatch", "option httpchk")):
+            assert line in lines, line
+
+
+def test_haproxy_accepts_the_compose_config() -> None:
+    """Debian's haproxy (scripts/setup.sh installs it) checks docker/haproxy.cfg; the replicas'
+    names do not resolve here, which it only warns about."""
+    done = subprocess.run([str(haproxy_binary()), "-c", "-f", str(HAPROXY_CFG)], capture_output=True, text=True,
+                          timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
 
 
 def test_health_checks_and_start_order(services: dict[str, dict[str, Any]]) -> None:
@@ -135,11 +228,12 @@ def test_health_checks_and_start_order(services: dict[str, dict[str, Any]]) -> N
             else:
                 pytest.fail(f"{name}: depends_on {dep} without a health condition")
     order = {name: set(s.get("depends_on") or {}) for name, s in services.items()}
-    assert "qvl" in order["weaviate"]  # Weaviate's modules give up when qvl is not ready in 120 s
-    assert {"postgres", "qvl"} <= order["pg-install"]
+    assert BALANCER in order["weaviate"]  # Weaviate's modules give up when qvl is not ready in 120 s
+    assert {"postgres", BALANCER} <= order["pg-install"]
     assert "pg-install" in order["worker"]
-    check = " ".join(services["qvl"]["healthcheck"]["test"])
-    assert f":{_http_port(services, 'qvl')}/.well-known/ready" in check
+    for name, replica in _replicas(services).items():
+        check = " ".join(replica["healthcheck"]["test"])
+        assert f":{_http_port(services, name)}/.well-known/ready" in check
     assert "/v1/.well-known/ready" in " ".join(services["weaviate"]["healthcheck"]["test"])
     assert "pg_isready" in services["postgres"]["healthcheck"]["test"]
 
@@ -165,13 +259,20 @@ def test_images_build_what_the_services_run() -> None:
     assert 'ENTRYPOINT ["qvl"]' in qvl and "QVL_SQL_DIR=/app/sql" in qvl and "COPY sql ./sql" in qvl
     postgres = (ROOT / "docker" / "postgres.Dockerfile").read_text()
     assert "pgvector" in postgres and "plpython3" in postgres
+    haproxy = (ROOT / "docker" / "haproxy.Dockerfile").read_text()
+    assert "FROM debian:bookworm" in haproxy and "apt-get install" in haproxy and " haproxy" in haproxy
+    assert '"/etc/haproxy/haproxy.cfg"' in haproxy  # where the compose file mounts docker/haproxy.cfg
 
 
-def test_gpu_override_changes_only_the_model_server(services: dict[str, dict[str, Any]]) -> None:
+def test_gpu_override_changes_only_the_model_servers(services: dict[str, dict[str, Any]]) -> None:
     gpu = _load("docker-compose.gpu.yml")["services"]
     assert set(gpu) <= set(services)
-    qvl = gpu["qvl"]
-    assert qvl["environment"]["QVL_DEVICE"] == "cuda"
-    [device] = qvl["deploy"]["resources"]["reservations"]["devices"]
-    assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    assert {gpu[n]["image"] for n in gpu} == {qvl["image"]}  # worker and installer run the same image
+    replicas = _replicas(services)
+    assert set(replicas) <= set(gpu)  # every replica on a GPU
+    for name in replicas:
+        assert gpu[name]["environment"]["QVL_DEVICE"] == "cuda"
+        [device] = gpu[name]["deploy"]["resources"]["reservations"]["devices"]
+        assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
+    built = [name for name in gpu if "build" in gpu[name]]
+    assert built and all("build" in services[name] for name in built)
+    assert len({gpu[n]["image"] for n in gpu}) == 1  # worker and installer run the same image

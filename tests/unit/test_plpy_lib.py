@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ast
 import base64
+import contextlib
 import json
 import re
 import sys
@@ -102,6 +103,7 @@ def plpy(monkeypatch: pytest.MonkeyPatch) -> FakePlpy:
 @pytest.fixture(autouse=True)
 def fresh_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(qvl_lib, "conns", {})
+    monkeypatch.setattr(qvl_lib, "avoid", {})
     yield
     for conn in qvl_lib.conns.values():
         conn.close()
@@ -602,6 +604,9 @@ class Service:
                 service.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                                      "body": self.rfile.read(size), "client": self.client_address})
                 step = service.script.pop(0) if service.script else {}
+                if step.get("vanish"):  # read the request, then go without a word (a killed server)
+                    self.close_connection = True
+                    return
                 time.sleep(step.get("delay", 0))
                 body = json.dumps(step.get("body", {"ok": True})).encode()
                 self.send_response(step.get("status", 200))
@@ -798,3 +803,114 @@ def test_an_answer_is_read_whole_when_the_server_closes_after_it() -> None:
             assert (status, len(text)) == (200, len(_ClosingService.body)), text[:200]
     finally:
         server.shutdown()
+
+
+# -- several replicas --------------------------------------------------------------------------------
+@pytest.fixture
+def replicas() -> Iterator[list[Service]]:
+    pair = [Service(), Service()]
+    yield pair
+    for r in pair:
+        r.close()
+
+
+def closed_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_service_lists_are_checked_and_kept_normalized() -> None:
+    assert qvl_lib.check_service("HTTP://a:8080/, https://b:9/base/", None) == "http://a:8080,https://b:9/base"
+    assert qvl_lib.check_service("https://a:1,https://[::1]:2", "/ca.pem") == "https://a:1,https://[::1]:2"
+    bad = {"http://a:8080,": "an empty address", "ftp://a:1": "not an http:// or https://",
+           "a:8080": "not an http:// or https://", "http://:80": "names no host",
+           "http://a:0": "the port must be", "http://a:70000": "the port must be", "http://a:x": "the port must be",
+           "http://a:1/?q=1": "no query", "http://a:1/#f": "no query", "http://u:pw@a:1": "must not hold credentials"}
+    for value, words in bad.items():
+        with pytest.raises(ValueError, match=words) as err:
+            qvl_lib.check_service(value, None)
+        assert "pw" not in str(err.value)
+    with pytest.raises(ValueError, match="a CA file is for an https:// service, not http://b:2"):
+        qvl_lib.check_service("https://a:1,http://b:2", "/ca.pem")
+
+
+def test_backends_start_at_different_replicas_and_ask_failed_ones_last(monkeypatch: pytest.MonkeyPatch) -> None:
+    urls = ["http://a:1", "http://b:1", "http://c:1"]
+    starts = set()
+    for pid in range(6):
+        monkeypatch.setattr(qvl_lib.os, "getpid", lambda pid=pid: pid)
+        starts.add(qvl_lib.replica_order(urls)[0])
+    assert starts == {0, 1, 2}
+    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 3)  # starts at a
+    qvl_lib.avoid["http://a:1"] = time.monotonic() + 5
+    assert qvl_lib.replica_order(urls) == [1, 2, 0]
+    qvl_lib.avoid["http://a:1"] = time.monotonic() - 1  # its time is up: back in its place
+    assert qvl_lib.replica_order(urls) == [0, 1, 2]
+
+
+def test_a_dead_replica_is_passed_over_and_then_asked_last(replicas: list[Service],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 0)
+    dead = f"http://127.0.0.1:{closed_port()}"
+    url = f"{dead},{replicas[0].url}"
+    for _ in range(3):
+        assert qvl_lib.http_send(url, None, 5, EMBED, "{}")[0] == 200
+    assert len(replicas[0].seen) == 3 and dead in qvl_lib.avoid
+
+
+def test_busy_replicas_pass_the_call_on_and_all_busy_waits(replicas: list[Service],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 0)
+    a, b = replicas
+    url = f"{a.url},{b.url}"
+    a.script = [{"status": 503, "headers": {"Retry-After": "5"}, "body": {"error": "draining"}}]
+    started = time.monotonic()
+    assert qvl_lib.http_send(url, None, 5, EMBED, "{}") == (200, '{"ok": true}')
+    assert time.monotonic() - started < 1 and len(a.seen) == len(b.seen) == 1
+    assert qvl_lib.http_send(url, None, 5, EMBED, "{}")[0] == 200
+    assert len(a.seen) == 1 and len(b.seen) == 2  # the busy one is asked last for its Retry-After
+    qvl_lib.avoid.clear()
+    a.script = [{"status": 503, "headers": {"Retry-After": "0.2"}}, {"body": {"a": 2}}]
+    b.script = [{"status": 429, "headers": {"Retry-After": "0.3"}}]
+    started = time.monotonic()
+    assert qvl_lib.http_send(url, None, 5, EMBED, "{}") == (200, '{"a": 2}')  # waited the shorter wait, once
+    assert 0.2 <= time.monotonic() - started < 1
+
+
+def test_a_replica_that_dies_mid_answer_passes_the_call_on(replicas: list[Service],
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The request was sent, the replica went away before answering: the next one is asked (an
+    embedding is the same whoever computes it)."""
+    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 0)
+    a, b = replicas
+    assert qvl_lib.http_send(f"{a.url},{b.url}", None, 5, EMBED, "{}")[0] == 200  # a kept-alive connection
+    a.close()  # it takes no new connections, and the next request on the old one is never answered
+    a.script = [{"vanish": True}]
+    assert qvl_lib.http_send(f"{a.url},{b.url}", None, 5, EMBED, "{}") == (200, '{"ok": true}')
+    assert len(a.seen) == 2 and len(b.seen) == 1
+
+
+def test_a_replica_that_takes_no_connections_costs_connect_s_not_the_deadline(
+        replicas: list[Service], monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 0)
+    monkeypatch.setattr(qvl_lib, "CONNECT_S", 0.5)
+    with contextlib.ExitStack() as stack:
+        # A listener that never accepts, its queue full: further connects get no answer at all (as a
+        # host that is gone).
+        silent = stack.enter_context(socket.socket())
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(0)
+        for _ in range(4):
+            filler = stack.enter_context(socket.socket())
+            filler.setblocking(False)
+            filler.connect_ex(silent.getsockname())
+        url = f"http://127.0.0.1:{silent.getsockname()[1]},{replicas[1].url}"
+        started = time.monotonic()
+        assert qvl_lib.http_send(url, None, 20, EMBED, "{}")[0] == 200
+        assert 0.4 < time.monotonic() - started < 3
+        # alone it is the whole deadline, as before
+        status, _ = qvl_lib.http_send(f"http://127.0.0.1:{silent.getsockname()[1]}", None, 1, EMBED, "{}")
+        assert status == 504

@@ -102,12 +102,20 @@ ITEM_PREFIX = re.compile(r"^((item|document) \d+|query): ")
 INFO_TTL_S = 60.0
 RETRY_AFTER_S = (0.05, 5.0)  # bounds of a 429/503 Retry-After wait
 TICK_S = 0.2  # the longest wait on the service between looks for a cancel (see Clock)
+# Several replicas: a connect that takes longer than this passes to the next one (a host that is
+# gone may never answer, and must not eat the whole call's deadline); one that could not be
+# reached is asked last for AVOID_S seconds.
+CONNECT_S = 3.0
+AVOID_S = 5.0
+SERVICE_HINT = ("Give one address or several, comma-separated: SELECT qvl.set_service('http://qvl:8080'); or "
+                "SELECT qvl.set_service('http://qvl-a:8080,http://qvl-b:8080');")
 
 # Per backend (the module lives as long as the backend's GD entry).
 plans: dict[Any, Any] = {}  # prepared statements by key
 conns: dict[tuple[Any, ...], Any] = {}  # keep-alive Connections by (scheme, host, port, CA file)
 contexts: dict[str | None, ssl.SSLContext] = {}  # TLS contexts by CA file
 cache: dict[str, tuple[float, Any]] = {}  # "info": (when, GET /v1/info answer)
+avoid: dict[str, float] = {}  # replica URL -> until when it is asked last (unreachable or busy)
 
 
 class Failure(Exception):
@@ -138,6 +146,67 @@ def plan(key: Any, query: str, argtypes: Sequence[str] = ()) -> Any:
 # -- HTTP: runs inside qvl._call, i.e. as the owner, the only reader of qvl.service -------------
 def error_body(error: str, code: str) -> str:
     return json.dumps({"error": error, "code": code})
+
+
+def service_urls(value: str) -> list[str]:
+    """The addresses in ``qvl.service.url``: one, or several replicas separated by commas."""
+    return [part.strip().rstrip("/") for part in value.split(",")]
+
+
+def url_problem(url: str) -> str | None:
+    """What is wrong with one service address (None: nothing). Never repeats credentials."""
+    if not url:
+        return "an empty address in the list (a comma too many?)"
+    parts = urllib.parse.urlsplit(url)
+    if parts.username is not None or parts.password is not None:
+        return "an address must not hold credentials; give the token as qvl.set_service(url, token)"
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        return f"{url!r} is not an http:// or https:// address"
+    if not parts.hostname:
+        return f"{url!r} names no host"
+    try:
+        port = parts.port
+    except ValueError:
+        port = 0
+    if port == 0:
+        return f"{url!r}: the port must be a number from 1 to 65535"
+    if parts.query or parts.fragment:
+        return f"{url!r}: an address has no query (?) or fragment (#)"
+    return None
+
+
+def check_service(value: str, ca_file: str | None) -> str:
+    """The address list as ``qvl.service`` keeps it (each address checked, schemes in lower case,
+    no trailing slash, ", " -> ","); ValueError saying what is wrong."""
+    urls = service_urls(value)
+    for url in urls:
+        problem = url_problem(url)
+        if problem is not None:
+            raise ValueError(problem)
+    urls = [urllib.parse.urlunsplit(urllib.parse.urlsplit(url)) for url in urls]
+    if ca_file is not None:
+        for url in urls:
+            if not url.startswith("https://"):
+                raise ValueError(f"a CA file is for an https:// service, not {url}")
+    return ",".join(urls)
+
+
+def check_service_sql(value: str, ca_file: str | None) -> str:
+    """qvl._check_service, which qvl.set_service calls: a bad address is a 22023 error."""
+    try:
+        return check_service(value, ca_file)
+    except ValueError as exc:
+        plpy.error(f"qvl: {exc}", hint=SERVICE_HINT, sqlstate="22023")
+        raise
+
+
+def replica_order(urls: Sequence[str]) -> list[int]:
+    """The order to ask the replicas in: starting at one chosen by this backend's process id (the
+    backends of a database spread over the replicas), those that failed lately last."""
+    start = os.getpid() % len(urls)
+    order = [(start + k) % len(urls) for k in range(len(urls))]
+    now = time.monotonic()
+    return sorted(order, key=lambda i: avoid.get(urls[i], 0.0) > now)  # stable: the rotation stays
 
 
 def target(url: str, route_path: str) -> tuple[str, Any, int, str]:
@@ -332,14 +401,20 @@ class Connection(http.client.HTTPConnection):
         http.client.HTTPConnection.__init__(self, host, port)
         self.context = context
         self.clock = Clock(0)
+        self.connect_within: float | None = None  # a shorter bound on connecting (several replicas)
 
-    def use(self, clock: Clock) -> None:
+    def use(self, clock: Clock, connect_within: float | None = None) -> None:
         self.clock = clock
+        self.connect_within = connect_within
         if self.sock is not None:
             self.sock.clock = clock
 
     def connect(self) -> None:
-        self.sock = open_wire(self.host, self.port, self.context, self.clock)
+        clock = self.clock
+        if self.connect_within is not None:
+            clock = Clock(min(self.connect_within, max(0.0, self.clock.at - time.monotonic())), self.clock.check)
+        self.sock = open_wire(self.host, self.port, self.context, clock)
+        self.sock.clock = self.clock
 
 
 def tls_context(ca_file: str | None) -> ssl.SSLContext:
@@ -392,14 +467,53 @@ def send(endpoint: str, request: str) -> tuple[int, str]:
 def http_send(url: str, token: str | None, timeout: float, route: tuple[str, str], request: str, *,
               ca_file: str | None = None, check: Callable[[], Any] | None = None,
               limit: str = "timeout_s") -> tuple[int, str]:
-    """One HTTP exchange on a kept-alive connection; (0, ...) unreachable, (504, ...) no answer in time.
+    """One HTTP exchange with the service; (0, ...) unreachable, (504, ...) no answer in time.
+
+    ``url`` is one address or several replicas, comma-separated. A replica that cannot be reached
+    (refused, reset, no connect within CONNECT_S, or gone mid-answer) or that answers 429/503 (busy,
+    starting, draining) passes the call to the next one at once; embedding and reranking are
+    idempotent, so asking again is safe. When every replica is busy the call waits as the service
+    asks (Retry-After) and tries them again, while that fits.
 
     ``timeout`` bounds the whole exchange: connecting, sending, every read and the retries (a
-    kept-alive connection the server had closed is retried once on a new one; 429 and 503 after
-    the service's Retry-After while that fits). ``check`` runs between waits of at most TICK_S and
-    raises to abandon the call (a cancelled statement). https: the certificate is verified against
-    ``ca_file`` (else the system's CAs).
+    kept-alive connection the server had closed is retried once on a new one). ``check`` runs between
+    waits of at most TICK_S and raises to abandon the call (a cancelled statement). https: the
+    certificate is verified against ``ca_file`` (else the system's CAs).
     """
+    urls = service_urls(url)
+    clock = Clock(timeout, check)
+    late = error_body(f"no answer from the qvl service within {timeout:.3g} s ({limit})", "DEADLINE_EXCEEDED")
+    connect_within = CONNECT_S if len(urls) > 1 else None
+    while True:
+        waits: list[float] = []
+        last: tuple[int, str] = (0, error_body("no service address is configured", "UNAVAILABLE"))
+        for i in replica_order(urls):
+            status, text, wait = exchange(urls[i], token, clock, route, request, ca_file, connect_within)
+            if status == 504 and wait < 0:
+                return 504, late
+            if status == 0 or status in (429, 503):
+                avoid[urls[i]] = time.monotonic() + (AVOID_S if status == 0 else wait)
+                last = (status, text)
+                if status:
+                    waits.append(wait)
+                continue  # the next replica
+            avoid.pop(urls[i], None)
+            return status, text
+        if not waits:
+            return last  # every replica unreachable
+        wait = min(waits)
+        if time.monotonic() + wait >= clock.at:
+            return last  # busy everywhere, and no time to wait for it
+        try:
+            clock.sleep(wait)  # queue full or warming up: wait as the service asks, within the deadline
+        except TimeoutError:
+            return 504, late
+
+
+def exchange(url: str, token: str | None, clock: Clock, route: tuple[str, str], request: str,
+             ca_file: str | None, connect_within: float | None) -> tuple[int, str, float]:
+    """One request to one replica: (status, body, seconds to wait before asking it again). (504, ...,
+    -1) when the call's deadline passed; (0, ...) when this replica could not be reached."""
     method, route_path = route
     scheme, host, port, path = target(url, route_path)
     headers = {"Content-Type": "application/json", "User-Agent": "qvl-postgres"}
@@ -407,8 +521,6 @@ def http_send(url: str, token: str | None, timeout: float, route: tuple[str, str
         headers["Authorization"] = "Bearer " + token
     body = request.encode("utf-8") if method == "POST" else None
     key = (scheme, host, port, ca_file)
-    clock = Clock(timeout, check)
-    late = error_body(f"no answer from the qvl service within {timeout:.3g} s ({limit})", "DEADLINE_EXCEEDED")
     while True:
         conn = conns.get(key)
         fresh = conn is None
@@ -417,35 +529,31 @@ def http_send(url: str, token: str | None, timeout: float, route: tuple[str, str
                 try:
                     context = tls_context(ca_file) if scheme == "https" else None
                 except (OSError, ValueError) as exc:
-                    return 0, error_body(f"cannot use the CA file: {why(exc)}", "UNAVAILABLE")
+                    return 0, error_body(f"cannot use the CA file: {why(exc)}", "UNAVAILABLE"), 0.0
                 conn = conns[key] = Connection(host, port, context)
-            conn.use(clock)
+            conn.use(clock, connect_within)
             clock.left()
             conn.request(method, path, body=body, headers=headers)
             resp = conn.getresponse()
             data = resp.read()
         except TimeoutError:
             _drop(key)
-            return 504, late
+            if time.monotonic() < clock.at:  # only the connect bound ran out: this replica is not answering
+                return 0, error_body("cannot reach the qvl service: no connection within "
+                                     f"{connect_within:g} s", "UNAVAILABLE"), 0.0
+            return 504, "", -1.0
         except (OSError, http.client.HTTPException) as exc:
             _drop(key)
             if not fresh:
                 continue  # a kept-alive connection the server had closed: once more on a new one
-            return 0, error_body(f"cannot reach the qvl service: {why(exc)}", "UNAVAILABLE")
+            return 0, error_body(f"cannot reach the qvl service: {why(exc)}", "UNAVAILABLE"), 0.0
         except BaseException:  # cancelled mid-exchange: the connection is in no state to reuse
             _drop(key)
             raise
         if resp.will_close:
             _drop(key)
-        if resp.status in (429, 503):
-            wait = retry_after(resp.getheader("Retry-After"))
-            if time.monotonic() + wait < clock.at:
-                try:
-                    clock.sleep(wait)  # queue full or warming up: wait as the service asks, within the deadline
-                except TimeoutError:
-                    return 504, late
-                continue
-        return resp.status, data.decode("utf-8", "replace")
+        wait = retry_after(resp.getheader("Retry-After")) if resp.status in (429, 503) else 0.0
+        return resp.status, data.decode("utf-8", "replace"), wait
 
 
 # -- calls, as the invoker ---------------------------------------------------------------------
