@@ -14,9 +14,10 @@ from typing import Any
 
 RUNTIME = ("embed-text", "embed-image", "embed-video", "rerank-text", "rerank-image")
 SERVICE = ("grpc-concurrent", "grpc-stream", "http-weaviate")
+REPLICAS = ("failover",)
 POSTGRES = ("pg-ingest", "pg-insert-overhead", "pg-rerank", "pg-search")
 WEAVIATE = ("weaviate-ingest", "weaviate-voyage-ingest")
-SCENARIOS = RUNTIME + SERVICE + POSTGRES + WEAVIATE
+SCENARIOS = RUNTIME + SERVICE + REPLICAS + POSTGRES + WEAVIATE
 
 # Targets from the issues (CPU/tiny unless noted); reported, never asserted in tests.
 TARGETS: dict[str, tuple[str, str, float]] = {
@@ -24,6 +25,7 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "grpc-concurrent": ("speedup", ">=", 4.0),
     "grpc-stream": ("ratio", ">=", 0.8),
     "http-weaviate": ("speedup", ">=", 3.0),
+    "failover": ("items_lost", "<=", 0.0),
     "pg-ingest": ("ratio", ">=", 0.7),
     "pg-insert-overhead": ("ratio", ">=", 0.8),
     "pg-rerank": ("overhead_ms", "<=", 5.0),
@@ -76,6 +78,9 @@ def _runner(scenario: str) -> Callable[[argparse.Namespace], dict[str, Any]]:
     if scenario in SERVICE:
         from qvl_devtools.bench.service_scenarios import run_service_scenario
         return run_service_scenario
+    if scenario in REPLICAS:
+        from qvl_devtools.bench.failover_scenarios import run_failover_scenario
+        return run_failover_scenario
     if scenario in POSTGRES:
         from qvl_devtools.bench.postgres_scenarios import run_postgres_scenario
         return run_postgres_scenario

@@ -1,7 +1,7 @@
 """HAProxy (Debian's ``haproxy`` package) in front of qvl replicas' HTTP ports, with a generated
 config: tests and local setups put the SQL functions and Weaviate behind one address this way.
 
-What the config does (docs/scale-out.md explains it; ``docker/haproxy.cfg`` is the same for
+What the config does (docs/scaling.md explains it; ``docker/haproxy.cfg`` is the same for
 docker-compose):
 
 - ``option httpchk GET /.well-known/ready`` with ``http-check expect status 204``: a replica that

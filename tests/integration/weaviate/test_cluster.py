@@ -1,6 +1,9 @@
 """A Weaviate cluster on qvl replicas: three real weaviate-server nodes (replication factor 3),
-two qvl services behind a real HAProxy, 2,000 objects with images ingested through the nodes in
-turn while one qvl replica and one Weaviate node are SIGKILLed; the node comes back.
+two qvl services (with a token) behind a real HAProxy, 2,000 objects with images ingested through
+the nodes in turn, into a collection on a local module (multi2vec-clip, the URL from Weaviate's
+environment) and one routed per collection (multi2vec-voyageai and reranker-cohere by ``baseURL``,
+the token as the API key), while one qvl replica and one Weaviate node are SIGKILLed; the node
+comes back.
 
 Then every object is on every replica (each node's shard count) with exactly qvl's vector (read
 through every node with consistency ALL), and nearText + rerank through each node agree.
@@ -25,7 +28,7 @@ from weaviate.classes.query import Rerank
 from weaviate.util import generate_uuid5
 
 from connectors.client import Client
-from connectors.weaviate.collections import MODULE_VECTOR, create_collection
+from connectors.weaviate.collections import MODULE_VECTOR, api_key_headers, create_collection
 from qvl_devtools.launchers.weaviate import WeaviateServer, connect, module_env
 from qvl_devtools.launchers.weaviate_cluster import WeaviateCluster
 from tests.media_factory import image_bytes
@@ -36,7 +39,8 @@ pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
 
 N_OBJECTS = 2000
 BATCH = 50
-COLLECTION = "ClusterPics"
+COLLECTIONS = ("ClusterPics", "ClusterVoyage")  # local module, per-collection module
+TOKEN = "cluster-token"
 KILL_REPLICA_AT, KILL_NODE_AT, NODE_BACK_AT = 8, 14, 26  # batch numbers (40 batches in all)
 WORDS = ("red", "green", "blue", "striped", "dotted", "bright", "dark", "tiny", "wide", "tall")
 
@@ -59,7 +63,7 @@ class Nodes:
 
     def client(self, i: int) -> weaviate.WeaviateClient:
         if i not in self.clients:
-            self.clients[i] = connect(self.cluster.nodes[i], timeout_s=120)
+            self.clients[i] = connect(self.cluster.nodes[i], timeout_s=120, headers=api_key_headers(TOKEN))
         return self.clients[i]
 
     def drop(self, i: int) -> None:
@@ -74,29 +78,31 @@ class Nodes:
 
 @pytest.fixture
 def stack() -> Iterator[tuple[list[ServiceProcess], HAProxy, WeaviateCluster]]:
-    with (ServiceProcess() as a, ServiceProcess() as b, HAProxy([a.http_url, b.http_url]) as lb,
+    # The local module sends no token: its routes are opened, everything else stays behind it.
+    env = {"QVL_TOKEN": TOKEN, "QVL_OPEN_MODULE_ROUTES": "true"}
+    with (ServiceProcess(env=env) as a, ServiceProcess(env=env) as b, HAProxy([a.http_url, b.http_url]) as lb,
           WeaviateCluster(3, env=module_env(lb.url, client_timeout="120s")) as cluster):
         yield [a, b], lb, cluster
 
 
-def _insert(nodes: Nodes, node: int, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def _insert(nodes: Nodes, node: int, name: str, batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Insert through one node; returns the objects that did not make it (to retry elsewhere)."""
-    col = nodes.client(node).collections.get(COLLECTION).with_consistency_level(ConsistencyLevel.QUORUM)
+    col = nodes.client(node).collections.get(name).with_consistency_level(ConsistencyLevel.QUORUM)
     try:
         result = col.data.insert_many([
             DataObject(properties={"caption": o["caption"], "image": base64.b64encode(o["image"]).decode()},
-                       uuid=generate_uuid5(o["key"], COLLECTION)) for o in batch])
+                       uuid=generate_uuid5(o["key"], name)) for o in batch])
     except Exception:  # the node is down or lost quorum: the whole batch goes to the next node
         nodes.drop(node)
         return batch
     return [batch[i] for i in result.errors]
 
 
-def _shard_counts(node: WeaviateServer) -> dict[str, int]:
-    """Objects per node for the collection, as each node's shards report them."""
-    body = requests.get(f"{node.url}/v1/nodes", params={"output": "verbose", "collection": COLLECTION},
+def _shard_counts(node: WeaviateServer, name: str) -> dict[str, int]:
+    """Objects per node for collection ``name``, as each node's shards report them."""
+    body = requests.get(f"{node.url}/v1/nodes", params={"output": "verbose", "collection": name},
                         timeout=30).json()
-    return {n["name"]: sum(s["objectCount"] for s in (n.get("shards") or []) if s["class"] == COLLECTION)
+    return {n["name"]: sum(s["objectCount"] for s in (n.get("shards") or []) if s["class"] == name)
             for n in body["nodes"]}
 
 
@@ -104,8 +110,11 @@ def test_cluster_ingest_loses_nothing_when_a_replica_and_a_node_die(stack: Any) 
     (replica_a, replica_b), lb, cluster = stack
     nodes = Nodes(cluster)
     try:
-        create_collection(nodes.client(0), COLLECTION, module="multi2vec-clip",
+        create_collection(nodes.client(0), COLLECTIONS[0], module="multi2vec-clip",
                           text_fields=["caption"], image_fields=["image"],
+                          service_url=lb.url, replication_factor=3, replace=True)
+        # The default: multi2vec-voyageai and reranker-cohere, baseURL at the balancer.
+        create_collection(nodes.client(0), COLLECTIONS[1], text_fields=["caption"], image_fields=["image"],
                           service_url=lb.url, replication_factor=3, replace=True)
         objs = _objects()
         batches = [objs[i:i + BATCH] for i in range(0, len(objs), BATCH)]
@@ -124,20 +133,21 @@ def test_cluster_ingest_loses_nothing_when_a_replica_and_a_node_die(stack: Any) 
             if b == NODE_BACK_AT:
                 cluster.nodes[2].start()
                 down.discard(2)
-            pending = batch
-            tries = 0
-            while pending:
-                node = turn % 3
-                turn += 1
-                if node in down:
-                    continue
-                left = _insert(nodes, node, pending)
-                retried += len(left)
-                tries += 1
-                assert tries < 30, f"batch {b}: {len(left)} objects still refused after 30 tries"
-                if left:
-                    time.sleep(0.5)
-                pending = left
+            for name in COLLECTIONS:
+                pending = batch
+                tries = 0
+                while pending:
+                    node = turn % 3
+                    turn += 1
+                    if node in down:
+                        continue
+                    left = _insert(nodes, node, name, pending)
+                    retried += len(left)
+                    tries += 1
+                    assert tries < 30, f"batch {b} of {name}: {len(left)} objects still refused after 30 tries"
+                    if left:
+                        time.sleep(0.5)
+                    pending = left
             now = time.monotonic()
             longest_stall = max(longest_stall, now - last_progress)
             last_progress = now
@@ -145,35 +155,39 @@ def test_cluster_ingest_loses_nothing_when_a_replica_and_a_node_die(stack: Any) 
 
         # Every replica holds every object: node3 catches up through async replication.
         deadline = time.monotonic() + 180
-        while True:
-            counts = _shard_counts(cluster.nodes[0])
-            if set(counts.values()) == {N_OBJECTS} and len(counts) == 3:
-                break
-            assert time.monotonic() < deadline, f"replicas never converged: {counts}"
-            time.sleep(2)
+        for name in COLLECTIONS:
+            while True:
+                counts = _shard_counts(cluster.nodes[0], name)
+                if set(counts.values()) == {N_OBJECTS} and len(counts) == 3:
+                    break
+                assert time.monotonic() < deadline, f"replicas of {name} never converged: {counts}"
+                time.sleep(2)
 
-        with Client(replica_b.grpc_target) as qvl:
+        with Client(replica_b.grpc_target, token=TOKEN) as qvl:
             items = [x for o in objs for x in (o["caption"], {"image": o["image"]})]
             embedded = np.asarray([v for v in qvl.embed_stream(iter(items))], dtype=np.float64)
-        # multi2vec-clip: the mean of the caption's and the image's vectors (equal weights).
-        want = {str(generate_uuid5(o["key"], COLLECTION)): (embedded[2 * i] + embedded[2 * i + 1]) / 2
-                for i, o in enumerate(objs)}
-        hits = []
-        for i, node in enumerate(cluster.nodes):
-            col = nodes.client(i).collections.get(COLLECTION).with_consistency_level(ConsistencyLevel.ALL)
-            seen = 0
-            for obj in col.iterator(include_vector=True):
-                got = np.asarray(obj.vector[MODULE_VECTOR], dtype=np.float64)
-                w = want[str(obj.uuid)]
-                assert float(got @ w / (np.linalg.norm(got) * np.linalg.norm(w))) >= 0.9999, (node.node_name, obj.uuid)
-                seen += 1
-            assert seen == N_OBJECTS, f"{node.node_name} lists {seen} objects"
-            found = col.query.near_text("red striped picture", limit=10,
-                                        rerank=Rerank(prop="caption", query="red striped picture"))
-            hits.append([str(o.uuid) for o in found.objects])
-        assert hits[0] and hits[0] == hits[1] == hits[2], hits
-        lost = N_OBJECTS - min(_shard_counts(cluster.nodes[0]).values())
-        print(f"\ncluster figures: objects={N_OBJECTS} lost={lost} retried={retried} "
+        lost = 0
+        for name in COLLECTIONS:
+            # Both modules send caption and image as two document inputs and store their mean.
+            want = {str(generate_uuid5(o["key"], name)): (embedded[2 * i] + embedded[2 * i + 1]) / 2
+                    for i, o in enumerate(objs)}
+            hits = []
+            for i, node in enumerate(cluster.nodes):
+                col = nodes.client(i).collections.get(name).with_consistency_level(ConsistencyLevel.ALL)
+                seen = 0
+                for obj in col.iterator(include_vector=True):
+                    got = np.asarray(obj.vector[MODULE_VECTOR], dtype=np.float64)
+                    w = want[str(obj.uuid)]
+                    cos = float(got @ w / (np.linalg.norm(got) * np.linalg.norm(w)))
+                    assert cos >= 0.9999, (name, node.node_name, obj.uuid, cos)
+                    seen += 1
+                assert seen == N_OBJECTS, f"{name}: {node.node_name} lists {seen} objects"
+                found = col.query.near_text("red striped picture", limit=10,
+                                            rerank=Rerank(prop="caption", query="red striped picture"))
+                hits.append([str(o.uuid) for o in found.objects])
+            assert hits[0] and hits[0] == hits[1] == hits[2], (name, hits)
+            lost += N_OBJECTS - min(_shard_counts(cluster.nodes[0], name).values())
+        print(f"\ncluster figures: objects={N_OBJECTS} x {len(COLLECTIONS)} collections lost={lost} retried={retried} "
               f"longest_stall_s={longest_stall:.1f} ingest_s={ingest_s:.1f} "
               f"balancer_retries={lb.retries()[0]} requests_per_replica={lb.server_requests()}")
         assert lost == 0
