@@ -597,8 +597,10 @@ class Worker:
         first for ever, and ``v`` is tried again after its own backoff."""
         try:
             rows = self._claim(conn, v, me)
-        except Blocked:
-            raise  # the worker's rights, not the vectorizer: the lane says why (_block)
+        except (Blocked, psycopg.errors.ReadOnlySqlTransaction):
+            # The worker's rights, or a database that takes no writes (a standby now): not this
+            # vectorizer's fault; the lane says why (_block, or waits for writes to come back).
+            raise
         except Exception as exc:
             if isinstance(exc, psycopg.Error) and _connection_lost(conn, exc):
                 raise
