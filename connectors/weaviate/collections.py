@@ -21,6 +21,7 @@ import weaviate
 from weaviate.classes.config import Configure, DataType, Multi2VecField, Property, VectorDistances
 from weaviate.collections import Collection
 from weaviate.collections.classes.config import RerankerProvider
+from weaviate.collections.classes.config_vector_index import _VectorIndexConfigCreate
 from weaviate.collections.classes.config_vectors import VectorConfigCreate
 
 MODULE_VECTOR = "fields"  # Weaviate's module: each field embedded apart, then averaged
@@ -122,8 +123,8 @@ def default_module(*, image_fields: Sequence[str] = (), video_fields: Sequence[s
 
 
 def _module_vector(name: str, module: str, roles: Mapping[str, Sequence[str]], weights: Mapping[str, float] | None,
-                   service_url: str, profile: str | None, dimensions: int | None) -> VectorConfigCreate:
-    index = Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)
+                   service_url: str, profile: str | None, dimensions: int | None,
+                   index: _VectorIndexConfigCreate) -> VectorConfigCreate:
     texts, images, videos = (_weighted(roles[r], weights) or None for r in ROLES)
     if module in API_MODULES:
         sends_dimensions = API_MODULES[module][1]
@@ -198,6 +199,7 @@ def create_collection(
     properties: Sequence[Property] = (),
     replace: bool = False,
     replication_factor: int = 1,
+    exact: bool = False,
 ) -> dict[str, Any]:
     """Create collection ``name`` wired to the qvl service at ``service_url`` (its HTTP URL as
     Weaviate reaches it).
@@ -212,7 +214,9 @@ def create_collection(
     local one; ``rerank=False`` leaves the reranker out. ``weights`` maps field names to weights of
     Weaviate's per-field average (missing fields weigh 1). ``properties`` adds plain properties
     that no module reads. ``replication_factor`` > 1 keeps that many copies of each shard on a
-    cluster's nodes. Returns a description of what was created.
+    cluster's nodes. ``exact`` gives the vectors a flat (brute-force) index instead of HNSW: exact
+    nearest neighbours, the same on every replica, at the cost of a scan per query (small
+    collections). Returns a description of what was created.
     """
     if replication_factor < 1:
         raise ValueError(f"collection {name!r}: replication_factor must be at least 1")
@@ -243,12 +247,15 @@ def create_collection(
     if dimensions is not None and dimensions < 1:
         raise ValueError(f"collection {name!r}: dimensions must be positive, got {dimensions}")
 
+    # Flat: exact search (every replica answers alike); HNSW: approximate, for large collections.
+    index = (Configure.VectorIndex.flat(distance_metric=VectorDistances.COSINE) if exact
+             else Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE))
     vector_config = []
     if module_vector:
-        vector_config.append(_module_vector(name, module, roles, weights, service_url, profile, dimensions))
+        vector_config.append(_module_vector(name, module, roles, weights, service_url, profile, dimensions, index))
     if joint_vector:
         vector_config.append(Configure.Vectors.self_provided(
-            name=JOINT_VECTOR, vector_index_config=Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE)))
+            name=JOINT_VECTOR, vector_index_config=index))
 
     props = [Property(name=f, data_type=DataType.TEXT, description=f"{ROLE_PREFIX}text") for f in text_fields]
     # Nobody filters on base64 media: indexing it only costs insert time and disk.
