@@ -1,5 +1,6 @@
 """``qvl bench --scenario failover``: one ``EmbedStream`` over two replicas (gRPC ``round_robin``
-with health checking, ``connectors.client``), one replica SIGKILLed 2 s into the stream.
+with health checking, ``connectors.client``); the replica serving it (round_robin puts one
+stream on one replica) is SIGKILLed 2 s into it.
 
 Reported: items lost (must be 0), duplicates or misplaced results (must be 0; every result is
 checked against the survivor's embedding of its own item), the longest gap between two results,
@@ -9,8 +10,11 @@ same two replicas without one (measured first, in the same run).
 
 from __future__ import annotations
 
+import re
 import threading
 import time
+import urllib.request
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -35,18 +39,37 @@ def _replica(args: Any) -> ServiceProcess:
     return ServiceProcess(embedding_model=model, reranker_model=None, env=env)
 
 
-def _stream(target: str, items: list[Any], kill: ServiceProcess | None) -> dict[str, Any]:
-    """Stream ``items``; with ``kill``, SIGKILL that replica KILL_AFTER_S after the first result."""
+def _items_done(replica: ServiceProcess) -> float:
+    """Items the replica has embedded so far (its ``qvl_items_total{task="embed"}``)."""
+    with urllib.request.urlopen(f"{replica.http_url}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    found = re.search(r'^qvl_items_total\{task="embed"\} ([0-9.e+]+)$', text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def _kill_busiest(replicas: Sequence[ServiceProcess], before: Sequence[float], killed: list[ServiceProcess]) -> None:
+    """SIGKILL the replica serving the stream (round_robin put it on one): the one whose item
+    count grew since the stream began."""
+    grown = [_items_done(r) - b for r, b in zip(replicas, before, strict=True)]
+    victim = replicas[grown.index(max(grown))]
+    victim.stop(sig=9)
+    killed.append(victim)
+
+
+def _stream(target: str, items: list[Any], replicas: Sequence[ServiceProcess], kill: bool) -> dict[str, Any]:
+    """Stream ``items``; with ``kill``, SIGKILL the replica serving it KILL_AFTER_S after the first result."""
     results: list[np.ndarray | ItemFailure] = []
     arrivals: list[float] = []
     killer: threading.Timer | None = None
+    killed: list[ServiceProcess] = []
+    before = [_items_done(r) for r in replicas]
     with Client(target) as client:
         client.wait_ready()
         start = time.perf_counter()
         for result in client.embed_stream(iter(items)):
             now = time.perf_counter()
-            if kill is not None and killer is None:
-                killer = threading.Timer(KILL_AFTER_S, kill.stop, kwargs={"sig": 9})
+            if kill and killer is None:
+                killer = threading.Timer(KILL_AFTER_S, _kill_busiest, args=(replicas, before, killed))
                 killer.start()
             results.append(result)
             arrivals.append(now)
@@ -55,7 +78,8 @@ def _stream(target: str, items: list[Any], kill: ServiceProcess | None) -> dict[
     if killer is not None:
         killer.join()
     gaps = np.diff([start, *arrivals]) if arrivals else np.array([0.0])
-    return {"results": results, "seconds": seconds, "longest_gap_s": float(gaps.max()), "retried": retried}
+    return {"results": results, "seconds": seconds, "longest_gap_s": float(gaps.max()), "retried": retried,
+            "killed": killed}
 
 
 def run_failover_scenario(args: Any) -> dict[str, Any]:
@@ -67,11 +91,14 @@ def run_failover_scenario(args: Any) -> dict[str, Any]:
     progress = Progress("bench failover", total=3, every=0)
     with _replica(args) as a, _replica(args) as b:
         target = f"ipv4:{a.grpc_target},{b.grpc_target}"
-        calm = _stream(target, items, kill=None)
+        calm = _stream(target, items, [a, b], kill=False)
         progress.advance()
-        failover = _stream(target, items, kill=a)
+        failover = _stream(target, items, [a, b], kill=True)
         progress.advance()
-        with Client(b.grpc_target) as survivor:
+        if not failover["killed"]:
+            raise RuntimeError("failover: the stream ended before a replica was killed; pass more --items")
+        survivor_replica = b if failover["killed"][0] is a else a
+        with Client(survivor_replica.grpc_target) as survivor:
             reference = [survivor.embed(items[i:i + 256]) for i in range(0, len(items), 256)]
         progress.advance()
     progress.finish()
