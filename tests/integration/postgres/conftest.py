@@ -172,19 +172,3 @@ def write_log(conn: psycopg.Connection[Any], table: str, column: str = "embeddin
         CREATE TRIGGER {table}_log_write AFTER UPDATE OF {column} ON {table}
             FOR EACH ROW EXECUTE FUNCTION {table}_log_write();
     """)
-
-
-@contextlib.contextmanager
-def worker_thread(dsn: str, target: str, **kwargs: Any) -> Iterator[Worker]:
-    """A worker in a thread of this process for the duration of the block (quick retries, one lane)."""
-    defaults: dict[str, Any] = dict(poll_s=0.2, log_every_s=60, backoff_base_s=0.2, backoff_cap_s=1.0,
-                                    retry_delay_s=0.4, concurrency=1, batch=8, stall_s=10)
-    worker = Worker(WorkerSettings(dsn=dsn, service=target, **{**defaults, **kwargs}))
-    thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
-    thread.start()
-    try:
-        yield worker
-    finally:
-        worker.stop()
-        thread.join(30)
-        assert not thread.is_alive()

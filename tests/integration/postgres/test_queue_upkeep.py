@@ -15,7 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.postgres.conftest import WorkerProcess, drain, images, wait_until, worker_thread
+from tests.integration.postgres.conftest import WorkerProcess, drain, images, running, wait_until
 from tests.integration.postgres.test_security_and_upgrade import role_dsn
 from tests.support.fake_service import FakeService
 from tests.support.service import ServiceProcess
@@ -75,7 +75,7 @@ def test_the_write_waits_for_a_users_multi_row_update_without_deadlock(conn: psy
     app = "qvl-worker-lock-order"
     with psycopg.connect(qvl_db) as user:
         user.execute("UPDATE items SET note = 'held by the user' WHERE id = 1")
-        with worker_thread(qvl_db, fake.target, application_name=app):
+        with running(qvl_db, fake.target, application_name=app):
             wait_until(lambda: waiting_on_a_lock(conn, app), timeout=30)  # the worker's write waits for row 1
             user.execute("UPDATE items SET caption = caption || ' (changed)' WHERE id IN (1, 2, 3)")
             user.commit()
@@ -100,7 +100,7 @@ def test_lease_renewal_skips_rows_a_user_holds(conn: psycopg.Connection[Any], qv
     fake.fake.behave = held
     make_items(conn, [1, 2])
     caplog.set_level(logging.DEBUG, logger="qvl.worker")
-    with psycopg.connect(qvl_db) as user, worker_thread(qvl_db, fake.target, lease_s=0.6, batch=2):
+    with psycopg.connect(qvl_db) as user, running(qvl_db, fake.target, lease_s=0.6, batch=2):
         wait_until(lambda: len(fake.fake.seen) >= 1, timeout=30)
         user.execute("UPDATE items SET caption = 'caption 2 (changed)' WHERE id = 2")
         threading.Event().wait(0.6)  # the renewal (every 0.2 s) meets the held row
@@ -145,7 +145,7 @@ def test_rows_hidden_by_row_level_security_stay_queued(conn: psycopg.Connection[
     queued = f"SELECT count(*) FROM qvl.queue_{vid}"
     reason = "SELECT coalesce(string_agg(reason, ' '), '') FROM qvl.worker_status"
     caplog.set_level(logging.INFO, logger="qvl.worker")
-    with worker_thread(dsn, fake.target):
+    with running(dsn, fake.target):
         wait_until(lambda: scalar(conn, queued) < 10 or "row-level security" in scalar(conn, reason), timeout=30)
         threading.Event().wait(1.0)  # several passes of the lane
         assert scalar(conn, queued) == 10, "rows the worker could not see were dropped from the queue"
@@ -157,7 +157,7 @@ def test_rows_hidden_by_row_level_security_stay_queued(conn: psycopg.Connection[
     assert fake.fake.seen == []
 
     conn.execute(f"ALTER ROLE {role} BYPASSRLS")
-    with worker_thread(dsn, fake.target):
+    with running(dsn, fake.target):
         wait_until(lambda: embedded(conn) == 10, timeout=30)
         wait_until(lambda: scalar(conn, reason) == "", timeout=10)
     assert scalar(conn, queued) == 0
@@ -173,13 +173,13 @@ def test_the_tables_owner_under_forced_row_level_security_leaves_rows_queued(
     dsn = role_dsn(qvl_db, role)
     queued = f"SELECT count(*) FROM qvl.queue_{vid}"
     reason = "SELECT coalesce(string_agg(reason, ' '), '') FROM qvl.worker_status"
-    with worker_thread(dsn, fake.target):
+    with running(dsn, fake.target):
         wait_until(lambda: scalar(conn, queued) < 6 or "row-level security" in scalar(conn, reason), timeout=30)
         threading.Event().wait(1.0)
         assert scalar(conn, queued) == 6 and embedded(conn) == 0
         assert "NO FORCE ROW LEVEL SECURITY" in scalar(conn, reason)  # Postgres's hint for the owner
     conn.execute("ALTER TABLE items NO FORCE ROW LEVEL SECURITY")
-    with worker_thread(dsn, fake.target):
+    with running(dsn, fake.target):
         wait_until(lambda: embedded(conn) == 6, timeout=30)
 
 
@@ -193,7 +193,7 @@ def test_a_worker_that_may_read_but_not_write_gives_the_rows_back_and_says_why(
     conn.execute(f"REVOKE UPDATE ON items FROM {role}")
     caplog.set_level(logging.INFO, logger="qvl.worker")
     reason = "SELECT coalesce(string_agg(reason, ' '), '') FROM qvl.worker_status"
-    with worker_thread(role_dsn(qvl_db, role), fake.target, lease_s=300):
+    with running(role_dsn(qvl_db, role), fake.target, lease_s=300):
         wait_until(lambda: "permission denied for table items" in scalar(conn, reason), timeout=30)
         wait_until(lambda: len(fake.fake.seen) >= 6, timeout=30)  # tried again: the rows were given back
         assert scalar(conn, f"SELECT count(*) FROM qvl.queue_{vid} WHERE attempts = 0") == 3
@@ -240,7 +240,7 @@ def test_a_requeue_of_rows_being_embedded_keeps_their_wait(conn: psycopg.Connect
     fake.fake.behave = held
     vid = make_items(conn, [1, 2, 3])
     queued_at = scalar(conn, f"SELECT max(queued_at) FROM qvl.queue_{vid}")
-    with worker_thread(qvl_db, fake.target, batch=3):
+    with running(qvl_db, fake.target, batch=3):
         wait_until(lambda: len(fake.fake.seen) == 1, timeout=30)  # the batch is in hand (its first item held)
         assert scalar(conn, "SELECT qvl.reembed('items')") == 3
         first.set()  # the batch comes back; the worker claims the re-queued rows and holds them
@@ -263,7 +263,7 @@ def test_a_change_of_a_waiting_row_keeps_its_place_and_its_wait(conn: psycopg.Co
     before = scalar(conn, queued_at)
     conn.execute("UPDATE items SET caption = 'caption 0 (changed)' WHERE id = 0")
     assert scalar(conn, queued_at) == before
-    with worker_thread(qvl_db, fake.target, batch=1):
+    with running(qvl_db, fake.target, batch=1):
         wait_until(lambda: embedded(conn) == 6, timeout=30)
     assert fake.fake.seen[0][1] == "caption 0 (changed)"  # first in line, as it was
 
@@ -284,7 +284,7 @@ def make_failed(conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService, b
     vid = make_items(conn, [])
     for i in sorted(bad + good):
         conn.execute("INSERT INTO items (id, caption) VALUES (%s, %s)", (i, f"bad {i}" if i in bad else f"caption {i}"))
-    with worker_thread(qvl_db, fake.target):
+    with running(qvl_db, fake.target):
         wait_until(lambda: len(failed_keys(conn)) == len(bad) and embedded(conn) == len(good), timeout=30)
     return vid
 
@@ -297,7 +297,7 @@ def test_failed_rows_of_deleted_rows_are_pruned_by_the_worker(conn: psycopg.Conn
     vid = make_failed(conn, qvl_db, fake, bad=[0, 1, 2], good=[3, 4, 5])
     conn.execute("DELETE FROM items WHERE id IN (0, 1)")
     conn.execute(f"UPDATE qvl.failed_{vid} SET failed_at = now() - interval '400 days' WHERE id = 2")
-    with worker_thread(qvl_db, fake.target, prune_every_s=0.2):
+    with running(qvl_db, fake.target, prune_every_s=0.2):
         wait_until(lambda: failed_keys(conn) != ["0", "1", "2"], timeout=30)
     assert failed_keys(conn) == ["2"]  # its row is still there and still fails: kept, however old
 
@@ -373,7 +373,7 @@ def test_a_killed_worker_shows_as_stale_and_is_forgotten(conn: psycopg.Connectio
     assert scalar(conn, state, (name,)) == "running"
     killed.kill()
     wait_until(lambda: scalar(conn, state, (name,)) == "stale", timeout=10)
-    with worker_thread(qvl_db, fake.target, heartbeat_s=0.2, forget_workers_s=4.0) as live:
+    with running(qvl_db, fake.target, heartbeat_s=0.2, forget_workers_s=4.0) as live:
         wait_until(lambda: scalar(conn, f"SELECT count(*) FROM ({state}) s", (live.ident,)) == 1, timeout=10)
         assert scalar(conn, state, (live.ident,)) == "running"  # an idle worker has its row too
         wait_until(lambda: scalar(conn, "SELECT count(*) FROM qvl.workers WHERE worker = %s", (name,)) == 0,
