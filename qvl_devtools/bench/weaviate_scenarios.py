@@ -84,30 +84,50 @@ def _stream(qvl: Client, objects: list[dict[str, Any]]) -> float:
     return seconds
 
 
-def run_weaviate_scenario(args: Any) -> dict[str, Any]:
-    n = getattr(args, "items", None) or 128
-    seed = getattr(args, "seed", 0)
-    rounds = ROUNDS
-    objects = _objects(n + WARMUP, seed)
-    warm, measured = objects[:WARMUP], objects[WARMUP:]
-    progress = Progress("bench weaviate-ingest", total=2 + rounds, every=0)
+def _alternate(client: Any, qvl: Client, warm: list[dict[str, Any]], measured: list[dict[str, Any]],
+               service_url: str, module: str, prefix: str, progress: Progress) -> dict[str, Any]:
+    """A warm-up, then ROUNDS alternating Weaviate inserts and streams of ``measured``: medians, so
+    one slow moment on a shared machine moves one round only. Collections ``{prefix}0..``."""
+    _weaviate_insert(client, "BenchWarm", warm, service_url, module)
+    _stream(qvl, warm)
+    progress.advance()
     t_weaviate: list[float] = []
     t_stream: list[float] = []
+    for r in range(ROUNDS):
+        t_weaviate.append(_weaviate_insert(client, f"{prefix}{r}", measured, service_url, module)[0])
+        t_stream.append(_stream(qvl, measured))
+        progress.advance()
+    n = len(measured)
+    weaviate_rate = n / statistics.median(t_weaviate)
+    stream_rate = n / statistics.median(t_stream)
+    return {
+        "items": n,
+        "objects": n,
+        "items_per_object": 2,
+        "image_size": "320x240 JPEG",
+        "rounds": ROUNDS,
+        "weaviate_objects_per_s": round(weaviate_rate, 2),
+        "baseline_objects_per_s": round(stream_rate, 2),
+        "ratio": weaviate_rate / stream_rate,
+        "weaviate_objects_per_s_rounds": [round(n / t, 2) for t in t_weaviate],
+        "baseline_objects_per_s_rounds": [round(n / t, 2) for t in t_stream],
+        "objects_stored": len(client.collections.get(f"{prefix}0")),
+    }
+
+
+def run_weaviate_scenario(args: Any) -> dict[str, Any]:
+    n = getattr(args, "items", None) or 128
+    objects = _objects(n + WARMUP, getattr(args, "seed", 0))
+    warm, measured = objects[:WARMUP], objects[WARMUP:]
+    progress = Progress("bench weaviate-ingest", total=2 + ROUNDS, every=0)
     with _service(args) as svc:
         started = time.perf_counter()
         with WeaviateServer(env=module_env(svc.http_url)) as server, Client(svc.grpc_target) as qvl:
             weaviate_start_s = time.perf_counter() - started
             client = connect(server)
             try:
-                _weaviate_insert(client, "BenchWarm", warm, svc.http_url)
-                _stream(qvl, warm)
-                progress.advance()
-                # Alternating rounds, medians: one slow moment on a shared machine moves one round only.
-                for r in range(rounds):
-                    t_weaviate.append(_weaviate_insert(client, f"BenchModule{r}", measured, svc.http_url)[0])
-                    t_stream.append(_stream(qvl, measured))
-                    progress.advance()
-                stored = len(client.collections.get("BenchModule0"))
+                result = _alternate(client, qvl, warm, measured, svc.http_url, "multi2vec-clip", "BenchModule",
+                                    progress)
                 create_collection(client, "BenchJoint", text_fields=["caption"], image_fields=["image"],
                                   service_url=svc.http_url, module_vector=False, joint_vector=True, rerank=False,
                                   replace=True)
@@ -118,21 +138,9 @@ def run_weaviate_scenario(args: Any) -> dict[str, Any]:
             finally:
                 client.close()
     progress.finish()
-    weaviate_rate = n / statistics.median(t_weaviate)
-    stream_rate = n / statistics.median(t_stream)
     return {
-        "items": n,
-        "objects": n,
-        "items_per_object": 2,
-        "image_size": "320x240 JPEG",
-        "rounds": rounds,
-        "weaviate_objects_per_s": round(weaviate_rate, 2),
-        "baseline_objects_per_s": round(stream_rate, 2),
-        "ratio": weaviate_rate / stream_rate,
-        "weaviate_objects_per_s_rounds": [round(n / t, 2) for t in t_weaviate],
-        "baseline_objects_per_s_rounds": [round(n / t, 2) for t in t_stream],
+        **result,
         "joint_ingest_objects_per_s": round(joint["objects_per_s"] or 0.0, 2),
-        "objects_stored": stored,
         "weaviate_start_seconds": round(weaviate_start_s, 2),
         "weaviate_batch": "fixed_size(batch_size=64, concurrent_requests=2); Weaviate sends 2 x CPU module calls",
     }
@@ -144,42 +152,20 @@ def run_voyage_scenario(args: Any) -> dict[str, Any]:
     objects = _objects(n + WARMUP, getattr(args, "seed", 0))
     warm, measured = objects[:WARMUP], objects[WARMUP:]
     progress = Progress("bench weaviate-voyage-ingest", total=1 + ROUNDS, every=0)
-    t_weaviate: list[float] = []
-    t_stream: list[float] = []
     module = "multi2vec-voyageai"
     # No module variable names qvl: the collection's baseURL does, the client's header holds the token.
     with (_service(args, token=TOKEN) as svc, WeaviateServer(env=module_env(modules=API_MODULES)) as server,
           Client(svc.grpc_target, token=TOKEN) as qvl):
         client = connect(server, headers=api_key_headers(TOKEN))
         try:
-            _weaviate_insert(client, "BenchWarm", warm, svc.http_url, module)
-            _stream(qvl, warm)
-            progress.advance()
-            # Alternating rounds, medians: one slow moment on a shared machine moves one round only.
-            for r in range(ROUNDS):
-                t_weaviate.append(_weaviate_insert(client, f"BenchVoyage{r}", measured, svc.http_url, module)[0])
-                t_stream.append(_stream(qvl, measured))
-                progress.advance()
-            stored = len(client.collections.get("BenchVoyage0"))
+            result = _alternate(client, qvl, warm, measured, svc.http_url, module, "BenchVoyage", progress)
         finally:
             client.close()
     progress.finish()
-    weaviate_rate = n / statistics.median(t_weaviate)
-    stream_rate = n / statistics.median(t_stream)
     return {
-        "items": n,
-        "objects": n,
-        "items_per_object": 2,
-        "image_size": "320x240 JPEG",
+        **result,
         "module": module,
         "token": True,
-        "rounds": ROUNDS,
-        "weaviate_objects_per_s": round(weaviate_rate, 2),
-        "baseline_objects_per_s": round(stream_rate, 2),
-        "ratio": weaviate_rate / stream_rate,
-        "weaviate_objects_per_s_rounds": [round(n / t, 2) for t in t_weaviate],
-        "baseline_objects_per_s_rounds": [round(n / t, 2) for t in t_stream],
-        "objects_stored": stored,
         "weaviate_batch": "fixed_size(batch_size=64, concurrent_requests=2); Weaviate sends 2 x GOMAXPROCS "
                           "module calls, one object (two inputs) each",
     }
