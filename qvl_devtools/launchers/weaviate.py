@@ -11,6 +11,7 @@ collection's ``baseURL`` names qvl, no variable does) and wires the four local m
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
@@ -19,6 +20,7 @@ import subprocess
 import tempfile
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Mapping
 from pathlib import Path
@@ -124,7 +126,8 @@ class WeaviateServer(LocalDataServer):
     `env` adds to or overrides the server environment, e.g. ``module_env(url)``. Ports and the
     data directory survive `stop(remove=False)`, so `start()` again (or `restart()`) brings the
     same server back on its data. ``node_name`` names the node (a cluster's nodes differ; see
-    ``WeaviateCluster``).
+    ``WeaviateCluster``). ``repairable`` turns on async indexing and Weaviate's debug listener (on a
+    free port, with its endpoints enabled) so that `repair_vector_index` can be called.
     """
 
     def __init__(
@@ -134,6 +137,7 @@ class WeaviateServer(LocalDataServer):
         env: Mapping[str, str] | None = None,
         startup_timeout: float = 120.0,
         node_name: str = NODE_NAME,
+        repairable: bool = False,
     ) -> None:
         self.binary = binary or weaviate_binary()
         if not (self.binary.is_file() and os.access(self.binary, os.X_OK)):
@@ -141,7 +145,9 @@ class WeaviateServer(LocalDataServer):
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.node_name = node_name
-        self.http_port, self.grpc_port = free_ports(2)
+        ports = free_ports(3 if repairable else 2)
+        self.http_port, self.grpc_port = ports[:2]
+        self.debug_port = ports[2] if repairable else None
         self.gossip_port, self.raft_port = free_port_pairs(2)
         self.data_port, self.raft_rpc_port = self.gossip_port + 1, self.raft_port + 1
         self.base_dir: Path | None = None
@@ -186,8 +192,40 @@ class WeaviateServer(LocalDataServer):
             "RAFT_JOIN": self.node_name,
             "RAFT_BOOTSTRAP_EXPECT": "1",
         }
+        if self.debug_port is not None:
+            # Weaviate repairs a vector index only from its debug listener, and only with async
+            # indexing (the objects it finds missing go through the indexing queue).
+            env.update({"GO_PROFILING_DISABLE": "false", "GO_PROFILING_PORT": str(self.debug_port),
+                        "DEBUG_ENDPOINTS_ENABLED": "true", "ASYNC_INDEXING": "true"})
         env.update(self.extra_env)
         return env
+
+    def local_shards(self, collection: str) -> list[str]:
+        """The names of the shards of ``collection`` this node holds (a replica of each, or some)."""
+        query = urllib.parse.urlencode({"output": "verbose", "collection": collection})
+        with urllib.request.urlopen(f"{self.url}/v1/nodes?{query}", timeout=30) as response:
+            body = json.load(response)
+        return [s["name"] for n in body["nodes"] if n["name"] == self.node_name
+                for s in n.get("shards") or [] if s["class"] == collection]
+
+    def repair_vector_index(self, collection: str, vector: str) -> list[str]:
+        """Asks this node to index again every object of ``collection`` that its own ``vector``
+        index lacks (Weaviate's ``/debug/index/repair/vector``, shard by shard; the repair runs in
+        the background). Returns the shards. Needs ``repairable``.
+
+        A node SIGKILLed during a write can come back with objects in its object store whose vectors
+        never reached its vector index; async replication compares object stores, so it does not
+        see them, and the node's searches miss those objects until this repair."""
+        if self.debug_port is None:
+            raise RuntimeError("start the server with repairable=True to repair its vector indexes")
+        shards = self.local_shards(collection)
+        for shard in shards:
+            query = urllib.parse.urlencode({"collection": collection, "shard": shard, "vector": vector})
+            with urllib.request.urlopen(f"http://{self.host}:{self.debug_port}/debug/index/repair/vector?{query}",
+                                        timeout=30) as response:
+                if response.status != 202:
+                    raise RuntimeError(f"repair of {collection}/{shard} on {self.node_name}: HTTP {response.status}")
+        return shards
 
     def start(self) -> WeaviateServer:
         if self._process is not None:

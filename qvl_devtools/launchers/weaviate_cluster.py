@@ -19,13 +19,14 @@ from qvl_devtools.launchers.weaviate import WeaviateServer
 
 class WeaviateCluster:
     """``size`` nodes named node1..nodeN, every one a Raft voter; `env` goes to every node (module
-    variables: each node calls the modules itself)."""
+    variables: each node calls the modules itself); ``repairable`` as for ``WeaviateServer``."""
 
     def __init__(self, size: int = 3, *, env: Mapping[str, str] | None = None,
-                 startup_timeout: float = 180.0) -> None:
+                 startup_timeout: float = 180.0, repairable: bool = False) -> None:
         if size < 1:
             raise ValueError("a cluster has at least one node")
-        self.nodes = [WeaviateServer(env=env, node_name=f"node{i + 1}", startup_timeout=startup_timeout)
+        self.nodes = [WeaviateServer(env=env, node_name=f"node{i + 1}", startup_timeout=startup_timeout,
+                                    repairable=repairable)
                       for i in range(size)]
         raft_join = ",".join(f"{n.node_name}:{n.raft_port}" for n in self.nodes)
         seed = self.nodes[0]
