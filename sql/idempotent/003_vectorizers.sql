@@ -56,19 +56,27 @@ END
 $$;
 
 
--- Both modes' triggers of a vectorizer off its table (qvl_<id>_* async, zzz_qvl_<id>_* sync). Only
--- those that exist: DROP ... IF EXISTS would say "does not exist, skipping" for the other mode's.
+-- The names of a vectorizer's triggers, both modes' (qvl_<id>_* async, zzz_qvl_<id>_* sync).
+CREATE OR REPLACE FUNCTION qvl._trigger_names(vid int) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY[format('qvl_%s_insert', vid), format('qvl_%s_update', vid),
+                 format('zzz_qvl_%s_insert', vid), format('zzz_qvl_%s_update', vid)]::name[]
+$$;
+
+-- A vectorizer's triggers off its table. Only those that exist: DROP ... IF EXISTS would say "does
+-- not exist, skipping" for the other mode's. qvl.dropping_triggers tells the schema guard
+-- (sql/idempotent/007_schema_guard.sql), which refuses anyone else's DROP TRIGGER of them, that
+-- this one is qvl's own.
 CREATE OR REPLACE FUNCTION qvl._drop_triggers(vid int, source regclass) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     trig name;
 BEGIN
+    PERFORM set_config('qvl.dropping_triggers', 'on', true);
     FOR trig IN SELECT t.tgname FROM pg_trigger t
-                 WHERE t.tgrelid = source AND NOT t.tgisinternal
-                   AND t.tgname IN (format('qvl_%s_insert', vid), format('qvl_%s_update', vid),
-                                    format('zzz_qvl_%s_insert', vid), format('zzz_qvl_%s_update', vid)) LOOP
+                 WHERE t.tgrelid = source AND NOT t.tgisinternal AND t.tgname = ANY (qvl._trigger_names(vid)) LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trig, source);
     END LOOP;
+    PERFORM set_config('qvl.dropping_triggers', '', true);
 END
 $$;
 
@@ -107,7 +115,8 @@ BEGIN
             SECURITY DEFINER AS $body$
             BEGIN
                 INSERT INTO qvl.queue_%1$s AS q (%2$s) VALUES (%3$s)
-                ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL, not_before = NULL;
+                ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL, not_before = NULL,
+                                                  attempts = 0, last_error = NULL;
                 IF COALESCE(pg_catalog.current_setting('qvl.notified_%1$s', true), '') OPERATOR(pg_catalog.<>) 'y' THEN
                     PERFORM pg_catalog.pg_notify('qvl_queue', '%1$s');
                     PERFORM pg_catalog.set_config('qvl.notified_%1$s', 'y', true);
@@ -285,7 +294,8 @@ SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 
--- Queues every row of the table (the backfill, qvl.reembed). row_security off: a caller whom a policy
+-- Queues every row of the table (the backfill, qvl.reembed), each with its tries forgotten (as a
+-- change of the row does, in the trigger above: new input starts over). row_security off: a caller whom a policy
 -- would show only some rows gets an error, not a backfill that silently leaves the others out.
 CREATE OR REPLACE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
@@ -297,7 +307,8 @@ BEGIN
     SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
     SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
     EXECUTE format('INSERT INTO qvl.queue_%s (%s) SELECT %s FROM %s ON CONFLICT (%s) DO UPDATE '
-                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL', vid, cols, cols, v.source, cols);
+                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0, last_error = NULL',
+                   vid, cols, cols, v.source, cols);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qvl_queue', vid::text);
     RETURN n;
@@ -470,6 +481,31 @@ END
 $$;
 
 
+-- Columns of qvl.queue_<id> and qvl.failed_<id> besides the key (and names the worker's SQL uses):
+-- a key column may not take one of these names, at creation (below) or by a rename (the schema
+-- guard, sql/idempotent/007_schema_guard.sql).
+CREATE OR REPLACE FUNCTION qvl._queue_column_names() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['queued_at', 'claimed_until', 'claimed_by', 'attempts', 'not_before', 'last_error', 'error',
+                 'code', 'failed_at', 'qvl_hash', 'qvl_vec', 'qvl_error', 'qvl_code', 'qvl_delay']::name[]
+$$;
+
+CREATE OR REPLACE FUNCTION qvl._check_key_names(source regclass, pk_columns name[]) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    clash name;
+BEGIN
+    SELECT c INTO clash FROM unnest(pk_columns) AS c WHERE c = ANY (qvl._queue_column_names()) LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION 'qvl: the key column % of % has the name of a column of qvl''s queue tables', clash, source
+            USING ERRCODE = '42701',
+                  HINT = format('Rename it (ALTER TABLE %s RENAME COLUMN %I TO ...), then create the vectorizer; '
+                                'these names are taken: %s.', source, clash,
+                                array_to_string(qvl._queue_column_names(), ', '));
+    END IF;
+END
+$$;
+
+
 -- dimensions => NULL: the embedding model's full size, as the service reports it.
 CREATE OR REPLACE FUNCTION qvl._full_dimensions() RETURNS int LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
@@ -618,6 +654,7 @@ BEGIN
     PERFORM qvl._check_input_columns(source, text_columns, image_columns, video_columns, mode);
     PERFORM qvl._check_destination_free(source, destination, vname);
     SELECT * INTO pk FROM qvl._primary_key(source);
+    PERFORM qvl._check_key_names(source, pk.pk_columns);
     IF dimensions IS NULL THEN
         dimensions := qvl._full_dimensions();
     END IF;
@@ -772,7 +809,7 @@ BEGIN
     SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
     EXECUTE format('WITH f AS (DELETE FROM qvl.failed_%1$s RETURNING %2$s) '
                    'INSERT INTO qvl.queue_%1$s (%2$s) SELECT %2$s FROM f ON CONFLICT (%2$s) DO UPDATE '
-                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0', v.id, cols);
+                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0, last_error = NULL', v.id, cols);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qvl_queue', v.id::text);
     RETURN n;

@@ -32,13 +32,6 @@ CREATE OR REPLACE FUNCTION qvl._column_role(kind text) RETURNS text LANGUAGE sql
                      ELSE 'input column' END
 $$;
 
--- Columns of qvl.queue_<id> and qvl.failed_<id> besides the key (and names the worker's SQL uses):
--- a key column may not take one of these names.
-CREATE OR REPLACE FUNCTION qvl._queue_column_names() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['queued_at', 'claimed_until', 'claimed_by', 'attempts', 'not_before', 'last_error', 'error',
-                 'code', 'failed_at', 'qvl_hash', 'qvl_vec', 'qvl_error', 'qvl_code', 'qvl_delay']::name[]
-$$;
-
 CREATE OR REPLACE FUNCTION qvl._drop_hint(vectorizer text) RETURNS text LANGUAGE sql IMMUTABLE AS $$
     SELECT format('drop the vectorizer first (SELECT qvl.drop_vectorizer(%L); the column stays), change the '
                   'table, then create it again (SELECT qvl.create_vectorizer(...), which queues every row).', vectorizer)
@@ -177,6 +170,7 @@ CREATE OR REPLACE FUNCTION qvl._ddl_altered() RETURNS event_trigger LANGUAGE plp
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v qvl.vectorizer;
+    t record;
 BEGIN
     IF to_regclass('qvl.vectorizer') IS NULL THEN  -- qvl half removed: never in the way of DDL
         RETURN;
@@ -188,6 +182,21 @@ BEGIN
         PERFORM qvl._follow_alter(v, ARRAY(SELECT c.objsubid FROM pg_event_trigger_ddl_commands() AS c
                                             WHERE c.classid = 'pg_class'::regclass AND c.objid = v.source::oid
                                               AND c.objsubid > 0));
+    END LOOP;
+    -- DISABLE TRIGGER (a bulk load, pg_restore --disable-triggers) is allowed, but said: the rows
+    -- written meanwhile are never queued. So is ENABLE TRIGGER without ALWAYS: qvl's triggers are
+    -- ALWAYS so that logical replication's apply (session_replication_role = replica) queues too.
+    FOR t IN SELECT x.name, x.source, g.tgname, g.tgenabled
+               FROM qvl.vectorizer x JOIN pg_trigger g ON g.tgrelid = x.source
+              WHERE x.source::oid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() AS c
+                                       WHERE c.classid = 'pg_class'::regclass)
+                AND g.tgname = ANY (qvl._trigger_names(x.id)) AND g.tgenabled <> 'A'
+              ORDER BY x.id, g.tgname LOOP
+        RAISE WARNING 'qvl: trigger % of vectorizer % on % is %: rows written while it does not fire are not '
+                      'queued', t.tgname, t.name, t.source,
+                      CASE t.tgenabled WHEN 'D' THEN 'disabled' ELSE 'not enabled ALWAYS' END
+            USING HINT = format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I; then SELECT qvl.reembed(%L) queues the '
+                                'rows written meanwhile.', t.source, t.tgname, t.name);
     END LOOP;
 END
 $$;
@@ -218,5 +227,25 @@ BEGIN
             RAISE NOTICE 'qvl: vectorizer % was dropped with its table %', d.name, d.object_identity;
         END IF;
     END LOOP;
+    -- A vectorizer's trigger may go only with its table, or by qvl's own hand (qvl._drop_triggers);
+    -- after the column checks, whose error says more when a dropped input column takes a trigger along.
+    IF coalesce(current_setting('qvl.dropping_triggers', true), '') <> 'on' THEN
+        FOR d IN SELECT x.name, x.source, o.object_identity
+                   FROM pg_event_trigger_dropped_objects() AS o
+                   JOIN qvl.vectorizer x  -- its identity: "<trigger> on <schema>.<table>", as regclass prints it here
+                     ON o.object_identity IN (SELECT format('%I on %s', n, x.source) FROM unnest(qvl._trigger_names(x.id)) n)
+                  WHERE o.classid = 'pg_trigger'::regclass
+                    AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS g
+                                     WHERE g.classid = 'pg_class'::regclass AND g.objid = x.source::oid
+                                       AND g.objsubid = 0)
+                  ORDER BY x.id LIMIT 1 LOOP
+            RAISE EXCEPTION 'qvl: cannot drop trigger %: vectorizer % queues the rows of % with it',
+                    d.object_identity, d.name, d.source
+                USING ERRCODE = '2BP01',
+                      HINT = format('To stop embedding the table: SELECT qvl.drop_vectorizer(%L). To pause it for a '
+                                    'bulk load: ALTER TABLE %s DISABLE TRIGGER ..., then ENABLE ALWAYS TRIGGER ... '
+                                    'and SELECT qvl.reembed(%L).', d.name, d.source, d.name);
+        END LOOP;
+    END IF;
 END
 $$;

@@ -380,3 +380,21 @@ def test_a_killed_worker_shows_as_stale_and_is_forgotten(conn: psycopg.Connectio
                    timeout=15)
         assert scalar(conn, state, (live.ident,)) == "running"
     assert scalar(conn, "SELECT count(*) FROM qvl.worker_status") == 0  # a stopped worker deletes its own
+
+
+# -- a new start forgets the old tries ---------------------------------------------------------------
+
+def test_a_changed_or_reembedded_row_starts_over(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """A row that failed before, then changed (new input) or queued again by qvl.reembed, kept its count
+    of tries and its last error: the new input had fewer tries left and was sent alone as a suspect."""
+    vid = make_items(conn, [1, 2, 3])
+    conn.execute(f"UPDATE qvl.queue_{vid} SET attempts = 3, last_error = 'model process died', "
+                 "not_before = now() + interval '1 hour'")
+    conn.execute("UPDATE items SET caption = 'a better caption' WHERE id = 1")
+    conn.execute("UPDATE items SET note = 'not an input' WHERE id = 2")  # no re-queue: its tries stay
+    state = {r[0]: r[1:] for r in conn.execute(f"SELECT id, attempts, last_error, not_before IS NULL "
+                                               f"FROM qvl.queue_{vid}")}
+    assert state == {1: (0, None, True), 2: (3, "model process died", False), 3: (3, "model process died", False)}
+    assert scalar(conn, "SELECT qvl.reembed('items')") == 3
+    assert conn.execute(f"SELECT max(attempts), count(last_error), count(not_before) FROM qvl.queue_{vid}"
+                        ).fetchone() == (0, 0, 0)

@@ -8,7 +8,6 @@ import threading
 import time
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
@@ -16,16 +15,9 @@ from connectors.postgres.installer import install
 from tests.integration.postgres.conftest import new_database, wait_until
 from tests.support.haproxy import HAProxy
 from tests.support.postgres import PostgresServer
-from tests.support.service import ServiceProcess
+from tests.support.service import ServiceProcess, metric, started_together
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
-
-
-def metric(svc: ServiceProcess, prefix: str) -> float:
-    for line in httpx.get(f"{svc.http_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def http_embeds(svc: ServiceProcess) -> float:
@@ -97,12 +89,7 @@ def test_sql_calls_survive_a_killed_replica_behind_haproxy_and_with_a_service_li
     # Each call waits 150 ms in the batcher for company: a replica always has calls in flight when
     # it is killed, so the test sees requests lost mid-answer, not only refused connections.
     slow = {"QVL_MIN_WAIT_MS": "150"}
-    a, b = ServiceProcess(env=slow), ServiceProcess(env=slow)
-    for svc in (a, b):
-        svc.start(wait=False)
-    try:
-        for svc in (a, b):
-            svc.wait_ready()
+    with started_together(ServiceProcess(env=slow), ServiceProcess(env=slow)) as (a, b):
         dsn = new_database(pg_server, request.node.name)
 
         # 1. Through HAProxy: the database knows one address.
@@ -134,6 +121,3 @@ def test_sql_calls_survive_a_killed_replica_behind_haproxy_and_with_a_service_li
               f"b={figures['victim_calls_before_kill']:.0f} a={figures['survivor_calls_before_kill']:.0f}; "
               f"{figures['calls_after_kill']} calls after it; longest call {load.longest:.2f} s")
         assert load.longest < 10
-    finally:
-        a.kill()
-        b.kill()

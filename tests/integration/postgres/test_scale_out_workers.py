@@ -8,14 +8,13 @@ import json
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import psycopg
 import pytest
 
 from connectors.postgres.installer import install
 from tests.integration.postgres.conftest import WorkerProcess, images, new_database, wait_until, write_log
 from tests.support.postgres import PostgresServer
-from tests.support.service import ServiceProcess
+from tests.support.service import ServiceProcess, metric, started_together
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
 ROWS = 600
@@ -25,13 +24,6 @@ def count(conn: psycopg.Connection[Any], sql: str) -> int:
     row = conn.execute(sql).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def metric(svc: ServiceProcess, prefix: str) -> float:
-    for line in httpx.get(f"{svc.http_url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(prefix):
-            return float(line.rsplit(" ", 1)[1])
-    return 0.0
 
 
 def final_counts(worker: WorkerProcess) -> dict[str, int]:
@@ -49,12 +41,7 @@ def final_counts(worker: WorkerProcess) -> dict[str, int]:
 def test_workers_lose_and_repeat_nothing_when_a_replica_dies_mid_backfill(
         pg_server: PostgresServer, request: pytest.FixtureRequest,
         worker_processes: Callable[..., WorkerProcess]) -> None:
-    a, b = ServiceProcess(), ServiceProcess()
-    for svc in (a, b):
-        svc.start(wait=False)
-    try:
-        for svc in (a, b):
-            svc.wait_ready()
+    with started_together(ServiceProcess(), ServiceProcess()) as (a, b):
         dsn = new_database(pg_server, request.node.name)
         install(dsn, service_url=a.http_url)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -105,6 +92,3 @@ def test_workers_lose_and_repeat_nothing_when_a_replica_dies_mid_backfill(
             assert sum(c["embedded"] for c in counts) == ROWS
             assert a_items > 0 and b_items > 0
             assert stall < 15
-    finally:
-        a.kill()
-        b.kill()

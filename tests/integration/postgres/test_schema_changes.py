@@ -160,6 +160,63 @@ def test_unsafe_changes_are_refused_with_a_hint(conn: psycopg.Connection[Any], s
     assert pending(conn, "photos") == 4
 
 
+def test_a_key_named_like_a_queue_column_is_refused_with_a_hint(conn: psycopg.Connection[Any]) -> None:
+    """create_vectorizer on a table whose key is called ``attempts`` used to fail inside the queue's
+    CREATE TABLE (column "attempts" specified more than once), naming neither the key nor a way out."""
+    conn.execute("CREATE TABLE tries (attempts int PRIMARY KEY, caption text)")
+    with pytest.raises(psycopg.errors.DuplicateColumn) as caught:
+        conn.execute("SELECT qvl.create_vectorizer('tries', text_columns => ARRAY['caption'], dimensions => 32)")
+    diag = caught.value.diag
+    assert diag.message_primary == ("qvl: the key column attempts of public.tries has the name of a column of "
+                                    "qvl's queue tables")
+    assert "RENAME COLUMN attempts TO" in (diag.message_hint or ""), diag.message_hint
+    assert scalar(conn, "SELECT count(*) FROM qvl.vectorizer") == 0
+    conn.execute("ALTER TABLE tries RENAME COLUMN attempts TO try_id")
+    conn.execute("SELECT qvl.create_vectorizer('tries', text_columns => ARRAY['caption'], dimensions => 32)")
+
+
+def test_a_vectorizer_trigger_may_not_be_dropped_and_disabling_it_is_said(conn: psycopg.Connection[Any]) -> None:
+    """DROP TRIGGER of a vectorizer's trigger left the vectorizer in place and the table's new rows never
+    queued, silently; so did DISABLE TRIGGER. The first is refused (drop the vectorizer instead); the
+    second stays allowed (bulk loads, pg_restore --disable-triggers) with a WARNING saying how to catch up."""
+    vid = make(conn, "photos")
+    for trig in (f"qvl_{vid}_insert", f"qvl_{vid}_update"):
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist) as caught:
+            conn.execute(f"DROP TRIGGER {trig} ON photos")
+        message = caught.value.diag.message_primary or ""
+        assert message.startswith(f"qvl: cannot drop trigger {trig} on public.photos: vectorizer photos"), message
+        assert "SELECT qvl.drop_vectorizer('photos')" in (caught.value.diag.message_hint or "")
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist):  # nor by cascade
+        conn.execute(f"DROP FUNCTION qvl._enqueue_{vid}() CASCADE")
+
+    warnings: list[tuple[str | None, str | None]] = []  # a Diagnostic is valid only inside the handler
+
+    def on_notice(d: psycopg.errors.Diagnostic) -> None:
+        if d.severity_nonlocalized == "WARNING":
+            warnings.append((d.message_primary, d.message_hint))
+
+    conn.add_notice_handler(on_notice)
+    conn.execute(f"ALTER TABLE photos DISABLE TRIGGER qvl_{vid}_insert")
+    assert warnings == [(
+        f"qvl: trigger qvl_{vid}_insert of vectorizer photos on public.photos is disabled: rows written while it "
+        "does not fire are not queued",
+        f"ALTER TABLE public.photos ENABLE ALWAYS TRIGGER qvl_{vid}_insert; then SELECT qvl.reembed('photos') "
+        "queues the rows written meanwhile.")]
+    conn.execute("INSERT INTO photos VALUES (4, 'caption 4')")
+    assert pending(conn, "photos") == 3  # not queued: what the warning said
+    conn.execute(f"ALTER TABLE photos ENABLE ALWAYS TRIGGER qvl_{vid}_insert")
+    warnings.clear()
+    conn.execute("ALTER TABLE photos ADD COLUMN shot_at date")
+    assert warnings == []
+    assert scalar(conn, "SELECT qvl.reembed('photos')") == 4
+
+    # qvl's own trigger changes go on: a reinstall of the vectorizer's objects, then its drop.
+    conn.execute(f"SELECT qvl._install_objects({vid})")
+    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass AND tgenabled = 'A'") == 2
+    conn.execute("SELECT qvl.drop_vectorizer('photos')")
+    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass") == 0
+
+
 def test_a_column_dropped_by_another_command_is_refused(conn: psycopg.Connection[Any]) -> None:
     """DROP DOMAIN ... CASCADE drops the columns of that type: the guard sees every dropped column."""
     conn.execute("CREATE DOMAIN label AS text CHECK (length(VALUE) < 100)")
