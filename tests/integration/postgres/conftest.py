@@ -160,6 +160,22 @@ def worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
             w.kill()
 
 
+def stuck_report(conn: psycopg.Connection[Any], vid: int, *workers: WorkerProcess) -> str:
+    """What to read when rows stay queued: who holds the queue's rows, what each worker's sessions wait
+    on, and each worker's threads (SIGUSR1: the worker's faulthandler dump) and log tail."""
+    for w in workers:
+        if w.proc is not None and w.proc.poll() is None:
+            w.signal(signal.SIGUSR1)
+    time.sleep(1)
+    claims = conn.execute(f"SELECT claimed_by, count(*), max(attempts), min(claimed_until) - now() "
+                          f"FROM qvl.queue_{vid} GROUP BY 1").fetchall()
+    sessions = conn.execute("SELECT application_name, state, wait_event_type, wait_event, left(query, 160) "
+                            "FROM pg_stat_activity WHERE application_name LIKE 'qvl-worker%' ORDER BY 1").fetchall()
+    logs = "\n".join(f"--- {w.name} (exit {w.proc.poll() if w.proc else None}) ---\n{w.log()[-8000:]}"
+                     for w in workers)
+    return f"rows stay queued\nclaims: {claims}\nsessions: {sessions}\n{logs}"
+
+
 def write_log(conn: psycopg.Connection[Any], table: str, column: str = "embedding") -> None:
     """Record every write of the vector column (who wrote it), to prove nothing is embedded twice."""
     conn.execute(f"""
