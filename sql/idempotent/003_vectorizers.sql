@@ -159,8 +159,10 @@ BEGIN
         EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
                        'EXECUTE FUNCTION qvl._sync_embed(%L)', update_trigger, watched, v.source, changed, v.id);
     END IF;
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, insert_trigger);
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', v.source, update_trigger);
+    -- One statement: the schema guard warns of a vectorizer trigger that is not ALWAYS at the end of
+    -- each ALTER TABLE, so both must be ALWAYS by then.
+    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I, ENABLE ALWAYS TRIGGER %I', v.source, insert_trigger,
+                   update_trigger);
 END
 $$;
 
@@ -295,8 +297,9 @@ $$;
 
 
 -- Queues every row of the table (the backfill, qvl.reembed), each with its tries forgotten (as a
--- change of the row does, in the trigger above: new input starts over). row_security off: a caller whom a policy
--- would show only some rows gets an error, not a backfill that silently leaves the others out.
+-- change of the row does, in the trigger above: new input starts over). row_security off: a caller
+-- whom a policy would show only some rows gets an error, not a backfill that silently leaves the
+-- others out.
 CREATE OR REPLACE FUNCTION qvl._queue_all(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp SET row_security = off AS $$
 DECLARE
@@ -809,7 +812,8 @@ BEGIN
     SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
     EXECUTE format('WITH f AS (DELETE FROM qvl.failed_%1$s RETURNING %2$s) '
                    'INSERT INTO qvl.queue_%1$s (%2$s) SELECT %2$s FROM f ON CONFLICT (%2$s) DO UPDATE '
-                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0, last_error = NULL', v.id, cols);
+                   'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0, last_error = NULL',
+                   v.id, cols);
     GET DIAGNOSTICS n = ROW_COUNT;
     PERFORM pg_notify('qvl_queue', v.id::text);
     RETURN n;

@@ -232,8 +232,9 @@ BEGIN
     IF coalesce(current_setting('qvl.dropping_triggers', true), '') <> 'on' THEN
         FOR d IN SELECT x.name, x.source, o.object_identity
                    FROM pg_event_trigger_dropped_objects() AS o
-                   JOIN qvl.vectorizer x  -- its identity: "<trigger> on <schema>.<table>", as regclass prints it here
-                     ON o.object_identity IN (SELECT format('%I on %s', n, x.source) FROM unnest(qvl._trigger_names(x.id)) n)
+                   -- a trigger's identity: "<trigger> on <schema>.<table>", as regclass prints it here
+                   JOIN qvl.vectorizer x ON o.object_identity IN (SELECT format('%I on %s', n, x.source)
+                                                                    FROM unnest(qvl._trigger_names(x.id)) AS n)
                   WHERE o.classid = 'pg_trigger'::regclass
                     AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS g
                                      WHERE g.classid = 'pg_class'::regclass AND g.objid = x.source::oid

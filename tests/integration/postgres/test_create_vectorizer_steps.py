@@ -8,6 +8,7 @@ function, queue tables, index and notice.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -106,12 +107,13 @@ def outcome(conn: psycopg.Connection[Any], call: str) -> tuple[Any, ...]:
 def changed_on_purpose(result: tuple[Any, ...]) -> tuple[Any, ...]:
     """A result of today's install less what changed on purpose since the single function: pgvector's
     limit errors name the model's size (issue 11 item 4), queue tables have a backoff per row and a
-    queue-order index, and a changed row clears its backoff (issue 10 item 1)."""
+    queue-order index, and a changed row clears its backoff (issue 10 item 1) and its tries."""
     if result[0] == "error":
         return (*result[:2], result[2].replace(" (the service's embedding model gives 64)", ""), *result[3:])
     kind, new_id, state, notices = result
     state = list(state)
-    state[2] = [(name, body.replace(", not_before = NULL", ""), acl) for name, body, acl in state[2]]
+    state[2] = [(name, re.sub(r", not_before = NULL,\s+attempts = 0, last_error = NULL", "", body), acl)
+                for name, body, acl in state[2]]
     state[3] = [r for r in state[3] if r[2] not in ("not_before", "last_error") and not r[0].endswith("_queued_at")]
     return (kind, new_id, state, notices)
 

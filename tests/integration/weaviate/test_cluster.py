@@ -101,23 +101,23 @@ def _insert(nodes: Nodes, node: int, name: str, batch: list[dict[str, Any]]) -> 
     return [batch[i] for i in result.errors]
 
 
-def _shard_counts(node: WeaviateServer, name: str) -> dict[str, int]:
-    """Objects per node for collection ``name``, as each node's shards report them."""
+def _shards(node: WeaviateServer, name: str) -> dict[str, list[dict[str, Any]]]:
+    """Each node's shards of collection ``name``, as ``node`` reports the cluster (/v1/nodes)."""
     body = requests.get(f"{node.url}/v1/nodes", params={"output": "verbose", "collection": name},
                         timeout=30).json()
-    return {n["name"]: sum(s["objectCount"] for s in (n.get("shards") or []) if s["class"] == name)
-            for n in body["nodes"]}
+    return {n["name"]: [s for s in (n.get("shards") or []) if s["class"] == name] for n in body["nodes"]}
+
+
+def _shard_counts(node: WeaviateServer, name: str) -> dict[str, int]:
+    """Objects per node for collection ``name``, as each node's shards report them."""
+    return {n: sum(s["objectCount"] for s in shards) for n, shards in _shards(node, name).items()}
 
 
 def _wait_indexed(cluster: WeaviateCluster, name: str, timeout: float = 120) -> None:
     """Until every node's indexing queues for ``name`` are empty (async indexing is on)."""
     deadline = time.monotonic() + timeout
-    while True:
-        body = requests.get(f"{cluster.nodes[0].url}/v1/nodes", params={"output": "verbose", "collection": name},
-                            timeout=30).json()
-        queued = sum(s.get("vectorQueueLength", 0) for n in body["nodes"] for s in (n.get("shards") or []))
-        if queued == 0:
-            return
+    while queued := sum(s.get("vectorQueueLength", 0) for shards in _shards(cluster.nodes[0], name).values()
+                        for s in shards):
         assert time.monotonic() < deadline, f"{name}: {queued} vectors still queued for indexing"
         time.sleep(1)
 
