@@ -1050,6 +1050,7 @@ def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -> int:
     worker = Worker(settings)
     if handle_signals:
         faulthandler.register(signal.SIGUSR1, all_threads=True)  # `kill -USR1 <pid>`: where is each lane?
+        faulthandler.enable(all_threads=True)  # a crash in C code (SIGSEGV, SIGABRT) leaves every thread's stack
         def on_signal(signum: int, frame: Any) -> None:
             if worker.stopping.is_set():
                 log.warning("second signal: exiting now (claimed rows return when their lease ends)")
