@@ -121,8 +121,9 @@ def test_two_workers_share_the_queue_and_sigterm_finishes_the_batch(
                  "('qvl-worker-one', 'qvl-worker-two') AND query = 'LISTEN qvl_config'")
     wait_until(lambda: count(conn, listening) == 2, timeout=60)  # both up before the first row arrives
     insert(conn, range(600), chunk=25)
-    # Once (1 run in many, CI) 25 rows stayed claimed by a worker that logged nothing after its start:
-    # should it happen again, the report says where each worker's threads and sessions were.
+    # 25 rows once stayed claimed by a worker that crashed at start-up (grpcio, two lanes starting
+    # streams at once: connectors.client._STREAM_START). Should rows stay queued again, the report
+    # says who holds them, what each worker's sessions wait on, and each worker's threads and log.
     done = conn.execute("SELECT qvl.wait_for_embeddings('items', '120 s')").fetchone() == (True,)
     assert done, stuck_report(conn, vid, one, two)
     assert count(conn, "SELECT count(*) FROM items_writes") == 600
