@@ -104,6 +104,7 @@ def plpy(monkeypatch: pytest.MonkeyPatch) -> FakePlpy:
 def fresh_connections(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.setattr(qvl_lib, "conns", {})
     monkeypatch.setattr(qvl_lib, "avoid", {})
+    monkeypatch.setattr(qvl_lib, "turn", 0)
     yield
     for conn in qvl_lib.conns.values():
         conn.close()
@@ -836,18 +837,26 @@ def test_service_lists_are_checked_and_kept_normalized() -> None:
         qvl_lib.check_service("https://a:1,http://b:2", "/ca.pem")
 
 
-def test_backends_start_at_different_replicas_and_ask_failed_ones_last(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_calls_take_turns_over_the_replicas_and_ask_failed_ones_last(monkeypatch: pytest.MonkeyPatch) -> None:
     urls = ["http://a:1", "http://b:1", "http://c:1"]
     starts = set()
-    for pid in range(6):
+    for pid in range(6):  # backends start at different replicas
+        monkeypatch.setattr(qvl_lib, "turn", 0)
         monkeypatch.setattr(qvl_lib.os, "getpid", lambda pid=pid: pid)
         starts.add(qvl_lib.replica_order(urls)[0])
     assert starts == {0, 1, 2}
-    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 3)  # starts at a
+    # One backend's calls take turns (with two replicas, four sessions whose process ids were all
+    # even sent every call to one replica: test_replicas_sql.py caught it).
+    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 2)
+    monkeypatch.setattr(qvl_lib, "turn", 0)
+    assert [qvl_lib.replica_order(urls[:2])[0] for _ in range(4)] == [0, 1, 0, 1]
+    monkeypatch.setattr(qvl_lib.os, "getpid", lambda: 3)
+    monkeypatch.setattr(qvl_lib, "turn", 0)  # starts at a
     qvl_lib.avoid["http://a:1"] = time.monotonic() + 5
     assert qvl_lib.replica_order(urls) == [1, 2, 0]
     qvl_lib.avoid["http://a:1"] = time.monotonic() - 1  # its time is up: back in its place
-    assert qvl_lib.replica_order(urls) == [0, 1, 2]
+    assert qvl_lib.replica_order(urls) == [1, 2, 0]  # the next turn starts at b
+    assert qvl_lib.replica_order(urls) == [2, 0, 1]
 
 
 def test_a_dead_replica_is_passed_over_and_then_asked_last(replicas: list[Service],
@@ -888,6 +897,7 @@ def test_a_replica_that_dies_mid_answer_passes_the_call_on(replicas: list[Servic
     assert qvl_lib.http_send(f"{a.url},{b.url}", None, 5, EMBED, "{}")[0] == 200  # a kept-alive connection
     a.close()  # it takes no new connections, and the next request on the old one is never answered
     a.script = [{"vanish": True}]
+    monkeypatch.setattr(qvl_lib, "turn", 0)  # the next call starts at a again
     assert qvl_lib.http_send(f"{a.url},{b.url}", None, 5, EMBED, "{}") == (200, '{"ok": true}')
     assert len(a.seen) == 2 and len(b.seen) == 1
 

@@ -113,6 +113,7 @@ SERVICE_HINT = ("Give one address or several, comma-separated: SELECT qvl.set_se
 # Per backend (the module lives as long as the backend's GD entry).
 plans: dict[Any, Any] = {}  # prepared statements by key
 conns: dict[tuple[Any, ...], Any] = {}  # keep-alive Connections by (scheme, host, port, CA file)
+turn = 0  # calls this backend has sent to a replica list (each starts at the next replica)
 contexts: dict[str | None, ssl.SSLContext] = {}  # TLS contexts by CA file
 cache: dict[str, tuple[float, Any]] = {}  # "info": (when, GET /v1/info answer)
 avoid: dict[str, float] = {}  # replica URL -> until when it is asked last (unreachable or busy)
@@ -201,9 +202,13 @@ def check_service_sql(value: str, ca_file: str | None) -> str:
 
 
 def replica_order(urls: Sequence[str]) -> list[int]:
-    """The order to ask the replicas in: starting at one chosen by this backend's process id (the
-    backends of a database spread over the replicas), those that failed lately last."""
-    start = os.getpid() % len(urls)
+    """The order to ask the replicas in: each call starts at the next replica in turn, from one
+    chosen by this backend's process id, and those that failed lately go last. (Keeping each
+    backend on one replica would leave the load to the parity of process ids: 4 sessions could all
+    pick the same one of 2.)"""
+    global turn
+    start = (os.getpid() + turn) % len(urls)
+    turn += 1
     order = [(start + k) % len(urls) for k in range(len(urls))]
     now = time.monotonic()
     return sorted(order, key=lambda i: avoid.get(urls[i], 0.0) > now)  # stable: the rotation stays
