@@ -4,10 +4,11 @@ The target is any gRPC target: ``host:port``, several replicas as ``ipv4:10.0.0.
 (or ``ipv6:[::1]:50051,...``), or ``dns:///qvl.internal:50051`` for a name with one address per
 replica. Calls are spread over the replicas with gRPC's own ``round_robin`` policy, and gRPC's
 client-side health checking (``grpc.health.v1``, which ``qvl serve`` serves) leaves out a replica
-that is starting, draining or gone. A call that fails with UNAVAILABLE is retried (on another
-replica); an ``embed_stream`` whose replica dies sends the items it had not had answered again on
-a new stream. Embedding is idempotent (the same item gives the same vector on any replica running
-the same checkpoint), so retrying is safe, and each result is handed on exactly once.
+that is starting, draining or gone. A call that fails with UNAVAILABLE or RESOURCE_EXHAUSTED,
+or that a replica shutting down CANCELLED, is retried (on another replica); an ``embed_stream``
+whose replica dies sends the items it had not had answered again on a new stream. Embedding is
+idempotent (the same item gives the same vector on any replica running the same checkpoint), so
+retrying is safe, and each result is handed on exactly once.
 
 Items are dicts: ``{"text": str | [str], "image": bytes | [bytes], "video": bytes,
 "frames": [bytes], "image_uri": str | [str], "video_uri": str, "instruction": str}``, or a
@@ -37,8 +38,11 @@ ItemLike = str | Mapping[str, Any]
 ENCODINGS = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "binary": pb.BINARY}
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 MAX_MESSAGE = 256 * 1024 * 1024
-# A stream that failed with these is opened again (another replica, or the same one back).
-STREAM_RETRY = {grpc.StatusCode.UNAVAILABLE.name, grpc.StatusCode.RESOURCE_EXHAUSTED.name}
+# A call or stream that failed with these is sent again (another replica, or the same one back).
+# CANCELLED: gRPC's server cancels a call that reaches it in the instant it shuts down (a draining
+# replica closing its port); this client never cancels a call whose answer it still waits for.
+RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
+STREAM_RETRY = {code.name for code in RETRY}
 # The service's words for an item that never reached the model (the replica was starting, draining
 # or restarting its model process): safe to send to another replica. Other per-item UNAVAILABLE
 # errors (the model process died with the item in it) are the item's and are handed on.
@@ -306,7 +310,7 @@ class _Base:
                     "grpc.max_reconnect_backoff_ms": 5_000, "grpc.service_config": json.dumps(SERVICE_CONFIG)}
         self.options = list({**defaults, **dict(channel_options)}.items())
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
-        self.retried = 0  # calls and streams sent again after UNAVAILABLE / RESOURCE_EXHAUSTED
+        self.retried = 0  # calls and streams sent again (RETRY)
         self.closed = False
 
     def _retry_stream(self, ended: tuple[QvlClientError, bool], attempt: int) -> int:
@@ -321,7 +325,7 @@ class _Base:
 
 
 class Client(_Base):
-    """Blocking client. Retries UNAVAILABLE and RESOURCE_EXHAUSTED with jittered backoff."""
+    """Blocking client. Retries UNAVAILABLE, RESOURCE_EXHAUSTED and CANCELLED with jittered backoff."""
 
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
@@ -346,8 +350,7 @@ class Client(_Base):
                 return method(request, timeout=self.timeout if timeout is None else timeout, metadata=self.metadata)
             except grpc.RpcError as err:
                 translated = _translate(err)
-                retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-                if not retryable or attempt >= self.retries:
+                if err.code() not in RETRY or attempt >= self.retries or self.closed:
                     raise translated from None
                 self.retried += 1
                 time.sleep(_backoff(attempt))
@@ -379,9 +382,9 @@ class Client(_Base):
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
         A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
-        UNAVAILABLE or RESOURCE_EXHAUSTED (its replica died or refused it), or the replica answers
-        items with "starting or draining", a new stream (round_robin: another replica) sends the
-        unanswered items again, up to ``retries`` times in a row without an answer; after that the
+        UNAVAILABLE, RESOURCE_EXHAUSTED or CANCELLED (its replica died, refused it or shut down), or
+        the replica answers items with "starting or draining", a new stream (round_robin: another
+        replica) sends the unanswered items again, up to ``retries`` times in a row without an answer; after that the
         failure raises (items not yet answered were not embedded). A stream that answers nothing
         for ``stall_timeout`` seconds while items are outstanding raises at once.
         """
@@ -504,8 +507,7 @@ class AsyncClient(_Base):
                                     metadata=self.metadata)
             except grpc.RpcError as err:
                 translated = _translate(err)
-                retryable = err.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED)
-                if not retryable or attempt >= self.retries:
+                if err.code() not in RETRY or attempt >= self.retries or self.closed:
                     raise translated from None
                 self.retried += 1
                 await asyncio.sleep(_backoff(attempt))
@@ -533,7 +535,7 @@ class AsyncClient(_Base):
                            instruction: str | None = None, max_in_flight: int = 256,
                            timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
         """As ``Client.embed_stream`` (without the stall timeout): unanswered items are sent again
-        on a new stream after UNAVAILABLE, up to ``retries`` times in a row."""
+        on a new stream after UNAVAILABLE (or as ``RETRY`` says), up to ``retries`` times in a row."""
         options = _options(dimensions, encoding, normalize, instruction)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
 

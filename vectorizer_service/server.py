@@ -139,7 +139,11 @@ async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "
     service.stopping = True
     log.info("draining", extra={"grace_seconds": settings.drain_seconds, "in_flight": dispatcher.admitted})
     await service.set_serving(False)
+    notice_ends = loop.time() + settings.drain_notice_seconds
     drained = await dispatcher.drain(settings.drain_seconds)
+    # Closing the ports at once would cancel calls already on their way (gRPC cancels a call that
+    # arrives as its server stops); health watches and balancers need a moment to turn away.
+    await asyncio.sleep(max(0.0, notice_ends - loop.time()))
     await grpc_server.stop(grace=1.0)
     http.should_exit = True
     await http_task

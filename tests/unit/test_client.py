@@ -126,3 +126,57 @@ def test_arguments_are_checked_before_anything_is_sent() -> None:
             AsyncClient("127.0.0.1:1", timeout=-5)
 
     asyncio.run(check_async())
+
+
+class ShutsDown(pb_grpc.VectorizerServicer):
+    """Cancels the first call and the first stream, as gRPC's server cancels a call that reaches it
+    in the instant it shuts down (a draining replica closing its port: a race that
+    test_replicas.py meets now and then, not on demand), then answers."""
+
+    def __init__(self) -> None:
+        self.calls = {"Embed": 0, "EmbedStream": 0}
+
+    def Embed(self, request, context):
+        self.calls["Embed"] += 1
+        if self.calls["Embed"] == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        return pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.6, 0.8], dimensions=2)])
+
+    def EmbedStream(self, request_iterator, context):
+        self.calls["EmbedStream"] += 1
+        if self.calls["EmbedStream"] == 1:
+            context.abort(grpc.StatusCode.CANCELLED, "CANCELLED")
+        for req in request_iterator:
+            yield pb.EmbedStreamResult(seq=req.seq, embedding=pb.Embedding(values=[0.6, 0.8], dimensions=2))
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_call_cancelled_by_a_replica_shutting_down_is_sent_again(kind: str) -> None:
+    import asyncio
+
+    from connectors.client import AsyncClient
+
+    servicer = ShutsDown()
+    server = grpc.server(futures.ThreadPoolExecutor(4))
+    pb_grpc.add_VectorizerServicer_to_server(servicer, server)
+    port = free_ports(1)[0]
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    try:
+        if kind == "sync":
+            with Client(f"127.0.0.1:{port}", retries=2) as c:
+                rows = c.embed(["a"]).tolist()
+                streamed = [r.tolist() for r in c.embed_stream(["b", "c"])]
+                retried = c.retried
+        else:
+            async def run() -> tuple[list[list[float]], list[list[float]], int]:
+                async with AsyncClient(f"127.0.0.1:{port}", retries=2) as c:
+                    rows = (await c.embed(["a"])).tolist()
+                    streamed = [r.tolist() async for r in c.embed_stream(["b", "c"])]
+                    return rows, streamed, c.retried
+            rows, streamed, retried = asyncio.run(run())
+        assert rows == [[pytest.approx(0.6), pytest.approx(0.8)]]
+        assert streamed == [[pytest.approx(0.6), pytest.approx(0.8)]] * 2
+        assert servicer.calls == {"Embed": 2, "EmbedStream": 2} and retried == 2
+    finally:
+        server.stop(0)

@@ -116,6 +116,9 @@ class Settings(BaseSettings):
     max_concurrent_rpcs: int = Field(
         256, ge=1, description="gRPC calls served at once; more are refused before their messages are read")
     drain_seconds: float = Field(30.0, ge=0, description="SIGTERM grace period for in-flight work")
+    drain_notice_seconds: float = Field(
+        1.0, ge=0, description="After SIGTERM, the ports stay open at least this long saying NOT_SERVING / 503 "
+                               "(new calls refused, retryably), so clients and balancers turn away before they close")
     allow_uri_schemes: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated, e.g. file,https (none by default: no URI is read)")
     allow_uri_roots: Annotated[list[str], NoDecode] = Field(

@@ -275,6 +275,29 @@ def test_sigterm_drains_in_flight_work() -> None:
     assert '"stopped"' in svc.log_tail() and '"drained": true' in svc.log_tail()
 
 
+def test_an_idle_service_keeps_its_ports_open_through_the_drain_notice() -> None:
+    """Nothing in flight: SIGTERM still leaves QVL_DRAIN_NOTICE_SECONDS in which health says
+    NOT_SERVING and calls are refused retryably, so that clients turn away before the ports close
+    (gRPC cancels, not refuses, a call that arrives as its server stops)."""
+    svc = ServiceProcess(env={"QVL_DRAIN_NOTICE_SECONDS": "3"})
+    svc.start()
+    assert svc.proc is not None
+    svc.proc.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    time.sleep(0.5)
+    assert httpx.get(svc.http_url + "/.well-known/ready").status_code == 503
+    with grpc.insecure_channel(svc.grpc_target) as channel:
+        status = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service="qvl.v1.Vectorizer"), timeout=5)
+    assert status.status == health_pb2.HealthCheckResponse.NOT_SERVING
+    with Client(svc.grpc_target, retries=0) as c, pytest.raises(TransientError) as err:
+        c.embed(["refused"], timeout=5)
+    assert err.value.code == "UNAVAILABLE"
+    assert time.monotonic() - started < 2.5 and svc.proc.poll() is None
+    assert svc.proc.wait(timeout=30) == 0
+    assert time.monotonic() - started >= 3.0
+
+
 def test_requests_while_starting_are_unavailable_never_invalid() -> None:
     """Listeners come up before the models: callers must see UNAVAILABLE (retry), not bad input."""
     svc = ServiceProcess()
