@@ -150,6 +150,9 @@ def test_weaviate_settings(services: dict[str, dict[str, Any]]) -> None:
     assert env["DEFAULT_VECTORIZER_MODULE"] == "none"
     assert int(env["GRPC_PORT"]) in _listens("weaviate", weaviate)
     assert env["PERSISTENCE_DATA_PATH"] in {v.split(":", 1)[1] for v in weaviate["volumes"]}
+    # as the Helm values: the index repair of docs/scaling.md is there to use
+    helm = yaml.safe_load((ROOT / "deploy/helm/weaviate-values.yaml").read_text())
+    assert env["ASYNC_INDEXING"] == helm["env"]["ASYNC_INDEXING"] == "true"
 
 
 def test_dsns_name_the_postgres_service_and_its_credentials(services: dict[str, dict[str, Any]]) -> None:
