@@ -51,8 +51,11 @@ SQLSTATE = {400: "22023", 404: "22023", 422: "22023", 413: "54000", 401: "28000"
 MEDIA_HINT = ("Fix or leave out that input: images must be PNG, JPEG, WebP, GIF, BMP or TIFF bytes, videos "
               "MP4, MOV, WebM, MKV or GIF bytes (or a bytea[] of frames), and a path/URI is read only where the "
               "service allows it (QVL_ALLOW_URI_SCHEMES, QVL_ALLOW_URI_ROOTS).")
-BUSY_HINT = ("The service is busy or still starting; retry shortly (more replicas or a larger QVL_QUEUE_MAX_ITEMS "
+BUSY_HINT = ("The service's queue is full; retry shortly (more replicas or a larger QVL_QUEUE_MAX_ITEMS "
              "help under load).")
+# 503: not load, so QVL_QUEUE_MAX_ITEMS would not help
+UNREADY_HINT = ("The service is loading its models, draining or restarting its model process; retry shortly "
+                "(with replicas, list them all: SELECT qvl.set_service('http://a:8080,http://b:8080');).")
 TOKEN_HINT = "The installing role sets the token: SELECT qvl.set_service(url, token);"
 HINTS = {
     0: "Start the service (qvl serve) or, as the installing role, point qvl at it: "
@@ -64,7 +67,7 @@ HINTS = {
     404: "The service has no model for this call loaded: start qvl serve with --embedding-model and "
          "--reranker-model (QVL_EMBEDDING_MODEL, QVL_RERANKER_MODEL).",
     429: BUSY_HINT,
-    503: BUSY_HINT,
+    503: UNREADY_HINT,
     504: "Send smaller inputs, or allow longer: SET statement_timeout (when it is what ran out), or as the "
          "installing role SELECT qvl.set_service(url, token, timeout_s => 120);",
     500: "The model failed on this input; the service log has the details.",
