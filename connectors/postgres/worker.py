@@ -130,7 +130,7 @@ class Counters:
     retried: int = 0
     released: int = 0
     batches: int = 0
-    resent: int = 0  # streams carried on to another replica (or the same one back)
+    resent: int = 0  # streams that finished after being sent again (another replica, or the same one back)
 
 
 @dataclass
@@ -843,6 +843,7 @@ class Worker:
         log.debug("embedding", extra={"vectorizer": v.name, "items": len(items)})
         watchdog = _Watchdog(client, self.s.stall_s, self._reachable)
         retried = client.retried
+        carried = False  # the stream reached its end (after any resends)
         try:
             stream = client.embed_stream(items, dimensions=v.dimensions, encoding=v.encoding,
                                          instruction=v.instruction, max_in_flight=max(1, len(items)),
@@ -851,6 +852,7 @@ class Worker:
                 watchdog.progress()
                 out[i] = res
                 done = i + 1
+            carried = True
         except Exception as exc:
             if watchdog.unreachable:
                 raise ServiceDown("the service went away while the stream waited; its rows were given back") from None
@@ -868,15 +870,17 @@ class Worker:
                 raise
             rest = items[done:]
             if len(rest) == 1:
-                out[done] = ItemFailure(0, str(exc), exc.code)
+                out[done] = ItemFailure(0, str(exc), exc.code, exc.limit)
             else:
                 half = len(rest) // 2
                 out[done:done + half] = self._embed(client, v, rest[:half])
                 out[done + half:] = self._embed(client, v, rest[half:])
         finally:
             watchdog.stop()
-            if client.retried > retried:
-                log.info("a stream was carried on to another replica", extra={
+            # Only a stream that then finished was carried on; one whose retries all failed (a single
+            # replica that is down) is the ServiceDown reported above, not a resend.
+            if client.retried > retried and carried:
+                log.info("a stream was carried on after its replica failed", extra={
                     "vectorizer": v.name, "times": client.retried - retried})
                 with self._counter_lock:
                     self._counters[v.name].resent += client.retried - retried

@@ -3,6 +3,7 @@ duplicates nothing, SIGTERM finishes the batch in hand, two workers share one qu
 
 from __future__ import annotations
 
+import json
 import signal
 import time
 from collections.abc import Callable
@@ -76,6 +77,9 @@ def test_service_outage_loses_nothing(pg_server: PostgresServer, request: pytest
             assert worker.stop() == 0
             log = worker.log()
             assert "the service cannot embed now; pausing" in log and "the service is back" in log
+            # one replica, down: its failed resends are the outage, not streams carried on
+            assert "carried on" not in log
+            assert all(json.loads(line).get("resent", 0) == 0 for line in log.splitlines() if line.startswith("{"))
 
 
 def test_sigkill_mid_batch_loses_and_repeats_nothing(conn: psycopg.Connection[Any], qvl_db: str,
