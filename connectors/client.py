@@ -62,12 +62,15 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 class QvlClientError(Exception):
-    """A failed call: ``code`` is the gRPC status name, ``index`` the item it concerns (if one)."""
+    """A failed call: ``code`` is the gRPC status name, ``index`` the item it concerns (if one),
+    ``limit`` the service's limit that refused it (the ``QVL_*`` setting that raises it, or
+    ``"dimensions"``)."""
 
-    def __init__(self, message: str, *, code: str, index: int | None = None) -> None:
+    def __init__(self, message: str, *, code: str, index: int | None = None, limit: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.index = index
+        self.limit = limit
 
 
 class InvalidInput(QvlClientError):
@@ -118,6 +121,7 @@ class ItemFailure:
     index: int
     message: str
     code: str
+    limit: str | None = None  # the service's limit that refused it (as QvlClientError.limit)
 
 
 @dataclass
@@ -202,7 +206,20 @@ def _translate(err: grpc.RpcError) -> QvlClientError:
         kind = TransientError
     elif code == grpc.StatusCode.UNAUTHENTICATED:
         kind = Unauthenticated
-    return kind(message, code=code.name, index=_item_index(message))
+    # The service names the refusing limit and the item in trailing metadata (older ones: only
+    # in the message, as "item N: ...").
+    trailers = dict(_trailing_metadata(err))
+    item = trailers.get("qvl-item")
+    index = int(item) if item is not None and item.isdigit() else _item_index(message)
+    return kind(message, code=code.name, index=index, limit=trailers.get("qvl-limit"))
+
+
+def _trailing_metadata(err: grpc.RpcError) -> list[tuple[str, str]]:
+    try:
+        got = err.trailing_metadata() if hasattr(err, "trailing_metadata") else None
+    except Exception:  # an error raised before the call had trailers (e.g. a closed channel)
+        return []
+    return [(str(k), v if isinstance(v, str) else v.decode("utf-8", "replace")) for k, v in (got or ())]
 
 
 def _backoff(attempt: int, base: float = 0.2, cap: float = 10.0) -> float:
@@ -224,7 +241,8 @@ class _InOrder:
 
     def add(self, result: pb.EmbedStreamResult) -> list[np.ndarray | ItemFailure]:
         if result.HasField("error"):
-            self.pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code)
+            self.pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code,
+                                                   result.error.limit or None)
         else:
             self.pending[result.seq] = embedding_array(result.embedding)
         ready = []

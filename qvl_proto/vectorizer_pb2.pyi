@@ -85,14 +85,16 @@ class Embedding(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ..., packed: _Optional[bytes] = ..., scale: _Optional[float] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("index", "message", "code")
+    __slots__ = ("index", "message", "code", "limit")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
     index: int
     message: str
     code: str
-    def __init__(self, index: _Optional[int] = ..., message: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
+    limit: str
+    def __init__(self, index: _Optional[int] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., limit: _Optional[str] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "errors", "model", "tokens")

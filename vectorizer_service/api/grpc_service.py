@@ -17,10 +17,11 @@ from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.grpc_stream import EmbedStreamSession, embed_options
-from vectorizer_service.api.item_codecs import embedding_to_proto, error_code, item_from_proto
+from vectorizer_service.api.item_codecs import embedding_to_proto, item_error, item_from_proto
 from vectorizer_service.api.service_info import service_info
 from vectorizer_service.core.call_context import CallContext
 from vectorizer_service.core.errors import (
+    InputError,
     QvlError,
 )
 from vectorizer_service.core.settings import Settings
@@ -69,7 +70,13 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
         code = grpc.StatusCode[err.code]
         metrics.REQUESTS.labels(endpoint, code.name).inc()
         metrics.ERRORS.labels(code.name.lower()).inc()
-        await context.abort(code, str(err))
+        trailers: list[tuple[str, str]] = []
+        if isinstance(err, InputError):  # what to change, for callers that need not parse the message
+            if err.limit is not None:
+                trailers.append(("qvl-limit", err.limit))
+            if err.item is not None:
+                trailers.append(("qvl-item", str(err.item)))
+        await context.abort(code, str(err), trailing_metadata=tuple(trailers))
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:
         started = time.perf_counter()
@@ -93,7 +100,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
         response = pb.EmbedResponse(model=self.dispatcher.model_name("embed"))
         for r in results:
             response.embeddings.append(pb.Embedding() if isinstance(r, QvlError) else embedding_to_proto(r))
-        response.errors.extend(pb.ItemError(index=i, message=str(e), code=error_code(e)) for i, e in errors)
+        response.errors.extend(item_error(i, e) for i, e in errors)
         metrics.REQUESTS.labels("grpc.Embed", "OK").inc()
         metrics.LATENCY.labels("grpc.Embed").observe(time.perf_counter() - started)
         return response
@@ -118,8 +125,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
         response = pb.RerankResponse(
             scores=[math.nan if s is None else s for s in result.scores],
             ranking=[pb.Ranked(index=i, score=result.scores[i] or 0.0) for i in result.ranking],
-            errors=[pb.ItemError(index=i, message=str(e), code=error_code(e))
-                    for i, e in sorted(result.errors.items())],
+            errors=[item_error(i, e) for i, e in sorted(result.errors.items())],
             model=self.dispatcher.model_name("rerank"),
         )
         metrics.REQUESTS.labels("grpc.Rerank", "OK").inc()

@@ -11,7 +11,13 @@ import asyncio
 from collections.abc import AsyncIterator
 
 from qvl_proto import vectorizer_pb2 as pb
-from vectorizer_service.api.item_codecs import ENCODING_NAMES, embedding_to_proto, error_code, item_from_proto
+from vectorizer_service.api.item_codecs import (
+    ENCODING_NAMES,
+    embedding_to_proto,
+    error_code,
+    item_error,
+    item_from_proto,
+)
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.settings import Settings
@@ -132,4 +138,4 @@ class EmbedStreamSession:
 def _stream_error(seq: int, err: QvlError) -> pb.EmbedStreamResult:
     message = str(err.at(item=seq)) if isinstance(err, InputError) else str(err)
     metrics.ERRORS.labels(error_code(err).lower()).inc()
-    return pb.EmbedStreamResult(seq=seq, error=pb.ItemError(index=seq, message=message, code=error_code(err)))
+    return pb.EmbedStreamResult(seq=seq, error=item_error(seq, err, message))

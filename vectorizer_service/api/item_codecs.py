@@ -119,5 +119,12 @@ def error_dict(index: int, err: QvlError) -> dict[str, Any]:
     return out
 
 
+def item_error(index: int, err: QvlError, message: str | None = None) -> pb.ItemError:
+    """The gRPC form of one item's error (``limit`` as in ``error_dict``)."""
+    limit = err.limit if isinstance(err, InputError) and err.limit is not None else ""
+    return pb.ItemError(index=index, message=str(err) if message is None else message, code=error_code(err),
+                        limit=limit)
+
+
 def error_code(err: BaseException) -> str:
     return err.code if isinstance(err, QvlError) else "INTERNAL"

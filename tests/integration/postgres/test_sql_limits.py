@@ -4,7 +4,8 @@ smaller image ... QVL_MAX_MEDIA_BYTES, QVL_MAX_REQUEST_BYTES", a bad dimensions 
 
 One service runs with every limit small. What SQL can send is sent through qvl.embed and
 qvl.rerank; what one SQL call cannot hold (several items, images or videos in one request) goes
-through the PL/Python library's own HTTP exchange and error mapping, outside the database.
+through the PL/Python library's own HTTP exchange and error mapping, outside the database. The
+gRPC API names the same limits in fields of their own.
 """
 
 from __future__ import annotations
@@ -13,13 +14,14 @@ import base64
 import io
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 from PIL import Image
 
+from connectors.client import Client, InvalidInput, ItemFailure
 from connectors.postgres.installer import install
 from connectors.postgres.plpy import qvl_lib
 from tests.integration.postgres.conftest import new_database
@@ -143,3 +145,27 @@ def test_dimensions_out_of_the_models_range_get_a_hint_about_dimensions(
         hint = err.value.diag.message_hint or ""
         assert "dimensions" in hint and "qvl.service_info()" in hint, hint
         assert not settings_named(hint) and "PNG" not in hint, hint
+
+
+def test_grpc_refusals_name_their_limit_in_fields(limited: ServiceProcess) -> None:
+    """The same refusals over gRPC: the setting in ``limit`` (the call's trailing metadata, each
+    stream item's ItemError), not only in the message."""
+    with Client(limited.grpc_target, retries=0) as client:
+        cases: list[tuple[str, Callable[[], object], int | None]] = [
+            ("QVL_MAX_TEXT_CHARS", lambda: client.embed(["short", "a" * 1001]), 1),
+            ("QVL_MAX_ITEMS_PER_REQUEST", lambda: client.embed(["1", "2", "3", "4", "5"]), None),
+            ("QVL_MAX_RERANK_DOCUMENTS", lambda: client.rerank("q", ["1", "2", "3", "4", "5", "6"]), None),
+            ("QVL_MAX_MEDIA_BYTES", lambda: client.embed([{"image": image_bytes("PNG", (300, 300))}]), 0),
+        ]
+        for setting, call, index in cases:
+            with pytest.raises(InvalidInput) as err:
+                call()
+            assert (err.value.limit, err.value.index) == (setting, index), (setting, str(err.value))
+        with pytest.raises(InvalidInput) as err:
+            client.embed(["x"], dimensions=16)
+        assert err.value.limit == "dimensions"
+        rows = list(client.embed_stream(["fine", "b" * 1001, "also fine"]))
+        failure = rows[1]
+        assert isinstance(failure, ItemFailure), rows
+        assert (failure.index, failure.code, failure.limit) == (1, "INVALID_ARGUMENT", "QVL_MAX_TEXT_CHARS")
+        assert not isinstance(rows[0], ItemFailure) and not isinstance(rows[2], ItemFailure)
