@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 from typing import Any
@@ -57,9 +58,35 @@ def cmd_worker(args: argparse.Namespace) -> int:
         vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
         backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
         tls=args.tls, ca_file=args.ca_file, retry_delay_s=args.retry_delay, heartbeat_s=args.heartbeat,
-        prune_every_s=args.prune_every,
+        prune_every_s=args.prune_every, write_lock_wait_s=args.write_lock_wait,
     )
     return run_worker(settings)
+
+
+def _count(text: str) -> int:
+    """A whole number of at least 1 (argparse names the flag in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
+    return value
+
+
+def _seconds(text: str, zero: bool = False) -> float:
+    """A finite number of seconds above 0 (or 0 where ``zero`` means "never")."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
+        raise argparse.ArgumentTypeError(f"a number of seconds {'of at least 0' if zero else 'above 0'}, not {text!r}")
+    return value
+
+
+def _seconds_or_never(text: str) -> float:
+    return _seconds(text, zero=True)
 
 
 def _dsn(p: argparse.ArgumentParser) -> None:
@@ -108,26 +135,29 @@ def add_postgres_parsers(sub: Any) -> None:
                    help="gRPC over TLS, verified against the system's CAs (QVL_SERVICE_TLS=true)")
     p.add_argument("--ca-file", default=os.environ.get("QVL_SERVICE_CA_FILE"),
                    help="PEM CA bundle that signed the service's certificate; implies --tls (QVL_SERVICE_CA_FILE)")
-    p.add_argument("--batch", type=int, default=64, help="rows claimed and embedded at a time")
-    p.add_argument("--concurrency", type=int, default=2, help="batches in flight at once")
-    p.add_argument("--lease", type=float, default=300.0,
+    p.add_argument("--batch", type=_count, default=64, help="rows claimed and embedded at a time")
+    p.add_argument("--concurrency", type=_count, default=2, help="batches in flight at once")
+    p.add_argument("--lease", type=_seconds, default=300.0,
                    help="seconds before a claimed row returns to the queue if its worker vanished (renewed "
                    "while the worker holds it)")
-    p.add_argument("--poll", type=float, default=5.0, help="seconds between polls when no notification comes")
-    p.add_argument("--max-attempts", type=int, default=5,
+    p.add_argument("--poll", type=_seconds, default=5.0, help="seconds between polls when no notification comes")
+    p.add_argument("--max-attempts", type=_count, default=5,
                    help="tries for a row the model fails on, the last ones alone (bad input fails at once; "
                    "outages and misconfiguration of the service never count)")
-    p.add_argument("--retry-delay", type=float, default=5.0,
+    p.add_argument("--retry-delay", type=_seconds, default=5.0,
                    help="seconds a failed row waits before its next try; doubled for each further attempt")
-    p.add_argument("--log-every", type=float, default=10.0, help="seconds between progress lines")
-    p.add_argument("--max-backoff", type=float, default=30.0,
+    p.add_argument("--log-every", type=_seconds, default=10.0, help="seconds between progress lines")
+    p.add_argument("--max-backoff", type=_seconds, default=30.0,
                    help="longest wait between retries while the service or database is down")
-    p.add_argument("--stall-timeout", type=float, default=120.0,
+    p.add_argument("--stall-timeout", type=_seconds, default=120.0,
                    help="seconds without any result before a batch's stream is abandoned and retried")
-    p.add_argument("--heartbeat", type=float, default=15.0,
+    p.add_argument("--write-lock-wait", type=_seconds, default=5.0,
+                   help="seconds a batch's write waits for rows other transactions hold locked; then it writes "
+                   "the rest and those rows are embedded again later")
+    p.add_argument("--heartbeat", type=_seconds, default=15.0,
                    help="seconds between the worker's heartbeats in qvl.worker_status (qvl.workers shows a worker "
                    "silent for 3 heartbeats as stale)")
-    p.add_argument("--prune-every", type=float, default=300.0,
+    p.add_argument("--prune-every", type=_seconds_or_never, default=300.0,
                    help="seconds between prunings of failed rows whose table row is gone (and those past "
                    "qvl.set_failed_retention); 0: never")
     p.add_argument("--application-name", help="shown in pg_stat_activity (default qvl-worker-<pid>)")

@@ -152,3 +152,17 @@ def test_plain_strings_are_text_items_and_query_errors_say_query() -> None:
     proc = qvl("embed", "--model", TINY, stdin=b'"a puppy"\n{"text": "a puppy"}\n')
     plain, obj = (json.loads(x)["embedding"] for x in proc.stdout.decode().splitlines())
     assert proc.returncode == 0 and plain == obj
+
+
+def test_worker_flags_out_of_range_are_refused_naming_the_flag() -> None:
+    """Before anything connects: --batch 0 used to claim nothing forever, --lease -1 to hand every
+    row to the next claim at once."""
+    for flag, value, words in [("--batch", "0", "a whole number of at least 1"),
+                               ("--concurrency", "two", "a whole number of at least 1"),
+                               ("--lease", "-1", "a number of seconds above 0"),
+                               ("--write-lock-wait", "nan", "a number of seconds above 0"),
+                               ("--poll", "0", "a number of seconds above 0"),
+                               ("--prune-every", "-5", "a number of seconds of at least 0")]:
+        proc = qvl("worker", "--dsn", "postgresql:///nowhere", flag, value)
+        assert proc.returncode == 2, (flag, proc.stderr)
+        assert f"argument {flag}: {words}, not '{value}'" in proc.stderr.decode(), proc.stderr
