@@ -141,6 +141,27 @@ SELECT count(*) FROM (
      ORDER BY {self._key_order("q")} FOR UPDATE OF q
 ) locked"""
 
+    def lock_free_source_sql(self) -> str:
+        """Lock the batch's table rows that no other transaction holds, and say which (the write's
+        second try, once waiting in lock_source_sql ran out: SKIP LOCKED never waits, so the order
+        no longer matters)."""
+        return f"""
+SELECT {self._key_order("s")} FROM {self.source} s JOIN {self._unnest()} ON {self._keys("s", "v")}
+ FOR NO KEY UPDATE OF s SKIP LOCKED"""
+
+    def lock_free_queue_sql(self) -> str:
+        """As lock_free_source_sql, for the batch's queue rows."""
+        return f"""
+SELECT {self._key_order("q")} FROM {self.queue} q JOIN {self._unnest()} ON {self._keys("q", "v")}
+ FOR UPDATE OF q SKIP LOCKED"""
+
+    def release_later_sql(self) -> str:
+        """Give rows back claimable after ``qvl_delay`` seconds, no attempt counted (their table row
+        was locked by another transaction: nothing is wrong with them)."""
+        return f"""
+UPDATE {self.queue} q SET claimed_by = NULL, claimed_until = now() + make_interval(secs => %(qvl_delay)s)
+  FROM {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s"""
+
     def renew_sql(self) -> str:
         """Extend the lease of rows this worker still holds (a batch may outlast one lease). Rows locked
         right now are skipped, never waited for: a user's transaction queueing one again holds it (and

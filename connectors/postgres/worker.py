@@ -27,7 +27,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +78,7 @@ class WorkerSettings:
     backoff_cap_s: float = 30.0
     rpc_timeout_s: float = 600.0
     stall_s: float = 120.0  # no result for this long: the stream is abandoned and its rows given back
+    write_lock_wait_s: float = 5.0  # a batch's write waits this long for rows other transactions hold locked
     log_every_s: float = 10.0
     heartbeat_s: float = 15.0  # qvl.worker_status.last_seen; a worker silent for 3 beats shows as stale
     forget_workers_s: float = 86400.0  # rows of workers not seen for this long are deleted (by live workers)
@@ -143,6 +144,7 @@ class Outcome:
     released: int = 0
     gone: int = 0
     stale: int = 0
+    busy: set[tuple[Any, ...]] = field(default_factory=set)  # keys left for later: another transaction held them
 
 
 class Backoff:
@@ -713,7 +715,13 @@ class Worker:
             c.batches += 1
         log.debug("batch", extra={"vectorizer": v.name, "rows": len(rows), "written": outcome.written,
                                   "failed": outcome.failed, "retried": outcome.retried, "stale": outcome.stale,
-                                  "ms": round(1000 * (time.monotonic() - started), 1)})
+                                  "busy": len(outcome.busy), "ms": round(1000 * (time.monotonic() - started), 1)})
+        if outcome.busy:
+            log.info(f"vectorizer {v.name}: {len(outcome.busy)} rows stayed locked by other transactions for "
+                     f"{self.s.write_lock_wait_s:g} s; the rest of the batch is written, those are embedded again "
+                     f"later", extra={"vectorizer": v.name, "rows": len(outcome.busy)})
+        failures = [f for f in failures if f[0].key not in outcome.busy]
+        retry = [r for r in retry if r[0].key not in outcome.busy]
         for r, message, code in failures:
             log.warning(f"{message}: refused; moved to the failed table", extra={
                 "vectorizer": v.name, "key": list(map(str, r.key)), "code": code, "error": message})
@@ -889,12 +897,19 @@ class Worker:
     def _finish(self, lane: Lane, v: Vectorizer, rows: list[Claimed], writes: list[tuple[Claimed, str | None]],
                 failures: list[tuple[Claimed, str, str]], retry: list[tuple[Claimed, float, str]],
                 gone: list[Claimed]) -> Outcome:
-        """One short transaction; on a lost connection, retried on a new one (the vectors are in hand)."""
+        """One short transaction; on a lost connection, retried on a new one (the vectors are in hand).
+        Rows that other transactions keep locked past ``write_lock_wait_s`` are left for later and the
+        rest written, so one long application transaction holds up its own rows, not the batch."""
+        skip_locked = False
         for attempt in range(3):
             if lane.conn is None or lane.conn.closed:
                 lane.conn = self._connect()
             try:
-                return self._finish_once(lane.conn, v, lane.me, rows, writes, failures, retry, gone)
+                return self._finish_once(lane.conn, v, lane.me, rows, writes, failures, retry, gone, skip_locked)
+            except psycopg.errors.LockNotAvailable:  # an OperationalError, but the connection is fine
+                if skip_locked:
+                    raise
+                skip_locked = True
             except (psycopg.errors.TransactionRollback, psycopg.errors.DeadlockDetected) as exc:
                 # A deadlock or serialization failure: nothing was written; the same write again.
                 if attempt == 2:
@@ -945,13 +960,35 @@ class Worker:
 
     def _finish_once(self, conn: psycopg.Connection[Any], v: Vectorizer, me: str, rows: list[Claimed],
                      writes: list[tuple[Claimed, str | None]], failures: list[tuple[Claimed, str, str]],
-                     retry: list[tuple[Claimed, float, str]], gone: list[Claimed]) -> Outcome:
+                     retry: list[tuple[Claimed, float, str]], gone: list[Claimed],
+                     skip_locked: bool = False) -> Outcome:
         out = Outcome()
         with conn.transaction():
-            # Every lock the batch needs, taken first and in a fixed order (see lock_source_sql).
             batch = v.key_params(_keys(rows))
-            conn.execute(v.lock_source_sql(), batch)
-            conn.execute(v.lock_queue_sql(), batch)
+            if not skip_locked:
+                # Every lock the batch needs, taken first and in a fixed order (see lock_source_sql),
+                # waiting at most write_lock_wait_s for each.
+                conn.execute(f"SET LOCAL lock_timeout = {max(1, round(self.s.write_lock_wait_s * 1000))}")
+                conn.execute(v.lock_source_sql(), batch)
+                conn.execute(v.lock_queue_sql(), batch)
+            else:
+                # Only the rows free now: a row whose table row is held (a deleted one has none) or
+                # whose queue row is held is left out of this write.
+                source = {tuple(r) for r in conn.execute(v.lock_free_source_sql(), batch).fetchall()}
+                queue = {tuple(r) for r in conn.execute(v.lock_free_queue_sql(), batch).fetchall()}
+                free = {r.key for r in rows if r.key in queue and (r.key in source or not r.present)}
+                out.busy = {r.key for r in rows} - free
+                # Those whose queue row is free come back after a short wait; a queue row that is held
+                # belongs to a transaction that changed the row, and its commit queues the row afresh.
+                later = [k for k in out.busy if k in queue]
+                if later:
+                    conn.execute(v.release_later_sql(), {**v.key_params(later), "me": me,
+                                                         "qvl_delay": self.s.retry_delay_s})
+                rows = [r for r in rows if r.key in free]
+                writes = [w for w in writes if w[0].key in free]
+                failures = [f for f in failures if f[0].key in free]
+                retry = [r for r in retry if r[0].key in free]
+                gone = [g for g in gone if g.key in free]
             if writes:
                 params = {**v.key_params([r.key for r, _ in writes]), "me": me,
                           "qvl_hash": [r.content_hash for r, _ in writes], "qvl_vec": [vec for _, vec in writes]}

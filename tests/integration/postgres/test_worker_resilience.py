@@ -114,6 +114,30 @@ def test_sigkill_mid_batch_loses_and_repeats_nothing(conn: psycopg.Connection[An
     assert second.stop() == 0
 
 
+def test_a_row_an_application_keeps_locked_holds_up_only_itself(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,
+        worker_processes: Callable[..., WorkerProcess]) -> None:
+    """An application transaction holds one row of the worker's batch (SELECT ... FOR UPDATE) and
+    stays open: the write waits --write-lock-wait for it, then writes the other rows; the held row
+    is embedded once the transaction ends. (The write used to wait as long as the transaction.)"""
+    vid = make_items(conn)
+    insert(conn, range(20))
+    with psycopg.connect(qvl_db) as holder:
+        holder.execute("SELECT 1 FROM items WHERE id = 7 FOR UPDATE")
+        worker = worker_processes(qvl_db, service.grpc_target, "--batch", "40", "--concurrency", "1",
+                                  "--write-lock-wait", "1", "--retry-delay", "0.5")
+        wait_until(lambda: embedded(conn) == 19, timeout=60)
+        time.sleep(3.0)  # tried again meanwhile, never written under the lock, never counted an attempt
+        assert count(conn, "SELECT count(*) FROM items WHERE id = 7 AND embedding IS NULL") == 1
+        assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status").fetchone() == (1, 0)
+        assert count(conn, f"SELECT attempts FROM qvl.queue_{vid}") == 0
+        holder.rollback()  # the application's transaction ends
+    assert conn.execute("SELECT qvl.wait_for_embeddings('items', '60 s')").fetchone() == (True,)
+    assert embedded(conn) == 20
+    assert worker.stop() == 0
+    assert "rows stayed locked by other transactions" in worker.log()
+
+
 def test_two_workers_share_the_queue_and_sigterm_finishes_the_batch(
         conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,
         worker_processes: Callable[..., WorkerProcess]) -> None:
