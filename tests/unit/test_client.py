@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Iterator
@@ -37,17 +38,26 @@ class Stuck(pb_grpc.VectorizerServicer):
         return pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.6, 0.8], dimensions=2)])
 
 
-@pytest.fixture()
-def stuck() -> Iterator[tuple[Stuck, str]]:
-    servicer = Stuck()
+@contextlib.contextmanager
+def serving(servicer: pb_grpc.VectorizerServicer) -> Iterator[str]:
+    """A real gRPC server for ``servicer`` on a free port; its target."""
     server = grpc.server(futures.ThreadPoolExecutor(8))
     pb_grpc.add_VectorizerServicer_to_server(servicer, server)
     port = free_ports(1)[0]
     server.add_insecure_port(f"127.0.0.1:{port}")
     server.start()
-    yield servicer, f"127.0.0.1:{port}"
-    servicer.release.set()
-    server.stop(0)
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+@pytest.fixture()
+def stuck() -> Iterator[tuple[Stuck, str]]:
+    servicer = Stuck()
+    with serving(servicer) as target:
+        yield servicer, target
+        servicer.release.set()
 
 
 def test_a_stalled_stream_raises_instead_of_hanging(stuck: tuple[Stuck, str]) -> None:
@@ -157,14 +167,9 @@ def test_a_call_cancelled_by_a_replica_shutting_down_is_sent_again(kind: str) ->
     from connectors.client import AsyncClient
 
     servicer = ShutsDown()
-    server = grpc.server(futures.ThreadPoolExecutor(4))
-    pb_grpc.add_VectorizerServicer_to_server(servicer, server)
-    port = free_ports(1)[0]
-    server.add_insecure_port(f"127.0.0.1:{port}")
-    server.start()
-    try:
+    with serving(servicer) as target:
         if kind == "sync":
-            with Client(f"127.0.0.1:{port}", retries=2) as c:
+            with Client(target, retries=2) as c:
                 rows = c.embed(["a"]).tolist()
                 streamed = [r.tolist() for r in c.embed_stream(["b", "c"])]
                 retried = c.retried
@@ -173,7 +178,7 @@ def test_a_call_cancelled_by_a_replica_shutting_down_is_sent_again(kind: str) ->
             # client still sends into INTERNAL "Internal error from Core" (grpc/grpc#36066),
             # which must be sent again too.
             async def run() -> tuple[list[list[float]], list[list[float]], int]:
-                async with AsyncClient(f"127.0.0.1:{port}", retries=2) as c:
+                async with AsyncClient(target, retries=2) as c:
                     rows = (await c.embed(["a"])).tolist()
                     for _ in range(40):
                         servicer.calls["EmbedStream"] = 0
@@ -184,5 +189,3 @@ def test_a_call_cancelled_by_a_replica_shutting_down_is_sent_again(kind: str) ->
         assert rows == [[pytest.approx(0.6), pytest.approx(0.8)]]
         assert streamed == [[pytest.approx(0.6), pytest.approx(0.8)]] * 2
         assert servicer.calls == {"Embed": 2, "EmbedStream": 2} and retried == 2
-    finally:
-        server.stop(0)
