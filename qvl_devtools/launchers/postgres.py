@@ -129,11 +129,14 @@ class LocalPostgres(LocalDataServer):
         return bool(row and row[0])
 
     def catch_up(self, timeout: float = 60.0) -> None:
-        """Wait until this standby has replayed everything its primary had written when called."""
+        """Wait until this standby has replayed everything its primary had committed when called."""
         if self.primary is None:
             raise RuntimeError("not a standby")
         with psycopg.connect(self.primary.dsn(), autocommit=True) as conn:
-            row = conn.execute("SELECT pg_current_wal_lsn()::text").fetchone()
+            # The insert position, not pg_current_wal_lsn (what is written out so far): with
+            # synchronous_commit off a commit returns before its record is written, and the write
+            # position can lag it by up to wal_writer_delay.
+            row = conn.execute("SELECT pg_current_wal_insert_lsn()::text").fetchone()
         assert row is not None
         deadline = time.monotonic() + timeout
         with psycopg.connect(self.dsn(), autocommit=True) as conn:

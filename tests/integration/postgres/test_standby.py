@@ -72,6 +72,33 @@ def answers(conn: psycopg.Connection[Any]) -> dict[str, Any]:
     }
 
 
+def test_catch_up_waits_for_commits_not_yet_written_out(primary: PostgresServer) -> None:
+    """The test servers commit asynchronously (synchronous_commit off): a commit returns before its
+    WAL is written. catch_up used to wait for the primary's write position only, which lagged such a
+    commit, and returned with the standby short of it (CI: 40 rows of 60 on the standby). Here the
+    WAL writer waits 10 s between rounds, so the lag is there every time."""
+    dsn = primary.create_database("app_catch_up")
+    with psycopg.connect(primary.dsn(), autocommit=True) as admin:
+        admin.execute("ALTER SYSTEM SET wal_writer_delay = '10s'")
+        admin.execute("SELECT pg_reload_conf()")
+    standby = primary.start_standby()
+    try:
+        with psycopg.connect(dsn, autocommit=True) as p:
+            p.execute("CREATE TABLE t (id int)")
+            standby.catch_up()
+            time.sleep(0.5)  # the WAL writer's round after the CREATE; the next is 10 s away
+            p.execute("INSERT INTO t VALUES (1)")
+            assert p.execute("SELECT pg_current_wal_insert_lsn() > pg_current_wal_lsn()").fetchone() == (True,)
+        standby.catch_up()
+        with psycopg.connect(on(standby, dsn), autocommit=True) as s:
+            assert s.execute("SELECT count(*) FROM t").fetchone() == (1,)
+    finally:
+        standby.stop()
+        with psycopg.connect(primary.dsn(), autocommit=True) as admin:
+            admin.execute("ALTER SYSTEM RESET wal_writer_delay")
+            admin.execute("SELECT pg_reload_conf()")
+
+
 def test_vectors_replicate_and_the_query_functions_answer_on_the_standby(
         primary: PostgresServer, app: str, service: ServiceProcess) -> None:
     standby = primary.start_standby()
