@@ -107,7 +107,9 @@ def test_sql_calls_survive_a_killed_replica_behind_haproxy_and_with_a_service_li
                   f"{figures['calls_after_kill']} calls after it; HAProxy retries {retried} (redispatched "
                   f"{redispatched}); longest call {load.longest:.2f} s")
             assert load.longest < 10
-            assert retried >= 1  # the call in flight on the killed replica was sent again by HAProxy
+            # The call in flight on the killed replica was sent again by HAProxy: counted as a retry,
+            # or only as a redispatch when its retry went straight to the other replica (CI saw 0 and 13).
+            assert retried + redispatched >= 1
 
         # 2. The same with both addresses in qvl.set_service (no balancer): b is killed this time.
         a.start()
