@@ -68,7 +68,7 @@ def _count(text: str) -> int:
     try:
         value = int(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}") from None
+        value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"a whole number of at least 1, not {text!r}")
     return value
