@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from connectors.client import SERVICE_NAME, Client, ItemFailure
-from tests.support.service import ServiceProcess
+from tests.support.service import ServiceProcess, started_together
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -30,15 +30,6 @@ def grpc_calls(svc: ServiceProcess, code: str | None = "OK") -> dict[str, float]
             endpoint = line.split('endpoint="', 1)[1].split('"', 1)[0]
             out[endpoint] = out.get(endpoint, 0.0) + float(line.rsplit(" ", 1)[1])
     return out
-
-
-def start_pair() -> tuple[ServiceProcess, ServiceProcess]:
-    a, b = ServiceProcess(), ServiceProcess()
-    for svc in (a, b):
-        svc.start(wait=False)  # both load at once
-    for svc in (a, b):
-        svc.wait_ready()
-    return a, b
 
 
 def health(svc: ServiceProcess) -> str:
@@ -57,8 +48,7 @@ def cosine(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_round_robin_health_checks_and_a_killed_replica_loses_nothing() -> None:
-    a, b = start_pair()
-    try:
+    with started_together(ServiceProcess(), ServiceProcess()) as (a, b):  # both load at once
         target = f"ipv4:{a.grpc_target},{b.grpc_target}"
 
         # 1. Spread: 40 one-item calls from one client reach both replicas.
@@ -183,6 +173,3 @@ def test_round_robin_health_checks_and_a_killed_replica_loses_nothing() -> None:
         assert not failures, failures[:3]
         assert answered[0] > before  # and a went on answering alone
         client.close()
-    finally:
-        a.kill()
-        b.stop()
