@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -299,25 +300,48 @@ def test_an_idle_service_keeps_its_ports_open_through_the_drain_notice() -> None
 
 
 def test_requests_while_starting_are_unavailable_never_invalid() -> None:
-    """Listeners come up before the models: callers must see UNAVAILABLE (retry), not bad input."""
+    """Listeners come up before the models: callers must see UNAVAILABLE (retry), not bad input,
+    with the typed reason NOT_READY on every wire (issue 19 finding 3): the call's "qvl-reason"
+    trailer, each stream item's ``ItemError.reason``, the HTTP body's "reason". (The client's
+    health checking keeps its calls off a starting replica, so a plain channel asks too.)"""
     svc = ServiceProcess()
     svc.start(wait=False)
     codes: set[str] = set()
+    call_reasons: set[str | None] = set()
+    item_reasons: set[tuple[str, int]] = set()
+    http_bodies: list[dict[str, object]] = []
+    request = pb.EmbedRequest(items=[pb.Item(parts=[pb.Part(text="hello")])])
+    streamed = pb.EmbedStreamRequest(seq=0, item=pb.Item(parts=[pb.Part(text="streamed")]))
     try:
         deadline = time.monotonic() + 120
-        with Client(svc.grpc_target, retries=0) as c:
+        with Client(svc.grpc_target, retries=0) as c, grpc.insecure_channel(svc.grpc_target) as plain:
+            stub = pb_grpc.VectorizerStub(plain)
             while time.monotonic() < deadline:
                 try:
                     c.embed(["hello"], timeout=5)
                     break
                 except TransientError as err:
                     codes.add(err.code)
-                    time.sleep(0.05)
-                status = httpx.post(svc.http_url + "/v1/embed", json={"items": ["x"]}).status_code \
-                    if _port_open(svc.http_port) else 503
-                assert status in (200, 503)
+                try:
+                    stub.Embed(request, timeout=5)
+                except grpc.RpcError as err:
+                    trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+                    call_reasons.add(trailers.get("qvl-reason"))
+                with contextlib.suppress(grpc.RpcError):  # the port may not be open yet
+                    results = list(stub.EmbedStream(iter([streamed]), timeout=5))
+                    item_reasons |= {(r.error.code, r.error.reason) for r in results if r.HasField("error")}
+                resp = httpx.post(svc.http_url + "/v1/embed", json={"items": ["x"]}) \
+                    if _port_open(svc.http_port) else None
+                if resp is not None:
+                    assert resp.status_code in (200, 503)
+                    if resp.status_code == 503:
+                        http_bodies.append(resp.json())
+                time.sleep(0.05)
         assert codes <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
         assert "UNAVAILABLE" in codes
+        assert "NOT_READY" in call_reasons, call_reasons  # (None: the port was not open yet)
+        assert item_reasons == {("UNAVAILABLE", pb.NOT_READY)}, item_reasons
+        assert http_bodies and all(b["code"] == "UNAVAILABLE" and b["reason"] == "NOT_READY" for b in http_bodies)
     finally:
         svc.stop()
 
@@ -397,13 +421,15 @@ def test_a_crashed_model_process_is_replaced_and_calls_fail_retryably() -> None:
                     outcome["code"] = "OK"
                 except TransientError as err:
                     outcome["code"] = err.code
+                    outcome["reason"] = str(err.reason)
 
         worker = threading.Thread(target=in_flight)
         worker.start()
         time.sleep(0.4)  # waiting in its batch (1 s floor)
         os.kill(victim, signal.SIGKILL)
         worker.join(timeout=30)
-        assert outcome["code"] == "UNAVAILABLE"
+        # The call had reached the model process: UNAVAILABLE, but not NOT_READY (issue 19 finding 3).
+        assert outcome["code"] == "UNAVAILABLE" and outcome["reason"] == "None"
         deadline = time.monotonic() + 120
         while httpx.get(svc.http_url + "/.well-known/ready").status_code != 204:
             assert time.monotonic() < deadline, svc.log_tail()
