@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import pathlib
@@ -381,6 +382,47 @@ def test_grpc_and_http_over_tls(tmp_path: Path) -> None:
             assert len(json.loads(resp.read())["embeddings"][0]["embedding"]) == 64
         with pytest.raises((urllib.error.URLError, ConnectionError)):
             urllib.request.urlopen(f"http://localhost:{svc.http_port}/.well-known/ready", timeout=10)
+
+
+def test_stopping_a_tls_service_waits_for_work_not_for_idle_keep_alive_clients(tmp_path: Path) -> None:
+    """Issue 19: a client holding an idle keep-alive HTTPS connection (a PL/Python backend between
+    calls) kept a stopping TLS service 30 s longer: asyncio waited its ssl_shutdown_timeout for a
+    TLS goodbye that a client which is not reading never sends. The stop is bounded by the drain
+    settings: work in flight is answered, an idle connection is not waited for (the default
+    QVL_DRAIN_SECONDS of 30 here, so that the bound shows)."""
+    key, cert = self_signed(tmp_path)
+    svc = ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key), "QVL_MIN_WAIT_MS": "1500"})
+    svc.start()
+    assert svc.proc is not None
+    context = ssl.create_default_context(cafile=str(cert))
+    body = json.dumps({"items": ["then idle"]})
+    idle = http.client.HTTPSConnection("localhost", svc.http_port, context=context, timeout=60)
+    idle.request("POST", "/v1/embed", body=body, headers={"Content-Type": "application/json"})
+    assert idle.getresponse().read() and idle.sock is not None  # kept alive, and now never read
+    answered: dict[str, int] = {}
+
+    def in_flight() -> None:
+        request = urllib.request.Request(f"https://localhost:{svc.http_port}/v1/embed", method="POST",
+                                         data=json.dumps({"items": ["finish me"]}).encode())
+        with urllib.request.urlopen(request, context=context, timeout=60) as resp:
+            answered["status"] = resp.status
+
+    worker = threading.Thread(target=in_flight)
+    worker.start()
+    time.sleep(0.5)  # the request waits in its batch (1.5 s floor)
+    started = time.monotonic()
+    svc.proc.send_signal(signal.SIGTERM)
+    try:
+        code = svc.proc.wait(timeout=60)
+    finally:
+        took = time.monotonic() - started
+        idle.close()
+        worker.join(timeout=30)
+    assert answered.get("status") == 200  # work in flight is still answered
+    assert code == 0, svc.log_tail()
+    # The batch's 1.5 s, the 1 s drain notice, a 1 s goodbye and the model process's exit (3 s on a
+    # loaded 2-core machine), far below asyncio's 30 s wait for the idle client's TLS goodbye.
+    assert took < 15, f"the stop took {took:.1f} s"
 
 
 @pytest.mark.parametrize("half", ["QVL_TLS_CERT", "QVL_TLS_KEY"])
