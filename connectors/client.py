@@ -43,10 +43,9 @@ MAX_MESSAGE = 256 * 1024 * 1024
 # replica closing its port); this client never cancels a call whose answer it still waits for.
 RETRY = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.CANCELLED}
 STREAM_RETRY = {code.name for code in RETRY}
-# The service's words for an item that never reached the model (the replica was starting, draining
-# or restarting its model process): safe to send to another replica. Other per-item UNAVAILABLE
-# errors (the model process died with the item in it) are the item's and are handed on.
-NOT_READY_MARKERS = ("is starting or draining", "is not running")
+# The service's reason (ItemError.reason, the "qvl-reason" trailer) for work that never reached the
+# model: see ``not_ready``.
+NOT_READY = "NOT_READY"
 SERVICE_NAME = "qvl.v1.Vectorizer"
 # round_robin over every address the target resolves to, each watched with grpc.health.v1: a
 # replica that is NOT_SERVING (loading, draining, restarting its model process) gets no calls.
@@ -61,16 +60,34 @@ def as_list(value: Any) -> list[Any]:
         return []
     return list(value) if isinstance(value, list | tuple) else [value]
 
+def not_ready(code: str, reason: str | None) -> bool:
+    """The one rule for a failure that never reached the model (the replica was starting, draining or
+    restarting its model process): not the item's fault, and safe to send to another replica. Read
+    from the service's typed reason, never its words. Other UNAVAILABLE failures (the model process
+    died with the item in it) are the item's."""
+    return code == "UNAVAILABLE" and reason == NOT_READY
+
+
+def reason_name(value: int) -> str | None:
+    """The name of an ``ItemError.reason`` (None when unset or unknown to these stubs)."""
+    try:
+        return pb.ErrorReason.Name(value) if value else None
+    except ValueError:  # a reason added by a newer service: nothing this client acts on
+        return None
+
+
 class QvlClientError(Exception):
     """A failed call: ``code`` is the gRPC status name, ``index`` the item it concerns (if one),
     ``limit`` the service's limit that refused it (the ``QVL_*`` setting that raises it, or
-    ``"dimensions"``)."""
+    ``"dimensions"``), ``reason`` the service's reason (see ``not_ready``)."""
 
-    def __init__(self, message: str, *, code: str, index: int | None = None, limit: str | None = None) -> None:
+    def __init__(self, message: str, *, code: str, index: int | None = None, limit: str | None = None,
+                 reason: str | None = None) -> None:
         super().__init__(message)
         self.code = code
         self.index = index
         self.limit = limit
+        self.reason = reason
 
 
 class InvalidInput(QvlClientError):
@@ -122,6 +139,7 @@ class ItemFailure:
     message: str
     code: str
     limit: str | None = None  # the service's limit that refused it (as QvlClientError.limit)
+    reason: str | None = None  # the service's reason (as QvlClientError.reason; see ``not_ready``)
 
 
 @dataclass
@@ -211,7 +229,8 @@ def _translate(err: grpc.RpcError) -> QvlClientError:
     trailers = dict(_trailing_metadata(err))
     item = trailers.get("qvl-item")
     index = int(item) if item is not None and item.isdigit() else _item_index(message)
-    return kind(message, code=code.name, index=index, limit=trailers.get("qvl-limit"))
+    return kind(message, code=code.name, index=index, limit=trailers.get("qvl-limit"),
+                reason=trailers.get("qvl-reason"))
 
 
 def _status_lost(err: grpc.RpcError) -> bool:
@@ -261,7 +280,7 @@ class _InOrder:
     def add(self, result: pb.EmbedStreamResult) -> list[np.ndarray | ItemFailure]:
         if result.HasField("error"):
             self.pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code,
-                                                   result.error.limit or None)
+                                                   result.error.limit or None, reason_name(result.error.reason))
         else:
             self.pending[result.seq] = embedding_array(result.embedding)
         ready = []
@@ -318,8 +337,7 @@ class _StreamBooks:
 
 def _not_ready(result: pb.EmbedStreamResult) -> bool:
     """A per-item result saying the item never reached this replica's model."""
-    return (result.HasField("error") and result.error.code == grpc.StatusCode.UNAVAILABLE.name
-            and any(m in result.error.message for m in NOT_READY_MARKERS))
+    return result.HasField("error") and not_ready(result.error.code, reason_name(result.error.reason))
 
 
 def _unfinished(books: _StreamBooks, progressed: bool) -> tuple[QvlClientError, bool]:
@@ -420,7 +438,7 @@ class Client(_Base):
 
         A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
         UNAVAILABLE, RESOURCE_EXHAUSTED or CANCELLED (its replica died, refused it or shut down), or
-        the replica answers items with "starting or draining", a new stream (round_robin: another
+        the replica answers items as not ready (``not_ready``), a new stream (round_robin: another
         replica) sends the unanswered items again, up to ``retries`` times in a row without an answer; after that the
         failure raises (items not yet answered were not embedded). A stream that answers nothing
         for ``stall_timeout`` seconds while items are outstanding raises at once.

@@ -80,6 +80,11 @@ def refuse(command: str, err: UsageError) -> int:
 
 
 def _model_width(path: str) -> int:
+    """The model's size, to check flags against before anything loads. A checkpoint directory's
+    config.json says it without torch (importing it takes seconds: a bad flag is refused at once);
+    a hub id is resolved through transformers."""
+    if os.path.isdir(path):
+        return _config_width(path)
     from vectorizer_service.model.checkpoint import checkpoint_hidden_size
 
     try:
@@ -87,6 +92,27 @@ def _model_width(path: str) -> int:
     except (OSError, ValueError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UsageError(f"--model {path!r} is not a readable checkpoint directory or hub id: {reason}") from None
+
+
+def _config_width(directory: str) -> int:
+    """The language model's width from a checkpoint directory's config.json (``text_config`` for
+    Qwen3-VL, the top level otherwise), as ``checkpoint_hidden_size`` reads it through transformers."""
+    where = os.path.join(directory, "config.json")
+    try:
+        with open(where, encoding="utf-8") as fh:
+            config = json.load(fh)
+    except OSError as exc:
+        raise UsageError(f"--model {directory!r} is not a readable checkpoint directory: cannot read config.json "
+                         f"({exc.strerror or exc})") from None
+    except ValueError as exc:
+        raise UsageError(f"--model {directory!r} is not a readable checkpoint directory: config.json is not valid "
+                         f"JSON ({exc})") from None
+    section = config.get("text_config", config) if isinstance(config, dict) else None
+    width = section.get("hidden_size") if isinstance(section, dict) else None
+    if isinstance(width, bool) or not isinstance(width, int) or width < 1:
+        raise UsageError(f"--model {directory!r} is not a readable checkpoint directory: config.json gives no "
+                         f"hidden_size")
+    return width
 
 
 def _check_embed_flags(args: argparse.Namespace) -> None:
@@ -98,13 +124,14 @@ def _check_embed_flags(args: argparse.Namespace) -> None:
 
 
 def embed_lines(args: argparse.Namespace) -> int:
-    from vectorizer_service.model.checkpoint import load_checkpoint
-    from vectorizer_service.model.embedder import Embedder
-
     try:
         _check_embed_flags(args)
     except UsageError as err:
         return refuse("embed", err)
+    # Only now: importing the model side (torch) takes seconds, which a refused flag need not wait for.
+    from vectorizer_service.model.checkpoint import load_checkpoint
+    from vectorizer_service.model.embedder import Embedder
+
     settings = Settings.load(args.settings, embedding_model=args.model, device=args.device, dtype=args.dtype,
                              batch_tokens=args.batch_tokens)
     embedder = Embedder(load_checkpoint(args.model, settings), settings)
@@ -158,15 +185,15 @@ def _rerank_request(obj: Any, base: str) -> tuple[Item, list[Item], str | None]:
 
 
 def rerank_lines(args: argparse.Namespace) -> int:
-    from vectorizer_service.model.checkpoint import load_checkpoint
-    from vectorizer_service.model.reranker import Reranker
-
     try:
         if args.top_k is not None and args.top_k < 1:
             raise UsageError(f"--top-k must be at least 1, got {args.top_k}")
         _model_width(args.model)
     except UsageError as err:
         return refuse("rerank", err)
+    from vectorizer_service.model.checkpoint import load_checkpoint  # torch, once the flags are good
+    from vectorizer_service.model.reranker import Reranker
+
     settings = Settings.load(args.settings, reranker_model=args.model, device=args.device, dtype=args.dtype,
                              batch_tokens=args.batch_tokens)
     reranker = Reranker(load_checkpoint(args.model, settings, with_score_head=True), settings)

@@ -13,10 +13,17 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     FLOAT16: _ClassVar[Encoding]
     INT8: _ClassVar[Encoding]
     BINARY: _ClassVar[Encoding]
+
+class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REASON_UNSPECIFIED: _ClassVar[ErrorReason]
+    NOT_READY: _ClassVar[ErrorReason]
 FLOAT32: Encoding
 FLOAT16: Encoding
 INT8: Encoding
 BINARY: Encoding
+REASON_UNSPECIFIED: ErrorReason
+NOT_READY: ErrorReason
 
 class Frames(_message.Message):
     __slots__ = ("frames",)
@@ -85,16 +92,18 @@ class Embedding(_message.Message):
     def __init__(self, values: _Optional[_Iterable[float]] = ..., packed: _Optional[bytes] = ..., scale: _Optional[float] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ...) -> None: ...
 
 class ItemError(_message.Message):
-    __slots__ = ("index", "message", "code", "limit")
+    __slots__ = ("index", "message", "code", "limit", "reason")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
     CODE_FIELD_NUMBER: _ClassVar[int]
     LIMIT_FIELD_NUMBER: _ClassVar[int]
+    REASON_FIELD_NUMBER: _ClassVar[int]
     index: int
     message: str
     code: str
     limit: str
-    def __init__(self, index: _Optional[int] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., limit: _Optional[str] = ...) -> None: ...
+    reason: ErrorReason
+    def __init__(self, index: _Optional[int] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., limit: _Optional[str] = ..., reason: _Optional[_Union[ErrorReason, str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
     __slots__ = ("embeddings", "errors", "model", "tokens")

@@ -31,6 +31,9 @@ from vectorizer_service.serving.model_process_link import ModelProcessFailed
 log = logging.getLogger("qvl.server")
 # Named, not imported: importing it here would load torch into the request process.
 MODEL_PROCESS = "vectorizer_service.engine.model_process:run_model_process"
+# How long a connection whose close has begun (idle, or its answer sent) may take to finish it:
+# flushing, and over TLS the goodbye, which a client that is not reading never answers.
+GOODBYE_S = 1.0
 WARMUP_IMAGE = (  # a 32x32 grey PNG: warm-up touches the vision tower too
     b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00 \x00\x00\x00 \x08\x00\x00\x00\x00V\x11%(\x00\x00\x00"
     b"\x12IDATx\x9cc\xb8\x0f\x04\x8c\xa3`\x14\x0cs\x00\x00\xc1\x8c\x1f\xe1\x01\xd9\xc9\x8f\x00\x00\x00\x00IEND\xaeB`\x82"
@@ -43,6 +46,31 @@ class HttpServer(uvicorn.Server):
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
         yield
+
+    async def close_by(self, serving: asyncio.Task[None], deadline: float) -> None:
+        """Stop serving (``serving`` is the task of ``serve()``), and abort the connections that
+        would keep it open: any still there at ``deadline`` (loop time), and one whose close has
+        begun after GOODBYE_S. uvicorn closes an idle keep-alive connection at once, but over TLS
+        asyncio then waits up to 30 s (its ssl_shutdown_timeout) for the peer's goodbye, which an
+        idle client (a PL/Python backend between calls) never sends; that connection holds nothing."""
+        loop = asyncio.get_running_loop()
+        closing_since: dict[int, float] = {}
+        self.should_exit = True
+        while not serving.done():
+            now = loop.time()
+            late = now >= deadline
+            for conn in list(self.server_state.connections):
+                transport = getattr(conn, "transport", None)
+                if transport is None:
+                    continue
+                if transport.is_closing():
+                    closing_since.setdefault(id(transport), now)
+                if late or now - closing_since.get(id(transport), now) >= GOODBYE_S:
+                    transport.abort()
+            if late:
+                self.force_exit = True  # uvicorn's own "stop waiting" (its second Ctrl+C)
+            await asyncio.wait({serving}, timeout=0.05)
+        await serving
 
 
 async def warm_up(dispatcher: Dispatcher) -> None:
@@ -140,13 +168,14 @@ async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "
     log.info("draining", extra={"grace_seconds": settings.drain_seconds, "in_flight": dispatcher.admitted})
     await service.set_serving(False)
     notice_ends = loop.time() + settings.drain_notice_seconds
+    drain_ends = loop.time() + settings.drain_seconds
     drained = await dispatcher.drain(settings.drain_seconds)
     # Closing the ports at once would cancel calls already on their way (gRPC cancels a call that
     # arrives as its server stops); health watches and balancers need a moment to turn away.
     await asyncio.sleep(max(0.0, notice_ends - loop.time()))
     await grpc_server.stop(grace=1.0)
-    http.should_exit = True
-    await http_task
+    # Answers still being sent get what is left of the drain grace (at least a goodbye's time).
+    await http.close_by(http_task, max(drain_ends, loop.time() + GOODBYE_S))
     supervisor.cancel()
     starting.cancel()
     await dispatcher.close()

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from connectors.client import NOT_READY_MARKERS, Client, ItemFailure, QvlClientError, TransientError, Unauthenticated
+from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
 from connectors.postgres.row_encoding import item_size, row_item, vector_literal
 from connectors.postgres.vectorizers import Vectorizer, load_vectorizers
 from qvl_proto import vectorizer_pb2 as pb
@@ -45,9 +45,9 @@ log = logging.getLogger("qvl.worker")
 TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
 # Bad input: the row fails at once (unless the probe shows the whole service refusing everything).
 PERMANENT_CODES = {"INVALID_ARGUMENT", "OUT_OF_RANGE"}
-# NOT_READY_MARKERS (connectors.client): the service's words for "your items never reached the
-# model" (it was starting, draining or restarting when they came): the service's state, never the
-# row's fault, so no attempt is counted.
+# connectors.client.not_ready: the service's typed reason for "your items never reached the model"
+# (it was starting, draining or restarting when they came): the service's state, never the row's
+# fault, so no attempt is counted.
 CONFIG_REFRESH_S = 30.0
 DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 PROBE_TEXT = "qvl worker probe"
@@ -760,7 +760,7 @@ class Worker:
                     out.append(self._check_vector(v, res))
                 except Malformed as exc:
                     raise ServiceDown(f"the service answered a malformed result: {exc}") from None
-            elif isinstance(res, ItemFailure) and any(m in res.message for m in NOT_READY_MARKERS):
+            elif isinstance(res, ItemFailure) and not_ready(res.code, res.reason):
                 out.append(ServiceDown(f"{res.code}: {ITEM_PREFIX.sub('', res.message).lstrip(': ')}"))
             else:
                 out.append(res)
@@ -878,7 +878,7 @@ class Worker:
                 raise
             rest = items[done:]
             if len(rest) == 1:
-                out[done] = ItemFailure(0, str(exc), exc.code, exc.limit)
+                out[done] = ItemFailure(0, str(exc), exc.code, exc.limit, exc.reason)
             else:
                 half = len(rest) // 2
                 out[done:done + half] = self._embed(client, v, rest[:half])

@@ -113,6 +113,33 @@ def test_embed_refuses_bad_dimensions_before_loading_the_model(tmp_path: Path) -
     assert "no-such-model" in err
 
 
+def test_bad_dimensions_are_refused_before_torch_is_imported(tmp_path: Path) -> None:
+    """Issue 19: `qvl embed --dimensions 31` took 6 s to refuse, importing torch (and transformers)
+    to read the model's size. A checkpoint directory's size comes from its config.json."""
+    probe = ("import sys\n"
+             "from qvl_cli.main import main\n"
+             "code = main(sys.argv[1:])\n"
+             "heavy = sorted(m for m in ('torch', 'transformers') if m in sys.modules)\n"
+             "print(code, ','.join(heavy) or '-', file=sys.stderr)\n")
+    dst = tmp_path / "out.jsonl"
+    for dims in ("31", "65"):
+        proc = subprocess.run([sys.executable, "-c", probe, "embed", "--model", TINY, "--dimensions", dims,
+                               "-o", str(dst)], input=b'{"text": "a"}\n', capture_output=True, timeout=300)
+        err = proc.stderr.decode()
+        refusal, verdict = err.strip().splitlines()
+        assert "--dimensions" in refusal and "between 32 and 64" in refusal, err
+        assert verdict == "2 -", f"refused with {verdict.split()[1]} imported: {err}"
+        assert not dst.exists()
+    # A directory with an unreadable config is refused the same way, naming it.
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    proc = subprocess.run([sys.executable, "-c", probe, "embed", "--model", str(broken), "--dimensions", "32"],
+                          input=b'{"text": "a"}\n', capture_output=True, timeout=300)
+    refusal, verdict = proc.stderr.decode().strip().splitlines()
+    assert "broken-model" in refusal and "config.json" in refusal and verdict == "2 -", proc.stderr
+
+
 def test_output_line_n_answers_input_line_n() -> None:
     """Blank lines are errors too (never skipped), and every error names its input line."""
     data = (b'{"text": "one"}\n\n   \n{"text": "unterminated}\n{"text": "five"}\n'

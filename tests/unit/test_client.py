@@ -11,7 +11,7 @@ from concurrent import futures
 import grpc
 import pytest
 
-from connectors.client import Client, InvalidInput, TransientError, to_item
+from connectors.client import Client, InvalidInput, TransientError, not_ready, reason_name, to_item
 from qvl_devtools.launchers.service import free_ports
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
@@ -78,6 +78,20 @@ def test_unavailable_is_retried_and_bad_input_is_not(stuck: tuple[Stuck, str]) -
         with pytest.raises(InvalidInput) as err:
             c.embed(["bad"])
         assert err.value.index == 0 and servicer.embed_calls == 4
+
+
+def test_not_ready_is_read_from_the_typed_reason_never_the_words() -> None:
+    """Issue 19 finding 3: "is not running" in a path made bad input look like a restarting service.
+    One rule, on the service's reason: the code alone, or the message, decides nothing."""
+    assert not_ready("UNAVAILABLE", "NOT_READY")
+    assert not not_ready("UNAVAILABLE", None)  # the model process exited with the item: the item's
+    assert not not_ready("INVALID_ARGUMENT", "NOT_READY")  # only an outage is "not ready"
+    assert not not_ready("RESOURCE_EXHAUSTED", "NOT_READY")
+    assert reason_name(pb.NOT_READY) == "NOT_READY" and reason_name(pb.REASON_UNSPECIFIED) is None
+    assert reason_name(999) is None  # a reason a newer service added: nothing to act on
+    bad = pb.ItemError(index=0, code="INVALID_ARGUMENT",
+                       message="image 0: 'uploads/is not running.png' is outside the allowed roots")
+    assert not not_ready(bad.code, reason_name(bad.reason))
 
 
 def test_items_and_channel_options() -> None:

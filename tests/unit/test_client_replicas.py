@@ -21,7 +21,7 @@ from connectors.client import SERVICE_NAME, AsyncClient, Client, ItemFailure
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
-DRAINING = "the service is starting or draining; retry shortly"  # what qvl serve says per item
+DRAINING = "the service is starting or draining; retry shortly"  # what qvl serve says per item (reason NOT_READY)
 
 
 def value(item: pb.Item) -> float:
@@ -37,7 +37,7 @@ class Replica(pb_grpc.VectorizerServicer):
     calls: int = 0
     items: list[float] = field(default_factory=list)  # every item it answered
     # Called with (replica, items answered on this stream); returns what to do next:
-    # None (answer), "die" (stop the whole server now), "drain" (answer "starting or draining").
+    # None (answer), "die" (stop the whole server now), "drain" (answer UNAVAILABLE, reason NOT_READY).
     fate: Callable[[Replica, int], str | None] = lambda replica, answered: None
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -72,7 +72,7 @@ class Replica(pb_grpc.VectorizerServicer):
                 return
             if fate == "drain":
                 yield pb.EmbedStreamResult(seq=req.seq, error=pb.ItemError(index=req.seq, message=DRAINING,
-                                                                           code="UNAVAILABLE"))
+                                                                           code="UNAVAILABLE", reason=pb.NOT_READY))
                 continue
             with self.lock:
                 self.items.append(value(req.item))
@@ -204,12 +204,15 @@ def test_without_retries_refused_items_are_handed_on_as_failures(replicas: list[
     a.fate = b.fate = lambda replica, answered: "drain"
     with Client(target(replicas), retries=0) as c:
         rows = list(c.embed_stream(texts(5)))
-    assert all(isinstance(r, ItemFailure) and r.code == "UNAVAILABLE" for r in rows) and len(rows) == 5
+    assert all(isinstance(r, ItemFailure) and r.code == "UNAVAILABLE" and r.reason == "NOT_READY" for r in rows)
+    assert len(rows) == 5
 
 
 def test_a_per_item_model_failure_is_the_items_and_is_not_sent_again(replicas: list[Replica]) -> None:
-    """UNAVAILABLE for one item without the "starting or draining" words: the model process died
-    with it (a poison row); sending it elsewhere would only kill another model process."""
+    """UNAVAILABLE for one item without the NOT_READY reason: the model process died with it (a
+    poison row); sending it elsewhere would only kill another model process. The words of the
+    message decide nothing (issue 19 finding 3): not the not-ready words in bad input, nor in an
+    UNAVAILABLE without the reason."""
 
     class Poisoned(pb_grpc.VectorizerServicer):
         def __init__(self) -> None:
@@ -222,6 +225,14 @@ def test_a_per_item_model_failure_is_the_items_and_is_not_sent_again(replicas: l
                 if value(req.item) == 2:
                     yield pb.EmbedStreamResult(seq=req.seq, error=pb.ItemError(
                         index=req.seq, message="the model process exited", code="UNAVAILABLE"))
+                elif value(req.item) == 3:
+                    yield pb.EmbedStreamResult(seq=req.seq, error=pb.ItemError(
+                        index=req.seq, message="the model process is not running; the service is starting or "
+                                               "draining", code="UNAVAILABLE"))
+                elif value(req.item) == 4:
+                    yield pb.EmbedStreamResult(seq=req.seq, error=pb.ItemError(
+                        index=req.seq, message="image 0: 'uploads/is not running.png' is outside the allowed roots",
+                        code="INVALID_ARGUMENT"))
                 else:
                     yield pb.EmbedStreamResult(seq=req.seq, embedding=pb.Embedding(values=[value(req.item), 1.0]))
 
@@ -232,8 +243,9 @@ def test_a_per_item_model_failure_is_the_items_and_is_not_sent_again(replicas: l
     server.start()
     try:
         with Client(f"127.0.0.1:{port}") as c:
-            rows = list(c.embed_stream(texts(4)))
-        assert isinstance(rows[2], ItemFailure) and servicer.seen == 4 and c.retried == 0
+            rows = list(c.embed_stream(texts(6)))
+        assert [type(r) is ItemFailure for r in rows] == [False, False, True, True, True, False]
+        assert servicer.seen == 6 and c.retried == 0
     finally:
         server.stop(0)
 

@@ -100,6 +100,76 @@ def test_one_deadline_covers_a_dripping_server(server: str) -> None:
     assert time.monotonic() - started < 3.0 and "within 1 s" in message
 
 
+class Trickle:
+    """A raw HTTP server on loopback that answers every request with ``head`` at once, then
+    ``drip`` one byte every ``every`` seconds (issue 19 finding 10: http.server cannot drip its
+    status line or chunk framing)."""
+
+    def __init__(self, head: bytes, drip: bytes, every: float) -> None:
+        self.head, self.drip, self.every = head, drip, every
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self.serve, daemon=True).start()
+
+    def serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:  # closed: the test is over
+                return
+            threading.Thread(target=self.answer, args=(conn,), daemon=True).start()
+
+    def answer(self, conn: socket.socket) -> None:
+        with conn:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                got = conn.recv(4096)
+                if not got:
+                    return
+                request += got
+            try:
+                conn.sendall(self.head)
+                for byte in self.drip:
+                    time.sleep(self.every)
+                    conn.sendall(bytes([byte]))
+            except OSError:  # the fetch gave up and closed
+                return
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+@pytest.mark.parametrize("where", ["status line", "headers", "chunk-size line"])
+def test_one_deadline_covers_a_server_that_drips_its_framing(where: str) -> None:
+    """Issue 19 finding 10: one header byte a second kept a fetch with a 2 s timeout busy for 12 s:
+    each socket read got the whole timeout anew. The deadline covers the status line, the headers
+    and the chunk framing as well as the body."""
+    chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+    head, drip = {
+        "status line": (b"", b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nabc"),
+        "headers": (b"HTTP/1.1 200 OK\r\n", b"X-Slow: " + b"s" * 40 + b"\r\nContent-Length: 3\r\n\r\nabc"),
+        "chunk-size line": (chunked, b"0" * 40 + b"3\r\nabc\r\n0\r\n\r\n"),
+    }[where]
+    slow = Trickle(head, drip, every=0.25)  # 40-odd bytes: 10 s or more in all, each byte well within the timeout
+    try:
+        started = time.monotonic()
+        message = refused(f"{slow.url}/public/a.png", settings(f"{slow.url}/public/", timeout=2.0))
+        took = time.monotonic() - started
+    finally:
+        slow.close()
+    assert "within 2 s" in message, message
+    assert took < 3.0, f"the fetch took {took:.1f} s with a 2 s timeout"
+
+
+def test_a_trickle_that_ends_within_the_deadline_is_read() -> None:
+    """The same framing, in time: the per-read deadline takes nothing from a fetch that fits."""
+    slow = Trickle(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n", b"3\r\nabc\r\n0\r\n\r\n", every=0.02)
+    try:
+        assert read_uri(f"{slow.url}/public/a.png", settings(f"{slow.url}/public/", timeout=5.0), "image 0") == b"abc"
+    finally:
+        slow.close()
+
+
 def test_private_addresses_need_the_operators_leave(server: str) -> None:
     message = refused(f"{server}/public/a.png", settings(f"{server}/public/", private=False))
     assert "private or local address" in message and "QVL_ALLOW_URI_PRIVATE_ADDRESSES" in message

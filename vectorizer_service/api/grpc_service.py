@@ -76,6 +76,8 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
                 trailers.append(("qvl-limit", err.limit))
             if err.item is not None:
                 trailers.append(("qvl-item", str(err.item)))
+        if err.error_reason is not None:
+            trailers.append(("qvl-reason", err.error_reason.value))
         await context.abort(code, str(err), trailing_metadata=tuple(trailers))
 
     async def Embed(self, request: pb.EmbedRequest, context: grpc.aio.ServicerContext) -> pb.EmbedResponse:

@@ -32,6 +32,8 @@ def error_response(err: QvlError, request_id: str | None = None) -> JSONResponse
         body["item"] = err.item
     if isinstance(err, InputError) and err.limit is not None:
         body["limit"] = err.limit  # which limit refused it: what a caller should change (docs/api.md)
+    if err.error_reason is not None:
+        body["reason"] = err.error_reason.value  # what a caller acts on, never the words (docs/api.md)
     if request_id is not None:
         body["request_id"] = request_id
     metrics.ERRORS.labels(error_code(err).lower()).inc()

@@ -116,14 +116,21 @@ def error_dict(index: int, err: QvlError) -> dict[str, Any]:
     out: dict[str, Any] = {"item": index, "error": str(err), "code": error_code(err)}
     if isinstance(err, InputError) and err.limit is not None:
         out["limit"] = err.limit
+    if err.error_reason is not None:
+        out["reason"] = err.error_reason.value
     return out
 
 
 def item_error(index: int, err: QvlError, message: str | None = None) -> pb.ItemError:
-    """The gRPC form of one item's error (``limit`` as in ``error_dict``)."""
+    """The gRPC form of one item's error (``limit`` and ``reason`` as in ``error_dict``)."""
     limit = err.limit if isinstance(err, InputError) and err.limit is not None else ""
     return pb.ItemError(index=index, message=str(err) if message is None else message, code=error_code(err),
-                        limit=limit)
+                        limit=limit, reason=reason_to_proto(err))
+
+
+def reason_to_proto(err: QvlError) -> int:
+    """``err.error_reason`` as the proto's ``ErrorReason`` (the names are the same)."""
+    return pb.ErrorReason.Value(err.error_reason.value) if err.error_reason is not None else pb.REASON_UNSPECIFIED
 
 
 def error_code(err: BaseException) -> str:

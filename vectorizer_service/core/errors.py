@@ -2,15 +2,29 @@
 
 from __future__ import annotations
 
+from enum import StrEnum
+
+
+class ErrorReason(StrEnum):
+    """Why a call or an item failed, where a caller acts on it: the wire carries the name (gRPC
+    ``ItemError.reason`` and the ``qvl-reason`` trailer, HTTP JSON ``"reason"``), so no caller
+    reads the message for it. The names are those of the proto's ``ErrorReason``."""
+
+    # The item never reached the model (the service was starting, draining or restarting its
+    # model process): not the item's fault, and safe to send again, to another replica.
+    NOT_READY = "NOT_READY"
+
 
 class QvlError(Exception):
     """Base class of the errors qvl raises on purpose.
 
-    ``code`` is the gRPC status name every entry point reports, ``http_status`` the HTTP one.
+    ``code`` is the gRPC status name every entry point reports, ``http_status`` the HTTP one,
+    ``error_reason`` the machine-readable reason where there is one.
     """
 
     code = "INTERNAL"
     http_status = 500
+    error_reason: ErrorReason | None = None
     # An item's own problem (bad input, a model failure on it) can stand beside its neighbours'
     # results; anything else (overload, outage, deadline, cancel) is a condition of the whole call.
     item_level = False
@@ -81,10 +95,18 @@ class OverloadedError(QvlError):
 
 
 class UnavailableError(QvlError):
-    """The service is starting or draining (gRPC UNAVAILABLE, HTTP 503)."""
+    """The service cannot do the work now (gRPC UNAVAILABLE, HTTP 503): e.g. its model process
+    exited with the work in it."""
 
     code = "UNAVAILABLE"
     http_status = 503
+
+
+class NotReadyError(UnavailableError):
+    """The work never reached the model: the service is starting, draining or restarting its model
+    process. The one place the NOT_READY reason is set; callers send the work again elsewhere."""
+
+    error_reason = ErrorReason.NOT_READY
 
 
 class DeadlineError(QvlError):

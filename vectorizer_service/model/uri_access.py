@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import http.client
+import io
 import ipaddress
 import logging
 import os
@@ -161,37 +162,83 @@ def _resolve(host: str, port: int, settings: Settings, what: str, uri: str) -> l
     return addresses
 
 
-class _Pinned:
-    """An HTTP(S) connection to an address already checked (no second name lookup)."""
+class _DeadlineSocket:
+    """A connected socket on which every wait gets what is left of one deadline. A timeout per
+    socket operation would restart with each byte: a server that sends one header byte a second
+    (or a chunk-size line the same way) would hold the fetch as long as it liked. http.client sends
+    with ``sendall`` and reads through ``makefile``; the fetch closes the socket itself at the end."""
 
-    @staticmethod
-    def open(target: UrlRoot, family: int, address: str, timeout: float) -> http.client.HTTPConnection:
-        sock = socket.socket(family, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        try:
-            sock.connect((address, target.port))
-            if target.scheme == "https":
-                sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
-        except Exception:
-            sock.close()
-            raise
-        conn_cls = http.client.HTTPSConnection if target.scheme == "https" else http.client.HTTPConnection
-        conn = conn_cls(target.host, target.port, timeout=timeout)
-        conn.sock = sock
-        return conn
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock, self.deadline = sock, deadline
+
+    def arm(self) -> None:
+        """The next operation may wait for the time left; TimeoutError once none is."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self.sock.settimeout(left)
+
+    def sendall(self, data: bytes) -> None:
+        self.arm()
+        self.sock.sendall(data)
+
+    def recv_into(self, buffer: memoryview) -> int:
+        self.arm()
+        return self.sock.recv_into(buffer)
+
+    def makefile(self, *args: object, **kwargs: object) -> io.BufferedReader:
+        return io.BufferedReader(_DeadlineReader(self))
+
+    def close(self) -> None:
+        """http.client lets go of it (e.g. on "Connection: close" while the body is still read)."""
+
+
+class _DeadlineReader(io.RawIOBase):
+    """What http.client reads the response from: status line, headers, chunk framing and body."""
+
+    def __init__(self, sock: _DeadlineSocket) -> None:
+        self.deadline_sock = sock
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        return self.deadline_sock.recv_into(buffer)
+
+
+def _open_pinned(target: UrlRoot, family: int, address: str, deadline: float
+                 ) -> tuple[http.client.HTTPConnection, socket.socket]:
+    """An HTTP(S) connection to an address already checked (no second name lookup): connecting
+    and the TLS handshake wait only for what is left of the deadline. Returns the connection and
+    the socket to close at the end."""
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    wired = _DeadlineSocket(sock, deadline)
+    try:
+        wired.arm()
+        sock.connect((address, target.port))
+        if target.scheme == "https":
+            wired.arm()  # the handshake as a whole, with what the connect left
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=target.host)
+            wired.sock = sock
+    except BaseException:
+        sock.close()
+        raise
+    # The https scheme is served by the wrapped socket: http.client only frames the exchange.
+    conn = http.client.HTTPConnection(target.host, target.port)
+    conn.sock = wired  # type: ignore[assignment]
+    return conn, sock
 
 
 def _read_http(uri: str, settings: Settings, what: str) -> bytes:
     target = _allowed_root(uri, settings, what)
+    deadline = time.monotonic() + settings.uri_timeout_s  # the name lookup's time counts too
     addresses = _resolve(target.host, target.port, settings, what, uri)
-    deadline = time.monotonic() + settings.uri_timeout_s
     parts = urllib.parse.urlsplit(uri)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     limit = settings.max_media_bytes
     try:
         family, address = addresses[0]
-        conn = _Pinned.open(target, family, address, settings.uri_timeout_s)
-        sock = conn.sock  # http.client lets go of it once the response is read to the end
+        conn, sock = _open_pinned(target, family, address, deadline)
         try:
             conn.request("GET", path, headers={"Host": parts.netloc, "Accept-Encoding": "identity"})
             resp = conn.getresponse()
@@ -205,14 +252,7 @@ def _read_http(uri: str, settings: Settings, what: str) -> bytes:
                                  limit="QVL_MAX_MEDIA_BYTES")
             chunks: list[bytes] = []
             size = 0
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                sock.settimeout(remaining)
-                chunk = resp.read1(READ_CHUNK)
-                if not chunk:
-                    break
+            while chunk := resp.read1(READ_CHUNK):
                 size += len(chunk)
                 if size > limit:
                     raise InputError(f"{what}: {uri!r} is over the limit of {limit} bytes", status=413,
@@ -221,6 +261,7 @@ def _read_http(uri: str, settings: Settings, what: str) -> bytes:
             return b"".join(chunks)
         finally:
             conn.close()
+            sock.close()
     except InputError:
         raise
     except TimeoutError:

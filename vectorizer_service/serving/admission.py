@@ -11,7 +11,7 @@ import time
 from types import TracebackType
 
 from vectorizer_service.core.call_context import CallContext
-from vectorizer_service.core.errors import DeadlineError, OverloadedError, UnavailableError
+from vectorizer_service.core.errors import DeadlineError, NotReadyError, OverloadedError
 from vectorizer_service.core.freed_memory import release_free_memory
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
@@ -86,7 +86,7 @@ class Admission:
 
     async def _acquire(self, items: int, media_bytes: int, wait: bool, ctx: CallContext | None) -> tuple[int, int]:
         if not self.accepting:
-            raise UnavailableError("the service is starting or draining; retry shortly")
+            raise NotReadyError("the service is starting or draining; retry shortly")
         s = self.settings
         items, media_bytes = min(items, s.queue_max_items), min(media_bytes, s.queue_max_bytes)
         if self._no_room(items, media_bytes):
@@ -113,7 +113,7 @@ class Admission:
                     except TimeoutError:
                         raise DeadlineError("the deadline passed while waiting for queue space") from None
                     if not self.accepting:
-                        raise UnavailableError("the service is draining")
+                        raise NotReadyError("the service is draining")
         finally:
             self.waiting -= 1
 

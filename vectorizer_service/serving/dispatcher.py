@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 
 from vectorizer_service.core.batch_planning import is_small_text
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
-from vectorizer_service.core.errors import DeadlineError, InputError, QvlError, UnavailableError
+from vectorizer_service.core.errors import DeadlineError, InputError, NotReadyError, QvlError
 from vectorizer_service.core.items import Item, check_unicode
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
@@ -107,7 +107,7 @@ class Dispatcher:
     def _need(self, task: str, what: str) -> ServedModel:
         # While starting, no model is loaded yet: that is UNAVAILABLE (retry), not bad input.
         if not self.accepting:
-            raise UnavailableError("the service is starting or draining; retry shortly")
+            raise NotReadyError("the service is starting or draining; retry shortly")
         if task not in self.models:
             raise InputError(f"this service has no {what} model loaded", status=404)
         return self.models[task]

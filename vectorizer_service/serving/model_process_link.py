@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from vectorizer_service.core.errors import UnavailableError
+from vectorizer_service.core.errors import NotReadyError, UnavailableError
 from vectorizer_service.core.pipe_framing import FrameReader, encode
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
@@ -141,7 +141,7 @@ class ModelProcessLink:
              build: Callable[[int], ToModelProcess]) -> tuple[int, asyncio.Future[list[RowValue | None]]]:
         """Send ``build(rid)``; the future gets ``rows`` slots once ``expected`` of them are answered."""
         if not self.alive or self.loop is None:
-            raise UnavailableError("the model process is not running (starting or restarting); retry shortly")
+            raise NotReadyError("the model process is not running (starting or restarting); retry shortly")
         rid = next(self.ids)
         future: asyncio.Future[list[RowValue | None]] = self.loop.create_future()
         self.pending[rid] = _Pending(future, [None] * rows, expected)

@@ -53,9 +53,15 @@ MEDIA_HINT = ("Fix or leave out that input: images must be PNG, JPEG, WebP, GIF,
               "service allows it (QVL_ALLOW_URI_SCHEMES, QVL_ALLOW_URI_ROOTS).")
 BUSY_HINT = ("The service's queue is full; retry shortly (more replicas or a larger QVL_QUEUE_MAX_ITEMS "
              "help under load).")
-# 503: not load, so QVL_QUEUE_MAX_ITEMS would not help
+# 503 with the service's reason NOT_READY (its error body's "reason", docs/api.md): not load, so
+# QVL_QUEUE_MAX_ITEMS would not help
+NOT_READY = "NOT_READY"
 UNREADY_HINT = ("The service is loading its models, draining or restarting its model process; retry shortly "
                 "(with replicas, list them all: SELECT qvl.set_service('http://a:8080,http://b:8080');).")
+# 503 without that reason: the call reached the model and the service could not finish it (its model
+# process exited with it), or something in front of the service answered.
+UNAVAILABLE_HINT = ("The service could not finish the call (its model process may have exited with it: the "
+                    "service log says why); retry shortly.")
 TOKEN_HINT = "The installing role sets the token: SELECT qvl.set_service(url, token);"
 HINTS = {
     0: "Start the service (qvl serve) or, as the installing role, point qvl at it: "
@@ -66,8 +72,6 @@ HINTS = {
     413: "Send less, or raise the service's limit that the message names.",
     404: "The service has no model for this call loaded: start qvl serve with --embedding-model and "
          "--reranker-model (QVL_EMBEDDING_MODEL, QVL_RERANKER_MODEL).",
-    429: BUSY_HINT,
-    503: UNREADY_HINT,
     504: "Send smaller inputs, or allow longer: SET statement_timeout (when it is what ran out), or as the "
          "installing role SELECT qvl.set_service(url, token, timeout_s => 120);",
     500: "The model failed on this input; the service log has the details.",
@@ -623,10 +627,21 @@ def failure(endpoint: str, status: int, text: str | None, what: What) -> Failure
         hint = limit_hint(limit)
     elif status in (400, 422):
         hint = MEDIA_HINT if MEDIA_WORDS.search(reason) else INPUT_HINT
+    elif status in (429, 503):
+        hint = unavailable_hint(status, info)
     else:
         hint = HINTS.get(status) or HINTS[500]
     return Failure(message, detail=f"{endpoint} {status or 'unreachable'}: {error}", hint=hint,
                    sqlstate=SQLSTATE.get(status, "XX000"), status=status)
+
+
+def unavailable_hint(status: int, info: Mapping[str, Any]) -> str:
+    """What a 429/503 asks of the caller, read from the body's typed fields, never its words."""
+    if info.get("reason") == NOT_READY:
+        return UNREADY_HINT
+    if status == 429 or info.get("code") == "RESOURCE_EXHAUSTED":
+        return BUSY_HINT
+    return UNAVAILABLE_HINT
 
 
 def limit_hint(limit: str) -> str:

@@ -27,7 +27,8 @@ class _Busy(http.server.BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         type(self).hits += 1
         self.rfile.read(int(self.headers.get("Content-Length") or 0))
-        body = b'{"error": "the service is starting or draining; retry shortly", "code": "UNAVAILABLE"}'
+        body = (b'{"error": "the service is starting or draining; retry shortly", "code": "UNAVAILABLE", '
+                b'"reason": "NOT_READY"}')
         self.send_response(503)
         self.send_header("Retry-After", "5")
         self.send_header("Content-Type", "application/json")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
 import json
 import os
 import pathlib
@@ -299,25 +301,48 @@ def test_an_idle_service_keeps_its_ports_open_through_the_drain_notice() -> None
 
 
 def test_requests_while_starting_are_unavailable_never_invalid() -> None:
-    """Listeners come up before the models: callers must see UNAVAILABLE (retry), not bad input."""
+    """Listeners come up before the models: callers must see UNAVAILABLE (retry), not bad input,
+    with the typed reason NOT_READY on every wire (issue 19 finding 3): the call's "qvl-reason"
+    trailer, each stream item's ``ItemError.reason``, the HTTP body's "reason". (The client's
+    health checking keeps its calls off a starting replica, so a plain channel asks too.)"""
     svc = ServiceProcess()
     svc.start(wait=False)
     codes: set[str] = set()
+    call_reasons: set[str | None] = set()
+    item_reasons: set[tuple[str, int]] = set()
+    http_bodies: list[dict[str, object]] = []
+    request = pb.EmbedRequest(items=[pb.Item(parts=[pb.Part(text="hello")])])
+    streamed = pb.EmbedStreamRequest(seq=0, item=pb.Item(parts=[pb.Part(text="streamed")]))
     try:
         deadline = time.monotonic() + 120
-        with Client(svc.grpc_target, retries=0) as c:
+        with Client(svc.grpc_target, retries=0) as c, grpc.insecure_channel(svc.grpc_target) as plain:
+            stub = pb_grpc.VectorizerStub(plain)
             while time.monotonic() < deadline:
                 try:
                     c.embed(["hello"], timeout=5)
                     break
                 except TransientError as err:
                     codes.add(err.code)
-                    time.sleep(0.05)
-                status = httpx.post(svc.http_url + "/v1/embed", json={"items": ["x"]}).status_code \
-                    if _port_open(svc.http_port) else 503
-                assert status in (200, 503)
+                try:
+                    stub.Embed(request, timeout=5)
+                except grpc.RpcError as err:
+                    trailers = dict(err.trailing_metadata() or ())  # type: ignore[attr-defined]
+                    call_reasons.add(trailers.get("qvl-reason"))
+                with contextlib.suppress(grpc.RpcError):  # the port may not be open yet
+                    results = list(stub.EmbedStream(iter([streamed]), timeout=5))
+                    item_reasons |= {(r.error.code, r.error.reason) for r in results if r.HasField("error")}
+                resp = httpx.post(svc.http_url + "/v1/embed", json={"items": ["x"]}) \
+                    if _port_open(svc.http_port) else None
+                if resp is not None:
+                    assert resp.status_code in (200, 503)
+                    if resp.status_code == 503:
+                        http_bodies.append(resp.json())
+                time.sleep(0.05)
         assert codes <= {"UNAVAILABLE", "DEADLINE_EXCEEDED"}
         assert "UNAVAILABLE" in codes
+        assert "NOT_READY" in call_reasons, call_reasons  # (None: the port was not open yet)
+        assert item_reasons == {("UNAVAILABLE", pb.NOT_READY)}, item_reasons
+        assert http_bodies and all(b["code"] == "UNAVAILABLE" and b["reason"] == "NOT_READY" for b in http_bodies)
     finally:
         svc.stop()
 
@@ -359,6 +384,47 @@ def test_grpc_and_http_over_tls(tmp_path: Path) -> None:
             urllib.request.urlopen(f"http://localhost:{svc.http_port}/.well-known/ready", timeout=10)
 
 
+def test_stopping_a_tls_service_waits_for_work_not_for_idle_keep_alive_clients(tmp_path: Path) -> None:
+    """Issue 19: a client holding an idle keep-alive HTTPS connection (a PL/Python backend between
+    calls) kept a stopping TLS service 30 s longer: asyncio waited its ssl_shutdown_timeout for a
+    TLS goodbye that a client which is not reading never sends. The stop is bounded by the drain
+    settings: work in flight is answered, an idle connection is not waited for (the default
+    QVL_DRAIN_SECONDS of 30 here, so that the bound shows)."""
+    key, cert = self_signed(tmp_path)
+    svc = ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key), "QVL_MIN_WAIT_MS": "1500"})
+    svc.start()
+    assert svc.proc is not None
+    context = ssl.create_default_context(cafile=str(cert))
+    body = json.dumps({"items": ["then idle"]})
+    idle = http.client.HTTPSConnection("localhost", svc.http_port, context=context, timeout=60)
+    idle.request("POST", "/v1/embed", body=body, headers={"Content-Type": "application/json"})
+    assert idle.getresponse().read() and idle.sock is not None  # kept alive, and now never read
+    answered: dict[str, int] = {}
+
+    def in_flight() -> None:
+        request = urllib.request.Request(f"https://localhost:{svc.http_port}/v1/embed", method="POST",
+                                         data=json.dumps({"items": ["finish me"]}).encode())
+        with urllib.request.urlopen(request, context=context, timeout=60) as resp:
+            answered["status"] = resp.status
+
+    worker = threading.Thread(target=in_flight)
+    worker.start()
+    time.sleep(0.5)  # the request waits in its batch (1.5 s floor)
+    started = time.monotonic()
+    svc.proc.send_signal(signal.SIGTERM)
+    try:
+        code = svc.proc.wait(timeout=60)
+    finally:
+        took = time.monotonic() - started
+        idle.close()
+        worker.join(timeout=30)
+    assert answered.get("status") == 200  # work in flight is still answered
+    assert code == 0, svc.log_tail()
+    # The batch's 1.5 s, the 1 s drain notice, a 1 s goodbye and the model process's exit (3 s on a
+    # loaded 2-core machine), far below asyncio's 30 s wait for the idle client's TLS goodbye.
+    assert took < 15, f"the stop took {took:.1f} s"
+
+
 @pytest.mark.parametrize("half", ["QVL_TLS_CERT", "QVL_TLS_KEY"])
 def test_half_a_tls_configuration_refuses_to_start(tmp_path: Path, half: str) -> None:
     key, cert = self_signed(tmp_path)
@@ -397,13 +463,15 @@ def test_a_crashed_model_process_is_replaced_and_calls_fail_retryably() -> None:
                     outcome["code"] = "OK"
                 except TransientError as err:
                     outcome["code"] = err.code
+                    outcome["reason"] = str(err.reason)
 
         worker = threading.Thread(target=in_flight)
         worker.start()
         time.sleep(0.4)  # waiting in its batch (1 s floor)
         os.kill(victim, signal.SIGKILL)
         worker.join(timeout=30)
-        assert outcome["code"] == "UNAVAILABLE"
+        # The call had reached the model process: UNAVAILABLE, but not NOT_READY (issue 19 finding 3).
+        assert outcome["code"] == "UNAVAILABLE" and outcome["reason"] == "None"
         deadline = time.monotonic() + 120
         while httpx.get(svc.http_url + "/.well-known/ready").status_code != 204:
             assert time.monotonic() < deadline, svc.log_tail()
