@@ -58,7 +58,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
         backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
         tls=args.tls, ca_file=args.ca_file, retry_delay_s=args.retry_delay, heartbeat_s=args.heartbeat,
-        prune_every_s=args.prune_every, write_lock_wait_s=args.write_lock_wait,
+        prune_every_s=args.prune_every, write_lock_wait_s=args.write_lock_wait, alive_file=args.alive_file,
     )
     return run_worker(settings)
 
@@ -160,6 +160,9 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--prune-every", type=_seconds_or_never, default=300.0,
                    help="seconds between prunings of failed rows whose table row is gone (and those past "
                    "qvl.set_failed_retention); 0: never")
+    p.add_argument("--alive-file", default=os.environ.get("QVL_WORKER_ALIVE_FILE"),
+                   help="a file the worker touches while it runs, at least every --max-backoff seconds, also while "
+                   "it waits for the database; a liveness probe checks its age (QVL_WORKER_ALIVE_FILE)")
     p.add_argument("--application-name", help="shown in pg_stat_activity (default qvl-worker-<pid>)")
     p.add_argument("--vectorizer", action="append", help="only these vectorizers (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once every queue is empty")

@@ -88,6 +88,7 @@ class WorkerSettings:
     application_name: str = ""  # default qvl-worker-<pid> (pg_stat_activity shows who is who)
     tls: bool = False  # gRPC over TLS, verified against the system's CAs (or ca_file)
     ca_file: str | None = None  # PEM CA bundle that signed the service's certificate (implies TLS)
+    alive_file: str | None = None  # touched while the worker's loops turn (a liveness probe reads its age)
 
 
 class ServiceDown(Exception):
@@ -271,6 +272,7 @@ class Worker:
         self._holds: dict[int, Hold] = {}  # by vectorizer id
         self._hold_lock = threading.Lock()
         self._beats = True  # False on a database older than schema version 9 (no heartbeat column)
+        self._alive_ok = True  # the alive file's last touch worked (a failure is said once)
         self._prunes = settings.prune_every_s > 0  # False where qvl.prune_failed is missing or not ours to call
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -325,6 +327,7 @@ class Worker:
         backoff = Backoff(self.s.backoff_base_s, self.s.backoff_cap_s)
         said_standby = False
         while not self.stopping.is_set():
+            self._touch_alive()  # waiting for the database is not being wedged
             try:
                 with self._connect() as conn:
                     row = conn.execute("SELECT to_regclass('qvl.vectorizer') IS NOT NULL, "
@@ -1018,6 +1021,7 @@ class Worker:
         pause = 0.0  # the first heartbeat at once: the worker's row is there as it starts
         while not self.stopping.is_set():
             self.stopping.wait(pause)
+            self._touch_alive()
             pause = min(0.25 if self.s.exit_when_idle else 1.0, self.s.heartbeat_s)
             now = time.monotonic()
             try:
@@ -1044,6 +1048,20 @@ class Worker:
                 conn = None
         if conn is not None:
             conn.close()
+
+    def _touch_alive(self) -> None:
+        """Liveness for a probe that cannot ask the database (the Helm chart's): the file's age says
+        when this loop last turned."""
+        if not self.s.alive_file:
+            return
+        try:
+            Path(self.s.alive_file).touch()
+            self._alive_ok = True
+        except OSError as exc:
+            if self._alive_ok:
+                log.warning("cannot touch the alive file: a liveness probe will restart this worker",
+                            extra={"path": self.s.alive_file, "error": str(exc)})
+            self._alive_ok = False
 
     def _pending(self, conn: psycopg.Connection[Any]) -> int:
         total = 0

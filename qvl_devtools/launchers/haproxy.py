@@ -31,7 +31,6 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from qvl_devtools.launchers.process import LocalProcess
-from qvl_devtools.launchers.service import free_ports
 
 DEFAULT_HAPROXY = "/usr/sbin/haproxy"
 SETUP_HINT = "run `make setup` (scripts/setup.sh installs Debian's haproxy), or set QVL_HAPROXY"
@@ -82,13 +81,19 @@ backend {BACKEND}
 
 
 class HAProxy(LocalProcess):
-    """``haproxy -db`` on a free port of 127.0.0.1 in front of ``replicas`` (HTTP URLs of qvl serve)."""
+    """``haproxy -db`` on a free port of 127.0.0.1 in front of ``replicas`` (HTTP URLs of qvl serve).
+
+    The port is bound here, at once, and HAProxy listens on that very socket (``bind fd@N``), so
+    no other process can take it in between; ``port`` names one (refused at once if taken)."""
 
     def __init__(self, replicas: Sequence[str], *, port: int | None = None, check_inter_ms: int = 500) -> None:
         self.binary = haproxy_binary()
         if not self.binary.is_file():
             raise FileNotFoundError(f"HAProxy binary {self.binary} not found; {SETUP_HINT}")
-        self.port = port or free_ports(1)[0]
+        # Listening at once: no other socket may bind the port then, whatever its options (a
+        # connection that comes before HAProxy waits in the backlog).
+        self.socket = socket.create_server(("127.0.0.1", port or 0))
+        self.port = self.socket.getsockname()[1]
         self.names = [f"qvl-{chr(ord('a') + i)}" for i in range(len(replicas))]
         self.servers = [(name, url.split("://", 1)[1].rstrip("/")) for name, url in zip(self.names, replicas,
                                                                                           strict=True)]
@@ -104,19 +109,22 @@ class HAProxy(LocalProcess):
         return f"http://127.0.0.1:{self.port}"
 
     def config(self) -> str:
-        return haproxy_config(self.servers, bind=f"127.0.0.1:{self.port}", stats_socket=str(self.stats_socket),
+        # The socket bound in __init__, inherited under the same number (pass_fds).
+        return haproxy_config(self.servers, bind=f"fd@{self.socket.fileno()}", stats_socket=str(self.stats_socket),
                               check_inter_ms=self.check_inter_ms)
 
     def start(self, timeout: float = 60.0) -> HAProxy:
         self.config_path.write_text(self.config())
+        fds = [self.socket.fileno()]
         checked = subprocess.run([str(self.binary), "-c", "-q", "-f", str(self.config_path)],
-                                 capture_output=True, text=True)
+                                 capture_output=True, text=True, pass_fds=fds)
         if checked.returncode != 0:
             raise RuntimeError(f"haproxy refused its config:\n{checked.stdout}{checked.stderr}\n{self.config()}")
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen([str(self.binary), "-db", "-f", str(self.config_path)], stdout=log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, pass_fds=fds)
         log.close()
+        self.socket.close()  # HAProxy has it now
         self.wait_ready(timeout)
         return self
 
@@ -167,6 +175,7 @@ class HAProxy(LocalProcess):
         return int(backend.get("wretr") or 0), int(backend.get("wredis") or 0)
 
     def stop(self) -> None:
+        self.socket.close()
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             try:

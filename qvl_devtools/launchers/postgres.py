@@ -11,7 +11,6 @@ import contextlib
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -21,6 +20,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from qvl_devtools.launchers.ports import START_ATTEMPTS, bind_failed, free_port, hold_for, release_ports
 from qvl_devtools.launchers.process import LocalDataServer
 
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"
@@ -46,18 +46,15 @@ def pg_bindir() -> Path:
     return Path(os.environ.get("QVL_PG_BINDIR", DEFAULT_PG_BINDIR))
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _conf_value(value: str) -> str:
     return "'" + value.replace("'", "''") + "'"
 
 
 class LocalPostgres(LocalDataServer):
-    """initdb + pg_ctl start on a free port of 127.0.0.1, trust auth; ``stop()`` removes it all."""
+    """initdb + pg_ctl start on a free port of 127.0.0.1, trust auth; ``stop()`` removes it all.
+
+    A first start that cannot bind its port (another process took it) goes on a fresh one; a port
+    given by the caller is kept (its failure is reported)."""
 
     def __init__(self, bindir: Path | None = None, *, port: int | None = None,
                  settings: Mapping[str, str] | None = None, os_user: str = "postgres") -> None:
@@ -65,7 +62,12 @@ class LocalPostgres(LocalDataServer):
         for tool in ("initdb", "pg_ctl"):
             if not (self.bindir / tool).is_file():
                 raise FileNotFoundError(f"PostgreSQL binary {self.bindir / tool} not found; {SETUP_HINT}")
-        self.port = port or free_port()
+        self._chosen = port is None  # ours to change while the server has never run
+        self._ports = [port or free_port()]
+        hold_for(self, self._ports)
+        self.port = self._ports[0]
+        self._settled = False
+        self.slot_name: str | None = None  # a standby's replication slot on its primary
         self.settings = {**THROWAWAY_SETTINGS, **(settings or {})}
         self._as_root = os.geteuid() == 0
         self._os_user = os_user
@@ -113,10 +115,10 @@ class LocalPostgres(LocalDataServer):
                                 os_user=self._os_user)
         standby.base_dir = Path(tempfile.mkdtemp(prefix="qvl-pg-standby-", dir="/tmp"))
         standby._own_dirs()
-        slot = f"qvl_standby_{standby.port}"
+        standby.slot_name = f"qvl_standby_{standby.port}"
         standby._run(self.bindir / "pg_basebackup", "-h", "127.0.0.1", "-p", str(self.port), "-U", "postgres",
-                     "-D", str(standby.data_dir), "-R", "-X", "stream", "-C", "-S", slot, "--checkpoint=fast",
-                     "--no-sync")
+                     "-D", str(standby.data_dir), "-R", "-X", "stream", "-C", "-S", standby.slot_name,
+                     "--checkpoint=fast", "--no-sync")
         standby._write_settings()  # after the copied postgresql.conf: its own port and socket
         standby.primary = self
         standby._start()
@@ -153,11 +155,26 @@ class LocalPostgres(LocalDataServer):
         self._pg_ctl("promote", "-w", "-t", "60")
 
     def _start(self) -> None:
-        try:
-            self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_path))
-        except RuntimeError as exc:
-            raise RuntimeError(f"{exc}\n--- server log ---\n{self.log_tail()}") from exc
-        self._running = True
+        for attempt in range(1, START_ATTEMPTS + 1):
+            log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
+            try:
+                self._pg_ctl("start", "-w", "-t", "60", "-l", str(self.log_path))
+                break
+            except RuntimeError as exc:
+                with open(self.log_path, "rb") as log:
+                    log.seek(log_start)
+                    port_taken = bind_failed(log.read().decode(errors="replace"))
+                if not (port_taken and self._chosen and not self._settled and attempt < START_ATTEMPTS):
+                    raise RuntimeError(f"{exc}\n--- server log ---\n{self.log_tail()}") from exc
+                self._move_to_a_fresh_port()
+        self._running = self._settled = True
+
+    def _move_to_a_fresh_port(self) -> None:
+        old = self.port
+        self._ports[:] = [free_port()]  # in place: hold_for releases what the list holds at the end
+        release_ports([old])
+        self.port = self._ports[0]
+        self._write_settings()  # appended: the last `port` line wins
 
     def stop(self, *, remove: bool = True) -> None:
         """Fast shutdown; with remove (the default) the whole temporary directory goes too, and a
@@ -177,7 +194,7 @@ class LocalPostgres(LocalDataServer):
             return
         with contextlib.suppress(psycopg.Error), psycopg.connect(self.primary.dsn(), autocommit=True) as conn:
             conn.execute("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
-                         "WHERE slot_name = %s AND NOT active", (f"qvl_standby_{self.port}",))
+                         "WHERE slot_name = %s AND NOT active", (self.slot_name,))
 
     def _init_cluster(self) -> None:
         # Under /tmp: the postgres user must be able to reach the directory.

@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -16,29 +15,36 @@ import urllib.request
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from qvl_devtools.launchers.ports import (
+    START_ATTEMPTS,
+    bind_failed,
+    free_ports,
+    hold_for,
+    listening_ports,
+    release_ports,
+)
 from qvl_devtools.launchers.process import LocalProcess
 
-
-def free_ports(count: int) -> list[int]:
-    """``count`` distinct ports of 127.0.0.1 that were free a moment ago."""
-    with contextlib.ExitStack() as stack:
-        socks = [stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) for _ in range(count)]
-        for sock in socks:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in socks]
+__all__ = ["ServiceProcess", "free_ports"]
 
 
 class ServiceProcess(LocalProcess):
     """Starts `python -m qvl_cli serve` for the given checkpoints.
 
-    `env` adds QVL_* settings; `args` adds CLI flags. Ports survive `stop()`, so `start()`
-    brings the service back on the same addresses (used to simulate an outage).
+    `env` adds QVL_* settings; `args` adds CLI flags. If the first start cannot bind a port (another
+    process took it), it starts again on fresh ports: the ports are final once it is ready. They
+    survive `stop()`, so `start()` brings the service back on the same addresses (used to simulate
+    an outage).
     """
 
     def __init__(self, *, embedding_model: str | None, reranker_model: str | None,
                  env: Mapping[str, str] | None = None, args: Sequence[str] = (), token: str | None = None,
                  startup_timeout: float = 180.0) -> None:
-        self.grpc_port, self.http_port = free_ports(2)
+        self._ports = free_ports(2)
+        hold_for(self, self._ports)
+        self.grpc_port, self.http_port = self._ports
+        self._settled = False  # ready once: the ports are the service's address from then on
+        self._log_start = 0
         self.embedding_model = embedding_model
         self.reranker_model = reranker_model
         self.extra_env = dict(env or {})
@@ -73,16 +79,31 @@ class ServiceProcess(LocalProcess):
     def start(self, wait: bool = True) -> ServiceProcess:
         if self.proc is not None and self.proc.poll() is None:
             raise RuntimeError(f"qvl serve is already running (pid {self.proc.pid}); stop() it first")
+        self._launch()
+        if wait:
+            self.wait_ready()
+        return self
+
+    def _launch(self) -> None:
         env = {**os.environ, "QVL_DEVICE": "cpu", **self.extra_env}
         if self.token:
             env["QVL_TOKEN"] = self.token
+        self._log_start = self.log_path.stat().st_size
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env,
                                      cwd=os.getcwd())
         log.close()
-        if wait:
-            self.wait_ready()
-        return self
+
+    def _bind_failed(self) -> bool:
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return bind_failed(log.read().decode(errors="replace"))
+
+    def _move_to_fresh_ports(self) -> None:
+        old = list(self._ports)
+        self._ports[:] = free_ports(2)  # in place: hold_for releases what the list holds at the end
+        release_ports(old)
+        self.grpc_port, self.http_port = self._ports
 
     def pids(self) -> list[int]:
         """``qvl serve`` and every process under it (the model process, multiprocessing's helper)."""
@@ -117,14 +138,25 @@ class ServiceProcess(LocalProcess):
         return total
 
     def wait_ready(self) -> None:
+        """Until /.well-known/ready answers 204. A first start that could not bind a port goes on
+        fresh ports (``grpc_port`` and ``http_port`` change): read them after this returns."""
         deadline = time.monotonic() + self.startup_timeout
+        attempts = 1
         while time.monotonic() < deadline:
             if self.proc is not None and self.proc.poll() is not None:
+                if not self._settled and attempts < START_ATTEMPTS and self._bind_failed():
+                    attempts += 1
+                    self._move_to_fresh_ports()
+                    self._launch()
+                    deadline = time.monotonic() + self.startup_timeout
+                    continue
                 raise RuntimeError(f"qvl serve exited with {self.proc.returncode}:\n{self.log_tail()}")
             try:
                 context = ssl.create_default_context(cafile=self.tls_cert) if self.tls_cert else None
                 with urllib.request.urlopen(f"{self.http_url}/.well-known/ready", timeout=2, context=context) as resp:
-                    if resp.status == 204:
+                    # 204 from this service, not from whatever else listens there (it would exit soon)
+                    if resp.status == 204 and set(self._ports) <= listening_ports(self.pids()):
+                        self._settled = True
                         return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass

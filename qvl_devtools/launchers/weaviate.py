@@ -10,12 +10,10 @@ collection's ``baseURL`` names qvl, no variable does) and wires the four local m
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -29,8 +27,17 @@ from typing import IO
 import weaviate
 from weaviate.classes.init import AdditionalConfig, Timeout
 
+from qvl_devtools.launchers.ports import (
+    START_ATTEMPTS,
+    PortTaken,
+    bind_failed,
+    free_port_pairs,
+    free_ports,
+    hold_for,
+    listening_ports,
+    release_ports,
+)
 from qvl_devtools.launchers.process import LocalDataServer
-from qvl_devtools.launchers.service import free_ports
 
 DEFAULT_WEAVIATE_BIN = "/opt/qvl/weaviate-v1.39.0/weaviate-server"
 SETUP_HINT = "run `make setup` (scripts/setup.sh) to build it"
@@ -99,31 +106,12 @@ def module_env(service_url: str | None = None, *, client_timeout: str = "120s", 
     return env
 
 
-def free_port_pairs(count: int) -> list[int]:
-    """``count`` ports p of 127.0.0.1 such that p and p + 1 were both free a moment ago.
-
-    A node of a cluster on one host finds its peers' data and Raft RPC ports as their gossip and
-    Raft ports + 1 (Weaviate's convention for CLUSTER_IN_LOCALHOST), so each pair must be adjacent.
-    """
-    found: list[int] = []
-    with contextlib.ExitStack() as stack:
-        while len(found) < count:
-            first = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            first.bind(("127.0.0.1", 0))
-            port = first.getsockname()[1]
-            second = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
-            try:
-                second.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-            found.append(port)
-    return found
-
-
 class WeaviateServer(LocalDataServer):
     """weaviate-server bound to 127.0.0.1 with every port (REST, gRPC, gossip, data, Raft) free-picked.
 
-    `env` adds to or overrides the server environment, e.g. ``module_env(url)``. Ports and the
+    `env` adds to or overrides the server environment, e.g. ``module_env(url)``. A first start that
+    cannot bind a port (it exits, or, for the data and debug ports, says so in its log or simply
+    does not listen there) goes again on fresh ports with a fresh data directory. Ports and the
     data directory survive `stop(remove=False)`, so `start()` again (or `restart()`) brings the
     same server back on its data. ``node_name`` names the node (a cluster's nodes differ; see
     ``WeaviateCluster``). ``repairable`` turns on async indexing and Weaviate's debug listener (on a
@@ -145,14 +133,33 @@ class WeaviateServer(LocalDataServer):
         self.extra_env = dict(env or {})
         self.startup_timeout = startup_timeout
         self.node_name = node_name
-        ports = free_ports(3 if repairable else 2)
-        self.http_port, self.grpc_port = ports[:2]
-        self.debug_port = ports[2] if repairable else None
-        self.gossip_port, self.raft_port = free_port_pairs(2)
-        self.data_port, self.raft_rpc_port = self.gossip_port + 1, self.raft_port + 1
+        self.repairable = repairable
+        self._held: list[int] = []
+        hold_for(self, self._held)
+        self.pick_ports()
+        self._log_start = 0
         self.base_dir: Path | None = None
         self._process: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+
+    def pick_ports(self) -> None:
+        """Fresh ports for every listener (those held before are let go)."""
+        old = list(self._held)
+        ports = free_ports(3 if self.repairable else 2)
+        self.http_port, self.grpc_port = ports[:2]
+        self.debug_port = ports[2] if self.repairable else None
+        self.gossip_port, self.raft_port = free_port_pairs(2)
+        self.data_port, self.raft_rpc_port = self.gossip_port + 1, self.raft_port + 1
+        self._held[:] = [*ports, self.gossip_port, self.data_port, self.raft_port, self.raft_rpc_port]
+        release_ports(old)
+        self.settled = False  # ready once on these ports: they are its address (and its peers know them)
+
+    @property
+    def ports(self) -> dict[str, int]:
+        """Every port the server binds, by what it is for."""
+        ports = {"http": self.http_port, "grpc": self.grpc_port, "gossip": self.gossip_port,
+                 "data": self.data_port, "raft": self.raft_port, "raft_rpc": self.raft_rpc_port}
+        return ports | ({"debug": self.debug_port} if self.debug_port is not None else {})
 
     @property
     def host(self) -> str:
@@ -230,13 +237,21 @@ class WeaviateServer(LocalDataServer):
     def start(self) -> WeaviateServer:
         if self._process is not None:
             return self
-        self.launch()
-        try:
-            self.wait_ready()
-        except BaseException:
-            self.stop(remove=False)
-            raise
-        return self
+        for attempt in range(1, START_ATTEMPTS + 1):
+            self.launch()
+            try:
+                self.wait_ready()
+                return self
+            except PortTaken:
+                if self.settled or attempt == START_ATTEMPTS:
+                    self.stop(remove=False)
+                    raise
+                self.stop(remove=True)  # a data directory that knows nothing of the old ports
+                self.pick_ports()
+            except BaseException:
+                self.stop(remove=False)
+                raise
+        raise AssertionError("unreachable")
 
     @property
     def pid(self) -> int | None:
@@ -260,6 +275,7 @@ class WeaviateServer(LocalDataServer):
             self.base_dir = Path(tempfile.mkdtemp(prefix="qvl-weaviate-"))
             self.data_dir.mkdir()
         command = [str(self.binary), "--host", self.host, "--port", str(self.http_port), "--scheme", "http"]
+        self._log_start = self.log_path.stat().st_size if self.log_path.exists() else 0
         self._log_file = self.log_path.open("ab")
         self._process = subprocess.Popen(
             command,
@@ -290,21 +306,23 @@ class WeaviateServer(LocalDataServer):
                 shutil.rmtree(self.base_dir, ignore_errors=True)
                 self.base_dir = None
 
-    def wait_ready(self) -> None:
+    def wait_ready(self, settle_s: float = 10.0) -> None:
+        """Until /v1/.well-known/ready answers and the server listens on every port it was given.
+        Raises ``PortTaken`` when it could not bind one: it exited saying so, or, ready, it does
+        not listen on one within ``settle_s`` (Weaviate logs a taken debug port and goes on, and
+        says nothing of a taken data port)."""
         assert self._process is not None
         deadline = time.monotonic() + self.startup_timeout
         ready_url = f"{self.url}/v1/.well-known/ready"
         while True:
             code = self._process.poll()
             if code is not None:
-                raise RuntimeError(
-                    f"weaviate-server exited with {code} during start-up\n"
-                    f"--- server log ---\n{self.log_tail()}"
-                )
+                message = f"weaviate-server exited with {code} during start-up\n--- server log ---\n{self.log_tail()}"
+                raise PortTaken(message) if self._bind_failed() else RuntimeError(message)
             try:
                 with urllib.request.urlopen(ready_url, timeout=2) as response:
                     if 200 <= response.status < 300:
-                        return
+                        break
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             if time.monotonic() > deadline:
@@ -313,6 +331,19 @@ class WeaviateServer(LocalDataServer):
                     f"--- server log ---\n{self.log_tail()}"
                 )
             time.sleep(0.25)
+        settle = time.monotonic() + settle_s
+        while missing := {name: port for name, port in self.ports.items()
+                          if port not in listening_ports([self._process.pid])}:
+            if time.monotonic() > settle or self._bind_failed():
+                raise PortTaken(f"weaviate-server {self.node_name} does not listen on its {missing} "
+                                f"(another process has the port)\n--- server log ---\n{self.log_tail()}")
+            time.sleep(0.1)
+        self.settled = True
+
+    def _bind_failed(self) -> bool:
+        with open(self.log_path, "rb") as log:
+            log.seek(self._log_start)
+            return bind_failed(log.read().decode(errors="replace"))
 
 
 def connect(server: WeaviateServer, *, timeout_s: float = 300.0,

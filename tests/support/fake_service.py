@@ -17,7 +17,6 @@ from typing import Any
 import grpc
 import numpy as np
 
-from qvl_devtools.launchers.service import free_ports
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
@@ -80,10 +79,11 @@ class FakeService:
 
     def __init__(self, fake: FakeVectorizer | None = None) -> None:
         self.fake = fake or FakeVectorizer()
-        self.server = grpc.server(futures.ThreadPoolExecutor(16))
+        # The kernel picks the port as it binds (no race), and without SO_REUSEPORT, which gRPC sets
+        # by default and which lets a second server bind the same port and share its calls.
+        self.server = grpc.server(futures.ThreadPoolExecutor(16), options=[("grpc.so_reuseport", 0)])
         pb_grpc.add_VectorizerServicer_to_server(self.fake, self.server)
-        self.port = free_ports(1)[0]
-        self.server.add_insecure_port(f"127.0.0.1:{self.port}")
+        self.port = self.server.add_insecure_port("127.0.0.1:0")
 
     @property
     def target(self) -> str:

@@ -12,7 +12,6 @@ import grpc
 import pytest
 
 from connectors.client import Client, InvalidInput, TransientError, not_ready, reason_name, to_item
-from qvl_devtools.launchers.service import free_ports
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
@@ -41,10 +40,10 @@ class Stuck(pb_grpc.VectorizerServicer):
 @contextlib.contextmanager
 def serving(servicer: pb_grpc.VectorizerServicer) -> Iterator[str]:
     """A real gRPC server for ``servicer`` on a free port; its target."""
-    server = grpc.server(futures.ThreadPoolExecutor(8))
+    # Port 0 and no SO_REUSEPORT: no other server can get or share the port (tests/support/fake_service.py).
+    server = grpc.server(futures.ThreadPoolExecutor(8), options=[("grpc.so_reuseport", 0)])
     pb_grpc.add_VectorizerServicer_to_server(servicer, server)
-    port = free_ports(1)[0]
-    server.add_insecure_port(f"127.0.0.1:{port}")
+    port = server.add_insecure_port("127.0.0.1:0")
     server.start()
     try:
         yield f"127.0.0.1:{port}"

@@ -27,13 +27,14 @@ MODULE_URL_VARS = {
     "text2vec-transformers": ("TRANSFORMERS_PASSAGE_INFERENCE_API", "TRANSFORMERS_QUERY_INFERENCE_API"),
     "reranker-transformers": ("RERANKER_INFERENCE_API",),
 }
-SUBST = re.compile(r"\$\{(\w+)(?::?-([^}]*))?\}")
+SUBST = re.compile(r"\$\{(\w+)(?::?([-?])([^}]*))?\}")
 
 
 def _expand(value: Any) -> Any:
-    """Compose's ${VAR:-default} with nothing set in the environment."""
+    """Compose's ${VAR:-default} with nothing set in the environment (${VAR:?message}, which compose
+    refuses to start without, as a placeholder)."""
     if isinstance(value, str):
-        return SUBST.sub(lambda m: m.group(2) or "", value)
+        return SUBST.sub(lambda m: f"<{m.group(1)} required>" if m.group(2) == "?" else m.group(3) or "", value)
     if isinstance(value, list):
         return [_expand(v) for v in value]
     if isinstance(value, dict):
@@ -279,3 +280,30 @@ def test_gpu_override_changes_only_the_model_servers(services: dict[str, dict[st
     built = [name for name in gpu if "build" in gpu[name]]
     assert built and all("build" in services[name] for name in built)
     assert len({gpu[n]["image"] for n in gpu}) == 1  # worker and installer run the same image
+
+
+def test_qvl_containers_need_a_token_and_run_locked_down(services: dict[str, dict[str, Any]]) -> None:
+    """As the Helm chart: no tokenless default (compose refuses to start without QVL_TOKEN, saying
+    so); a read-only root filesystem with a tmpfs on /tmp (torch's import needs a writable temporary
+    directory); no new privileges; every capability dropped; Docker's default seccomp profile."""
+    raw = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    qvl_image = [name for name, s in services.items() if s.get("image") == "qvl:latest"]
+    assert set(_replicas(services)) | {"worker", "pg-install"} <= set(qvl_image)
+    for name in qvl_image:
+        token = str(raw[name]["environment"]["QVL_TOKEN"])
+        assert re.fullmatch(r"\$\{QVL_TOKEN:\?[^}]+\}", token), f"{name}: QVL_TOKEN is {token}"
+        service = services[name]
+        assert service.get("read_only") is True, name
+        assert "/tmp" in service.get("tmpfs", []), name
+        assert "no-new-privileges:true" in service.get("security_opt", []), name
+        assert service.get("cap_drop") == ["ALL"] and not service.get("cap_add"), name
+        assert not [o for o in service.get("security_opt", []) if o.startswith("seccomp")], name
+        assert not service.get("privileged"), name
+
+
+def test_the_worker_s_health_check_reads_the_file_it_touches(services: dict[str, dict[str, Any]]) -> None:
+    worker = services["worker"]
+    path = _env(worker)["QVL_WORKER_ALIVE_FILE"]
+    assert path.startswith("/tmp/")  # on the tmpfs: the root filesystem is read-only
+    check = worker["healthcheck"]["test"]
+    assert check[0] == "CMD" and check[1] == "python" and path in check

@@ -45,12 +45,22 @@ app.kubernetes.io/component: server
 {{- end -}}
 {{- end -}}
 
-{{/* The Secret holding the bearer token, or "" when no token is configured. */}}
+{{/* The worker's pods (its Deployment's selector, the NetworkPolicies' peers). */}}
+{{- define "qvl.workerSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "qvl.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: worker
+{{- end -}}
+
+{{/* The Secret holding the bearer token. No token, no release: a server anyone who reaches it may
+use is never a default, and a token generated here would change on every `helm template`. */}}
 {{- define "qvl.tokenSecret" -}}
 {{- if .Values.token.existingSecret -}}
 {{- .Values.token.existingSecret -}}
 {{- else if .Values.token.value -}}
 {{- printf "%s-token" (include "qvl.fullname" .) -}}
+{{- else -}}
+{{- fail "qvl needs a token: create a Secret (kubectl create secret generic qvl-token --from-literal=token=\"$(openssl rand -hex 24)\") and set token.existingSecret=qvl-token, or set token.value" -}}
 {{- end -}}
 {{- end -}}
 
