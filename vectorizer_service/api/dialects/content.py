@@ -18,7 +18,8 @@ from urllib.parse import urlsplit
 
 from vectorizer_service.api.item_codecs import UriSource
 from vectorizer_service.core.errors import InputError
-from vectorizer_service.core.items import Item
+from vectorizer_service.core.items import Item, check_part_count
+from vectorizer_service.core.settings import Settings
 
 Media = bytes | UriSource
 MediaKind = Literal["image", "video"]
@@ -105,12 +106,13 @@ def add_part(item: Item, part: Any, what: str) -> None:
         raise InputError(f"{what} has type {kind!r}; expected one of {', '.join(PART_TYPES)}")
 
 
-def item_from_parts(parts: Any, what: str) -> Item:
-    """The parts of one input (a list), as one item."""
+def item_from_parts(parts: Any, what: str, settings: Settings) -> Item:
+    """The parts of one input (a list), as one item; they are counted before any is read."""
     if isinstance(parts, str):
         return Item(texts=[parts])
     if not isinstance(parts, list) or not parts:
         raise InputError(f"{what} must be a non-empty list of content parts")
+    check_part_count(len(parts), settings, f"content parts ({what})")
     item = Item()
     for k, part in enumerate(parts):
         add_part(item, part, f"{what}[{k}]")

@@ -119,7 +119,7 @@ class OpenAiEmbeddings:
         if body.messages is not None:
             if body.input is not None:
                 raise FieldError("messages", "send input or messages, not both")
-            item = item_from_messages(body.messages)
+            item = item_from_messages(body.messages, self.http.settings)
             if item.instruction is None:
                 item.instruction = instruction(False)
             return [item]
@@ -146,7 +146,7 @@ class OpenAiEmbeddings:
         return parse_each(values, parse)
 
     async def embeddings(self, request: Request) -> JSONResponse:
-        body, _ = await read_body(request, EmbeddingsBody)
+        body, _ = await read_body(self.http, request, EmbeddingsBody)
         opts = instructions(request, self.http.settings, body.model)
         dtype, in_base64 = output_form(body)
         dims = body.dimensions if body.dimensions is not None else body.output_dimension
