@@ -45,6 +45,8 @@ def test_media_references() -> None:
         media_reference("data:image/png;base64,@@@", "image", "x")
     with pytest.raises(InputError, match="non-empty string"):
         media_reference(None, "image", "x")
+    with pytest.raises(InputError, match="x is not a valid URL: Invalid IPv6 URL"):
+        media_reference("http://[::1", "image", "x")
 
 
 def test_content_parts_make_one_item() -> None:

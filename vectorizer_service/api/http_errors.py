@@ -52,7 +52,7 @@ def read_json(raw: bytes) -> Any:
     are checked before (``HttpService.json``)."""
     try:
         return json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of more digits than int() takes
         raise InputError(f"the body is not valid JSON: {exc}") from None
     except RecursionError:  # an unclosed deep nesting the depth check could not measure
         raise InputError("the body is not valid JSON: it nests too deeply", limit="QVL_MAX_JSON_DEPTH") from None

@@ -9,6 +9,7 @@ import base64
 import binascii
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
@@ -29,6 +30,18 @@ class UriSource:
     uri: str
 
 
+def uri_source(value: Any, what: str, index: int | None = None) -> UriSource:
+    """A media URI, checked for URL syntax here (``http://[::1`` is no URL): the model process only
+    reads it, where the operator's allow-list admits it."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what} must be a non-empty string (a URI), got {type(value).__name__}", item=index)
+    try:
+        urlsplit(value)
+    except ValueError as exc:
+        raise InputError(f"{what} is not a valid URI: {exc}", item=index) from None
+    return UriSource(value)
+
+
 def item_from_proto(msg: pb.Item, index: int, settings: Settings) -> Item:
     """An item of the gRPC API; its parts and frames are counted before any is copied."""
     check_part_count(len(msg.parts), settings, item=index)
@@ -45,9 +58,9 @@ def item_from_proto(msg: pb.Item, index: int, settings: Settings) -> Item:
             check_frame_count(len(part.frames.frames), settings, f"video {len(item.videos)}", item=index)
             item.videos.append(list(part.frames.frames))
         elif kind == "image_uri":
-            item.images.append(UriSource(part.image_uri))  # type: ignore[arg-type]
+            item.images.append(uri_source(part.image_uri, "image_uri", index))  # type: ignore[arg-type]
         elif kind == "video_uri":
-            item.videos.append(UriSource(part.video_uri))  # type: ignore[arg-type]
+            item.videos.append(uri_source(part.video_uri, "video_uri", index))  # type: ignore[arg-type]
         else:
             raise InputError("a part has no content (set text, image, video, frames or a URI)", item=index)
     return item
@@ -92,9 +105,9 @@ def item_from_json(obj: Any, index: int | None, settings: Settings) -> Item:
     if frames is not None:
         item.videos.append([_b64(f, index, f"frame {i}") for i, f in enumerate(frames)])
     if obj.get("video_uri") is not None:
-        item.videos.append(UriSource(str(obj["video_uri"])))  # type: ignore[arg-type]
+        item.videos.append(uri_source(obj["video_uri"], "video_uri", index))  # type: ignore[arg-type]
     item.images += [_b64(b, index, f"image {i}") for i, b in enumerate(images)]
-    item.images += [UriSource(str(u)) for u in image_uris]  # type: ignore[misc]
+    item.images += [uri_source(u, f"image_uri {i}", index) for i, u in enumerate(image_uris)]  # type: ignore[misc]
     instruction = obj.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise InputError("instruction must be a string", item=index)

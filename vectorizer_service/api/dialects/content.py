@@ -16,7 +16,7 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from vectorizer_service.api.item_codecs import UriSource
+from vectorizer_service.api.item_codecs import UriSource, uri_source
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.items import Item, check_part_count
 from vectorizer_service.core.settings import Settings
@@ -53,6 +53,15 @@ def media_data_uri(value: str, what: str) -> tuple[MediaKind, bytes] | None:
     return kind, decode_base64(value[found.end():], what)  # type: ignore[return-value]
 
 
+def url_scheme(value: str, what: str) -> str:
+    """The scheme of a URL, lower case ("" for none); a string urllib cannot split (``http://[::1``)
+    is bad input."""
+    try:
+        return urlsplit(value).scheme.lower()
+    except ValueError as exc:
+        raise InputError(f"{what} is not a valid URL: {exc}") from None
+
+
 def _a(kind: str) -> str:
     return f"an {kind}" if kind == "image" else f"a {kind}"
 
@@ -68,8 +77,8 @@ def media_reference(value: Any, kind: MediaKind, what: str, *, bare_base64: bool
         if found[0] != kind:
             raise InputError(f"{what} is a data URI of {_a(found[0])}, where {_a(kind)} is expected")
         return found[1]
-    if urlsplit(value).scheme.lower() in URL_SCHEMES:
-        return UriSource(value)
+    if url_scheme(value, what) in URL_SCHEMES:
+        return uri_source(value, what)
     if bare_base64:
         return decode_base64(value, what)
     raise InputError(f"{what} must be a data URI (data:{kind}/<format>;base64,...) or an http(s) URL")

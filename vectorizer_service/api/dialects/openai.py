@@ -155,7 +155,10 @@ class OpenAiEmbeddings:
         parsed = self.parse(body, opts)
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
                                      allow_partial=body.allow_partial)
-        tokens = await text_tokens(self.http.dispatcher, [p for p in parsed if isinstance(p, Item)])
+        # Usage counts what was embedded: a failed input (allow_partial) may hold text no tokenizer takes.
+        embedded = [p for p, r in zip(parsed, results, strict=True)
+                    if isinstance(p, Item) and isinstance(r, EncodedVector)]
+        tokens = await text_tokens(self.http.dispatcher, embedded)
         data = [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)]
         return JSONResponse({"object": "list", "data": data,
                              "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),
