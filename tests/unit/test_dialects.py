@@ -15,6 +15,7 @@ from vectorizer_service.api.dialects.output import dtype_values, render
 from vectorizer_service.api.dialects.rerank import is_foreign_body
 from vectorizer_service.api.item_codecs import UriSource
 from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.vector_encoding import encode_vector
 
 PIXEL = base64.b64encode(b"\x89PNG\r\n\x1a\nrest").decode()
@@ -44,18 +45,24 @@ def test_media_references() -> None:
         media_reference("data:image/png;base64,@@@", "image", "x")
     with pytest.raises(InputError, match="non-empty string"):
         media_reference(None, "image", "x")
+    with pytest.raises(InputError, match="x is not a valid URL: Invalid IPv6 URL"):
+        media_reference("http://[::1", "image", "x")
 
 
 def test_content_parts_make_one_item() -> None:
+    settings = Settings()
     item = item_from_parts([{"type": "text", "text": "cap"},
                             {"type": "image_url", "image_url": {"url": "data:image/png;base64," + PIXEL}},
                             {"type": "image_url", "image_url": "https://m.example.com/b.png"},
-                            {"type": "video_base64", "video_base64": "AAAA"}], "content")
+                            {"type": "video_base64", "video_base64": "AAAA"}], "content", settings)
     assert item.texts == ["cap"] and len(item.images) == 2 and item.videos == [b"\x00\x00\x00"]
     with pytest.raises(InputError, match=r"content\[0\] has type 'audio'"):
-        item_from_parts([{"type": "audio"}], "content")
+        item_from_parts([{"type": "audio"}], "content", settings)
     with pytest.raises(InputError, match="non-empty list"):
-        item_from_parts([], "content")
+        item_from_parts([], "content", settings)
+    with pytest.raises(InputError, match=r"65 content parts \(content\) in one item, over the limit of 64") as err:
+        item_from_parts([{"type": "audio"}] * 65, "content", settings)  # counted before any is read
+    assert err.value.limit == "QVL_MAX_PARTS_PER_ITEM" and err.value.status == 413
 
 
 @pytest.mark.parametrize(("value", "query"), [("query", True), ("search_query", True), ("document", False),

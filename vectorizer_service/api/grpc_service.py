@@ -24,6 +24,7 @@ from vectorizer_service.core.errors import (
     InputError,
     QvlError,
 )
+from vectorizer_service.core.ranking import check_rerank_request
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.dispatcher import Dispatcher
@@ -89,7 +90,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             options = embed_options(request.options)
             # Admission is decided on the message's size before its media are copied into items.
             results = await self.dispatcher.embed(
-                lambda: [item_from_proto(it, i) for i, it in enumerate(request.items)], options,
+                lambda: [item_from_proto(it, i, self.settings) for i, it in enumerate(request.items)], options,
                 self._context(context), size_hint=(len(request.items), size))
             errors = [(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]
             for _, err in errors:
@@ -112,9 +113,10 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
         wire, held = self.dispatcher.admission.wire, 0
         try:
             held = wire.hold_or_refuse(request.ByteSize())
-            query = item_from_proto(request.query, 0)
-            docs = [item_from_proto(d, i) for i, d in enumerate(request.documents)]
             top_k = request.top_k if request.HasField("top_k") else None
+            check_rerank_request(len(request.documents), top_k, self.settings)  # before any document is copied
+            query = item_from_proto(request.query, 0, self.settings)
+            docs = [item_from_proto(d, i, self.settings) for i, d in enumerate(request.documents)]
             instruction = request.instruction if request.HasField("instruction") else None
             result = await self.dispatcher.rerank(query, docs, instruction, top_k, self._context(context))
             for err in result.errors.values():

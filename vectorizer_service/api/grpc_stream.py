@@ -72,7 +72,7 @@ class EmbedStreamSession:
             items, seqs = [], []
             for m in msgs:
                 try:
-                    items.append(item_from_proto(m.item, 0))
+                    items.append(item_from_proto(m.item, 0, self.settings))
                     seqs.append(m.seq)
                 except InputError as err:
                     outs[m.seq] = _stream_error(m.seq, err)

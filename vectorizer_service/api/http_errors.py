@@ -50,11 +50,14 @@ def internal_error(request: Request, exc: BaseException) -> tuple[ComputeError, 
 
 
 def read_json(raw: bytes) -> Any:
-    """JSON whatever the Content-Type (Weaviate's text2vec client sends none)."""
+    """JSON whatever the Content-Type (Weaviate's text2vec client sends none); its size and depth
+    are checked before (``HttpService.json``)."""
     try:
         return json.loads(raw or b"null")
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, a number of more digits than int() takes
         raise InputError(f"the body is not valid JSON: {exc}") from None
+    except RecursionError:  # an unclosed deep nesting the depth check could not measure
+        raise InputError("the body is not valid JSON: it nests too deeply", limit="QVL_MAX_JSON_DEPTH") from None
 
 
 def validate(data: Any, model: type[Body], status: int = 422) -> Body:
@@ -65,6 +68,3 @@ def validate(data: Any, model: type[Body], status: int = 422) -> Body:
         where = ".".join(str(p) for p in first["loc"]) or "body"
         raise InputError(f"{where}: {first['msg']}", status=status) from None
 
-
-def parse_body(raw: bytes, model: type[Body]) -> Body:
-    return validate(read_json(raw), model)

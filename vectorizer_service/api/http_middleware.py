@@ -12,9 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.dialects.errors import Unauthenticated, shape_for_path, shaped_error_response
+from vectorizer_service.api.http_service import HELD_BYTES
 from vectorizer_service.core.errors import InputError, OverloadedError
 from vectorizer_service.serving import metrics
-from vectorizer_service.serving.admission import WireBytes
+from vectorizer_service.serving.admission import HeldBytes, WireBytes
 
 REPEATED_SLASHES = re.compile(r"//+")
 
@@ -68,8 +69,9 @@ class Measured:
 
 class BodyLimit:
     """Refuses bodies over the size limit before reading them (413), chunked ones included, and
-    holds each body's bytes in the process-wide budget while its request runs: past the budget a
-    request is refused (503, Retry-After) before its body is read."""
+    holds each body's bytes in the process-wide budget while its request runs (and, once the body
+    is parsed, what it parses into: ``HttpService.json``): past the budget a request is refused
+    (503, Retry-After) before its body is read."""
 
     def __init__(self, app: ASGIApp, limit: int, wire: WireBytes) -> None:
         self.app, self.limit, self.wire = app, limit, wire
@@ -83,30 +85,31 @@ class BodyLimit:
         if size is not None and size > self.limit:
             await self._refuse(scope, send)
             return
-        held = 0
+        held = HeldBytes(self.wire)
         if size:
             try:
-                held = self.wire.hold_or_refuse(size)
+                held.hold_or_refuse(size)
             except OverloadedError as err:
                 await shaped_error_response(err, scope["path"], before_body=True)(scope, receive, send)
                 return
-        seen = 0
+        seen, counted = 0, size or 0
 
-        async def counted() -> Message:
-            nonlocal seen, held
+        async def counted_receive() -> Message:
+            nonlocal seen, counted
             message = await receive()
             seen += len(message.get("body", b""))
             if seen > self.limit:
                 raise InputError(f"request body over {self.limit} bytes", status=413, limit="QVL_MAX_REQUEST_BYTES")
-            if seen > held:  # a chunked body holds its bytes as they arrive
-                held += self.wire.hold_or_refuse(seen - held)
+            if seen > counted:  # a chunked body holds its bytes as they arrive
+                held.hold_or_refuse(seen - counted)
+                counted = seen
             return message
 
+        scope[HELD_BYTES] = held
         try:
-            await self.app(scope, counted, send)
+            await self.app(scope, counted_receive, send)
         finally:
-            if held:
-                self.wire.release(held)
+            held.release()
 
     async def _refuse(self, scope: Scope, send: Send) -> None:
         message = f"request body over {self.limit} bytes (QVL_MAX_REQUEST_BYTES)"

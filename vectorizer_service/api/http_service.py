@@ -8,12 +8,18 @@ from typing import Any
 
 from fastapi import Request
 
+from vectorizer_service.api.http_errors import read_json
+from vectorizer_service.api.json_shape import VALUE_BYTES, json_values
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import CancelledError, QvlError
 from vectorizer_service.core.items import Item
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.vector_encoding import EncodedVector
+from vectorizer_service.serving.admission import HeldBytes
 from vectorizer_service.serving.dispatcher import Dispatcher
+
+HELD_BYTES = "qvl.held_bytes"  # the ASGI scope key of a request's HeldBytes (http_middleware.BodyLimit)
+PARSED = "qvl.parsed_json"  # the scope key of the body once parsed: read and counted once per request
 
 
 class HttpService:
@@ -24,6 +30,20 @@ class HttpService:
 
     def context(self) -> CallContext:
         return CallContext.within(self.settings.request_timeout_s)
+
+    async def json(self, request: Request) -> Any:
+        """The request's body as JSON, whatever the Content-Type (Weaviate's text2vec client sends
+        none). Its values are counted before it is parsed (``json_shape``), and what it parses into
+        is held in the byte budget with its bytes until the request ends."""
+        if PARSED in request.scope:
+            return request.scope[PARSED]
+        raw = await request.body()
+        values = json_values(raw, self.settings.max_json_values, self.settings.max_json_depth)
+        held: HeldBytes | None = request.scope.get(HELD_BYTES)
+        if held is not None:  # its strings (at most its bytes) and an object per value
+            held.hold_or_refuse(len(raw) + values * VALUE_BYTES)
+        request.scope[PARSED] = data = read_json(raw)
+        return data
 
     async def watch(self, request: Request, ctx: CallContext, work: Awaitable[Any]) -> Any:
         """Run ``work``; if the client disconnects first, cancel it (its queued items are dropped)."""

@@ -9,12 +9,14 @@ import base64
 import binascii
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 
 from qvl_proto import vectorizer_pb2 as pb
 from vectorizer_service.core.errors import InputError, QvlError
-from vectorizer_service.core.items import Item, as_list
+from vectorizer_service.core.items import Item, as_list, check_frame_count, check_media_count, check_part_count
+from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.vector_encoding import EncodedVector
 
 ENCODING_NAMES = {pb.FLOAT32: "float32", pb.FLOAT16: "float16", pb.INT8: "int8", pb.BINARY: "binary"}
@@ -28,7 +30,21 @@ class UriSource:
     uri: str
 
 
-def item_from_proto(msg: pb.Item, index: int) -> Item:
+def uri_source(value: Any, what: str, index: int | None = None) -> UriSource:
+    """A media URI, checked for URL syntax here (``http://[::1`` is no URL): the model process only
+    reads it, where the operator's allow-list admits it."""
+    if not isinstance(value, str) or not value:
+        raise InputError(f"{what} must be a non-empty string (a URI), got {type(value).__name__}", item=index)
+    try:
+        urlsplit(value)
+    except ValueError as exc:
+        raise InputError(f"{what} is not a valid URI: {exc}", item=index) from None
+    return UriSource(value)
+
+
+def item_from_proto(msg: pb.Item, index: int, settings: Settings) -> Item:
+    """An item of the gRPC API; its parts and frames are counted before any is copied."""
+    check_part_count(len(msg.parts), settings, item=index)
     item = Item(instruction=msg.instruction if msg.HasField("instruction") else None)
     for part in msg.parts:
         kind = part.WhichOneof("kind")
@@ -39,11 +55,12 @@ def item_from_proto(msg: pb.Item, index: int) -> Item:
         elif kind == "video":
             item.videos.append(part.video)
         elif kind == "frames":
+            check_frame_count(len(part.frames.frames), settings, f"video {len(item.videos)}", item=index)
             item.videos.append(list(part.frames.frames))
         elif kind == "image_uri":
-            item.images.append(UriSource(part.image_uri))  # type: ignore[arg-type]
+            item.images.append(uri_source(part.image_uri, "image_uri", index))  # type: ignore[arg-type]
         elif kind == "video_uri":
-            item.videos.append(UriSource(part.video_uri))  # type: ignore[arg-type]
+            item.videos.append(uri_source(part.video_uri, "video_uri", index))  # type: ignore[arg-type]
         else:
             raise InputError("a part has no content (set text, image, video, frames or a URI)", item=index)
     return item
@@ -61,8 +78,9 @@ def _b64(value: Any, index: int | None, what: str) -> bytes:
 ITEM_KEYS = {"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"}
 
 
-def item_from_json(obj: Any, index: int | None) -> Item:
-    """An item of the HTTP JSON API (docs/api.md); a plain string is a text item."""
+def item_from_json(obj: Any, index: int | None, settings: Settings) -> Item:
+    """An item of the HTTP JSON API (docs/api.md); a plain string is a text item. Its parts are
+    counted against the limits before any is decoded."""
     if isinstance(obj, str):
         return Item(texts=[obj])
     if not isinstance(obj, dict):
@@ -70,19 +88,26 @@ def item_from_json(obj: Any, index: int | None) -> Item:
     unknown = set(obj) - ITEM_KEYS
     if unknown:
         raise InputError(f"unknown item keys {sorted(unknown)}; expected {sorted(ITEM_KEYS)}", item=index)
-    texts = as_list(obj.get("text"))
+    texts, images, image_uris = as_list(obj.get("text")), as_list(obj.get("image")), as_list(obj.get("image_uri"))
+    frames = obj.get("frames")
+    videos = sum(obj.get(key) is not None for key in ("video", "frames", "video_uri"))
+    check_part_count(len(texts) + len(images) + len(image_uris) + videos, settings, item=index)
+    check_media_count(len(images) + len(image_uris), videos, settings, item=index)
+    if frames is not None:
+        frames = as_list(frames)
+        check_frame_count(len(frames), settings, "frames", item=index)
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise InputError(f"text {i} must be a string", item=index)
     item = Item(texts=texts)
     if obj.get("video") is not None:
         item.videos.append(_b64(obj["video"], index, "video"))
-    if obj.get("frames") is not None:
-        item.videos.append([_b64(f, index, f"frame {i}") for i, f in enumerate(as_list(obj["frames"]))])
+    if frames is not None:
+        item.videos.append([_b64(f, index, f"frame {i}") for i, f in enumerate(frames)])
     if obj.get("video_uri") is not None:
-        item.videos.append(UriSource(str(obj["video_uri"])))  # type: ignore[arg-type]
-    item.images += [_b64(b, index, f"image {i}") for i, b in enumerate(as_list(obj.get("image")))]
-    item.images += [UriSource(str(u)) for u in as_list(obj.get("image_uri"))]  # type: ignore[misc]
+        item.videos.append(uri_source(obj["video_uri"], "video_uri", index))  # type: ignore[arg-type]
+    item.images += [_b64(b, index, f"image {i}") for i, b in enumerate(images)]
+    item.images += [uri_source(u, f"image_uri {i}", index) for i, u in enumerate(image_uris)]  # type: ignore[misc]
     instruction = obj.get("instruction")
     if instruction is not None and not isinstance(instruction, str):
         raise InputError("instruction must be a string", item=index)

@@ -8,12 +8,14 @@ from fastapi import APIRouter, Request
 
 from vectorizer_service.api.dialects.errors import rerank_shape, shaped
 from vectorizer_service.api.dialects.rerank import ForeignRerank, is_foreign_body
-from vectorizer_service.api.http_errors import parse_body, read_json
+from vectorizer_service.api.http_errors import validate
 from vectorizer_service.api.http_schemas import EmbedBody, RerankBody, request_doc
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.item_codecs import embedding_to_json, error_dict, item_from_json
 from vectorizer_service.core.call_context import EmbedOptions
 from vectorizer_service.core.errors import QvlError
+from vectorizer_service.core.items import check_item_count
+from vectorizer_service.core.ranking import check_rerank_request
 from vectorizer_service.core.vector_encoding import EncodedVector
 
 
@@ -23,8 +25,10 @@ class JsonApi:
         self.foreign_rerank = shaped(rerank_shape, ForeignRerank(http).rerank)
 
     async def v1_embed(self, request: Request) -> dict[str, Any]:
-        body = parse_body(await request.body(), EmbedBody)
-        items = [item_from_json(obj, i) for i, obj in enumerate(body.items)]
+        body = validate(await self.http.json(request), EmbedBody)
+        settings = self.http.settings
+        check_item_count(len(body.items), settings)  # before any item is built
+        items = [item_from_json(obj, i, settings) for i, obj in enumerate(body.items)]
         options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction)
         results = await self.http.embed_items(request, items, options, allow_partial=body.allow_partial)
         embeddings, errors = [], []
@@ -39,12 +43,14 @@ class JsonApi:
                 "model": self.http.dispatcher.model_name("embed") or None, "errors": errors}
 
     async def v1_rerank(self, request: Request) -> Any:
-        raw = await request.body()
-        if is_foreign_body(read_json(raw)):  # Jina, Cohere v1, Voyage, vLLM (docs/api.md: the rule)
+        data = await self.http.json(request)
+        if is_foreign_body(data):  # Jina, Cohere v1, Voyage, vLLM (docs/api.md: the rule)
             return await self.foreign_rerank(request)
-        body = parse_body(raw, RerankBody)
-        query = item_from_json(body.query, None)
-        docs = [item_from_json(d, i) for i, d in enumerate(body.documents)]
+        body = validate(data, RerankBody)
+        settings = self.http.settings
+        check_rerank_request(len(body.documents), body.top_k, settings)  # before any document is built
+        query = item_from_json(body.query, None, settings)
+        docs = [item_from_json(d, i, settings) for i, d in enumerate(body.documents)]
         ctx = self.http.context()
         result = await self.http.watch(
             request, ctx, self.http.dispatcher.rerank(query, docs, body.instruction, body.top_k, ctx))

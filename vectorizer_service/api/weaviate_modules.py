@@ -15,14 +15,15 @@ from typing import Any
 
 from fastapi import APIRouter, Request, Response
 
-from vectorizer_service.api.http_errors import parse_body
+from vectorizer_service.api.http_errors import validate
 from vectorizer_service.api.http_schemas import RerankModuleBody, VectorizeBody, VectorsBody, request_doc
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.route_profiles import RouteOptions, profile_options
 from vectorizer_service.api.service_info import info_dict
 from vectorizer_service.core.call_context import EmbedOptions
 from vectorizer_service.core.errors import InputError
-from vectorizer_service.core.items import Item
+from vectorizer_service.core.items import Item, check_item_count
+from vectorizer_service.core.ranking import check_rerank_request
 
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 UNSUPPORTED_MODALITIES = ("audio", "imu", "thermal", "depth")
@@ -69,11 +70,12 @@ class WeaviateModules:
         return profile_options(self.http.settings, name)
 
     async def vectorize(self, request: Request, opts: RouteOptions) -> dict[str, Any]:
-        body = parse_body(await request.body(), VectorizeBody)
+        body = validate(await self.http.json(request), VectorizeBody)
         for name in UNSUPPORTED_MODALITIES:
             if getattr(body, name):
                 raise InputError(f"{name} inputs are not supported: Qwen3-VL embeds text, images and video",
                                  status=422)
+        check_item_count(len(body.texts) + len(body.images) + len(body.video), self.http.settings)
         items = [Item(texts=[t]) for t in body.texts]
         items += [Item(images=[_b64_media(b, f"images[{i}]")]) for i, b in enumerate(body.images)]
         items += [Item(videos=[_b64_media(v, f"video[{i}]")]) for i, v in enumerate(body.video)]
@@ -87,7 +89,7 @@ class WeaviateModules:
         return out
 
     async def vectors(self, request: Request, opts: RouteOptions) -> dict[str, Any]:
-        body = parse_body(await request.body(), VectorsBody)
+        body = validate(await self.http.json(request), VectorsBody)
         if body.config.task_type == "query":
             instruction = opts.query_instruction or self.http.settings.query_instruction
         else:
@@ -99,7 +101,8 @@ class WeaviateModules:
         return {"text": body.text, "vector": values, "dim": len(values), "dims": len(values)}
 
     async def rerank_module(self, request: Request, opts: RouteOptions) -> dict[str, Any]:
-        body = parse_body(await request.body(), RerankModuleBody)
+        body = validate(await self.http.json(request), RerankModuleBody)
+        check_rerank_request(len(body.documents), None, self.http.settings)  # before any document is decoded
 
         def item(value: str) -> Item:
             image = looks_like_base64_image(value)

@@ -28,6 +28,37 @@ def check_unicode(text: str, what: str) -> None:
                          f"{found.start()}; send valid Unicode text")
 
 
+def check_item_count(count: int, settings: Settings) -> None:
+    """A request's items, counted before any of them is built (docs/api.md: limits)."""
+    if count > settings.max_items_per_request:
+        raise InputError(f"{count} items, over the limit of {settings.max_items_per_request}", status=413,
+                         limit="QVL_MAX_ITEMS_PER_REQUEST")
+
+
+def check_part_count(count: int, settings: Settings, what: str = "parts", *, item: int | None = None) -> None:
+    """The parts of one item (a content-part list, its texts), counted before any of them is read."""
+    if count > settings.max_parts_per_item:
+        raise InputError(f"{count} {what} in one item, over the limit of {settings.max_parts_per_item}",
+                         item=item, status=413, limit="QVL_MAX_PARTS_PER_ITEM")
+
+
+def check_media_count(images: int, videos: int, settings: Settings, *, item: int | None = None) -> None:
+    if images > settings.max_images_per_item:
+        raise InputError(f"{images} images in one item, over the limit of {settings.max_images_per_item}",
+                         item=item, status=413, limit="QVL_MAX_IMAGES_PER_ITEM")
+    if videos > settings.max_videos_per_item:
+        raise InputError(f"{videos} videos in one item, over the limit of {settings.max_videos_per_item}",
+                         item=item, status=413, limit="QVL_MAX_VIDEOS_PER_ITEM")
+
+
+def check_frame_count(frames: int, settings: Settings, what: str, *, item: int | None = None) -> None:
+    """A video given as a list of frames, counted before any frame is read (``model.media`` checks
+    the same limit again where frames are decoded)."""
+    if frames > settings.max_video_source_frames:
+        raise InputError(f"{what} has {frames} frames, over the limit of {settings.max_video_source_frames}",
+                         item=item, status=413, limit="QVL_MAX_VIDEO_SOURCE_FRAMES")
+
+
 @dataclass
 class Item:
     """One input: any mix of texts, images and videos, with an optional instruction.
@@ -51,6 +82,8 @@ class Item:
 
     def validate(self, settings: Settings) -> Item:
         """Cheap checks run before any decoding or tokenization."""
+        check_part_count(len(self.texts) + len(self.images) + len(self.videos), settings)
+        check_media_count(len(self.images), len(self.videos), settings)
         for i, text in enumerate(self.texts):
             if not isinstance(text, str):
                 raise InputError(f"text {i} is {type(text).__name__}, not a string")
@@ -60,12 +93,6 @@ class Item:
             if "\x00" in text:
                 raise InputError(f"text {i} contains a NUL character")
             check_unicode(text, f"text {i}")
-        if len(self.images) > settings.max_images_per_item:
-            raise InputError(f"{len(self.images)} images in one item, over the limit of "
-                             f"{settings.max_images_per_item}", status=413, limit="QVL_MAX_IMAGES_PER_ITEM")
-        if len(self.videos) > settings.max_videos_per_item:
-            raise InputError(f"{len(self.videos)} videos in one item, over the limit of "
-                             f"{settings.max_videos_per_item}", status=413, limit="QVL_MAX_VIDEOS_PER_ITEM")
         for i, img in enumerate(self.images):
             if not isinstance(img, bytes | bytearray | str | os.PathLike | Image.Image) and not hasattr(img, "uri"):
                 raise InputError(f"image {i} is {type(img).__name__}; expected bytes, a path or an image")

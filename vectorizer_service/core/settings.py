@@ -77,8 +77,14 @@ class Settings(BaseSettings):
     max_images_per_item: int = Field(32, description="Most images in one item")
     max_videos_per_item: int = Field(4, description="Most videos in one item")
     max_text_chars: int = Field(200_000, description="Longest text part; tokens past the max length are cut")
+    max_parts_per_item: int = Field(
+        64, ge=1, description="Most parts (texts, images, videos; a frame list is one video) in one item")
     max_items_per_request: int = Field(1024, description="Most items in one embed request")
     max_rerank_documents: int = Field(1000, description="Most documents in one rerank request")
+    max_json_values: int = Field(
+        100_000, ge=1, description="Most JSON values (list elements, object members) in one HTTP body, counted "
+                                   "before it is parsed: parsed JSON takes about 60-100 bytes a value")
+    max_json_depth: int = Field(32, ge=2, description="Deepest nesting of lists and objects in one HTTP body")
 
     # Batching
     batch_tokens: int = Field(16384, ge=256, description="Token budget of one model batch (padded)")
@@ -130,8 +136,8 @@ class Settings(BaseSettings):
     stream_max_in_flight: int = Field(256, ge=1, description="Items one EmbedStream reads ahead")
     max_wire_bytes: int = Field(
         512 * 1024 * 1024, ge=1,
-        description="Request bytes held at once (HTTP bodies, gRPC messages, stream read-ahead); past it 503 "
-                    "or RESOURCE_EXHAUSTED, streams wait")
+        description="Request bytes held at once (HTTP bodies and what they parse into, gRPC messages, stream "
+                    "read-ahead); past it 503 or RESOURCE_EXHAUSTED, streams wait")
     open_module_routes: bool = Field(False, description="Serve Weaviate's module routes without the token")
     warmup: bool = Field(True, description="Run one embedding and one rerank before reporting ready")
     profiles: dict[str, Profile] = Field(

@@ -64,6 +64,25 @@ class WireBytes:
         self.freed.set()
 
 
+class HeldBytes:
+    """What one request holds in the budget: its body as it arrives, then what the body parses into.
+    A request alone may hold the whole budget (as one message larger than it may)."""
+
+    def __init__(self, wire: WireBytes) -> None:
+        self.wire = wire
+        self.nbytes = 0
+
+    def hold_or_refuse(self, nbytes: int) -> None:
+        nbytes = min(nbytes, self.wire.limit - self.nbytes)
+        if nbytes > 0:
+            self.nbytes += self.wire.hold_or_refuse(nbytes)
+
+    def release(self) -> None:
+        if self.nbytes:
+            self.wire.release(self.nbytes)
+            self.nbytes = 0
+
+
 class Admission:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings

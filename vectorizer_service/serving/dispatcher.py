@@ -16,7 +16,7 @@ from collections.abc import Callable, Sequence
 from vectorizer_service.core.batch_planning import is_small_text
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import DeadlineError, InputError, NotReadyError, QvlError
-from vectorizer_service.core.items import Item, check_unicode
+from vectorizer_service.core.items import Item, check_item_count, check_unicode
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
     EmbedCall,
@@ -126,9 +126,7 @@ class Dispatcher:
             count, nbytes = size_hint
         else:
             count, nbytes = len(items), sum(_media_bytes(i) for i in items)
-        if count > self.settings.max_items_per_request:
-            raise InputError(f"{count} items, over the limit of {self.settings.max_items_per_request}", status=413,
-                             limit="QVL_MAX_ITEMS_PER_REQUEST")
+        check_item_count(count, self.settings)
         async with self.admission.permit(count, nbytes, wait=wait_for_capacity, ctx=ctx):
             if callable(items):
                 items = items()

@@ -9,7 +9,7 @@ from fastapi import Request
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from vectorizer_service.api.dialects.errors import FieldError
-from vectorizer_service.api.http_errors import read_json
+from vectorizer_service.api.http_service import HttpService
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -21,8 +21,8 @@ class DialectBody(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-async def read_body(request: Request, model: type[Body]) -> tuple[Body, dict[str, Any]]:
-    data = read_json(await request.body())
+async def read_body(http: HttpService, request: Request, model: type[Body]) -> tuple[Body, dict[str, Any]]:
+    data = await http.json(request)
     if not isinstance(data, dict):
         raise FieldError("body", f"must be a JSON object, got {type(data).__name__}")
     try:

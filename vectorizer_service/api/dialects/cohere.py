@@ -34,6 +34,7 @@ from vectorizer_service.api.dialects.usage import text_tokens
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
 
 EMBEDDING_TYPES = (*DTYPES, "base64")
 
@@ -60,10 +61,10 @@ def _image(value: Any, index: int) -> Item:
     return item
 
 
-def _input(value: Any, index: int) -> Item:
+def _input(value: Any, index: int, settings: Settings) -> Item:
     if not isinstance(value, dict) or "content" not in value:
         raise InputError(f"inputs[{index}] must be an object {{content: [parts]}}")
-    return item_from_parts(value["content"], f"inputs[{index}].content")
+    return item_from_parts(value["content"], f"inputs[{index}].content", settings)
 
 
 class CohereApi:
@@ -71,7 +72,7 @@ class CohereApi:
         self.http = http
 
     async def embed(self, request: Request) -> dict[str, Any]:
-        body, _ = await read_body(request, CohereEmbedBody)
+        body, _ = await read_body(self.http, request, CohereEmbedBody)
         opts = instructions(request, self.http.settings, body.model)
         given = [name for name in ("texts", "images", "inputs") if getattr(body, name) is not None]
         if len(given) != 1:
@@ -87,7 +88,9 @@ class CohereApi:
         is_query = bool(is_query_input_type(body.input_type))
         dims = check_dimensions(self.http, body.output_dimension if body.output_dimension is not None
                                 else opts.dimensions, "output_dimension")
-        parse = {"texts": _text, "images": _image, "inputs": _input}[field]
+        settings = self.http.settings
+        parse = {"texts": _text, "images": _image,
+                 "inputs": lambda value, index: _input(value, index, settings)}[field]
         parsed = parse_each(values, parse)
         for p in parsed:
             if isinstance(p, Item):

@@ -16,9 +16,10 @@ import re
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from vectorizer_service.api.item_codecs import UriSource
+from vectorizer_service.api.item_codecs import UriSource, uri_source
 from vectorizer_service.core.errors import InputError
-from vectorizer_service.core.items import Item
+from vectorizer_service.core.items import Item, check_part_count
+from vectorizer_service.core.settings import Settings
 
 Media = bytes | UriSource
 MediaKind = Literal["image", "video"]
@@ -52,6 +53,15 @@ def media_data_uri(value: str, what: str) -> tuple[MediaKind, bytes] | None:
     return kind, decode_base64(value[found.end():], what)  # type: ignore[return-value]
 
 
+def url_scheme(value: str, what: str) -> str:
+    """The scheme of a URL, lower case ("" for none); a string urllib cannot split (``http://[::1``)
+    is bad input."""
+    try:
+        return urlsplit(value).scheme.lower()
+    except ValueError as exc:
+        raise InputError(f"{what} is not a valid URL: {exc}") from None
+
+
 def _a(kind: str) -> str:
     return f"an {kind}" if kind == "image" else f"a {kind}"
 
@@ -67,8 +77,8 @@ def media_reference(value: Any, kind: MediaKind, what: str, *, bare_base64: bool
         if found[0] != kind:
             raise InputError(f"{what} is a data URI of {_a(found[0])}, where {_a(kind)} is expected")
         return found[1]
-    if urlsplit(value).scheme.lower() in URL_SCHEMES:
-        return UriSource(value)
+    if url_scheme(value, what) in URL_SCHEMES:
+        return uri_source(value, what)
     if bare_base64:
         return decode_base64(value, what)
     raise InputError(f"{what} must be a data URI (data:{kind}/<format>;base64,...) or an http(s) URL")
@@ -105,12 +115,13 @@ def add_part(item: Item, part: Any, what: str) -> None:
         raise InputError(f"{what} has type {kind!r}; expected one of {', '.join(PART_TYPES)}")
 
 
-def item_from_parts(parts: Any, what: str) -> Item:
-    """The parts of one input (a list), as one item."""
+def item_from_parts(parts: Any, what: str, settings: Settings) -> Item:
+    """The parts of one input (a list), as one item; they are counted before any is read."""
     if isinstance(parts, str):
         return Item(texts=[parts])
     if not isinstance(parts, list) or not parts:
         raise InputError(f"{what} must be a non-empty list of content parts")
+    check_part_count(len(parts), settings, f"content parts ({what})")
     item = Item()
     for k, part in enumerate(parts):
         add_part(item, part, f"{what}[{k}]")

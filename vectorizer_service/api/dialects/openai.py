@@ -119,7 +119,7 @@ class OpenAiEmbeddings:
         if body.messages is not None:
             if body.input is not None:
                 raise FieldError("messages", "send input or messages, not both")
-            item = item_from_messages(body.messages)
+            item = item_from_messages(body.messages, self.http.settings)
             if item.instruction is None:
                 item.instruction = instruction(False)
             return [item]
@@ -146,7 +146,7 @@ class OpenAiEmbeddings:
         return parse_each(values, parse)
 
     async def embeddings(self, request: Request) -> JSONResponse:
-        body, _ = await read_body(request, EmbeddingsBody)
+        body, _ = await read_body(self.http, request, EmbeddingsBody)
         opts = instructions(request, self.http.settings, body.model)
         dtype, in_base64 = output_form(body)
         dims = body.dimensions if body.dimensions is not None else body.output_dimension
@@ -155,7 +155,10 @@ class OpenAiEmbeddings:
         parsed = self.parse(body, opts)
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
                                      allow_partial=body.allow_partial)
-        tokens = await text_tokens(self.http.dispatcher, [p for p in parsed if isinstance(p, Item)])
+        # Usage counts what was embedded: a failed input (allow_partial) may hold text no tokenizer takes.
+        embedded = [p for p, r in zip(parsed, results, strict=True)
+                    if isinstance(p, Item) and isinstance(r, EncodedVector)]
+        tokens = await text_tokens(self.http.dispatcher, embedded)
         data = [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)]
         return JSONResponse({"object": "list", "data": data,
                              "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),

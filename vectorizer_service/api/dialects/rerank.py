@@ -32,7 +32,8 @@ from vectorizer_service.api.service_info import public_model_name
 from vectorizer_service.api.weaviate_modules import looks_like_base64_image
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.items import Item
-from vectorizer_service.core.ranking import RerankResult
+from vectorizer_service.core.ranking import RerankResult, check_rerank_request
+from vectorizer_service.core.settings import Settings
 
 FOREIGN_KEYS = ("model", "top_n", "return_documents", "rank_fields", "max_chunks_per_doc", "max_tokens_per_doc",
                 "truncation")
@@ -51,7 +52,7 @@ class RerankBody(DialectBody):
     return_documents: bool = False
 
 
-def rerank_item(value: Any, what: str) -> Item:
+def rerank_item(value: Any, what: str, settings: Settings) -> Item:
     if isinstance(value, str):
         image = looks_like_base64_image(value)
         return Item(images=[image]) if image is not None else Item(texts=[value])
@@ -59,7 +60,7 @@ def rerank_item(value: Any, what: str) -> Item:
         if "content" in value:
             if set(value) != {"content"}:
                 raise InputError(f"{what}: a content document has only 'content', got keys {sorted(value)}")
-            return item_from_parts(value["content"], f"{what}.content")
+            return item_from_parts(value["content"], f"{what}.content", settings)
         try:
             return jina_item(value)
         except InputError as err:
@@ -89,16 +90,17 @@ class Scored:
 
 
 async def score(http: HttpService, request: Request) -> Scored:
-    body, data = await read_body(request, RerankBody)
+    body, data = await read_body(http, request, RerankBody)
     opts = instructions(request, http.settings, body.model)
     if body.query is None:
         raise FieldError("query", "is required")
     if not isinstance(body.documents, list) or not body.documents:
         raise FieldError("documents", "must be a non-empty list (strings, {text}/{image} objects or "
                                       "{content: [parts]})")
-    query = rerank_item(body.query, "query")
-    docs = [rerank_item(d, f"documents[{i}]") for i, d in enumerate(body.documents)]
     top = body.top_n if body.top_n is not None else body.top_k
+    check_rerank_request(len(body.documents), top, http.settings)  # before any document is built
+    query = rerank_item(body.query, "query", http.settings)
+    docs = [rerank_item(d, f"documents[{i}]", http.settings) for i, d in enumerate(body.documents)]
     ctx = http.context()
     result = await http.watch(request, ctx, http.dispatcher.rerank(query, docs, opts.rerank, top, ctx))
     for err in result.errors.values():

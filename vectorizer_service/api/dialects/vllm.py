@@ -10,14 +10,18 @@ from typing import Any
 
 from vectorizer_service.api.dialects.content import add_part
 from vectorizer_service.api.dialects.errors import FieldError
-from vectorizer_service.core.items import Item
+from vectorizer_service.core.items import Item, check_part_count
+from vectorizer_service.core.settings import Settings
 
 
-def item_from_messages(messages: Any) -> Item:
+def item_from_messages(messages: Any, settings: Settings) -> Item:
+    """The messages and their parts are counted (``QVL_MAX_PARTS_PER_ITEM``) before they are read."""
     if not isinstance(messages, list) or not messages:
         raise FieldError("messages", "must be a non-empty list of {role, content} messages")
+    check_part_count(len(messages), settings, "messages")
     item = Item()
     system: list[str] = []
+    seen = 0  # parts of the messages so far
     for k, message in enumerate(messages):
         what = f"messages[{k}]"
         if not isinstance(message, dict):
@@ -28,6 +32,8 @@ def item_from_messages(messages: Any) -> Item:
         parts = [{"type": "text", "text": content}] if isinstance(content, str) else content
         if not isinstance(parts, list):
             raise FieldError(f"{what}.content", "must be a string or a list of content parts")
+        seen += len(parts)
+        check_part_count(seen, settings, "content parts (messages)")
         if role == "system":
             for j, part in enumerate(parts):
                 if not (isinstance(part, dict) and part.get("type") == "text" and isinstance(part.get("text"), str)):

@@ -34,6 +34,7 @@ from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.service_info import public_model_name
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.items import Item
+from vectorizer_service.core.settings import Settings
 
 
 class MultimodalBody(DialectBody):
@@ -45,10 +46,10 @@ class MultimodalBody(DialectBody):
     encoding_format: str | None = None
 
 
-def _input(value: Any, index: int) -> Item:
+def _input(value: Any, index: int, settings: Settings) -> Item:
     if not isinstance(value, dict) or "content" not in value:
         raise InputError(f"inputs[{index}] must be an object {{content: [parts]}}")
-    return item_from_parts(value["content"], f"inputs[{index}].content")
+    return item_from_parts(value["content"], f"inputs[{index}].content", settings)
 
 
 class VoyageApi:
@@ -56,7 +57,7 @@ class VoyageApi:
         self.http = http
 
     async def multimodal(self, request: Request) -> dict[str, Any]:
-        body, _ = await read_body(request, MultimodalBody)
+        body, _ = await read_body(self.http, request, MultimodalBody)
         opts = instructions(request, self.http.settings, body.model)
         values = check_inputs(self.http, body.inputs, "inputs")
         is_query = bool(is_query_input_type(body.input_type))
@@ -65,7 +66,7 @@ class VoyageApi:
             raise FieldError("encoding_format", f"unknown value {body.encoding_format!r}; expected base64 or none")
         dims = check_dimensions(self.http, body.output_dimension if body.output_dimension is not None
                                 else opts.dimensions, "output_dimension")
-        parsed = parse_each(values, _input)
+        parsed = parse_each(values, lambda value, index: _input(value, index, self.http.settings))
         items = [p for p in parsed if isinstance(p, Item)]
         for item in items:
             item.instruction = opts.embedding(is_query)
