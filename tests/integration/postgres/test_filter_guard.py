@@ -121,6 +121,11 @@ def test_a_filter_runs_read_only_and_the_transaction_writes_again_after(conn: ps
         app.execute("INSERT INTO public.victim VALUES (5)")
         assert app.execute("SHOW transaction_read_only").fetchone() == ("off",)
     assert victims(conn) == 5
+    # A statement that writes what a search finds writes (the search alone is read-only).
+    app.execute("CREATE TABLE public.saved (n serial, pk text)")
+    app.execute("INSERT INTO public.saved (pk) SELECT pk FROM qvl.search('photos', 'x', k => 3, rerank => false, "
+                "filter => 'shop = 1')")
+    assert app.execute("SELECT count(*), max(n) FROM public.saved").fetchone() == (3, 3)
 
 
 # -- the structured filter -----------------------------------------------------------------------------
