@@ -14,12 +14,18 @@ classes, pgvector types on psycopg 3 connections.
     best = photos.rerank_rows("red shoes", select(Photo.id).where(Photo.shop == 7))
 
 Every argument is cast to its SQL type: drivers send Python strings untyped, and qvl.rerank is
-overloaded on text[] / bytea[]. A filter is SQL text or a SQLAlchemy condition on the table's
-columns (compiled with its values inline: qvl's filter is one text).
+overloaded on text[] / bytea[]. A filter is SQL text (the application's own condition), a
+structured filter (a dict: docs/postgres.md) or a SQLAlchemy condition on the table's columns,
+which becomes a structured filter: its values travel as data, never as SQL.
 """
 
 from __future__ import annotations
 
+import datetime
+import decimal
+import enum
+import json
+import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -43,8 +49,21 @@ from sqlalchemy import (
     null,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, REAL
-from sqlalchemy.sql.elements import ColumnElement
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, REAL
+from sqlalchemy.sql import operators
+from sqlalchemy.sql.elements import (
+    AsBoolean,
+    BinaryExpression,
+    BindParameter,
+    BooleanClauseList,
+    ColumnClause,
+    ColumnElement,
+    False_,
+    Null,
+    TextClause,
+    True_,
+    UnaryExpression,
+)
 from sqlalchemy.sql.functions import Function
 from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import NullType, TypeEngine
@@ -121,14 +140,77 @@ def query_embedding(vectorizer: str, query: Any, video: Any = None, *, storage: 
     return getattr(func.qvl, name)(_arg(vectorizer, Text), _query(query), _arg(video, LargeBinary), type_=type_())
 
 
-def _filter(condition: Any) -> ColumnElement[Any]:
-    """A filter as SQL text: a string as it is, a SQLAlchemy condition compiled with its values inline."""
-    if condition is None or isinstance(condition, str):
-        return _arg(condition, Text)
-    from sqlalchemy.dialects import postgresql
+# SQLAlchemy's operators as qvl's structured filter names them (docs/postgres.md, "Filters").
+_OPERATORS: dict[Any, str] = {
+    operators.eq: "=", operators.ne: "<>", operators.lt: "<", operators.le: "<=", operators.gt: ">",
+    operators.ge: ">=", operators.like_op: "like", operators.not_like_op: "not like", operators.ilike_op: "ilike",
+    operators.not_ilike_op: "not ilike", operators.in_op: "in", operators.not_in_op: "not in"}
+_CUSTOM = ("@>", "<@", "&&")  # pgvector-free PostgreSQL ARRAY/JSONB comparators: contains, contained_by, overlap
+_FILTER_HELP = ("qvl's filter from a SQLAlchemy condition takes a column compared with values (==, !=, <, <=, >, >=, "
+                "in_, not_in, like, ilike, not_like, not_ilike, between, is_(None), is_not(None); ARRAY/JSONB "
+                "contains, contained_by, overlap) joined by and_, or_ and not_. Pass SQL text for anything else.")
 
-    compiled = condition.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True})
-    return _arg(str(compiled), Text)
+
+def _value(value: Any) -> Any:
+    """A bound value as JSON: dates in ISO form, decimals and UUIDs as text (cast to the column's type)."""
+    if isinstance(value, enum.Enum):
+        value = value.value
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    if isinstance(value, datetime.date | datetime.time):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal | uuid.UUID):
+        return str(value)
+    if isinstance(value, list | tuple):
+        return [_value(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _value(v) for k, v in value.items()}
+    raise TypeError(f"qvl's filter cannot carry {type(value).__name__} values ({value!r})")
+
+
+def _operand(element: Any) -> Any:
+    if isinstance(element, BindParameter):
+        return _value(element.effective_value)
+    if isinstance(element, True_ | False_):
+        return isinstance(element, True_)
+    raise TypeError(f"{_FILTER_HELP} Got {element} where a value goes.")
+
+
+def _structured(condition: Any) -> dict[str, Any]:
+    """A SQLAlchemy condition as qvl's structured filter."""
+    if hasattr(condition, "__clause_element__"):
+        condition = condition.__clause_element__()
+    if isinstance(condition, BooleanClauseList) and condition.operator in (operators.and_, operators.or_):
+        word = "and" if condition.operator is operators.and_ else "or"
+        return {word: [_structured(c) for c in condition.clauses]}
+    if isinstance(condition, UnaryExpression | AsBoolean) and condition.operator in (operators.inv,
+                                                                                    operators.is_false):
+        return {"not": _structured(condition.element)}
+    if isinstance(condition, ColumnClause):  # a boolean column alone
+        return {"column": condition.name, "op": "=", "value": True}
+    if isinstance(condition, BinaryExpression) and isinstance(condition.left, ColumnClause):
+        column_name, op, right = condition.left.name, condition.operator, condition.right
+        if op in (operators.is_, operators.is_not) and isinstance(right, Null):
+            return {"column": column_name, "op": "is null" if op is operators.is_ else "is not null"}
+        if op in (operators.between_op, operators.not_between_op):
+            low, high = (_operand(c) for c in right.clauses)  # type: ignore[attr-defined]
+            between = {"and": [{"column": column_name, "op": ">=", "value": low},
+                               {"column": column_name, "op": "<=", "value": high}]}
+            return between if op is operators.between_op else {"not": between}
+        name = _OPERATORS.get(op) or getattr(op, "opstring", None)
+        if name in _OPERATORS.values() or name in _CUSTOM:
+            return {"column": column_name, "op": name, "value": _operand(right)}
+    raise TypeError(f"{_FILTER_HELP} Got: {condition}")
+
+
+def _filter(condition: Any) -> tuple[bool, ColumnElement[Any]]:
+    """(structured?, the filter argument): SQL text as it is, a dict or a SQLAlchemy condition as jsonb."""
+    if condition is None or isinstance(condition, str):
+        return False, _arg(condition, Text)
+    if isinstance(condition, TextClause) and not condition._bindparams:
+        return False, _arg(condition.text, Text)
+    spec = condition if isinstance(condition, dict) else _structured(condition)
+    return True, cast(literal(json.dumps(_value(spec)), Text), JSONB)
 
 
 def _key_type(key_type: Any) -> tuple[ColumnElement[Any], Any]:
@@ -143,8 +225,11 @@ def _key_type(key_type: Any) -> tuple[ColumnElement[Any], Any]:
 def search(vectorizer: str, query: Any, *, k: int = 10, candidates: int = 100, rerank: bool = True,
            filter: Any = None, offset: int = 0, key_type: Any = None) -> TableValuedAlias:
     """``qvl.search(...)``: columns ``pk`` (text), ``distance`` and ``score`` (NULL without rerank);
-    with ``key_type`` (BigInteger, Uuid, or a composite type's SQL name) ``key`` in that type instead."""
-    args = [_arg(k, Integer), _arg(candidates, Integer), _arg(rerank, Boolean), _filter(filter), _arg(offset, Integer)]
+    with ``key_type`` (BigInteger, Uuid, or a composite type's SQL name) ``key`` in that type instead.
+    A structured filter goes in its own overload's place: right after the query (or key_type)."""
+    structured, flt = _filter(filter)
+    args = [_arg(k, Integer), _arg(candidates, Integer), _arg(rerank, Boolean), _arg(offset, Integer)]
+    args = [flt, *args] if structured else [*args[:3], flt, args[3]]
     if key_type is None:
         fn = func.qvl.search(_arg(vectorizer, Text), _query(query), *args)
         return fn.table_valued(column("pk", Text), column("distance", Float), column("score", Float))
@@ -158,8 +243,10 @@ def hybrid_search(vectorizer: str, query: Any, *, k: int = 10, filter: Any = Non
                   key_type: Any = None) -> TableValuedAlias:
     """``qvl.hybrid_search(...)``: ``pk`` (or ``key`` with ``key_type``), ``score``, ``rrf``,
     ``vector_rank``, ``text_rank``; weights are (vector, full text)."""
-    args = [_arg(k, Integer), _filter(filter), _arg(list(weights), ARRAY(REAL)), _arg(rerank, Boolean),
-            _arg(candidates, Integer), _arg(offset, Integer)]
+    structured, flt = _filter(filter)
+    args = [_arg(k, Integer), _arg(list(weights), ARRAY(REAL)), _arg(rerank, Boolean), _arg(candidates, Integer),
+            _arg(offset, Integer)]
+    args = [flt, *args] if structured else [args[0], flt, *args[1:]]
     ranks = (column("score", Float), column("rrf", Float), column("vector_rank", Integer),
              column("text_rank", Integer))
     if key_type is None:

@@ -12,7 +12,9 @@
 -- Every function here runs as its caller (SECURITY INVOKER, no SET search_path): the caller's
 -- privileges, row-level security and search_path apply to the table read and to the filter. The
 -- SQL they build names qvl's and pgvector's objects by schema; only qvl._call (the service door)
--- is SECURITY DEFINER.
+-- is SECURITY DEFINER. The functions that take a filter run read-only (SET transaction_read_only =
+-- on: PostgreSQL refuses every write until they return, then the caller's transaction is as it was),
+-- so not even a function the filter calls can write.
 
 -- Until filter and offset came, qvl.search had five parameters; those signatures would make calls
 -- that leave the new parameters out ambiguous.
@@ -135,14 +137,15 @@ COMMENT ON FUNCTION qvl.rerank_rows(text, bytea, anyarray, int) IS
 
 
 -- Two-stage search: the query embedded with the query instruction; the `candidates` nearest rows
--- that pass `filter` (one condition on the table's columns, run with the caller's rights: see
--- docs/postgres.md) from the vector index (an iterative scan, or every passing row when few pass);
--- the reranker over each candidate's own columns. Rows offset+1 .. offset+k, best first: by score,
--- or by distance when rerank => false (score NULL). pk: the key as text (ROW(...)::text when composite).
+-- that pass `filter` (one condition on the table's columns as SQL text, or a structured jsonb filter;
+-- run with the caller's rights: see docs/postgres.md) from the vector index (an iterative scan, or
+-- every passing row when few pass); the reranker over each candidate's own columns. Rows offset+1 ..
+-- offset+k, best first: by score, or by distance when rerank => false (score NULL). pk: the key as
+-- text (ROW(...)::text when composite).
 CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query text, k int DEFAULT 10, candidates int DEFAULT 100,
                                       rerank boolean DEFAULT true, filter text DEFAULT NULL,
                                       "offset" int DEFAULT 0)
-RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE AS $py$
+RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE SET transaction_read_only = on AS $py$
 # qvl:prologue
 return lib.search_rows(vectorizer, lib.text_item(query), k, candidates, rerank, filter, offset)
 $py$;
@@ -152,7 +155,7 @@ COMMENT ON FUNCTION qvl.search(text, text, int, int, boolean, text, int) IS
 CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query bytea, k int DEFAULT 10, candidates int DEFAULT 100,
                                       rerank boolean DEFAULT true, filter text DEFAULT NULL,
                                       "offset" int DEFAULT 0)
-RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE AS $py$
+RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE SET transaction_read_only = on AS $py$
 # qvl:prologue
 return lib.search_rows(vectorizer, lib.image_item(query), k, candidates, rerank, filter, offset)
 $py$;
@@ -188,3 +191,56 @@ END
 $$;
 COMMENT ON FUNCTION qvl.search(text, bytea, anyelement, int, int, boolean, text, int) IS
     'Image query: filtered ANN recall, then rerank; the key in the table''s type';
+
+
+-- The structured filter: filter => '{"column": "shop", "op": "=", "value": 7}'::jsonb, or and/or/not
+-- of such items (docs/postgres.md). Its values are bound as parameters, cast to their columns' types:
+-- the filter to build from an application's user input. filter comes third and has no default, so a
+-- call without a filter (or with a text one) names the functions above, never these.
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query text, filter jsonb, k int DEFAULT 10,
+                                      candidates int DEFAULT 100, rerank boolean DEFAULT true,
+                                      "offset" int DEFAULT 0)
+RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE SET transaction_read_only = on AS $py$
+# qvl:prologue
+return lib.search_rows(vectorizer, lib.text_item(query), k, candidates, rerank, lib.structured(filter), offset)
+$py$;
+COMMENT ON FUNCTION qvl.search(text, text, jsonb, int, int, boolean, int) IS
+    'Text query under a structured (jsonb) filter: filtered ANN recall, then rerank; the key as text';
+
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query bytea, filter jsonb, k int DEFAULT 10,
+                                      candidates int DEFAULT 100, rerank boolean DEFAULT true,
+                                      "offset" int DEFAULT 0)
+RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpython3u VOLATILE SET transaction_read_only = on AS $py$
+# qvl:prologue
+return lib.search_rows(vectorizer, lib.image_item(query), k, candidates, rerank, lib.structured(filter), offset)
+$py$;
+COMMENT ON FUNCTION qvl.search(text, bytea, jsonb, int, int, boolean, int) IS
+    'Image query under a structured (jsonb) filter: filtered ANN recall, then rerank; the key as text';
+
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query text, key_type anyelement, filter jsonb,
+                                      k int DEFAULT 10, candidates int DEFAULT 100, rerank boolean DEFAULT true,
+                                      "offset" int DEFAULT 0)
+RETURNS TABLE(key anyelement, distance real, score real) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'SELECT s.pk::%s, s.distance, s.score FROM qvl.search($1, $2, $3, $4, $5, $6, $7) AS s',
+        qvl._check_key_type(vectorizer, pg_catalog.pg_typeof(key_type)::pg_catalog.regtype))
+        USING vectorizer, query, filter, k, candidates, rerank, "offset";
+END
+$$;
+COMMENT ON FUNCTION qvl.search(text, text, anyelement, jsonb, int, int, boolean, int) IS
+    'Text query under a structured (jsonb) filter; the key in the table''s type (key_type => NULL::bigint)';
+
+CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query bytea, key_type anyelement, filter jsonb,
+                                      k int DEFAULT 10, candidates int DEFAULT 100, rerank boolean DEFAULT true,
+                                      "offset" int DEFAULT 0)
+RETURNS TABLE(key anyelement, distance real, score real) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'SELECT s.pk::%s, s.distance, s.score FROM qvl.search($1, $2, $3, $4, $5, $6, $7) AS s',
+        qvl._check_key_type(vectorizer, pg_catalog.pg_typeof(key_type)::pg_catalog.regtype))
+        USING vectorizer, query, filter, k, candidates, rerank, "offset";
+END
+$$;
+COMMENT ON FUNCTION qvl.search(text, bytea, anyelement, jsonb, int, int, boolean, int) IS
+    'Image query under a structured (jsonb) filter; the key in the table''s type';

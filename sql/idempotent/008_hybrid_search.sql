@@ -86,11 +86,13 @@ COMMENT ON FUNCTION qvl.set_fulltext(text, text) IS
 -- `filter`; fused by reciprocal rank (weights: vector, full text; each list adds weight / (60 + rank));
 -- then the reranker over the fused best `candidates`. Rows offset+1 .. offset+k, best first: by score,
 -- or by rrf when rerank => false (score NULL). vector_rank and text_rank: the row's place in each list
--- (NULL: not in it). Runs as the caller, as qvl.search does.
+-- (NULL: not in it). Runs as the caller and read-only, as qvl.search does; filter: SQL text, or a
+-- structured jsonb filter (the overloads below).
 CREATE OR REPLACE FUNCTION qvl.hybrid_search(vectorizer text, query text, k int DEFAULT 10, filter text DEFAULT NULL,
                                              weights real[] DEFAULT '{1,1}', rerank boolean DEFAULT true,
                                              candidates int DEFAULT 100, "offset" int DEFAULT 0)
-RETURNS TABLE(pk text, score real, rrf real, vector_rank int, text_rank int) LANGUAGE plpython3u VOLATILE AS $py$
+RETURNS TABLE(pk text, score real, rrf real, vector_rank int, text_rank int) LANGUAGE plpython3u VOLATILE
+SET transaction_read_only = on AS $py$
 # qvl:prologue
 return lib.hybrid_rows(vectorizer, query, k, filter, weights, rerank, candidates, offset)
 $py$;
@@ -113,3 +115,32 @@ END
 $$;
 COMMENT ON FUNCTION qvl.hybrid_search(text, text, anyelement, int, text, real[], boolean, int, int) IS
     'Hybrid search with the key in the table''s type (key_type => NULL::bigint)';
+
+
+-- Under a structured (jsonb) filter, as qvl.search has: filter third, without a default.
+CREATE OR REPLACE FUNCTION qvl.hybrid_search(vectorizer text, query text, filter jsonb, k int DEFAULT 10,
+                                             weights real[] DEFAULT '{1,1}', rerank boolean DEFAULT true,
+                                             candidates int DEFAULT 100, "offset" int DEFAULT 0)
+RETURNS TABLE(pk text, score real, rrf real, vector_rank int, text_rank int) LANGUAGE plpython3u VOLATILE
+SET transaction_read_only = on AS $py$
+# qvl:prologue
+return lib.hybrid_rows(vectorizer, query, k, lib.structured(filter), weights, rerank, candidates, offset)
+$py$;
+COMMENT ON FUNCTION qvl.hybrid_search(text, text, jsonb, int, real[], boolean, int, int) IS
+    'Hybrid search under a structured (jsonb) filter; the key as text';
+
+CREATE OR REPLACE FUNCTION qvl.hybrid_search(vectorizer text, query text, key_type anyelement, filter jsonb,
+                                             k int DEFAULT 10, weights real[] DEFAULT '{1,1}',
+                                             rerank boolean DEFAULT true, candidates int DEFAULT 100,
+                                             "offset" int DEFAULT 0)
+RETURNS TABLE(key anyelement, score real, rrf real, vector_rank int, text_rank int) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'SELECT h.pk::%s, h.score, h.rrf, h.vector_rank, h.text_rank '
+        'FROM qvl.hybrid_search($1, $2, $3, $4, $5, $6, $7, $8) AS h',
+        qvl._check_key_type(vectorizer, pg_catalog.pg_typeof(key_type)::pg_catalog.regtype))
+        USING vectorizer, query, filter, k, weights, rerank, candidates, "offset";
+END
+$$;
+COMMENT ON FUNCTION qvl.hybrid_search(text, text, anyelement, jsonb, int, real[], boolean, int, int) IS
+    'Hybrid search under a structured (jsonb) filter, the key in the table''s type (key_type => NULL::bigint)';

@@ -45,6 +45,20 @@ class Plan:
         self.query, self.argtypes = query, argtypes
 
 
+class Cursor:
+    """plpy.cursor's answer: rows in batches."""
+
+    def __init__(self, rows: Result) -> None:
+        self.rows = rows
+
+    def fetch(self, n: int) -> Result:
+        batch, self.rows = Result(self.rows[:n]), Result(self.rows[n:])
+        return batch
+
+    def close(self) -> None:
+        self.rows = Result()
+
+
 class FakePlpy:
     """Answers by the first registered fragment found in the query; records what ran."""
 
@@ -77,6 +91,9 @@ class FakePlpy:
                 return Result(answer(list(args or [])))
         return Result()
 
+    def cursor(self, plan: Plan, args: list[Any] | None = None) -> Cursor:
+        return Cursor(self.execute(plan, args))
+
     def error(self, message: str, detail: str | None = None, hint: str | None = None,
               sqlstate: str | None = None) -> None:
         raise PlpyError(message, detail, hint, sqlstate)
@@ -97,6 +114,7 @@ def plpy(monkeypatch: pytest.MonkeyPatch) -> FakePlpy:
         monkeypatch.setattr(qvl_lib, name, {})
     monkeypatch.setattr(qvl_lib, "memo", {"stamp": None, "values": {}})
     monkeypatch.setattr(qvl_lib, "filter_plans", qvl_lib.OrderedDict())
+    monkeypatch.setattr(qvl_lib, "probed", qvl_lib.OrderedDict())
     return fake
 
 
@@ -298,6 +316,10 @@ CFG: dict[str, Any] = {
 }
 
 
+def text_filter(text: str) -> qvl_lib.Filter:
+    return qvl_lib.Filter([text], ("sql", text, "on"), text)
+
+
 def test_candidate_sql_names_everything_qualified_and_keeps_the_filter_in_its_parentheses() -> None:
     q = FakePlpy.quote_ident
     sql, types = qvl_lib.candidate_sql(CFG, None, True, False, q)
@@ -306,7 +328,8 @@ def test_candidate_sql_names_everything_qualified_and_keeps_the_filter_in_its_pa
                    '::pg_catalog.float4 AS qvl_distance, "photos"."caption", "photos"."image" FROM public.photos '
                    'WHERE "photos"."embedding" IS NOT NULL ORDER BY "photos"."embedding" OPERATOR(public.<=>) $1 '
                    'LIMIT $2')
-    sql, types = qvl_lib.candidate_sql({**CFG, "storage": "bit", "pk_columns": ["a", "b"]}, "cat = 3", False, False, q)
+    sql, types = qvl_lib.candidate_sql({**CFG, "storage": "bit", "pk_columns": ["a", "b"]}, text_filter("cat = 3"),
+                                       False, False, q)
     assert types == ["pg_catalog.bit(3)", "int8"]
     assert sql.startswith('SELECT ROW("photos"."a", "photos"."b")::pg_catalog.text AS qvl_pk, '
                           '("photos"."embedding" OPERATOR(public.<~>) $1)')
@@ -315,7 +338,7 @@ def test_candidate_sql_names_everything_qualified_and_keeps_the_filter_in_its_pa
 
 
 def test_exact_candidates_are_a_subquery_the_vector_index_cannot_order() -> None:
-    sql, _ = qvl_lib.candidate_sql(CFG, "cat = 3", True, True, FakePlpy.quote_ident)
+    sql, _ = qvl_lib.candidate_sql(CFG, text_filter("cat = 3"), True, True, FakePlpy.quote_ident)
     assert sql == ('SELECT qvl_exact.qvl_pk, (qvl_exact.qvl_vector OPERATOR(public.<=>) $1)::pg_catalog.float4 AS '
                    'qvl_distance, qvl_exact."caption", qvl_exact."image" FROM (SELECT "photos"."id"::pg_catalog.text '
                    'AS qvl_pk, "photos"."embedding" AS qvl_vector, "photos"."caption", "photos"."image" FROM '
@@ -337,46 +360,138 @@ def test_scan_settings_size_an_iterative_scan_by_the_filter() -> None:
     assert qvl_lib.scan_settings(100, 1, 10**9)["hnsw.max_scan_tuples"] == "5000000"  # bounded
 
 
-@pytest.mark.parametrize("text", [
-    "cat = 3", "taken_on >= '2024-01-01' AND tenant_id = 7", "caption ILIKE '%it''s%'", "\"select\" = 1",
-    "tags @> ARRAY['a', 'b'] AND (x > 1 OR (y < 2))", "E'it\\'s (' = caption", "caption = $$;) SELECT$$",
-    "caption = $q$ -- ) $q$", "extract(year FROM taken_on) = 2024", "ts::timestamp with time zone > now()",
-    "a$b = 1", "x = U & 1",
-])
-def test_check_filter_takes_one_condition(plpy: FakePlpy, text: str) -> None:
-    assert qvl_lib.check_filter(text) == text
+def plan_doc(*nodes: dict[str, Any]) -> str:
+    """An EXPLAIN (VERBOSE, FORMAT JSON) document: the first node, the others below it."""
+    return json.dumps([{"Plan": {**nodes[0], "Plans": list(nodes[1:])}}])
 
 
-@pytest.mark.parametrize(("text", "why"), [
-    ("id IN (SELECT id FROM secret)", "subquery (SELECT)"),
-    ("EXISTS (values (1))", "subquery (VALUES)"),
-    ("id = ANY(ARRAY(TABLE secret))", "subquery (TABLE)"),
-    ("true) OR (true", "closes a parenthesis"),
-    ("true)) UNION ALL SELECT 1 --", "closes a parenthesis"),
-    ("(true", "leaves a parenthesis open"),
-    ("true; DROP TABLE photos", "semicolons"),
-    ("true -- ) ORDER BY", "comment"),
-    ("true /* ) */", "comment"),
-    ("id = $1", "parameter"),
-    ("caption = 'open", "quote open"),
-    ("caption = E'x\\' ) OR (SELECT 1)", "quote open"),
-    ("caption = $a$ x", "dollar quote open"),
-    ("U&'\\0041' = caption", "U& string"),
-    ('"caption = 1', "quote open"),
+SCAN = {"Node Type": "Seq Scan", "Schema": "public", "Relation Name": "photos"}
+TABLE = [("public", "photos")]
+
+
+def test_a_probe_plan_of_scans_of_the_table_is_one_condition() -> None:
+    features = qvl_lib.plan_features(plan_doc(SCAN))
+    assert features == {("reads", "public", "photos"): 1}
+    assert qvl_lib.probe_refusal(features, {}, TABLE) is None
+    # A partitioned table: an Append over its partitions, each read once.
+    parts = [("public", "photos_2024"), ("public", "photos_2025")]
+    features = qvl_lib.plan_features(plan_doc({"Node Type": "Append"}, {**SCAN, "Relation Name": "photos_2024"},
+                                              {**SCAN, "Relation Name": "photos_2025"}))
+    assert qvl_lib.probe_refusal(features, {}, TABLE + parts) is None
+
+
+@pytest.mark.parametrize(("nodes", "why"), [
+    ([SCAN, {"Node Type": "Result", "Parent Relationship": "InitPlan", "Subplan Name": "InitPlan 1 (returns $0)"}],
+     "holds a subquery"),
+    ([{"Node Type": "Nested Loop", "Join Type": "Semi"}, SCAN, {**SCAN, "Relation Name": "secret"}],
+     "holds a subquery"),
+    ([{"Node Type": "Append"}, SCAN, {**SCAN, "Relation Name": "secret"}], "reads public.secret"),
+    ([{"Node Type": "Append"}, SCAN, SCAN], "more than one condition (it reads public.photos more than once)"),
+    ([{"Node Type": "Limit"}, SCAN], "more than one condition (its plan holds a Limit node)"),
+    ([{"Node Type": "LockRows"}, SCAN], "LockRows"),
 ])
-def test_check_filter_refuses_what_could_reach_out_or_read_elsewhere(plpy: FakePlpy, text: str, why: str) -> None:
+def test_a_probe_plan_with_more_than_a_scan_is_refused(nodes: list[dict[str, Any]], why: str) -> None:
+    refusal = qvl_lib.probe_refusal(qvl_lib.plan_features(plan_doc(*nodes)), {}, TABLE)
+    assert refusal is not None and why in refusal, refusal
+
+
+def test_what_row_level_security_adds_to_the_plan_is_the_tables_own() -> None:
+    """A policy with a subquery (membership) shows in the plan of "WHERE true" too: not the filter's."""
+    member = {"Node Type": "Seq Scan", "Schema": "public", "Relation Name": "members"}
+    policy = [{**SCAN, "Filter": "(hashed SubPlan 1)"},
+              {**member, "Parent Relationship": "SubPlan", "Subplan Name": "SubPlan 1"}]
+    baseline = qvl_lib.plan_features(plan_doc(*policy))
+    assert qvl_lib.probe_refusal(baseline, baseline, TABLE) is None
+    more = qvl_lib.plan_features(plan_doc(*policy, {**member, "Subplan Name": "SubPlan 2",
+                                                    "Parent Relationship": "SubPlan"}))
+    assert "holds a subquery" in (qvl_lib.probe_refusal(more, baseline, TABLE) or "")
+
+
+def probe_answers(plpy: FakePlpy, *nodes: dict[str, Any]) -> None:
+    """The probe's plan is ``nodes``; the baseline's (WHERE true) a scan."""
+    def explain(args: list[Any]) -> list[dict[str, Any]]:
+        baseline = plpy.executed[-1][0].endswith("WHERE\ntrue")
+        return [{"QUERY PLAN": plan_doc(*((SCAN,) if baseline else nodes))}]
+
+    plpy.on("standard_conforming_strings", lambda args: [{"v": "on"}])
+    plpy.on("EXPLAIN (VERBOSE, FORMAT JSON)", explain)
+    plpy.on("WITH RECURSIVE tree", lambda args: [{"schema": "public", "name": "photos"}])
+
+
+def test_a_text_filter_is_probed_once_per_text_and_string_syntax(plpy: FakePlpy) -> None:
+    probe_answers(plpy, SCAN)
+    flt = qvl_lib.checked_filter(CFG, "cat = 3")
+    assert flt is not None and flt.key == ("sql", "cat = 3", "on") and flt.where(2) == "cat = 3"
+    probes = [p.query for p in plpy.prepared if p.query.startswith("EXPLAIN")]
+    assert probes == ["EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM public.photos WHERE\ncat = 3"]
+    qvl_lib.checked_filter(CFG, "cat = 3")
+    assert len([p for p in plpy.prepared if p.query.startswith("EXPLAIN")]) == 1  # remembered
+    assert qvl_lib.checked_filter(CFG, "  ") is None and qvl_lib.checked_filter(CFG, None) is None
+
+
+def test_a_text_filter_whose_probe_reads_more_is_refused(plpy: FakePlpy) -> None:
+    probe_answers(plpy, SCAN, {"Node Type": "Result", "Parent Relationship": "InitPlan", "Subplan Name": "InitPlan 1"})
     with pytest.raises(PlpyError) as caught:
-        qvl_lib.check_filter(text)
-    assert why in caught.value.message and caught.value.sqlstate == "42601"
-    assert caught.value.hint == qvl_lib.FILTER_HINT
+        qvl_lib.checked_filter(CFG, "cat = (SELECT 1)")
+    assert caught.value.message.startswith("qvl: the filter holds a subquery")
+    assert (caught.value.sqlstate, caught.value.hint, caught.value.detail) == (
+        "42601", qvl_lib.FILTER_HINT, "filter: cat = (SELECT 1)")
 
 
-def test_check_filter_reads_backslashes_as_the_session_does(plpy: FakePlpy) -> None:
-    text = "caption = 'a\\' ) OR (SELECT 1) --'"  # standard_conforming_strings off: \' escapes the quote
-    with pytest.raises(PlpyError):
-        qvl_lib.check_filter(text, standard_strings=True)  # 'a\' ends the string: ) reaches out
-    assert qvl_lib.check_filter(text, standard_strings=False) == text  # one string
-    assert qvl_lib.check_filter("  ") is None and qvl_lib.check_filter(None) is None
+COLUMNS = [{"name": "id", "type": "pg_catalog.int8", "is_array": False, "is_json": False},
+           {"name": "caption", "type": "pg_catalog.text", "is_array": False, "is_json": False},
+           {"name": "tags", "type": "pg_catalog._text", "is_array": True, "is_json": False},
+           {"name": "meta", "type": "pg_catalog.jsonb", "is_array": False, "is_json": True}]
+
+
+def structured(plpy: FakePlpy, spec: Any) -> qvl_lib.Filter:
+    plpy.on("pg_catalog.pg_attribute", lambda args: COLUMNS)
+    flt = qvl_lib.checked_filter(CFG, qvl_lib.structured(json.dumps(spec)))
+    assert flt is not None
+    return flt
+
+
+def test_a_structured_filter_is_sql_of_quoted_columns_and_bound_values(plpy: FakePlpy) -> None:
+    flt = structured(plpy, {"and": [{"column": "id", "op": "IN", "value": [1, 12345678901234567890]},
+                                    {"or": [{"column": "caption", "op": "ilike", "value": "%x'); --%"},
+                                            {"not": {"column": "tags", "op": "&&", "value": ["a", None]}}]},
+                                    {"column": "meta", "op": "@>", "value": {"k": [1.50, True]}},
+                                    {"column": "caption", "op": "is not null"}]})
+    assert flt.where(2) == ('(("photos"."id" = ANY (CAST($3 AS pg_catalog.int8[]))) AND (("photos"."caption" ILIKE '
+                            'CAST($4 AS pg_catalog.text)) OR (NOT ("photos"."tags" && CAST($5 AS pg_catalog._text)))) '
+                            'AND ("photos"."meta" @> CAST($6 AS pg_catalog.jsonb)) '
+                            'AND ("photos"."caption" IS NOT NULL))')
+    assert flt.argtypes == ["text[]", "text", "text[]", "text"]
+    assert flt.args == [["1", "12345678901234567890"], "%x'); --%", ["a", None], '{"k": [1.5, true]}']
+    # The plans are kept by the SQL, whatever the values.
+    other = structured(plpy, {"and": [{"column": "id", "op": "in", "value": [7]},
+                                      {"or": [{"column": "caption", "op": "ilike", "value": "y"},
+                                              {"not": {"column": "tags", "op": "&&", "value": []}}]},
+                                      {"column": "meta", "op": "@>", "value": {}},
+                                      {"column": "caption", "op": "is not null"}]})
+    assert other.key == flt.key and other.args != flt.args
+    assert structured(plpy, {"and": []}).where(0) == "true" and structured(plpy, {"or": []}).where(0) == "false"
+
+
+@pytest.mark.parametrize(("spec", "state", "why"), [
+    ({"column": "nope", "op": "=", "value": 1}, "42703", 'names column "nope", which public.photos does not have'),
+    ({"column": "id", "op": "~", "value": 1}, "22023", 'names operator "~"'),
+    ({"column": "id", "op": "=", "value": None}, "22023", "compares with null"),
+    ({"column": "id", "op": "=", "value": [1]}, "22023", "is an array"),
+    ({"column": "tags", "op": "=", "value": "a"}, "22023", 'compares array column "tags" with "a"'),
+    ({"column": "tags", "op": "in", "value": [["a"]]}, "22023", "on a column that is not an array"),
+    ({"column": "caption", "op": "like", "value": 3}, "22023", '("like") takes a string, not 3'),
+    ({"column": "id", "op": "is null", "value": 3}, "22023", "takes no value"),
+    ({"column": "id", "op": "=", "value": 1, "x": 1}, "22023", 'has key "x"'),
+    ({"or": [{"column": "id"}]}, "22023", "item $.or[0] has no \"op\""),
+    ({"not": [1]}, "22023", "item $.not is an array, not an object"),
+    ("id = 1", "22023", 'item $ is "id = 1", not an object'),
+])
+def test_a_bad_structured_filter_names_the_item(plpy: FakePlpy, spec: Any, state: str, why: str) -> None:
+    with pytest.raises(PlpyError) as caught:
+        structured(plpy, spec)
+    assert why in caught.value.message and caught.value.message.startswith("qvl: the filter's item $")
+    assert caught.value.sqlstate == state
 
 
 def test_rows_by_key_sql_matches_scalar_and_composite_keys() -> None:
@@ -460,8 +575,8 @@ def estimates(plpy: FakePlpy, passing: float, total: float = 10_000) -> None:
 
 
 def search_setup(plpy: FakePlpy, ann: list[dict[str, Any]], exact: list[dict[str, Any]]) -> list[tuple[str, Any]]:
+    probe_answers(plpy, SCAN)  # first: its table query reads qvl.vectorizer too
     plpy.on("FROM qvl.vectorizer v", lambda args: [CFG])
-    plpy.on("standard_conforming_strings", lambda args: [{"v": "on"}])
     plpy.on("current_setting('hnsw.ef_search'", lambda args: [{"ef_search": "60", "iterative_scan": "off",
                                                                  "max_scan_tuples": "20000"}])
     plpy.on("qvl_exact", lambda args: exact)

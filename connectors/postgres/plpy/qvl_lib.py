@@ -975,134 +975,390 @@ def query_embedding_sql(name: str, text: str | None, image: bytes | None, video:
     return vec
 
 
-# -- filters: one condition on the table, with the caller's rights --------------------------------
-# The functions that take a filter run as their caller (SECURITY INVOKER), so a filter reads nothing
-# its caller could not read with a SELECT of their own: that is the boundary. The check below is a
-# guard for applications that build a filter from user input: the text must be one condition that
-# stays inside the parentheses it is put in, without a subquery (the plain way to read other tables).
+# -- filters: one condition on the row, PostgreSQL deciding ----------------------------------------
+# A filter is SQL text (a condition the application writes) or a structured filter (jsonb: columns
+# of the table, operators from a fixed list, values bound as parameters: what an application builds
+# from its users' input). Neither can become more than one condition on the table's row, and no
+# home-made lexer decides it (one that must agree with PostgreSQL's on every quoting rule loses):
+#  - a text filter is planned alone first, at the very end of a probe ("SELECT 1 FROM t WHERE\n" and
+#    the text). PostgreSQL's lexer reads the text alike wherever it starts in its normal state, so
+#    text that closes a parenthesis it did not open, leaves a string, quote or comment open, or ends
+#    a statement cannot parse there, and in the real queries it stays in its parentheses. The
+#    probe's plan must read the table and nothing else: a subquery shows as a SubPlan, an InitPlan or
+#    a join, ORDER BY / LIMIT / GROUP BY / UNION as nodes a scan does not have;
+#  - a query that holds a filter runs through a cursor: PostgreSQL opens one for exactly one
+#    statement (42P11 otherwise);
+#  - qvl.search and qvl.hybrid_search run read-only (SET transaction_read_only = on, restored when
+#    they return, sql/idempotent/004_search.sql): a function the filter calls cannot write.
+# All of it runs as the caller (SECURITY INVOKER): a filter reads nothing its caller could not read
+# with a SELECT of their own, and row-level security applies.
 FILTER_HINT = ("A filter is one condition on the table's own columns, as after WHERE: \"taken_on >= "
-               "'2024-01-01' AND tenant_id = 7\". It runs with your rights and search_path. Quote values with "
-               "format('tenant_id = %L', value); subqueries, comments, semicolons and $n parameters are refused.")
-NOT_IN_A_FILTER = {"select": "a subquery (SELECT)", "values": "a subquery (VALUES)", "table": "a subquery (TABLE)"}
-IDENT_START = re.compile(r"[A-Za-z_\u0080-\U0010ffff]")
-IDENT = re.compile(r"[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_$\u0080-\U0010ffff]*")
-DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_\u0080-\U0010ffff][A-Za-z0-9_\u0080-\U0010ffff]*)?\$")
+               "'2024-01-01' AND tenant_id = 7\". It runs read-only, with your rights and search_path; a "
+               "subquery, ORDER BY, LIMIT or a second statement is refused. For values from your users pass a "
+               "structured filter: filter => '{\"column\": \"tenant_id\", \"op\": \"=\", \"value\": 7}'::jsonb.")
 SQLSTATES_OF_A_BAD_FILTER = ("42", "22", "0A")  # syntax, names and types; bad literals; what WHERE cannot hold
+# A plan of "SELECT 1 FROM t WHERE <one condition>" holds these nodes only: scans of the table (of its
+# partitions or children under an Append), bitmap parts, parallel workers, a one-time filter.
+SCAN_NODES = frozenset({"Seq Scan", "Index Scan", "Index Only Scan", "Bitmap Heap Scan", "Bitmap Index Scan",
+                        "BitmapAnd", "BitmapOr", "Tid Scan", "Tid Range Scan", "Result", "Append", "Gather"})
+# Nodes a subquery brings (pulled up into a join, or read from a function, VALUES or a CTE).
+SUBQUERY_NODES = frozenset({"Nested Loop", "Hash Join", "Merge Join", "Hash", "Materialize", "Memoize",
+                            "Values Scan", "Function Scan", "Table Function Scan", "CTE Scan", "WorkTable Scan",
+                            "Named Tuplestore Scan", "Subquery Scan", "Foreign Scan", "Custom Scan", "Sample Scan"})
+PROBE_SQL = "EXPLAIN (VERBOSE, FORMAT JSON) SELECT 1 FROM {source} WHERE\n{where}"
+TABLE_TREE_SQL = """
+WITH RECURSIVE tree(oid) AS (
+    SELECT v.source FROM qvl.vectorizer v WHERE v.id = $1
+    UNION SELECT i.inhrelid FROM pg_catalog.pg_inherits i JOIN tree ON i.inhparent = tree.oid)
+SELECT n.nspname AS schema, c.relname AS name
+  FROM tree JOIN pg_catalog.pg_class c ON c.oid = tree.oid JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace"""
+STANDARD_STRINGS_SQL = "SELECT pg_catalog.current_setting('standard_conforming_strings') AS v"
+CURSOR_BATCH = 1000  # rows per fetch of a filtered query's cursor
+PROBED = 256  # text filters whose probe passed, kept per backend
 
 
-def refuse_filter(text: str, why: str) -> NoReturn:
-    plpy.error(f"qvl: the filter {why}", detail=f"filter: {text[:300]}", hint=FILTER_HINT, sqlstate="42601")
+class Structured(str):
+    """A structured filter's JSON text (the jsonb argument), told apart from SQL text."""
 
 
-def end_of_quoted(text: str, start: int, backslashes: bool) -> int:
-    """The index after the string literal (or quoted identifier) opened at ``start``: a doubled
-    quote is a quote, and with ``backslashes`` (E'' strings, or standard_conforming_strings off) a
-    backslash escapes the next character, as PostgreSQL's lexer reads them."""
-    quote, i, n = text[start], start + 1, len(text)
-    while i < n:
-        c = text[i]
-        if backslashes and c == "\\":
-            i += 2
-        elif c == quote:
-            if i + 1 < n and text[i + 1] == quote:
-                i += 2
-            else:
-                return i + 1
-        else:
-            i += 1
-    refuse_filter(text, "leaves a quote open")
+def structured(doc: str | None) -> Structured | None:
+    return None if doc is None else Structured(doc)
 
 
-def check_filter(text: str | None, standard_strings: bool = True) -> str | None:
-    """``text`` when it is one condition that cannot reach out of its parentheses (None when blank);
-    a 42601 error otherwise. Tokens are read the way PostgreSQL's lexer reads them: strings (E'',
-    B'', X'', N'', dollar-quoted), quoted identifiers, words; parentheses are counted outside them."""
-    if text is None or not text.strip():
-        return None
-    i, n, depth = 0, len(text), 0
-    while i < n:
-        c = text[i]
-        if text.startswith(("--", "/*"), i):
-            refuse_filter(text, "holds a comment")
-        if c == ";":
-            refuse_filter(text, "is one condition: no semicolons")
-        if c in "'\"":
-            i = end_of_quoted(text, i, c == "'" and not standard_strings)
-            continue
-        if c == "(":
-            depth += 1
-        elif c == ")":
-            depth -= 1
-            if depth < 0:
-                refuse_filter(text, "closes a parenthesis it did not open")
-        elif c == "$":
-            dollar = DOLLAR_QUOTE.match(text, i)
-            if dollar is None:
-                refuse_filter(text, "holds a parameter ($n); put the value in the text")
-            close = text.find(dollar.group(0), dollar.end())
-            if close < 0:
-                refuse_filter(text, "leaves a dollar quote open")
-            i = close + len(dollar.group(0))
-            continue
-        elif IDENT_START.match(c):
-            word = IDENT.match(text, i)
-            assert word is not None
-            lower, i = word.group(0).lower(), word.end()
-            if lower == "u" and text.startswith(("&'", '&"'), i):
-                refuse_filter(text, "holds a U& string or identifier")
-            if i < n and text[i] == "'" and lower in ("e", "b", "x", "n"):
-                i = end_of_quoted(text, i, lower == "e" or not standard_strings)
-            elif lower in NOT_IN_A_FILTER:
-                refuse_filter(text, f"holds {NOT_IN_A_FILTER[lower]}: it is one condition on the table's own "
-                                    f"columns (a column of that name is written quoted)")
-            continue
-        i += 1
-    if depth:
-        refuse_filter(text, "leaves a parenthesis open")
-    return text
+class Filter:
+    """A checked filter. ``parts`` is its SQL, with an int where a parameter of its own goes (an
+    index into ``args``); ``where(base)`` numbers them after the query's own ``base`` parameters.
+    ``key`` names the SQL and the string syntax it was checked under, not the values: the plans of
+    the queries that hold it are kept by it. ``leaves``: (path, column, type, index) of each value
+    of a structured filter, to name the one PostgreSQL cannot read."""
+
+    def __init__(self, parts: Sequence[str | int], key: tuple[Any, ...], shown: str, argtypes: Sequence[str] = (),
+                 args: Sequence[Any] = (), leaves: Sequence[tuple[str, str, str, int]] = ()) -> None:
+        self.parts, self.key, self.shown = tuple(parts), key, shown
+        self.argtypes, self.args, self.leaves = list(argtypes), list(args), list(leaves)
+
+    def where(self, base: int) -> str:
+        return "".join(p if isinstance(p, str) else f"${base + p + 1}" for p in self.parts)
 
 
-def caller_filter(text: str | None) -> str | None:
-    """check_filter with the session's string syntax (standard_conforming_strings)."""
-    if text is None or not text.strip():
-        return None
-    rows = plpy.execute(plan("standard_strings",
-                             "SELECT pg_catalog.current_setting('standard_conforming_strings') AS v"))
-    return check_filter(text, rows[0]["v"] == "on")
+def refuse_filter(text: str, why: str, sqlstate: str = "42601", hint: str = FILTER_HINT) -> NoReturn:
+    """A filter error: "qvl: the filter" and ``why`` ("'s item ..." for a part of a structured one)."""
+    sep = "" if why.startswith("'s ") else " "
+    plpy.error(f"qvl: the filter{sep}{why}", detail=f"filter: {text[:300]}", hint=hint, sqlstate=sqlstate)
 
 
 def spi_error_class() -> type[BaseException]:
     return getattr(plpy, "SPIError", Exception)
 
 
-def bad_filter(cfg: Row, text: str, exc: BaseException) -> None:
-    """Re-raises what preparing a query with the filter raised as a filter error, unless it is not
-    the filter's fault (permissions, cancellation, ...: those pass as they are)."""
+def bad_filter(cfg: Row, flt: Filter, exc: BaseException) -> NoReturn:
+    """Re-raises what preparing or running a query with the filter raised as a filter error, unless
+    it is not the filter's fault (permissions, read-only, cancellation, ...: those pass as they are)."""
     state = getattr(exc, "sqlstate", None) or ""
+    if state == "42P11":  # the cursor's refusal of several statements
+        refuse_filter(flt.shown, "is more than one statement")
     if state == "42501" or not state.startswith(SQLSTATES_OF_A_BAD_FILTER):
         raise exc
-    plpy.error(f"qvl: the filter is not a condition on {cfg['source_sql']}: {exc}", detail=f"filter: {text[:300]}",
-               hint=FILTER_HINT, sqlstate=state)
+    if flt.leaves and state.startswith("22"):
+        name_bad_value(flt, exc, state)
+    plpy.error(f"qvl: the filter is not a condition on {cfg['source_sql']}: {exc}", detail=f"filter: {flt.shown[:300]}",
+               hint=STRUCTURED_HINT if flt.leaves else FILTER_HINT, sqlstate=state)
+
+
+def filtered_rows(cfg: Row, p: Any, args: Sequence[Any], flt: Filter | None) -> list[Row]:
+    """The rows of a prepared query, through a cursor when it holds a filter: PostgreSQL opens a
+    cursor for exactly one statement that returns rows."""
+    if flt is None:
+        return list(plpy.execute(p, list(args)))
+    rows: list[Row] = []
+    try:
+        cur = plpy.cursor(p, list(args))
+        while batch := cur.fetch(CURSOR_BATCH):
+            rows.extend(batch)
+        cur.close()
+    except spi_error_class() as exc:
+        bad_filter(cfg, flt, exc)
+    return rows
+
+
+def plan_nodes(node: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    yield node
+    for child in node.get("Plans", ()):
+        yield from plan_nodes(child)
+
+
+def plan_features(doc: Any) -> dict[tuple[str, ...], int]:
+    """What an EXPLAIN (VERBOSE, FORMAT JSON) plan holds beyond a scan: subqueries, the relations it
+    reads, nodes other than SCAN_NODES; each with its count."""
+    plan_doc = json.loads(doc) if isinstance(doc, str) else doc
+    found: dict[tuple[str, ...], int] = {}
+    for node in plan_nodes(plan_doc[0]["Plan"]):
+        features: list[tuple[str, ...]] = []
+        if node.get("Parent Relationship") in ("InitPlan", "SubPlan") or "Subplan Name" in node:
+            features.append(("subquery",))
+        if "Relation Name" in node:
+            features.append(("reads", node.get("Schema", ""), node["Relation Name"]))
+        if node.get("Node Type") not in SCAN_NODES:
+            features.append(("node", str(node.get("Node Type"))))
+        for f in features:
+            found[f] = found.get(f, 0) + 1
+    return found
+
+
+def probe_refusal(features: Mapping[tuple[str, ...], int], baseline: Mapping[tuple[str, ...], int],
+                  table: Iterable[tuple[str, str]]) -> str | None:
+    """Why a filter's probe plan is more than one condition on the table, or None. ``baseline`` is
+    the plan of "WHERE true": what row-level security adds (a policy may hold a subquery) is the
+    table's own; the table and its partitions may each be read once."""
+    table = list(table)
+    allowed = dict(baseline)
+    for schema, name in table:
+        allowed[("reads", schema, name)] = max(allowed.get(("reads", schema, name), 0), 1)
+    extra = [f for f, n in features.items() if n > allowed.get(f, 0)]
+    if any(f[0] == "subquery" or (f[0] == "node" and f[1] in SUBQUERY_NODES) for f in extra):
+        return "holds a subquery: it is one condition on the table's own columns"
+    for f in extra:
+        if f[0] == "reads" and (f[1], f[2]) not in table:
+            return f"reads {f[1]}.{f[2]}: it is one condition on the table's own columns"
+    for f in extra:
+        if f[0] == "reads":
+            return f"is more than one condition (it reads {f[1]}.{f[2]} more than once)"
+    if extra:
+        return (f"is more than one condition (its plan holds a {extra[0][-1]} node): ORDER BY, LIMIT, GROUP BY, "
+                f"UNION and the like do not belong in a filter")
+    return None
+
+
+def probe_features(cfg: Row, flt: Filter | None) -> dict[tuple[str, ...], int]:
+    """The features of the probe's plan for this text filter, or for "true" (None: the baseline)."""
+    sql = PROBE_SQL.format(source=cfg["source_sql"], where="true" if flt is None else flt.where(0))
+    if flt is None:
+        return plan_features(plpy.execute(plan(("probe", cfg["id"]), sql))[0]["QUERY PLAN"])
+    try:
+        p = plpy.prepare(sql, [])
+    except spi_error_class() as exc:
+        bad_filter(cfg, flt, exc)
+    return plan_features(filtered_rows(cfg, p, [], flt)[0]["QUERY PLAN"])
+
+
+probed: OrderedDict[Any, bool] = OrderedDict()
+
+
+def text_filter(cfg: Row, text: str) -> Filter:
+    """A text filter that passed its probe (once per backend, table, text and string syntax: the
+    lexer reads backslashes by standard_conforming_strings, so the plans are kept by it too)."""
+    standard = plpy.execute(plan("standard_strings", STANDARD_STRINGS_SQL))[0]["v"]
+    flt = Filter([text], ("sql", text, standard), text)
+    if (cfg["id"], flt.key) in probed:
+        probed.move_to_end((cfg["id"], flt.key))
+        return flt
+    features = probe_features(cfg, flt)
+    table = [(r["schema"], r["name"]) for r in plpy.execute(plan("table_tree", TABLE_TREE_SQL, ["int4"]), [cfg["id"]])]
+    plain = all(f[0] == "reads" and (f[1], f[2]) in table and n == 1 for f, n in features.items())
+    # The baseline (what row-level security adds) is needed only when the plan holds more than scans.
+    why = None if plain else probe_refusal(features, probe_features(cfg, None), table)
+    if why is not None:
+        refuse_filter(text, why)
+    probed[(cfg["id"], flt.key)] = True
+    while len(probed) > PROBED:
+        probed.popitem(last=False)
+    return flt
+
+
+# -- the structured filter: {"column", "op", "value"}, {"and": [...]}, {"or": [...]}, {"not": {...}} --
+# Values are parameters, cast to the column's own type (so its indexes serve): no value is SQL.
+STRUCTURED_OPS = {"=": "=", "<>": "<>", "!=": "<>", "<": "<", "<=": "<=", ">": ">", ">=": ">=",
+                  "like": "LIKE", "not like": "NOT LIKE", "ilike": "ILIKE", "not ilike": "NOT ILIKE",
+                  "@>": "@>", "<@": "<@", "&&": "&&", "in": "= ANY", "not in": "<> ALL",
+                  "is null": "IS NULL", "is not null": "IS NOT NULL"}
+STRING_OPS = ("like", "not like", "ilike", "not ilike")
+STRUCTURED_DEPTH = 32  # nesting of and/or/not
+STRUCTURED_ITEMS = 1000  # items in one filter
+STRUCTURED_HINT = ('A structured filter is {"column": name, "op": op, "value": v}, {"and": [...]}, {"or": [...]} or '
+                   '{"not": {...}}; op is one of ' + ", ".join(STRUCTURED_OPS) + '. "is null" and "is not null" '
+                   'take no value, "in" and "not in" a list; a value is cast to the column\'s type.')
+COLUMNS_SQL = """
+SELECT a.attname AS name, pg_catalog.format('%I.%I', tn.nspname, t.typname) AS type,
+       t.typcategory = 'A' AS is_array, tn.nspname = 'pg_catalog' AND t.typname IN ('json', 'jsonb') AS is_json
+  FROM qvl.vectorizer v
+  JOIN pg_catalog.pg_attribute a ON a.attrelid = v.source
+  JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+  JOIN pg_catalog.pg_namespace tn ON tn.oid = t.typnamespace
+ WHERE v.id = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ ORDER BY a.attnum"""
+
+
+class Number(str):
+    """A JSON number as written (exact: no float rounding on its way to a numeric column)."""
+
+
+def json_text(value: Any) -> str:
+    """JSON for a json/jsonb column, numbers as written."""
+    if isinstance(value, Number):
+        return str(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(json_text(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{json.dumps(k)}: {json_text(v)}" for k, v in value.items()) + "}"
+    return json.dumps(value)
+
+
+def describe(value: Any) -> str:
+    return "an array" if isinstance(value, list) else "an object" if isinstance(value, dict) else json_text(value)
+
+
+class StructuredCompiler:
+    """Compiles a structured filter into SQL over the table's columns, its values as parameters."""
+
+    def __init__(self, cfg: Row, doc: str, columns: Sequence[Row]) -> None:
+        self.cfg, self.doc = cfg, doc
+        self.columns = {c["name"]: c for c in columns}
+        self.args: list[Any] = []
+        self.argtypes: list[str] = []
+        self.leaves: list[tuple[str, str, str, int]] = []
+        self.items = 0
+
+    def refuse(self, path: str, why: str, sqlstate: str = "22023", hint: str = STRUCTURED_HINT) -> NoReturn:
+        refuse_filter(self.doc, f"'s item {path} {why}", sqlstate, hint)
+
+    def compile(self, node: Any, path: str = "$", depth: int = 0) -> list[str | int]:
+        self.items += 1
+        if depth > STRUCTURED_DEPTH or self.items > STRUCTURED_ITEMS:
+            refuse_filter(self.doc, f"nests deeper than {STRUCTURED_DEPTH} levels or holds more than "
+                                    f"{STRUCTURED_ITEMS} items", "54000")
+        if not isinstance(node, dict):
+            self.refuse(path, f"is {describe(node)}, not an object")
+        for word, joiner, empty in (("and", " AND ", "true"), ("or", " OR ", "false")):
+            if word in node:
+                self.only(node, path, {word})
+                items = node[word]
+                if not isinstance(items, list):
+                    self.refuse(path, f'("{word}") takes a list of filters, not {describe(items)}')
+                if not items:
+                    return [empty]
+                parts: list[str | int] = ["("]
+                for i, item in enumerate(items):
+                    parts += ([joiner] if i else []) + self.compile(item, f"{path}.{word}[{i}]", depth + 1)
+                return [*parts, ")"]
+        if "not" in node:
+            self.only(node, path, {"not"})
+            return ["(NOT ", *self.compile(node["not"], f"{path}.not", depth + 1), ")"]
+        self.only(node, path, {"column", "op", "value"})
+        return self.leaf(node, path)
+
+    def only(self, node: dict[str, Any], path: str, keys: set[str]) -> None:
+        for key in node:
+            if key not in keys:
+                self.refuse(path, f'has key "{key}": an item is {{"column", "op", "value"}}, {{"and": [...]}}, '
+                                  f'{{"or": [...]}} or {{"not": {{...}}}}')
+
+    def leaf(self, node: dict[str, Any], path: str) -> list[str | int]:
+        name, op = node.get("column"), node.get("op")
+        if not isinstance(name, str):
+            self.refuse(path, 'has no "column" (a column name)')
+        if not isinstance(op, str):
+            self.refuse(path, 'has no "op" (an operator)')
+        column = self.columns.get(name)
+        if column is None:
+            self.refuse(path, f'names column "{name}", which {self.cfg["source_sql"]} does not have', "42703",
+                        "Its columns: " + ", ".join(list(self.columns)[:50]))
+        key = op.strip().lower()
+        if key not in STRUCTURED_OPS:
+            self.refuse(path, f'names operator "{op}", which is not one of ' + ", ".join(STRUCTURED_OPS))
+        ref = f"{plpy.quote_ident(self.cfg['source_name'])}.{plpy.quote_ident(name)}"
+        value = node.get("value")
+        if key in ("is null", "is not null"):
+            if value is not None:
+                self.refuse(path, f'("{key}") takes no value')
+            return [f"({ref} {STRUCTURED_OPS[key]})"]
+        if value is None:
+            self.refuse(path, f'("{key}") compares with null, which no row equals: use "op": "is null"')
+        if key in ("in", "not in"):
+            if not isinstance(value, list) or column["is_array"]:
+                self.refuse(path, f'("{key}") takes a list of values, on a column that is not an array '
+                                  f"(for arrays: \"&&\", \"@>\")")
+            values = [self.scalar(v, f"{path}.value[{i}]", column) for i, v in enumerate(value)]
+            index = self.bind(path, name, f"{column['type']}[]", "text[]", values)
+            return [f"({ref} {STRUCTURED_OPS[key]} (CAST(", index, f" AS {column['type']}[])))"]
+        if key in STRING_OPS and (not isinstance(value, str) or isinstance(value, Number)):
+            self.refuse(path, f'("{key}") takes a string, not {describe(value)}')
+        if column["is_json"]:
+            bound: Any = json_text(value)
+        elif column["is_array"]:
+            if not isinstance(value, list):
+                self.refuse(path, f"compares array column \"{name}\" with {describe(value)}: give a list")
+            bound = [None if v is None else self.scalar(v, f"{path}.value[{i}]", column) for i, v in enumerate(value)]
+        else:
+            bound = self.scalar(value, f"{path}.value", column)
+        index = self.bind(path, name, column["type"], "text[]" if isinstance(bound, list) else "text", bound)
+        return [f"({ref} {STRUCTURED_OPS[key]} CAST(", index, f" AS {column['type']}))"]
+
+    def scalar(self, value: Any, path: str, column: Row) -> str:
+        if isinstance(value, bool):
+            return "true" if value else "false"
+        if isinstance(value, str):  # numbers too (Number)
+            return str(value)
+        self.refuse(path, f"is {describe(value)}: column \"{column['name']}\" takes one value here")
+
+    def bind(self, path: str, column: str, cast: str, argtype: str, value: Any) -> int:
+        self.args.append(value)
+        self.argtypes.append(argtype)
+        self.leaves.append((path, column, cast, len(self.args) - 1))
+        return len(self.args) - 1
+
+
+def structured_filter(cfg: Row, doc: str) -> Filter:
+    spec = json.loads(doc, parse_int=Number, parse_float=Number)
+    columns = plpy.execute(plan("columns", COLUMNS_SQL, ["int4"]), [cfg["id"]])
+    compiler = StructuredCompiler(cfg, doc, list(columns))
+    parts = compiler.compile(spec)
+    return Filter(parts, ("json", tuple(parts), tuple(compiler.argtypes)), doc, compiler.argtypes, compiler.args,
+                  compiler.leaves)
+
+
+def name_bad_value(flt: Filter, exc: BaseException, state: str) -> None:
+    """Which value of a structured filter PostgreSQL could not read (each cast alone), as an error
+    that names it; nothing when each reads alone."""
+    for path, column, cast, index in flt.leaves:
+        argtype = flt.argtypes[index]
+        try:
+            plpy.execute(plan(("cast", cast, argtype), f"SELECT CAST($1 AS {cast}) IS NULL AS n", [argtype]),
+                         [flt.args[index]])
+        except spi_error_class() as bad:
+            refuse_filter(flt.shown, f"'s item {path} has a value that is not a {cast} (column \"{column}\"): {bad}",
+                          getattr(bad, "sqlstate", None) or state, STRUCTURED_HINT)
+
+
+def checked_filter(cfg: Row, given: str | None) -> Filter | None:
+    """The caller's filter, checked: SQL text or a Structured one; None when there is none."""
+    if given is None:
+        return None
+    if isinstance(given, Structured):
+        return structured_filter(cfg, given)
+    if not given.strip():
+        return None
+    return text_filter(cfg, given)
 
 
 FILTER_PLANS = 64  # prepared statements kept per backend for queries that hold a filter
 filter_plans: OrderedDict[Any, Any] = OrderedDict()
 
 
-def filter_plan(cfg: Row, key: Any, query: str, argtypes: Sequence[str], text: str | None) -> Any:
-    """plan() for a query that holds the caller's filter: the most recent FILTER_PLANS are kept
-    (applications vary filters), and a filter PostgreSQL refuses is a SQL error that says so."""
-    if text is None:
+def filter_plan(cfg: Row, key: Any, query: str, argtypes: Sequence[str], flt: Filter | None) -> Any:
+    """plan() for a query that holds the caller's filter (its parameters after the query's own): the
+    most recent FILTER_PLANS are kept (applications vary filters), and a filter PostgreSQL refuses is
+    a SQL error that says so."""
+    if flt is None:
         return plan(key, query, argtypes)
-    key = (key, text)
+    key = (key, flt.key)
     p = filter_plans.get(key)
     if p is not None:
         filter_plans.move_to_end(key)
         return p
     try:
-        p = plpy.prepare(query, list(argtypes))
+        p = plpy.prepare(query, [*argtypes, *flt.argtypes])
     except spi_error_class() as exc:
-        bad_filter(cfg, text, exc)
+        bad_filter(cfg, flt, exc)
     filter_plans[key] = p
     while len(filter_plans) > FILTER_PLANS:
         filter_plans.popitem(last=False)
@@ -1137,14 +1393,19 @@ def content_columns(cfg: Row) -> list[str]:
     return list(cfg["text_columns"]) + list(cfg["image_columns"]) + list(cfg["video_columns"])
 
 
-def where_sql(cfg: Row, text: str | None, quote: Quote) -> str:
-    """The table's rows with a vector (and that pass the filter). The filter sits in parentheses on
-    lines of its own; check_filter made sure it cannot close them."""
+def filter_sql(flt: Filter | None, base: int) -> str:
+    """`` AND (filter)``, the filter on lines of its own (its probe showed it cannot close the
+    parentheses), its parameters after the query's ``base`` ones."""
+    return "" if flt is None else f" AND (\n{flt.where(base)}\n)"
+
+
+def where_sql(cfg: Row, flt: Filter | None, quote: Quote, base: int = 0) -> str:
+    """The table's rows with a vector (and that pass the filter)."""
     dest = f"{quote(cfg['source_name'])}.{quote(cfg['destination'])}"
-    return f"{dest} IS NOT NULL" + (f" AND (\n{text}\n)" if text is not None else "")
+    return f"{dest} IS NOT NULL" + filter_sql(flt, base)
 
 
-def candidate_sql(cfg: Row, text: str | None, content: bool, exact: bool, quote: Quote) -> tuple[str, list[str]]:
+def candidate_sql(cfg: Row, flt: Filter | None, content: bool, exact: bool, quote: Quote) -> tuple[str, list[str]]:
     """The nearest rows ($1 = query vector, $2 = how many): qvl_pk, qvl_distance (and the content
     columns the reranker scores). The table keeps its own name (no alias), so a filter may qualify
     its columns with it. ``exact`` compares every row that passes the filter (OFFSET 0 keeps them a
@@ -1153,7 +1414,7 @@ def candidate_sql(cfg: Row, text: str | None, content: bool, exact: bool, quote:
     rel = quote(cfg["source_name"])
     dest = f"{rel}.{quote(cfg['destination'])}"
     cols = [quote(c) for c in content_columns(cfg)] if content else []
-    source, where, key = cfg["source_sql"], where_sql(cfg, text, quote), key_sql(cfg, rel, quote)
+    source, where, key = cfg["source_sql"], where_sql(cfg, flt, quote, 2), key_sql(cfg, rel, quote)
     if exact:
         inner = "".join(f", {rel}.{c}" for c in cols)
         outer = "".join(f", qvl_exact.{c}" for c in cols)
@@ -1167,17 +1428,11 @@ def candidate_sql(cfg: Row, text: str | None, content: bool, exact: bool, quote:
     return sql, [qtype, "int8"]
 
 
-def estimated_rows(cfg: Row, text: str | None) -> float:
+def estimated_rows(cfg: Row, flt: Filter | None) -> float:
     """The planner's estimate of the rows with a vector that pass the filter (EXPLAIN: nothing runs)."""
-    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {cfg['source_sql']} WHERE {where_sql(cfg, text, plpy.quote_ident)}"
-    p = filter_plan(cfg, ("estimate", cfg["id"]), sql, [], text)
-    try:
-        found = plpy.execute(p)
-    except spi_error_class() as exc:
-        if text is None:
-            raise
-        bad_filter(cfg, text, exc)
-    doc = found[0]["QUERY PLAN"]
+    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {cfg['source_sql']} WHERE {where_sql(cfg, flt, plpy.quote_ident)}"
+    p = filter_plan(cfg, ("estimate", cfg["id"]), sql, [], flt)
+    doc = filtered_rows(cfg, p, flt.args if flt else [], flt)[0]["QUERY PLAN"]
     return float((json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]["Plan Rows"])
 
 
@@ -1216,7 +1471,7 @@ def ef_search(old: str | None, candidates: int) -> int:
     return min(1000, max(40, candidates, int(old) if old and old.isdigit() else 0))
 
 
-def candidate_rows(cfg: Row, qvec: str, text: str | None, limit: int, content: bool) -> list[Row]:
+def candidate_rows(cfg: Row, qvec: str, flt: Filter | None, limit: int, content: bool) -> list[Row]:
     """The ``limit`` nearest rows that pass the filter, nearest first, read as the caller (their
     privileges and row-level security apply: a policy is a filter too).
 
@@ -1226,19 +1481,20 @@ def candidate_rows(cfg: Row, qvec: str, text: str | None, limit: int, content: b
     estimate was wrong, or the scan gave up at max_scan_tuples) is redone exactly, so a filter never
     loses rows that pass it."""
     quote = plpy.quote_ident
-    passing = estimated_rows(cfg, text)
+    passing = estimated_rows(cfg, flt)
     exact = passing <= max(EXACT_ROWS, 10 * limit)
+    args = [qvec, limit, *(flt.args if flt else [])]
     rows: list[Row] = []
     if not exact:
-        sql, argtypes = candidate_sql(cfg, text, content, False, quote)
-        p = filter_plan(cfg, ("ann", cfg["id"], cfg["dimensions"], content), sql, argtypes, text)
-        total = estimated_rows(cfg, None) if text is not None else passing
-        rows = with_settings(scan_settings(limit, passing, total), lambda: list(plpy.execute(p, [qvec, limit])))
+        sql, argtypes = candidate_sql(cfg, flt, content, False, quote)
+        p = filter_plan(cfg, ("ann", cfg["id"], cfg["dimensions"], content), sql, argtypes, flt)
+        total = estimated_rows(cfg, None) if flt is not None else passing
+        rows = with_settings(scan_settings(limit, passing, total), lambda: filtered_rows(cfg, p, args, flt))
         rows.sort(key=lambda r: r["qvl_distance"])
     if exact or len(rows) < limit:
-        sql, argtypes = candidate_sql(cfg, text, content, True, quote)
-        p = filter_plan(cfg, ("exact", cfg["id"], cfg["dimensions"], content), sql, argtypes, text)
-        rows = list(plpy.execute(p, [qvec, limit]))
+        sql, argtypes = candidate_sql(cfg, flt, content, True, quote)
+        p = filter_plan(cfg, ("exact", cfg["id"], cfg["dimensions"], content), sql, argtypes, flt)
+        rows = filtered_rows(cfg, p, args, flt)
     return rows
 
 
@@ -1300,7 +1556,7 @@ def search_rows(name: str, query_item: Item | None, k: int | None, candidates: i
     order. Runs as the caller: their privileges, row-level security and search_path apply."""
     cfg = vectorizer_by_name(name)
     k, skip = check_k(k), check_offset(offset)
-    text = caller_filter(filter)
+    flt = checked_filter(cfg, filter)
     if query_item is None or k < 1:
         return []
     wanted = skip + k
@@ -1309,7 +1565,7 @@ def search_rows(name: str, query_item: Item | None, k: int | None, candidates: i
         qvec = query_vector(cfg, query_item, cfg["storage"], lambda i: "the query")
     except Failure as f:
         f.raise_sql()
-    rows = candidate_rows(cfg, qvec, text, limit, bool(rerank))
+    rows = candidate_rows(cfg, qvec, flt, limit, bool(rerank))
     if not rerank or not rows:
         return [(r["qvl_pk"], r["qvl_distance"], None) for r in rows][skip:wanted]
     ranked = rerank_candidates(cfg, query_item, rows, wanted)
@@ -1387,13 +1643,13 @@ def check_weights(weights: Sequence[float | None] | None) -> tuple[float, float]
     return float(values[0]), float(values[1])
 
 
-def fulltext_sql(cfg: Row, document: str, text: str | None, content: bool, quote: Quote) -> str:
+def fulltext_sql(cfg: Row, document: str, flt: Filter | None, content: bool, quote: Quote) -> str:
     """The rows whose document matches the tsquery $1, best ts_rank_cd first, at most $2. The
     document is the expression of the vectorizer's GIN index, so the index answers the match."""
     rel = quote(cfg["source_name"])
     cols = "".join(f", {rel}.{quote(c)}" for c in content_columns(cfg)) if content else ""
     order = ", ".join(f"{rel}.{quote(c)}" for c in cfg["pk_columns"])
-    where = f"{document} OPERATOR(pg_catalog.@@) $1" + (f" AND (\n{text}\n)" if text is not None else "")
+    where = f"{document} OPERATOR(pg_catalog.@@) $1" + filter_sql(flt, 2)
     return (f"SELECT {key_sql(cfg, rel, quote)} AS qvl_pk, pg_catalog.ts_rank_cd({document}, $1) AS qvl_rank{cols} "
             f"FROM {cfg['source_sql']} WHERE {where} ORDER BY qvl_rank DESC, {order} LIMIT $2")
 
@@ -1420,7 +1676,7 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
     cfg = vectorizer_by_name(name)
     k, skip = check_k(k), check_offset(offset)
     w_vector, w_text = check_weights(weights)
-    text = caller_filter(filter)
+    flt = checked_filter(cfg, filter)
     ft = plpy.execute(plan("fulltext", FULLTEXT_SQL, ["int4"]), [cfg["id"]])[0]
     if ft["fulltext"] is None:
         plpy.error(f"qvl: vectorizer {name!r} has no full-text index", sqlstate="55000",
@@ -1436,17 +1692,17 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
             qvec = query_vector(cfg, {"text": [query]}, cfg["storage"], lambda i: "the query")
         except Failure as f:
             f.raise_sql()
-        lists.append((w_vector, candidate_rows(cfg, qvec, text, limit, bool(rerank))))
+        lists.append((w_vector, candidate_rows(cfg, qvec, flt, limit, bool(rerank))))
     else:
         lists.append((0.0, []))
     matches: list[Row] = []
     if w_text > 0:
         tsq = plpy.execute(plan("tsquery", TSQUERY_SQL, ["text", "text"]), [ft["fulltext"], query])[0]
         if tsq["nodes"]:  # a query of stop words only matches nothing
-            sql = fulltext_sql(cfg, ft["document"], text, bool(rerank), plpy.quote_ident)
+            sql = fulltext_sql(cfg, ft["document"], flt, bool(rerank), plpy.quote_ident)
             key = ("fulltext", cfg["id"], ft["document"], bool(rerank))
-            p = filter_plan(cfg, key, sql, ["pg_catalog.tsquery", "int8"], text)
-            matches = list(plpy.execute(p, [tsq["q"], limit]))
+            p = filter_plan(cfg, key, sql, ["pg_catalog.tsquery", "int8"], flt)
+            matches = filtered_rows(cfg, p, [tsq["q"], limit, *(flt.args if flt else [])], flt)
     lists.append((w_text, matches))
     best = fused(lists)
     if not rerank or not best:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 from psycopg.conninfo import conninfo_to_dict
-from sqlalchemy import BigInteger, Integer, LargeBinary, Text, cast, create_engine, select
+from sqlalchemy import BigInteger, Integer, LargeBinary, Text, and_, cast, create_engine, select
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
@@ -131,4 +131,39 @@ def test_search_pieces_filters_and_typed_keys(qvl_db: str, service: ServiceProce
         assert len(listed) == 1 and listed[0][0] in (10**10, 10**10 + 3)
         assert conn.execute(select(rerank_rows("docs", "harbour", [10**10], key_type=BigInteger).c.key)
                             ).scalar_one() == 10**10
+    engine.dispose()
+
+
+def test_a_sqlalchemy_condition_travels_as_a_structured_filter(qvl_db: str, service: ServiceProcess) -> None:
+    """Issue 19.1: a condition's values are data, whatever the session's string syntax. Before, they
+    were compiled into the SQL text: with standard_conforming_strings off, 'back\\slash' read as
+    'backslash' (no row found) and a quote after a backslash ended the string."""
+    info = conninfo_to_dict(qvl_db)
+    engine = create_engine(URL.create("postgresql+psycopg", username=str(info["user"]), host=str(info["host"]),
+                                      port=int(info["port"]), database=str(info["dbname"])))
+    register_vector(engine)
+    docs = Vectorizer(Doc, text=[Doc.caption], dimensions=32, fulltext="simple")
+    captions = ["plain 0", "back\\slash 1", "it's 2", "x\\' OR true -- 3", "plain 4", "\\' ) OR (true 5"]
+    with engine.begin() as conn:
+        Doc.__table__.create(conn)  # type: ignore[attr-defined]
+        docs.create(conn)
+    with Session(engine) as session, session.begin():
+        session.add_all(Doc(id=i, shop=i % 3, caption=c) for i, c in enumerate(captions))
+    drain(qvl_db, service.grpc_target)
+    for setting in ("off", "on"):
+        with engine.connect() as conn:
+            conn.exec_driver_sql(f"SET standard_conforming_strings = {setting}")
+            conn.exec_driver_sql("SET escape_string_warning = off")
+            for i, caption in enumerate(captions):
+                hits = docs.search("plain", k=10, rerank=False, filter=Doc.caption == caption, typed=True)
+                assert conn.execute(select(hits.c.key)).scalars().all() == [i], (setting, caption)
+                fused = docs.hybrid_search("plain", k=10, rerank=False, filter=Doc.caption == caption)
+                assert conn.execute(select(fused.c.pk)).scalars().all() == [str(i)], (setting, caption)
+            hits = docs.search("plain", k=10, rerank=False, filter=and_(Doc.shop.in_([0, 1]), ~Doc.caption.like("p%")),
+                               typed=True)
+            assert sorted(conn.execute(select(hits.c.key)).scalars().all()) == [1, 3]
+            hits = search("docs", "plain", k=10, rerank=False, filter={"column": "id", "op": "<=", "value": 1})
+            assert sorted(conn.execute(select(hits.c.pk)).scalars().all()) == ["0", "1"]
+    with pytest.raises(TypeError, match="Pass SQL text"):
+        docs.search("plain", filter=Doc.caption.startswith("a"))
     engine.dispose()
