@@ -834,12 +834,15 @@ END
 $$;
 
 
--- Whether the role calling a SECURITY DEFINER function of qvl may read the vectorizer's table
--- (inside one, current_user is the owner: the session's role is the caller's login).
+-- Whether the role calling a SECURITY DEFINER function of qvl may read the vectorizer's table.
+-- Inside one, current_user is the function's owner; the caller's role is the one SET ROLE chose (the
+-- setting "role", which a SECURITY DEFINER function does not change), else the login. The login alone
+-- would show postgres under SET ROLE app what app may not read.
 CREATE OR REPLACE FUNCTION qvl._may_read_source(vid int) RETURNS boolean LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT has_table_privilege(session_user, v.source, 'SELECT') FROM qvl.vectorizer v
-                      WHERE v.id = vid), false)
+    SELECT coalesce((SELECT has_table_privilege(CASE current_setting('role') WHEN 'none' THEN session_user::text
+                                                    ELSE current_setting('role') END, v.source, 'SELECT')
+                       FROM qvl.vectorizer v WHERE v.id = vid), false)
 $$;
 
 
