@@ -217,11 +217,13 @@ BEGIN
 END
 $$;
 
--- One vectorizer's share: its queue, and its queueing trigger function (async mode).
+-- One vectorizer's share: its queue, and its queueing trigger function (async mode); and the worker's
+-- rights on its table, queue and failed table (qvl._grant_worker, sql/idempotent/003_grants.sql).
 CREATE OR REPLACE FUNCTION qvl._secure_vectorizer(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM qvl._ensure_trigger_role();
+    PERFORM qvl._grant_worker(vid);
     IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE ON qvl.queue_%s TO qvl_trigger', vid);
     END IF;
@@ -729,6 +731,7 @@ DECLARE
 BEGIN
     IF source_exists THEN
         PERFORM qvl._drop_triggers(v.id, v.source);
+        PERFORM qvl._revoke_worker(v);
         IF to_regprocedure('qvl.set_fulltext(text, text)') IS NOT NULL THEN  -- version 8: its full-text index
             PERFORM qvl.set_fulltext(v.name, NULL);
         END IF;
