@@ -1,6 +1,7 @@
 """Issue 19, finding 2: a table owner's code (triggers, CHECK constraints, index expressions) runs with
-the rights of whoever writes the table. The worker writes a vector into every vectorized table: it
-runs as a login granted qvl_worker and refuses a superuser.
+the rights of whoever writes the table. qvl writes users' tables in three places — the worker's
+vector writes, qvl.drop_vectorizer (clearing stale vectors) and qvl.reembed (retyping the column,
+which rewrites the table) — and none of them may run that code as a superuser.
 
 Each test vectorizes a table of "mallory" (no superuser) whose trigger, CHECK constraint and index
 expression make mallory a superuser when they run as one, and checks that they never do."""
@@ -29,6 +30,11 @@ MALLORY_TABLE = """
 CREATE SCHEMA m;
 CREATE FUNCTION m.escalate() RETURNS boolean LANGUAGE plpgsql AS $$
 BEGIN
+    BEGIN
+        RESET ROLE;  -- were the writer mallory by SET ROLE, it would be back to its login now
+    EXCEPTION WHEN OTHERS THEN
+        NULL;
+    END;
     IF (SELECT rolsuper FROM pg_catalog.pg_roles WHERE rolname = current_user) THEN
         EXECUTE 'ALTER ROLE {mallory} SUPERUSER';
     END IF;
@@ -174,6 +180,89 @@ def test_a_login_granted_qvl_worker_runs_the_whole_auto_embed_path(
     log = worker.log()
     assert "permission denied" not in log and "Traceback" not in log, log[-4000:]
     assert "pruned 1 failed rows whose table row is gone" in log, log[-4000:]
+
+
+def stale_vectors(conn: psycopg.Connection[Any], qvl_db: str, mallory: str) -> None:
+    """m.photos with three vectors, all of rows queued again (so drop_vectorizer clears them)."""
+    with psycopg.connect(role_dsn(qvl_db, mallory), autocommit=True) as c:
+        c.execute("INSERT INTO m.photos (id, caption, embedding) SELECT g, 'row ' || g, "
+                  "array_fill(g::real, ARRAY[32])::public.vector FROM generate_series(1, 3) g")
+    conn.execute("SELECT qvl.create_vectorizer('m.photos', text_columns => ARRAY['caption'], dimensions => 32)")
+    assert conn.execute("SELECT pending FROM qvl.vectorizer_status").fetchone() == (3,)
+
+
+def test_drop_vectorizer_writes_the_table_as_its_owner(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """Clearing the vectors of rows still queued is an UPDATE of the table: it runs the owner's trigger,
+    CHECK and index expression, as the owner; the caller's role is back right after, in the same
+    transaction."""
+    mallory = make_mallory(conn, qvl_db)
+    stale_vectors(conn, qvl_db, mallory)
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_detail or ""))
+    with conn.transaction():
+        conn.execute("SELECT qvl.drop_vectorizer('photos')")
+        assert conn.execute("SELECT current_user, session_user").fetchone() == ("postgres", "postgres")
+    assert not is_superuser(conn, mallory)
+    assert conn.execute("SELECT count(*) FROM m.photos WHERE embedding IS NOT NULL").fetchone() == (0,)
+    assert any(n.startswith("3 vectors of rows still queued or failed were cleared") for n in notices), notices
+
+    # drop_column => true drops the column as the owner too.
+    conn.execute("SELECT qvl.create_vectorizer('m.photos', text_columns => ARRAY['caption'], dimensions => 32)")
+    with conn.transaction():
+        conn.execute("SELECT qvl.drop_vectorizer('photos', drop_column => true)")
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'm.photos'::regclass "
+                        "AND attname = 'embedding' AND NOT attisdropped").fetchone() == (0,)
+    assert not is_superuser(conn, mallory)
+
+
+def test_reembed_retypes_the_column_as_the_tables_owner(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """A new size retypes the vector column, which rewrites the table and checks its CHECK constraints
+    again: as the owner, who may ALTER the table anyway."""
+    mallory = make_mallory(conn, qvl_db)
+    stale_vectors(conn, qvl_db, mallory)
+    with conn.transaction():
+        assert conn.execute("SELECT qvl.reembed('photos', dimensions => 48)").fetchone() == (3,)
+        assert conn.execute("SELECT current_user").fetchone() == ("postgres",)
+    assert not is_superuser(conn, mallory)
+    assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = "
+                        "'m.photos'::regclass AND attname = 'embedding'").fetchone() == ("vector(48)",)
+    assert conn.execute("SELECT dimensions, pending FROM qvl.vectorizer_status").fetchone() == (48, 3)
+    assert conn.execute("SELECT count(*) FROM m.photos WHERE embedding IS NOT NULL").fetchone() == (0,)
+
+
+
+# What a table's code could leave in the session of whoever wrote the table, to run later with that
+# session's rights: a search_path that puts the owner's functions first, a temporary view shadowing a
+# table, a prepared statement (drivers prepare their own and run them by name).
+POISON = {
+    "search_path": "PERFORM pg_catalog.set_config('search_path', 'm, pg_catalog, public', false);",
+    "temporary view": "CREATE OR REPLACE TEMP VIEW photos AS SELECT 1 AS id;",
+    "prepared statement": "IF NOT EXISTS (SELECT FROM pg_catalog.pg_prepared_statements WHERE name = 'later') THEN "
+                          "PREPARE later AS SELECT 1; END IF;",
+}
+
+
+@pytest.mark.parametrize("left", list(POISON))
+def test_the_owners_code_may_leave_nothing_in_the_callers_session(conn: psycopg.Connection[Any], qvl_db: str,
+                                                                   left: str) -> None:
+    """Running as the owner, the code cannot act as the caller now; it must not later either: what it
+    leaves in the caller's session makes qvl refuse the write, and nothing of it stays."""
+    mallory = make_mallory(conn, qvl_db)
+    stale_vectors(conn, qvl_db, mallory)
+    with psycopg.connect(role_dsn(qvl_db, mallory), autocommit=True) as c:
+        c.execute(f"""CREATE FUNCTION m.poison() RETURNS trigger LANGUAGE plpgsql AS $$
+                      BEGIN {POISON[left]} RETURN NEW; END $$;
+                      CREATE TRIGGER poison BEFORE UPDATE ON m.photos FOR EACH ROW EXECUTE FUNCTION m.poison()""")
+    path = conn.execute("SHOW search_path").fetchone()
+    with pytest.raises(psycopg.errors.InsufficientPrivilege, match="changed this session"):
+        conn.execute("SELECT qvl.drop_vectorizer('photos')")
+    assert conn.execute("SHOW search_path").fetchone() == path
+    assert conn.execute("SELECT count(*) FROM pg_class WHERE relnamespace = pg_my_temp_schema()").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pg_prepared_statements").fetchone() == (0,)
+    assert conn.execute("SELECT pending FROM qvl.vectorizer_status").fetchone() == (3,)  # nothing was dropped
+    assert conn.execute("SELECT count(*) FROM m.photos WHERE embedding IS NOT NULL").fetchone() == (3,)
+    assert not is_superuser(conn, mallory)
 
 
 def test_pg_install_makes_the_workers_login(conn: psycopg.Connection[Any], qvl_db: str) -> None:
