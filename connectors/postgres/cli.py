@@ -14,7 +14,8 @@ def cmd_pg_install(args: argparse.Namespace) -> int:
 
     try:
         result = install(args.dsn, service_url=args.service_url, service_token=args.service_token,
-                         service_ca_file=args.service_ca_file, public_grant=args.public_grant, target=args.target)
+                         service_ca_file=args.service_ca_file, public_grant=args.public_grant, target=args.target,
+                         worker_login=args.worker_login, worker_password=os.environ.get("QVL_WORKER_PASSWORD"))
     except InstallError as exc:
         print(f"qvl pg install: {exc}")
         return 2
@@ -116,6 +117,8 @@ def add_postgres_parsers(sub: Any) -> None:
     grant.add_argument("--public-grant", dest="public_grant", action="store_true",
                        help="let every role embed, rerank and search (the default on a first install; a later "
                        "install keeps the earlier choice unless told)")
+    p.add_argument("--worker-login", help="a login for `qvl worker`: made if missing (its password from "
+                   "QVL_WORKER_PASSWORD, when set) and granted qvl_worker, the role the install makes")
     p.add_argument("--target", type=int, help="stop at this schema version (default: the newest)")
     p.set_defaults(func=cmd_pg_install)
 

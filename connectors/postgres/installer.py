@@ -19,6 +19,7 @@ upgrade, and nobody bumps a key by hand.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -227,15 +228,38 @@ def _run(conn: psycopg.Connection, name: str, text: str) -> None:
                            f"language, so a superuser must run the install") from None
 
 
+def ensure_worker_login(conn: psycopg.Connection, login: str, password: str | None = None) -> None:
+    """Make ``login`` a login granted qvl_worker (the role the install makes), creating it if missing;
+    ``password`` (when given) is set each time. A superuser login is refused: the worker refuses it."""
+    if login == "qvl_worker":
+        raise InstallError("--worker-login names the login to grant qvl_worker to, not qvl_worker itself")
+    row = conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = %s", (login,)).fetchone()
+    role = sql.Identifier(login)
+    if row is None:
+        # (A savepoint: an install into another database of the cluster may make it at the same time.)
+        with contextlib.suppress(psycopg.errors.DuplicateObject, psycopg.errors.UniqueViolation), conn.transaction():
+            conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(role))
+    elif row[0]:
+        raise InstallError(f"--worker-login {login} is a superuser, which the worker refuses to run as "
+                           f"(docs/postgres.md, \"The worker's role\"): name another login")
+    if password is not None:
+        conn.execute(sql.SQL("ALTER ROLE {} LOGIN PASSWORD {}").format(role, sql.Literal(password)))
+    member = conn.execute("SELECT pg_has_role(%s, 'qvl_worker', 'MEMBER')", (login,)).fetchone()
+    if not (member and member[0]):
+        conn.execute(sql.SQL("GRANT qvl_worker TO {}").format(role))
+
+
 def install(dsn: str, *, service_url: str | None = None, service_token: str | None = None,
             service_ca_file: str | None = None, public_grant: bool | None = None, target: int | None = None,
-            directory: Path | None = None) -> InstallResult:
+            directory: Path | None = None, worker_login: str | None = None,
+            worker_password: str | None = None) -> InstallResult:
     """Install or upgrade qvl in the database at ``dsn`` (up to version ``target``; default: all).
 
     ``directory``: the ``sql/`` folder (its ``incremental/`` and ``idempotent/``). ``service_ca_file``:
     the CA file (on the database server) an https:// service's certificate is verified against. ``public_grant``:
     whether every role may embed, rerank and search; None keeps what an earlier install chose (True
-    on a first install).
+    on a first install). ``worker_login``: a login for ``qvl worker``, made if missing and granted
+    qvl_worker (``worker_password``, when given, is set as its password).
     """
     root = directory or sql_dir()
     migrations = sql_files(root / INCREMENTAL)
@@ -283,6 +307,10 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                     row = conn.execute("SELECT value::boolean FROM qvl.config WHERE key = 'public_grant'").fetchone()
                     public_grant = True if row is None else bool(row[0])
                 conn.execute("SELECT qvl._apply_grants(%s)", (public_grant,))
+            if worker_login is not None:
+                if after < GRANTS_FROM:
+                    raise InstallError(f"--worker-login needs version >= {GRANTS_FROM}")
+                ensure_worker_login(conn, worker_login, worker_password)
             if service_url is not None:
                 if after < SERVICE_FROM:
                     raise InstallError("--service-url needs version >= 2")

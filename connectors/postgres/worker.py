@@ -59,6 +59,19 @@ PRIMARY_ONLY = ("the worker claims rows and writes vectors, so it runs against t
                 "the primary (or list every node with target_session_attrs=read-write)")
 STANDBY = f"the database is a hot standby (read-only): {PRIMARY_ONLY}"
 READ_ONLY = f"the database refuses writes (a hot standby now, or read-only): {PRIMARY_ONLY}"
+# Writing a vector runs the table owner's code (triggers, CHECK constraints, index expressions) with the
+# worker's rights: as a superuser (or a role that may become one) any owner of a vectorized table could
+# become one. The login, the role it acts as and the role it authenticated as are each checked.
+SUPERUSER_SQL = """
+SELECT r.rolname FROM pg_catalog.pg_roles r
+ WHERE (r.rolname IN (session_user, current_user)
+        OR r.oid = (SELECT a.usesysid FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_catalog.pg_backend_pid()))
+   AND EXISTS (SELECT 1 FROM pg_catalog.pg_roles s WHERE s.rolsuper AND pg_catalog.pg_has_role(r.oid, s.oid, 'MEMBER'))
+ LIMIT 1"""
+SUPERUSER = ("the worker refuses to run as {role}, a superuser or a member of one: writing a vector runs the table "
+             "owner's triggers, constraints and index expressions with the worker's rights. Run it as a login "
+             "granted qvl_worker: CREATE ROLE qvl_worker_login LOGIN; GRANT qvl_worker TO qvl_worker_login; "
+             "(docs/postgres.md, \"The worker's role\")")
 
 
 @dataclass
@@ -109,10 +122,10 @@ class Blocked(Exception):
         hint = exc.diag.message_hint if isinstance(exc, psycopg.errors.DatabaseError) else None
         if "row-level security" in message:
             advice = (hint or "") + (" " if hint else "") + (
-                "The worker must see every row: run it as a role with BYPASSRLS (ALTER ROLE ... BYPASSRLS), "
-                "a superuser, or the table's owner (without FORCE ROW LEVEL SECURITY).")
+                "The worker must see every row: give its login BYPASSRLS (ALTER ROLE ... BYPASSRLS), or run it "
+                "as the table's owner (without FORCE ROW LEVEL SECURITY).")
         else:
-            advice = "Grant the worker's role what it needs (docs/postgres.md, \"Running it\")."
+            advice = "Grant the worker's login qvl_worker (docs/postgres.md, \"The worker's role\")."
         super().__init__(f"{message.strip()}; its rows stay queued. {advice}")
 
 
@@ -330,12 +343,15 @@ class Worker:
             self._touch_alive()  # waiting for the database is not being wedged
             try:
                 with self._connect() as conn:
+                    superuser = conn.execute(SUPERUSER_SQL).fetchone()
                     row = conn.execute("SELECT to_regclass('qvl.vectorizer') IS NOT NULL, "
                                        "pg_catalog.pg_is_in_recovery()").fetchone()
             except psycopg.OperationalError as exc:
                 log.warning("the database is not reachable yet; retrying", extra={"error": str(exc).strip()})
                 self.stopping.wait(backoff.next())
                 continue
+            if superuser:
+                raise RuntimeError(SUPERUSER.format(role=superuser[0]))
             if not row or not row[0]:
                 raise RuntimeError("qvl is not installed in this database: run `qvl pg install --dsn ...` first")
             if not row[1]:
@@ -572,7 +588,7 @@ class Worker:
         except psycopg.errors.InsufficientPrivilege as exc:
             self._prunes = False
             log.warning("no pruning of failed rows: the worker's role may not call qvl.prune_failed "
-                        "(run it as the installing role, or call qvl.prune_failed from a job)",
+                        "(grant its login qvl_worker, or call qvl.prune_failed from a job)",
                         extra={"error": str(exc).strip()})
             return
         except psycopg.errors.UndefinedObject:

@@ -23,7 +23,7 @@ from connectors.postgres.worker import Worker, WorkerSettings
 from connectors.progress import Progress
 from qvl_devtools.bench import workloads
 from qvl_devtools.bench.models import TINY_DIR
-from qvl_devtools.launchers.postgres import LocalPostgres
+from qvl_devtools.launchers.postgres import LocalPostgres, worker_dsn
 from qvl_devtools.launchers.service import ServiceProcess
 
 ROUNDS = 3
@@ -92,7 +92,7 @@ def pg_ingest(args: Any) -> dict[str, Any]:
     t_stream: list[float] = []
     with _stack(args) as (svc, dsn), Client(svc.grpc_target) as client, \
             psycopg.connect(dsn, autocommit=True) as conn:
-        worker = Worker(WorkerSettings(dsn=dsn, service=svc.grpc_target, batch=64, concurrency=3,
+        worker = Worker(WorkerSettings(dsn=worker_dsn(dsn), service=svc.grpc_target, batch=64, concurrency=3,
                                        poll_s=1.0, log_every_s=3600))
         thread = threading.Thread(target=worker.run, name="qvl-bench-worker", daemon=True)
         thread.start()
@@ -262,8 +262,8 @@ def pg_search(args: Any) -> dict[str, Any]:
         conn.execute("SELECT qvl.create_vectorizer('pgs', text_columns => ARRAY['caption'], fulltext => 'english')")
         captions = workloads.texts(n, 6, 16, seed)
         rows = [(i, (i * 7919) % 1000, captions[i]) for i in range(n)]  # bucket: 0..999, each n/1000 times
-        worker = Worker(WorkerSettings(dsn=dsn, service=svc.grpc_target, batch=64, concurrency=3, poll_s=1.0,
-                                       log_every_s=3600))
+        worker = Worker(WorkerSettings(dsn=worker_dsn(dsn), service=svc.grpc_target, batch=64, concurrency=3,
+                                       poll_s=1.0, log_every_s=3600))
         thread = threading.Thread(target=worker.run, name="qvl-bench-worker", daemon=True)
         thread.start()
         try:

@@ -20,7 +20,7 @@ import psycopg
 from connectors.postgres.installer import install
 from connectors.postgres.worker import Worker, WorkerSettings
 from qvl_devtools.demo_media import sample_media
-from qvl_devtools.launchers.postgres import LocalPostgres
+from qvl_devtools.launchers.postgres import LocalPostgres, worker_dsn
 
 TEXT_QUERIES = ("circles", "a panoramic view")
 RERANK_QUERY = "concentric circles"
@@ -53,7 +53,7 @@ def _print(rows: Sequence[dict[str, Any]], out: Callable[[str], None]) -> None:
 
 
 def _embed_with_progress(dsn: str, grpc_target: str, total: int, out: Callable[[str], None]) -> float:
-    worker = Worker(WorkerSettings(dsn=dsn, service=grpc_target, batch=4, concurrency=2, poll_s=0.5,
+    worker = Worker(WorkerSettings(dsn=worker_dsn(dsn), service=grpc_target, batch=4, concurrency=2, poll_s=0.5,
                                    log_every_s=3600))
     thread = threading.Thread(target=worker.run, name="qvl-demo-worker", daemon=True)
     started = time.perf_counter()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import make_conninfo
 
 from qvl_devtools.launchers.ports import START_ATTEMPTS, bind_failed, free_port, hold_for, release_ports
 from qvl_devtools.launchers.process import LocalDataServer
@@ -40,6 +41,20 @@ THROWAWAY_SETTINGS: dict[str, str] = {
 # A standby's own settings: queries on it are not cancelled because the primary vacuumed rows
 # they still read (the primary hears what the standby's queries need).
 STANDBY_SETTINGS: dict[str, str] = {"hot_standby": "on", "hot_standby_feedback": "on"}
+
+
+# The login the demo, the benchmarks and the tests run `qvl worker` as (the worker refuses a superuser).
+WORKER_LOGIN = "qvl_worker_login"
+
+
+def worker_dsn(dsn: str, login: str = WORKER_LOGIN) -> str:
+    """``dsn`` (the installing superuser's) as ``login``, made if missing and granted qvl_worker: what an
+    operator runs the worker as (docs/postgres.md). qvl must be installed in the database first."""
+    from connectors.postgres.installer import ensure_worker_login
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ensure_worker_login(conn, login)
+    return make_conninfo(dsn, user=login)
 
 
 def pg_bindir() -> Path:

@@ -36,6 +36,7 @@ BEGIN
         GRANT EXECUTE ON FUNCTION qvl._fulltext_join(text[]) TO PUBLIC;
     END IF;
     PERFORM qvl._secure_triggers();  -- the trigger functions' owner and its rights
+    PERFORM qvl._ensure_worker_role();  -- the worker's rights (each vectorizer's: qvl._secure_vectorizer)
     INSERT INTO qvl.config (key, value) VALUES ('public_grant', public_access::text)
     ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;
 END
@@ -45,4 +46,103 @@ $$;
 CREATE OR REPLACE FUNCTION qvl.grant_query_access(role_name text) RETURNS void LANGUAGE sql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
     SELECT qvl._grant_query_access(role_name, true)
+$$;
+
+
+-- The worker's rights. Writing a vector into a table runs its owner's code (triggers, CHECK
+-- constraints, index expressions) with the writer's rights: a worker running as a superuser let
+-- any owner of a vectorized table become one. So the worker refuses a superuser login and runs as a
+-- login granted qvl_worker, a role the install makes: NOLOGIN, no role attributes, allowed what every
+-- worker does (read the catalog, report in qvl.worker_status, prune failures) and, per vectorizer,
+-- what its rows need (qvl._grant_worker). `GRANT qvl_worker TO <login>` is all an operator does.
+CREATE OR REPLACE FUNCTION qvl._ensure_worker_role() RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_worker') THEN
+        BEGIN
+            CREATE ROLE qvl_worker NOLOGIN;
+        EXCEPTION WHEN duplicate_object OR unique_violation THEN
+            NULL;  -- an install into another database of the cluster made it just now
+        END;
+    END IF;
+    -- A role of the whole cluster: whatever it was given since, take it back (its members could SET
+    -- ROLE to it, and so could a table's code running in the worker's session).
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_worker'
+                  AND (rolsuper OR rolcanlogin OR rolcreatedb OR rolcreaterole OR rolreplication OR rolbypassrls)) THEN
+        ALTER ROLE qvl_worker NOSUPERUSER NOLOGIN NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS;
+    END IF;
+    GRANT USAGE ON SCHEMA qvl TO qvl_worker;
+    GRANT SELECT ON qvl.vectorizer TO qvl_worker;
+    GRANT EXECUTE ON FUNCTION qvl._vector_schema() TO qvl_worker;
+    IF to_regclass('qvl.worker_status') IS NOT NULL THEN  -- version 6
+        GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.worker_status TO qvl_worker;
+    END IF;
+    IF to_regprocedure('qvl.prune_failed(text, interval)') IS NOT NULL THEN  -- version 9
+        GRANT EXECUTE ON FUNCTION qvl.prune_failed(text, interval), qvl._vectorizer(text), qvl._failed_retention()
+            TO qvl_worker;
+        GRANT SELECT ON qvl.config TO qvl_worker;  -- the retention
+    END IF;
+END
+$$;
+
+-- The columns of a vectorizer's table that exist now, of those named (one dropped before version 7,
+-- when nothing guarded the table, is left out), quoted and comma-separated; NULL when none does.
+CREATE OR REPLACE FUNCTION qvl._existing_columns(source regclass, names name[]) RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT string_agg(quote_ident(a.attname), ', ' ORDER BY a.attnum) FROM pg_attribute a
+     WHERE a.attrelid = source AND a.attname = ANY (names) AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- One vectorizer's share of qvl_worker: USAGE of its table's schema, SELECT of its key and input
+-- columns (a claim reads them; a write compares their hash), UPDATE of its destination (the vector; a
+-- row lock needs UPDATE too), and its queue and failed tables. Nothing else of the table.
+CREATE OR REPLACE FUNCTION qvl._grant_worker(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+    reads text;
+    writes text;
+BEGIN
+    PERFORM qvl._ensure_worker_role();
+    SELECT * INTO v FROM qvl.vectorizer WHERE id = vid;
+    IF FOUND AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = v.source) THEN
+        reads := qvl._existing_columns(v.source, v.pk_columns || v.text_columns || v.image_columns || v.video_columns);
+        writes := qvl._existing_columns(v.source, ARRAY[v.destination]);
+        EXECUTE format('GRANT USAGE ON SCHEMA %I TO qvl_worker',
+                       (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                         WHERE c.oid = v.source));
+        IF reads IS NOT NULL THEN
+            EXECUTE format('GRANT SELECT (%s) ON %s TO qvl_worker', reads, v.source);
+        END IF;
+        IF writes IS NOT NULL THEN
+            EXECUTE format('GRANT UPDATE (%s) ON %s TO qvl_worker', writes, v.source);
+        END IF;
+    END IF;
+    IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT, UPDATE, DELETE ON qvl.queue_%s TO qvl_worker', vid);
+    END IF;
+    IF to_regclass(format('qvl.failed_%s', vid)) IS NOT NULL THEN
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.failed_%s TO qvl_worker', vid);
+    END IF;
+END
+$$;
+
+-- A dropped vectorizer's share taken back (its queue and failed tables go with it); columns that
+-- another vectorizer of the same table reads or writes stay granted. USAGE of the schema stays: it
+-- gives nothing without a right on an object in it, and another table there may need it.
+CREATE OR REPLACE FUNCTION qvl._revoke_worker(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cols text := qvl._existing_columns(v.source, v.pk_columns || v.text_columns || v.image_columns
+                                                 || v.video_columns || v.destination);
+    other int;
+BEGIN
+    IF cols IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_worker') THEN
+        RETURN;
+    END IF;
+    EXECUTE format('REVOKE SELECT (%s), UPDATE (%s) ON %s FROM qvl_worker', cols, cols, v.source);
+    FOR other IN SELECT x.id FROM qvl.vectorizer x WHERE x.source = v.source AND x.id <> v.id LOOP
+        PERFORM qvl._grant_worker(other);
+    END LOOP;
+END
 $$;

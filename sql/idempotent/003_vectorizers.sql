@@ -217,11 +217,13 @@ BEGIN
 END
 $$;
 
--- One vectorizer's share: its queue, and its queueing trigger function (async mode).
+-- One vectorizer's share: its queue, and its queueing trigger function (async mode); and the worker's
+-- rights on its table, queue and failed table (qvl._grant_worker, sql/idempotent/003_grants.sql).
 CREATE OR REPLACE FUNCTION qvl._secure_vectorizer(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM qvl._ensure_trigger_role();
+    PERFORM qvl._grant_worker(vid);
     IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
         EXECUTE format('GRANT SELECT, INSERT, UPDATE ON qvl.queue_%s TO qvl_trigger', vid);
     END IF;
@@ -711,6 +713,77 @@ END
 $$;
 
 
+-- What code run in this session could leave behind to run later with the session's rights: settings
+-- (search_path aside: it is this function's own here, qvl._as_owner reads it), temporary objects (a
+-- view that shadows a table), prepared statements (one a driver prepared, replaced) and cursors.
+CREATE OR REPLACE FUNCTION qvl._session_state() RETURNS text LANGUAGE sql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT concat_ws(E'\n',
+        (SELECT string_agg(s.name || '=' || s.setting, ',' ORDER BY s.name) FROM pg_settings s
+          WHERE s.name NOT LIKE '%.%'),
+        (SELECT string_agg(t.oid::text, ',' ORDER BY t.oid)
+           FROM (SELECT c.oid FROM pg_class c WHERE c.relnamespace = pg_my_temp_schema()
+                 UNION ALL SELECT y.oid FROM pg_type y WHERE y.typnamespace = pg_my_temp_schema()
+                 UNION ALL SELECT p.oid FROM pg_proc p WHERE p.pronamespace = pg_my_temp_schema()) AS t),
+        (SELECT string_agg(p.name || '@' || p.prepare_time, ',' ORDER BY p.name) FROM pg_prepared_statements p),
+        (SELECT string_agg(c.name, ',' ORDER BY c.name) FROM pg_cursors c))
+$$;
+
+
+-- Runs one statement that writes a user's table (an UPDATE, an ALTER TABLE that rewrites it) as the
+-- table's owner; tables and tids are its $1 and $2. Writing a table runs its owner's code (triggers,
+-- CHECK constraints, index expressions) with the writer's rights, and qvl's management functions are
+-- called by the installing superuser: as that caller, the code could do anything (ALTER ROLE ...
+-- SUPERUSER). So the statement runs in a SECURITY DEFINER function owned by the table's owner, made
+-- for it in pg_temp and dropped after: the code runs as the owner and cannot SET ROLE back (PostgreSQL
+-- refuses that inside SECURITY DEFINER; SET LOCAL ROLE alone would let a trigger RESET ROLE). What the
+-- code could leave in the session to run later as the caller (a search_path, a temporary view, a
+-- prepared statement) is looked for afterwards: then the statement is refused and nothing stays.
+CREATE OR REPLACE FUNCTION qvl._as_owner(source regclass, statement text, tables oid[] DEFAULT NULL,
+                                         tids tid[] DEFAULT NULL) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source);
+    path text := current_setting('search_path');
+    prepared text[] := ARRAY(SELECT p.name || '@' || p.prepare_time FROM pg_prepared_statements p);
+    before text;
+    after_path text;
+    stmt text;
+    n bigint;
+BEGIN
+    EXECUTE 'CREATE FUNCTION pg_temp.qvl_as_owner(statement text, tables oid[], tids tid[]) RETURNS bigint '
+            'LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET row_security = off '
+            'AS $f$ DECLARE n bigint; BEGIN EXECUTE statement USING tables, tids; GET DIAGNOSTICS n = ROW_COUNT; '
+            'RETURN n; END $f$';
+    EXECUTE format('ALTER FUNCTION pg_temp.qvl_as_owner(text, oid[], tid[]) OWNER TO %I', owner);
+    before := qvl._session_state();
+    BEGIN
+        EXECUTE 'SELECT pg_temp.qvl_as_owner($1, $2, $3)' INTO n USING statement, tables, tids;
+        -- Before any name is looked up: the search_path the code left, then this function's again.
+        after_path := pg_catalog.current_setting('search_path');
+        PERFORM pg_catalog.set_config('search_path', path, true);
+        IF after_path <> path OR qvl._session_state() <> before THEN
+            RAISE EXCEPTION 'qvl: the code that % runs when written (its owner %''s triggers, constraints or index '
+                            'expressions) changed this session: a setting, a temporary object, a prepared '
+                            'statement or a cursor; nothing was done', source, owner
+                USING ERRCODE = '42501',
+                      HINT = 'qvl writes the table as its owner and refuses what could later run as you. A '
+                             'trigger''s setting made in a SET clause of its function is undone as it returns.';
+        END IF;
+    EXCEPTION WHEN OTHERS THEN
+        -- The rollback takes back settings, temporary objects and cursors; not prepared statements.
+        FOR stmt IN SELECT p.name FROM pg_prepared_statements p WHERE p.name || '@' || p.prepare_time <> ALL (prepared)
+        LOOP
+            EXECUTE format('DEALLOCATE %I', stmt);
+        END LOOP;
+        RAISE;
+    END;
+    EXECUTE 'DROP FUNCTION pg_temp.qvl_as_owner(text, oid[], tid[])';
+    RETURN n;
+END
+$$;
+
+
 -- Once dropped, nothing keeps the column in step with the row. Rows still queued (changed since
 -- their vector was written) or failed (their last embedding refused) hold a vector of what they
 -- were: those are cleared, so no vector stays that no vectorizer vouches for; a NOTICE says how
@@ -724,11 +797,14 @@ DECLARE
     has_column boolean;
     stale text[] := '{}';
     tbl text;
+    tables oid[];
+    tids tid[];
     cleared bigint := 0;
     kept bigint;
 BEGIN
     IF source_exists THEN
         PERFORM qvl._drop_triggers(v.id, v.source);
+        PERFORM qvl._revoke_worker(v);
         IF to_regprocedure('qvl.set_fulltext(text, text)') IS NOT NULL THEN  -- version 8: its full-text index
             PERFORM qvl.set_fulltext(v.name, NULL);
         END IF;
@@ -742,9 +818,16 @@ BEGIN
                 END IF;
             END LOOP;
             IF cardinality(stale) > 0 THEN
-                EXECUTE format('UPDATE %s s SET %I = NULL WHERE s.%I IS NOT NULL AND (%s)', v.source, v.destination,
-                               v.destination, array_to_string(stale, ' OR '));
-                GET DIAGNOSTICS cleared = ROW_COUNT;
+                -- Which rows: read as the caller (a read runs none of the owner's code), while writers
+                -- wait. The write runs the owner's code (triggers, CHECK, index expressions): as the owner.
+                EXECUTE format('LOCK TABLE %s IN SHARE ROW EXCLUSIVE MODE', v.source);
+                EXECUTE format('SELECT array_agg(s.tableoid), array_agg(s.ctid) FROM %s s WHERE s.%I IS NOT NULL '
+                               'AND (%s)', v.source, v.destination, array_to_string(stale, ' OR ')) INTO tables, tids;
+                IF tids IS NOT NULL THEN
+                    cleared := qvl._as_owner(v.source, format(
+                        'UPDATE %s s SET %I = NULL WHERE s.ctid = ANY ($2) AND (s.tableoid, s.ctid) IN '
+                        '(SELECT * FROM unnest($1, $2))', v.source, v.destination), tables, tids);
+                END IF;
             END IF;
             EXECUTE format('SELECT count(*) FROM %s WHERE %I IS NOT NULL', v.source, v.destination) INTO kept;
         END IF;
@@ -759,7 +842,7 @@ BEGIN
     -- After the catalog row is gone: qvl's schema guard (sql/idempotent/007_*) refuses to drop a
     -- column a vectorizer still writes.
     IF has_column AND drop_column THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', v.source, v.destination);
+        PERFORM qvl._as_owner(v.source, format('ALTER TABLE %s DROP COLUMN %I', v.source, v.destination));
     END IF;
     PERFORM pg_notify('qvl_config', v.id::text);
     IF kept IS NOT NULL THEN
@@ -792,7 +875,9 @@ BEGIN
         vtype := qvl._vector_type(v.storage, dimensions, v.index_kind);
         -- The catalog first: qvl's schema guard (sql/idempotent/007_*) checks the column against it.
         UPDATE qvl.vectorizer SET dimensions = reembed.dimensions WHERE id = v.id;
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING NULL', v.source, v.destination, vtype);
+        -- Retyping rewrites the table and checks its constraints again: as its owner (qvl._as_owner).
+        PERFORM qvl._as_owner(v.source, format('ALTER TABLE %s ALTER COLUMN %I TYPE %s USING NULL', v.source,
+                                               v.destination, vtype));
         PERFORM pg_notify('qvl_config', v.id::text);
     END IF;
     EXECUTE format('DELETE FROM qvl.failed_%s', v.id);
@@ -834,12 +919,15 @@ END
 $$;
 
 
--- Whether the role calling a SECURITY DEFINER function of qvl may read the vectorizer's table
--- (inside one, current_user is the owner: the session's role is the caller's login).
+-- Whether the role calling a SECURITY DEFINER function of qvl may read the vectorizer's table.
+-- Inside one, current_user is the function's owner; the caller's role is the one SET ROLE chose (the
+-- setting "role", which a SECURITY DEFINER function does not change), else the login. The login alone
+-- would show postgres under SET ROLE app what app may not read.
 CREATE OR REPLACE FUNCTION qvl._may_read_source(vid int) RETURNS boolean LANGUAGE sql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT has_table_privilege(session_user, v.source, 'SELECT') FROM qvl.vectorizer v
-                      WHERE v.id = vid), false)
+    SELECT coalesce((SELECT has_table_privilege(CASE current_setting('role') WHEN 'none' THEN session_user::text
+                                                    ELSE current_setting('role') END, v.source, 'SELECT')
+                       FROM qvl.vectorizer v WHERE v.id = vid), false)
 $$;
 
 

@@ -159,6 +159,8 @@ BEGIN
             PERFORM qvl._secure_vectorizer(v.id);
         END IF;
     END IF;
+    -- The worker's rights follow the table (column grants follow their columns; a new schema needs USAGE).
+    PERFORM qvl._grant_worker(v.id);
     -- Workers reload the definition (names, types, the table's own name and schema).
     PERFORM pg_notify('qvl_config', v.id::text);
 END

@@ -157,14 +157,21 @@ def test_weaviate_settings(services: dict[str, dict[str, Any]]) -> None:
 
 
 def test_dsns_name_the_postgres_service_and_its_credentials(services: dict[str, dict[str, Any]]) -> None:
+    """The install runs as the superuser; the worker (which refuses a superuser) as the login that the
+    install makes and grants qvl_worker, with the password the install sets."""
     pg_env = _env(services["postgres"])
+    install = services["pg-install"]
     for name in ("pg-install", "worker"):
         dsn = urlsplit(_flag(services[name]["command"], "--dsn"))
         assert dsn.scheme in ("postgresql", "postgres")
         assert dsn.hostname in services and services[dsn.hostname] is services["postgres"], name
         assert dsn.port in _listens("postgres", services["postgres"])
-        assert dsn.username == pg_env["POSTGRES_USER"] and dsn.password == pg_env["POSTGRES_PASSWORD"], name
         assert dsn.path.lstrip("/") == pg_env["POSTGRES_DB"], name
+        if name == "pg-install":
+            assert dsn.username == pg_env["POSTGRES_USER"] and dsn.password == pg_env["POSTGRES_PASSWORD"]
+        else:
+            assert dsn.username == _flag(install["command"], "--worker-login") != pg_env["POSTGRES_USER"]
+            assert dsn.password == _env(install)["QVL_WORKER_PASSWORD"]
 
 
 def test_service_addresses_of_the_worker_and_the_installer(services: dict[str, dict[str, Any]]) -> None:

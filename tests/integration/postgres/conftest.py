@@ -21,12 +21,20 @@ import pytest
 
 from connectors.postgres.installer import install
 from connectors.postgres.worker import Worker, WorkerSettings
+from qvl_devtools.launchers.postgres import worker_dsn as launcher_worker_dsn
 from tests.media_factory import image_bytes
 from tests.support.fake_service import FakeService
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
 ROOT = Path(__file__).parents[3]
+
+
+def worker_dsn(dsn: str) -> str:
+    """What a worker connects with: a DSN of the installing superuser becomes one of a login granted
+    qvl_worker and nothing else (the worker refuses a superuser; docs/postgres.md, "The worker's role").
+    A test's own role is kept."""
+    return launcher_worker_dsn(dsn) if "user=postgres" in dsn.split() else dsn
 
 
 def new_database(pg_server: PostgresServer, hint: str) -> str:
@@ -63,7 +71,7 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 def drain(dsn: str, service: str, **kwargs: Any) -> Worker:
     """Run a worker in this process until every queue is empty."""
-    settings = WorkerSettings(dsn=dsn, service=service, exit_when_idle=True, poll_s=0.5, log_every_s=60,
+    settings = WorkerSettings(dsn=worker_dsn(dsn), service=service, exit_when_idle=True, poll_s=0.5, log_every_s=60,
                               backoff_cap_s=2.0, **kwargs)
     worker = Worker(settings)
     worker.run()
@@ -82,7 +90,7 @@ def running(dsn: str, target: str, **kwargs: Any) -> Iterator[Worker]:
     """A worker in a thread of this process for the duration of the block."""
     defaults: dict[str, Any] = dict(poll_s=0.2, log_every_s=60, backoff_base_s=0.2, backoff_cap_s=1.0,
                                     retry_delay_s=0.4, concurrency=1, batch=8, stall_s=10)
-    worker = Worker(WorkerSettings(dsn=dsn, service=target, **{**defaults, **kwargs}))
+    worker = Worker(WorkerSettings(dsn=worker_dsn(dsn), service=target, **{**defaults, **kwargs}))
     thread = threading.Thread(target=worker.run, name="test-worker", daemon=True)
     thread.start()
     try:
@@ -111,7 +119,7 @@ class WorkerProcess:
     def __init__(self, dsn: str, service: str, *args: str, name: str = "qvl-worker-test") -> None:
         self.name = name
         self.command = [sys.executable, "-m", "qvl_cli", "--log-format", "json", "worker",
-                        "--dsn", dsn, "--service", service, "--application-name", name, "--poll", "0.5",
+                        "--dsn", worker_dsn(dsn), "--service", service, "--application-name", name, "--poll", "0.5",
                         "--max-backoff", "1", "--log-every", "1", "--stall-timeout", "5", *args]
         self.log_path = Path(tempfile.mkstemp(prefix=f"{name}-", suffix=".log")[1])
         self.proc: subprocess.Popen[bytes] | None = None
@@ -185,6 +193,8 @@ def write_log(conn: psycopg.Connection[Any], table: str, column: str = "embeddin
             INSERT INTO {table}_writes (id, app) VALUES (NEW.id, current_setting('application_name'));
             RETURN NULL;
         END $$;
+        -- The worker's write fires it with the worker's rights.
+        GRANT INSERT ON {table}_writes TO qvl_worker;
         CREATE TRIGGER {table}_log_write AFTER UPDATE OF {column} ON {table}
             FOR EACH ROW EXECUTE FUNCTION {table}_log_write();
     """)

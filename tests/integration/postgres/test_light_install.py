@@ -18,7 +18,8 @@ import psycopg
 import pytest
 
 from connectors.client import Client
-from tests.integration.postgres.conftest import ROOT, cosines, new_database, vec
+from qvl_devtools.launchers.postgres import WORKER_LOGIN
+from tests.integration.postgres.conftest import ROOT, cosines, new_database, role_dsn, vec
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
@@ -72,14 +73,15 @@ def test_worker_environment_has_no_torch_and_embeds_rows(worker_env: Path, pg_se
 
     dsn = new_database(pg_server, "light_install")
     env = {**os.environ, "PYTHONPATH": ""}  # nothing of the checkout's environment leaks in
-    done = _run([qvl, "pg", "install", "--dsn", dsn, "--service-url", service.http_url], env=env, cwd="/")
+    done = _run([qvl, "pg", "install", "--dsn", dsn, "--service-url", service.http_url,
+                 "--worker-login", WORKER_LOGIN], env=env, cwd="/")
     assert done.returncode == 0, done.stdout + done.stderr
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO notes SELECT i, 'note number ' || i FROM generate_series(1, 40) i")
         conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], dimensions => 64)")
-    done = _run([qvl, "--log-format", "json", "worker", "--dsn", dsn, "--service", service.grpc_target,
-                 "--exit-when-idle", "--poll", "0.5"], env=env, cwd="/")
+    done = _run([qvl, "--log-format", "json", "worker", "--dsn", role_dsn(dsn, WORKER_LOGIN), "--service",
+                 service.grpc_target, "--exit-when-idle", "--poll", "0.5"], env=env, cwd="/")
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute("SELECT id, body, embedding::text FROM notes ORDER BY id").fetchall()

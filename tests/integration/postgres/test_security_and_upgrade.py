@@ -169,7 +169,13 @@ def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, servic
         conn.execute("INSERT INTO items SELECT g, 'caption ' || g FROM generate_series(1, 8) g")
         conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'])")
         conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], mode => 'sync')")
-        drain(dsn, service.grpc_target)
+        # No qvl_worker then: a login granted by hand what the worker did (what the docs said to do).
+        legacy = f"legacy_worker_{uuid.uuid4().hex[:8]}"
+        conn.execute(f"CREATE ROLE {legacy} LOGIN; GRANT USAGE ON SCHEMA qvl TO {legacy}; "
+                     f"GRANT ALL ON ALL TABLES IN SCHEMA qvl TO {legacy}; "
+                     f"GRANT EXECUTE ON ALL FUNCTIONS IN SCHEMA qvl TO {legacy}; "
+                     f"GRANT SELECT, UPDATE ON items TO {legacy}")
+        drain(role_dsn(dsn, legacy), service.grpc_target)
         before = conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall()
 
         with psycopg.connect(dsn, autocommit=True) as old_session:
@@ -190,6 +196,12 @@ def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, servic
                                                "'qvl.embed(text,bytea,bytea,text,int)'::regprocedure").fetchone()[0]
         assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (2,)
         assert conn.execute("SELECT id, embedding::text FROM items ORDER BY id").fetchall() == before
+        # The upgrade made qvl_worker and gave it each existing vectorizer's share: a login granted it
+        # (conftest.worker_dsn) embeds the rows of a vectorizer made before.
+        assert conn.execute("SELECT has_column_privilege('qvl_worker', 'items', 'caption', 'SELECT'), "
+                            "has_column_privilege('qvl_worker', 'items', 'embedding', 'UPDATE'), "
+                            "has_table_privilege('qvl_worker', 'qvl.queue_1', 'DELETE'), "
+                            "has_table_privilege('qvl_worker', 'qvl.failed_2', 'INSERT')").fetchone() == (True,) * 4
         conn.execute("INSERT INTO items VALUES (9, 'after the upgrade')")  # the queueing trigger survives
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 9").fetchone() == (True,)

@@ -137,6 +137,31 @@ def test_queue_counts_show_only_to_roles_that_may_read_the_table(conn: psycopg.C
             c.execute("SELECT qvl.wait_for_embeddings('secret', '10 ms')")
 
 
+def test_queue_counts_follow_the_current_role_not_the_login(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """Issue 19.9: under SET ROLE the counts are the current role's to see, whatever the login may read:
+    postgres acting as a role that may not read the table sees none, and a login that may not read it
+    sees them while acting as a role that may."""
+    reader, stranger = (f"{who}_{uuid.uuid4().hex[:8]}" for who in ("reader", "stranger"))
+    conn.execute("CREATE TABLE secret (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qvl.create_vectorizer('secret', text_columns => ARRAY['body'], dimensions => 32)")
+    conn.execute("INSERT INTO secret SELECT g, 'row ' || g FROM generate_series(1, 7) g")
+    conn.execute(f"CREATE ROLE {reader} NOLOGIN; GRANT SELECT ON secret TO {reader}; "
+                 f"CREATE ROLE {stranger} LOGIN NOINHERIT; GRANT {reader} TO {stranger}")  # only through SET ROLE
+    status = "SELECT pending, failed FROM qvl.vectorizer_status"
+    conn.execute(f"SET ROLE {stranger}")
+    try:
+        assert conn.execute(status).fetchall() == [(None, None)]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT qvl.wait_for_embeddings('secret', '10 ms')")
+    finally:
+        conn.execute("RESET ROLE")
+    with psycopg.connect(role_dsn(qvl_db, stranger), autocommit=True) as c:
+        assert c.execute(status).fetchall() == [(None, None)]
+        c.execute(f"SET ROLE {reader}")
+        assert c.execute(status).fetchall() == [(7, 0)]
+        assert c.execute("SELECT qvl.wait_for_embeddings('secret', '10 ms')").fetchone() == (False,)
+
+
 def test_service_info_names_the_model_without_its_local_path(conn: psycopg.Connection[Any]) -> None:
     """/v1/info (and qvl.service_info(), open to every role) said where the checkpoint lies on disk."""
     from tests.support.service import TINY

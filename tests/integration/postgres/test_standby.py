@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from connectors.postgres.installer import install
-from tests.integration.postgres.conftest import ROOT, WorkerProcess, drain, images, vec, wait_until
+from tests.integration.postgres.conftest import ROOT, WorkerProcess, drain, images, vec, wait_until, worker_dsn
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
@@ -160,9 +160,9 @@ def test_a_worker_on_a_standby_says_so_waits_and_starts_when_promoted(
     try:
         standby.catch_up()
         standby_dsn = on(standby, app)
-        once = subprocess.run([sys.executable, "-m", "qvl_cli", "worker", "--dsn", standby_dsn, "--service",
-                               service.grpc_target, "--exit-when-idle"], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60)
+        once = subprocess.run([sys.executable, "-m", "qvl_cli", "worker", "--dsn", worker_dsn(standby_dsn),
+                               "--service", service.grpc_target, "--exit-when-idle"], cwd=ROOT, capture_output=True,
+                              text=True, timeout=60)
         assert once.returncode == 2 and "hot standby" in once.stderr, once.stderr
 
         worker = worker_processes(standby_dsn, service.grpc_target, name="qvl-worker-standby")
