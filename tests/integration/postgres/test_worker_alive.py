@@ -48,7 +48,7 @@ def test_a_worker_waiting_for_its_database_stays_alive(tmp_path: Path, fake: Fak
                                                        worker_processes: Callable[..., WorkerProcess]) -> None:
     alive = tmp_path / "alive"
     monkeypatch.setenv("QVL_WORKER_ALIVE_FILE", str(alive))  # as the chart sets it
-    nowhere = f"host=127.0.0.1 port={free_port()} dbname=app user=postgres"
+    nowhere = f"host=127.0.0.1 port={free_port()} dbname=app user=app"  # no server: no login to make
     worker = worker_processes(nowhere, fake.target)
     touched_again(alive, worker)
     assert "not reachable yet" in worker.log()
