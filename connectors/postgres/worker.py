@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
+from connectors.client import NOT_NOW, Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
 from connectors.postgres.row_encoding import item_size, row_item, vector_literal
 from connectors.postgres.vectorizers import Vectorizer, load_vectorizers
 from qvl_proto import vectorizer_pb2 as pb
@@ -42,7 +42,7 @@ from qvl_proto import vectorizer_pb2 as pb
 log = logging.getLogger("qvl.worker")
 
 # Codes that say "not now" rather than "never" (a probe that gets one waits and asks again).
-TRANSIENT_CODES = {"UNAVAILABLE", "DEADLINE_EXCEEDED", "RESOURCE_EXHAUSTED", "CANCELLED"}
+TRANSIENT_CODES = NOT_NOW  # the client's retry table (connectors.client.errors)
 # Bad input: the row fails at once (unless the probe shows the whole service refusing everything).
 PERMANENT_CODES = {"INVALID_ARGUMENT", "OUT_OF_RANGE"}
 # connectors.client.not_ready: the service's typed reason for "your items never reached the model"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -11,13 +13,24 @@ from concurrent import futures
 import grpc
 import pytest
 
-from connectors.client import Client, InvalidInput, TransientError, not_ready, reason_name, to_item
+from connectors.client import (
+    AsyncClient,
+    Client,
+    InvalidArgument,
+    InvalidInput,
+    StreamStalled,
+    TransientError,
+    not_ready,
+    reason_name,
+    to_item,
+)
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
 
 class Stuck(pb_grpc.VectorizerServicer):
-    """Answers the first item of a stream, then never again; Embed is UNAVAILABLE twice, then fine."""
+    """Answers the first item of a stream, then never again; Embed is UNAVAILABLE twice, then fine;
+    Info answers (the service is there, only the stream is stuck)."""
 
     def __init__(self) -> None:
         self.embed_calls = 0
@@ -35,6 +48,9 @@ class Stuck(pb_grpc.VectorizerServicer):
         if request.items[0].parts[0].text == "bad":
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, "item 0: text is bad")
         return pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.6, 0.8], dimensions=2)])
+
+    def Info(self, request, context):
+        return pb.InfoResponse(version="stuck")
 
 
 @contextlib.contextmanager
@@ -59,14 +75,140 @@ def stuck() -> Iterator[tuple[Stuck, str]]:
         servicer.release.set()
 
 
-def test_a_stalled_stream_raises_instead_of_hanging(stuck: tuple[Stuck, str]) -> None:
+def stream_rows(kind: str, target: str, items: list[str], **client: object) -> tuple[list[object], Exception | None]:
+    """Stream ``items`` with the sync or the async client: the rows handed on, and what it raised.
+    A stream still running after 30 s is a hang (the test fails on the TimeoutError)."""
+    got: list[object] = []
+    if kind == "sync":
+        try:
+            with Client(target, **client) as c:  # type: ignore[arg-type]
+                for row in c.embed_stream(items):
+                    got.append(row)
+        except Exception as exc:
+            return got, exc
+        return got, None
+
+    async def run() -> None:
+        async with AsyncClient(target, **client) as c:  # type: ignore[arg-type]
+            async for row in c.embed_stream(items):
+                got.append(row)
+
+    try:
+        asyncio.run(asyncio.wait_for(run(), 30))
+    except TimeoutError:
+        raise
+    except Exception as exc:
+        return got, exc
+    return got, None
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stalled_stream_raises_instead_of_hanging(stuck: tuple[Stuck, str], kind: str) -> None:
+    """Both drivers (the async one had no stall handling: its stream waited forever)."""
     _, target = stuck
     started = time.monotonic()
-    got = []
-    with Client(target, stall_timeout=2.0) as c, pytest.raises(TransientError, match="answered nothing"):
-        for row in c.embed_stream(["a", "b", "c"]):
-            got.append(row)
-    assert len(got) == 1 and time.monotonic() - started < 10
+    got, err = stream_rows(kind, target, ["a", "b", "c"], stall_timeout=2.0, stall_probe=0.5)
+    assert isinstance(err, TransientError) and "answered nothing" in str(err), err
+    assert isinstance(err, StreamStalled) and not err.unreachable and err.code == "DEADLINE_EXCEEDED"
+    assert len(got) == 1 and time.monotonic() - started < 10  # the probe found the service there
+
+
+@contextlib.contextmanager
+def one_connection(target: str) -> Iterator[str]:
+    """A TCP proxy to ``target`` that forwards the first connection and refuses every later one:
+    the service as a stream that was opened just as it went away sees it (the open connection
+    lingers, a new one finds nobody)."""
+    host, port = target.rsplit(":", 1)
+    listener = socket.create_server(("127.0.0.1", 0))
+    proxy_port = listener.getsockname()[1]
+    sockets: list[socket.socket] = [listener]
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+
+    def accept() -> None:
+        with contextlib.suppress(OSError):
+            client, _ = listener.accept()
+            listener.close()  # later connections are refused
+            upstream = socket.create_connection((host, int(port)))
+            sockets.extend([client, upstream])
+            threading.Thread(target=pipe, args=(client, upstream), daemon=True).start()
+            threading.Thread(target=pipe, args=(upstream, client), daemon=True).start()
+
+    threading.Thread(target=accept, daemon=True).start()
+    try:
+        yield f"127.0.0.1:{proxy_port}"
+    finally:
+        for s in sockets:
+            s.close()
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_stream_whose_service_went_away_is_cancelled_at_the_probe(stuck: tuple[Stuck, str], kind: str) -> None:
+    """The worker's watchdog asked the service on a new connection while a stream waited, and gave
+    the rows back when nobody answered there, long before the stall timeout: the client's
+    ``stall_probe`` does that now, in both drivers."""
+    _, target = stuck
+    with one_connection(target) as proxied:
+        started = time.monotonic()
+        got, err = stream_rows(kind, proxied, ["a", "b", "c"], stall_timeout=60.0, stall_probe=1.0, retries=0)
+    assert isinstance(err, StreamStalled) and err.unreachable and err.code == "UNAVAILABLE", err
+    assert len(got) == 1 and time.monotonic() - started < 15
+
+
+class Echo(pb_grpc.VectorizerServicer):
+    """Answers every item of a stream with [seq, 1]; Embed answers INT8 rows with their scales."""
+
+    def __init__(self) -> None:
+        self.streamed = 0
+
+    def EmbedStream(self, request_iterator, context):
+        for req in request_iterator:
+            self.streamed += 1
+            yield pb.EmbedStreamResult(seq=req.seq, embedding=pb.Embedding(values=[float(req.seq), 1.0]))
+
+    def Embed(self, request, context):
+        return pb.EmbedResponse(embeddings=[pb.Embedding(packed=bytes([i, 2]), encoding=pb.INT8, scale=0.5 + i,
+                                                         dimensions=2) for i in range(len(request.items))])
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_bad_item_in_a_stream_is_named(kind: str) -> None:
+    """An item the client cannot send (an unknown key) raised "Exception iterating requests!"
+    (UNKNOWN) from the sync client and a bare asyncio.CancelledError from the async one: now
+    InvalidArgument naming the item, after the rows before it."""
+    servicer = Echo()
+    with serving(servicer) as target:
+        got, err = stream_rows(kind, target, ["a", "b", {"txt": "typo"}, "d"])  # type: ignore[list-item]
+    assert isinstance(err, InvalidArgument), repr(err)
+    assert err.index == 2 and str(err).startswith("item 2: unknown item keys: ['txt']")
+    assert [float(r[0]) for r in got] == [0.0, 1.0]  # type: ignore[index]
+
+
+def test_the_async_client_has_the_sync_ones_features() -> None:
+    """``last_scales`` and ``wait_ready`` were only in the sync client."""
+    with serving(Echo()) as target:
+        with Client(target) as c:
+            c.wait_ready(10)
+            c.embed(["a", "b"], encoding="int8")
+            want = c.last_scales.tolist()
+
+        async def run() -> list[float]:
+            async with AsyncClient(target) as c:
+                await c.wait_ready(10)
+                await c.embed(["a", "b"], encoding="int8")
+                return c.last_scales.tolist()
+
+        assert asyncio.run(run()) == want == [0.5, 1.5]
+
+    async def nobody() -> None:
+        async with AsyncClient("127.0.0.1:1") as c:
+            await c.wait_ready(0.5)
+
+    with pytest.raises(grpc.FutureTimeoutError):  # nobody listens: both raise the same
+        asyncio.run(nobody())
 
 
 def test_unavailable_is_retried_and_bad_input_is_not(stuck: tuple[Stuck, str]) -> None:
@@ -106,10 +248,6 @@ def test_items_and_channel_options() -> None:
 
 def test_arguments_are_checked_before_anything_is_sent() -> None:
     """Out-of-range numbers name their argument (not protobuf's "Value out of range: -1")."""
-    import asyncio
-
-    from connectors.client import AsyncClient, InvalidArgument, InvalidInput
-
     bad_embed = [({"dimensions": -1}, "dimensions"), ({"dimensions": 0}, "dimensions"),
                  ({"dimensions": 2 ** 32}, "dimensions"), ({"dimensions": 1.5}, "dimensions"),
                  ({"dimensions": True}, "dimensions"), ({"timeout": -1}, "timeout"), ({"timeout": 0}, "timeout"),
@@ -130,7 +268,7 @@ def test_arguments_are_checked_before_anything_is_sent() -> None:
             with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
                 list(c.embed_stream(["ok"], **kwargs))
     for kwargs, name in ([({"timeout": -1}, "timeout"), ({"retries": -1}, "retries"),
-                          ({"stall_timeout": 0}, "stall_timeout")]):
+                          ({"stall_timeout": 0}, "stall_timeout"), ({"stall_probe": -1}, "stall_probe")]):
         with pytest.raises(InvalidArgument, match=rf"^{name} must be"):
             Client("127.0.0.1:1", **kwargs)
 
@@ -175,17 +313,18 @@ class ShutsDown(pb_grpc.VectorizerServicer):
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
 def test_a_call_cancelled_by_a_replica_shutting_down_is_sent_again(kind: str) -> None:
-    import asyncio
-
-    from connectors.client import AsyncClient
-
     servicer = ShutsDown()
     with serving(servicer) as target:
         if kind == "sync":
             with Client(target, retries=2) as c:
                 rows = c.embed(["a"]).tolist()
-                streamed = [r.tolist() for r in c.embed_stream(["b", "c"])]
-                retried = c.retried
+                # As many times as the async client: the two drivers share one session and one
+                # reading of a stream's end (a lost status included).
+                for _ in range(40):
+                    servicer.calls["EmbedStream"] = 0
+                    streamed = [r.tolist() for r in c.embed_stream(["b", "c"])]
+                    assert streamed == [[pytest.approx(0.6), pytest.approx(0.8)]] * 2
+                retried = c.retried - 39
         else:
             # Many times over: grpc.aio turns about 1 stream in 6 that the server ends while the
             # client still sends into INTERNAL "Internal error from Core" (grpc/grpc#36066),

@@ -1,0 +1,193 @@
+"""The blocking client: gRPC calls on threads, every decision in ``session``."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Generator, Iterable, Iterator, Sequence
+from typing import Any
+
+import grpc
+import numpy as np
+
+from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
+from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
+from connectors.client.items import ItemLike, RerankResult, embeddings, rerank_result
+from connectors.client.options import embed_options, embed_request, optional_seconds, rerank_request, stream_limits
+from connectors.client.session import Row, Step, Stream, StreamSession, Watch
+from qvl_proto import vectorizer_pb2 as pb
+from qvl_proto import vectorizer_pb2_grpc as pb_grpc
+
+_END = object()
+# One stream-stream call starts at a time in a process: grpcio 1.78 was seen to crash (SIGSEGV in its
+# C core) when two threads started streams on their own channels at once (a worker's lanes at
+# start-up: about 1 start in 40). Starting is quick; the streams then run side by side.
+_STREAM_START = threading.Lock()
+
+
+class Client(ClientBase):
+    """Blocking client. Retries UNAVAILABLE, RESOURCE_EXHAUSTED and CANCELLED with jittered backoff."""
+
+    def __init__(self, target: str, **kwargs: Any) -> None:
+        super().__init__(target, **kwargs)
+        self.channel = self._new_channel(self.options)
+        self.stub = pb_grpc.VectorizerStub(self.channel)
+
+    def _new_channel(self, options: list[tuple[str, Any]]) -> grpc.Channel:
+        if self.credentials:
+            return grpc.secure_channel(self.target, self.credentials, options=options)
+        return grpc.insecure_channel(self.target, options=options)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.closed = True
+        self.channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+        attempt = 0
+        while True:
+            try:
+                return method(request, timeout=self._timeout(timeout), metadata=self.metadata)
+            except grpc.RpcError as err:
+                error = translate(err)
+            time.sleep(self._call_retry(error, attempt))  # raises the error when it is not sent again
+            attempt += 1
+
+    def info(self) -> pb.InfoResponse:
+        return self._call(self.stub.Info, pb.InfoRequest())
+
+    def wait_ready(self, timeout: float = 120.0) -> None:
+        """Until the channel is connected (a replica serving); ``grpc.FutureTimeoutError`` after ``timeout``."""
+        grpc.channel_ready_future(self.channel).result(timeout=timeout)
+
+    def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
+              normalize: bool = True, instruction: str | None = None, timeout: float | None = None) -> np.ndarray:
+        """One row per item (float32 by default; int8 / packed binary as integer arrays)."""
+        request = embed_request(items, embed_options(dimensions, encoding, normalize, instruction))
+        rows, self.last_scales = embeddings(self._call(self.stub.Embed, request, optional_seconds("timeout", timeout)))
+        return rows
+
+    def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
+               top_k: int | None = None, allow_partial: bool = False, timeout: float | None = None) -> RerankResult:
+        request = rerank_request(query, documents, instruction, top_k, allow_partial)
+        return rerank_result(self._call(self.stub.Rerank, request, optional_seconds("timeout", timeout)))
+
+    def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
+                     normalize: bool = True, instruction: str | None = None, max_in_flight: int = 256,
+                     timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
+        """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
+
+        A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
+        UNAVAILABLE, RESOURCE_EXHAUSTED or CANCELLED (its replica died, refused it or shut down), or
+        the replica answers items as not ready (``not_ready``), a new stream (round_robin: another
+        replica) sends the unanswered items again, up to ``retries`` times in a row without an answer; after that the
+        failure raises (items not yet answered were not embedded). A stream that answers nothing
+        for ``stall_timeout`` seconds while items are outstanding raises ``StreamStalled`` at once
+        (so does one the ``stall_probe`` finds the service gone for). An item that cannot be sent
+        raises ``InvalidArgument`` naming it, and an exception of ``items`` itself is raised as it
+        is, each after the results of the items before it.
+        """
+        options = embed_options(dimensions, encoding, normalize, instruction)
+        max_in_flight, timeout = stream_limits(max_in_flight, timeout)
+        session = self._session(options, max_in_flight)
+        source = iter(items)
+        lock = threading.Lock()  # the session's (the reader, the sender and the watcher share it)
+        pulling = threading.Lock()  # one sender pulls from ``source`` at a time (an old stream's may linger)
+        while True:
+            with lock:
+                stream = session.start(time.monotonic())
+            yield from self._one_stream(session, stream, source, lock, pulling, timeout)
+            with lock:
+                delay = session.ended(stream, closed=self.closed)  # raises what is not sent again
+            if delay is None:
+                return
+            self.retried += 1
+            time.sleep(delay)
+
+    def _one_stream(self, session: StreamSession, stream: Stream, source: Iterator[ItemLike], lock: threading.Lock,
+                    pulling: threading.Lock, timeout: float | None) -> Generator[Row, None, None]:
+        """One gRPC stream of an ``embed_stream``: its results handed on as the session releases them."""
+        wake = threading.Event()  # the window may have room, or the stream stopped
+        over = threading.Event()
+        requests = _requests(session, stream, source, lock, pulling, wake)
+        with _STREAM_START:
+            call = self.stub.EmbedStream(requests, timeout=timeout, metadata=self.metadata)
+        threading.Thread(target=self._watch, args=(session, stream, lock, call, over),
+                         name="qvl-stream-watch", daemon=True).start()
+        try:
+            for result in call:
+                with lock:
+                    rows = session.received(stream, result, time.monotonic())
+                wake.set()
+                yield from rows
+        except grpc.RpcError as err:
+            with lock:
+                session.failed(stream, stream_error(err))
+        finally:
+            with lock:
+                session.stop(stream)
+            over.set()
+            wake.set()
+            call.cancel()
+
+    def _watch(self, session: StreamSession, stream: Stream, lock: threading.Lock, call: Any,
+               over: threading.Event) -> None:
+        """The stream's clock: the session decides when to probe and when to cancel."""
+        while not over.wait(session.tick_every):
+            with lock:
+                action = session.tick(stream, time.monotonic())
+            if action is Watch.PROBE:
+                answered = reachable(self._probe())
+                with lock:
+                    action = session.probed(stream, answered, time.monotonic())
+            if action is Watch.CANCEL:
+                call.cancel()
+            if action in (Watch.CANCEL, Watch.STOP):
+                return
+
+    def _probe(self) -> str | None:
+        """``Info`` on a new channel: None when it answered, else its status name."""
+        channel = self._new_channel(self.probe_options)
+        try:
+            pb_grpc.VectorizerStub(channel).Info(pb.InfoRequest(), timeout=PROBE_TIMEOUT_S, metadata=self.metadata)
+            return None
+        except grpc.RpcError as err:
+            return code_name(err)
+        finally:
+            channel.close()
+
+
+def _requests(session: StreamSession, stream: Stream, source: Iterator[ItemLike], lock: threading.Lock,
+              pulling: threading.Lock, wake: threading.Event) -> Iterator[pb.EmbedStreamRequest]:
+    """The messages of one stream (gRPC's sending thread runs this)."""
+    while True:
+        with pulling:
+            with lock:
+                step = session.next_send(stream)
+            if step is Step.PULL:
+                try:
+                    raw = next(source, _END)  # the caller's iterable: may block, so outside the lock
+                except Exception as exc:  # the caller's own error: raised to the caller, not into gRPC
+                    raw, failure = _END, exc
+                else:
+                    failure = None
+                with lock:
+                    step = session.source_ended(failure) if raw is _END else session.pulled(stream, raw)
+        if step is Step.END:
+            return
+        while True:
+            wake.clear()
+            with lock:
+                if session.may_send(stream):
+                    break
+            wake.wait()
+        with lock:
+            request = session.request(stream, step, time.monotonic())
+        if request is None:
+            return
+        yield request
