@@ -15,7 +15,7 @@ from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
 from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
 from connectors.client.items import ItemLike, RerankResult, embeddings, rerank_result
 from connectors.client.options import embed_options, embed_request, optional_seconds, rerank_request, stream_limits
-from connectors.client.session import Row, Step, Stream, StreamSession, Watch
+from connectors.client.session import Row, Step, Stream, StreamSession, Watch, prepare
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
@@ -166,7 +166,7 @@ async def _requests(session: StreamSession, stream: Stream, source: AsyncIterato
             step = session.next_send(stream)
             if step is Step.PULL:
                 try:
-                    step = session.pulled(stream, await anext(source))
+                    step = session.pulled(stream, prepare(await anext(source)))
                 except StopAsyncIteration:
                     step = session.source_ended()
                 except Exception as exc:  # the caller's own error: raised to the caller, not into gRPC

@@ -88,6 +88,15 @@ def _refused_as_not_ready(result: pb.EmbedStreamResult) -> bool:
     return result.HasField("error") and not_ready(result.error.code, reason_name(result.error.reason))
 
 
+def prepare(raw: ItemLike) -> pb.Item | Exception:
+    """``raw`` as the message it is sent as, or why it cannot be sent (``pulled`` takes either). Pure,
+    and apart from ``pulled``: it copies media, so a driver runs it outside its lock."""
+    try:
+        return to_item(raw)
+    except (TypeError, ValueError) as exc:
+        return exc
+
+
 def call_retry(error: QvlClientError, attempt: int, *, retries: int, closed: bool, rng: Any = random) -> float:
     """The wait before a unary call that failed ``attempt + 1`` times is sent again; raises
     ``error`` when it is not sent again."""
@@ -164,14 +173,12 @@ class StreamSession:
                 return seq
         return Step.END if stream.stopped or self.exhausted else Step.PULL
 
-    def pulled(self, stream: Stream, raw: ItemLike) -> int | Step:
-        """The caller's next item, taken into the books: its seq, for ``stream`` to send, or END
-        (``stream`` stopped meanwhile, or the item cannot be sent)."""
+    def pulled(self, stream: Stream, item: pb.Item | Exception) -> int | Step:
+        """The caller's next item (``prepare``d), taken into the books: its seq, for ``stream`` to
+        send, or END (``stream`` stopped meanwhile, or the item cannot be sent)."""
         seq, self.next_seq = self.next_seq, self.next_seq + 1
-        try:
-            item = to_item(raw)
-        except (TypeError, ValueError) as exc:
-            self.source_ended(InvalidArgument(f"item {seq}: {exc}", index=seq))
+        if isinstance(item, Exception):
+            self.source_ended(InvalidArgument(f"item {seq}: {item}", index=seq))
             return Step.END
         self.open[seq] = item
         if stream is self.current and not stream.stopped:

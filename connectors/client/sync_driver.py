@@ -14,7 +14,7 @@ from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
 from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
 from connectors.client.items import ItemLike, RerankResult, embeddings, rerank_result
 from connectors.client.options import embed_options, embed_request, optional_seconds, rerank_request, stream_limits
-from connectors.client.session import Row, Step, Stream, StreamSession, Watch
+from connectors.client.session import Row, Step, Stream, StreamSession, Watch, prepare
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
@@ -176,8 +176,9 @@ def _requests(session: StreamSession, stream: Stream, source: Iterator[ItemLike]
                     raw, failure = _END, exc
                 else:
                     failure = None
+                item = None if raw is _END else prepare(raw)
                 with lock:
-                    step = session.source_ended(failure) if raw is _END else session.pulled(stream, raw)
+                    step = session.source_ended(failure) if item is None else session.pulled(stream, item)
         if step is Step.END:
             return
         while True:

@@ -21,7 +21,7 @@ from connectors.client.errors import (
     stream_error,
     translate,
 )
-from connectors.client.session import Step, Stream, StreamSession, Watch, call_retry
+from connectors.client.session import Step, Stream, StreamSession, Watch, call_retry, prepare
 from qvl_proto import vectorizer_pb2 as pb
 
 OPTIONS = pb.EmbedOptions(dimensions=32)
@@ -38,7 +38,7 @@ def send(s: StreamSession, stream: Stream, source: list[Any], now: float = 0.0) 
     while s.may_send(stream):
         step = s.next_send(stream)
         if step is Step.PULL:
-            step = s.pulled(stream, source.pop(0)) if source else s.source_ended()
+            step = s.pulled(stream, prepare(source.pop(0))) if source else s.source_ended()
         if step is Step.END:
             break
         request = s.request(stream, step, now)
@@ -227,7 +227,7 @@ def test_an_item_pulled_by_a_lingering_sender_goes_to_the_current_stream() -> No
     s.ended(old, closed=False)
     new = s.start(1.0)
     assert s.next_send(old) is Step.END  # the old stream's sender takes nothing more...
-    assert s.pulled(old, "b") is Step.END  # ...but what it had begun to pull is the new one's
+    assert s.pulled(old, prepare("b")) is Step.END  # ...but what it had begun to pull is the new one's
     assert [r.seq for r in send(s, new, [])] == [0, 1]
 
 
