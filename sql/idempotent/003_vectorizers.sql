@@ -62,21 +62,57 @@ CREATE OR REPLACE FUNCTION qvl._trigger_names(vid int) RETURNS name[] LANGUAGE s
                  format('zzz_qvl_%s_insert', vid), format('zzz_qvl_%s_update', vid)]::name[]
 $$;
 
+-- The names of the triggers a vectorizer of this mode has.
+CREATE OR REPLACE FUNCTION qvl._mode_trigger_names(vid int, mode text) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE mode WHEN 'async' THEN (qvl._trigger_names(vid))[1:2] ELSE (qvl._trigger_names(vid))[3:4] END
+$$;
+
+
+-- qvl's own change of a vectorizer's triggers, for the schema guard (sql/idempotent/007_schema_guard.sql),
+-- which refuses anyone else's DROP, CREATE OR REPLACE or ALTER TRIGGER of them. A row of
+-- qvl.trigger_changes, which only the installing role may write, written before the change and deleted
+-- after it in the same transaction: no other session ever sees one, and an error takes it away with
+-- the change. Marks nest (qvl._create_triggers calls qvl._drop_triggers): each end deletes one row. A
+-- database stopped before version 10 (install --target) has no such table: the setting version 7 read.
+CREATE OR REPLACE FUNCTION qvl._mark_trigger_change(vid int, starting boolean) RETURNS void LANGUAGE plpgsql
+VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regclass('qvl.trigger_changes') IS NULL THEN
+        PERFORM set_config('qvl.dropping_triggers', CASE WHEN starting THEN 'on' ELSE '' END, true);
+    ELSIF starting THEN
+        INSERT INTO qvl.trigger_changes (vectorizer) VALUES (vid);
+    ELSE
+        DELETE FROM qvl.trigger_changes
+         WHERE ctid = (SELECT ctid FROM qvl.trigger_changes WHERE vectorizer = vid LIMIT 1);
+    END IF;
+END
+$$;
+
+-- Whether qvl itself is changing the vectorizer's triggers now (qvl._mark_trigger_change).
+CREATE OR REPLACE FUNCTION qvl._own_trigger_change(vid int) RETURNS boolean LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regclass('qvl.trigger_changes') IS NULL THEN
+        RETURN coalesce(current_setting('qvl.dropping_triggers', true), '') = 'on';
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM qvl.trigger_changes WHERE vectorizer = vid);
+END
+$$;
+
+
 -- A vectorizer's triggers off its table. Only those that exist: DROP ... IF EXISTS would say "does
--- not exist, skipping" for the other mode's. qvl.dropping_triggers tells the schema guard
--- (sql/idempotent/007_schema_guard.sql), which refuses anyone else's DROP TRIGGER of them, that
--- this one is qvl's own.
+-- not exist, skipping" for the other mode's.
 CREATE OR REPLACE FUNCTION qvl._drop_triggers(vid int, source regclass) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     trig name;
 BEGIN
-    PERFORM set_config('qvl.dropping_triggers', 'on', true);
+    PERFORM qvl._mark_trigger_change(vid, true);
     FOR trig IN SELECT t.tgname FROM pg_trigger t
                  WHERE t.tgrelid = source AND NOT t.tgisinternal AND t.tgname = ANY (qvl._trigger_names(vid)) LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trig, source);
     END LOOP;
-    PERFORM set_config('qvl.dropping_triggers', '', true);
+    PERFORM qvl._mark_trigger_change(vid, false);
 END
 $$;
 
@@ -144,6 +180,7 @@ BEGIN
     SELECT string_agg(format('%I', c), ', '), string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
       INTO watched, changed
       FROM unnest(v.text_columns || v.image_columns || v.video_columns) AS c;
+    PERFORM qvl._mark_trigger_change(v.id, true);
     PERFORM qvl._drop_triggers(v.id, v.source);
     IF v.mode = 'async' THEN
         PERFORM qvl._create_enqueue_function(v);
@@ -163,6 +200,7 @@ BEGIN
     -- each ALTER TABLE, so both must be ALWAYS by then.
     EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I, ENABLE ALWAYS TRIGGER %I', v.source, insert_trigger,
                    update_trigger);
+    PERFORM qvl._mark_trigger_change(v.id, false);
 END
 $$;
 

@@ -1,10 +1,11 @@
 -- qvl 007: the schema guard's functions (the event triggers are made once, in
--- sql/incremental/007_schema_guard.sql). Re-applied by every install.
+-- sql/incremental/007_schema_guard.sql and 010_trigger_guard.sql). Re-applied by every install.
 --
 -- They are SECURITY DEFINER: the owner of a table may ALTER or DROP it without any right in schema
 -- qvl, and following the change means writing qvl's catalog, queue tables and trigger functions.
--- Their only inputs are the system catalogs (what the statement changed), and every name goes
--- through %I / %L. On a table without a vectorizer they cost one lookup of qvl.vectorizer.
+-- Their only inputs are the system catalogs (what the statement changed) and tables only qvl writes,
+-- and every name goes through %I / %L. On a table without a vectorizer they cost one lookup of
+-- qvl.vectorizer.
 
 -- The columns a vectorizer depends on, in a fixed order: its key, its inputs, its destination.
 -- qvl.vectorizer.attnums holds their column numbers in the same order.
@@ -202,6 +203,51 @@ END
 $$;
 
 
+-- ddl_command_end of CREATE TRIGGER and ALTER TRIGGER (version 10): a vectorizer's trigger may be made
+-- or changed by qvl's own hand only (qvl._mark_trigger_change). CREATE OR REPLACE TRIGGER would put
+-- the owner's trigger in its place; ALTER TRIGGER ... RENAME would take it out of the guard's sight (a
+-- later DROP or DISABLE of it went unnoticed) and out of qvl.drop_vectorizer's. A trigger is the
+-- vectorizer's by its name, or by its function, on the table or one of its partitions.
+CREATE OR REPLACE FUNCTION qvl._ddl_trigger_changed() RETURNS event_trigger LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    d record;
+    gone name[];
+    verb text;
+BEGIN
+    IF to_regclass('qvl.vectorizer') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR d IN SELECT x.id, x.name, x.mode, x.source, g.tgname, g.tgrelid::regclass AS tbl, c.command_tag
+               FROM pg_event_trigger_ddl_commands() AS c
+               JOIN pg_trigger g ON g.oid = c.objid
+               JOIN qvl.vectorizer x ON (x.source = g.tgrelid
+                                         OR x.source IN (SELECT a.relid FROM pg_partition_ancestors(g.tgrelid) AS a))
+                                    AND (g.tgname = ANY (qvl._trigger_names(x.id))
+                                         OR g.tgfoid = to_regprocedure(format('qvl._enqueue_%s()', x.id))
+                                         OR (g.tgfoid = to_regprocedure('qvl._sync_embed()')  -- its argument: x.id
+                                             AND encode(g.tgargs, 'escape') = x.id || '\000'))
+              WHERE c.classid = 'pg_trigger'::regclass
+              ORDER BY x.id LOOP
+        CONTINUE WHEN qvl._own_trigger_change(d.id);
+        -- A rename leaves one of the vectorizer's names missing: that is the trigger's old name.
+        gone := ARRAY(SELECT n FROM unnest(qvl._mode_trigger_names(d.id, d.mode)) AS n
+                       WHERE NOT EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = d.source AND t.tgname = n));
+        verb := CASE WHEN d.command_tag = 'CREATE TRIGGER' AND d.tgname = ANY (qvl._trigger_names(d.id)) THEN 'replace'
+                     WHEN d.command_tag = 'CREATE TRIGGER' THEN 'create'
+                     WHEN cardinality(gone) = 1 THEN 'rename' ELSE 'alter' END;
+        RAISE EXCEPTION 'qvl: cannot % trigger % on %: vectorizer % queues the rows of % with it', verb,
+                CASE verb WHEN 'rename' THEN gone[1] ELSE d.tgname END, d.tbl, d.name, d.source
+            USING ERRCODE = '2BP01',
+                  HINT = format('Its triggers are qvl''s to make and change. To stop embedding the table: SELECT '
+                                'qvl.drop_vectorizer(%L). To pause it for a bulk load: ALTER TABLE %s DISABLE TRIGGER '
+                                '..., then ENABLE ALWAYS TRIGGER ... and SELECT qvl.reembed(%L).', d.name, d.source,
+                                d.name);
+    END LOOP;
+END
+$$;
+
+
 -- sql_drop: a column a vectorizer uses may not go (whatever command drops it); a dropped table's
 -- vectorizers go with it.
 CREATE OR REPLACE FUNCTION qvl._ddl_dropped() RETURNS event_trigger LANGUAGE plpgsql VOLATILE SECURITY DEFINER
@@ -227,26 +273,26 @@ BEGIN
             RAISE NOTICE 'qvl: vectorizer % was dropped with its table %', d.name, d.object_identity;
         END IF;
     END LOOP;
-    -- A vectorizer's trigger may go only with its table, or by qvl's own hand (qvl._drop_triggers);
-    -- after the column checks, whose error says more when a dropped input column takes a trigger along.
-    IF coalesce(current_setting('qvl.dropping_triggers', true), '') <> 'on' THEN
-        FOR d IN SELECT x.name, x.source, o.object_identity
-                   FROM pg_event_trigger_dropped_objects() AS o
-                   -- a trigger's identity: "<trigger> on <schema>.<table>", as regclass prints it here
-                   JOIN qvl.vectorizer x ON o.object_identity IN (SELECT format('%I on %s', n, x.source)
-                                                                    FROM unnest(qvl._trigger_names(x.id)) AS n)
-                  WHERE o.classid = 'pg_trigger'::regclass
-                    AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS g
-                                     WHERE g.classid = 'pg_class'::regclass AND g.objid = x.source::oid
-                                       AND g.objsubid = 0)
-                  ORDER BY x.id LIMIT 1 LOOP
-            RAISE EXCEPTION 'qvl: cannot drop trigger %: vectorizer % queues the rows of % with it',
-                    d.object_identity, d.name, d.source
-                USING ERRCODE = '2BP01',
-                      HINT = format('To stop embedding the table: SELECT qvl.drop_vectorizer(%L). To pause it for a '
-                                    'bulk load: ALTER TABLE %s DISABLE TRIGGER ..., then ENABLE ALWAYS TRIGGER ... '
-                                    'and SELECT qvl.reembed(%L).', d.name, d.source, d.name);
-        END LOOP;
-    END IF;
+    -- A vectorizer's trigger may go only with its table, or by qvl's own hand (qvl._mark_trigger_change,
+    -- which only qvl's functions can write: a setting, as version 7 read, any role may set); after the
+    -- column checks, whose error says more when a dropped input column takes a trigger along.
+    FOR d IN SELECT x.name, x.source, o.object_identity
+               FROM pg_event_trigger_dropped_objects() AS o
+               -- a trigger's identity: "<trigger> on <schema>.<table>", as regclass prints it here
+               JOIN qvl.vectorizer x ON o.object_identity IN (SELECT format('%I on %s', n, x.source)
+                                                                FROM unnest(qvl._trigger_names(x.id)) AS n)
+              WHERE o.classid = 'pg_trigger'::regclass
+                AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS g
+                                 WHERE g.classid = 'pg_class'::regclass AND g.objid = x.source::oid
+                                   AND g.objsubid = 0)
+                AND NOT qvl._own_trigger_change(x.id)
+              ORDER BY x.id LIMIT 1 LOOP
+        RAISE EXCEPTION 'qvl: cannot drop trigger %: vectorizer % queues the rows of % with it',
+                d.object_identity, d.name, d.source
+            USING ERRCODE = '2BP01',
+                  HINT = format('To stop embedding the table: SELECT qvl.drop_vectorizer(%L). To pause it for a '
+                                'bulk load: ALTER TABLE %s DISABLE TRIGGER ..., then ENABLE ALWAYS TRIGGER ... '
+                                'and SELECT qvl.reembed(%L).', d.name, d.source, d.name);
+    END LOOP;
 END
 $$;

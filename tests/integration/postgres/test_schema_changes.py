@@ -217,6 +217,51 @@ def test_a_vectorizer_trigger_may_not_be_dropped_and_disabling_it_is_said(conn: 
     assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass") == 0
 
 
+def test_the_table_owner_cannot_take_a_vectorizer_trigger_away(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """Issue 19 item 8: the guard let qvl's own drops through on a setting any role may set, so the table's
+    owner dropped a trigger after SET qvl.dropping_triggers = 'on'; ALTER TRIGGER ... RENAME took a trigger
+    out of the guard's sight (then DISABLE and DROP were silent, and the admin's drop_vectorizer failed);
+    CREATE OR REPLACE TRIGGER swapped one for the owner's own. Each is refused now; only qvl's functions
+    can mark a change of the triggers as qvl's own (a row of a table nobody else may write)."""
+    vid = make(conn, "mtable")
+    sid = make(conn, "stable", mode="sync")
+    owner = f"mallory_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {owner} LOGIN; ALTER TABLE mtable OWNER TO {owner}; ALTER TABLE stable OWNER TO {owner}")
+    conn.execute("CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$")
+    triggers = "SELECT tgname::text, tgenabled FROM pg_trigger WHERE tgrelid = 'mtable'::regclass ORDER BY 1"
+    made = conn.execute(triggers).fetchall()
+    refusals = {
+        f"DROP TRIGGER qvl_{vid}_insert ON mtable": f"cannot drop trigger qvl_{vid}_insert on public.mtable",
+        f"ALTER TRIGGER qvl_{vid}_update ON mtable RENAME TO harmless": f"cannot rename trigger qvl_{vid}_update",
+        f"ALTER TRIGGER zzz_qvl_{sid}_update ON stable RENAME TO harmless":
+            f"cannot rename trigger zzz_qvl_{sid}_update on public.stable",
+        f"CREATE OR REPLACE TRIGGER qvl_{vid}_insert AFTER INSERT ON mtable FOR EACH ROW "
+        "EXECUTE FUNCTION public.noop()": f"cannot replace trigger qvl_{vid}_insert",
+        f"CREATE TRIGGER qvl_{vid}_update_too AFTER UPDATE ON mtable FOR EACH ROW "
+        f"EXECUTE FUNCTION qvl._enqueue_{vid}()": "permission denied",
+    }
+    with psycopg.connect(role_dsn(qvl_db, owner), autocommit=True) as c:
+        c.execute("SET qvl.dropping_triggers = 'on'")
+        for statement, refusal in refusals.items():
+            with pytest.raises(psycopg.Error) as caught:
+                c.execute(statement)
+            assert refusal in str(caught.value), (statement, str(caught.value))
+            if refusal != "permission denied":
+                assert isinstance(caught.value, psycopg.errors.DependentObjectsStillExist), statement
+                assert "qvl.drop_vectorizer('" in (caught.value.diag.message_hint or ""), statement
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(f"INSERT INTO qvl.trigger_changes (vectorizer) VALUES ({vid})")
+        c.execute("INSERT INTO mtable VALUES (4, 'caption 4')")
+    assert conn.execute(triggers).fetchall() == made
+    assert pending(conn, "mtable") == 4
+
+    conn.execute(f"SELECT qvl._install_objects({vid})")  # qvl's own changes go on,
+    assert conn.execute(triggers).fetchall() == made
+    conn.execute("SELECT qvl.drop_vectorizer('mtable')")  # and the admin's drop works
+    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'mtable'::regclass") == 0
+    assert scalar(conn, "SELECT count(*) FROM qvl.trigger_changes") == 0  # marks never outlive qvl's change
+
+
 def test_a_column_dropped_by_another_command_is_refused(conn: psycopg.Connection[Any]) -> None:
     """DROP DOMAIN ... CASCADE drops the columns of that type: the guard sees every dropped column."""
     conn.execute("CREATE DOMAIN label AS text CHECK (length(VALUE) < 100)")
