@@ -155,8 +155,11 @@ BEGIN
                 EXECUTE format('ALTER TABLE qvl.failed_%s ALTER COLUMN %I TYPE %s', v.id, names[i], key_types[i]);
             END IF;
         END LOOP;
-        IF changed_key AND v.mode = 'async' THEN
-            PERFORM qvl._create_enqueue_function(fresh);  -- it names the key; a new body is recompiled
+        IF changed_key THEN  -- the generated functions name the key; a new body is recompiled
+            PERFORM qvl._create_enqueue_function(fresh);
+            IF to_regprocedure(format('qvl._key_changed_%s(anyelement, anyelement)', v.id)) IS NOT NULL THEN
+                PERFORM qvl._create_key_function(fresh);
+            END IF;
             PERFORM qvl._secure_vectorizer(v.id);
         END IF;
     END IF;

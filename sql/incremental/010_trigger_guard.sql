@@ -8,7 +8,8 @@
 --   qvl_trigger_change   ddl_command_end of CREATE TRIGGER and ALTER TRIGGER: qvl._ddl_trigger_changed
 --
 -- As in 007: the event trigger's function is made empty here and gets its body from
--- sql/idempotent/007_schema_guard.sql.
+-- sql/idempotent/007_schema_guard.sql. Existing vectorizers get this version's triggers (a key change
+-- and TRUNCATE follow the queue) from sql/idempotent/010_trigger_guard.sql.
 
 CREATE TABLE qvl.trigger_changes (vectorizer int NOT NULL);
 REVOKE ALL ON qvl.trigger_changes FROM PUBLIC;

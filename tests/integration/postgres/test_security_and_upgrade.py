@@ -193,6 +193,19 @@ def test_upgrade_from_the_single_folder_layout(pg_server: PostgresServer, servic
         conn.execute("INSERT INTO items VALUES (9, 'after the upgrade')")  # the queueing trigger survives
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 9").fetchone() == (True,)
+        # Vectorizers made before version 10 get its triggers: a key change moves the row's queue entry
+        # (issue 19 item 4), in both modes; a second install leaves them be.
+        assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid IN ('items'::regclass, 'notes'::regclass)"
+                            " AND obj_description(oid, 'pg_trigger') = qvl._trigger_comment()").fetchone() == (10,)
+        conn.execute("UPDATE items SET caption = 'changed' WHERE id = 9")
+        conn.execute("UPDATE items SET id = 10 WHERE id = 9")
+        conn.execute("UPDATE notes SET id = 3 WHERE id = 2")
+        assert conn.execute("SELECT 'items', id FROM qvl.queue_1 UNION ALL SELECT 'notes', id FROM qvl.queue_2 "
+                            "ORDER BY 1").fetchall() == [("items", 10), ("notes", 3)]
+        made = "SELECT oid, tgname FROM pg_trigger WHERE tgrelid = 'items'::regclass ORDER BY 1"
+        triggers = conn.execute(made).fetchall()
+        assert install(dsn).applied == []
+        assert conn.execute(made).fetchall() == triggers
         assert len(conn.execute("SELECT * FROM qvl.search('items', 'caption 3', k => 3)").fetchall()) == 3
         conn.execute("SELECT qvl.drop_vectorizer('notes', drop_column => true)")
         conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], dimensions => 32)")
