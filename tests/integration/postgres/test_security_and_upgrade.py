@@ -119,7 +119,7 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
         assert conn.execute("SELECT pk, error FROM qvl.failed_items('items')").fetchall() == failed_before
         assert conn.execute("SELECT url, ca_file FROM qvl.service").fetchone() == (service.http_url, None)
         assert conn.execute("SELECT to_regprocedure('qvl.set_service(text,text,real)')").fetchone() == (None,)
-        assert conn.execute(guard).fetchone() == (3,)
+        assert conn.execute(guard).fetchone() == (4,)
         conn.execute("INSERT INTO items VALUES (10, 'after the upgrade', %s)", (images(1)[0],))  # triggers survive
         drain(dsn, service.grpc_target)
         assert conn.execute("SELECT embedding IS NOT NULL FROM items WHERE id = 10").fetchone() == (True,)
