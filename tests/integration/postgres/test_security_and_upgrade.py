@@ -237,12 +237,15 @@ def test_the_psql_script_installs_what_the_installer_does(pg_server: PostgresSer
 
 def test_search_path_cannot_hijack_the_definer_trigger(conn: psycopg.Connection[Any], qvl_db: str) -> None:
     """The queueing trigger runs as its owner without a pinned search_path (it is hot): a role that
-    shadows operators and functions in its own schema must not get code run as the owner."""
+    shadows operators and functions in its own schema must not get code run as the owner, when it
+    inserts, changes a key (the old key's entries are deleted by key) or truncates."""
     role = f"app_{uuid.uuid4().hex[:8]}"
     conn.execute("CREATE TABLE items (id int PRIMARY KEY, caption text)")
-    conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], dimensions => 32)")
+    vid = conn.execute("SELECT qvl.create_vectorizer('items', text_columns => ARRAY['caption'], dimensions => 32)"
+                       ).fetchone()[0]  # type: ignore[index]
     dbname = conn.execute("SELECT current_database()").fetchone()[0]  # type: ignore[index]
-    conn.execute(f"CREATE ROLE {role} LOGIN; GRANT INSERT ON items TO {role}; GRANT CREATE ON DATABASE {dbname} "
+    conn.execute(f"CREATE ROLE {role} LOGIN; GRANT INSERT, UPDATE, TRUNCATE ON items TO {role}; "
+                 f"GRANT CREATE ON DATABASE {dbname} "
                  f"TO {role}; CREATE TABLE hijacked (who text); GRANT INSERT ON hijacked TO {role}")
     with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as c:
         c.execute("CREATE SCHEMA evil")
@@ -256,7 +259,14 @@ def test_search_path_cannot_hijack_the_definer_trigger(conn: psycopg.Connection[
             returns = {"ne": "boolean", "pg_notify": "void"}.get(name, "text")
             c.execute(f"CREATE FUNCTION evil.{name}({args}) RETURNS {returns} LANGUAGE sql AS $$ {body} $$")
         c.execute("CREATE OPERATOR evil.<> (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.ne)")
+        for typ in ("int", "text"):
+            c.execute(f"CREATE FUNCTION evil.eq(a {typ}, b {typ}) RETURNS boolean LANGUAGE sql AS $$ INSERT INTO "
+                      "public.hijacked VALUES (current_user); SELECT a::text OPERATOR(pg_catalog.=) b::text $$")
+            c.execute(f"CREATE OPERATOR evil.= (LEFTARG = {typ}, RIGHTARG = {typ}, FUNCTION = evil.eq)")
         c.execute("SET search_path = evil, pg_catalog, public")
         c.execute("INSERT INTO public.items VALUES (1, 'hello')")
+        c.execute("UPDATE public.items SET id = 2")
+        assert conn.execute(f"SELECT id FROM qvl.queue_{vid}").fetchall() == [(2,)]
+        c.execute("TRUNCATE public.items")
     assert conn.execute("SELECT count(*) FROM hijacked").fetchone() == (0,)
-    assert conn.execute("SELECT pending FROM qvl.vectorizer_status").fetchone() == (1,)
+    assert conn.execute("SELECT pending FROM qvl.vectorizer_status").fetchone() == (0,)
