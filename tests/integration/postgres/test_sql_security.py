@@ -73,7 +73,9 @@ def test_a_hostile_domain_check_never_runs_as_a_superuser(conn: psycopg.Connecti
     owners = conn.execute("SELECT p.proname, p.proowner::regrole::text FROM pg_proc p "
                           "WHERE p.pronamespace = 'qvl'::regnamespace AND p.prorettype = 'trigger'::regtype "
                           "ORDER BY 1").fetchall()
-    assert owners == [("_enqueue_2", "qvl_trigger"), ("_sync_embed", "qvl_trigger")]
+    # Sync vectorizers have a queueing function too, for their key and truncate triggers (issue 19 item 4).
+    assert owners == [("_enqueue_1", "qvl_trigger"), ("_enqueue_2", "qvl_trigger"), ("_enqueue_3", "qvl_trigger"),
+                      ("_sync_embed", "qvl_trigger")]
 
 
 # -- 10.13: what other roles may learn --------------------------------------------------------------
@@ -96,10 +98,13 @@ def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked
     conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['body'], dimensions => 32, mode => 'sync')")
     public = conn.execute("SELECT DISTINCT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'qvl'::regnamespace "
                           "AND has_function_privilege('public', p.oid, 'EXECUTE') ORDER BY 1").fetchall()
+    # qvl._key_changed_<id>: the key triggers' WHEN, evaluated by whoever updates the table (a comparison
+    # of the two rows it is given; issue 19 item 4).
     assert [name for (name,) in public] == sorted(
         ["_call", "_load", "_queue_stats", "embed", "embed_halfvec", "rerank", "search", "service_info",
          "wait_for_embeddings", "query_embedding", "query_embedding_halfvec", "query_embedding_bit", "rerank_rows",
-         "hybrid_search", "_check_key_type", "_rerank_rows", "_fulltext_document", "_fulltext_join"])
+         "hybrid_search", "_check_key_type", "_rerank_rows", "_fulltext_document", "_fulltext_join",
+         "_key_changed_1", "_key_changed_2"])
 
 
 def test_errors_do_not_name_the_service_host(conn: psycopg.Connection[Any], qvl_db: str) -> None:
