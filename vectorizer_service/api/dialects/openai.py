@@ -16,7 +16,9 @@ headers (see ``RATE_LIMIT_HEADERS``). Up to 2048 inputs (OpenAI's limit, which i
 written to: Weaviate's text2vec-openai sends up to 2000) are taken even where
 ``QVL_MAX_ITEMS_PER_REQUEST`` is lower; they are embedded in calls of that many. With ``allow_partial`` (qvl's
 extension) a bad input answers ``embedding: null`` and its ``error`` object in place (Weaviate's
-OpenAI client reads ``data[].error``); otherwise it fails the request with a 400 naming it.
+OpenAI client reads ``data[].error``); otherwise it fails the request with a 400 naming it. Text past
+``QVL_EMBED_MAX_LENGTH`` is refused as OpenAI refuses it, unless ``truncate`` or ``truncation`` asks
+for a cut (``truncation``); a cut input carries ``truncated_tokens`` beside its embedding.
 """
 
 from __future__ import annotations
@@ -39,7 +41,8 @@ from vectorizer_service.api.dialects.errors import FieldError, openai_shape
 from vectorizer_service.api.dialects.instructions import Instructions, instructions, is_query_input_type, is_query_task
 from vectorizer_service.api.dialects.jina import embedding_type, jina_item
 from vectorizer_service.api.dialects.output import check_dtype, render
-from vectorizer_service.api.dialects.usage import text_tokens
+from vectorizer_service.api.dialects.truncation import openai_side
+from vectorizer_service.api.dialects.usage import embedded_tokens
 from vectorizer_service.api.dialects.vllm import item_from_messages
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.item_codecs import error_code
@@ -62,6 +65,8 @@ class EmbeddingsBody(DialectBody):
     task: str | None = None  # Jina
     normalized: bool = True  # Jina
     allow_partial: bool = False  # qvl
+    truncate: Any = None  # qvl's extension, Jina (true/false), NVIDIA (NONE/START/END): api.dialects.truncation
+    truncation: Any = None  # Voyage (true/false)
 
 
 def _is_tokens(value: Any) -> bool:
@@ -152,10 +157,11 @@ class OpenAiEmbeddings:
         dims = body.dimensions if body.dimensions is not None else body.output_dimension
         dims = check_dimensions(self.http, dims if dims is not None else opts.dimensions,
                                 "dimensions" if body.dimensions is not None else "output_dimension")
+        side = openai_side(body.truncate, body.truncation)
         parsed = self.parse(body, opts)
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
-                                     allow_partial=body.allow_partial)
-        tokens = await text_tokens(self.http.dispatcher, [p for p in parsed if isinstance(p, Item)])
+                                     allow_partial=body.allow_partial, truncate=side)
+        tokens = await embedded_tokens(self.http.dispatcher, parsed, results)
         data = [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)]
         return JSONResponse({"object": "list", "data": data,
                              "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),
@@ -165,6 +171,9 @@ class OpenAiEmbeddings:
     @staticmethod
     def datum(index: int, result: EncodedVector | QvlError, dtype: str, in_base64: bool) -> dict[str, Any]:
         if isinstance(result, EncodedVector):
-            return {"object": "embedding", "index": index, "embedding": render(result, dtype, in_base64)}
+            datum = {"object": "embedding", "index": index, "embedding": render(result, dtype, in_base64)}
+            if result.cut:  # qvl's extension: this input was cut (truncate asked for it) by that many tokens
+                datum["truncated_tokens"] = result.cut
+            return datum
         return {"object": "embedding", "index": index, "embedding": None,
                 "error": openai_shape(str(result), result, error_code(result))["error"]}
