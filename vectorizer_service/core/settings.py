@@ -53,6 +53,10 @@ class Settings(BaseSettings):
         8192, ge=64, description="Embedding tokens per item (instruction and prompt included); past it the item "
                                  "is refused or its text cut, as the caller's truncate option says (docs/api.md)")
     rerank_max_length: int = Field(10240, ge=64, description="Reranker tokens per pair; longer text is cut")
+    tiktoken_cache_dir: Path = Field(
+        Path("/opt/qvl/tiktoken"),
+        description="OpenAI's tiktoken files (tiktoken's cache layout; `make setup` puts cl100k_base here): token "
+                    "arrays on /v1/embeddings are decoded with them. Nothing is downloaded")
     default_instruction: str = Field(DEFAULT_EMBED_INSTRUCTION, description="Embedding instruction of documents")
     query_instruction: str = Field(DEFAULT_QUERY_INSTRUCTION, description="Embedding instruction of queries")
     rerank_instruction: str = Field(DEFAULT_RERANK_INSTRUCTION, description="Reranker instruction")

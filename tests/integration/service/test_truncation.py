@@ -9,6 +9,7 @@ default); Jina's ``truncate`` (false by default). qvl's own JSON API, gRPC and t
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,6 +18,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import tiktoken
 import voyageai
 import voyageai.error
 from tokenizers import Tokenizer
@@ -177,3 +179,22 @@ def test_more_than_2048_inputs_is_a_bad_request_as_at_openai(short_service: Serv
     with pytest.raises(openai.BadRequestError, match="2049 inputs, over OpenAI's limit of 2048") as refused:
         client.embeddings.create(input=["a"] * 2049, model="text-embedding-3-small")
     assert refused.value.param == "input"
+
+
+# -- token arrays (LangChain's OpenAIEmbeddings) ---------------------------------------------------
+def test_token_arrays_are_held_to_the_limit_in_their_own_tokens(short_service: ServiceProcess) -> None:
+    """An array within QVL_EMBED_MAX_LENGTH ids is what OpenAI takes: if the model's tokenizer and
+    prompt make it longer, it is cut at the end and says so; a longer array is refused."""
+    client = openai.OpenAI(base_url=short_service.http_url + "/v1", api_key="any", max_retries=0)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TIKTOKEN_CACHE_DIR", os.environ.get("QVL_TIKTOKEN_CACHE_DIR", "/opt/qvl/tiktoken"))
+        ids = tiktoken.get_encoding("cl100k_base").encode(BODY)
+    assert len(ids) < MAX < own_tokens(BODY)  # the tiny model's tokenizer is byte-level
+    got = client.embeddings.create(input=[ids], model="text-embedding-3-small")
+    assert got.data[0].model_extra["truncated_tokens"] > 0
+    assert got.usage.prompt_tokens == own_tokens(BODY) - got.data[0].model_extra["truncated_tokens"]
+    with pytest.raises(openai.BadRequestError, match=rf"item 0: {MAX + 1} tokens of cl100k_base, over the maximum "
+                                                     rf"length of {MAX} \(QVL_EMBED_MAX_LENGTH\)"):
+        client.embeddings.create(input=[[9906] * (MAX + 1)], model="text-embedding-3-small")
+    with pytest.raises(openai.BadRequestError, match="QVL_EMBED_MAX_LENGTH"):  # asked not to cut: refused
+        client.embeddings.create(input=[ids], model="text-embedding-3-small", extra_body={"truncate": False})

@@ -1,7 +1,7 @@
 """``POST /v1/embeddings``: OpenAI's embeddings API, and the bodies others send to the same path.
 
-- OpenAI SDK, LangChain, Weaviate text2vec-openai: ``input`` (a string or strings), ``model``,
-  ``dimensions``, ``encoding_format`` float/base64;
+- OpenAI SDK, LangChain, Weaviate text2vec-openai: ``input`` (a string or strings, or token arrays:
+  ``token_arrays``), ``model``, ``dimensions``, ``encoding_format`` float/base64;
 - Jina, Weaviate multi2vec-jinaai: ``input`` items ``{text}`` / ``{image}``, ``task``,
   ``dimensions``, ``embedding_type``, ``normalized``;
 - vLLM chat-style: ``messages`` (one item from system + user content parts);
@@ -23,6 +23,7 @@ for a cut (``truncation``); a cut input carries ``truncated_tokens`` beside its 
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import Request
@@ -41,6 +42,7 @@ from vectorizer_service.api.dialects.errors import FieldError, openai_shape
 from vectorizer_service.api.dialects.instructions import Instructions, instructions, is_query_input_type, is_query_task
 from vectorizer_service.api.dialects.jina import embedding_type, jina_item
 from vectorizer_service.api.dialects.output import check_dtype, render
+from vectorizer_service.api.dialects.token_arrays import TokenArrays, is_token_array
 from vectorizer_service.api.dialects.truncation import openai_side
 from vectorizer_service.api.dialects.usage import embedded_tokens
 from vectorizer_service.api.dialects.vllm import item_from_messages
@@ -69,11 +71,6 @@ class EmbeddingsBody(DialectBody):
     truncation: Any = None  # Voyage (true/false)
 
 
-def _is_tokens(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                           for t in value)
-
-
 OPENAI_MAX_INPUTS = 2048
 
 # qvl limits no rate, but Weaviate's OpenAI client reads these after every answer: without them it
@@ -89,9 +86,6 @@ RATE_LIMIT_HEADERS = {
     "x-ratelimit-reset-tokens": "1s",
 }
 
-TOKENS = "token arrays are not supported: send the text (qvl tokenizes with the model's own tokenizer)"
-
-
 def output_form(body: EmbeddingsBody) -> tuple[str, bool]:
     """(dialect type, in base64) from Jina's embedding_type, Voyage's output_dtype, OpenAI's encoding_format."""
     if body.embedding_type is not None and body.output_dtype is not None:
@@ -106,9 +100,15 @@ def output_form(body: EmbeddingsBody) -> tuple[str, bool]:
     return dtype, in_base64
 
 
+def _arrays_only(value: Any) -> bool:
+    """The input is token arrays alone (one, or a list of them): what LangChain sends."""
+    return is_token_array(value) or (isinstance(value, list) and bool(value) and all(map(is_token_array, value)))
+
+
 class OpenAiEmbeddings:
     def __init__(self, http: HttpService) -> None:
         self.http = http
+        self.tokens = TokenArrays(http.settings.tiktoken_cache_dir)
 
     def parse(self, body: EmbeddingsBody, opts: Instructions) -> list[Parsed]:
         said = is_query_input_type(body.input_type)
@@ -130,10 +130,8 @@ class OpenAiEmbeddings:
             return [item]
         if body.input is None:
             raise FieldError("input", "is required (a string, a list of strings or of {text}/{image} items)")
-        if _is_tokens(body.input):
-            raise FieldError("input", TOKENS)
-        values = check_inputs(self.http, [body.input] if isinstance(body.input, str | dict) else body.input, "input",
-                              at_least=OPENAI_MAX_INPUTS)
+        one = isinstance(body.input, str | dict) or is_token_array(body.input)
+        values = check_inputs(self.http, [body.input] if one else body.input, "input", at_least=OPENAI_MAX_INPUTS)
 
         def parse(value: Any, index: int) -> Item:
             if isinstance(value, str):
@@ -142,10 +140,12 @@ class OpenAiEmbeddings:
             elif isinstance(value, dict):
                 item = jina_item(value)
                 item.instruction = instruction(False)
-            elif _is_tokens(value):
-                raise InputError(TOKENS)
+            elif is_token_array(value):
+                item = Item(texts=[self.tokens.text(value, body.model, self.http.settings.embed_max_length)])
+                item.instruction = instruction(True)
             else:
-                raise InputError(f"an input is a string or a {{text}}/{{image}} object, got {type(value).__name__}")
+                raise InputError(f"an input is a string, a token array or a {{text}}/{{image}} object, "
+                                 f"got {type(value).__name__}")
             return item
 
         return parse_each(values, parse)
@@ -157,8 +157,10 @@ class OpenAiEmbeddings:
         dims = body.dimensions if body.dimensions is not None else body.output_dimension
         dims = check_dimensions(self.http, dims if dims is not None else opts.dimensions,
                                 "dimensions" if body.dimensions is not None else "output_dimension")
-        side = openai_side(body.truncate, body.truncation)
-        parsed = self.parse(body, opts)
+        arrays = _arrays_only(body.input)
+        side = openai_side(body.truncate, body.truncation, token_arrays=arrays)
+        # Decoding a large batch of token arrays (LangChain sends up to 1000 of 8191) takes a while.
+        parsed = await asyncio.to_thread(self.parse, body, opts) if arrays else self.parse(body, opts)
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
                                      allow_partial=body.allow_partial, truncate=side)
         tokens = await embedded_tokens(self.http.dispatcher, parsed, results)

@@ -32,13 +32,18 @@ def _side(value: Any, param: str, *, booleans: bool) -> str:
     raise FieldError(param, f"unknown value {value!r}; expected {allowed}NONE, START or END")
 
 
-def openai_side(truncate: Any, truncation: Any) -> str:
-    """``/v1/embeddings``: refuse unless ``truncate`` (qvl, Jina, NVIDIA) or ``truncation`` (Voyage) says cut."""
+def openai_side(truncate: Any, truncation: Any, *, token_arrays: bool = False) -> str:
+    """``/v1/embeddings``: refuse unless ``truncate`` (qvl, Jina, NVIDIA) or ``truncation`` (Voyage)
+    says cut. Token arrays are held to the limit in their own encoding's tokens (``token_arrays``):
+    an array within it that comes out longer in the model's tokens (its prompt, another tokenizer)
+    is cut at the end, and says so, rather than refused: its caller counted right by OpenAI's rules."""
     if truncate is not None and truncation is not None:
         raise FieldError("truncate", "send truncate or truncation (Voyage), not both")
     if truncation is not None:
         return voyage_side(truncation)
-    return "none" if truncate is None else _side(truncate, "truncate", booleans=True)
+    if truncate is None:
+        return "end" if token_arrays else "none"
+    return _side(truncate, "truncate", booleans=True)
 
 
 def cohere_side(truncate: Any) -> str:
