@@ -122,6 +122,9 @@ def test_cohere_truncate_none_start_end(short_service: ServiceProcess) -> None:
     assert default.meta.billed_units.input_tokens == openai_count["prompt_tokens"]
     assert one_text(co.embed(texts=SAME_END, truncate="START", **kw).embeddings.float_)
     assert one_text(co.embed(texts=SAME_START, truncate="END", **kw).embeddings.float_)
+    left = httpx.post(short_service.http_url + "/v2/embed", timeout=60,  # Cohere's older name of START
+                      json={"texts": SAME_END, "truncate": "LEFT", "input_type": "search_document"})
+    assert one_text(left.json()["embeddings"]["float"])
     assert not co.embed(texts=[SHORT], **kw).meta.warnings
 
 

@@ -20,14 +20,15 @@ from vectorizer_service.api.dialects.errors import FieldError
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.vector_encoding import EncodedVector
 
-SIDES = ("NONE", "START", "END")
+SIDES = {"NONE": "none", "START": "start", "END": "end",
+         "LEFT": "start", "RIGHT": "end"}  # Cohere's older names (weaviate-client still offers them)
 
 
 def _side(value: Any, param: str, *, booleans: bool) -> str:
     if isinstance(value, bool) and booleans:
         return "end" if value else "none"
     if isinstance(value, str) and value.upper() in SIDES:
-        return value.lower()
+        return SIDES[value.upper()]
     allowed = "true, false, " if booleans else ""
     raise FieldError(param, f"unknown value {value!r}; expected {allowed}NONE, START or END")
 
