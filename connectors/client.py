@@ -36,6 +36,9 @@ from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
 ItemLike = str | Mapping[str, Any]
 ENCODINGS = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "binary": pb.BINARY}
+# Text past the service's QVL_EMBED_MAX_LENGTH: refused ("none"), or cut at the "start" or the "end".
+TRUNCATE = {"end": pb.TRUNCATE_END, "none": pb.TRUNCATE_NONE, "start": pb.TRUNCATE_START}
+ITEM_KEYS = ("text", "image", "video", "frames", "image_uri", "video_uri", "instruction")
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 MAX_MESSAGE = 256 * 1024 * 1024
 # A call or stream that failed with these is sent again (another replica, or the same one back).
@@ -95,10 +98,11 @@ class InvalidInput(QvlClientError):
 
 
 class InvalidArgument(InvalidInput, ValueError):
-    """An argument of a client method is out of range or of the wrong type; nothing was sent."""
+    """An argument of a client method (or the item at ``index``) is out of range or of the wrong
+    type; nothing was sent."""
 
-    def __init__(self, message: str) -> None:
-        super().__init__(message, code="INVALID_ARGUMENT")
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message, code="INVALID_ARGUMENT", index=index)
 
 
 UINT32_MAX = 2 ** 32 - 1
@@ -149,26 +153,76 @@ class RerankResult:
     errors: dict[int, str] = field(default_factory=dict)
 
 
-def to_item(item: ItemLike) -> pb.Item:
+def to_item(item: ItemLike, index: int | None = None, *, what: str | None = None) -> pb.Item:
+    """The wire form of an item; a wrong key or value raises ``InvalidArgument`` naming the item
+    (``index``, its place in the call, or ``what`` it is) and the key."""
     if isinstance(item, pb.Item):
         return item
     if isinstance(item, str):
         return pb.Item(parts=[pb.Part(text=item)])
-    parts: list[pb.Part] = []
-
-    if item.get("video") is not None:
-        parts.append(pb.Part(video=bytes(item["video"])))
-    if item.get("frames") is not None:
-        parts.append(pb.Part(frames=pb.Frames(frames=[bytes(f) for f in item["frames"]])))
-    if item.get("video_uri") is not None:
-        parts.append(pb.Part(video_uri=item["video_uri"]))
-    parts += [pb.Part(image=bytes(b)) for b in as_list(item.get("image"))]
-    parts += [pb.Part(image_uri=u) for u in as_list(item.get("image_uri"))]
-    parts += [pb.Part(text=t) for t in as_list(item.get("text"))]
-    unknown = set(item) - {"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"}
+    where = what or ("item" if index is None else f"item {index}")
+    if not isinstance(item, Mapping):
+        raise InvalidArgument(f"{where}: an item is a str or a dict with the keys {', '.join(ITEM_KEYS)}, "
+                              f"got {type(item).__name__}", index)
+    unknown = [k for k in item if k not in ITEM_KEYS]
     if unknown:
-        raise ValueError(f"unknown item keys: {sorted(unknown)}")
-    return pb.Item(parts=parts, instruction=item.get("instruction"))
+        raise InvalidArgument(f"{where}: unknown key {unknown[0]!r}; an item's keys are {', '.join(ITEM_KEYS)}",
+                              index)
+    parts: list[pb.Part] = []
+    key = ""
+    try:
+        # Videos, images, then texts: the order of the item's parts in the model's prompt.
+        for key in ("video", "frames", "video_uri", "image", "image_uri", "text"):
+            parts += _parts(key, item.get(key))
+        key = "instruction"
+        return pb.Item(parts=parts, instruction=item.get("instruction"))
+    except (TypeError, ValueError):  # a value of the wrong type (protobuf's own words name no key)
+        raise InvalidArgument(f"{where}: {key!r} {_expected(key)}, got {_kind(item.get(key))}", index) from None
+
+
+def _parts(key: str, value: Any) -> list[pb.Part]:
+    if value is None:
+        return []
+    if key == "video":
+        return [pb.Part(video=_bytes(value))]
+    if key == "frames":
+        if isinstance(value, bytes | bytearray | memoryview | str):
+            raise TypeError("frames are a list of encoded images")
+        return [pb.Part(frames=pb.Frames(frames=[_bytes(f) for f in value]))]
+    if key == "video_uri":
+        return [pb.Part(video_uri=value)]
+    if key == "image":
+        return [pb.Part(image=_bytes(b)) for b in as_list(value)]
+    if key == "image_uri":
+        return [pb.Part(image_uri=u) for u in as_list(value)]
+    return [pb.Part(text=t) for t in as_list(value)]
+
+
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"{type(value).__name__} is not bytes")
+    return bytes(value)
+
+
+def _expected(key: str) -> str:
+    return {"video": "takes the bytes of a video file", "frames": "takes a list of encoded images (bytes)",
+            "image": "takes the bytes of an image file, or a list of them",
+            "text": "takes a str or a list of str", "instruction": "takes a str"}.get(key, "takes a str")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return f"a list of {', '.join(sorted({type(v).__name__ for v in value})) or 'nothing'}"
+    return type(value).__name__
+
+
+def _items(items: Sequence[ItemLike]) -> list[pb.Item]:
+    return [to_item(item, i) for i, item in enumerate(items)]
+
+
+def _truncated(resp: pb.EmbedResponse) -> dict[int, int]:
+    """Item index -> tokens cut, for the items the service cut to its maximum length."""
+    return {i: e.truncated_tokens for i, e in enumerate(resp.embeddings) if e.truncated_tokens}
 
 
 def embedding_array(e: pb.Embedding) -> np.ndarray:
@@ -183,21 +237,23 @@ def embedding_array(e: pb.Embedding) -> np.ndarray:
 
 
 def _options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
-             allow_partial: bool = False) -> pb.EmbedOptions:
+             allow_partial: bool = False, truncate: str = "end") -> pb.EmbedOptions:
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+    if truncate not in TRUNCATE:
+        raise InvalidArgument(f"truncate must be one of {', '.join(TRUNCATE)}, got {truncate!r}")
     if dimensions is not None:
         dimensions = _whole("dimensions", dimensions, least=1,
                             note=" (the service accepts 32 up to its model's size)")
     return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
-                           instruction=instruction, allow_partial=allow_partial)
+                           instruction=instruction, allow_partial=allow_partial, truncate=TRUNCATE[truncate])
 
 
 def _rerank_request(query: ItemLike, documents: Sequence[ItemLike], instruction: str | None, top_k: int | None,
                     allow_partial: bool) -> pb.RerankRequest:
     if top_k is not None:
         top_k = _whole("top_k", top_k, least=1)
-    return pb.RerankRequest(query=to_item(query), documents=[to_item(d) for d in documents],
+    return pb.RerankRequest(query=to_item(query, what="query"), documents=_items(documents),
                             instruction=instruction, top_k=top_k, allow_partial=allow_partial)
 
 
@@ -308,6 +364,7 @@ class _StreamBooks:
         self.open: dict[int, pb.Item] = {}  # seq -> item, in seq order: taken, not answered
         self.next_seq = 0
         self.exhausted = False
+        self.refused: InvalidArgument | None = None  # an item that could not be sent: the stream stops there
 
     def unsent(self, sent: set[int]) -> tuple[int, pb.Item] | None:
         """The first open item this stream has not sent yet."""
@@ -317,8 +374,13 @@ class _StreamBooks:
                     return seq, item
         return None
 
-    def add(self, raw: ItemLike) -> tuple[int, pb.Item]:
-        item = to_item(raw)
+    def add(self, raw: ItemLike) -> tuple[int, pb.Item] | None:
+        """The item under its seq, or None (and nothing more is taken) when it cannot be sent."""
+        try:
+            item = to_item(raw, self.next_seq)
+        except InvalidArgument as exc:  # a wrong key or value: the caller's code, not the service
+            self.refused, self.exhausted = exc, True
+            return None
         with self.lock:
             seq, self.next_seq = self.next_seq, self.next_seq + 1
             self.open[seq] = item
@@ -366,6 +428,7 @@ class _Base:
         self.options = list({**defaults, **dict(channel_options)}.items())
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
         self.retried = 0  # calls and streams sent again (RETRY)
+        self.last_truncated: dict[int, int] = {}  # the last embed's cut items: index -> tokens cut
         self.closed = False
 
     def _retry_stream(self, ended: tuple[QvlClientError, bool], attempt: int) -> int:
@@ -418,12 +481,19 @@ class Client(_Base):
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
-              normalize: bool = True, instruction: str | None = None, timeout: float | None = None) -> np.ndarray:
-        """One row per item (float32 by default; int8 / packed binary as integer arrays)."""
-        options = _options(dimensions, encoding, normalize, instruction)
-        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+              normalize: bool = True, instruction: str | None = None, truncate: str = "end",
+              timeout: float | None = None) -> np.ndarray:
+        """One row per item (float32 by default; int8 / packed binary as integer arrays).
+
+        ``truncate``: an item past the service's maximum length is cut at the "end" (the default)
+        or the "start" of its text, or refused ("none": ``InvalidInput`` with ``limit``
+        QVL_EMBED_MAX_LENGTH); ``last_truncated`` then maps each cut item's index to the tokens cut.
+        """
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
+        request = pb.EmbedRequest(items=_items(items), options=options)
         resp = self._call(self.stub.Embed, request, _timeout(timeout))
         self.last_scales = np.asarray([e.scale for e in resp.embeddings], dtype=np.float32)
+        self.last_truncated = _truncated(resp)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
     def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
@@ -432,8 +502,8 @@ class Client(_Base):
         return _rerank_result(self._call(self.stub.Rerank, request, _timeout(timeout)))
 
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
-                     normalize: bool = True, instruction: str | None = None, max_in_flight: int = 256,
-                     timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
+                     normalize: bool = True, instruction: str | None = None, truncate: str = "end",
+                     max_in_flight: int = 256, timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
         A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
@@ -441,9 +511,12 @@ class Client(_Base):
         the replica answers items as not ready (``not_ready``), a new stream (round_robin: another
         replica) sends the unanswered items again, up to ``retries`` times in a row without an answer; after that the
         failure raises (items not yet answered were not embedded). A stream that answers nothing
-        for ``stall_timeout`` seconds while items are outstanding raises at once.
+        for ``stall_timeout`` seconds while items are outstanding raises at once. An item the client
+        cannot send (an unknown key, a value of the wrong type) raises ``InvalidArgument`` naming it
+        once the items before it are handed on. ``truncate`` as in ``embed`` (a refused item is an
+        ``ItemFailure`` with ``limit``).
         """
-        options = _options(dimensions, encoding, normalize, instruction)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
         books = _StreamBooks()
         source = iter(items)
@@ -454,6 +527,8 @@ class Client(_Base):
             ended = yield from self._one_stream(books, source, pulling, order, options, max_in_flight, timeout,
                                                 resend_unready=attempt < self.retries)
             if ended is None:
+                if books.refused is not None:
+                    raise books.refused
                 return
             attempt = self._retry_stream(ended, attempt)
             time.sleep(_backoff(attempt - 1))
@@ -572,11 +647,12 @@ class AsyncClient(_Base):
         return await self._call(self.stub.Info, pb.InfoRequest())
 
     async def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
-                    normalize: bool = True, instruction: str | None = None,
+                    normalize: bool = True, instruction: str | None = None, truncate: str = "end",
                     timeout: float | None = None) -> np.ndarray:
-        options = _options(dimensions, encoding, normalize, instruction)
-        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
+        request = pb.EmbedRequest(items=_items(items), options=options)
         resp = await self._call(self.stub.Embed, request, _timeout(timeout))
+        self.last_truncated = _truncated(resp)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
     async def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
@@ -587,11 +663,11 @@ class AsyncClient(_Base):
 
     async def embed_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
-                           instruction: str | None = None, max_in_flight: int = 256,
+                           instruction: str | None = None, truncate: str = "end", max_in_flight: int = 256,
                            timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
         """As ``Client.embed_stream`` (without the stall timeout): unanswered items are sent again
         on a new stream after UNAVAILABLE (or as ``RETRY`` says), up to ``retries`` times in a row."""
-        options = _options(dimensions, encoding, normalize, instruction)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
 
         async def each() -> AsyncIterator[ItemLike]:
@@ -616,6 +692,8 @@ class AsyncClient(_Base):
                 else:
                     yield row
             if ended is None:
+                if books.refused is not None:
+                    raise books.refused
                 return
             attempt = self._retry_stream(ended, attempt)
             await asyncio.sleep(_backoff(attempt - 1))

@@ -137,6 +137,7 @@ def embed_lines(args: argparse.Namespace) -> int:
     embedder = Embedder(load_checkpoint(args.model, settings), settings)
     base = os.getcwd()
     failed = 0
+    cut: list[int] = []  # lines whose text was cut to the maximum length
     progress = Progress("embedded items")
     number = 0  # input lines answered so far
     with _open_in(args.input) as src, _open_out(args.output) as dst:
@@ -149,7 +150,7 @@ def embed_lines(args: argparse.Namespace) -> int:
                     parsed.append(exc)
             good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
             results = embedder.embed([parsed[i] for i in good], instruction=args.instruction,  # type: ignore[misc]
-                                     dimensions=args.dimensions, encoding=args.encoding)
+                                     dimensions=args.dimensions, encoding=args.encoding, truncate=args.truncate)
             out: list[Any] = list(parsed)
             for i, r in zip(good, results, strict=True):
                 out[i] = r
@@ -159,11 +160,23 @@ def embed_lines(args: argparse.Namespace) -> int:
                     failed += 1
                     dst.write(json.dumps(_line_error(r, number)) + "\n")
                 else:
-                    dst.write(json.dumps(vector_json(r)) + "\n")
+                    row = vector_json(r)
+                    if r.cut:
+                        row["truncated_tokens"] = r.cut
+                        cut.append(number)
+                    dst.write(json.dumps(row) + "\n")
             dst.flush()
             progress.advance(len(lines))
     progress.finish()
+    if cut:
+        print(_cut_lines(cut, args.truncate, settings.embed_max_length), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cut_lines(numbers: list[int], side: str, limit: int) -> str:
+    shown = ", ".join(map(str, numbers[:20])) + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
+    return (f"qvl embed: {len(numbers)} items were cut at the {side} to the maximum length of {limit} tokens "
+            f"(QVL_EMBED_MAX_LENGTH; --truncate none refuses them): line{'s' if len(numbers) > 1 else ''} {shown}")
 
 
 def _rerank_request(obj: Any, base: str) -> tuple[Item, list[Item], str | None]:

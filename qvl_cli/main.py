@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=ENCODINGS, default="float32",
                    help="float32/float16 as lists; int8 (with scale) and binary (sign bits) as base64")
     p.add_argument("--instruction", help="instruction for items without their own")
+    p.add_argument("--truncate", choices=["end", "start", "none"], default="end",
+                   help="an item past QVL_EMBED_MAX_LENGTH tokens: cut its text at the end (the default) or the "
+                        "start, and say so (its line gets \"truncated_tokens\", standard error names the lines), "
+                        "or refuse it (none: an error line)")
     _model_flags(p)
     p.set_defaults(func=cmd_embed)
 

@@ -14,6 +14,12 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INT8: _ClassVar[Encoding]
     BINARY: _ClassVar[Encoding]
 
+class Truncate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRUNCATE_END: _ClassVar[Truncate]
+    TRUNCATE_NONE: _ClassVar[Truncate]
+    TRUNCATE_START: _ClassVar[Truncate]
+
 class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REASON_UNSPECIFIED: _ClassVar[ErrorReason]
@@ -22,6 +28,9 @@ FLOAT32: Encoding
 FLOAT16: Encoding
 INT8: Encoding
 BINARY: Encoding
+TRUNCATE_END: Truncate
+TRUNCATE_NONE: Truncate
+TRUNCATE_START: Truncate
 REASON_UNSPECIFIED: ErrorReason
 NOT_READY: ErrorReason
 
@@ -56,18 +65,20 @@ class Item(_message.Message):
     def __init__(self, parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("dimensions", "encoding", "normalize", "instruction", "allow_partial")
+    __slots__ = ("dimensions", "encoding", "normalize", "instruction", "allow_partial", "truncate")
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     dimensions: int
     encoding: Encoding
     normalize: bool
     instruction: str
     allow_partial: bool
-    def __init__(self, dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., normalize: bool = ..., instruction: _Optional[str] = ..., allow_partial: bool = ...) -> None: ...
+    truncate: Truncate
+    def __init__(self, dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., normalize: bool = ..., instruction: _Optional[str] = ..., allow_partial: bool = ..., truncate: _Optional[_Union[Truncate, str]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("items", "options")
@@ -78,18 +89,20 @@ class EmbedRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("values", "packed", "scale", "dimensions", "encoding")
+    __slots__ = ("values", "packed", "scale", "dimensions", "encoding", "truncated_tokens")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     packed: bytes
     scale: float
     dimensions: int
     encoding: Encoding
-    def __init__(self, values: _Optional[_Iterable[float]] = ..., packed: _Optional[bytes] = ..., scale: _Optional[float] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ...) -> None: ...
+    truncated_tokens: int
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., packed: _Optional[bytes] = ..., scale: _Optional[float] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncated_tokens: _Optional[int] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("index", "message", "code", "limit", "reason")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -196,3 +197,26 @@ def test_worker_flags_out_of_range_are_refused_naming_the_flag() -> None:
         proc = qvl("worker", "--dsn", "postgresql:///nowhere", flag, value)
         assert proc.returncode == 2, (flag, proc.stderr)
         assert f"argument {flag}: {words}, not '{value}'" in proc.stderr.decode(), proc.stderr
+
+
+def test_embed_truncate_flag_reports_or_refuses_long_text(tmp_path: Path) -> None:
+    long = {"text": "lorem ipsum dolor sit amet " * 30}  # the tiny tokenizer is byte-level: ~810 tokens
+    data = (json.dumps({"text": "short"}) + "\n" + json.dumps(long) + "\n").encode()
+    env = {**os.environ, "QVL_EMBED_MAX_LENGTH": "256"}
+
+    def run(*flags: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "qvl_cli", "embed", "-m", TINY, *flags], input=data,
+                              capture_output=True, timeout=300, env=env)
+
+    cut = run()  # the default: cut at the end, and say so
+    assert cut.returncode == 0, cut.stderr
+    rows = [json.loads(x) for x in cut.stdout.decode().splitlines()]
+    assert "truncated_tokens" not in rows[0] and rows[1]["truncated_tokens"] > 0
+    assert "line 2" in cut.stderr.decode() and "QVL_EMBED_MAX_LENGTH" in cut.stderr.decode()
+    refused = run("--truncate", "none")
+    assert refused.returncode == 1
+    rows = [json.loads(x) for x in refused.stdout.decode().splitlines()]
+    assert "embedding" in rows[0]
+    assert rows[1]["line"] == 2 and "QVL_EMBED_MAX_LENGTH" in rows[1]["error"], rows[1]
+    start = run("--truncate", "start")
+    assert start.returncode == 0 and json.loads(start.stdout.decode().splitlines()[1])["truncated_tokens"] > 0

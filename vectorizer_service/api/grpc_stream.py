@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from qvl_proto import vectorizer_pb2 as pb
 from vectorizer_service.api.item_codecs import (
     ENCODING_NAMES,
+    TRUNCATE_NAMES,
     embedding_to_proto,
     error_code,
     item_error,
@@ -30,11 +31,14 @@ STREAM_GROUP = 64  # stream items handed to the dispatcher together
 def embed_options(msg: pb.EmbedOptions) -> EmbedOptions:
     if msg.encoding not in ENCODING_NAMES:
         raise InputError(f"unknown encoding {msg.encoding}")
+    if msg.truncate not in TRUNCATE_NAMES:
+        raise InputError(f"unknown truncate {msg.truncate}")
     return EmbedOptions(
         dimensions=msg.dimensions if msg.HasField("dimensions") else None,
         encoding=ENCODING_NAMES[msg.encoding],
         normalize=msg.normalize if msg.HasField("normalize") else True,
         instruction=msg.instruction if msg.HasField("instruction") else None,
+        truncate=TRUNCATE_NAMES[msg.truncate],
     )
 
 

@@ -57,6 +57,9 @@ class EmbedBody(Strict):
     instruction: str | None = None
     format: Literal["json", "base64"] = "json"
     allow_partial: bool = False
+    truncate: Literal["none", "start", "end"] = Field(
+        "end", description="past QVL_EMBED_MAX_LENGTH: refuse the item (none) or cut its text at the start or "
+                           "the end; the answer's `truncated` names the cut items")
 
 
 class RerankBody(Strict):

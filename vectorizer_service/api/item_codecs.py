@@ -21,6 +21,7 @@ from vectorizer_service.core.vector_encoding import EncodedVector
 
 ENCODING_NAMES = {pb.FLOAT32: "float32", pb.FLOAT16: "float16", pb.INT8: "int8", pb.BINARY: "binary"}
 ENCODING_VALUES = {v: k for k, v in ENCODING_NAMES.items()}
+TRUNCATE_NAMES = {pb.TRUNCATE_END: "end", pb.TRUNCATE_NONE: "none", pb.TRUNCATE_START: "start"}
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ def item_from_json(obj: Any, index: int | None, settings: Settings) -> Item:
 
 
 def embedding_to_proto(vec: EncodedVector) -> pb.Embedding:
-    out = pb.Embedding(dimensions=vec.dimensions, encoding=ENCODING_VALUES[vec.encoding])
+    out = pb.Embedding(dimensions=vec.dimensions, encoding=ENCODING_VALUES[vec.encoding], truncated_tokens=vec.cut)
     if vec.encoding == "float32":
         out.values.extend(vec.values.tolist())
     else:

@@ -29,7 +29,7 @@ class JsonApi:
         settings = self.http.settings
         check_item_count(len(body.items), settings)  # before any item is built
         items = [item_from_json(obj, i, settings) for i, obj in enumerate(body.items)]
-        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction)
+        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction, body.truncate)
         results = await self.http.embed_items(request, items, options, allow_partial=body.allow_partial)
         embeddings, errors = [], []
         for i, r in enumerate(results):
@@ -40,7 +40,9 @@ class JsonApi:
                 embeddings.append(embedding_to_json(r, body.format))
         dims = next((r.dimensions for r in results if isinstance(r, EncodedVector)), None)
         return {"embeddings": embeddings, "dimensions": dims, "encoding": body.encoding,
-                "model": self.http.dispatcher.model_name("embed") or None, "errors": errors}
+                "model": self.http.dispatcher.model_name("embed") or None, "errors": errors,
+                "truncated": [{"item": i, "tokens": r.cut} for i, r in enumerate(results)
+                              if isinstance(r, EncodedVector) and r.cut]}
 
     async def v1_rerank(self, request: Request) -> Any:
         data = await self.http.json(request)

@@ -1,7 +1,8 @@
 """The messages between the request process and the model process (pickled by ``pipe_framing``).
 
 Each is a frozen dataclass; each side matches on the type. A row's value is a pooled hidden
-state (embedding), a score (rerank), or the item's own error.
+state (embedding; a ``CutRow`` when truncation shortened its sequence), a score (rerank), or the
+item's own error.
 """
 
 from __future__ import annotations
@@ -14,7 +15,16 @@ import numpy as np
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.items import Item
 
-RowValue = np.ndarray | float | QvlError
+
+@dataclass(frozen=True, slots=True)
+class CutRow:
+    """An embedding whose sequence truncation shortened: the pooled state, and the tokens cut."""
+
+    value: np.ndarray
+    cut: int
+
+
+RowValue = np.ndarray | float | QvlError | CutRow
 Row = tuple[int, int, RowValue]  # (request id, index in the request, value)
 
 
@@ -27,6 +37,7 @@ class EmbedCall:
     deadline: float  # time.monotonic(), the same clock in both processes
     instruction: str | None
     entries: list[tuple[int, list[int] | Item]]  # (index in the request, token ids or a raw item)
+    truncate: str = "end"  # for the raw items (``core.text_encoding.Truncate``); ids arrive cut already
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,8 +49,14 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 CUDA, fp32 CPU")
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa")
-    embed_max_length: int = Field(8192, ge=64, description="Embedding tokens per item; longer text is cut")
+    embed_max_length: int = Field(
+        8192, ge=64, description="Embedding tokens per item (instruction and prompt included); past it the item "
+                                 "is refused or its text cut, as the caller's truncate option says (docs/api.md)")
     rerank_max_length: int = Field(10240, ge=64, description="Reranker tokens per pair; longer text is cut")
+    tiktoken_cache_dir: Path = Field(
+        Path("/opt/qvl/tiktoken"),
+        description="OpenAI's tiktoken files (tiktoken's cache layout; `make setup` puts cl100k_base here): token "
+                    "arrays on /v1/embeddings are decoded with them. Nothing is downloaded")
     default_instruction: str = Field(DEFAULT_EMBED_INSTRUCTION, description="Embedding instruction of documents")
     query_instruction: str = Field(DEFAULT_QUERY_INSTRUCTION, description="Embedding instruction of queries")
     rerank_instruction: str = Field(DEFAULT_RERANK_INSTRUCTION, description="Reranker instruction")
@@ -76,7 +82,7 @@ class Settings(BaseSettings):
         description="Comma-separated FFmpeg decoders allowed for video files (others are refused before decoding)")
     max_images_per_item: int = Field(32, description="Most images in one item")
     max_videos_per_item: int = Field(4, description="Most videos in one item")
-    max_text_chars: int = Field(200_000, description="Longest text part; tokens past the max length are cut")
+    max_text_chars: int = Field(200_000, description="Longest text part, in characters")
     max_parts_per_item: int = Field(
         64, ge=1, description="Most parts (texts, images, videos; a frame list is one video) in one item")
     max_items_per_request: int = Field(1024, description="Most items in one embed request")

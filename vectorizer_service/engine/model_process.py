@@ -24,6 +24,8 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
+import numpy as np
+
 from vectorizer_service.core.batch_planning import plan_batches, preparation_chunks
 from vectorizer_service.core.call_context import CallContext
 from vectorizer_service.core.errors import (
@@ -41,6 +43,7 @@ from vectorizer_service.core.pipe_framing import encode, receive
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
     Cancel,
+    CutRow,
     EmbedCall,
     Fail,
     FromModelProcess,
@@ -154,7 +157,7 @@ class ModelProcess:
         budget = DecodeBudget(self.settings, call.deadline)  # the request's pixels, shared by its chunks
 
         def prepare(start: int, chunk: list[Item]) -> None:
-            prepared = embedder.prepare(chunk, call.instruction, budget)
+            prepared = embedder.prepare(chunk, call.instruction, budget, call.truncate)
             self._enqueue("embed", call.rid, ctx, list(zip(indices[start:start + len(chunk)], prepared, strict=True)))
 
         for start, chunk in preparation_chunks([item for _, item in raw]):
@@ -290,7 +293,9 @@ class ModelProcess:
                                        padded=max(j.enc.length for j in batch) * len(batch),
                                        tokens=sum(j.enc.length for j in batch),
                                        failed=sum(isinstance(r, ComputeError) for r in rows))
-            self._answer([(j.rid, j.index, row) for j, row in zip(batch, rows, strict=True)], stats=stats)
+            # A cut sequence's row says so: the caller is told which items lost text.
+            self._answer([(j.rid, j.index, CutRow(row, j.enc.cut) if j.enc.cut and isinstance(row, np.ndarray)
+                           else row) for j, row in zip(batch, rows, strict=True)], stats=stats)
             if any(j.nbytes for j in batch):
                 release_free_memory()
 

@@ -26,7 +26,7 @@ class SequenceScorer(Protocol):
 
 class EmbeddingModel(SequenceScorer, Protocol):
     def prepare(self, items: Sequence[Item], instruction: str | None = None,
-                budget: DecodeBudget | None = None) -> list[Encoded | QvlError]:
+                budget: DecodeBudget | None = None, truncate: str = "end") -> list[Encoded | QvlError]:
         """Decode and tokenize (thread-safe); a bad item becomes its own error."""
         ...
 

@@ -55,6 +55,7 @@ class Encoded:
     input_ids: list[int]
     images: list[VisionPart]
     videos: list[VisionPart]
+    cut: int = 0  # text tokens truncation removed
 
     @property
     def length(self) -> int:
@@ -171,8 +172,9 @@ class Preprocessor:
                 start = at + 1
         return out + ids[start:]
 
-    def finish(self, prompts: list[Prompt]) -> list[Encoded | InputError]:
-        """Render, tokenize in one batch call, and truncate; per-prompt errors stay per prompt."""
+    def finish(self, prompts: list[Prompt], truncate: str = "end") -> list[Encoded | InputError]:
+        """Render, tokenize in one batch call, and truncate (or refuse: ``TextEncoder.truncate``);
+        per-prompt errors stay per prompt."""
         ids = self.text.tokenize([self.render(p, expand_images=False) for p in prompts])
         out: list[Encoded | InputError] = []
         for p, seq in zip(prompts, ids, strict=True):
@@ -181,7 +183,8 @@ class Preprocessor:
                 continue
             try:
                 seq = self.expand_image_ids(seq, p.images)
-                out.append(Encoded(self.text.truncate(seq), list(p.images), list(p.videos)))
+                kept = self.text.truncate(seq, truncate)
+                out.append(Encoded(kept, list(p.images), list(p.videos), len(seq) - len(kept)))
             except InputError as exc:
                 out.append(exc)
         return out

@@ -13,12 +13,15 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 
+import numpy as np
+
 from vectorizer_service.core.batch_planning import is_small_text
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import DeadlineError, InputError, NotReadyError, QvlError
 from vectorizer_service.core.items import Item, check_item_count, check_unicode
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
+    CutRow,
     EmbedCall,
     RerankCall,
     RowValue,
@@ -28,7 +31,7 @@ from vectorizer_service.core.pipe_messages import (
 from vectorizer_service.core.prompts import embedding_prompt
 from vectorizer_service.core.ranking import RerankResult, check_rerank_request, result_from_rows
 from vectorizer_service.core.settings import Settings
-from vectorizer_service.core.text_encoding import TextEncoder
+from vectorizer_service.core.text_encoding import TextEncoder, TextIds, check_truncate
 from vectorizer_service.core.vector_encoding import EncodedVector, check_options, encode_vector
 from vectorizer_service.serving.admission import Admission
 from vectorizer_service.serving.metrics import record_batch
@@ -119,6 +122,7 @@ class Dispatcher:
         called only once the request is admitted, so a refused request never copies its media."""
         model = self._need("embed", "embedding")
         check_options(options.dimensions, options.encoding, model.hidden_size)
+        check_truncate(options.truncate)
         if options.instruction is not None:
             check_unicode(options.instruction, "instruction")
         if callable(items):
@@ -130,39 +134,51 @@ class Dispatcher:
         async with self.admission.permit(count, nbytes, wait=wait_for_capacity, ctx=ctx):
             if callable(items):
                 items = items()
-            rows = await self._embed_rows(list(items), options.instruction, ctx)
-        return [r if isinstance(r, QvlError) else
-                encode_vector(r, dimensions=options.dimensions, encoding=options.encoding,
-                              normalize=options.normalize) for r in rows]
+            rows = await self._embed_rows(list(items), options.instruction, options.truncate, ctx)
+        return [r if isinstance(r, QvlError) else self._vector(r, options) for r in rows]
 
-    async def _embed_rows(self, items: list[Item], instruction: str | None,
+    @staticmethod
+    def _vector(row: RowValue | None, options: EmbedOptions) -> EncodedVector:
+        """A row in the asked form; a cut row's vector says how many tokens were cut."""
+        cut = row.cut if isinstance(row, CutRow) else 0
+        vec = encode_vector(row.value if isinstance(row, CutRow) else row, dimensions=options.dimensions,  # type: ignore[arg-type]
+                            encoding=options.encoding, normalize=options.normalize)
+        vec.cut = cut
+        return vec
+
+    async def _embed_rows(self, items: list[Item], instruction: str | None, truncate: str,
                           ctx: CallContext) -> list[RowValue | None]:
         out: list[RowValue | None] = [None] * len(items)
+        cuts: dict[int, int] = {}  # text-only items cut here, in the request process
         light = [i for i, item in enumerate(items) if not item.images and not item.videos]
         entries: list[tuple[int, list[int] | Item]] = []
         if light:
             texts = [items[i] for i in light]
             if is_small_text(texts):
-                prepared = self.encode_texts(texts, instruction)
+                prepared = self.encode_texts(texts, instruction, truncate)
             else:  # rendering many templates would hold the event loop
-                prepared = await asyncio.to_thread(self.encode_texts, texts, instruction)
+                prepared = await asyncio.to_thread(self.encode_texts, texts, instruction, truncate)
             for i, p in zip(light, prepared, strict=True):
                 if isinstance(p, InputError):
                     out[i] = p.at(item=i)
                 else:
-                    entries.append((i, p))
+                    entries.append((i, p.ids))
+                    if p.cut:
+                        cuts[i] = p.cut
         entries += [(i, item) for i, item in enumerate(items) if item.images or item.videos]
         if entries:
             rows = await self._call(len(items), len(entries),
-                                    lambda rid: EmbedCall(rid, ctx.deadline, instruction, entries), ctx)
+                                    lambda rid: EmbedCall(rid, ctx.deadline, instruction, entries, truncate), ctx)
             for i, _ in entries:
-                out[i] = rows[i]
+                row = rows[i]
+                out[i] = CutRow(row, cuts[i]) if i in cuts and isinstance(row, np.ndarray) else row
         return out
 
-    def encode_texts(self, items: Sequence[Item], instruction: str | None) -> list[list[int] | InputError]:
+    def encode_texts(self, items: Sequence[Item], instruction: str | None,
+                     truncate: str = "end") -> list[TextIds | InputError]:
         """Token ids of text-only items, exactly as the model process's preprocessor makes them."""
         text = self.text["embed"]
-        out: list[list[int] | InputError] = [InputError("not prepared")] * len(items)
+        out: list[TextIds | InputError] = [InputError("not prepared")] * len(items)
         prompts, slots = [], []
         for k, item in enumerate(items):
             try:
@@ -174,7 +190,7 @@ class Dispatcher:
                 slots.append(k)
             except InputError as exc:
                 out[k] = exc
-        for k, ids in zip(slots, text.encode_texts(prompts), strict=True):
+        for k, ids in zip(slots, text.encode_texts(prompts, truncate), strict=True):
             out[k] = ids
         return out
 
