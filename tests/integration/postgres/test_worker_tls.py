@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+import contextlib
 from typing import Any
 
 import psycopg
@@ -11,16 +11,17 @@ import pytest
 from connectors.client import Client
 from connectors.postgres.installer import install
 from tests.integration.postgres.conftest import cosines, drain, new_database, vec
-from tests.integration.service.test_service_operation import self_signed
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
+from tests.support.tls import TlsFiles
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
 
-def test_worker_embeds_through_a_tls_service(tmp_path: Path, pg_server: PostgresServer) -> None:
-    key, cert = self_signed(tmp_path)
-    with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+def test_worker_embeds_through_a_tls_service(tls_service: ServiceProcess, tls_files: TlsFiles,
+                                             pg_server: PostgresServer) -> None:
+    cert = tls_files.cert
+    with contextlib.nullcontext(tls_service) as svc:
         dsn = new_database(pg_server, "worker_tls")
         install(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
