@@ -3,8 +3,9 @@ VENV := .venv
 PYTHON := $(VENV)/bin/python
 # Two workers (the machines here have 2 cores). loadgroup keeps each tests/integration directory on
 # one worker, so its servers start once; tests/conftest.py hands the soak tests out first, in the
-# order it sorts them (hence no reordering), so they overlap the rest.
-XDIST := -n 2 --dist loadgroup --no-loadscope-reorder
+# order it sorts them (hence no reordering), so they overlap the rest. A worker that crashes ends the
+# run (xdist 3.8's replacement worker once left a loadgroup run waiting, all tests but its own done).
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder --max-worker-restart=0
 
 .PHONY: setup check test-fast test lint demo clean
 
