@@ -35,6 +35,7 @@ from vectorizer_service.core.text_encoding import TextEncoder, TextIds, check_tr
 from vectorizer_service.core.vector_encoding import EncodedVector, check_options, encode_vector
 from vectorizer_service.serving.admission import Admission
 from vectorizer_service.serving.metrics import record_batch
+from vectorizer_service.serving.model_link import ModelLink
 from vectorizer_service.serving.model_process_link import ModelProcessLink
 
 STUCK_MARGIN_S = 30.0
@@ -52,10 +53,13 @@ def _media_bytes(item: Item) -> int:
 
 class Dispatcher:
     def __init__(self, settings: Settings, model_process: str, *, log_level: str = "INFO",
-                 log_format: str = "json") -> None:
+                 log_format: str = "json", link: ModelLink | None = None) -> None:
+        """``model_process`` names the model process's entry (``module:function``); ``link``, when
+        given, replaces the link to it (a test's stand-in for the model process)."""
         self.settings = settings
-        self.link = ModelProcessLink(settings, model_process, log_level=log_level, log_format=log_format,
-                                     on_stats=self._batch_done)
+        self.link: ModelLink = link or ModelProcessLink(settings, model_process, log_level=log_level,
+                                                        log_format=log_format)
+        self.link.on_stats = self._batch_done
         self.failing_batches = 0  # batches in a row on which the model failed every sequence
         self.admission = Admission(settings)
         self.models: dict[str, ServedModel] = {}  # task -> what the model process serves

@@ -10,6 +10,7 @@ import pytest
 
 from connectors.client import Client
 from tests.integration.postgres.conftest import cosines, images, vec
+from tests.support.inprocess_service import InProcessService
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -92,7 +93,8 @@ def test_token(pg_server: Any, request: pytest.FixtureRequest) -> None:
     from connectors.postgres.installer import install
     from tests.integration.postgres.conftest import new_database
 
-    with ServiceProcess(token="s3cret") as svc:
+    # The token's path through SQL, not the model: the request process alone, in this process.
+    with InProcessService(token="s3cret") as svc:
         dsn = new_database(pg_server, request.node.name)
         install(dsn, service_url=svc.http_url)
         with psycopg.connect(dsn, autocommit=True) as c:

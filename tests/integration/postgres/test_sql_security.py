@@ -246,26 +246,21 @@ def test_pg_cancel_backend_cancels_a_call_stuck_on_a_hanging_service(conn: psyco
 
 
 # -- 10.10 (SQL side): https to the service, its certificate verified against a CA file --------------
-def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connection[Any], qvl_db: str) -> None:
-    import os
+def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connection[Any], qvl_db: str,
+                                                          tls_service: Any, tls_files: Any) -> None:
+    import contextlib
     import shutil
     import tempfile
     from pathlib import Path
 
-    from tests.integration.service.test_service_operation import self_signed
-    from tests.support.service import ServiceProcess
+    from tests.support.tls import readable_tls_files
 
-    # The database server's own user reads the CA file: a folder it may enter.
-    folder = Path(tempfile.mkdtemp(prefix="qvl-tls-"))
+    # The database server's own user reads the CA files (tls_files: the service's, in a folder it may enter).
+    folder, cert = tls_files.folder, tls_files.cert
+    other = Path(tempfile.mkdtemp(prefix="qvl-tls-stranger-"))
     try:
-        os.chmod(folder, 0o755)
-        key, cert = self_signed(folder)
-        other = folder / "other"
-        other.mkdir(mode=0o755)
-        _, stranger_ca = self_signed(other)
-        for path in (cert, stranger_ca):
-            os.chmod(path, 0o644)
-        with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+        stranger_ca = readable_tls_files(other).cert
+        with contextlib.nullcontext(tls_service) as svc:
             assert svc.http_url.startswith("https://localhost:")
             install(qvl_db, service_url=svc.http_url, service_ca_file=str(cert))  # qvl pg install --service-ca-file
             assert conn.execute("SELECT ca_file FROM qvl.service").fetchone() == (str(cert),)
@@ -292,7 +287,7 @@ def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connecti
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 conn.execute("SELECT qvl.set_service('http://localhost:1', ca_file => %s)", (str(cert),))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_the_install_takes_back_what_qvl_trigger_was_given(conn: psycopg.Connection[Any], qvl_db: str) -> None:
