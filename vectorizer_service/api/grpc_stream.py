@@ -13,6 +13,8 @@ from collections.abc import AsyncIterator
 from qvl_proto import vectorizer_pb2 as pb
 from vectorizer_service.api.item_codecs import (
     ENCODING_NAMES,
+    chunking_from_proto,
+    chunks_to_proto,
     embedding_to_proto,
     error_code,
     item_error,
@@ -77,7 +79,14 @@ class EmbedStreamSession:
                 except InputError as err:
                     outs[m.seq] = _stream_error(m.seq, err)
             try:
-                if items:
+                chunking = chunking_from_proto(options)
+                if items and chunking is not None:
+                    chunked = await self.dispatcher.embed_chunks(items, embed_options(options), chunking, self.ctx,
+                                                                 wait_for_capacity=True)
+                    for seq, result in zip(seqs, chunked, strict=True):
+                        outs[seq] = (_stream_error(seq, result) if isinstance(result, QvlError)
+                                     else pb.EmbedStreamResult(seq=seq, chunks=chunks_to_proto(result)))
+                elif items:
                     rows = await self.dispatcher.embed(items, embed_options(options), self.ctx, wait_for_capacity=True)
                     for seq, row in zip(seqs, rows, strict=True):
                         outs[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)

@@ -23,6 +23,7 @@ class DecodeBudget:
         self.deadline = deadline
         self.left = settings.max_request_decoded_pixels
         self.lock = threading.Lock()
+        self.documents = DocumentClock(settings, deadline)
 
     def item(self) -> ItemBudget:
         return ItemBudget(self)
@@ -39,6 +40,23 @@ class DecodeBudget:
                                  f"its {total} left (QVL_MAX_REQUEST_DECODED_PIXELS); send fewer or smaller media "
                                  "per request", status=413, limit="QVL_MAX_REQUEST_DECODED_PIXELS")
             self.left -= pixels
+
+
+class DocumentClock:
+    """One request's deadline per document: the first time a document is opened starts its
+    ``QVL_DOCUMENT_TIMEOUT_S`` (its pages may be drawn in several groups, on several renderers)."""
+
+    def __init__(self, settings: Settings, call_deadline: float | None) -> None:
+        self.timeout = settings.document_timeout_s
+        self.call_deadline = call_deadline
+        self.started: dict[int, float] = {}
+        self.lock = threading.Lock()
+
+    def deadline(self, source: object) -> float:
+        with self.lock:
+            started = self.started.setdefault(id(source), time.monotonic())
+        own = started + self.timeout
+        return own if self.call_deadline is None else min(own, self.call_deadline)
 
 
 class ItemBudget:
