@@ -8,7 +8,7 @@ from typing import Any
 from vectorizer_service.core.parts import DocumentPage, VideoClip
 
 TEXT_CHUNK = 32  # text-only items prepared together in one pool task
-PAGE_GROUP = 8  # pages of one document drawn in one renderer job (and prepared in one pool task)
+PAGE_GROUP = 4  # pages of one document drawn in one renderer job (and prepared in one pool task)
 INLINE_TEXT_CHARS = 4096  # text-only requests this small are prepared without a pool task
 
 

@@ -8,8 +8,10 @@ decoding threads. Decoding also stops once the call's deadline has passed.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections.abc import Callable
 
 from vectorizer_service.core.errors import DeadlineError, InputError
 from vectorizer_service.core.settings import Settings
@@ -23,7 +25,7 @@ class DecodeBudget:
         self.deadline = deadline
         self.left = settings.max_request_decoded_pixels
         self.lock = threading.Lock()
-        self.documents = DocumentClock(settings, deadline)
+        self.documents = RequestDocuments(settings, deadline)
 
     def item(self) -> ItemBudget:
         return ItemBudget(self)
@@ -42,14 +44,16 @@ class DecodeBudget:
             self.left -= pixels
 
 
-class DocumentClock:
-    """One request's deadline per document: the first time a document is opened starts its
-    ``QVL_DOCUMENT_TIMEOUT_S`` (its pages may be drawn in several groups, on several renderers)."""
+class RequestDocuments:
+    """One request's documents: each one's deadline (the first time a document is opened starts
+    its ``QVL_DOCUMENT_TIMEOUT_S``: its pages may be drawn in several groups, on several
+    renderers) and its bytes with their digest, read once however many groups draw its pages."""
 
     def __init__(self, settings: Settings, call_deadline: float | None) -> None:
         self.timeout = settings.document_timeout_s
         self.call_deadline = call_deadline
         self.started: dict[int, float] = {}
+        self.read: dict[int, tuple[bytes, str]] = {}
         self.lock = threading.Lock()
 
     def deadline(self, source: object) -> float:
@@ -57,6 +61,17 @@ class DocumentClock:
             started = self.started.setdefault(id(source), time.monotonic())
         own = started + self.timeout
         return own if self.call_deadline is None else min(own, self.call_deadline)
+
+    def data(self, source: object, read: Callable[[], bytes]) -> tuple[bytes, str]:
+        """The document's bytes and digest (``read`` at most once per source, unless it raised)."""
+        with self.lock:
+            found = self.read.get(id(source))
+        if found is None:
+            data = read()
+            found = (data, hashlib.blake2b(data, digest_size=16).hexdigest())
+            with self.lock:
+                self.read[id(source)] = found
+        return found
 
 
 class ItemBudget:

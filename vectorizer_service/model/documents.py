@@ -11,7 +11,7 @@ from PIL import Image
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.parts import SourceFacts
 from vectorizer_service.core.settings import Settings
-from vectorizer_service.model.decode_budget import DocumentClock
+from vectorizer_service.model.decode_budget import RequestDocuments
 from vectorizer_service.model.media import read_source
 from vectorizer_service.model.renderer_pool import RendererPool
 
@@ -43,14 +43,14 @@ class Documents:
         self.settings = settings
         self.pool = RendererPool(settings)
 
-    def facts(self, source: Any, clock: DocumentClock, what: str) -> SourceFacts:
-        data = read_document(source, self.settings, what)
-        return SourceFacts(pages=self.pool.count_pages(data, clock.deadline(source), what))
+    def facts(self, source: Any, books: RequestDocuments, what: str) -> SourceFacts:
+        data, digest = books.data(source, lambda: read_document(source, self.settings, what))
+        return SourceFacts(pages=self.pool.count_pages(data, digest, books.deadline(source), what))
 
-    def pages(self, source: Any, numbers: list[int], clock: DocumentClock,
+    def pages(self, source: Any, numbers: list[int], books: RequestDocuments,
               what: str) -> list[Image.Image | InputError]:
-        data = read_document(source, self.settings, what)
-        return self.pool.render(data, numbers, clock.deadline(source), what)
+        data, digest = books.data(source, lambda: read_document(source, self.settings, what))
+        return self.pool.render(data, digest, numbers, books.deadline(source), what)
 
     def close(self) -> None:
         self.pool.close()

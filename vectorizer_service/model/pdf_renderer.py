@@ -11,6 +11,7 @@ Run as ``python -m vectorizer_service.model.pdf_renderer FD`` with FD one end of
 
 from __future__ import annotations
 
+import ctypes
 import json
 import math
 import os
@@ -38,27 +39,39 @@ def send(sock: socket.socket, header: dict[str, Any], payload: bytes = b"") -> N
     sock.sendall(HEADER.pack(len(data), len(payload)) + data + payload)
 
 
-def _exactly(sock: socket.socket, n: int) -> bytes:
-    buf = bytearray(n)
-    view = memoryview(buf)
+def _into(sock: socket.socket, buffer: Any) -> None:
+    view = memoryview(buffer).cast("B")
     got = 0
-    while got < n:
-        k = sock.recv_into(view[got:], n - got)
+    while got < len(view):
+        k = sock.recv_into(view[got:], len(view) - got)
         if k == 0:
             raise EOFError("the renderer's pipe closed")
         got += k
+
+
+def _exactly(sock: socket.socket, n: int) -> bytes:
+    buf = bytearray(n)
+    _into(sock, buf)
     return bytes(buf)
 
 
-def receive(sock: socket.socket, max_payload: int) -> tuple[dict[str, Any], bytes]:
-    """One message; sizes are checked before anything is allocated (the peer is not trusted)."""
+def receive(sock: socket.socket, max_payload: int, *, into_ctypes: bool = False) -> tuple[dict[str, Any], Any]:
+    """One message; sizes are checked before anything is allocated (the peer is not trusted).
+    ``into_ctypes``: the payload lands in a ctypes array, which PDFium reads in place (a document
+    is held once, not copied)."""
     head, size = HEADER.unpack(_exactly(sock, HEADER.size))
     if head > MAX_HEADER or size > max_payload:
         raise EOFError(f"the renderer sent a message of {head} + {size} bytes")
     header = json.loads(_exactly(sock, head))
     if not isinstance(header, dict):
         raise EOFError("the renderer sent a malformed message")
-    return header, _exactly(sock, size) if size else b""
+    if not size:
+        return header, b""
+    if into_ctypes:
+        payload = (ctypes.c_char * size)()
+        _into(sock, payload)
+        return header, payload
+    return header, _exactly(sock, size)
 
 
 # -- rendering (the renderer process) ------------------------------------------------------------
@@ -79,8 +92,8 @@ class _Failure(Exception):
         self.extra = extra
 
 
-def _open(pdfium: Any, data: bytes, max_pages: int) -> Any:
-    if not data.startswith(PDF_MAGIC):
+def _open(pdfium: Any, data: Any, max_pages: int) -> Any:
+    if bytes(data[:len(PDF_MAGIC)]) != PDF_MAGIC:
         raise _Failure("not_pdf", "is not a PDF (it does not start with %PDF-)")
     try:
         doc = pdfium.PdfDocument(data)
@@ -115,22 +128,32 @@ def _render_page(doc: Any, number: int, dpi: float, max_pixels: int, max_ratio: 
     return {"page": number, "width": image.width, "height": image.height}, image.tobytes()
 
 
-def _test_faults(data: bytes) -> None:
+def _test_faults(data: Any) -> None:
     crash, hang = os.environ.get(TEST_CRASH_ENV), os.environ.get(TEST_HANG_ENV)
-    if crash and crash.encode() in data:
+    if not (crash or hang):
+        return
+    raw = bytes(data)
+    if crash and crash.encode() in raw:
         os.abort()
-    if hang and hang.encode() in data:
+    if hang and hang.encode() in raw:
         time.sleep(3600)
 
 
 def serve(sock: socket.socket) -> None:
     import pypdfium2 as pdfium  # only here: the model process never loads PDFium
 
+    held: tuple[str | None, Any] = (None, None)  # the last document: its digest and bytes
     while True:
         try:
-            request, data = receive(sock, max_payload=1 << 40)
+            request, data = receive(sock, max_payload=1 << 40, into_ctypes=True)
         except (EOFError, OSError):
             return
+        if len(data):
+            held = (request.get("key"), data)
+        elif held[0] is None or request.get("key") != held[0]:
+            send(sock, {"error": "protocol", "message": "was not sent to the renderer"})
+            continue
+        data = held[1]
         _test_faults(data)
         try:
             doc = _open(pdfium, data, int(request["max_pages"]))

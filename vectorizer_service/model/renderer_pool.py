@@ -44,6 +44,7 @@ class _Renderer:
             pass_fds=(theirs.fileno(),), env=env, stdin=subprocess.DEVNULL)
         theirs.close()
         self.sock = ours
+        self.holding: str | None = None  # the digest of the document it holds (sent once, drawn in many jobs)
 
     def kill(self) -> str:
         """Kill it (if it still runs) and say how it ended."""
@@ -94,27 +95,37 @@ class RendererPool:
             renderer.kill()
 
     # -- documents ----------------------------------------------------------------------------------
-    def count_pages(self, data: bytes, deadline: float, what: str) -> int:
+    def count_pages(self, data: bytes, digest: str, deadline: float, what: str) -> int:
         """The document's page count (opened, never rendered); refusals name the reason."""
-        pages, _ = self._ask(data, [], deadline, what)
+        pages, _ = self._ask(data, digest, [], deadline, what)
         return pages
 
-    def render(self, data: bytes, pages: list[int], deadline: float,
+    def render(self, data: bytes, digest: str, pages: list[int], deadline: float,
                what: str) -> list[Image.Image | InputError]:
         """The pages (1-based), each drawn to fit ``QVL_IMAGE_MAX_PIXELS``; a page that cannot be
-        drawn is its own error, a document that cannot be opened raises."""
-        _, out = self._ask(data, pages, deadline, what)
+        drawn is its own error, a document that cannot be opened raises. ``digest`` names the
+        bytes: a renderer that holds them already is not sent them again."""
+        _, out = self._ask(data, digest, pages, deadline, what)
         return out
 
-    def _ask(self, data: bytes, pages: list[int], deadline: float,
+    def _take_for(self, digest: str, deadline: float) -> _Renderer:
+        """An idle renderer, preferably one holding the document already."""
+        with self.cv:
+            for k, renderer in enumerate(self.idle):
+                if renderer.holding == digest:
+                    return self.idle.pop(k)
+        return self._take(deadline)
+
+    def _ask(self, data: bytes, digest: str, pages: list[int], deadline: float,
              what: str) -> tuple[int, list[Image.Image | InputError]]:
         s = self.settings
         request = {"max_pages": s.max_document_pages, "render": pages, "dpi": s.document_dpi,
-                   "max_pixels": s.image_max_pixels, "max_ratio": MAX_ASPECT_RATIO}
-        renderer = self._take(deadline)
+                   "max_pixels": s.image_max_pixels, "max_ratio": MAX_ASPECT_RATIO, "key": digest}
+        renderer = self._take_for(digest, deadline)
         healthy = False
         try:
-            pdf_renderer.send(renderer.sock, request, data)
+            pdf_renderer.send(renderer.sock, request, b"" if renderer.holding == digest else data)
+            renderer.holding = digest
             header, _ = self._receive(renderer, deadline, what)
             healthy = True  # it answered: a refusal of the document leaves it fit for the next one
             count = self._count(header, what)

@@ -236,3 +236,20 @@ def test_bad_chunking_and_parts_are_refused_naming_the_reason(doc_service: Servi
     r = httpx.post(url, json={"items": [{"video": b64(long_video)}], "chunking": {"type": "video", "seconds": 1}},
                    timeout=60)
     assert r.status_code == 413 and r.json()["limit"] == "QVL_MAX_VIDEO_WINDOWS"
+
+
+def test_renderers_are_processes_beside_the_model_holding_no_model(doc_service: ServiceProcess) -> None:
+    embed(doc_service, [{"document": b64(PDF)}], chunking={"type": "pages"})
+    model = doc_service.model_pid()
+    renderers = []
+    for pid in doc_service.pids():
+        with open(f"/proc/{pid}/cmdline", "rb") as fh:
+            if b"vectorizer_service.model.pdf_renderer" in fh.read():
+                renderers.append(pid)
+    assert renderers, "no renderer process found"
+    for pid in renderers:
+        with open(f"/proc/{pid}/stat") as fh:
+            assert int(fh.read().rsplit(")", 1)[1].split()[1]) == model  # started by the model process
+        with open(f"/proc/{pid}/maps") as fh:
+            maps = fh.read()
+        assert "libtorch" not in maps and "pdfium" in maps
