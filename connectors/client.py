@@ -11,8 +11,10 @@ idempotent (the same item gives the same vector on any replica running the same 
 retrying is safe, and each result is handed on exactly once.
 
 Items are dicts: ``{"text": str | [str], "image": bytes | [bytes], "video": bytes,
-"frames": [bytes], "image_uri": str | [str], "video_uri": str, "instruction": str}``, or a
-plain string for a text item.
+"frames": [bytes], "image_uri": str | [str], "video_uri": str, "document": bytes (a PDF),
+"document_uri": str, "page": int, "start_s": float, "end_s": float, "instruction": str}``, or a
+plain string for a text item (``page`` selects a page of the document, ``start_s`` / ``end_s`` a
+span of the video file: docs/documents.md).
 """
 
 from __future__ import annotations
@@ -155,20 +157,57 @@ def to_item(item: ItemLike) -> pb.Item:
     if isinstance(item, str):
         return pb.Item(parts=[pb.Part(text=item)])
     parts: list[pb.Part] = []
-
+    span = {k: item[k] for k in ("start_s", "end_s") if item.get(k) is not None}  # a video file's span
     if item.get("video") is not None:
-        parts.append(pb.Part(video=bytes(item["video"])))
+        parts.append(pb.Part(video=bytes(item["video"]), **span))
     if item.get("frames") is not None:
         parts.append(pb.Part(frames=pb.Frames(frames=[bytes(f) for f in item["frames"]])))
     if item.get("video_uri") is not None:
-        parts.append(pb.Part(video_uri=item["video_uri"]))
+        parts.append(pb.Part(video_uri=item["video_uri"], **span))
     parts += [pb.Part(image=bytes(b)) for b in as_list(item.get("image"))]
     parts += [pb.Part(image_uri=u) for u in as_list(item.get("image_uri"))]
+    page = {"page": item["page"]} if item.get("page") is not None else {}  # a document's page (1-based)
+    if item.get("document") is not None:
+        parts.append(pb.Part(document=bytes(item["document"]), **page))
+    if item.get("document_uri") is not None:
+        parts.append(pb.Part(document_uri=item["document_uri"], **page))
     parts += [pb.Part(text=t) for t in as_list(item.get("text"))]
-    unknown = set(item) - {"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"}
+    unknown = set(item) - ITEM_KEYS
     if unknown:
         raise ValueError(f"unknown item keys: {sorted(unknown)}")
     return pb.Item(parts=parts, instruction=item.get("instruction"))
+
+
+ITEM_KEYS = {"text", "image", "video", "frames", "image_uri", "video_uri", "document", "document_uri", "page",
+             "start_s", "end_s", "instruction"}
+
+
+@dataclass
+class Chunk:
+    """One part of an item split by chunking: its vector, and where it lies in the source
+    (``{"page": n}``, ``{"start_s", "end_s"}`` or ``{"char_start", "char_end"}``)."""
+
+    vector: np.ndarray
+    locator: dict[str, float | int]
+
+
+def chunking_message(chunking: Mapping[str, Any]) -> pb.Chunking:
+    """``{"type": "pages", "max_pages"?}``, ``{"type": "video", "seconds", "overlap"?}`` or
+    ``{"type": "text", "tokens", "overlap"?}`` (the HTTP API's form) as the proto's."""
+    config = dict(chunking)
+    kind = config.pop("type", None)
+    messages = {"pages": pb.PageChunking, "video": pb.VideoChunking, "text": pb.TextChunking}
+    if kind not in messages:
+        raise InvalidArgument(f"chunking type must be pages, video or text, got {kind!r}")
+    try:
+        return pb.Chunking(**{kind: messages[kind](**config)})
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"chunking {kind}: {exc}") from None
+
+
+def chunks_of(message: pb.Chunks) -> list[Chunk]:
+    return [Chunk(embedding_array(c.embedding),
+                  {field.name: value for field, value in c.locator.ListFields()}) for c in message.chunks]
 
 
 def embedding_array(e: pb.Embedding) -> np.ndarray:
@@ -183,14 +222,15 @@ def embedding_array(e: pb.Embedding) -> np.ndarray:
 
 
 def _options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
-             allow_partial: bool = False) -> pb.EmbedOptions:
+             allow_partial: bool = False, chunking: Mapping[str, Any] | None = None) -> pb.EmbedOptions:
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
     if dimensions is not None:
         dimensions = _whole("dimensions", dimensions, least=1,
                             note=" (the service accepts 32 up to its model's size)")
     return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
-                           instruction=instruction, allow_partial=allow_partial)
+                           instruction=instruction, allow_partial=allow_partial,
+                           chunking=None if chunking is None else chunking_message(chunking))
 
 
 def _rerank_request(query: ItemLike, documents: Sequence[ItemLike], instruction: str | None, top_k: int | None,
@@ -274,13 +314,15 @@ class _InOrder:
     """Stream results (which arrive in any order) handed back in input order."""
 
     def __init__(self) -> None:
-        self.pending: dict[int, np.ndarray | ItemFailure] = {}
+        self.pending: dict[int, np.ndarray | list[Chunk] | ItemFailure] = {}
         self.next = 0
 
-    def add(self, result: pb.EmbedStreamResult) -> list[np.ndarray | ItemFailure]:
+    def add(self, result: pb.EmbedStreamResult) -> list[np.ndarray | list[Chunk] | ItemFailure]:
         if result.HasField("error"):
             self.pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code,
                                                    result.error.limit or None, reason_name(result.error.reason))
+        elif result.HasField("chunks"):
+            self.pending[result.seq] = chunks_of(result.chunks)
         else:
             self.pending[result.seq] = embedding_array(result.embedding)
         ready = []
@@ -426,6 +468,15 @@ class Client(_Base):
         self.last_scales = np.asarray([e.scale for e in resp.embeddings], dtype=np.float32)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
+    def embed_chunks(self, items: Sequence[ItemLike], *, chunking: Mapping[str, Any], dimensions: int | None = None,
+                     encoding: str = "float32", normalize: bool = True, instruction: str | None = None,
+                     timeout: float | None = None) -> list[list[Chunk]]:
+        """Each item split by ``chunking`` (docs/documents.md): per item, its chunks in order."""
+        options = _options(dimensions, encoding, normalize, instruction, chunking=chunking)
+        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+        resp = self._call(self.stub.Embed, request, _timeout(timeout))
+        return [chunks_of(c) for c in resp.chunks]
+
     def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                top_k: int | None = None, allow_partial: bool = False, timeout: float | None = None) -> RerankResult:
         request = _rerank_request(query, documents, instruction, top_k, allow_partial)
@@ -433,17 +484,19 @@ class Client(_Base):
 
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                      normalize: bool = True, instruction: str | None = None, max_in_flight: int = 256,
-                     timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
+                     timeout: float | None = None, chunking: Mapping[str, Any] | None = None,
+                     ) -> Iterator[np.ndarray | list[Chunk] | ItemFailure]:
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
-        A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
+        With ``chunking``, each item's result is its list of ``Chunk``s. A bad item yields an
+        ``ItemFailure`` and the stream goes on. When the stream fails with
         UNAVAILABLE, RESOURCE_EXHAUSTED or CANCELLED (its replica died, refused it or shut down), or
         the replica answers items as not ready (``not_ready``), a new stream (round_robin: another
         replica) sends the unanswered items again, up to ``retries`` times in a row without an answer; after that the
         failure raises (items not yet answered were not embedded). A stream that answers nothing
         for ``stall_timeout`` seconds while items are outstanding raises at once.
         """
-        options = _options(dimensions, encoding, normalize, instruction)
+        options = _options(dimensions, encoding, normalize, instruction, chunking=chunking)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
         books = _StreamBooks()
         source = iter(items)
@@ -579,6 +632,14 @@ class AsyncClient(_Base):
         resp = await self._call(self.stub.Embed, request, _timeout(timeout))
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
+    async def embed_chunks(self, items: Sequence[ItemLike], *, chunking: Mapping[str, Any],
+                           dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
+                           instruction: str | None = None, timeout: float | None = None) -> list[list[Chunk]]:
+        options = _options(dimensions, encoding, normalize, instruction, chunking=chunking)
+        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+        resp = await self._call(self.stub.Embed, request, _timeout(timeout))
+        return [chunks_of(c) for c in resp.chunks]
+
     async def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                      top_k: int | None = None, allow_partial: bool = False,
                      timeout: float | None = None) -> RerankResult:
@@ -588,10 +649,11 @@ class AsyncClient(_Base):
     async def embed_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
                            instruction: str | None = None, max_in_flight: int = 256,
-                           timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
+                           timeout: float | None = None, chunking: Mapping[str, Any] | None = None,
+                           ) -> AsyncIterator[np.ndarray | list[Chunk] | ItemFailure]:
         """As ``Client.embed_stream`` (without the stall timeout): unanswered items are sent again
         on a new stream after UNAVAILABLE (or as ``RETRY`` says), up to ``retries`` times in a row."""
-        options = _options(dimensions, encoding, normalize, instruction)
+        options = _options(dimensions, encoding, normalize, instruction, chunking=chunking)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
 
         async def each() -> AsyncIterator[ItemLike]:
