@@ -53,7 +53,8 @@ def test_configurations_and_their_refusals() -> None:
                                                                                          overlap=64)
     assert chunking_from_spec("video:10:2") == Chunking("video", seconds=10, overlap=2)
     assert chunking_from_spec("pages:50") == Chunking("pages", max_pages=50)
-    for bad in [{"type": "text"}, {"type": "video", "seconds": "10"}, {"type": "pages", "every": 2}, ["pages"]]:
+    for bad in [{"type": "text"}, {"type": "video", "seconds": "10"}, {"type": "pages", "every": 2}, ["pages"],
+                {"type": "text", "tokens": math.nan}, {"type": "text", "tokens": 1e300}]:
         with pytest.raises(InputError):
             chunking_from_json(bad)
     for config in [Chunking("text", tokens=4), Chunking("text", tokens=10_000), Chunking("video", seconds=5, overlap=5),

@@ -25,6 +25,7 @@ from vectorizer_service.core.vector_encoding import EncodedVector
 Kind = Literal["pages", "video", "text"]
 Locator = dict[str, float | int]
 MIN_PASSAGE_TOKENS = 8
+MAX_NUMBER = 1e9  # a chunking's numbers: past this one is a mistake, and its digits are no message
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,12 @@ def chunking_from_json(value: Any) -> Chunking | None:
     unknown = set(value) - allowed[kind] - {"type"}
     if unknown:
         raise InputError(f"chunking {kind}: unknown keys {sorted(unknown)} (expected {sorted(allowed[kind])})")
-    for key in allowed[kind] & set(value):
-        if isinstance(value[key], bool) or not isinstance(value[key], int | float):
-            raise InputError(f"chunking {kind}: {key} must be a number, got {value[key]!r}")
+    for key in sorted(allowed[kind] & set(value)):
+        number = value[key]
+        if isinstance(number, bool) or not isinstance(number, int | float) or not math.isfinite(number):
+            raise InputError(f"chunking {kind}: {key} must be a finite number, got {number!r}")
+        if abs(number) > MAX_NUMBER:
+            raise InputError(f"chunking {kind}: {key} is out of range (at most {MAX_NUMBER:g})")
     if kind == "video":
         if "seconds" not in value:
             raise InputError("chunking video: seconds is required")
