@@ -25,7 +25,7 @@ from qvl_devtools.bench.models import TINY_DIR
 from qvl_devtools.launchers.service import ServiceProcess
 from vectorizer_service.core.batch_planning import PAGE_GROUP
 from vectorizer_service.core.settings import Settings
-from vectorizer_service.model.renderer_pool import RendererPool
+from vectorizer_service.model.renderer_pool import JobTime, RendererPool
 
 LETTER = (612, 792)  # points: one pixel a point in the PDF Pillow writes
 ROUNDS = 2
@@ -82,7 +82,8 @@ def _render_all(pool: RendererPool, data: bytes, pages: int, workers: int) -> li
     deadline = time.monotonic() + 3600
     digest = hashlib.blake2b(data, digest_size=16).hexdigest()
     with ThreadPoolExecutor(workers) as threads:
-        drawn = list(threads.map(lambda group: pool.render(data, digest, group, deadline, "document"), groups))
+        drawn = list(threads.map(lambda group: pool.render(data, digest, group, JobTime(3600, deadline), "document"),
+                                 groups))
     out = [page for group in drawn for page in group]
     assert all(isinstance(p, Image.Image) for p in out), [p for p in out if not isinstance(p, Image.Image)][:1]
     return out  # type: ignore[return-value]

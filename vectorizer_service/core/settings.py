@@ -81,8 +81,8 @@ class Settings(BaseSettings):
     max_document_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest PDF, refused before it is opened")
     max_document_pages: int = Field(1000, ge=1, description="Refuse PDFs with more pages (counted before rendering)")
     document_timeout_s: float = Field(
-        60.0, gt=0, description="Deadline of rendering one document's pages in one request; past it the renderer is "
-                                "killed and the pages fail")
+        60.0, gt=0, description="Rendering time one document's pages may take in one request (waits for the model "
+                                "not counted); past it the renderer is killed and the document fails")
     render_workers: int = Field(2, ge=1, le=64, description="PDF renderer processes (no model in them)")
     renderer_memory_bytes: int = Field(
         2 * 1024 * 1024 * 1024, ge=256 * 1024 * 1024,

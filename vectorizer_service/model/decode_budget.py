@@ -45,22 +45,30 @@ class DecodeBudget:
 
 
 class RequestDocuments:
-    """One request's documents: each one's deadline (the first time a document is opened starts
-    its ``QVL_DOCUMENT_TIMEOUT_S``: its pages may be drawn in several groups, on several
-    renderers) and its bytes with their digest, read once however many groups draw its pages."""
+    """One request's documents: each one's rendering time (``QVL_DOCUMENT_TIMEOUT_S`` in all, over
+    the groups its pages are drawn in, on any renderer: time spent waiting for the model between
+    groups is not counted, so a long document paced by the model is not cut short, while one that
+    makes PDFium loop is) and its bytes with their digest, read once however many groups draw it."""
 
     def __init__(self, settings: Settings, call_deadline: float | None) -> None:
         self.timeout = settings.document_timeout_s
         self.call_deadline = call_deadline
-        self.started: dict[int, float] = {}
+        self.spent: dict[int, float] = {}
         self.read: dict[int, tuple[bytes, str]] = {}
         self.lock = threading.Lock()
 
-    def deadline(self, source: object) -> float:
+    def left(self, source: object) -> float:
+        """Seconds of rendering ``source`` may still take in this request."""
         with self.lock:
-            started = self.started.setdefault(id(source), time.monotonic())
-        own = started + self.timeout
-        return own if self.call_deadline is None else min(own, self.call_deadline)
+            return max(self.timeout - self.spent.get(id(source), 0.0), 0.0)
+
+    @property
+    def call_ends(self) -> float:
+        return self.call_deadline if self.call_deadline is not None else time.monotonic() + 24 * 3600.0
+
+    def charge(self, source: object, seconds: float) -> None:
+        with self.lock:
+            self.spent[id(source)] = self.spent.get(id(source), 0.0) + seconds
 
     def data(self, source: object, read: Callable[[], bytes]) -> tuple[bytes, str]:
         """The document's bytes and digest (``read`` at most once per source, unless it raised)."""

@@ -13,7 +13,7 @@ from vectorizer_service.core.parts import SourceFacts
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.model.decode_budget import RequestDocuments
 from vectorizer_service.model.media import read_source
-from vectorizer_service.model.renderer_pool import RendererPool
+from vectorizer_service.model.renderer_pool import JobTime, RendererPool
 
 
 def read_document(src: Any, settings: Settings, what: str) -> bytes:
@@ -45,12 +45,20 @@ class Documents:
 
     def facts(self, source: Any, books: RequestDocuments, what: str) -> SourceFacts:
         data, digest = books.data(source, lambda: read_document(source, self.settings, what))
-        return SourceFacts(pages=self.pool.count_pages(data, digest, books.deadline(source), what))
+        job = JobTime(books.left(source), books.call_ends)
+        try:
+            return SourceFacts(pages=self.pool.count_pages(data, digest, job, what))
+        finally:
+            books.charge(source, job.used)
 
     def pages(self, source: Any, numbers: list[int], books: RequestDocuments,
               what: str) -> list[Image.Image | InputError]:
         data, digest = books.data(source, lambda: read_document(source, self.settings, what))
-        return self.pool.render(data, digest, numbers, books.deadline(source), what)
+        job = JobTime(books.left(source), books.call_ends)
+        try:
+            return self.pool.render(data, digest, numbers, job, what)
+        finally:
+            books.charge(source, job.used)
 
     def close(self) -> None:
         self.pool.close()

@@ -19,6 +19,7 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 
 from PIL import Image
 
@@ -30,6 +31,16 @@ from vectorizer_service.model.media import MAX_ASPECT_RATIO
 log = logging.getLogger("qvl.renderer_pool")
 # An answer's header and pixels (a page is at most QVL_IMAGE_MAX_PIXELS RGB pixels).
 PIXEL_BYTES = 3
+
+
+@dataclass
+class JobTime:
+    """A renderer job's time: at most ``seconds`` of rendering (what is left of the document's),
+    ending by the call's deadline; ``used`` is what it took, once it is done."""
+
+    seconds: float
+    call_deadline: float
+    used: float = 0.0
 
 
 class _Renderer:
@@ -95,17 +106,17 @@ class RendererPool:
             renderer.kill()
 
     # -- documents ----------------------------------------------------------------------------------
-    def count_pages(self, data: bytes, digest: str, deadline: float, what: str) -> int:
+    def count_pages(self, data: bytes, digest: str, job: JobTime, what: str) -> int:
         """The document's page count (opened, never rendered); refusals name the reason."""
-        pages, _ = self._ask(data, digest, [], deadline, what)
+        pages, _ = self._ask(data, digest, [], job, what)
         return pages
 
-    def render(self, data: bytes, digest: str, pages: list[int], deadline: float,
+    def render(self, data: bytes, digest: str, pages: list[int], job: JobTime,
                what: str) -> list[Image.Image | InputError]:
         """The pages (1-based), each drawn to fit ``QVL_IMAGE_MAX_PIXELS``; a page that cannot be
         drawn is its own error, a document that cannot be opened raises. ``digest`` names the
         bytes: a renderer that holds them already is not sent them again."""
-        _, out = self._ask(data, digest, pages, deadline, what)
+        _, out = self._ask(data, digest, pages, job, what)
         return out
 
     def _take_for(self, digest: str, deadline: float) -> _Renderer:
@@ -116,23 +127,29 @@ class RendererPool:
                     return self.idle.pop(k)
         return self._take(deadline)
 
-    def _ask(self, data: bytes, digest: str, pages: list[int], deadline: float,
+    def _ask(self, data: bytes, digest: str, pages: list[int], job: JobTime,
              what: str) -> tuple[int, list[Image.Image | InputError]]:
         s = self.settings
         request = {"max_pages": s.max_document_pages, "render": pages, "dpi": s.document_dpi,
                    "max_pixels": s.image_max_pixels, "max_ratio": MAX_ASPECT_RATIO, "key": digest}
-        renderer = self._take_for(digest, deadline)
+        if job.seconds <= 0:
+            raise self._too_long(what)
+        renderer = self._take_for(digest, job.call_deadline)  # waiting for a renderer is not the document's time
+        started = time.monotonic()
+        deadline = min(started + job.seconds, job.call_deadline)
+        by_call = job.call_deadline < started + job.seconds
         healthy = False
         try:
             pdf_renderer.send(renderer.sock, request, b"" if renderer.holding == digest else data)
             renderer.holding = digest
-            header, _ = self._receive(renderer, deadline, what)
+            header, _ = self._receive(renderer, deadline, by_call, what)
             healthy = True  # it answered: a refusal of the document leaves it fit for the next one
             count = self._count(header, what)
             healthy = False
-            out = [self._page(*self._receive(renderer, deadline, what), what) for _ in pages]
+            out = [self._page(*self._receive(renderer, deadline, by_call, what), what) for _ in pages]
             healthy = True
         finally:
+            job.used = time.monotonic() - started
             if healthy:
                 self._give_back(renderer)
             else:
@@ -140,9 +157,15 @@ class RendererPool:
                 renderer.kill()
         return count, out
 
-    def _receive(self, renderer: _Renderer, deadline: float, what: str) -> tuple[dict, bytes]:
-        """The renderer's next answer, before the deadline; a renderer that dies or misses it is
-        killed, and the document fails with the reason."""
+    def _too_long(self, what: str) -> InputError:
+        timeout = self.settings.document_timeout_s
+        return InputError(f"{what}: rendering did not finish within the document deadline of {timeout} s; the file "
+                          "may be crafted to make PDFium loop", limit="QVL_DOCUMENT_TIMEOUT_S")
+
+    def _receive(self, renderer: _Renderer, deadline: float, by_call: bool, what: str) -> tuple[dict, bytes]:
+        """The renderer's next answer, before the deadline (the document's, or the call's when
+        ``by_call``); a renderer that dies or misses it is killed, and the document fails with the
+        reason."""
         left = deadline - time.monotonic()
         try:
             if left <= 0:
@@ -152,9 +175,9 @@ class RendererPool:
         except TimeoutError:
             ended = renderer.kill()
             log.error("a PDF renderer missed its deadline and was killed", extra={"ended": ended})
-            timeout = self.settings.document_timeout_s
-            raise InputError(f"{what}: rendering did not finish within the document deadline of {timeout} s; the "
-                             "file may be crafted to make PDFium loop", limit="QVL_DOCUMENT_TIMEOUT_S") from None
+            if by_call:
+                raise DeadlineError("the deadline passed while the document's pages were drawn") from None
+            raise self._too_long(what) from None
         except (EOFError, OSError, ValueError):
             ended = renderer.kill()
             log.error("a PDF renderer died", extra={"ended": ended})

@@ -253,3 +253,15 @@ def test_renderers_are_processes_beside_the_model_holding_no_model(doc_service: 
         with open(f"/proc/{pid}/maps") as fh:
             maps = fh.read()
         assert "libtorch" not in maps and "pdfium" in maps
+
+
+def test_the_document_deadline_counts_rendering_not_waiting_for_the_model() -> None:
+    """A long document's pages are drawn as the model takes them (decoding pauses while prepared
+    tensors are over budget): the time spent waiting between its page groups is not the document's
+    rendering time, so a slow model never cuts a long document short."""
+    env = {"QVL_DOCUMENT_TIMEOUT_S": "1.5", "QVL_MIN_WAIT_MS": "600", "QVL_PREPARED_MAX_BYTES": "1"}
+    with ServiceProcess(env=env, reranker_model=None) as svc:
+        pdf = pdf_of(pictures(20, size=(48, 48), seed=3))
+        # 5 groups of 4 pages, each drawn once the model has taken the one before (0.6 s a batch)
+        answer = embed(svc, [{"document": b64(pdf)}], chunking={"type": "pages"})
+        assert [c["locator"]["page"] for c in answer["chunks"][0]] == list(range(1, 21))
