@@ -22,6 +22,7 @@ from vectorizer_service.api.item_codecs import (
 )
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import InputError, QvlError
+from vectorizer_service.core.items import Item
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.dispatcher import Dispatcher
@@ -79,18 +80,8 @@ class EmbedStreamSession:
                 except InputError as err:
                     outs[m.seq] = _stream_error(m.seq, err)
             try:
-                chunking = chunking_from_proto(options)
-                if items and chunking is not None:
-                    chunked = await self.dispatcher.embed_chunks(items, embed_options(options), chunking, self.ctx,
-                                                                 wait_for_capacity=True)
-                    for seq, result in zip(seqs, chunked, strict=True):
-                        outs[seq] = (_stream_error(seq, result) if isinstance(result, QvlError)
-                                     else pb.EmbedStreamResult(seq=seq, chunks=chunks_to_proto(result)))
-                elif items:
-                    rows = await self.dispatcher.embed(items, embed_options(options), self.ctx, wait_for_capacity=True)
-                    for seq, row in zip(seqs, rows, strict=True):
-                        outs[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)
-                                     else pb.EmbedStreamResult(seq=seq, embedding=embedding_to_proto(row)))
+                if items:
+                    outs.update(await self._embed_group(items, seqs, options))
             except QvlError as err:  # the group as a whole (options, deadline, draining)
                 for seq in seqs:
                     outs[seq] = _stream_error(seq, err)
@@ -142,6 +133,24 @@ class EmbedStreamSession:
                 task.cancel()
             wire.release(self.held)  # read ahead and never answered (the caller went away)
             self.held = 0
+
+    async def _embed_group(self, items: list[Item], seqs: list[int],
+                           options: pb.EmbedOptions) -> dict[int, pb.EmbedStreamResult]:
+        """One result per item: its embedding, or with ``options.chunking`` its chunks."""
+        chunking = chunking_from_proto(options)
+        out: dict[int, pb.EmbedStreamResult] = {}
+        if chunking is not None:
+            chunked = await self.dispatcher.embed_chunks(items, embed_options(options), chunking, self.ctx,
+                                                         wait_for_capacity=True)
+            for seq, result in zip(seqs, chunked, strict=True):
+                out[seq] = (_stream_error(seq, result) if isinstance(result, QvlError)
+                            else pb.EmbedStreamResult(seq=seq, chunks=chunks_to_proto(result)))
+            return out
+        rows = await self.dispatcher.embed(items, embed_options(options), self.ctx, wait_for_capacity=True)
+        for seq, row in zip(seqs, rows, strict=True):
+            out[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)
+                        else pb.EmbedStreamResult(seq=seq, embedding=embedding_to_proto(row)))
+        return out
 
 
 def _stream_error(seq: int, err: QvlError) -> pb.EmbedStreamResult:
