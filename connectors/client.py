@@ -11,8 +11,10 @@ idempotent (the same item gives the same vector on any replica running the same 
 retrying is safe, and each result is handed on exactly once.
 
 Items are dicts: ``{"text": str | [str], "image": bytes | [bytes], "video": bytes,
-"frames": [bytes], "image_uri": str | [str], "video_uri": str, "instruction": str}``, or a
-plain string for a text item.
+"frames": [bytes], "image_uri": str | [str], "video_uri": str, "document": bytes (a PDF),
+"document_uri": str, "page": int, "start_s": float, "end_s": float, "instruction": str}``, or a
+plain string for a text item (``page`` selects a page of the document, ``start_s`` / ``end_s`` a
+span of the video file: docs/documents.md).
 """
 
 from __future__ import annotations
@@ -38,7 +40,8 @@ ItemLike = str | Mapping[str, Any]
 ENCODINGS = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "binary": pb.BINARY}
 # Text past the service's QVL_EMBED_MAX_LENGTH: refused ("none"), or cut at the "start" or the "end".
 TRUNCATE = {"end": pb.TRUNCATE_END, "none": pb.TRUNCATE_NONE, "start": pb.TRUNCATE_START}
-ITEM_KEYS = ("text", "image", "video", "frames", "image_uri", "video_uri", "instruction")
+ITEM_KEYS = ("text", "image", "video", "frames", "image_uri", "video_uri", "document", "document_uri", "page",
+             "start_s", "end_s", "instruction")
 TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
 MAX_MESSAGE = 256 * 1024 * 1024
 # A call or stream that failed with these is sent again (another replica, or the same one back).
@@ -172,25 +175,31 @@ def to_item(item: ItemLike, index: int | None = None, *, what: str | None = None
     key = ""
     try:
         # Videos, images, then texts: the order of the item's parts in the model's prompt.
-        for key in ("video", "frames", "video_uri", "image", "image_uri", "text"):
-            parts += _parts(key, item.get(key))
+        for key in ("video", "frames", "video_uri", "image", "image_uri", "document", "document_uri", "text"):
+            parts += _parts(key, item.get(key), item)
         key = "instruction"
         return pb.Item(parts=parts, instruction=item.get("instruction"))
     except (TypeError, ValueError):  # a value of the wrong type (protobuf's own words name no key)
         raise InvalidArgument(f"{where}: {key!r} {_expected(key)}, got {_kind(item.get(key))}", index) from None
 
 
-def _parts(key: str, value: Any) -> list[pb.Part]:
+def _parts(key: str, value: Any, item: Mapping[str, Any]) -> list[pb.Part]:
     if value is None:
         return []
+    span = {k: item[k] for k in ("start_s", "end_s") if item.get(k) is not None}  # a video file's span
+    page = {"page": item["page"]} if item.get("page") is not None else {}  # a document's page (1-based)
     if key == "video":
-        return [pb.Part(video=_bytes(value))]
+        return [pb.Part(video=_bytes(value), **span)]
     if key == "frames":
         if isinstance(value, bytes | bytearray | memoryview | str):
             raise TypeError("frames are a list of encoded images")
         return [pb.Part(frames=pb.Frames(frames=[_bytes(f) for f in value]))]
     if key == "video_uri":
-        return [pb.Part(video_uri=value)]
+        return [pb.Part(video_uri=value, **span)]
+    if key == "document":
+        return [pb.Part(document=_bytes(value), **page)]
+    if key == "document_uri":
+        return [pb.Part(document_uri=value, **page)]
     if key == "image":
         return [pb.Part(image=_bytes(b)) for b in as_list(value)]
     if key == "image_uri":
@@ -206,7 +215,7 @@ def _bytes(value: Any) -> bytes:
 
 def _expected(key: str) -> str:
     return {"video": "takes the bytes of a video file", "frames": "takes a list of encoded images (bytes)",
-            "image": "takes the bytes of an image file, or a list of them",
+            "image": "takes the bytes of an image file, or a list of them", "document": "takes the bytes of a PDF file",
             "text": "takes a str or a list of str", "instruction": "takes a str"}.get(key, "takes a str")
 
 
@@ -225,6 +234,36 @@ def _truncated(resp: pb.EmbedResponse) -> dict[int, int]:
     return {i: e.truncated_tokens for i, e in enumerate(resp.embeddings) if e.truncated_tokens}
 
 
+
+
+@dataclass
+class Chunk:
+    """One part of an item split by chunking: its vector, and where it lies in the source
+    (``{"page": n}``, ``{"start_s", "end_s"}`` or ``{"char_start", "char_end"}``)."""
+
+    vector: np.ndarray
+    locator: dict[str, float | int]
+
+
+def chunking_message(chunking: Mapping[str, Any]) -> pb.Chunking:
+    """``{"type": "pages", "max_pages"?}``, ``{"type": "video", "seconds", "overlap"?}`` or
+    ``{"type": "text", "tokens", "overlap"?}`` (the HTTP API's form) as the proto's."""
+    config = dict(chunking)
+    kind = config.pop("type", None)
+    messages = {"pages": pb.PageChunking, "video": pb.VideoChunking, "text": pb.TextChunking}
+    if kind not in messages:
+        raise InvalidArgument(f"chunking type must be pages, video or text, got {kind!r}")
+    try:
+        return pb.Chunking(**{kind: messages[kind](**config)})
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"chunking {kind}: {exc}") from None
+
+
+def chunks_of(message: pb.Chunks) -> list[Chunk]:
+    return [Chunk(embedding_array(c.embedding),
+                  {field.name: value for field, value in c.locator.ListFields()}) for c in message.chunks]
+
+
 def embedding_array(e: pb.Embedding) -> np.ndarray:
     """float32/float16 as float arrays, int8 as int8 (scale in ``Client.last_scales``), binary as packed uint8."""
     if e.encoding == pb.FLOAT32:
@@ -237,7 +276,8 @@ def embedding_array(e: pb.Embedding) -> np.ndarray:
 
 
 def _options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
-             allow_partial: bool = False, truncate: str = "end") -> pb.EmbedOptions:
+             allow_partial: bool = False, truncate: str = "end",
+             chunking: Mapping[str, Any] | None = None) -> pb.EmbedOptions:
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
     if truncate not in TRUNCATE:
@@ -246,7 +286,8 @@ def _options(dimensions: int | None, encoding: str, normalize: bool, instruction
         dimensions = _whole("dimensions", dimensions, least=1,
                             note=" (the service accepts 32 up to its model's size)")
     return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
-                           instruction=instruction, allow_partial=allow_partial, truncate=TRUNCATE[truncate])
+                           instruction=instruction, allow_partial=allow_partial, truncate=TRUNCATE[truncate],
+                           chunking=None if chunking is None else chunking_message(chunking))
 
 
 def _rerank_request(query: ItemLike, documents: Sequence[ItemLike], instruction: str | None, top_k: int | None,
@@ -330,13 +371,15 @@ class _InOrder:
     """Stream results (which arrive in any order) handed back in input order."""
 
     def __init__(self) -> None:
-        self.pending: dict[int, np.ndarray | ItemFailure] = {}
+        self.pending: dict[int, np.ndarray | list[Chunk] | ItemFailure] = {}
         self.next = 0
 
-    def add(self, result: pb.EmbedStreamResult) -> list[np.ndarray | ItemFailure]:
+    def add(self, result: pb.EmbedStreamResult) -> list[np.ndarray | list[Chunk] | ItemFailure]:
         if result.HasField("error"):
             self.pending[result.seq] = ItemFailure(int(result.seq), result.error.message, result.error.code,
                                                    result.error.limit or None, reason_name(result.error.reason))
+        elif result.HasField("chunks"):
+            self.pending[result.seq] = chunks_of(result.chunks)
         else:
             self.pending[result.seq] = embedding_array(result.embedding)
         ready = []
@@ -496,6 +539,15 @@ class Client(_Base):
         self.last_truncated = _truncated(resp)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
+    def embed_chunks(self, items: Sequence[ItemLike], *, chunking: Mapping[str, Any], dimensions: int | None = None,
+                     encoding: str = "float32", normalize: bool = True, instruction: str | None = None,
+                     timeout: float | None = None) -> list[list[Chunk]]:
+        """Each item split by ``chunking`` (docs/documents.md): per item, its chunks in order."""
+        options = _options(dimensions, encoding, normalize, instruction, chunking=chunking)
+        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+        resp = self._call(self.stub.Embed, request, _timeout(timeout))
+        return [chunks_of(c) for c in resp.chunks]
+
     def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                top_k: int | None = None, allow_partial: bool = False, timeout: float | None = None) -> RerankResult:
         request = _rerank_request(query, documents, instruction, top_k, allow_partial)
@@ -503,10 +555,13 @@ class Client(_Base):
 
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                      normalize: bool = True, instruction: str | None = None, truncate: str = "end",
-                     max_in_flight: int = 256, timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
+                     max_in_flight: int = 256, timeout: float | None = None,
+                     chunking: Mapping[str, Any] | None = None,
+                     ) -> Iterator[np.ndarray | list[Chunk] | ItemFailure]:
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
-        A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
+        With ``chunking``, each item's result is its list of ``Chunk``s. A bad item yields an
+        ``ItemFailure`` and the stream goes on. When the stream fails with
         UNAVAILABLE, RESOURCE_EXHAUSTED or CANCELLED (its replica died, refused it or shut down), or
         the replica answers items as not ready (``not_ready``), a new stream (round_robin: another
         replica) sends the unanswered items again, up to ``retries`` times in a row without an answer; after that the
@@ -516,7 +571,7 @@ class Client(_Base):
         once the items before it are handed on. ``truncate`` as in ``embed`` (a refused item is an
         ``ItemFailure`` with ``limit``).
         """
-        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
         books = _StreamBooks()
         source = iter(items)
@@ -655,6 +710,14 @@ class AsyncClient(_Base):
         self.last_truncated = _truncated(resp)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
+    async def embed_chunks(self, items: Sequence[ItemLike], *, chunking: Mapping[str, Any],
+                           dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
+                           instruction: str | None = None, timeout: float | None = None) -> list[list[Chunk]]:
+        options = _options(dimensions, encoding, normalize, instruction, chunking=chunking)
+        request = pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+        resp = await self._call(self.stub.Embed, request, _timeout(timeout))
+        return [chunks_of(c) for c in resp.chunks]
+
     async def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                      top_k: int | None = None, allow_partial: bool = False,
                      timeout: float | None = None) -> RerankResult:
@@ -664,10 +727,11 @@ class AsyncClient(_Base):
     async def embed_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
                            instruction: str | None = None, truncate: str = "end", max_in_flight: int = 256,
-                           timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
+                           timeout: float | None = None, chunking: Mapping[str, Any] | None = None,
+                           ) -> AsyncIterator[np.ndarray | list[Chunk] | ItemFailure]:
         """As ``Client.embed_stream`` (without the stall timeout): unanswered items are sent again
         on a new stream after UNAVAILABLE (or as ``RETRY`` says), up to ``retries`` times in a row."""
-        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
 
         async def each() -> AsyncIterator[ItemLike]:

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from connectors.progress import Progress
+from vectorizer_service.core.chunking import Chunking, chunking_from_spec
 from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.items import Item, item_from_local_json
 from vectorizer_service.core.settings import Settings
@@ -123,9 +124,19 @@ def _check_embed_flags(args: argparse.Namespace) -> None:
                          f"got {args.dimensions}")
 
 
+def _chunking(spec: str | None) -> Chunking | None:
+    if spec is None:
+        return None
+    try:
+        return chunking_from_spec(spec)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def embed_lines(args: argparse.Namespace) -> int:
     try:
         _check_embed_flags(args)
+        chunking = _chunking(getattr(args, "chunk", None))
     except UsageError as err:
         return refuse("embed", err)
     # Only now: importing the model side (torch) takes seconds, which a refused flag need not wait for.
@@ -149,8 +160,11 @@ def embed_lines(args: argparse.Namespace) -> int:
                 except InputError as exc:
                     parsed.append(exc)
             good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
-            results = embedder.embed([parsed[i] for i in good], instruction=args.instruction,  # type: ignore[misc]
-                                     dimensions=args.dimensions, encoding=args.encoding, truncate=args.truncate)
+            options = {"instruction": args.instruction, "dimensions": args.dimensions, "encoding": args.encoding,
+                       "truncate": args.truncate}
+            results: list[Any] = (
+                embedder.embed([parsed[i] for i in good], **options) if chunking is None  # type: ignore[misc]
+                else embedder.embed_chunks([parsed[i] for i in good], chunking, **options))  # type: ignore[misc]
             out: list[Any] = list(parsed)
             for i, r in zip(good, results, strict=True):
                 out[i] = r
@@ -159,6 +173,9 @@ def embed_lines(args: argparse.Namespace) -> int:
                 if isinstance(r, QvlError):
                     failed += 1
                     dst.write(json.dumps(_line_error(r, number)) + "\n")
+                elif chunking is not None:
+                    chunks = [{**vector_json(c.vector), "locator": c.locator} for c in r]
+                    dst.write(json.dumps({"chunks": chunks}) + "\n")
                 else:
                     row = vector_json(r)
                     if r.cut:

@@ -14,6 +14,7 @@ import numpy as np
 
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.items import Item
+from vectorizer_service.core.parts import DocumentPage, SourceFacts, VideoClip
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,7 +25,7 @@ class CutRow:
     cut: int
 
 
-RowValue = np.ndarray | float | QvlError | CutRow
+RowValue = np.ndarray | float | SourceFacts | QvlError | CutRow
 Row = tuple[int, int, RowValue]  # (request id, index in the request, value)
 
 
@@ -50,6 +51,16 @@ class RerankCall:
 
 
 @dataclass(frozen=True, slots=True)
+class ProbeCall:
+    """Chunking's first step: read each source's page count or length (a row of ``SourceFacts``
+    each), where documents and videos are opened: in the model process and its renderers."""
+
+    rid: int
+    deadline: float
+    entries: list[tuple[int, DocumentPage | VideoClip]]  # (index in the request, the whole source)
+
+
+@dataclass(frozen=True, slots=True)
 class Cancel:
     """The caller went away: drop the request's sequences before compute."""
 
@@ -61,7 +72,7 @@ class Stop:
     """Finish: the request process has drained (or is going away)."""
 
 
-ToModelProcess = EmbedCall | RerankCall | Cancel | Stop
+ToModelProcess = EmbedCall | RerankCall | ProbeCall | Cancel | Stop
 
 
 # -- model process -> request process ------------------------------------------------------------

@@ -80,6 +80,21 @@ class Settings(BaseSettings):
     video_codecs: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "gif"],
         description="Comma-separated FFmpeg decoders allowed for video files (others are refused before decoding)")
+    # Documents (PDF pages) and parts of sources (docs/documents.md).
+    document_dpi: float = Field(
+        96.0, gt=0, le=600, description="Resolution PDF pages are drawn at; a page larger than QVL_IMAGE_MAX_PIXELS "
+                                        "at it is drawn smaller, to fit")
+    max_document_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest PDF, refused before it is opened")
+    max_document_pages: int = Field(1000, ge=1, description="Refuse PDFs with more pages (counted before rendering)")
+    document_timeout_s: float = Field(
+        60.0, gt=0, description="Rendering time one document's pages may take in one request (waits for the model "
+                                "not counted); past it the renderer is killed and the document fails")
+    render_workers: int = Field(2, ge=1, le=64, description="PDF renderer processes (no model in them)")
+    renderer_memory_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=256 * 1024 * 1024,
+        description="Address space one renderer process may map (a PDF that needs more fails alone)")
+    max_video_windows: int = Field(720, ge=1, description="Most windows one video is cut into by chunking")
+    max_text_passages: int = Field(1024, ge=1, description="Most passages one text is cut into by chunking")
     max_images_per_item: int = Field(32, description="Most images in one item")
     max_videos_per_item: int = Field(4, description="Most videos in one item")
     max_text_chars: int = Field(200_000, description="Longest text part, in characters")

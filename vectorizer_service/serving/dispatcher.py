@@ -17,12 +17,16 @@ import numpy as np
 
 from vectorizer_service.core.batch_planning import is_small_text
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
+from vectorizer_service.core.chunk_plans import ChunkTarget, Part, chunk_target, expand
+from vectorizer_service.core.chunking import Chunking, ChunkVector, Passages
 from vectorizer_service.core.errors import DeadlineError, InputError, NotReadyError, QvlError
 from vectorizer_service.core.items import Item, check_item_count, check_unicode
+from vectorizer_service.core.parts import DocumentPage, VideoClip
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
     CutRow,
     EmbedCall,
+    ProbeCall,
     RerankCall,
     RowValue,
     ServedModel,
@@ -41,13 +45,21 @@ from vectorizer_service.serving.model_process_link import ModelProcessLink
 STUCK_MARGIN_S = 30.0
 
 
+def _placed(err: QvlError, index: int) -> QvlError:
+    """A part's error as its item's (the part was an item of the expanded call)."""
+    return err.at(item=index) if isinstance(err, InputError) else err
+
+
 def _media_bytes(item: Item) -> int:
-    size = sum(len(p) for p in item.images if isinstance(p, bytes | bytearray))
-    for v in item.videos:
-        if isinstance(v, bytes | bytearray):
-            size += len(v)
-        elif isinstance(v, list):
-            size += sum(len(f) for f in v if isinstance(f, bytes | bytearray))
+    """Raw media bytes of an item (a document's or a video's bytes once, however many parts use it)."""
+    size = 0
+    for p in (*item.images, *item.videos):
+        if isinstance(p, DocumentPage | VideoClip):
+            p = p.source
+        if isinstance(p, bytes | bytearray):
+            size += len(p)
+        elif isinstance(p, list):
+            size += sum(len(f) for f in p if isinstance(f, bytes | bytearray))
     return size
 
 
@@ -64,6 +76,7 @@ class Dispatcher:
         self.admission = Admission(settings)
         self.models: dict[str, ServedModel] = {}  # task -> what the model process serves
         self.text: dict[str, TextEncoder] = {}
+        self.passages: Passages | None = None  # text chunking, with the embedding model's tokenizer
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -72,6 +85,8 @@ class Dispatcher:
         self.failing_batches = 0
         self.models = ready.models
         self.text = {task: TextEncoder.from_dict(m.text) for task, m in self.models.items()}
+        if "embed" in self.text:
+            self.passages = Passages(self.text["embed"].backend)
         self.admission.accepting = True
 
     def _batch_done(self, stats: BatchStats) -> None:
@@ -149,6 +164,68 @@ class Dispatcher:
                             encoding=options.encoding, normalize=options.normalize)
         vec.cut = cut
         return vec
+
+    async def embed_chunks(self, items: Sequence[Item], options: EmbedOptions, chunking: Chunking, ctx: CallContext,
+                           *, wait_for_capacity: bool = False) -> list[list[ChunkVector] | QvlError]:
+        """Each item split by ``chunking`` (``core.chunk_plans``); its parts are embedded like
+        items, batched with everything else. An item whose split or any part fails gets that error."""
+        model = self._need("embed", "embedding")
+        check_options(options.dimensions, options.encoding, model.hidden_size)
+        check_truncate(options.truncate)
+        chunking.check(self.settings)
+        if options.instruction is not None:
+            check_unicode(options.instruction, "instruction")
+        check_item_count(len(items), self.settings)
+        nbytes = sum(_media_bytes(i) for i in items)
+        async with self.admission.permit(len(items), nbytes, wait=wait_for_capacity, ctx=ctx):
+            plans = await self._plan_chunks(list(items), chunking, ctx)
+        parts = [part for plan in plans if not isinstance(plan, QvlError) for part in plan]
+        rows: list[RowValue | None] = []
+        if parts:
+            async with self.admission.permit(len(parts), nbytes, wait=wait_for_capacity, ctx=ctx):
+                rows = await self._embed_rows([item for item, _ in parts], options.instruction, options.truncate,
+                                              ctx)
+        out: list[list[ChunkVector] | QvlError] = []
+        at = iter(zip(parts, rows, strict=True))
+        for i, plan in enumerate(plans):
+            if isinstance(plan, QvlError):
+                out.append(plan)
+                continue
+            chunks = [(locator, row) for (_, locator), row in (next(at) for _ in plan)]
+            failed = next((row for _, row in chunks if isinstance(row, QvlError)), None)
+            out.append(_placed(failed, i) if failed is not None else [
+                ChunkVector(self._vector(row, options), locator) for locator, row in chunks])
+        return out
+
+    async def _plan_chunks(self, items: list[Item], chunking: Chunking,
+                           ctx: CallContext) -> list[list[Part] | QvlError]:
+        """Each item's parts; the sources that must be opened first are read in one probe call."""
+        targets: list[ChunkTarget | QvlError] = []
+        for i, item in enumerate(items):
+            try:
+                targets.append(chunk_target(item, chunking))
+            except InputError as exc:
+                targets.append(exc.at(item=i))
+        probes = [(i, t.source) for i, t in enumerate(targets)
+                  if isinstance(t, ChunkTarget) and t.needs_facts and t.source is not None]
+        facts: list[RowValue | None] = [None] * len(items)
+        if probes:
+            facts = await self._call(len(items), len(probes), lambda rid: ProbeCall(rid, ctx.deadline, probes), ctx)
+        passages = self.passages
+
+        def expand_all() -> list[list[Part] | QvlError]:
+            out: list[list[Part] | QvlError] = []
+            for i, (item, target, fact) in enumerate(zip(items, targets, facts, strict=True)):
+                if isinstance(target, QvlError) or isinstance(fact, QvlError):
+                    out.append(target if isinstance(target, QvlError) else fact)  # type: ignore[arg-type]
+                    continue
+                try:
+                    out.append(expand(item, target, chunking, fact, passages, self.settings))  # type: ignore[arg-type]
+                except InputError as exc:
+                    out.append(exc.at(item=i))
+            return out
+
+        return await asyncio.to_thread(expand_all) if chunking.kind == "text" else expand_all()
 
     async def _embed_rows(self, items: list[Item], instruction: str | None, truncate: str,
                           ctx: CallContext) -> list[RowValue | None]:
