@@ -20,7 +20,7 @@ from vectorizer_service.core.items import Item
 from vectorizer_service.core.pipe_messages import EmbedCall, RerankCall
 from vectorizer_service.core.prompts import embedding_prompt, rerank_prompt
 from vectorizer_service.core.settings import DEFAULT_EMBED_INSTRUCTION, DEFAULT_RERANK_INSTRUCTION
-from vectorizer_service.core.text_encoding import TextEncoder
+from vectorizer_service.core.text_encoding import TextEncoder, TextIds
 from vectorizer_service.model.served_models import Models
 
 ROOT = Path(__file__).parents[2]
@@ -41,7 +41,7 @@ def test_the_fakes_text_stage_is_the_real_processors(models: Models) -> None:
         prompts += [rerank_prompt(Item(texts=["a query"]), Item(texts=[t]), None, DEFAULT_RERANK_INSTRUCTION)
                     for t in texts]
         assert fake.encode_texts(prompts) == real.encode_texts(prompts)
-        assert max(len(ids) for ids in fake.encode_texts(prompts) if isinstance(ids, list)) == max_length
+        assert max(len(t.ids) for t in fake.encode_texts(prompts) if isinstance(t, TextIds)) == max_length
         for text in ("a <|image_pad|> b", "<|vision_start|>"):
             assert str(_refusal(fake, text)) == str(_refusal(real, text))
 
