@@ -77,3 +77,36 @@ def test_cookbook_runs(conn: psycopg.Connection[Any], qvl_db: str, service: Serv
         assert cur.fetchall(), sql
     assert conn.execute("SELECT embedding IS NOT NULL FROM products WHERE id = 1").fetchone() == (True,)
     assert conn.execute("SELECT sum(pending) FROM qvl.vectorizer_status").fetchone() == (0,)
+
+
+def recipe(heading: str) -> str:
+    """The SQL block under the cookbook's ``### <heading>``."""
+    text = DOC.read_text(encoding="utf-8")
+    start = text.index(f"### {heading}")
+    return BLOCK.findall(text[start:text.index("\n## ", start)])[0][1]
+
+
+def test_binary_quantization_takes_the_vectors_width_and_skips_failed_rows(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess) -> None:
+    """The recipe's bits are as wide as the vectors (a cast to another width pads with zeros, or
+    cuts, without a word), and a row whose embedding failed (NULL) is not answered with a NULL
+    distance. Four photos and a broken one: fewer than the recipe's LIMIT 10."""
+    conn.execute(BLOCK.findall(DOC.read_text(encoding="utf-8"))[0][1])  # CREATE TABLE photos, its vectorizer
+    pics = images(4, offset=950)
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO photos VALUES (%s, %s, %s, %s)",
+                        [(i, f"photo {i}", pics[i], datetime.date(2024, 1, 1)) for i in range(4)]
+                        + [(4, "broken", b"not an image", datetime.date(2024, 1, 1))])
+    drain(qvl_db, service.grpc_target)
+    assert conn.execute("SELECT count(*) FROM qvl.failed_items('photos')").fetchone() == (1,)
+    width = conn.execute("SELECT vector_dims(embedding) FROM photos WHERE id = 0").fetchone()
+    assert width == (64,)  # the tiny test model
+
+    cur = conn.execute(recipe("Binary quantization with re-scoring"))
+    while cur.nextset():
+        pass
+    rows = cur.fetchall()
+    assert sorted(r[0] for r in rows) == [0, 1, 2, 3], rows  # the broken photo is not an answer
+    assert all(r[1] is not None for r in rows), rows
+    [index] = conn.execute("SELECT pg_get_indexdef('photos_embedding_bits'::regclass)").fetchone() or ()
+    assert "::bit(64)" in index, index
