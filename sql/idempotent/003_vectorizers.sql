@@ -791,8 +791,15 @@ $$;
 
 
 -- Before hybrid search (fulltext) it had 13 parameters; that signature would make calls ambiguous.
-DROP FUNCTION IF EXISTS qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text,
-                                              text, text, text);
+-- (Dropped only where it exists: DROP ... IF EXISTS would NOTICE "does not exist, skipping" on
+-- every fresh install and re-install.)
+DO $$ BEGIN
+    IF to_regprocedure('qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text, '
+                       'text, text, text)') IS NOT NULL THEN
+        DROP FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text,
+                                            text, text, text);
+    END IF;
+END $$;
 
 CREATE OR REPLACE FUNCTION qvl.create_vectorizer(
     source regclass,

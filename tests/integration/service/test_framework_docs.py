@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.integration.service.dialect_support import PNG
+from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
 pytestmark = pytest.mark.service
 
-DOC = Path(__file__).parents[3] / "docs" / "frameworks.md"
-BLOCK = re.compile(r"```python\n(.*?)```", re.S)
+DOC = ROOT / "docs" / "frameworks.md"
 
 
 def test_the_framework_docs_run(service: ServiceProcess, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -23,7 +22,7 @@ def test_the_framework_docs_run(service: ServiceProcess, tmp_path: Path, monkeyp
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("QVL_SERVICE", service.grpc_target)  # what the blocks' defaults read
     monkeypatch.delenv("QVL_TOKEN", raising=False)
-    blocks = BLOCK.findall(DOC.read_text(encoding="utf-8"))
+    blocks = run_by(DOC, __file__)
     assert len(blocks) == 3
     ns: dict[str, Any] = {}
     for block in blocks:

@@ -15,6 +15,7 @@ import weaviate
 
 from connectors.weaviate import api_key_headers, create_collection
 from qvl_devtools.launchers.weaviate import WeaviateServer, connect
+from tests.integration.weaviate.conftest import DOCS_TOKEN as TOKEN
 from tests.integration.weaviate.conftest import b64
 from tests.media_factory import video_bytes
 from tests.support.service import ServiceProcess
@@ -22,13 +23,6 @@ from tests.support.service import ServiceProcess
 pytestmark = [pytest.mark.weaviate, pytest.mark.service]
 
 DOC = Path(__file__).parents[3] / "docs" / "weaviate.md"
-TOKEN = "graphql-docs-token"
-
-
-@pytest.fixture(scope="module")
-def token_service() -> Iterator[ServiceProcess]:
-    with ServiceProcess(token=TOKEN) as svc:
-        yield svc
 
 
 @pytest.fixture(scope="module")
