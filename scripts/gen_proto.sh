@@ -5,7 +5,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 out=${1:-qvl_proto}
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-.venv/bin/python -m grpc_tools.protoc -I proto --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" \
+"${QVL_PYTHON:-.venv/bin/python}" -m grpc_tools.protoc -I proto --python_out="$tmp" --pyi_out="$tmp" --grpc_python_out="$tmp" \
   proto/qvl/v1/vectorizer.proto
 # protoc writes a package per proto package (qvl/v1/); the stubs live flat in one package of their own,
 # and its absolute-style import (`from qvl.v1 import ...`) becomes package-relative.

@@ -1,7 +1,15 @@
-"""Session-wide real servers. A missing binary makes the fixture fail (never skip): run `make setup`."""
+"""Session-wide real servers. A missing binary makes the fixture fail (never skip): run `make setup`.
+
+Under pytest-xdist (`make test`, `make test-fast`: ``-n 2 --dist loadgroup``) fixtures are per
+worker, so the tests of one file of tests/integration go to one worker together (``xdist_group``)
+and start its servers once; the soak tests are handed out first, so they overlap everything else.
+"""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -9,9 +17,40 @@ import pytest
 
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
+from tests.support.service_pool import ServicePool
+from tests.support.tls import TlsFiles, readable_tls_files
 from tests.support.weaviate import WeaviateServer
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.model.served_models import Models, load_models
+
+ROOT = Path(__file__).parents[1]
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Workers share the cores: one torch thread per model (each service's model process and the
+    # in-process models) instead of each taking every core and fighting the other worker's.
+    os.environ.setdefault("QVL_TORCH_THREADS", "1")
+
+
+def xdist_group(item: pytest.Item) -> str | None:
+    """One group per file of tests/integration: its module-scoped servers start once, on one worker.
+    (Whole directories as groups would give one worker the whole Postgres directory: 22 minutes of
+    tests besides the fault suite, measured on a loaded machine.) With two workers a session server
+    starts at most twice.
+    Unit tests go wherever a worker is free."""
+    parts = item.path.relative_to(ROOT).parts
+    if parts[:2] == ("tests", "integration"):
+        return "/".join(parts[2:])
+    return None
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if item.get_closest_marker("xdist_group") is None and (group := xdist_group(item)) is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        # The longest first: xdist hands out work in collection order (every worker sorts alike).
+        items.sort(key=lambda item: item.get_closest_marker("soak") is None)
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +83,40 @@ def tiny_settings() -> Settings:
 @pytest.fixture(scope="session")
 def models(tiny_settings: Settings) -> Models:
     """The real transformers Qwen3-VL classes on the tiny fixture checkpoint (random weights)."""
+    if tiny_settings.torch_threads is not None:  # QVL_TORCH_THREADS, as the model process reads it
+        import torch
+
+        torch.set_num_threads(tiny_settings.torch_threads)
     return load_models(tiny_settings)
 
 
 @pytest.fixture(scope="session")
-def service() -> Iterator[ServiceProcess]:
+def service_pool() -> Iterator[ServicePool]:
+    """Real services shared by the tests that merely need one with given settings."""
+    pool = ServicePool()
+    try:
+        yield pool
+    finally:
+        pool.close()
+
+
+@pytest.fixture(scope="session")
+def service(service_pool: ServicePool) -> ServiceProcess:
     """`qvl serve` on the tiny fixture (both models), shared by the tests that only call it."""
-    with ServiceProcess() as proc:
-        yield proc
+    return service_pool.get()
+
+
+@pytest.fixture(scope="session")
+def tls_files() -> Iterator[TlsFiles]:
+    """A self-signed certificate for localhost, readable by the database server's user."""
+    folder = Path(tempfile.mkdtemp(prefix="qvl-tls-"))
+    try:
+        yield readable_tls_files(folder)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def tls_service(service_pool: ServicePool, tls_files: TlsFiles) -> ServiceProcess:
+    """`qvl serve` with TLS on both listeners (``tls_files``), shared like ``service``."""
+    return service_pool.get(env=tls_files.env)

@@ -26,6 +26,7 @@ from vectorizer_service.core.freed_memory import limit_malloc_arenas
 from vectorizer_service.core.items import Item
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving.dispatcher import Dispatcher
+from vectorizer_service.serving.model_link import ModelLink
 from vectorizer_service.serving.model_process_link import ModelProcessFailed
 
 log = logging.getLogger("qvl.server")
@@ -88,9 +89,9 @@ async def warm_up(dispatcher: Dispatcher) -> None:
 class Service:
     """The listeners, their readiness, and the model process behind them."""
 
-    def __init__(self, settings: Settings, log_level: str, log_format: str) -> None:
+    def __init__(self, settings: Settings, log_level: str, log_format: str, link: ModelLink | None = None) -> None:
         self.settings = settings
-        self.dispatcher = Dispatcher(settings, MODEL_PROCESS, log_level=log_level, log_format=log_format)
+        self.dispatcher = Dispatcher(settings, MODEL_PROCESS, log_level=log_level, log_format=log_format, link=link)
         self.app, self.http_service = build_http_app(self.dispatcher, settings)
         self.health: Any = None
         self.stopping = False
@@ -131,15 +132,19 @@ class Service:
                     delay = min(delay * 2, 60.0)
 
 
-async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "json") -> int:
-    limit_malloc_arenas()
+async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "json", *,
+                link: ModelLink | None = None, stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT, or until ``stop`` is set where the caller gives one (then no
+    signal handler is installed: tests run the service on a thread of their own process, with
+    ``link`` standing in for the model process)."""
     loop = asyncio.get_running_loop()
-    stop = asyncio.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    if stop is None:
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
 
     # Listeners come up first: /ready answers 503 and health NOT_SERVING while the models load.
-    service = Service(settings, log_level, log_format)
+    service = Service(settings, log_level, log_format, link)
     dispatcher = service.dispatcher
     tls = {"ssl_certfile": str(settings.tls_cert), "ssl_keyfile": str(settings.tls_key)} if settings.tls_cert else {}
     http = HttpServer(uvicorn.Config(service.app, host=settings.host, port=settings.http_port, log_config=None,
@@ -184,4 +189,5 @@ async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "
 
 
 def run(settings: Settings, log_level: str = "INFO", log_format: str = "json") -> int:
+    limit_malloc_arenas()  # the whole process's allocator: set by the process's entry, not by serve()
     return asyncio.run(serve(settings, log_level, log_format))

@@ -2,9 +2,13 @@
 
 Weaviate's modules embed every field apart and average the vectors; a joint embedding lets
 the model see caption and picture together. ``ingest`` streams the items to qvl over gRPC
-(``EmbedStream``: the service batches them), then inserts the objects with Weaviate's batch
-API, the embedding stored as the collection's ``joint`` named vector. With a ``key`` each object's
-id follows from it, so ingesting again replaces the objects instead of adding copies.
+(``EmbedStream``: the service batches them), then inserts the objects in batches of ``batch_size``
+(``insert_many``: one gRPC batch request each, two in flight while embedding goes on), the
+embedding stored as the collection's ``joint`` named vector. With a ``key`` each object's id
+follows from it, so ingesting again replaces the objects instead of adding copies.
+
+(Not weaviate-client's ``collection.batch``: its sender waits up to a second for a batch to fill
+before it sends a partial one, so every ingest cost at least a second, one object too.)
 """
 
 from __future__ import annotations
@@ -16,10 +20,14 @@ import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
+from weaviate.classes.data import DataObject
 from weaviate.collections import Collection
+from weaviate.collections.classes.batch import BatchObjectReturn
+from weaviate.exceptions import WeaviateBaseError
 from weaviate.util import generate_uuid5
 
 from connectors.client import Client, ItemFailure, QvlClientError, as_list
@@ -93,6 +101,48 @@ def weaviate_properties(obj: Mapping[str, Any], fields: Mapping[str, list[str]])
     return {k: (media_b64(v) if k in media and v is not None else v) for k, v in obj.items()}
 
 
+class Inserts:
+    """Embedded objects into Weaviate, ``insert_many`` a chunk at a time, at most ``IN_FLIGHT``
+    chunks sent and unanswered; a refused object leaves ``uuids`` and joins ``failed`` (stage
+    "insert", named by its index)."""
+
+    IN_FLIGHT = 2
+
+    def __init__(self, collection: Collection, failed: list[dict[str, Any]], uuids: dict[int, str]) -> None:
+        self.collection, self.failed, self.uuids = collection, failed, uuids
+        self.chunk: list[tuple[int, DataObject[Any, Any]]] = []
+        self.pool = ThreadPoolExecutor(self.IN_FLIGHT, thread_name_prefix="qvl-ingest-insert")
+        self.sent: deque[tuple[list[int], Future[BatchObjectReturn]]] = deque()
+
+    def add(self, index: int, obj: DataObject[Any, Any]) -> None:
+        self.chunk.append((index, obj))
+
+    def send(self) -> None:
+        if not self.chunk:
+            return
+        while len(self.sent) >= self.IN_FLIGHT:
+            self._settle(*self.sent.popleft())
+        indices, objects = [i for i, _ in self.chunk], [o for _, o in self.chunk]
+        self.sent.append((indices, self.pool.submit(self.collection.data.insert_many, objects)))
+        self.chunk = []
+
+    def finish(self) -> None:
+        self.send()
+        while self.sent:
+            self._settle(*self.sent.popleft())
+        self.pool.shutdown()
+
+    def _settle(self, indices: list[int], future: Future[BatchObjectReturn]) -> None:
+        try:
+            errors = {k: e.message for k, e in future.result().errors.items()}
+        except WeaviateBaseError as exc:  # every object of the chunk refused, or the request failed
+            errors = dict.fromkeys(range(len(indices)), str(exc))
+        for k, message in sorted(errors.items()):
+            index = indices[k]
+            self.uuids.pop(index, None)
+            self.failed.append({"index": index, "stage": "insert", "error": f"object {index}: {message}"})
+
+
 def ingest(
     collection: Collection,
     objects: Iterable[Mapping[str, Any]],
@@ -149,33 +199,32 @@ def ingest(
             yield item
 
     done = 0
-    with collection.batch.fixed_size(batch_size=batch_size, concurrent_requests=2) as batch:
-        try:
-            for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
-                                           max_in_flight=max_in_flight):
-                index, obj, object_id = pending.popleft()
-                if isinstance(result, ItemFailure):
-                    failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
-                else:
-                    uuids[index] = object_id
-                    batch.add_object(properties=weaviate_properties(obj, fields), uuid=object_id,
-                                     vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()})
-                done += 1
-                meter.advance()
-                if progress is not None:
-                    progress(done, total)
-        except QvlClientError as exc:
-            # The stream itself broke (service down, token refused): the objects already added
-            # are still flushed by the batch; from the first unanswered one on nothing was stored.
-            first = pending[0][0] if pending else seen
-            raise IngestError(f"collection {collection.name!r}: the embedding stream failed at object {first} "
-                              f"after {len(uuids)} embedded objects; objects {first} and later were not "
-                              f"inserted: {exc}") from exc
-    by_uuid = {u: i for i, u in uuids.items()}
-    for failure in collection.batch.failed_objects:
-        index = by_uuid.get(str(failure.original_uuid), -1)
-        uuids.pop(index, None)
-        failed.append({"index": index, "stage": "insert", "error": f"object {index}: {failure.message}"})
+    inserts = Inserts(collection, failed, uuids)
+    try:
+        for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
+                                       max_in_flight=max_in_flight):
+            index, obj, object_id = pending.popleft()
+            if isinstance(result, ItemFailure):
+                failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
+            else:
+                uuids[index] = object_id
+                inserts.add(index, DataObject(properties=weaviate_properties(obj, fields), uuid=object_id,
+                                              vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()}))
+                if len(inserts.chunk) >= batch_size:
+                    inserts.send()
+            done += 1
+            meter.advance()
+            if progress is not None:
+                progress(done, total)
+    except QvlClientError as exc:
+        # The stream itself broke (service down, token refused): the objects already embedded are
+        # still inserted; from the first unanswered one on nothing was stored.
+        inserts.finish()
+        first = pending[0][0] if pending else seen
+        raise IngestError(f"collection {collection.name!r}: the embedding stream failed at object {first} "
+                          f"after {len(uuids)} embedded objects; objects {first} and later were not "
+                          f"inserted: {exc}") from exc
+    inserts.finish()
     meter.finish()
     seconds = time.monotonic() - started
     failed.sort(key=lambda f: f["index"])

@@ -17,7 +17,8 @@ SERVICE = ("grpc-concurrent", "grpc-stream", "http-weaviate")
 REPLICAS = ("failover",)
 POSTGRES = ("pg-ingest", "pg-insert-overhead", "pg-rerank", "pg-search")
 WEAVIATE = ("weaviate-ingest", "weaviate-voyage-ingest")
-SCENARIOS = RUNTIME + SERVICE + REPLICAS + POSTGRES + WEAVIATE
+DOCUMENTS = ("documents",)
+SCENARIOS = RUNTIME + SERVICE + REPLICAS + POSTGRES + WEAVIATE + DOCUMENTS
 
 # Targets from the issues (CPU/tiny unless noted); reported, never asserted in tests.
 TARGETS: dict[str, tuple[str, str, float]] = {
@@ -81,6 +82,9 @@ def _runner(scenario: str) -> Callable[[argparse.Namespace], dict[str, Any]]:
     if scenario in REPLICAS:
         from qvl_devtools.bench.failover_scenarios import run_failover_scenario
         return run_failover_scenario
+    if scenario in DOCUMENTS:
+        from qvl_devtools.bench.document_scenarios import run_document_scenario
+        return run_document_scenario
     if scenario in POSTGRES:
         from qvl_devtools.bench.postgres_scenarios import run_postgres_scenario
         return run_postgres_scenario

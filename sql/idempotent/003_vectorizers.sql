@@ -56,45 +56,125 @@ END
 $$;
 
 
--- The names of a vectorizer's triggers, both modes' (qvl_<id>_* async, zzz_qvl_<id>_* sync).
+-- A vectorizer's triggers. Per mode, the row's content (one trigger each for INSERT and for an UPDATE
+-- of an input column):
+--   async  qvl_<id>_insert, qvl_<id>_update          AFTER: qvl._enqueue_<id> queues the row's key
+--   sync   zzz_qvl_<id>_insert, zzz_qvl_<id>_update  BEFORE: qvl._sync_embed writes the vector into the row
+-- and in both modes the row's key and the table's rows as a whole (the queue refers to rows by key):
+--   zzz_qvl_<id>_key    BEFORE UPDATE of the key: the old key's queue and failed entries go
+--   qvl_<id>_key        AFTER UPDATE of the key: the new key is queued
+--   qvl_<id>_truncate   AFTER TRUNCATE: the queue and failed tables are emptied
+-- "zzz": BEFORE triggers fire in name order, so these see what other BEFORE triggers wrote.
 CREATE OR REPLACE FUNCTION qvl._trigger_names(vid int) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY[format('qvl_%s_insert', vid), format('qvl_%s_update', vid),
-                 format('zzz_qvl_%s_insert', vid), format('zzz_qvl_%s_update', vid)]::name[]
+                 format('zzz_qvl_%s_insert', vid), format('zzz_qvl_%s_update', vid),
+                 format('zzz_qvl_%s_key', vid), format('qvl_%s_key', vid), format('qvl_%s_truncate', vid)]::name[]
 $$;
 
+-- The names of the triggers a vectorizer of this mode has.
+CREATE OR REPLACE FUNCTION qvl._mode_trigger_names(vid int, mode text) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
+    SELECT CASE mode WHEN 'async' THEN (qvl._trigger_names(vid))[1:2] ELSE (qvl._trigger_names(vid))[3:4] END
+           || (qvl._trigger_names(vid))[5:7]
+$$;
+
+-- What each of a vectorizer's triggers says of itself (COMMENT ON TRIGGER). An install re-creates the
+-- triggers of any vectorizer whose triggers do not all say this (qvl._refresh_triggers): change it
+-- whenever the triggers qvl._create_triggers makes change.
+CREATE OR REPLACE FUNCTION qvl._trigger_comment() RETURNS text LANGUAGE sql IMMUTABLE AS $$
+    SELECT 'qvl: made by qvl.create_vectorizer, removed by qvl.drop_vectorizer (key and truncate triggers)'::text
+$$;
+
+
+-- qvl's own change of a vectorizer's triggers, for the schema guard (sql/idempotent/007_schema_guard.sql),
+-- which refuses anyone else's DROP, CREATE OR REPLACE or ALTER TRIGGER of them. A row of
+-- qvl.trigger_changes, which only the installing role may write, written before the change and deleted
+-- after it in the same transaction: no other session ever sees one, and an error takes it away with
+-- the change. Marks nest (qvl._create_triggers calls qvl._drop_triggers): each end deletes one row. A
+-- database stopped before version 10 (install --target) has no such table: the setting version 7 read.
+CREATE OR REPLACE FUNCTION qvl._mark_trigger_change(vid int, starting boolean) RETURNS void LANGUAGE plpgsql
+VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regclass('qvl.trigger_changes') IS NULL THEN
+        PERFORM set_config('qvl.dropping_triggers', CASE WHEN starting THEN 'on' ELSE '' END, true);
+    ELSIF starting THEN
+        INSERT INTO qvl.trigger_changes (vectorizer) VALUES (vid);
+    ELSE
+        DELETE FROM qvl.trigger_changes
+         WHERE ctid = (SELECT ctid FROM qvl.trigger_changes WHERE vectorizer = vid LIMIT 1);
+    END IF;
+END
+$$;
+
+-- Whether qvl itself is changing the vectorizer's triggers now (qvl._mark_trigger_change).
+CREATE OR REPLACE FUNCTION qvl._own_trigger_change(vid int) RETURNS boolean LANGUAGE plpgsql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF to_regclass('qvl.trigger_changes') IS NULL THEN
+        RETURN coalesce(current_setting('qvl.dropping_triggers', true), '') = 'on';
+    END IF;
+    RETURN EXISTS (SELECT 1 FROM qvl.trigger_changes WHERE vectorizer = vid);
+END
+$$;
+
+
 -- A vectorizer's triggers off its table. Only those that exist: DROP ... IF EXISTS would say "does
--- not exist, skipping" for the other mode's. qvl.dropping_triggers tells the schema guard
--- (sql/idempotent/007_schema_guard.sql), which refuses anyone else's DROP TRIGGER of them, that
--- this one is qvl's own.
+-- not exist, skipping" for the other mode's.
 CREATE OR REPLACE FUNCTION qvl._drop_triggers(vid int, source regclass) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     trig name;
 BEGIN
-    PERFORM set_config('qvl.dropping_triggers', 'on', true);
+    PERFORM qvl._mark_trigger_change(vid, true);
     FOR trig IN SELECT t.tgname FROM pg_trigger t
                  WHERE t.tgrelid = source AND NOT t.tgisinternal AND t.tgname = ANY (qvl._trigger_names(vid)) LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trig, source);
     END LOOP;
-    PERFORM set_config('qvl.dropping_triggers', '', true);
+    PERFORM qvl._mark_trigger_change(vid, false);
 END
 $$;
 
 
--- A vectorizer's generated trigger function, when it has one (sync mode has none), dropped without
--- a "does not exist, skipping" NOTICE.
+-- A vectorizer's generated functions, those that exist, dropped without a "does not exist, skipping"
+-- NOTICE (after its triggers, which call them).
 CREATE OR REPLACE FUNCTION qvl._drop_enqueue_function(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
         EXECUTE format('DROP FUNCTION qvl._enqueue_%s()', vid);
     END IF;
+    IF to_regprocedure(format('qvl._key_changed_%s(anyelement, anyelement)', vid)) IS NOT NULL THEN
+        EXECUTE format('DROP FUNCTION qvl._key_changed_%s(anyelement, anyelement)', vid);
+    END IF;
 END
 $$;
 
 
--- Async mode's trigger function qvl._enqueue_<id>: the row's key into the queue, one NOTIFY per
--- transaction.
+-- How the generated functions compare a key column: with the equality operator of the primary key's
+-- own index (the one that makes keys unique), schema-qualified, so that no search_path can put another
+-- operator in its place. In key order.
+CREATE OR REPLACE FUNCTION qvl._key_operators(source regclass) RETURNS text[] LANGUAGE sql STABLE
+SET search_path = pg_catalog AS $$
+    SELECT array_agg(format('OPERATOR(%I.%s)', n.nspname, o.oprname) ORDER BY k.ord)
+      FROM pg_index i
+      CROSS JOIN LATERAL unnest(i.indkey::int2[], i.indclass::oid[]) WITH ORDINALITY AS k(attnum, opclass, ord)
+      JOIN pg_opclass c ON c.oid = k.opclass
+      JOIN pg_amop a ON a.amopfamily = c.opcfamily AND a.amoplefttype = c.opcintype
+                    AND a.amoprighttype = c.opcintype AND a.amopstrategy = 3 AND a.amopmethod = c.opcmethod
+      JOIN pg_operator o ON o.oid = a.amopopr
+      JOIN pg_namespace n ON n.oid = o.oprnamespace
+     WHERE i.indrelid = source AND i.indisprimary
+$$;
+
+-- "Each key column of left equals right's", e.g. "q.id OPERATOR(pg_catalog.=) OLD.id".
+CREATE OR REPLACE FUNCTION qvl._same_key_sql(v qvl.vectorizer, left_side text, right_side text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT string_agg(format('%s%I %s %s%I', left_side, u.c, u.op, right_side, u.c), ' AND ' ORDER BY u.o)
+      FROM unnest(v.pk_columns, qvl._key_operators(v.source)) WITH ORDINALITY AS u(c, op, o)
+$$;
+
+
+-- Async mode's trigger function qvl._enqueue_<id> (sync mode has it too, for the key and truncate
+-- triggers): the row's key into the queue, one NOTIFY per transaction; a key change's old entries out.
 CREATE OR REPLACE FUNCTION qvl._create_enqueue_function(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -107,13 +187,28 @@ BEGIN
     -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl;
     -- owned by qvl_trigger (qvl._secure_vectorizer), never by the installing superuser.
     -- No SET search_path (it costs a GUC save/restore per row, a third of the trigger): instead
-    -- every name below is schema-qualified, the operator included, so no search_path a caller
+    -- every name below is schema-qualified, the operators included, so no search_path a caller
     -- sets can redirect anything. Static SQL: one cached plan per backend. One NOTIFY per
     -- transaction and vectorizer: a transaction-local flag remembers that it was sent.
+    -- A key change: the BEFORE trigger drops the old key's entries, the AFTER trigger queues the new
+    -- key. Every BEFORE trigger of a statement fires before any AFTER one, so when rows trade keys in
+    -- one statement (a deferrable key) no row's new entry is dropped as another row's old one.
     EXECUTE format($f$
             CREATE OR REPLACE FUNCTION qvl._enqueue_%1$s() RETURNS trigger LANGUAGE plpgsql VOLATILE
             SECURITY DEFINER AS $body$
             BEGIN
+                IF TG_WHEN OPERATOR(pg_catalog.=) 'BEFORE' THEN
+                    IF %5$s THEN  -- the same key (the trigger has no WHEN on a table with generated columns)
+                        RETURN NEW;
+                    END IF;
+                    DELETE FROM qvl.queue_%1$s q WHERE %4$s;
+                    DELETE FROM qvl.failed_%1$s q WHERE %4$s;
+                    RETURN NEW;
+                ELSIF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
+                    DELETE FROM qvl.queue_%1$s;
+                    DELETE FROM qvl.failed_%1$s;
+                    RETURN NULL;
+                END IF;
                 INSERT INTO qvl.queue_%1$s AS q (%2$s) VALUES (%3$s)
                 ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL, not_before = NULL,
                                                   attempts = 0, last_error = NULL;
@@ -124,45 +219,119 @@ BEGIN
                 RETURN NULL;
             END
             $body$
-    $f$, v.id, pk_cols, new_vals);
+    $f$, v.id, pk_cols, new_vals, qvl._same_key_sql(v, 'q.', 'OLD.'), qvl._same_key_sql(v, 'OLD.', 'NEW.'));
     EXECUTE format('REVOKE ALL ON FUNCTION qvl._enqueue_%s() FROM PUBLIC', v.id);
 END
 $$;
 
+-- qvl._key_changed_<id>(old, new): whether an UPDATE changed the row's key, the key triggers' WHEN. A
+-- WHEN naming the key columns would make Postgres refuse to retype them (a trigger depends on every
+-- column it names), and the schema guard follows a widened key. This function names them instead:
+-- Postgres inlines it into the WHEN (the same column comparison, no call per row), and the trigger
+-- depends on the whole row only. Polymorphic: a partition's row type is another type. Re-made when the
+-- guard follows a renamed key; EXECUTE for everyone (qvl._secure_vectorizer): whoever updates the table
+-- evaluates it.
+CREATE OR REPLACE FUNCTION qvl._create_key_function(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('CREATE OR REPLACE FUNCTION qvl._key_changed_%s(old anyelement, new anyelement) RETURNS boolean '
+                   'LANGUAGE sql IMMUTABLE AS %L', v.id,
+                   format('SELECT NOT (%s)', qvl._same_key_sql(v, 'old.', 'new.')));
+END
+$$;
 
--- The INSERT and UPDATE triggers of the vectorizer's mode (UPDATE only when an input column
--- changes), replacing whatever triggers it had.
+
+-- The triggers of the vectorizer's mode (see qvl._trigger_names), replacing whatever triggers it had.
 CREATE OR REPLACE FUNCTION qvl._create_triggers(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     watched text;
     changed text;
-    prefix text := CASE v.mode WHEN 'async' THEN 'qvl' ELSE 'zzz_qvl' END;
-    insert_trigger text := format('%s_%s_insert', prefix, v.id);
-    update_trigger text := format('%s_%s_update', prefix, v.id);
+    names name[] := qvl._mode_trigger_names(v.id, v.mode);  -- insert, update, key before, key after, truncate
+    trig name;
+    key_changed text := format('WHEN (qvl._key_changed_%s(OLD, NEW)) ', v.id);
 BEGIN
     SELECT string_agg(format('%I', c), ', '), string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
       INTO watched, changed
       FROM unnest(v.text_columns || v.image_columns || v.video_columns) AS c;
+    PERFORM qvl._mark_trigger_change(v.id, true);
     PERFORM qvl._drop_triggers(v.id, v.source);
+    PERFORM qvl._create_enqueue_function(v);
+    PERFORM qvl._create_key_function(v);
     IF v.mode = 'async' THEN
-        PERFORM qvl._create_enqueue_function(v);
         EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._enqueue_%s()',
-                       insert_trigger, v.source, v.id);
+                       names[1], v.source, v.id);
         EXECUTE format('CREATE TRIGGER %I AFTER UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
-                       'EXECUTE FUNCTION qvl._enqueue_%s()', update_trigger, watched, v.source, changed, v.id);
+                       'EXECUTE FUNCTION qvl._enqueue_%s()', names[2], watched, v.source, changed, v.id);
     ELSE
-        PERFORM qvl._drop_enqueue_function(v.id);
-        -- "zzz": BEFORE triggers fire in name order, so this one sees what other BEFORE triggers wrote.
         EXECUTE format('CREATE TRIGGER %I BEFORE INSERT ON %s FOR EACH ROW EXECUTE FUNCTION qvl._sync_embed(%L)',
-                       insert_trigger, v.source, v.id);
+                       names[1], v.source, v.id);
         EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE OF %s ON %s FOR EACH ROW WHEN (%s) '
-                       'EXECUTE FUNCTION qvl._sync_embed(%L)', update_trigger, watched, v.source, changed, v.id);
+                       'EXECUTE FUNCTION qvl._sync_embed(%L)', names[2], watched, v.source, changed, v.id);
     END IF;
+    -- Postgres refuses the whole new row in a BEFORE trigger's WHEN on a table with generated columns:
+    -- there the function is called for every updated row and compares the keys itself.
+    EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %s FOR EACH ROW %sEXECUTE FUNCTION qvl._enqueue_%s()',
+                   names[3], v.source,
+                   CASE WHEN EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = v.source AND a.attnum > 0
+                                        AND NOT a.attisdropped AND a.attgenerated <> '') THEN ''
+                        ELSE key_changed END, v.id);
+    EXECUTE format('CREATE TRIGGER %I AFTER UPDATE ON %s FOR EACH ROW %sEXECUTE FUNCTION qvl._enqueue_%s()',
+                   names[4], v.source, key_changed, v.id);
+    EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION qvl._enqueue_%s()',
+                   names[5], v.source, v.id);
     -- One statement: the schema guard warns of a vectorizer trigger that is not ALWAYS at the end of
-    -- each ALTER TABLE, so both must be ALWAYS by then.
-    EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I, ENABLE ALWAYS TRIGGER %I', v.source, insert_trigger,
-                   update_trigger);
+    -- each ALTER TABLE, so all must be ALWAYS by then.
+    EXECUTE format('ALTER TABLE %s ', v.source)
+            || (SELECT string_agg(format('ENABLE ALWAYS TRIGGER %I', n), ', ') FROM unnest(names) AS n);
+    FOREACH trig IN ARRAY names LOOP
+        EXECUTE format('COMMENT ON TRIGGER %I ON %s IS %L', trig, v.source, qvl._trigger_comment());
+    END LOOP;
+    PERFORM qvl._mark_trigger_change(v.id, false);
+END
+$$;
+
+-- Whether the vectorizer's table has exactly the triggers qvl._create_triggers makes now (an older qvl
+-- made fewer, or other ones).
+CREATE OR REPLACE FUNCTION qvl._triggers_current(v qvl.vectorizer) RETURNS boolean LANGUAGE sql STABLE
+SET search_path = pg_catalog AS $$
+    SELECT coalesce(array_agg(t.tgname::text ORDER BY t.tgname::text COLLATE "C")
+                        FILTER (WHERE obj_description(t.oid, 'pg_trigger') = qvl._trigger_comment()), '{}')
+           = (SELECT array_agg(n::text ORDER BY n::text COLLATE "C")
+                FROM unnest(qvl._mode_trigger_names(v.id, v.mode)) AS n)
+           AND count(*) = cardinality(qvl._mode_trigger_names(v.id, v.mode))
+      FROM pg_trigger t
+     WHERE t.tgrelid = v.source AND NOT t.tgisinternal AND t.tgname = ANY (qvl._trigger_names(v.id))
+$$;
+
+-- Every install (sql/idempotent/010_*): every vectorizer gets the generated functions and triggers of
+-- this version. The functions are always re-made (no lock on the table); the triggers only when they
+-- are not current, since re-making them locks the table. A vectorizer that cannot take them (a column
+-- renamed before the schema guard existed: the guard refuses its table's changes until it is renamed
+-- back) keeps what it has, with a WARNING: the install goes on.
+CREATE OR REPLACE FUNCTION qvl._refresh_triggers() RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+BEGIN
+    FOR v IN SELECT x.* FROM qvl.vectorizer x WHERE EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = x.source)
+              ORDER BY x.id LOOP
+        BEGIN
+            IF qvl._triggers_current(v) THEN
+                PERFORM qvl._create_enqueue_function(v);
+                PERFORM qvl._create_key_function(v);
+            ELSE
+                PERFORM qvl._create_triggers(v);
+                RAISE NOTICE 'qvl: the triggers of vectorizer % on % were re-made for this version', v.name, v.source;
+            END IF;
+            PERFORM qvl._secure_vectorizer(v.id);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'qvl: the triggers of vectorizer % on % were left as they were: %', v.name, v.source,
+                    SQLERRM
+                USING HINT = 'Put the table back as the vectorizer knows it (its columns and key), then install '
+                             'again (qvl pg install).';
+        END;
+    END LOOP;
 END
 $$;
 
@@ -217,17 +386,22 @@ BEGIN
 END
 $$;
 
--- One vectorizer's share: its queue, and its queueing trigger function (async mode); and the worker's
--- rights on its table, queue and failed table (qvl._grant_worker, sql/idempotent/003_grants.sql).
+-- One vectorizer's share: its queue (DELETE: a key change drops the old key's entry, TRUNCATE all), and
+-- its queueing trigger function; and the worker's rights on its table, queue and failed table
+-- (qvl._grant_worker, sql/idempotent/003_grants.sql). The key triggers' WHEN function is everyone's to
+-- call (it compares two rows the caller has anyway).
 CREATE OR REPLACE FUNCTION qvl._secure_vectorizer(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM qvl._ensure_trigger_role();
     PERFORM qvl._grant_worker(vid);
     IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE ON qvl.queue_%s TO qvl_trigger', vid);
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.queue_%s TO qvl_trigger', vid);
     END IF;
-    IF to_regclass(format('qvl.failed_%s', vid)) IS NOT NULL THEN  -- the sync trigger forgets a fixed row's failure
+    IF to_regprocedure(format('qvl._key_changed_%s(anyelement, anyelement)', vid)) IS NOT NULL THEN
+        EXECUTE format('GRANT EXECUTE ON FUNCTION qvl._key_changed_%s(anyelement, anyelement) TO PUBLIC', vid);
+    END IF;
+    IF to_regclass(format('qvl.failed_%s', vid)) IS NOT NULL THEN  -- a fixed row's (sync), a key change's, TRUNCATE
         EXECUTE format('GRANT SELECT, DELETE ON qvl.failed_%s TO qvl_trigger', vid);
     END IF;
     IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
@@ -617,8 +791,15 @@ $$;
 
 
 -- Before hybrid search (fulltext) it had 13 parameters; that signature would make calls ambiguous.
-DROP FUNCTION IF EXISTS qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text,
-                                              text, text, text);
+-- (Dropped only where it exists: DROP ... IF EXISTS would NOTICE "does not exist, skipping" on
+-- every fresh install and re-install.)
+DO $$ BEGIN
+    IF to_regprocedure('qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text, '
+                       'text, text, text)') IS NOT NULL THEN
+        DROP FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text,
+                                            text, text, text);
+    END IF;
+END $$;
 
 CREATE OR REPLACE FUNCTION qvl.create_vectorizer(
     source regclass,

@@ -18,8 +18,15 @@
 
 -- Until filter and offset came, qvl.search had five parameters; those signatures would make calls
 -- that leave the new parameters out ambiguous.
-DROP FUNCTION IF EXISTS qvl.search(text, text, int, int, boolean);
-DROP FUNCTION IF EXISTS qvl.search(text, bytea, int, int, boolean);
+-- (Only where they exist: DROP ... IF EXISTS would NOTICE "does not exist, skipping".)
+DO $$ BEGIN
+    IF to_regprocedure('qvl.search(text, text, int, int, boolean)') IS NOT NULL THEN
+        DROP FUNCTION qvl.search(text, text, int, int, boolean);
+    END IF;
+    IF to_regprocedure('qvl.search(text, bytea, int, int, boolean)') IS NOT NULL THEN
+        DROP FUNCTION qvl.search(text, bytea, int, int, boolean);
+    END IF;
+END $$;
 
 
 -- The query's vector. query_embedding returns vector, which serves vector and halfvec columns

@@ -1,7 +1,12 @@
 -- qvl 005: qvl.set_service with a CA file (TLS). Re-applied by every install (sql/idempotent/).
 
 -- The version 2 signature (url, token, timeout_s) would make calls with defaults ambiguous.
-DROP FUNCTION IF EXISTS qvl.set_service(text, text, real);
+-- (Only where it exists: DROP ... IF EXISTS would NOTICE "does not exist, skipping".)
+DO $$ BEGIN
+    IF to_regprocedure('qvl.set_service(text, text, real)') IS NOT NULL THEN
+        DROP FUNCTION qvl.set_service(text, text, real);
+    END IF;
+END $$;
 
 -- Checks the address list given to qvl.set_service and returns it as qvl.service keeps it: one
 -- address or several replicas, comma-separated, each http:// or https:// with a host and a port

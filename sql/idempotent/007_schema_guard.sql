@@ -1,10 +1,13 @@
 -- qvl 007: the schema guard's functions (the event triggers are made once, in
--- sql/incremental/007_schema_guard.sql). Re-applied by every install.
+-- sql/incremental/007_schema_guard.sql; those of version 10 and their functions are in
+-- sql/*/010_trigger_guard.sql). Re-applied by every install.
 --
 -- They are SECURITY DEFINER: the owner of a table may ALTER or DROP it without any right in schema
 -- qvl, and following the change means writing qvl's catalog, queue tables and trigger functions.
--- Their only inputs are the system catalogs (what the statement changed), and every name goes
--- through %I / %L. On a table without a vectorizer they cost one lookup of qvl.vectorizer.
+-- Their only inputs are the system catalogs (what the statement changed) and tables only qvl writes,
+-- and every name goes through %I / %L. On a table without a vectorizer they cost one lookup of
+-- qvl.vectorizer (and, while some vectorized table is partitioned, one row of qvl.ddl_partitions
+-- per ALTER TABLE).
 
 -- The columns a vectorizer depends on, in a fixed order: its key, its inputs, its destination.
 -- qvl.vectorizer.attnums holds their column numbers in the same order.
@@ -154,8 +157,11 @@ BEGIN
                 EXECUTE format('ALTER TABLE qvl.failed_%s ALTER COLUMN %I TYPE %s', v.id, names[i], key_types[i]);
             END IF;
         END LOOP;
-        IF changed_key AND v.mode = 'async' THEN
-            PERFORM qvl._create_enqueue_function(fresh);  -- it names the key; a new body is recompiled
+        IF changed_key THEN  -- the generated functions name the key; a new body is recompiled
+            PERFORM qvl._create_enqueue_function(fresh);
+            IF to_regprocedure(format('qvl._key_changed_%s(anyelement, anyelement)', v.id)) IS NOT NULL THEN
+                PERFORM qvl._create_key_function(fresh);
+            END IF;
             PERFORM qvl._secure_vectorizer(v.id);
         END IF;
     END IF;
@@ -163,6 +169,75 @@ BEGIN
     PERFORM qvl._grant_worker(v.id);
     -- Workers reload the definition (names, types, the table's own name and schema).
     PERFORM pg_notify('qvl_config', v.id::text);
+END
+$$;
+
+
+-- At the end of an ALTER TABLE: the partitions it attached to (or detached from) a partitioned
+-- vectorized table, at any depth, against what qvl._ddl_altering saw at its start. Postgres gives an
+-- attached partition the table's row triggers, so rows written from now on are queued, but fires none
+-- for the rows it brings: those are queued here (ATTACH is a bulk load, the queue takes one row per
+-- row). A partition whose own vectorizer writes the same column is refused: two vectorizers would
+-- overwrite each other's vectors. A detached partition loses those triggers; its queued and failed
+-- rows leave the queue here (the worker would otherwise claim each to find it gone).
+CREATE OR REPLACE FUNCTION qvl._follow_partitions() RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    before record;
+    v qvl.vectorizer;
+    now_leaves oid[];
+    leaf oid;
+    rival record;
+    cols text;
+    n bigint;
+    n_failed bigint;
+BEGIN
+    IF to_regclass('qvl.ddl_partitions') IS NULL THEN
+        RETURN;
+    END IF;
+    FOR before IN DELETE FROM qvl.ddl_partitions WHERE backend = pg_backend_pid() RETURNING vectorizer, leaves LOOP
+        SELECT * INTO v FROM qvl.vectorizer WHERE id = before.vectorizer;
+        CONTINUE WHEN NOT FOUND;
+        now_leaves := ARRAY(SELECT t.relid FROM pg_partition_tree(v.source) AS t WHERE t.isleaf);
+        SELECT string_agg(format('%I', c), ', ') INTO cols FROM unnest(v.pk_columns) AS c;
+        FOR leaf IN SELECT l FROM unnest(now_leaves) AS l WHERE l <> ALL (before.leaves) ORDER BY l LOOP
+            SELECT y.name, y.source INTO rival FROM qvl.vectorizer y
+             WHERE y.id <> v.id AND y.destination = v.destination
+               AND y.source IN (SELECT a.relid FROM pg_partition_ancestors(leaf) AS a)
+             ORDER BY y.id LIMIT 1;
+            IF FOUND THEN
+                RAISE EXCEPTION 'qvl: column % of % is written by vectorizer %, and would be by vectorizer % of % too',
+                        v.destination, rival.source, rival.name, v.name, v.source
+                    USING ERRCODE = '42710',
+                          HINT = format('Drop that one first (SELECT qvl.drop_vectorizer(%L); the column stays) or '
+                                        'give it another column, then attach the partition.', rival.name);
+            END IF;
+            EXECUTE format('INSERT INTO qvl.queue_%s (%s) SELECT %s FROM %s ON CONFLICT (%s) DO UPDATE '
+                           'SET claimed_until = NULL, claimed_by = NULL, not_before = NULL, attempts = 0, '
+                           'last_error = NULL', v.id, cols, cols, leaf::regclass, cols);
+            GET DIAGNOSTICS n = ROW_COUNT;
+            IF n > 0 THEN
+                PERFORM pg_notify('qvl_queue', v.id::text);
+                RAISE NOTICE 'qvl: % rows of %, now a partition of %, queued for vectorizer %', n, leaf::regclass,
+                        v.source, v.name;
+            END IF;
+        END LOOP;
+        FOR leaf IN SELECT l FROM unnest(before.leaves) AS l
+                     WHERE l <> ALL (now_leaves) AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = l) ORDER BY l LOOP
+            EXECUTE format('DELETE FROM qvl.queue_%s q WHERE EXISTS (SELECT 1 FROM %s d WHERE %s) '
+                           'AND NOT EXISTS (SELECT 1 FROM %s s WHERE %s)', v.id, leaf::regclass,
+                           qvl._same_key_sql(v, 'q.', 'd.'), v.source, qvl._same_key_sql(v, 'q.', 's.'));
+            GET DIAGNOSTICS n = ROW_COUNT;
+            EXECUTE format('DELETE FROM qvl.failed_%s q WHERE EXISTS (SELECT 1 FROM %s d WHERE %s) '
+                           'AND NOT EXISTS (SELECT 1 FROM %s s WHERE %s)', v.id, leaf::regclass,
+                           qvl._same_key_sql(v, 'q.', 'd.'), v.source, qvl._same_key_sql(v, 'q.', 's.'));
+            GET DIAGNOSTICS n_failed = ROW_COUNT;
+            IF n + n_failed > 0 THEN
+                RAISE NOTICE 'qvl: % is no longer a partition of %: its % queued and % failed rows left vectorizer %',
+                        leaf::regclass, v.source, n, n_failed, v.name;
+            END IF;
+        END LOOP;
+    END LOOP;
 END
 $$;
 
@@ -177,6 +252,8 @@ BEGIN
     IF to_regclass('qvl.vectorizer') IS NULL THEN  -- qvl half removed: never in the way of DDL
         RETURN;
     END IF;
+    -- First: what follows may run ALTER TABLE of its own (of the queue tables), which starts a snapshot anew.
+    PERFORM qvl._follow_partitions();
     FOR v IN SELECT x.* FROM qvl.vectorizer x
               WHERE x.source::oid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() AS c
                                        WHERE c.classid = 'pg_class'::regclass)
@@ -188,12 +265,16 @@ BEGIN
     -- DISABLE TRIGGER (a bulk load, pg_restore --disable-triggers) is allowed, but said: the rows
     -- written meanwhile are never queued. So is ENABLE TRIGGER without ALWAYS: qvl's triggers are
     -- ALWAYS so that logical replication's apply (session_replication_role = replica) queues too.
-    FOR t IN SELECT x.name, x.source, g.tgname, g.tgenabled
-               FROM qvl.vectorizer x JOIN pg_trigger g ON g.tgrelid = x.source
-              WHERE x.source::oid IN (SELECT c.objid FROM pg_event_trigger_ddl_commands() AS c
-                                       WHERE c.classid = 'pg_class'::regclass)
-                AND g.tgname = ANY (qvl._trigger_names(x.id)) AND g.tgenabled <> 'A'
-              ORDER BY x.id, g.tgname LOOP
+    -- A partition's copies of the triggers count as the table's.
+    FOR t IN SELECT x.name, g.tgrelid::regclass AS source, g.tgname, g.tgenabled
+               FROM (SELECT DISTINCT c.objid FROM pg_event_trigger_ddl_commands() AS c
+                      WHERE c.classid = 'pg_class'::regclass) AS altered
+               JOIN pg_trigger g ON g.tgrelid = altered.objid
+               JOIN qvl.vectorizer x ON g.tgname = ANY (qvl._trigger_names(x.id))
+                                    AND (x.source::oid = altered.objid
+                                         OR x.source IN (SELECT a.relid FROM pg_partition_ancestors(altered.objid) AS a))
+              WHERE g.tgenabled <> 'A'
+              ORDER BY x.id, g.tgrelid, g.tgname LOOP
         RAISE WARNING 'qvl: trigger % of vectorizer % on % is %: rows written while it does not fire are not '
                       'queued', t.tgname, t.name, t.source,
                       CASE t.tgenabled WHEN 'D' THEN 'disabled' ELSE 'not enabled ALWAYS' END
@@ -229,26 +310,26 @@ BEGIN
             RAISE NOTICE 'qvl: vectorizer % was dropped with its table %', d.name, d.object_identity;
         END IF;
     END LOOP;
-    -- A vectorizer's trigger may go only with its table, or by qvl's own hand (qvl._drop_triggers);
-    -- after the column checks, whose error says more when a dropped input column takes a trigger along.
-    IF coalesce(current_setting('qvl.dropping_triggers', true), '') <> 'on' THEN
-        FOR d IN SELECT x.name, x.source, o.object_identity
-                   FROM pg_event_trigger_dropped_objects() AS o
-                   -- a trigger's identity: "<trigger> on <schema>.<table>", as regclass prints it here
-                   JOIN qvl.vectorizer x ON o.object_identity IN (SELECT format('%I on %s', n, x.source)
-                                                                    FROM unnest(qvl._trigger_names(x.id)) AS n)
-                  WHERE o.classid = 'pg_trigger'::regclass
-                    AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS g
-                                     WHERE g.classid = 'pg_class'::regclass AND g.objid = x.source::oid
-                                       AND g.objsubid = 0)
-                  ORDER BY x.id LIMIT 1 LOOP
-            RAISE EXCEPTION 'qvl: cannot drop trigger %: vectorizer % queues the rows of % with it',
-                    d.object_identity, d.name, d.source
-                USING ERRCODE = '2BP01',
-                      HINT = format('To stop embedding the table: SELECT qvl.drop_vectorizer(%L). To pause it for a '
-                                    'bulk load: ALTER TABLE %s DISABLE TRIGGER ..., then ENABLE ALWAYS TRIGGER ... '
-                                    'and SELECT qvl.reembed(%L).', d.name, d.source, d.name);
-        END LOOP;
-    END IF;
+    -- A vectorizer's trigger may go only with its table, or by qvl's own hand (qvl._mark_trigger_change,
+    -- which only qvl's functions can write: a setting, as version 7 read, any role may set); after the
+    -- column checks, whose error says more when a dropped input column takes a trigger along.
+    FOR d IN SELECT x.name, x.source, o.object_identity
+               FROM pg_event_trigger_dropped_objects() AS o
+               -- a trigger's identity: "<trigger> on <schema>.<table>", as regclass prints it here
+               JOIN qvl.vectorizer x ON o.object_identity IN (SELECT format('%I on %s', n, x.source)
+                                                                FROM unnest(qvl._trigger_names(x.id)) AS n)
+              WHERE o.classid = 'pg_trigger'::regclass
+                AND NOT EXISTS (SELECT 1 FROM pg_event_trigger_dropped_objects() AS g
+                                 WHERE g.classid = 'pg_class'::regclass AND g.objid = x.source::oid
+                                   AND g.objsubid = 0)
+                AND NOT qvl._own_trigger_change(x.id)
+              ORDER BY x.id LIMIT 1 LOOP
+        RAISE EXCEPTION 'qvl: cannot drop trigger %: vectorizer % queues the rows of % with it',
+                d.object_identity, d.name, d.source
+            USING ERRCODE = '2BP01',
+                  HINT = format('To stop embedding the table: SELECT qvl.drop_vectorizer(%L). To pause it for a '
+                                'bulk load: ALTER TABLE %s DISABLE TRIGGER ..., then ENABLE ALWAYS TRIGGER ... '
+                                'and SELECT qvl.reembed(%L).', d.name, d.source, d.name);
+    END LOOP;
 END
 $$;

@@ -3,23 +3,31 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from qvl_devtools.launchers import service as local_service
+from vectorizer_service.core.settings import Settings
 
 TINY = Path(__file__).parents[1] / "fixtures" / "tiny-qwen3-vl"
 
 
+# The drain notice of a test about draining: the product's default.
+DRAIN_NOTICE = {"QVL_DRAIN_NOTICE_SECONDS": str(Settings.model_fields["drain_notice_seconds"].default)}
+
+
 class ServiceProcess(local_service.ServiceProcess):
-    """Both models default to the tiny fixture."""
+    """Both models default to the tiny fixture. The drain notice (QVL_DRAIN_NOTICE_SECONDS) is 0
+    unless ``env`` sets it: most tests stop a service only to end it (or to show an outage), and
+    each notice costs a second; a test about draining passes ``DRAIN_NOTICE``."""
 
     def __init__(self, *, embedding_model: str | None = str(TINY), reranker_model: str | None = str(TINY),
-                 **kwargs: Any) -> None:
-        super().__init__(embedding_model=embedding_model, reranker_model=reranker_model, **kwargs)
+                 env: Mapping[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(embedding_model=embedding_model, reranker_model=reranker_model,
+                         env={"QVL_DRAIN_NOTICE_SECONDS": "0", **(env or {})}, **kwargs)
 
 
 @contextlib.contextmanager

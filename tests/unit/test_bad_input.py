@@ -111,6 +111,24 @@ def test_long_text_is_truncated_keeping_the_prompt(models: Models, tiny_settings
     assert np.isfinite(vec.values).all()  # type: ignore[union-attr]
 
 
+def test_long_text_cut_at_the_start_keeps_the_instruction_or_is_refused(models: Models,
+                                                                        tiny_settings: Settings) -> None:
+    from vectorizer_service.model.embedder import Embedder
+
+    short = Embedder(models.embedder.ckpt, tiny_settings.model_copy(update={"embed_max_length": 96}))  # type: ignore[union-attr]
+    text = "first " + "word " * 100 + "last"
+    [whole] = Embedder(models.embedder.ckpt, tiny_settings).prepare([Item(texts=[text])])  # type: ignore[union-attr]
+    [enc] = short.prepare([Item(texts=[text])], truncate="start")
+    assert not isinstance(enc, InputError) and not isinstance(whole, InputError)
+    assert enc.length == 96 and enc.cut == whole.length - 96 and whole.cut == 0
+    decoded = short.pre.tokenizer.decode(enc.input_ids)
+    assert decoded.startswith("<|im_start|>system\nRepresent the user's input.<|im_end|>\n<|im_start|>user\n")
+    assert "first" not in decoded and decoded.endswith("word last<|im_end|>\n<|im_start|>assistant\n")
+    [refused] = short.prepare([Item(texts=[text])], truncate="none")
+    assert isinstance(refused, InputError) and refused.limit == "QVL_EMBED_MAX_LENGTH"
+    assert f"{whole.length} tokens" in str(refused) and "item 0" in str(refused)
+
+
 def test_vision_tokens_past_max_length_are_an_error(models: Models, tiny_settings: Settings) -> None:
     from vectorizer_service.model.embedder import Embedder
 

@@ -1,13 +1,16 @@
-"""The `qvl` command as a real process."""
+"""The `qvl` command: in this process (``run_qvl``), and as a real process (``qvl``) once per command family."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+
+from tests.support.cli import run_qvl
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TINY = str(FIXTURES / "tiny-qwen3-vl")
@@ -36,7 +39,7 @@ def test_embed_lines_in_order_with_a_bad_line(tmp_path: Path) -> None:
     assert "not valid JSON" in out[4]["error"]
     assert "UTF-8" in out[5]["error"]
     embed_cases = json.loads((FIXTURES / "parity" / "embed.json").read_text())["cases"]
-    full = qvl("embed", "--model", TINY, stdin=json.dumps(lines[0]).encode(), cwd=FIXTURES)
+    full = run_qvl("embed", "--model", TINY, stdin=json.dumps(lines[0]).encode(), cwd=FIXTURES)
     assert float(np.dot(json.loads(full.stdout)["embedding"], embed_cases[0]["embedding"])) > 0.9999
 
 
@@ -45,7 +48,7 @@ def test_embed_binary_and_int8_files(tmp_path: Path) -> None:
     src.write_text('{"text": "one"}\n{"text": "two"}\n')
     for enc in ("binary", "int8"):
         dst = tmp_path / f"{enc}.jsonl"
-        proc = qvl("embed", "-m", TINY, "--encoding", enc, "-i", str(src), "-o", str(dst))
+        proc = run_qvl("embed", "-m", TINY, "--encoding", enc, "-i", str(src), "-o", str(dst))
         assert proc.returncode == 0, proc.stderr
         rows = [json.loads(x) for x in dst.read_text().splitlines()]
         assert len(rows) == 2 and all("embedding_b64" in r for r in rows)
@@ -62,7 +65,7 @@ def test_rerank_lines() -> None:
 
 
 def test_help_explains_every_flag() -> None:
-    proc = qvl("embed", "--help")
+    proc = run_qvl("embed", "--help")
     text = proc.stdout.decode()
     for flag in ("--model", "--dimensions", "--encoding", "--instruction", "--batch-tokens", "--input", "--output"):
         assert flag in text
@@ -74,8 +77,8 @@ def test_tiny_model_builds_a_loadable_deterministic_checkpoint(tmp_path: Path) -
     from vectorizer_service.model.served_models import load_models
 
     a, b = tmp_path / "a", tmp_path / "b"
-    for d in (a, b):
-        assert qvl("tiny-model", str(d)).returncode == 0
+    assert qvl("tiny-model", str(a)).returncode == 0  # a real process, and one in this process: the same bytes
+    assert run_qvl("tiny-model", str(b)).returncode == 0
     assert (a / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
     models = load_models(Settings(embedding_model=str(a), reranker_model=str(a), device="cpu"))
     assert models.embedder is not None and models.reranker is not None
@@ -95,19 +98,19 @@ def test_cli_encodings_are_the_services() -> None:
 def test_embed_refuses_bad_dimensions_before_loading_the_model(tmp_path: Path) -> None:
     for dims in ("100000", "65", "31", "0", "-5"):
         dst = tmp_path / f"out-{dims}.jsonl"
-        proc = qvl("embed", "--model", TINY, "--dimensions", dims, "-o", str(dst), stdin=b'{"text": "a"}\n')
+        proc = run_qvl("embed", "--model", TINY, "--dimensions", dims, "-o", str(dst), stdin=b'{"text": "a"}\n')
         err = proc.stderr.decode()
         assert proc.returncode == 2, err
         assert "Traceback" not in err and "loading checkpoint" not in err, err
         [line] = err.strip().splitlines()
         assert "--dimensions" in line and "between 32 and 64" in line and dims in line, line
         assert not dst.exists()
-    proc = qvl("rerank", "--model", TINY, "--top-k", "0", stdin=b'{"query": "q", "documents": ["d"]}\n')
+    proc = run_qvl("rerank", "--model", TINY, "--top-k", "0", stdin=b'{"query": "q", "documents": ["d"]}\n')
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in err and "loading checkpoint" not in err, err
     [line] = err.strip().splitlines()
     assert "--top-k" in line and "at least 1" in line, line
-    proc = qvl("embed", "--model", str(tmp_path / "no-such-model"), stdin=b'{"text": "a"}\n')
+    proc = run_qvl("embed", "--model", str(tmp_path / "no-such-model"), stdin=b'{"text": "a"}\n')
     err = proc.stderr.decode()
     assert proc.returncode == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "no-such-model" in err
@@ -144,7 +147,7 @@ def test_output_line_n_answers_input_line_n() -> None:
     """Blank lines are errors too (never skipped), and every error names its input line."""
     data = (b'{"text": "one"}\n\n   \n{"text": "unterminated}\n{"text": "five"}\n'
             b'{"image": "media/missing.png"}\n')
-    proc = qvl("embed", "--model", TINY, stdin=data, cwd=FIXTURES)
+    proc = run_qvl("embed", "--model", TINY, stdin=data, cwd=FIXTURES)
     assert proc.returncode == 1, proc.stderr
     out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
     assert len(out) == 6
@@ -157,7 +160,7 @@ def test_output_line_n_answers_input_line_n() -> None:
     assert out[5]["line"] == 6 and out[5]["error"].startswith("line 6: cannot read image 0 file")
     rerank = (b'{"query": {"text": "q"}, "documents": [{"text": "d"}]}\n\n'
               b'{"query": {"image": "media/missing.png"}, "documents": [{"text": "d"}]}\n')
-    proc = qvl("rerank", "--model", TINY, stdin=rerank, cwd=FIXTURES)
+    proc = run_qvl("rerank", "--model", TINY, stdin=rerank, cwd=FIXTURES)
     out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
     assert proc.returncode == 1 and len(out) == 3, proc.stderr
     assert "scores" in out[0] and out[1]["line"] == 2 and "blank" in out[1]["error"]
@@ -170,13 +173,13 @@ def test_plain_strings_are_text_items_and_query_errors_say_query() -> None:
              {"query": {"text": "a dog"}, "documents": [{"text": "a puppy"}, {"text": "a cat"}]},
              {"query": 5, "documents": ["a"]},
              {"query": "q", "documents": ["a", 7]}]
-    proc = qvl("rerank", "--model", TINY, stdin=b"\n".join(json.dumps(x).encode() for x in lines) + b"\n")
+    proc = run_qvl("rerank", "--model", TINY, stdin=b"\n".join(json.dumps(x).encode() for x in lines) + b"\n")
     out = [json.loads(x) for x in proc.stdout.decode().splitlines()]
     assert proc.returncode == 1 and len(out) == 4, proc.stderr
     np.testing.assert_allclose(out[0]["scores"], out[1]["scores"], atol=1e-6)
     assert out[2]["error"].startswith("line 3: query: an item must be a JSON object or a string"), out[2]
     assert out[3]["error"].startswith("line 4: document 1: an item must be a JSON object or a string"), out[3]
-    proc = qvl("embed", "--model", TINY, stdin=b'"a puppy"\n{"text": "a puppy"}\n')
+    proc = run_qvl("embed", "--model", TINY, stdin=b'"a puppy"\n{"text": "a puppy"}\n')
     plain, obj = (json.loads(x)["embedding"] for x in proc.stdout.decode().splitlines())
     # Two rows of one batch: the same item, up to float noise of its place in the batch (a 7th-digit
     # difference on some CPUs' kernels).
@@ -193,6 +196,30 @@ def test_worker_flags_out_of_range_are_refused_naming_the_flag() -> None:
                                ("--write-lock-wait", "nan", "a number of seconds above 0"),
                                ("--poll", "0", "a number of seconds above 0"),
                                ("--prune-every", "-5", "a number of seconds of at least 0")]:
-        proc = qvl("worker", "--dsn", "postgresql:///nowhere", flag, value)
+        run = qvl if flag == "--batch" else run_qvl  # one real process for the family
+        proc = run("worker", "--dsn", "postgresql:///nowhere", flag, value)
         assert proc.returncode == 2, (flag, proc.stderr)
         assert f"argument {flag}: {words}, not '{value}'" in proc.stderr.decode(), proc.stderr
+
+
+def test_embed_truncate_flag_reports_or_refuses_long_text(tmp_path: Path) -> None:
+    long = {"text": "lorem ipsum dolor sit amet " * 30}  # the tiny tokenizer is byte-level: ~810 tokens
+    data = (json.dumps({"text": "short"}) + "\n" + json.dumps(long) + "\n").encode()
+    env = {**os.environ, "QVL_EMBED_MAX_LENGTH": "256"}
+
+    def run(*flags: str) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([sys.executable, "-m", "qvl_cli", "embed", "-m", TINY, *flags], input=data,
+                              capture_output=True, timeout=300, env=env)
+
+    cut = run()  # the default: cut at the end, and say so
+    assert cut.returncode == 0, cut.stderr
+    rows = [json.loads(x) for x in cut.stdout.decode().splitlines()]
+    assert "truncated_tokens" not in rows[0] and rows[1]["truncated_tokens"] > 0
+    assert "line 2" in cut.stderr.decode() and "QVL_EMBED_MAX_LENGTH" in cut.stderr.decode()
+    refused = run("--truncate", "none")
+    assert refused.returncode == 1
+    rows = [json.loads(x) for x in refused.stdout.decode().splitlines()]
+    assert "embedding" in rows[0]
+    assert rows[1]["line"] == 2 and "QVL_EMBED_MAX_LENGTH" in rows[1]["error"], rows[1]
+    start = run("--truncate", "start")
+    assert start.returncode == 0 and json.loads(start.stdout.decode().splitlines()[1])["truncated_tokens"] > 0

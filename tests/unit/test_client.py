@@ -239,8 +239,8 @@ def test_items_and_channel_options() -> None:
     item = to_item({"text": ["a", "b"], "image": [b"x"], "frames": [b"f1", b"f2"], "instruction": "do"})
     kinds = [p.WhichOneof("kind") for p in item.parts]
     assert kinds == ["frames", "image", "text", "text"] and item.instruction == "do"
-    with pytest.raises(ValueError, match="unknown item keys"):
-        to_item({"txt": "typo"})
+    with pytest.raises(ValueError, match="item 3: unknown key 'txt'"):  # InvalidArgument is a ValueError
+        to_item({"txt": "typo"}, 3)
     c = Client("127.0.0.1:1", channel_options=[("grpc.max_reconnect_backoff_ms", 1000)])
     assert dict(c.options)["grpc.max_reconnect_backoff_ms"] == 1000
     c.close()

@@ -20,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from connectors.client import SERVICE_NAME, AsyncClient, Client, ItemFailure
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
+from tests.support.doc_snippets import ROOT, run_by
 
 DRAINING = "the service is starting or draining; retry shortly"  # what qvl serve says per item (reason NOT_READY)
 
@@ -111,6 +112,20 @@ def test_calls_are_spread_over_the_replicas(replicas: list[Replica]) -> None:
     a, b = replicas
     assert a.calls + b.calls == 40
     assert min(a.calls, b.calls) >= 10, (a.calls, b.calls)  # pick_first would give one of them all 40
+
+
+def test_the_target_in_scaling_md_spreads_calls(replicas: list[Replica]) -> None:
+    """docs/scaling.md's client, its two addresses those of the replicas here."""
+    a, b = replicas
+    [block] = run_by(ROOT / "docs" / "scaling.md", __file__)
+    block = block.replace("10.0.0.1:50051", f"127.0.0.1:{a.port}").replace("10.0.0.2:50051", f"127.0.0.1:{b.port}")
+    ns: dict[str, Any] = {}
+    exec(compile(block, "docs/scaling.md", "exec", dont_inherit=True), ns)
+    with ns["client"] as c:
+        c.wait_ready(10)
+        for i in range(40):
+            c.embed([f"n {i}"])
+    assert a.calls + b.calls == 40 and min(a.calls, b.calls) >= 10, (a.calls, b.calls)
 
 
 def test_a_replica_that_is_not_serving_gets_no_calls(replicas: list[Replica]) -> None:

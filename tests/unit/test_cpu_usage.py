@@ -22,7 +22,9 @@ def test_the_busy_process_gets_its_cores_and_the_idle_one_none() -> None:
         for p in (busy, idle):
             p.kill()
             p.wait()
-    assert cores["busy"] > 0.3, cores  # a spinning process, even on a shared machine
+    # A spinning process gets a share of the cores however loaded the machine is (about 2/9 of a core
+    # at load 9 on 2 cores; `make test` runs two test workers beside it): far above the idle one's.
+    assert cores["busy"] > 0.1, cores
     assert cores["idle"] < 0.05, cores
     assert cores["gone"] == 0, cores  # no such process: nothing, not an error
     assert cores["machine"] >= cores["busy"] - 0.05, cores

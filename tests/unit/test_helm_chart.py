@@ -4,7 +4,9 @@ and the rendered settings file is loaded by qvl's own settings object."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -211,10 +213,39 @@ def test_token_tls_and_worker_wiring() -> None:
     (["--set", "settings.http_port=9000"], "settings.http_port is set by the chart"),
     (["--set", "settings.token=x"], "settings.token is set by the chart"),
     (["--set", "worker.enabled=true"], "worker.enabled needs worker.dsnSecret"),
+    # values.schema.json (generated from qvl's Settings): what `qvl serve` would refuse at start,
+    # after the pods were scheduled, is refused at render with the setting named.
+    (["--set", "settings.bogus_setting=1"], "'bogus_setting' not allowed"),
+    (["--set", "settings.dtype=float64"], "/settings/dtype"),
+    (["--set", "settings.drain_seconds=soon"], "/settings/drain_seconds"),
+    (["--set", "settings.profiles.products.dimensions=many"], "/settings/profiles/products/dimensions"),
 ])
 def test_misconfiguration_refused_at_render(args: list[str], message: str) -> None:
     done = helm("template", "t", str(CHART), *MINIMAL, *args)
     assert done.returncode != 0 and message in done.stderr, done.stderr
+
+
+def test_the_values_schema_is_generated_from_qvl_settings() -> None:
+    """deploy/helm/qvl/values.schema.json is what `python -m qvl_devtools.helm_schema` writes from
+    vectorizer_service/core/settings.py: regenerate it when a setting changes."""
+    from qvl_devtools.helm_schema import SCHEMA_PATH, values_schema
+
+    assert json.loads(SCHEMA_PATH.read_text(encoding="utf-8")) == values_schema(), \
+        "regenerate it: python -m qvl_devtools.helm_schema"
+    settings = values_schema()["properties"]["settings"]["properties"]
+    assert set(settings) == set(Settings.model_fields)
+
+
+def test_every_setting_the_chart_sets_renders_and_loads(tmp_path: Path) -> None:
+    """The schema refuses nothing qvl takes: the chart's own defaults and values of each kind."""
+    objs = render(*FULL, "--set", "settings.video_codecs=h264\\,vp9", "--set-json",
+                  'settings.allow_uri_roots=["/media"]', "--set", "settings.torch_threads=null",
+                  "--set", "settings.max_wait_ms=2.5", "--set", "settings.share_prefix=false")
+    path = tmp_path / "settings.yaml"
+    path.write_text(only(objs, "ConfigMap", "-settings")["data"]["settings.yaml"])
+    settings = Settings.load(path)
+    assert settings.video_codecs == ["h264", "vp9"] and settings.allow_uri_roots == ["/media"]
+    assert settings.max_wait_ms == 2.5 and settings.share_prefix is False
 
 
 def test_weaviate_values_point_at_the_qvl_service() -> None:
@@ -380,3 +411,19 @@ def test_qvl_values_for_weaviate_admit_weaviate_s_pods() -> None:
     weaviate_pod = {"app": "weaviate", "app.kubernetes.io/name": "weaviate"}
     assert admits(policy, 8080, labels=weaviate_pod, namespace="weaviate", release_ns="qvl")
     assert not admits(policy, 8080, labels={"app": "other"}, namespace="weaviate", release_ns="qvl")
+
+
+def test_the_documented_image_build_matches_the_dockerfile_and_the_chart() -> None:
+    """docs/weaviate.md says how to build and push the image the chart names: its build argument is
+    the Dockerfile's, its CUDA index is the GPU compose file's, its tag the chart's appVersion."""
+    doc = (ROOT / "docs" / "weaviate.md").read_text(encoding="utf-8")
+    build = re.search(r"docker build -f (\S+) --build-arg (\w+)=(\S+) \\\n\s+-t ([\w./-]+):(\S+) \.", doc)
+    assert build, "the docker build command of the Helm section"
+    dockerfile, arg, index, repository, tag = build.groups()
+    assert f"ARG {arg}=" in (ROOT / dockerfile).read_text(encoding="utf-8")
+    gpu = yaml.safe_load((ROOT / "docker-compose.gpu.yml").read_text(encoding="utf-8"))
+    assert gpu["services"]["qvl-a"]["build"]["args"][arg] == index
+    assert tag == yaml.safe_load((CHART / "Chart.yaml").read_text(encoding="utf-8"))["appVersion"]
+    assert f"docker push {repository}:{tag}" in doc and f"--set image.repository={repository}" in doc
+    image = only(render(*MINIMAL, "--set", f"image.repository={repository}"), "Deployment", "-qvl")
+    assert image["spec"]["template"]["spec"]["containers"][0]["image"] == f"{repository}:{tag}"

@@ -39,9 +39,10 @@ def test_request_process_ids_equal_the_model_process_ids(models: Models, tiny_se
         mine = dispatcher.encode_texts(ITEMS, instruction)
         theirs = models.embedder.prepare(ITEMS, instruction)
         for k, (a, b) in enumerate(zip(mine, theirs, strict=True)):
-            assert not isinstance(b, InputError | type(None)), b
-            assert a == b.input_ids, (k, instruction)  # type: ignore[union-attr]
-    assert len(mine[-1]) == tiny_settings.embed_max_length  # type: ignore[arg-type]
+            assert not isinstance(a, InputError) and not isinstance(b, InputError | type(None)), (a, b)
+            assert a.ids == b.input_ids and a.cut == b.cut, (k, instruction)  # type: ignore[union-attr]
+    assert len(mine[-1].ids) == tiny_settings.embed_max_length  # type: ignore[union-attr]
+    assert mine[-1].cut > 0 and all(m.cut == 0 for m in mine[:-1])  # type: ignore[union-attr]
 
 
 def test_request_process_refuses_what_the_model_process_refuses(models: Models, tiny_settings: Settings) -> None:
@@ -54,7 +55,7 @@ def test_request_process_refuses_what_the_model_process_refuses(models: Models, 
     for a, b in zip(mine[:3], theirs[:3], strict=True):
         assert isinstance(a, InputError) and isinstance(b, InputError)
         assert a.reason == b.reason and a.status == b.status
-    assert mine[3] == theirs[3].input_ids  # type: ignore[union-attr]
+    assert mine[3].ids == theirs[3].input_ids  # type: ignore[union-attr]
 
 
 def test_prompts_filled_into_a_rendered_shape_equal_jinja_renderings(models: Models, tiny_settings: Settings) -> None:

@@ -17,13 +17,20 @@ from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.grpc_stream import EmbedStreamSession, embed_options
-from vectorizer_service.api.item_codecs import embedding_to_proto, item_error, item_from_proto
+from vectorizer_service.api.item_codecs import (
+    chunking_from_proto,
+    chunks_to_proto,
+    embedding_to_proto,
+    item_error,
+    item_from_proto,
+)
 from vectorizer_service.api.service_info import service_info
 from vectorizer_service.core.call_context import CallContext
 from vectorizer_service.core.errors import (
     InputError,
     QvlError,
 )
+from vectorizer_service.core.items import check_item_count
 from vectorizer_service.core.ranking import check_rerank_request
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
@@ -88,10 +95,16 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             size = request.ByteSize()
             held = wire.hold_or_refuse(size)
             options = embed_options(request.options)
-            # Admission is decided on the message's size before its media are copied into items.
-            results = await self.dispatcher.embed(
-                lambda: [item_from_proto(it, i, self.settings) for i, it in enumerate(request.items)], options,
-                self._context(context), size_hint=(len(request.items), size))
+            chunking = chunking_from_proto(request.options)
+            if chunking is None:
+                # Admission is decided on the message's size before its media are copied into items.
+                results = await self.dispatcher.embed(
+                    lambda: [item_from_proto(it, i, self.settings) for i, it in enumerate(request.items)], options,
+                    self._context(context), size_hint=(len(request.items), size))
+            else:
+                check_item_count(len(request.items), self.settings)
+                items = [item_from_proto(it, i, self.settings) for i, it in enumerate(request.items)]
+                results = await self.dispatcher.embed_chunks(items, options, chunking, self._context(context))
             errors = [(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]
             for _, err in errors:
                 if err.fails_call(request.options.allow_partial):
@@ -102,7 +115,10 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             wire.release(held)
         response = pb.EmbedResponse(model=self.dispatcher.model_name("embed"))
         for r in results:
-            response.embeddings.append(pb.Embedding() if isinstance(r, QvlError) else embedding_to_proto(r))
+            if chunking is not None:
+                response.chunks.append(pb.Chunks() if isinstance(r, QvlError) else chunks_to_proto(r))
+            else:
+                response.embeddings.append(pb.Embedding() if isinstance(r, QvlError) else embedding_to_proto(r))
         response.errors.extend(item_error(i, e) for i, e in errors)
         metrics.REQUESTS.labels("grpc.Embed", "OK").inc()
         metrics.LATENCY.labels("grpc.Embed").observe(time.perf_counter() - started)

@@ -13,6 +13,9 @@ from collections.abc import AsyncIterator
 from qvl_proto import vectorizer_pb2 as pb
 from vectorizer_service.api.item_codecs import (
     ENCODING_NAMES,
+    TRUNCATE_NAMES,
+    chunking_from_proto,
+    chunks_to_proto,
     embedding_to_proto,
     error_code,
     item_error,
@@ -20,6 +23,7 @@ from vectorizer_service.api.item_codecs import (
 )
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import InputError, QvlError
+from vectorizer_service.core.items import Item
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.dispatcher import Dispatcher
@@ -30,11 +34,14 @@ STREAM_GROUP = 64  # stream items handed to the dispatcher together
 def embed_options(msg: pb.EmbedOptions) -> EmbedOptions:
     if msg.encoding not in ENCODING_NAMES:
         raise InputError(f"unknown encoding {msg.encoding}")
+    if msg.truncate not in TRUNCATE_NAMES:
+        raise InputError(f"unknown truncate {msg.truncate}")
     return EmbedOptions(
         dimensions=msg.dimensions if msg.HasField("dimensions") else None,
         encoding=ENCODING_NAMES[msg.encoding],
         normalize=msg.normalize if msg.HasField("normalize") else True,
         instruction=msg.instruction if msg.HasField("instruction") else None,
+        truncate=TRUNCATE_NAMES[msg.truncate],
     )
 
 
@@ -78,10 +85,7 @@ class EmbedStreamSession:
                     outs[m.seq] = _stream_error(m.seq, err)
             try:
                 if items:
-                    rows = await self.dispatcher.embed(items, embed_options(options), self.ctx, wait_for_capacity=True)
-                    for seq, row in zip(seqs, rows, strict=True):
-                        outs[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)
-                                     else pb.EmbedStreamResult(seq=seq, embedding=embedding_to_proto(row)))
+                    outs.update(await self._embed_group(items, seqs, options))
             except QvlError as err:  # the group as a whole (options, deadline, draining)
                 for seq in seqs:
                     outs[seq] = _stream_error(seq, err)
@@ -133,6 +137,24 @@ class EmbedStreamSession:
                 task.cancel()
             wire.release(self.held)  # read ahead and never answered (the caller went away)
             self.held = 0
+
+    async def _embed_group(self, items: list[Item], seqs: list[int],
+                           options: pb.EmbedOptions) -> dict[int, pb.EmbedStreamResult]:
+        """One result per item: its embedding, or with ``options.chunking`` its chunks."""
+        chunking = chunking_from_proto(options)
+        out: dict[int, pb.EmbedStreamResult] = {}
+        if chunking is not None:
+            chunked = await self.dispatcher.embed_chunks(items, embed_options(options), chunking, self.ctx,
+                                                         wait_for_capacity=True)
+            for seq, result in zip(seqs, chunked, strict=True):
+                out[seq] = (_stream_error(seq, result) if isinstance(result, QvlError)
+                            else pb.EmbedStreamResult(seq=seq, chunks=chunks_to_proto(result)))
+            return out
+        rows = await self.dispatcher.embed(items, embed_options(options), self.ctx, wait_for_capacity=True)
+        for seq, row in zip(seqs, rows, strict=True):
+            out[seq] = (_stream_error(seq, row) if isinstance(row, QvlError)
+                        else pb.EmbedStreamResult(seq=seq, embedding=embedding_to_proto(row)))
+        return out
 
 
 def _stream_error(seq: int, err: QvlError) -> pb.EmbedStreamResult:

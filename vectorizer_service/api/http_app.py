@@ -19,6 +19,7 @@ from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.json_api import json_api_router
 from vectorizer_service.api.service_info import info_dict
 from vectorizer_service.api.weaviate_modules import PREFIXES, health_router, module_router
+from vectorizer_service.api.wrong_server import wrong_server_hint
 from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
@@ -37,8 +38,9 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
 
     @app.exception_handler(HTTPException)
     async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        return shaped_error_response(InputError(str(exc.detail), status=exc.status_code), request.url.path,
-                                     code="HTTP")
+        hint = wrong_server_hint(request.url.path) if exc.status_code == 404 else None
+        message = str(exc.detail) if hint is None else f"{exc.detail}: {hint}"
+        return shaped_error_response(InputError(message, status=exc.status_code), request.url.path, code="HTTP")
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:

@@ -13,6 +13,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.dialects.errors import Unauthenticated, shape_for_path, shaped_error_response
 from vectorizer_service.api.http_service import HELD_BYTES
+from vectorizer_service.api.wrong_server import wrong_server_hint
 from vectorizer_service.core.errors import InputError, OverloadedError
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.admission import HeldBytes, WireBytes
@@ -150,6 +151,9 @@ class TokenAuth:
                 and not bearer_matches(dict(scope["headers"]).get(b"authorization"), self.token)):
             metrics.ERRORS.labels("unauthenticated").inc()
             message = "missing or wrong bearer token"
+            hint = wrong_server_hint(scope["path"])
+            if hint is not None:  # a Weaviate client pointed at qvl's port: say so, not just "wrong token"
+                message = f"{message}; {hint}"
             # In the shape the route's dialect reads (the voyageai SDK calls a 401 without "detail" a
             # malformed answer, not an authentication error).
             shape = shape_for_path(scope["path"], before_body=True)

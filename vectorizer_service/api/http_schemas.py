@@ -50,13 +50,19 @@ class RerankModuleBody(BaseModel):
 
 class EmbedBody(Strict):
     items: list[Any] = Field(description="items: objects with text/image/video/frames/image_uri/video_uri/"
-                             "instruction, or plain strings")
+                             "document/document_uri/page/start_s/end_s/instruction, or plain strings")
     dimensions: int | None = None
     encoding: Literal["float32", "float16", "int8", "binary"] = "float32"
     normalize: bool = True
     instruction: str | None = None
     format: Literal["json", "base64"] = "json"
     allow_partial: bool = False
+    truncate: Literal["none", "start", "end"] = Field(
+        "end", description="past QVL_EMBED_MAX_LENGTH: refuse the item (none) or cut its text at the start or "
+                           "the end; the answer's `truncated` names the cut items")
+    chunking: dict[str, Any] | None = Field(
+        None, description='{"type": "pages"}, {"type": "video", "seconds": 10, "overlap": 0} or '
+                          '{"type": "text", "tokens": 512, "overlap": 64}: answers "chunks" per item')
 
 
 class RerankBody(Strict):

@@ -11,10 +11,11 @@ from vectorizer_service.api.dialects.rerank import ForeignRerank, is_foreign_bod
 from vectorizer_service.api.http_errors import validate
 from vectorizer_service.api.http_schemas import EmbedBody, RerankBody, request_doc
 from vectorizer_service.api.http_service import HttpService
-from vectorizer_service.api.item_codecs import embedding_to_json, error_dict, item_from_json
+from vectorizer_service.api.item_codecs import chunks_to_json, embedding_to_json, error_dict, item_from_json
 from vectorizer_service.core.call_context import EmbedOptions
+from vectorizer_service.core.chunking import Chunking, chunking_from_json
 from vectorizer_service.core.errors import QvlError
-from vectorizer_service.core.items import check_item_count
+from vectorizer_service.core.items import Item, check_item_count
 from vectorizer_service.core.ranking import check_rerank_request
 from vectorizer_service.core.vector_encoding import EncodedVector
 
@@ -28,8 +29,11 @@ class JsonApi:
         body = validate(await self.http.json(request), EmbedBody)
         settings = self.http.settings
         check_item_count(len(body.items), settings)  # before any item is built
+        chunking = chunking_from_json(body.chunking)
         items = [item_from_json(obj, i, settings) for i, obj in enumerate(body.items)]
-        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction)
+        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction, body.truncate)
+        if chunking is not None:
+            return await self._embed_chunks(request, body, items, options, chunking)
         results = await self.http.embed_items(request, items, options, allow_partial=body.allow_partial)
         embeddings, errors = [], []
         for i, r in enumerate(results):
@@ -40,7 +44,23 @@ class JsonApi:
                 embeddings.append(embedding_to_json(r, body.format))
         dims = next((r.dimensions for r in results if isinstance(r, EncodedVector)), None)
         return {"embeddings": embeddings, "dimensions": dims, "encoding": body.encoding,
-                "model": self.http.dispatcher.model_name("embed") or None, "errors": errors}
+                "model": self.http.dispatcher.model_name("embed") or None, "errors": errors,
+                "truncated": [{"item": i, "tokens": r.cut} for i, r in enumerate(results)
+                              if isinstance(r, EncodedVector) and r.cut]}
+
+    async def _embed_chunks(self, request: Request, body: EmbedBody, items: list[Item], options: EmbedOptions,
+                            chunking: Chunking) -> dict[str, Any]:
+        """``chunks[i]``: item i's parts, each ``{"embedding" | "embedding_b64", "locator"}``."""
+        ctx = self.http.context()
+        results = await self.http.watch(request, ctx, self.http.dispatcher.embed_chunks(items, options, chunking, ctx))
+        for r in results:
+            if isinstance(r, QvlError) and r.fails_call(body.allow_partial):
+                raise r
+        chunks = [None if isinstance(r, QvlError) else chunks_to_json(r, body.format) for r in results]
+        dims = next((r[0].vector.dimensions for r in results if not isinstance(r, QvlError) and r), None)
+        return {"chunks": chunks, "dimensions": dims, "encoding": body.encoding,
+                "model": self.http.dispatcher.model_name("embed") or None,
+                "errors": [error_dict(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]}
 
     async def v1_rerank(self, request: Request) -> Any:
         data = await self.http.json(request)

@@ -43,7 +43,8 @@ def service_info(dispatcher: Dispatcher, settings: Settings) -> pb.InfoResponse:
         video_max_frames=s.video_max_frames, video_fps=s.video_fps, max_video_seconds=s.max_video_seconds,
         max_items_per_request=s.max_items_per_request, max_rerank_documents=s.max_rerank_documents,
         queue_max_items=s.queue_max_items, batch_tokens=s.batch_tokens, stream_max_in_flight=s.stream_max_in_flight,
-        allow_uri_schemes=s.allow_uri_schemes,
+        allow_uri_schemes=s.allow_uri_schemes, max_document_bytes=s.max_document_bytes,
+        max_document_pages=s.max_document_pages, max_video_windows=s.max_video_windows,
     )
     return pb.InfoResponse(models=models, limits=limits, version=__version__,
                            transformers_version=ready.transformers_version if ready else "",

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from vectorizer_service.core.parts import DocumentPage, VideoClip
+
 TEXT_CHUNK = 32  # text-only items prepared together in one pool task
+PAGE_GROUP = 4  # pages of one document drawn in one renderer job (and prepared in one pool task)
 INLINE_TEXT_CHARS = 4096  # text-only requests this small are prepared without a pool task
 
 
@@ -63,14 +66,36 @@ def is_small_text(chunk: Sequence[Any]) -> bool:
     return all(_light(i) for i in chunk) and sum(len(t) for i in chunk for t in i.texts) <= INLINE_TEXT_CHARS
 
 
+def source_key(item: Any) -> tuple[str, int] | None:
+    """What makes consecutive items one preparation task: the windows of one video (decoded
+    once), or pages of one document (drawn in one renderer job)."""
+    if len(item.videos) == 1 and isinstance(item.videos[0], VideoClip):
+        return ("clip", id(item.videos[0].source))
+    for src in item.images:
+        if isinstance(src, DocumentPage):
+            return ("document", id(src.source))
+    return None
+
+
+def is_clip_run(chunk: Sequence[Any]) -> bool:
+    """Several windows of one video: one task decodes the file once for all of them."""
+    key = source_key(chunk[0])
+    return len(chunk) > 1 and key is not None and key[0] == "clip"
+
+
 def preparation_chunks(items: Sequence[Any]) -> list[tuple[int, list[Any]]]:
-    """(start, items) for preprocessing tasks: runs of text-only items together, each item with
-    media alone (decoding is the work)."""
+    """(start, items) for preprocessing tasks: runs of text-only items together, runs of one
+    document's pages (up to PAGE_GROUP) and of one video's windows together, each other item
+    with media alone (decoding is the work)."""
     chunks: list[tuple[int, list[Any]]] = []
     for i, item in enumerate(items):
         prev = chunks[-1][1] if chunks else None
-        if _light(item) and prev and _light(prev[-1]) and len(prev) < TEXT_CHUNK:
-            prev.append(item)
+        key = source_key(item)
+        texts = _light(item) and prev and _light(prev[-1]) and len(prev) < TEXT_CHUNK
+        same_source = key is not None and prev and source_key(prev[-1]) == key and (
+            key[0] == "clip" or len(prev) < PAGE_GROUP)
+        if texts or same_source:
+            prev.append(item)  # type: ignore[union-attr]
         else:
             chunks.append((i, [item]))
     return chunks

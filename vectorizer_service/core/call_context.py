@@ -32,3 +32,4 @@ class EmbedOptions:
     encoding: str = "float32"
     normalize: bool = True
     instruction: str | None = None
+    truncate: str = "end"  # past the maximum length: "none" refuses the item, "start"/"end" cut its text

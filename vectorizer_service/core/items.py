@@ -10,11 +10,19 @@ from typing import Any
 from PIL import Image
 
 from vectorizer_service.core.errors import InputError
+from vectorizer_service.core.parts import DocumentPage, VideoClip, check_page, check_span
 from vectorizer_service.core.settings import Settings
 
 # What an item may carry; the model process decodes them (``model.media``).
 ImageSource = bytes | str | os.PathLike | Image.Image
 VideoSource = bytes | str | os.PathLike | list[ImageSource]
+
+
+
+class Decoded:
+    """Media the model process has decoded already (a clip's frames, decoded once for all the
+    windows of a video): it stands in an item's videos where the source stood."""
+
 
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
@@ -94,10 +102,18 @@ class Item:
                 raise InputError(f"text {i} contains a NUL character")
             check_unicode(text, f"text {i}")
         for i, img in enumerate(self.images):
-            if not isinstance(img, bytes | bytearray | str | os.PathLike | Image.Image) and not hasattr(img, "uri"):
+            if isinstance(img, DocumentPage):
+                if img.page is None:
+                    raise InputError("a document needs a page (1-based), unless the request asks for chunking "
+                                     '"pages"', part=f"image {i}")
+                check_page(img.page)
+            elif not isinstance(img, bytes | bytearray | str | os.PathLike | Image.Image) and not hasattr(img, "uri"):
                 raise InputError(f"image {i} is {type(img).__name__}; expected bytes, a path or an image")
         for i, vid in enumerate(self.videos):
-            if not isinstance(vid, bytes | bytearray | str | os.PathLike | list | tuple) and not hasattr(vid, "uri"):
+            if isinstance(vid, VideoClip):
+                check_span(vid.start_s, vid.end_s)
+            elif (not isinstance(vid, bytes | bytearray | str | os.PathLike | list | tuple | Decoded)
+                  and not hasattr(vid, "uri")):
                 raise InputError(f"video {i} is {type(vid).__name__}; expected bytes, a path or frames")
         if self.instruction is not None:
             if not isinstance(self.instruction, str):
@@ -131,10 +147,10 @@ def item_from_local_json(obj: Any, base_dir: str | None = None) -> Item:
         return Item(texts=[obj])
     if not isinstance(obj, dict):
         raise InputError(f"an item must be a JSON object or a string, got {type(obj).__name__}")
-    unknown = set(obj) - {"text", "image", "video", "instruction"}
+    unknown = set(obj) - LOCAL_KEYS
     if unknown:
         raise InputError(f"unknown item keys: {', '.join(sorted(unknown))} "
-                         "(expected text, image, video, instruction)")
+                         f"(expected {', '.join(sorted(LOCAL_KEYS))})")
     texts = as_list(obj.get("text"))
     images = [_resolve(p, base_dir) for p in as_list(obj.get("image"))]
     video = obj.get("video")
@@ -148,4 +164,30 @@ def item_from_local_json(obj: Any, base_dir: str | None = None) -> Item:
     for i, img in enumerate(images):
         if not isinstance(img, str):
             raise InputError(f"image {i} must be a path string in JSON input")
-    return Item(texts=texts, images=images, videos=videos, instruction=obj.get("instruction"))
+    document = obj.get("document")
+    if document is not None:
+        if not isinstance(document, str):
+            raise InputError("document must be a path string in JSON input")
+        images.append(_resolve(document, base_dir))
+    item = Item(texts=texts, images=images, videos=videos, instruction=obj.get("instruction"))
+    return with_source_parts(item, obj, has_document=document is not None)
+
+
+LOCAL_KEYS = {"text", "image", "video", "document", "page", "start_s", "end_s", "instruction"}
+
+
+def with_source_parts(item: Item, obj: dict[str, Any], *, has_document: bool) -> Item:
+    """``page`` turns the item's document (its last image entry) into that page; ``start_s`` /
+    ``end_s`` turn its video file into that span. Shared by every JSON form of an item."""
+    page = obj.get("page")
+    if has_document:
+        item.images[-1] = DocumentPage(item.images[-1], None if page is None else check_page(page))
+    elif page is not None:
+        raise InputError("page selects a page of a document: the item has no document")
+    start_s, end_s = check_span(obj.get("start_s"), obj.get("end_s"))
+    if start_s is not None or end_s is not None:
+        if len(item.videos) != 1 or isinstance(item.videos[0], list):
+            raise InputError("start_s and end_s select a span of a video file: the item needs exactly one "
+                             "video (not a frame list)")
+        item.videos[0] = VideoClip(item.videos[0], start_s, end_s)
+    return item

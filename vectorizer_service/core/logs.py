@@ -7,7 +7,10 @@ import logging
 import sys
 import time
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName"}
+# Record attributes that are not extras. uvicorn adds `color_message`, an ANSI-coloured copy of the
+# message for its own console formatter: noise in ours.
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime", "taskName",
+                                                                          "color_message"}
 
 
 class JsonFormatter(logging.Formatter):

@@ -1,7 +1,8 @@
 """The messages between the request process and the model process (pickled by ``pipe_framing``).
 
 Each is a frozen dataclass; each side matches on the type. A row's value is a pooled hidden
-state (embedding), a score (rerank), or the item's own error.
+state (embedding; a ``CutRow`` when truncation shortened its sequence), a score (rerank), or the
+item's own error.
 """
 
 from __future__ import annotations
@@ -13,8 +14,18 @@ import numpy as np
 
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.items import Item
+from vectorizer_service.core.parts import DocumentPage, SourceFacts, VideoClip
 
-RowValue = np.ndarray | float | QvlError
+
+@dataclass(frozen=True, slots=True)
+class CutRow:
+    """An embedding whose sequence truncation shortened: the pooled state, and the tokens cut."""
+
+    value: np.ndarray
+    cut: int
+
+
+RowValue = np.ndarray | float | SourceFacts | QvlError | CutRow
 Row = tuple[int, int, RowValue]  # (request id, index in the request, value)
 
 
@@ -27,6 +38,7 @@ class EmbedCall:
     deadline: float  # time.monotonic(), the same clock in both processes
     instruction: str | None
     entries: list[tuple[int, list[int] | Item]]  # (index in the request, token ids or a raw item)
+    truncate: str = "end"  # for the raw items (``core.text_encoding.Truncate``); ids arrive cut already
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +48,16 @@ class RerankCall:
     query: Item
     documents: list[Item]
     instruction: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeCall:
+    """Chunking's first step: read each source's page count or length (a row of ``SourceFacts``
+    each), where documents and videos are opened: in the model process and its renderers."""
+
+    rid: int
+    deadline: float
+    entries: list[tuple[int, DocumentPage | VideoClip]]  # (index in the request, the whole source)
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +72,7 @@ class Stop:
     """Finish: the request process has drained (or is going away)."""
 
 
-ToModelProcess = EmbedCall | RerankCall | Cancel | Stop
+ToModelProcess = EmbedCall | RerankCall | ProbeCall | Cancel | Stop
 
 
 # -- model process -> request process ------------------------------------------------------------

@@ -49,8 +49,14 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("auto", description="auto: bf16 CUDA, fp32 CPU")
     attention: Literal["auto", "sdpa", "eager", "flash_attention_2"] = Field(
         "auto", description="auto: flash_attention_2 on CUDA when installed, else sdpa")
-    embed_max_length: int = Field(8192, ge=64, description="Embedding tokens per item; longer text is cut")
+    embed_max_length: int = Field(
+        8192, ge=64, description="Embedding tokens per item (instruction and prompt included); past it the item "
+                                 "is refused or its text cut, as the caller's truncate option says (docs/api.md)")
     rerank_max_length: int = Field(10240, ge=64, description="Reranker tokens per pair; longer text is cut")
+    tiktoken_cache_dir: Path = Field(
+        Path("/opt/qvl/tiktoken"),
+        description="OpenAI's tiktoken files (tiktoken's cache layout; `make setup` puts cl100k_base here): token "
+                    "arrays on /v1/embeddings are decoded with them. Nothing is downloaded")
     default_instruction: str = Field(DEFAULT_EMBED_INSTRUCTION, description="Embedding instruction of documents")
     query_instruction: str = Field(DEFAULT_QUERY_INSTRUCTION, description="Embedding instruction of queries")
     rerank_instruction: str = Field(DEFAULT_RERANK_INSTRUCTION, description="Reranker instruction")
@@ -74,9 +80,24 @@ class Settings(BaseSettings):
     video_codecs: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "gif"],
         description="Comma-separated FFmpeg decoders allowed for video files (others are refused before decoding)")
+    # Documents (PDF pages) and parts of sources (docs/documents.md).
+    document_dpi: float = Field(
+        96.0, gt=0, le=600, description="Resolution PDF pages are drawn at; a page larger than QVL_IMAGE_MAX_PIXELS "
+                                        "at it is drawn smaller, to fit")
+    max_document_bytes: int = Field(64 * 1024 * 1024, ge=1, description="Largest PDF, refused before it is opened")
+    max_document_pages: int = Field(1000, ge=1, description="Refuse PDFs with more pages (counted before rendering)")
+    document_timeout_s: float = Field(
+        60.0, gt=0, description="Rendering time one document's pages may take in one request (waits for the model "
+                                "not counted); past it the renderer is killed and the document fails")
+    render_workers: int = Field(2, ge=1, le=64, description="PDF renderer processes (no model in them)")
+    renderer_memory_bytes: int = Field(
+        2 * 1024 * 1024 * 1024, ge=256 * 1024 * 1024,
+        description="Address space one renderer process may map (a PDF that needs more fails alone)")
+    max_video_windows: int = Field(720, ge=1, description="Most windows one video is cut into by chunking")
+    max_text_passages: int = Field(1024, ge=1, description="Most passages one text is cut into by chunking")
     max_images_per_item: int = Field(32, description="Most images in one item")
     max_videos_per_item: int = Field(4, description="Most videos in one item")
-    max_text_chars: int = Field(200_000, description="Longest text part; tokens past the max length are cut")
+    max_text_chars: int = Field(200_000, description="Longest text part, in characters")
     max_parts_per_item: int = Field(
         64, ge=1, description="Most parts (texts, images, videos; a frame list is one video) in one item")
     max_items_per_request: int = Field(1024, description="Most items in one embed request")

@@ -9,13 +9,32 @@ because they run this one implementation.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Literal
 
 from tokenizers import Tokenizer
 from transformers.utils.chat_template_utils import render_jinja_template
 
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.prompts import Prompt
+
+# What to do with an item longer than the maximum length: refuse it (naming the limit), or cut
+# text tokens from the start or the end of its text. The caller always learns of a cut.
+Truncate = Literal["none", "start", "end"]
+TRUNCATE_SIDES: tuple[str, ...] = ("none", "start", "end")
+
+
+def check_truncate(side: str) -> str:
+    if side not in TRUNCATE_SIDES:
+        raise InputError(f"truncate must be one of {', '.join(TRUNCATE_SIDES)}, got {side!r}")
+    return side
+
+
+@dataclass(frozen=True, slots=True)
+class TextIds:
+    """A text-only item's token ids, and how many of its tokens truncation removed (0: none)."""
+
+    ids: list[int]
+    cut: int = 0
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,7 @@ class TextEncoder:
         self.keep_ids = frozenset(spec.keep_ids)
         self._shapes: dict[tuple[Any, ...], list[str] | None] = {}
         self.keep_suffix = self._generation_suffix_length()
+        self.user_prefix = self._user_turn_prefix()
 
     @classmethod
     def from_processor(cls, processor: Any, max_length: int,
@@ -74,6 +94,12 @@ class TextEncoder:
         """
         text = self.render([{"role": "user", "content": [{"type": "text", "text": "\x01"}]}])
         return len(self.backend.encode(text.split("\x01", 1)[1], add_special_tokens=False).ids)
+
+    def _user_turn_prefix(self) -> list[int]:
+        """The ids that open the user's turn before its content ("<|im_start|>user\\n" for Qwen): a
+        cut at the start begins after them, so the instruction (the system turn) stays whole."""
+        text = self.render([{"role": "user", "content": [{"type": "text", "text": "\x01"}]}])
+        return self.backend.encode(text.split("\x01", 1)[0], add_special_tokens=False).ids
 
     def render(self, messages: list[dict[str, Any]]) -> str:
         """The chat template's text, as transformers' processor renders it (generation prompt on).
@@ -150,10 +176,17 @@ class TextEncoder:
                               f"character {exc.start})")
         return InputError("the text cannot be tokenized")
 
-    def truncate(self, ids: list[int]) -> list[int]:
-        """Cut text past ``max_length`` keeping every special token and the generation prompt."""
+    def truncate(self, ids: list[int], side: str = "end") -> list[int]:
+        """``ids`` within ``max_length``: past it, refused (``side`` "none") or cut from the start or
+        the end of the text, keeping every special, image and video token and the generation prompt
+        (the pooled last token belongs to it)."""
         if len(ids) <= self.max_length:
             return ids
+        setting = self.spec.max_length_setting
+        if side == "none":
+            raise InputError(f"{len(ids)} tokens with its instruction and prompt, over the maximum length of "
+                             f"{self.max_length} ({setting}); send less text, or ask for truncation",
+                             limit=setting)
         head, tail = ids[: -self.keep_suffix], ids[-self.keep_suffix:]
         budget = self.max_length - self.keep_suffix
         special = sum(1 for t in head if t in self.keep_ids)
@@ -161,9 +194,14 @@ class TextEncoder:
             raise InputError(
                 f"needs {special + self.keep_suffix} image/video and control tokens, more than the "
                 f"maximum length {self.max_length}; send smaller images or fewer frames",
-                status=413, limit=self.spec.max_length_setting,
+                status=413, limit=setting,
             )
-        keep_text = budget - special
+        if side == "start":
+            head = self._cut_start(head, len(ids) - self.max_length)
+        return self._cut_end(head, budget - special) + tail
+
+    def _cut_end(self, head: list[int], keep_text: int) -> list[int]:
+        """The first ``keep_text`` text tokens of ``head``, and all its special ones."""
         out = []
         for t in head:
             if t in self.keep_ids:
@@ -171,18 +209,42 @@ class TextEncoder:
             elif keep_text > 0:
                 out.append(t)
                 keep_text -= 1
-        return out + tail
+        return out
 
-    def encode_texts(self, prompts: list[Prompt]) -> list[list[int] | InputError]:
+    def _cut_start(self, head: list[int], drop: int) -> list[int]:
+        """``head`` without the first ``drop`` text tokens of the user's content (what is left to drop
+        when the content holds fewer, an instruction longer than the maximum, ``_cut_end`` takes)."""
+        start = self._content_start(head)
+        out = head[:start]
+        for t in head[start:]:
+            if drop and t not in self.keep_ids:
+                drop -= 1
+            else:
+                out.append(t)
+        return out
+
+    def _content_start(self, head: list[int]) -> int:
+        """Where the user's content begins: after the last opening of a turn, past the ids it shares
+        with ``user_prefix`` (the content's first characters may merge with the prefix's newline)."""
+        if not self.user_prefix or self.user_prefix[0] not in head:
+            return 0
+        k = len(head) - 1 - head[::-1].index(self.user_prefix[0])
+        m = 0
+        while m < len(self.user_prefix) and k + m < len(head) and head[k + m] == self.user_prefix[m]:
+            m += 1
+        return k + m
+
+    def encode_texts(self, prompts: list[Prompt], truncate: str = "end") -> list[TextIds | InputError]:
         """Ids of text-only prompts (no vision placeholders to expand); errors per prompt."""
         ids = self.tokenize([self.render(p.messages) for p in prompts])
-        out: list[list[int] | InputError] = []
+        out: list[TextIds | InputError] = []
         for seq in ids:
             if isinstance(seq, InputError):
                 out.append(seq)
                 continue
             try:
-                out.append(self.truncate(seq))
+                kept = self.truncate(seq, truncate)
+                out.append(TextIds(kept, len(seq) - len(kept)))
             except InputError as exc:
                 out.append(exc)
         return out

@@ -23,6 +23,7 @@ class EncodedVector:
     encoding: str
     dimensions: int
     scale: float | None = None  # int8: value = q * scale
+    cut: int = 0  # tokens truncation removed from the item's text (callers are told; 0: none)
 
     def to_float(self) -> np.ndarray:
         """Back to float32 (binary gives +1/-1 per dimension)."""

@@ -24,7 +24,9 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-from vectorizer_service.core.batch_planning import plan_batches, preparation_chunks
+import numpy as np
+
+from vectorizer_service.core.batch_planning import is_clip_run, plan_batches, preparation_chunks
 from vectorizer_service.core.call_context import CallContext
 from vectorizer_service.core.errors import (
     CancelledError,
@@ -37,14 +39,17 @@ from vectorizer_service.core.errors import (
 from vectorizer_service.core.freed_memory import limit_malloc_arenas, release_free_memory
 from vectorizer_service.core.items import Item
 from vectorizer_service.core.logs import setup_logging
+from vectorizer_service.core.parts import DocumentPage, VideoClip
 from vectorizer_service.core.pipe_framing import encode, receive
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
     Cancel,
+    CutRow,
     EmbedCall,
     Fail,
     FromModelProcess,
     LoadFailed,
+    ProbeCall,
     Ready,
     RerankCall,
     Row,
@@ -108,6 +113,8 @@ class ModelProcess:
                             self.batcher.cancel(rid)
                         case EmbedCall():
                             self._embed(message)
+                        case ProbeCall():
+                            self._probe(message)
                         case RerankCall():
                             self.batcher.open(message.rid, CallContext(message.deadline), len(message.documents))
                             self.pool.submit(self._guard, message.rid, self._rerank, message)
@@ -154,11 +161,59 @@ class ModelProcess:
         budget = DecodeBudget(self.settings, call.deadline)  # the request's pixels, shared by its chunks
 
         def prepare(start: int, chunk: list[Item]) -> None:
-            prepared = embedder.prepare(chunk, call.instruction, budget)
+            prepared = embedder.prepare(chunk, call.instruction, budget, call.truncate)
             self._enqueue("embed", call.rid, ctx, list(zip(indices[start:start + len(chunk)], prepared, strict=True)))
 
         for start, chunk in preparation_chunks([item for _, item in raw]):
-            self.pool.submit(self._guard, call.rid, self._budgeted, ctx, call.rid, prepare, start, chunk, indices)
+            if is_clip_run(chunk):
+                self.pool.submit(self._guard, call.rid, self._clip_run, call, ctx, budget, start, chunk, indices)
+            else:
+                self.pool.submit(self._guard, call.rid, self._budgeted, ctx, call.rid, prepare, start, chunk, indices)
+
+    def _clip_run(self, call: EmbedCall, ctx: CallContext, budget: DecodeBudget, start: int, chunk: list[Item],
+                  indices: list[int]) -> None:
+        """Windows of one video: decoded once, each queued as soon as it is prepared. Decoding waits
+        while prepared tensors are over budget, so a long video's windows flow through memory."""
+        embedder = self.models.embedder
+        assert embedder is not None
+        left = set(range(len(chunk)))
+        windows = embedder.prepare_clips(chunk, call.instruction, budget, call.truncate)
+        try:
+            for k, prepared in windows:
+                left.discard(k)
+                self._enqueue("embed", call.rid, ctx, [(indices[start + k], prepared)])
+                self.batcher.wait_for_budget(ctx)
+                if ctx.cancelled or time.monotonic() > ctx.deadline:
+                    break
+        finally:
+            windows.close()
+            if left:
+                failure = (CancelledError("the caller cancelled the request") if ctx.cancelled else
+                           DeadlineError("the deadline passed before the work was done"))
+                self._settle(call.rid, [(indices[start + k], failure) for k in sorted(left)])
+
+    def _probe(self, call: ProbeCall) -> None:
+        """Chunking's first step: each source's page count or length, one row each."""
+        embedder = self.models.embedder
+        assert embedder is not None
+        ctx = CallContext(call.deadline)
+        self.batcher.open(call.rid, ctx, len(call.entries))
+        budget = DecodeBudget(self.settings, call.deadline)
+
+        def probe(index: int, part: DocumentPage | VideoClip) -> None:
+            try:
+                value: RowValue = embedder.facts(part, budget)
+            except InputError as err:
+                value = err.at(item=index)
+            except QvlError as err:
+                value = err
+            except Exception as exc:
+                log.exception("reading a source failed")
+                value = ComputeError(f"item {index}: reading it failed: {exc}")
+            self._settle(call.rid, [(index, value)])
+
+        for index, part in call.entries:
+            self.pool.submit(probe, index, part)
 
     def _rerank(self, call: RerankCall) -> None:
         reranker = self.models.reranker
@@ -290,7 +345,9 @@ class ModelProcess:
                                        padded=max(j.enc.length for j in batch) * len(batch),
                                        tokens=sum(j.enc.length for j in batch),
                                        failed=sum(isinstance(r, ComputeError) for r in rows))
-            self._answer([(j.rid, j.index, row) for j, row in zip(batch, rows, strict=True)], stats=stats)
+            # A cut sequence's row says so: the caller is told which items lost text.
+            self._answer([(j.rid, j.index, CutRow(row, j.enc.cut) if j.enc.cut and isinstance(row, np.ndarray)
+                           else row) for j, row in zip(batch, rows, strict=True)], stats=stats)
             if any(j.nbytes for j in batch):
                 release_free_memory()
 

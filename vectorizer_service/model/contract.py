@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Protocol
 
 import numpy as np
 
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.items import Item
+from vectorizer_service.core.parts import DocumentPage, SourceFacts, VideoClip
 from vectorizer_service.core.pipe_messages import ServedModel
 from vectorizer_service.model.decode_budget import DecodeBudget
 from vectorizer_service.model.preprocessing import DecodedItem, Encoded
@@ -26,8 +27,17 @@ class SequenceScorer(Protocol):
 
 class EmbeddingModel(SequenceScorer, Protocol):
     def prepare(self, items: Sequence[Item], instruction: str | None = None,
-                budget: DecodeBudget | None = None) -> list[Encoded | QvlError]:
+                budget: DecodeBudget | None = None, truncate: str = "end") -> list[Encoded | QvlError]:
         """Decode and tokenize (thread-safe); a bad item becomes its own error."""
+        ...
+
+    def prepare_clips(self, items: Sequence[Item], instruction: str | None,
+                      budget: DecodeBudget) -> Iterator[tuple[int, Encoded | QvlError]]:
+        """Windows of one video, decoded once: (position in ``items``, prepared or error), each once."""
+        ...
+
+    def facts(self, part: DocumentPage | VideoClip, budget: DecodeBudget) -> SourceFacts:
+        """A document's page count or a video's length (raises on a bad source)."""
         ...
 
 

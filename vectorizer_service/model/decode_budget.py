@@ -8,8 +8,10 @@ decoding threads. Decoding also stops once the call's deadline has passed.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
+from collections.abc import Callable
 
 from vectorizer_service.core.errors import DeadlineError, InputError
 from vectorizer_service.core.settings import Settings
@@ -23,6 +25,7 @@ class DecodeBudget:
         self.deadline = deadline
         self.left = settings.max_request_decoded_pixels
         self.lock = threading.Lock()
+        self.documents = RequestDocuments(settings, deadline)
 
     def item(self) -> ItemBudget:
         return ItemBudget(self)
@@ -39,6 +42,44 @@ class DecodeBudget:
                                  f"its {total} left (QVL_MAX_REQUEST_DECODED_PIXELS); send fewer or smaller media "
                                  "per request", status=413, limit="QVL_MAX_REQUEST_DECODED_PIXELS")
             self.left -= pixels
+
+
+class RequestDocuments:
+    """One request's documents: each one's rendering time (``QVL_DOCUMENT_TIMEOUT_S`` in all, over
+    the groups its pages are drawn in, on any renderer: time spent waiting for the model between
+    groups is not counted, so a long document paced by the model is not cut short, while one that
+    makes PDFium loop is) and its bytes with their digest, read once however many groups draw it."""
+
+    def __init__(self, settings: Settings, call_deadline: float | None) -> None:
+        self.timeout = settings.document_timeout_s
+        self.call_deadline = call_deadline
+        self.spent: dict[int, float] = {}
+        self.read: dict[int, tuple[bytes, str]] = {}
+        self.lock = threading.Lock()
+
+    def left(self, source: object) -> float:
+        """Seconds of rendering ``source`` may still take in this request."""
+        with self.lock:
+            return max(self.timeout - self.spent.get(id(source), 0.0), 0.0)
+
+    @property
+    def call_ends(self) -> float:
+        return self.call_deadline if self.call_deadline is not None else time.monotonic() + 24 * 3600.0
+
+    def charge(self, source: object, seconds: float) -> None:
+        with self.lock:
+            self.spent[id(source)] = self.spent.get(id(source), 0.0) + seconds
+
+    def data(self, source: object, read: Callable[[], bytes]) -> tuple[bytes, str]:
+        """The document's bytes and digest (``read`` at most once per source, unless it raised)."""
+        with self.lock:
+            found = self.read.get(id(source))
+        if found is None:
+            data = read()
+            found = (data, hashlib.blake2b(data, digest_size=16).hexdigest())
+            with self.lock:
+                self.read[id(source)] = found
+        return found
 
 
 class ItemBudget:

@@ -21,7 +21,7 @@ from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as tvf
 
 from vectorizer_service.core.errors import InputError, QvlError
-from vectorizer_service.core.items import ImageSource, VideoSource
+from vectorizer_service.core.items import Decoded, ImageSource, VideoSource
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.model.decode_budget import DecodeBudget, ItemBudget
 
@@ -33,9 +33,8 @@ MAX_ASPECT_RATIO = qvu.MAX_RATIO
 Image.MAX_IMAGE_PIXELS = None
 
 
-
 @dataclass
-class DecodedVideo:
+class DecodedVideo(Decoded):
     """Frames as a uint8 tensor (T, C, H, W) before resizing, and the reference's metadata."""
 
     frames: torch.Tensor | list[Image.Image]
@@ -189,7 +188,18 @@ def _decode_video_file(data: bytes, settings: Settings, what: str, budget: ItemB
         raise InputError(f"{what} is not a decodable video (truncated or corrupt): {exc}") from None
 
 
-def _decode_container(data: bytes, settings: Settings, what: str, budget: ItemBudget) -> DecodedVideo:
+@dataclass(frozen=True)
+class VideoHeader:
+    """A video file's stream, checked against the limits from its header and packets (no frame decoded)."""
+
+    total: int  # frames, counted from packets
+    rate: float  # frames per second
+    height: int
+    width: int
+
+
+def inspect_video(data: bytes, settings: Settings, what: str) -> VideoHeader:
+    """Container, codec, frame size and length checked, frames counted; nothing decoded."""
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
         if container.format.name not in VIDEO_FORMATS:
             raise InputError(f"{what} container {container.format.name!r} is not supported "
@@ -213,12 +223,29 @@ def _decode_container(data: bytes, settings: Settings, what: str, budget: ItemBu
         rate = float(stream.average_rate) if stream.average_rate else 0.0
         if rate <= 0:
             rate = total / seconds if seconds else 1.0
-    indices = _sample_indices(total, rate, settings)
-    target = video_target_size(len(indices), cc.height, cc.width, settings)
+        return VideoHeader(total, rate, cc.height, cc.width)
+
+
+def with_video_header(data: bytes, settings: Settings, what: str) -> VideoHeader:
+    """``inspect_video``, with FFmpeg's many exception types as one refusal of the input."""
+    try:
+        return inspect_video(data, settings, what)
+    except QvlError:
+        raise
+    except Exception as exc:
+        raise InputError(f"{what} is not a decodable video (truncated or corrupt): {exc}") from None
+
+
+def _decode_container(data: bytes, settings: Settings, what: str, budget: ItemBudget) -> DecodedVideo:
+    header = inspect_video(data, settings, what)
+    total, rate = header.total, header.rate
+    indices = sample_indices(total, rate, settings)
+    target = video_target_size(len(indices), header.height, header.width, settings)
     # Frames shrink as they are decoded: decoding holds one source frame and the resized ones.
-    shrink = target[0] * target[1] < cc.height * cc.width
-    held = len(indices) * (target[0] * target[1] if shrink else cc.height * cc.width)
-    budget.take(held + (cc.height * cc.width if shrink else 0), what)
+    source = header.height * header.width
+    shrink = target[0] * target[1] < source
+    held = len(indices) * (target[0] * target[1] if shrink else source)
+    budget.take(held + (source if shrink else 0), what)
     # A second pass decodes only up to the last wanted frame (demuxing consumed the first).
     with av.open(io.BytesIO(data), mode="r", metadata_errors="ignore") as container:
         frames = _decode_frames(container, container.streams.video[0], indices, what, budget,
@@ -248,7 +275,7 @@ def _count_frames(container: Any, stream: Any, settings: Settings, what: str) ->
     return total
 
 
-def _sample_indices(total: int, rate: float, settings: Settings) -> list[int]:
+def sample_indices(total: int, rate: float, settings: Settings) -> list[int]:
     """The reference reader's sampling: ``fps`` frames per second, at most ``max_frames``, even count."""
     if total < qvu.FRAME_FACTOR:
         return [0] * qvu.FRAME_FACTOR

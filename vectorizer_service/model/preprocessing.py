@@ -8,20 +8,31 @@ Everything here is CPU work that is safe to run on several threads at once.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import dataclasses
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from PIL import Image
 
-from vectorizer_service.core.errors import InputError
-from vectorizer_service.core.items import Item
+from vectorizer_service.core.errors import InputError, QvlError
+from vectorizer_service.core.items import Decoded, Item
+from vectorizer_service.core.parts import DocumentPage, VideoClip
 from vectorizer_service.core.prompts import Prompt, embedding_prompt, rerank_prompt
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.text_encoding import TextEncoder
-from vectorizer_service.model.decode_budget import DecodeBudget
-from vectorizer_service.model.media import DecodedVideo, decode_image, decode_video, resize_image, resize_video
+from vectorizer_service.model.decode_budget import DecodeBudget, ItemBudget
+from vectorizer_service.model.documents import shared_documents
+from vectorizer_service.model.media import (
+    DecodedVideo,
+    decode_image,
+    decode_video,
+    read_source,
+    resize_image,
+    resize_video,
+)
+from vectorizer_service.model.video_clips import decode_clips
 
 
 @dataclass
@@ -55,6 +66,7 @@ class Encoded:
     input_ids: list[int]
     images: list[VisionPart]
     videos: list[VisionPart]
+    cut: int = 0  # text tokens truncation removed
 
     @property
     def length(self) -> int:
@@ -91,15 +103,65 @@ class Preprocessor:
         s = self.settings
         item.validate(s)
         self.text.check_texts(item.texts)
-        pixels = (budget or DecodeBudget(s)).item()
+        budget = budget or DecodeBudget(s)
+        pixels = budget.item()
+        if any(isinstance(src, DocumentPage) for src in item.images):
+            rendered = self.render_pages([item], budget)[0]
+            if isinstance(rendered, QvlError):
+                raise rendered
+            item = rendered
         images = []
         for i, src in enumerate(item.images):
             img = resize_image(decode_image(src, s, f"image {i}", pixels), s)
             images.append(self._image_part(img))
         videos = []
         for i, src in enumerate(item.videos):
-            videos.append(self._video_part(decode_video(src, s, f"video {i}", pixels), f"video {i}"))
+            videos.append(self._video_part(self._decode_video(src, f"video {i}", pixels), f"video {i}"))
         return DecodedItem(texts=list(item.texts), images=images, videos=videos, instruction=item.instruction)
+
+    def _decode_video(self, src: object, what: str, pixels: ItemBudget) -> DecodedVideo:
+        if isinstance(src, DecodedVideo):  # a clip decoded with the other windows of its video
+            return src
+        if isinstance(src, VideoClip):  # a clip alone: the same function, one span
+            data = read_source(src.source, self.settings, what)
+            ((_, clip),) = decode_clips(data, [(src.start_s, src.end_s)], self.settings, what, [pixels])
+            if isinstance(clip, QvlError):
+                raise clip
+            return clip
+        assert not isinstance(src, Decoded)
+        return decode_video(src, self.settings, what, pixels)  # type: ignore[arg-type]
+
+    def with_pages(self, items: Sequence[Item], budget: DecodeBudget) -> list[Item | QvlError]:
+        """``render_pages`` where any item has a page to draw; the items as they are otherwise."""
+        if not any(isinstance(src, DocumentPage) for item in items for src in item.images):
+            return list(items)
+        return self.render_pages(items, budget)
+
+    def render_pages(self, items: Sequence[Item], budget: DecodeBudget) -> list[Item | QvlError]:
+        """Items with their document pages drawn (PIL images in their place). The pages a run of
+        items wants from one document are drawn in one renderer job, so a document's bytes
+        travel to a renderer once per run; a page sent alone takes the same path, one page."""
+        wanted: dict[int, tuple[object, set[int]]] = {}
+        for item in items:
+            for src in item.images:
+                if isinstance(src, DocumentPage) and src.page is not None:
+                    wanted.setdefault(id(src.source), (src.source, set()))[1].add(src.page)
+        drawn: dict[tuple[int, int], Image.Image | QvlError] = {}
+        documents = shared_documents(self.settings)
+        for key, (source, numbers) in wanted.items():
+            order = sorted(numbers)
+            try:
+                pages: list[Image.Image | InputError] = documents.pages(source, order, budget.documents, "document")
+            except QvlError as err:
+                pages = [err] * len(order)  # type: ignore[list-item]
+            drawn.update({(key, n): page for n, page in zip(order, pages, strict=True)})
+        out: list[Item | QvlError] = []
+        for item in items:
+            images = [drawn[(id(src.source), src.page)] if isinstance(src, DocumentPage) and src.page is not None
+                      else src for src in item.images]
+            failed = next((img for img in images if isinstance(img, QvlError)), None)
+            out.append(failed if failed is not None else dataclasses.replace(item, images=images))
+        return out
 
     def _image_part(self, img: Image.Image) -> VisionPart:
         out = self.processor.image_processor(images=[img], do_resize=False, return_tensors="pt")
@@ -171,8 +233,9 @@ class Preprocessor:
                 start = at + 1
         return out + ids[start:]
 
-    def finish(self, prompts: list[Prompt]) -> list[Encoded | InputError]:
-        """Render, tokenize in one batch call, and truncate; per-prompt errors stay per prompt."""
+    def finish(self, prompts: list[Prompt], truncate: str = "end") -> list[Encoded | InputError]:
+        """Render, tokenize in one batch call, and truncate (or refuse: ``TextEncoder.truncate``);
+        per-prompt errors stay per prompt."""
         ids = self.text.tokenize([self.render(p, expand_images=False) for p in prompts])
         out: list[Encoded | InputError] = []
         for p, seq in zip(prompts, ids, strict=True):
@@ -181,7 +244,8 @@ class Preprocessor:
                 continue
             try:
                 seq = self.expand_image_ids(seq, p.images)
-                out.append(Encoded(self.text.truncate(seq), list(p.images), list(p.videos)))
+                kept = self.text.truncate(seq, truncate)
+                out.append(Encoded(kept, list(p.images), list(p.videos), len(seq) - len(kept)))
             except InputError as exc:
                 out.append(exc)
         return out

@@ -38,11 +38,16 @@ class Reranker(SequenceModel):
     def decode_documents(self, documents: Sequence[Item],
                          budget: DecodeBudget | None = None) -> list[DecodedItem | QvlError]:
         out: list[DecodedItem | QvlError] = []
-        for i, doc in enumerate(documents):
+        budget = budget or DecodeBudget(self.settings)
+        for i, doc in enumerate(self.pre.with_pages(documents, budget)):
             try:
+                if isinstance(doc, QvlError):
+                    raise doc
                 out.append(self.pre.decode(doc, budget))
             except InputError as exc:
                 out.append(exc.at(item=i))
+            except QvlError as exc:
+                out.append(exc)
         return out
 
     def pairs(self, query: DecodedItem, documents: Sequence[DecodedItem | QvlError],

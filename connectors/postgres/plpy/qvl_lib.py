@@ -135,7 +135,9 @@ class Failure(Exception):
         self.message, self.detail, self.hint, self.sqlstate, self.status = message, detail, hint, sqlstate, status
 
     def raise_sql(self) -> NoReturn:
-        plpy.error(self.message, detail=self.detail, hint=self.hint, sqlstate=self.sqlstate)
+        # plpy.error writes a detail or hint of None as the text "None": pass only what there is.
+        given = {k: v for k, v in (("detail", self.detail), ("hint", self.hint)) if v is not None}
+        plpy.error(self.message, sqlstate=self.sqlstate, **given)
 
 
 def plan(key: Any, query: str, argtypes: Sequence[str] = ()) -> Any:

@@ -153,8 +153,16 @@ class WorkerProcess:
         return self.log_path.read_text(errors="replace")
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """Keeps each phase's report on the test item, so a fixture's teardown knows the test failed."""
+    outcome = yield
+    report = outcome.get_result()  # type: ignore[attr-defined]
+    setattr(item, f"report_{report.when}", report)
+
+
 @pytest.fixture
-def worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
+def worker_processes(request: pytest.FixtureRequest) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def make(*args: Any, **kwargs: Any) -> WorkerProcess:
@@ -163,6 +171,10 @@ def worker_processes() -> Iterator[Callable[..., WorkerProcess]]:
         return w
 
     yield make
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:  # a failed test shows what its workers said (and if one died)
+        for w in started:
+            print(f"--- {w.name} (exit {w.proc.poll() if w.proc else None}) ---\n{w.log()[-8000:]}")
     for w in started:
         if w.proc is not None and w.proc.poll() is None:
             w.kill()

@@ -104,16 +104,44 @@ def outcome(conn: psycopg.Connection[Any], call: str) -> tuple[Any, ...]:
         conn._notice_handlers.clear()  # type: ignore[attr-defined]
 
 
+# Issue 19 item 4: the old key's entries leave (BEFORE UPDATE of the key), the new key is queued (AFTER),
+# TRUNCATE empties the queue: the trigger function's branches for them, before its queueing.
+KEY_AND_TRUNCATE = re.compile(r"\s*IF TG_WHEN OPERATOR\(pg_catalog\.=\) 'BEFORE' THEN.*?RETURN NULL;\s*END IF;", re.S)
+
+
+def key_and_truncate_triggers(vid: int, table: str, generated: bool) -> list[tuple[str, str, str, str]]:
+    """The triggers a key change and TRUNCATE fire, in both modes (issue 19 item 4). On a table with a
+    generated column Postgres refuses the whole new row in a BEFORE trigger's WHEN: there it has none."""
+    when = f"WHEN (qvl._key_changed_{vid}(old.*, new.*)) "
+    call = f"EXECUTE FUNCTION qvl._enqueue_{vid}()"
+    return [(table, f"qvl_{vid}_key", "A", f"CREATE TRIGGER qvl_{vid}_key AFTER UPDATE ON public.{table} FOR EACH ROW "
+                                           f"{when}{call}"),
+            (table, f"qvl_{vid}_truncate", "A", f"CREATE TRIGGER qvl_{vid}_truncate AFTER TRUNCATE ON public.{table} "
+                                                f"FOR EACH STATEMENT {call}"),
+            (table, f"zzz_qvl_{vid}_key", "A", f"CREATE TRIGGER zzz_qvl_{vid}_key BEFORE UPDATE ON public.{table} "
+                                               f"FOR EACH ROW {'' if generated else when}{call}")]
+
+
 def changed_on_purpose(result: tuple[Any, ...]) -> tuple[Any, ...]:
     """A result of today's install less what changed on purpose since the single function: pgvector's
     limit errors name the model's size (issue 11 item 4), queue tables have a backoff per row and a
-    queue-order index, and a changed row clears its backoff (issue 10 item 1) and its tries."""
+    queue-order index, and a changed row clears its backoff (issue 10 item 1) and its tries; a key
+    change and TRUNCATE follow the queue (issue 19 item 4), in sync mode too (which now has a trigger
+    function of its own for them)."""
     if result[0] == "error":
         return (*result[:2], result[2].replace(" (the service's embedding model gives 64)", ""), *result[3:])
     kind, new_id, state, notices = result
     state = list(state)
-    state[2] = [(name, re.sub(r", not_before = NULL,\s+attempts = 0, last_error = NULL", "", body), acl)
-                for name, body, acl in state[2]]
+    table, mode = state[0][-1][1], state[0][-1][12]
+    vid = new_id[0]  # the row create_vectorizer returned
+    added = key_and_truncate_triggers(vid, table, generated=table == "t")
+    assert [r for r in state[1] if r[1] in {a[1] for a in added}] == added
+    state[1] = [r for r in state[1] if r not in added]
+    assert [name for name, _, _ in state[2]] == [f"_enqueue_{vid}"]
+    assert all(KEY_AND_TRUNCATE.search(body) for _, body, _ in state[2])
+    state[2] = [] if mode == "sync" else [
+        (name, KEY_AND_TRUNCATE.sub("", re.sub(r", not_before = NULL,\s+attempts = 0, last_error = NULL", "", body)),
+         acl) for name, body, acl in state[2]]
     state[3] = [r for r in state[3] if r[2] not in ("not_before", "last_error") and not r[0].endswith("_queued_at")]
     return (kind, new_id, state, notices)
 

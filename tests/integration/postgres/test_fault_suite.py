@@ -30,7 +30,7 @@ from tests.media_factory import video_bytes
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow, pytest.mark.soak]
 N = int(os.environ.get("QVL_FAULT_ROWS", "2000"))
 POISON = "POISON-ROW crash the model process"
 POISON_IDS = (N // 3, (2 * N) // 3)

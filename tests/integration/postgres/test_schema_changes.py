@@ -4,6 +4,7 @@ refuses the others with an error and a HINT, without getting in the way of any o
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -180,7 +181,8 @@ def test_a_vectorizer_trigger_may_not_be_dropped_and_disabling_it_is_said(conn: 
     queued, silently; so did DISABLE TRIGGER. The first is refused (drop the vectorizer instead); the
     second stays allowed (bulk loads, pg_restore --disable-triggers) with a WARNING saying how to catch up."""
     vid = make(conn, "photos")
-    for trig in (f"qvl_{vid}_insert", f"qvl_{vid}_update"):
+    for trig in (f"qvl_{vid}_insert", f"qvl_{vid}_update", f"qvl_{vid}_key", f"zzz_qvl_{vid}_key",
+                 f"qvl_{vid}_truncate"):
         with pytest.raises(psycopg.errors.DependentObjectsStillExist) as caught:
             conn.execute(f"DROP TRIGGER {trig} ON photos")
         message = caught.value.diag.message_primary or ""
@@ -212,9 +214,55 @@ def test_a_vectorizer_trigger_may_not_be_dropped_and_disabling_it_is_said(conn: 
 
     # qvl's own trigger changes go on: a reinstall of the vectorizer's objects, then its drop.
     conn.execute(f"SELECT qvl._install_objects({vid})")
-    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass AND tgenabled = 'A'") == 2
+    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass AND tgenabled = 'A'") == 5
     conn.execute("SELECT qvl.drop_vectorizer('photos')")
     assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'photos'::regclass") == 0
+
+
+def test_the_table_owner_cannot_take_a_vectorizer_trigger_away(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    """Issue 19 item 8: the guard let qvl's own drops through on a setting any role may set, so the table's
+    owner dropped a trigger after SET qvl.dropping_triggers = 'on'; ALTER TRIGGER ... RENAME took a trigger
+    out of the guard's sight (then DISABLE and DROP were silent, and the admin's drop_vectorizer failed);
+    CREATE OR REPLACE TRIGGER swapped one for the owner's own. Each is refused now; only qvl's functions
+    can mark a change of the triggers as qvl's own (a row of a table nobody else may write)."""
+    vid = make(conn, "mtable")
+    sid = make(conn, "stable", mode="sync")
+    owner = f"mallory_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {owner} LOGIN; ALTER TABLE mtable OWNER TO {owner}; ALTER TABLE stable OWNER TO {owner}")
+    conn.execute("CREATE FUNCTION public.noop() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RETURN NULL; END $$")
+    triggers = "SELECT tgname::text, tgenabled FROM pg_trigger WHERE tgrelid = 'mtable'::regclass ORDER BY 1"
+    made = conn.execute(triggers).fetchall()
+    refusals = {
+        f"DROP TRIGGER qvl_{vid}_insert ON mtable": f"cannot drop trigger qvl_{vid}_insert on public.mtable",
+        f"DROP TRIGGER zzz_qvl_{vid}_key ON mtable": f"cannot drop trigger zzz_qvl_{vid}_key on public.mtable",
+        f"ALTER TRIGGER qvl_{vid}_update ON mtable RENAME TO harmless": f"cannot rename trigger qvl_{vid}_update",
+        f"ALTER TRIGGER zzz_qvl_{sid}_update ON stable RENAME TO harmless":
+            f"cannot rename trigger zzz_qvl_{sid}_update on public.stable",
+        f"CREATE OR REPLACE TRIGGER qvl_{vid}_insert AFTER INSERT ON mtable FOR EACH ROW "
+        "EXECUTE FUNCTION public.noop()": f"cannot replace trigger qvl_{vid}_insert",
+        f"CREATE TRIGGER qvl_{vid}_update_too AFTER UPDATE ON mtable FOR EACH ROW "
+        f"EXECUTE FUNCTION qvl._enqueue_{vid}()": "permission denied",
+    }
+    with psycopg.connect(role_dsn(qvl_db, owner), autocommit=True) as c:
+        c.execute("SET qvl.dropping_triggers = 'on'")
+        for statement, refusal in refusals.items():
+            with pytest.raises(psycopg.Error) as caught:
+                c.execute(statement)
+            assert refusal in str(caught.value), (statement, str(caught.value))
+            if refusal != "permission denied":
+                assert isinstance(caught.value, psycopg.errors.DependentObjectsStillExist), statement
+                assert "qvl.drop_vectorizer('" in (caught.value.diag.message_hint or ""), statement
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            c.execute(f"INSERT INTO qvl.trigger_changes (vectorizer) VALUES ({vid})")
+        c.execute("INSERT INTO mtable VALUES (4, 'caption 4')")
+    assert conn.execute(triggers).fetchall() == made
+    assert pending(conn, "mtable") == 4
+
+    conn.execute(f"SELECT qvl._install_objects({vid})")  # qvl's own changes go on,
+    assert conn.execute(triggers).fetchall() == made
+    conn.execute("SELECT qvl.drop_vectorizer('mtable')")  # and the admin's drop works
+    assert scalar(conn, "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'mtable'::regclass") == 0
+    assert scalar(conn, "SELECT count(*) FROM qvl.trigger_changes") == 0  # marks never outlive qvl's change
 
 
 def test_a_column_dropped_by_another_command_is_refused(conn: psycopg.Connection[Any]) -> None:
@@ -346,18 +394,29 @@ def test_out_of_date_column_numbers_are_never_followed_blindly(conn: psycopg.Con
 
 
 def test_an_upgrade_guards_vectorizers_made_before_it(pg_server: PostgresServer, service: ServiceProcess,
-                                                      request: pytest.FixtureRequest) -> None:
+                                                      request: pytest.FixtureRequest,
+                                                      caplog: pytest.LogCaptureFixture) -> None:
     """Vectorizers made before version 7 are guarded after the upgrade; one whose table was dropped
     before is dropped by it; one whose column was renamed before is refused until it is renamed back."""
     dsn = new_database(pg_server, request.node.name)
     install(dsn, service_url=service.http_url, target=6)
     with psycopg.connect(dsn, autocommit=True) as conn:
-        make(conn, "photos")
+        photos = make(conn, "photos")
         gone = make(conn, "gone")
-        make(conn, "drifted")
+        drifted = make(conn, "drifted")
         conn.execute("DROP TABLE gone")  # unguarded: the vectorizer stays behind
         conn.execute("ALTER TABLE drifted RENAME COLUMN caption TO title")  # unguarded: the vectorizer is broken
-        install(dsn)
+        # As a vectorizer made before version 10 (no key or truncate triggers), which the upgrade re-makes;
+        # but not the broken one's: the install goes on, with a WARNING.
+        for vid, table in ((photos, "photos"), (drifted, "drifted")):
+            conn.execute(f"DROP TRIGGER qvl_{vid}_key ON {table}; DROP TRIGGER zzz_qvl_{vid}_key ON {table}")
+        with caplog.at_level(logging.INFO, logger="qvl.pg.install"):
+            install(dsn)
+        logged = [r.getMessage().removeprefix("postgres: qvl: the triggers of vectorizer ") for r in caplog.records]
+        assert "photos on public.photos were re-made for this version" in logged, logged
+        assert any(m.startswith("drifted on public.drifted were left as they were") for m in logged), logged
+        assert scalar(conn, f"SELECT count(*) FROM pg_trigger WHERE tgname = 'qvl_{photos}_key'") == 1
+        assert scalar(conn, f"SELECT count(*) FROM pg_trigger WHERE tgname = 'qvl_{drifted}_key'") == 0
         assert conn.execute("SELECT name FROM qvl.vectorizer ORDER BY id").fetchall() == [("photos",), ("drifted",)]
         assert scalar(conn, "SELECT to_regclass(%s)", (f"qvl.queue_{gone}",)) is None
 

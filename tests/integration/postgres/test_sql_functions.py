@@ -10,6 +10,8 @@ import pytest
 
 from connectors.client import Client
 from tests.integration.postgres.conftest import cosines, images, vec
+from tests.support.inprocess_service import InProcessService
+from tests.support.ports import free_port
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -92,7 +94,8 @@ def test_token(pg_server: Any, request: pytest.FixtureRequest) -> None:
     from connectors.postgres.installer import install
     from tests.integration.postgres.conftest import new_database
 
-    with ServiceProcess(token="s3cret") as svc:
+    # The token's path through SQL, not the model: the request process alone, in this process.
+    with InProcessService(token="s3cret") as svc:
         dsn = new_database(pg_server, request.node.name)
         install(dsn, service_url=svc.http_url)
         with psycopg.connect(dsn, autocommit=True) as c:
@@ -101,6 +104,19 @@ def test_token(pg_server: Any, request: pytest.FixtureRequest) -> None:
             assert "qvl.set_service" in (err.value.diag.message_hint or "")
             install(dsn, service_url=svc.http_url, service_token="s3cret")
             assert c.execute("SELECT vector_dims(qvl.embed('x'))").fetchone() == (64,)
+
+
+def test_a_sql_error_without_detail_has_no_detail_line(conn: psycopg.Connection[Any]) -> None:
+    """Issue 24.4: an error with a message and a hint only said "DETAIL:  None" too (plpy.error
+    renders detail=None as the text None). One with a detail keeps it."""
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        conn.execute("SELECT * FROM qvl.rerank('q', ARRAY['a'], top_k => 0)")
+    assert err.value.diag.message_detail is None
+    assert "top_k => NULL" in (err.value.diag.message_hint or "")
+    with pytest.raises(psycopg.Error) as unreachable, conn.transaction():
+        conn.execute("UPDATE qvl.service SET url = %s", (f"http://127.0.0.1:{free_port()}",))  # nothing there
+        conn.execute("SELECT qvl.embed('x')")
+    assert "unreachable" in (unreachable.value.diag.message_detail or ""), unreachable.value.diag.message_detail
 
 
 def test_rerank_top_k_below_1_is_refused_by_sql_http_and_grpc(conn: psycopg.Connection[Any],

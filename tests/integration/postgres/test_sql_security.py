@@ -73,7 +73,9 @@ def test_a_hostile_domain_check_never_runs_as_a_superuser(conn: psycopg.Connecti
     owners = conn.execute("SELECT p.proname, p.proowner::regrole::text FROM pg_proc p "
                           "WHERE p.pronamespace = 'qvl'::regnamespace AND p.prorettype = 'trigger'::regtype "
                           "ORDER BY 1").fetchall()
-    assert owners == [("_enqueue_2", "qvl_trigger"), ("_sync_embed", "qvl_trigger")]
+    # Sync vectorizers have a queueing function too, for their key and truncate triggers (issue 19 item 4).
+    assert owners == [("_enqueue_1", "qvl_trigger"), ("_enqueue_2", "qvl_trigger"), ("_enqueue_3", "qvl_trigger"),
+                      ("_sync_embed", "qvl_trigger")]
 
 
 # -- 10.13: what other roles may learn --------------------------------------------------------------
@@ -96,10 +98,13 @@ def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked
     conn.execute("SELECT qvl.create_vectorizer('s', text_columns => ARRAY['body'], dimensions => 32, mode => 'sync')")
     public = conn.execute("SELECT DISTINCT p.proname::text FROM pg_proc p WHERE p.pronamespace = 'qvl'::regnamespace "
                           "AND has_function_privilege('public', p.oid, 'EXECUTE') ORDER BY 1").fetchall()
+    # qvl._key_changed_<id>: the key triggers' WHEN, evaluated by whoever updates the table (a comparison
+    # of the two rows it is given; issue 19 item 4).
     assert [name for (name,) in public] == sorted(
         ["_call", "_load", "_queue_stats", "embed", "embed_halfvec", "rerank", "search", "service_info",
          "wait_for_embeddings", "query_embedding", "query_embedding_halfvec", "query_embedding_bit", "rerank_rows",
-         "hybrid_search", "_check_key_type", "_rerank_rows", "_fulltext_document", "_fulltext_join"])
+         "hybrid_search", "_check_key_type", "_rerank_rows", "_fulltext_document", "_fulltext_join",
+         "_key_changed_1", "_key_changed_2"])
 
 
 def test_errors_do_not_name_the_service_host(conn: psycopg.Connection[Any], qvl_db: str) -> None:
@@ -241,26 +246,21 @@ def test_pg_cancel_backend_cancels_a_call_stuck_on_a_hanging_service(conn: psyco
 
 
 # -- 10.10 (SQL side): https to the service, its certificate verified against a CA file --------------
-def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connection[Any], qvl_db: str) -> None:
-    import os
+def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connection[Any], qvl_db: str,
+                                                          tls_service: Any, tls_files: Any) -> None:
+    import contextlib
     import shutil
     import tempfile
     from pathlib import Path
 
-    from tests.integration.service.test_service_operation import self_signed
-    from tests.support.service import ServiceProcess
+    from tests.support.tls import readable_tls_files
 
-    # The database server's own user reads the CA file: a folder it may enter.
-    folder = Path(tempfile.mkdtemp(prefix="qvl-tls-"))
+    # The database server's own user reads the CA files (tls_files: the service's, in a folder it may enter).
+    folder, cert = tls_files.folder, tls_files.cert
+    other = Path(tempfile.mkdtemp(prefix="qvl-tls-stranger-"))
     try:
-        os.chmod(folder, 0o755)
-        key, cert = self_signed(folder)
-        other = folder / "other"
-        other.mkdir(mode=0o755)
-        _, stranger_ca = self_signed(other)
-        for path in (cert, stranger_ca):
-            os.chmod(path, 0o644)
-        with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+        stranger_ca = readable_tls_files(other).cert
+        with contextlib.nullcontext(tls_service) as svc:
             assert svc.http_url.startswith("https://localhost:")
             install(qvl_db, service_url=svc.http_url, service_ca_file=str(cert))  # qvl pg install --service-ca-file
             assert conn.execute("SELECT ca_file FROM qvl.service").fetchone() == (str(cert),)
@@ -287,7 +287,7 @@ def test_sql_functions_call_the_service_over_verified_tls(conn: psycopg.Connecti
             with pytest.raises(psycopg.errors.InvalidParameterValue):
                 conn.execute("SELECT qvl.set_service('http://localhost:1', ca_file => %s)", (str(cert),))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(other, ignore_errors=True)
 
 
 def test_the_install_takes_back_what_qvl_trigger_was_given(conn: psycopg.Connection[Any], qvl_db: str) -> None:

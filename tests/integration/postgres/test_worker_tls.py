@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -12,16 +12,17 @@ import pytest
 from connectors.client import Client
 from connectors.postgres.installer import install
 from tests.integration.postgres.conftest import WorkerProcess, cosines, drain, new_database, vec
-from tests.integration.service.test_service_operation import self_signed
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
+from tests.support.tls import TlsFiles
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
 
-def test_worker_embeds_through_a_tls_service(tmp_path: Path, pg_server: PostgresServer) -> None:
-    key, cert = self_signed(tmp_path)
-    with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+def test_worker_embeds_through_a_tls_service(tls_service: ServiceProcess, tls_files: TlsFiles,
+                                             pg_server: PostgresServer) -> None:
+    cert = tls_files.cert
+    with contextlib.nullcontext(tls_service) as svc:
         dsn = new_database(pg_server, "worker_tls")
         install(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -38,13 +39,13 @@ def test_worker_embeds_through_a_tls_service(tmp_path: Path, pg_server: Postgres
 
 
 def test_worker_verifies_against_the_system_roots_with_only_qvl_service_tls(
-        tmp_path: Path, pg_server: PostgresServer, monkeypatch: pytest.MonkeyPatch,
-        worker_processes: Callable[..., WorkerProcess]) -> None:
+        tls_service: ServiceProcess, tls_files: TlsFiles, pg_server: PostgresServer,
+        monkeypatch: pytest.MonkeyPatch, worker_processes: Callable[..., WorkerProcess]) -> None:
     """What the Helm chart gives a worker with a plain kubernetes.io/tls Secret: QVL_SERVICE_TLS=true
     and no CA file. gRPC then checks the server against its default roots; here the test's CA is
     made the default (GRPC_DEFAULT_SSL_ROOTS_FILE_PATH) as a cluster's CA would be in the image."""
-    key, cert = self_signed(tmp_path)
-    with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+    cert = tls_files.cert
+    with contextlib.nullcontext(tls_service) as svc:
         dsn = new_database(pg_server, "worker_tls_roots")
         install(dsn)
         with psycopg.connect(dsn, autocommit=True) as conn:

@@ -265,7 +265,7 @@ def test_openai_dialect_bad_input(dialect_service: ServiceProcess) -> None:
     refused(post(svc, "/v1/embeddings", {"input": ["a"], "task": "retrieval.everything"}), 400, OPENAI_KEYS, "task")
     refused(post(svc, "/v1/embeddings", {"input": [{"text": "a"}, {"image": "data:application/pdf;base64,aGk="}]}),
             400, OPENAI_KEYS, "item 1", "application/pdf")
-    refused(post(svc, "/v1/embeddings", {"input": ["a"] * 2049}), 413, OPENAI_KEYS, "over the limit of 2048")
+    refused(post(svc, "/v1/embeddings", {"input": ["a"] * 2049}), 400, OPENAI_KEYS, "over OpenAI's limit of 2048")
     refused(post(svc, "/v1/embeddings", {"input": ["a"], "dimensions": 65}), 400, OPENAI_KEYS, "dimensions")
     refused(post(svc, "/v1/embeddings", {"input": ["a"], "encoding_format": "int4"}), 400, OPENAI_KEYS,
             "encoding_format")

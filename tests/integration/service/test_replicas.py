@@ -17,7 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from connectors.client import SERVICE_NAME, Client, ItemFailure
-from tests.support.service import ServiceProcess, started_together
+from tests.support.service import DRAIN_NOTICE, ServiceProcess, started_together
 
 pytestmark = [pytest.mark.service, pytest.mark.slow]
 
@@ -48,7 +48,8 @@ def cosine(x: np.ndarray, y: np.ndarray) -> float:
 
 
 def test_round_robin_health_checks_and_a_killed_replica_loses_nothing() -> None:
-    with started_together(ServiceProcess(), ServiceProcess()) as (a, b):  # both load at once
+    # b drains on SIGTERM below: both keep the product's drain notice.
+    with started_together(ServiceProcess(env=DRAIN_NOTICE), ServiceProcess(env=DRAIN_NOTICE)) as (a, b):
         target = f"ipv4:{a.grpc_target},{b.grpc_target}"
 
         # 1. Spread: 40 one-item calls from one client reach both replicas.

@@ -29,7 +29,9 @@ from connectors.client import Client, InvalidInput, TransientError, Unauthentica
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 from tests.media_factory import image_bytes
-from tests.support.service import TINY, ServiceProcess
+from tests.support.inprocess_service import InProcessService
+from tests.support.service import DRAIN_NOTICE, TINY, ServiceProcess
+from tests.support.tls import TlsFiles, self_signed
 
 pytestmark = pytest.mark.service
 
@@ -186,7 +188,7 @@ def test_http_body_limit_and_unknown_routes(service: ServiceProcess) -> None:
 
 def test_open_module_routes_open_exactly_the_module_routes() -> None:
     profiles = json.dumps({"secretname": {"dimensions": 32}})
-    with ServiceProcess(token="s3cret", env={"QVL_OPEN_MODULE_ROUTES": "true", "QVL_PROFILES": profiles}) as svc:
+    with InProcessService(token="s3cret", env={"QVL_OPEN_MODULE_ROUTES": "true", "QVL_PROFILES": profiles}) as svc:
         url = svc.http_url
         # /v1/rerank ends like the module's /rerank: it is not one, and URI reads and compute stay behind the token.
         assert httpx.post(url + "/v1/rerank", json={"query": "q", "documents": ["d"]}).status_code == 401
@@ -206,7 +208,7 @@ def test_open_module_routes_open_exactly_the_module_routes() -> None:
 
 def test_prefixed_health_is_behind_the_token_unless_module_routes_are_open() -> None:
     profiles = json.dumps({"secretname": {"dimensions": 32}})
-    with ServiceProcess(token="s3cret", env={"QVL_PROFILES": profiles}) as svc:
+    with InProcessService(token="s3cret", env={"QVL_PROFILES": profiles}) as svc:
         for path in ("/profiles/secretname/.well-known/ready", "/profiles/guess/.well-known/ready",
                      "/profiles/guess/meta", "/dim/32/.well-known/live"):
             assert httpx.get(svc.http_url + path).status_code == 401, path
@@ -216,7 +218,7 @@ def test_prefixed_health_is_behind_the_token_unless_module_routes_are_open() -> 
 
 
 def test_token_is_required_when_configured() -> None:
-    with ServiceProcess(token="s3cret", env={"QVL_OPEN_MODULE_ROUTES": "true"}) as svc:
+    with InProcessService(token="s3cret", env={"QVL_OPEN_MODULE_ROUTES": "true"}) as svc:
         with Client(svc.grpc_target, retries=0) as anonymous, pytest.raises(Unauthenticated):
             anonymous.embed(["a"])
         with Client(svc.grpc_target, token="wrong", retries=0) as wrong, pytest.raises(Unauthenticated):
@@ -253,7 +255,8 @@ def test_token_is_required_when_configured() -> None:
 
 
 def test_sigterm_drains_in_flight_work() -> None:
-    svc = ServiceProcess(env={"QVL_MIN_WAIT_MS": "2000", "QVL_BATCH_TOKENS": "1000000", "QVL_DRAIN_SECONDS": "20"})
+    svc = ServiceProcess(env={"QVL_MIN_WAIT_MS": "2000", "QVL_BATCH_TOKENS": "1000000", "QVL_DRAIN_SECONDS": "20",
+                              **DRAIN_NOTICE})
     svc.start()
     results: dict[str, object] = {}
 
@@ -359,17 +362,9 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def self_signed(directory: Path) -> tuple[Path, Path]:
-    key, cert = directory / "key.pem", directory / "cert.pem"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out",
-                    str(cert), "-days", "1", "-subj", "/CN=localhost", "-addext", "subjectAltName=DNS:localhost"],
-                   check=True, capture_output=True)
-    return key, cert
-
-
-def test_grpc_and_http_over_tls(tmp_path: Path) -> None:
-    key, cert = self_signed(tmp_path)
-    with ServiceProcess(env={"QVL_TLS_CERT": str(cert), "QVL_TLS_KEY": str(key)}) as svc:
+def test_grpc_and_http_over_tls(tls_service: ServiceProcess, tls_files: TlsFiles) -> None:
+    cert = tls_files.cert
+    with contextlib.nullcontext(tls_service) as svc:
         target = f"localhost:{svc.grpc_port}"
         with Client(target, root_certificates=cert.read_bytes()) as c:
             assert c.embed(["over TLS"]).shape == (1, 64)
@@ -435,8 +430,8 @@ def test_half_a_tls_configuration_refuses_to_start(tmp_path: Path, half: str) ->
     assert "QVL_TLS_CERT and QVL_TLS_KEY go together" in done.stderr and "Traceback" not in done.stderr
 
 
-def test_models_run_in_their_own_process_and_requests_in_one_without_torch() -> None:
-    with ServiceProcess() as svc:
+def test_models_run_in_their_own_process_and_requests_in_one_without_torch(service: ServiceProcess) -> None:
+    with contextlib.nullcontext(service) as svc:
         assert svc.proc is not None
         with open(f"/proc/{svc.proc.pid}/maps") as fh:
             assert "libtorch" not in fh.read()  # the request process stays small

@@ -16,6 +16,7 @@ from qvl_devtools.launchers.weaviate import WeaviateServer, connect, module_env
 from tests.support.service import ServiceProcess
 
 FIXTURES = Path(__file__).parents[2] / "fixtures"
+DOCS_TOKEN = "weaviate-docs-token"
 PROFILES = {
     "small": {
         "instruction": "Represent this photo for search",
@@ -35,6 +36,13 @@ def qvl_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicePro
     settings = tmp_path_factory.mktemp("qvl-settings") / "settings.yaml"
     settings.write_text(yaml.safe_dump({"profiles": PROFILES}))
     with ServiceProcess(args=["--settings", str(settings)]) as svc:
+        yield svc
+
+
+@pytest.fixture(scope="session")
+def token_service() -> Iterator[ServiceProcess]:
+    """A second service, behind ``DOCS_TOKEN``: what docs/weaviate.md's collections name as qvl."""
+    with ServiceProcess(token=DOCS_TOKEN) as svc:
         yield svc
 
 

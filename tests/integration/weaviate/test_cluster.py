@@ -38,7 +38,7 @@ from tests.media_factory import image_bytes
 from tests.support.haproxy import HAProxy
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow, pytest.mark.soak]
 
 N_OBJECTS = 2000
 BATCH = 50

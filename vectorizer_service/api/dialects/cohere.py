@@ -7,7 +7,9 @@ item), ``input_type`` (search_query is a query; search_document, classification,
 image are documents; none: a document), ``embedding_types`` (float, int8, uint8, binary, ubinary,
 base64) and ``output_dimension``, and answers ``{id, embeddings: {<type>: [...]}, texts, meta,
 response_type: embeddings_by_type}``. Any bad input fails the request (400 naming it): Cohere's
-answer has no place for one input's error. qvl cuts long text at the end whatever ``truncate`` says.
+answer has no place for one input's error. Text past ``QVL_EMBED_MAX_LENGTH`` follows ``truncate``
+(NONE refuses it with a 400, START/END cut it; END by default, as at Cohere), and ``meta.warnings``
+names the cut inputs.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ from vectorizer_service.api.dialects.errors import FieldError
 from vectorizer_service.api.dialects.instructions import instructions, is_query_input_type
 from vectorizer_service.api.dialects.output import DTYPES, render
 from vectorizer_service.api.dialects.rerank import meta, score
-from vectorizer_service.api.dialects.usage import text_tokens
+from vectorizer_service.api.dialects.truncation import cohere_side, cut_items, cut_warning
+from vectorizer_service.api.dialects.usage import embedded_tokens
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.items import Item
@@ -47,6 +50,7 @@ class CohereEmbedBody(DialectBody):
     input_type: str | None = None
     embedding_types: list[str] | None = None
     output_dimension: int | None = None
+    truncate: Any = None  # NONE | START | END (Cohere's default)
 
 
 def _text(value: Any, index: int) -> Item:
@@ -89,20 +93,24 @@ class CohereApi:
         dims = check_dimensions(self.http, body.output_dimension if body.output_dimension is not None
                                 else opts.dimensions, "output_dimension")
         settings = self.http.settings
+        side = cohere_side(body.truncate)
         parse = {"texts": _text, "images": _image,
                  "inputs": lambda value, index: _input(value, index, settings)}[field]
         parsed = parse_each(values, parse)
         for p in parsed:
             if isinstance(p, Item):
                 p.instruction = opts.embedding(is_query)
-        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims))
+        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims, truncate=side))
         items = [p for p in parsed if isinstance(p, Item)]
         embeddings = {t: [render(v, "float", True) if t == "base64" else render(v, t, False) for v in vectors]
                       for t in dict.fromkeys(types)}
         out: dict[str, Any] = {"id": str(uuid.uuid4()), "embeddings": embeddings, "response_type": "embeddings_by_type",
                                "meta": {**meta("2"), "billed_units": {
-                                   "input_tokens": await text_tokens(self.http.dispatcher, items),
+                                   "input_tokens": await embedded_tokens(self.http.dispatcher, items, vectors),
                                    "images": sum(len(i.images) for i in items)}}}
+        cuts = cut_items(vectors)
+        if cuts:  # Cohere's answer has no place beside each vector: its meta's warnings say it
+            out["meta"]["warnings"] = [cut_warning(cuts, side, self.http.settings.embed_max_length)]
         if field == "texts":
             out["texts"] = values
         return out

@@ -35,10 +35,13 @@ def check_inputs(http: HttpService, values: Any, param: str, *, at_least: int = 
     if not values:
         raise FieldError(param, "is empty: send at least one input")
     setting = http.settings.max_items_per_request
-    limit = max(setting, at_least)
-    if len(values) > limit:
-        why = "QVL_MAX_ITEMS_PER_REQUEST" if limit == setting else "this route's limit"
-        raise FieldError(param, f"{len(values)} inputs, over the limit of {limit} ({why})", status=413)
+    if at_least and len(values) > max(setting, at_least) and at_least >= setting:
+        # The limit of the API this route speaks (OpenAI's 2,048): refused as that API refuses it,
+        # with a 400 (the openai SDK raises BadRequestError), not qvl's 413.
+        raise FieldError(param, f"{len(values)} inputs, over OpenAI's limit of {at_least}")
+    if len(values) > max(setting, at_least):
+        raise FieldError(param, f"{len(values)} inputs, over the limit of {setting} (QVL_MAX_ITEMS_PER_REQUEST)",
+                         status=413)
     return values
 
 
@@ -62,7 +65,8 @@ def parse_each(values: Sequence[Any], parse: Callable[[Any, int], Item]) -> list
 
 
 async def embed_parsed(http: HttpService, request: Request, parsed: Sequence[Parsed], *, dimensions: int | None,
-                       normalize: bool = True, allow_partial: bool = False) -> list[EncodedVector | QvlError]:
+                       normalize: bool = True, allow_partial: bool = False,
+                       truncate: str = "end") -> list[EncodedVector | QvlError]:
     """float32 vectors (or errors, in place, with ``allow_partial``) in input order."""
     if not allow_partial:
         for p in parsed:
@@ -71,7 +75,7 @@ async def embed_parsed(http: HttpService, request: Request, parsed: Sequence[Par
     good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
     out: list[Any] = [p if isinstance(p, InputError) else None for p in parsed]
     items = [p for p in parsed if isinstance(p, Item)]
-    options = EmbedOptions(dimensions=dimensions, normalize=normalize)
+    options = EmbedOptions(dimensions=dimensions, normalize=normalize, truncate=truncate)
     step = http.settings.max_items_per_request
     for start in range(0, len(good), step):
         where = good[start:start + step]

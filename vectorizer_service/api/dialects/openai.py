@@ -1,7 +1,7 @@
 """``POST /v1/embeddings``: OpenAI's embeddings API, and the bodies others send to the same path.
 
-- OpenAI SDK, LangChain, Weaviate text2vec-openai: ``input`` (a string or strings), ``model``,
-  ``dimensions``, ``encoding_format`` float/base64;
+- OpenAI SDK, LangChain, Weaviate text2vec-openai: ``input`` (a string or strings, or token arrays:
+  ``token_arrays``), ``model``, ``dimensions``, ``encoding_format`` float/base64;
 - Jina, Weaviate multi2vec-jinaai: ``input`` items ``{text}`` / ``{image}``, ``task``,
   ``dimensions``, ``embedding_type``, ``normalized``;
 - vLLM chat-style: ``messages`` (one item from system + user content parts);
@@ -16,11 +16,14 @@ headers (see ``RATE_LIMIT_HEADERS``). Up to 2048 inputs (OpenAI's limit, which i
 written to: Weaviate's text2vec-openai sends up to 2000) are taken even where
 ``QVL_MAX_ITEMS_PER_REQUEST`` is lower; they are embedded in calls of that many. With ``allow_partial`` (qvl's
 extension) a bad input answers ``embedding: null`` and its ``error`` object in place (Weaviate's
-OpenAI client reads ``data[].error``); otherwise it fails the request with a 400 naming it.
+OpenAI client reads ``data[].error``); otherwise it fails the request with a 400 naming it. Text past
+``QVL_EMBED_MAX_LENGTH`` is refused as OpenAI refuses it, unless ``truncate`` or ``truncation`` asks
+for a cut (``truncation``); a cut input carries ``truncated_tokens`` beside its embedding.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fastapi import Request
@@ -39,7 +42,9 @@ from vectorizer_service.api.dialects.errors import FieldError, openai_shape
 from vectorizer_service.api.dialects.instructions import Instructions, instructions, is_query_input_type, is_query_task
 from vectorizer_service.api.dialects.jina import embedding_type, jina_item
 from vectorizer_service.api.dialects.output import check_dtype, render
-from vectorizer_service.api.dialects.usage import text_tokens
+from vectorizer_service.api.dialects.token_arrays import TokenArrays, is_token_array
+from vectorizer_service.api.dialects.truncation import openai_side
+from vectorizer_service.api.dialects.usage import embedded_tokens
 from vectorizer_service.api.dialects.vllm import item_from_messages
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.item_codecs import error_code
@@ -62,11 +67,8 @@ class EmbeddingsBody(DialectBody):
     task: str | None = None  # Jina
     normalized: bool = True  # Jina
     allow_partial: bool = False  # qvl
-
-
-def _is_tokens(value: Any) -> bool:
-    return isinstance(value, list) and bool(value) and all(isinstance(t, int) and not isinstance(t, bool)
-                                                           for t in value)
+    truncate: Any = None  # qvl's extension, Jina (true/false), NVIDIA (NONE/START/END): api.dialects.truncation
+    truncation: Any = None  # Voyage (true/false)
 
 
 OPENAI_MAX_INPUTS = 2048
@@ -84,9 +86,6 @@ RATE_LIMIT_HEADERS = {
     "x-ratelimit-reset-tokens": "1s",
 }
 
-TOKENS = "token arrays are not supported: send the text (qvl tokenizes with the model's own tokenizer)"
-
-
 def output_form(body: EmbeddingsBody) -> tuple[str, bool]:
     """(dialect type, in base64) from Jina's embedding_type, Voyage's output_dtype, OpenAI's encoding_format."""
     if body.embedding_type is not None and body.output_dtype is not None:
@@ -101,9 +100,15 @@ def output_form(body: EmbeddingsBody) -> tuple[str, bool]:
     return dtype, in_base64
 
 
+def _arrays_only(value: Any) -> bool:
+    """The input is token arrays alone (one, or a list of them): what LangChain sends."""
+    return is_token_array(value) or (isinstance(value, list) and bool(value) and all(map(is_token_array, value)))
+
+
 class OpenAiEmbeddings:
     def __init__(self, http: HttpService) -> None:
         self.http = http
+        self.tokens = TokenArrays(http.settings.tiktoken_cache_dir)
 
     def parse(self, body: EmbeddingsBody, opts: Instructions) -> list[Parsed]:
         said = is_query_input_type(body.input_type)
@@ -125,10 +130,8 @@ class OpenAiEmbeddings:
             return [item]
         if body.input is None:
             raise FieldError("input", "is required (a string, a list of strings or of {text}/{image} items)")
-        if _is_tokens(body.input):
-            raise FieldError("input", TOKENS)
-        values = check_inputs(self.http, [body.input] if isinstance(body.input, str | dict) else body.input, "input",
-                              at_least=OPENAI_MAX_INPUTS)
+        one = isinstance(body.input, str | dict) or is_token_array(body.input)
+        values = check_inputs(self.http, [body.input] if one else body.input, "input", at_least=OPENAI_MAX_INPUTS)
 
         def parse(value: Any, index: int) -> Item:
             if isinstance(value, str):
@@ -137,10 +140,12 @@ class OpenAiEmbeddings:
             elif isinstance(value, dict):
                 item = jina_item(value)
                 item.instruction = instruction(False)
-            elif _is_tokens(value):
-                raise InputError(TOKENS)
+            elif is_token_array(value):
+                item = Item(texts=[self.tokens.text(value, body.model, self.http.settings.embed_max_length)])
+                item.instruction = instruction(True)
             else:
-                raise InputError(f"an input is a string or a {{text}}/{{image}} object, got {type(value).__name__}")
+                raise InputError(f"an input is a string, a token array or a {{text}}/{{image}} object, "
+                                 f"got {type(value).__name__}")
             return item
 
         return parse_each(values, parse)
@@ -152,13 +157,13 @@ class OpenAiEmbeddings:
         dims = body.dimensions if body.dimensions is not None else body.output_dimension
         dims = check_dimensions(self.http, dims if dims is not None else opts.dimensions,
                                 "dimensions" if body.dimensions is not None else "output_dimension")
-        parsed = self.parse(body, opts)
+        arrays = _arrays_only(body.input)
+        side = openai_side(body.truncate, body.truncation, token_arrays=arrays)
+        # Decoding a large batch of token arrays (LangChain sends up to 1000 of 8191) takes a while.
+        parsed = await asyncio.to_thread(self.parse, body, opts) if arrays else self.parse(body, opts)
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
-                                     allow_partial=body.allow_partial)
-        # Usage counts what was embedded: a failed input (allow_partial) may hold text no tokenizer takes.
-        embedded = [p for p, r in zip(parsed, results, strict=True)
-                    if isinstance(p, Item) and isinstance(r, EncodedVector)]
-        tokens = await text_tokens(self.http.dispatcher, embedded)
+                                     allow_partial=body.allow_partial, truncate=side)
+        tokens = await embedded_tokens(self.http.dispatcher, parsed, results)
         data = [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)]
         return JSONResponse({"object": "list", "data": data,
                              "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),
@@ -168,6 +173,9 @@ class OpenAiEmbeddings:
     @staticmethod
     def datum(index: int, result: EncodedVector | QvlError, dtype: str, in_base64: bool) -> dict[str, Any]:
         if isinstance(result, EncodedVector):
-            return {"object": "embedding", "index": index, "embedding": render(result, dtype, in_base64)}
+            datum = {"object": "embedding", "index": index, "embedding": render(result, dtype, in_base64)}
+            if result.cut:  # qvl's extension: this input was cut (truncate asked for it) by that many tokens
+                datum["truncated_tokens"] = result.cut
+            return datum
         return {"object": "embedding", "index": index, "embedding": None,
                 "error": openai_shape(str(result), result, error_code(result))["error"]}

@@ -4,8 +4,9 @@
 ``inputs: [{content: [{type: text, text} | {type: image_base64, image_base64: data URI} |
 {type: image_url, image_url} | {type: video_base64, video_base64} | {type: video_url, video_url}]}]``
 (each input one item), ``input_type`` query | document | none (a document), ``output_dimension``,
-``output_dtype``, ``encoding_format: base64`` (the SDK always asks for it); ``truncation`` is
-accepted (qvl cuts long text at the end). The answer is ``{object: list, data: [{object: embedding,
+``output_dtype``, ``encoding_format: base64`` (the SDK always asks for it), ``truncation`` (true, the
+default: text past ``QVL_EMBED_MAX_LENGTH`` is cut at the end and the datum says ``truncated_tokens``;
+false: refused with a 400). The answer is ``{object: list, data: [{object: embedding,
 embedding, index}], model, usage: {text_tokens, image_pixels, video_pixels, total_tokens}}``. Any bad
 input fails the request (400 ``{detail}`` naming it). Voyage's text ``embed`` posts to
 ``/v1/embeddings`` (``openai``), with ``input_type`` there too.
@@ -29,7 +30,8 @@ from vectorizer_service.api.dialects.embedding import (
 from vectorizer_service.api.dialects.errors import FieldError
 from vectorizer_service.api.dialects.instructions import instructions, is_query_input_type
 from vectorizer_service.api.dialects.output import check_dtype, render
-from vectorizer_service.api.dialects.usage import image_pixels, text_tokens
+from vectorizer_service.api.dialects.truncation import voyage_side
+from vectorizer_service.api.dialects.usage import embedded_tokens, image_pixels
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.service_info import public_model_name
 from vectorizer_service.core.errors import InputError
@@ -44,6 +46,7 @@ class MultimodalBody(DialectBody):
     output_dimension: int | None = None
     output_dtype: str | None = None
     encoding_format: str | None = None
+    truncation: Any = None  # true (cut at the end; Voyage's default) | false (refuse)
 
 
 def _input(value: Any, index: int, settings: Settings) -> Item:
@@ -66,15 +69,17 @@ class VoyageApi:
             raise FieldError("encoding_format", f"unknown value {body.encoding_format!r}; expected base64 or none")
         dims = check_dimensions(self.http, body.output_dimension if body.output_dimension is not None
                                 else opts.dimensions, "output_dimension")
+        side = voyage_side(body.truncation)
         parsed = parse_each(values, lambda value, index: _input(value, index, self.http.settings))
         items = [p for p in parsed if isinstance(p, Item)]
         for item in items:
             item.instruction = opts.embedding(is_query)
-        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims))
-        tokens, pixels = await text_tokens(self.http.dispatcher, items), image_pixels(items)
+        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims, truncate=side))
+        tokens, pixels = await embedded_tokens(self.http.dispatcher, items, vectors), image_pixels(items)
         in_base64 = body.encoding_format == "base64"
         return {"object": "list",
-                "data": [{"object": "embedding", "embedding": render(v, dtype, in_base64), "index": i}
+                "data": [{"object": "embedding", "embedding": render(v, dtype, in_base64), "index": i,
+                          **({"truncated_tokens": v.cut} if v.cut else {})}
                          for i, v in enumerate(vectors)],
                 "model": body.model or public_model_name(self.http.dispatcher.model_name("embed")),
                 "usage": {"text_tokens": tokens, "image_pixels": pixels, "video_pixels": 0,
