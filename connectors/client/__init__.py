@@ -11,8 +11,11 @@ idempotent (the same item gives the same vector on any replica running the same 
 retrying is safe, and each result is handed on exactly once.
 
 Items are dicts: ``{"text": str | [str], "image": bytes | [bytes], "video": bytes,
-"frames": [bytes], "image_uri": str | [str], "video_uri": str, "instruction": str}``, or a
-plain string for a text item.
+"frames": [bytes], "image_uri": str | [str], "video_uri": str, "document": bytes (a PDF),
+"document_uri": str, "page": int, "start_s": float, "end_s": float, "instruction": str}``, or a
+plain string for a text item (``page`` selects a page of the document, ``start_s`` / ``end_s`` a
+span of the video file: docs/documents.md). An item the client cannot send raises
+``InvalidArgument`` naming the item and the key.
 
 The parts: ``errors`` (exceptions, the reading of a failed call, the retry table), ``items`` and
 ``options`` (what is sent, checked first), ``session`` (one ``embed_stream``'s books and decisions,
@@ -37,12 +40,23 @@ from connectors.client.errors import (
     not_ready,
     reason_name,
 )
-from connectors.client.items import ItemLike, RerankResult, as_list, embedding_array, to_item
-from connectors.client.options import ENCODINGS, UINT32_MAX
+from connectors.client.items import (
+    ITEM_KEYS,
+    Chunk,
+    ItemLike,
+    ItemRefused,
+    RerankResult,
+    as_list,
+    chunks_of,
+    embedding_array,
+    to_item,
+)
+from connectors.client.options import ENCODINGS, TRUNCATE, UINT32_MAX, chunking_message
 from connectors.client.sync_driver import Client
 
 __all__ = [
     "ENCODINGS",
+    "ITEM_KEYS",
     "MAX_MESSAGE",
     "NOT_NOW",
     "NOT_READY",
@@ -51,19 +65,24 @@ __all__ = [
     "SERVICE_NAME",
     "STREAM_RETRY",
     "TRANSIENT",
+    "TRUNCATE",
     "UINT32_MAX",
     "AsyncClient",
+    "Chunk",
     "Client",
     "InvalidArgument",
     "InvalidInput",
     "ItemFailure",
     "ItemLike",
+    "ItemRefused",
     "QvlClientError",
     "RerankResult",
     "StreamStalled",
     "TransientError",
     "Unauthenticated",
     "as_list",
+    "chunking_message",
+    "chunks_of",
     "embedding_array",
     "not_ready",
     "reason_name",

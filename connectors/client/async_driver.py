@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
 from typing import Any
 
@@ -13,7 +13,7 @@ import numpy as np
 
 from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
 from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
-from connectors.client.items import ItemLike, RerankResult, embeddings, rerank_result
+from connectors.client.items import Chunk, ItemLike, RerankResult, chunk_lists, embeddings, rerank_result, truncated
 from connectors.client.options import embed_options, embed_request, optional_seconds, rerank_request, stream_limits
 from connectors.client.session import Row, Step, Stream, StreamSession, Watch, prepare
 from qvl_proto import vectorizer_pb2 as pb
@@ -64,12 +64,22 @@ class AsyncClient(ClientBase):
             raise grpc.FutureTimeoutError(f"{self.target} was not ready within {timeout:g} s") from None
 
     async def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
-                    normalize: bool = True, instruction: str | None = None,
+                    normalize: bool = True, instruction: str | None = None, truncate: str = "end",
                     timeout: float | None = None) -> np.ndarray:
-        request = embed_request(items, embed_options(dimensions, encoding, normalize, instruction))
+        """As ``Client.embed`` (``last_scales``, ``last_truncated``)."""
+        request = embed_request(items, embed_options(dimensions, encoding, normalize, instruction, truncate=truncate))
         resp = await self._call(self.stub.Embed, request, optional_seconds("timeout", timeout))
         rows, self.last_scales = embeddings(resp)
+        self.last_truncated = truncated(resp)
         return rows
+
+    async def embed_chunks(self, items: Sequence[ItemLike], *, chunking: Mapping[str, Any],
+                           dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
+                           instruction: str | None = None, timeout: float | None = None) -> list[list[Chunk]]:
+        """As ``Client.embed_chunks``."""
+        options = embed_options(dimensions, encoding, normalize, instruction, chunking=chunking)
+        request = embed_request(items, options)
+        return chunk_lists(await self._call(self.stub.Embed, request, optional_seconds("timeout", timeout)))
 
     async def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                      top_k: int | None = None, allow_partial: bool = False,
@@ -79,10 +89,12 @@ class AsyncClient(ClientBase):
 
     async def embed_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
-                           instruction: str | None = None, max_in_flight: int = 256,
-                           timeout: float | None = None) -> AsyncIterator[np.ndarray | ItemFailure]:
-        """As ``Client.embed_stream`` (the same session decides: resends, stalls, the stall probe)."""
-        options = embed_options(dimensions, encoding, normalize, instruction)
+                           instruction: str | None = None, truncate: str = "end", max_in_flight: int = 256,
+                           timeout: float | None = None, chunking: Mapping[str, Any] | None = None,
+                           ) -> AsyncIterator[np.ndarray | list[Chunk] | ItemFailure]:
+        """As ``Client.embed_stream`` (the same session decides: resends, stalls, the stall probe;
+        ``chunking``: each item's chunks)."""
+        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
         max_in_flight, timeout = stream_limits(max_in_flight, timeout)
         session = self._session(options, max_in_flight)
         source = _each(items)

@@ -57,6 +57,7 @@ class ClientBase:
         self.retried = 0  # calls and streams sent again (errors.RETRY)
         self.closed = False
         self.last_scales = np.zeros(0, dtype=np.float32)  # the int8 scales of the last ``embed``
+        self.last_truncated: dict[int, int] = {}  # the last ``embed``'s cut items: index -> tokens cut
 
     def _timeout(self, value: float | None) -> float:
         return self.timeout if value is None else value

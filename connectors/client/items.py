@@ -1,18 +1,38 @@
-"""Items (what the caller passes) as protobuf messages, and results as numpy arrays."""
+"""Items (what the caller passes) as protobuf messages, and results as numpy arrays.
+
+An item is a plain string (a text item) or a dict of ``ITEM_KEYS``: ``page`` selects a page of the
+document, ``start_s`` / ``end_s`` a span of the video file (docs/documents.md).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from connectors.client.errors import ItemFailure, reason_name
+from connectors.client.errors import InvalidArgument, ItemFailure, reason_name
 from qvl_proto import vectorizer_pb2 as pb
 
 ItemLike = str | Mapping[str, Any]
-ITEM_KEYS = frozenset({"text", "image", "video", "frames", "image_uri", "video_uri", "instruction"})
+ITEM_KEYS = ("text", "image", "video", "frames", "image_uri", "video_uri", "document", "document_uri", "page",
+             "start_s", "end_s", "instruction")
+# The keys that become parts, in their order in the model's prompt: videos, images, documents, texts.
+PART_KEYS = ("video", "frames", "video_uri", "image", "image_uri", "document", "document_uri", "text")
+
+
+class ItemRefused(InvalidArgument):
+    """An item the client cannot send (an unknown key, a value of the wrong type), named by
+    ``where`` ("item 3", "query"); ``reason`` is the rest of the message."""
+
+    def __init__(self, where: str, reason: str, *, index: int | None = None) -> None:
+        super().__init__(f"{where}: {reason}", index=index)
+        self.reason = reason
+
+    def at(self, index: int) -> ItemRefused:
+        """The same refusal for the item at ``index`` (a stream numbers its items as it takes them)."""
+        return ItemRefused(f"item {index}", self.reason, index=index)
 
 
 def as_list(value: Any) -> list[Any]:
@@ -22,30 +42,94 @@ def as_list(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else [value]
 
 
-def to_item(item: ItemLike) -> pb.Item:
-    """A dict (``ITEM_KEYS``), a plain string (a text item) or a ``pb.Item`` as a ``pb.Item``;
-    ``ValueError`` for a key it does not know."""
+def to_item(item: ItemLike, index: int | None = None, *, what: str | None = None) -> pb.Item:
+    """A dict (``ITEM_KEYS``), a plain string (a text item) or a ``pb.Item`` as a ``pb.Item``; a
+    wrong key or value raises ``ItemRefused`` (an ``InvalidArgument``) naming the item (``index``,
+    its place in the call, or ``what`` it is) and the key."""
     if isinstance(item, pb.Item):
         return item
     if isinstance(item, str):
         return pb.Item(parts=[pb.Part(text=item)])
+    where = what or ("item" if index is None else f"item {index}")
     if not isinstance(item, Mapping):
-        raise TypeError(f"an item is a string, a dict or a pb.Item, not {type(item).__name__}")
-    parts: list[pb.Part] = []
-
-    if item.get("video") is not None:
-        parts.append(pb.Part(video=bytes(item["video"])))
-    if item.get("frames") is not None:
-        parts.append(pb.Part(frames=pb.Frames(frames=[bytes(f) for f in item["frames"]])))
-    if item.get("video_uri") is not None:
-        parts.append(pb.Part(video_uri=item["video_uri"]))
-    parts += [pb.Part(image=bytes(b)) for b in as_list(item.get("image"))]
-    parts += [pb.Part(image_uri=u) for u in as_list(item.get("image_uri"))]
-    parts += [pb.Part(text=t) for t in as_list(item.get("text"))]
-    unknown = set(item) - ITEM_KEYS
+        raise ItemRefused(where, f"an item is a str or a dict with the keys {', '.join(ITEM_KEYS)}, "
+                                 f"got {type(item).__name__}", index=index)
+    unknown = [k for k in item if k not in ITEM_KEYS]
     if unknown:
-        raise ValueError(f"unknown item keys: {sorted(unknown)}")
-    return pb.Item(parts=parts, instruction=item.get("instruction"))
+        raise ItemRefused(where, f"unknown key {unknown[0]!r}; an item's keys are {', '.join(ITEM_KEYS)}",
+                          index=index)
+    parts: list[pb.Part] = []
+    key = ""
+    try:
+        for key in PART_KEYS:
+            parts += _parts(key, item.get(key), item)
+        key = "instruction"
+        return pb.Item(parts=parts, instruction=item.get("instruction"))
+    except (TypeError, ValueError):  # a value of the wrong type (protobuf's own words name no key)
+        raise ItemRefused(where, f"{key!r} {_expected(key)}, got {_kind(item.get(key))}", index=index) from None
+
+
+def _parts(key: str, value: Any, item: Mapping[str, Any]) -> list[pb.Part]:
+    """The parts of one key's value; TypeError or ValueError for a value of the wrong type."""
+    if value is None:
+        return []
+    span = {k: item[k] for k in ("start_s", "end_s") if item.get(k) is not None}  # a video file's span
+    page = {"page": item["page"]} if item.get("page") is not None else {}  # a document's page (1-based)
+    if key == "video":
+        return [pb.Part(video=_bytes(value), **span)]
+    if key == "frames":
+        if isinstance(value, bytes | bytearray | memoryview | str):
+            raise TypeError("frames are a list of encoded images")
+        return [pb.Part(frames=pb.Frames(frames=[_bytes(f) for f in value]))]
+    if key == "video_uri":
+        return [pb.Part(video_uri=value, **span)]
+    if key == "document":
+        return [pb.Part(document=_bytes(value), **page)]
+    if key == "document_uri":
+        return [pb.Part(document_uri=value, **page)]
+    if key == "image":
+        return [pb.Part(image=_bytes(b)) for b in as_list(value)]
+    if key == "image_uri":
+        return [pb.Part(image_uri=u) for u in as_list(value)]
+    return [pb.Part(text=t) for t in as_list(value)]
+
+
+def _bytes(value: Any) -> bytes:
+    if not isinstance(value, bytes | bytearray | memoryview):
+        raise TypeError(f"{type(value).__name__} is not bytes")
+    return bytes(value)
+
+
+def _expected(key: str) -> str:
+    return {"video": "takes the bytes of a video file", "frames": "takes a list of encoded images (bytes)",
+            "image": "takes the bytes of an image file, or a list of them", "document": "takes the bytes of a PDF file",
+            "text": "takes a str or a list of str", "instruction": "takes a str"}.get(key, "takes a str")
+
+
+def _kind(value: Any) -> str:
+    if isinstance(value, list | tuple):
+        return f"a list of {', '.join(sorted({type(v).__name__ for v in value})) or 'nothing'}"
+    return type(value).__name__
+
+
+def to_items(items: Sequence[ItemLike]) -> list[pb.Item]:
+    """A call's items, each refusal naming the item by its index."""
+    return [to_item(item, i) for i, item in enumerate(items)]
+
+
+@dataclass
+class Chunk:
+    """One part of an item split by chunking: its vector, and where it lies in the source
+    (``{"page": n}``, ``{"start_s", "end_s"}`` or ``{"char_start", "char_end"}``)."""
+
+    vector: np.ndarray
+    locator: dict[str, float | int]
+
+
+def chunks_of(message: pb.Chunks) -> list[Chunk]:
+    """One item's chunks, in order."""
+    return [Chunk(embedding_array(c.embedding), {f.name: value for f, value in c.locator.ListFields()})
+            for c in message.chunks]
 
 
 def embedding_array(e: pb.Embedding) -> np.ndarray:
@@ -66,11 +150,23 @@ def embeddings(resp: pb.EmbedResponse) -> tuple[np.ndarray, np.ndarray]:
     return rows, scales
 
 
-def stream_row(result: pb.EmbedStreamResult) -> np.ndarray | ItemFailure:
-    """One ``EmbedStream`` result as what ``embed_stream`` hands on."""
+def truncated(resp: pb.EmbedResponse) -> dict[int, int]:
+    """Item index -> tokens cut, for the items the service cut to its maximum length."""
+    return {i: e.truncated_tokens for i, e in enumerate(resp.embeddings) if e.truncated_tokens}
+
+
+def chunk_lists(resp: pb.EmbedResponse) -> list[list[Chunk]]:
+    """A chunked ``Embed`` answer: per item, its chunks in order."""
+    return [chunks_of(c) for c in resp.chunks]
+
+
+def stream_row(result: pb.EmbedStreamResult) -> np.ndarray | list[Chunk] | ItemFailure:
+    """One ``EmbedStream`` result as what ``embed_stream`` hands on (with chunking: the item's chunks)."""
     if result.HasField("error"):
         error = result.error
         return ItemFailure(int(result.seq), error.message, error.code, error.limit or None, reason_name(error.reason))
+    if result.HasField("chunks"):
+        return chunks_of(result.chunks)
     return embedding_array(result.embedding)
 
 

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import math
 import numbers
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from connectors.client.errors import InvalidArgument
-from connectors.client.items import ItemLike, to_item
+from connectors.client.items import ItemLike, to_item, to_items
 from qvl_proto import vectorizer_pb2 as pb
 
 ENCODINGS = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "int8": pb.INT8, "binary": pb.BINARY}
+# Text past the service's QVL_EMBED_MAX_LENGTH: refused ("none"), or cut at the "start" or the "end".
+TRUNCATE = {"end": pb.TRUNCATE_END, "none": pb.TRUNCATE_NONE, "start": pb.TRUNCATE_START}
 UINT32_MAX = 2 ** 32 - 1
 
 
@@ -35,25 +37,43 @@ def optional_seconds(name: str, value: Any) -> float | None:
     return None if value is None else seconds(name, value)
 
 
+def chunking_message(chunking: Mapping[str, Any]) -> pb.Chunking:
+    """``{"type": "pages", "max_pages"?}``, ``{"type": "video", "seconds", "overlap"?}`` or
+    ``{"type": "text", "tokens", "overlap"?}`` (the HTTP API's form) as the proto's."""
+    config = dict(chunking)
+    kind = config.pop("type", None)
+    messages = {"pages": pb.PageChunking, "video": pb.VideoChunking, "text": pb.TextChunking}
+    if kind not in messages:
+        raise InvalidArgument(f"chunking type must be pages, video or text, got {kind!r}")
+    try:
+        return pb.Chunking(**{kind: messages[kind](**config)})
+    except (TypeError, ValueError) as exc:
+        raise InvalidArgument(f"chunking {kind}: {exc}") from None
+
+
 def embed_options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
-                  allow_partial: bool = False) -> pb.EmbedOptions:
+                  allow_partial: bool = False, truncate: str = "end",
+                  chunking: Mapping[str, Any] | None = None) -> pb.EmbedOptions:
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
+    if truncate not in TRUNCATE:
+        raise InvalidArgument(f"truncate must be one of {', '.join(TRUNCATE)}, got {truncate!r}")
     if dimensions is not None:
         dimensions = whole("dimensions", dimensions, least=1, note=" (the service accepts 32 up to its model's size)")
     return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
-                           instruction=instruction, allow_partial=allow_partial)
+                           instruction=instruction, allow_partial=allow_partial, truncate=TRUNCATE[truncate],
+                           chunking=None if chunking is None else chunking_message(chunking))
 
 
 def embed_request(items: Sequence[ItemLike], options: pb.EmbedOptions) -> pb.EmbedRequest:
-    return pb.EmbedRequest(items=[to_item(i) for i in items], options=options)
+    return pb.EmbedRequest(items=to_items(items), options=options)
 
 
 def rerank_request(query: ItemLike, documents: Sequence[ItemLike], instruction: str | None, top_k: int | None,
                    allow_partial: bool) -> pb.RerankRequest:
     if top_k is not None:
         top_k = whole("top_k", top_k, least=1)
-    return pb.RerankRequest(query=to_item(query), documents=[to_item(d) for d in documents],
+    return pb.RerankRequest(query=to_item(query, what="query"), documents=to_items(documents),
                             instruction=instruction, top_k=top_k, allow_partial=allow_partial)
 
 

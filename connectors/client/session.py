@@ -39,10 +39,10 @@ from connectors.client.errors import (
     reason_name,
     resent,
 )
-from connectors.client.items import ItemLike, stream_row, to_item
+from connectors.client.items import Chunk, ItemLike, ItemRefused, stream_row, to_item
 from qvl_proto import vectorizer_pb2 as pb
 
-Row = np.ndarray | ItemFailure
+Row = np.ndarray | list[Chunk] | ItemFailure  # with chunking, an item's result is its chunks
 
 
 class Step(enum.Enum):
@@ -92,7 +92,7 @@ def prepare(raw: ItemLike) -> pb.Item | Exception:
     """``raw`` as the message it is sent as, or why it cannot be sent (``pulled`` takes either). Pure,
     and apart from ``pulled``: it copies media, so a driver runs it outside its lock."""
     try:
-        return to_item(raw)
+        return to_item(raw)  # its refusal names no item yet: ``pulled`` gives it the item's seq
     except (TypeError, ValueError) as exc:
         return exc
 
@@ -177,8 +177,9 @@ class StreamSession:
         """The caller's next item (``prepare``d), taken into the books: its seq, for ``stream`` to
         send, or END (``stream`` stopped meanwhile, or the item cannot be sent)."""
         seq, self.next_seq = self.next_seq, self.next_seq + 1
-        if isinstance(item, Exception):
-            self.source_ended(InvalidArgument(f"item {seq}: {item}", index=seq))
+        if isinstance(item, Exception):  # nothing after it is taken: it raises once those before are handed on
+            named = item.at(seq) if isinstance(item, ItemRefused) else InvalidArgument(f"item {seq}: {item}", index=seq)
+            self.source_ended(named)
             return Step.END
         self.open[seq] = item
         if stream is self.current and not stream.stopped:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterable, Iterator, Sequence
+from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -12,7 +12,7 @@ import numpy as np
 
 from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
 from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
-from connectors.client.items import ItemLike, RerankResult, embeddings, rerank_result
+from connectors.client.items import Chunk, ItemLike, RerankResult, chunk_lists, embeddings, rerank_result, truncated
 from connectors.client.options import embed_options, embed_request, optional_seconds, rerank_request, stream_limits
 from connectors.client.session import Row, Step, Stream, StreamSession, Watch, prepare
 from qvl_proto import vectorizer_pb2 as pb
@@ -66,11 +66,27 @@ class Client(ClientBase):
         grpc.channel_ready_future(self.channel).result(timeout=timeout)
 
     def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
-              normalize: bool = True, instruction: str | None = None, timeout: float | None = None) -> np.ndarray:
-        """One row per item (float32 by default; int8 / packed binary as integer arrays)."""
-        request = embed_request(items, embed_options(dimensions, encoding, normalize, instruction))
-        rows, self.last_scales = embeddings(self._call(self.stub.Embed, request, optional_seconds("timeout", timeout)))
+              normalize: bool = True, instruction: str | None = None, truncate: str = "end",
+              timeout: float | None = None) -> np.ndarray:
+        """One row per item (float32 by default; int8 / packed binary as integer arrays).
+
+        ``truncate``: an item past the service's maximum length is cut at the "end" (the default)
+        or the "start" of its text, or refused ("none": ``InvalidInput`` with ``limit``
+        QVL_EMBED_MAX_LENGTH); ``last_truncated`` then maps each cut item's index to the tokens cut.
+        """
+        request = embed_request(items, embed_options(dimensions, encoding, normalize, instruction, truncate=truncate))
+        resp = self._call(self.stub.Embed, request, optional_seconds("timeout", timeout))
+        rows, self.last_scales = embeddings(resp)
+        self.last_truncated = truncated(resp)
         return rows
+
+    def embed_chunks(self, items: Sequence[ItemLike], *, chunking: Mapping[str, Any], dimensions: int | None = None,
+                     encoding: str = "float32", normalize: bool = True, instruction: str | None = None,
+                     timeout: float | None = None) -> list[list[Chunk]]:
+        """Each item split by ``chunking`` (docs/documents.md): per item, its chunks in order."""
+        options = embed_options(dimensions, encoding, normalize, instruction, chunking=chunking)
+        request = embed_request(items, options)
+        return chunk_lists(self._call(self.stub.Embed, request, optional_seconds("timeout", timeout)))
 
     def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                top_k: int | None = None, allow_partial: bool = False, timeout: float | None = None) -> RerankResult:
@@ -78,11 +94,14 @@ class Client(ClientBase):
         return rerank_result(self._call(self.stub.Rerank, request, optional_seconds("timeout", timeout)))
 
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
-                     normalize: bool = True, instruction: str | None = None, max_in_flight: int = 256,
-                     timeout: float | None = None) -> Iterator[np.ndarray | ItemFailure]:
+                     normalize: bool = True, instruction: str | None = None, truncate: str = "end",
+                     max_in_flight: int = 256, timeout: float | None = None,
+                     chunking: Mapping[str, Any] | None = None) -> Iterator[np.ndarray | list[Chunk] | ItemFailure]:
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
-        A bad item yields an ``ItemFailure`` and the stream goes on. When the stream fails with
+        With ``chunking``, each item's result is its list of ``Chunk``s. ``truncate`` as in ``embed``
+        (a refused item is an ``ItemFailure`` with ``limit``). A bad item yields an ``ItemFailure``
+        and the stream goes on. When the stream fails with
         UNAVAILABLE, RESOURCE_EXHAUSTED or CANCELLED (its replica died, refused it or shut down), or
         the replica answers items as not ready (``not_ready``), a new stream (round_robin: another
         replica) sends the unanswered items again, up to ``retries`` times in a row without an answer; after that the
@@ -92,7 +111,7 @@ class Client(ClientBase):
         raises ``InvalidArgument`` naming it, and an exception of ``items`` itself is raised as it
         is, each after the results of the items before it.
         """
-        options = embed_options(dimensions, encoding, normalize, instruction)
+        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
         max_in_flight, timeout = stream_limits(max_in_flight, timeout)
         session = self._session(options, max_in_flight)
         source = iter(items)

@@ -183,7 +183,7 @@ def test_a_bad_item_in_a_stream_is_named(kind: str) -> None:
     with serving(servicer) as target:
         got, err = stream_rows(kind, target, ["a", "b", {"txt": "typo"}, "d"])  # type: ignore[list-item]
     assert isinstance(err, InvalidArgument), repr(err)
-    assert err.index == 2 and str(err).startswith("item 2: unknown item keys: ['txt']")
+    assert err.index == 2 and str(err).startswith("item 2: unknown key 'txt'")
     assert [float(r[0]) for r in got] == [0.0, 1.0]  # type: ignore[index]
 
 

@@ -231,16 +231,34 @@ def test_an_item_pulled_by_a_lingering_sender_goes_to_the_current_stream() -> No
     assert [r.seq for r in send(s, new, [])] == [0, 1]
 
 
+def test_chunk_results_are_released_in_order_as_chunk_lists() -> None:
+    """With chunking, an item's result is its chunks (vector and locator), held like a row until
+    the items before it are handed on; an item the service refused stays an ItemFailure."""
+    s = session()
+    stream = s.start(0.0)
+    send(s, stream, [{"document": b"%PDF"}, "no document", {"video": b"v"}])
+    pages = pb.Chunks(chunks=[pb.Chunk(embedding=pb.Embedding(values=[float(n)]), locator=pb.Locator(page=n))
+                              for n in (1, 2)])
+    window = pb.Chunks(chunks=[pb.Chunk(embedding=pb.Embedding(values=[9.0]), locator=pb.Locator(start_s=0, end_s=4))])
+    assert s.received(stream, pb.EmbedStreamResult(seq=2, chunks=window), 1.0) == []
+    refused = pb.EmbedStreamResult(seq=1, error=pb.ItemError(index=1, code="INVALID_ARGUMENT", message="no document"))
+    assert s.received(stream, refused, 1.0) == []
+    first, failure, last = s.received(stream, pb.EmbedStreamResult(seq=0, chunks=pages), 1.0)
+    assert [(c.locator, float(c.vector[0])) for c in first] == [({"page": 1}, 1.0), ({"page": 2}, 2.0)]
+    assert isinstance(failure, ItemFailure) and failure.index == 1 and failure.message == "no document"
+    assert [(c.locator, float(c.vector[0])) for c in last] == [({"start_s": 0.0, "end_s": 4.0}, 9.0)]
+
+
 def test_an_item_that_cannot_be_sent_is_raised_after_the_ones_before_it() -> None:
     s = session()
     stream = s.start(0.0)
     sent = send(s, stream, ["a", {"txt": "typo"}, "c"])
     assert [r.seq for r in sent] == [0]  # nothing after the bad item is taken
     assert values(s.received(stream, answer(0), 1.0)) == [0]
-    with pytest.raises(InvalidArgument, match=r"^item 1: unknown item keys: \['txt'\]") as raised:
+    with pytest.raises(InvalidArgument, match=r"^item 1: unknown key 'txt'; an item's keys are text") as raised:
         s.ended(stream, closed=False)
     assert raised.value.index == 1
-    with pytest.raises(InvalidArgument, match=r"^item 0: an item is a string, a dict or a pb.Item, not int"):
+    with pytest.raises(InvalidArgument, match=r"^item 0: an item is a str or a dict with the keys text, .*, got int$"):
         bad = session()
         send(bad, bad.start(0.0), [7])
         bad.ended(bad.current, closed=False)  # type: ignore[arg-type]
