@@ -198,12 +198,13 @@ def ingest(
             pending.append((index, obj, object_id))
             yield item
 
-    done = 0
+    done = answered = 0  # answered: the objects before the first one not answered (results come in order)
     inserts = Inserts(collection, failed, uuids)
     try:
         for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
                                        max_in_flight=max_in_flight):
             index, obj, object_id = pending.popleft()
+            answered = index + 1
             if isinstance(result, ItemFailure):
                 failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
             else:
@@ -218,9 +219,10 @@ def ingest(
                 progress(done, total)
     except QvlClientError as exc:
         # The stream itself broke (service down, token refused): the objects already embedded are
-        # still inserted; from the first unanswered one on nothing was stored.
+        # still inserted; from the first unanswered one on nothing was stored. Counted here, not read
+        # from ``pending`` or ``seen``: the stream's sending thread may be reading an object in neither.
         inserts.finish()
-        first = pending[0][0] if pending else seen
+        first = answered
         raise IngestError(f"collection {collection.name!r}: the embedding stream failed at object {first} "
                           f"after {len(uuids)} embedded objects; objects {first} and later were not "
                           f"inserted: {exc}") from exc

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+from collections.abc import Iterator, Mapping
 
 import numpy as np
 import pytest
@@ -140,6 +141,33 @@ def test_ingest_names_where_a_broken_stream_stopped(wv: weaviate.WeaviateClient,
             ingest(wv.collections.get("JointDown"), pictures[:2], qvl=nobody)
     finally:
         wv.collections.delete("JointDown")
+
+
+def test_a_broken_stream_names_an_object_still_being_read(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
+                                                          pictures: list[dict[str, object]]) -> None:
+    """The first object not inserted was read from the objects still being sent (``pending``) or,
+    with none, taken as the next one to read: an object whose reading (here its key) was under way
+    on the stream's sending thread as the stream broke was in neither, and the error named the
+    object after it ("failed at object 1": the test above failed so once under load). Now it is the
+    one after the last answered object, whatever the sending thread is doing."""
+    create_collection(wv, "JointReading", text_fields=["caption"], image_fields=["image"],
+                      service_url=qvl_service.http_url, joint_vector=True, module_vector=False, replace=True)
+    reading = threading.Event()
+    released = threading.Event()
+
+    def key(obj: Mapping[str, object]) -> object:
+        reading.set()
+        released.wait(30)  # held until the ingest has raised: its stream fails meanwhile
+        return obj["name"]
+
+    try:
+        nobody = Client(f"127.0.0.1:{free_ports(1)[0]}", retries=0)  # nothing listens there
+        with nobody, pytest.raises(IngestError, match=r"'JointReading'.*failed at object 0 .*objects 0 and later"):
+            ingest(wv.collections.get("JointReading"), pictures[:2], qvl=nobody, key=key)
+        assert reading.is_set()  # the stream broke while object 0's key was being read
+    finally:
+        released.set()
+        wv.collections.delete("JointReading")
 
 
 def test_ingest_with_a_key_updates_instead_of_duplicating(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
