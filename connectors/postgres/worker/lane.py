@@ -94,24 +94,24 @@ class Lane:
         self.wake.clear()
         worked = False
         for i in range(len(vectorizers)):
-            v = vectorizers[(self.turn + i) % len(vectorizers)]
-            if p.claims.held(v):
+            vectorizer = vectorizers[(self.turn + i) % len(vectorizers)]
+            if p.claims.held(vectorizer):
                 continue
             try:
-                rows = p.claims.claim(self.link.conn, v, self.link.me)  # type: ignore[arg-type]
+                rows = p.claims.claim(self.link.conn, vectorizer, self.link.me)  # type: ignore[arg-type]
                 if rows:
                     self.idle = False
                     self.turn = (self.turn + i + 1) % len(vectorizers)
-                    self.last = v
-                    p.batches.process(self.link, v, rows)
+                    self.last = vectorizer
+                    p.batches.process(self.link, vectorizer, rows)
                     worked = True
             except Blocked as exc:
                 # The worker's role may not see or write these rows: they stay queued, the reason
                 # is shown, and the vectorizer waits its own backoff before the next try.
-                p.claims.hold_back(v, exc, quiet=True)
-                p.status.block(self.link.conn, v, str(exc))
+                p.claims.hold_back(vectorizer, exc, quiet=True)
+                p.status.block(self.link.conn, vectorizer, str(exc))
                 continue
-            p.status.block(self.link.conn, v, None)
+            p.status.block(self.link.conn, vectorizer, None)
             if worked:
                 break
         if self.read_only:

@@ -58,16 +58,16 @@ class Monitor:
 
     def _turn(self, now: float) -> bool:
         """What is due now; True when the worker is to exit (idle, its queues empty)."""
-        s = self.settings
-        if self.beats and now - self._last_beat >= s.heartbeat_s:
+        settings = self.settings
+        if self.beats and now - self._last_beat >= settings.heartbeat_s:
             self.beats = self.status.heartbeat(self._db())
             self._last_beat = now
-        if self.prunes and now - self._last_prune >= s.prune_every_s:
-            self.prunes = prune_failed(self._db(), s.vectorizers, self.catalog)
+        if self.prunes and now - self._last_prune >= settings.prune_every_s:
+            self.prunes = prune_failed(self._db(), settings.vectorizers, self.catalog)
             self._last_prune = now
-        if s.exit_when_idle and self.idle() and self._pending(self._db()) == 0:
+        if settings.exit_when_idle and self.idle() and self._pending(self._db()) == 0:
             return True
-        if now - self._last_report >= s.log_every_s:
+        if now - self._last_report >= settings.log_every_s:
             self.progress.report(self.catalog.known(), self._db())
             self._last_report = now
         return False
@@ -84,9 +84,9 @@ class Monitor:
 
     def _pending(self, conn: Conn) -> int:
         total = 0
-        for v in self.catalog.current(conn):
+        for vectorizer in self.catalog.current(conn):
             try:
-                row = conn.execute(v.pending_sql()).fetchone()
+                row = conn.execute(vectorizer.pending_sql()).fetchone()
             except psycopg.errors.UndefinedTable:
                 self.catalog.invalidate()  # dropped meanwhile
                 continue

@@ -57,28 +57,28 @@ class Progress:
         now = time.monotonic()
         elapsed = max(now - self._reported_at, 1e-9)
         counts = self.counters()
-        for v in vectorizers:
-            c = counts.get(v.name, Counters())
-            pending = _pending(conn, v) if conn is not None else None
-            delta = c.embedded - self._reported.get(v.name, 0)
+        for vectorizer in vectorizers:
+            c = counts.get(vectorizer.name, Counters())
+            pending = _pending(conn, vectorizer) if conn is not None else None
+            delta = c.embedded - self._reported.get(vectorizer.name, 0)
             if not final and delta == 0 and not pending:
                 continue
             rate = delta / elapsed
-            extra: dict[str, Any] = {"vectorizer": v.name, "embedded": c.embedded, "failed": c.failed,
+            extra: dict[str, Any] = {"vectorizer": vectorizer.name, "embedded": c.embedded, "failed": c.failed,
                                      "pending": pending, "rate_per_s": round(rate, 1), "resent": c.resent,
                                      "released": c.released}
             if pending and rate > 0:
                 extra["eta_s"] = round(pending / rate, 1)
-            log.info(f"{v.name}: {c.embedded} embedded, {c.failed} failed"
+            log.info(f"{vectorizer.name}: {c.embedded} embedded, {c.failed} failed"
                      + (f", {pending} pending" if pending is not None else "")
                      + (f" ({rate:.1f}/s)" if not final else " (final)"), extra=extra)
         self._reported = {name: c.embedded for name, c in counts.items()}
         self._reported_at = now
 
 
-def _pending(conn: psycopg.Connection[Any], v: Vectorizer) -> int | None:
+def _pending(conn: psycopg.Connection[Any], vectorizer: Vectorizer) -> int | None:
     try:
-        row = conn.execute(v.pending_sql()).fetchone()
+        row = conn.execute(vectorizer.pending_sql()).fetchone()
     except psycopg.Error:
         return None
     return int(row[0]) if row else None

@@ -40,10 +40,10 @@ class ServiceCalls:
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
 
     def client(self, *, timeout: float | None = None, retries: int = STREAM_RETRIES) -> Client:
-        s = self.settings
-        roots = Path(s.ca_file).read_bytes() if s.ca_file else None
-        return Client(s.service, token=s.token, timeout=timeout or s.rpc_timeout_s, retries=retries,
-                      root_certificates=roots, tls=s.tls)
+        settings = self.settings
+        roots = Path(settings.ca_file).read_bytes() if settings.ca_file else None
+        return Client(settings.service, token=settings.token, timeout=timeout or settings.rpc_timeout_s,
+                      retries=retries, root_certificates=roots, tls=settings.tls)
 
     def learn_limits(self) -> None:
         try:
@@ -63,15 +63,15 @@ class ServiceCalls:
             return False
 
     # -- a batch's items -----------------------------------------------------------------------
-    def embed_checked(self, client: Client, v: Vectorizer, items: Sequence[pb.Item]) -> list[Checked]:
+    def embed_checked(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> list[Checked]:
         """One stream's results, judged: a non-finite vector is that item's failure; a malformed
         answer, items that never reached the model, or failures the probe shows the service has for
         any input become ``ServiceDown`` (the rows go back uncounted)."""
         out: list[Checked] = []
-        for res in self.embed(client, v, items):
+        for res in self.embed(client, vectorizer, items):
             if isinstance(res, np.ndarray):
                 try:
-                    out.append(check_vector(v, res))
+                    out.append(check_vector(vectorizer, res))
                 except Malformed as exc:
                     raise ServiceDown(f"the service answered a malformed result: {exc}") from None
             elif isinstance(res, ItemFailure) and not_ready(res.code, res.reason):
@@ -80,26 +80,26 @@ class ServiceCalls:
                 out.append(res)
         if any(isinstance(res, ItemFailure) for res in out) and not any(isinstance(res, np.ndarray) for res in out):
             # Nothing in this stream worked: the rows' fault, or the service's? A plain text answers.
-            problem = self.probe(v)
+            problem = self.probe(vectorizer)
             if problem is not None:
                 down = ServiceDown(problem)
                 return [down if isinstance(res, ItemFailure) else res for res in out]
         return out
 
-    def embed(self, client: Client, v: Vectorizer, items: Sequence[pb.Item]) -> list[Answer | None]:
+    def embed(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> list[Answer | None]:
         """One result per item (None: not answered). A stream failing on bad input is halved until
         the item responsible stands alone, so it cannot block its neighbours."""
-        return bisect(items, lambda part: self._stream(client, v, part))
+        return bisect(items, lambda part: self._stream(client, vectorizer, part))
 
-    def _stream(self, client: Client, v: Vectorizer, items: Sequence[pb.Item]) -> Attempt[Answer, ItemFailure]:
-        log.debug("embedding", extra={"vectorizer": v.name, "items": len(items)})
+    def _stream(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> Attempt[Answer, ItemFailure]:
+        log.debug("embedding", extra={"vectorizer": vectorizer.name, "items": len(items)})
         got: list[Answer] = []
         watchdog = Watchdog(client, self.settings.stall_s, self.reachable)
         retried = client.retried
         carried = False  # the stream reached its end (after any resends)
         try:
-            stream = client.embed_stream(items, dimensions=v.dimensions, encoding=v.encoding,
-                                         instruction=v.instruction, max_in_flight=max(1, len(items)),
+            stream = client.embed_stream(items, dimensions=vectorizer.dimensions, encoding=vectorizer.encoding,
+                                         instruction=vectorizer.instruction, max_in_flight=max(1, len(items)),
                                          timeout=self.settings.rpc_timeout_s)
             for res in stream:
                 watchdog.progress()
@@ -125,8 +125,8 @@ class ServiceCalls:
             # replica that is down) is the ServiceDown reported above, not a resend.
             if client.retried > retried and carried:
                 log.info("a stream was carried on after its replica failed", extra={
-                    "vectorizer": v.name, "times": client.retried - retried})
-                self.on_resent(v.name, client.retried - retried)
+                    "vectorizer": vectorizer.name, "times": client.retried - retried})
+                self.on_resent(vectorizer.name, client.retried - retried)
 
     def _abandoned(self, watchdog: Watchdog) -> ServiceDown | None:
         if watchdog.unreachable:
@@ -137,12 +137,13 @@ class ServiceCalls:
         return None
 
     # -- probes ----------------------------------------------------------------------------------
-    def probe_once(self, v: Vectorizer) -> str | None:
+    def probe_once(self, vectorizer: Vectorizer) -> str | None:
         """None when the service embeds a plain text with this vectorizer's options, else why not."""
         try:
             with self.client(timeout=30, retries=0) as client:
-                got = list(client.embed_stream([pb.Item(parts=[pb.Part(text=PROBE_TEXT)])], dimensions=v.dimensions,
-                                               encoding=v.encoding, instruction=v.instruction, timeout=30))
+                got = list(client.embed_stream([pb.Item(parts=[pb.Part(text=PROBE_TEXT)])],
+                                               dimensions=vectorizer.dimensions, encoding=vectorizer.encoding,
+                                               instruction=vectorizer.instruction, timeout=30))
         except QvlClientError as exc:
             return f"{exc.code}: {exc}"
         if len(got) != 1:
@@ -151,27 +152,27 @@ class ServiceCalls:
         if isinstance(res, ItemFailure):
             return f"{res.code}: {service_words(res.message)}"
         try:
-            checked = check_vector(v, res)
+            checked = check_vector(vectorizer, res)
         except Malformed as exc:
             return f"the service answered a malformed result: {exc}"
         return checked.message if isinstance(checked, ItemFailure) else None
 
-    def probe(self, v: Vectorizer) -> str | None:
+    def probe(self, vectorizer: Vectorizer) -> str | None:
         """Like ``probe_once``, but a service that is restarting (a transient failure) is waited
         for, up to probe_wait_s: a row that killed the model process is then counted, not excused."""
         deadline = time.monotonic() + self.settings.probe_wait_s
         while True:
-            problem = self.probe_once(v)
+            problem = self.probe_once(vectorizer)
             if problem is None or not is_transient(problem):
                 return problem
             if time.monotonic() >= deadline or self.stopping.wait(1.0):
                 return problem
 
 
-def check_vector(v: Vectorizer, res: np.ndarray) -> np.ndarray | ItemFailure:
-    want = (v.dimensions + 7) // 8 if v.storage == "bit" else v.dimensions
+def check_vector(vectorizer: Vectorizer, res: np.ndarray) -> np.ndarray | ItemFailure:
+    want = (vectorizer.dimensions + 7) // 8 if vectorizer.storage == "bit" else vectorizer.dimensions
     if res.ndim != 1 or res.shape[0] != want:
         raise Malformed(f"a vector of {res.shape[0] if res.ndim == 1 else res.shape} values, expected {want}")
-    if v.storage != "bit" and not np.isfinite(res).all():
+    if vectorizer.storage != "bit" and not np.isfinite(res).all():
         return ItemFailure(0, NON_FINITE, "INTERNAL")
     return res

@@ -53,17 +53,19 @@ class StatusBoard:
             self._paused = reason
             self._write(conn)
 
-    def block(self, conn: Conn | None, v: Vectorizer, reason: str | None) -> None:
+    def block(self, conn: Conn | None, vectorizer: Vectorizer, reason: str | None) -> None:
         """Note that a vectorizer's rows stay queued because of the worker's role (reason), or no longer."""
         with self._lock:
-            if self._blocked.get(v.name) == reason:
+            if self._blocked.get(vectorizer.name) == reason:
                 return
             if reason is None:
-                del self._blocked[v.name]
-                log.info(f"{v.name}: the worker may work on its rows again", extra={"vectorizer": v.name})
+                del self._blocked[vectorizer.name]
+                log.info(f"{vectorizer.name}: the worker may work on its rows again",
+                         extra={"vectorizer": vectorizer.name})
             else:
-                self._blocked[v.name] = reason
-                log.warning(f"{v.name}: {reason}", extra={"vectorizer": v.name, "source": v.source})
+                self._blocked[vectorizer.name] = reason
+                log.warning(f"{vectorizer.name}: {reason}",
+                            extra={"vectorizer": vectorizer.name, "source": vectorizer.source})
             self._write(conn)
 
     def _write(self, conn: Conn | None) -> None:
