@@ -24,17 +24,19 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17qvl/v1/vectorizer.proto\x12\x06qvl.v1\"\x18\n\x06\x46rames\x12\x0e\n\x06\x66rames\x18\x01 \x03(\x0c\"\x8c\x01\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05video\x18\x03 \x01(\x0cH\x00\x12 \n\x06\x66rames\x18\x04 \x01(\x0b\x32\x0e.qvl.v1.FramesH\x00\x12\x13\n\timage_uri\x18\x05 \x01(\tH\x00\x12\x13\n\tvideo_uri\x18\x06 \x01(\tH\x00\x42\x06\n\x04kind\"M\n\x04Item\x12\x1b\n\x05parts\x18\x01 \x03(\x0b\x32\x0c.qvl.v1.Part\x12\x18\n\x0binstruction\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_instruction\"\xc1\x01\n\x0c\x45mbedOptions\x12\x17\n\ndimensions\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\"\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x10.qvl.v1.Encoding\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x18\n\x0binstruction\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x15\n\rallow_partial\x18\x05 \x01(\x08\x42\r\n\x0b_dimensionsB\x0c\n\n_normalizeB\x0e\n\x0c_instruction\"R\n\x0c\x45mbedRequest\x12\x1b\n\x05items\x18\x01 \x03(\x0b\x32\x0c.qvl.v1.Item\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.qvl.v1.EmbedOptions\"r\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\"\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x10.qvl.v1.Encoding\"m\n\tItemError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\t\x12#\n\x06reason\x18\x05 \x01(\x0e\x32\x13.qvl.v1.ErrorReason\"x\n\rEmbedResponse\x12%\n\nembeddings\x18\x01 \x03(\x0b\x32\x11.qvl.v1.Embedding\x12!\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x11.qvl.v1.ItemError\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"d\n\x12\x45mbedStreamRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1a\n\x04item\x18\x02 \x01(\x0b\x32\x0c.qvl.v1.Item\x12%\n\x07options\x18\x03 \x01(\x0b\x32\x14.qvl.v1.EmbedOptions\"v\n\x11\x45mbedStreamResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\tembedding\x18\x02 \x01(\x0b\x32\x11.qvl.v1.EmbeddingH\x00\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.qvl.v1.ItemErrorH\x00\x42\x08\n\x06result\"\xac\x01\n\rRerankRequest\x12\x1b\n\x05query\x18\x01 \x01(\x0b\x32\x0c.qvl.v1.Item\x12\x1f\n\tdocuments\x18\x02 \x03(\x0b\x32\x0c.qvl.v1.Item\x12\x18\n\x0binstruction\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x15\n\rallow_partial\x18\x05 \x01(\x08\x42\x0e\n\x0c_instructionB\x08\n\x06_top_k\"&\n\x06Ranked\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\"s\n\x0eRerankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x1f\n\x07ranking\x18\x02 \x03(\x0b\x32\x0e.qvl.v1.Ranked\x12!\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x11.qvl.v1.ItemError\x12\r\n\x05model\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"\xce\x01\n\tModelInfo\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x12\n\nmodalities\x18\x05 \x03(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x11\n\tattention\x18\x08 \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_instruction\x18\t \x01(\t\x12\x19\n\x11query_instruction\x18\n \x01(\t\"\xe4\x02\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_media_bytes\x18\x02 \x01(\x04\x12\x1f\n\x17max_source_image_pixels\x18\x03 \x01(\x04\x12\x18\n\x10image_max_pixels\x18\x04 \x01(\r\x12\x18\n\x10video_max_frames\x18\x05 \x01(\r\x12\x11\n\tvideo_fps\x18\x06 \x01(\x02\x12\x19\n\x11max_video_seconds\x18\x07 \x01(\x02\x12\x1d\n\x15max_items_per_request\x18\x08 \x01(\r\x12\x1c\n\x14max_rerank_documents\x18\t \x01(\r\x12\x17\n\x0fqueue_max_items\x18\n \x01(\r\x12\x14\n\x0c\x62\x61tch_tokens\x18\x0b \x01(\r\x12\x1c\n\x14stream_max_in_flight\x18\x0c \x01(\r\x12\x19\n\x11\x61llow_uri_schemes\x18\r \x03(\t\"\xbc\x01\n\x0cInfoResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.qvl.v1.ModelInfo\x12\x1e\n\x06limits\x18\x02 \x01(\x0b\x32\x0e.qvl.v1.Limits\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1c\n\x14transformers_version\x18\x04 \x01(\t\x12\x15\n\rtorch_version\x18\x05 \x01(\t\x12\x11\n\tencodings\x18\x06 \x03(\t\x12\x10\n\x08profiles\x18\x07 \x03(\t*:\n\x08\x45ncoding\x12\x0b\n\x07\x46LOAT32\x10\x00\x12\x0b\n\x07\x46LOAT16\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\n\n\x06\x42INARY\x10\x03*4\n\x0b\x45rrorReason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tNOT_READY\x10\x01\x32\xf8\x01\n\nVectorizer\x12\x34\n\x05\x45mbed\x12\x14.qvl.v1.EmbedRequest\x1a\x15.qvl.v1.EmbedResponse\x12H\n\x0b\x45mbedStream\x12\x1a.qvl.v1.EmbedStreamRequest\x1a\x19.qvl.v1.EmbedStreamResult(\x01\x30\x01\x12\x37\n\x06Rerank\x12\x15.qvl.v1.RerankRequest\x1a\x16.qvl.v1.RerankResponse\x12\x31\n\x04Info\x12\x13.qvl.v1.InfoRequest\x1a\x14.qvl.v1.InfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17qvl/v1/vectorizer.proto\x12\x06qvl.v1\"\x18\n\x06\x46rames\x12\x0e\n\x06\x66rames\x18\x01 \x03(\x0c\"\x8c\x01\n\x04Part\x12\x0e\n\x04text\x18\x01 \x01(\tH\x00\x12\x0f\n\x05image\x18\x02 \x01(\x0cH\x00\x12\x0f\n\x05video\x18\x03 \x01(\x0cH\x00\x12 \n\x06\x66rames\x18\x04 \x01(\x0b\x32\x0e.qvl.v1.FramesH\x00\x12\x13\n\timage_uri\x18\x05 \x01(\tH\x00\x12\x13\n\tvideo_uri\x18\x06 \x01(\tH\x00\x42\x06\n\x04kind\"M\n\x04Item\x12\x1b\n\x05parts\x18\x01 \x03(\x0b\x32\x0c.qvl.v1.Part\x12\x18\n\x0binstruction\x18\x02 \x01(\tH\x00\x88\x01\x01\x42\x0e\n\x0c_instruction\"\xeb\x01\n\x0c\x45mbedOptions\x12\x17\n\ndimensions\x18\x01 \x01(\rH\x00\x88\x01\x01\x12\"\n\x08\x65ncoding\x18\x02 \x01(\x0e\x32\x10.qvl.v1.Encoding\x12\x16\n\tnormalize\x18\x03 \x01(\x08H\x01\x88\x01\x01\x12\x18\n\x0binstruction\x18\x04 \x01(\tH\x02\x88\x01\x01\x12\x15\n\rallow_partial\x18\x05 \x01(\x08\x12\x18\n\x0b\x66ingerprint\x18\x06 \x01(\tH\x03\x88\x01\x01\x42\r\n\x0b_dimensionsB\x0c\n\n_normalizeB\x0e\n\x0c_instructionB\x0e\n\x0c_fingerprint\"R\n\x0c\x45mbedRequest\x12\x1b\n\x05items\x18\x01 \x03(\x0b\x32\x0c.qvl.v1.Item\x12%\n\x07options\x18\x02 \x01(\x0b\x32\x14.qvl.v1.EmbedOptions\"r\n\tEmbedding\x12\x0e\n\x06values\x18\x01 \x03(\x02\x12\x0e\n\x06packed\x18\x02 \x01(\x0c\x12\r\n\x05scale\x18\x03 \x01(\x02\x12\x12\n\ndimensions\x18\x04 \x01(\r\x12\"\n\x08\x65ncoding\x18\x05 \x01(\x0e\x32\x10.qvl.v1.Encoding\"m\n\tItemError\x12\r\n\x05index\x18\x01 \x01(\r\x12\x0f\n\x07message\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\r\n\x05limit\x18\x04 \x01(\t\x12#\n\x06reason\x18\x05 \x01(\x0e\x32\x13.qvl.v1.ErrorReason\"x\n\rEmbedResponse\x12%\n\nembeddings\x18\x01 \x03(\x0b\x32\x11.qvl.v1.Embedding\x12!\n\x06\x65rrors\x18\x02 \x03(\x0b\x32\x11.qvl.v1.ItemError\x12\r\n\x05model\x18\x03 \x01(\t\x12\x0e\n\x06tokens\x18\x04 \x01(\x04\"d\n\x12\x45mbedStreamRequest\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x1a\n\x04item\x18\x02 \x01(\x0b\x32\x0c.qvl.v1.Item\x12%\n\x07options\x18\x03 \x01(\x0b\x32\x14.qvl.v1.EmbedOptions\"v\n\x11\x45mbedStreamResult\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\tembedding\x18\x02 \x01(\x0b\x32\x11.qvl.v1.EmbeddingH\x00\x12\"\n\x05\x65rror\x18\x03 \x01(\x0b\x32\x11.qvl.v1.ItemErrorH\x00\x42\x08\n\x06result\"\xac\x01\n\rRerankRequest\x12\x1b\n\x05query\x18\x01 \x01(\x0b\x32\x0c.qvl.v1.Item\x12\x1f\n\tdocuments\x18\x02 \x03(\x0b\x32\x0c.qvl.v1.Item\x12\x18\n\x0binstruction\x18\x03 \x01(\tH\x00\x88\x01\x01\x12\x12\n\x05top_k\x18\x04 \x01(\rH\x01\x88\x01\x01\x12\x15\n\rallow_partial\x18\x05 \x01(\x08\x42\x0e\n\x0c_instructionB\x08\n\x06_top_k\"&\n\x06Ranked\x12\r\n\x05index\x18\x01 \x01(\r\x12\r\n\x05score\x18\x02 \x01(\x02\"s\n\x0eRerankResponse\x12\x0e\n\x06scores\x18\x01 \x03(\x02\x12\x1f\n\x07ranking\x18\x02 \x03(\x0b\x32\x0e.qvl.v1.Ranked\x12!\n\x06\x65rrors\x18\x03 \x03(\x0b\x32\x11.qvl.v1.ItemError\x12\r\n\x05model\x18\x04 \x01(\t\"\r\n\x0bInfoRequest\"\xe3\x01\n\tModelInfo\x12\x0c\n\x04task\x18\x01 \x01(\t\x12\x0c\n\x04name\x18\x02 \x01(\t\x12\x13\n\x0bhidden_size\x18\x03 \x01(\r\x12\x12\n\nmax_length\x18\x04 \x01(\r\x12\x12\n\nmodalities\x18\x05 \x03(\t\x12\r\n\x05\x64type\x18\x06 \x01(\t\x12\x0e\n\x06\x64\x65vice\x18\x07 \x01(\t\x12\x11\n\tattention\x18\x08 \x01(\t\x12\x1b\n\x13\x64\x65\x66\x61ult_instruction\x18\t \x01(\t\x12\x19\n\x11query_instruction\x18\n \x01(\t\x12\x13\n\x0b\x66ingerprint\x18\x0b \x01(\t\"\xe4\x02\n\x06Limits\x12\x19\n\x11max_request_bytes\x18\x01 \x01(\x04\x12\x17\n\x0fmax_media_bytes\x18\x02 \x01(\x04\x12\x1f\n\x17max_source_image_pixels\x18\x03 \x01(\x04\x12\x18\n\x10image_max_pixels\x18\x04 \x01(\r\x12\x18\n\x10video_max_frames\x18\x05 \x01(\r\x12\x11\n\tvideo_fps\x18\x06 \x01(\x02\x12\x19\n\x11max_video_seconds\x18\x07 \x01(\x02\x12\x1d\n\x15max_items_per_request\x18\x08 \x01(\r\x12\x1c\n\x14max_rerank_documents\x18\t \x01(\r\x12\x17\n\x0fqueue_max_items\x18\n \x01(\r\x12\x14\n\x0c\x62\x61tch_tokens\x18\x0b \x01(\r\x12\x1c\n\x14stream_max_in_flight\x18\x0c \x01(\r\x12\x19\n\x11\x61llow_uri_schemes\x18\r \x03(\t\"\xc5\x02\n\x0cInfoResponse\x12!\n\x06models\x18\x01 \x03(\x0b\x32\x11.qvl.v1.ModelInfo\x12\x1e\n\x06limits\x18\x02 \x01(\x0b\x32\x0e.qvl.v1.Limits\x12\x0f\n\x07version\x18\x03 \x01(\t\x12\x1c\n\x14transformers_version\x18\x04 \x01(\t\x12\x15\n\rtorch_version\x18\x05 \x01(\t\x12\x11\n\tencodings\x18\x06 \x03(\t\x12\x10\n\x08profiles\x18\x07 \x03(\t\x12K\n\x14profile_fingerprints\x18\x08 \x03(\x0b\x32-.qvl.v1.InfoResponse.ProfileFingerprintsEntry\x1a:\n\x18ProfileFingerprintsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*:\n\x08\x45ncoding\x12\x0b\n\x07\x46LOAT32\x10\x00\x12\x0b\n\x07\x46LOAT16\x10\x01\x12\x08\n\x04INT8\x10\x02\x12\n\n\x06\x42INARY\x10\x03*H\n\x0b\x45rrorReason\x12\x16\n\x12REASON_UNSPECIFIED\x10\x00\x12\r\n\tNOT_READY\x10\x01\x12\x12\n\x0eMODEL_MISMATCH\x10\x02\x32\xf8\x01\n\nVectorizer\x12\x34\n\x05\x45mbed\x12\x14.qvl.v1.EmbedRequest\x1a\x15.qvl.v1.EmbedResponse\x12H\n\x0b\x45mbedStream\x12\x1a.qvl.v1.EmbedStreamRequest\x1a\x19.qvl.v1.EmbedStreamResult(\x01\x30\x01\x12\x37\n\x06Rerank\x12\x15.qvl.v1.RerankRequest\x1a\x16.qvl.v1.RerankResponse\x12\x31\n\x04Info\x12\x13.qvl.v1.InfoRequest\x1a\x14.qvl.v1.InfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'qvl.v1.vectorizer_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_ENCODING']._serialized_start=2240
-  _globals['_ENCODING']._serialized_end=2298
-  _globals['_ERRORREASON']._serialized_start=2300
-  _globals['_ERRORREASON']._serialized_end=2352
+  _globals['_INFORESPONSE_PROFILEFINGERPRINTSENTRY']._loaded_options = None
+  _globals['_INFORESPONSE_PROFILEFINGERPRINTSENTRY']._serialized_options = b'8\001'
+  _globals['_ENCODING']._serialized_start=2440
+  _globals['_ENCODING']._serialized_end=2498
+  _globals['_ERRORREASON']._serialized_start=2500
+  _globals['_ERRORREASON']._serialized_end=2572
   _globals['_FRAMES']._serialized_start=35
   _globals['_FRAMES']._serialized_end=59
   _globals['_PART']._serialized_start=62
@@ -42,33 +44,35 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ITEM']._serialized_start=204
   _globals['_ITEM']._serialized_end=281
   _globals['_EMBEDOPTIONS']._serialized_start=284
-  _globals['_EMBEDOPTIONS']._serialized_end=477
-  _globals['_EMBEDREQUEST']._serialized_start=479
-  _globals['_EMBEDREQUEST']._serialized_end=561
-  _globals['_EMBEDDING']._serialized_start=563
-  _globals['_EMBEDDING']._serialized_end=677
-  _globals['_ITEMERROR']._serialized_start=679
-  _globals['_ITEMERROR']._serialized_end=788
-  _globals['_EMBEDRESPONSE']._serialized_start=790
-  _globals['_EMBEDRESPONSE']._serialized_end=910
-  _globals['_EMBEDSTREAMREQUEST']._serialized_start=912
-  _globals['_EMBEDSTREAMREQUEST']._serialized_end=1012
-  _globals['_EMBEDSTREAMRESULT']._serialized_start=1014
-  _globals['_EMBEDSTREAMRESULT']._serialized_end=1132
-  _globals['_RERANKREQUEST']._serialized_start=1135
-  _globals['_RERANKREQUEST']._serialized_end=1307
-  _globals['_RANKED']._serialized_start=1309
-  _globals['_RANKED']._serialized_end=1347
-  _globals['_RERANKRESPONSE']._serialized_start=1349
-  _globals['_RERANKRESPONSE']._serialized_end=1464
-  _globals['_INFOREQUEST']._serialized_start=1466
-  _globals['_INFOREQUEST']._serialized_end=1479
-  _globals['_MODELINFO']._serialized_start=1482
-  _globals['_MODELINFO']._serialized_end=1688
-  _globals['_LIMITS']._serialized_start=1691
-  _globals['_LIMITS']._serialized_end=2047
-  _globals['_INFORESPONSE']._serialized_start=2050
-  _globals['_INFORESPONSE']._serialized_end=2238
-  _globals['_VECTORIZER']._serialized_start=2355
-  _globals['_VECTORIZER']._serialized_end=2603
+  _globals['_EMBEDOPTIONS']._serialized_end=519
+  _globals['_EMBEDREQUEST']._serialized_start=521
+  _globals['_EMBEDREQUEST']._serialized_end=603
+  _globals['_EMBEDDING']._serialized_start=605
+  _globals['_EMBEDDING']._serialized_end=719
+  _globals['_ITEMERROR']._serialized_start=721
+  _globals['_ITEMERROR']._serialized_end=830
+  _globals['_EMBEDRESPONSE']._serialized_start=832
+  _globals['_EMBEDRESPONSE']._serialized_end=952
+  _globals['_EMBEDSTREAMREQUEST']._serialized_start=954
+  _globals['_EMBEDSTREAMREQUEST']._serialized_end=1054
+  _globals['_EMBEDSTREAMRESULT']._serialized_start=1056
+  _globals['_EMBEDSTREAMRESULT']._serialized_end=1174
+  _globals['_RERANKREQUEST']._serialized_start=1177
+  _globals['_RERANKREQUEST']._serialized_end=1349
+  _globals['_RANKED']._serialized_start=1351
+  _globals['_RANKED']._serialized_end=1389
+  _globals['_RERANKRESPONSE']._serialized_start=1391
+  _globals['_RERANKRESPONSE']._serialized_end=1506
+  _globals['_INFOREQUEST']._serialized_start=1508
+  _globals['_INFOREQUEST']._serialized_end=1521
+  _globals['_MODELINFO']._serialized_start=1524
+  _globals['_MODELINFO']._serialized_end=1751
+  _globals['_LIMITS']._serialized_start=1754
+  _globals['_LIMITS']._serialized_end=2110
+  _globals['_INFORESPONSE']._serialized_start=2113
+  _globals['_INFORESPONSE']._serialized_end=2438
+  _globals['_INFORESPONSE_PROFILEFINGERPRINTSENTRY']._serialized_start=2380
+  _globals['_INFORESPONSE_PROFILEFINGERPRINTSENTRY']._serialized_end=2438
+  _globals['_VECTORIZER']._serialized_start=2575
+  _globals['_VECTORIZER']._serialized_end=2823
 # @@protoc_insertion_point(module_scope)
