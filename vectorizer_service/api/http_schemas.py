@@ -57,6 +57,7 @@ class EmbedBody(Strict):
     instruction: str | None = None
     format: Literal["json", "base64"] = "json"
     allow_partial: bool = False
+    fingerprint: str | None = Field(None, description="refuse (409) unless the embedding model has this fingerprint")
 
 
 class RerankBody(Strict):

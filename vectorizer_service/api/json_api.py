@@ -10,11 +10,12 @@ from vectorizer_service.api.dialects.errors import rerank_shape, shaped
 from vectorizer_service.api.dialects.rerank import ForeignRerank, is_foreign_body
 from vectorizer_service.api.http_errors import validate
 from vectorizer_service.api.http_schemas import EmbedBody, RerankBody, request_doc
-from vectorizer_service.api.http_service import HttpService
+from vectorizer_service.api.http_service import FINGERPRINT_SCOPE, HttpService
 from vectorizer_service.api.item_codecs import embedding_to_json, error_dict, item_from_json
 from vectorizer_service.core.call_context import EmbedOptions
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.items import check_item_count
+from vectorizer_service.core.model_identity import check_fingerprint
 from vectorizer_service.core.ranking import check_rerank_request
 from vectorizer_service.core.vector_encoding import EncodedVector
 
@@ -29,7 +30,8 @@ class JsonApi:
         settings = self.http.settings
         check_item_count(len(body.items), settings)  # before any item is built
         items = [item_from_json(obj, i, settings) for i, obj in enumerate(body.items)]
-        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction)
+        pinned = check_fingerprint(body.fingerprint, "fingerprint") if body.fingerprint is not None else None
+        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction, fingerprint=pinned)
         results = await self.http.embed_items(request, items, options, allow_partial=body.allow_partial)
         embeddings, errors = [], []
         for i, r in enumerate(results):
@@ -40,7 +42,8 @@ class JsonApi:
                 embeddings.append(embedding_to_json(r, body.format))
         dims = next((r.dimensions for r in results if isinstance(r, EncodedVector)), None)
         return {"embeddings": embeddings, "dimensions": dims, "encoding": body.encoding,
-                "model": self.http.dispatcher.model_name("embed") or None, "errors": errors}
+                "model": self.http.dispatcher.model_name("embed") or None,
+                "fingerprint": request.scope.get(FINGERPRINT_SCOPE), "errors": errors}
 
     async def v1_rerank(self, request: Request) -> Any:
         data = await self.http.json(request)
@@ -58,7 +61,7 @@ class JsonApi:
             if err.fails_call(body.allow_partial):
                 raise err
         return {"scores": result.scores, "ranking": [{"index": i, "score": result.scores[i]} for i in result.ranking],
-                "model": self.http.dispatcher.model_name("rerank") or None,
+                "model": self.http.dispatcher.model_name("rerank") or None, "fingerprint": ctx.fingerprint or None,
                 "errors": [error_dict(i, e) for i, e in sorted(result.errors.items())]}
 
 

@@ -154,7 +154,7 @@ class OpenAiEmbeddings:
                                 "dimensions" if body.dimensions is not None else "output_dimension")
         parsed = self.parse(body, opts)
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
-                                     allow_partial=body.allow_partial)
+                                     allow_partial=body.allow_partial, opts=opts)
         # Usage counts what was embedded: a failed input (allow_partial) may hold text no tokenizer takes.
         embedded = [p for p, r in zip(parsed, results, strict=True)
                     if isinstance(p, Item) and isinstance(r, EncodedVector)]

@@ -70,7 +70,7 @@ class VoyageApi:
         items = [p for p in parsed if isinstance(p, Item)]
         for item in items:
             item.instruction = opts.embedding(is_query)
-        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims))
+        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims, opts=opts))
         tokens, pixels = await text_tokens(self.http.dispatcher, items), image_pixels(items)
         in_base64 = body.encoding_format == "base64"
         return {"object": "list",
