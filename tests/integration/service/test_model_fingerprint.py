@@ -10,6 +10,7 @@ other weights).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -26,6 +27,7 @@ import httpx
 import pytest
 import yaml
 
+from connectors.client import AsyncClient, Client, ItemFailure, QvlClientError
 from qvl_devtools.tiny_model import build_checkpoint
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
@@ -194,6 +196,34 @@ def test_a_pinned_request_for_another_model_is_refused(svc: ServiceProcess) -> N
     # A malformed pin is bad input, named.
     resp = httpx.post(f"{url}/v1/embeddings", json={"input": ["a cat"], "model": "qvl@nothex"}, timeout=60)
     assert resp.status_code == 400 and "nothex" in resp.json()["error"]["message"], resp.text
+
+
+def test_the_client_reads_and_pins_it(svc: ServiceProcess) -> None:
+    embed = _info_fingerprints(svc)["embed"]
+    other = "0123456789abcdef"
+    with Client(svc.grpc_target) as qvl:
+        assert qvl.last_fingerprint is None
+        qvl.embed(["a cat"])
+        assert qvl.last_fingerprint == embed
+        assert qvl.embed(["a cat"], fingerprint=embed).shape == (1, 64)
+        with pytest.raises(QvlClientError) as refused:
+            qvl.embed(["a cat"], fingerprint=other)
+        assert refused.value.code == "FAILED_PRECONDITION" and refused.value.reason == "MODEL_MISMATCH"
+        failures = list(qvl.embed_stream(["a", "b"], fingerprint=other))
+        assert all(isinstance(f, ItemFailure) and f.reason == "MODEL_MISMATCH" for f in failures), failures
+        qvl.last_fingerprint = None
+        assert len(list(qvl.embed_stream(["a", "b"]))) == 2 and qvl.last_fingerprint == embed
+
+    async def run_async() -> None:
+        async with AsyncClient(svc.grpc_target) as aqvl:
+            await aqvl.embed(["a cat"])
+            assert aqvl.last_fingerprint == embed
+            with pytest.raises(QvlClientError, match=other):
+                await aqvl.embed(["a cat"], fingerprint=other)
+            rows = [r async for r in aqvl.embed_stream(["a"], fingerprint=other)]
+            assert isinstance(rows[0], ItemFailure) and rows[0].reason == "MODEL_MISMATCH"
+
+    asyncio.run(run_async())
 
 
 def test_restart_on_the_same_files_reads_the_cache(svc: ServiceProcess) -> None:
