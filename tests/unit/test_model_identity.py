@@ -9,6 +9,7 @@ import os
 import shutil
 from pathlib import Path
 
+import huggingface_hub.constants
 import pytest
 
 from tests.support.service import TINY
@@ -75,6 +76,25 @@ def test_a_cache_that_cannot_be_written_or_read_costs_a_hash_only(checkpoint: Pa
     garbled = tmp_path / "garbled.json"
     garbled.write_text("{not json")
     assert digest_checkpoint(str(checkpoint), DigestCache(garbled)).digest == found.digest
+
+
+def test_a_hub_id_is_hashed_from_its_cached_snapshot(checkpoint: Path, tmp_path: Path,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hub id's files, as the Hugging Face cache lays them out: a snapshot of links into blobs."""
+    repo = tmp_path / "hub" / "models--qvl-test--tiny"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text("0" * 40)
+    snapshot = repo / "snapshots" / ("0" * 40)
+    snapshot.mkdir(parents=True)
+    (repo / "blobs").mkdir()
+    for file in checkpoint.iterdir():
+        blob = repo / "blobs" / file.name
+        shutil.copy(file, blob)
+        (snapshot / file.name).symlink_to(blob)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    local = digest_checkpoint(str(checkpoint), DigestCache(None))
+    hub = digest_checkpoint("qvl-test/tiny", DigestCache(None))
+    assert hub.digest == local.digest and hub.files == local.files
 
 
 def test_not_a_checkpoint(tmp_path: Path) -> None:
