@@ -52,6 +52,8 @@ STREAM_RETRY = {code.name for code in RETRY}
 # The service's reason (ItemError.reason, the "qvl-reason" trailer) for work that never reached the
 # model: see ``not_ready``.
 NOT_READY = "NOT_READY"
+# The metadata key of every embed answer: the fingerprint of the model that computed it (issue 23).
+FINGERPRINT_KEY = "qvl-model-fingerprint"
 SERVICE_NAME = "qvl.v1.Vectorizer"
 # round_robin over every address the target resolves to, each watched with grpc.health.v1: a
 # replica that is NOT_SERVING (loading, draining, restarting its model process) gets no calls.
@@ -277,7 +279,7 @@ def embedding_array(e: pb.Embedding) -> np.ndarray:
 
 def _options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
              allow_partial: bool = False, truncate: str = "end",
-             chunking: Mapping[str, Any] | None = None) -> pb.EmbedOptions:
+             chunking: Mapping[str, Any] | None = None, fingerprint: str | None = None) -> pb.EmbedOptions:
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
     if truncate not in TRUNCATE:
@@ -287,7 +289,7 @@ def _options(dimensions: int | None, encoding: str, normalize: bool, instruction
                             note=" (the service accepts 32 up to its model's size)")
     return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
                            instruction=instruction, allow_partial=allow_partial, truncate=TRUNCATE[truncate],
-                           chunking=None if chunking is None else chunking_message(chunking))
+                           chunking=None if chunking is None else chunking_message(chunking), fingerprint=fingerprint)
 
 
 def _rerank_request(query: ItemLike, documents: Sequence[ItemLike], instruction: str | None, top_k: int | None,
@@ -328,6 +330,15 @@ def _translate(err: grpc.RpcError) -> QvlClientError:
     index = int(item) if item is not None and item.isdigit() else _item_index(message)
     return kind(message, code=code.name, index=index, limit=trailers.get("qvl-limit"),
                 reason=trailers.get("qvl-reason"))
+
+
+def _fingerprint_of(metadata: Any) -> str | None:
+    """The answering model's fingerprint in a call's initial metadata (key, value pairs in both the
+    sync and the asyncio API); None from a service older than fingerprints."""
+    for key, value in metadata or ():
+        if key == FINGERPRINT_KEY:
+            return str(value)
+    return None
 
 
 def _status_lost(err: grpc.RpcError) -> bool:
@@ -408,6 +419,21 @@ class _StreamBooks:
         self.next_seq = 0
         self.exhausted = False
         self.refused: InvalidArgument | None = None  # an item that could not be sent: the stream stops there
+        self.fingerprint: str | None = None  # of the model the first stream announced
+
+    def pinned(self, options: pb.EmbedOptions) -> pb.EmbedOptions:
+        """The options of a further stream: pinned to the model that answered the first, so that a
+        retry on another replica (a rolling upgrade) never mixes two models' vectors in one run."""
+        if self.fingerprint is None or options.HasField("fingerprint"):
+            return options
+        out = pb.EmbedOptions()
+        out.CopyFrom(options)
+        out.fingerprint = self.fingerprint
+        return out
+
+    def announced(self, metadata: Any) -> None:
+        if self.fingerprint is None:
+            self.fingerprint = _fingerprint_of(metadata)
 
     def unsent(self, sent: set[int]) -> tuple[int, pb.Item] | None:
         """The first open item this stream has not sent yet."""
@@ -472,6 +498,9 @@ class _Base:
         self.credentials = grpc.ssl_channel_credentials(root_certificates) if (tls or root_certificates) else None
         self.retried = 0  # calls and streams sent again (RETRY)
         self.last_truncated: dict[int, int] = {}  # the last embed's cut items: index -> tokens cut
+        # The fingerprint of the model that answered the last embed / embed_stream (metadata
+        # "qvl-model-fingerprint"); None before, or from a service older than fingerprints.
+        self.last_fingerprint: str | None = None
         self.closed = False
 
     def _retry_stream(self, ended: tuple[QvlClientError, bool], attempt: int) -> int:
@@ -525,16 +554,19 @@ class Client(_Base):
 
     def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
               normalize: bool = True, instruction: str | None = None, truncate: str = "end",
-              timeout: float | None = None) -> np.ndarray:
+              timeout: float | None = None, fingerprint: str | None = None) -> np.ndarray:
         """One row per item (float32 by default; int8 / packed binary as integer arrays).
 
         ``truncate``: an item past the service's maximum length is cut at the "end" (the default)
         or the "start" of its text, or refused ("none": ``InvalidInput`` with ``limit``
         QVL_EMBED_MAX_LENGTH); ``last_truncated`` then maps each cut item's index to the tokens cut.
+        With ``fingerprint`` the service refuses (FAILED_PRECONDITION) unless its model has that
+        fingerprint; ``last_fingerprint`` says which model answered.
         """
-        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, fingerprint=fingerprint)
         request = pb.EmbedRequest(items=_items(items), options=options)
-        resp = self._call(self.stub.Embed, request, _timeout(timeout))
+        resp, call = self._call(self.stub.Embed.with_call, request, _timeout(timeout))
+        self.last_fingerprint = _fingerprint_of(call.initial_metadata())
         self.last_scales = np.asarray([e.scale for e in resp.embeddings], dtype=np.float32)
         self.last_truncated = _truncated(resp)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
@@ -556,7 +588,7 @@ class Client(_Base):
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                      normalize: bool = True, instruction: str | None = None, truncate: str = "end",
                      max_in_flight: int = 256, timeout: float | None = None,
-                     chunking: Mapping[str, Any] | None = None,
+                     chunking: Mapping[str, Any] | None = None, fingerprint: str | None = None,
                      ) -> Iterator[np.ndarray | list[Chunk] | ItemFailure]:
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
@@ -570,8 +602,13 @@ class Client(_Base):
         cannot send (an unknown key, a value of the wrong type) raises ``InvalidArgument`` naming it
         once the items before it are handed on. ``truncate`` as in ``embed`` (a refused item is an
         ``ItemFailure`` with ``limit``).
+
+        ``fingerprint`` pins the model (items another model would embed come back as failures with
+        reason MODEL_MISMATCH); without it, the model the first stream announces is pinned for the
+        streams that follow (``last_fingerprint``).
         """
-        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking,
+                           fingerprint=fingerprint)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
         books = _StreamBooks()
         source = iter(items)
@@ -579,8 +616,8 @@ class Client(_Base):
         order = _InOrder()
         attempt = 0
         while True:
-            ended = yield from self._one_stream(books, source, pulling, order, options, max_in_flight, timeout,
-                                                resend_unready=attempt < self.retries)
+            ended = yield from self._one_stream(books, source, pulling, order, books.pinned(options), max_in_flight,
+                                                timeout, resend_unready=attempt < self.retries)
             if ended is None:
                 if books.refused is not None:
                     raise books.refused
@@ -648,6 +685,9 @@ class Client(_Base):
                 progress["received"] += 1
                 progress["last"] = time.monotonic()
                 window.release()
+                if books.fingerprint is None:
+                    books.announced(call.initial_metadata())
+                    self.last_fingerprint = books.fingerprint
                 if resend_unready and _not_ready(result):
                     halt.set()  # this replica cannot take items now: the next stream sends them again
                     continue
@@ -703,10 +743,17 @@ class AsyncClient(_Base):
 
     async def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                     normalize: bool = True, instruction: str | None = None, truncate: str = "end",
-                    timeout: float | None = None) -> np.ndarray:
-        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate)
+                    timeout: float | None = None, fingerprint: str | None = None) -> np.ndarray:
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, fingerprint=fingerprint)
         request = pb.EmbedRequest(items=_items(items), options=options)
-        resp = await self._call(self.stub.Embed, request, _timeout(timeout))
+
+        async def with_metadata(message: pb.EmbedRequest, **kwargs: Any) -> pb.EmbedResponse:
+            call = self.stub.Embed(message, **kwargs)
+            response = await call
+            self.last_fingerprint = _fingerprint_of(await call.initial_metadata())
+            return response
+
+        resp = await self._call(with_metadata, request, _timeout(timeout))
         self.last_truncated = _truncated(resp)
         return np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
 
@@ -728,10 +775,12 @@ class AsyncClient(_Base):
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
                            instruction: str | None = None, truncate: str = "end", max_in_flight: int = 256,
                            timeout: float | None = None, chunking: Mapping[str, Any] | None = None,
+                           fingerprint: str | None = None,
                            ) -> AsyncIterator[np.ndarray | list[Chunk] | ItemFailure]:
         """As ``Client.embed_stream`` (without the stall timeout): unanswered items are sent again
         on a new stream after UNAVAILABLE (or as ``RETRY`` says), up to ``retries`` times in a row."""
-        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
+        options = _options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking,
+                           fingerprint=fingerprint)
         max_in_flight, timeout = _stream_limits(max_in_flight, timeout)
 
         async def each() -> AsyncIterator[ItemLike]:
@@ -749,8 +798,8 @@ class AsyncClient(_Base):
         attempt = 0
         while True:
             ended: tuple[QvlClientError, bool] | None = None
-            async for row in self._one_stream(books, source, pulling, order, options, max_in_flight, timeout,
-                                              attempt < self.retries):
+            async for row in self._one_stream(books, source, pulling, order, books.pinned(options), max_in_flight,
+                                              timeout, attempt < self.retries):
                 if isinstance(row, tuple):
                     ended = row
                 else:
@@ -795,6 +844,9 @@ class AsyncClient(_Base):
         try:
             async for result in call:
                 window.release()
+                if books.fingerprint is None:
+                    books.announced(await call.initial_metadata())
+                    self.last_fingerprint = books.fingerprint
                 if resend_unready and _not_ready(result):
                     stop.set()
                     continue
