@@ -71,6 +71,49 @@ def test_the_split_functions_are_idempotent_tables_are_incremental() -> None:
     assert not list(sql_dir().glob("*.sql")), "every SQL file is incremental/ or idempotent/"
 
 
+TOP_LEVEL = re.compile(r"^(?=CREATE |DROP |COMMENT |SELECT |GRANT |REVOKE |ALTER |DO )", re.M)
+DEFINED = re.compile(r"^CREATE (?:OR REPLACE )?(FUNCTION|VIEW) qvl\.(\w+)")
+
+
+def created_before_use(files: list[Path], existing: set[str]) -> list[str]:
+    """Where a LANGUAGE sql function or a view, created file after file in this order, names a qvl
+    function that no earlier statement creates (PostgreSQL checks those bodies at CREATE)."""
+    defined, problems = set(existing), []
+    for path in files:
+        for chunk in TOP_LEVEL.split(path.read_text()):
+            m = DEFINED.match(chunk)
+            if not m:
+                continue
+            kind, name = m.groups()
+            header, _, body = chunk.partition(" AS ")
+            if kind == "VIEW" or re.search(r"\bLANGUAGE sql\b", header):
+                code = re.sub(r"'(?:[^']|'')*'", "''", re.sub(r"--[^\n]*", "", body))  # strings are not checked
+                for used in sorted(set(re.findall(r"\bqvl\.(\w+)\s*\(", code)) - defined - {name}):
+                    problems.append(f"{path.name}: {kind.lower()} qvl.{name} uses qvl.{used} before it exists")
+            defined.add(name)
+    return problems
+
+
+def test_sql_functions_and_views_use_only_what_earlier_statements_create(tmp_path: Path) -> None:
+    """The idempotent files of one version apply in name order (003_vectorizer_api.sql before
+    _checks, _objects, _security): on a fresh install a LANGUAGE sql body or a view that names a
+    function of a later file fails to create."""
+    migrations = "".join(f.path.read_text() for f in sql_files())
+    made_once = set(re.findall(r"^CREATE FUNCTION qvl\.(\w+)", migrations, re.M))
+    assert "_ddl_altered" in made_once
+    assert created_before_use([f.path for f in idempotent_files()], made_once) == []
+    # What it catches: a view and a sql function before what they call; strings and plpgsql are not checked.
+    (tmp_path / "001_a.sql").write_text(
+        "CREATE OR REPLACE VIEW qvl.v AS SELECT * FROM qvl._f(1);\n"
+        "CREATE OR REPLACE FUNCTION qvl._g() RETURNS int LANGUAGE sql AS $$ SELECT qvl._f(2) -- qvl._h()\n$$;\n"
+        "CREATE OR REPLACE FUNCTION qvl._p() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN qvl._h(); END $$;\n"
+        "COMMENT ON FUNCTION qvl._g() IS 'calls qvl._h()';\n")
+    (tmp_path / "001_b.sql").write_text("CREATE OR REPLACE FUNCTION qvl._f(i int) RETURNS int LANGUAGE sql AS $$ "
+                                        "SELECT i $$;\n")
+    assert created_before_use(sorted(tmp_path.glob("*.sql")), set()) == [
+        "001_a.sql: view qvl.v uses qvl._f before it exists", "001_a.sql: function qvl._g uses qvl._f before it exists"]
+
+
 def test_migrations_without_statements_are_recognised() -> None:
     assert not _has_statements("-- nothing\n\n  -- here\n")
     assert _has_statements("-- a table\nCREATE TABLE t ();\n")
