@@ -130,7 +130,7 @@ def b64_floats(values: list[float]) -> str:
 def stand_in(monkeypatch: pytest.MonkeyPatch) -> FakePlpy:
     """A FakePlpy bound as the library's plpy, with the library's per-backend state emptied."""
     fake = FakePlpy()
-    monkeypatch.setattr(spi.plpy, "module", fake)
+    monkeypatch.setattr(spi, "plpy", fake)
     monkeypatch.setattr(spi, "plans", {})
     monkeypatch.setattr(service, "cache", {})
     monkeypatch.setattr(query_vectors, "memo", {"stamp": None, "values": {}})

@@ -188,7 +188,7 @@ def test_the_rendered_loader_and_prologue_load_the_library_once_per_backend() ->
         assert run_body(rerank, plpy, gd, query=None, documents=["a"], instruction=None, top_k=None) == []
     assert plpy.loads == 1
     module = gd[lib.key]
-    assert module.__name__ == lib.key and module.spi.plpy.module is plpy
+    assert module.__name__ == lib.key and module.spi.plpy is plpy
     assert module.items.make_item(["x"]) == {"text": ["x"]}
     assert module.addresses.target("http://h:1/p", "/v1/info") == ("http", "h", 1, "/p/v1/info")
     assert module.search.candidate_rows.__module__ == f"{lib.key}.candidates"  # its siblings, not the checkout's

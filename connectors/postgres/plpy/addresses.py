@@ -6,7 +6,7 @@ from __future__ import annotations
 import urllib.parse
 from typing import Any
 
-from .spi import plpy
+from . import spi
 
 SERVICE_HINT = ("Give one address or several, comma-separated: SELECT qvl.set_service('http://qvl:8080'); or "
                 "SELECT qvl.set_service('http://qvl-a:8080,http://qvl-b:8080');")
@@ -60,7 +60,7 @@ def check_service_sql(value: str, ca_file: str | None) -> str:
     try:
         return check_service(value, ca_file)
     except ValueError as exc:
-        plpy.error(f"qvl: {exc}", hint=SERVICE_HINT, sqlstate="22023")
+        spi.plpy.error(f"qvl: {exc}", hint=SERVICE_HINT, sqlstate="22023")
         raise
 
 

@@ -7,11 +7,12 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from . import spi
 from .filter_structured import structured_filter
 from .filter_text import text_filter
 from .filters import Filter, Structured, filter_plan, filtered_rows
 from .items import Row
-from .spi import plan, plpy
+from .spi import plan
 from .vectorizers import Quote, content_columns, key_sql
 
 EXACT_ROWS = 2000  # at most this many rows pass the filter (planner's estimate): compare them all
@@ -79,7 +80,7 @@ def candidate_sql(cfg: Row, flt: Filter | None, content: bool, exact: bool, quot
 
 def estimated_rows(cfg: Row, flt: Filter | None) -> float:
     """The planner's estimate of the rows with a vector that pass the filter (EXPLAIN: nothing runs)."""
-    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {cfg['source_sql']} WHERE {where_sql(cfg, flt, plpy.quote_ident)}"
+    sql = f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {cfg['source_sql']} WHERE {where_sql(cfg, flt, spi.plpy.quote_ident)}"
     p = filter_plan(cfg, ("estimate", cfg["id"]), sql, [], flt)
     doc = filtered_rows(cfg, p, flt.args if flt else [], flt)[0]["QUERY PLAN"]
     return float((json.loads(doc) if isinstance(doc, str) else doc)[0]["Plan"]["Plan Rows"])
@@ -99,20 +100,20 @@ def scan_settings(limit: int, passing: float, total: float) -> dict[str, str]:
 def with_settings(wanted: Mapping[str, str], run: Callable[[], Any]) -> Any:
     """``run()`` under these settings (transaction-local), then back to what they were. A setting
     this pgvector lacks (iterative scans before 0.8) is left out."""
-    old = plpy.execute(plan("scan_settings", SCAN_SETTINGS_SQL))[0]
+    old = spi.plpy.execute(plan("scan_settings", SCAN_SETTINGS_SQL))[0]
     setter = plan("set_config", SET_CONFIG_SQL, ["text", "text"])
     changed: dict[str, str | None] = {}
     for name, value in wanted.items():
         before = old[name.split(".", 1)[1]]
         if before is None and name != "hnsw.ef_search":
             continue
-        plpy.execute(setter, [name, value])
+        spi.plpy.execute(setter, [name, value])
         changed[name] = before
     try:
         return run()
     finally:
         for name, before in changed.items():
-            plpy.execute(setter, [name, before or PGVECTOR_DEFAULTS[name]])
+            spi.plpy.execute(setter, [name, before or PGVECTOR_DEFAULTS[name]])
 
 
 def ef_search(old: str | None, candidates: int) -> int:
@@ -129,7 +130,7 @@ def candidate_rows(cfg: Row, qvec: str, flt: Filter | None, limit: int, content:
     the filter drops; its relaxed order is sorted here. An index scan that comes back short (the
     estimate was wrong, or the scan gave up at max_scan_tuples) is redone exactly, so a filter never
     loses rows that pass it."""
-    quote = plpy.quote_ident
+    quote = spi.plpy.quote_ident
     passing = estimated_rows(cfg, flt)
     exact = passing <= max(EXACT_ROWS, 10 * limit)
     args = [qvec, limit, *(flt.args if flt else [])]

@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any, NoReturn
 
-from .spi import plpy
+from . import spi
 
 # Names the failing input for an error message, from the item index the service reports (or None).
 What = Callable[[int | None], str]
@@ -83,7 +83,7 @@ class Failure(Exception):
         self.message, self.detail, self.hint, self.sqlstate, self.status = message, detail, hint, sqlstate, status
 
     def raise_sql(self) -> NoReturn:
-        plpy.error(self.message, detail=self.detail, hint=self.hint, sqlstate=self.sqlstate)
+        spi.plpy.error(self.message, detail=self.detail, hint=self.hint, sqlstate=self.sqlstate)
 
 
 def error_body(error: str, code: str) -> str:

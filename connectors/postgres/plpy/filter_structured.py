@@ -7,9 +7,10 @@ import json
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from . import spi
 from .filters import STRUCTURED_HINT, STRUCTURED_OPS, Filter, refuse_filter
 from .items import Row
-from .spi import plan, plpy
+from .spi import plan
 
 # {"column", "op", "value"}, {"and": [...]}, {"or": [...]}, {"not": {...}}. Values are parameters, cast
 # to the column's own type (so its indexes serve): no value is SQL.
@@ -104,7 +105,7 @@ class StructuredCompiler:
         key = op.strip().lower()
         if key not in STRUCTURED_OPS:
             self.refuse(path, f'names operator "{op}", which is not one of ' + ", ".join(STRUCTURED_OPS))
-        ref = f"{plpy.quote_ident(self.cfg['source_name'])}.{plpy.quote_ident(name)}"
+        ref = f"{spi.plpy.quote_ident(self.cfg['source_name'])}.{spi.plpy.quote_ident(name)}"
         value = node.get("value")
         if key in ("is null", "is not null"):
             if value is not None:
@@ -148,7 +149,7 @@ class StructuredCompiler:
 
 def structured_filter(cfg: Row, doc: str) -> Filter:
     spec = json.loads(doc, parse_int=Number, parse_float=Number)
-    columns = plpy.execute(plan("columns", COLUMNS_SQL, ["int4"]), [cfg["id"]])
+    columns = spi.plpy.execute(plan("columns", COLUMNS_SQL, ["int4"]), [cfg["id"]])
     compiler = StructuredCompiler(cfg, doc, list(columns))
     parts = compiler.compile(spec)
     return Filter(parts, ("json", tuple(parts), tuple(compiler.argtypes)), doc, compiler.argtypes, compiler.args,

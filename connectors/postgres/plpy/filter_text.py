@@ -8,9 +8,10 @@ from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
+from . import spi
 from .filters import Filter, bad_filter, filtered_rows, refuse_filter
 from .items import Row
-from .spi import plan, plpy, spi_error_class
+from .spi import plan, spi_error_class
 
 # A plan of "SELECT 1 FROM t WHERE <one condition>" holds these nodes only: scans of the table (of its
 # partitions or children under an Append), bitmap parts, parallel workers, a one-time filter.
@@ -84,9 +85,9 @@ def probe_features(cfg: Row, flt: Filter | None) -> dict[tuple[str, ...], int]:
     """The features of the probe's plan for this text filter, or for "true" (None: the baseline)."""
     sql = PROBE_SQL.format(source=cfg["source_sql"], where="true" if flt is None else flt.where(0))
     if flt is None:
-        return plan_features(plpy.execute(plan(("probe", cfg["id"]), sql))[0]["QUERY PLAN"])
+        return plan_features(spi.plpy.execute(plan(("probe", cfg["id"]), sql))[0]["QUERY PLAN"])
     try:
-        p = plpy.prepare(sql, [])
+        p = spi.plpy.prepare(sql, [])
     except spi_error_class() as exc:
         bad_filter(cfg, flt, exc)
     return plan_features(filtered_rows(cfg, p, [], flt)[0]["QUERY PLAN"])
@@ -95,13 +96,14 @@ def probe_features(cfg: Row, flt: Filter | None) -> dict[tuple[str, ...], int]:
 def text_filter(cfg: Row, text: str) -> Filter:
     """A text filter that passed its probe (once per backend, table, text and string syntax: the
     lexer reads backslashes by standard_conforming_strings, so the plans are kept by it too)."""
-    standard = plpy.execute(plan("standard_strings", STANDARD_STRINGS_SQL))[0]["v"]
+    standard = spi.plpy.execute(plan("standard_strings", STANDARD_STRINGS_SQL))[0]["v"]
     flt = Filter([text], ("sql", text, standard), text)
     if (cfg["id"], flt.key) in probed:
         probed.move_to_end((cfg["id"], flt.key))
         return flt
     features = probe_features(cfg, flt)
-    table = [(r["schema"], r["name"]) for r in plpy.execute(plan("table_tree", TABLE_TREE_SQL, ["int4"]), [cfg["id"]])]
+    tree = spi.plpy.execute(plan("table_tree", TABLE_TREE_SQL, ["int4"]), [cfg["id"]])
+    table = [(r["schema"], r["name"]) for r in tree]
     plain = all(f[0] == "reads" and (f[1], f[2]) in table and n == 1 for f, n in features.items())
     # The baseline (what row-level security adds) is needed only when the plan holds more than scans.
     why = None if plain else probe_refusal(features, probe_features(cfg, None), table)

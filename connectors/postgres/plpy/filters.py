@@ -10,8 +10,9 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from typing import Any, NoReturn
 
+from . import spi
 from .items import Row
-from .spi import plan, plpy, spi_error_class
+from .spi import plan, spi_error_class
 
 # A filter is SQL text (a condition the application writes) or a structured filter (jsonb: columns
 # of the table, operators from a fixed list, values bound as parameters: what an application builds
@@ -73,7 +74,7 @@ class Filter:
 def refuse_filter(text: str, why: str, sqlstate: str = "42601", hint: str = FILTER_HINT) -> NoReturn:
     """A filter error: "qvl: the filter" and ``why`` ("'s item ..." for a part of a structured one)."""
     sep = "" if why.startswith("'s ") else " "
-    plpy.error(f"qvl: the filter{sep}{why}", detail=f"filter: {text[:300]}", hint=hint, sqlstate=sqlstate)
+    spi.plpy.error(f"qvl: the filter{sep}{why}", detail=f"filter: {text[:300]}", hint=hint, sqlstate=sqlstate)
 
 
 def bad_filter(cfg: Row, flt: Filter, exc: BaseException) -> NoReturn:
@@ -86,18 +87,19 @@ def bad_filter(cfg: Row, flt: Filter, exc: BaseException) -> NoReturn:
         raise exc
     if flt.leaves and state.startswith("22"):
         name_bad_value(flt, exc, state)
-    plpy.error(f"qvl: the filter is not a condition on {cfg['source_sql']}: {exc}", detail=f"filter: {flt.shown[:300]}",
-               hint=STRUCTURED_HINT if flt.leaves else FILTER_HINT, sqlstate=state)
+    spi.plpy.error(f"qvl: the filter is not a condition on {cfg['source_sql']}: {exc}",
+                   detail=f"filter: {flt.shown[:300]}", hint=STRUCTURED_HINT if flt.leaves else FILTER_HINT,
+                   sqlstate=state)
 
 
 def filtered_rows(cfg: Row, p: Any, args: Sequence[Any], flt: Filter | None) -> list[Row]:
     """The rows of a prepared query, through a cursor when it holds a filter: PostgreSQL opens a
     cursor for exactly one statement that returns rows."""
     if flt is None:
-        return list(plpy.execute(p, list(args)))
+        return list(spi.plpy.execute(p, list(args)))
     rows: list[Row] = []
     try:
-        cur = plpy.cursor(p, list(args))
+        cur = spi.plpy.cursor(p, list(args))
         while batch := cur.fetch(CURSOR_BATCH):
             rows.extend(batch)
         cur.close()
@@ -112,7 +114,7 @@ def name_bad_value(flt: Filter, exc: BaseException, state: str) -> None:
     for path, column, cast, index in flt.leaves:
         argtype = flt.argtypes[index]
         try:
-            plpy.execute(plan(("cast", cast, argtype), f"SELECT CAST($1 AS {cast}) IS NULL AS n", [argtype]),
+            spi.plpy.execute(plan(("cast", cast, argtype), f"SELECT CAST($1 AS {cast}) IS NULL AS n", [argtype]),
                          [flt.args[index]])
         except spi_error_class() as bad:
             refuse_filter(flt.shown, f"'s item {path} has a value that is not a {cast} (column \"{column}\"): {bad}",
@@ -131,7 +133,7 @@ def filter_plan(cfg: Row, key: Any, query: str, argtypes: Sequence[str], flt: Fi
         filter_plans.move_to_end(key)
         return p
     try:
-        p = plpy.prepare(query, [*argtypes, *flt.argtypes])
+        p = spi.plpy.prepare(query, [*argtypes, *flt.argtypes])
     except spi_error_class() as exc:
         bad_filter(cfg, flt, exc)
     filter_plans[key] = p

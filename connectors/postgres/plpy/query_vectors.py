@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import spi
 from .embedding import embed_text
 from .errors import Failure, What
 from .items import Item, Row, make_item
 from .service import query_instruction
-from .spi import plan, plpy
+from .spi import plan
 from .vectorizers import vectorizer_by_name
 
 # A STABLE function in `ORDER BY embedding <=> qvl.query_embedding(...)` runs once per row: as the
@@ -27,7 +28,7 @@ def statement_memo() -> dict[Any, Any]:
     """What the running statement remembers; emptied when another statement starts. The key is
     statement_timestamp(), set when a statement arrives from the client (statements that functions
     run share their caller's)."""
-    stamp = plpy.execute(plan("stamp", STAMP_SQL))[0]["stamp"]
+    stamp = spi.plpy.execute(plan("stamp", STAMP_SQL))[0]["stamp"]
     if memo["stamp"] != stamp:
         memo["stamp"], memo["values"] = stamp, {}
     return memo["values"]
@@ -47,8 +48,8 @@ def check_query_type(cfg: Row, kind: str) -> None:
     else:
         hint = (f"Use {QUERY_FUNCTIONS['vector']}({name!r}, ...): a halfvec beside a vector column would cast "
                 f"the column, and its index would go unused.")
-    plpy.error(f"qvl: vectorizer {name!r} stores {storage}, and {QUERY_FUNCTIONS[kind]} gives {kind}", hint=hint,
-               sqlstate="42804")
+    spi.plpy.error(f"qvl: vectorizer {name!r} stores {storage}, and {QUERY_FUNCTIONS[kind]} gives {kind}", hint=hint,
+                   sqlstate="42804")
 
 
 def query_vector(cfg: Row, query_item: Item, storage: str, what: What) -> str:

@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import spi
 from .errors import Failure, What
 from .items import Item, Row, row_item
 from .service import call
-from .spi import plan, plpy
+from .spi import plan
 from .vectorizers import Quote, content_columns, key_sql, vectorizer_by_name
 
 TOP_K_HINT = "Pass top_k => NULL to rank every document, or a number from 1 up."
@@ -110,16 +111,16 @@ def rerank_rows_sql(name: str, query_item: Item | None, keys: Sequence[Any] | No
     caller can read (each row once). Keys come as text, with the type they have in SQL."""
     cfg = vectorizer_by_name(name)
     if keys and any(isinstance(k, list) for k in keys):
-        plpy.error("qvl: keys must be a one-dimensional array", sqlstate="2202E",
-                   hint="Pass ARRAY(SELECT id FROM ...) or ARRAY[1, 2, 3].")
+        spi.plpy.error("qvl: keys must be a one-dimensional array", sqlstate="2202E",
+                       hint="Pass ARRAY(SELECT id FROM ...) or ARRAY[1, 2, 3].")
     if query_item is None or not keys or (top_k is not None and top_k < 1):
         return []
-    found = plpy.execute(plan("key_type", KEY_TYPE_SQL, ["text", "regtype"]), [name, key_type])[0]
+    found = spi.plpy.execute(plan("key_type", KEY_TYPE_SQL, ["text", "regtype"]), [name, key_type])[0]
     if found["fields"] is not None and len(found["fields"]) != len(cfg["pk_columns"]):
-        plpy.error(f"qvl: {found['key_type']} has {len(found['fields'])} fields, and the key of "
-                   f"{cfg['source_sql']} has {len(cfg['pk_columns'])} columns", sqlstate="42804")
-    sql = rows_by_key_sql(cfg, found["key_type"], found["fields"], True, plpy.quote_ident)
-    rows = plpy.execute(plan(("rows_by_key", cfg["id"], found["key_type"]), sql, ["text[]"]), [list(keys)])
+        spi.plpy.error(f"qvl: {found['key_type']} has {len(found['fields'])} fields, and the key of "
+                       f"{cfg['source_sql']} has {len(cfg['pk_columns'])} columns", sqlstate="42804")
+    sql = rows_by_key_sql(cfg, found["key_type"], found["fields"], True, spi.plpy.quote_ident)
+    rows = spi.plpy.execute(plan(("rows_by_key", cfg["id"], found["key_type"]), sql, ["text[]"]), [list(keys)])
     first: dict[str, Row] = {}
     for r in rows:  # a key given twice is one row, at its first position
         if r["qvl_pk"] not in first or r["qvl_pos"] < first[r["qvl_pk"]]["qvl_pos"]:

@@ -6,13 +6,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+from . import spi
 from .candidates import candidate_rows, checked_filter, filter_sql
 from .errors import Failure
 from .filters import Filter, filter_plan, filtered_rows
 from .items import Item, Row
 from .query_vectors import query_vector
 from .reranking import rerank_candidates
-from .spi import plan, plpy
+from .spi import plan
 from .vectorizers import Quote, content_columns, key_sql, vectorizer_by_name
 
 RRF_K = 60  # reciprocal rank fusion: a row's share of a list is weight / (RRF_K + its rank)
@@ -25,9 +26,9 @@ TSQUERY_SQL = ("SELECT q::pg_catalog.text AS q, pg_catalog.numnode(q) AS nodes "
 def check_k(k: int | None) -> int:
     """k; NULL is refused: qvl.search('t', q, NULL::int) means k => NULL, not key_type => NULL::int."""
     if k is None:
-        plpy.error("qvl: k is NULL", sqlstate="22004",
-                   hint="k => 10 returns the 10 best rows. For keys in the table's own type name that argument: "
-                        "key_type => NULL::int.")
+        spi.plpy.error("qvl: k is NULL", sqlstate="22004",
+                       hint="k => 10 returns the 10 best rows. For keys in the table's own type name that argument: "
+                            "key_type => NULL::int.")
     return k
 
 
@@ -35,8 +36,8 @@ def check_offset(offset: int | None) -> int:
     if offset is None:
         return 0
     if offset < 0:
-        plpy.error(f"qvl: offset must be 0 or more, got {offset}", hint="offset => 20 skips the 20 best rows.",
-                   sqlstate="22023")
+        spi.plpy.error(f"qvl: offset must be 0 or more, got {offset}", hint="offset => 20 skips the 20 best rows.",
+                       sqlstate="22023")
     return offset
 
 
@@ -69,9 +70,9 @@ def check_weights(weights: Sequence[float | None] | None) -> tuple[float, float]
         return 1.0, 1.0
     values = list(weights)
     if len(values) != 2 or any(w is None or not math.isfinite(w) or w < 0 for w in values) or not any(values):
-        plpy.error(f"qvl: weights must be two numbers >= 0, not both 0 (vector, full text), got {values}",
-                   hint="weights => ARRAY[1, 1] weighs both alike; ARRAY[1, 0] is vector search alone.",
-                   sqlstate="22023")
+        spi.plpy.error(f"qvl: weights must be two numbers >= 0, not both 0 (vector, full text), got {values}",
+                       hint="weights => ARRAY[1, 1] weighs both alike; ARRAY[1, 0] is vector search alone.",
+                       sqlstate="22023")
     return float(values[0]), float(values[1])
 
 
@@ -109,11 +110,11 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
     k, skip = check_k(k), check_offset(offset)
     w_vector, w_text = check_weights(weights)
     flt = checked_filter(cfg, filter)
-    ft = plpy.execute(plan("fulltext", FULLTEXT_SQL, ["int4"]), [cfg["id"]])[0]
+    ft = spi.plpy.execute(plan("fulltext", FULLTEXT_SQL, ["int4"]), [cfg["id"]])[0]
     if ft["fulltext"] is None:
-        plpy.error(f"qvl: vectorizer {name!r} has no full-text index", sqlstate="55000",
-                   hint=f"Give it one: SELECT qvl.set_fulltext({name!r}, 'english'); (or create the vectorizer "
-                        f"with fulltext => 'english').")
+        spi.plpy.error(f"qvl: vectorizer {name!r} has no full-text index", sqlstate="55000",
+                       hint=f"Give it one: SELECT qvl.set_fulltext({name!r}, 'english'); (or create the vectorizer "
+                            f"with fulltext => 'english').")
     if query is None or k < 1:
         return []
     wanted = skip + k
@@ -129,9 +130,9 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
         lists.append((0.0, []))
     matches: list[Row] = []
     if w_text > 0:
-        tsq = plpy.execute(plan("tsquery", TSQUERY_SQL, ["text", "text"]), [ft["fulltext"], query])[0]
+        tsq = spi.plpy.execute(plan("tsquery", TSQUERY_SQL, ["text", "text"]), [ft["fulltext"], query])[0]
         if tsq["nodes"]:  # a query of stop words only matches nothing
-            sql = fulltext_sql(cfg, ft["document"], flt, bool(rerank), plpy.quote_ident)
+            sql = fulltext_sql(cfg, ft["document"], flt, bool(rerank), spi.plpy.quote_ident)
             key = ("fulltext", cfg["id"], ft["document"], bool(rerank))
             p = filter_plan(cfg, key, sql, ["pg_catalog.tsquery", "int8"], flt)
             matches = filtered_rows(cfg, p, [tsq["q"], limit, *(flt.args if flt else [])], flt)

@@ -7,8 +7,9 @@ import json
 import time
 from typing import Any
 
+from . import spi
 from .errors import Failure, What, answer
-from .spi import plan, plpy
+from .spi import plan
 
 DEFAULT_QUERY_INSTRUCTION = "Retrieve images or text relevant to the user's query."
 INFO_TTL_S = 60.0
@@ -18,8 +19,8 @@ cache: dict[str, tuple[float, Any]] = {}  # per backend: "info": (when, GET /v1/
 def call(endpoint: str, payload: Any, what: What) -> Any:
     """The decoded answer; any failure raises Failure naming ``what(item index or None)``."""
     body = json.dumps(payload, separators=(",", ":"))
-    row = plpy.execute(plan("call", "SELECT status, response FROM qvl._call($1, $2)", ["text", "text"]),
-                       [endpoint, body])[0]
+    row = spi.plpy.execute(plan("call", "SELECT status, response FROM qvl._call($1, $2)", ["text", "text"]),
+                           [endpoint, body])[0]
     return answer(endpoint, row["status"], row["response"], what)
 
 

@@ -13,9 +13,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from . import spi
 from .addresses import service_urls, target
 from .errors import error_body
-from .spi import interrupts, plan, plpy
+from .spi import interrupts, plan
 from .wire import Clock, Connection, tls_context
 
 ROUTES = {"embed": ("POST", "/v1/embed"), "rerank": ("POST", "/v1/rerank"), "info": ("GET", "/v1/info")}
@@ -98,7 +99,7 @@ def send(endpoint: str, request: str) -> tuple[int, str]:
     route = ROUTES.get(endpoint)
     if route is None:
         return 400, json.dumps({"error": f"unknown endpoint {endpoint!r}", "code": "INVALID_ARGUMENT"})
-    rows = plpy.execute(plan("service", STATEMENT_LEFT_SQL))
+    rows = spi.plpy.execute(plan("service", STATEMENT_LEFT_SQL))
     if rows.nrows() == 0:
         return 0, error_body("no service address is configured", "UNAVAILABLE")
     svc = rows[0]

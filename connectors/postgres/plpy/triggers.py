@@ -6,10 +6,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from . import spi
 from .embedding import embed_text
 from .errors import Failure
 from .items import Row, row_item
-from .spi import plan, plpy
+from .spi import plan
 from .vectorizers import Quote, pk_text, vectorizer_by_id
 
 SYNC_QUEUE_HINT = (" Or create the vectorizer with on_error => 'queue' to store the row "
@@ -25,9 +26,9 @@ def enqueue_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
 
 
 def enqueue(cfg: Row, row: Row) -> None:
-    query = enqueue_sql(cfg["id"], cfg["pk_columns"], plpy.quote_ident)
-    plpy.execute(plan(("enqueue", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
-    plpy.execute(plan("notify", "SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["text"]), [str(cfg["id"])])
+    query = enqueue_sql(cfg["id"], cfg["pk_columns"], spi.plpy.quote_ident)
+    spi.plpy.execute(plan(("enqueue", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
+    spi.plpy.execute(plan("notify", "SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["text"]), [str(cfg["id"])])
 
 
 def unfail_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
@@ -37,8 +38,8 @@ def unfail_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
 
 
 def unfail(cfg: Row, row: Row) -> None:
-    query = unfail_sql(cfg["id"], cfg["pk_columns"], plpy.quote_ident)
-    plpy.execute(plan(("unfail", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
+    query = unfail_sql(cfg["id"], cfg["pk_columns"], spi.plpy.quote_ident)
+    spi.plpy.execute(plan(("unfail", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
 
 
 def sync_trigger(TD: dict[str, Any]) -> str:
@@ -59,7 +60,7 @@ def sync_trigger(TD: dict[str, Any]) -> str:
             f.raise_sql()
         new[dest] = None
         enqueue(cfg, new)
-        plpy.notice(f"qvl: {where} queued for the worker: {f.message}")
+        spi.plpy.notice(f"qvl: {where} queued for the worker: {f.message}")
         return "MODIFY"
     # A row that failed in the worker (queued by on_error => 'queue') and was fixed since: its failure
     # is past (the worker's write does the same for async rows).

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from . import spi
 from .items import Row
-from .spi import plan, plpy
+from .spi import plan
 
-Quote = Callable[[str], str]  # quotes an identifier (plpy.quote_ident)
+Quote = Callable[[str], str]  # quotes an identifier (spi.plpy.quote_ident)
 
 VECTORIZER_SQL = """
 SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, v.video_columns,
@@ -23,17 +24,17 @@ SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, 
 
 
 def vectorizer_by_name(name: str) -> Row:
-    rows = plpy.execute(plan("vec_by_name", VECTORIZER_SQL % "v.name = $1", ["text"]), [name])
+    rows = spi.plpy.execute(plan("vec_by_name", VECTORIZER_SQL % "v.name = $1", ["text"]), [name])
     if rows.nrows() == 0:
-        plpy.error(f"qvl: no vectorizer named {name!r}", hint="See SELECT name FROM qvl.vectorizer_status;",
-                   sqlstate="42704")
+        spi.plpy.error(f"qvl: no vectorizer named {name!r}", hint="See SELECT name FROM qvl.vectorizer_status;",
+                       sqlstate="42704")
     return rows[0]
 
 
 def vectorizer_by_id(vid: int) -> Row:
-    rows = plpy.execute(plan("vec_by_id", VECTORIZER_SQL % "v.id = $1", ["int4"]), [vid])
+    rows = spi.plpy.execute(plan("vec_by_id", VECTORIZER_SQL % "v.id = $1", ["int4"]), [vid])
     if rows.nrows() == 0:
-        plpy.error(f"qvl: vectorizer {vid} is gone; its trigger should have been dropped", sqlstate="42704")
+        spi.plpy.error(f"qvl: vectorizer {vid} is gone; its trigger should have been dropped", sqlstate="42704")
     return rows[0]
 
 
