@@ -24,6 +24,7 @@ class ErrorReason(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     REASON_UNSPECIFIED: _ClassVar[ErrorReason]
     NOT_READY: _ClassVar[ErrorReason]
+    MODEL_MISMATCH: _ClassVar[ErrorReason]
 FLOAT32: Encoding
 FLOAT16: Encoding
 INT8: Encoding
@@ -33,6 +34,7 @@ TRUNCATE_NONE: Truncate
 TRUNCATE_START: Truncate
 REASON_UNSPECIFIED: ErrorReason
 NOT_READY: ErrorReason
+MODEL_MISMATCH: ErrorReason
 
 class Frames(_message.Message):
     __slots__ = ("frames",)
@@ -75,7 +77,7 @@ class Item(_message.Message):
     def __init__(self, parts: _Optional[_Iterable[_Union[Part, _Mapping]]] = ..., instruction: _Optional[str] = ...) -> None: ...
 
 class EmbedOptions(_message.Message):
-    __slots__ = ("dimensions", "encoding", "normalize", "instruction", "allow_partial", "truncate", "chunking")
+    __slots__ = ("dimensions", "encoding", "normalize", "instruction", "allow_partial", "truncate", "chunking", "fingerprint")
     DIMENSIONS_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     NORMALIZE_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +85,7 @@ class EmbedOptions(_message.Message):
     ALLOW_PARTIAL_FIELD_NUMBER: _ClassVar[int]
     TRUNCATE_FIELD_NUMBER: _ClassVar[int]
     CHUNKING_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     dimensions: int
     encoding: Encoding
     normalize: bool
@@ -90,7 +93,8 @@ class EmbedOptions(_message.Message):
     allow_partial: bool
     truncate: Truncate
     chunking: Chunking
-    def __init__(self, dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., normalize: bool = ..., instruction: _Optional[str] = ..., allow_partial: bool = ..., truncate: _Optional[_Union[Truncate, str]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ...) -> None: ...
+    fingerprint: str
+    def __init__(self, dimensions: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., normalize: bool = ..., instruction: _Optional[str] = ..., allow_partial: bool = ..., truncate: _Optional[_Union[Truncate, str]] = ..., chunking: _Optional[_Union[Chunking, _Mapping]] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class Chunking(_message.Message):
     __slots__ = ("pages", "video", "text")
@@ -265,7 +269,7 @@ class InfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelInfo(_message.Message):
-    __slots__ = ("task", "name", "hidden_size", "max_length", "modalities", "dtype", "device", "attention", "default_instruction", "query_instruction")
+    __slots__ = ("task", "name", "hidden_size", "max_length", "modalities", "dtype", "device", "attention", "default_instruction", "query_instruction", "fingerprint")
     TASK_FIELD_NUMBER: _ClassVar[int]
     NAME_FIELD_NUMBER: _ClassVar[int]
     HIDDEN_SIZE_FIELD_NUMBER: _ClassVar[int]
@@ -276,6 +280,7 @@ class ModelInfo(_message.Message):
     ATTENTION_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     QUERY_INSTRUCTION_FIELD_NUMBER: _ClassVar[int]
+    FINGERPRINT_FIELD_NUMBER: _ClassVar[int]
     task: str
     name: str
     hidden_size: int
@@ -286,7 +291,8 @@ class ModelInfo(_message.Message):
     attention: str
     default_instruction: str
     query_instruction: str
-    def __init__(self, task: _Optional[str] = ..., name: _Optional[str] = ..., hidden_size: _Optional[int] = ..., max_length: _Optional[int] = ..., modalities: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., attention: _Optional[str] = ..., default_instruction: _Optional[str] = ..., query_instruction: _Optional[str] = ...) -> None: ...
+    fingerprint: str
+    def __init__(self, task: _Optional[str] = ..., name: _Optional[str] = ..., hidden_size: _Optional[int] = ..., max_length: _Optional[int] = ..., modalities: _Optional[_Iterable[str]] = ..., dtype: _Optional[str] = ..., device: _Optional[str] = ..., attention: _Optional[str] = ..., default_instruction: _Optional[str] = ..., query_instruction: _Optional[str] = ..., fingerprint: _Optional[str] = ...) -> None: ...
 
 class Limits(_message.Message):
     __slots__ = ("max_request_bytes", "max_media_bytes", "max_source_image_pixels", "image_max_pixels", "video_max_frames", "video_fps", "max_video_seconds", "max_items_per_request", "max_rerank_documents", "queue_max_items", "batch_tokens", "stream_max_in_flight", "allow_uri_schemes", "max_document_bytes", "max_document_pages", "max_video_windows")
@@ -325,7 +331,14 @@ class Limits(_message.Message):
     def __init__(self, max_request_bytes: _Optional[int] = ..., max_media_bytes: _Optional[int] = ..., max_source_image_pixels: _Optional[int] = ..., image_max_pixels: _Optional[int] = ..., video_max_frames: _Optional[int] = ..., video_fps: _Optional[float] = ..., max_video_seconds: _Optional[float] = ..., max_items_per_request: _Optional[int] = ..., max_rerank_documents: _Optional[int] = ..., queue_max_items: _Optional[int] = ..., batch_tokens: _Optional[int] = ..., stream_max_in_flight: _Optional[int] = ..., allow_uri_schemes: _Optional[_Iterable[str]] = ..., max_document_bytes: _Optional[int] = ..., max_document_pages: _Optional[int] = ..., max_video_windows: _Optional[int] = ...) -> None: ...
 
 class InfoResponse(_message.Message):
-    __slots__ = ("models", "limits", "version", "transformers_version", "torch_version", "encodings", "profiles")
+    __slots__ = ("models", "limits", "version", "transformers_version", "torch_version", "encodings", "profiles", "profile_fingerprints")
+    class ProfileFingerprintsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     MODELS_FIELD_NUMBER: _ClassVar[int]
     LIMITS_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +346,7 @@ class InfoResponse(_message.Message):
     TORCH_VERSION_FIELD_NUMBER: _ClassVar[int]
     ENCODINGS_FIELD_NUMBER: _ClassVar[int]
     PROFILES_FIELD_NUMBER: _ClassVar[int]
+    PROFILE_FINGERPRINTS_FIELD_NUMBER: _ClassVar[int]
     models: _containers.RepeatedCompositeFieldContainer[ModelInfo]
     limits: Limits
     version: str
@@ -340,4 +354,5 @@ class InfoResponse(_message.Message):
     torch_version: str
     encodings: _containers.RepeatedScalarFieldContainer[str]
     profiles: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., version: _Optional[str] = ..., transformers_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., encodings: _Optional[_Iterable[str]] = ..., profiles: _Optional[_Iterable[str]] = ...) -> None: ...
+    profile_fingerprints: _containers.ScalarMap[str, str]
+    def __init__(self, models: _Optional[_Iterable[_Union[ModelInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., version: _Optional[str] = ..., transformers_version: _Optional[str] = ..., torch_version: _Optional[str] = ..., encodings: _Optional[_Iterable[str]] = ..., profiles: _Optional[_Iterable[str]] = ..., profile_fingerprints: _Optional[_Mapping[str, str]] = ...) -> None: ...

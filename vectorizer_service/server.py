@@ -77,13 +77,27 @@ class HttpServer(uvicorn.Server):
 async def warm_up(dispatcher: Dispatcher) -> None:
     """One embedding and one rerank through the whole path before reporting SERVING."""
     started = time.perf_counter()
-    ctx = CallContext.within(600)
+    # A context per task: a context is answered by one model (CallContext.fingerprint).
     if "embed" in dispatcher.models:
-        await dispatcher.embed([Item(texts=["warm-up"]), Item(images=[WARMUP_IMAGE])], EmbedOptions(), ctx)
+        await dispatcher.embed([Item(texts=["warm-up"]), Item(images=[WARMUP_IMAGE])], EmbedOptions(),
+                               CallContext.within(600))
     if "rerank" in dispatcher.models:
         await dispatcher.rerank(Item(texts=["warm-up"]), [Item(texts=["a"]), Item(images=[WARMUP_IMAGE])], None, None,
-                                ctx)
+                                CallContext.within(600))
     log.info("warmed up", extra={"seconds": round(time.perf_counter() - started, 3)})
+
+
+def log_serving(dispatcher: Dispatcher, settings: Settings, before: dict[str, str] | None = None) -> None:
+    """The models served and their fingerprints; after a restart, a warning when they changed (the
+    checkpoint was replaced on disk): vectors stored before come from another model."""
+    now = {task: dispatcher.fingerprint(task) for task in ("embed", "rerank")}
+    extra = {"embedding_model": settings.embedding_model, "embedding_fingerprint": now["embed"] or None,
+             "reranker_model": settings.reranker_model, "reranker_fingerprint": now["rerank"] or None}
+    if before is not None and before != now:
+        log.warning("serving another model than before the restart: answers now carry the new fingerprints, "
+                    "and requests pinned to the old ones are refused", extra={**extra, "before": before})
+    else:
+        log.info("serving", extra=extra)
 
 
 class Service:
@@ -118,6 +132,7 @@ class Service:
             if self.stopping:
                 return
             self.dispatcher.stop_accepting()
+            before = {task: self.dispatcher.fingerprint(task) for task in ("embed", "rerank")}
             await self.set_serving(False)
             delay = 1.0 if time.monotonic() - up_since > 60 else min(delay * 2, 60.0)
             while not self.stopping:
@@ -126,6 +141,7 @@ class Service:
                 try:
                     await self.bring_up()
                     up_since = time.monotonic()
+                    log_serving(self.dispatcher, self.settings, before)
                     break
                 except (ModelProcessFailed, QvlError) as exc:  # failed to load, or died warming up
                     log.error("the model process failed to start", extra={"error": str(exc)})
@@ -165,8 +181,7 @@ async def serve(settings: Settings, log_level: str = "INFO", log_format: str = "
         return 1
     supervisor = asyncio.create_task(service.supervise())
     if starting.done():
-        log.info("serving", extra={"embedding_model": settings.embedding_model,
-                                   "reranker_model": settings.reranker_model})
+        log_serving(service.dispatcher, settings)
 
     await stop.wait()
     service.stopping = True

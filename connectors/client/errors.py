@@ -1,8 +1,8 @@
 """The client's exceptions, the reading of a failed gRPC call, and THE retry table.
 
 No grpc import: a failed call is read through the methods every ``grpc.RpcError`` has (code,
-details, trailing metadata, debug string), so the stream session and the Postgres worker can
-use the table without gRPC's runtime.
+details, trailing metadata, debug string), so the stream session can use the table without
+gRPC's runtime.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 from qvl_proto import vectorizer_pb2 as pb
 
-# ---- the retry table: which failures are sent again (one place; the worker imports it) ----
+# ---- the retry table: which failures are sent again (one place for both clients) ----
 # A call or stream that failed with these is sent again (another replica, or the same one back).
 # CANCELLED: gRPC's server cancels a call that reaches it in the instant it shuts down (a draining
 # replica closing its port); this client never cancels a call whose answer it still waits for.
@@ -21,7 +21,8 @@ RETRY = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "CANCELLED"})
 STREAM_RETRY = RETRY  # the same for a stream's unanswered items (the old name)
 # What raises ``TransientError`` (try again later) once the retries are spent.
 TRANSIENT = frozenset({"UNAVAILABLE", "RESOURCE_EXHAUSTED", "DEADLINE_EXCEEDED"})
-# "Not now" rather than "never": the Postgres worker's probe waits these out and counts no attempt.
+# "Not now" rather than "never" (the Postgres worker's rules, which may not import the client, keep
+# the same codes in connectors/postgres/worker/attempts.py: its probe waits these out).
 NOT_NOW = RETRY | TRANSIENT
 # The service's reason (ItemError.reason, the "qvl-reason" trailer) for work that never reached the
 # model: see ``not_ready``. An item answered so is sent again like an unanswered one.

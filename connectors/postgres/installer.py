@@ -10,17 +10,16 @@
   NNN is applied once the schema is at version NNN (a partial install, ``target``, gets the
   functions of its version only).
 
-The PL/Python library is a real Python file, ``connectors/postgres/plpy/qvl_lib.py``. The
-installer writes its text into ``qvl._load()`` at the ``# qvl:library`` marker and the prologue
-that fetches it from ``GD`` at every ``# qvl:prologue`` marker. The ``GD`` key is a hash of the
-library and its loader, so backends that loaded an older library load the new one after an
-upgrade, and nobody bumps a key by hand.
+The PL/Python library is a package of real Python modules, ``connectors/postgres/plpy/``. The
+installer bundles them into one text (``plpy_bundle``): the body of ``qvl._load()``, written at the
+``# qvl:library`` marker, imports them from memory; the prologue written at every ``# qvl:prologue``
+marker fetches the package from ``GD``. The ``GD`` key is the bundle's hash, so backends that
+loaded an older library load the new one after an upgrade, and nobody bumps a key by hand.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import os
 import re
@@ -32,15 +31,12 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from connectors.postgres.plpy_bundle import BundleError, Library, library, render
+
 log = logging.getLogger("qvl.pg.install")
 
 FILE_NAME = re.compile(r"^(\d{3})_([a-z0-9_]+)\.sql$")
 INCREMENTAL, IDEMPOTENT = "incremental", "idempotent"
-LIBRARY = Path(__file__).resolve().parent / "plpy" / "qvl_lib.py"
-LIBRARY_MARKER = re.compile(r"^[ \t]*# qvl:library[ \t]*$", re.M)
-PROLOGUE_MARKER = re.compile(r"^([ \t]*)# qvl:prologue[ \t]*$", re.M)
-ANY_MARKER = re.compile(r"^[ \t]*# qvl:\w+[ \t]*$", re.M)
-DOLLAR_TAG = "$py$"  # the SQL files quote PL/Python bodies with it
 LOCK_KEY = 0x71766C  # "qvl": concurrent installs wait for each other
 PGVECTOR_MIN = (0, 7)
 # Version from which qvl._apply_grants and qvl.set_service exist.
@@ -115,68 +111,26 @@ def latest_version(directory: Path | None = None) -> int:
     return sql_files(directory)[-1].version
 
 
-# -- the PL/Python library -----------------------------------------------------------------------
-# qvl._load(): runs the library's text as a module and keeps it in GD. `plpy` is set after the
-# text runs: the library names it at module level only as a placeholder.
-LOADER = """import types
-lib = types.ModuleType("qvl_lib")
-exec(compile({source!r}, "qvl_lib.py", "exec"), lib.__dict__)
-lib.plpy = plpy
-GD[{key!r}] = lib"""
-# What every PL/Python function runs first: the library, loaded once per backend and version.
-PROLOGUE = """lib = GD.get({key!r})
-if lib is None:
-    plpy.execute("SELECT qvl._load()")
-    lib = GD[{key!r}]"""
-
-
-@dataclass(frozen=True)
-class Library:
-    """The library's text and the GD key it lives under (a hash of the text, loader and prologue)."""
-
-    source: str
-
-    @property
-    def key(self) -> str:
-        digest = hashlib.sha256("\0".join((LOADER, PROLOGUE, self.source)).encode("utf-8")).hexdigest()
-        return f"qvl_lib_{digest[:16]}"
-
-    def loader(self) -> str:
-        return LOADER.format(source=self.source, key=self.key)
-
-    def prologue(self, indent: str = "") -> str:
-        return "\n".join(indent + line for line in PROLOGUE.format(key=self.key).splitlines())
-
-
-def library(path: Path = LIBRARY) -> Library:
-    source = path.read_text(encoding="utf-8")
-    if DOLLAR_TAG in repr(source):
-        raise InstallError(f"{path} contains {DOLLAR_TAG}, which ends the function body that carries it")
-    return Library(source)
-
-
-def render(text: str, lib: Library, where: str = "sql") -> str:
-    """``text`` with the library written at ``# qvl:library`` and the prologue at ``# qvl:prologue``."""
-    text = LIBRARY_MARKER.sub(lambda m: lib.loader(), text)
-    text = PROLOGUE_MARKER.sub(lambda m: lib.prologue(m.group(1)), text)
-    left = ANY_MARKER.search(text)
-    if left:
-        raise InstallError(f"{where}: unknown marker {left.group(0).strip()!r} (known: # qvl:library, "
-                           f"# qvl:prologue)")
-    return text
+def _bundled(root: Path, lib: Library | None = None) -> list[tuple[SqlFile, str]]:
+    """Each idempotent file with its text, the library written in (``plpy_bundle.render``)."""
+    try:
+        lib = lib or library()
+        return [(f, render(f.path.read_text(encoding="utf-8"), lib, f"{IDEMPOTENT}/{f.path.name}"))
+                for f in idempotent_files(root / IDEMPOTENT)]
+    except BundleError as exc:
+        raise InstallError(str(exc)) from None
 
 
 def script(directory: Path | None = None, lib: Library | None = None, public_grant: bool = True) -> str:
     """The whole install as one SQL script, for a database where ``qvl pg install`` cannot run
     (``psql -1 -f``): every migration with its version row, every function, then the grants."""
     root = directory or sql_dir()
-    lib = lib or library()
     parts = []
     for f in sql_files(root / INCREMENTAL):
         parts += [f"-- {INCREMENTAL}/{f.path.name}", f.path.read_text(encoding="utf-8"),
                   f"INSERT INTO qvl.schema_version (version, name) VALUES ({f.version}, '{f.name}');"]
-    for f in idempotent_files(root / IDEMPOTENT):
-        parts += [f"-- {IDEMPOTENT}/{f.path.name}", render(f.path.read_text(encoding="utf-8"), lib, f.path.name)]
+    for f, text in _bundled(root, lib):
+        parts += [f"-- {IDEMPOTENT}/{f.path.name}", text]
     parts.append(f"SELECT qvl._apply_grants({str(public_grant).lower()});")
     return "\n".join(parts) + "\n"
 
@@ -263,8 +217,7 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
     """
     root = directory or sql_dir()
     migrations = sql_files(root / INCREMENTAL)
-    functions = idempotent_files(root / IDEMPOTENT)
-    lib = library()
+    functions = _bundled(root)
     newest = migrations[-1].version
     target = target or newest
     with psycopg.connect(dsn, autocommit=True) as conn:
@@ -297,10 +250,9 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                 log.warning("qvl schema at version %d, newer than this qvl (%d): functions left as they are",
                             before, newest)
             else:
-                for f in functions:
+                for f, text in functions:
                     if f.version <= after:
-                        name = f"{IDEMPOTENT}/{f.path.name}"
-                        _run(conn, name, render(f.path.read_text(encoding="utf-8"), lib, name))
+                        _run(conn, f"{IDEMPOTENT}/{f.path.name}", text)
                         refreshed.append(f.path.name)
             if after >= GRANTS_FROM:
                 if public_grant is None:

@@ -1,6 +1,6 @@
 """A source row's embedded columns as one gRPC item (the joint text + images + video input).
 
-The same mapping as the PL/Python library's ``make_item`` (``connectors/postgres/plpy/qvl_lib.py``:
+The same mapping as the PL/Python library's ``make_item`` (``connectors/postgres/plpy/items.py``:
 sync mode and qvl.search), so a row embeds the same way through either path: video first, then
 image bytes, image URIs, texts.
 """

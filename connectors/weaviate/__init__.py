@@ -4,6 +4,9 @@
   (multi2vec-voyageai, text2vec-openai, reranker-cohere by default; multi2vec-jinaai, -cohere,
   -nvidia) or its local ones (multi2vec-clip / -bind, text2vec-transformers,
   reranker-transformers) to the service; ``api_key_headers`` gives a client qvl's token.
+- every collection is pinned to the embedding model it was built with (``collection_fingerprint``,
+  ``service_fingerprint``); ``model_moves``: ``copy_objects`` into a collection of the new model, then
+  ``switch_alias``: moving to a new model with no mixed answers and no downtime.
 - ``ingest`` / ``search``: joint embeddings of all of an object's fields (a named vector); ``ingest``
   with a ``key`` gives each object the id ``object_uuid`` derives from it, so a re-run updates.
 - The throwaway local Weaviate server of the tests, benches and demo is ``qvl_devtools.launchers.weaviate``.
@@ -17,12 +20,15 @@ from connectors.weaviate.collections import (
     CollectionError,
     api_key_headers,
     collection_fields,
+    collection_fingerprint,
     create_collection,
     default_module,
     module_base_url,
+    service_fingerprint,
     service_path,
 )
 from connectors.weaviate.ingest import IngestError, ingest, object_uuid
+from connectors.weaviate.model_moves import copy_objects, switch_alias
 from connectors.weaviate.search import SearchError, search
 
 __all__ = [
@@ -35,11 +41,15 @@ __all__ = [
     "SearchError",
     "api_key_headers",
     "collection_fields",
+    "collection_fingerprint",
+    "copy_objects",
     "create_collection",
     "default_module",
     "ingest",
     "module_base_url",
     "object_uuid",
     "search",
+    "service_fingerprint",
     "service_path",
+    "switch_alias",
 ]

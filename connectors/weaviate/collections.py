@@ -9,10 +9,17 @@ batches up to 2000 texts a request), ``reranker-cohere`` for ``rerank``. ``modul
 ``multi2vec-clip``, ``multi2vec-bind``, ``text2vec-transformers`` (with ``reranker-transformers``),
 which reach qvl through an ``inferenceUrl`` or Weaviate's environment. A self-provided ``joint``
 vector can sit beside the module's ``fields`` vector for joint embeddings (see ``ingest``).
+
+Each collection is pinned to the embedding model it was built with (its fingerprint, issue 23): qvl
+refuses the module's requests when it serves another model, and GraphQL shows why. Moving a collection
+to a new model is ``model_moves``: a new collection filled from the new service, then an alias switched.
 """
 
 from __future__ import annotations
 
+import json
+import re
+import urllib.request
 from collections.abc import Mapping, Sequence
 from typing import Any
 from urllib.parse import quote
@@ -23,6 +30,8 @@ from weaviate.collections import Collection
 from weaviate.collections.classes.config import RerankerProvider
 from weaviate.collections.classes.config_vector_index import _VectorIndexConfigCreate
 from weaviate.collections.classes.config_vectors import VectorConfigCreate
+
+from connectors.client import Client
 
 MODULE_VECTOR = "fields"  # Weaviate's module: each field embedded apart, then averaged
 JOINT_VECTOR = "joint"  # qvl's joint embedding of all fields as one item, supplied by ``ingest``
@@ -51,6 +60,12 @@ RERANKERS = ("reranker-cohere", "reranker-transformers")
 # multi2vec-voyageai switches to its contextual API when it holds "context".
 API_MODEL = "qvl"
 JINA_MODEL = "qvl-clip"
+# A collection's pin (issue 23): "qvl@<fingerprint>" in the API modules' model field, a
+# /fingerprint/<fingerprint> segment in the local modules' inferenceUrl, and this note in its description
+# (read back by ``collection_fingerprint`` for the joint vector's ``ingest`` and ``search``).
+FINGERPRINT = re.compile(r"[0-9a-f]{16}")
+FINGERPRINT_NOTE = "qvl: vectors of model fingerprint "
+PINNED_DESCRIPTION = re.compile(re.escape(FINGERPRINT_NOTE) + r"([0-9a-f]{16})")
 # The request header that carries each API module's key (qvl's token) from a Weaviate client.
 API_KEY_HEADERS = {
     "multi2vec-voyageai": "X-VoyageAI-Api-Key",
@@ -73,9 +88,13 @@ def api_key_headers(token: str) -> dict[str, str]:
     return {header: token for header in sorted(set(API_KEY_HEADERS.values()))}
 
 
-def service_path(service_url: str, *, profile: str | None = None, dimensions: int | None = None) -> str:
-    """The service URL that selects a profile (``/profiles/{name}``) or a Matryoshka size (``/dim/{d}``)."""
+def service_path(service_url: str, *, profile: str | None = None, dimensions: int | None = None,
+                 fingerprint: str | None = None) -> str:
+    """The service URL that selects a profile (``/profiles/{name}``) or a Matryoshka size (``/dim/{d}``),
+    pinned to a model fingerprint (``/fingerprint/{f}`` first) when one is given."""
     url = service_url.rstrip("/")
+    if fingerprint:
+        url = f"{url}/fingerprint/{fingerprint}"
     if profile and dimensions:
         raise ValueError("give a profile or dimensions, not both (a profile carries its own dimensions)")
     if profile:
@@ -122,54 +141,50 @@ def default_module(*, image_fields: Sequence[str] = (), video_fields: Sequence[s
     return "multi2vec-voyageai" if image_fields or video_fields else "text2vec-openai"
 
 
-def _module_vector(name: str, module: str, roles: Mapping[str, Sequence[str]], weights: Mapping[str, float] | None,
+def _module_vector(module: str, roles: Mapping[str, Sequence[str]], weights: Mapping[str, float] | None,
                    service_url: str, profile: str | None, dimensions: int | None,
-                   index: _VectorIndexConfigCreate) -> VectorConfigCreate:
+                   index: _VectorIndexConfigCreate, fingerprint: str | None) -> VectorConfigCreate:
     texts, images, videos = (_weighted(roles[r], weights) or None for r in ROLES)
+    # Every request of an API module sends its model name (Weaviate 1.39's clients for voyageai,
+    # jinaai, cohere, nvidia and openai, objects and queries alike): qvl refuses a pin it does not serve.
+    pin = f"@{fingerprint}" if fingerprint else ""
+    model, jina_model = API_MODEL + pin, JINA_MODEL + pin
     if module in API_MODULES:
-        sends_dimensions = API_MODULES[module][1]
-        if dimensions and not sends_dimensions:
-            raise ValueError(f"collection {name!r}: {module} sends no dimensions to qvl; "
-                             "use a profile with `dimensions` (profile=...)")
         base = module_base_url(service_url, module, profile=profile)
         if module == "multi2vec-voyageai":
             return Configure.Vectors.multi2vec_voyageai(
-                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=model,  # type: ignore[arg-type]
                 text_fields=texts, image_fields=images, video_fields=videos)
         if module == "multi2vec-jinaai":
             return Configure.Vectors.multi2vec_jinaai(
-                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=JINA_MODEL,  # type: ignore[arg-type]
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=jina_model,  # type: ignore[arg-type]
                 dimensions=dimensions, text_fields=texts, image_fields=images)
         if module == "multi2vec-cohere":
             return Configure.Vectors.multi2vec_cohere(
-                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=model,  # type: ignore[arg-type]
                 dimensions=dimensions, text_fields=texts, image_fields=images, vectorize_collection_name=False)
         if module == "multi2vec-nvidia":
             return Configure.Vectors.multi2vec_nvidia(
-                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+                name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=model,  # type: ignore[arg-type]
                 text_fields=texts, image_fields=images)
         # text2vec-openai joins the source properties with spaces, in name order; the class name
         # is left out so that the stored vector is the text's own embedding.
         return Configure.Vectors.text2vec_openai(
-            name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=API_MODEL,  # type: ignore[arg-type]
+            name=MODULE_VECTOR, vector_index_config=index, base_url=base, model=model,  # type: ignore[arg-type]
             source_properties=sorted(roles["text"]), vectorize_collection_name=False)
     if module == "multi2vec-bind":
-        if profile or dimensions:
-            raise ValueError(
-                f"collection {name!r}: multi2vec-bind (video) has no per-collection inferenceUrl; "
-                "point BIND_INFERENCE_API at .../profiles/NAME instead of passing profile/dimensions")
         return Configure.Vectors.multi2vec_bind(name=MODULE_VECTOR, vector_index_config=index,
                                                 text_fields=texts, image_fields=images, video_fields=videos)
     if module == "multi2vec-clip":
         return Configure.Vectors.multi2vec_clip(
             name=MODULE_VECTOR, vector_index_config=index,
-            inference_url=service_path(service_url, profile=profile, dimensions=dimensions),
+            inference_url=service_path(service_url, profile=profile, dimensions=dimensions, fingerprint=fingerprint),
             text_fields=texts, image_fields=images)
     # text2vec-transformers: one URL for passages and queries (the service tells them apart by
     # task_type); the class name is left out so that the stored vector is the text's own embedding.
     return Configure.Vectors.text2vec_transformers(
         name=MODULE_VECTOR, vector_index_config=index,
-        inference_url=service_path(service_url, profile=profile), dimensions=dimensions,
+        inference_url=service_path(service_url, profile=profile, fingerprint=fingerprint), dimensions=dimensions,
         source_properties=sorted(roles["text"]), vectorize_collection_name=False)
 
 
@@ -200,6 +215,8 @@ def create_collection(
     replace: bool = False,
     replication_factor: int = 1,
     exact: bool = False,
+    fingerprint: str | None = None,
+    token: str | None = None,
 ) -> dict[str, Any]:
     """Create collection ``name`` wired to the qvl service at ``service_url`` (its HTTP URL as
     Weaviate reaches it).
@@ -216,11 +233,49 @@ def create_collection(
     that no module reads. ``replication_factor`` > 1 keeps that many copies of each shard on a
     cluster's nodes. ``exact`` gives the vectors a flat (brute-force) index instead of HNSW: exact
     nearest neighbours, the same on every replica, at the cost of a scan per query (small
-    collections). Returns a description of what was created.
+    collections).
+
+    ``fingerprint`` pins the collection to the embedding model whose vectors it will hold (issue 23):
+    qvl refuses every request of the collection's module that another model would answer, so a
+    service restarted on other weights never mixes its vectors in. By default it is read from the
+    service (its ``/v1/info``, with ``token``): the embedding model's fingerprint, or with a
+    ``profile`` that profile's (its instructions are part of its vectors); given, it is that value;
+    ``""`` creates an unpinned collection. The API modules carry it in their ``model`` field
+    (``qvl@<fingerprint>``), multi2vec-clip and text2vec-transformers in their inferenceUrl
+    (``.../fingerprint/<fingerprint>``); multi2vec-bind cannot (its URL is Weaviate's
+    ``BIND_INFERENCE_API``). The collection's description records the model's fingerprint, which
+    ``ingest`` and ``search`` pin the joint vector's requests to (``collection_fingerprint``).
+    Returns a description of what was created.
     """
+    roles = {"text": list(text_fields), "image": list(image_fields), "video": list(video_fields)}
+    module, reranker = _checked(name, roles, module=module, reranker=reranker, weights=weights,
+                                module_vector=module_vector, joint_vector=joint_vector, dimensions=dimensions,
+                                profile=profile, replication_factor=replication_factor)
+    pin, model_pin = _pins(name, fingerprint, service_url, profile, token)
+    # Flat: exact search (every replica answers alike); HNSW: approximate, for large collections.
+    index = (Configure.VectorIndex.flat(distance_metric=VectorDistances.COSINE) if exact
+             else Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE))
+    vector_config = []
+    if module_vector:
+        vector_config.append(_module_vector(module, roles, weights, service_url, profile, dimensions, index, pin))
+    if joint_vector:
+        vector_config.append(Configure.Vectors.self_provided(name=JOINT_VECTOR, vector_index_config=index))
+    _create(client, name, replace=replace, properties=_properties(roles, properties), vector_config=vector_config,
+            reranker_config=_reranker_config(reranker, service_url, profile) if rerank else None,
+            replication_factor=replication_factor, description=_pin_note(pin, model_pin, profile))
+    return _described(name, roles, module=module if module_vector else None, service_url=service_url,
+                      profile=profile, dimensions=dimensions, joint_vector=joint_vector,
+                      reranker=reranker if rerank else None, replication_factor=replication_factor, weights=weights,
+                      fingerprint=pin)
+
+
+def _checked(name: str, roles: Mapping[str, Sequence[str]], *, module: str | None, reranker: str | None,
+             weights: Mapping[str, float] | None, module_vector: bool, joint_vector: bool, dimensions: int | None,
+             profile: str | None, replication_factor: int) -> tuple[str, str]:
+    """The module and reranker a collection gets, once its options are known to fit together (before
+    anything asks the service or Weaviate)."""
     if replication_factor < 1:
         raise ValueError(f"collection {name!r}: replication_factor must be at least 1")
-    roles = {"text": list(text_fields), "image": list(image_fields), "video": list(video_fields)}
     _check_fields(name, roles)
     if weights:
         unknown = set(weights) - {f for fs in roles.values() for f in fs}
@@ -231,7 +286,7 @@ def create_collection(
     if module_vector and not any(roles.values()):
         raise ValueError(f"collection {name!r}: the module vector needs at least one text, image or video field")
     if module is None:
-        module = default_module(image_fields=image_fields, video_fields=video_fields)
+        module = default_module(image_fields=roles["image"], video_fields=roles["video"])
     takes = API_MODULES[module][0] if module in API_MODULES else LOCAL_MODULES.get(module)
     if takes is None:
         raise ValueError(f"collection {name!r}: unknown module {module!r}; "
@@ -246,23 +301,49 @@ def create_collection(
         raise ValueError(f"collection {name!r}: unknown reranker {reranker!r}; expected one of {', '.join(RERANKERS)}")
     if dimensions is not None and dimensions < 1:
         raise ValueError(f"collection {name!r}: dimensions must be positive, got {dimensions}")
+    if module_vector and module in API_MODULES and dimensions and not API_MODULES[module][1]:
+        raise ValueError(f"collection {name!r}: {module} sends no dimensions to qvl; "
+                         "use a profile with `dimensions` (profile=...)")
+    if module_vector and module == "multi2vec-bind" and (profile or dimensions):
+        raise ValueError(f"collection {name!r}: multi2vec-bind (video) has no per-collection inferenceUrl; "
+                         "point BIND_INFERENCE_API at .../profiles/NAME instead of passing profile/dimensions")
+    return module, reranker
 
-    # Flat: exact search (every replica answers alike); HNSW: approximate, for large collections.
-    index = (Configure.VectorIndex.flat(distance_metric=VectorDistances.COSINE) if exact
-             else Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE))
-    vector_config = []
-    if module_vector:
-        vector_config.append(_module_vector(name, module, roles, weights, service_url, profile, dimensions, index))
-    if joint_vector:
-        vector_config.append(Configure.Vectors.self_provided(
-            name=JOINT_VECTOR, vector_index_config=index))
 
-    props = [Property(name=f, data_type=DataType.TEXT, description=f"{ROLE_PREFIX}text") for f in text_fields]
+def _pins(name: str, fingerprint: str | None, service_url: str, profile: str | None,
+          token: str | None) -> tuple[str | None, str | None]:
+    """(the module's pin, the model's fingerprint for the joint vector): read from the service, or given."""
+    if fingerprint is None:
+        model, profiles = _service_fingerprints(service_url, token=token)
+        return (_profile_pin(service_url, profiles, profile) if profile else model), model
+    if not fingerprint:
+        return None, None
+    if not FINGERPRINT.fullmatch(fingerprint):
+        raise ValueError(f"collection {name!r}: fingerprint {fingerprint!r} is not a qvl model fingerprint "
+                         "(16 hex digits, as the service's /v1/info lists them)")
+    # Given with a profile it is the profile's: the model's own is then not known here.
+    return fingerprint, None if profile else fingerprint
+
+
+def _pin_note(pin: str | None, model: str | None, profile: str | None) -> str | None:
+    """The collection's description: which model (and profile) its vectors come from."""
+    parts = [FINGERPRINT_NOTE + model] if model else []
+    if profile and pin:
+        parts.append(f"profile {profile!r}: fingerprint {pin}")
+    return "; ".join(parts) or None
+
+
+def _properties(roles: Mapping[str, Sequence[str]], extra: Sequence[Property]) -> list[Property]:
+    props = [Property(name=f, data_type=DataType.TEXT, description=f"{ROLE_PREFIX}text") for f in roles["text"]]
     # Nobody filters on base64 media: indexing it only costs insert time and disk.
     props += [Property(name=f, data_type=DataType.BLOB, description=f"{ROLE_PREFIX}{role}", index_filterable=False)
-              for role, fields in (("image", image_fields), ("video", video_fields)) for f in fields]
-    props += list(properties)
+              for role in ("image", "video") for f in roles[role]]
+    return props + list(extra)
 
+
+def _create(client: weaviate.WeaviateClient, name: str, *, replace: bool, properties: list[Property],
+            vector_config: list[VectorConfigCreate], reranker_config: RerankerProvider | None,
+            replication_factor: int, description: str | None) -> None:
     try:
         if client.collections.exists(name):
             if not replace:
@@ -270,9 +351,10 @@ def create_collection(
             client.collections.delete(name)
         client.collections.create(
             name,
-            properties=props,
+            description=description,
+            properties=properties,
             vector_config=vector_config,
-            reranker_config=_reranker_config(reranker, service_url, profile) if rerank else None,
+            reranker_config=reranker_config,
             # Weaviate >= 1.38 runs async replication for every factor > 1 by itself.
             replication_config=Configure.replication(factor=replication_factor) if replication_factor > 1 else None,
         )
@@ -280,25 +362,91 @@ def create_collection(
         raise
     except Exception as exc:  # weaviate-client raises several unrelated types
         raise CollectionError(f"creating collection {name!r} failed: {exc}") from exc
+
+
+def _described(name: str, roles: Mapping[str, Sequence[str]], *, module: str | None, service_url: str,
+               profile: str | None, dimensions: int | None, joint_vector: bool, reranker: str | None,
+               replication_factor: int, weights: Mapping[str, float] | None,
+               fingerprint: str | None) -> dict[str, Any]:
+    """What ``create_collection`` made, as it returns it."""
     inference_url = None  # the local modules' per-collection URL
-    if module_vector and module == "multi2vec-clip":
-        inference_url = service_path(service_url, profile=profile, dimensions=dimensions)
-    elif module_vector and module == "text2vec-transformers":
-        inference_url = service_path(service_url, profile=profile)
+    if module == "multi2vec-clip":
+        inference_url = service_path(service_url, profile=profile, dimensions=dimensions, fingerprint=fingerprint)
+    elif module == "text2vec-transformers":
+        inference_url = service_path(service_url, profile=profile, fingerprint=fingerprint)
+    pinned_by = None  # how the module's requests carry the fingerprint
+    if fingerprint and module in API_MODULES:
+        pinned_by = "model"
+    elif fingerprint and inference_url:
+        pinned_by = "inference_url"
     return {
         "name": name,
-        "module": module if module_vector else None,
-        "base_url": module_base_url(service_url, module, profile=profile)
-        if module_vector and module in API_MODULES else None,
+        "module": module,
+        "base_url": module_base_url(service_url, module, profile=profile) if module in API_MODULES else None,
         "inference_url": inference_url,
-        "text_fields": sorted(text_fields),
-        "image_fields": sorted(image_fields),
-        "video_fields": sorted(video_fields),
-        "vectors": [v for v, on in ((MODULE_VECTOR, module_vector), (JOINT_VECTOR, joint_vector)) if on],
-        "reranker": reranker if rerank else None,
+        "text_fields": sorted(roles["text"]),
+        "image_fields": sorted(roles["image"]),
+        "video_fields": sorted(roles["video"]),
+        "vectors": [v for v, on in ((MODULE_VECTOR, module is not None), (JOINT_VECTOR, joint_vector)) if on],
+        "reranker": reranker,
         "replication_factor": replication_factor,
         "weights": {f: float((weights or {}).get(f, 1.0)) for fs in roles.values() for f in fs} if weights else None,
+        "fingerprint": fingerprint,
+        "pinned_by": pinned_by,
     }
+
+
+def service_fingerprint(service: str | Client, *, profile: str | None = None, token: str | None = None,
+                        timeout: float = 10.0) -> str:
+    """The embedding fingerprint a qvl service answers with (a profile's, with ``profile``): from a
+    ``Client``'s ``info()``, or from ``{service}/v1/info`` when ``service`` is its HTTP URL (with the
+    service's ``token``, if it has one)."""
+    model, profiles = _service_fingerprints(service, token=token, timeout=timeout)
+    return _profile_pin(service, profiles, profile) if profile else model
+
+
+def _profile_pin(service: str | Client, profiles: Mapping[str, str], profile: str) -> str:
+    if profile not in profiles:
+        where = service if isinstance(service, str) else "the service"
+        raise CollectionError(f"{where} has no profile {profile!r} (its profiles: {sorted(profiles) or 'none'})")
+    return profiles[profile]
+
+
+def _service_fingerprints(service: str | Client, *, token: str | None = None,
+                          timeout: float = 10.0) -> tuple[str, dict[str, str]]:
+    """(the embedding model's fingerprint, each profile's) as the service's Info says them."""
+    where = service if isinstance(service, str) else "the service's Info"
+    try:
+        if isinstance(service, str):
+            request = urllib.request.Request(service.rstrip("/") + "/v1/info",
+                                             headers={"Authorization": f"Bearer {token}"} if token else {})
+            with urllib.request.urlopen(request, timeout=timeout) as resp:
+                info = json.loads(resp.read())
+            models, profiles = info.get("models", []), info.get("profile_fingerprints", {})
+        else:
+            reply = service.info()
+            models = [{"task": m.task, "fingerprint": m.fingerprint} for m in reply.models]
+            profiles = dict(reply.profile_fingerprints)
+    except Exception as exc:  # unreachable, refused (a token), not qvl: say what to do instead
+        raise CollectionError(f"reading the model fingerprint from {where} failed ({exc}); pass token=, or "
+                              "fingerprint= (Client.info(): the embed model's fingerprint), or fingerprint='' for "
+                              "an unpinned collection") from exc
+    found = next((m.get("fingerprint") for m in models if m.get("task") == "embed"), None)
+    if not found:
+        raise CollectionError(f"{where} names no embedding model fingerprint (no embedding model, or a qvl "
+                              "service older than fingerprints): pass fingerprint= or fingerprint=''")
+    return str(found), {str(k): str(v) for k, v in profiles.items()}
+
+
+def collection_fingerprint(collection: Collection) -> str | None:
+    """The fingerprint of the embedding model ``create_collection`` built the collection for (None:
+    unpinned, or not known): what ``ingest`` and ``search`` pin the joint vector's requests to."""
+    try:
+        config = collection.config.get()
+    except Exception as exc:
+        raise CollectionError(f"reading the schema of collection {collection.name!r} failed: {exc}") from exc
+    found = PINNED_DESCRIPTION.search(config.description or "")
+    return found.group(1) if found else None
 
 
 def collection_fields(collection: Collection) -> dict[str, list[str]]:

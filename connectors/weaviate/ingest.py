@@ -32,7 +32,7 @@ from weaviate.util import generate_uuid5
 
 from connectors.client import Client, ItemFailure, QvlClientError, as_list
 from connectors.progress import Progress
-from connectors.weaviate.collections import JOINT_VECTOR, collection_fields
+from connectors.weaviate.collections import JOINT_VECTOR, collection_fields, collection_fingerprint
 from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.weaviate.ingest")
@@ -171,6 +171,8 @@ def ingest(
     (input order, None where it failed), "seconds", "objects_per_s"}``.
     """
     fields = dict(fields) if fields is not None else collection_fields(collection)
+    # A collection pinned to a model (create_collection) takes no vector another model computed.
+    fingerprint = collection_fingerprint(collection)
     started = time.monotonic()
     failed: list[dict[str, Any]] = []
     pending: deque[tuple[int, Mapping[str, Any], str]] = deque()  # objects whose embedding is on its way
@@ -202,7 +204,7 @@ def ingest(
     inserts = Inserts(collection, failed, uuids)
     try:
         for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
-                                       max_in_flight=max_in_flight):
+                                       max_in_flight=max_in_flight, fingerprint=fingerprint):
             index, obj, object_id = pending.popleft()
             answered = index + 1
             if isinstance(result, ItemFailure):

@@ -13,7 +13,7 @@ from weaviate.classes.query import Filter, MetadataQuery
 from weaviate.collections import Collection
 
 from connectors.client import Client, ItemLike
-from connectors.weaviate.collections import JOINT_VECTOR, collection_fields
+from connectors.weaviate.collections import JOINT_VECTOR, collection_fields, collection_fingerprint
 from connectors.weaviate.ingest import object_item
 
 
@@ -60,8 +60,9 @@ def search(
     media = set(fields.get("image", [])) | set(fields.get("video", []))
     pool = max(k, candidates or 4 * k) if rerank else k
     used = instruction if instruction is not None else query_instruction(qvl)
-    try:
-        vector = qvl.embed([query], instruction=used or None, dimensions=dimensions)[0]
+    try:  # pinned: a query vector of another model than the collection's is refused, not compared
+        vector = qvl.embed([query], instruction=used or None, dimensions=dimensions,
+                           fingerprint=collection_fingerprint(collection))[0]
     except Exception as exc:
         raise SearchError(f"collection {collection.name!r}: embedding the query failed: {exc}") from exc
     try:

@@ -34,7 +34,7 @@ from typing import Any
 
 from connectors.client import Client
 from connectors.progress import Progress
-from connectors.weaviate.collections import api_key_headers, create_collection
+from connectors.weaviate.collections import api_key_headers, create_collection, service_fingerprint
 from connectors.weaviate.ingest import ingest
 from qvl_devtools.bench import workloads
 from qvl_devtools.bench.cpu_usage import CpuMeter
@@ -86,10 +86,10 @@ def _objects(n: int, seed: int) -> list[dict[str, Any]]:
 
 
 def _weaviate_insert(client: Any, name: str, objects: list[dict[str, Any]], service_url: str,
-                     module: str, concurrent_requests: int) -> float:
+                     module: str, concurrent_requests: int, fingerprint: str) -> float:
     """Seconds to insert ``objects`` with the batch API (Weaviate calls qvl per object)."""
     create_collection(client, name, module=module, text_fields=["caption"], image_fields=["image"],
-                      service_url=service_url, rerank=False, replace=True)
+                      service_url=service_url, rerank=False, replace=True, fingerprint=fingerprint)
     col = client.collections.get(name)
     rows = [{"caption": o["caption"], "image": base64.b64encode(o["image"]).decode("ascii")} for o in objects]
     start = time.perf_counter()
@@ -125,7 +125,8 @@ def _alternate(client: Any, qvl: Client, meter: CpuMeter, warm: list[dict[str, A
     """A warm-up, then ROUNDS alternating Weaviate inserts and streams of ``measured``: medians, so
     one slow moment on a shared machine moves one round only. Collections ``Bench{layout}{r}``."""
     prefix = "Bench" + layout.name.title().replace("_", "")
-    _weaviate_insert(client, f"{prefix}Warm", warm, service_url, module, layout.concurrent_requests)
+    pin = service_fingerprint(qvl)
+    _weaviate_insert(client, f"{prefix}Warm", warm, service_url, module, layout.concurrent_requests, pin)
     _stream(qvl, warm)
     t_weaviate: list[float] = []
     t_stream: list[float] = []
@@ -134,7 +135,7 @@ def _alternate(client: Any, qvl: Client, meter: CpuMeter, warm: list[dict[str, A
     for r in range(ROUNDS):
         meter.start()
         t_weaviate.append(_weaviate_insert(client, f"{prefix}{r}", measured, service_url, module,
-                                           layout.concurrent_requests))
+                                           layout.concurrent_requests, pin))
         cores_weaviate.append(meter.stop())
         meter.start()
         t_stream.append(_stream(qvl, measured))
@@ -193,7 +194,8 @@ def _run(args: Any, scenario: str, module: str, weaviate_env: Callable[[ServiceP
 
 def _joint(client: Any, svc: ServiceProcess, qvl: Client, measured: list[dict[str, Any]]) -> dict[str, Any]:
     create_collection(client, "BenchJoint", text_fields=["caption"], image_fields=["image"],
-                      service_url=svc.http_url, module_vector=False, joint_vector=True, rerank=False, replace=True)
+                      service_url=svc.http_url, module_vector=False, joint_vector=True, rerank=False, replace=True,
+                      fingerprint=service_fingerprint(qvl))
     joint = ingest(client.collections.get("BenchJoint"), measured, qvl=qvl, batch_size=64)
     if joint["failed"]:
         raise RuntimeError(f"weaviate-ingest: joint ingestion failed: {joint['failed'][0]}")

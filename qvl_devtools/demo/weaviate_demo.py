@@ -75,7 +75,7 @@ def run_weaviate_demo(http_url: str, grpc_target: str, *, pictures: Sequence[dic
         client = connect(server, headers=headers)
         try:
             create_collection(client, COLLECTION, text_fields=["caption"], image_fields=["image"],
-                              service_url=http_url, joint_vector=True, replace=True,
+                              service_url=http_url, joint_vector=True, replace=True, token=token,
                               properties=[Property(name="name", data_type=DataType.TEXT)])
             col = client.collections.get(COLLECTION)
             report = ingest(col, pictures, qvl=qvl)  # Weaviate's module vector + qvl's joint vector

@@ -1,13 +1,13 @@
 -- qvl 002: calling the model service from SQL (PL/Python, standard library only).
 --
 -- PL/Python runs the server's own Python, not the project's environment, so the library these
--- functions call (connectors/postgres/plpy/qvl_lib.py) uses the standard library and talks to the
--- service's HTTP JSON API (docs/api.md).
+-- functions call (the modules of connectors/postgres/plpy/) uses the standard library and talks to
+-- the service's HTTP JSON API (docs/api.md).
 --
--- Re-applied by every install (sql/idempotent/). The installer writes the library into qvl._load()
--- at the `# qvl:library` marker and the lines that fetch it from GD (shared by every PL/Python
--- function of a backend) at each `# qvl:prologue` marker. The GD key is a hash of the library, so
--- sessions that loaded an older library load the new one after an upgrade. Only qvl._call is
+-- Re-applied by every install (sql/idempotent/). The installer writes the library, bundled into one
+-- text, into qvl._load() at the `# qvl:library` marker and the lines that fetch it from GD (shared by
+-- every PL/Python function of a backend) at each `# qvl:prologue` marker. The GD key is the bundle's
+-- hash, so sessions that loaded an older library load the new one after an upgrade. Only qvl._call is
 -- SECURITY DEFINER: it alone reads qvl.service (address and token) and holds the per-backend
 -- keep-alive connections.
 
@@ -43,12 +43,7 @@ COMMENT ON FUNCTION qvl.set_service(text, text, real) IS 'Point qvl at the model
 
 CREATE OR REPLACE FUNCTION qvl.service_info() RETURNS jsonb LANGUAGE plpython3u VOLATILE AS $py$
 # qvl:prologue
-import json
-try:
-    lib.cache.pop("info", None)
-    return json.dumps(lib.info())
-except lib.Failure as f:
-    f.raise_sql()
+return lib.service_info_sql()
 $py$;
 COMMENT ON FUNCTION qvl.service_info() IS 'The service''s models, sizes and limits (GET /v1/info)';
 

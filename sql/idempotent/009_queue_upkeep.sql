@@ -4,7 +4,7 @@
 --   qvl.prune_failed          drops failed rows whose table row is gone, and those older than the retention
 --   qvl.set_failed_retention  how long a failed row is kept (NULL, the default: as long as its row fails)
 -- The worker beats (qvl.worker_status.last_seen), forgets workers not seen for a day, and calls
--- qvl.prune_failed every few minutes (connectors/postgres/worker.py).
+-- qvl.prune_failed every few minutes (connectors/postgres/worker/monitor.py).
 
 -- A worker killed without a word (SIGKILL, a lost host) leaves its row behind: it is shown as stale once
 -- it has missed 3 heartbeats. Workers older than version 9 send none (heartbeat_s NULL): shown as written.

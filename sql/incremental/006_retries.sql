@@ -5,7 +5,7 @@
 --               change of the row, qvl.reembed and qvl.retry_failed clear it)
 --   last_error  why its last try failed (the row's key and the service's words)
 -- and an index on queued_at: workers claim the oldest rows first.
--- New queue tables get the same from qvl._create_queue_tables (sql/idempotent/003_vectorizers.sql).
+-- New queue tables get the same from qvl._create_queue_tables (sql/idempotent/003_vectorizer_objects.sql).
 DO $$
 DECLARE
     vid int;

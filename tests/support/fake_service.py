@@ -1,4 +1,5 @@
-"""A gRPC Vectorizer that answers as a test tells it: vectors, per-item errors, NaNs, wrong sizes, delays.
+"""A gRPC Vectorizer that answers as a test tells it: vectors, per-item errors, refused streams, NaNs, wrong
+sizes, delays.
 
 The worker tests use it to produce what the real service does only on a bad day (a model process
 that dies on one row, a wedged GPU, a malformed answer) and to count how often each row is sent.
@@ -39,6 +40,8 @@ class FakeVectorizer(pb_grpc.VectorizerServicer):
     hidden_size: int = 64
     behave: Callable[[str], Answer] = lambda text: None
     delay_s: float = 0.0  # before each answer
+    # (code, message) ends the whole stream with that status when this item arrives (None: it does not)
+    refuse: Callable[[str], tuple[str, str] | None] = lambda text: None
     seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, item text) per item received
     streams: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -62,6 +65,8 @@ class FakeVectorizer(pb_grpc.VectorizerServicer):
             text = item_text(req.item)
             with self.lock:
                 self.seen.append((time.monotonic(), text))
+            if (refusal := self.refuse(text)) is not None:
+                context.abort(getattr(grpc.StatusCode, refusal[0]), refusal[1])
             if self.delay_s:
                 time.sleep(self.delay_s)
             out = self.behave(text)

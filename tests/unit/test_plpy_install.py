@@ -1,29 +1,30 @@
-"""How the installer puts the PL/Python library into the SQL, and the incremental/idempotent split."""
+"""How the installer puts the PL/Python library into the SQL (one bundle of the package's modules,
+imported from memory), and the incremental/idempotent split."""
 
 from __future__ import annotations
 
 import re
+import sys
 import textwrap
+import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from connectors.postgres import plpy_importer
 from connectors.postgres.installer import (
     IDEMPOTENT,
     INCREMENTAL,
-    LIBRARY,
     InstallError,
-    Library,
     _has_statements,
     idempotent_files,
     latest_version,
-    library,
-    render,
     script,
     sql_dir,
     sql_files,
 )
+from connectors.postgres.plpy_bundle import LIBRARY_DIR, BundleError, Library, library, render
 
 HEADER = re.compile(r"^(qvl\.\w+)\(.*?LANGUAGE (\w+)[^$]*? AS \$py\$\n(.*?)^\$py\$;", re.S | re.M)
 
@@ -70,6 +71,49 @@ def test_the_split_functions_are_idempotent_tables_are_incremental() -> None:
     assert not list(sql_dir().glob("*.sql")), "every SQL file is incremental/ or idempotent/"
 
 
+TOP_LEVEL = re.compile(r"^(?=CREATE |DROP |COMMENT |SELECT |GRANT |REVOKE |ALTER |DO )", re.M)
+DEFINED = re.compile(r"^CREATE (?:OR REPLACE )?(FUNCTION|VIEW) qvl\.(\w+)")
+
+
+def created_before_use(files: list[Path], existing: set[str]) -> list[str]:
+    """Where a LANGUAGE sql function or a view, created file after file in this order, names a qvl
+    function that no earlier statement creates (PostgreSQL checks those bodies at CREATE)."""
+    defined, problems = set(existing), []
+    for path in files:
+        for chunk in TOP_LEVEL.split(path.read_text()):
+            m = DEFINED.match(chunk)
+            if not m:
+                continue
+            kind, name = m.groups()
+            header, _, body = chunk.partition(" AS ")
+            if kind == "VIEW" or re.search(r"\bLANGUAGE sql\b", header):
+                code = re.sub(r"'(?:[^']|'')*'", "''", re.sub(r"--[^\n]*", "", body))  # strings are not checked
+                for used in sorted(set(re.findall(r"\bqvl\.(\w+)\s*\(", code)) - defined - {name}):
+                    problems.append(f"{path.name}: {kind.lower()} qvl.{name} uses qvl.{used} before it exists")
+            defined.add(name)
+    return problems
+
+
+def test_sql_functions_and_views_use_only_what_earlier_statements_create(tmp_path: Path) -> None:
+    """The idempotent files of one version apply in name order (003_vectorizer_api.sql before
+    _checks, _objects, _security): on a fresh install a LANGUAGE sql body or a view that names a
+    function of a later file fails to create."""
+    migrations = "".join(f.path.read_text() for f in sql_files())
+    made_once = set(re.findall(r"^CREATE FUNCTION qvl\.(\w+)", migrations, re.M))
+    assert "_ddl_altered" in made_once
+    assert created_before_use([f.path for f in idempotent_files()], made_once) == []
+    # What it catches: a view and a sql function before what they call; strings and plpgsql are not checked.
+    (tmp_path / "001_a.sql").write_text(
+        "CREATE OR REPLACE VIEW qvl.v AS SELECT * FROM qvl._f(1);\n"
+        "CREATE OR REPLACE FUNCTION qvl._g() RETURNS int LANGUAGE sql AS $$ SELECT qvl._f(2) -- qvl._h()\n$$;\n"
+        "CREATE OR REPLACE FUNCTION qvl._p() RETURNS int LANGUAGE plpgsql AS $$ BEGIN RETURN qvl._h(); END $$;\n"
+        "COMMENT ON FUNCTION qvl._g() IS 'calls qvl._h()';\n")
+    (tmp_path / "001_b.sql").write_text("CREATE OR REPLACE FUNCTION qvl._f(i int) RETURNS int LANGUAGE sql AS $$ "
+                                        "SELECT i $$;\n")
+    assert created_before_use(sorted(tmp_path.glob("*.sql")), set()) == [
+        "001_a.sql: view qvl.v uses qvl._f before it exists", "001_a.sql: function qvl._g uses qvl._f before it exists"]
+
+
 def test_migrations_without_statements_are_recognised() -> None:
     assert not _has_statements("-- nothing\n\n  -- here\n")
     assert _has_statements("-- a table\nCREATE TABLE t ();\n")
@@ -86,20 +130,38 @@ def test_render_writes_the_library_and_the_prologue_with_one_key() -> None:
     assert render("    # qvl:prologue\n", lib) == lib.prologue("    ") + "\n"  # indentation is kept
 
 
-def test_the_key_follows_the_library_text() -> None:
+def test_the_key_follows_every_module_and_the_importer() -> None:
     lib = library()
     assert lib.key == library().key
-    assert Library(lib.source + "\n# changed\n").key != lib.key
+    assert [name for name, _ in lib.modules] == sorted(p.stem for p in LIBRARY_DIR.glob("*.py"))
+    changed = [Library(tuple((n, s + "\n# changed\n" if n == name else s) for n, s in lib.modules), lib.importer)
+               for name, _ in lib.modules]
+    keys = {c.key for c in changed} | {Library(lib.modules, lib.importer + "\n# changed\n").key}
+    assert len(keys) == len(lib.modules) + 1 and lib.key not in keys
 
 
 def test_render_refuses_unknown_markers_and_a_library_that_ends_the_body(tmp_path: Path) -> None:
-    with pytest.raises(InstallError, match="unknown marker '# qvl:prolog'"):
+    with pytest.raises(BundleError, match="unknown marker '# qvl:prolog'"):
         render("AS $py$\n# qvl:prolog\n$py$;", library(), "x.sql")
     assert "# qvl:prologue" in render("-- the `# qvl:prologue` marker, in a comment\n", library())
-    bad = tmp_path / "lib.py"
-    bad.write_text('X = "$py$"\n')
-    with pytest.raises(InstallError, match=r"contains \$py\$"):
-        library(bad)
+    (tmp_path / "__init__.py").write_text("")
+    (tmp_path / "mod.py").write_text('X = "$py$"\n')
+    with pytest.raises(BundleError, match=r"mod.py contains \$py\$"):
+        library(tmp_path)
+    (tmp_path / "mod.py").write_text("X = 1\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "deep.py").write_text("")
+    with pytest.raises(BundleError, match=r"sub-packages \(sub\)"):
+        library(tmp_path)
+
+
+def test_the_installer_says_what_is_wrong_with_the_library(tmp_path: Path) -> None:
+    (tmp_path / IDEMPOTENT).mkdir()
+    (tmp_path / INCREMENTAL).mkdir()
+    (tmp_path / INCREMENTAL / "001_schema.sql").write_text("CREATE SCHEMA qvl;\n")
+    (tmp_path / IDEMPOTENT / "001_x.sql").write_text("AS $py$\n# qvl:prolog\n$py$;\n")
+    with pytest.raises(InstallError, match=r"idempotent/001_x.sql: unknown marker"):
+        script(tmp_path)
 
 
 class LoaderPlpy:
@@ -126,9 +188,44 @@ def test_the_rendered_loader_and_prologue_load_the_library_once_per_backend() ->
         assert run_body(rerank, plpy, gd, query=None, documents=["a"], instruction=None, top_k=None) == []
     assert plpy.loads == 1
     module = gd[lib.key]
-    assert module.plpy is plpy and module.__name__ == "qvl_lib"
-    assert module.make_item(["x"]) == {"text": ["x"]}
-    assert module.target("http://h:1/p", "/v1/info") == ("http", "h", 1, "/p/v1/info")
+    assert module.__name__ == lib.key and module.spi.plpy is plpy
+    assert module.items.make_item(["x"]) == {"text": ["x"]}
+    assert module.addresses.target("http://h:1/p", "/v1/info") == ("http", "h", 1, "/p/v1/info")
+    assert module.search.candidate_rows.__module__ == f"{lib.key}.candidates"  # its siblings, not the checkout's
+
+
+def bundle_sources(value: str) -> dict[str, str]:
+    """A small package: a relative import, a sibling's state, and a module nothing imports."""
+    return {"__init__": "from .api import answer\n",
+            "api": "from . import state\n\ndef answer():\n    state.calls += 1\n    return state.VALUE, state.calls\n",
+            "state": f"VALUE = {value!r}\ncalls = 0\n",
+            "unused": "LOADED = True\n"}
+
+
+def test_the_importer_keeps_each_bundle_to_itself() -> None:
+    """Two bundles in one backend (a session that loaded the library before an upgrade, then the new
+    one): two packages, each module importing its own siblings; the finder is gone afterwards."""
+    names = [f"qvl_lib_test_{uuid.uuid4().hex[:8]}" for _ in range(2)]
+    finders = list(sys.meta_path)
+    old, new = (plpy_importer.load(name, bundle_sources(value)) for name, value in zip(names, ("old", "new"),
+                                                                                       strict=True))
+    assert sys.meta_path == finders
+    assert old.answer() == ("old", 1) and new.answer() == ("new", 1) and old.answer() == ("old", 2)
+    assert old.api.state is sys.modules[f"{names[0]}.state"] and new.api.state is not old.api.state
+    assert sys.modules[f"{names[0]}.unused"].LOADED  # every module is imported at load, none later
+    # The same bundle loaded again (its GD entry lost) starts from the sources, sharing nothing.
+    again = plpy_importer.load(names[0], bundle_sources("old"))
+    assert again is not old and again.answer() == ("old", 1)
+
+
+def test_a_bundle_that_fails_to_import_leaves_no_finder_behind() -> None:
+    name = f"qvl_lib_test_{uuid.uuid4().hex[:8]}"
+    finders = list(sys.meta_path)
+    sources = {**bundle_sources("x"), "broken": "from .missing import nothing\n"}
+    with pytest.raises(ImportError, match="missing"):
+        plpy_importer.load(name, sources)
+    assert sys.meta_path == finders
+    assert plpy_importer.load(name, bundle_sources("y")).answer() == ("y", 1)
 
 
 def test_script_is_the_whole_install_for_psql() -> None:
@@ -139,4 +236,5 @@ def test_script_is_the_whole_install_for_psql() -> None:
     for f in idempotent_files():
         assert f"-- {IDEMPOTENT}/{f.path.name}" in text
     assert text.rstrip().endswith("SELECT qvl._apply_grants(false);")
-    assert repr(LIBRARY.read_text())[:60] in text  # the library, inside qvl._load()
+    for name, source in library().modules:  # the library, inside qvl._load()
+        assert repr(source)[:60] in text, name

@@ -31,6 +31,7 @@ from vectorizer_service.core.errors import (
     QvlError,
 )
 from vectorizer_service.core.items import check_item_count
+from vectorizer_service.core.model_identity import FINGERPRINT_KEY
 from vectorizer_service.core.ranking import check_rerank_request
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
@@ -96,15 +97,16 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             held = wire.hold_or_refuse(size)
             options = embed_options(request.options)
             chunking = chunking_from_proto(request.options)
+            ctx = self._context(context)
             if chunking is None:
                 # Admission is decided on the message's size before its media are copied into items.
                 results = await self.dispatcher.embed(
                     lambda: [item_from_proto(it, i, self.settings) for i, it in enumerate(request.items)], options,
-                    self._context(context), size_hint=(len(request.items), size))
+                    ctx, size_hint=(len(request.items), size))
             else:
                 check_item_count(len(request.items), self.settings)
                 items = [item_from_proto(it, i, self.settings) for i, it in enumerate(request.items)]
-                results = await self.dispatcher.embed_chunks(items, options, chunking, self._context(context))
+                results = await self.dispatcher.embed_chunks(items, options, chunking, ctx)
             errors = [(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]
             for _, err in errors:
                 if err.fails_call(request.options.allow_partial):
@@ -113,6 +115,8 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             await self._fail(context, "grpc.Embed", err)
         finally:
             wire.release(held)
+        # Before the answer: which model computed it (a stream sends it before its first result too).
+        await context.send_initial_metadata(((FINGERPRINT_KEY, ctx.fingerprint),))
         response = pb.EmbedResponse(model=self.dispatcher.model_name("embed"))
         for r in results:
             if chunking is not None:
@@ -134,7 +138,8 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             query = item_from_proto(request.query, 0, self.settings)
             docs = [item_from_proto(d, i, self.settings) for i, d in enumerate(request.documents)]
             instruction = request.instruction if request.HasField("instruction") else None
-            result = await self.dispatcher.rerank(query, docs, instruction, top_k, self._context(context))
+            ctx = self._context(context)
+            result = await self.dispatcher.rerank(query, docs, instruction, top_k, ctx)
             for err in result.errors.values():
                 if err.fails_call(request.allow_partial):
                     raise err
@@ -142,6 +147,7 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
             await self._fail(context, "grpc.Rerank", err)
         finally:
             wire.release(held)
+        await context.send_initial_metadata(((FINGERPRINT_KEY, ctx.fingerprint),))
         response = pb.RerankResponse(
             scores=[math.nan if s is None else s for s in result.scores],
             ranking=[pb.Ranked(index=i, score=result.scores[i] or 0.0) for i in result.ranking],
@@ -158,7 +164,16 @@ class VectorizerServicer(pb_grpc.VectorizerServicer):
     async def EmbedStream(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest],
                           context: grpc.aio.ServicerContext) -> AsyncIterator[pb.EmbedStreamResult]:
         session = EmbedStreamSession(self.dispatcher, self.settings, self._context(context))
+        announced = False
         async for result in session.run(request_iterator):
+            if not announced:
+                # The first answered group fixed the stream's model (CallContext.fingerprint): later
+                # items from another model are refused, never mixed into this stream.
+                fingerprint = session.ctx.fingerprint or self.dispatcher.fingerprint("embed")
+                if fingerprint:
+                    await context.send_initial_metadata(((FINGERPRINT_KEY, fingerprint),))
+                    session.ctx.fingerprint = fingerprint
+                announced = True
             yield result
 
 async def build_grpc_server(dispatcher: Dispatcher,

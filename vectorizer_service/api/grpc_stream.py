@@ -24,6 +24,7 @@ from vectorizer_service.api.item_codecs import (
 from vectorizer_service.core.call_context import CallContext, EmbedOptions
 from vectorizer_service.core.errors import InputError, QvlError
 from vectorizer_service.core.items import Item
+from vectorizer_service.core.model_identity import check_fingerprint
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.dispatcher import Dispatcher
@@ -42,6 +43,7 @@ def embed_options(msg: pb.EmbedOptions) -> EmbedOptions:
         normalize=msg.normalize if msg.HasField("normalize") else True,
         instruction=msg.instruction if msg.HasField("instruction") else None,
         truncate=TRUNCATE_NAMES[msg.truncate],
+        fingerprint=check_fingerprint(msg.fingerprint, "options.fingerprint") if msg.HasField("fingerprint") else None,
     )
 
 

@@ -14,7 +14,7 @@ from vectorizer_service import __version__
 from vectorizer_service.api.dialects.errors import shaped_error_response
 from vectorizer_service.api.dialects.routes import dialect_router
 from vectorizer_service.api.http_errors import internal_error
-from vectorizer_service.api.http_middleware import BodyLimit, CollapseSlashes, Measured, TokenAuth
+from vectorizer_service.api.http_middleware import BodyLimit, CollapseSlashes, FingerprintHeader, Measured, TokenAuth
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.api.json_api import json_api_router
 from vectorizer_service.api.service_info import info_dict
@@ -78,7 +78,8 @@ def build_http_app(dispatcher: Dispatcher, settings: Settings) -> tuple[ASGIApp,
         if prefix:
             app.include_router(health, prefix=prefix)
 
-    wrapped: ASGIApp = BodyLimit(Measured(app), settings.max_request_bytes, dispatcher.admission.wire)
+    wrapped: ASGIApp = BodyLimit(Measured(FingerprintHeader(app)), settings.max_request_bytes,
+                                 dispatcher.admission.wire)
     if settings.token:
         wrapped = TokenAuth(wrapped, settings.token, settings.open_module_routes)
     return CollapseSlashes(wrapped), http

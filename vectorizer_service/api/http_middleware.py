@@ -1,5 +1,5 @@
 """ASGI middleware of the HTTP listener: repeated slashes, metrics per route, the body size limit, the
-bearer token."""
+bearer token, the answering model's fingerprint."""
 
 from __future__ import annotations
 
@@ -12,9 +12,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from vectorizer_service.api.bearer import bearer_matches
 from vectorizer_service.api.dialects.errors import Unauthenticated, shape_for_path, shaped_error_response
-from vectorizer_service.api.http_service import HELD_BYTES
+from vectorizer_service.api.http_service import FINGERPRINT_SCOPE, HELD_BYTES
 from vectorizer_service.api.wrong_server import wrong_server_hint
 from vectorizer_service.core.errors import InputError, OverloadedError
+from vectorizer_service.core.model_identity import FINGERPRINT_KEY
 from vectorizer_service.serving import metrics
 from vectorizer_service.serving.admission import HeldBytes, WireBytes
 
@@ -66,6 +67,28 @@ class Measured:
             endpoint = "http " + getattr(scope.get("route"), "path", "other")
             metrics.REQUESTS.labels(endpoint, str(status)).inc()
             metrics.LATENCY.labels(endpoint).observe(time.perf_counter() - started)
+
+
+class FingerprintHeader:
+    """``Qvl-Model-Fingerprint`` on every answer a model computed (embeddings: the embedder's, or the
+    route's profile's; rerank: the reranker's), whatever the route's dialect: the route records it in
+    the scope (``HttpService.watch``) and the header goes out with the response's start."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def sending(message: Message) -> None:
+            fingerprint = scope.get(FINGERPRINT_SCOPE)
+            if message["type"] == "http.response.start" and fingerprint:
+                message["headers"] = [*message.get("headers", ()), (FINGERPRINT_KEY.encode(), fingerprint.encode())]
+            await send(message)
+
+        await self.app(scope, receive, sending)
 
 
 class BodyLimit:
@@ -126,7 +149,7 @@ class BodyLimit:
 
 # Routes are matched whole, never by suffix: "/v1/rerank" ends like "/rerank" but is not one.
 HEALTH_ROUTE = re.compile(r"/\.well-known/(live|ready)")
-MODULE_ROUTE = re.compile(r"(/profiles/[^/]+|/dim/\d+)?"
+MODULE_ROUTE = re.compile(r"(/fingerprint/[^/]+)?(/profiles/[^/]+|/dim/\d+)?"
                           r"(/vectorize|/vectors/?|/rerank|/meta|/\.well-known/(live|ready))")
 
 

@@ -63,6 +63,7 @@ class EmbedBody(Strict):
     chunking: dict[str, Any] | None = Field(
         None, description='{"type": "pages"}, {"type": "video", "seconds": 10, "overlap": 0} or '
                           '{"type": "text", "tokens": 512, "overlap": 64}: answers "chunks" per item')
+    fingerprint: str | None = Field(None, description="refuse (409) unless the embedding model has this fingerprint")
 
 
 class RerankBody(Strict):

@@ -20,6 +20,8 @@ from vectorizer_service.serving.dispatcher import Dispatcher
 
 HELD_BYTES = "qvl.held_bytes"  # the ASGI scope key of a request's HeldBytes (http_middleware.BodyLimit)
 PARSED = "qvl.parsed_json"  # the scope key of the body once parsed: read and counted once per request
+# The scope key of the fingerprint of the model that answered (http_middleware.FingerprintHeader sends it).
+FINGERPRINT_SCOPE = "qvl.fingerprint"
 
 
 class HttpService:
@@ -51,7 +53,10 @@ class HttpService:
         while True:
             done, _ = await asyncio.wait({task}, timeout=0.25)
             if done:
-                return task.result()
+                result = task.result()
+                if ctx.fingerprint:
+                    request.scope[FINGERPRINT_SCOPE] = ctx.fingerprint
+                return result
             if await request.is_disconnected():
                 ctx.cancelled = True
                 task.cancel()
@@ -60,6 +65,8 @@ class HttpService:
     async def embed_items(self, request: Request, items: list[Item], options: EmbedOptions,
                           allow_partial: bool = False) -> list[EncodedVector | QvlError]:
         ctx = self.context()
+        # A request embedded in several calls (dialects.embedding) is answered by one model throughout.
+        ctx.fingerprint = request.scope.get(FINGERPRINT_SCOPE, "")
         results = await self.watch(request, ctx, self.dispatcher.embed(items, options, ctx))
         for r in results:
             if isinstance(r, QvlError) and r.fails_call(allow_partial):

@@ -10,12 +10,13 @@ from vectorizer_service.api.dialects.errors import rerank_shape, shaped
 from vectorizer_service.api.dialects.rerank import ForeignRerank, is_foreign_body
 from vectorizer_service.api.http_errors import validate
 from vectorizer_service.api.http_schemas import EmbedBody, RerankBody, request_doc
-from vectorizer_service.api.http_service import HttpService
+from vectorizer_service.api.http_service import FINGERPRINT_SCOPE, HttpService
 from vectorizer_service.api.item_codecs import chunks_to_json, embedding_to_json, error_dict, item_from_json
 from vectorizer_service.core.call_context import EmbedOptions
 from vectorizer_service.core.chunking import Chunking, chunking_from_json
 from vectorizer_service.core.errors import QvlError
 from vectorizer_service.core.items import Item, check_item_count
+from vectorizer_service.core.model_identity import check_fingerprint
 from vectorizer_service.core.ranking import check_rerank_request
 from vectorizer_service.core.vector_encoding import EncodedVector
 
@@ -31,7 +32,9 @@ class JsonApi:
         check_item_count(len(body.items), settings)  # before any item is built
         chunking = chunking_from_json(body.chunking)
         items = [item_from_json(obj, i, settings) for i, obj in enumerate(body.items)]
-        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction, body.truncate)
+        pinned = check_fingerprint(body.fingerprint, "fingerprint") if body.fingerprint is not None else None
+        options = EmbedOptions(body.dimensions, body.encoding, body.normalize, body.instruction, body.truncate,
+                               fingerprint=pinned)
         if chunking is not None:
             return await self._embed_chunks(request, body, items, options, chunking)
         results = await self.http.embed_items(request, items, options, allow_partial=body.allow_partial)
@@ -44,7 +47,8 @@ class JsonApi:
                 embeddings.append(embedding_to_json(r, body.format))
         dims = next((r.dimensions for r in results if isinstance(r, EncodedVector)), None)
         return {"embeddings": embeddings, "dimensions": dims, "encoding": body.encoding,
-                "model": self.http.dispatcher.model_name("embed") or None, "errors": errors,
+                "model": self.http.dispatcher.model_name("embed") or None,
+                "fingerprint": request.scope.get(FINGERPRINT_SCOPE), "errors": errors,
                 "truncated": [{"item": i, "tokens": r.cut} for i, r in enumerate(results)
                               if isinstance(r, EncodedVector) and r.cut]}
 
@@ -60,6 +64,7 @@ class JsonApi:
         dims = next((r[0].vector.dimensions for r in results if not isinstance(r, QvlError) and r), None)
         return {"chunks": chunks, "dimensions": dims, "encoding": body.encoding,
                 "model": self.http.dispatcher.model_name("embed") or None,
+                "fingerprint": request.scope.get(FINGERPRINT_SCOPE),
                 "errors": [error_dict(i, r) for i, r in enumerate(results) if isinstance(r, QvlError)]}
 
     async def v1_rerank(self, request: Request) -> Any:
@@ -78,7 +83,7 @@ class JsonApi:
             if err.fails_call(body.allow_partial):
                 raise err
         return {"scores": result.scores, "ranking": [{"index": i, "score": result.scores[i]} for i in result.ranking],
-                "model": self.http.dispatcher.model_name("rerank") or None,
+                "model": self.http.dispatcher.model_name("rerank") or None, "fingerprint": ctx.fingerprint or None,
                 "errors": [error_dict(i, e) for i, e in sorted(result.errors.items())]}
 
 

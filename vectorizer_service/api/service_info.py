@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import re
 from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
@@ -12,19 +10,10 @@ from google.protobuf.message import Message
 
 from qvl_proto import vectorizer_pb2 as pb
 from vectorizer_service import __version__
+from vectorizer_service.core.model_identity import public_model_name as public_model_name
 from vectorizer_service.core.settings import Settings
 from vectorizer_service.core.vector_encoding import ENCODINGS
 from vectorizer_service.serving.dispatcher import Dispatcher
-
-HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")
-
-
-def public_model_name(name: str) -> str:
-    """The name a client may see: a hub id as it is, a local checkpoint by its last path component
-    (where the service keeps its files is nobody's business; /v1/info is open to every caller)."""
-    if HUB_ID.match(name) and not os.path.exists(name):
-        return name
-    return re.split(r"[\\/]", name.rstrip("/\\"))[-1]
 
 
 def _model_info(model: Any) -> pb.ModelInfo:
@@ -49,7 +38,8 @@ def service_info(dispatcher: Dispatcher, settings: Settings) -> pb.InfoResponse:
     return pb.InfoResponse(models=models, limits=limits, version=__version__,
                            transformers_version=ready.transformers_version if ready else "",
                            torch_version=ready.torch_version if ready else "",
-                           encodings=list(ENCODINGS), profiles=sorted(s.profiles))
+                           encodings=list(ENCODINGS), profiles=sorted(s.profiles),
+                           profile_fingerprints=dispatcher.profile_fingerprints)
 
 
 _INT64 = {FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_UINT64, FieldDescriptor.TYPE_SINT64,
@@ -61,6 +51,8 @@ def _numbers(message: Message, out: dict[str, Any]) -> dict[str, Any]:
     JavaScript), which left ``/v1/info`` with some limits strings and others numbers."""
     for field, value in message.ListFields():
         if field.type == FieldDescriptor.TYPE_MESSAGE:
+            if field.message_type.GetOptions().map_entry:
+                continue  # a map (profile fingerprints): strings only
             if field.label == FieldDescriptor.LABEL_REPEATED:
                 for sub, sub_out in zip(value, out[field.name], strict=True):
                     _numbers(sub, sub_out)

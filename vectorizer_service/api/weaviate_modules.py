@@ -1,7 +1,8 @@
 """Weaviate's module contracts (multi2vec-clip/bind, text2vec-transformers, reranker-transformers).
 
-One router, mounted at ``""``, ``/profiles/{name}`` and ``/dim/{d}``: the prefix a collection's
-inference URL carries selects its options (``RouteOptions``). Modules configured by environment
+One router, mounted at ``""``, ``/profiles/{name}`` and ``/dim/{d}``, each also under
+``/fingerprint/{f}``: the prefix a collection's inference URL carries selects its options
+(``RouteOptions``) and pins the model whose vectors the collection holds. Modules configured by environment
 (bind, the reranker) also check ``{url}/.well-known/ready`` and read ``{url}/meta`` under the
 prefix: ``health_router`` answers those.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
@@ -23,11 +25,15 @@ from vectorizer_service.api.service_info import info_dict
 from vectorizer_service.core.call_context import EmbedOptions
 from vectorizer_service.core.errors import InputError
 from vectorizer_service.core.items import Item, check_item_count
+from vectorizer_service.core.model_identity import check_fingerprint
 from vectorizer_service.core.ranking import check_rerank_request
 
 IMAGE_MAGIC = (b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff", b"GIF87a", b"GIF89a", b"BM", b"II*\x00", b"MM\x00*")
 UNSUPPORTED_MODALITIES = ("audio", "imu", "thermal", "depth")
-PREFIXES = ("", "/profiles/{name}", "/dim/{dimensions:int}")
+# A collection's inferenceUrl (or BIND_INFERENCE_API) may pin the model's fingerprint before the
+# profile or size: the local modules send no model name to carry it (core.model_identity).
+PREFIXES = tuple(pin + prefix for pin in ("", "/fingerprint/{fingerprint}")
+                 for prefix in ("", "/profiles/{name}", "/dim/{dimensions:int}"))
 
 
 def _b64_media(value: str, what: str) -> bytes:
@@ -58,13 +64,15 @@ class WeaviateModules:
         self.http = http
 
     def options(self, request: Request) -> RouteOptions:
-        """The options of the prefix the request came through (an unknown profile is a 404)."""
+        """The options of the prefix the request came through (an unknown profile is a 404), and the
+        model fingerprint a ``/fingerprint/{f}`` prefix pins."""
         params = request.path_params
+        pinned = check_fingerprint(params["fingerprint"], "URL") if "fingerprint" in params else None
         if "name" in params:
-            return self.profile(params["name"])
+            return replace(self.profile(params["name"]), fingerprint=pinned)
         if "dimensions" in params:
-            return RouteOptions(dimensions=params["dimensions"])
-        return RouteOptions()
+            return RouteOptions(dimensions=params["dimensions"], fingerprint=pinned)
+        return RouteOptions(fingerprint=pinned)
 
     def profile(self, name: str) -> RouteOptions:
         return profile_options(self.http.settings, name)
@@ -80,7 +88,8 @@ class WeaviateModules:
         items += [Item(images=[_b64_media(b, f"images[{i}]")]) for i, b in enumerate(body.images)]
         items += [Item(videos=[_b64_media(v, f"video[{i}]")]) for i, v in enumerate(body.video)]
         # clip/bind requests do not say query or object: objects and queries share one instruction.
-        options = EmbedOptions(dimensions=opts.dimensions, instruction=opts.instruction)
+        options = EmbedOptions(dimensions=opts.dimensions, instruction=opts.instruction, profile=opts.profile,
+                               fingerprint=opts.fingerprint)
         vectors = [r.values.tolist() for r in await self.http.embed_items(request, items, options)]  # type: ignore[union-attr]
         n_t, n_i = len(body.texts), len(body.images)
         out: dict[str, Any] = {"textVectors": vectors[:n_t], "imageVectors": vectors[n_t:n_t + n_i]}
@@ -96,7 +105,8 @@ class WeaviateModules:
             instruction = opts.instruction or self.http.settings.default_instruction
         dims = body.config.dimensions or opts.dimensions
         [vec] = await self.http.embed_items(request, [Item(texts=[body.text], instruction=instruction)],
-                                       EmbedOptions(dimensions=dims))
+                                            EmbedOptions(dimensions=dims, profile=opts.profile,
+                                                         fingerprint=opts.fingerprint))
         values = vec.values.tolist()  # type: ignore[union-attr]
         return {"text": body.text, "vector": values, "dim": len(values), "dims": len(values)}
 

@@ -14,6 +14,10 @@ class CallContext:
 
     deadline: float
     cancelled: bool = False
+    # The fingerprint of the model that answers (core.model_identity): set by the call's first use of a
+    # model; a later call on the same context (a stream's next items, a request's next chunk) must be
+    # answered by the same model, or it is refused rather than mixed. One context serves one task.
+    fingerprint: str = ""
 
     @classmethod
     def within(cls, seconds: float) -> CallContext:
@@ -33,3 +37,5 @@ class EmbedOptions:
     normalize: bool = True
     instruction: str | None = None
     truncate: str = "end"  # past the maximum length: "none" refuses the item, "start"/"end" cut its text
+    fingerprint: str | None = None  # refuse unless the embedder (the profile, if any) has this fingerprint
+    profile: str | None = None  # the profile the route selected: its fingerprint is the answer's

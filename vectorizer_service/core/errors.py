@@ -13,6 +13,9 @@ class ErrorReason(StrEnum):
     # The item never reached the model (the service was starting, draining or restarting its
     # model process): not the item's fault, and safe to send again, to another replica.
     NOT_READY = "NOT_READY"
+    # The call pinned a model fingerprint the service does not serve (or the model changed under an
+    # open stream): sending it again here fails again (core.model_identity).
+    MODEL_MISMATCH = "MODEL_MISMATCH"
 
 
 class QvlError(Exception):

@@ -91,13 +91,15 @@ class ServedModel:
     default_instruction: str
     query_instruction: str
     text: dict[str, Any]  # core.text_encoding.TextSpec as plain data
+    fingerprint: str = ""  # core.model_identity: what the model computes (checkpoint files and settings)
 
     def model_info(self) -> dict[str, Any]:
         """The fields of the gRPC ``ModelInfo`` message."""
         return {"task": self.task, "name": self.name, "hidden_size": self.hidden_size,
                 "max_length": self.max_length, "modalities": self.modalities, "dtype": self.dtype,
                 "device": self.device, "attention": self.attention,
-                "default_instruction": self.default_instruction, "query_instruction": self.query_instruction}
+                "default_instruction": self.default_instruction, "query_instruction": self.query_instruction,
+                "fingerprint": self.fingerprint}
 
 
 @dataclass(frozen=True, slots=True)

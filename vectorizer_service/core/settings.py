@@ -60,6 +60,10 @@ class Settings(BaseSettings):
     default_instruction: str = Field(DEFAULT_EMBED_INSTRUCTION, description="Embedding instruction of documents")
     query_instruction: str = Field(DEFAULT_QUERY_INSTRUCTION, description="Embedding instruction of queries")
     rerank_instruction: str = Field(DEFAULT_RERANK_INSTRUCTION, description="Reranker instruction")
+    fingerprint_cache: str = Field(
+        "auto", description="File keeping checkpoint file hashes between starts (by path, size, times, inode), so "
+                            "a large checkpoint is hashed once: auto ($HF_HOME/qvl/fingerprints.json, else "
+                            "~/.cache/qvl/fingerprints.json), a path, or off. Unwritable: hashed at every start")
 
     # Media: model-side sizes (the reference's), then hard limits checked before decoding.
     image_min_pixels: int = Field(4 * IMAGE_FACTOR * IMAGE_FACTOR, description="Images are resized up to this")

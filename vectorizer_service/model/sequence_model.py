@@ -30,6 +30,7 @@ class SequenceModel:
     what = "sequence"
     task = ""  # "embed" | "rerank"
     max_length_setting = "QVL_EMBED_MAX_LENGTH"  # the setting max_length comes from (named in refusals)
+    fingerprint = ""  # set by served_models.load_models (core.model_identity)
 
     def __init__(self, ckpt: Checkpoint, settings: Settings, max_length: int) -> None:
         self.ckpt = ckpt
@@ -82,7 +83,7 @@ class SequenceModel:
                            max_length=self.pre.max_length, modalities=["text", "image", "video"],
                            dtype=str(ckpt.dtype).replace("torch.", ""), device=str(ckpt.device),
                            attention=ckpt.attention, default_instruction=default, query_instruction=query,
-                           text=self.pre.text.to_dict())
+                           text=self.pre.text.to_dict(), fingerprint=self.fingerprint)
 
     def forward_isolating(self, batch: Sequence[Encoded]) -> list[Any]:
         """``forward``, but a failing batch is split so one bad sequence fails alone, and a row

@@ -21,6 +21,7 @@ from vectorizer_service.core.chunk_plans import ChunkTarget, Part, chunk_target,
 from vectorizer_service.core.chunking import Chunking, ChunkVector, Passages
 from vectorizer_service.core.errors import DeadlineError, InputError, NotReadyError, QvlError
 from vectorizer_service.core.items import Item, check_item_count, check_unicode
+from vectorizer_service.core.model_identity import ModelMismatchError, profile_fingerprint, public_model_name
 from vectorizer_service.core.parts import DocumentPage, VideoClip
 from vectorizer_service.core.pipe_messages import (
     BatchStats,
@@ -77,6 +78,7 @@ class Dispatcher:
         self.models: dict[str, ServedModel] = {}  # task -> what the model process serves
         self.text: dict[str, TextEncoder] = {}
         self.passages: Passages | None = None  # text chunking, with the embedding model's tokenizer
+        self.profile_fingerprints: dict[str, str] = {}  # profile -> its embedding fingerprint
 
     # -- lifecycle -----------------------------------------------------------
     async def start(self) -> None:
@@ -87,6 +89,9 @@ class Dispatcher:
         self.text = {task: TextEncoder.from_dict(m.text) for task, m in self.models.items()}
         if "embed" in self.text:
             self.passages = Passages(self.text["embed"].backend)
+        embed = self.models.get("embed")
+        self.profile_fingerprints = {name: profile_fingerprint(embed.fingerprint, profile)
+                                     for name, profile in self.settings.profiles.items()} if embed else {}
         self.admission.accepting = True
 
     def _batch_done(self, stats: BatchStats) -> None:
@@ -110,6 +115,26 @@ class Dispatcher:
 
     def model_name(self, task: str) -> str:
         return self.models[task].name if task in self.models else ""
+
+    def fingerprint(self, task: str, profile: str | None = None) -> str:
+        """The fingerprint of what ``task`` computes now (through ``profile``, for embeddings); "" while
+        nothing is loaded."""
+        if task == "embed" and profile is not None:
+            return self.profile_fingerprints.get(profile, "")
+        return self.models[task].fingerprint if task in self.models else ""
+
+    def _identify(self, task: str, ctx: CallContext, pinned: str | None = None, profile: str | None = None) -> str:
+        """Refuse a call pinned to another fingerprint, or one whose context was answered by another
+        model before (a stream across a model change); else record the answering model in ``ctx``."""
+        served = self.fingerprint(task, profile)
+        what = f"{'embedding model' if task == 'embed' else 'reranker'} {public_model_name(self.model_name(task))}"
+        what += f" (profile {profile!r})" if profile else ""
+        if pinned is not None and pinned != served:
+            raise ModelMismatchError.pinned(pinned, served, what)
+        if ctx.fingerprint and ctx.fingerprint != served:
+            raise ModelMismatchError.changed(ctx.fingerprint, served, what)
+        ctx.fingerprint = served
+        return served
 
     def stop_accepting(self) -> None:
         self.admission.accepting = False
@@ -140,6 +165,7 @@ class Dispatcher:
         """Embed items. ``items`` may be a callable with a ``size_hint`` (count, bytes): it is then
         called only once the request is admitted, so a refused request never copies its media."""
         model = self._need("embed", "embedding")
+        self._identify("embed", ctx, options.fingerprint, options.profile)
         check_options(options.dimensions, options.encoding, model.hidden_size)
         check_truncate(options.truncate)
         if options.instruction is not None:
@@ -153,7 +179,8 @@ class Dispatcher:
         async with self.admission.permit(count, nbytes, wait=wait_for_capacity, ctx=ctx):
             if callable(items):
                 items = items()
-            rows = await self._embed_rows(list(items), options.instruction, options.truncate, ctx)
+            rows = await self._embed_rows(list(items), options.instruction, options.truncate, ctx,
+                                          model.fingerprint)
         return [r if isinstance(r, QvlError) else self._vector(r, options) for r in rows]
 
     @staticmethod
@@ -170,6 +197,7 @@ class Dispatcher:
         """Each item split by ``chunking`` (``core.chunk_plans``); its parts are embedded like
         items, batched with everything else. An item whose split or any part fails gets that error."""
         model = self._need("embed", "embedding")
+        self._identify("embed", ctx, options.fingerprint, options.profile)
         check_options(options.dimensions, options.encoding, model.hidden_size)
         check_truncate(options.truncate)
         chunking.check(self.settings)
@@ -184,7 +212,7 @@ class Dispatcher:
         if parts:
             async with self.admission.permit(len(parts), nbytes, wait=wait_for_capacity, ctx=ctx):
                 rows = await self._embed_rows([item for item, _ in parts], options.instruction, options.truncate,
-                                              ctx)
+                                              ctx, model.fingerprint)
         out: list[list[ChunkVector] | QvlError] = []
         at = iter(zip(parts, rows, strict=True))
         for i, plan in enumerate(plans):
@@ -228,7 +256,7 @@ class Dispatcher:
         return await asyncio.to_thread(expand_all) if chunking.kind == "text" else expand_all()
 
     async def _embed_rows(self, items: list[Item], instruction: str | None, truncate: str,
-                          ctx: CallContext) -> list[RowValue | None]:
+                          ctx: CallContext, fingerprint: str) -> list[RowValue | None]:
         out: list[RowValue | None] = [None] * len(items)
         cuts: dict[int, int] = {}  # text-only items cut here, in the request process
         light = [i for i, item in enumerate(items) if not item.images and not item.videos]
@@ -247,6 +275,10 @@ class Dispatcher:
                     if p.cut:
                         cuts[i] = p.cut
         entries += [(i, item) for i, item in enumerate(items) if item.images or item.videos]
+        if entries and self.fingerprint("embed") != fingerprint:
+            # The model process was replaced (by another model) while this call waited: its answer
+            # would not be the model the call was identified with.
+            raise NotReadyError("the model process restarted while the call waited; send it again")
         if entries:
             rows = await self._call(len(items), len(entries),
                                     lambda rid: EmbedCall(rid, ctx.deadline, instruction, entries, truncate), ctx)
@@ -278,6 +310,7 @@ class Dispatcher:
     async def rerank(self, query: Item, documents: Sequence[Item], instruction: str | None, top_k: int | None,
                      ctx: CallContext) -> RerankResult:
         self._need("rerank", "reranker")
+        served = self._identify("rerank", ctx)
         check_rerank_request(len(documents), top_k, self.settings)
         if instruction is not None:
             check_unicode(instruction, "instruction")
@@ -286,6 +319,8 @@ class Dispatcher:
         async with self.admission.permit(max(1, len(documents)), nbytes, ctx=ctx):
             if documents:
                 docs = list(documents)
+                if self.fingerprint("rerank") != served:
+                    raise NotReadyError("the model process restarted while the call waited; send it again")
                 rows = await self._call(len(docs), len(docs),
                                         lambda rid: RerankCall(rid, ctx.deadline, query, docs, instruction), ctx)
         return result_from_rows(rows, top_k)

@@ -23,7 +23,7 @@ from PIL import Image
 
 from connectors.client import Client, InvalidInput, ItemFailure
 from connectors.postgres.installer import install
-from connectors.postgres.plpy import qvl_lib
+from connectors.postgres.plpy import errors, transport
 from tests.integration.postgres.conftest import new_database
 from tests.media_factory import image_bytes, png_bomb, video_bytes
 from tests.support.postgres import PostgresServer
@@ -129,10 +129,11 @@ def test_each_limit_hit_from_sql_names_its_own_setting(limited_conn: psycopg.Con
 
 def test_limits_sql_cannot_reach_in_one_call_name_their_setting_too(limited: ServiceProcess) -> None:
     for setting, endpoint, payload in HTTP_CASES:
-        status, text = qvl_lib.http_send(limited.http_url, None, 30.0, qvl_lib.ROUTES[endpoint], json.dumps(payload))
+        route = transport.ROUTES[endpoint]
+        status, text = transport.http_send(limited.http_url, None, 30.0, route, json.dumps(payload))
         assert status == 413, (setting, status, text)
         assert json.loads(text)["limit"] == setting
-        f = qvl_lib.failure(endpoint, status, text, lambda i: "the input")
+        f = errors.failure(endpoint, status, text, lambda i: "the input")
         assert settings_named(f.hint or "") == [setting] and setting in f.message, (setting, f.message, f.hint)
 
 

@@ -157,6 +157,26 @@ def test_failed_rows_are_named_by_their_key(conn: psycopg.Connection[Any], qvl_d
     assert refused and all("row 6 of public.items" in m and "item 4" not in m for m in refused)
 
 
+def test_a_refused_stream_is_halved_until_the_bad_row_stands_alone_however_long_that_takes(
+        conn: psycopg.Connection[Any], qvl_db: str, fake: FakeService) -> None:
+    """A service that refuses a whole stream for one item (INVALID_ARGUMENT as the call's status) gets
+    halves of it until that row is alone: it fails, its neighbours are written, each sent once more at
+    most. The halving takes several streams, longer together than --stall-timeout: each is watched on
+    its own (the first stream's watchdog used to run on through them, close the channel, and send the
+    batch round again the same way, for ever)."""
+    captions = ["refused"] + [f"caption {i}" for i in range(1, 8)]
+    make_items(conn, captions)
+    fake.fake.refuse = lambda text: ("INVALID_ARGUMENT", "the stream cannot go on") if text == "refused" else None
+    fake.fake.delay_s = 0.4  # 7 good rows: 2.8 s of answers after the refusal, against a 1.5 s stall timeout
+    with running(qvl_db, fake.target, batch=8, stall_s=1.5):
+        wait_until(lambda: len(failed(conn)) == 1 and embedded(conn) == 7, timeout=60)
+    [(pk, error, code, attempts)] = failed(conn)
+    assert (pk, code, attempts) == ("0", "INVALID_ARGUMENT", 1)
+    assert error == "row 0 of public.items: the stream cannot go on"
+    assert len(fake.fake.sent("refused")) == 4  # the whole batch, then halves of 8, 4 and 2 until alone
+    assert all(len(fake.fake.sent(c)) == 1 for c in captions[1:])  # each good row answered once
+
+
 def test_a_lease_shorter_than_the_batch_is_renewed(conn: psycopg.Connection[Any], qvl_db: str,
                                                   fake: FakeService) -> None:
     """10.11: a batch that takes longer than the lease keeps its claim: a second worker never

@@ -188,7 +188,7 @@ def test_vllm_messages_are_one_item(dialect_service: ServiceProcess) -> None:
 def test_v1_rerank_body_rule(dialect_service: ServiceProcess) -> None:
     svc = dialect_service
     own = post(svc, "/v1/rerank", {"query": "fox", "documents": ["a fox", "bread"], "top_k": 1})
-    assert set(own.json()) == {"scores", "ranking", "model", "errors"}
+    assert set(own.json()) == {"scores", "ranking", "model", "fingerprint", "errors"}
     unknown = post(svc, "/v1/rerank", {"query": "fox", "documents": ["a"], "topk": 1})
     assert unknown.status_code == 422 and "topk" in unknown.json()["error"]
     # Jina / Cohere v1 / vLLM: results[]; content parts rerank images and video (vLLM's score API).

@@ -115,7 +115,7 @@ def media_objects(pictures: list[dict[str, object]]) -> list[dict[str, Any]]:
 def voyage(api_wv: weaviate.WeaviateClient, api_service: ServiceProcess,
            media_objects: list[dict[str, Any]]) -> Iterator[tuple[Collection, list[str]]]:
     info = create_collection(api_wv, "VoyMedia", text_fields=["caption"], image_fields=["image"],
-                             video_fields=["clip"], service_url=api_service.http_url, replace=True)
+                             video_fields=["clip"], service_url=api_service.http_url, token=TOKEN, replace=True)
     assert info["module"] == "multi2vec-voyageai" and info["reranker"] == "reranker-cohere"
     assert info["base_url"] == f"{api_service.http_url}/v1"
     col = api_wv.collections.get("VoyMedia")
@@ -190,7 +190,7 @@ def test_two_profiles_in_one_weaviate(api_wv: weaviate.WeaviateClient, api_servi
     try:
         for name, profile in (("VoyShelf", "shelf"), ("VoyGallery", "gallery")):
             info = create_collection(api_wv, name, text_fields=["caption"], image_fields=["image"],
-                                     service_url=api_service.http_url, profile=profile, replace=True)
+                                     service_url=api_service.http_url, token=TOKEN, profile=profile, replace=True)
             assert info["base_url"].endswith(f"/profiles/{profile}/v1")
             col = api_wv.collections.get(name)
             uuids = _insert(col, objects)
@@ -218,7 +218,7 @@ def test_jinaai_queries_texts_as_queries(api_wv: weaviate.WeaviateClient, api_se
                                          ref: Client, pictures: list[dict[str, object]]) -> None:
     objects = [{"caption": p["caption"], "image": p["image"]} for p in pictures[:4]]
     info = create_collection(api_wv, "JinaPics", module="multi2vec-jinaai", text_fields=["caption"],
-                             image_fields=["image"], service_url=api_service.http_url, replace=True)
+                             image_fields=["image"], service_url=api_service.http_url, token=TOKEN, replace=True)
     assert info["base_url"] == api_service.http_url
     col = api_wv.collections.get("JinaPics")
     try:
@@ -245,7 +245,8 @@ def test_cohere_embeds_everything_as_documents(api_wv: weaviate.WeaviateClient, 
     # weaviate-client stores http://host:port as http://host:port/, and multi2vec-cohere asks for
     # {baseURL}/v2/embed: qvl serves //v2/embed as /v2/embed.
     create_collection(api_wv, "CoherePics", module="multi2vec-cohere", text_fields=["caption"],
-                      image_fields=["image"], service_url=api_service.http_url, dimensions=48, replace=True)
+                      image_fields=["image"], service_url=api_service.http_url, token=TOKEN, dimensions=48,
+                      replace=True)
     col = api_wv.collections.get("CoherePics")
     try:
         assert col.config.get().vector_config[MODULE_VECTOR].vectorizer.model["baseURL"].endswith("/")
@@ -269,7 +270,7 @@ def _embeddings_requests(svc: ServiceProcess) -> float:
 def test_text2vec_openai_batches_through_the_rate_limit_headers(api_wv: weaviate.WeaviateClient,
                                                                 api_service: ServiceProcess, ref: Client) -> None:
     texts = [f"note number {i} about {'red green blue'.split()[i % 3]} things" for i in range(3 * MAX_ITEMS + 5)]
-    info = create_collection(api_wv, "OpenAiNotes", text_fields=["body"], service_url=api_service.http_url,
+    info = create_collection(api_wv, "OpenAiNotes", text_fields=["body"], service_url=api_service.http_url, token=TOKEN,
                              replace=True)
     assert info["module"] == "text2vec-openai"
     col = api_wv.collections.get("OpenAiNotes")
@@ -295,7 +296,8 @@ def test_text2vec_openai_batches_through_the_rate_limit_headers(api_wv: weaviate
 def test_wrong_or_missing_token_is_refused(module_weaviate: WeaviateServer, api_wv: weaviate.WeaviateClient,
                                            voyage: tuple[Collection, list[str]], api_service: ServiceProcess,
                                            wv: weaviate.WeaviateClient) -> None:
-    create_collection(api_wv, "OpenAiLocked", text_fields=["body"], service_url=api_service.http_url, replace=True)
+    create_collection(api_wv, "OpenAiLocked", text_fields=["body"], service_url=api_service.http_url, token=TOKEN,
+                      replace=True)
     wrong = connect(module_weaviate, headers=api_key_headers("not-the-token"))
     try:
         with pytest.raises(weaviate.exceptions.WeaviateBaseError, match="401"):
@@ -318,7 +320,7 @@ def test_token_from_weaviates_environment(api_service: ServiceProcess, ref: Clie
     with WeaviateServer(env=module_env(modules=API_MODULES, api_key=TOKEN)) as server:
         client = connect(server)
         try:
-            create_collection(client, "EnvKeyed", image_fields=["image"], service_url=api_service.http_url)
+            create_collection(client, "EnvKeyed", image_fields=["image"], service_url=api_service.http_url, token=TOKEN)
             [uuid] = _insert(client.collections.get("EnvKeyed"), [{"image": pictures[0]["image"]}])
             [got] = _vectors(client.collections.get("EnvKeyed"), [uuid])
             [want] = ref.embed([{"image": pictures[0]["image"]}], instruction=DOC)

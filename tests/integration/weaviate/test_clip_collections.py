@@ -174,9 +174,14 @@ def test_dimensions_path(wv: weaviate.WeaviateClient, qvl_service: ServiceProces
 
 def test_unknown_profile_is_a_clear_insert_error(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,
                                                  pictures: list[dict[str, object]]) -> None:
+    # Pinning asks the service for the profile's fingerprint first: it has no such profile.
+    with pytest.raises(CollectionError, match="no profile 'nope'"):
+        create_collection(wv, "ClipNoProfile", module="multi2vec-clip", image_fields=["image"],
+                          service_url=qvl_service.http_url, profile="nope", replace=True)
+    # Unpinned, the collection is made, and its first insert says what is wrong.
     create_collection(wv, "ClipNoProfile", module="multi2vec-clip",
                       image_fields=["image"], service_url=qvl_service.http_url,
-                      profile="nope", replace=True)
+                      profile="nope", replace=True, fingerprint="")
     try:
         with pytest.raises(weaviate.exceptions.WeaviateBaseError, match="unknown profile 'nope'"):
             wv.collections.get("ClipNoProfile").data.insert({"image": b64(pictures[0]["image"])})

@@ -136,12 +136,12 @@ def test_cluster_ingest_loses_nothing_when_a_replica_and_a_node_die(stack: Any) 
     try:
         create_collection(nodes.client(0), COLLECTIONS[0], module="multi2vec-clip",
                           text_fields=["caption"], image_fields=["image"],
-                          service_url=lb.url, replication_factor=3, exact=True, replace=True)
+                          service_url=lb.url, token=TOKEN, replication_factor=3, exact=True, replace=True)
         # The default: multi2vec-voyageai and reranker-cohere, baseURL at the balancer.
         # Exact (flat) indexes: each replica builds its own HNSW graph, whose approximate answers
         # may differ by a hit or two from node to node; the test compares what qvl gives them.
         create_collection(nodes.client(0), COLLECTIONS[1], text_fields=["caption"], image_fields=["image"],
-                          service_url=lb.url, replication_factor=3, exact=True, replace=True)
+                          service_url=lb.url, token=TOKEN, replication_factor=3, exact=True, replace=True)
         objs = _objects()
         batches = [objs[i:i + BATCH] for i in range(0, len(objs), BATCH)]
         down: set[int] = set()

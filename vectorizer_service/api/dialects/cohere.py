@@ -100,7 +100,8 @@ class CohereApi:
         for p in parsed:
             if isinstance(p, Item):
                 p.instruction = opts.embedding(is_query)
-        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims, truncate=side))
+        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims, truncate=side,
+                                                  opts=opts))
         items = [p for p in parsed if isinstance(p, Item)]
         embeddings = {t: [render(v, "float", True) if t == "base64" else render(v, t, False) for v in vectors]
                       for t in dict.fromkeys(types)}

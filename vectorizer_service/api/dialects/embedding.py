@@ -18,6 +18,7 @@ from typing import Any
 from fastapi import Request
 
 from vectorizer_service.api.dialects.errors import FieldError
+from vectorizer_service.api.dialects.instructions import Instructions
 from vectorizer_service.api.http_service import HttpService
 from vectorizer_service.core.call_context import EmbedOptions
 from vectorizer_service.core.errors import InputError, QvlError
@@ -66,8 +67,9 @@ def parse_each(values: Sequence[Any], parse: Callable[[Any, int], Item]) -> list
 
 async def embed_parsed(http: HttpService, request: Request, parsed: Sequence[Parsed], *, dimensions: int | None,
                        normalize: bool = True, allow_partial: bool = False,
-                       truncate: str = "end") -> list[EncodedVector | QvlError]:
-    """float32 vectors (or errors, in place, with ``allow_partial``) in input order."""
+                       truncate: str = "end", opts: Instructions | None = None) -> list[EncodedVector | QvlError]:
+    """float32 vectors (or errors, in place, with ``allow_partial``) in input order; ``opts`` gives the
+    route's profile (answers carry its fingerprint) and the model fingerprint the caller pinned."""
     if not allow_partial:
         for p in parsed:
             if isinstance(p, InputError):
@@ -75,7 +77,8 @@ async def embed_parsed(http: HttpService, request: Request, parsed: Sequence[Par
     good = [i for i, p in enumerate(parsed) if isinstance(p, Item)]
     out: list[Any] = [p if isinstance(p, InputError) else None for p in parsed]
     items = [p for p in parsed if isinstance(p, Item)]
-    options = EmbedOptions(dimensions=dimensions, normalize=normalize, truncate=truncate)
+    options = EmbedOptions(dimensions=dimensions, normalize=normalize, truncate=truncate,
+                           profile=opts.profile if opts else None, fingerprint=opts.fingerprint if opts else None)
     step = http.settings.max_items_per_request
     for start in range(0, len(good), step):
         where = good[start:start + step]

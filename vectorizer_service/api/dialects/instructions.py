@@ -1,14 +1,15 @@
 """Query or document, and the instruction that follows, from what each dialect says.
 
 ``input_type`` (Cohere, Voyage, NVIDIA) and ``task`` (Jina) say it; the ``model`` field names a
-profile (its instructions and dimensions) unless the URL already did (``/profiles/{name}/...``).
+profile (its instructions and dimensions) unless the URL already did (``/profiles/{name}/...``), and
+``name@fingerprint`` pins the model whose vectors the caller stores (core.model_identity).
 No signal means a document (OpenAI's meaning), except plain strings on a profile that declares
 ``plain_strings_are_queries``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from fastapi import Request
 
@@ -54,17 +55,21 @@ class Instructions:
     rerank: str | None
     dimensions: int | None
     plain_strings_are_queries: bool
+    profile: str | None = None
+    fingerprint: str | None = None
 
     def embedding(self, is_query: bool) -> str:
         return self.query if is_query else self.document
 
 
 def route_options(request: Request, settings: Settings, model: str | None) -> RouteOptions:
-    """The URL's profile wins; otherwise the ``model`` field names one (any other name: defaults)."""
+    """The URL's profile wins; otherwise the ``model`` field names one (any other name: defaults). A
+    ``model@fingerprint`` pins the model either way."""
+    by_model = model_options(settings, model)
     name = request.path_params.get("name")
     if name is not None:
-        return profile_options(settings, name)
-    return model_options(settings, model)
+        return replace(profile_options(settings, name), fingerprint=by_model.fingerprint)
+    return by_model
 
 
 def instructions(request: Request, settings: Settings, model: str | None) -> Instructions:
@@ -72,4 +77,5 @@ def instructions(request: Request, settings: Settings, model: str | None) -> Ins
     return Instructions(document=opts.instruction or settings.default_instruction,
                         query=opts.query_instruction or settings.query_instruction,
                         rerank=opts.rerank_instruction, dimensions=opts.dimensions,
-                        plain_strings_are_queries=opts.plain_strings_are_queries)
+                        plain_strings_are_queries=opts.plain_strings_are_queries, profile=opts.profile,
+                        fingerprint=opts.fingerprint)

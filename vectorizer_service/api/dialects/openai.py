@@ -162,7 +162,7 @@ class OpenAiEmbeddings:
         # Decoding a large batch of token arrays (LangChain sends up to 1000 of 8191) takes a while.
         parsed = await asyncio.to_thread(self.parse, body, opts) if arrays else self.parse(body, opts)
         results = await embed_parsed(self.http, request, parsed, dimensions=dims, normalize=body.normalized,
-                                     allow_partial=body.allow_partial, truncate=side)
+                                     allow_partial=body.allow_partial, truncate=side, opts=opts)
         tokens = await embedded_tokens(self.http.dispatcher, parsed, results)
         data = [self.datum(i, r, dtype, in_base64) for i, r in enumerate(results)]
         return JSONResponse({"object": "list", "data": data,

@@ -74,7 +74,8 @@ class VoyageApi:
         items = [p for p in parsed if isinstance(p, Item)]
         for item in items:
             item.instruction = opts.embedding(is_query)
-        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims, truncate=side))
+        vectors = vectors_only(await embed_parsed(self.http, request, parsed, dimensions=dims, truncate=side,
+                                                  opts=opts))
         tokens, pixels = await embedded_tokens(self.http.dispatcher, items, vectors), image_pixels(items)
         in_base64 = body.encoding_format == "base64"
         return {"object": "list",

@@ -1,0 +1,67 @@
+"""Embeddings: one item's vector in pgvector's text form (``qvl.embed``, the sync trigger, query
+vectors)."""
+
+from __future__ import annotations
+
+import array
+import base64
+import math
+import sys
+from collections.abc import Mapping
+from typing import Any
+
+from .errors import HINTS, Failure, What, malformed
+from .items import Item, make_item
+from .service import call
+
+
+def vector_text(emb: Mapping[str, Any], storage: str, dims: int | None) -> str:
+    """pgvector's text form ('[...]' or a bit string) of one answer."""
+    if "embedding_b64" in emb:
+        raw = base64.b64decode(emb["embedding_b64"])
+        if storage == "bit":
+            return "".join(format(b, "08b") for b in raw)[:dims]
+        floats = array.array("f")
+        floats.frombytes(raw)
+        if sys.byteorder != "little":
+            floats.byteswap()
+        values = floats.tolist()
+    else:
+        values = emb["embedding"]
+    return "[" + ",".join(map(repr, values)) + "]"
+
+
+def embed_request(item: Item | None, instruction: str | None, dimensions: int | None, storage: str) -> dict[str, Any]:
+    """The POST /v1/embed body for one item (binary encoding for bit storage, else float32)."""
+    payload: dict[str, Any] = {"items": [item if item is not None else {}], "format": "base64",
+                               "encoding": "binary" if storage == "bit" else "float32"}
+    if instruction is not None:
+        payload["instruction"] = instruction
+    if dimensions is not None:
+        payload["dimensions"] = dimensions
+    return payload
+
+
+def embed_text(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
+               what: What) -> str:
+    """The vector's text; a Failure for an answer without one or with a value that is not finite."""
+    resp = call("embed", embed_request(item, instruction, dimensions, storage), what)
+    try:
+        text = vector_text(resp["embeddings"][0], storage, resp.get("dimensions"))
+    except (KeyError, IndexError, TypeError, ValueError) as exc:
+        raise malformed("embed", f"no vector in the answer ({type(exc).__name__}: {exc})") from None
+    if storage != "bit" and not all(math.isfinite(float(x)) for x in text.strip("[]").split(",")):
+        raise Failure(f"qvl: the model service returned a vector that is not finite (NaN or infinity) for "
+                      f"{what(None)}", detail="embed 200: a NaN or infinite value", hint=HINTS[500],
+                      sqlstate="XX000", status=200)
+    return text
+
+
+def embed_sql(text: str | None, image: bytes | None, video: bytes | None, instruction: str | None,
+              dimensions: int | None, storage: str) -> str | None:
+    """qvl.embed and qvl.embed_halfvec."""
+    item = make_item([text], [image], [video]) or {}
+    try:
+        return embed_text(item, instruction, dimensions, storage, lambda i: "the input")
+    except Failure as f:
+        f.raise_sql()

@@ -1,0 +1,68 @@
+"""The sync trigger (``qvl._sync_embed``): the vector is in the row when the statement ends; on a
+failure the row is queued for the worker instead when the vectorizer says so."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from . import spi
+from .embedding import embed_text
+from .errors import Failure
+from .items import Row, row_item
+from .spi import plan
+from .vectorizers import Quote, pk_text, vectorizer_by_id
+
+SYNC_QUEUE_HINT = (" Or create the vectorizer with on_error => 'queue' to store the row "
+                   "now and embed it later through the worker.")
+
+
+def enqueue_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
+    """Queue one row by primary key ($1, $2, ...), releasing any claim on it."""
+    cols = ", ".join(quote(c) for c in pk_columns)
+    params = ", ".join(f"${i + 1}" for i in range(len(pk_columns)))
+    return (f"INSERT INTO qvl.queue_{vid} ({cols}) VALUES ({params}) ON CONFLICT ({cols}) DO UPDATE "
+            f"SET claimed_until = NULL, claimed_by = NULL, not_before = NULL")
+
+
+def enqueue(cfg: Row, row: Row) -> None:
+    query = enqueue_sql(cfg["id"], cfg["pk_columns"], spi.plpy.quote_ident)
+    spi.plpy.execute(plan(("enqueue", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
+    spi.plpy.execute(plan("notify", "SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["text"]), [str(cfg["id"])])
+
+
+def unfail_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
+    """Forget a row's failure ($1, $2, ...: its key): it has just been embedded."""
+    where = " AND ".join(f"{quote(c)} = ${i + 1}" for i, c in enumerate(pk_columns))
+    return f"DELETE FROM qvl.failed_{vid} WHERE {where}"
+
+
+def unfail(cfg: Row, row: Row) -> None:
+    query = unfail_sql(cfg["id"], cfg["pk_columns"], spi.plpy.quote_ident)
+    spi.plpy.execute(plan(("unfail", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
+
+
+def sync_trigger(TD: dict[str, Any]) -> str:
+    """BEFORE INSERT/UPDATE of a 'sync' vectorizer: the vector is in the row when the statement ends."""
+    cfg = vectorizer_by_id(int(TD["args"][0]))
+    new = TD["new"]
+    dest = cfg["destination"]
+    item = row_item(cfg, new)
+    if item is None:
+        new[dest] = None
+        return "MODIFY"
+    where = f"row {pk_text(cfg, new)} of {cfg['source_sql']}"
+    try:
+        new[dest] = embed_text(item, cfg["instruction"], cfg["dimensions"], cfg["storage"], lambda i: where)
+    except Failure as f:
+        if cfg["on_error"] != "queue":
+            f.hint = (f.hint or "") + SYNC_QUEUE_HINT
+            f.raise_sql()
+        new[dest] = None
+        enqueue(cfg, new)
+        spi.plpy.notice(f"qvl: {where} queued for the worker: {f.message}")
+        return "MODIFY"
+    # A row that failed in the worker (queued by on_error => 'queue') and was fixed since: its failure
+    # is past (the worker's write does the same for async rows).
+    unfail(cfg, new)
+    return "MODIFY"

@@ -1,0 +1,53 @@
+"""A vectorizer's catalog row (``qvl.vectorizer`` with its table's qualified name) and the SQL
+that names its table's key and content columns."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from . import spi
+from .items import Row
+from .spi import plan
+
+Quote = Callable[[str], str]  # quotes an identifier (spi.plpy.quote_ident)
+
+VECTORIZER_SQL = """
+SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, v.video_columns,
+       v.destination, v.dimensions, v.storage, v.instruction, v.query_instruction, v.mode, v.on_error,
+       pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS source_sql, c.relname AS source_name,
+       (SELECT format('%%I', ns.nspname) FROM pg_catalog.pg_extension e
+          JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector') AS vector_schema
+  FROM qvl.vectorizer v
+  JOIN pg_catalog.pg_class c ON c.oid = v.source
+  JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+ WHERE %s"""
+
+
+def vectorizer_by_name(name: str) -> Row:
+    rows = spi.plpy.execute(plan("vec_by_name", VECTORIZER_SQL % "v.name = $1", ["text"]), [name])
+    if rows.nrows() == 0:
+        spi.plpy.error(f"qvl: no vectorizer named {name!r}", hint="See SELECT name FROM qvl.vectorizer_status;",
+                       sqlstate="42704")
+    return rows[0]
+
+
+def vectorizer_by_id(vid: int) -> Row:
+    rows = spi.plpy.execute(plan("vec_by_id", VECTORIZER_SQL % "v.id = $1", ["int4"]), [vid])
+    if rows.nrows() == 0:
+        spi.plpy.error(f"qvl: vectorizer {vid} is gone; its trigger should have been dropped", sqlstate="42704")
+    return rows[0]
+
+
+def pk_text(cfg: Row, row: Row) -> str:
+    values = [row[c] for c in cfg["pk_columns"]]
+    return str(values[0]) if len(values) == 1 else "(" + ",".join(map(str, values)) + ")"
+
+
+def key_sql(cfg: Row, rel: str, quote: Quote) -> str:
+    """The row's primary key as text (ROW(...)::text when composite)."""
+    keys = ", ".join(f"{rel}.{quote(c)}" for c in cfg["pk_columns"])
+    return f"{keys}::pg_catalog.text" if len(cfg["pk_columns"]) == 1 else f"ROW({keys})::pg_catalog.text"
+
+
+def content_columns(cfg: Row) -> list[str]:
+    return list(cfg["text_columns"]) + list(cfg["image_columns"]) + list(cfg["video_columns"])

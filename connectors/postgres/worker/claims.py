@@ -1,0 +1,61 @@
+"""Claims in turn: a vectorizer whose claims fail is held back, alone, while the others go on."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+
+from connectors.postgres.vectorizers import Vectorizer
+from connectors.postgres.worker.catalog import Catalog
+from connectors.postgres.worker.connections import Blocked, connection_lost
+from connectors.postgres.worker.holds import Holds
+from connectors.postgres.worker.judge import Claimed
+from connectors.postgres.worker.store import BatchStore
+
+log = logging.getLogger("qvl.worker")
+
+
+class Claims:
+    def __init__(self, store: BatchStore, holds: Holds, catalog: Catalog) -> None:
+        self.store, self.holds, self.catalog = store, holds, catalog
+
+    def held(self, vectorizer: Vectorizer) -> bool:
+        return self.holds.held(vectorizer)
+
+    def claim(self, conn: psycopg.Connection[Any], vectorizer: Vectorizer, me: str) -> list[Claimed]:
+        """The store's claim, except that a failure other than a lost connection holds ``vectorizer`` back (and
+        returns nothing): the lane goes on to the next vectorizer instead of retrying this one
+        first for ever, and ``vectorizer`` is tried again after its own backoff."""
+        try:
+            rows = self.store.claim(conn, vectorizer, me)
+        except (Blocked, psycopg.errors.ReadOnlySqlTransaction):
+            # The worker's rights, or a database that takes no writes (a standby now): not this
+            # vectorizer's fault; the lane says why (StatusBoard.block, or waits for writes to come back).
+            raise
+        except Exception as exc:
+            if isinstance(exc, psycopg.Error) and connection_lost(conn, exc):
+                raise
+            self.hold_back(vectorizer, exc)
+            return []
+        hold = self.holds.release(vectorizer)
+        if hold is not None:
+            log.info(f"vectorizer {vectorizer.name}: claims work again", extra={"vectorizer": vectorizer.name,
+                                                                       "failures": hold.failures})
+        return rows
+
+    def hold_back(self, vectorizer: Vectorizer, exc: Exception, *, quiet: bool = False) -> None:
+        self.catalog.invalidate()  # the table may have changed: the next try reads the definition again
+        hold = self.holds.hold(vectorizer)
+        error = str(exc).strip() or type(exc).__name__
+        extra = {"vectorizer": vectorizer.name, "error": error, "retry_in_s": round(hold.delay_s, 2),
+                 "failures": hold.failures}
+        if quiet or hold.failures > 1:
+            log.debug(f"vectorizer {vectorizer.name}: claiming rows failed again: {error}", extra=extra)
+        elif isinstance(exc, psycopg.Error):
+            log.warning(f"vectorizer {vectorizer.name} ({vectorizer.source}): claiming rows failed: {error}; "
+                        f"the other vectorizers go on, this one is tried again with backoff", extra=extra)
+        else:
+            log.exception(f"vectorizer {vectorizer.name} ({vectorizer.source}): claiming rows failed: {error}; "
+                          f"the other vectorizers go on, this one is tried again with backoff", extra=extra)

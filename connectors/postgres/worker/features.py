@@ -1,0 +1,29 @@
+"""What the database's qvl schema offers the worker, found once at start (a worker started before an
+upgrade goes on without what the upgrade adds until it is restarted)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+DETECT_SQL = """
+SELECT to_regclass('qvl.worker_status') IS NOT NULL,
+       EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
+                WHERE a.attrelid = to_regclass('qvl.worker_status') AND a.attname = 'last_seen'
+                  AND NOT a.attisdropped),
+       to_regprocedure('qvl.prune_failed(text, interval)') IS NOT NULL"""
+
+
+@dataclass(frozen=True)
+class Features:
+    worker_status: bool = True  # version 6: qvl.worker_status, where the worker says paused or running
+    heartbeats: bool = True  # version 9: qvl.worker_status.last_seen and heartbeat_s
+    prune_failed: bool = True  # version 9: qvl.prune_failed
+
+    @classmethod
+    def detect(cls, conn: psycopg.Connection[Any]) -> Features:
+        row = conn.execute(DETECT_SQL).fetchone()
+        assert row is not None
+        return cls(*(bool(x) for x in row))

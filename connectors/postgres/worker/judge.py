@@ -1,0 +1,161 @@
+"""What a claimed batch comes to: which rows go to the service and how, and, from the results, which
+rows are written, failed, tried again later or given back. Pure: no database, no service.
+
+Rows never tried go to the service together; rows that failed before (``attempts > 0``) go one at a
+time, so a row that kills the model process takes only itself down and is failed after
+``max_attempts`` tries while its neighbours are stored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Collection, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+import numpy as np
+
+from connectors.postgres.worker.attempts import AttemptRules
+from connectors.postgres.worker.errors import ServiceDown
+from qvl_proto import vectorizer_pb2 as pb
+
+Key = tuple[Any, ...]
+ITEM_PREFIX = re.compile(r"^item \d+")
+
+
+class Refusal(Protocol):
+    """A per-item failure from the service (connectors.client.ItemFailure)."""
+
+    message: str
+    code: str
+
+
+Result = np.ndarray | Refusal | ServiceDown | None  # None: not answered; ServiceDown: the service's state
+
+
+@dataclass
+class Claimed:
+    key: Key
+    attempts: int
+    present: bool  # False: the table row was deleted since it was queued
+    content_hash: str | None
+    item: pb.Item | None  # None: every embedded column is NULL (a NULL vector, no model call)
+
+
+@dataclass
+class Sorting:
+    """A claimed batch sorted for the service: ``groups`` are positions in ``send``, one stream each."""
+
+    rows: list[Claimed]
+    gone: list[Claimed] = field(default_factory=list)
+    empty: list[Claimed] = field(default_factory=list)
+    too_big: list[tuple[Claimed, int]] = field(default_factory=list)  # with the item's size in bytes
+    send: list[Claimed] = field(default_factory=list)
+    groups: list[list[int]] = field(default_factory=list)
+
+
+def sort_claimed(rows: Sequence[Claimed], max_item_bytes: int, size: Callable[[pb.Item], int]) -> Sorting:
+    out = Sorting(list(rows))
+    for row in rows:
+        if not row.present:
+            out.gone.append(row)
+        elif row.item is None:
+            out.empty.append(row)
+        elif (n := size(row.item)) > max_item_bytes:
+            out.too_big.append((row, n))
+        else:
+            out.send.append(row)
+    fresh = [k for k, row in enumerate(out.send) if row.attempts == 0]
+    out.groups = ([fresh] if fresh else []) + [[k] for k, row in enumerate(out.send) if row.attempts > 0]
+    return out
+
+
+@dataclass(frozen=True)
+class Write:
+    row: Claimed
+    vector: str | None  # pgvector's text input; None for a row with nothing to embed
+
+
+@dataclass(frozen=True)
+class Failure:
+    row: Claimed
+    message: str
+    code: str
+
+
+@dataclass(frozen=True)
+class Retry:
+    row: Claimed
+    delay_s: float
+    message: str  # "CODE: words", kept in the queue row's last_error
+
+
+@dataclass
+class Plan:
+    """The batch's write. Every claimed row not written, failed, retried or gone is given back."""
+
+    rows: list[Claimed]
+    writes: list[Write] = field(default_factory=list)
+    failures: list[Failure] = field(default_factory=list)
+    retries: list[Retry] = field(default_factory=list)
+    gone: list[Claimed] = field(default_factory=list)
+
+    def only(self, keys: Collection[Key]) -> Plan:
+        """The same plan for the rows whose key is in ``keys``."""
+        return replace(self, rows=[r for r in self.rows if r.key in keys],
+                       writes=[w for w in self.writes if w.row.key in keys],
+                       failures=[f for f in self.failures if f.row.key in keys],
+                       retries=[r for r in self.retries if r.row.key in keys],
+                       gone=[g for g in self.gone if g.key in keys])
+
+
+@dataclass
+class Outcome:
+    """What the write of a plan came to (counted, logged)."""
+
+    written: int = 0
+    failed: int = 0
+    retried: int = 0
+    released: int = 0
+    gone: int = 0
+    stale: int = 0  # changed since the claim: the newer version wins
+    busy: set[Key] = field(default_factory=set)  # keys left for later: another transaction held them
+
+
+def row_message(source: str, key: Key, message: str) -> str:
+    """The service's words about "item N" (a position that changes between tries) as the row's key."""
+    row = f"row {key[0] if len(key) == 1 else '(' + ','.join(map(str, key)) + ')'} of {source}"
+    if ITEM_PREFIX.match(message):
+        return ITEM_PREFIX.sub(lambda m: row, message, count=1)
+    return f"{row}: {message}"
+
+
+def service_words(message: str) -> str:
+    """The service's message without its "item N: " prefix."""
+    return ITEM_PREFIX.sub("", message).lstrip(": ")
+
+
+def judge(sorting: Sorting, results: Sequence[Result], alone: Sequence[bool], *, rules: AttemptRules,
+          source: str, max_item_bytes: int, literal: Callable[[np.ndarray], str]) -> Plan:
+    """``results[k]`` answers ``sorting.send[k]``, ``alone[k]`` says whether it was sent by itself.
+
+    A vector is written; a refusal fails the row (bad input, or ``max_attempts`` tries alone) or
+    counts an attempt and sets the row's backoff; rows not answered, or answered with the service's
+    state, are given back uncounted."""
+    plan = Plan(sorting.rows, writes=[Write(r, None) for r in sorting.empty], gone=list(sorting.gone))
+    plan.failures = [Failure(r, row_message(source, r.key, f"the row's item is {n} bytes, over the service's "
+                                                           f"request limit of {max_item_bytes} bytes"),
+                             "INVALID_ARGUMENT") for r, n in sorting.too_big]
+    for row, res, by_itself in zip(sorting.send, results, alone, strict=True):
+        if res is None or isinstance(res, ServiceDown):
+            continue
+        if isinstance(res, np.ndarray):
+            plan.writes.append(Write(row, literal(res)))
+            continue
+        message = row_message(source, row.key, res.message)
+        tries = row.attempts + 1
+        if rules.gives_up(res.code, tries, by_itself):
+            plan.failures.append(Failure(row, message, res.code))
+        else:  # tried alone next time; failed only once it has failed alone max_attempts times
+            plan.retries.append(Retry(row, rules.retry_delay(tries), f"{res.code}: {message}"))
+    return plan
