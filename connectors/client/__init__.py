@@ -41,6 +41,7 @@ from connectors.client.errors import (
     reason_name,
 )
 from connectors.client.items import (
+    FINGERPRINT_KEY,
     ITEM_KEYS,
     Chunk,
     ItemLike,
@@ -56,6 +57,7 @@ from connectors.client.sync_driver import Client
 
 __all__ = [
     "ENCODINGS",
+    "FINGERPRINT_KEY",
     "ITEM_KEYS",
     "MAX_MESSAGE",
     "NOT_NOW",

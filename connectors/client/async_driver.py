@@ -13,7 +13,16 @@ import numpy as np
 
 from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
 from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
-from connectors.client.items import Chunk, ItemLike, RerankResult, chunk_lists, embeddings, rerank_result, truncated
+from connectors.client.items import (
+    Chunk,
+    ItemLike,
+    RerankResult,
+    chunk_lists,
+    embeddings,
+    fingerprint_of,
+    rerank_result,
+    truncated,
+)
 from connectors.client.options import embed_options, embed_request, optional_seconds, rerank_request, stream_limits
 from connectors.client.session import Row, Step, Stream, StreamSession, Watch, prepare
 from qvl_proto import vectorizer_pb2 as pb
@@ -65,13 +74,21 @@ class AsyncClient(ClientBase):
 
     async def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                     normalize: bool = True, instruction: str | None = None, truncate: str = "end",
-                    timeout: float | None = None) -> np.ndarray:
-        """As ``Client.embed`` (``last_scales``, ``last_truncated``)."""
-        request = embed_request(items, embed_options(dimensions, encoding, normalize, instruction, truncate=truncate))
-        resp = await self._call(self.stub.Embed, request, optional_seconds("timeout", timeout))
+                    timeout: float | None = None, fingerprint: str | None = None) -> np.ndarray:
+        """As ``Client.embed`` (``last_scales``, ``last_truncated``, ``last_fingerprint``)."""
+        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate,
+                                fingerprint=fingerprint)
+        resp = await self._call(self._embed_call, embed_request(items, options), optional_seconds("timeout", timeout))
         rows, self.last_scales = embeddings(resp)
         self.last_truncated = truncated(resp)
         return rows
+
+    async def _embed_call(self, request: pb.EmbedRequest, **kwargs: Any) -> pb.EmbedResponse:
+        """One ``Embed`` call, the answering model's fingerprint read from its metadata."""
+        call = self.stub.Embed(request, **kwargs)
+        response = await call
+        self.last_fingerprint = fingerprint_of(await call.initial_metadata())
+        return response
 
     async def embed_chunks(self, items: Sequence[ItemLike], *, chunking: Mapping[str, Any],
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
@@ -91,10 +108,11 @@ class AsyncClient(ClientBase):
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
                            instruction: str | None = None, truncate: str = "end", max_in_flight: int = 256,
                            timeout: float | None = None, chunking: Mapping[str, Any] | None = None,
-                           ) -> AsyncIterator[np.ndarray | list[Chunk] | ItemFailure]:
+                           fingerprint: str | None = None) -> AsyncIterator[np.ndarray | list[Chunk] | ItemFailure]:
         """As ``Client.embed_stream`` (the same session decides: resends, stalls, the stall probe;
-        ``chunking``: each item's chunks)."""
-        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
+        ``chunking``: each item's chunks; ``fingerprint``: the model pin)."""
+        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking,
+                                fingerprint=fingerprint)
         max_in_flight, timeout = stream_limits(max_in_flight, timeout)
         session = self._session(options, max_in_flight)
         source = _each(items)
@@ -120,6 +138,8 @@ class AsyncClient(ClientBase):
         watcher = asyncio.ensure_future(self._watch(session, stream, call))
         try:
             async for result in call:
+                if session.fingerprint is None:  # the first answer: the metadata has come
+                    self.last_fingerprint = session.announced(await call.initial_metadata())
                 rows = session.received(stream, result, time.monotonic())
                 wake.set()
                 for row in rows:

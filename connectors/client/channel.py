@@ -58,6 +58,9 @@ class ClientBase:
         self.closed = False
         self.last_scales = np.zeros(0, dtype=np.float32)  # the int8 scales of the last ``embed``
         self.last_truncated: dict[int, int] = {}  # the last ``embed``'s cut items: index -> tokens cut
+        # The fingerprint of the model that answered the last embed / embed_stream (metadata
+        # "qvl-model-fingerprint"); None before, or from a service older than fingerprints.
+        self.last_fingerprint: str | None = None
 
     def _timeout(self, value: float | None) -> float:
         return self.timeout if value is None else value

@@ -18,6 +18,8 @@ from qvl_proto import vectorizer_pb2 as pb
 ItemLike = str | Mapping[str, Any]
 ITEM_KEYS = ("text", "image", "video", "frames", "image_uri", "video_uri", "document", "document_uri", "page",
              "start_s", "end_s", "instruction")
+# The metadata key of every embed answer: the fingerprint of the model that computed it (issue 23).
+FINGERPRINT_KEY = "qvl-model-fingerprint"
 # The keys that become parts, in their order in the model's prompt: videos, images, documents, texts.
 PART_KEYS = ("video", "frames", "video_uri", "image", "image_uri", "document", "document_uri", "text")
 
@@ -148,6 +150,15 @@ def embeddings(resp: pb.EmbedResponse) -> tuple[np.ndarray, np.ndarray]:
     scales = np.asarray([e.scale for e in resp.embeddings], dtype=np.float32)
     rows = np.stack([embedding_array(e) for e in resp.embeddings]) if resp.embeddings else np.zeros((0, 0))
     return rows, scales
+
+
+def fingerprint_of(metadata: Any) -> str | None:
+    """The answering model's fingerprint in a call's initial metadata (key, value pairs in both the
+    sync and the asyncio API); None from a service older than fingerprints."""
+    for key, value in metadata or ():
+        if key == FINGERPRINT_KEY:
+            return str(value)
+    return None
 
 
 def truncated(resp: pb.EmbedResponse) -> dict[int, int]:

@@ -53,7 +53,8 @@ def chunking_message(chunking: Mapping[str, Any]) -> pb.Chunking:
 
 def embed_options(dimensions: int | None, encoding: str, normalize: bool, instruction: str | None,
                   allow_partial: bool = False, truncate: str = "end",
-                  chunking: Mapping[str, Any] | None = None) -> pb.EmbedOptions:
+                  chunking: Mapping[str, Any] | None = None, fingerprint: str | None = None) -> pb.EmbedOptions:
+    """The options of an embed call; ``fingerprint`` pins the model (the service refuses another)."""
     if encoding not in ENCODINGS:
         raise InvalidArgument(f"encoding must be one of {sorted(ENCODINGS)}, got {encoding!r}")
     if truncate not in TRUNCATE:
@@ -62,7 +63,7 @@ def embed_options(dimensions: int | None, encoding: str, normalize: bool, instru
         dimensions = whole("dimensions", dimensions, least=1, note=" (the service accepts 32 up to its model's size)")
     return pb.EmbedOptions(dimensions=dimensions, encoding=ENCODINGS[encoding], normalize=normalize,
                            instruction=instruction, allow_partial=allow_partial, truncate=TRUNCATE[truncate],
-                           chunking=None if chunking is None else chunking_message(chunking))
+                           chunking=None if chunking is None else chunking_message(chunking), fingerprint=fingerprint)
 
 
 def embed_request(items: Sequence[ItemLike], options: pb.EmbedOptions) -> pb.EmbedRequest:

@@ -10,6 +10,8 @@ it decides; so the two drivers cannot drift. It keeps:
 - the resend decision: a stream that failed as ``errors.resent`` says (its replica died, refused
   it or shut down), or that a replica answered as not ready, is followed by another that sends
   the unanswered items first, up to ``retries`` streams in a row without an answer;
+- the model pin: the streams after the first are pinned to the model the first one announced
+  (unless the caller pinned one), so a retry on a replica of another model is refused, not mixed;
 - the stall decision: a stream with items out that answers nothing for ``stall_timeout`` seconds
   is cancelled and raises ``StreamStalled``; with ``stall_probe``, one quiet for that long has the
   service asked on a new connection, and is cancelled when nobody answers there.
@@ -39,7 +41,7 @@ from connectors.client.errors import (
     reason_name,
     resent,
 )
-from connectors.client.items import Chunk, ItemLike, ItemRefused, stream_row, to_item
+from connectors.client.items import Chunk, ItemLike, ItemRefused, fingerprint_of, stream_row, to_item
 from qvl_proto import vectorizer_pb2 as pb
 
 Row = np.ndarray | list[Chunk] | ItemFailure  # with chunking, an item's result is its chunks
@@ -67,6 +69,7 @@ class Stream:
 
     resend_unready: bool  # items answered as not ready are sent again (retries are left)
     last: float  # the last progress: a result, or an item sent while none was out
+    options: pb.EmbedOptions  # sent with its first message
     todo: deque[int] = field(default_factory=deque)  # items earlier streams left unanswered: sent first
     sent: int = 0
     received: int = 0
@@ -126,6 +129,7 @@ class StreamSession:
         self.released = 0  # the next seq to hand on
         self.attempt = 0  # streams in a row that ended without an answer
         self.current: Stream | None = None
+        self.fingerprint: str | None = None  # of the model the first stream announced
 
     @property
     def finished(self) -> bool:
@@ -134,8 +138,26 @@ class StreamSession:
     # ---- a stream's life ----
     def start(self, now: float) -> Stream:
         """A new stream: it sends the items earlier ones left unanswered first."""
-        self.current = Stream(resend_unready=self.attempt < self.retries, last=now, todo=deque(self.open))
+        self.current = Stream(resend_unready=self.attempt < self.retries, last=now, options=self._pinned(),
+                              todo=deque(self.open))
         return self.current
+
+    def _pinned(self) -> pb.EmbedOptions:
+        """The options of a new stream: pinned to the model an earlier one announced (a retry that
+        lands on a replica of another model, in a rolling upgrade, never mixes two models' vectors)."""
+        if self.fingerprint is None or self.options.HasField("fingerprint"):
+            return self.options
+        pinned = pb.EmbedOptions()
+        pinned.CopyFrom(self.options)
+        pinned.fingerprint = self.fingerprint
+        return pinned
+
+    def announced(self, metadata: Any) -> str | None:
+        """A stream's initial metadata (the driver reads it once a result came, while ``fingerprint``
+        is None): the answering model's fingerprint, kept from the first stream that names one."""
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint_of(metadata)
+        return self.fingerprint
 
     def stop(self, stream: Stream) -> None:
         """The call is over (ended, failed or abandoned): its sender sends nothing more."""
@@ -209,7 +231,7 @@ class StreamSession:
         stream.sent += 1
         # The first message of each stream carries the options (the service applies them to the
         # messages that have none).
-        options, stream.first = (self.options if stream.first else None), False
+        options, stream.first = (stream.options if stream.first else None), False
         return pb.EmbedStreamRequest(seq=seq, item=item, options=options)
 
     # ---- receiving ----

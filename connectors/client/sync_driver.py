@@ -12,7 +12,16 @@ import numpy as np
 
 from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
 from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
-from connectors.client.items import Chunk, ItemLike, RerankResult, chunk_lists, embeddings, rerank_result, truncated
+from connectors.client.items import (
+    Chunk,
+    ItemLike,
+    RerankResult,
+    chunk_lists,
+    embeddings,
+    fingerprint_of,
+    rerank_result,
+    truncated,
+)
 from connectors.client.options import embed_options, embed_request, optional_seconds, rerank_request, stream_limits
 from connectors.client.session import Row, Step, Stream, StreamSession, Watch, prepare
 from qvl_proto import vectorizer_pb2 as pb
@@ -67,15 +76,20 @@ class Client(ClientBase):
 
     def embed(self, items: Sequence[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
               normalize: bool = True, instruction: str | None = None, truncate: str = "end",
-              timeout: float | None = None) -> np.ndarray:
+              timeout: float | None = None, fingerprint: str | None = None) -> np.ndarray:
         """One row per item (float32 by default; int8 / packed binary as integer arrays).
 
         ``truncate``: an item past the service's maximum length is cut at the "end" (the default)
         or the "start" of its text, or refused ("none": ``InvalidInput`` with ``limit``
         QVL_EMBED_MAX_LENGTH); ``last_truncated`` then maps each cut item's index to the tokens cut.
+        With ``fingerprint`` the service refuses (FAILED_PRECONDITION) unless its model has that
+        fingerprint; ``last_fingerprint`` says which model answered.
         """
-        request = embed_request(items, embed_options(dimensions, encoding, normalize, instruction, truncate=truncate))
-        resp = self._call(self.stub.Embed, request, optional_seconds("timeout", timeout))
+        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate,
+                                fingerprint=fingerprint)
+        request = embed_request(items, options)
+        resp, call = self._call(self.stub.Embed.with_call, request, optional_seconds("timeout", timeout))
+        self.last_fingerprint = fingerprint_of(call.initial_metadata())
         rows, self.last_scales = embeddings(resp)
         self.last_truncated = truncated(resp)
         return rows
@@ -96,7 +110,8 @@ class Client(ClientBase):
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                      normalize: bool = True, instruction: str | None = None, truncate: str = "end",
                      max_in_flight: int = 256, timeout: float | None = None,
-                     chunking: Mapping[str, Any] | None = None) -> Iterator[np.ndarray | list[Chunk] | ItemFailure]:
+                     chunking: Mapping[str, Any] | None = None, fingerprint: str | None = None,
+                     ) -> Iterator[np.ndarray | list[Chunk] | ItemFailure]:
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
         With ``chunking``, each item's result is its list of ``Chunk``s. ``truncate`` as in ``embed``
@@ -110,8 +125,13 @@ class Client(ClientBase):
         (so does one the ``stall_probe`` finds the service gone for). An item that cannot be sent
         raises ``InvalidArgument`` naming it, and an exception of ``items`` itself is raised as it
         is, each after the results of the items before it.
+
+        ``fingerprint`` pins the model (items another model would embed come back as failures with
+        reason MODEL_MISMATCH); without it, the model the first stream announces is pinned for the
+        streams that follow (``last_fingerprint``).
         """
-        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking)
+        options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate, chunking=chunking,
+                                fingerprint=fingerprint)
         max_in_flight, timeout = stream_limits(max_in_flight, timeout)
         session = self._session(options, max_in_flight)
         source = iter(items)
@@ -140,6 +160,10 @@ class Client(ClientBase):
                          name="qvl-stream-watch", daemon=True).start()
         try:
             for result in call:
+                if session.fingerprint is None:  # the first answer: the metadata has come
+                    metadata = call.initial_metadata()
+                    with lock:
+                        self.last_fingerprint = session.announced(metadata)
                 with lock:
                     rows = session.received(stream, result, time.monotonic())
                 wake.set()

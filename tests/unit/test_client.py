@@ -14,10 +14,12 @@ import grpc
 import pytest
 
 from connectors.client import (
+    FINGERPRINT_KEY,
     AsyncClient,
     Client,
     InvalidArgument,
     InvalidInput,
+    ItemFailure,
     StreamStalled,
     TransientError,
     not_ready,
@@ -341,3 +343,60 @@ def test_a_call_cancelled_by_a_replica_shutting_down_is_sent_again(kind: str) ->
         assert rows == [[pytest.approx(0.6), pytest.approx(0.8)]]
         assert streamed == [[pytest.approx(0.6), pytest.approx(0.8)]] * 2
         assert servicer.calls == {"Embed": 2, "EmbedStream": 2} and retried == 2
+
+
+class Announces(pb_grpc.VectorizerServicer):
+    """A replica that names its model in every answer's metadata (as qvl serve does) and whose
+    first stream dies after one answer; it records each call's model pin."""
+
+    def __init__(self) -> None:
+        self.pins: list[str] = []  # each stream's, from its first message
+        self.streams = 0
+
+    def Embed(self, request, context):
+        context.send_initial_metadata(((FINGERPRINT_KEY, "abc123"),))
+        return pb.EmbedResponse(embeddings=[pb.Embedding(values=[0.6, 0.8], dimensions=2)])
+
+    def EmbedStream(self, request_iterator, context):
+        self.streams += 1
+        context.send_initial_metadata(((FINGERPRINT_KEY, "abc123"),))
+        for n, req in enumerate(request_iterator):
+            if n == 0:
+                self.pins.append(req.options.fingerprint)
+            yield pb.EmbedStreamResult(seq=req.seq, embedding=pb.Embedding(values=[0.6, 0.8], dimensions=2))
+            if self.streams == 1:
+                context.abort(grpc.StatusCode.UNAVAILABLE, "the replica died")
+
+
+@pytest.mark.parametrize("kind", ["sync", "async"])
+def test_a_resent_stream_is_pinned_to_the_model_the_first_announced(kind: str) -> None:
+    """main's client.py pinned the streams after the first to the model the first announced (a retry
+    on a replica of another model is refused, not mixed): both drivers do, and read
+    ``last_fingerprint`` from embed and embed_stream; a caller's own pin is kept on every stream."""
+    servicer = Announces()
+    with serving(servicer) as target:
+        if kind == "sync":
+            with Client(target, retries=2) as c:
+                c.embed(["a"])
+                after_embed = c.last_fingerprint
+                c.last_fingerprint = None
+                rows = list(c.embed_stream(["a", "b", "c"], max_in_flight=1))
+                announced = c.last_fingerprint
+                servicer.streams = 0
+                pinned_rows = list(c.embed_stream(["a", "b"], max_in_flight=1, fingerprint="fff"))
+        else:
+            async def run() -> tuple[str | None, list[object], str | None, list[object]]:
+                async with AsyncClient(target, retries=2) as c:
+                    await c.embed(["a"])
+                    after_embed = c.last_fingerprint
+                    c.last_fingerprint = None
+                    rows = [r async for r in c.embed_stream(["a", "b", "c"], max_in_flight=1)]
+                    announced = c.last_fingerprint
+                    servicer.streams = 0
+                    pinned_rows = [r async for r in c.embed_stream(["a", "b"], max_in_flight=1, fingerprint="fff")]
+                    return after_embed, rows, announced, pinned_rows
+            after_embed, rows, announced, pinned_rows = asyncio.run(run())
+    assert after_embed == "abc123" and announced == "abc123"
+    assert len(rows) == 3 and len(pinned_rows) == 2 and not any(isinstance(r, ItemFailure) for r in rows)
+    # Two streams a run (the first dies after one answer): the first unpinned, the resent one pinned.
+    assert servicer.pins == ["", "abc123", "fff", "fff"]
