@@ -48,97 +48,102 @@ def embed_options(msg: pb.EmbedOptions) -> EmbedOptions:
 
 
 class EmbedStreamSession:
+    """One EmbedStream call: a reader holds read-ahead within the window and the byte budget, a
+    grouper hands items on in groups of one set of options, and the results go out in the
+    order their groups finish."""
+
     def __init__(self, dispatcher: Dispatcher, settings: Settings, ctx: CallContext) -> None:
         self.dispatcher = dispatcher
         self.settings = settings
         self.ctx = ctx
         self.held = 0  # bytes of read-ahead this stream holds in the process-wide budget
+        self.window = asyncio.Semaphore(settings.stream_max_in_flight)
+        self.incoming: asyncio.Queue[pb.EmbedStreamRequest | None] = asyncio.Queue()
+        self.results: asyncio.Queue[pb.EmbedStreamResult | None] = asyncio.Queue()
+        self.tasks: set[asyncio.Task[None]] = set()
+        self.sizes: dict[int, int] = {}  # bytes held per message read ahead (by the message's id)
 
     async def run(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest]) -> AsyncIterator[pb.EmbedStreamResult]:
-        window = asyncio.Semaphore(self.settings.stream_max_in_flight)
-        incoming: asyncio.Queue[pb.EmbedStreamRequest | None] = asyncio.Queue()
-        results: asyncio.Queue[pb.EmbedStreamResult | None] = asyncio.Queue()
-        tasks: set[asyncio.Task[None]] = set()
-
-        wire = self.dispatcher.admission.wire
-        sizes: dict[int, int] = {}  # bytes held per message read ahead (by the message's id)
-
-        async def reader() -> None:
-            try:
-                async for msg in request_iterator:
-                    await window.acquire()
-                    # Read-ahead is bounded in bytes too: past the budget reading stops, and
-                    # flow control slows the sender.
-                    size = await wire.hold(msg.ByteSize(), self.ctx)
-                    sizes[id(msg)] = size  # released as held, without measuring the message again
-                    self.held += size
-                    await incoming.put(msg)
-            finally:
-                await incoming.put(None)
-
-        async def run_group(msgs: list[pb.EmbedStreamRequest], options: pb.EmbedOptions) -> None:
-            outs: dict[int, pb.EmbedStreamResult] = {}
-            items, seqs = [], []
-            for m in msgs:
-                try:
-                    items.append(item_from_proto(m.item, 0, self.settings))
-                    seqs.append(m.seq)
-                except InputError as err:
-                    outs[m.seq] = _stream_error(m.seq, err)
-            try:
-                if items:
-                    outs.update(await self._embed_group(items, seqs, options))
-            except QvlError as err:  # the group as a whole (options, deadline, draining)
-                for seq in seqs:
-                    outs[seq] = _stream_error(seq, err)
-            for m in msgs:
-                window.release()
-                size = sizes.pop(id(m))
-                self.held -= size
-                wire.release(size)
-                await results.put(outs[m.seq])
-
-        async def grouper() -> None:
-            first: pb.EmbedOptions | None = None
-            ended = False
-            try:
-                while not ended:
-                    msg = await incoming.get()
-                    if msg is None:
-                        break
-                    batch = [msg]
-                    while len(batch) < STREAM_GROUP and not incoming.empty():
-                        nxt = incoming.get_nowait()
-                        if nxt is None:
-                            ended = True
-                            break
-                        batch.append(nxt)
-                    groups: dict[bytes, tuple[pb.EmbedOptions, list[pb.EmbedStreamRequest]]] = {}
-                    for m in batch:
-                        if first is None:
-                            first = m.options
-                        opts = m.options if m.HasField("options") else first
-                        groups.setdefault(opts.SerializeToString(), (opts, []))[1].append(m)
-                    for opts, msgs in groups.values():
-                        task = asyncio.create_task(run_group(msgs, opts))
-                        tasks.add(task)
-                        task.add_done_callback(tasks.discard)
-                while tasks:
-                    await asyncio.gather(*list(tasks), return_exceptions=True)
-            finally:
-                await results.put(None)
-
-        workers = [asyncio.create_task(reader()), asyncio.create_task(grouper())]
+        workers = [asyncio.create_task(self._read(request_iterator)), asyncio.create_task(self._group())]
         try:
-            while (out := await results.get()) is not None:
+            while (out := await self.results.get()) is not None:
                 yield out
             metrics.REQUESTS.labels("grpc.EmbedStream", "OK").inc()
         finally:
             self.ctx.cancelled = True  # a gone caller's queued items are dropped before compute
-            for task in [*workers, *tasks]:
+            for task in [*workers, *self.tasks]:
                 task.cancel()
-            wire.release(self.held)  # read ahead and never answered (the caller went away)
+            self.dispatcher.admission.wire.release(self.held)  # read ahead and never answered (the caller went away)
             self.held = 0
+
+    async def _read(self, request_iterator: AsyncIterator[pb.EmbedStreamRequest]) -> None:
+        try:
+            async for msg in request_iterator:
+                await self.window.acquire()
+                # Read-ahead is bounded in bytes too: past the budget reading stops, and
+                # flow control slows the sender.
+                size = await self.dispatcher.admission.wire.hold(msg.ByteSize(), self.ctx)
+                self.sizes[id(msg)] = size  # released as held, without measuring the message again
+                self.held += size
+                await self.incoming.put(msg)
+        finally:
+            await self.incoming.put(None)
+
+    async def _group(self) -> None:
+        first: pb.EmbedOptions | None = None
+        ended = False
+        try:
+            while not ended:
+                batch, ended = await self._next_batch()
+                groups: dict[bytes, tuple[pb.EmbedOptions, list[pb.EmbedStreamRequest]]] = {}
+                for m in batch:
+                    if first is None:
+                        first = m.options
+                    opts = m.options if m.HasField("options") else first
+                    groups.setdefault(opts.SerializeToString(), (opts, []))[1].append(m)
+                for opts, msgs in groups.values():
+                    task = asyncio.create_task(self._run_group(msgs, opts))
+                    self.tasks.add(task)
+                    task.add_done_callback(self.tasks.discard)
+            while self.tasks:
+                await asyncio.gather(*list(self.tasks), return_exceptions=True)
+        finally:
+            await self.results.put(None)
+
+    async def _next_batch(self) -> tuple[list[pb.EmbedStreamRequest], bool]:
+        """What has arrived, up to STREAM_GROUP messages (waiting for the first); True at the end."""
+        msg = await self.incoming.get()
+        if msg is None:
+            return [], True
+        batch = [msg]
+        while len(batch) < STREAM_GROUP and not self.incoming.empty():
+            nxt = self.incoming.get_nowait()
+            if nxt is None:
+                return batch, True
+            batch.append(nxt)
+        return batch, False
+
+    async def _run_group(self, msgs: list[pb.EmbedStreamRequest], options: pb.EmbedOptions) -> None:
+        outs: dict[int, pb.EmbedStreamResult] = {}
+        items, seqs = [], []
+        for m in msgs:
+            try:
+                items.append(item_from_proto(m.item, 0, self.settings))
+                seqs.append(m.seq)
+            except InputError as err:
+                outs[m.seq] = _stream_error(m.seq, err)
+        try:
+            if items:
+                outs.update(await self._embed_group(items, seqs, options))
+        except QvlError as err:  # the group as a whole (options, deadline, draining)
+            for seq in seqs:
+                outs[seq] = _stream_error(seq, err)
+        for m in msgs:
+            self.window.release()
+            size = self.sizes.pop(id(m))
+            self.held -= size
+            self.dispatcher.admission.wire.release(size)
+            await self.results.put(outs[m.seq])
 
     async def _embed_group(self, items: list[Item], seqs: list[int],
                            options: pb.EmbedOptions) -> dict[int, pb.EmbedStreamResult]:
