@@ -40,9 +40,12 @@ def qvl_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServicePro
 
 
 @pytest.fixture(scope="session")
-def token_service() -> Iterator[ServiceProcess]:
-    """A second service, behind ``DOCS_TOKEN``: what docs/weaviate.md's collections name as qvl."""
-    with ServiceProcess(token=DOCS_TOKEN) as svc:
+def token_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A second service, behind ``DOCS_TOKEN``: what docs/weaviate.md's collections name as qvl, with
+    the docs' "products" profile (create_collection checks the service has the profile it pins)."""
+    settings = tmp_path_factory.mktemp("qvl-docs-settings") / "settings.yaml"
+    settings.write_text(yaml.safe_dump({"profiles": {"products": {**PROFILES["small"], "dimensions": 48}}}))
+    with ServiceProcess(token=DOCS_TOKEN, args=["--settings", str(settings)]) as svc:
         yield svc
 
 

@@ -32,9 +32,9 @@ def collections(module_weaviate: WeaviateServer, token_service: ServiceProcess,
     client: weaviate.WeaviateClient = connect(module_weaviate, headers=api_key_headers(TOKEN))
     try:
         create_collection(client, "Photos", text_fields=["caption"], image_fields=["photo"],
-                          service_url=token_service.http_url, replace=True)
+                          service_url=token_service.http_url, token=TOKEN, replace=True)
         create_collection(client, "Clips", text_fields=["title"], video_fields=["clip"],
-                          service_url=token_service.http_url, replace=True)
+                          service_url=token_service.http_url, token=TOKEN, replace=True)
         jpeg = images["wide_640x160.jpg"]
         clip = video_bytes(frames=4, fps=2, size=(96, 64))
         photos = client.collections.get("Photos").data.insert_many(
