@@ -143,6 +143,40 @@ class Inserts:
             self.failed.append({"index": index, "stage": "insert", "error": f"object {index}: {message}"})
 
 
+class _Reader:
+    """The objects as items, in order: how many were read (``seen``), those whose embedding is on its
+    way (``pending``), and those refused on reading (appended to ``failed``)."""
+
+    def __init__(self, collection: str, fields: Mapping[str, list[str]], key: str | KeyFn | None,
+                 failed: list[dict[str, Any]]) -> None:
+        self.collection, self.fields, self.key, self.failed = collection, fields, key, failed
+        self.pending: deque[tuple[int, Mapping[str, Any], str]] = deque()
+        self.keyed: dict[str, int] = {}  # id -> the index of the object that has it (key given: ids repeat)
+        self.seen = 0
+
+    def items(self, objects: Iterable[Mapping[str, Any]]) -> Iterator[pb.Item]:
+        for index, obj in enumerate(objects):
+            self.seen = index + 1
+            try:
+                item = object_item(obj, self.fields, index=index)
+                object_id = self._object_id(obj, index)
+            except IngestError as exc:
+                self.failed.append({"index": index, "stage": "read", "error": str(exc)})
+                continue
+            self.pending.append((index, obj, object_id))
+            yield item
+
+    def _object_id(self, obj: Mapping[str, Any], index: int) -> str:
+        if self.key is None:
+            return str(uuidlib.uuid4())
+        value = key_value(obj, self.key, index=index)
+        object_id = object_uuid(self.collection, value)
+        if object_id in self.keyed:  # in one batch the later copy would silently win
+            raise IngestError(f"object {index}: key {value!r} repeats object {self.keyed[object_id]}'s")
+        self.keyed[object_id] = index
+        return object_id
+
+
 def ingest(
     collection: Collection,
     objects: Iterable[Mapping[str, Any]],
@@ -175,37 +209,16 @@ def ingest(
     fingerprint = collection_fingerprint(collection)
     started = time.monotonic()
     failed: list[dict[str, Any]] = []
-    pending: deque[tuple[int, Mapping[str, Any], str]] = deque()  # objects whose embedding is on its way
     uuids: dict[int, str] = {}
-    keyed: dict[str, int] = {}  # id -> the index of the object that has it (key given: ids repeat)
-    seen = 0
+    reader = _Reader(collection.name, fields, key, failed)
     meter = Progress(f"ingested objects into {collection.name}", total, logger=log)
-
-    def items() -> Iterator[pb.Item]:
-        nonlocal seen
-        for index, obj in enumerate(objects):
-            seen = index + 1
-            try:
-                item = object_item(obj, fields, index=index)
-                object_id = str(uuidlib.uuid4())
-                if key is not None:
-                    value = key_value(obj, key, index=index)
-                    object_id = object_uuid(collection.name, value)
-                    if object_id in keyed:  # in one batch the later copy would silently win
-                        raise IngestError(f"object {index}: key {value!r} repeats object {keyed[object_id]}'s")
-                    keyed[object_id] = index
-            except IngestError as exc:
-                failed.append({"index": index, "stage": "read", "error": str(exc)})
-                continue
-            pending.append((index, obj, object_id))
-            yield item
 
     done = answered = 0  # answered: the objects before the first one not answered (results come in order)
     inserts = Inserts(collection, failed, uuids)
     try:
-        for result in qvl.embed_stream(items(), dimensions=dimensions, instruction=instruction,
+        for result in qvl.embed_stream(reader.items(objects), dimensions=dimensions, instruction=instruction,
                                        max_in_flight=max_in_flight, fingerprint=fingerprint):
-            index, obj, object_id = pending.popleft()
+            index, obj, object_id = reader.pending.popleft()
             answered = index + 1
             if isinstance(result, ItemFailure):
                 failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
@@ -235,7 +248,7 @@ def ingest(
     return {
         "inserted": len(uuids),
         "failed": failed,
-        "uuids": [uuids.get(i) for i in range(seen)],
+        "uuids": [uuids.get(i) for i in range(reader.seen)],
         "seconds": round(seconds, 3),
         "objects_per_s": round(len(uuids) / seconds, 2) if seconds > 0 else None,
     }
