@@ -27,7 +27,7 @@ PROBE_TIMEOUT_S = 3.0
 class ClientBase:
     """Settings of ``Client`` and ``AsyncClient``.
 
-    ``stall_timeout``: an ``embed_stream`` with items out that answers nothing for this long is
+    ``stall_timeout``: an ``embed_stream`` with items out (or owed) that answers nothing for this long is
     cancelled and raises ``StreamStalled``. ``stall_probe`` (None: never): once a stream has waited
     this long for an answer, the service is asked (``Info``, on a new connection) every that many
     seconds, and the stream is cancelled at once when nobody answers there (a stream opened just
