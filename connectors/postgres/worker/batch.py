@@ -13,7 +13,7 @@ from connectors.postgres.worker.connections import LaneLink
 from connectors.postgres.worker.errors import ServiceDown
 from connectors.postgres.worker.judge import Claimed, Outcome, Plan, Result, Sorting, judge, sort_claimed
 from connectors.postgres.worker.progress import Progress
-from connectors.postgres.worker.service import ServiceCalls
+from connectors.postgres.worker.service import ModelPin, ServiceCalls
 from connectors.postgres.worker.store import BatchStore, keys
 
 log = logging.getLogger("qvl.worker")
@@ -37,9 +37,14 @@ class BatchRunner:
         started = time.monotonic()
         max_bytes = self.service.max_item_bytes
         sorting = sort_claimed(rows, max_bytes, item_size)
-        results, alone, down = self._embed(link, vectorizer, sorting)
+        pin = ModelPin(vectorizer.model_fingerprint)
+        results, alone, down = self._embed(link, vectorizer, sorting, pin)
         plan = judge(sorting, results, alone, rules=self.rules, source=vectorizer.source, max_item_bytes=max_bytes,
                      literal=functools.partial(vector_literal, vectorizer))
+        plan.model, plan.model_name = pin.fingerprint, vectorizer.model_name
+        if plan.model is not None and plan.model != vectorizer.model_fingerprint and plan.vectors:
+            assert link.client is not None
+            plan.model_name = self.service.model_name(link.client, plan.model)  # the first write records it
         outcome = self.store.write(link, vectorizer, plan)
         self.progress.add(vectorizer.name, outcome)
         self._say(vectorizer, plan, outcome, time.monotonic() - started)
@@ -47,7 +52,7 @@ class BatchRunner:
             raise down
         return outcome
 
-    def _embed(self, link: LaneLink, vectorizer: Vectorizer, sorting: Sorting
+    def _embed(self, link: LaneLink, vectorizer: Vectorizer, sorting: Sorting, pin: ModelPin
                ) -> tuple[list[Result], list[bool], ServiceDown | None]:
         """Each group's stream in turn, until the service shows it cannot embed now."""
         assert link.client is not None
@@ -56,7 +61,8 @@ class BatchRunner:
         with self.store.renewing(link, vectorizer, keys(sorting.rows)):
             for group in sorting.groups:
                 try:
-                    got = self.service.embed_checked(link.client, vectorizer, [sorting.send[k].item for k in group])  # type: ignore[misc]
+                    got = self.service.embed_checked(link.client, vectorizer,  # type: ignore[misc]
+                                                     [sorting.send[k].item for k in group], pin)
                 except ServiceDown as exc:
                     return results, alone, exc
                 for k, res in zip(group, got, strict=True):

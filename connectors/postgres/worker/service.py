@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,16 @@ Answer = np.ndarray | ItemFailure
 Checked = np.ndarray | ItemFailure | ServiceDown | None
 
 
+@dataclass
+class ModelPin:
+    """The model a batch's vectors come from: the vectorizer's recorded fingerprint, else the one the
+    batch's first answered stream announced, so the batch's later streams (its other groups, the halves
+    of a refused one) keep to it on a service whose replicas serve two models. None: not known yet (or
+    a service older than fingerprints)."""
+
+    fingerprint: str | None = None
+
+
 class ServiceCalls:
     def __init__(self, settings: WorkerSettings, stopping: threading.Event,
                  on_resent: Callable[[str, int], None]) -> None:
@@ -54,6 +65,15 @@ class ServiceCalls:
             log.warning("the service is not answering yet; rows stay queued until it does",
                         extra={"service": self.settings.service, "error": str(exc)})
 
+    def model_name(self, client: Client, fingerprint: str) -> str | None:
+        """The name of the embedding model whose fingerprint is ``fingerprint``, as the service's Info
+        says (None when the replica that answers Info serves another, or does not answer)."""
+        try:
+            models = client.info().models
+        except QvlClientError:
+            return None
+        return next((m.name for m in models if m.task == "embed" and m.fingerprint == fingerprint), None)
+
     def reachable(self) -> bool:
         try:
             with self.client(timeout=3, retries=0) as client:
@@ -63,12 +83,13 @@ class ServiceCalls:
             return False
 
     # -- a batch's items -----------------------------------------------------------------------
-    def embed_checked(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> list[Checked]:
+    def embed_checked(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item],
+                      pin: ModelPin) -> list[Checked]:
         """One stream's results, judged: a non-finite vector is that item's failure; a malformed
         answer, items that never reached the model, or failures the probe shows the service has for
         any input become ``ServiceDown`` (the rows go back uncounted)."""
         out: list[Checked] = []
-        for res in self.embed(client, vectorizer, items):
+        for res in self.embed(client, vectorizer, items, pin):
             if isinstance(res, np.ndarray):
                 try:
                     out.append(check_vector(vectorizer, res))
@@ -86,12 +107,14 @@ class ServiceCalls:
                 return [down if isinstance(res, ItemFailure) else res for res in out]
         return out
 
-    def embed(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> list[Answer | None]:
+    def embed(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item],
+              pin: ModelPin) -> list[Answer | None]:
         """One result per item (None: not answered). A stream failing on bad input is halved until
         the item responsible stands alone, so it cannot block its neighbours."""
-        return bisect(items, lambda part: self._stream(client, vectorizer, part))
+        return bisect(items, lambda part: self._stream(client, vectorizer, part, pin))
 
-    def _stream(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> Attempt[Answer, ItemFailure]:
+    def _stream(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item],
+                pin: ModelPin) -> Attempt[Answer, ItemFailure]:
         log.debug("embedding", extra={"vectorizer": vectorizer.name, "items": len(items)})
         got: list[Answer] = []
         watchdog = Watchdog(client, self.settings.stall_s, self.reachable)
@@ -100,10 +123,12 @@ class ServiceCalls:
         try:
             stream = client.embed_stream(items, dimensions=vectorizer.dimensions, encoding=vectorizer.encoding,
                                          instruction=vectorizer.instruction, max_in_flight=max(1, len(items)),
-                                         timeout=self.settings.rpc_timeout_s)
+                                         timeout=self.settings.rpc_timeout_s, fingerprint=pin.fingerprint)
             for res in stream:
                 watchdog.progress()
                 got.append(res)
+                if pin.fingerprint is None and isinstance(res, np.ndarray):
+                    pin.fingerprint = client.last_fingerprint  # the model that answered
             carried = True
             return Attempt(got)
         except Exception as exc:
