@@ -10,7 +10,7 @@ from connectors.postgres.row_encoding import item_size, vector_literal
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import AttemptRules
 from connectors.postgres.worker.connections import LaneLink
-from connectors.postgres.worker.errors import ServiceDown
+from connectors.postgres.worker.errors import ModelMismatch, ServiceDown
 from connectors.postgres.worker.judge import Claimed, Outcome, Plan, Result, Sorting, judge, sort_claimed
 from connectors.postgres.worker.progress import Progress
 from connectors.postgres.worker.service import ModelPin, ServiceCalls
@@ -32,7 +32,9 @@ class BatchRunner:
         service's state rather than the row's: items that never reached the model, or failures the
         probe shows for a plain text too (no model, dimensions it cannot give, a wedged GPU) — then
         the rows go back uncounted and the lane pauses (``ServiceDown`` is raised once the batch is
-        written).
+        written). A service that serves another model than the vectorizer's refuses its pinned streams:
+        the rows go back uncounted and ``ModelMismatch`` is raised once the batch is written (the lane
+        holds that vectorizer).
         """
         started = time.monotonic()
         max_bytes = self.service.max_item_bytes
@@ -53,7 +55,7 @@ class BatchRunner:
         return outcome
 
     def _embed(self, link: LaneLink, vectorizer: Vectorizer, sorting: Sorting, pin: ModelPin
-               ) -> tuple[list[Result], list[bool], ServiceDown | None]:
+               ) -> tuple[list[Result], list[bool], ServiceDown | ModelMismatch | None]:
         """Each group's stream in turn, until the service shows it cannot embed now."""
         assert link.client is not None
         results: list[Result] = [None] * len(sorting.send)
@@ -63,7 +65,7 @@ class BatchRunner:
                 try:
                     got = self.service.embed_checked(link.client, vectorizer,  # type: ignore[misc]
                                                      [sorting.send[k].item for k in group], pin)
-                except ServiceDown as exc:
+                except (ServiceDown, ModelMismatch) as exc:  # the rest of the batch goes back uncounted
                     return results, alone, exc
                 for k, res in zip(group, got, strict=True):
                     results[k] = res

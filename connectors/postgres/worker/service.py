@@ -16,8 +16,8 @@ from connectors.client import Client, ItemFailure, QvlClientError, TransientErro
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
-from connectors.postgres.worker.errors import Malformed, ServiceDown
-from connectors.postgres.worker.judge import service_words
+from connectors.postgres.worker.errors import Malformed, ModelMismatch, ServiceDown
+from connectors.postgres.worker.judge import mismatch_words, service_words
 from connectors.postgres.worker.settings import WorkerSettings
 from connectors.postgres.worker.watchdog import Watchdog
 from qvl_proto import vectorizer_pb2 as pb
@@ -28,6 +28,7 @@ DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
 PROBE_TEXT = "qvl worker probe"
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
+MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
 Answer = np.ndarray | ItemFailure
 Checked = np.ndarray | ItemFailure | ServiceDown | None
@@ -126,12 +127,19 @@ class ServiceCalls:
                                          timeout=self.settings.rpc_timeout_s, fingerprint=pin.fingerprint)
             for res in stream:
                 watchdog.progress()
+                if isinstance(res, ItemFailure) and res.reason == MODEL_MISMATCH:
+                    stream.close()  # cancels the call: the rest would be refused alike
+                    raise self.mismatch(client, vectorizer, pin)
                 got.append(res)
                 if pin.fingerprint is None and isinstance(res, np.ndarray):
                     pin.fingerprint = client.last_fingerprint  # the model that answered
             carried = True
             return Attempt(got)
+        except ModelMismatch:
+            raise
         except Exception as exc:
+            if isinstance(exc, QvlClientError) and exc.reason == MODEL_MISMATCH:
+                raise self.mismatch(client, vectorizer, pin) from None
             if (down := self._abandoned(watchdog)) is not None:
                 raise down from None
             # CANCELLED for a whole stream: the service stopped it (draining), not this input.
@@ -152,6 +160,18 @@ class ServiceCalls:
                 log.info("a stream was carried on after its replica failed", extra={
                     "vectorizer": vectorizer.name, "times": client.retried - retried})
                 self.on_resent(vectorizer.name, client.retried - retried)
+
+    def mismatch(self, client: Client, vectorizer: Vectorizer, pin: ModelPin) -> ModelMismatch:
+        """The service refused the batch's model: which model the vectorizer's vectors came from, which
+        the service serves (its Info), and what to run."""
+        try:
+            served = next((m for m in client.info().models if m.task == "embed"), None)
+        except QvlClientError:
+            served = None
+        recorded = pin.fingerprint or ""
+        name = vectorizer.model_name if recorded == vectorizer.model_fingerprint else None
+        return ModelMismatch(mismatch_words(vectorizer.name, recorded, name, served.fingerprint if served else None,
+                                            served.name if served else None))
 
     def _abandoned(self, watchdog: Watchdog) -> ServiceDown | None:
         if watchdog.unreachable:

@@ -7,6 +7,8 @@ only the fingerprint tells them apart; real Postgres, the real worker, the real 
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +17,7 @@ import pytest
 
 from connectors.client import Client
 from qvl_devtools.tiny_model import build_checkpoint
-from tests.integration.postgres.conftest import drain
+from tests.integration.postgres.conftest import drain, running, wait_until
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -58,3 +60,49 @@ def test_the_first_write_records_the_model(qvl_db: str, conn: psycopg.Connection
     drain(qvl_db, service.grpc_target)
     assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (5,)
     assert recorded(conn) == served(service)
+
+
+def test_another_model_holds_the_vectorizer(qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess,
+                                            other_service: ServiceProcess, caplog: pytest.LogCaptureFixture) -> None:
+    notes(conn, range(1, 4))
+    drain(qvl_db, service.grpc_target)
+    before = conn.execute("SELECT id, embedding::text FROM notes ORDER BY id").fetchall()
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    notes(conn, range(4, 7))
+    fp_a, name = served(service)
+    fp_b, _ = served(other_service)
+    assert fp_a != fp_b
+
+    def held() -> bool:
+        rows = conn.execute("SELECT reason FROM qvl.worker_status WHERE reason LIKE '%reembed%'").fetchall()
+        return bool(rows)
+
+    caplog.set_level(logging.INFO, logger="qvl.worker")
+    with running(qvl_db, other_service.grpc_target):
+        try:
+            wait_until(held, timeout=60, every=0.2)
+        except TimeoutError:
+            pytest.fail(f"no hold said; status {conn.execute('SELECT state, reason FROM qvl.worker_status').fetchall()}"
+                        f", queue {conn.execute(f'SELECT id, attempts, last_error FROM qvl.queue_{vid}').fetchall()}")
+        time.sleep(2.0)  # the hold's backoff ends (cap 1 s) and the worker tries again: still nothing written
+        [(state, reason)] = conn.execute("SELECT state, reason FROM qvl.worker_status").fetchall()
+        queued = conn.execute(f"SELECT id, attempts, last_error FROM qvl.queue_{vid} ORDER BY id").fetchall()
+    # Both fingerprints, the model's name, and what to run.
+    for words in (fp_a, fp_b, name, "SELECT qvl.reembed('notes') to move every row to the served model",
+                  f"serve the model {fp_a} again", "vectorizer notes"):
+        assert words in reason, (words, reason)
+    assert state == "running"  # the other vectorizers go on
+    # Rows stay queued, no attempt counted, nothing failed, nothing of the other model written.
+    assert queued == [(4, 0, None), (5, 0, None), (6, 0, None)], queued
+    assert conn.execute("SELECT count(*) FROM qvl.failed_items('notes')").fetchone() == (0,)
+    assert conn.execute("SELECT id, embedding::text FROM notes WHERE id <= 3 ORDER BY id").fetchall() == before
+    assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (3,)
+    assert recorded(conn) == (fp_a, name)
+    logged = [r.getMessage() for r in caplog.records if "reembed" in r.getMessage()]
+    assert logged and fp_a in logged[0] and fp_b in logged[0], [r.getMessage() for r in caplog.records][-10:]
+    assert len(logged) == 1, logged  # said once, not on every try
+
+    # The old model served again: the rows move on.
+    drain(qvl_db, service.grpc_target)
+    assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (6,)
+    assert recorded(conn) == (fp_a, name)
