@@ -9,6 +9,7 @@ from . import spi
 from .embedding import embed_text
 from .errors import Failure, What
 from .items import Item, Row, make_item
+from .models import is_mismatch, mismatch, pinned
 from .service import query_instruction
 from .spi import plan
 from .vectorizers import vectorizer_by_name
@@ -53,9 +54,15 @@ def check_query_type(cfg: Row, kind: str) -> None:
 
 
 def query_vector(cfg: Row, query_item: Item, storage: str, what: What) -> str:
-    """The query's vector text at the vectorizer's size, embedded with its query instruction."""
+    """The query's vector text at the vectorizer's size, embedded with its query instruction by the
+    model its stored vectors came from (a service serving another refuses: ``models.mismatch``)."""
     instruction = cfg["query_instruction"] or query_instruction()
-    return embed_text(query_item, instruction, cfg["dimensions"], storage, what)
+    try:
+        return embed_text(query_item, instruction, cfg["dimensions"], storage, what, pinned(cfg))
+    except Failure as f:
+        if is_mismatch(f):
+            raise mismatch(cfg, f) from None
+        raise
 
 
 def query_embedding_sql(name: str, text: str | None, image: bytes | None, video: bytes | None,

@@ -106,3 +106,40 @@ def test_another_model_holds_the_vectorizer(qvl_db: str, conn: psycopg.Connectio
     drain(qvl_db, service.grpc_target)
     assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (6,)
     assert recorded(conn) == (fp_a, name)
+
+
+QUERIES = {
+    "query_embedding": "SELECT qvl.query_embedding('notes', 'harbour') IS NOT NULL",
+    "query in ORDER BY": "SELECT id FROM notes ORDER BY embedding <=> qvl.query_embedding('notes', 'harbour') LIMIT 2",
+    "search": "SELECT pk FROM qvl.search('notes', 'harbour', k => 2, rerank => false)",
+    "search typed": "SELECT key FROM qvl.search('notes', 'harbour', NULL::int, k => 2, rerank => false)",
+    "hybrid_search": "SELECT pk FROM qvl.hybrid_search('notes', 'harbour', k => 2, rerank => false)",
+}
+
+
+def test_queries_refuse_another_model(qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess,
+                                      other_service: ServiceProcess) -> None:
+    notes(conn, range(1, 4), fulltext=True)
+    drain(qvl_db, service.grpc_target)
+    fp_a, name = served(service)
+    fp_b, _ = served(other_service)
+    for sql in QUERIES.values():  # the model the vectors came from answers
+        assert conn.execute(sql).fetchall()
+
+    conn.execute("SELECT qvl.set_service(%s)", (other_service.http_url,))
+    for what, sql in QUERIES.items():
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute(sql).fetchall()
+        diag = refused.value.diag
+        assert refused.value.sqlstate == "55000", (what, refused.value.sqlstate, diag.message_primary)
+        message = diag.message_primary or ""
+        for words in ("vectorizer 'notes'", f"{name} (fingerprint {fp_a})", fp_b):
+            assert words in message, (what, words, message)
+        hint = diag.message_hint or ""
+        assert "SELECT qvl.reembed('notes') to move every row to the served model" in hint, (what, hint)
+        assert f"serve the model {fp_a} again" in hint, (what, hint)
+
+    # A vectorizer with no model recorded yet (nothing written) pins nothing: any model answers.
+    conn.execute("CREATE TABLE empty_notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qvl.create_vectorizer('empty_notes', text_columns => ARRAY['body'], dimensions => 32)")
+    assert conn.execute("SELECT qvl.query_embedding('empty_notes', 'harbour') IS NOT NULL").fetchone() == (True,)

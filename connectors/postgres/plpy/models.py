@@ -1,0 +1,44 @@
+"""Model identity (issue 23): a vectorizer's query vectors are asked of the model its stored vectors
+came from (``qvl.vectorizer.model_fingerprint``, sent as the JSON API's "fingerprint"), and a service
+serving another model is refused in words an operator acts on (the worker says the same:
+connectors/postgres/worker/judge.py ``mismatch_words``)."""
+
+from __future__ import annotations
+
+from .errors import Failure
+from .items import Row
+from .service import cache, model_info
+
+MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason (HTTP 409) for a call pinned to another model
+SQLSTATE = "55000"  # object_not_in_prerequisite_state: the stored vectors need another model
+
+
+def pinned(cfg: Row) -> str | None:
+    """The fingerprint to send for ``cfg``'s vectorizer (None: none recorded yet, any model answers)."""
+    return cfg.get("model_fingerprint")
+
+
+def model_words(fingerprint: str, name: str | None) -> str:
+    return f"{name} (fingerprint {fingerprint})" if name else f"fingerprint {fingerprint}"
+
+
+def is_mismatch(failure: Failure) -> bool:
+    return failure.status == 409 and failure.reason == MODEL_MISMATCH
+
+
+def mismatch(cfg: Row, refused: Failure) -> Failure:
+    """The SQL error for a query refused because the service serves another model than the vectors'."""
+    cache.pop("info", None)  # the model just changed: ask again which one is served
+    try:
+        served = model_info("embed")
+    except Failure:
+        served = {}
+    fingerprint, name = cfg["model_fingerprint"], cfg["name"]
+    now = model_words(served["fingerprint"], served.get("name")) if served.get("fingerprint") else "another model"
+    quoted = "'" + name.replace("'", "''") + "'"
+    return Failure(f"qvl: vectorizer {quoted}: its vectors were made by model "
+                   f"{model_words(fingerprint, cfg.get('model_name'))}, but the service serves {now}; vectors of "
+                   f"two models are not comparable", detail=refused.detail,
+                   hint=f"Run SELECT qvl.reembed({quoted}) to move every row to the served model, or serve the "
+                        f"model {fingerprint} again (docs/model-upgrades.md).",
+                   sqlstate=SQLSTATE, status=409)
