@@ -186,7 +186,8 @@ COMMENT ON FUNCTION qvl.drop_vectorizer(text, boolean) IS
 
 
 -- Re-queue every row (after a model change), optionally at a new size: the column is retyped and
--- emptied, the index rebuilt, and the worker fills it again.
+-- emptied, the index rebuilt, and the worker fills it again. From version 11 it adopts the served
+-- model (qvl._adopt_served_model: another model's vectors are emptied first, the recorded model cleared).
 CREATE OR REPLACE FUNCTION qvl.reembed(name text, dimensions int DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -205,6 +206,9 @@ BEGIN
         PERFORM pg_notify('qvl_config', v.id::text);
     END IF;
     EXECUTE format('DELETE FROM qvl.failed_%s', v.id);
+    IF to_regprocedure('qvl._adopt_served_model(integer)') IS NOT NULL THEN  -- version 11: model identity
+        RETURN qvl._adopt_served_model(v.id);
+    END IF;
     RETURN qvl._queue_all(v.id);
 END
 $$;

@@ -18,3 +18,48 @@ BEGIN
     RETURN recorded;
 END
 $$;
+
+
+-- The fingerprint of the embedding model that the service of the SQL functions serves now (its
+-- /v1/info), NULL when it cannot say (not reachable, or a service older than fingerprints).
+CREATE OR REPLACE FUNCTION qvl._served_fingerprint() RETURNS text LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT nullif(m ->> 'fingerprint', '') FROM jsonb_array_elements(qvl.service_info() -> 'models') AS m
+             WHERE m ->> 'task' = 'embed' LIMIT 1);
+EXCEPTION WHEN OTHERS THEN  -- (not a cancel: OTHERS leaves query_canceled alone)
+    RETURN NULL;
+END
+$$;
+
+
+-- qvl.reembed's queueing (version 11): every row queued again, and the served model adopted. Where the
+-- vectorizer records a model and the service serves another (or cannot say which), the column is
+-- emptied first, so the served model's vectors never sit beside the recorded one's (searches find
+-- the rows again as they are written), and the model is forgotten: the next write records the served
+-- one. The same model served: the vectors stay until they are written again.
+CREATE OR REPLACE FUNCTION qvl._adopt_served_model(vid int) RETURNS bigint LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+    adopt boolean;
+    n bigint;
+BEGIN
+    SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
+    adopt := v.model_fingerprint IS NOT NULL AND qvl._served_fingerprint() IS DISTINCT FROM v.model_fingerprint;
+    IF adopt THEN
+        -- Writing the table runs its owner's code: as the owner (qvl._as_owner). No qvl trigger fires:
+        -- they watch the input columns, not the vector.
+        PERFORM qvl._as_owner(v.source, format('UPDATE %s SET %I = NULL WHERE %I IS NOT NULL', v.source,
+                                               v.destination, v.destination));
+    END IF;
+    n := qvl._queue_all(vid);
+    IF adopt THEN
+        -- Last, after the table's rows and the queue's: the order in which a worker's first write
+        -- takes them (rows, queue, then qvl._record_model), so the two never wait for each other.
+        UPDATE qvl.vectorizer SET model_fingerprint = NULL, model_name = NULL WHERE id = vid;
+        PERFORM pg_notify('qvl_config', vid::text);  -- workers read the definition again: held no more
+    END IF;
+    RETURN n;
+END
+$$;

@@ -12,12 +12,13 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
 from connectors.client import Client
 from qvl_devtools.tiny_model import build_checkpoint
-from tests.integration.postgres.conftest import drain, running, wait_until
+from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -143,3 +144,42 @@ def test_queries_refuse_another_model(qvl_db: str, conn: psycopg.Connection[Any]
     conn.execute("CREATE TABLE empty_notes (id int PRIMARY KEY, body text)")
     conn.execute("SELECT qvl.create_vectorizer('empty_notes', text_columns => ARRAY['body'], dimensions => 32)")
     assert conn.execute("SELECT qvl.query_embedding('empty_notes', 'harbour') IS NOT NULL").fetchone() == (True,)
+
+
+def stored(conn: psycopg.Connection[Any]) -> dict[int, Any]:
+    return {i: (None if e is None else vec(e)) for i, e in conn.execute("SELECT id, embedding::text FROM notes")}
+
+
+def test_reembed_adopts_the_served_model(qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess,
+                                         other_service: ServiceProcess) -> None:
+    notes(conn, range(1, 5), fulltext=True)
+    drain(qvl_db, service.grpc_target)
+    fp_a, name = served(service)
+    fp_b, _ = served(other_service)
+    old = stored(conn)
+
+    # The same model served: qvl.reembed keeps the model and the vectors (search goes on meanwhile).
+    assert conn.execute("SELECT qvl.reembed('notes')").fetchone() == (4,)
+    assert recorded(conn) == (fp_a, name)
+    assert all(v is not None for v in stored(conn).values())
+    drain(qvl_db, service.grpc_target)
+
+    # Another model served: qvl.reembed adopts it. The column is emptied at once, so the new model's
+    # vectors never sit beside the old one's, and the next write records the new model.
+    conn.execute("SELECT qvl.set_service(%s)", (other_service.http_url,))
+    assert conn.execute("SELECT qvl.reembed('notes')").fetchone() == (4,)
+    assert recorded(conn) == (None, None)
+    assert stored(conn) == dict.fromkeys(old)
+    assert conn.execute("SELECT count(*) FROM qvl.failed_items('notes')").fetchone() == (0,)
+    drain(qvl_db, other_service.grpc_target)
+    assert recorded(conn) == (fp_b, name)
+
+    now = stored(conn)
+    texts = dict(conn.execute("SELECT id, body FROM notes").fetchall())
+    with Client(other_service.grpc_target) as client:
+        want = client.embed([texts[i] for i in sorted(now)], dimensions=32)
+    got = np.stack([now[i] for i in sorted(now)])
+    assert (cosines(got, want) >= 0.9999).all(), cosines(got, want)  # every row: the new model's vector
+    assert (cosines(got, np.stack([old[i] for i in sorted(old)])) < 0.99).all()  # and no longer the old one's
+    for sql in QUERIES.values():  # the queries follow the new model
+        assert conn.execute(sql).fetchall()
