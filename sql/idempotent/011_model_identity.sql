@@ -46,7 +46,10 @@ DECLARE
     n bigint;
 BEGIN
     SELECT * INTO STRICT v FROM qvl.vectorizer WHERE id = vid;
-    adopt := v.model_fingerprint IS NOT NULL AND qvl._served_fingerprint() IS DISTINCT FROM v.model_fingerprint;
+    adopt := false;
+    IF v.model_fingerprint IS NOT NULL THEN  -- (the service is asked only where a model is recorded)
+        adopt := qvl._served_fingerprint() IS DISTINCT FROM v.model_fingerprint;
+    END IF;
     IF adopt THEN
         -- Writing the table runs its owner's code: as the owner (qvl._as_owner). No qvl trigger fires:
         -- they watch the input columns, not the vector.
