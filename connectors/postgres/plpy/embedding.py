@@ -49,6 +49,13 @@ def embed_request(item: Item | None, instruction: str | None, dimensions: int | 
 def embed_text(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
                what: What, fingerprint: str | None = None) -> str:
     """The vector's text; a Failure for an answer without one or with a value that is not finite."""
+    return embed_answer(item, instruction, dimensions, storage, what, fingerprint)[0]
+
+
+def embed_answer(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
+                 what: What, fingerprint: str | None = None) -> tuple[str, str | None]:
+    """As ``embed_text``, with the fingerprint of the model that answered (None: a service older
+    than fingerprints)."""
     resp = call("embed", embed_request(item, instruction, dimensions, storage, fingerprint), what)
     try:
         text = vector_text(resp["embeddings"][0], storage, resp.get("dimensions"))
@@ -58,7 +65,8 @@ def embed_text(item: Item | None, instruction: str | None, dimensions: int | Non
         raise Failure(f"qvl: the model service returned a vector that is not finite (NaN or infinity) for "
                       f"{what(None)}", detail="embed 200: a NaN or infinite value", hint=HINTS[500],
                       sqlstate="XX000", status=200)
-    return text
+    answered = resp.get("fingerprint")
+    return text, answered if isinstance(answered, str) and answered else None
 
 
 def embed_sql(text: str | None, image: bytes | None, video: bytes | None, instruction: str | None,

@@ -5,9 +5,14 @@ connectors/postgres/worker/judge.py ``mismatch_words``)."""
 
 from __future__ import annotations
 
-from .errors import Failure
-from .items import Row
+from . import spi
+from .embedding import embed_answer
+from .errors import Failure, What
+from .items import Item, Row
 from .service import cache, model_info
+from .spi import plan
+
+RECORD_SQL = "SELECT qvl._record_model($1, $2, $3) AS recorded"
 
 MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason (HTTP 409) for a call pinned to another model
 SQLSTATE = "55000"  # object_not_in_prerequisite_state: the stored vectors need another model
@@ -16,6 +21,31 @@ SQLSTATE = "55000"  # object_not_in_prerequisite_state: the stored vectors need 
 def pinned(cfg: Row) -> str | None:
     """The fingerprint to send for ``cfg``'s vectorizer (None: none recorded yet, any model answers)."""
     return cfg.get("model_fingerprint")
+
+
+def embed_pinned(cfg: Row, item: Item, instruction: str | None, storage: str, what: What) -> tuple[str, str | None]:
+    """``item``'s vector text at the vectorizer's size, asked of the model its vectors came from, and the
+    fingerprint of the model that answered; a service serving another is refused (``mismatch``)."""
+    try:
+        return embed_answer(item, instruction, cfg["dimensions"], storage, what, pinned(cfg))
+    except Failure as f:
+        if is_mismatch(f):
+            raise mismatch(cfg, f) from None
+        raise
+
+
+def record(cfg: Row, answered: str | None) -> None:
+    """A write of vectors from the model ``answered``: the vectorizer's first records it (in the
+    writing transaction); a Failure (``mismatch``) where another model is recorded meanwhile."""
+    if answered is None or cfg.get("model_fingerprint") == answered:
+        return
+    served = model_info("embed")
+    name = served.get("name") if served.get("fingerprint") == answered else None
+    got = spi.plpy.execute(plan("record_model", RECORD_SQL, ["int4", "text", "text"]), [cfg["id"], answered, name])
+    recorded = got[0]["recorded"]
+    if recorded != answered:
+        now = dict(cfg, model_fingerprint=recorded, model_name=None)
+        raise mismatch(now, Failure("the vectorizer records another model", status=409, reason=MODEL_MISMATCH))
 
 
 def model_words(fingerprint: str, name: str | None) -> str:
@@ -41,4 +71,4 @@ def mismatch(cfg: Row, refused: Failure) -> Failure:
                    f"two models are not comparable", detail=refused.detail,
                    hint=f"Run SELECT qvl.reembed({quoted}) to move every row to the served model, or serve the "
                         f"model {fingerprint} again (docs/model-upgrades.md).",
-                   sqlstate=SQLSTATE, status=409)
+                   sqlstate=SQLSTATE, status=409, reason=MODEL_MISMATCH)

@@ -183,3 +183,21 @@ def test_reembed_adopts_the_served_model(qvl_db: str, conn: psycopg.Connection[A
     assert (cosines(got, np.stack([old[i] for i in sorted(old)])) < 0.99).all()  # and no longer the old one's
     for sql in QUERIES.values():  # the queries follow the new model
         assert conn.execute(sql).fetchall()
+
+
+def test_sync_mode_records_and_pins_the_model(conn: psycopg.Connection[Any], service: ServiceProcess,
+                                              other_service: ServiceProcess) -> None:
+    conn.execute("CREATE TABLE quick (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qvl.create_vectorizer('quick', text_columns => ARRAY['body'], dimensions => 32, "
+                 "mode => 'sync')")
+    conn.execute("INSERT INTO quick VALUES (1, 'a harbour at dusk')")  # embedded by the trigger
+    assert recorded(conn, "quick") == served(service)
+
+    fp_a, _ = served(service)
+    conn.execute("SELECT qvl.set_service(%s)", (other_service.http_url,))
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("INSERT INTO quick VALUES (2, 'a boat')")
+    assert refused.value.sqlstate == "55000", refused.value.diag.message_primary
+    assert fp_a in (refused.value.diag.message_primary or "")
+    assert "SELECT qvl.reembed('quick')" in (refused.value.diag.message_hint or "")
+    assert conn.execute("SELECT count(*) FROM quick").fetchone() == (1,)  # nothing of the other model stored
