@@ -155,7 +155,7 @@ def model_words(fingerprint: str, name: str | None) -> str:
 def mismatch_words(vectorizer: str, recorded: str, recorded_name: str | None, served: str | None,
                    served_name: str | None) -> str:
     """Why a vectorizer's rows stay queued after a model change, and what an operator does about it
-    (the SQL functions' refusal, connectors/postgres/plpy/query_vectors.py, says the same)."""
+    (the SQL functions' refusal, connectors/postgres/plpy/models.py, says the same)."""
     now = model_words(served, served_name) if served else "another model"
     return (f"its vectors were made by model {model_words(recorded, recorded_name)}, but the service serves "
             f"{now}; vectors of two models are not comparable, so its rows stay queued (none is failed). Run "

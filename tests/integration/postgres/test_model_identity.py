@@ -8,6 +8,7 @@ only the fingerprint tells them apart; real Postgres, the real worker, the real 
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ import pytest
 from connectors.client import Client
 from qvl_devtools.tiny_model import build_checkpoint
 from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
+from tests.support.fake_service import FakeService
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -201,3 +203,33 @@ def test_sync_mode_records_and_pins_the_model(conn: psycopg.Connection[Any], ser
     assert fp_a in (refused.value.diag.message_primary or "")
     assert "SELECT qvl.reembed('quick')" in (refused.value.diag.message_hint or "")
     assert conn.execute("SELECT count(*) FROM quick").fetchone() == (1,)  # nothing of the other model stored
+
+
+def test_a_first_write_of_another_model_than_the_one_recorded_meanwhile_is_rolled_back(
+        qvl_db: str, conn: psycopg.Connection[Any], fake: FakeService) -> None:
+    """Two workers on replicas of two models, and no model recorded yet: the first write records its
+    model; the other's write, whose vectors came from another model, must not land beside them. The
+    fake service announces one model and holds the batch while "the other worker" records another."""
+    fake.fake.fingerprint = "aaaaaaaaaaaaaaaa"
+    in_hand, go = threading.Event(), threading.Event()
+
+    def held(text: str) -> None:
+        in_hand.set()
+        go.wait(30)
+
+    fake.fake.behave = held
+    notes(conn, range(1, 4))
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    with running(qvl_db, fake.target, batch=3):
+        assert in_hand.wait(30)
+        conn.execute("SELECT qvl._record_model(%s, 'bbbbbbbbbbbbbbbb', 'other')", (vid,))
+        go.set()
+        wait_until(lambda: bool(conn.execute("SELECT 1 FROM qvl.worker_status WHERE reason LIKE '%reembed%'")
+                                .fetchall()), timeout=30, every=0.1)
+        [(reason,)] = conn.execute("SELECT reason FROM qvl.worker_status").fetchall()
+        queued = conn.execute(f"SELECT id, attempts FROM qvl.queue_{vid} ORDER BY id").fetchall()
+    assert "other (fingerprint bbbbbbbbbbbbbbbb)" in reason and "aaaaaaaaaaaaaaaa" in reason, reason
+    assert queued == [(1, 0), (2, 0), (3, 0)], queued  # given back uncounted
+    assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM qvl.failed_items('notes')").fetchone() == (0,)
+    assert recorded(conn) == ("bbbbbbbbbbbbbbbb", "other")
