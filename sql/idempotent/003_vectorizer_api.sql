@@ -263,13 +263,17 @@ END
 $$;
 
 
+-- model_name, model_fingerprint: the model the vectors came from (version 11; read through to_jsonb, so
+-- the view is the same at every version, NULL before). New columns go last: CREATE OR REPLACE VIEW
+-- may only append.
 CREATE OR REPLACE VIEW qvl.vectorizer_status AS
 SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
-       s.pending, s.in_progress, s.failed, s.oldest_pending_age
+       s.pending, s.in_progress, s.failed, s.oldest_pending_age,
+       to_jsonb(v) ->> 'model_name' AS model_name, to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint
   FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
 COMMENT ON VIEW qvl.vectorizer_status IS
     'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused '
-    '(counts NULL unless you may read the table)';
+    '(counts NULL unless you may read the table); model_*: the model the vectors came from';
 
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or

@@ -63,6 +63,10 @@ def test_the_first_write_records_the_model(qvl_db: str, conn: psycopg.Connection
     drain(qvl_db, service.grpc_target)
     assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (5,)
     assert recorded(conn) == served(service)
+    # qvl.vectorizer_status (what `qvl pg status` prints) shows it too.
+    fingerprint, name = served(service)
+    assert conn.execute("SELECT model_name, model_fingerprint FROM qvl.vectorizer_status").fetchone() == (
+        name, fingerprint)
 
 
 def test_another_model_holds_the_vectorizer(qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess,
