@@ -39,7 +39,10 @@ def record(cfg: Row, answered: str | None) -> None:
     writing transaction); a Failure (``mismatch``) where another model is recorded meanwhile."""
     if answered is None or cfg.get("model_fingerprint") == answered:
         return
-    served = model_info("embed")
+    try:
+        served = model_info("embed")
+    except Failure:  # the name is for the words of a refusal only: the vector is in hand
+        served = {}
     name = served.get("name") if served.get("fingerprint") == answered else None
     got = spi.plpy.execute(plan("record_model", RECORD_SQL, ["int4", "text", "text"]), [cfg["id"], answered, name])
     recorded = got[0]["recorded"]
