@@ -18,7 +18,9 @@ SELECT v.id, v.name, format('%I.%I', n.nspname, c.relname) AS source, v.pk_colum
        (SELECT json_object_agg(a.attname, format_type(a.atttypid, a.atttypmod))
           FROM pg_attribute a WHERE a.attrelid = v.source AND a.attnum > 0 AND NOT a.attisdropped) AS types,
        EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(format('qvl.queue_%s', v.id))
-                  AND a.attname = 'not_before' AND NOT a.attisdropped) AS backoff_columns
+                  AND a.attname = 'not_before' AND NOT a.attisdropped) AS backoff_columns,
+       -- Read through to_jsonb: NULL in a schema older than version 11, which has no such columns.
+       to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint, to_jsonb(v) ->> 'model_name' AS model_name
   FROM qvl.vectorizer v
   JOIN pg_class c ON c.oid = v.source
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -50,6 +52,10 @@ class Vectorizer:
     # The queue has not_before and last_error (schema version 6). A database not upgraded yet keeps
     # a failed row's backoff in claimed_until instead, as before.
     backoff_columns: bool = True
+    # The model the column's vectors came from (schema version 11; None: none recorded yet). The worker
+    # pins its streams to it; its first write records the model that served it (qvl._record_model).
+    model_fingerprint: str | None = None
+    model_name: str | None = None
 
     @property
     def queue(self) -> str:
@@ -246,10 +252,11 @@ def load_vectorizers(conn: psycopg.Connection[Any], names: tuple[str, ...] = ())
     out = []
     for row in conn.execute(LOAD_SQL).fetchall():
         (vid, name, source, pk_columns, pk_types, text_columns, image_columns, video_columns, destination,
-         dimensions, storage, instruction, mode, vector_schema, types, backoff_columns) = row
+         dimensions, storage, instruction, mode, vector_schema, types, backoff_columns, fingerprint, model) = row
         if names and name not in names:
             continue
         out.append(Vectorizer(vid, name, source, tuple(pk_columns), tuple(pk_types), tuple(text_columns),
                               tuple(image_columns), tuple(video_columns), destination, dimensions, storage,
-                              instruction, mode, vector_schema, dict(types or {}), bool(backoff_columns)))
+                              instruction, mode, vector_schema, dict(types or {}), bool(backoff_columns),
+                              fingerprint, model))
     return out

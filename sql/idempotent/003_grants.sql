@@ -82,6 +82,9 @@ BEGIN
             TO qvl_worker;
         GRANT SELECT ON qvl.config TO qvl_worker;  -- the retention
     END IF;
+    IF to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL THEN  -- version 11
+        GRANT EXECUTE ON FUNCTION qvl._record_model(int, text, text) TO qvl_worker;
+    END IF;
 END
 $$;
 

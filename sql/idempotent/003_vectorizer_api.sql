@@ -186,7 +186,8 @@ COMMENT ON FUNCTION qvl.drop_vectorizer(text, boolean) IS
 
 
 -- Re-queue every row (after a model change), optionally at a new size: the column is retyped and
--- emptied, the index rebuilt, and the worker fills it again.
+-- emptied, the index rebuilt, and the worker fills it again. From version 11 it adopts the served
+-- model (qvl._adopt_served_model: another model's vectors are emptied first, the recorded model cleared).
 CREATE OR REPLACE FUNCTION qvl.reembed(name text, dimensions int DEFAULT NULL) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
@@ -205,6 +206,9 @@ BEGIN
         PERFORM pg_notify('qvl_config', v.id::text);
     END IF;
     EXECUTE format('DELETE FROM qvl.failed_%s', v.id);
+    IF to_regprocedure('qvl._adopt_served_model(integer)') IS NOT NULL THEN  -- version 11: model identity
+        RETURN qvl._adopt_served_model(v.id);
+    END IF;
     RETURN qvl._queue_all(v.id);
 END
 $$;
@@ -259,13 +263,17 @@ END
 $$;
 
 
+-- model_name, model_fingerprint: the model the vectors came from (version 11; read through to_jsonb, so
+-- the view is the same at every version, NULL before). New columns go last: CREATE OR REPLACE VIEW
+-- may only append.
 CREATE OR REPLACE VIEW qvl.vectorizer_status AS
 SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
-       s.pending, s.in_progress, s.failed, s.oldest_pending_age
+       s.pending, s.in_progress, s.failed, s.oldest_pending_age,
+       to_jsonb(v) ->> 'model_name' AS model_name, to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint
   FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
 COMMENT ON VIEW qvl.vectorizer_status IS
     'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused '
-    '(counts NULL unless you may read the table)';
+    '(counts NULL unless you may read the table); model_*: the model the vectors came from';
 
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or

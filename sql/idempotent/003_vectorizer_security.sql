@@ -10,7 +10,8 @@
 -- the domain (PL/Python handing the row back, a key going into the queue). Owned by the installing
 -- superuser, that let a role that owns such a domain's function run it as a superuser. So they are
 -- owned by qvl_trigger: NOLOGIN, no role attributes, member of no role, allowed only what the
--- triggers do (read qvl.vectorizer, call qvl._call and qvl._load, write the queues, forget failures).
+-- triggers do (read qvl.vectorizer, call qvl._call and qvl._load, write the queues, forget failures,
+-- record a vectorizer's model).
 CREATE OR REPLACE FUNCTION qvl._ensure_trigger_role() RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -37,6 +38,9 @@ BEGIN
     GRANT USAGE ON SCHEMA qvl TO qvl_trigger;
     GRANT SELECT ON qvl.vectorizer TO qvl_trigger;
     GRANT EXECUTE ON FUNCTION qvl._call(text, text), qvl._load() TO qvl_trigger;
+    IF to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL THEN  -- version 11: sync mode's first write
+        GRANT EXECUTE ON FUNCTION qvl._record_model(int, text, text) TO qvl_trigger;
+    END IF;
     ALTER FUNCTION qvl._sync_embed() OWNER TO qvl_trigger;
 END
 $$;

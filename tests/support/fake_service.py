@@ -43,6 +43,7 @@ class FakeVectorizer(pb_grpc.VectorizerServicer):
     # (code, message) ends the whole stream with that status when this item arrives (None: it does not)
     refuse: Callable[[str], tuple[str, str] | None] = lambda text: None
     seen: list[tuple[float, str]] = field(default_factory=list)  # (monotonic time, item text) per item received
+    fingerprint: str = ""  # announced in each stream's metadata, as the real service does ("": none, an old one)
     streams: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -51,17 +52,22 @@ class FakeVectorizer(pb_grpc.VectorizerServicer):
             return [t for t, x in self.seen if x == text]
 
     def Info(self, request: pb.InfoRequest, context: Any) -> pb.InfoResponse:
-        return pb.InfoResponse(models=[pb.ModelInfo(task="embed", name="fake", hidden_size=self.hidden_size)],
+        return pb.InfoResponse(models=[pb.ModelInfo(task="embed", name="fake", hidden_size=self.hidden_size,
+                                                    fingerprint=self.fingerprint)],
                                limits=pb.Limits(max_request_bytes=64 << 20))
 
     def EmbedStream(self, request_iterator: Iterator[pb.EmbedStreamRequest], context: Any
                     ) -> Iterator[pb.EmbedStreamResult]:
         with self.lock:
             self.streams += 1
-        dimensions = self.hidden_size
+        if self.fingerprint:
+            context.send_initial_metadata((("qvl-model-fingerprint", self.fingerprint),))
+        dimensions, pinned = self.hidden_size, ""
         for req in request_iterator:
             if req.HasField("options") and req.options.HasField("dimensions"):
                 dimensions = req.options.dimensions
+            if req.HasField("options") and req.options.HasField("fingerprint"):
+                pinned = req.options.fingerprint
             text = item_text(req.item)
             with self.lock:
                 self.seen.append((time.monotonic(), text))
@@ -69,6 +75,11 @@ class FakeVectorizer(pb_grpc.VectorizerServicer):
                 context.abort(getattr(grpc.StatusCode, refusal[0]), refusal[1])
             if self.delay_s:
                 time.sleep(self.delay_s)
+            if self.fingerprint and pinned and pinned != self.fingerprint:  # as the real service refuses a pin
+                yield pb.EmbedStreamResult(seq=req.seq, error=pb.ItemError(
+                    index=req.seq, code="FAILED_PRECONDITION", reason=pb.MODEL_MISMATCH,
+                    message=f"the request pins model fingerprint {pinned}, but this service has {self.fingerprint}"))
+                continue
             out = self.behave(text)
             if isinstance(out, tuple):
                 code, message = out

@@ -320,3 +320,20 @@ def test_unknown_vectorizer_is_a_sql_error(plpy: FakePlpy) -> None:
     with pytest.raises(PlpyError) as caught:
         vectorizers.vectorizer_by_name("nope")
     assert (caught.value.message, caught.value.sqlstate) == ("qvl: no vectorizer named 'nope'", "42704")
+
+
+def test_a_query_pins_the_vectors_model_and_a_mismatch_names_both(plpy: FakePlpy) -> None:
+    plpy.on("statement_timestamp()", lambda args: [{"stamp": "2025-01-01 00:00:02+00"}])
+    plpy.on("FROM qvl.vectorizer v", lambda args: [{**CFG, "model_fingerprint": "00112233aabbccdd",
+                                                    "model_name": "tiny-qwen3-vl"}])
+    refusal = {"error": "the request pins model fingerprint 00112233aabbccdd, but ...", "reason": "MODEL_MISMATCH"}
+    info = {"models": [{"task": "embed", "name": "Qwen3-VL-2B", "fingerprint": "ffeeddcc99887766"}]}
+    calls = service_answers(plpy, {"embed": (409, refusal), "info": (200, info)})
+    with pytest.raises(PlpyError) as caught:
+        query_vectors.query_embedding_sql("photos", "q", None, None, "vector")
+    [pinned] = [body["fingerprint"] for endpoint, body in calls if endpoint == "embed"]
+    assert pinned == "00112233aabbccdd"  # the JSON API's pin
+    assert caught.value.sqlstate == "55000"
+    assert "tiny-qwen3-vl (fingerprint 00112233aabbccdd)" in str(caught.value)
+    assert "Qwen3-VL-2B (fingerprint ffeeddcc99887766)" in str(caught.value)
+    assert caught.value.hint is not None and "SELECT qvl.reembed('photos')" in caught.value.hint

@@ -21,6 +21,7 @@ from connectors.postgres.worker.judge import (
     Result,
     Retry,
     judge,
+    mismatch_words,
     row_message,
     service_words,
     sort_claimed,
@@ -234,3 +235,14 @@ def test_a_held_vectorizer_waits_its_own_backoff_and_a_new_definition_is_tried_a
     released = holds.release(Definition(1, "photos_renamed"))
     assert released is not None and released.failures == 1
     assert not holds.held(Definition(1, "photos_renamed")) and holds.release(photos) is None
+
+
+def test_a_model_mismatch_says_which_models_and_what_to_run() -> None:
+    words = mismatch_words("o'brien notes", "00112233aabbccdd", "tiny-qwen3-vl", "ffeeddcc99887766", "Qwen3-VL-2B")
+    assert "tiny-qwen3-vl (fingerprint 00112233aabbccdd)" in words
+    assert "Qwen3-VL-2B (fingerprint ffeeddcc99887766)" in words
+    # The statement to run is valid SQL for any name (the quote doubled).
+    assert "SELECT qvl.reembed('o''brien notes') to move every row to the served model" in words
+    assert words.endswith("or serve the model 00112233aabbccdd again")
+    # A service whose Info did not answer: the recorded model is still named.
+    assert "serves another model" in mismatch_words("n", "00112233aabbccdd", None, None, None)

@@ -7,7 +7,7 @@ API (docs/api.md). One module per concern:
 - ``spi``: the ``plpy`` handle and prepared statements; ``errors``: service errors into SQL errors
   with hints; ``addresses``, ``wire``, ``transport``: the HTTP exchange (replicas, deadlines,
   cancellation, TLS); ``service``: calls through ``qvl._call`` and ``/v1/info``;
-- ``items``, ``embedding``, ``reranking``, ``query_vectors``: items from column values, vectors,
+- ``items``, ``embedding``, ``reranking``, ``query_vectors``, ``models``: items from column values, vectors,
   scores; ``vectorizers``, ``triggers``: the catalog row, the sync trigger;
 - ``filters``, ``filter_text``, ``filter_structured``: the caller's filter, checked;
   ``candidates``, ``search``: ``qvl.search``, ``qvl.rerank_rows``' rows, ``qvl.hybrid_search``.

@@ -31,21 +31,32 @@ def vector_text(emb: Mapping[str, Any], storage: str, dims: int | None) -> str:
     return "[" + ",".join(map(repr, values)) + "]"
 
 
-def embed_request(item: Item | None, instruction: str | None, dimensions: int | None, storage: str) -> dict[str, Any]:
-    """The POST /v1/embed body for one item (binary encoding for bit storage, else float32)."""
+def embed_request(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
+                  fingerprint: str | None = None) -> dict[str, Any]:
+    """The POST /v1/embed body for one item (binary encoding for bit storage, else float32);
+    ``fingerprint`` pins the model (the service refuses another with 409 MODEL_MISMATCH)."""
     payload: dict[str, Any] = {"items": [item if item is not None else {}], "format": "base64",
                                "encoding": "binary" if storage == "bit" else "float32"}
     if instruction is not None:
         payload["instruction"] = instruction
     if dimensions is not None:
         payload["dimensions"] = dimensions
+    if fingerprint is not None:
+        payload["fingerprint"] = fingerprint
     return payload
 
 
 def embed_text(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
-               what: What) -> str:
+               what: What, fingerprint: str | None = None) -> str:
     """The vector's text; a Failure for an answer without one or with a value that is not finite."""
-    resp = call("embed", embed_request(item, instruction, dimensions, storage), what)
+    return embed_answer(item, instruction, dimensions, storage, what, fingerprint)[0]
+
+
+def embed_answer(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
+                 what: What, fingerprint: str | None = None) -> tuple[str, str | None]:
+    """As ``embed_text``, with the fingerprint of the model that answered (None: a service older
+    than fingerprints)."""
+    resp = call("embed", embed_request(item, instruction, dimensions, storage, fingerprint), what)
     try:
         text = vector_text(resp["embeddings"][0], storage, resp.get("dimensions"))
     except (KeyError, IndexError, TypeError, ValueError) as exc:
@@ -54,7 +65,8 @@ def embed_text(item: Item | None, instruction: str | None, dimensions: int | Non
         raise Failure(f"qvl: the model service returned a vector that is not finite (NaN or infinity) for "
                       f"{what(None)}", detail="embed 200: a NaN or infinite value", hint=HINTS[500],
                       sqlstate="XX000", status=200)
-    return text
+    answered = resp.get("fingerprint")
+    return text, answered if isinstance(answered, str) and answered else None
 
 
 def embed_sql(text: str | None, image: bytes | None, video: bytes | None, instruction: str | None,

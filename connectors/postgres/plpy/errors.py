@@ -78,9 +78,10 @@ class Failure(Exception):
     """A service error on its way to becoming a SQL error (caught where the caller can fall back)."""
 
     def __init__(self, message: str, detail: str | None = None, hint: str | None = None,
-                 sqlstate: str = "XX000", status: int | None = None) -> None:
+                 sqlstate: str = "XX000", status: int | None = None, reason: str | None = None) -> None:
         Exception.__init__(self, message)
         self.message, self.detail, self.hint, self.sqlstate, self.status = message, detail, hint, sqlstate, status
+        self.reason = reason  # the service's typed reason (its error body's "reason"), if it gave one
 
     def raise_sql(self) -> NoReturn:
         # plpy.error writes a detail or hint of None as the text "None": pass only what there is.
@@ -146,8 +147,10 @@ def failure(endpoint: str, status: int, text: str | None, what: What) -> Failure
         hint = unavailable_hint(status, info)
     else:
         hint = HINTS.get(status) or HINTS[500]
+    reason_name = info.get("reason")
     return Failure(message, detail=f"{endpoint} {status or 'unreachable'}: {error}", hint=hint,
-                   sqlstate=SQLSTATE.get(status, "XX000"), status=status)
+                   sqlstate=SQLSTATE.get(status, "XX000"), status=status,
+                   reason=reason_name if isinstance(reason_name, str) else None)
 
 
 def unavailable_hint(status: int, info: Mapping[str, Any]) -> str:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from typing import Any
 
 from . import spi
-from .embedding import embed_text
 from .errors import Failure, What
 from .items import Item, Row, make_item
+from .models import embed_pinned
 from .service import query_instruction
 from .spi import plan
 from .vectorizers import vectorizer_by_name
@@ -53,9 +53,10 @@ def check_query_type(cfg: Row, kind: str) -> None:
 
 
 def query_vector(cfg: Row, query_item: Item, storage: str, what: What) -> str:
-    """The query's vector text at the vectorizer's size, embedded with its query instruction."""
+    """The query's vector text at the vectorizer's size, embedded with its query instruction by the
+    model its stored vectors came from (a service serving another refuses: ``models.mismatch``)."""
     instruction = cfg["query_instruction"] or query_instruction()
-    return embed_text(query_item, instruction, cfg["dimensions"], storage, what)
+    return embed_pinned(cfg, query_item, instruction, storage, what)[0]
 
 
 def query_embedding_sql(name: str, text: str | None, image: bytes | None, video: bytes | None,

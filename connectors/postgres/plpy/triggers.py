@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import spi
-from .embedding import embed_text
 from .errors import Failure
 from .items import Row, row_item
+from .models import MODEL_MISMATCH, embed_pinned, record
 from .spi import plan
 from .vectorizers import Quote, pk_text, vectorizer_by_id
 
@@ -53,10 +53,13 @@ def sync_trigger(TD: dict[str, Any]) -> str:
         return "MODIFY"
     where = f"row {pk_text(cfg, new)} of {cfg['source_sql']}"
     try:
-        new[dest] = embed_text(item, cfg["instruction"], cfg["dimensions"], cfg["storage"], lambda i: where)
+        # Asked of the model the column's vectors came from; the first write records the one that answers.
+        new[dest], answered = embed_pinned(cfg, item, cfg["instruction"], cfg["storage"], lambda i: where)
+        record(cfg, answered)
     except Failure as f:
         if cfg["on_error"] != "queue":
-            f.hint = (f.hint or "") + SYNC_QUEUE_HINT
+            if f.reason != MODEL_MISMATCH:  # its own hint says what to do (a queued row would wait alike)
+                f.hint = (f.hint or "") + SYNC_QUEUE_HINT
             f.raise_sql()
         new[dest] = None
         enqueue(cfg, new)

@@ -14,6 +14,7 @@ Quote = Callable[[str], str]  # quotes an identifier (spi.plpy.quote_ident)
 VECTORIZER_SQL = """
 SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, v.video_columns,
        v.destination, v.dimensions, v.storage, v.instruction, v.query_instruction, v.mode, v.on_error,
+       v.model_fingerprint, v.model_name,
        pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS source_sql, c.relname AS source_name,
        (SELECT format('%%I', ns.nspname) FROM pg_catalog.pg_extension e
           JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector') AS vector_schema

@@ -10,10 +10,10 @@ from connectors.postgres.row_encoding import item_size, vector_literal
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import AttemptRules
 from connectors.postgres.worker.connections import LaneLink
-from connectors.postgres.worker.errors import ServiceDown
+from connectors.postgres.worker.errors import ModelMismatch, ServiceDown
 from connectors.postgres.worker.judge import Claimed, Outcome, Plan, Result, Sorting, judge, sort_claimed
 from connectors.postgres.worker.progress import Progress
-from connectors.postgres.worker.service import ServiceCalls
+from connectors.postgres.worker.service import ModelPin, ServiceCalls
 from connectors.postgres.worker.store import BatchStore, keys
 
 log = logging.getLogger("qvl.worker")
@@ -32,14 +32,21 @@ class BatchRunner:
         service's state rather than the row's: items that never reached the model, or failures the
         probe shows for a plain text too (no model, dimensions it cannot give, a wedged GPU) — then
         the rows go back uncounted and the lane pauses (``ServiceDown`` is raised once the batch is
-        written).
+        written). A service that serves another model than the vectorizer's refuses its pinned streams:
+        the rows go back uncounted and ``ModelMismatch`` is raised once the batch is written (the lane
+        holds that vectorizer).
         """
         started = time.monotonic()
         max_bytes = self.service.max_item_bytes
         sorting = sort_claimed(rows, max_bytes, item_size)
-        results, alone, down = self._embed(link, vectorizer, sorting)
+        pin = ModelPin(vectorizer.model_fingerprint)
+        results, alone, down = self._embed(link, vectorizer, sorting, pin)
         plan = judge(sorting, results, alone, rules=self.rules, source=vectorizer.source, max_item_bytes=max_bytes,
                      literal=functools.partial(vector_literal, vectorizer))
+        plan.model, plan.model_name = pin.fingerprint, vectorizer.model_name
+        if plan.model is not None and plan.model != vectorizer.model_fingerprint and plan.vectors:
+            assert link.client is not None
+            plan.model_name = self.service.model_name(link.client, plan.model)  # the first write records it
         outcome = self.store.write(link, vectorizer, plan)
         self.progress.add(vectorizer.name, outcome)
         self._say(vectorizer, plan, outcome, time.monotonic() - started)
@@ -47,8 +54,8 @@ class BatchRunner:
             raise down
         return outcome
 
-    def _embed(self, link: LaneLink, vectorizer: Vectorizer, sorting: Sorting
-               ) -> tuple[list[Result], list[bool], ServiceDown | None]:
+    def _embed(self, link: LaneLink, vectorizer: Vectorizer, sorting: Sorting, pin: ModelPin
+               ) -> tuple[list[Result], list[bool], ServiceDown | ModelMismatch | None]:
         """Each group's stream in turn, until the service shows it cannot embed now."""
         assert link.client is not None
         results: list[Result] = [None] * len(sorting.send)
@@ -56,8 +63,9 @@ class BatchRunner:
         with self.store.renewing(link, vectorizer, keys(sorting.rows)):
             for group in sorting.groups:
                 try:
-                    got = self.service.embed_checked(link.client, vectorizer, [sorting.send[k].item for k in group])  # type: ignore[misc]
-                except ServiceDown as exc:
+                    got = self.service.embed_checked(link.client, vectorizer,  # type: ignore[misc]
+                                                     [sorting.send[k].item for k in group], pin)
+                except (ServiceDown, ModelMismatch) as exc:  # the rest of the batch goes back uncounted
                     return results, alone, exc
                 for k, res in zip(group, got, strict=True):
                     results[k] = res

@@ -45,6 +45,12 @@ class Claims:
                                                                        "failures": hold.failures})
         return rows
 
+    def hold_model(self, vectorizer: Vectorizer) -> None:
+        """Hold ``vectorizer`` back while the service serves another model than its vectors' (the status
+        says why). A new definition (qvl.reembed cleared its model) is tried at once."""
+        self.catalog.invalidate()
+        self.holds.hold(vectorizer)
+
     def hold_back(self, vectorizer: Vectorizer, exc: Exception, *, quiet: bool = False) -> None:
         self.catalog.invalidate()  # the table may have changed: the next try reads the definition again
         hold = self.holds.hold(vectorizer)

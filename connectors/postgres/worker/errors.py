@@ -1,4 +1,4 @@
-"""The two ways the service lets a batch down that are not any row's fault."""
+"""The ways the service lets a batch down that are not any row's fault."""
 
 from __future__ import annotations
 
@@ -10,3 +10,10 @@ class ServiceDown(Exception):
 
 class Malformed(Exception):
     """A result the service should never send (a vector of the wrong size)."""
+
+
+class ModelMismatch(Exception):
+    """The service serves another model than the one the vectorizer's vectors came from (its pinned
+    streams are refused with MODEL_MISMATCH, or another model was recorded meanwhile): the rows go
+    back uncounted and the vectorizer is held until the model is served again or qvl.reembed adopts
+    the served one. The message says so in an operator's words (``judge.mismatch_words``)."""

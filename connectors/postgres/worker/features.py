@@ -13,7 +13,8 @@ SELECT to_regclass('qvl.worker_status') IS NOT NULL,
        EXISTS (SELECT 1 FROM pg_catalog.pg_attribute a
                 WHERE a.attrelid = to_regclass('qvl.worker_status') AND a.attname = 'last_seen'
                   AND NOT a.attisdropped),
-       to_regprocedure('qvl.prune_failed(text, interval)') IS NOT NULL"""
+       to_regprocedure('qvl.prune_failed(text, interval)') IS NOT NULL,
+       to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL"""
 
 
 @dataclass(frozen=True)
@@ -21,6 +22,7 @@ class Features:
     worker_status: bool = True  # version 6: qvl.worker_status, where the worker says paused or running
     heartbeats: bool = True  # version 9: qvl.worker_status.last_seen and heartbeat_s
     prune_failed: bool = True  # version 9: qvl.prune_failed
+    model_identity: bool = True  # version 11: qvl.vectorizer.model_fingerprint, qvl._record_model
 
     @classmethod
     def detect(cls, conn: psycopg.Connection[Any]) -> Features:

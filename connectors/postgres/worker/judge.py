@@ -99,6 +99,15 @@ class Plan:
     failures: list[Failure] = field(default_factory=list)
     retries: list[Retry] = field(default_factory=list)
     gone: list[Claimed] = field(default_factory=list)
+    # The model the vectors came from (its fingerprint and name): the write records it where the
+    # vectorizer has none yet, and writes nothing where it records another.
+    model: str | None = None
+    model_name: str | None = None
+
+    @property
+    def vectors(self) -> bool:
+        """Whether the plan writes any vector (a row with nothing to embed gets NULL, from no model)."""
+        return any(w.vector is not None for w in self.writes)
 
     def only(self, keys: Collection[Key]) -> Plan:
         """The same plan for the rows whose key is in ``keys``."""
@@ -133,6 +142,25 @@ def row_message(source: str, key: Key, message: str) -> str:
 def service_words(message: str) -> str:
     """The service's message without its "item N: " prefix."""
     return ITEM_PREFIX.sub("", message).lstrip(": ")
+
+
+def sql_literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def model_words(fingerprint: str, name: str | None) -> str:
+    return f"{name} (fingerprint {fingerprint})" if name else f"fingerprint {fingerprint}"
+
+
+def mismatch_words(vectorizer: str, recorded: str, recorded_name: str | None, served: str | None,
+                   served_name: str | None) -> str:
+    """Why a vectorizer's rows stay queued after a model change, and what an operator does about it
+    (the SQL functions' refusal, connectors/postgres/plpy/models.py, says the same)."""
+    now = model_words(served, served_name) if served else "another model"
+    return (f"its vectors were made by model {model_words(recorded, recorded_name)}, but the service serves "
+            f"{now}; vectors of two models are not comparable, so its rows stay queued (none is failed). Run "
+            f"SELECT qvl.reembed({sql_literal(vectorizer)}) to move every row to the served model, or serve "
+            f"the model {recorded} again")
 
 
 def judge(sorting: Sorting, results: Sequence[Result], alone: Sequence[bool], *, rules: AttemptRules,

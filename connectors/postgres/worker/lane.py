@@ -18,7 +18,7 @@ from connectors.postgres.worker.batch import BatchRunner
 from connectors.postgres.worker.catalog import Catalog
 from connectors.postgres.worker.claims import Claims
 from connectors.postgres.worker.connections import Blocked, LaneLink
-from connectors.postgres.worker.errors import ServiceDown
+from connectors.postgres.worker.errors import ModelMismatch, ServiceDown
 from connectors.postgres.worker.service import ServiceCalls
 from connectors.postgres.worker.settings import WorkerSettings
 from connectors.postgres.worker.startup import READ_ONLY, STANDBY_RECHECK_S
@@ -105,6 +105,13 @@ class Lane:
                     self.last = vectorizer
                     p.batches.process(self.link, vectorizer, rows)
                     worked = True
+            except ModelMismatch as exc:
+                # The service serves another model than the one this vectorizer's vectors came from:
+                # its rows stay queued, uncounted, until that model is served again or qvl.reembed
+                # adopts the served one; the other vectorizers go on.
+                p.claims.hold_model(vectorizer)
+                p.status.block(self.link.conn, vectorizer, str(exc))
+                continue
             except Blocked as exc:
                 # The worker's role may not see or write these rows: they stay queued, the reason
                 # is shown, and the vectorizer waits its own backoff before the next try.

@@ -47,7 +47,7 @@ class Worker:
         self.status = StatusBoard(self.ident, settings.service, settings.heartbeat_s, settings.forget_workers_s)
         self.service = ServiceCalls(settings, self.stopping, self.progress.add_resent)
         self.alive = AliveFile(settings.alive_file)
-        store = BatchStore(settings, self.catalog, self.connect, self.stopping)
+        self.store = store = BatchStore(settings, self.catalog, self.connect, self.stopping)
         rules = AttemptRules(settings.max_attempts, settings.retry_delay_s, settings.retry_delay_cap_s)
         parts = LaneParts(settings, self.stopping, self.connect, self.catalog,
                           Claims(store, Holds(self._backoff), self.catalog), self.status,
@@ -69,7 +69,7 @@ class Worker:
     def run(self) -> None:
         features = check_install(self.connect, self._backoff(), self.stopping, self.alive,
                                  exit_when_idle=self.settings.exit_when_idle)
-        self.status.features = features or Features()
+        self.status.features = self.store.features = features or Features()
         self.service.learn_limits()
         lanes = [threading.Thread(target=lane.run, name=f"qvl-lane-{lane.n}", daemon=True) for lane in self.lanes]
         listener = threading.Thread(target=listen, args=(self.connect, self._backoff(), self.stopping),

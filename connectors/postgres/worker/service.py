@@ -7,6 +7,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -15,8 +16,8 @@ from connectors.client import Client, ItemFailure, QvlClientError, TransientErro
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
-from connectors.postgres.worker.errors import Malformed, ServiceDown
-from connectors.postgres.worker.judge import service_words
+from connectors.postgres.worker.errors import Malformed, ModelMismatch, ServiceDown
+from connectors.postgres.worker.judge import mismatch_words, service_words
 from connectors.postgres.worker.settings import WorkerSettings
 from connectors.postgres.worker.watchdog import Watchdog
 from qvl_proto import vectorizer_pb2 as pb
@@ -27,9 +28,20 @@ DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
 PROBE_TEXT = "qvl worker probe"
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
+MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
 Answer = np.ndarray | ItemFailure
 Checked = np.ndarray | ItemFailure | ServiceDown | None
+
+
+@dataclass
+class ModelPin:
+    """The model a batch's vectors come from: the vectorizer's recorded fingerprint, else the one the
+    batch's first answered stream announced, so the batch's later streams (its other groups, the halves
+    of a refused one) keep to it on a service whose replicas serve two models. None: not known yet (or
+    a service older than fingerprints)."""
+
+    fingerprint: str | None = None
 
 
 class ServiceCalls:
@@ -54,6 +66,15 @@ class ServiceCalls:
             log.warning("the service is not answering yet; rows stay queued until it does",
                         extra={"service": self.settings.service, "error": str(exc)})
 
+    def model_name(self, client: Client, fingerprint: str) -> str | None:
+        """The name of the embedding model whose fingerprint is ``fingerprint``, as the service's Info
+        says (None when the replica that answers Info serves another, or does not answer)."""
+        try:
+            models = client.info().models
+        except QvlClientError:
+            return None
+        return next((m.name for m in models if m.task == "embed" and m.fingerprint == fingerprint), None)
+
     def reachable(self) -> bool:
         try:
             with self.client(timeout=3, retries=0) as client:
@@ -63,12 +84,13 @@ class ServiceCalls:
             return False
 
     # -- a batch's items -----------------------------------------------------------------------
-    def embed_checked(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> list[Checked]:
+    def embed_checked(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item],
+                      pin: ModelPin) -> list[Checked]:
         """One stream's results, judged: a non-finite vector is that item's failure; a malformed
         answer, items that never reached the model, or failures the probe shows the service has for
         any input become ``ServiceDown`` (the rows go back uncounted)."""
         out: list[Checked] = []
-        for res in self.embed(client, vectorizer, items):
+        for res in self.embed(client, vectorizer, items, pin):
             if isinstance(res, np.ndarray):
                 try:
                     out.append(check_vector(vectorizer, res))
@@ -86,12 +108,14 @@ class ServiceCalls:
                 return [down if isinstance(res, ItemFailure) else res for res in out]
         return out
 
-    def embed(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> list[Answer | None]:
+    def embed(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item],
+              pin: ModelPin) -> list[Answer | None]:
         """One result per item (None: not answered). A stream failing on bad input is halved until
         the item responsible stands alone, so it cannot block its neighbours."""
-        return bisect(items, lambda part: self._stream(client, vectorizer, part))
+        return bisect(items, lambda part: self._stream(client, vectorizer, part, pin))
 
-    def _stream(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> Attempt[Answer, ItemFailure]:
+    def _stream(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item],
+                pin: ModelPin) -> Attempt[Answer, ItemFailure]:
         log.debug("embedding", extra={"vectorizer": vectorizer.name, "items": len(items)})
         got: list[Answer] = []
         watchdog = Watchdog(client, self.settings.stall_s, self.reachable)
@@ -100,13 +124,22 @@ class ServiceCalls:
         try:
             stream = client.embed_stream(items, dimensions=vectorizer.dimensions, encoding=vectorizer.encoding,
                                          instruction=vectorizer.instruction, max_in_flight=max(1, len(items)),
-                                         timeout=self.settings.rpc_timeout_s)
+                                         timeout=self.settings.rpc_timeout_s, fingerprint=pin.fingerprint)
             for res in stream:
                 watchdog.progress()
+                if isinstance(res, ItemFailure) and res.reason == MODEL_MISMATCH:
+                    stream.close()  # cancels the call: the rest would be refused alike
+                    raise self.mismatch(client, vectorizer, pin)
                 got.append(res)
+                if pin.fingerprint is None and isinstance(res, np.ndarray):
+                    pin.fingerprint = client.last_fingerprint  # the model that answered
             carried = True
             return Attempt(got)
+        except ModelMismatch:
+            raise
         except Exception as exc:
+            if isinstance(exc, QvlClientError) and exc.reason == MODEL_MISMATCH:
+                raise self.mismatch(client, vectorizer, pin) from None
             if (down := self._abandoned(watchdog)) is not None:
                 raise down from None
             # CANCELLED for a whole stream: the service stopped it (draining), not this input.
@@ -127,6 +160,18 @@ class ServiceCalls:
                 log.info("a stream was carried on after its replica failed", extra={
                     "vectorizer": vectorizer.name, "times": client.retried - retried})
                 self.on_resent(vectorizer.name, client.retried - retried)
+
+    def mismatch(self, client: Client, vectorizer: Vectorizer, pin: ModelPin) -> ModelMismatch:
+        """The service refused the batch's model: which model the vectorizer's vectors came from, which
+        the service serves (its Info), and what to run."""
+        try:
+            served = next((m for m in client.info().models if m.task == "embed"), None)
+        except QvlClientError:
+            served = None
+        recorded = pin.fingerprint or ""
+        name = vectorizer.model_name if recorded == vectorizer.model_fingerprint else None
+        return ModelMismatch(mismatch_words(vectorizer.name, recorded, name, served.fingerprint if served else None,
+                                            served.name if served else None))
 
     def _abandoned(self, watchdog: Watchdog) -> ServiceDown | None:
         if watchdog.unreachable:

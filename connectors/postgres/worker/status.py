@@ -54,7 +54,8 @@ class StatusBoard:
             self._write(conn)
 
     def block(self, conn: Conn | None, vectorizer: Vectorizer, reason: str | None) -> None:
-        """Note that a vectorizer's rows stay queued because of the worker's role (reason), or no longer."""
+        """Note that a vectorizer's rows stay queued (reason: the worker's role, or a service serving another
+        model than its vectors'), or no longer."""
         with self._lock:
             if self._blocked.get(vectorizer.name) == reason:
                 return

@@ -15,7 +15,9 @@ from connectors.postgres.row_encoding import row_item
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.catalog import Catalog
 from connectors.postgres.worker.connections import Blocked, LaneLink
-from connectors.postgres.worker.judge import Claimed, Key, Outcome, Plan
+from connectors.postgres.worker.errors import ModelMismatch
+from connectors.postgres.worker.features import Features
+from connectors.postgres.worker.judge import Claimed, Key, Outcome, Plan, mismatch_words
 from connectors.postgres.worker.settings import WorkerSettings
 
 log = logging.getLogger("qvl.worker")
@@ -26,10 +28,22 @@ def keys(rows: Sequence[Claimed]) -> list[Key]:
     return [r.key for r in rows]
 
 
+RECORD_MODEL_SQL = "SELECT qvl._record_model(%s, %s, %s)"
+
+
+class ModelRecorded(Exception):
+    """The vectorizer records another model than the batch's (raised inside the write: rolled back)."""
+
+    def __init__(self, fingerprint: str) -> None:
+        super().__init__(fingerprint)
+        self.fingerprint = fingerprint
+
+
 class BatchStore:
     def __init__(self, settings: WorkerSettings, catalog: Catalog, connect: Callable[[], Conn],
                  stopping: threading.Event) -> None:
         self.settings, self.catalog, self.connect, self.stopping = settings, catalog, connect, stopping
+        self.features = Features()  # set by the worker once it has asked the database
 
     def claim(self, conn: Conn, vectorizer: Vectorizer, me: str) -> list[Claimed]:
         try:
@@ -104,6 +118,13 @@ class BatchStore:
                             extra={"error": str(exc).strip()})
                 link.conn.close()
                 self.stopping.wait(0.5 * (attempt + 1))
+            except ModelRecorded as exc:
+                # Another model's vectors were written first (a worker on a replica of another model):
+                # these stay out of the column; the rows go back uncounted and the vectorizer is held.
+                self.release(link.conn, vectorizer, keys(plan.rows), link.me)
+                fresh = self.catalog.reload(link.conn, vectorizer)
+                raise ModelMismatch(mismatch_words(vectorizer.name, exc.fingerprint, fresh and fresh.model_name,
+                                                   plan.model, plan.model_name)) from None
             except psycopg.errors.InsufficientPrivilege as exc:
                 # May read but not write (a missing grant, or a policy that hides rows from the write):
                 # give the batch back untouched and say so; nothing is failed or dropped.
@@ -159,8 +180,13 @@ class BatchStore:
                                                  "qvl_delay": self.settings.retry_delay_s})
         return plan.only(free), busy
 
-    @staticmethod
-    def _apply(conn: Conn, vectorizer: Vectorizer, me: str, plan: Plan, out: Outcome) -> None:
+    def _apply(self, conn: Conn, vectorizer: Vectorizer, me: str, plan: Plan, out: Outcome) -> None:
+        if plan.vectors and plan.model is not None and self.features.model_identity:
+            # The vectors' model, recorded by the first write; a write of another model's vectors is
+            # rolled back whole (ModelRecorded), so one column never holds two models' vectors.
+            row = conn.execute(RECORD_MODEL_SQL, (vectorizer.id, plan.model, plan.model_name)).fetchone()
+            if row is not None and row[0] != plan.model:
+                raise ModelRecorded(row[0])
         if plan.writes:
             params = {**vectorizer.key_params([w.row.key for w in plan.writes]), "me": me,
                       "qvl_hash": [w.row.content_hash for w in plan.writes],

@@ -209,8 +209,9 @@ def test_reembed_under_row_level_security_refuses_rather_than_queue_only_the_vis
     vid = make_items(conn, list(range(6)))
     conn.execute(f"DELETE FROM qvl.queue_{vid}")
     role = worker_role(conn, vid)
-    conn.execute(f"GRANT EXECUTE ON FUNCTION qvl.reembed(text, int), qvl._vectorizer(text), qvl._queue_all(int) "
-                 f"TO {role}; ALTER TABLE items OWNER TO {role}; ALTER TABLE items ENABLE ROW LEVEL SECURITY; "
+    conn.execute(f"GRANT EXECUTE ON FUNCTION qvl.reembed(text, int), qvl._vectorizer(text), qvl._queue_all(int), "
+                 f"qvl._adopt_served_model(int) TO {role}; ALTER TABLE items OWNER TO {role}; "
+                 "ALTER TABLE items ENABLE ROW LEVEL SECURITY; "
                  "ALTER TABLE items FORCE ROW LEVEL SECURITY; CREATE POLICY evens ON items USING (id % 2 = 0)")
     with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as owner:
         with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
