@@ -9,6 +9,9 @@
   ``switch_alias``: moving to a new model with no mixed answers and no downtime.
 - ``ingest`` / ``search``: joint embeddings of all of an object's fields (a named vector); ``ingest``
   with a ``key`` gives each object the id ``object_uuid`` derives from it, so a re-run updates.
+- ``ingest(..., chunking=...)`` into a collection made with ``create_collection(..., chunking=...)``
+  (``part_schema``, ``part_ingest``): one object per PDF page, video window or text passage, its id
+  ``part_uuid(collection, key, chunk_seq)``, its locator as properties; a source's stale parts removed.
 - The throwaway local Weaviate server of the tests, benches and demo is ``qvl_devtools.launchers.weaviate``.
 """
 
@@ -29,6 +32,7 @@ from connectors.weaviate.collections import (
 )
 from connectors.weaviate.ingest import IngestError, ingest, object_uuid
 from connectors.weaviate.model_moves import copy_objects, switch_alias
+from connectors.weaviate.part_schema import part_uuid
 from connectors.weaviate.search import SearchError, search
 
 __all__ = [
@@ -48,6 +52,7 @@ __all__ = [
     "ingest",
     "module_base_url",
     "object_uuid",
+    "part_uuid",
     "search",
     "service_fingerprint",
     "service_path",

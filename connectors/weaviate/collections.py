@@ -31,6 +31,7 @@ from weaviate.collections.classes.config import RerankerProvider
 from weaviate.collections.classes.config_vector_index import _VectorIndexConfigCreate
 from weaviate.collections.classes.config_vectors import VectorConfigCreate
 
+import connectors.weaviate.part_schema as parts
 from connectors.client import Client
 
 MODULE_VECTOR = "fields"  # Weaviate's module: each field embedded apart, then averaged
@@ -202,6 +203,9 @@ def create_collection(
     text_fields: Sequence[str] = (),
     image_fields: Sequence[str] = (),
     video_fields: Sequence[str] = (),
+    document_fields: Sequence[str] = (),
+    chunking: str | Mapping[str, Any] | None = None,
+    chunk_field: str | None = None,
     service_url: str,
     module: str | None = None,
     profile: str | None = None,
@@ -245,28 +249,38 @@ def create_collection(
     (``.../fingerprint/<fingerprint>``); multi2vec-bind cannot (its URL is Weaviate's
     ``BIND_INFERENCE_API``). The collection's description records the model's fingerprint, which
     ``ingest`` and ``search`` pin the joint vector's requests to (``collection_fingerprint``).
+    ``chunking`` (``"pages"``, ``"video"``, ``"text"``) makes a collection of parts (issue 21,
+    ``part_schema``): one object per page of the ``document_fields`` PDF, window of the video or passage
+    of the text (``chunk_field`` names it among several), which ``ingest(..., chunking=...)`` fills; its
+    module is multi2vec-voyageai by default (nearText, nearImage, nearVideo), and takes no profile.
     Returns a description of what was created.
     """
-    roles = {"text": list(text_fields), "image": list(image_fields), "video": list(video_fields)}
-    module, reranker = _checked(name, roles, module=module, reranker=reranker, weights=weights,
-                                module_vector=module_vector, joint_vector=joint_vector, dimensions=dimensions,
-                                profile=profile, replication_factor=replication_factor)
+    roles = {"text": list(text_fields), "image": list(image_fields), "video": list(video_fields),
+             "document": list(document_fields)}
+    layout = parts.check_layout(name, roles, chunking, chunk_field, profile=profile)
+    read_by = parts.module_roles(roles)  # the fields the module reads
+    module, reranker = _checked(name, read_by, module=module or (parts.PART_MODULE if layout else None),
+                                reranker=reranker, weights=weights, module_vector=module_vector,
+                                joint_vector=joint_vector, dimensions=dimensions, profile=profile,
+                                replication_factor=replication_factor)
     pin, model_pin = _pins(name, fingerprint, service_url, profile, token)
     # Flat: exact search (every replica answers alike); HNSW: approximate, for large collections.
     index = (Configure.VectorIndex.flat(distance_metric=VectorDistances.COSINE) if exact
              else Configure.VectorIndex.hnsw(distance_metric=VectorDistances.COSINE))
     vector_config = []
     if module_vector:
-        vector_config.append(_module_vector(module, roles, weights, service_url, profile, dimensions, index, pin))
+        vector_config.append(_module_vector(module, read_by, weights, service_url, profile, dimensions, index, pin))
     if joint_vector:
         vector_config.append(Configure.Vectors.self_provided(name=JOINT_VECTOR, vector_index_config=index))
-    _create(client, name, replace=replace, properties=_properties(roles, properties), vector_config=vector_config,
+    _create(client, name, replace=replace, properties=_properties(roles, properties, layout),
+            vector_config=vector_config,
             reranker_config=_reranker_config(reranker, service_url, profile) if rerank else None,
             replication_factor=replication_factor, description=_pin_note(pin, model_pin, profile))
     return _described(name, roles, module=module if module_vector else None, service_url=service_url,
                       profile=profile, dimensions=dimensions, joint_vector=joint_vector,
                       reranker=reranker if rerank else None, replication_factor=replication_factor, weights=weights,
-                      fingerprint=pin)
+                      fingerprint=pin) | {"chunking": layout.chunking if layout else None,
+                                          "chunk_field": layout.field if layout else None}
 
 
 def _checked(name: str, roles: Mapping[str, Sequence[str]], *, module: str | None, reranker: str | None,
@@ -333,12 +347,16 @@ def _pin_note(pin: str | None, model: str | None, profile: str | None) -> str | 
     return "; ".join(parts) or None
 
 
-def _properties(roles: Mapping[str, Sequence[str]], extra: Sequence[Property]) -> list[Property]:
-    props = [Property(name=f, data_type=DataType.TEXT, description=f"{ROLE_PREFIX}text") for f in roles["text"]]
+def _properties(roles: Mapping[str, Sequence[str]], extra: Sequence[Property],
+                layout: parts.PartLayout | None) -> list[Property]:
+    def described(field: str, role: str) -> str:
+        return f"{ROLE_PREFIX}{role}{parts.CHUNKED_MARK if layout and layout.field == field else ''}"
+
+    props = [Property(name=f, data_type=DataType.TEXT, description=described(f, "text")) for f in roles["text"]]
     # Nobody filters on base64 media: indexing it only costs insert time and disk.
-    props += [Property(name=f, data_type=DataType.BLOB, description=f"{ROLE_PREFIX}{role}", index_filterable=False)
-              for role in ("image", "video") for f in roles[role]]
-    return props + list(extra)
+    props += [Property(name=f, data_type=DataType.BLOB, description=described(f, role), index_filterable=False)
+              for role in ("image", "video", "document") for f in roles.get(role, ())]
+    return props + list(extra) + (parts.part_properties(layout) if layout else [])
 
 
 def _create(client: weaviate.WeaviateClient, name: str, *, replace: bool, properties: list[Property],
@@ -463,7 +481,7 @@ def collection_fields(collection: Collection) -> dict[str, list[str]]:
     tagged = [p for p in config.properties if (p.description or "").startswith(ROLE_PREFIX)]
     if tagged:
         for prop in tagged:
-            role = (prop.description or "")[len(ROLE_PREFIX):]
+            role = (prop.description or "")[len(ROLE_PREFIX):].removesuffix(parts.CHUNKED_MARK)
             if role in out:
                 out[role].append(prop.name)
     else:

@@ -13,70 +13,28 @@ before it sends a partial one, so every ingest cost at least a second, one objec
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import time
 import uuid as uuidlib
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 from weaviate.classes.data import DataObject
 from weaviate.collections import Collection
-from weaviate.collections.classes.batch import BatchObjectReturn
-from weaviate.exceptions import WeaviateBaseError
 from weaviate.util import generate_uuid5
 
-from connectors.client import Client, ItemFailure, QvlClientError, as_list
+from connectors.client import Client, ItemFailure, QvlClientError
 from connectors.progress import Progress
 from connectors.weaviate.collections import JOINT_VECTOR, collection_fields, collection_fingerprint
+from connectors.weaviate.objects import IngestError, Inserts, KeyFn, key_value, media_b64, object_item
+from connectors.weaviate.part_ingest import collection_layout, ingest_parts
 from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.weaviate.ingest")
 
 ProgressFn = Callable[[int, int | None], None]
-KeyFn = Callable[[Mapping[str, Any]], Any]
-
-
-class IngestError(ValueError):
-    """An object could not be turned into an item; the message names the object and field."""
-
-
-def media_bytes(value: bytes | str, *, what: str) -> bytes:
-    """Raw bytes of a media value given as bytes or as (standard) base64 text."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return bytes(value)
-    try:
-        return base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise IngestError(f"{what} is not valid base64") from None
-
-
-def media_b64(value: bytes | str) -> str:
-    """The base64 text Weaviate stores in a ``blob`` property."""
-    if isinstance(value, bytes | bytearray | memoryview):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    return value
-
-
-def object_item(obj: Mapping[str, Any], fields: Mapping[str, list[str]], *, index: int = 0) -> pb.Item:
-    """One Qwen3-VL item from an object's fields: videos, images, then texts (field-name order)."""
-    parts: list[pb.Part] = []
-    for field in fields.get("video", []):
-        for v in as_list(obj.get(field)):
-            parts.append(pb.Part(video=media_bytes(v, what=f"object {index}: video field {field!r}")))
-    for field in fields.get("image", []):
-        for v in as_list(obj.get(field)):
-            parts.append(pb.Part(image=media_bytes(v, what=f"object {index}: image field {field!r}")))
-    for field in fields.get("text", []):
-        for v in as_list(obj.get(field)):
-            if not isinstance(v, str):
-                raise IngestError(f"object {index}: text field {field!r} holds {type(v).__name__}, not str")
-            parts.append(pb.Part(text=v))
-    return pb.Item(parts=parts)
 
 
 def object_uuid(collection_name: str, key: Any) -> str:
@@ -86,61 +44,10 @@ def object_uuid(collection_name: str, key: Any) -> str:
     return generate_uuid5(key, collection_name)
 
 
-def key_value(obj: Mapping[str, Any], key: str | KeyFn, *, index: int) -> Any:
-    """The object's key: the value of the property named ``key``, or what ``key(obj)`` returns."""
-    value = obj.get(key) if isinstance(key, str) else key(obj)
-    if value is None or value == "":
-        what = f"key property {key!r}" if isinstance(key, str) else "the key function's value"
-        raise IngestError(f"object {index}: {what} is missing or empty")
-    return value
-
-
 def weaviate_properties(obj: Mapping[str, Any], fields: Mapping[str, list[str]]) -> dict[str, Any]:
     """The object as Weaviate stores it: media fields as base64 text, the rest unchanged."""
     media = set(fields.get("image", [])) | set(fields.get("video", []))
     return {k: (media_b64(v) if k in media and v is not None else v) for k, v in obj.items()}
-
-
-class Inserts:
-    """Embedded objects into Weaviate, ``insert_many`` a chunk at a time, at most ``IN_FLIGHT``
-    chunks sent and unanswered; a refused object leaves ``uuids`` and joins ``failed`` (stage
-    "insert", named by its index)."""
-
-    IN_FLIGHT = 2
-
-    def __init__(self, collection: Collection, failed: list[dict[str, Any]], uuids: dict[int, str]) -> None:
-        self.collection, self.failed, self.uuids = collection, failed, uuids
-        self.chunk: list[tuple[int, DataObject[Any, Any]]] = []
-        self.pool = ThreadPoolExecutor(self.IN_FLIGHT, thread_name_prefix="qvl-ingest-insert")
-        self.sent: deque[tuple[list[int], Future[BatchObjectReturn]]] = deque()
-
-    def add(self, index: int, obj: DataObject[Any, Any]) -> None:
-        self.chunk.append((index, obj))
-
-    def send(self) -> None:
-        if not self.chunk:
-            return
-        while len(self.sent) >= self.IN_FLIGHT:
-            self._settle(*self.sent.popleft())
-        indices, objects = [i for i, _ in self.chunk], [o for _, o in self.chunk]
-        self.sent.append((indices, self.pool.submit(self.collection.data.insert_many, objects)))
-        self.chunk = []
-
-    def finish(self) -> None:
-        self.send()
-        while self.sent:
-            self._settle(*self.sent.popleft())
-        self.pool.shutdown()
-
-    def _settle(self, indices: list[int], future: Future[BatchObjectReturn]) -> None:
-        try:
-            errors = {k: e.message for k, e in future.result().errors.items()}
-        except WeaviateBaseError as exc:  # every object of the chunk refused, or the request failed
-            errors = dict.fromkeys(range(len(indices)), str(exc))
-        for k, message in sorted(errors.items()):
-            index = indices[k]
-            self.uuids.pop(index, None)
-            self.failed.append({"index": index, "stage": "insert", "error": f"object {index}: {message}"})
 
 
 class _Reader:
@@ -190,6 +97,7 @@ def ingest(
     total: int | None = None,
     progress: ProgressFn | None = None,
     key: str | KeyFn | None = None,
+    chunking: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Embed each object's fields as one item with qvl and insert it with its ``joint`` vector.
 
@@ -203,7 +111,19 @@ def ingest(
     on. Returns
     ``{"inserted" (objects stored, new or replaced), "failed": [{"index", "stage", "error"}], "uuids"
     (input order, None where it failed), "seconds", "objects_per_s"}``.
+
+    ``chunking`` (``{"type": "pages"}``, ``{"type": "video", "seconds": 10, "overlap": 0}``, ``{"type":
+    "text", "tokens": 512, "overlap": 64}``; docs/documents.md) fills a collection made with
+    ``create_collection(..., chunking=...)``: one object per part of each source (``part_ingest``), its
+    id from ``key`` (required) and ``chunk_seq``, with ``source_key``, ``chunk_seq`` and the locator
+    (``page``, ``start_s`` / ``end_s``, ``char_start`` / ``char_end``); the source's parts past the new
+    count are deleted. It returns ``"inserted"`` (sources written), ``"parts"``, ``"removed"`` (stale
+    parts deleted) and ``"uuids"`` as each source's list of part ids.
     """
+    if chunking is not None or collection_layout(collection)[0] is not None:
+        return ingest_parts(collection, objects, qvl=qvl, chunking=chunking, key=key, instruction=instruction,
+                            dimensions=dimensions, fields=fields, batch_size=batch_size,
+                            max_in_flight=max_in_flight, total=total, progress=progress)
     fields = dict(fields) if fields is not None else collection_fields(collection)
     # A collection pinned to a model (create_collection) takes no vector another model computed.
     fingerprint = collection_fingerprint(collection)

@@ -14,7 +14,7 @@ from weaviate.collections import Collection
 
 from connectors.client import Client, ItemLike
 from connectors.weaviate.collections import JOINT_VECTOR, collection_fields, collection_fingerprint
-from connectors.weaviate.ingest import object_item
+from connectors.weaviate.objects import object_item
 
 
 class SearchError(Exception):
