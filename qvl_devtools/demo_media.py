@@ -80,3 +80,41 @@ def sample_media(*, videos: bool = True) -> list[dict[str, Any]]:
     for seed, (clip, caption, count) in enumerate(VIDEOS if videos else ()):
         rows.append({"name": f"{clip} (video)", "caption": caption, "image": None, "frames": _frames(count, seed)})
     return rows
+
+
+def sample_pdf() -> bytes:
+    """A three-page PDF (the rings, the stripes and the grid, one picture a page at 72 dpi: Pillow's
+    PDF writer), for the demos' page hits."""
+    pages = [Image.fromarray(draw(*size)) for _, _, draw, size, _ in PICTURES[:3]]
+    buf = io.BytesIO()
+    pages[0].save(buf, format="PDF", save_all=True, append_images=pages[1:], resolution=72.0)
+    return buf.getvalue()
+
+
+def sample_long_video(seconds_each: int = 4, fps: int = 2) -> bytes:
+    """An MP4 (mpeg4) of three scenes, ``seconds_each`` seconds each: the rings, the stripes, the grid
+    (160x120), for the demos' clip hits. Also ``scene_video(k)``: scene k alone."""
+    return _mp4([draw(160, 120) for _, _, draw, _, _ in PICTURES[:3]], seconds_each, fps)
+
+
+def scene_video(scene: int, seconds_each: int = 4, fps: int = 2) -> bytes:
+    """Scene ``scene`` (0-based) of ``sample_long_video`` alone, as a short MP4."""
+    _, _, draw, _, _ = PICTURES[scene]
+    return _mp4([draw(160, 120)], seconds_each, fps)
+
+
+def _mp4(scenes: list[Pixels], seconds_each: int, fps: int) -> bytes:
+    import av  # the demos run with the server's extras; nothing else here needs PyAV
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as out:
+        stream = out.add_stream("mpeg4", rate=fps)
+        stream.width, stream.height = 160, 120
+        stream.pix_fmt = "yuv420p"
+        for pixels in scenes:
+            for _ in range(seconds_each * fps):
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(pixels), format="rgb24")):
+                    out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()

@@ -249,20 +249,16 @@ def create_collection(
     (``.../fingerprint/<fingerprint>``); multi2vec-bind cannot (its URL is Weaviate's
     ``BIND_INFERENCE_API``). The collection's description records the model's fingerprint, which
     ``ingest`` and ``search`` pin the joint vector's requests to (``collection_fingerprint``).
-    ``chunking`` (``"pages"``, ``"video"``, ``"text"``) makes a collection of parts (issue 21,
-    ``part_schema``): one object per page of the ``document_fields`` PDF, window of the video or passage
-    of the text (``chunk_field`` names it among several), which ``ingest(..., chunking=...)`` fills; its
-    module is multi2vec-voyageai by default (nearText, nearImage, nearVideo), and takes no profile.
-    Returns a description of what was created.
+    ``chunking`` ("pages", "video", "text"), ``document_fields``, ``chunk_field``: a collection of parts for
+    ``ingest(..., chunking=...)`` (``part_schema.check_layout``). Returns a description of what was created.
     """
     roles = {"text": list(text_fields), "image": list(image_fields), "video": list(video_fields),
              "document": list(document_fields)}
-    layout = parts.check_layout(name, roles, chunking, chunk_field, profile=profile)
+    layout, module = parts.check_layout(name, roles, chunking, chunk_field, profile=profile, module=module)
     read_by = parts.module_roles(roles)  # the fields the module reads
-    module, reranker = _checked(name, read_by, module=module or (parts.PART_MODULE if layout else None),
-                                reranker=reranker, weights=weights, module_vector=module_vector,
-                                joint_vector=joint_vector, dimensions=dimensions, profile=profile,
-                                replication_factor=replication_factor)
+    module, reranker = _checked(name, read_by, module=module, reranker=reranker, weights=weights,
+                                module_vector=module_vector, joint_vector=joint_vector, dimensions=dimensions,
+                                profile=profile, replication_factor=replication_factor)
     pin, model_pin = _pins(name, fingerprint, service_url, profile, token)
     # Flat: exact search (every replica answers alike); HNSW: approximate, for large collections.
     index = (Configure.VectorIndex.flat(distance_metric=VectorDistances.COSINE) if exact
@@ -279,8 +275,7 @@ def create_collection(
     return _described(name, roles, module=module if module_vector else None, service_url=service_url,
                       profile=profile, dimensions=dimensions, joint_vector=joint_vector,
                       reranker=reranker if rerank else None, replication_factor=replication_factor, weights=weights,
-                      fingerprint=pin) | {"chunking": layout.chunking if layout else None,
-                                          "chunk_field": layout.field if layout else None}
+                      fingerprint=pin, layout=layout)
 
 
 def _checked(name: str, roles: Mapping[str, Sequence[str]], *, module: str | None, reranker: str | None,
@@ -385,7 +380,7 @@ def _create(client: weaviate.WeaviateClient, name: str, *, replace: bool, proper
 def _described(name: str, roles: Mapping[str, Sequence[str]], *, module: str | None, service_url: str,
                profile: str | None, dimensions: int | None, joint_vector: bool, reranker: str | None,
                replication_factor: int, weights: Mapping[str, float] | None,
-               fingerprint: str | None) -> dict[str, Any]:
+               fingerprint: str | None, layout: parts.PartLayout | None) -> dict[str, Any]:
     """What ``create_collection`` made, as it returns it."""
     inference_url = None  # the local modules' per-collection URL
     if module == "multi2vec-clip":
@@ -411,6 +406,8 @@ def _described(name: str, roles: Mapping[str, Sequence[str]], *, module: str | N
         "weights": {f: float((weights or {}).get(f, 1.0)) for fs in roles.values() for f in fs} if weights else None,
         "fingerprint": fingerprint,
         "pinned_by": pinned_by,
+        "chunking": layout.chunking if layout else None,
+        "chunk_field": layout.field if layout else None,
     }
 
 

@@ -108,17 +108,9 @@ def ingest(
     same keys again replaces those objects, so a re-run updates instead of duplicating; an object
     without a key, or repeating an earlier object's key in this run, is refused. Without ``key`` the
     ids are random. A bad object (unreadable media, a Weaviate refusal) is reported and the others go
-    on. Returns
-    ``{"inserted" (objects stored, new or replaced), "failed": [{"index", "stage", "error"}], "uuids"
-    (input order, None where it failed), "seconds", "objects_per_s"}``.
-
-    ``chunking`` (``{"type": "pages"}``, ``{"type": "video", "seconds": 10, "overlap": 0}``, ``{"type":
-    "text", "tokens": 512, "overlap": 64}``; docs/documents.md) fills a collection made with
-    ``create_collection(..., chunking=...)``: one object per part of each source (``part_ingest``), its
-    id from ``key`` (required) and ``chunk_seq``, with ``source_key``, ``chunk_seq`` and the locator
-    (``page``, ``start_s`` / ``end_s``, ``char_start`` / ``char_end``); the source's parts past the new
-    count are deleted. It returns ``"inserted"`` (sources written), ``"parts"``, ``"removed"`` (stale
-    parts deleted) and ``"uuids"`` as each source's list of part ids.
+    on. Returns ``{"inserted" (objects stored, new or replaced), "failed": [{"index", "stage", "error"}],
+    "uuids" (input order, None where it failed), "seconds", "objects_per_s"}``. ``chunking``
+    (docs/documents.md) fills a collection of parts instead: ``part_ingest.ingest_parts``.
     """
     if chunking is not None or collection_layout(collection)[0] is not None:
         return ingest_parts(collection, objects, qvl=qvl, chunking=chunking, key=key, instruction=instruction,
@@ -132,7 +124,6 @@ def ingest(
     uuids: dict[int, str] = {}
     reader = _Reader(collection.name, fields, key, failed)
     meter = Progress(f"ingested objects into {collection.name}", total, logger=log)
-
     done = answered = 0  # answered: the objects before the first one not answered (results come in order)
     inserts = Inserts(collection, failed, uuids)
     try:

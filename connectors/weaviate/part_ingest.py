@@ -178,7 +178,16 @@ def ingest_parts(collection: Collection, objects: Iterable[Mapping[str, Any]], *
                  dimensions: int | None = None, fields: Mapping[str, list[str]] | None = None,
                  batch_size: int = 64, max_in_flight: int = 256, total: int | None = None,
                  progress: Callable[[int, int | None], None] | None = None) -> dict[str, Any]:
-    """``ingest(..., chunking=...)``: see ``connectors.weaviate.ingest.ingest``."""
+    """``ingest(..., chunking=...)`` into a collection made with ``create_collection(..., chunking=...)``.
+
+    ``chunking``: ``{"type": "pages"}``, ``{"type": "video", "seconds": 10, "overlap": 0}`` or ``{"type":
+    "text", "tokens": 512, "overlap": 64}`` (docs/documents.md), of the collection's type. One object per
+    part of each source, its id from ``key`` (required) and ``chunk_seq``, with ``source_key``,
+    ``chunk_seq`` and the locator (``page``; ``start_s`` / ``end_s``; ``char_start`` / ``char_end``); the
+    source's parts past the new count are deleted. The other arguments as ``ingest``'s. Returns
+    ``{"inserted" (sources written), "parts", "removed" (stale parts deleted), "failed": [{"index",
+    "stage", "error"}], "uuids" (each source's part ids, None where it failed), "seconds", "objects_per_s"}``.
+    """
     layout, vectors = checked_layout(collection, chunking, key)
     assert key is not None and chunking is not None  # checked_layout refuses them missing
     fields = part_fields(dict(fields) if fields is not None else collection_fields(collection), layout)

@@ -62,13 +62,17 @@ def chunking_type(chunking: str | Mapping[str, Any] | None) -> str | None:
 
 
 def check_layout(name: str, roles: Mapping[str, Sequence[str]], chunking: str | Mapping[str, Any] | None,
-                 chunk_field: str | None, *, profile: str | None) -> PartLayout | None:
-    """The layout a new collection gets (None: unchunked), once its fields fit the chunking."""
+                 chunk_field: str | None, *, profile: str | None,
+                 module: str | None) -> tuple[PartLayout | None, str | None]:
+    """(the layout a new collection gets (None: unchunked), its module), once its fields fit the
+    chunking: one object per page of its one ``document_fields`` PDF (``pages``), window of its video
+    (``video``) or passage of its text (``text``); ``chunk_field`` names the split field among several.
+    Its module defaults to ``PART_MODULE``; it takes no profile."""
     kind = chunking_type(chunking)
     if kind is None:
         if chunk_field is not None or roles.get("document"):
             raise ValueError(f"collection {name!r}: chunk_field and document_fields need chunking=")
-        return None
+        return None, module
     if profile:  # ingest embeds the parts over gRPC with the service's own instructions, not a profile's
         raise ValueError(f"collection {name!r}: a chunked collection takes no profile")
     role = CHUNKINGS[kind][0]
@@ -86,7 +90,7 @@ def check_layout(name: str, roles: Mapping[str, Sequence[str]], chunking: str | 
     clash = taken & {f for fs in roles.values() for f in fs}
     if clash:
         raise ValueError(f"collection {name!r}: {sorted(clash)} name the parts' own properties")
-    return PartLayout(kind, chunk_field)
+    return PartLayout(kind, chunk_field), module or PART_MODULE
 
 
 def module_roles(roles: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:

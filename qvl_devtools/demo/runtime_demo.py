@@ -6,7 +6,7 @@
 3. Postgres: a table of the sample media auto-embedded by triggers, queue and worker; two-stage
    `qvl.search` and `qvl.rerank` in SQL;
 4. Weaviate: the same media through Weaviate's own modules wired to qvl; nearText/nearImage
-   with rerank in GraphQL;
+   with rerank in GraphQL; a PDF's pages and a video's windows as objects, hits with their locators;
 and the SQL and GraphQL results side by side.
 """
 
@@ -116,7 +116,7 @@ def _postgres_part(svc: ServiceProcess, out: Callable[[str], None]) -> list[dict
 def _weaviate_part(svc: ServiceProcess, out: Callable[[str], None]) -> list[dict[str, Any]]:
     from qvl_devtools.demo.weaviate_demo import run_weaviate_demo
 
-    section("5. Weaviate: its own modules call qvl; nearText / nearImage with rerank in GraphQL", out)
+    section("5. Weaviate: its own modules call qvl; nearText / nearImage with rerank; PDF pages and video clips", out)
     return run_weaviate_demo(svc.http_url, svc.grpc_target, out=out)
 
 

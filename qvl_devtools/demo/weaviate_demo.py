@@ -5,7 +5,9 @@ enabled (no variable names qvl), stores sample pictures with captions in a colle
 multi2vec-voyageai and reranker-cohere reach qvl by baseURL (the ``fields`` vector; ``ingest`` adds
 qvl's joint vector), prints nearText (with the proof that its query was embedded with the query
 instruction), nearImage and joint searches with rerank scores, stops Weaviate and returns the
-printed rows.
+printed rows. Then issue 21: a three-page PDF and a 12-second video stored as parts (one object per
+page, per 4-second window: ``ingest(..., chunking=...)``), found by nearImage and nearVideo with
+their locators (page; start_s-end_s) and reranked by qvl over the parts.
 """
 
 from __future__ import annotations
@@ -16,16 +18,18 @@ from typing import Any
 
 import numpy as np
 from weaviate.classes.config import DataType, Property
-from weaviate.classes.query import MetadataQuery, Rerank
+from weaviate.classes.query import MetadataQuery, NearMediaType, Rerank
 
 from connectors.client import Client
 from connectors.weaviate.collections import MODULE_VECTOR, api_key_headers, create_collection, module_base_url
 from connectors.weaviate.ingest import ingest
 from connectors.weaviate.search import search
-from qvl_devtools.demo_media import sample_media
+from qvl_devtools.demo_media import sample_long_video, sample_media, sample_pdf, scene_video
 from qvl_devtools.launchers.weaviate import WeaviateServer, connect, module_env
 
 COLLECTION = "QvlDemoMedia"
+PAGES, CLIPS = "QvlDemoPages", "QvlDemoClips"  # issue 21: a PDF's pages, a video's windows
+WINDOW_S = 4
 TEXT_QUERIES = ("circles", "a panoramic view")
 
 
@@ -120,6 +124,66 @@ def run_weaviate_demo(http_url: str, grpc_target: str, *, pictures: Sequence[dic
                     for i, r in enumerate(found_rows)]
             _print(part, f'Joint embeddings (caption + image as one item) "{text}", reranked by qvl on both', out)
             rows += part
+            rows += _parts_demo(client, qvl, http_url, token, k, out)
         finally:
             client.close()
     return rows
+
+
+def _part_row(kind: str, query: str, rank: int, props: dict[str, Any], distance: float | None,
+              score: float) -> dict[str, Any]:
+    locator = ({"page": props["page"]} if kind == "page"
+               else {"start_s": props["start_s"], "end_s": props["end_s"]})
+    return {"source": "weaviate", "kind": kind, "query": query, "rank": rank, "name": props["source_key"],
+            "caption": props.get("title"), "distance": distance, "rerank_score": score, "locator": locator}
+
+
+def _print_parts(rows: Sequence[dict[str, Any]], title: str, out: Callable[[str], None]) -> None:
+    out(title)
+    for r in rows:
+        where = (f"page {r['locator']['page']}" if r["kind"] == "page"
+                 else f"{r['locator']['start_s']:.1f}-{r['locator']['end_s']:.1f} s")
+        out(f"  {r['rank']}. {r['name']:<16} {where:<12} distance {r['distance']:.4f}  rerank {r['rerank_score']:.4f}")
+
+
+def _parts_demo(client: Any, qvl: Client, http_url: str, token: str | None, k: int,
+                out: Callable[[str], None]) -> list[dict[str, Any]]:
+    """A PDF's pages and a video's windows as objects (issue 21), each hit with its locator and qvl's
+    rerank score of that part (Weaviate's rerank reads a property; the parts hold no copy of the media)."""
+    pdf, video = sample_pdf(), sample_long_video(WINDOW_S)
+    create_collection(client, PAGES, text_fields=["title"], document_fields=["pdf"], chunking="pages",
+                      service_url=http_url, replace=True, token=token)
+    create_collection(client, CLIPS, video_fields=["video"], chunking="video", service_url=http_url,
+                      replace=True, token=token)
+    pages, clips = client.collections.get(PAGES), client.collections.get(CLIPS)
+    reports = [ingest(pages, [{"name": "manual.pdf", "title": "Demo manual", "pdf": pdf}], qvl=qvl, key="name",
+                      chunking={"type": "pages"}),
+               ingest(clips, [{"name": "talk.mp4", "video": video}], qvl=qvl, key="name",
+                      chunking={"type": "video", "seconds": WINDOW_S, "overlap": 0})]
+    for report in reports:
+        if report["failed"]:
+            raise RuntimeError(f"demo: storing parts failed: {report['failed'][0]['error']}")
+    out(f"Parts (issue 21): {reports[0]['parts']} pages of manual.pdf in {PAGES}, {reports[1]['parts']} windows "
+        f"of {WINDOW_S} s of talk.mp4 in {CLIPS}: one object each, with its locator")
+    rows: list[dict[str, Any]] = []
+    meta = MetadataQuery(distance=True)
+    probe = sample_pictures()[1]  # the stripes: page 2 of the PDF
+    found = pages.query.near_image(base64.b64encode(probe["image"]).decode("ascii"), limit=k,
+                                   target_vector=MODULE_VECTOR, return_metadata=meta)
+    scores = qvl.rerank({"image": probe["image"]},
+                        [{"document": pdf, "page": o.properties["page"]} for o in found.objects]).scores
+    part = [_part_row("page", probe["name"], i + 1, o.properties, o.metadata.distance, float(score))
+            for i, (o, score) in enumerate(zip(found.objects, scores, strict=True))]
+    _print_parts(part, f"GraphQL nearImage {probe['name']} over the PDF's pages (qvl's rerank score of each page)",
+                 out)
+    rows += part
+    scene = scene_video(2, WINDOW_S)  # the grid scene alone: seconds 8-12 of the video
+    found = clips.query.near_media(base64.b64encode(scene).decode("ascii"), media_type=NearMediaType.VIDEO,
+                                   limit=k, target_vector=MODULE_VECTOR, return_metadata=meta)
+    scores = qvl.rerank({"video": scene}, [{"video": video, "start_s": o.properties["start_s"],
+                                            "end_s": o.properties["end_s"]} for o in found.objects]).scores
+    part = [_part_row("clip", "the grid scene", i + 1, o.properties, o.metadata.distance, float(score))
+            for i, (o, score) in enumerate(zip(found.objects, scores, strict=True))]
+    _print_parts(part, "GraphQL nearVideo (the grid scene) over the video's windows (qvl's rerank score of each clip)",
+                 out)
+    return rows + part
