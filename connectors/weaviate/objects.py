@@ -29,6 +29,8 @@ def media_bytes(value: bytes | str, *, what: str) -> bytes:
     """Raw bytes of a media value given as bytes or as (standard) base64 text."""
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
+    if not isinstance(value, str):
+        raise IngestError(f"{what} holds {type(value).__name__}, not bytes or base64 text")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):

@@ -151,8 +151,9 @@ class PartInserts(Inserts):
 class PartReader:
     """The sources as items, in order, each with its key; one refused on reading joins ``failed``."""
 
-    def __init__(self, fields: Mapping[str, list[str]], key: str | KeyFn, failed: list[dict[str, Any]]) -> None:
-        self.fields, self.key, self.failed = fields, key, failed
+    def __init__(self, fields: Mapping[str, list[str]], layout: PartLayout, key: str | KeyFn,
+                 failed: list[dict[str, Any]]) -> None:
+        self.fields, self.layout, self.key, self.failed = fields, layout, key, failed
         self.pending: deque[tuple[int, Mapping[str, Any], Any]] = deque()
         self.keys: dict[str, int] = {}
         self.seen = 0
@@ -161,6 +162,7 @@ class PartReader:
         for index, obj in enumerate(objects):
             self.seen = index + 1
             try:
+                self._check_split(obj, index)
                 item = object_item(obj, self.fields, index=index)
                 value = key_value(obj, self.key, index=index)
                 if str(value) in self.keys:  # in one run the later copy would silently win
@@ -171,6 +173,17 @@ class PartReader:
             self.keys[str(value)] = index
             self.pending.append((index, obj, value))
             yield item
+
+    def _check_split(self, obj: Mapping[str, Any], index: int) -> None:
+        """A source holds one value in the split field (without one, text chunking would split another
+        text, a title, and the service could not name the field)."""
+        field, value = self.layout.field, obj.get(self.layout.field)
+        if value is None or (isinstance(value, str | bytes | bytearray | list | tuple) and len(value) == 0):
+            raise IngestError(f"object {index}: field {field!r}, which this collection splits into "
+                              f"{self.layout.chunking!r} parts, is missing or empty")
+        if isinstance(value, list | tuple):
+            raise IngestError(f"object {index}: field {field!r} holds {len(value)} values; a source has one "
+                              f"{self.layout.role} to split")
 
 
 def ingest_parts(collection: Collection, objects: Iterable[Mapping[str, Any]], *, qvl: Client,
@@ -195,7 +208,7 @@ def ingest_parts(collection: Collection, objects: Iterable[Mapping[str, Any]], *
     started = time.monotonic()
     failed: list[dict[str, Any]] = []
     uuids: dict[int, list[str]] = {}
-    reader = PartReader(fields, key, failed)
+    reader = PartReader(fields, layout, key, failed)
     inserts = PartInserts(collection, failed, uuids)
     meter = Progress(f"ingested sources into {collection.name}", total, logger=log)
     done = answered = 0

@@ -71,7 +71,9 @@ def pages(cw: weaviate.WeaviateClient, qvl_service: ServiceProcess,
     col = cw.collections.get("ChunkPages")
     docs = [{"id": "crane", "title": "Crane manual", "pdf": PDF, "shelf": "A"},
             {"id": "junk", "title": "Not a PDF", "pdf": b"these bytes are no PDF at all", "shelf": "B"},
-            {"id": "river", "pdf": OTHER_PDF, "shelf": "C"}]
+            {"id": "river", "pdf": OTHER_PDF, "shelf": "C"},
+            {"id": "nopdf", "title": "A title, no PDF", "shelf": "D"},
+            {"id": "typed", "pdf": OTHER_PDF, "shelf": 5}]  # shelf is text: Weaviate refuses every page
     report = ingest(col, docs, qvl=qvl, key="id", chunking={"type": "pages"})
     yield col, report
     cw.collections.delete("ChunkPages")
@@ -98,10 +100,14 @@ def test_each_page_is_an_object_with_its_locator_and_the_pages_embedding(
 
 def test_a_bad_document_fails_alone_named_with_its_reason(pages: tuple[Collection, dict[str, Any]]) -> None:
     col, report = pages
-    [failure] = report["failed"]
-    assert failure["index"] == 1 and failure["stage"] == "embed"
-    assert "object 1" in failure["error"] and "PDF" in failure["error"], failure
-    assert report["uuids"][1] is None and _parts(col, "junk") == []
+    junk, nopdf, typed = report["failed"]  # one entry per source, not one per refused page
+    assert junk["index"] == 1 and junk["stage"] == "embed"
+    assert "object 1" in junk["error"] and "PDF" in junk["error"], junk
+    assert nopdf["index"] == 3 and nopdf["stage"] == "read"
+    assert "object 3" in nopdf["error"] and "'pdf'" in nopdf["error"] and "missing" in nopdf["error"], nopdf
+    assert typed["index"] == 4 and typed["stage"] == "insert" and "object 4" in typed["error"], typed
+    assert report["uuids"][1] is None and report["uuids"][3] is None and report["uuids"][4] is None
+    assert _parts(col, "junk") == [] and _parts(col, "nopdf") == [] and _parts(col, "typed") == []
 
 
 def test_near_image_finds_the_page_with_its_locator(pages: tuple[Collection, dict[str, Any]], qvl: Client) -> None:
@@ -149,6 +155,9 @@ def test_chunking_is_checked_against_the_collection(pages: tuple[Collection, dic
         ingest(col, [{"id": "x", "pdf": PDF}], qvl=qvl, key="id", chunking={"type": "text", "tokens": 16})
     with pytest.raises(IngestError, match="chunking"):
         ingest(col, [{"id": "x", "pdf": PDF}], qvl=qvl, key="id")
+    report = ingest(col, [{"id": "number", "pdf": 12345}], qvl=qvl, key="id", chunking={"type": "pages"})
+    [failure] = report["failed"]  # named, not a TypeError out of base64
+    assert failure["stage"] == "read" and "object 0: document field 'pdf' holds int" in failure["error"], failure
 
 
 def test_video_windows_are_objects_with_their_spans(cw: weaviate.WeaviateClient, qvl_service: ServiceProcess,
@@ -176,9 +185,12 @@ def test_passages_are_objects_found_by_near_text_and_reranked(cw: weaviate.Weavi
                       service_url=qvl_service.http_url, replace=True)
     col = cw.collections.get("ChunkTexts")
     try:
-        report = ingest(col, [{"id": "notes", "title": "Notes", "body": ARTICLE}], qvl=qvl, key="id",
+        report = ingest(col, [{"id": "untitled", "title": "Only a title"},  # no body: the title is not split
+                              {"id": "notes", "title": "Notes", "body": ARTICLE}], qvl=qvl, key="id",
                         chunking={"type": "text", "tokens": 24, "overlap": 0})
-        assert report["failed"] == [] and report["parts"] >= 3
+        [failure] = report["failed"]
+        assert failure["index"] == 0 and "'body'" in failure["error"] and _parts(col, "untitled") == []
+        assert report["inserted"] == 1 and report["parts"] >= 3
         passages = _parts(col, "notes")
         spans = [(o.properties["char_start"], o.properties["char_end"]) for o in passages]
         assert [o.properties["body"] for o in passages] == [ARTICLE[a:b] for a, b in spans]
