@@ -24,6 +24,7 @@ import weaviate
 from weaviate.collections import Collection
 
 from connectors.weaviate.collections import JOINT_VECTOR, CollectionError
+from connectors.weaviate.part_schema import read_layout
 
 log = logging.getLogger("qvl.weaviate.model_moves")
 
@@ -53,10 +54,15 @@ def copy_objects(source: Collection, target: Collection, *, batch_size: int = 64
     """Insert every object of ``source`` into ``target`` with its id and properties: the target's module
     embeds each one again with the target's service. Returns ``{"copied", "failed": [{"uuid", "error"}]}``.
 
-    A target with a ``joint`` vector needs ``ingest`` instead (qvl computes that vector, not Weaviate)."""
-    if JOINT_VECTOR in {v for v in (target.config.get().vector_config or {})}:
+    A target with a ``joint`` vector, or of parts (``create_collection(..., chunking=...)``: they hold no
+    copy of their PDF or video), needs ``ingest`` instead (qvl computes those vectors, not Weaviate)."""
+    config = target.config.get()
+    if JOINT_VECTOR in {v for v in (config.vector_config or {})}:
         raise CollectionError(f"collection {target.name!r} has a joint vector: fill it with ingest(...) from the "
                               "new service, not copy_objects")
+    if read_layout({p.name: p.description or "" for p in config.properties}) is not None:
+        raise CollectionError(f"collection {target.name!r} holds parts of sources: fill it with "
+                              "ingest(..., chunking=...) from the sources and the new service, not copy_objects")
     names = [p.name for p in source.config.get().properties]  # named, so that blobs (the media) come too
     copied = 0
     try:

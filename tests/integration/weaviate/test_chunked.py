@@ -20,7 +20,16 @@ from weaviate.classes.query import Filter, MetadataQuery, Rerank
 from weaviate.collections import Collection
 
 from connectors.client import Client
-from connectors.weaviate import MODULE_VECTOR, IngestError, api_key_headers, create_collection, ingest, part_uuid
+from connectors.weaviate import (
+    MODULE_VECTOR,
+    CollectionError,
+    IngestError,
+    api_key_headers,
+    copy_objects,
+    create_collection,
+    ingest,
+    part_uuid,
+)
 from qvl_devtools.demo_media import sample_media
 from qvl_devtools.launchers.weaviate import WeaviateServer, connect
 from tests.document_factory import pdf_of, pictures, png, video_of
@@ -210,3 +219,17 @@ def test_passages_are_objects_found_by_near_text_and_reranked(cw: weaviate.Weavi
         assert np.allclose(got, want_scores, atol=1e-3)
     finally:
         cw.collections.delete("ChunkTexts")
+
+
+def test_copy_objects_refuses_a_collection_of_parts(cw: weaviate.WeaviateClient, qvl_service: ServiceProcess,
+                                                     pages: tuple[Collection, dict[str, Any]]) -> None:
+    """Parts hold no copy of their PDF: the module of a new collection cannot embed them again."""
+    col, _ = pages
+    create_collection(cw, "ChunkPagesNext", document_fields=["pdf"], chunking="pages",
+                      service_url=qvl_service.http_url, replace=True)
+    try:
+        with pytest.raises(CollectionError, match="ingest"):
+            copy_objects(col, cw.collections.get("ChunkPagesNext"))
+        assert len(cw.collections.get("ChunkPagesNext")) == 0
+    finally:
+        cw.collections.delete("ChunkPagesNext")
