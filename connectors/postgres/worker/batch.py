@@ -48,8 +48,9 @@ class BatchRunner:
             assert link.client is not None
             plan.model_name = self.service.model_name(link.client, plan.model)  # the first write records it
         outcome = self.store.write(link, vectorizer, plan)
-        self.progress.add(vectorizer.name, outcome)
-        self._say(vectorizer, plan, outcome, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.progress.add(vectorizer.name, outcome, seconds)
+        self._say(vectorizer, plan, outcome, seconds)
         if down is not None:
             raise down
         return outcome

@@ -46,9 +46,10 @@ class ModelPin:
 
 class ServiceCalls:
     def __init__(self, settings: WorkerSettings, stopping: threading.Event,
-                 on_resent: Callable[[str, int], None]) -> None:
+                 on_resent: Callable[[str, int], None], on_stall: Callable[[str], None] = lambda name: None) -> None:
         self.settings, self.stopping = settings, stopping
         self.on_resent = on_resent  # (vectorizer name, streams that finished after being sent again)
+        self.on_stall = on_stall  # (vectorizer name): a stream abandoned, its rows given back
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
 
     def client(self, *, timeout: float | None = None, retries: int = STREAM_RETRIES) -> Client:
@@ -141,6 +142,7 @@ class ServiceCalls:
             if isinstance(exc, QvlClientError) and exc.reason == MODEL_MISMATCH:
                 raise self.mismatch(client, vectorizer, pin) from None
             if (down := self._abandoned(watchdog)) is not None:
+                self.on_stall(vectorizer.name)
                 raise down from None
             # CANCELLED for a whole stream: the service stopped it (draining), not this input.
             if isinstance(exc, TransientError) or (isinstance(exc, QvlClientError) and exc.code == "CANCELLED"):
