@@ -39,6 +39,7 @@ class Counters:
     batches: int = 0
     resent: int = 0  # streams that finished after being sent again (another replica, or the same one back)
     stalls: int = 0  # streams abandoned (no progress, or the service went away): their rows were given back
+    cut: int = 0  # rows written from text the service cut to its maximum length (qvl.cut_rows)
 
 
 @dataclass(frozen=True)
@@ -65,6 +66,7 @@ class Progress:
             c.failed += outcome.failed
             c.retried += outcome.retried
             c.released += outcome.released
+            c.cut += outcome.cut
             c.batches += 1
         m = self.metrics
         m.batches.labels(name).inc()
@@ -73,6 +75,7 @@ class Progress:
         m.failed.labels(name).inc(outcome.failed)
         m.retried.labels(name).inc(outcome.retried)
         m.released.labels(name).inc(outcome.released)
+        m.cut.labels(name).inc(outcome.cut)
 
     def add_resent(self, name: str, times: int) -> None:
         with self._lock:
@@ -117,7 +120,8 @@ class Progress:
             # failed: rows in the failed table now; moved_to_failed: this worker's moves there.
             extra: dict[str, Any] = {"vectorizer": vectorizer.name, "embedded": c.embedded, "failed": failed,
                                      "pending": pending, "rate_per_s": round(rate, 1), "resent": c.resent,
-                                     "released": c.released, "moved_to_failed": c.failed, "stalls": c.stalls}
+                                     "released": c.released, "moved_to_failed": c.failed, "stalls": c.stalls,
+                                     "cut": c.cut}
             if pending and rate > 0:
                 extra["eta_s"] = round(pending / rate, 1)
             log.info(f"{vectorizer.name}: {c.embedded} embedded"

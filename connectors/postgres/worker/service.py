@@ -17,7 +17,7 @@ from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
 from connectors.postgres.worker.errors import Malformed, ModelMismatch, ServiceDown
-from connectors.postgres.worker.judge import mismatch_words, service_words
+from connectors.postgres.worker.judge import CutVector, mismatch_words, service_words
 from connectors.postgres.worker.settings import WorkerSettings
 from connectors.postgres.worker.watchdog import Watchdog
 from qvl_proto import vectorizer_pb2 as pb
@@ -30,8 +30,8 @@ PROBE_TEXT = "qvl worker probe"
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
-Answer = np.ndarray | ItemFailure
-Checked = np.ndarray | ItemFailure | ServiceDown | None
+Answer = np.ndarray | CutVector | ItemFailure
+Checked = np.ndarray | CutVector | ItemFailure | ServiceDown | None
 
 
 @dataclass
@@ -92,16 +92,19 @@ class ServiceCalls:
         any input become ``ServiceDown`` (the rows go back uncounted)."""
         out: list[Checked] = []
         for res in self.embed(client, vectorizer, items, pin):
-            if isinstance(res, np.ndarray):
+            if isinstance(res, np.ndarray | CutVector):
+                vector = res.vector if isinstance(res, CutVector) else res
                 try:
-                    out.append(check_vector(vectorizer, res))
+                    checked = check_vector(vectorizer, vector)
                 except Malformed as exc:
                     raise ServiceDown(f"the service answered a malformed result: {exc}") from None
+                out.append(res if isinstance(checked, np.ndarray) else checked)
             elif isinstance(res, ItemFailure) and not_ready(res.code, res.reason):
                 out.append(ServiceDown(f"{res.code}: {service_words(res.message)}"))
             else:
                 out.append(res)
-        if any(isinstance(res, ItemFailure) for res in out) and not any(isinstance(res, np.ndarray) for res in out):
+        if (any(isinstance(res, ItemFailure) for res in out)
+                and not any(isinstance(res, np.ndarray | CutVector) for res in out)):
             # Nothing in this stream worked: the rows' fault, or the service's? A plain text answers.
             problem = self.probe(vectorizer)
             if problem is not None:
@@ -131,7 +134,10 @@ class ServiceCalls:
                 if isinstance(res, ItemFailure) and res.reason == MODEL_MISMATCH:
                     stream.close()  # cancels the call: the rest would be refused alike
                     raise self.mismatch(client, vectorizer, pin)
-                got.append(res)
+                # The text was cut to the service's maximum length (the client's default for a
+                # vectorizer without chunking): written, and recorded as cut (qvl.cut_rows).
+                cut = client.last_truncated.get(len(got), 0) if isinstance(res, np.ndarray) else 0
+                got.append(CutVector(res, cut) if cut else res)
                 if pin.fingerprint is None and isinstance(res, np.ndarray):
                     pin.fingerprint = client.last_fingerprint  # the model that answered
             carried = True
