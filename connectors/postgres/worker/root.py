@@ -73,7 +73,11 @@ class Worker:
     def run(self) -> None:
         if self.settings.metrics_port is not None:
             # First: a port that is taken fails the start, before any row is claimed.
-            self.metrics_port = self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            try:
+                self.metrics_port = self.metrics.serve(port, host)
+            except OSError as exc:  # taken, or an address this host does not have
+                raise RuntimeError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
             log.info("metrics endpoint listening", extra={"host": self.settings.metrics_host,
                                                          "port": self.metrics_port, "path": "/metrics"})
         try:
@@ -151,8 +155,5 @@ def run_worker(settings: WorkerSettings, *, handle_signals: bool = True) -> int:
         worker.run()
     except RuntimeError as exc:
         log.error(str(exc))
-        return 2
-    except OSError as exc:  # the metrics port: taken, or an address this host does not have
-        log.error(f"cannot serve metrics on {settings.metrics_host}:{settings.metrics_port}: {exc}")
         return 2
     return 0

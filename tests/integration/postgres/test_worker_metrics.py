@@ -84,6 +84,10 @@ def test_the_metrics_endpoint_counts_real_work(conn: psycopg.Connection[Any], qv
                 and sample(got, "qvl_worker_held", vectorizer="hidden", reason="rights") == 1)
 
     wait_until(settled, timeout=90, every=0.2)
+    # A second worker asked for the same port says so and exits 2 (no traceback), claiming nothing.
+    second = worker_processes(qvl_db, service.grpc_target, "--metrics-port", str(port), name="qvl-worker-second")
+    assert second.proc is not None and second.proc.wait(timeout=60) == 2
+    assert f"cannot serve metrics on 0.0.0.0:{port}" in second.log() and "Traceback" not in second.log()
     got = scrape(port)
     written = scalar(conn, "SELECT count(*) FROM items WHERE embedding IS NOT NULL")
     assert written == 11
