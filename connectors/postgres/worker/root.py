@@ -88,7 +88,11 @@ class Worker:
     def _run(self) -> None:
         features = check_install(self.connect, self._backoff(), self.stopping, self.alive,
                                  exit_when_idle=self.settings.exit_when_idle)
-        self.status.features = self.store.features = features or Features()
+        self.status.features = self.store.features = features = features or Features()
+        if not features.cut_rows:
+            log.info("rows the service cuts to its maximum length are embedded but not recorded in "
+                     "qvl.vectorizer_status.cut: the database's qvl schema is older than version 12 (qvl pg install "
+                     "upgrades it), or the worker's role may not write qvl.cut_rows (grant its login qvl_worker)")
         self.service.learn_limits()
         lanes = [threading.Thread(target=lane.run, name=f"qvl-lane-{lane.n}", daemon=True) for lane in self.lanes]
         listener = threading.Thread(target=listen, args=(self.connect, self._backoff(), self.stopping),
