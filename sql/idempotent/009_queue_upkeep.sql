@@ -77,7 +77,9 @@ BEGIN
                            'DELETE FROM qvl.failed_%2$s f USING d WHERE %5$s',
                            cols, v.id, v.source, in_table, same_key);
             GET DIAGNOSTICS gone = ROW_COUNT;
-            IF to_regclass('qvl.cut_rows') IS NOT NULL THEN  -- version 12: cut rows of deleted rows go too
+            -- Version 12: the cut-text records of deleted rows go too. Each key is read back in its type (the
+            -- key index finds the row); the schema guard lets a key's type only widen, so it always reads.
+            IF to_regclass('qvl.cut_rows') IS NOT NULL THEN
                 SELECT string_agg(format('s.%I = c.key[%s]::%s', u.c, u.o, u.t), ' AND ')
                   INTO in_table FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o);
                 EXECUTE format('DELETE FROM qvl.cut_rows c WHERE c.vectorizer = $1 AND NOT EXISTS '
