@@ -115,6 +115,7 @@ class AsyncClient(ClientBase):
                                 fingerprint=fingerprint)
         max_in_flight, timeout = stream_limits(max_in_flight, timeout)
         session = self._session(options, max_in_flight)
+        self.last_truncated = session.truncated  # filled as results come, before each is handed on
         source = _each(items)
         pulling = asyncio.Lock()  # one sender pulls from ``source`` at a time (an old stream's may linger)
         while True:

@@ -57,7 +57,9 @@ class ClientBase:
         self.retried = 0  # calls and streams sent again (errors.RETRY)
         self.closed = False
         self.last_scales = np.zeros(0, dtype=np.float32)  # the int8 scales of the last ``embed``
-        self.last_truncated: dict[int, int] = {}  # the last ``embed``'s cut items: index -> tokens cut
+        # The cut items of the last ``embed`` or ``embed_stream`` (filled as the stream's results come):
+        # index in its input -> text tokens cut.
+        self.last_truncated: dict[int, int] = {}
         # The fingerprint of the model that answered the last embed / embed_stream (metadata
         # "qvl-model-fingerprint"); None before, or from a service older than fingerprints.
         self.last_fingerprint: str | None = None

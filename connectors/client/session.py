@@ -130,6 +130,7 @@ class StreamSession:
         self.attempt = 0  # streams in a row that ended without an answer
         self.current: Stream | None = None
         self.fingerprint: str | None = None  # of the model the first stream announced
+        self.truncated: dict[int, int] = {}  # seq -> text tokens the service cut, of the items it cut
 
     @property
     def finished(self) -> bool:
@@ -245,6 +246,8 @@ class StreamSession:
         if self.open.pop(result.seq, None) is None:
             return []  # not open: never handed on twice
         stream.answered = True
+        if result.HasField("embedding") and result.embedding.truncated_tokens:
+            self.truncated[result.seq] = result.embedding.truncated_tokens
         self.pending[result.seq] = stream_row(result)
         ready = []
         while self.released in self.pending:

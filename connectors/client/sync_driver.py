@@ -115,7 +115,8 @@ class Client(ClientBase):
         """Results in input order, with at most ``max_in_flight`` items sent and not yet answered.
 
         With ``chunking``, each item's result is its list of ``Chunk``s. ``truncate`` as in ``embed``
-        (a refused item is an ``ItemFailure`` with ``limit``). A bad item yields an ``ItemFailure``
+        (a refused item is an ``ItemFailure`` with ``limit``; ``last_truncated`` holds each cut item's
+        input index and tokens cut by the time its result is handed on). A bad item yields an ``ItemFailure``
         and the stream goes on. When the stream fails with
         UNAVAILABLE, RESOURCE_EXHAUSTED or CANCELLED (its replica died, refused it or shut down), or
         the replica answers items as not ready (``not_ready``), a new stream (round_robin: another
@@ -134,6 +135,7 @@ class Client(ClientBase):
                                 fingerprint=fingerprint)
         max_in_flight, timeout = stream_limits(max_in_flight, timeout)
         session = self._session(options, max_in_flight)
+        self.last_truncated = session.truncated  # filled as results come, before each is handed on
         source = iter(items)
         lock = threading.Lock()  # the session's (the reader, the sender and the watcher share it)
         pulling = threading.Lock()  # one sender pulls from ``source`` at a time (an old stream's may linger)

@@ -60,6 +60,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
         tls=args.tls, ca_file=args.ca_file, retry_delay_s=args.retry_delay, heartbeat_s=args.heartbeat,
         prune_every_s=args.prune_every, write_lock_wait_s=args.write_lock_wait, alive_file=args.alive_file,
+        metrics_port=args.metrics_port, metrics_host=args.metrics_host, metrics_every_s=args.metrics_every,
     )
     return run_worker(settings)
 
@@ -83,6 +84,17 @@ def _seconds(text: str, zero: bool = False) -> float:
         value = math.nan
     if not math.isfinite(value) or value < 0 or (value == 0 and not zero):
         raise argparse.ArgumentTypeError(f"a number of seconds {'of at least 0' if zero else 'above 0'}, not {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free one)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a TCP port from 0 to 65535, not {text!r}")
     return value
 
 
@@ -166,6 +178,15 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--alive-file", default=os.environ.get("QVL_WORKER_ALIVE_FILE"),
                    help="a file the worker touches while it runs, at least every --max-backoff seconds, also while "
                    "it waits for the database; a liveness probe checks its age (QVL_WORKER_ALIVE_FILE)")
+    # Off by default: several workers may share a host (scale-out), and a worker otherwise opens no port.
+    p.add_argument("--metrics-port", type=_port, default=os.environ.get("QVL_WORKER_METRICS_PORT") or None,
+                   help="serve Prometheus metrics on this port at /metrics (docs/metrics.md; off unless given; "
+                   "QVL_WORKER_METRICS_PORT). No token: bind it where only the scraper reaches it")
+    p.add_argument("--metrics-host", default=os.environ.get("QVL_WORKER_METRICS_HOST", "0.0.0.0"),
+                   help="address the metrics endpoint listens on (QVL_WORKER_METRICS_HOST; default 0.0.0.0, "
+                   "so a scraper on another host or pod reaches it)")
+    p.add_argument("--metrics-every", type=_seconds, default=5.0,
+                   help="seconds between reads of each vectorizer's queue depth and failed rows for the gauges")
     p.add_argument("--application-name", help="shown in pg_stat_activity (default qvl-worker-<pid>)")
     p.add_argument("--vectorizer", action="append", help="only these vectorizers (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once every queue is empty")

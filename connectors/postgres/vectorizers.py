@@ -202,6 +202,19 @@ written AS (
 )
 SELECT (SELECT count(*) FROM written), (SELECT count(*) FROM dequeued)"""
 
+    def record_cut_sql(self) -> str:
+        """Rows just written: those whose text the service cut (``qvl_cut`` > 0 tokens) into qvl.cut_rows, the
+        others out of it (embedded whole now). The key as text per column, as qvl.prune_failed casts it back."""
+        key = "ARRAY[" + ", ".join(f"v.{ident(c)}::text" for c in self.pk_columns) + "]"
+        return f"""
+WITH v AS (SELECT * FROM {self._unnest((("qvl_cut", "int"),))}),
+whole AS (
+    DELETE FROM qvl.cut_rows c USING v WHERE c.vectorizer = {self.id} AND c.key = {key} AND v.qvl_cut = 0
+)
+INSERT INTO qvl.cut_rows AS c (vectorizer, key, tokens)
+SELECT {self.id}, {key}, v.qvl_cut FROM v WHERE v.qvl_cut > 0
+ON CONFLICT (vectorizer, key) DO UPDATE SET tokens = EXCLUDED.tokens, cut_at = now()"""
+
     def fail_sql(self) -> str:
         """Move rows this worker still holds to the failed table, with their error."""
         cols = ", ".join(ident(c) for c in self.pk_columns)

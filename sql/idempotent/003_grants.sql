@@ -5,7 +5,7 @@
 CREATE OR REPLACE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
                  'query_embedding', 'query_embedding_halfvec', 'query_embedding_bit', 'rerank_rows', 'hybrid_search',
-                 '_call', '_load', '_queue_stats', '_check_key_type', '_rerank_rows', '_fulltext_document']::name[]
+                 '_call', '_load', '_queue_stats', '_cut_count', '_check_key_type', '_rerank_rows', '_fulltext_document']::name[]
 $$;
 
 CREATE OR REPLACE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE
@@ -84,6 +84,9 @@ BEGIN
     END IF;
     IF to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL THEN  -- version 11
         GRANT EXECUTE ON FUNCTION qvl._record_model(int, text, text) TO qvl_worker;
+    END IF;
+    IF to_regclass('qvl.cut_rows') IS NOT NULL THEN  -- version 12: the rows it stored cut
+        GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.cut_rows TO qvl_worker;
     END IF;
 END
 $$;

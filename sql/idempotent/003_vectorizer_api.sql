@@ -263,17 +263,36 @@ END
 $$;
 
 
+-- Rows whose vector was made from text the service cut to its maximum length (qvl.cut_rows, version
+-- 12; NULL before, and for roles that may not read the table, as the other counts). Entries of rows
+-- deleted since go at the worker's next pruning (qvl.prune_failed).
+CREATE OR REPLACE FUNCTION qvl._cut_count(vid int) RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    n bigint;
+BEGIN
+    IF to_regclass('qvl.cut_rows') IS NULL OR NOT qvl._may_read_source(vid) THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE 'SELECT count(*) FROM qvl.cut_rows WHERE vectorizer = $1' INTO n USING vid;
+    RETURN n;
+END
+$$;
+
+
 -- model_name, model_fingerprint: the model the vectors came from (version 11; read through to_jsonb, so
--- the view is the same at every version, NULL before). New columns go last: CREATE OR REPLACE VIEW
--- may only append.
+-- the view is the same at every version, NULL before). cut: rows embedded from cut text (version 12).
+-- New columns go last: CREATE OR REPLACE VIEW may only append.
 CREATE OR REPLACE VIEW qvl.vectorizer_status AS
 SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
        s.pending, s.in_progress, s.failed, s.oldest_pending_age,
-       to_jsonb(v) ->> 'model_name' AS model_name, to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint
+       to_jsonb(v) ->> 'model_name' AS model_name, to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint,
+       qvl._cut_count(v.id) AS cut
   FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
 COMMENT ON VIEW qvl.vectorizer_status IS
     'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused '
-    '(counts NULL unless you may read the table); model_*: the model the vectors came from';
+    '(counts NULL unless you may read the table); model_*: the model the vectors came from; cut: rows '
+    'embedded from text cut to the service''s maximum length (chunk the text instead: docs/postgres.md)';
 
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or

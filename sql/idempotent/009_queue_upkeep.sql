@@ -77,6 +77,14 @@ BEGIN
                            'DELETE FROM qvl.failed_%2$s f USING d WHERE %5$s',
                            cols, v.id, v.source, in_table, same_key);
             GET DIAGNOSTICS gone = ROW_COUNT;
+            -- Version 12: the cut-text records of deleted rows go too. Each key is read back in its type (the
+            -- key index finds the row); the schema guard lets a key's type only widen, so it always reads.
+            IF to_regclass('qvl.cut_rows') IS NOT NULL THEN
+                SELECT string_agg(format('s.%I = c.key[%s]::%s', u.c, u.o, u.t), ' AND ')
+                  INTO in_table FROM unnest(v.pk_columns, v.pk_types) WITH ORDINALITY AS u(c, t, o);
+                EXECUTE format('DELETE FROM qvl.cut_rows c WHERE c.vectorizer = $1 AND NOT EXISTS '
+                               '(SELECT 1 FROM %s s WHERE %s)', v.source, in_table) USING v.id;
+            END IF;
         EXCEPTION WHEN insufficient_privilege THEN
             RAISE WARNING 'qvl: failed rows of vectorizer % kept: %', v.name, SQLERRM
                 USING HINT = 'Whoever prunes must see every row of the table (superuser, BYPASSRLS, or its owner '

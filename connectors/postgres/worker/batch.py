@@ -48,8 +48,9 @@ class BatchRunner:
             assert link.client is not None
             plan.model_name = self.service.model_name(link.client, plan.model)  # the first write records it
         outcome = self.store.write(link, vectorizer, plan)
-        self.progress.add(vectorizer.name, outcome)
-        self._say(vectorizer, plan, outcome, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        self.progress.add(vectorizer.name, outcome, seconds)
+        self._say(vectorizer, plan, outcome, seconds)
         if down is not None:
             raise down
         return outcome
@@ -79,6 +80,11 @@ class BatchRunner:
         log.debug("batch", extra={"vectorizer": vectorizer.name, "rows": len(plan.rows), "written": outcome.written,
                                   "failed": outcome.failed, "retried": outcome.retried, "stale": outcome.stale,
                                   "busy": len(outcome.busy), "ms": round(1000 * seconds, 1)})
+        if outcome.cut:
+            log.info(f"vectorizer {vectorizer.name}: {outcome.cut} rows embedded from text cut to the service's "
+                     f"maximum length (QVL_EMBED_MAX_LENGTH): their vectors miss the end of the text; "
+                     f"qvl.vectorizer_status.cut counts them (chunk long text instead: docs/postgres.md)",
+                     extra={"vectorizer": vectorizer.name, "rows": outcome.cut})
         if outcome.busy:
             log.info(f"vectorizer {vectorizer.name}: {len(outcome.busy)} rows stayed locked by other transactions for "
                      f"{self.write_lock_wait_s:g} s; the rest of the batch is written, those are embedded again "

@@ -14,7 +14,12 @@ SELECT to_regclass('qvl.worker_status') IS NOT NULL,
                 WHERE a.attrelid = to_regclass('qvl.worker_status') AND a.attname = 'last_seen'
                   AND NOT a.attisdropped),
        to_regprocedure('qvl.prune_failed(text, interval)') IS NOT NULL,
-       to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL"""
+       to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL,
+       -- NULL (so false) where the table is missing; a role given only a vectorizer's share may not write it.
+       coalesce(has_table_privilege(to_regclass('qvl.cut_rows'), 'SELECT')
+                AND has_table_privilege(to_regclass('qvl.cut_rows'), 'INSERT')
+                AND has_table_privilege(to_regclass('qvl.cut_rows'), 'UPDATE')
+                AND has_table_privilege(to_regclass('qvl.cut_rows'), 'DELETE'), false)"""
 
 
 @dataclass(frozen=True)
@@ -23,6 +28,7 @@ class Features:
     heartbeats: bool = True  # version 9: qvl.worker_status.last_seen and heartbeat_s
     prune_failed: bool = True  # version 9: qvl.prune_failed
     model_identity: bool = True  # version 11: qvl.vectorizer.model_fingerprint, qvl._record_model
+    cut_rows: bool = True  # version 12: qvl.cut_rows (the rows stored from cut text), and the right to write it
 
     @classmethod
     def detect(cls, conn: psycopg.Connection[Any]) -> Features:

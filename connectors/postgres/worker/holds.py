@@ -51,6 +51,11 @@ class Holds:
             hold.failures += 1
             return Hold(hold.definition, hold.backoff, hold.until, hold.failures, hold.delay_s)
 
+    def holding(self, definition: Definition) -> bool:
+        """Whether ``definition``'s vectorizer has a hold, over or not (ended only by ``release``)."""
+        with self._lock:
+            return definition.id in self._holds
+
     def release(self, definition: Definition) -> Hold | None:
         """End the hold of ``definition``'s vectorizer (its claims work again): the hold it had, if any."""
         with self._lock:

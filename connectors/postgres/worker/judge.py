@@ -30,7 +30,16 @@ class Refusal(Protocol):
     code: str
 
 
-Result = np.ndarray | Refusal | ServiceDown | None  # None: not answered; ServiceDown: the service's state
+@dataclass(frozen=True)
+class CutVector:
+    """A vector made from text the service cut to its maximum length (QVL_EMBED_MAX_LENGTH)."""
+
+    vector: np.ndarray
+    tokens: int  # text tokens cut
+
+
+# None: not answered; ServiceDown: the service's state
+Result = np.ndarray | CutVector | Refusal | ServiceDown | None
 
 
 @dataclass
@@ -74,6 +83,7 @@ def sort_claimed(rows: Sequence[Claimed], max_item_bytes: int, size: Callable[[p
 class Write:
     row: Claimed
     vector: str | None  # pgvector's text input; None for a row with nothing to embed
+    cut: int = 0  # text tokens the service cut (qvl.cut_rows records the row)
 
 
 @dataclass(frozen=True)
@@ -123,6 +133,7 @@ class Outcome:
     """What the write of a plan came to (counted, logged)."""
 
     written: int = 0
+    cut: int = 0  # of the written rows, those whose text the service cut
     failed: int = 0
     retried: int = 0
     released: int = 0
@@ -179,6 +190,9 @@ def judge(sorting: Sorting, results: Sequence[Result], alone: Sequence[bool], *,
             continue
         if isinstance(res, np.ndarray):
             plan.writes.append(Write(row, literal(res)))
+            continue
+        if isinstance(res, CutVector):
+            plan.writes.append(Write(row, literal(res.vector), res.tokens))
             continue
         message = row_message(source, row.key, res.message)
         tries = row.attempts + 1

@@ -115,10 +115,11 @@ class Lane:
             except Blocked as exc:
                 # The worker's role may not see or write these rows: they stay queued, the reason
                 # is shown, and the vectorizer waits its own backoff before the next try.
-                p.claims.hold_back(vectorizer, exc, quiet=True)
+                p.claims.hold_back(vectorizer, exc, quiet=True, reason="rights")
                 p.status.block(self.link.conn, vectorizer, str(exc))
                 continue
             p.status.block(self.link.conn, vectorizer, None)
+            p.claims.cleared(vectorizer)
             if worked:
                 break
         if self.read_only:

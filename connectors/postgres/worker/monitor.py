@@ -37,6 +37,7 @@ class Monitor:
             log.info("no pruning of failed rows: the database's qvl schema is older than version 9")
         self._conn: Conn | None = None
         self._last_report = time.monotonic()
+        self._last_gauges = float("-inf")
         self._last_beat = self._last_prune = float("-inf")  # both at once on start
 
     def run(self) -> None:
@@ -46,7 +47,8 @@ class Monitor:
             while not self.stopping.is_set():
                 self.stopping.wait(pause)
                 self.alive.touch()
-                pause = min(0.25 if self.settings.exit_when_idle else 1.0, self.settings.heartbeat_s)
+                pause = min(0.25 if self.settings.exit_when_idle else 1.0, self.settings.heartbeat_s,
+                            self.settings.metrics_every_s)
                 try:
                     if self._turn(time.monotonic()):
                         log.info("queues empty; exiting (--exit-when-idle)")
@@ -68,8 +70,11 @@ class Monitor:
         if settings.exit_when_idle and self.idle() and self._pending(self._db()) == 0:
             return True
         if now - self._last_report >= settings.log_every_s:
-            self.progress.report(self.catalog.known(), self._db())
-            self._last_report = now
+            self.progress.report(self.catalog.known(), self._db())  # sets the gauges too
+            self._last_report = self._last_gauges = now
+        elif settings.metrics_port is not None and now - self._last_gauges >= settings.metrics_every_s:
+            self.progress.observe(self.catalog.current(self._db()), self._db())
+            self._last_gauges = now
         return False
 
     def _db(self) -> Conn:

@@ -25,6 +25,7 @@ from connectors.postgres.worker.features import Features
 from connectors.postgres.worker.holds import Holds
 from connectors.postgres.worker.lane import Lane, LaneParts
 from connectors.postgres.worker.listener import listen
+from connectors.postgres.worker.metrics import WorkerMetrics
 from connectors.postgres.worker.monitor import Monitor
 from connectors.postgres.worker.progress import Counters, Progress
 from connectors.postgres.worker.service import ServiceCalls
@@ -43,17 +44,20 @@ class Worker:
         self.ident = f"{socket.gethostname()}:{os.getpid()}"
         self.connect = functools.partial(connect, settings.dsn, settings.application_name)
         self.catalog = Catalog(settings.vectorizers)
-        self.progress = Progress()
+        self.metrics = WorkerMetrics()
+        self.progress = Progress(self.metrics)
         self.status = StatusBoard(self.ident, settings.service, settings.heartbeat_s, settings.forget_workers_s)
-        self.service = ServiceCalls(settings, self.stopping, self.progress.add_resent)
+        self.service = ServiceCalls(settings, self.stopping, self.progress.add_resent, self.progress.add_stall)
         self.alive = AliveFile(settings.alive_file)
         self.store = store = BatchStore(settings, self.catalog, self.connect, self.stopping)
         rules = AttemptRules(settings.max_attempts, settings.retry_delay_s, settings.retry_delay_cap_s)
         parts = LaneParts(settings, self.stopping, self.connect, self.catalog,
-                          Claims(store, Holds(self._backoff), self.catalog), self.status,
+                          Claims(store, Holds(self._backoff), self.catalog, self.metrics), self.status,
                           BatchRunner(rules, self.service, store, self.progress, settings.write_lock_wait_s),
                           self.service)
         self.lanes = [Lane(n, f"{self.ident}:{n}", parts) for n in range(max(1, settings.concurrency))]
+        self.metrics.paused.set_function(lambda: sum(lane.down_since is not None for lane in self.lanes))
+        self.metrics_port: int | None = None  # where the endpoint listens, once run() started it
 
     def _backoff(self) -> Backoff:
         return Backoff(self.settings.backoff_base_s, self.settings.backoff_cap_s)
@@ -67,9 +71,28 @@ class Worker:
         return self.progress.counters()
 
     def run(self) -> None:
+        if self.settings.metrics_port is not None:
+            # First: a port that is taken fails the start, before any row is claimed.
+            host, port = self.settings.metrics_host, self.settings.metrics_port
+            try:
+                self.metrics_port = self.metrics.serve(port, host)
+            except OSError as exc:  # taken, or an address this host does not have
+                raise RuntimeError(f"cannot serve metrics on {host}:{port}: {exc.strerror or exc}") from None
+            log.info("metrics endpoint listening", extra={"host": self.settings.metrics_host,
+                                                         "port": self.metrics_port, "path": "/metrics"})
+        try:
+            self._run()
+        finally:
+            self.metrics.close()
+
+    def _run(self) -> None:
         features = check_install(self.connect, self._backoff(), self.stopping, self.alive,
                                  exit_when_idle=self.settings.exit_when_idle)
-        self.status.features = self.store.features = features or Features()
+        self.status.features = self.store.features = features = features or Features()
+        if not features.cut_rows:
+            log.info("rows the service cuts to its maximum length are embedded but not recorded in "
+                     "qvl.vectorizer_status.cut: the database's qvl schema is older than version 12 (qvl pg install "
+                     "upgrades it), or the worker's role may not write qvl.cut_rows (grant its login qvl_worker)")
         self.service.learn_limits()
         lanes = [threading.Thread(target=lane.run, name=f"qvl-lane-{lane.n}", daemon=True) for lane in self.lanes]
         listener = threading.Thread(target=listen, args=(self.connect, self._backoff(), self.stopping),
@@ -87,7 +110,7 @@ class Worker:
             for t in lanes:
                 t.join()
             listener.join(timeout=5)
-            self.progress.report(self.catalog.known(), final=True)
+            self._final_report()
             self._forget_status()
             log.info("worker stopped", extra={"worker": self.ident})
 
@@ -97,6 +120,16 @@ class Worker:
     def _wake_all(self) -> None:
         for lane in self.lanes:
             lane.wake.set()
+
+    def _final_report(self) -> None:
+        """Every vectorizer's last line, with the database's counts when it answers."""
+        try:
+            with self.connect() as conn:
+                self.progress.report(self.catalog.known(), conn, final=True)
+                return
+        except psycopg.Error:
+            pass
+        self.progress.report(self.catalog.known(), final=True)
 
     def _forget_status(self) -> None:
         try:

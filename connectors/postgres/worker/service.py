@@ -17,7 +17,7 @@ from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
 from connectors.postgres.worker.errors import Malformed, ModelMismatch, ServiceDown
-from connectors.postgres.worker.judge import mismatch_words, service_words
+from connectors.postgres.worker.judge import CutVector, mismatch_words, service_words
 from connectors.postgres.worker.settings import WorkerSettings
 from connectors.postgres.worker.watchdog import Watchdog
 from qvl_proto import vectorizer_pb2 as pb
@@ -30,8 +30,8 @@ PROBE_TEXT = "qvl worker probe"
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
-Answer = np.ndarray | ItemFailure
-Checked = np.ndarray | ItemFailure | ServiceDown | None
+Answer = np.ndarray | CutVector | ItemFailure
+Checked = np.ndarray | CutVector | ItemFailure | ServiceDown | None
 
 
 @dataclass
@@ -46,9 +46,10 @@ class ModelPin:
 
 class ServiceCalls:
     def __init__(self, settings: WorkerSettings, stopping: threading.Event,
-                 on_resent: Callable[[str, int], None]) -> None:
+                 on_resent: Callable[[str, int], None], on_stall: Callable[[str], None] = lambda name: None) -> None:
         self.settings, self.stopping = settings, stopping
         self.on_resent = on_resent  # (vectorizer name, streams that finished after being sent again)
+        self.on_stall = on_stall  # (vectorizer name): a stream abandoned, its rows given back
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
 
     def client(self, *, timeout: float | None = None, retries: int = STREAM_RETRIES) -> Client:
@@ -91,16 +92,19 @@ class ServiceCalls:
         any input become ``ServiceDown`` (the rows go back uncounted)."""
         out: list[Checked] = []
         for res in self.embed(client, vectorizer, items, pin):
-            if isinstance(res, np.ndarray):
+            if isinstance(res, np.ndarray | CutVector):
+                vector = res.vector if isinstance(res, CutVector) else res
                 try:
-                    out.append(check_vector(vectorizer, res))
+                    checked = check_vector(vectorizer, vector)
                 except Malformed as exc:
                     raise ServiceDown(f"the service answered a malformed result: {exc}") from None
+                out.append(res if isinstance(checked, np.ndarray) else checked)
             elif isinstance(res, ItemFailure) and not_ready(res.code, res.reason):
                 out.append(ServiceDown(f"{res.code}: {service_words(res.message)}"))
             else:
                 out.append(res)
-        if any(isinstance(res, ItemFailure) for res in out) and not any(isinstance(res, np.ndarray) for res in out):
+        if (any(isinstance(res, ItemFailure) for res in out)
+                and not any(isinstance(res, np.ndarray | CutVector) for res in out)):
             # Nothing in this stream worked: the rows' fault, or the service's? A plain text answers.
             problem = self.probe(vectorizer)
             if problem is not None:
@@ -130,7 +134,10 @@ class ServiceCalls:
                 if isinstance(res, ItemFailure) and res.reason == MODEL_MISMATCH:
                     stream.close()  # cancels the call: the rest would be refused alike
                     raise self.mismatch(client, vectorizer, pin)
-                got.append(res)
+                # The text was cut to the service's maximum length (the client's default for a
+                # vectorizer without chunking): written, and recorded as cut (qvl.cut_rows).
+                cut = client.last_truncated.get(len(got), 0) if isinstance(res, np.ndarray) else 0
+                got.append(CutVector(res, cut) if cut else res)
                 if pin.fingerprint is None and isinstance(res, np.ndarray):
                     pin.fingerprint = client.last_fingerprint  # the model that answered
             carried = True
@@ -141,6 +148,7 @@ class ServiceCalls:
             if isinstance(exc, QvlClientError) and exc.reason == MODEL_MISMATCH:
                 raise self.mismatch(client, vectorizer, pin) from None
             if (down := self._abandoned(watchdog)) is not None:
+                self.on_stall(vectorizer.name)
                 raise down from None
             # CANCELLED for a whole stream: the service stopped it (draining), not this input.
             if isinstance(exc, TransientError) or (isinstance(exc, QvlClientError) and exc.code == "CANCELLED"):

@@ -33,3 +33,8 @@ class WorkerSettings:
     tls: bool = False  # gRPC over TLS, verified against the system's CAs (or ca_file)
     ca_file: str | None = None  # PEM CA bundle that signed the service's certificate (implies TLS)
     alive_file: str | None = None  # touched while the worker's loops turn (a liveness probe reads its age)
+    # Prometheus metrics (docs/metrics.md): off unless a port is given (0: any free port, for tests). The
+    # endpoint has no token: bind it where only the scraper reaches it.
+    metrics_port: int | None = None
+    metrics_host: str = "0.0.0.0"
+    metrics_every_s: float = 5.0  # how often the queue depth and failed rows are read for the gauges

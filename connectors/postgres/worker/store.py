@@ -194,6 +194,12 @@ class BatchStore:
             row = conn.execute(vectorizer.write_sql(), params).fetchone()
             out.written = int(row[0]) if row else 0
             out.stale = len(plan.writes) - out.written  # changed since the claim: the newer version wins
+            if self.features.cut_rows:
+                # Also for a batch cut nowhere: a row written whole now leaves qvl.cut_rows. A stale row's
+                # entry is set right by the write of its newer version.
+                conn.execute(vectorizer.record_cut_sql(), {**vectorizer.key_params([w.row.key for w in plan.writes]),
+                                                           "qvl_cut": [w.cut for w in plan.writes]})
+                out.cut = sum(1 for w in plan.writes if w.cut)
         if plan.failures:
             params = {**vectorizer.key_params([f.row.key for f in plan.failures]), "me": me,
                       "qvl_error": [f.message for f in plan.failures], "qvl_code": [f.code for f in plan.failures]}

@@ -101,7 +101,7 @@ def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked
     # qvl._key_changed_<id>: the key triggers' WHEN, evaluated by whoever updates the table (a comparison
     # of the two rows it is given; issue 19 item 4).
     assert [name for (name,) in public] == sorted(
-        ["_call", "_load", "_queue_stats", "embed", "embed_halfvec", "rerank", "search", "service_info",
+        ["_call", "_load", "_queue_stats", "_cut_count", "embed", "embed_halfvec", "rerank", "search", "service_info",
          "wait_for_embeddings", "query_embedding", "query_embedding_halfvec", "query_embedding_bit", "rerank_rows",
          "hybrid_search", "_check_key_type", "_rerank_rows", "_fulltext_document", "_fulltext_join",
          "_key_changed_1", "_key_changed_2"])
