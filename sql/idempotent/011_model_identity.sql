@@ -50,7 +50,9 @@ BEGIN
     IF v.model_fingerprint IS NOT NULL THEN  -- (the service is asked only where a model is recorded)
         adopt := qvl._served_fingerprint() IS DISTINCT FROM v.model_fingerprint;
     END IF;
-    IF adopt THEN
+    IF adopt AND qvl._chunk_table(v) IS NOT NULL THEN  -- a chunked vectorizer (version 12): its chunks go
+        PERFORM qvl._as_owner(qvl._chunk_table(v), format('DELETE FROM %s', qvl._chunk_table(v)));
+    ELSIF adopt THEN
         -- Writing the table runs its owner's code: as the owner (qvl._as_owner). No qvl trigger fires:
         -- they watch the input columns, not the vector.
         PERFORM qvl._as_owner(v.source, format('UPDATE %s SET %I = NULL WHERE %I IS NOT NULL', v.source,

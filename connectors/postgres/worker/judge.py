@@ -8,6 +8,7 @@ time, so a row that kills the model process takes only itself down and is failed
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -30,7 +31,15 @@ class Refusal(Protocol):
     code: str
 
 
-Result = np.ndarray | Refusal | ServiceDown | None  # None: not answered; ServiceDown: the service's state
+class Piece(Protocol):
+    """One chunk of a chunked vectorizer's item (connectors.client.Chunk)."""
+
+    vector: np.ndarray
+    locator: dict[str, float | int]
+
+
+# None: not answered; ServiceDown: the service's state; a list: a chunked vectorizer's item, its chunks
+Result = np.ndarray | list[Piece] | Refusal | ServiceDown | None
 
 
 @dataclass
@@ -71,9 +80,19 @@ def sort_claimed(rows: Sequence[Claimed], max_item_bytes: int, size: Callable[[p
 
 
 @dataclass(frozen=True)
+class ChunkWrite:
+    """One chunk of a row, as the chunk table takes it."""
+
+    seq: int  # 0-based, in the service's order
+    locator: str  # JSON: {"page": n} | {"start_s", "end_s"} | {"char_start", "char_end"}
+    vector: str  # pgvector's text input
+
+
+@dataclass(frozen=True)
 class Write:
     row: Claimed
-    vector: str | None  # pgvector's text input; None for a row with nothing to embed
+    vector: str | None  # pgvector's text input; None for a row with nothing to embed (or chunked)
+    chunks: tuple[ChunkWrite, ...] = ()  # a chunked vectorizer's: the row's chunks (none: nothing to embed)
 
 
 @dataclass(frozen=True)
@@ -107,7 +126,7 @@ class Plan:
     @property
     def vectors(self) -> bool:
         """Whether the plan writes any vector (a row with nothing to embed gets NULL, from no model)."""
-        return any(w.vector is not None for w in self.writes)
+        return any(w.vector is not None or w.chunks for w in self.writes)
 
     def only(self, keys: Collection[Key]) -> Plan:
         """The same plan for the rows whose key is in ``keys``."""
@@ -179,6 +198,10 @@ def judge(sorting: Sorting, results: Sequence[Result], alone: Sequence[bool], *,
             continue
         if isinstance(res, np.ndarray):
             plan.writes.append(Write(row, literal(res)))
+            continue
+        if isinstance(res, list):
+            plan.writes.append(Write(row, None, tuple(ChunkWrite(i, json.dumps(c.locator, sort_keys=True),
+                                                                 literal(c.vector)) for i, c in enumerate(res))))
             continue
         message = row_message(source, row.key, res.message)
         tries = row.attempts + 1

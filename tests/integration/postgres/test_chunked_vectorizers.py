@@ -1,0 +1,206 @@
+"""Chunked vectorizers (issue 21 item 5): a PDF's pages, a video's windows and a text's passages as rows
+of a destination table, kept in step with their rows by the real worker and the real service.
+
+Each chunk's vector must be the service's embedding of its part sent alone (the page with the row's
+title, the text slice, the clip), compared by cosine as tests/integration/service/test_documents.py
+does (pages and passages >= 0.9999, clips >= 0.998).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from connectors.client import Client
+from qvl_proto import vectorizer_pb2 as pb
+from tests.document_factory import encrypted_pdf, pdf_of, pictures, video_of
+from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+PICTURES = pictures(5, seed=11)
+PDF3, PDF2, PDF5 = pdf_of(PICTURES[:3]), pdf_of(PICTURES[3:5]), pdf_of(PICTURES)
+ARTICLE = " ".join(f"Section {p}: the ferry left the harbour at {p + 6} o'clock with {p * 13} passengers aboard. "
+                   f"Each sentence differs a little ({p})." + ("\n\n" if p % 4 == 3 else "") for p in range(24))
+
+
+@pytest.fixture(scope="module")
+def client(service: ServiceProcess) -> Iterator[Client]:
+    with Client(service.grpc_target) as c:
+        yield c
+
+
+def chunks(conn: psycopg.Connection[Any], table: str, key: int) -> list[tuple[int, dict[str, Any], np.ndarray]]:
+    rows = conn.execute(f"SELECT chunk_seq, locator, embedding::text FROM {table} WHERE id = %s ORDER BY chunk_seq",
+                        (key,)).fetchall()
+    return [(seq, loc, vec(e)) for seq, loc, e in rows]
+
+
+def manuals(conn: psycopg.Connection[Any], max_pages: int | None = None) -> None:
+    conn.execute("CREATE TABLE manuals (id int PRIMARY KEY, title text, pdf bytea, note text)")
+    conn.execute("SELECT qvl.create_vectorizer('manuals', text_columns => '{title}', document_columns => '{pdf}', "
+                 "chunking => qvl.chunk_pages(max_pages => %s), destination => 'manual_pages')", (max_pages,))
+
+
+def page_item(pdf: bytes, page: int, title: str) -> pb.Item:
+    """A page sent alone, as the worker sends the row (document, then the title)."""
+    return pb.Item(parts=[pb.Part(document=pdf, page=page), pb.Part(text=title)])
+
+
+def test_chunk_configurations_and_their_refusals(conn: psycopg.Connection[Any]) -> None:
+    assert conn.execute("SELECT qvl.chunk_pages()").fetchone() == ({"type": "pages"},)
+    assert conn.execute("SELECT qvl.chunk_pages(max_pages => 500)").fetchone() == ({"type": "pages",
+                                                                                     "max_pages": 500},)
+    assert conn.execute("SELECT qvl.chunk_video(seconds => 10, overlap => 2)").fetchone() == (
+        {"type": "video", "seconds": 10, "overlap": 2},)
+    assert conn.execute("SELECT qvl.chunk_text()").fetchone() == ({"type": "text", "tokens": 512, "overlap": 64},)
+    for call, words in [("qvl.chunk_pages(max_pages => 0)", "max_pages must be at least 1"),
+                        ("qvl.chunk_video(seconds => 0)", "seconds must be a positive number"),
+                        ("qvl.chunk_video(seconds => 5, overlap => 5)", "overlap must be at least 0 and less"),
+                        ("qvl.chunk_text(tokens => 4)", "tokens must be at least 8"),
+                        ("qvl.chunk_text(tokens => 64, overlap => 64)", "overlap must be at least 0 and less")]:
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+            conn.execute(f"SELECT {call}")
+        assert words in str(err.value) and err.value.diag.message_hint, call
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, title text, body text, pdf bytea, pics bytea[])")
+    for args, words in [
+        ("text_columns => '{body}', chunking => '{\"type\": \"pages\"}'", "none is given"),
+        ("document_columns => '{pdf}'", "need chunking"),
+        ("document_columns => '{pdf}', chunking => qvl.chunk_text()", "needs chunking => qvl.chunk_pages()"),
+        ("document_columns => '{title}', chunking => '{\"type\": \"lines\"}'", "type must be pages, video or text"),
+        ("video_columns => '{pics}', chunking => qvl.chunk_video()", "has no times to cut"),
+        ("text_columns => '{title, body}', chunking => qvl.chunk_text(), chunk_context => false",
+         "embeds each chunk alone"),
+        ("text_columns => '{body}', chunking => qvl.chunk_text(), mode => 'sync'", "mode must be async"),
+    ]:
+        with pytest.raises(psycopg.Error) as err:
+            conn.execute(f"SELECT qvl.create_vectorizer('t', {args})")
+        assert words in str(err.value) or words in (err.value.diag.message_hint or ""), (args, str(err.value))
+
+
+def test_each_page_is_its_page_sent_alone_and_bad_documents_fail_alone(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess, client: Client) -> None:
+    manuals(conn, max_pages=4)
+    good = {1: (PDF3, "crane manual"), 2: (PDF2, "pump manual")}
+    with conn.cursor() as cur:
+        for key, (pdf, title) in good.items():
+            cur.execute("INSERT INTO manuals VALUES (%s, %s, %s, 'n')", (key, title, pdf))
+        cur.execute("INSERT INTO manuals VALUES (3, 'not a pdf', %s, 'n')", (b"GIF89a, not a PDF at all",))
+        cur.execute("INSERT INTO manuals VALUES (4, 'too long', %s, 'n')", (PDF5,))
+        cur.execute("INSERT INTO manuals VALUES (5, 'truncated', %s, 'n')", (PDF3[: len(PDF3) // 2],))
+        cur.execute("INSERT INTO manuals VALUES (6, 'locked', %s, 'n')", (encrypted_pdf(),))
+    drain(qvl_db, service.grpc_target)
+
+    for key, (pdf, title) in good.items():
+        got = chunks(conn, "manual_pages", key)
+        pages = len(PICTURES[:3]) if key == 1 else 2
+        assert [(seq, loc) for seq, loc, _ in got] == [(n - 1, {"page": n}) for n in range(1, pages + 1)]
+        alone = client.embed([page_item(pdf, n, title) for n in range(1, pages + 1)])
+        assert cosines(np.stack([v for _, _, v in got]), alone).min() >= 0.9999
+    failed = dict(conn.execute("SELECT pk, error FROM qvl.failed_items('manuals')").fetchall())
+    assert sorted(failed) == ["3", "4", "5", "6"], failed
+    assert all(failed[k].startswith(f"row {k} of public.manuals") for k in failed), failed
+    assert "not a PDF" in failed["3"]
+    assert "max_pages" in failed["4"] and "5 pages" in failed["4"]
+    assert "truncated or damaged" in failed["5"]
+    assert "encrypted" in failed["6"]
+    assert conn.execute("SELECT count(*) FROM manual_pages WHERE id > 2").fetchone() == (0,)
+    # The view joins each chunk to its row.
+    assert conn.execute("SELECT id, title, chunk_seq, locator FROM manual_pages_view ORDER BY id, chunk_seq"
+                        ).fetchall() == [(1, "crane manual", 0, {"page": 1}), (1, "crane manual", 1, {"page": 2}),
+                                         (1, "crane manual", 2, {"page": 3}), (2, "pump manual", 0, {"page": 1}),
+                                         (2, "pump manual", 1, {"page": 2})]
+    status = conn.execute("SELECT pending, failed FROM qvl.vectorizer_status WHERE name = 'manuals'").fetchone()
+    assert status == (0, 4)
+    # Fixed rows are embedded again after retry_failed.
+    conn.execute("UPDATE manuals SET pdf = %s WHERE id = 3", (PDF2,))
+    conn.execute("SELECT qvl.retry_failed('manuals')")
+    drain(qvl_db, service.grpc_target)
+    assert [loc for _, loc, _ in chunks(conn, "manual_pages", 3)] == [{"page": 1}, {"page": 2}]
+    assert sorted(k for k, in conn.execute("SELECT pk FROM qvl.failed_items('manuals')").fetchall()) == ["4", "5", "6"]
+
+
+def test_updates_replace_a_rows_chunks_at_once_and_deletes_take_them(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess) -> None:
+    manuals(conn)
+    conn.execute("INSERT INTO manuals VALUES (1, 'crane manual', %s, 'n'), (2, 'pump manual', %s, 'n')",
+                 (PDF3, PDF2))
+    drain(qvl_db, service.grpc_target)
+    old = {e for _, _, e in ((s, loc, v.tobytes()) for s, loc, v in chunks(conn, "manual_pages", 1))}
+    assert len(old) == 3
+    conn.execute("UPDATE manuals SET note = 'not embedded'")  # no input column changed: nothing queued
+    assert conn.execute("SELECT pending FROM qvl.vectorizer_status WHERE name = 'manuals'").fetchone() == (0,)
+
+    # A reader polls row 1's chunks while the worker replaces them: it sees the old set or the new one.
+    seen: list[tuple[int, int]] = []  # (old vectors, new-or-other vectors) per read
+    done = threading.Event()
+
+    def reader() -> None:
+        with psycopg.connect(qvl_db, autocommit=True) as c:
+            while not done.is_set():
+                got = [bytes(v.tobytes()) for _, _, v in chunks(c, "manual_pages", 1)]
+                seen.append((sum(g in old for g in got), sum(g not in old for g in got)))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        with running(qvl_db, service.grpc_target):
+            conn.execute("UPDATE manuals SET pdf = %s, title = 'crane manual, 2nd edition' WHERE id = 1", (PDF2,))
+            wait_until(lambda: conn.execute("SELECT qvl.wait_for_embeddings('manuals', '1 s')").fetchone() == (True,))
+    finally:
+        done.set()
+        thread.join()
+    assert (3, 0) in seen and seen[-1] == (0, 2), seen[-5:]
+    assert all(s in ((3, 0), (0, 2)) for s in seen), sorted(set(seen))
+    assert [loc for _, loc, _ in chunks(conn, "manual_pages", 1)] == [{"page": 1}, {"page": 2}]
+
+    # A deleted row's chunks go with it, in its own transaction; the worker then forgets its entry.
+    conn.execute("DELETE FROM manuals WHERE id = 2")
+    assert chunks(conn, "manual_pages", 2) == []
+    drain(qvl_db, service.grpc_target)
+    assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status WHERE name = 'manuals'").fetchone() == (0, 0)
+    # A key change takes the old key's chunks; the new key is embedded.
+    conn.execute("UPDATE manuals SET id = 7 WHERE id = 1")
+    assert chunks(conn, "manual_pages", 1) == []
+    drain(qvl_db, service.grpc_target)
+    assert len(chunks(conn, "manual_pages", 7)) == 2
+    conn.execute("TRUNCATE manuals")
+    assert conn.execute("SELECT count(*) FROM manual_pages").fetchone() == (0,)
+
+
+def test_each_passage_is_its_text_slice_sent_alone(conn: psycopg.Connection[Any], qvl_db: str,
+                                                     service: ServiceProcess, client: Client) -> None:
+    conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
+    conn.execute("INSERT INTO articles VALUES (1, 'Ferry log', %s)", (ARTICLE,))
+    conn.execute("SELECT qvl.create_vectorizer('articles', text_columns => '{title, body}', "
+                 "chunking => qvl.chunk_text(tokens => 64, overlap => 8))")
+    drain(qvl_db, service.grpc_target)
+    got = chunks(conn, "articles_chunks", 1)
+    assert len(got) > 3
+    spans = [(loc["char_start"], loc["char_end"]) for _, loc, _ in got]
+    assert spans[0][0] == 0 and all(a < b for a, b in spans)
+    alone = client.embed([pb.Item(parts=[pb.Part(text="Ferry log"), pb.Part(text=ARTICLE[a:b])]) for a, b in spans])
+    assert cosines(np.stack([v for _, _, v in got]), alone).min() >= 0.9999
+
+
+def test_each_clip_is_its_span_sent_alone(conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess,
+                                          client: Client) -> None:
+    video = video_of(PICTURES[:4], fps=2, repeat=4)  # 16 frames: 8 s
+    conn.execute("CREATE TABLE talks (id int PRIMARY KEY, clip bytea)")
+    conn.execute("INSERT INTO talks VALUES (1, %s)", (video,))
+    conn.execute("SELECT qvl.create_vectorizer('talks', video_columns => '{clip}', "
+                 "chunking => qvl.chunk_video(seconds => 3, overlap => 1), destination => 'talk_clips')")
+    drain(qvl_db, service.grpc_target)
+    got = chunks(conn, "talk_clips", 1)
+    spans = [(loc["start_s"], loc["end_s"]) for _, loc, _ in got]
+    assert spans == [(0, 3), (2, 5), (4, 7), (6, 8)]
+    alone = client.embed([{"video": video, "start_s": s, "end_s": e} for s, e in spans])
+    assert cosines(np.stack([v for _, _, v in got]), alone).min() >= 0.998
+    assert json.loads(json.dumps(got[0][1])) == {"start_s": 0, "end_s": 3}
