@@ -204,3 +204,60 @@ def test_each_clip_is_its_span_sent_alone(conn: psycopg.Connection[Any], qvl_db:
     alone = client.embed([{"video": video, "start_s": s, "end_s": e} for s, e in spans])
     assert cosines(np.stack([v for _, _, v in got]), alone).min() >= 0.998
     assert json.loads(json.dumps(got[0][1])) == {"start_s": 0, "end_s": 3}
+
+
+# -- search ----------------------------------------------------------------------------------------
+def test_search_chunks_reranks_each_candidate_part_and_search_ranks_rows_by_their_best(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess, client: Client) -> None:
+    manuals(conn)
+    docs = {1: (PDF3, "crane manual"), 2: (PDF2, "pump manual")}
+    conn.execute("INSERT INTO manuals VALUES (1, 'crane manual', %s, 'a'), (2, 'pump manual', %s, 'b')",
+                 (PDF3, PDF2))
+    drain(qvl_db, service.grpc_target)
+    query = "a pump with a blue housing"
+
+    got = conn.execute("SELECT pk, chunk_seq, locator, distance, score FROM qvl.search_chunks('manuals', %s, k => 4, "
+                       "candidates => 5)", (query,)).fetchall()
+    assert len(got) == 4
+    scores = [r[4] for r in got]
+    assert scores == sorted(scores, reverse=True)
+    parts = [page_item(docs[int(pk)][0], loc["page"], docs[int(pk)][1]) for pk, _, loc, _, _ in got]
+    assert [loc["page"] - 1 for _, _, loc, _, _ in got] == [seq for _, seq, _, _, _ in got]
+    direct = client.rerank(query, parts).scores
+    assert np.allclose(scores, direct, atol=1e-4), (scores, list(direct))
+
+    # Without the reranker: the nearest chunks, nearest first; every candidate chunk among 5.
+    near = conn.execute("SELECT pk, chunk_seq, distance, score FROM qvl.search_chunks('manuals', %s, k => 5, "
+                        "rerank => false)", (query,)).fetchall()
+    assert len(near) == 5 and all(r[3] is None for r in near)
+    assert [r[2] for r in near] == sorted(r[2] for r in near)
+
+    # The filter is a condition on the table's columns (the chunk table's key names do not clash).
+    only = conn.execute("SELECT DISTINCT pk FROM qvl.search_chunks('manuals', %s, "
+                        "filter => 'id = 2 AND note = ''b''')", (query,)).fetchall()
+    assert only == [("2",)]
+    structured = conn.execute("SELECT DISTINCT pk FROM qvl.search_chunks('manuals', %s, "
+                              "'{\"column\": \"title\", \"op\": \"like\", \"value\": \"crane%%\"}'::jsonb)",
+                              (query,)).fetchall()
+    assert structured == [("1",)]
+    with pytest.raises(psycopg.errors.SyntaxError):
+        conn.execute("SELECT * FROM qvl.search_chunks('manuals', %s, filter => 'true) OR (true')", (query,))
+    with pytest.raises(psycopg.Error, match="the filter"):
+        conn.execute("SELECT * FROM qvl.search_chunks('manuals', %s, filter => 'id IN (SELECT c.oid::int FROM "
+                     "pg_class c)')", (query,))
+
+    # qvl.search: each row once, ranked by its best part's score.
+    rows = conn.execute("SELECT pk, distance, score FROM qvl.search('manuals', %s, k => 2)", (query,)).fetchall()
+    every = conn.execute("SELECT pk, distance, score FROM qvl.search_chunks('manuals', %s, k => 10)",
+                         (query,)).fetchall()
+    best = {pk: max(s for p, _, s in every if p == pk) for pk in ("1", "2")}
+    nearest = {pk: min(d for p, d, _ in every if p == pk) for pk in ("1", "2")}
+    assert [r[0] for r in rows] == sorted(best, key=lambda pk: -best[pk])
+    for pk, distance, score in rows:
+        assert abs(score - best[pk]) < 1e-5 and abs(distance - nearest[pk]) < 1e-5
+
+    conn.execute("CREATE TABLE plain (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qvl.create_vectorizer('plain', text_columns => '{body}', dimensions => 32)")
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        conn.execute("SELECT * FROM qvl.search_chunks('plain', 'x')")
+    assert "one vector per row" in str(err.value) and "qvl.search('plain'" in (err.value.diag.message_hint or "")
