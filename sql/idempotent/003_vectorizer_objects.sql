@@ -298,7 +298,7 @@ DECLARE
 BEGIN
     SELECT string_agg(format('%I', c), ', '), string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
       INTO watched, changed
-      FROM unnest(v.text_columns || v.image_columns || v.video_columns) AS c;
+      FROM unnest(v.text_columns || v.image_columns || v.video_columns || qvl._document_columns(v)) AS c;
     PERFORM qvl._mark_trigger_change(v.id, true);
     PERFORM qvl._drop_triggers(v.id, v.source);
     PERFORM qvl._create_enqueue_function(v);

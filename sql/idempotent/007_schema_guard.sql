@@ -183,6 +183,9 @@ BEGIN
             PERFORM qvl._secure_vectorizer(v.id);
         END IF;
     END IF;
+    IF qvl._chunked(v) THEN  -- version 12: the chunk view, if DROP COLUMN ... CASCADE took it
+        PERFORM qvl._follow_chunk_view(v.id);
+    END IF;
     -- The worker's rights follow the table (column grants follow their columns; a new schema needs USAGE).
     PERFORM qvl._grant_worker(v.id);
     -- Workers reload the definition (names, types, the table's own name and schema).

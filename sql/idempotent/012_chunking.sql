@@ -162,6 +162,48 @@ END
 $$;
 
 
+-- The view joining chunks to their rows (chunk_seq, locator, chunk_embedding, then the row's columns).
+-- The reader's rights (security_invoker): the table's row-level security and grants hold through it.
+-- It lists the table's columns as they are now, so PostgreSQL refuses to drop or retype one of them
+-- while it exists: DROP COLUMN ... CASCADE drops it too, and the schema guard then makes it again
+-- (qvl._follow_chunk_view). Owned by the table's owner.
+CREATE OR REPLACE FUNCTION qvl._create_chunk_view(source regclass, chunks regclass, view_name text, keys name[])
+RETURNS regclass LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('CREATE VIEW %s WITH (security_invoker = true) AS SELECT c.chunk_seq, c.locator, '
+                   'c.embedding AS chunk_embedding, s.* FROM %s c JOIN %s s ON %s', view_name, chunks, source,
+                   (SELECT string_agg(format('s.%1$I = c.%1$I', c), ' AND ') FROM unnest(keys) AS c));
+    EXECUTE format('ALTER VIEW %s OWNER TO %I', view_name,
+                   (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
+    RETURN view_name::regclass;
+END
+$$;
+
+-- After an ALTER TABLE of a chunked vectorizer's table (the schema guard, sql/idempotent/007_*): a view
+-- that DROP COLUMN ... CASCADE took along is made again, with the table's columns as they are now.
+CREATE OR REPLACE FUNCTION qvl._follow_chunk_view(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    v qvl.vectorizer;
+    chunks regclass;
+BEGIN
+    SELECT * INTO v FROM qvl.vectorizer x WHERE x.id = vid;
+    chunks := qvl._chunk_table(v);
+    IF chunks IS NULL OR EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = v.chunk_view) THEN
+        RETURN;
+    END IF;
+    UPDATE qvl.vectorizer x
+       SET chunk_view = qvl._create_chunk_view(v.source, chunks,
+                                               (SELECT format('%I.%I', n.nspname, left(c.relname || '_view', 63))
+                                                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                                 WHERE c.oid = chunks), v.pk_columns)
+     WHERE x.id = vid;
+    RAISE NOTICE 'qvl: the view of the chunks of % was made again, with the table''s columns as they are now',
+        v.source;
+END
+$$;
+
+
 -- qvl.create_vectorizer with chunking (it calls this): the checks, the destination table, its index
 -- and view, the catalog row, the queue, the triggers and the backfill.
 CREATE OR REPLACE FUNCTION qvl._create_chunked_vectorizer(
@@ -249,15 +291,11 @@ BEGIN
                        CASE storage WHEN 'vector' THEN 'vector_cosine_ops' WHEN 'halfvec' THEN 'halfvec_cosine_ops'
                                     ELSE 'bit_hamming_ops' END);
     END IF;
-    -- The reader's rights (security_invoker): the table's row-level security and grants hold through it.
-    EXECUTE format('CREATE VIEW %I.%I WITH (security_invoker = true) AS SELECT c.chunk_seq, c.locator, '
-                   'c.embedding AS chunk_embedding, s.* FROM %s c JOIN %s s ON %s', schema_name, view_name, chunks,
-                   source, (SELECT string_agg(format('s.%1$I = c.%1$I', c), ' AND ') FROM unnest(pk.pk_columns) AS c));
     EXECUTE format('COMMENT ON TABLE %s IS %L', chunks,
                    format('qvl: the chunks of %s (vectorizer %s), kept by qvl worker', source, vname));
     -- Owned like the table it derives from: its owner reads it and grants it to whom it pleases.
     EXECUTE format('ALTER TABLE %s OWNER TO %I', chunks, owner);
-    EXECUTE format('ALTER VIEW %I.%I OWNER TO %I', schema_name, view_name, owner);
+    PERFORM qvl._create_chunk_view(source, chunks, format('%I.%I', schema_name, view_name), pk.pk_columns);
 
     INSERT INTO qvl.vectorizer (name, source, pk_columns, pk_types, text_columns, image_columns, video_columns,
                                 destination, dimensions, storage, instruction, query_instruction, mode, on_error,

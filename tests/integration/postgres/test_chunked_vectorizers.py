@@ -171,6 +171,9 @@ def test_updates_replace_a_rows_chunks_at_once_and_deletes_take_them(
     assert chunks(conn, "manual_pages", 1) == []
     drain(qvl_db, service.grpc_target)
     assert len(chunks(conn, "manual_pages", 7)) == 2
+    conn.execute("UPDATE manuals SET pdf = %s WHERE id = 7", (PDF3,))  # the document alone changes
+    drain(qvl_db, service.grpc_target)
+    assert len(chunks(conn, "manual_pages", 7)) == 3
     conn.execute("TRUNCATE manuals")
     assert conn.execute("SELECT count(*) FROM manual_pages").fetchone() == (0,)
 
@@ -261,3 +264,62 @@ def test_search_chunks_reranks_each_candidate_part_and_search_ranks_rows_by_thei
     with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
         conn.execute("SELECT * FROM qvl.search_chunks('plain', 'x')")
     assert "one vector per row" in str(err.value) and "qvl.search('plain'" in (err.value.diag.message_hint or "")
+
+
+def test_grants_schema_guard_reembed_and_drop_of_a_chunked_vectorizer(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess) -> None:
+    manuals(conn)
+    conn.execute("INSERT INTO manuals VALUES (1, 'crane manual', %s, 'n')", (PDF2,))
+    # The worker's role: the key and input columns to read, the chunk table to replace chunks in; not
+    # one column of the table to write.
+    rights = conn.execute("""
+        SELECT has_column_privilege('qvl_worker', 'manuals', 'pdf', 'SELECT'),
+               has_column_privilege('qvl_worker', 'manuals', 'note', 'SELECT'),
+               has_any_column_privilege('qvl_worker', 'manuals', 'UPDATE'),
+               has_table_privilege('qvl_worker', 'manual_pages', 'SELECT, INSERT, DELETE'),
+               has_table_privilege('qvl_worker', 'manual_pages', 'UPDATE'),
+               has_table_privilege('qvl_worker', 'manual_pages', 'TRUNCATE')""").fetchone()
+    assert rights == (True, False, False, True, False, False)
+    owner = conn.execute("SELECT c.relowner = t.relowner FROM pg_class c, pg_class t "
+                         "WHERE c.oid = 'manual_pages'::regclass AND t.oid = 'manuals'::regclass").fetchone()
+    assert owner == (True,)
+    assert conn.execute("SELECT count(*) FROM pg_indexes WHERE tablename = 'manual_pages' AND indexdef LIKE '%hnsw%'"
+                        ).fetchone() == (1,)
+    drain(qvl_db, service.grpc_target)
+    assert len(chunks(conn, "manual_pages", 1)) == 2
+    fingerprint = conn.execute("SELECT model_fingerprint FROM qvl.vectorizer WHERE name = 'manuals'").fetchone()
+    assert fingerprint is not None and fingerprint[0] is not None  # the first write recorded the model
+
+    # The schema guard: other columns change freely; a renamed key is followed into the chunk table;
+    # the document column may not go.
+    conn.execute("ALTER TABLE manuals ADD COLUMN extra int")
+    conn.execute("ALTER TABLE manuals RENAME COLUMN id TO manual_id")
+    assert conn.execute("SELECT manual_id, chunk_seq FROM manual_pages ORDER BY 2").fetchall() == [(1, 0), (1, 1)]
+    with pytest.raises(psycopg.errors.DependentObjectsStillExist, match="input column pdf"):
+        conn.execute("ALTER TABLE manuals DROP COLUMN pdf CASCADE")
+    # The view lists the table's columns: PostgreSQL refuses to drop one under it; with CASCADE the view
+    # goes and the guard makes it again without the column.
+    conn.execute("ALTER TABLE manuals DROP COLUMN extra CASCADE")
+    assert "extra" not in [c.name for c in conn.execute("SELECT * FROM manual_pages_view LIMIT 0").description]
+    conn.execute("UPDATE manuals SET title = 'crane manual v2'")
+    drain(qvl_db, service.grpc_target)
+    assert conn.execute("SELECT count(*) FROM manual_pages_view WHERE title = 'crane manual v2'").fetchone() == (2,)
+
+    # reembed queues every row again (the chunks stay until replaced); a new size is refused with a hint.
+    assert conn.execute("SELECT qvl.reembed('manuals')").fetchone() == (1,)
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as err:
+        conn.execute("SELECT qvl.reembed('manuals', dimensions => 16)")
+    assert "drop_vectorizer" in (err.value.diag.message_hint or "")
+    drain(qvl_db, service.grpc_target)
+
+    # Dropped: the chunks stay (no longer updated) unless drop_column, which drops the table and view.
+    conn.execute("SELECT qvl.drop_vectorizer('manuals')")
+    assert conn.execute("SELECT count(*) FROM manual_pages").fetchone() == (2,)
+    assert conn.execute("SELECT count(*) FROM pg_trigger WHERE tgrelid = 'manuals'::regclass AND NOT tgisinternal"
+                        ).fetchone() == (0,)
+    conn.execute("DROP TABLE manual_pages CASCADE")
+    conn.execute("SELECT qvl.create_vectorizer('manuals', document_columns => '{pdf}', "
+                 "chunking => qvl.chunk_pages())")
+    conn.execute("SELECT qvl.drop_vectorizer('manuals', drop_column => true)")
+    assert conn.execute("SELECT to_regclass('manuals_chunks'), to_regclass('manuals_chunks_view')").fetchone() == (
+        None, None)
