@@ -323,3 +323,35 @@ def test_grants_schema_guard_reembed_and_drop_of_a_chunked_vectorizer(
     conn.execute("SELECT qvl.drop_vectorizer('manuals', drop_column => true)")
     assert conn.execute("SELECT to_regclass('manuals_chunks'), to_regclass('manuals_chunks_view')").fetchone() == (
         None, None)
+
+
+def test_sqlalchemy_declares_a_chunked_vectorizer_and_searches_its_chunks(qvl_db: str, service: ServiceProcess,
+                                                                          client: Client) -> None:
+    from psycopg.conninfo import conninfo_to_dict
+    from sqlalchemy import Column, Integer, LargeBinary, MetaData, Table, Text, create_engine, select
+    from sqlalchemy.engine import URL
+
+    from connectors.postgres.sqlalchemy import Vectorizer, chunk_pages, search_chunks
+
+    info = conninfo_to_dict(qvl_db)
+    engine = create_engine(URL.create("postgresql+psycopg", username=str(info["user"]), host=str(info["host"]),
+                                      port=int(info["port"]), database=str(info["dbname"])))
+    table = Table("booklets", MetaData(), Column("id", Integer, primary_key=True), Column("title", Text),
+                  Column("pdf", LargeBinary))
+    booklets = Vectorizer(table, text=[table.c.title], documents=[table.c.pdf], chunking=chunk_pages(max_pages=10),
+                          destination="booklet_pages")
+    with engine.begin() as conn:
+        table.create(conn)
+        assert booklets.create(conn) is not None
+        conn.execute(table.insert(), [{"id": 1, "title": "crane manual", "pdf": PDF3},
+                                      {"id": 2, "title": "pump manual", "pdf": PDF2}])
+    drain(qvl_db, service.grpc_target)
+    with engine.connect() as conn:
+        hits = booklets.search_chunks("a blue pump", k=3, candidates=5, filter=table.c.id == 2)
+        got = conn.execute(select(hits.c.pk, hits.c.chunk_seq, hits.c.locator, hits.c.score)).all()
+        assert {pk for pk, *_ in got} == {"2"} and sorted(loc["page"] for _, _, loc, _ in got) == [1, 2]
+        assert [s for *_, s in got] == sorted((s for *_, s in got), reverse=True)
+        direct = client.rerank("a blue pump", [page_item(PDF2, loc["page"], "pump manual") for _, _, loc, _ in got])
+        assert np.allclose([s for *_, s in got], direct.scores, atol=1e-4)
+        near = conn.execute(select(search_chunks("booklets", "a blue pump", k=5, rerank=False))).all()
+        assert len(near) == 5 and all(r.score is None for r in near)
