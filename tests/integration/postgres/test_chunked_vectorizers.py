@@ -355,3 +355,31 @@ def test_sqlalchemy_declares_a_chunked_vectorizer_and_searches_its_chunks(qvl_db
         assert np.allclose([s for *_, s in got], direct.scores, atol=1e-4)
         near = conn.execute(select(search_chunks("booklets", "a blue pump", k=5, rerank=False))).all()
         assert len(near) == 5 and all(r.score is None for r in near)
+
+
+def test_the_sql_of_documents_md_in_postgres_runs(conn: psycopg.Connection[Any], qvl_db: str,
+                                                  service: ServiceProcess) -> None:
+    """docs/documents.md, "In Postgres": each block in order; after one that creates tables, the rows an
+    application would insert, embedded; every statement of the other blocks returns rows."""
+    from pathlib import Path
+
+    from tests.support.doc_snippets import run_by
+
+    blocks = run_by(Path(__file__).parents[3] / "docs" / "documents.md", __file__, "sql")
+    assert len(blocks) >= 5
+    rows = {"manuals": [(1, "crane manual", PDF3), (2, "pump manual", PDF2)],
+            "talks": [(1, "squares", video_of(PICTURES[:3], fps=2, repeat=2))],
+            "articles": [(1, "Ferry log", ARTICLE)]}
+    for sql in blocks:
+        created = [t for t in rows if f"CREATE TABLE {t} " in sql]
+        cur = conn.execute(sql)
+        if created:
+            for table in created:
+                with conn.cursor() as c:
+                    c.executemany(f"INSERT INTO {table} VALUES (%s, %s, %s)", rows[table])
+            drain(qvl_db, service.grpc_target)
+            continue
+        while True:
+            assert cur.fetchall(), sql
+            if not cur.nextset():
+                break
