@@ -238,9 +238,11 @@ DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
     vtype text;
 BEGIN
-    IF dimensions IS NOT NULL AND dimensions <> v.dimensions AND qvl._chunk_table(v) IS NOT NULL THEN
+    -- (A chunked vectorizer, version 12; read through to_jsonb, and without a helper: a role granted
+    -- EXECUTE on qvl.reembed alone may run it.)
+    IF dimensions IS NOT NULL AND dimensions <> v.dimensions AND to_jsonb(v) ->> 'chunking' IS NOT NULL THEN
         RAISE EXCEPTION 'qvl: vectorizer % keeps chunks in %: its size cannot change in place', v.name,
-                qvl._chunk_table(v) USING ERRCODE = '0A000',
+                to_jsonb(v) ->> 'chunk_table' USING ERRCODE = '0A000',
             HINT = 'Drop it (SELECT qvl.drop_vectorizer(name, drop_column => true)) and create it again with the '
                    'new dimensions.';
     END IF;
