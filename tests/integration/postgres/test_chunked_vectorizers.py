@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -20,7 +21,7 @@ import pytest
 from connectors.client import Client
 from qvl_proto import vectorizer_pb2 as pb
 from tests.document_factory import encrypted_pdf, pdf_of, pictures, video_of
-from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
+from tests.integration.postgres.conftest import cosines, drain, role_dsn, running, vec, wait_until
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -383,3 +384,49 @@ def test_the_sql_of_documents_md_in_postgres_runs(conn: psycopg.Connection[Any],
             assert cur.fetchall(), sql
             if not cur.nextset():
                 break
+
+
+def test_a_document_column_of_uris_is_read_by_the_service(conn: psycopg.Connection[Any], qvl_db: str,
+                                                          service_pool: Any, tmp_path: Any) -> None:
+    """A text document column holds a URI the service may read (QVL_ALLOW_URI_SCHEMES / _ROOTS)."""
+    folder = tmp_path / "manuals"
+    folder.mkdir()
+    (folder / "crane.pdf").write_bytes(PDF3)
+    uri = (folder / "crane.pdf").as_uri()
+    svc = service_pool.get(env={"QVL_ALLOW_URI_SCHEMES": "file", "QVL_ALLOW_URI_ROOTS": str(folder)})
+    conn.execute("CREATE TABLE linked (id int PRIMARY KEY, title text, uri text)")
+    conn.execute("INSERT INTO linked VALUES (1, 'crane manual', %s), (2, 'elsewhere', 'file:///etc/hostname')", (uri,))
+    conn.execute("SELECT qvl.create_vectorizer('linked', text_columns => '{title}', document_columns => '{uri}', "
+                 "chunking => qvl.chunk_pages())")
+    drain(qvl_db, svc.grpc_target)
+    got = chunks(conn, "linked_chunks", 1)
+    assert [loc for _, loc, _ in got] == [{"page": n} for n in (1, 2, 3)]
+    with Client(svc.grpc_target) as c:
+        alone = c.embed([pb.Item(parts=[pb.Part(document_uri=uri, page=n), pb.Part(text="crane manual")])
+                         for n in (1, 2, 3)])
+    assert cosines(np.stack([v for _, _, v in got]), alone).min() >= 0.9999
+    failed = conn.execute("SELECT pk, error FROM qvl.failed_items('linked')").fetchall()
+    assert [pk for pk, _ in failed] == ["2"] and failed[0][1].startswith("row 2 of public.linked"), failed
+
+
+def test_search_chunks_reads_with_the_callers_rights(conn: psycopg.Connection[Any], qvl_db: str,
+                                                     service: ServiceProcess) -> None:
+    """Row-level security on the table holds for qvl.search_chunks and the view; a role without SELECT on
+    the chunk table is refused."""
+    manuals(conn)
+    conn.execute("INSERT INTO manuals VALUES (1, 'crane manual', %s, 'a'), (2, 'pump manual', %s, 'b')",
+                 (PDF3, PDF2))
+    drain(qvl_db, service.grpc_target)
+    role = f"chunk_reader_{uuid.uuid4().hex[:8]}"  # roles are the cluster's: one of this test's own
+    conn.execute(f"CREATE ROLE {role} LOGIN; GRANT SELECT ON manuals, manual_pages_view TO {role}; "
+                 "ALTER TABLE manuals ENABLE ROW LEVEL SECURITY; "
+                 f"CREATE POLICY only_cranes ON manuals TO {role} USING (title LIKE 'crane%')")
+    with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as reader:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="manual_pages"):
+            reader.execute("SELECT * FROM qvl.search_chunks('manuals', 'a pump')")
+        conn.execute(f"GRANT SELECT ON manual_pages TO {role}")
+        got = reader.execute("SELECT DISTINCT pk FROM qvl.search_chunks('manuals', 'a pump', k => 10)").fetchall()
+        assert got == [("1",)]
+        assert reader.execute("SELECT DISTINCT id FROM manual_pages_view").fetchall() == [(1,)]
+        assert reader.execute("SELECT pk FROM qvl.search('manuals', 'a pump')").fetchall() == [("1",)]
+    conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
