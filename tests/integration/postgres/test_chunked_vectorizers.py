@@ -260,6 +260,10 @@ def test_search_chunks_reranks_each_candidate_part_and_search_ranks_rows_by_thei
     for pk, distance, score in rows:
         assert abs(score - best[pk]) < 1e-5 and abs(distance - nearest[pk]) < 1e-5
 
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="keeps chunks"):
+        conn.execute("SELECT * FROM qvl.rerank_rows('manuals', 'x', ARRAY[1, 2])")
+    with pytest.raises(psycopg.errors.FeatureNotSupported, match="keeps chunks"):
+        conn.execute("SELECT * FROM qvl.hybrid_search('manuals', 'x')")
     conn.execute("CREATE TABLE plain (id int PRIMARY KEY, body text)")
     conn.execute("SELECT qvl.create_vectorizer('plain', text_columns => '{body}', dimensions => 32)")
     with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
@@ -430,3 +434,19 @@ def test_search_chunks_reads_with_the_callers_rights(conn: psycopg.Connection[An
         assert reader.execute("SELECT DISTINCT id FROM manual_pages_view").fetchall() == [(1,)]
         assert reader.execute("SELECT pk FROM qvl.search('manuals', 'a pump')").fetchall() == [("1",)]
     conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
+
+
+def test_a_document_that_kills_its_renderer_fails_alone(conn: psycopg.Connection[Any], qvl_db: str,
+                                                        service_pool: Any) -> None:
+    """The service's test hook aborts the renderer on a marker in the file: that row fails with the
+    reason, named by its key; its neighbours are embedded."""
+    marker = "QVL-CRASH-THE-RENDERER"
+    svc = service_pool.get(env={"QVL_TEST_RENDERER_CRASH_ON": marker})
+    manuals(conn)
+    conn.execute("INSERT INTO manuals VALUES (1, 'a', %s, 'n'), (2, 'b', %s, 'n'), (3, 'c', %s, 'n')",
+                 (PDF2, PDF3 + f"% {marker}\n".encode(), PDF3))
+    drain(qvl_db, svc.grpc_target, retry_delay_s=0.2, max_attempts=2)  # (a crash is tried again, alone)
+    assert [len(chunks(conn, "manual_pages", k)) for k in (1, 2, 3)] == [2, 0, 3]
+    failed = conn.execute("SELECT pk, error FROM qvl.failed_items('manuals')").fetchall()
+    assert [pk for pk, _ in failed] == ["2"], failed
+    assert failed[0][1].startswith("row 2 of public.manuals") and "renderer died" in failed[0][1], failed
