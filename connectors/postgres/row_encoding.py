@@ -29,7 +29,10 @@ def _flat(values: list[Any]) -> Iterator[Any]:
 
 
 def row_item(v: Vectorizer, row: Mapping[str, Any]) -> pb.Item | None:
-    """None when every embedded column is NULL (the row gets a NULL vector, no model call)."""
+    """None when every embedded column is NULL (the row gets a NULL vector, no model call), or when a
+    chunked vectorizer's split column is (the row has no chunks: its old ones go, no model call)."""
+    if v.chunked and v.split_column is not None and row[v.split_column] is None:
+        return None
     parts: list[pb.Part] = []
     for col in v.video_columns:
         value = row[col]

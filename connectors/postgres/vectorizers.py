@@ -83,6 +83,14 @@ class Vectorizer:
         return self.chunking is not None
 
     @property
+    def split_column(self) -> str | None:
+        """The column a chunked vectorizer's chunking splits: its document (pages), its video (video
+        windows), its last text column (passages)."""
+        kind = (self.chunking or {}).get("type")
+        columns = {"pages": self.document_columns, "video": self.video_columns, "text": self.text_columns[-1:]}
+        return next(iter(columns.get(kind, ())), None)
+
+    @property
     def encoding(self) -> str:
         return "binary" if self.storage == "bit" else "float32"
 

@@ -175,6 +175,12 @@ def test_updates_replace_a_rows_chunks_at_once_and_deletes_take_them(
     conn.execute("UPDATE manuals SET pdf = %s WHERE id = 7", (PDF3,))  # the document alone changes
     drain(qvl_db, service.grpc_target)
     assert len(chunks(conn, "manual_pages", 7)) == 3
+    conn.execute("UPDATE manuals SET pdf = NULL WHERE id = 7")  # no document: no chunks (the title alone is none)
+    drain(qvl_db, service.grpc_target)
+    assert chunks(conn, "manual_pages", 7) == []
+    assert conn.execute("SELECT pending, failed FROM qvl.vectorizer_status WHERE name = 'manuals'").fetchone() == (0, 0)
+    conn.execute("UPDATE manuals SET pdf = %s WHERE id = 7", (PDF2,))
+    drain(qvl_db, service.grpc_target)
     conn.execute("TRUNCATE manuals")
     assert conn.execute("SELECT count(*) FROM manual_pages").fetchone() == (0,)
 
