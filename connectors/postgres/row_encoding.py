@@ -2,7 +2,8 @@
 
 The same mapping as the PL/Python library's ``make_item`` (``connectors/postgres/plpy/items.py``:
 sync mode and qvl.search), so a row embeds the same way through either path: video first, then
-image bytes, image URIs, texts.
+image bytes, image URIs, texts. A chunked vectorizer's document (a PDF in bytea, or a URI in text)
+goes after the video.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ def _flat(values: list[Any]) -> Iterator[Any]:
 
 
 def row_item(v: Vectorizer, row: Mapping[str, Any]) -> pb.Item | None:
-    """None when every embedded column is NULL (the row gets a NULL vector, no model call)."""
+    """None when every embedded column is NULL (the row gets a NULL vector, no model call), or when a
+    chunked vectorizer's split column is (the row has no chunks: its old ones go, no model call)."""
+    if v.chunked and v.split_column is not None and row[v.split_column] is None:
+        return None
     parts: list[pb.Part] = []
     for col in v.video_columns:
         value = row[col]
@@ -40,6 +44,12 @@ def row_item(v: Vectorizer, row: Mapping[str, Any]) -> pb.Item | None:
             parts.append(pb.Part(video=bytes(value)))
         else:
             parts.append(pb.Part(video_uri=str(value)))
+    for col in v.document_columns:
+        value = row[col]
+        if isinstance(value, BYTES):
+            parts.append(pb.Part(document=bytes(value)))
+        elif value is not None:
+            parts.append(pb.Part(document_uri=str(value)))
     images = list(_flat([row[c] for c in v.image_columns]))
     parts += [pb.Part(image=bytes(x)) for x in images if isinstance(x, BYTES)]
     parts += [pb.Part(image_uri=str(x)) for x in images if not isinstance(x, BYTES)]

@@ -13,6 +13,10 @@ classes, pgvector types on psycopg 3 connections.
     stmt = select(Photo, hits.c.score).join(hits, hits.c.key == Photo.id).order_by(hits.c.score.desc())
     best = photos.rerank_rows("red shoes", select(Photo.id).where(Photo.shop == 7))
 
+    manuals = Vectorizer(Manual, text=[Manual.title], documents=[Manual.pdf], chunking=chunk_pages(max_pages=500),
+                         destination="manual_pages")     # one vector per page, in table manual_pages
+    pages = manuals.search_chunks("wiring of the pump", k=5)  # pk, chunk_seq, locator, distance, score
+
 Every argument is cast to its SQL type: drivers send Python strings untyped, and qvl.rerank is
 overloaded on text[] / bytea[]. A filter is SQL text (the application's own condition), a
 structured filter (a dict: docs/postgres.md) or a SQLAlchemy condition on the table's columns,
@@ -68,8 +72,8 @@ from sqlalchemy.sql.functions import Function
 from sqlalchemy.sql.selectable import TableValuedAlias
 from sqlalchemy.types import NullType, TypeEngine
 
-__all__ = ["BIT", "HALFVEC", "VECTOR", "Vectorizer", "embed", "hybrid_search", "query_embedding", "register_vector",
-           "rerank", "rerank_rows", "search"]
+__all__ = ["BIT", "HALFVEC", "VECTOR", "Vectorizer", "chunk_pages", "chunk_text", "chunk_video", "embed",
+           "hybrid_search", "query_embedding", "register_vector", "rerank", "rerank_rows", "search", "search_chunks"]
 
 BYTES = (bytes, bytearray, memoryview)
 
@@ -238,6 +242,34 @@ def search(vectorizer: str, query: Any, *, k: int = 10, candidates: int = 100, r
     return fn.table_valued(column("key", type_), column("distance", Float), column("score", Float))
 
 
+def search_chunks(vectorizer: str, query: Any, *, k: int = 10, candidates: int = 100, filter: Any = None,
+                  rerank: bool = True) -> TableValuedAlias:
+    """``qvl.search_chunks(...)`` over a chunked vectorizer: columns ``pk`` (text), ``chunk_seq``,
+    ``locator`` (a dict: page, start_s/end_s or char_start/char_end), ``distance`` and ``score``
+    (NULL without rerank), best first. A structured filter goes right after the query."""
+    structured, flt = _filter(filter)
+    args = [_arg(k, Integer), _arg(candidates, Integer), _arg(rerank, Boolean)]
+    args = [flt, *args] if structured else [*args[:2], flt, args[2]]
+    fn = func.qvl.search_chunks(_arg(vectorizer, Text), _query(query), *args)
+    return fn.table_valued(column("pk", Text), column("chunk_seq", Integer), column("locator", JSONB),
+                           column("distance", Float), column("score", Float))
+
+
+def chunk_pages(max_pages: int | None = None) -> dict[str, Any]:
+    """As ``qvl.chunk_pages``: every page of the row's document (refused past ``max_pages``)."""
+    return {"type": "pages", **({"max_pages": max_pages} if max_pages is not None else {})}
+
+
+def chunk_video(seconds: float = 10, overlap: float = 0) -> dict[str, Any]:
+    """As ``qvl.chunk_video``: windows of ``seconds``, starting ``seconds - overlap`` apart."""
+    return {"type": "video", "seconds": seconds, "overlap": overlap}
+
+
+def chunk_text(tokens: int = 512, overlap: int = 64) -> dict[str, Any]:
+    """As ``qvl.chunk_text``: passages of the last text column, ``tokens`` long, sharing ``overlap``."""
+    return {"type": "text", "tokens": tokens, "overlap": overlap}
+
+
 def hybrid_search(vectorizer: str, query: Any, *, k: int = 10, filter: Any = None,
                   weights: Sequence[float] = (1.0, 1.0), rerank: bool = True, candidates: int = 100, offset: int = 0,
                   key_type: Any = None) -> TableValuedAlias:
@@ -300,6 +332,11 @@ class Vectorizer:
     index: str = "hnsw"
     on_error: str = "fail"
     fulltext: str | None = None
+    # A chunked vectorizer (docs/documents.md): document columns (PDF bytes or URIs), the chunking
+    # (chunk_pages / chunk_video / chunk_text), the chunk table's name as ``destination``.
+    documents: Sequence[Any] = ()
+    chunking: dict[str, Any] | None = None
+    chunk_context: bool = True
 
     @property
     def table(self) -> Any:
@@ -328,7 +365,8 @@ class Vectorizer:
             "video_columns => CAST(:videos AS text[]), destination => CAST(:destination AS name), "
             "dimensions => CAST(:dimensions AS int), storage => :storage, instruction => :instruction, "
             "mode => :mode, index => :index, on_error => :on_error, query_instruction => :query_instruction, "
-            "fulltext => :fulltext)")
+            "fulltext => :fulltext, document_columns => CAST(:documents AS text[]), "
+            "chunking => CAST(:chunking AS jsonb), chunk_context => :chunk_context)")
         return conn.execute(statement, {
             "source": self._source(conn), "name": self.vectorizer_name,
             "text": [_column_name(c) for c in self.text], "images": [_column_name(c) for c in self.images],
@@ -336,6 +374,9 @@ class Vectorizer:
             "dimensions": self.dimensions, "storage": self.storage, "instruction": self.instruction,
             "mode": self.mode, "index": self.index, "on_error": self.on_error,
             "query_instruction": self.query_instruction, "fulltext": self.fulltext,
+            "documents": [_column_name(c) for c in self.documents],
+            "chunking": None if self.chunking is None else json.dumps(self.chunking),
+            "chunk_context": self.chunk_context,
         }).scalar_one()
 
     def drop(self, conn: Connection, *, drop_column: bool = False) -> None:
@@ -364,6 +405,10 @@ class Vectorizer:
         if typed:
             kwargs.setdefault("key_type", self.key_type)
         return search(self.vectorizer_name, query, **kwargs)
+
+    def search_chunks(self, query: Any, **kwargs: Any) -> TableValuedAlias:
+        """qvl.search_chunks over this (chunked) vectorizer's chunks."""
+        return search_chunks(self.vectorizer_name, query, **kwargs)
 
     def hybrid_search(self, query: Any, *, typed: bool = False, **kwargs: Any) -> TableValuedAlias:
         if typed:

@@ -20,7 +20,11 @@ SELECT v.id, v.name, format('%I.%I', n.nspname, c.relname) AS source, v.pk_colum
        EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = to_regclass(format('qvl.queue_%s', v.id))
                   AND a.attname = 'not_before' AND NOT a.attisdropped) AS backoff_columns,
        -- Read through to_jsonb: NULL in a schema older than version 11, which has no such columns.
-       to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint, to_jsonb(v) ->> 'model_name' AS model_name
+       to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint, to_jsonb(v) ->> 'model_name' AS model_name,
+       -- Version 13, chunked vectorizers (NULL before): the document columns, the chunking, the chunk table.
+       to_jsonb(v) -> 'document_columns' AS document_columns, to_jsonb(v) -> 'chunking' AS chunking,
+       (SELECT format('%I.%I', cn.nspname, cc.relname) FROM pg_class cc JOIN pg_namespace cn ON cn.oid = cc.relnamespace
+         WHERE cc.oid = (to_jsonb(v) ->> 'chunk_table')::regclass) AS chunk_table
   FROM qvl.vectorizer v
   JOIN pg_class c ON c.oid = v.source
   JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -56,6 +60,11 @@ class Vectorizer:
     # pins its streams to it; its first write records the model that served it (qvl._record_model).
     model_fingerprint: str | None = None
     model_name: str | None = None
+    # A chunked vectorizer (schema version 13): the service splits each row's item as ``chunking`` says
+    # (EmbedOptions.chunking) and its chunks are rows of ``chunk_table`` (quoted, schema-qualified).
+    document_columns: tuple[str, ...] = ()
+    chunking: dict[str, Any] | None = None
+    chunk_table: str | None = None
 
     @property
     def queue(self) -> str:
@@ -67,7 +76,19 @@ class Vectorizer:
 
     @property
     def content_columns(self) -> tuple[str, ...]:
-        return self.text_columns + self.image_columns + self.video_columns
+        return self.text_columns + self.image_columns + self.video_columns + self.document_columns
+
+    @property
+    def chunked(self) -> bool:
+        return self.chunking is not None
+
+    @property
+    def split_column(self) -> str | None:
+        """The column a chunked vectorizer's chunking splits: its document (pages), its video (video
+        windows), its last text column (passages)."""
+        kind = (self.chunking or {}).get("type")
+        columns = {"pages": self.document_columns, "video": self.video_columns, "text": self.text_columns[-1:]}
+        return next(iter(columns.get(kind, ())), None)
 
     @property
     def encoding(self) -> str:
@@ -132,7 +153,12 @@ SELECT {", ".join("c." + c for c in pk)}, c.attempts, s.{pk[0]} IS NOT NULL AS p
         multi-row updates usually go in key order: the worker takes its locks in the same order (table
         rows by key, then queue rows by key), so while it waits it holds nothing a user waits for.
         FOR NO KEY UPDATE is what the UPDATE of the vector column takes anyway (foreign keys still pass).
+
+        A chunked vectorizer writes no table row (and its role may not lock one): its write holds the
+        queue rows, which the table's triggers take before they change or delete a row's chunks.
         """
+        if self.chunked:
+            return "SELECT 0"
         return f"""
 SELECT count(*) FROM (
     SELECT 1 FROM {self.source} s JOIN {self._unnest()} ON {self._keys("s", "v")}
@@ -150,7 +176,10 @@ SELECT count(*) FROM (
     def lock_free_source_sql(self) -> str:
         """Lock the batch's table rows that no other transaction holds, and say which (the write's
         second try, once waiting in lock_source_sql ran out: SKIP LOCKED never waits, so the order
-        no longer matters)."""
+        no longer matters). A chunked vectorizer's: the rows that exist, unlocked (see lock_source_sql)."""
+        if self.chunked:
+            return f"""
+SELECT {self._key_order("s")} FROM {self.source} s JOIN {self._unnest()} ON {self._keys("s", "v")}"""
         return f"""
 SELECT {self._key_order("s")} FROM {self.source} s JOIN {self._unnest()} ON {self._keys("s", "v")}
  FOR NO KEY UPDATE OF s SKIP LOCKED"""
@@ -214,6 +243,50 @@ whole AS (
 INSERT INTO qvl.cut_rows AS c (vectorizer, key, tokens)
 SELECT {self.id}, {key}, v.qvl_cut FROM v WHERE v.qvl_cut > 0
 ON CONFLICT (vectorizer, key) DO UPDATE SET tokens = EXCLUDED.tokens, cut_at = now()"""
+    # -- a chunked vectorizer's write: one transaction per batch (BatchStore._write_chunks) --------------
+    def chunk_rows_sql(self) -> str:
+        """The keys of the rows to write: still held by this worker (their queue rows locked until the
+        transaction ends) and whose content hash still matches what was embedded."""
+        pk = ", ".join("q." + ident(c) for c in self.pk_columns)
+        return f"""
+WITH v AS (SELECT * FROM {self._unnest((("qvl_hash", "text"),))}),
+held AS (
+    SELECT {pk} FROM {self.queue} q JOIN v ON {self._keys("q", "v")} WHERE q.claimed_by = %(me)s FOR UPDATE OF q
+)
+SELECT {", ".join("s." + ident(c) for c in self.pk_columns)}
+  FROM {self.source} s JOIN v ON {self._keys("s", "v")} JOIN held h ON {self._keys("h", "v")}
+ WHERE {self.content_hash("s")} = v.qvl_hash"""
+
+    def delete_chunks_sql(self) -> str:
+        """Every chunk of the given rows."""
+        return f"DELETE FROM {self.chunk_table} c USING {self._unnest()} WHERE {self._keys('c', 'v')}"
+
+    def insert_chunks_sql(self) -> str:
+        """New chunks: one array element per chunk (its row's key, sequence number, locator, vector)."""
+        cols = ", ".join(ident(c) for c in self.pk_columns)
+        extra = (("qvl_seq", "int"), ("qvl_locator", "jsonb"), ("qvl_vec", "text"))
+        return f"""
+INSERT INTO {self.chunk_table} ({cols}, chunk_seq, locator, embedding)
+SELECT {", ".join("v." + ident(c) for c in self.pk_columns)}, v.qvl_seq, v.qvl_locator, v.qvl_vec::{self.vector_type}
+  FROM {self._unnest(extra)}"""
+
+    def dequeue_sql(self) -> str:
+        """The written rows out of the queue (those still claimed by this worker) and the failed table."""
+        return f"""
+WITH dequeued AS (
+    DELETE FROM {self.queue} q USING {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s
+    RETURNING 1
+), unfailed AS (
+    DELETE FROM {self.failed} f USING {self._unnest()} WHERE {self._keys("f", "v")} RETURNING 1
+)
+SELECT (SELECT count(*) FROM dequeued), (SELECT count(*) FROM unfailed)"""
+
+    def forget_gone_chunks_sql(self) -> str:
+        """The chunks of rows deleted since they were queued (the table's trigger deletes them too; this
+        keeps none of a row whose delete raced a write)."""
+        return f"""
+DELETE FROM {self.chunk_table} c USING {self._unnest()}
+ WHERE {self._keys("c", "v")} AND NOT EXISTS (SELECT 1 FROM {self.source} s WHERE {self._keys("s", "v")})"""
 
     def fail_sql(self) -> str:
         """Move rows this worker still holds to the failed table, with their error."""
@@ -265,11 +338,12 @@ def load_vectorizers(conn: psycopg.Connection[Any], names: tuple[str, ...] = ())
     out = []
     for row in conn.execute(LOAD_SQL).fetchall():
         (vid, name, source, pk_columns, pk_types, text_columns, image_columns, video_columns, destination,
-         dimensions, storage, instruction, mode, vector_schema, types, backoff_columns, fingerprint, model) = row
+         dimensions, storage, instruction, mode, vector_schema, types, backoff_columns, fingerprint, model,
+         document_columns, chunking, chunk_table) = row
         if names and name not in names:
             continue
         out.append(Vectorizer(vid, name, source, tuple(pk_columns), tuple(pk_types), tuple(text_columns),
                               tuple(image_columns), tuple(video_columns), destination, dimensions, storage,
                               instruction, mode, vector_schema, dict(types or {}), bool(backoff_columns),
-                              fingerprint, model))
+                              fingerprint, model, tuple(document_columns or ()), chunking, chunk_table))
     return out

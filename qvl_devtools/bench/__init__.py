@@ -15,7 +15,7 @@ from typing import Any
 RUNTIME = ("embed-text", "embed-image", "embed-video", "rerank-text", "rerank-image")
 SERVICE = ("grpc-concurrent", "grpc-stream", "http-weaviate")
 REPLICAS = ("failover",)
-POSTGRES = ("pg-ingest", "pg-insert-overhead", "pg-rerank", "pg-search")
+POSTGRES = ("pg-ingest", "pg-insert-overhead", "pg-rerank", "pg-search", "pg-documents")
 WEAVIATE = ("weaviate-ingest", "weaviate-voyage-ingest")
 DOCUMENTS = ("documents",)
 SCENARIOS = RUNTIME + SERVICE + REPLICAS + POSTGRES + WEAVIATE + DOCUMENTS
@@ -31,6 +31,7 @@ TARGETS: dict[str, tuple[str, str, float]] = {
     "pg-insert-overhead": ("ratio", ">=", 0.8),
     "pg-rerank": ("overhead_ms", "<=", 5.0),
     "pg-search": ("recall_min", ">=", 0.95),
+    "pg-documents": ("ratio", ">=", 0.9),
     "weaviate-ingest": ("ratio", ">=", 0.7),
     "weaviate-voyage-ingest": ("ratio", ">=", 0.7),
 }

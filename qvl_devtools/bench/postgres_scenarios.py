@@ -1,4 +1,5 @@
-"""``qvl bench --scenario pg-ingest | pg-insert-overhead | pg-rerank | pg-search``.
+"""``qvl bench --scenario pg-ingest | pg-insert-overhead | pg-rerank | pg-search`` (``pg-documents``:
+pg_document_scenarios.py).
 
 Each starts its own Postgres (qvl_devtools.launchers.postgres) and ``qvl serve`` subprocess and
 measures qvl and its baseline on the same inputs, in alternating rounds, reporting medians (one
@@ -375,4 +376,7 @@ SCENARIOS = {"pg-ingest": pg_ingest, "pg-insert-overhead": pg_insert_overhead, "
 
 
 def run_postgres_scenario(args: Any) -> dict[str, Any]:
+    if args.scenario == "pg-documents":  # issue 21: chunked vectorizers (qvl_devtools/bench/pg_document_scenarios.py)
+        from qvl_devtools.bench.pg_document_scenarios import pg_documents
+        return pg_documents(args)
     return SCENARIOS[args.scenario](args)

@@ -5,7 +5,8 @@
 CREATE OR REPLACE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
                  'query_embedding', 'query_embedding_halfvec', 'query_embedding_bit', 'rerank_rows', 'hybrid_search',
-                 '_call', '_load', '_queue_stats', '_cut_count', '_check_key_type', '_rerank_rows', '_fulltext_document']::name[]
+                 '_call', '_load', '_queue_stats', '_cut_count', '_check_key_type', '_rerank_rows', '_fulltext_document',
+                 'search_chunks']::name[]
 $$;
 
 CREATE OR REPLACE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE
@@ -91,6 +92,12 @@ BEGIN
 END
 $$;
 
+-- A vectorizer's document columns (version 13; none before).
+CREATE OR REPLACE FUNCTION qvl._document_columns(v qvl.vectorizer) RETURNS name[] LANGUAGE sql STABLE
+SET search_path = pg_catalog AS $$
+    SELECT coalesce(ARRAY(SELECT jsonb_array_elements_text(to_jsonb(v) -> 'document_columns'))::name[], '{}')
+$$;
+
 -- The columns of a vectorizer's table that exist now, of those named (one dropped before version 7,
 -- when nothing guarded the table, is left out), quoted and comma-separated; NULL when none does.
 CREATE OR REPLACE FUNCTION qvl._existing_columns(source regclass, names name[]) RETURNS text LANGUAGE sql STABLE
@@ -101,7 +108,9 @@ $$;
 
 -- One vectorizer's share of qvl_worker: USAGE of its table's schema, SELECT of its key and input
 -- columns (a claim reads them; a write compares their hash), UPDATE of its destination (the vector; a
--- row lock needs UPDATE too), and its queue and failed tables. Nothing else of the table.
+-- row lock needs UPDATE too), and its queue and failed tables. Nothing else of the table. A chunked
+-- vectorizer (version 13) writes no column of the table: its chunks instead (SELECT, INSERT, DELETE:
+-- a write replaces a row's chunks).
 CREATE OR REPLACE FUNCTION qvl._grant_worker(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -112,8 +121,9 @@ BEGIN
     PERFORM qvl._ensure_worker_role();
     SELECT * INTO v FROM qvl.vectorizer WHERE id = vid;
     IF FOUND AND EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = v.source) THEN
-        reads := qvl._existing_columns(v.source, v.pk_columns || v.text_columns || v.image_columns || v.video_columns);
-        writes := qvl._existing_columns(v.source, ARRAY[v.destination]);
+        reads := qvl._existing_columns(v.source, v.pk_columns || v.text_columns || v.image_columns || v.video_columns
+                                                   || qvl._document_columns(v));
+        writes := CASE WHEN qvl._chunk_table(v) IS NULL THEN qvl._existing_columns(v.source, ARRAY[v.destination]) END;
         EXECUTE format('GRANT USAGE ON SCHEMA %I TO qvl_worker',
                        (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                          WHERE c.oid = v.source));
@@ -122,6 +132,12 @@ BEGIN
         END IF;
         IF writes IS NOT NULL THEN
             EXECUTE format('GRANT UPDATE (%s) ON %s TO qvl_worker', writes, v.source);
+        END IF;
+        IF qvl._chunk_table(v) IS NOT NULL THEN
+            EXECUTE format('GRANT USAGE ON SCHEMA %I TO qvl_worker',
+                           (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                             WHERE c.oid = qvl._chunk_table(v)));
+            EXECUTE format('GRANT SELECT, INSERT, DELETE ON %s TO qvl_worker', qvl._chunk_table(v));
         END IF;
     END IF;
     IF to_regclass(format('qvl.queue_%s', vid)) IS NOT NULL THEN
@@ -140,11 +156,14 @@ CREATE OR REPLACE FUNCTION qvl._revoke_worker(v qvl.vectorizer) RETURNS void LAN
 SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     cols text := qvl._existing_columns(v.source, v.pk_columns || v.text_columns || v.image_columns
-                                                 || v.video_columns || v.destination);
+                                                 || v.video_columns || qvl._document_columns(v) || v.destination);
     other int;
 BEGIN
     IF cols IS NULL OR NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'qvl_worker') THEN
         RETURN;
+    END IF;
+    IF qvl._chunk_table(v) IS NOT NULL THEN
+        EXECUTE format('REVOKE ALL ON %s FROM qvl_worker', qvl._chunk_table(v));
     END IF;
     EXECUTE format('REVOKE SELECT (%s), UPDATE (%s) ON %s FROM qvl_worker', cols, cols, v.source);
     FOR other IN SELECT x.id FROM qvl.vectorizer x WHERE x.source = v.source AND x.id <> v.id LOOP

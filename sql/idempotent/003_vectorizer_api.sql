@@ -7,11 +7,17 @@
 -- Before hybrid search (fulltext) it had 13 parameters; that signature would make calls ambiguous.
 -- (Dropped only where it exists: DROP ... IF EXISTS would NOTICE "does not exist, skipping" on
 -- every fresh install and re-install.)
+-- Before chunking (document_columns, chunking, chunk_context) it had 14, the same.
 DO $$ BEGIN
     IF to_regprocedure('qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text, '
                        'text, text, text)') IS NOT NULL THEN
         DROP FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text,
                                             text, text, text);
+    END IF;
+    IF to_regprocedure('qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text, '
+                       'text, text, text, text)') IS NOT NULL THEN
+        DROP FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text,
+                                            text, text, text, text);
     END IF;
 END $$;
 
@@ -29,7 +35,10 @@ CREATE OR REPLACE FUNCTION qvl.create_vectorizer(
     index text DEFAULT 'hnsw',
     on_error text DEFAULT 'fail',
     query_instruction text DEFAULT NULL,
-    fulltext text DEFAULT NULL
+    fulltext text DEFAULT NULL,
+    document_columns text[] DEFAULT '{}',
+    chunking jsonb DEFAULT NULL,
+    chunk_context boolean DEFAULT true
 ) RETURNS int LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 #variable_conflict use_variable
 DECLARE
@@ -43,6 +52,17 @@ DECLARE
     msg text;
     hint text;
 BEGIN
+    IF chunking IS NOT NULL OR cardinality(document_columns) > 0 THEN
+        -- Many vectors per row, in a table of their own (sql/idempotent/013_chunking.sql, version 13).
+        IF to_regprocedure('qvl._create_chunked_vectorizer(regclass, text, text[], text[], text[], text[], jsonb, '
+                           'boolean, name, int, text, text, text, text, text)') IS NULL THEN
+            RAISE EXCEPTION 'qvl: chunking needs qvl schema version 13 or later' USING ERRCODE = '0A000',
+                HINT = 'Upgrade: qvl pg install.';
+        END IF;
+        RETURN qvl._create_chunked_vectorizer(source, name, text_columns, image_columns, video_columns,
+                                              document_columns, chunking, chunk_context, destination, dimensions,
+                                              storage, instruction, mode, index, query_instruction);
+    END IF;
     relname := qvl._check_source(source);
     vname := coalesce(name, relname);
     text_columns := coalesce(text_columns, '{}');
@@ -89,8 +109,9 @@ BEGIN
 END
 $$;
 COMMENT ON FUNCTION qvl.create_vectorizer(regclass, text, text[], text[], text[], name, int, text, text, text, text,
-                                          text, text, text) IS
-    'Keep a vector column in step with text/image/video columns of a table (one joint item per row)';
+                                          text, text, text, text[], jsonb, boolean) IS
+    'Keep a vector column in step with text/image/video columns of a table (one joint item per row); with '
+    'chunking, a table of vectors per page, window or passage';
 
 
 CREATE OR REPLACE FUNCTION qvl._vectorizer(vname text) RETURNS qvl.vectorizer LANGUAGE plpgsql STABLE
@@ -118,6 +139,7 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
     source_exists boolean := EXISTS (SELECT 1 FROM pg_class WHERE oid = v.source);
+    chunks regclass := qvl._chunk_table(v);  -- a chunked vectorizer's table (version 13)
     has_column boolean;
     stale text[] := '{}';
     tbl text;
@@ -132,8 +154,17 @@ BEGIN
         IF to_regprocedure('qvl.set_fulltext(text, text)') IS NOT NULL THEN  -- version 8: its full-text index
             PERFORM qvl.set_fulltext(v.name, NULL);
         END IF;
-        has_column := EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = v.source
+        has_column := chunks IS NULL AND EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = v.source
                                  AND a.attname = v.destination AND a.attnum > 0 AND NOT a.attisdropped);
+        IF chunks IS NOT NULL AND NOT drop_column THEN
+            -- As for a column: the chunks of rows still queued or failed no longer match their rows.
+            cleared := qvl._as_owner(chunks, format(
+                'DELETE FROM %s c WHERE EXISTS (SELECT 1 FROM qvl.queue_%s q WHERE %s) '
+                'OR EXISTS (SELECT 1 FROM qvl.failed_%s q WHERE %s)', chunks, v.id,
+                (SELECT string_agg(format('q.%1$I = c.%1$I', c), ' AND ') FROM unnest(v.pk_columns) AS c), v.id,
+                (SELECT string_agg(format('q.%1$I = c.%1$I', c), ' AND ') FROM unnest(v.pk_columns) AS c)));
+            EXECUTE format('SELECT count(*) FROM %s', chunks) INTO kept;
+        END IF;
         IF has_column AND NOT drop_column THEN
             FOREACH tbl IN ARRAY ARRAY[format('qvl.queue_%s', v.id), format('qvl.failed_%s', v.id)] LOOP
                 IF to_regclass(tbl) IS NOT NULL THEN
@@ -168,8 +199,20 @@ BEGIN
     IF has_column AND drop_column THEN
         PERFORM qvl._as_owner(v.source, format('ALTER TABLE %s DROP COLUMN %I', v.source, v.destination));
     END IF;
+    IF chunks IS NOT NULL AND drop_column THEN  -- a chunked vectorizer's table and view go
+        IF EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = (to_jsonb(v) ->> 'chunk_view')::regclass) THEN
+            EXECUTE format('DROP VIEW %s', (to_jsonb(v) ->> 'chunk_view')::regclass);
+        END IF;
+        EXECUTE format('DROP TABLE %s', chunks);
+    END IF;
     PERFORM pg_notify('qvl_config', v.id::text);
-    IF kept IS NOT NULL THEN
+    IF kept IS NOT NULL AND chunks IS NOT NULL THEN
+        RAISE NOTICE 'qvl: vectorizer % dropped; % keeps % chunks, no longer updated when their rows change',
+                v.name, chunks, kept
+            USING DETAIL = format('%s chunks of rows still queued or failed were deleted: they no longer matched '
+                                  'their rows.', cleared),
+                  HINT = format('To remove the rest: DROP TABLE %s CASCADE (what drop_column => true does).', chunks);
+    ELSIF kept IS NOT NULL THEN
         RAISE NOTICE 'qvl: vectorizer % dropped; %.% keeps % vectors, no longer updated when their rows change',
                 v.name, v.source, v.destination, kept
             USING DETAIL = format('%s vectors of rows still queued or failed were cleared: they no longer matched '
@@ -195,6 +238,14 @@ DECLARE
     v qvl.vectorizer := qvl._vectorizer(name);
     vtype text;
 BEGIN
+    -- (A chunked vectorizer, version 13; read through to_jsonb, and without a helper: a role granted
+    -- EXECUTE on qvl.reembed alone may run it.)
+    IF dimensions IS NOT NULL AND dimensions <> v.dimensions AND to_jsonb(v) ->> 'chunking' IS NOT NULL THEN
+        RAISE EXCEPTION 'qvl: vectorizer % keeps chunks in %: its size cannot change in place', v.name,
+                to_jsonb(v) ->> 'chunk_table' USING ERRCODE = '0A000',
+            HINT = 'Drop it (SELECT qvl.drop_vectorizer(name, drop_column => true)) and create it again with the '
+                   'new dimensions.';
+    END IF;
     IF dimensions IS NOT NULL AND dimensions <> v.dimensions THEN
         PERFORM qvl._check_dimensions(dimensions, qvl._model_dimensions());
         vtype := qvl._vector_type(v.storage, dimensions, v.index_kind);

@@ -71,17 +71,34 @@ $$;
 --   zzz_qvl_<id>_key    BEFORE UPDATE of the key: the old key's queue and failed entries go
 --   qvl_<id>_key        AFTER UPDATE of the key: the new key is queued
 --   qvl_<id>_truncate   AFTER TRUNCATE: the queue and failed tables are emptied
+-- and a chunked vectorizer's (version 13: its vectors are rows of a table of their own):
+--   qvl_<id>_delete     AFTER DELETE: the row's chunks go with it (and a key change's, a TRUNCATE's)
 -- "zzz": BEFORE triggers fire in name order, so these see what other BEFORE triggers wrote.
 CREATE OR REPLACE FUNCTION qvl._trigger_names(vid int) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY[format('qvl_%s_insert', vid), format('qvl_%s_update', vid),
                  format('zzz_qvl_%s_insert', vid), format('zzz_qvl_%s_update', vid),
-                 format('zzz_qvl_%s_key', vid), format('qvl_%s_key', vid), format('qvl_%s_truncate', vid)]::name[]
+                 format('zzz_qvl_%s_key', vid), format('qvl_%s_key', vid), format('qvl_%s_truncate', vid),
+                 format('qvl_%s_delete', vid)]::name[]
 $$;
 
--- The names of the triggers a vectorizer of this mode has.
-CREATE OR REPLACE FUNCTION qvl._mode_trigger_names(vid int, mode text) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
+-- Whether a vectorizer is chunked (version 13: its vectors are rows of a table of their own; read through
+-- to_jsonb, so these functions are the same at every version).
+CREATE OR REPLACE FUNCTION qvl._chunked(v qvl.vectorizer) RETURNS boolean LANGUAGE sql IMMUTABLE AS $$
+    SELECT to_jsonb(v) ->> 'chunking' IS NOT NULL
+$$;
+
+-- A chunked vectorizer's table of chunks, while it exists (NULL: one vector per row).
+CREATE OR REPLACE FUNCTION qvl._chunk_table(v qvl.vectorizer) RETURNS regclass LANGUAGE sql STABLE
+SET search_path = pg_catalog AS $$
+    SELECT c.oid::regclass FROM pg_class c WHERE qvl._chunked(v) AND c.oid = (to_jsonb(v) ->> 'chunk_table')::regclass
+$$;
+
+-- The names of the triggers a vectorizer of this mode has (a chunked one's delete trigger too).
+CREATE OR REPLACE FUNCTION qvl._mode_trigger_names(vid int, mode text) RETURNS name[] LANGUAGE sql STABLE AS $$
     SELECT CASE mode WHEN 'async' THEN (qvl._trigger_names(vid))[1:2] ELSE (qvl._trigger_names(vid))[3:4] END
            || (qvl._trigger_names(vid))[5:7]
+           || CASE WHEN EXISTS (SELECT 1 FROM qvl.vectorizer x WHERE x.id = vid AND qvl._chunk_table(x) IS NOT NULL)
+                   THEN (qvl._trigger_names(vid))[8:8] ELSE '{}'::name[] END
 $$;
 
 -- What each of a vectorizer's triggers says of itself (COMMENT ON TRIGGER). An install re-creates the
@@ -187,10 +204,19 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pk_cols text;
     new_vals text;
+    old_vals text;
+    chunks regclass := qvl._chunk_table(v);
+    old_chunks text := '';  -- a chunked vectorizer's: the old key's chunks out (key change, DELETE)
+    all_chunks text := '';  -- and every chunk (TRUNCATE)
 BEGIN
-    SELECT string_agg(format('%I', c), ', ' ORDER BY o), string_agg(format('NEW.%I', c), ', ' ORDER BY o)
-      INTO pk_cols, new_vals
+    SELECT string_agg(format('%I', c), ', ' ORDER BY o), string_agg(format('NEW.%I', c), ', ' ORDER BY o),
+           string_agg(format('OLD.%I', c), ', ' ORDER BY o)
+      INTO pk_cols, new_vals, old_vals
       FROM unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
+    IF chunks IS NOT NULL THEN
+        old_chunks := format('DELETE FROM %s q WHERE %s;', chunks, qvl._same_key_sql(v, 'q.', 'OLD.'));
+        all_chunks := format('DELETE FROM %s;', chunks);
+    END IF;
     -- SECURITY DEFINER: whoever may write the table may queue its rows, without rights on qvl;
     -- owned by qvl_trigger (qvl._secure_vectorizer), never by the installing superuser.
     -- No SET search_path (it costs a GUC save/restore per row, a third of the trigger): instead
@@ -210,10 +236,21 @@ BEGIN
                     END IF;
                     DELETE FROM qvl.queue_%1$s q WHERE %4$s;
                     DELETE FROM qvl.failed_%1$s q WHERE %4$s;
+                    %6$s
                     RETURN NEW;
                 ELSIF TG_OP OPERATOR(pg_catalog.=) 'TRUNCATE' THEN
                     DELETE FROM qvl.queue_%1$s;
                     DELETE FROM qvl.failed_%1$s;
+                    %7$s
+                    RETURN NULL;
+                ELSIF TG_OP OPERATOR(pg_catalog.=) 'DELETE' THEN
+                    -- A chunked vectorizer's: the chunks go. The key is queued first: that waits for a worker
+                    -- writing this row's chunks now (it holds the queue row) and takes the row from it, so
+                    -- the DELETE below, a new snapshot, sees what it wrote; the worker forgets the entry.
+                    INSERT INTO qvl.queue_%1$s AS q (%2$s) VALUES (%8$s)
+                    ON CONFLICT (%2$s) DO UPDATE SET claimed_until = NULL, claimed_by = NULL, not_before = NULL,
+                                                      attempts = 0, last_error = NULL;
+                    %6$s
                     RETURN NULL;
                 END IF;
                 INSERT INTO qvl.queue_%1$s AS q (%2$s) VALUES (%3$s)
@@ -226,7 +263,8 @@ BEGIN
                 RETURN NULL;
             END
             $body$
-    $f$, v.id, pk_cols, new_vals, qvl._same_key_sql(v, 'q.', 'OLD.'), qvl._same_key_sql(v, 'OLD.', 'NEW.'));
+    $f$, v.id, pk_cols, new_vals, qvl._same_key_sql(v, 'q.', 'OLD.'), qvl._same_key_sql(v, 'OLD.', 'NEW.'),
+       old_chunks, all_chunks, old_vals);
     EXECUTE format('REVOKE ALL ON FUNCTION qvl._enqueue_%s() FROM PUBLIC', v.id);
 END
 $$;
@@ -254,13 +292,13 @@ SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     watched text;
     changed text;
-    names name[] := qvl._mode_trigger_names(v.id, v.mode);  -- insert, update, key before, key after, truncate
+    names name[] := qvl._mode_trigger_names(v.id, v.mode);  -- insert, update, key before, key after, truncate[, delete]
     trig name;
     key_changed text := format('WHEN (qvl._key_changed_%s(OLD, NEW)) ', v.id);
 BEGIN
     SELECT string_agg(format('%I', c), ', '), string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ')
       INTO watched, changed
-      FROM unnest(v.text_columns || v.image_columns || v.video_columns) AS c;
+      FROM unnest(v.text_columns || v.image_columns || v.video_columns || qvl._document_columns(v)) AS c;
     PERFORM qvl._mark_trigger_change(v.id, true);
     PERFORM qvl._drop_triggers(v.id, v.source);
     PERFORM qvl._create_enqueue_function(v);
@@ -287,6 +325,10 @@ BEGIN
                    names[4], v.source, key_changed, v.id);
     EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION qvl._enqueue_%s()',
                    names[5], v.source, v.id);
+    IF cardinality(names) > 5 THEN  -- a chunked vectorizer: a row's chunks go with it
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s FOR EACH ROW EXECUTE FUNCTION qvl._enqueue_%s()',
+                       names[6], v.source, v.id);
+    END IF;
     -- One statement: the schema guard warns of a vectorizer trigger that is not ALWAYS at the end of
     -- each ALTER TABLE, so all must be ALWAYS by then.
     EXECUTE format('ALTER TABLE %s ', v.source)

@@ -51,6 +51,8 @@ $$;
 -- call (it compares two rows the caller has anyway).
 CREATE OR REPLACE FUNCTION qvl._secure_vectorizer(vid int) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    chunks regclass;
 BEGIN
     PERFORM qvl._ensure_trigger_role();
     PERFORM qvl._grant_worker(vid);
@@ -66,6 +68,11 @@ BEGIN
     IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
         EXECUTE format('ALTER FUNCTION qvl._enqueue_%s() OWNER TO qvl_trigger', vid);
     END IF;
+    -- A chunked vectorizer's chunks (version 13): a deleted row's, a key change's, TRUNCATE's go.
+    FOR chunks IN SELECT qvl._chunk_table(v) FROM qvl.vectorizer v WHERE v.id = vid AND qvl._chunk_table(v) IS NOT NULL
+    LOOP
+        EXECUTE format('GRANT SELECT, DELETE ON %s TO qvl_trigger', chunks);
+    END LOOP;
 END
 $$;
 

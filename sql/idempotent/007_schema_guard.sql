@@ -9,21 +9,24 @@
 -- qvl.vectorizer (and, while some vectorized table is partitioned, one row of qvl.ddl_partitions
 -- per ALTER TABLE).
 
--- The columns a vectorizer depends on, in a fixed order: its key, its inputs, its destination.
+-- The columns a vectorizer depends on, in a fixed order: its key, its inputs, its destination (a
+-- chunked vectorizer's, version 13: its document columns instead; its destination is a table).
 -- qvl.vectorizer.attnums holds their column numbers in the same order.
-CREATE OR REPLACE FUNCTION qvl._tracked_names(v qvl.vectorizer) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT v.pk_columns || v.text_columns || v.image_columns || v.video_columns || v.destination
+CREATE OR REPLACE FUNCTION qvl._tracked_names(v qvl.vectorizer) RETURNS name[] LANGUAGE sql STABLE AS $$
+    SELECT v.pk_columns || v.text_columns || v.image_columns || v.video_columns
+           || CASE WHEN qvl._chunked(v) THEN qvl._document_columns(v) ELSE ARRAY[v.destination] END
 $$;
 
 -- The same, one row per column: its position in qvl._tracked_names, what the vectorizer does with it.
 CREATE OR REPLACE FUNCTION qvl._tracked_columns(v qvl.vectorizer)
-RETURNS TABLE(pos int, kind text, name name) LANGUAGE sql IMMUTABLE SET search_path = pg_catalog AS $$
+RETURNS TABLE(pos int, kind text, name name) LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
     SELECT u.o::int,
            CASE WHEN u.o <= cardinality(v.pk_columns) THEN 'key'
                 WHEN u.o <= cardinality(v.pk_columns || v.text_columns) THEN 'text'
                 WHEN u.o <= cardinality(v.pk_columns || v.text_columns || v.image_columns) THEN 'image'
                 WHEN u.o <= cardinality(v.pk_columns || v.text_columns || v.image_columns || v.video_columns)
                     THEN 'video'
+                WHEN qvl._chunked(v) THEN 'document'
                 ELSE 'destination' END,
            u.c
       FROM unnest(qvl._tracked_names(v)) WITH ORDINALITY AS u(c, o)
@@ -144,8 +147,23 @@ BEGIN
                text_columns = coalesce(names[n_key + 1:n_key + n_text], '{}'),
                image_columns = coalesce(names[n_key + n_text + 1:n_key + n_text + n_image], '{}'),
                video_columns = coalesce(names[n_key + n_text + n_image + 1:n_key + n_text + n_image + n_video], '{}'),
-               destination = names[cardinality(names)], attnums = numbers
+               destination = CASE WHEN qvl._chunked(v) THEN v.destination ELSE names[cardinality(names)] END,
+               attnums = numbers
          WHERE x.id = v.id RETURNING * INTO fresh;
+        IF qvl._chunked(v) THEN  -- version 13: a chunked vectorizer's document column; its chunks' key
+            UPDATE qvl.vectorizer x SET document_columns = coalesce(names[n_key + n_text + n_image + n_video + 1:], '{}')
+             WHERE x.id = v.id RETURNING * INTO fresh;
+            FOR i IN 1 .. n_key LOOP
+                IF names[i] <> v.pk_columns[i] AND qvl._chunk_table(v) IS NOT NULL THEN
+                    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', qvl._chunk_table(v), v.pk_columns[i],
+                                   names[i]);
+                END IF;
+                IF key_types[i] <> v.pk_types[i] AND qvl._chunk_table(v) IS NOT NULL THEN
+                    EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s', qvl._chunk_table(v), names[i],
+                                   key_types[i]);
+                END IF;
+            END LOOP;
+        END IF;
         -- The queue and failed tables are keyed by the same names and types as the table.
         FOR i IN 1 .. n_key LOOP
             IF names[i] <> v.pk_columns[i] THEN
@@ -164,6 +182,9 @@ BEGIN
             END IF;
             PERFORM qvl._secure_vectorizer(v.id);
         END IF;
+    END IF;
+    IF qvl._chunked(v) THEN  -- version 13: the chunk view, if DROP COLUMN ... CASCADE took it
+        PERFORM qvl._follow_chunk_view(v.id);
     END IF;
     -- The worker's rights follow the table (column grants follow their columns; a new schema needs USAGE).
     PERFORM qvl._grant_worker(v.id);

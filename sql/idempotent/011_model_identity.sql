@@ -50,7 +50,10 @@ BEGIN
     IF v.model_fingerprint IS NOT NULL THEN  -- (the service is asked only where a model is recorded)
         adopt := qvl._served_fingerprint() IS DISTINCT FROM v.model_fingerprint;
     END IF;
-    IF adopt THEN
+    IF adopt AND to_jsonb(v) ->> 'chunking' IS NOT NULL THEN  -- a chunked vectorizer (version 13): its chunks go
+        PERFORM qvl._as_owner((to_jsonb(v) ->> 'chunk_table')::regclass,
+                              format('DELETE FROM %s', (to_jsonb(v) ->> 'chunk_table')::regclass));
+    ELSIF adopt THEN
         -- Writing the table runs its owner's code: as the owner (qvl._as_owner). No qvl trigger fires:
         -- they watch the input columns, not the vector.
         PERFORM qvl._as_owner(v.source, format('UPDATE %s SET %I = NULL WHERE %I IS NOT NULL', v.source,

@@ -58,3 +58,18 @@ def test_sql_fragments_name_everything_qualified() -> None:
     assert "FOR UPDATE SKIP LOCKED" in claim and "qvl.queue_7" in claim and '"public"."photos"' in claim
     assert "public.vector(12)" in v.write_sql()
     assert vectorizer(storage="bit").vector_type == "bit(12)"
+
+
+def test_a_chunked_vectorizers_document_goes_after_the_video_and_its_write_locks_no_table_row() -> None:
+    v = vectorizer(text_columns=("title",), image_columns=(), video_columns=(), document_columns=("pdf",),
+                   chunking={"type": "pages"}, chunk_table='"public"."manual_pages"',
+                   column_types={"title": "text", "pdf": "bytea"})
+    item = row_item(v, {"title": "crane manual", "pdf": b"%PDF-1.4"})
+    assert item is not None
+    assert [p.WhichOneof("kind") for p in item.parts] == ["document", "text"]
+    uri = row_item(vectorizer(text_columns=(), image_columns=(), video_columns=(), document_columns=("pdf",),
+                              chunking={"type": "pages"}), {"pdf": "file:///m/crane.pdf"})
+    assert uri is not None and uri.parts[0].document_uri == "file:///m/crane.pdf"
+    assert 'md5(s."pdf")' in v.content_hash()  # a new document re-embeds, and a stale write is refused
+    assert v.lock_source_sql() == "SELECT 0" and "FOR " not in v.lock_free_source_sql()
+    assert '"public"."manual_pages"' in v.insert_chunks_sql() and "public.vector(12)" in v.insert_chunks_sql()

@@ -246,3 +246,19 @@ def test_a_model_mismatch_says_which_models_and_what_to_run() -> None:
     assert words.endswith("or serve the model 00112233aabbccdd again")
     # A service whose Info did not answer: the recorded model is still named.
     assert "serves another model" in mismatch_words("n", "00112233aabbccdd", None, None, None)
+
+
+def test_a_chunked_rows_chunks_are_written_in_order_with_their_locators() -> None:
+    from connectors.client import Chunk
+
+    rows = [row(1), row(2)]
+    sorting = sort_claimed(rows, max_item_bytes=1000, size=size)
+    pages = [Chunk(np.array([1.0, 0.0], dtype=np.float32), {"page": 1}),
+             Chunk(np.array([0.0, 1.0], dtype=np.float32), {"page": 2})]
+    results: list[Result] = [pages, Refused("item 1: the document is not a PDF", "INVALID_ARGUMENT")]
+    plan = judge(sorting, results, [False] * 2, rules=RULES, source=SOURCE, max_item_bytes=1000, literal=literal)
+    [write] = plan.writes
+    assert write.row.key == (1,) and write.vector is None and plan.vectors
+    assert [(c.seq, c.locator, c.vector) for c in write.chunks] == [(0, '{"page": 1}', "[1,0]"),
+                                                                    (1, '{"page": 2}', "[0,1]")]
+    assert [f.message for f in plan.failures] == [f"row 2 of {SOURCE}: the document is not a PDF"]

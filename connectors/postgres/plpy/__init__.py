@@ -10,7 +10,8 @@ API (docs/api.md). One module per concern:
 - ``items``, ``embedding``, ``reranking``, ``query_vectors``, ``models``: items from column values, vectors,
   scores; ``vectorizers``, ``triggers``: the catalog row, the sync trigger;
 - ``filters``, ``filter_text``, ``filter_structured``: the caller's filter, checked;
-  ``candidates``, ``search``: ``qvl.search``, ``qvl.rerank_rows``' rows, ``qvl.hybrid_search``.
+  ``candidates``, ``search``: ``qvl.search``, ``qvl.rerank_rows``' rows, ``qvl.hybrid_search``;
+  ``chunk_search``: ``qvl.search_chunks`` and ``qvl.search`` over a chunked vectorizer's chunks.
 
 How it gets there: ``qvl pg install`` bundles these files into one text, the body of ``qvl._load()``
 (connectors/postgres/plpy_bundle.py), which imports them as a package named after the bundle's hash
@@ -22,6 +23,7 @@ when this backend has not loaded this bundle. The names below are what the SQL f
 from __future__ import annotations
 
 from .addresses import check_service_sql
+from .chunk_search import search_chunks_rows
 from .embedding import embed_sql
 from .filters import structured
 from .items import image_item, text_item
@@ -34,5 +36,5 @@ from .transport import send
 from .triggers import sync_trigger
 
 __all__ = ["bind", "check_service_sql", "embed_sql", "hybrid_rows", "image_item", "query_embedding_sql",
-           "rerank_rows_sql", "rerank_sql", "search_rows", "send", "service_info_sql", "structured", "sync_trigger",
-           "text_item"]
+           "rerank_rows_sql", "rerank_sql", "search_chunks_rows", "search_rows", "send", "service_info_sql",
+           "structured", "sync_trigger", "text_item"]

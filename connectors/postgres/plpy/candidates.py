@@ -24,6 +24,24 @@ SET_CONFIG_SQL = "SELECT pg_catalog.set_config($1, $2, true)"
 PGVECTOR_DEFAULTS = {"hnsw.ef_search": "40", "hnsw.iterative_scan": "off", "hnsw.max_scan_tuples": "20000"}
 
 
+def check_k(k: int | None) -> int:
+    """k; NULL is refused: qvl.search('t', q, NULL::int) means k => NULL, not key_type => NULL::int."""
+    if k is None:
+        spi.plpy.error("qvl: k is NULL", sqlstate="22004",
+                       hint="k => 10 returns the 10 best rows. For keys in the table's own type name that argument: "
+                            "key_type => NULL::int.")
+    return k
+
+
+def check_offset(offset: int | None) -> int:
+    if offset is None:
+        return 0
+    if offset < 0:
+        spi.plpy.error(f"qvl: offset must be 0 or more, got {offset}", hint="offset => 20 skips the 20 best rows.",
+                       sqlstate="22023")
+    return offset
+
+
 def checked_filter(cfg: Row, given: str | None) -> Filter | None:
     """The caller's filter, checked: SQL text or a Structured one; None when there is none."""
     if given is None:

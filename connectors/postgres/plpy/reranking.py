@@ -110,6 +110,10 @@ def rerank_rows_sql(name: str, query_item: Item | None, keys: Sequence[Any] | No
     """qvl.rerank_rows: (1-based position in keys, score) best first, for the keys whose rows the
     caller can read (each row once). Keys come as text, with the type they have in SQL."""
     cfg = vectorizer_by_name(name)
+    if cfg.get("chunking") is not None:  # its rows' parts are pages, clips, passages: not one item per row
+        spi.plpy.error(f"qvl: vectorizer {name!r} keeps chunks; rerank_rows scores one item per row",
+                       sqlstate="0A000", hint=f"Use qvl.search_chunks({name!r}, ...), which reranks each part, or "
+                                          f"qvl.search({name!r}, ...) for rows by their best part.")
     if keys and any(isinstance(k, list) for k in keys):
         spi.plpy.error("qvl: keys must be a one-dimensional array", sqlstate="2202E",
                        hint="Pass ARRAY(SELECT id FROM ...) or ARRAY[1, 2, 3].")

@@ -7,7 +7,8 @@ import math
 from collections.abc import Sequence
 
 from . import spi
-from .candidates import candidate_rows, checked_filter, filter_sql
+from .candidates import candidate_rows, check_k, check_offset, checked_filter, filter_sql
+from .chunk_search import is_chunked, search_best_parts
 from .errors import Failure
 from .filters import Filter, filter_plan, filtered_rows
 from .items import Item, Row
@@ -23,24 +24,6 @@ TSQUERY_SQL = ("SELECT q::pg_catalog.text AS q, pg_catalog.numnode(q) AS nodes "
                "FROM pg_catalog.websearch_to_tsquery($1::pg_catalog.regconfig, $2) AS q")
 
 
-def check_k(k: int | None) -> int:
-    """k; NULL is refused: qvl.search('t', q, NULL::int) means k => NULL, not key_type => NULL::int."""
-    if k is None:
-        spi.plpy.error("qvl: k is NULL", sqlstate="22004",
-                       hint="k => 10 returns the 10 best rows. For keys in the table's own type name that argument: "
-                            "key_type => NULL::int.")
-    return k
-
-
-def check_offset(offset: int | None) -> int:
-    if offset is None:
-        return 0
-    if offset < 0:
-        spi.plpy.error(f"qvl: offset must be 0 or more, got {offset}", hint="offset => 20 skips the 20 best rows.",
-                       sqlstate="22023")
-    return offset
-
-
 def search_rows(name: str, query_item: Item | None, k: int | None, candidates: int | None, rerank: bool,
                 filter: str | None = None, offset: int | None = 0) -> list[tuple[str, float, float | None]]:
     """ANN over the vectorizer's column (with the query instruction) among the rows that pass the
@@ -51,6 +34,8 @@ def search_rows(name: str, query_item: Item | None, k: int | None, candidates: i
     flt = checked_filter(cfg, filter)
     if query_item is None or k < 1:
         return []
+    if is_chunked(cfg):  # rows ranked by their best part (a page, a clip, a passage)
+        return search_best_parts(cfg, query_item, k, candidates, bool(rerank), flt, skip)
     wanted = skip + k
     limit = max(candidates or 0, wanted)
     try:
@@ -107,6 +92,9 @@ def hybrid_rows(name: str, query: str | None, k: int | None, filter: str | None,
     under the filter), fused by reciprocal rank, then the reranker over the fused best; rows
     offset+1 .. offset+k of that order: (pk, score, rrf, vector_rank, text_rank)."""
     cfg = vectorizer_by_name(name)
+    if is_chunked(cfg):
+        spi.plpy.error(f"qvl: vectorizer {name!r} keeps chunks; hybrid search reads one vector per row",
+                       sqlstate="0A000", hint=f"Use qvl.search({name!r}, ...) or qvl.search_chunks({name!r}, ...).")
     k, skip = check_k(k), check_offset(offset)
     w_vector, w_text = check_weights(weights)
     flt = checked_filter(cfg, filter)

@@ -16,6 +16,13 @@ SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, 
        v.destination, v.dimensions, v.storage, v.instruction, v.query_instruction, v.mode, v.on_error,
        v.model_fingerprint, v.model_name,
        pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS source_sql, c.relname AS source_name,
+       -- A chunked vectorizer's (version 13; read through to_jsonb: NULL before): jsonb as text.
+       pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'chunking' AS chunking,
+       pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'document_columns' AS document_columns,
+       (SELECT pg_catalog.format('%%I.%%I', cn.nspname, cc.relname) FROM pg_catalog.pg_class cc
+          JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace
+         WHERE cc.oid = (pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'chunk_table')::pg_catalog.regclass)
+           AS chunk_sql,
        (SELECT format('%%I', ns.nspname) FROM pg_catalog.pg_extension e
           JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector') AS vector_schema
   FROM qvl.vectorizer v

@@ -8,6 +8,7 @@ time, so a row that kills the model process takes only itself down and is failed
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -38,8 +39,15 @@ class CutVector:
     tokens: int  # text tokens cut
 
 
-# None: not answered; ServiceDown: the service's state
-Result = np.ndarray | CutVector | Refusal | ServiceDown | None
+class Piece(Protocol):
+    """One chunk of a chunked vectorizer's item (connectors.client.Chunk)."""
+
+    vector: np.ndarray
+    locator: dict[str, float | int]
+
+
+# None: not answered; ServiceDown: the service's state; a list: a chunked vectorizer's item, its chunks
+Result = np.ndarray | CutVector | list[Piece] | Refusal | ServiceDown | None
 
 
 @dataclass
@@ -80,10 +88,20 @@ def sort_claimed(rows: Sequence[Claimed], max_item_bytes: int, size: Callable[[p
 
 
 @dataclass(frozen=True)
+class ChunkWrite:
+    """One chunk of a row, as the chunk table takes it."""
+
+    seq: int  # 0-based, in the service's order
+    locator: str  # JSON: {"page": n} | {"start_s", "end_s"} | {"char_start", "char_end"}
+    vector: str  # pgvector's text input
+
+
+@dataclass(frozen=True)
 class Write:
     row: Claimed
-    vector: str | None  # pgvector's text input; None for a row with nothing to embed
+    vector: str | None  # pgvector's text input; None for a row with nothing to embed (or chunked)
     cut: int = 0  # text tokens the service cut (qvl.cut_rows records the row)
+    chunks: tuple[ChunkWrite, ...] = ()  # a chunked vectorizer's: the row's chunks (none: nothing to embed)
 
 
 @dataclass(frozen=True)
@@ -117,7 +135,7 @@ class Plan:
     @property
     def vectors(self) -> bool:
         """Whether the plan writes any vector (a row with nothing to embed gets NULL, from no model)."""
-        return any(w.vector is not None for w in self.writes)
+        return any(w.vector is not None or w.chunks for w in self.writes)
 
     def only(self, keys: Collection[Key]) -> Plan:
         """The same plan for the rows whose key is in ``keys``."""
@@ -193,6 +211,10 @@ def judge(sorting: Sorting, results: Sequence[Result], alone: Sequence[bool], *,
             continue
         if isinstance(res, CutVector):
             plan.writes.append(Write(row, literal(res.vector), res.tokens))
+            continue
+        if isinstance(res, list):
+            plan.writes.append(Write(row, None, chunks=tuple(ChunkWrite(i, json.dumps(c.locator, sort_keys=True),
+                                                                        literal(c.vector)) for i, c in enumerate(res))))
             continue
         message = row_message(source, row.key, res.message)
         tries = row.attempts + 1

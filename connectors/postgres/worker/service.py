@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
+from connectors.client import Chunk, Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
@@ -30,8 +30,8 @@ PROBE_TEXT = "qvl worker probe"
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
-Answer = np.ndarray | CutVector | ItemFailure
-Checked = np.ndarray | CutVector | ItemFailure | ServiceDown | None
+Answer = np.ndarray | CutVector | list[Chunk] | ItemFailure  # a chunked vectorizer's item: its chunks
+Checked = np.ndarray | CutVector | list[Chunk] | ItemFailure | ServiceDown | None
 
 
 @dataclass
@@ -92,10 +92,9 @@ class ServiceCalls:
         any input become ``ServiceDown`` (the rows go back uncounted)."""
         out: list[Checked] = []
         for res in self.embed(client, vectorizer, items, pin):
-            if isinstance(res, np.ndarray | CutVector):
-                vector = res.vector if isinstance(res, CutVector) else res
+            if isinstance(res, np.ndarray | CutVector | list):
                 try:
-                    checked = check_vector(vectorizer, vector)
+                    checked = check_answer(vectorizer, res.vector if isinstance(res, CutVector) else res)
                 except Malformed as exc:
                     raise ServiceDown(f"the service answered a malformed result: {exc}") from None
                 out.append(res if isinstance(checked, np.ndarray) else checked)
@@ -104,7 +103,7 @@ class ServiceCalls:
             else:
                 out.append(res)
         if (any(isinstance(res, ItemFailure) for res in out)
-                and not any(isinstance(res, np.ndarray | CutVector) for res in out)):
+                and not any(isinstance(res, np.ndarray | CutVector | list) for res in out)):
             # Nothing in this stream worked: the rows' fault, or the service's? A plain text answers.
             problem = self.probe(vectorizer)
             if problem is not None:
@@ -128,7 +127,8 @@ class ServiceCalls:
         try:
             stream = client.embed_stream(items, dimensions=vectorizer.dimensions, encoding=vectorizer.encoding,
                                          instruction=vectorizer.instruction, max_in_flight=max(1, len(items)),
-                                         timeout=self.settings.rpc_timeout_s, fingerprint=pin.fingerprint)
+                                         timeout=self.settings.rpc_timeout_s, fingerprint=pin.fingerprint,
+                                         chunking=vectorizer.chunking)
             for res in stream:
                 watchdog.progress()
                 if isinstance(res, ItemFailure) and res.reason == MODEL_MISMATCH:
@@ -138,7 +138,7 @@ class ServiceCalls:
                 # vectorizer without chunking): written, and recorded as cut (qvl.cut_rows).
                 cut = client.last_truncated.get(len(got), 0) if isinstance(res, np.ndarray) else 0
                 got.append(CutVector(res, cut) if cut else res)
-                if pin.fingerprint is None and isinstance(res, np.ndarray):
+                if pin.fingerprint is None and isinstance(res, np.ndarray | list):
                     pin.fingerprint = client.last_fingerprint  # the model that answered
             carried = True
             return Attempt(got)
@@ -220,6 +220,17 @@ class ServiceCalls:
                 return problem
             if time.monotonic() >= deadline or self.stopping.wait(1.0):
                 return problem
+
+
+def check_answer(vectorizer: Vectorizer, res: np.ndarray | list[Chunk]) -> np.ndarray | list[Chunk] | ItemFailure:
+    """A vector as ``check_vector``; a chunked item's chunks each so (one bad chunk fails the row)."""
+    if isinstance(res, np.ndarray):
+        return check_vector(vectorizer, res)
+    for chunk in res:
+        checked = check_vector(vectorizer, chunk.vector)
+        if isinstance(checked, ItemFailure):
+            return checked
+    return res
 
 
 def check_vector(vectorizer: Vectorizer, res: np.ndarray) -> np.ndarray | ItemFailure:

@@ -180,6 +180,26 @@ class BatchStore:
                                                  "qvl_delay": self.settings.retry_delay_s})
         return plan.only(free), busy
 
+    def _write_chunks(self, conn: Conn, vectorizer: Vectorizer, me: str, plan: Plan) -> int:
+        """A chunked vectorizer's rows: each row's chunks replaced (old ones deleted, new ones inserted) in
+        the batch's transaction, so a reader sees a row's old chunks or its new ones, never a mix; only
+        rows this worker still holds whose content still hashes as embedded (as write_sql). Returns how
+        many rows were written."""
+        params = {**vectorizer.key_params([w.row.key for w in plan.writes]), "me": me,
+                  "qvl_hash": [w.row.content_hash for w in plan.writes]}
+        ok = {tuple(r) for r in conn.execute(vectorizer.chunk_rows_sql(), params).fetchall()}
+        if not ok:
+            return 0
+        written = [w for w in plan.writes if w.row.key in ok]
+        conn.execute(vectorizer.delete_chunks_sql(), vectorizer.key_params([w.row.key for w in written]))
+        pieces = [(w.row.key, c) for w in written for c in w.chunks]
+        if pieces:
+            conn.execute(vectorizer.insert_chunks_sql(), {
+                **vectorizer.key_params([k for k, _ in pieces]), "qvl_seq": [c.seq for _, c in pieces],
+                "qvl_locator": [c.locator for _, c in pieces], "qvl_vec": [c.vector for _, c in pieces]})
+        conn.execute(vectorizer.dequeue_sql(), {**vectorizer.key_params([w.row.key for w in written]), "me": me})
+        return len(written)
+
     def _apply(self, conn: Conn, vectorizer: Vectorizer, me: str, plan: Plan, out: Outcome) -> None:
         if plan.vectors and plan.model is not None and self.features.model_identity:
             # The vectors' model, recorded by the first write; a write of another model's vectors is
@@ -187,7 +207,10 @@ class BatchStore:
             row = conn.execute(RECORD_MODEL_SQL, (vectorizer.id, plan.model, plan.model_name)).fetchone()
             if row is not None and row[0] != plan.model:
                 raise ModelRecorded(row[0])
-        if plan.writes:
+        if plan.writes and vectorizer.chunked:
+            out.written = self._write_chunks(conn, vectorizer, me, plan)
+            out.stale = len(plan.writes) - out.written
+        elif plan.writes:
             params = {**vectorizer.key_params([w.row.key for w in plan.writes]), "me": me,
                       "qvl_hash": [w.row.content_hash for w in plan.writes],
                       "qvl_vec": [w.vector for w in plan.writes]}
@@ -211,5 +234,7 @@ class BatchStore:
         if plan.gone:
             gone = {**vectorizer.key_params(keys(plan.gone)), "me": me}
             out.gone = conn.execute(vectorizer.forget_gone_sql(), gone).rowcount
+            if vectorizer.chunked:
+                conn.execute(vectorizer.forget_gone_chunks_sql(), gone)
         batch = {**vectorizer.key_params(keys(plan.rows)), "me": me}
         out.released = conn.execute(vectorizer.release_sql(), batch).rowcount

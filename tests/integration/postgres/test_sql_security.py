@@ -104,7 +104,7 @@ def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked
         ["_call", "_load", "_queue_stats", "_cut_count", "embed", "embed_halfvec", "rerank", "search", "service_info",
          "wait_for_embeddings", "query_embedding", "query_embedding_halfvec", "query_embedding_bit", "rerank_rows",
          "hybrid_search", "_check_key_type", "_rerank_rows", "_fulltext_document", "_fulltext_join",
-         "_key_changed_1", "_key_changed_2"])
+         "_key_changed_1", "_key_changed_2", "search_chunks"])
 
 
 def test_errors_do_not_name_the_service_host(conn: psycopg.Connection[Any], qvl_db: str) -> None:
