@@ -15,12 +15,17 @@ def cmd_pg_install(args: argparse.Namespace) -> int:
     try:
         result = install(args.dsn, service_url=args.service_url, service_token=args.service_token,
                          service_ca_file=args.service_ca_file, public_grant=args.public_grant, target=args.target,
-                         worker_login=args.worker_login, worker_password=os.environ.get("QVL_WORKER_PASSWORD"))
+                         worker_login=args.worker_login, worker_password=os.environ.get("QVL_WORKER_PASSWORD"),
+                         managed=args.managed)
     except InstallError as exc:
         print(f"qvl pg install: {exc}")
         return 2
+    if result.choice.line():
+        print(result.choice.line())
     print(f"qvl schema version {result.version_after}"
           + (f" (applied {', '.join(result.applied)})" if result.applied else " (already current)"))
+    if result.choice.line():  # the database never calls the service on the managed install
+        return 0
     problem = check_service(args.dsn)
     if problem:
         print(f"warning: the database cannot reach the service yet: {problem}")
@@ -101,8 +106,9 @@ def add_postgres_parsers(sub: Any) -> None:
     pg_sub = pg.add_subparsers(dest="pg_command", required=True)
 
     p = pg_sub.add_parser("install", help="apply sql/ (idempotent; upgrades in place)",
-                          description="Creates or upgrades schema qvl. Needs the vector and plpython3u "
-                          "extensions and a superuser (PL/Python is an untrusted language).")
+                          description="Creates or upgrades schema qvl. Where the role is a superuser and "
+                          "PL/Python exists: the full install; otherwise the managed install (no model calls "
+                          "inside the database, no mode => 'sync', no schema guard), which it says in one line.")
     _dsn(p)
     p.add_argument("--service-url", default=os.environ.get("QVL_SERVICE_URL"),
                    help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080), or "
@@ -120,6 +126,8 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--worker-login", help="a login for `qvl worker`: made if missing (its password from "
                    "QVL_WORKER_PASSWORD, when set) and granted qvl_worker, the role the install makes")
     p.add_argument("--target", type=int, help="stop at this schema version (default: the newest)")
+    p.add_argument("--managed", action="store_true",
+                   help="the managed install even where the full one could be made (no PL/Python in the database)")
     p.set_defaults(func=cmd_pg_install)
 
     p = pg_sub.add_parser("status", help="print qvl.vectorizer_status")

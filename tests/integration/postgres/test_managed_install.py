@@ -35,7 +35,7 @@ def managed(managed_server: PostgresServer, request: pytest.FixtureRequest) -> M
 
 
 def _one(conn: psycopg.Connection[Any], query: str, *args: Any) -> Any:
-    row = conn.execute(query, args).fetchone()
+    row = conn.execute(query, args or None).fetchone()
     assert row is not None
     return row[0]
 
