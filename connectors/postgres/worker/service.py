@@ -12,7 +12,15 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
+from connectors.client import (
+    Client,
+    InvalidInput,
+    ItemFailure,
+    QvlClientError,
+    TransientError,
+    Unauthenticated,
+    not_ready,
+)
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
@@ -50,6 +58,7 @@ class ServiceCalls:
         self.settings, self.stopping = settings, stopping
         self.on_resent = on_resent  # (vectorizer name, streams that finished after being sent again)
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
+        self._dimensions_ok: set[tuple[int, int, str]] = set()  # (vectorizer, dimensions, encoding) the service gives
 
     def client(self, *, timeout: float | None = None, retries: int = STREAM_RETRIES) -> Client:
         settings = self.settings
@@ -65,6 +74,23 @@ class ServiceCalls:
         except QvlClientError as exc:
             log.warning("the service is not answering yet; rows stay queued until it does",
                         extra={"service": self.settings.service, "error": str(exc)})
+
+    def dimensions_refusal(self, client: Client, vectorizer: Vectorizer) -> str | None:
+        """Why the service cannot give ``vectorizer``'s dimensions, or None (it can, or cannot say now:
+        the batch's own calls then find out). Asked once per vectorizer and size: create_vectorizer on
+        the managed install could not ask (the database never calls the service)."""
+        key = (vectorizer.id, vectorizer.dimensions, vectorizer.encoding)
+        if key in self._dimensions_ok:
+            return None
+        try:
+            client.embed([PROBE_TEXT], dimensions=vectorizer.dimensions, encoding=vectorizer.encoding)
+        except InvalidInput as exc:
+            return (f"the service's embedding model cannot give {vectorizer.dimensions} dimensions ({exc}): its rows "
+                    f"stay queued; SELECT qvl.reembed('{vectorizer.name}', dimensions => N) with a size it gives")
+        except QvlClientError:
+            return None
+        self._dimensions_ok.add(key)
+        return None
 
     def model_name(self, client: Client, fingerprint: str) -> str | None:
         """The name of the embedding model whose fingerprint is ``fingerprint``, as the service's Info
