@@ -55,6 +55,42 @@ def cmd_pg_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pg_search(args: argparse.Namespace) -> int:
+    """One JSON object per hit, best first: the application side of qvl.search (works on both installs)."""
+    import json
+
+    import psycopg
+
+    from connectors.client import Client, QvlClientError
+    from connectors.postgres.search import SearchError, search
+
+    flt: Any = args.filter
+    if args.filter_json is not None:
+        try:
+            flt = json.loads(args.filter_json)
+        except ValueError as exc:
+            print(f"qvl pg search: --filter-json is not JSON: {exc}", file=sys.stderr)
+            return 2
+    query: str | bytes = args.query
+    if args.image:
+        with open(args.query, "rb") as f:
+            query = f.read()
+    try:
+        with psycopg.connect(args.dsn, autocommit=True, connect_timeout=10) as conn, \
+                Client(args.service, token=args.token) as client:
+            hits = search(conn, args.vectorizer, query, client=client, k=args.k, candidates=args.candidates,
+                          filter=flt, rerank=not args.no_rerank, offset=args.offset)
+    except SearchError as exc:
+        print(f"qvl pg search: {exc}", file=sys.stderr)
+        return 2
+    except (psycopg.Error, QvlClientError) as exc:
+        print(f"qvl pg search: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}", file=sys.stderr)
+        return 2
+    for hit in hits:
+        print(json.dumps(hit.as_json()))
+    return 0
+
+
 def cmd_worker(args: argparse.Namespace) -> int:
     from connectors.postgres.worker import WorkerSettings, run_worker
 
@@ -129,6 +165,28 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--managed", action="store_true",
                    help="the managed install even where the full one could be made (no PL/Python in the database)")
     p.set_defaults(func=cmd_pg_install)
+
+    p = pg_sub.add_parser("search", help="search a vectorizer from the application (embed and rerank over gRPC)",
+                          description="The application side of qvl.search: the query embedded and the candidates "
+                          "reranked over gRPC, the candidate stage in the database as --dsn's role. Works on the "
+                          "managed install. Prints one JSON object per hit, best first: {pk, distance, score}.")
+    _dsn(p)
+    p.add_argument("--service", default=os.environ.get("QVL_SERVICE", "127.0.0.1:50051"),
+                   help="gRPC target of qvl serve (QVL_SERVICE)")
+    p.add_argument("--token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
+    p.add_argument("vectorizer")
+    p.add_argument("query", help="the query text (with --image: an image file)")
+    p.add_argument("--image", action="store_true", help="QUERY is an image file")
+    p.add_argument("--k", type=_count, default=10, help="hits to print")
+    p.add_argument("--candidates", type=_count, default=100, help="nearest rows the reranker scores")
+    p.add_argument("--offset", type=int, default=0, help="skip this many of the best hits")
+    flt = p.add_mutually_exclusive_group()
+    flt.add_argument("--filter", help="one condition on the table's columns, as after WHERE (checked as qvl.search "
+                     "checks it)")
+    flt.add_argument("--filter-json", help='a structured filter: {"column": ..., "op": ..., "value": ...}')
+    p.add_argument("--no-rerank", action="store_true", help="by distance alone (score null)")
+    # (--chunks: the chunk tables' search, search_chunks, is being built beside this: it goes here.)
+    p.set_defaults(func=cmd_pg_search)
 
     p = pg_sub.add_parser("status", help="print qvl.vectorizer_status")
     _dsn(p)

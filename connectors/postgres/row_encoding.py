@@ -8,7 +8,7 @@ image bytes, image URIs, texts.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pgvector import Bit, Vector
@@ -27,7 +27,18 @@ def _flat(values: list[Any]) -> Iterator[Any]:
             yield value
 
 
-def row_item(v: Vectorizer, row: Mapping[str, Any]) -> pb.Item | None:
+class ContentColumns(Protocol):
+    """What makes a row's item: a vectorizer's input columns (``Vectorizer``, or a catalog row's)."""
+
+    @property
+    def text_columns(self) -> tuple[str, ...]: ...
+    @property
+    def image_columns(self) -> tuple[str, ...]: ...
+    @property
+    def video_columns(self) -> tuple[str, ...]: ...
+
+
+def row_item(v: ContentColumns, row: Mapping[str, Any]) -> pb.Item | None:
     """None when every embedded column is NULL (the row gets a NULL vector, no model call)."""
     parts: list[pb.Part] = []
     for col in v.video_columns:
