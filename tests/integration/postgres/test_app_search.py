@@ -105,6 +105,18 @@ def test_search_on_the_managed_install_and_qvl_pg_search(
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)  # type: ignore[misc]
         shops = conn.execute("SELECT shop FROM photos WHERE id = ANY(%s)", ([int(h.pk) for h in hits],)).fetchall()
         assert shops == [(2,)] * 3
+        # In SQL: qvl.search by the query's vector (no PL/Python needed), the nearest rows as the
+        # application side finds them without rerank.
+        served = next(m for m in client.info().models if m.task == "embed")
+        qvec = client.embed(["a green house"], dimensions=32, instruction=served.query_instruction)[0]
+        literal = "[" + ",".join(repr(float(x)) for x in qvec) + "]"
+        rows = conn.execute("SELECT pk, distance, score FROM qvl.search('photos', %s::vector, k => 6, "
+                            "\"offset\" => 1)", (literal,)).fetchall()
+        same([Hit(*r) for r in rows], search(conn, "photos", "a green house", client=client, k=6, offset=1,
+                                              rerank=False))
+        with pytest.raises(psycopg.errors.DataException) as wrong:
+            conn.execute("SELECT * FROM qvl.search('photos', '[1,2,3]'::vector)")
+        assert "dimensions => 32" in (wrong.value.diag.message_hint or "")
     ran = run_qvl("pg", "search", "--dsn", db.dsn, "--service", service.grpc_target, "photos", "a green house",
                   "--k", "3", "--filter-json", '{"column": "shop", "op": "=", "value": 2}')
     assert ran.returncode == 0, ran.stderr.decode()
