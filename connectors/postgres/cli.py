@@ -55,6 +55,19 @@ def cmd_pg_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_pg_sql(args: argparse.Namespace) -> int:
+    """The whole install as one SQL script (for migration tools; psql -1 -f as the installing role)."""
+    from connectors.postgres.install_modes import FULL, MANAGED
+    from connectors.postgres.installer import InstallError, script
+
+    try:
+        sys.stdout.write(script(public_grant=args.public_grant, mode=MANAGED if args.managed else FULL))
+    except InstallError as exc:
+        print(f"qvl pg sql: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def cmd_pg_search(args: argparse.Namespace) -> int:
     """One JSON object per hit, best first: the application side of qvl.search (works on both installs)."""
     import json
@@ -187,6 +200,14 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--no-rerank", action="store_true", help="by distance alone (score null)")
     # (--chunks: the chunk tables' search, search_chunks, is being built beside this: it goes here.)
     p.set_defaults(func=cmd_pg_search)
+
+    p = pg_sub.add_parser("sql", help="print the install as one SQL script (for migration tools)",
+                          description="A fresh install as one script, for `psql -1 -f` as the installing role or a "
+                          "migration tool: every migration with its version row, every function, the grants.")
+    p.add_argument("--managed", action="store_true", help="the managed install (no PL/Python, no event triggers)")
+    p.add_argument("--no-public-grant", dest="public_grant", action="store_false",
+                   help="do not let every role embed, rerank and search")
+    p.set_defaults(func=cmd_pg_sql)
 
     p = pg_sub.add_parser("status", help="print qvl.vectorizer_status")
     _dsn(p)

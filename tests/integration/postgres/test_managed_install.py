@@ -118,3 +118,43 @@ def test_install_where_plpython_is_allowed_is_the_full_install(pg_server: Postgr
     with psycopg.connect(dsn, autocommit=True) as conn:
         assert _one(conn, "SELECT value FROM qvl.config WHERE key = 'install'") == "full"
         assert _one(conn, "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'qvl%'") == 4
+
+
+CATALOG_SQL = """
+SELECT 'function ' || p.oid::regprocedure::text || ' ' || l.lanname || ' ' || p.prosecdef::text
+  FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.pronamespace = 'qvl'::regnamespace
+UNION ALL SELECT 'relation ' || c.relname || ' ' || c.relkind::text FROM pg_class c WHERE c.relnamespace = 'qvl'::regnamespace
+UNION ALL SELECT 'version ' || version || ' ' || name FROM qvl.schema_version
+UNION ALL SELECT 'config ' || key || ' ' || value FROM qvl.config
+UNION ALL SELECT 'grant ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, '')
+  FROM pg_proc p WHERE p.pronamespace = 'qvl'::regnamespace
+ORDER BY 1"""
+
+
+def test_qvl_pg_sql_applied_with_psql_gives_the_objects_of_the_install(managed_server: PostgresServer) -> None:
+    """Item 5: the managed install as one script, applied by the managed role with psql."""
+    import os
+    import subprocess
+    import tempfile
+
+    from tests.support.postgres import pg_bindir
+
+    by_install, by_script = managed_database(managed_server, "by_install"), managed_database(managed_server, "script")
+    install(by_install.dsn)
+    ran = run_qvl("pg", "sql", "--managed")
+    assert ran.returncode == 0, ran.stderr.decode()
+    with tempfile.NamedTemporaryFile("wb", suffix=".sql", delete=False) as f:
+        f.write(ran.stdout)
+    try:
+        applied = subprocess.run([str(pg_bindir() / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-1", "-f", f.name,
+                                  by_script.dsn], capture_output=True, text=True, timeout=300,
+                                 env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
+    finally:
+        os.unlink(f.name)
+    assert applied.returncode == 0, applied.stderr[-3000:]
+    catalogs = []
+    for db in (by_install, by_script):
+        with psycopg.connect(db.dsn, autocommit=True) as conn:
+            rows = [r[0].replace(db.role, "<installer>") for r in conn.execute(CATALOG_SQL).fetchall()]
+            catalogs.append(rows)
+    assert catalogs[0] == catalogs[1]
