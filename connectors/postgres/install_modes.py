@@ -27,6 +27,7 @@ LEFT_OUT = ("model calls inside the database (qvl.embed, qvl.rerank, qvl.query_e
 PLPY_FUNCTION = re.compile(r"(?P<head>CREATE\s+OR\s+REPLACE\s+FUNCTION\s+(?P<name>[\w.]+)\s*\("
                            r"(?:(?!\$py\$|\$\$|;|CREATE\s).)*?)\bAS\s+\$py\$.*?\$py\$", re.S | re.I)
 PLPY_LANGUAGE = re.compile(r"\bLANGUAGE\s+plpython3u\b", re.I)
+EVENT_TRIGGER_NAMED = re.compile(r"^\s*CREATE\s+EVENT\s+TRIGGER\s+(\w+)\b[^;]*;", re.M | re.I)
 EVENT_TRIGGER = re.compile(r"^\s*CREATE\s+EVENT\s+TRIGGER\b[^;]*;[ \t]*\n?", re.M | re.I)
 STUB_TAG = "$qvl_managed$"
 
@@ -69,6 +70,12 @@ def managed_sql(text: str, spec: Manifest) -> str:
         return stub(m.group("name"), m.group("head"), spec.hint(m.group("name")))
 
     return EVENT_TRIGGER.sub("", PLPY_FUNCTION.sub(replace, text))
+
+
+def event_triggers(text: str) -> list[tuple[str, str]]:
+    """(name, statement) of each CREATE EVENT TRIGGER in ``text`` (a migration's): what the full
+    install has and the managed one leaves out, also when a database moves between them in place."""
+    return [(m.group(1), m.group(0).strip()) for m in EVENT_TRIGGER_NAMED.finditer(text)]
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -35,7 +36,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
-from connectors.postgres.install_modes import FULL, MANAGED, Choice, choose, managed_sql, manifest
+from connectors.postgres.install_modes import FULL, MANAGED, Choice, choose, event_triggers, managed_sql, manifest
 from connectors.postgres.plpy_bundle import BundleError, Library, library, render
 
 log = logging.getLogger("qvl.pg.install")
@@ -200,13 +201,45 @@ def _has_statements(text: str) -> bool:
     return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
 
 
-def _run(conn: psycopg.Connection, name: str, text: str) -> None:
+def _privilege_words(where: str, message: str | None, mode: str) -> str:
+    if mode == MANAGED:
+        return (f"{where}: {message}; qvl in this database belongs to another role (a superuser made the full "
+                f"install?), which alone may change its objects: run qvl pg install --managed as that role")
+    return f"{where}: {message}; PL/Python is an untrusted language, so a superuser must run the install"
+
+
+@contextlib.contextmanager
+def _privileges(mode: str) -> Iterator[None]:
+    """A privilege the installing role lacks, as an InstallError that says who can do it."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise InstallError(_privilege_words("qvl pg install", exc.diag.message_primary, mode)) from None
+
+
+def _run(conn: psycopg.Connection, name: str, text: str, mode: str = FULL) -> None:
     log.info("applying %s", name)
     try:
         conn.execute(text)
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise InstallError(f"{name}: {exc.diag.message_primary}; PL/Python is an untrusted "
-                           f"language, so a superuser must run the install") from None
+        raise InstallError(_privilege_words(name, exc.diag.message_primary, mode)) from None
+
+
+def _follow_guard(conn: psycopg.Connection, migrations: list[SqlFile], version: int, mode: str) -> None:
+    """The schema guard's event triggers as the install ``mode`` has them, whatever install made the
+    database: made where missing on the full install (a managed database that gained PL/Python and a
+    superuser), dropped on the managed one (a database moved off PL/Python)."""
+    have = {r[0] for r in conn.execute("SELECT evtname FROM pg_event_trigger").fetchall()}
+    for f in migrations:
+        if f.version > version:
+            break
+        for name, statement in event_triggers(f.path.read_text(encoding="utf-8")):
+            if mode == FULL and name not in have:
+                log.info("making event trigger %s (the schema guard)", name)
+                conn.execute(statement)
+            elif mode == MANAGED and name in have:
+                log.info("dropping event trigger %s (the managed install has no schema guard)", name)
+                conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(name)))
 
 
 def ensure_worker_login(conn: psycopg.Connection, login: str, password: str | None = None) -> None:
@@ -257,7 +290,7 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
         else:
             log.warning(choice.line())
         functions = _bundled(root, mode=choice.mode)
-        with conn.transaction():
+        with _privileges(choice.mode), conn.transaction():
             before = installed_version(conn)
             schema = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                                   "ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
@@ -271,7 +304,7 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                 if before < f.version <= target:
                     text = _migration_text(root, f, choice.mode)
                     if _has_statements(text):
-                        _run(conn, f"{INCREMENTAL}/{f.path.name}", text)
+                        _run(conn, f"{INCREMENTAL}/{f.path.name}", text, choice.mode)
                     conn.execute("INSERT INTO qvl.schema_version (version, name) VALUES (%s, %s)",
                                  (f.version, f.name))
                     applied.append(f.path.name)
@@ -287,8 +320,10 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
             else:
                 for f, text in functions:
                     if f.version <= after:
-                        _run(conn, f"{IDEMPOTENT}/{f.path.name}", text)
+                        _run(conn, f"{IDEMPOTENT}/{f.path.name}", text, choice.mode)
                         refreshed.append(f.path.name)
+            if before <= newest:
+                _follow_guard(conn, migrations, after, choice.mode)
             if after >= GRANTS_FROM:
                 if public_grant is None:
                     row = conn.execute("SELECT value::boolean FROM qvl.config WHERE key = 'public_grant'").fetchone()

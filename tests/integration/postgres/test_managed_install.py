@@ -12,11 +12,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from connectors.postgres.installer import install, latest_version
+from connectors.postgres.installer import InstallError, install, latest_version
 from tests.integration.postgres.conftest import new_database
 from tests.support.cli import run_qvl
 from tests.support.managed_postgres import ManagedDatabase, managed_database
 from tests.support.postgres import PostgresServer
+from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres]
 
@@ -123,7 +124,8 @@ def test_install_where_plpython_is_allowed_is_the_full_install(pg_server: Postgr
 CATALOG_SQL = """
 SELECT 'function ' || p.oid::regprocedure::text || ' ' || l.lanname || ' ' || p.prosecdef::text
   FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang WHERE p.pronamespace = 'qvl'::regnamespace
-UNION ALL SELECT 'relation ' || c.relname || ' ' || c.relkind::text FROM pg_class c WHERE c.relnamespace = 'qvl'::regnamespace
+UNION ALL SELECT 'relation ' || c.relname || ' ' || c.relkind::text
+  FROM pg_class c WHERE c.relnamespace = 'qvl'::regnamespace
 UNION ALL SELECT 'version ' || version || ' ' || name FROM qvl.schema_version
 UNION ALL SELECT 'config ' || key || ' ' || value FROM qvl.config
 UNION ALL SELECT 'grant ' || p.oid::regprocedure::text || ' ' || coalesce(p.proacl::text, '')
@@ -158,3 +160,48 @@ def test_qvl_pg_sql_applied_with_psql_gives_the_objects_of_the_install(managed_s
             rows = [r[0].replace(db.role, "<installer>") for r in conn.execute(CATALOG_SQL).fetchall()]
             catalogs.append(rows)
     assert catalogs[0] == catalogs[1]
+
+
+def _languages_and_guard(dsn: str) -> tuple[int, int, str]:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        plpy = _one(conn, "SELECT count(*) FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                          "WHERE p.pronamespace = 'qvl'::regnamespace AND l.lanname = 'plpython3u'")
+        guard = _one(conn, "SELECT count(*) FROM pg_event_trigger WHERE evtname LIKE 'qvl%'")
+        return plpy, guard, _one(conn, "SELECT value FROM qvl.config WHERE key = 'install'")
+
+
+def test_upgrades_in_place_between_the_two_installs(pg_server: PostgresServer, request: pytest.FixtureRequest,
+                                                    service: ServiceProcess) -> None:
+    """Item 6: a database that gains PL/Python (and a superuser) gets the full install in place, the
+    schema guard included; one that loses it (--managed) the managed install; vectorizers stay."""
+    dsn = new_database(pg_server, request.node.name)
+    install(dsn, managed=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => '{body}', dimensions => 32)")
+    assert _languages_and_guard(dsn) == (0, 0, "managed")
+    install(dsn, service_url=service.http_url)
+    plpy, guard, kind = _languages_and_guard(dsn)
+    assert plpy > 10 and guard == 4 and kind == "full"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert len(_one(conn, "SELECT qvl.embed('a cat', dimensions => 32)::text")) > 10
+        with pytest.raises(psycopg.errors.DependentObjectsStillExist):  # the guard works on the old vectorizer
+            conn.execute("ALTER TABLE notes DROP COLUMN body")
+    install(dsn, managed=True)
+    assert _languages_and_guard(dsn) == (0, 0, "managed")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert _one(conn, "SELECT count(*) FROM qvl.vectorizer") == 1
+        conn.execute("INSERT INTO notes VALUES (1, 'queued')")
+        assert _one(conn, "SELECT pending FROM qvl.vectorizer_status WHERE name = 'notes'") == 1
+
+
+def test_a_full_install_is_not_turned_managed_by_a_role_that_is_no_superuser(
+        managed_server: PostgresServer) -> None:
+    """The provider's superuser made the full install; the application's role cannot replace its
+    functions: a clear error that says who can, and nothing changed."""
+    db = managed_database(managed_server, "was_full")
+    install(db.admin_dsn)
+    with pytest.raises(InstallError) as refused:
+        install(db.dsn)
+    assert "superuser" in str(refused.value) and "--managed" in str(refused.value)
+    assert _languages_and_guard(db.admin_dsn)[2] == "full"
