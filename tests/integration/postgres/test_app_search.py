@@ -11,10 +11,12 @@ from typing import Any
 
 import psycopg
 import pytest
+from sqlalchemy import column, create_engine
 
 from connectors.client import Client
 from connectors.postgres.installer import install
 from connectors.postgres.search import Hit, SearchError, search
+from connectors.postgres.sqlalchemy import application_search
 from tests.integration.postgres.conftest import drain, images
 from tests.support.cli import run_qvl
 from tests.support.managed_postgres import managed_database
@@ -117,6 +119,13 @@ def test_search_on_the_managed_install_and_qvl_pg_search(
         with pytest.raises(psycopg.errors.DataException) as wrong:
             conn.execute("SELECT * FROM qvl.search('photos', '[1,2,3]'::vector)")
         assert "dimensions => 32" in (wrong.value.diag.message_hint or "")
+    # The SQLAlchemy helper, a SQLAlchemy condition as the filter.
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(db.dsn))
+    with engine.connect() as sa_conn:
+        again = application_search(sa_conn, "photos", "a green house", client=client, k=3,
+                                   filter=column("shop") == 2)
+    engine.dispose()
+    same(again, hits)
     ran = run_qvl("pg", "search", "--dsn", db.dsn, "--service", service.grpc_target, "photos", "a green house",
                   "--k", "3", "--filter-json", '{"column": "shop", "op": "=", "value": 2}')
     assert ran.returncode == 0, ran.stderr.decode()
