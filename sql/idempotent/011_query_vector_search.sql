@@ -66,3 +66,79 @@ END
 $$;
 COMMENT ON FUNCTION qvl.search(text, vector, int, int) IS
     'The nearest rows to a query vector the application embedded (score NULL: rerank in the application)';
+
+
+-- Hybrid search by the query's text (full text) and its vector (embedded by the application): the
+-- vector list (the `candidates` nearest, as above) and the full-text list (the `candidates` best
+-- ts_rank_cd matches of the query, websearch syntax) fused by reciprocal rank as qvl.hybrid_search fuses
+-- them (weight / (60 + rank), ties by the better rank); score NULL (rerank in the application). Rows
+-- offset+1 .. offset+k. No filter here (see above).
+CREATE OR REPLACE FUNCTION qvl.hybrid_search(vectorizer text, query text, query_vector vector, k int DEFAULT 10,
+                                             weights real[] DEFAULT '{1,1}', candidates int DEFAULT 100,
+                                             "offset" int DEFAULT 0)
+RETURNS TABLE(pk text, score real, rrf real, vector_rank int, text_rank int) LANGUAGE plpgsql VOLATILE
+SET transaction_read_only = on AS $$
+DECLARE
+    v record;
+    document text;
+    rel text;
+    keytext text;
+    keyorder text;
+    wanted int;
+    limited int;
+BEGIN
+    SELECT x.id, x.pk_columns, x.fulltext, c.relname, pg_catalog.format('%I.%I', n.nspname, c.relname) AS source_sql
+      INTO v FROM qvl.vectorizer x JOIN pg_catalog.pg_class c ON c.oid = x.source
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE x.name = vectorizer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704',
+            HINT = 'See SELECT name FROM qvl.vectorizer_status;';
+    END IF;
+    IF v.fulltext IS NULL THEN
+        RAISE EXCEPTION 'qvl: vectorizer % has no full-text index', pg_catalog.quote_literal(vectorizer)
+            USING ERRCODE = '55000', HINT = pg_catalog.format('Give it one: SELECT qvl.set_fulltext(%L, ''english'');',
+                                                              vectorizer);
+    END IF;
+    IF weights IS NULL OR pg_catalog.cardinality(weights) <> 2 OR weights[1] IS NULL OR weights[2] IS NULL
+       OR weights[1] < 0 OR weights[2] < 0 OR weights[1] + weights[2] = 0 THEN
+        RAISE EXCEPTION 'qvl: weights must be two numbers >= 0, not both 0 (vector, full text), got %', weights
+            USING ERRCODE = '22023', HINT = 'weights => ARRAY[1, 1] weighs both alike; ARRAY[1, 0] is vector search alone.';
+    END IF;
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'qvl: k is NULL' USING ERRCODE = '22004', HINT = 'k => 10 returns the 10 best rows.';
+    END IF;
+    IF query IS NULL OR k < 1 THEN
+        RETURN;
+    END IF;
+    wanted := coalesce("offset", 0) + k;
+    limited := greatest(coalesce(candidates, 0), wanted);
+    document := qvl._fulltext_document(v.id);
+    rel := pg_catalog.quote_ident(v.relname);
+    SELECT CASE WHEN pg_catalog.cardinality(v.pk_columns) = 1
+                THEN pg_catalog.format('%s.%I::pg_catalog.text', rel, v.pk_columns[1])
+                ELSE pg_catalog.format('ROW(%s)::pg_catalog.text',
+                                       pg_catalog.string_agg(pg_catalog.format('%s.%I', rel, c), ', ' ORDER BY o)) END,
+           pg_catalog.string_agg(pg_catalog.format('%s.%I', rel, c), ', ' ORDER BY o)
+      INTO keytext, keyorder FROM pg_catalog.unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
+    RETURN QUERY EXECUTE pg_catalog.format($q$
+        WITH tsq AS (SELECT pg_catalog.websearch_to_tsquery(%1$L::pg_catalog.regconfig, $2) AS q),
+        vec AS (SELECT s.pk, pg_catalog.row_number() OVER (ORDER BY s.distance, s.pk)::int AS r
+                  FROM qvl.search($1, $3, $4) AS s WHERE $5[1] > 0),
+        txt AS (SELECT %2$s AS pk, pg_catalog.row_number() OVER (ORDER BY pg_catalog.ts_rank_cd(%3$s, tsq.q) DESC,
+                                                                 %4$s)::int AS r
+                  FROM %5$s, tsq WHERE $5[2] > 0 AND pg_catalog.numnode(tsq.q) > 0
+                   AND %3$s OPERATOR(pg_catalog.@@) tsq.q
+                 ORDER BY pg_catalog.ts_rank_cd(%3$s, tsq.q) DESC, %4$s LIMIT $4),
+        fused AS (SELECT coalesce(vec.pk, txt.pk) AS pk,
+                         (coalesce($5[1]::pg_catalog.float8 / (60 + vec.r), 0)
+                          + coalesce($5[2]::pg_catalog.float8 / (60 + txt.r), 0)) AS rrf,
+                         vec.r AS vr, txt.r AS tr
+                    FROM vec FULL JOIN txt ON vec.pk = txt.pk)
+        SELECT fused.pk, NULL::pg_catalog.float4, fused.rrf::pg_catalog.float4, fused.vr, fused.tr FROM fused
+         ORDER BY fused.rrf DESC, least(fused.vr, fused.tr) LIMIT $6 OFFSET $7$q$,
+        v.fulltext, keytext, document, keyorder, v.source_sql)
+        USING vectorizer, query, query_vector, limited, weights, k, coalesce("offset", 0);
+END
+$$;
+COMMENT ON FUNCTION qvl.hybrid_search(text, text, vector, int, real[], int, int) IS
+    'Full-text and vector rankings (the query''s vector from the application) fused by reciprocal rank; score NULL';

@@ -136,3 +136,25 @@ def test_search_on_the_managed_install_and_qvl_pg_search(
                       "--filter", "id IN (SELECT 1 FROM pg_class)")
     assert refused.returncode == 2
     assert "subquery" in refused.stderr.decode()
+
+
+def test_hybrid_search_by_the_query_vector_fuses_as_qvl_hybrid_search(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess, client: Client) -> None:
+    """The PL/pgSQL overload (the managed install's hybrid search) against qvl.hybrid_search without
+    rerank on a full install: the same rows, fused scores and ranks."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes SELECT i, (ARRAY['red', 'green', 'blue'])[1 + i % 3] || ' ' || "
+                 "(ARRAY['boat', 'house', 'car', 'tree'])[1 + i % 4] || ' number ' || i FROM generate_series(1, 40) i")
+    conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => '{body}', dimensions => 32, "
+                 "fulltext => 'english')")
+    drain(qvl_db, service.grpc_target)
+    served = next(m for m in client.info().models if m.task == "embed")
+    qvec = client.embed(["red car"], dimensions=32, instruction=served.query_instruction)[0]
+    literal = "[" + ",".join(repr(float(x)) for x in qvec) + "]"
+    want = conn.execute("SELECT pk, rrf, vector_rank, text_rank FROM qvl.hybrid_search('notes', 'red car', k => 8, "
+                        "rerank => false, candidates => 15, weights => '{1,0.5}')").fetchall()
+    got = conn.execute("SELECT pk, rrf, vector_rank, text_rank FROM qvl.hybrid_search('notes', 'red car', %s::vector, "
+                       "k => 8, candidates => 15, weights => '{1,0.5}')", (literal,)).fetchall()
+    assert got == want, "\n".join(f"{g} | {w}" for g, w in zip(got, want, strict=False))
+    assert [(r[2], r[3]) for r in got] == [(r[2], r[3]) for r in want]
+    assert [r[1] for r in got] == pytest.approx([r[1] for r in want], abs=1e-7)
