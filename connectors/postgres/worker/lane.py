@@ -97,7 +97,7 @@ class Lane:
             vectorizer = vectorizers[(self.turn + i) % len(vectorizers)]
             if p.claims.held(vectorizer):
                 continue
-            unservable = vectorizer.schema_drift() or p.service.dimensions_refusal(self.link.client, vectorizer)
+            unservable = vectorizer.schema_drift() or p.service.dimensions_refusal(vectorizer)
             if unservable is not None:
                 # Not any row's fault: the rows stay queued, uncounted, the reason is shown, and the
                 # vectorizer is read and tried again after its own backoff; the others go on.

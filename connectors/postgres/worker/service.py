@@ -35,6 +35,7 @@ log = logging.getLogger("qvl.worker")
 DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
 PROBE_TEXT = "qvl worker probe"
+DIMENSIONS_RECHECK_S = 30.0  # a service that could not say whether it gives a vectorizer's size is asked again
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
@@ -59,6 +60,7 @@ class ServiceCalls:
         self.on_resent = on_resent  # (vectorizer name, streams that finished after being sent again)
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
         self._dimensions_ok: set[tuple[int, int, str]] = set()  # (vectorizer, dimensions, encoding) the service gives
+        self._dimensions_unknown: dict[tuple[int, int, str], float] = {}  # ... it could not say: ask again after
 
     def client(self, *, timeout: float | None = None, retries: int = STREAM_RETRIES) -> Client:
         settings = self.settings
@@ -75,20 +77,33 @@ class ServiceCalls:
             log.warning("the service is not answering yet; rows stay queued until it does",
                         extra={"service": self.settings.service, "error": str(exc)})
 
-    def dimensions_refusal(self, client: Client, vectorizer: Vectorizer) -> str | None:
+    def dimensions_refusal(self, vectorizer: Vectorizer) -> str | None:
         """Why the service cannot give ``vectorizer``'s dimensions, or None (it can, or cannot say now:
         the batch's own calls then find out). Asked once per vectorizer and size: create_vectorizer on
         the managed install could not ask (the database never calls the service)."""
         key = (vectorizer.id, vectorizer.dimensions, vectorizer.encoding)
-        if key in self._dimensions_ok:
+        if key in self._dimensions_ok or time.monotonic() < self._dimensions_unknown.get(key, 0.0):
             return None
-        try:
-            client.embed([PROBE_TEXT], dimensions=vectorizer.dimensions, encoding=vectorizer.encoding)
+        refused: str | None = None
+        try:  # a client of its own: no retries, a short deadline (a lane never waits long on this)
+            with self.client(timeout=10, retries=0) as probe:
+                got = list(probe.embed_stream([pb.Item(parts=[pb.Part(text=PROBE_TEXT)])],
+                                              dimensions=vectorizer.dimensions, encoding=vectorizer.encoding,
+                                              timeout=10))
+            failure = next((r for r in got if isinstance(r, ItemFailure)), None)
+            if failure is not None and failure.code == "INVALID_ARGUMENT":
+                refused = failure.message
+            elif failure is not None or len(got) != 1:
+                self._dimensions_unknown[key] = time.monotonic() + DIMENSIONS_RECHECK_S
+                return None
         except InvalidInput as exc:
-            return (f"the service's embedding model cannot give {vectorizer.dimensions} dimensions ({exc}): its rows "
-                    f"stay queued; SELECT qvl.reembed('{vectorizer.name}', dimensions => N) with a size it gives")
-        except QvlClientError:
+            refused = str(exc)
+        except QvlClientError:  # down, busy, ...: the batch's own calls find out; ask again later
+            self._dimensions_unknown[key] = time.monotonic() + DIMENSIONS_RECHECK_S
             return None
+        if refused is not None:
+            return (f"the service's embedding model cannot give {vectorizer.dimensions} dimensions ({refused}): its "
+                    f"rows stay queued; SELECT qvl.reembed('{vectorizer.name}', dimensions => N) with a size it gives")
         self._dimensions_ok.add(key)
         return None
 
