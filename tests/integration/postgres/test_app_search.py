@@ -69,6 +69,10 @@ def test_the_application_side_gives_the_rows_and_scores_of_qvl_search(
     same(search(conn, "photos", q, client=client, k=7, rerank=False), in_sql(conn, q, "k => 7, rerank => false"))
     same(search(conn, "photos", q, client=client, k=4, candidates=30, filter="shop = 1 AND id > 10"),
          in_sql(conn, q, "k => 4, candidates => 30, filter => 'shop = 1 AND id > 10'"))
+    picture = images(1, offset=7)[0]  # an image query
+    same(search(conn, "photos", picture, client=client, k=5, candidates=20),
+         [Hit(*r) for r in conn.execute("SELECT pk, distance, score FROM qvl.search('photos', %s::bytea, k => 5, "
+                                        "candidates => 20)", (picture,)).fetchall()])
     structured = {"and": [{"column": "shop", "op": "in", "value": [0, 2]}, {"column": "id", "op": "<", "value": 40}]}
     same(search(conn, "photos", q, client=client, k=5, filter=structured, offset=2),
          conn_hits(conn, q, structured))
