@@ -16,6 +16,7 @@ DECLARE
     keytext text;
     target text;
     probe text;
+    ef text;
 BEGIN
     SELECT x.name, x.pk_columns, x.destination, x.dimensions, x.storage, c.relname,
            pg_catalog.format('%I.%I', n.nspname, c.relname) AS source_sql
@@ -58,10 +59,17 @@ BEGIN
         WHEN 'halfvec' THEN pg_catalog.format('OPERATOR(%1$s.<=>) $1::%1$s.halfvec(%2$s)', vs, v.dimensions)
         ELSE pg_catalog.format('OPERATOR(%1$s.<~>) %1$s.binary_quantize($1)::pg_catalog.bit(%2$s)', vs, v.dimensions)
     END;
+    -- An HNSW scan returns at most hnsw.ef_search rows: enough for these (as qvl.search sets it), for
+    -- this query alone (RETURN QUERY has read every row before the setting goes back).
+    ef := pg_catalog.current_setting('hnsw.ef_search', true);
+    PERFORM pg_catalog.set_config('hnsw.ef_search',
+                                  least(1000, greatest(40, k + coalesce("offset", 0), coalesce(ef, '0')::int))::text,
+                                  true);
     RETURN QUERY EXECUTE pg_catalog.format(
         'SELECT %1$s, (%2$s %3$s)::pg_catalog.float4, NULL::pg_catalog.float4 FROM %4$s WHERE %2$s IS NOT NULL '
         'ORDER BY %2$s %3$s LIMIT $2 OFFSET $3', keytext, target, probe, v.source_sql)
         USING query, k, coalesce("offset", 0);
+    PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(ef, '40'), true);
 END
 $$;
 COMMENT ON FUNCTION qvl.search(text, vector, int, int) IS

@@ -103,7 +103,7 @@ def test_search_on_the_managed_install_and_qvl_pg_search(
     db = managed_database(pg_server, "app_search")
     install(db.dsn)
     with psycopg.connect(db.dsn, autocommit=True) as conn:
-        fill(conn, 30)
+        fill(conn, 50)
         drain(db.dsn, service.grpc_target)
         hits = search(conn, "photos", "a green house", client=client, k=3, filter={"column": "shop", "op": "=",
                                                                                      "value": 2})
@@ -120,6 +120,13 @@ def test_search_on_the_managed_install_and_qvl_pg_search(
                             "\"offset\" => 1)", (literal,)).fetchall()
         same([Hit(*r) for r in rows], search(conn, "photos", "a green house", client=client, k=6, offset=1,
                                               rerank=False))
+        # Past hnsw.ef_search (40) through the index: every row asked for, and the setting as it was.
+        conn.execute("BEGIN")
+        conn.execute("SET LOCAL enable_seqscan = off")
+        many = conn.execute("SELECT count(*) FROM qvl.search('photos', %s::vector, k => 50)", (literal,)).fetchone()
+        assert many == (50,)
+        assert conn.execute("SELECT current_setting('hnsw.ef_search')").fetchone() == ("40",)
+        conn.execute("ROLLBACK")
         with pytest.raises(psycopg.errors.DataException) as wrong:
             conn.execute("SELECT * FROM qvl.search('photos', '[1,2,3]'::vector)")
         assert "dimensions => 32" in (wrong.value.diag.message_hint or "")
