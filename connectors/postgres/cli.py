@@ -15,12 +15,17 @@ def cmd_pg_install(args: argparse.Namespace) -> int:
     try:
         result = install(args.dsn, service_url=args.service_url, service_token=args.service_token,
                          service_ca_file=args.service_ca_file, public_grant=args.public_grant, target=args.target,
-                         worker_login=args.worker_login, worker_password=os.environ.get("QVL_WORKER_PASSWORD"))
+                         worker_login=args.worker_login, worker_password=os.environ.get("QVL_WORKER_PASSWORD"),
+                         managed=args.managed)
     except InstallError as exc:
         print(f"qvl pg install: {exc}")
         return 2
+    if result.choice.line():
+        print(result.choice.line())
     print(f"qvl schema version {result.version_after}"
           + (f" (applied {', '.join(result.applied)})" if result.applied else " (already current)"))
+    if result.choice.line():  # the database never calls the service on the managed install
+        return 0
     problem = check_service(args.dsn)
     if problem:
         print(f"warning: the database cannot reach the service yet: {problem}")
@@ -47,6 +52,55 @@ def cmd_pg_status(args: argparse.Namespace) -> int:
     print("\t".join(names))
     for row in rows:
         print("\t".join("" if v is None else str(v) for v in row))
+    return 0
+
+
+def cmd_pg_sql(args: argparse.Namespace) -> int:
+    """The whole install as one SQL script (for migration tools; psql -1 -f as the installing role)."""
+    from connectors.postgres.install_modes import FULL, MANAGED
+    from connectors.postgres.installer import InstallError, script
+
+    try:
+        sys.stdout.write(script(public_grant=args.public_grant, mode=MANAGED if args.managed else FULL))
+    except InstallError as exc:
+        print(f"qvl pg sql: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def cmd_pg_search(args: argparse.Namespace) -> int:
+    """One JSON object per hit, best first: the application side of qvl.search (works on both installs)."""
+    import json
+
+    import psycopg
+
+    from connectors.client import Client, QvlClientError
+    from connectors.postgres.search import SearchError, search
+
+    flt: Any = args.filter
+    if args.filter_json is not None:
+        try:
+            flt = json.loads(args.filter_json)
+        except ValueError as exc:
+            print(f"qvl pg search: --filter-json is not JSON: {exc}", file=sys.stderr)
+            return 2
+    query: str | bytes = args.query
+    if args.image:
+        with open(args.query, "rb") as f:
+            query = f.read()
+    try:
+        with psycopg.connect(args.dsn, autocommit=True, connect_timeout=10) as conn, \
+                Client(args.service, token=args.token) as client:
+            hits = search(conn, args.vectorizer, query, client=client, k=args.k, candidates=args.candidates,
+                          filter=flt, rerank=not args.no_rerank, offset=args.offset)
+    except SearchError as exc:
+        print(f"qvl pg search: {exc}", file=sys.stderr)
+        return 2
+    except (psycopg.Error, QvlClientError) as exc:
+        print(f"qvl pg search: {str(exc).strip().splitlines()[0] if str(exc).strip() else exc!r}", file=sys.stderr)
+        return 2
+    for hit in hits:
+        print(json.dumps(hit.as_json()))
     return 0
 
 
@@ -113,8 +167,9 @@ def add_postgres_parsers(sub: Any) -> None:
     pg_sub = pg.add_subparsers(dest="pg_command", required=True)
 
     p = pg_sub.add_parser("install", help="apply sql/ (idempotent; upgrades in place)",
-                          description="Creates or upgrades schema qvl. Needs the vector and plpython3u "
-                          "extensions and a superuser (PL/Python is an untrusted language).")
+                          description="Creates or upgrades schema qvl. Where the role is a superuser and "
+                          "PL/Python exists: the full install; otherwise the managed install (no model calls "
+                          "inside the database, no mode => 'sync', no schema guard), which it says in one line.")
     _dsn(p)
     p.add_argument("--service-url", default=os.environ.get("QVL_SERVICE_URL"),
                    help="the service's HTTP address as the database reaches it (e.g. http://qvl:8080), or "
@@ -132,7 +187,39 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--worker-login", help="a login for `qvl worker`: made if missing (its password from "
                    "QVL_WORKER_PASSWORD, when set) and granted qvl_worker, the role the install makes")
     p.add_argument("--target", type=int, help="stop at this schema version (default: the newest)")
+    p.add_argument("--managed", action="store_true",
+                   help="the managed install even where the full one could be made (no PL/Python in the database)")
     p.set_defaults(func=cmd_pg_install)
+
+    p = pg_sub.add_parser("search", help="search a vectorizer from the application (embed and rerank over gRPC)",
+                          description="The application side of qvl.search: the query embedded and the candidates "
+                          "reranked over gRPC, the candidate stage in the database as --dsn's role. Works on the "
+                          "managed install. Prints one JSON object per hit, best first: {pk, distance, score}.")
+    _dsn(p)
+    p.add_argument("--service", default=os.environ.get("QVL_SERVICE", "127.0.0.1:50051"),
+                   help="gRPC target of qvl serve (QVL_SERVICE)")
+    p.add_argument("--token", default=os.environ.get("QVL_TOKEN"), help="bearer token (QVL_TOKEN)")
+    p.add_argument("vectorizer")
+    p.add_argument("query", help="the query text (with --image: an image file)")
+    p.add_argument("--image", action="store_true", help="QUERY is an image file")
+    p.add_argument("--k", type=_count, default=10, help="hits to print")
+    p.add_argument("--candidates", type=_count, default=100, help="nearest rows the reranker scores")
+    p.add_argument("--offset", type=int, default=0, help="skip this many of the best hits")
+    flt = p.add_mutually_exclusive_group()
+    flt.add_argument("--filter", help="one condition on the table's columns, as after WHERE (checked as qvl.search "
+                     "checks it)")
+    flt.add_argument("--filter-json", help='a structured filter: {"column": ..., "op": ..., "value": ...}')
+    p.add_argument("--no-rerank", action="store_true", help="by distance alone (score null)")
+    # (--chunks: the chunk tables' search, search_chunks, is being built beside this: it goes here.)
+    p.set_defaults(func=cmd_pg_search)
+
+    p = pg_sub.add_parser("sql", help="print the install as one SQL script (for migration tools)",
+                          description="A fresh install as one script, for `psql -1 -f` as the installing role or a "
+                          "migration tool: every migration with its version row, every function, the grants.")
+    p.add_argument("--managed", action="store_true", help="the managed install (no PL/Python, no event triggers)")
+    p.add_argument("--no-public-grant", dest="public_grant", action="store_false",
+                   help="do not let every role embed, rerank and search")
+    p.set_defaults(func=cmd_pg_sql)
 
     p = pg_sub.add_parser("status", help="print qvl.vectorizer_status")
     _dsn(p)

@@ -10,6 +10,10 @@
   NNN is applied once the schema is at version NNN (a partial install, ``target``, gets the
   functions of its version only).
 
+Where the installing role is no superuser or PL/Python is missing (managed Postgres), the same files
+are applied as the managed install (``install_modes``, ``sql/managed.toml``): PL/Python functions
+become PL/pgSQL functions that refuse with a clear error, and event triggers are left out.
+
 The PL/Python library is a package of real Python modules, ``connectors/postgres/plpy/``. The
 installer bundles them into one text (``plpy_bundle``): the body of ``qvl._load()``, written at the
 ``# qvl:library`` marker, imports them from memory; the prologue written at every ``# qvl:prologue``
@@ -24,6 +28,7 @@ import logging
 import os
 import re
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -31,6 +36,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from connectors.postgres.install_modes import FULL, MANAGED, Choice, choose, event_triggers, managed_sql, manifest
 from connectors.postgres.plpy_bundle import BundleError, Library, library, render
 
 log = logging.getLogger("qvl.pg.install")
@@ -71,6 +77,7 @@ class InstallResult:
     version_after: int
     applied: list[str] = field(default_factory=list)  # incremental files run by this install
     refreshed: list[str] = field(default_factory=list)  # idempotent files (re)applied by this install
+    choice: Choice = field(default_factory=lambda: Choice(FULL, ""))  # the full or the managed install
 
 
 def sql_dir() -> Path:
@@ -111,25 +118,46 @@ def latest_version(directory: Path | None = None) -> int:
     return sql_files(directory)[-1].version
 
 
-def _bundled(root: Path, lib: Library | None = None) -> list[tuple[SqlFile, str]]:
-    """Each idempotent file with its text, the library written in (``plpy_bundle.render``)."""
+def _migration_text(root: Path, f: SqlFile, mode: str) -> str:
+    """A migration's text as the install of ``mode`` runs it (a full_only one is empty when managed)."""
+    text = f.path.read_text(encoding="utf-8")
+    if mode != MANAGED:
+        return text
+    spec = manifest(root)
+    return "" if f"{INCREMENTAL}/{f.path.name}" in spec.full_only else managed_sql(text, spec)
+
+
+def _bundled(root: Path, lib: Library | None = None, mode: str = FULL) -> list[tuple[SqlFile, str]]:
+    """Each idempotent file with its text, the library written in (``plpy_bundle.render``); for the
+    managed install, its PL/Python functions as refusing stubs (and full_only files left out)."""
     try:
         lib = lib or library()
-        return [(f, render(f.path.read_text(encoding="utf-8"), lib, f"{IDEMPOTENT}/{f.path.name}"))
-                for f in idempotent_files(root / IDEMPOTENT)]
+        spec = manifest(root) if mode == MANAGED else None
+        out = []
+        for f in idempotent_files(root / IDEMPOTENT):
+            text = f.path.read_text(encoding="utf-8")
+            if spec is not None:
+                if f"{IDEMPOTENT}/{f.path.name}" in spec.full_only:
+                    continue
+                text = managed_sql(text, spec)
+            out.append((f, render(text, lib, f"{IDEMPOTENT}/{f.path.name}")))
+        return out
     except BundleError as exc:
         raise InstallError(str(exc)) from None
 
 
-def script(directory: Path | None = None, lib: Library | None = None, public_grant: bool = True) -> str:
+def script(directory: Path | None = None, lib: Library | None = None, public_grant: bool = True,
+           mode: str = FULL) -> str:
     """The whole install as one SQL script, for a database where ``qvl pg install`` cannot run
     (``psql -1 -f``): every migration with its version row, every function, then the grants."""
     root = directory or sql_dir()
     parts = []
     for f in sql_files(root / INCREMENTAL):
-        parts += [f"-- {INCREMENTAL}/{f.path.name}", f.path.read_text(encoding="utf-8"),
+        parts += [f"-- {INCREMENTAL}/{f.path.name}", _migration_text(root, f, mode),
                   f"INSERT INTO qvl.schema_version (version, name) VALUES ({f.version}, '{f.name}');"]
-    for f, text in _bundled(root, lib):
+    parts.append(f"INSERT INTO qvl.config (key, value) VALUES ('install', '{mode}') "
+                 f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;")
+    for f, text in _bundled(root, lib, mode):
         parts += [f"-- {IDEMPOTENT}/{f.path.name}", text]
     parts.append(f"SELECT qvl._apply_grants({str(public_grant).lower()});")
     return "\n".join(parts) + "\n"
@@ -173,13 +201,45 @@ def _has_statements(text: str) -> bool:
     return any(line.strip() and not line.strip().startswith("--") for line in text.splitlines())
 
 
-def _run(conn: psycopg.Connection, name: str, text: str) -> None:
+def _privilege_words(where: str, message: str | None, mode: str) -> str:
+    if mode == MANAGED:
+        return (f"{where}: {message}; qvl in this database belongs to another role (a superuser made the full "
+                f"install?), which alone may change its objects: run qvl pg install --managed as that role")
+    return f"{where}: {message}; PL/Python is an untrusted language, so a superuser must run the install"
+
+
+@contextlib.contextmanager
+def _privileges(mode: str) -> Iterator[None]:
+    """A privilege the installing role lacks, as an InstallError that says who can do it."""
+    try:
+        yield
+    except psycopg.errors.InsufficientPrivilege as exc:
+        raise InstallError(_privilege_words("qvl pg install", exc.diag.message_primary, mode)) from None
+
+
+def _run(conn: psycopg.Connection, name: str, text: str, mode: str = FULL) -> None:
     log.info("applying %s", name)
     try:
         conn.execute(text)
     except psycopg.errors.InsufficientPrivilege as exc:
-        raise InstallError(f"{name}: {exc.diag.message_primary}; PL/Python is an untrusted "
-                           f"language, so a superuser must run the install") from None
+        raise InstallError(_privilege_words(name, exc.diag.message_primary, mode)) from None
+
+
+def _follow_guard(conn: psycopg.Connection, migrations: list[SqlFile], version: int, mode: str) -> None:
+    """The schema guard's event triggers as the install ``mode`` has them, whatever install made the
+    database: made where missing on the full install (a managed database that gained PL/Python and a
+    superuser), dropped on the managed one (a database moved off PL/Python)."""
+    have = {r[0] for r in conn.execute("SELECT evtname FROM pg_event_trigger").fetchall()}
+    for f in migrations:
+        if f.version > version:
+            break
+        for name, statement in event_triggers(f.path.read_text(encoding="utf-8")):
+            if mode == FULL and name not in have:
+                log.info("making event trigger %s (the schema guard)", name)
+                conn.execute(statement)
+            elif mode == MANAGED and name in have:
+                log.info("dropping event trigger %s (the managed install has no schema guard)", name)
+                conn.execute(sql.SQL("DROP EVENT TRIGGER {}").format(sql.Identifier(name)))
 
 
 def ensure_worker_login(conn: psycopg.Connection, login: str, password: str | None = None) -> None:
@@ -206,26 +266,31 @@ def ensure_worker_login(conn: psycopg.Connection, login: str, password: str | No
 def install(dsn: str, *, service_url: str | None = None, service_token: str | None = None,
             service_ca_file: str | None = None, public_grant: bool | None = None, target: int | None = None,
             directory: Path | None = None, worker_login: str | None = None,
-            worker_password: str | None = None) -> InstallResult:
+            worker_password: str | None = None, managed: bool = False) -> InstallResult:
     """Install or upgrade qvl in the database at ``dsn`` (up to version ``target``; default: all).
 
     ``directory``: the ``sql/`` folder (its ``incremental/`` and ``idempotent/``). ``service_ca_file``:
     the CA file (on the database server) an https:// service's certificate is verified against. ``public_grant``:
     whether every role may embed, rerank and search; None keeps what an earlier install chose (True
     on a first install). ``worker_login``: a login for ``qvl worker``, made if missing and granted
-    qvl_worker (``worker_password``, when given, is set as its password).
+    qvl_worker (``worker_password``, when given, is set as its password). ``managed``: the managed
+    install even where the full one could be made (``install_modes.choose`` picks otherwise).
     """
     root = directory or sql_dir()
     migrations = sql_files(root / INCREMENTAL)
-    functions = _bundled(root)
     newest = migrations[-1].version
     target = target or newest
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.add_notice_handler(_log_notice)
         conn.execute("SELECT pg_advisory_lock(%s)", (LOCK_KEY,))  # held until this connection closes
-        for ext in ("vector", "plpython3u"):
-            _ensure_extension(conn, ext)
-        with conn.transaction():
+        choice = choose(conn, managed)
+        _ensure_extension(conn, "vector")
+        if choice.mode == FULL:
+            _ensure_extension(conn, "plpython3u")
+        else:
+            log.warning(choice.line())
+        functions = _bundled(root, mode=choice.mode)
+        with _privileges(choice.mode), conn.transaction():
             before = installed_version(conn)
             schema = conn.execute("SELECT n.nspname FROM pg_extension e JOIN pg_namespace n "
                                   "ON n.oid = e.extnamespace WHERE e.extname = 'vector'").fetchone()
@@ -237,13 +302,16 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
             applied = []
             for f in migrations:
                 if before < f.version <= target:
-                    text = f.path.read_text(encoding="utf-8")
+                    text = _migration_text(root, f, choice.mode)
                     if _has_statements(text):
-                        _run(conn, f"{INCREMENTAL}/{f.path.name}", text)
+                        _run(conn, f"{INCREMENTAL}/{f.path.name}", text, choice.mode)
                     conn.execute("INSERT INTO qvl.schema_version (version, name) VALUES (%s, %s)",
                                  (f.version, f.name))
                     applied.append(f.path.name)
             after = max(before, min(target, newest))
+            if after >= 1:  # which install this is: create_vectorizer refuses mode => 'sync' on the managed one
+                conn.execute("INSERT INTO qvl.config (key, value) VALUES ('install', %s) "
+                             "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (choice.mode,))
             refreshed = []
             if before > newest:
                 # A newer qvl installed this database: its functions stay (these would be older).
@@ -252,8 +320,10 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
             else:
                 for f, text in functions:
                     if f.version <= after:
-                        _run(conn, f"{IDEMPOTENT}/{f.path.name}", text)
+                        _run(conn, f"{IDEMPOTENT}/{f.path.name}", text, choice.mode)
                         refreshed.append(f.path.name)
+            if before <= newest:
+                _follow_guard(conn, migrations, after, choice.mode)
             if after >= GRANTS_FROM:
                 if public_grant is None:
                     row = conn.execute("SELECT value::boolean FROM qvl.config WHERE key = 'public_grant'").fetchone()
@@ -263,7 +333,10 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                 if after < GRANTS_FROM:
                     raise InstallError(f"--worker-login needs version >= {GRANTS_FROM}")
                 ensure_worker_login(conn, worker_login, worker_password)
-            if service_url is not None:
+            if service_url is not None and choice.mode == MANAGED:
+                log.warning("--service-url is not used on the managed install: the database never calls the "
+                            "service (give the address to `qvl worker --service`)")
+            elif service_url is not None:
                 if after < SERVICE_FROM:
                     raise InstallError("--service-url needs version >= 2")
                 if service_ca_file is None:
@@ -278,7 +351,7 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                  extra={"version": after, "version_before": before})
     else:
         log.info("qvl schema already at version %d", after, extra={"version": after})
-    return InstallResult(before, after, applied, refreshed)
+    return InstallResult(before, after, applied, refreshed, choice)
 
 
 def check_service(dsn: str) -> str | None:

@@ -9,7 +9,7 @@ goes after the video.
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from pgvector import Bit, Vector
@@ -28,7 +28,24 @@ def _flat(values: list[Any]) -> Iterator[Any]:
             yield value
 
 
-def row_item(v: Vectorizer, row: Mapping[str, Any]) -> pb.Item | None:
+class ContentColumns(Protocol):
+    """What makes a row's item: a vectorizer's input columns (``Vectorizer``, or a catalog row's)."""
+
+    @property
+    def text_columns(self) -> tuple[str, ...]: ...
+    @property
+    def image_columns(self) -> tuple[str, ...]: ...
+    @property
+    def video_columns(self) -> tuple[str, ...]: ...
+    @property
+    def document_columns(self) -> tuple[str, ...]: ...
+    @property
+    def chunked(self) -> bool: ...
+    @property
+    def split_column(self) -> str | None: ...
+
+
+def row_item(v: ContentColumns, row: Mapping[str, Any]) -> pb.Item | None:
     """None when every embedded column is NULL (the row gets a NULL vector, no model call), or when a
     chunked vectorizer's split column is (the row has no chunks: its old ones go, no model call)."""
     if v.chunked and v.split_column is not None and row[v.split_column] is None:

@@ -10,6 +10,7 @@ classes, pgvector types on psycopg 3 connections.
     nearest = (select(Photo).where(Photo.taken_on >= date(2024, 1, 1))
                .order_by(Photo.embedding.cosine_distance(photos.query_embedding("red shoes"))).limit(10))
     hits = photos.search("a dog on a beach", k=5, filter=Photo.taken_on >= date(2024, 1, 1), typed=True)
+    found = application_search(conn, "photos", "a dog", client=Client(target), filter=Photo.shop == 7)
     stmt = select(Photo, hits.c.score).join(hits, hits.c.key == Photo.id).order_by(hits.c.score.desc())
     best = photos.rerank_rows("red shoes", select(Photo.id).where(Photo.shop == 7))
 
@@ -268,6 +269,21 @@ def chunk_video(seconds: float = 10, overlap: float = 0) -> dict[str, Any]:
 def chunk_text(tokens: int = 512, overlap: int = 64) -> dict[str, Any]:
     """As ``qvl.chunk_text``: passages of the last text column, ``tokens`` long, sharing ``overlap``."""
     return {"type": "text", "tokens": tokens, "overlap": overlap}
+def application_search(conn: Connection, vectorizer: str, query: Any, *, client: Any, k: int = 10,
+                       candidates: int = 100, filter: Any = None, rerank: bool = True, offset: int = 0) -> list[Any]:
+    """``connectors.postgres.search`` on a SQLAlchemy connection (``Session.connection()`` too): the query
+    embedded and the candidates reranked over gRPC by ``client``, for the managed install (no PL/Python)
+    or to keep the model out of the database. ``filter``: SQL text, a dict or a SQLAlchemy condition (as
+    a structured filter). Returns ``Hit``s (pk, distance, score), best first."""
+    from connectors.postgres.search import search as app_search
+
+    if filter is not None and not isinstance(filter, str | dict):
+        filter = _structured(filter)
+    if isinstance(filter, dict):
+        filter = _value(filter)
+    raw = conn.connection.driver_connection
+    return app_search(raw, vectorizer, query, client=client, k=k, candidates=candidates, filter=filter,  # type: ignore[arg-type]
+                      rerank=rerank, offset=offset)
 
 
 def hybrid_search(vectorizer: str, query: Any, *, k: int = 10, filter: Any = None,

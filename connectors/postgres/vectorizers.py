@@ -100,6 +100,25 @@ class Vectorizer:
             return f"bit({self.dimensions})"
         return f"{self.vector_schema}.{self.storage}({self.dimensions})"
 
+    def schema_drift(self) -> str | None:
+        """Why the table no longer matches this definition (a column it names renamed or dropped, the
+        destination retyped), or None. The schema guard follows or refuses such changes on the full
+        install; the managed one has no event triggers, so the worker holds the vectorizer instead
+        of failing its rows."""
+        if not self.column_types:
+            return None  # a catalog row without the table's columns (nothing to compare)
+        gone = [c for c in (*self.pk_columns, *self.content_columns, self.destination) if c not in self.column_types]
+        if gone:
+            return (f"the table {self.source} has no column {', '.join(gone)} any more (renamed or dropped since "
+                    f"the vectorizer was made, with no schema guard to follow it): its rows stay queued; rename it "
+                    f"back, or drop and create the vectorizer again")
+        have = self.column_types[self.destination]
+        if have.split(".")[-1] != self.vector_type.split(".")[-1]:
+            return (f"the column {self.destination} of {self.source} is {have}, not {self.vector_type} (retyped "
+                    f"since the vectorizer was made): its rows stay queued; retype it back, or "
+                    f"SELECT qvl.reembed('{self.name}', dimensions => N)")
+        return None
+
     # -- SQL fragments -----------------------------------------------------------------------
     def content_hash(self, alias: str = "s") -> str:
         """md5 over each embedded column (bytea hashed as bytes, the rest as text; NULL as '-')."""

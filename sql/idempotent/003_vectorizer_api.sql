@@ -69,6 +69,7 @@ BEGIN
     image_columns := coalesce(image_columns, '{}');
     video_columns := coalesce(video_columns, '{}');
     PERFORM qvl._check_options(storage, mode, index, on_error);
+    PERFORM qvl._check_install_allows(mode, dimensions);
     PERFORM qvl._check_new_name(vname);
     PERFORM qvl._check_column_lists(text_columns, image_columns, video_columns, destination);
     PERFORM qvl._check_input_columns(source, text_columns, image_columns, video_columns, mode);

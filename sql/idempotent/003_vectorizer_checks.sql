@@ -70,6 +70,39 @@ END
 $$;
 
 
+-- 'full' or 'managed' (issue 22): which install `qvl pg install` made (connectors/postgres/install_modes.py).
+-- The managed one has no PL/Python: nothing here may call the model.
+CREATE OR REPLACE FUNCTION qvl._install_kind() RETURNS text LANGUAGE sql STABLE
+SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce((SELECT value FROM qvl.config WHERE key = 'install'), 'full')
+$$;
+
+
+-- What the managed install cannot do, refused when the vectorizer is made rather than on its first row.
+CREATE OR REPLACE FUNCTION qvl._check_install_allows(mode text, dimensions int) RETURNS void LANGUAGE plpgsql
+STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF qvl._install_kind() <> 'managed' THEN
+        RETURN;
+    END IF;
+    IF mode = 'sync' THEN
+        RAISE EXCEPTION 'qvl: mode => ''sync'' embeds inside the INSERT, which needs PL/Python (plpython3u); this '
+                        'managed install of qvl has none' USING ERRCODE = '0A000',
+            HINT = 'Use mode => ''async'' (the default): `qvl worker` fills the column, and '
+                   'qvl.wait_for_embeddings(name) waits for it.';
+    END IF;
+    IF dimensions IS NULL THEN
+        RAISE EXCEPTION 'qvl: dimensions => NULL means the model''s full size, which only the service knows; on '
+                        'this managed install the database does not call the service (no PL/Python)'
+            USING ERRCODE = '0A000',
+            HINT = 'Pass dimensions => N (the embedding model''s hidden_size, or fewer: a Matryoshka prefix). '
+                   '`qvl worker` checks the service can give them at its first claim, and holds the vectorizer '
+                   'with the reason if not.';
+    END IF;
+END
+$$;
+
+
 CREATE OR REPLACE FUNCTION qvl._check_new_name(vname text) RETURNS void LANGUAGE plpgsql STABLE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

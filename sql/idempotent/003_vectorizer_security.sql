@@ -12,6 +12,26 @@
 -- owned by qvl_trigger: NOLOGIN, no role attributes, member of no role, allowed only what the
 -- triggers do (read qvl.vectorizer, call qvl._call and qvl._load, write the queues, forget failures,
 -- record a vectorizer's model).
+-- ALTER FUNCTION ... OWNER TO qvl_trigger. A role that is no superuser (managed Postgres) may give a
+-- function only to a role that may create in its schema: qvl_trigger gets CREATE on qvl for that
+-- statement alone (one transaction: nobody sees it), never to keep (code running as qvl_trigger could
+-- then put functions into qvl).
+CREATE OR REPLACE FUNCTION qvl._own_by_trigger_role(f regprocedure) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lend boolean := NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+                    AND NOT has_schema_privilege('qvl_trigger', 'qvl', 'CREATE');
+BEGIN
+    IF lend THEN
+        GRANT CREATE ON SCHEMA qvl TO qvl_trigger;
+    END IF;
+    EXECUTE format('ALTER FUNCTION %s OWNER TO qvl_trigger', f);
+    IF lend THEN
+        REVOKE CREATE ON SCHEMA qvl FROM qvl_trigger;
+    END IF;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION qvl._ensure_trigger_role() RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -35,13 +55,19 @@ BEGIN
                   WHERE member = 'qvl_trigger'::regrole)
             USING ERRCODE = '42501', HINT = 'It must hold no other role''s rights: REVOKE ... FROM qvl_trigger;';
     END IF;
+    -- A role that is no superuser (managed Postgres: CREATEROLE) hands functions to qvl_trigger only as
+    -- its member (ALTER FUNCTION ... OWNER TO below and per vectorizer).
+    IF NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+       AND NOT pg_has_role(current_user, 'qvl_trigger', 'MEMBER') THEN
+        EXECUTE format('GRANT qvl_trigger TO %I', current_user);
+    END IF;
     GRANT USAGE ON SCHEMA qvl TO qvl_trigger;
     GRANT SELECT ON qvl.vectorizer TO qvl_trigger;
     GRANT EXECUTE ON FUNCTION qvl._call(text, text), qvl._load() TO qvl_trigger;
     IF to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL THEN  -- version 11: sync mode's first write
         GRANT EXECUTE ON FUNCTION qvl._record_model(int, text, text) TO qvl_trigger;
     END IF;
-    ALTER FUNCTION qvl._sync_embed() OWNER TO qvl_trigger;
+    PERFORM qvl._own_by_trigger_role('qvl._sync_embed()');
 END
 $$;
 
@@ -66,7 +92,7 @@ BEGIN
         EXECUTE format('GRANT SELECT, DELETE ON qvl.failed_%s TO qvl_trigger', vid);
     END IF;
     IF to_regprocedure(format('qvl._enqueue_%s()', vid)) IS NOT NULL THEN
-        EXECUTE format('ALTER FUNCTION qvl._enqueue_%s() OWNER TO qvl_trigger', vid);
+        PERFORM qvl._own_by_trigger_role(format('qvl._enqueue_%s()', vid)::regprocedure);
     END IF;
     -- A chunked vectorizer's chunks (version 13): a deleted row's, a key change's, TRUNCATE's go.
     FOR chunks IN SELECT qvl._chunk_table(v) FROM qvl.vectorizer v WHERE v.id = vid AND qvl._chunk_table(v) IS NOT NULL

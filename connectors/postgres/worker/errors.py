@@ -17,3 +17,9 @@ class ModelMismatch(Exception):
     streams are refused with MODEL_MISMATCH, or another model was recorded meanwhile): the rows go
     back uncounted and the vectorizer is held until the model is served again or qvl.reembed adopts
     the served one. The message says so in an operator's words (``judge.mismatch_words``)."""
+
+
+class Unservable(Exception):
+    """A vectorizer the worker cannot serve as it is defined: its table changed under it (no schema guard
+    on the managed install) or the service cannot give its dimensions. Its rows stay queued, uncounted,
+    and the vectorizer is held with the reason until the definition or the table is put right."""

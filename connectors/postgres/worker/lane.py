@@ -18,7 +18,7 @@ from connectors.postgres.worker.batch import BatchRunner
 from connectors.postgres.worker.catalog import Catalog
 from connectors.postgres.worker.claims import Claims
 from connectors.postgres.worker.connections import Blocked, LaneLink
-from connectors.postgres.worker.errors import ModelMismatch, ServiceDown
+from connectors.postgres.worker.errors import ModelMismatch, ServiceDown, Unservable
 from connectors.postgres.worker.service import ServiceCalls
 from connectors.postgres.worker.settings import WorkerSettings
 from connectors.postgres.worker.startup import READ_ONLY, STANDBY_RECHECK_S
@@ -96,6 +96,13 @@ class Lane:
         for i in range(len(vectorizers)):
             vectorizer = vectorizers[(self.turn + i) % len(vectorizers)]
             if p.claims.held(vectorizer):
+                continue
+            unservable = vectorizer.schema_drift() or p.service.dimensions_refusal(vectorizer)
+            if unservable is not None:
+                # Not any row's fault: the rows stay queued, uncounted, the reason is shown, and the
+                # vectorizer is read and tried again after its own backoff; the others go on.
+                p.claims.hold_back(vectorizer, Unservable(unservable), quiet=True)
+                p.status.block(self.link.conn, vectorizer, unservable)
                 continue
             try:
                 rows = p.claims.claim(self.link.conn, vectorizer, self.link.me)  # type: ignore[arg-type]

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.client import Chunk, Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
+from connectors.client import (
+    Chunk,
+    Client,
+    InvalidInput,
+    ItemFailure,
+    QvlClientError,
+    TransientError,
+    Unauthenticated,
+    not_ready,
+)
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
@@ -27,6 +36,7 @@ log = logging.getLogger("qvl.worker")
 DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
 PROBE_TEXT = "qvl worker probe"
+DIMENSIONS_RECHECK_S = 30.0  # a service that could not say whether it gives a vectorizer's size is asked again
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
@@ -51,6 +61,8 @@ class ServiceCalls:
         self.on_resent = on_resent  # (vectorizer name, streams that finished after being sent again)
         self.on_stall = on_stall  # (vectorizer name): a stream abandoned, its rows given back
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
+        self._dimensions_ok: set[tuple[int, int, str]] = set()  # (vectorizer, dimensions, encoding) the service gives
+        self._dimensions_unknown: dict[tuple[int, int, str], float] = {}  # ... it could not say: ask again after
 
     def client(self, *, timeout: float | None = None, retries: int = STREAM_RETRIES) -> Client:
         settings = self.settings
@@ -66,6 +78,36 @@ class ServiceCalls:
         except QvlClientError as exc:
             log.warning("the service is not answering yet; rows stay queued until it does",
                         extra={"service": self.settings.service, "error": str(exc)})
+
+    def dimensions_refusal(self, vectorizer: Vectorizer) -> str | None:
+        """Why the service cannot give ``vectorizer``'s dimensions, or None (it can, or cannot say now:
+        the batch's own calls then find out). Asked once per vectorizer and size: create_vectorizer on
+        the managed install could not ask (the database never calls the service)."""
+        key = (vectorizer.id, vectorizer.dimensions, vectorizer.encoding)
+        if key in self._dimensions_ok or time.monotonic() < self._dimensions_unknown.get(key, 0.0):
+            return None
+        refused: str | None = None
+        try:  # a client of its own: no retries, a short deadline (a lane never waits long on this)
+            with self.client(timeout=10, retries=0) as probe:
+                got = list(probe.embed_stream([pb.Item(parts=[pb.Part(text=PROBE_TEXT)])],
+                                              dimensions=vectorizer.dimensions, encoding=vectorizer.encoding,
+                                              timeout=10))
+            failure = next((r for r in got if isinstance(r, ItemFailure)), None)
+            if failure is not None and failure.code == "INVALID_ARGUMENT":
+                refused = failure.message
+            elif failure is not None or len(got) != 1:
+                self._dimensions_unknown[key] = time.monotonic() + DIMENSIONS_RECHECK_S
+                return None
+        except InvalidInput as exc:
+            refused = str(exc)
+        except QvlClientError:  # down, busy, ...: the batch's own calls find out; ask again later
+            self._dimensions_unknown[key] = time.monotonic() + DIMENSIONS_RECHECK_S
+            return None
+        if refused is not None:
+            return (f"the service's embedding model cannot give {vectorizer.dimensions} dimensions ({refused}): its "
+                    f"rows stay queued; SELECT qvl.reembed('{vectorizer.name}', dimensions => N) with a size it gives")
+        self._dimensions_ok.add(key)
+        return None
 
     def model_name(self, client: Client, fingerprint: str) -> str | None:
         """The name of the embedding model whose fingerprint is ``fingerprint``, as the service's Info
