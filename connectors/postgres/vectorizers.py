@@ -107,11 +107,15 @@ class Vectorizer:
         of failing its rows."""
         if not self.column_types:
             return None  # a catalog row without the table's columns (nothing to compare)
-        gone = [c for c in (*self.pk_columns, *self.content_columns, self.destination) if c not in self.column_types]
+        # A chunked vectorizer's destination is a table of its own (its chunks), not a column of this one.
+        own = () if self.chunked else (self.destination,)
+        gone = [c for c in (*self.pk_columns, *self.content_columns, *own) if c not in self.column_types]
         if gone:
             return (f"the table {self.source} has no column {', '.join(gone)} any more (renamed or dropped since "
                     f"the vectorizer was made, with no schema guard to follow it): its rows stay queued; rename it "
                     f"back, or drop and create the vectorizer again")
+        if self.chunked:
+            return None
         have = self.column_types[self.destination]
         if have.split(".")[-1] != self.vector_type.split(".")[-1]:
             return (f"the column {self.destination} of {self.source} is {have}, not {self.vector_type} (retyped "

@@ -241,6 +241,7 @@ BEGIN
         RAISE EXCEPTION 'qvl: a chunked vectorizer embeds through the worker: mode must be async, got %', mode
             USING ERRCODE = '0A000', HINT = 'Leave mode out (async), and run qvl worker.';
     END IF;
+    PERFORM qvl._check_install_allows(mode, dimensions);  -- the managed install: dimensions given, not asked
     PERFORM qvl._check_new_name(vname);
     IF destination IS NULL OR destination = 'embedding' THEN  -- (the one-vector default names a column)
         destination := left(relname || '_chunks', 63);

@@ -73,3 +73,17 @@ def test_a_chunked_vectorizers_document_goes_after_the_video_and_its_write_locks
     assert 'md5(s."pdf")' in v.content_hash()  # a new document re-embeds, and a stale write is refused
     assert v.lock_source_sql() == "SELECT 0" and "FOR " not in v.lock_free_source_sql()
     assert '"public"."manual_pages"' in v.insert_chunks_sql() and "public.vector(12)" in v.insert_chunks_sql()
+
+
+def test_a_chunked_vectorizers_destination_is_its_chunk_table_not_a_column() -> None:
+    """The managed install's drift check (no schema guard) held every chunked vectorizer: it looked for
+    its destination as a column of the source table."""
+    types = {"id": "integer", "title": "text", "pdf": "bytea"}
+    v = vectorizer(text_columns=("title",), image_columns=(), video_columns=(), document_columns=("pdf",),
+                   chunking={"type": "pages"}, chunk_table='"public"."manual_pages"', destination="manual_pages",
+                   column_types=types)
+    assert v.schema_drift() is None
+    gone = vectorizer(text_columns=("title",), image_columns=(), video_columns=(), document_columns=("pdf",),
+                      chunking={"type": "pages"}, chunk_table='"public"."manual_pages"', destination="manual_pages",
+                      column_types={"id": "integer", "title": "text"})
+    assert "no column pdf" in (gone.schema_drift() or "")

@@ -133,3 +133,33 @@ def test_dimensions_the_service_cannot_give_hold_the_vectorizer_with_the_reason(
             reason = held_reason(conn, "notes")
         assert "1000 dimensions" in reason, reason
         assert _one(conn, "SELECT count(*) FROM qvl.failed_items('notes')") == 0
+
+
+def test_a_chunked_vectorizer_embeds_each_page_through_the_worker(
+        managed: ManagedDatabase, service: ServiceProcess) -> None:
+    """Chunk tables need no PL/Python: each page of a PDF becomes a chunk row, written by a qvl_worker
+    login, equal to that page embedded alone; `dimensions => NULL` is refused here as for one vector."""
+    from qvl_proto import vectorizer_pb2 as pb
+    from tests.document_factory import pdf_of, pictures
+
+    pdf = pdf_of(pictures(3, seed=40))
+    dsn = worker_login(managed)
+    with psycopg.connect(managed.dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE manuals (id int PRIMARY KEY, title text, pdf bytea)")
+        with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
+            conn.execute("SELECT qvl.create_vectorizer('manuals', text_columns => '{title}', "
+                         "document_columns => '{pdf}', chunking => qvl.chunk_pages(), destination => 'pages')")
+        assert "dimensions => N" in (refused.value.diag.message_hint or "")
+        conn.execute("SELECT qvl.create_vectorizer('manuals', text_columns => '{title}', document_columns => '{pdf}', "
+                     "chunking => qvl.chunk_pages(), destination => 'pages', dimensions => 32)")
+        conn.execute("INSERT INTO manuals VALUES (1, 'crane manual', %s)", (pdf,))
+        with running(dsn, service.grpc_target):
+            assert _one(conn, "SELECT qvl.wait_for_embeddings('manuals', '90 seconds')") is True
+        rows = conn.execute("SELECT chunk_seq, locator, embedding::text FROM pages WHERE id = 1 "
+                            "ORDER BY chunk_seq").fetchall()
+    assert [(r[0], r[1]) for r in rows] == [(i, {"page": i + 1}) for i in range(3)]
+    items = [pb.Item(parts=[pb.Part(document=pdf, page=i + 1), pb.Part(text="crane manual")]) for i in range(3)]
+    with Client(service.grpc_target) as client:
+        want = client.embed(items, dimensions=32)
+    got = np.stack([vec(r[2]) for r in rows])
+    assert cosines(got, want).min() > 0.9999
