@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,9 +20,12 @@ from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 from tests.support.service_pool import ServicePool
 from tests.support.tls import TlsFiles, readable_tls_files
-from tests.support.weaviate import WeaviateServer
 from vectorizer_service.core.settings import Settings
-from vectorizer_service.model.served_models import Models, load_models
+
+if TYPE_CHECKING:  # torch, transformers and the Weaviate client load in the fixtures that need them: every
+    # pytest process reads this file first (the xdist controller too, before it starts the workers)
+    from tests.support.weaviate import WeaviateServer
+    from vectorizer_service.model.served_models import Models
 
 ROOT = Path(__file__).parents[1]
 
@@ -62,6 +66,8 @@ def pg_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def weaviate_server() -> Iterator[WeaviateServer]:
     """A plain Weaviate with no modules enabled (vectors are supplied by the caller)."""
+    from tests.support.weaviate import WeaviateServer
+
     with WeaviateServer() as server:
         yield server
 
@@ -83,6 +89,8 @@ def tiny_settings() -> Settings:
 @pytest.fixture(scope="session")
 def models(tiny_settings: Settings) -> Models:
     """The real transformers Qwen3-VL classes on the tiny fixture checkpoint (random weights)."""
+    from vectorizer_service.model.served_models import load_models
+
     if tiny_settings.torch_threads is not None:  # QVL_TORCH_THREADS, as the model process reads it
         import torch
 
