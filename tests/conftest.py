@@ -40,8 +40,11 @@ def xdist_group(item: pytest.Item) -> str | None:
     (Whole directories as groups would give one worker the whole Postgres directory: 22 minutes of
     tests besides the fault suite, measured on a loaded machine.) With two workers a session server
     starts at most twice.
-    Unit tests go wherever a worker is free."""
+    Unit tests go wherever a worker is free, and so do the tests of a file that sets
+    ``XDIST_EACH_TEST = True`` (long tests that start servers of their own, none per module)."""
     parts = item.path.relative_to(ROOT).parts
+    if getattr(getattr(item, "module", None), "XDIST_EACH_TEST", False):
+        return None
     if parts[:2] == ("tests", "integration"):
         return "/".join(parts[2:])
     return None
