@@ -18,7 +18,8 @@ check: setup
 	$(VENV)/bin/lint-imports
 	$(PYTHON) -m pytest -q $(XDIST) tests/unit
 
-# The everyday loop: every test but the soak tests (the 2,000-row fault suite, the Weaviate cluster).
+# The everyday loop: every test but the soak tests (the 2,000-row fault suite, the Weaviate cluster,
+# the light worker install).
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
