@@ -1,7 +1,7 @@
 # Everything runs from the project virtualenv that `make setup` builds.
 VENV := .venv
 PYTHON := $(VENV)/bin/python
-# Two workers (the machines here have 2 cores). loadgroup keeps each tests/integration directory on
+# Two workers (the machines here have 2 cores). loadgroup keeps each file of tests/integration on
 # one worker, so its servers start once; tests/conftest.py hands the soak tests out first, in the
 # order it sorts them (hence no reordering), so they overlap the rest. A worker that crashes ends the
 # run (xdist 3.8's replacement worker once left a loadgroup run waiting, all tests but its own done).
@@ -18,7 +18,8 @@ check: setup
 	$(VENV)/bin/lint-imports
 	$(PYTHON) -m pytest -q $(XDIST) tests/unit
 
-# The everyday loop: every test but the soak tests (the 2,000-row fault suite, the Weaviate cluster).
+# The everyday loop: every test but the soak tests (the 2,000-row fault suite, the Weaviate cluster,
+# the light worker install).
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports

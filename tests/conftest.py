@@ -12,6 +12,7 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -19,9 +20,12 @@ from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 from tests.support.service_pool import ServicePool
 from tests.support.tls import TlsFiles, readable_tls_files
-from tests.support.weaviate import WeaviateServer
 from vectorizer_service.core.settings import Settings
-from vectorizer_service.model.served_models import Models, load_models
+
+if TYPE_CHECKING:  # torch, transformers and the Weaviate client load in the fixtures that need them: every
+    # pytest process reads this file first (the xdist controller too, before it starts the workers)
+    from tests.support.weaviate import WeaviateServer
+    from vectorizer_service.model.served_models import Models
 
 ROOT = Path(__file__).parents[1]
 
@@ -36,8 +40,11 @@ def xdist_group(item: pytest.Item) -> str | None:
     (Whole directories as groups would give one worker the whole Postgres directory: 22 minutes of
     tests besides the fault suite, measured on a loaded machine.) With two workers a session server
     starts at most twice.
-    Unit tests go wherever a worker is free."""
+    Unit tests go wherever a worker is free, and so do the tests of a file that sets
+    ``XDIST_EACH_TEST = True`` (long tests that start servers of their own, none per module)."""
     parts = item.path.relative_to(ROOT).parts
+    if getattr(getattr(item, "module", None), "XDIST_EACH_TEST", False):
+        return None
     if parts[:2] == ("tests", "integration"):
         return "/".join(parts[2:])
     return None
@@ -62,6 +69,8 @@ def pg_server() -> Iterator[PostgresServer]:
 @pytest.fixture(scope="session")
 def weaviate_server() -> Iterator[WeaviateServer]:
     """A plain Weaviate with no modules enabled (vectors are supplied by the caller)."""
+    from tests.support.weaviate import WeaviateServer
+
     with WeaviateServer() as server:
         yield server
 
@@ -83,6 +92,8 @@ def tiny_settings() -> Settings:
 @pytest.fixture(scope="session")
 def models(tiny_settings: Settings) -> Models:
     """The real transformers Qwen3-VL classes on the tiny fixture checkpoint (random weights)."""
+    from vectorizer_service.model.served_models import load_models
+
     if tiny_settings.torch_threads is not None:  # QVL_TORCH_THREADS, as the model process reads it
         import torch
 

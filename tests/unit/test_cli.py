@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 
-from tests.support.cli import run_qvl
+from tests.support.cli import Ran, run_qvl
 
 FIXTURES = Path(__file__).parents[1] / "fixtures"
 TINY = str(FIXTURES / "tiny-qwen3-vl")
@@ -202,14 +202,13 @@ def test_worker_flags_out_of_range_are_refused_naming_the_flag() -> None:
         assert f"argument {flag}: {words}, not '{value}'" in proc.stderr.decode(), proc.stderr
 
 
-def test_embed_truncate_flag_reports_or_refuses_long_text(tmp_path: Path) -> None:
+def test_embed_truncate_flag_reports_or_refuses_long_text(monkeypatch: pytest.MonkeyPatch) -> None:
     long = {"text": "lorem ipsum dolor sit amet " * 30}  # the tiny tokenizer is byte-level: ~810 tokens
     data = (json.dumps({"text": "short"}) + "\n" + json.dumps(long) + "\n").encode()
-    env = {**os.environ, "QVL_EMBED_MAX_LENGTH": "256"}
+    monkeypatch.setenv("QVL_EMBED_MAX_LENGTH", "256")  # read by the command's settings on each call
 
-    def run(*flags: str) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([sys.executable, "-m", "qvl_cli", "embed", "-m", TINY, *flags], input=data,
-                              capture_output=True, timeout=300, env=env)
+    def run(*flags: str) -> Ran:  # in this process: three subprocesses imported torch three times
+        return run_qvl("embed", "-m", TINY, *flags, stdin=data)
 
     cut = run()  # the default: cut at the end, and say so
     assert cut.returncode == 0, cut.stderr

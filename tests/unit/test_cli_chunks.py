@@ -1,5 +1,6 @@
 """`qvl embed --chunk` and the parts of a source in the JSON lines of `qvl embed` / `qvl rerank`
-(issue 21), as real processes on the tiny checkpoint."""
+(issue 21), on the tiny checkpoint: in this process (``run_qvl``), and as a real process for a bad
+``--chunk`` spec."""
 
 from __future__ import annotations
 
@@ -11,14 +12,14 @@ from pathlib import Path
 import numpy as np
 
 from tests.document_factory import pdf_of, pictures, video_of
+from tests.support.cli import run_qvl
 
 TINY = str(Path(__file__).parents[1] / "fixtures" / "tiny-qwen3-vl")
 TEXT = " ".join(f"Sentence {i} of a long article about harbours and the ships that visit them." for i in range(60))
 
 
 def qvl(*args: str, stdin: bytes, cwd: Path) -> list[dict]:
-    proc = subprocess.run([sys.executable, "-m", "qvl_cli", *args], input=stdin, capture_output=True, cwd=cwd,
-                          timeout=300)
+    proc = run_qvl(*args, stdin=stdin, cwd=cwd)  # a subprocess would import torch again for each call
     assert proc.returncode in (0, 1), proc.stderr.decode()[-2000:]
     return [json.loads(line) for line in proc.stdout.decode().splitlines()]
 

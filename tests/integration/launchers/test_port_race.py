@@ -29,6 +29,10 @@ from tests.support import fake_service
 from tests.support.fake_service import FakeService, FakeVectorizer
 from tests.support.service import ServiceProcess, started_together
 
+# Each test starts servers of its own (nothing per module): the two xdist workers share them out
+# (together they are minutes, more than any other file but the soak tests).
+XDIST_EACH_TEST = True
+
 
 @pytest.fixture
 def held() -> Iterator[Callable[[int], int]]:

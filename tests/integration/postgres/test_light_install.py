@@ -23,7 +23,9 @@ from tests.integration.postgres.conftest import ROOT, cosines, new_database, rol
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
+# soak: a virtual environment built and installed with pip takes minutes on a loaded machine (the
+# largest group of make test-fast but two); make test runs it first, beside the rest.
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow, pytest.mark.soak]
 
 
 def _run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
