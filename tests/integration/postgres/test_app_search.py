@@ -169,3 +169,21 @@ def test_hybrid_search_by_the_query_vector_fuses_as_qvl_hybrid_search(
     assert got == want, "\n".join(f"{g} | {w}" for g, w in zip(got, want, strict=False))
     assert [(r[2], r[3]) for r in got] == [(r[2], r[3]) for r in want]
     assert [r[1] for r in got] == pytest.approx([r[1] for r in want], abs=1e-7)
+
+
+def test_the_python_of_managed_postgres_md_runs(conn: psycopg.Connection[Any], qvl_db: str,
+                                                 service: ServiceProcess, client: Client) -> None:
+    """docs/managed-postgres.md, "Searching from the application": the block as written, with this
+    test's database and service for `dsn` and the host; it finds what connectors.postgres.search finds."""
+    from pathlib import Path
+
+    from tests.support.doc_snippets import run_by
+
+    fill(conn)
+    drain(qvl_db, service.grpc_target)
+    (block,) = run_by(Path(__file__).parents[3] / "docs" / "managed-postgres.md", __file__, "python")
+    scope: dict[str, Any] = {"dsn": qvl_db}
+    exec(block.replace("qvl-host:50051", service.grpc_target), scope)
+    want = search(conn, "photos", "a dog on a beach", client=client, k=5,
+                  filter={"column": "shop", "op": "=", "value": 1})
+    assert len(want) == 5 and scope["hits"] == want
