@@ -93,9 +93,16 @@ def budget(timeout_s: float, statement_timeout_s: float | None, elapsed_s: float
     return timeout_s, "timeout_s"
 
 
-def send(endpoint: str, request: str) -> tuple[int, str]:
+# A vectorizer's own service (version 13, blue/green: qvl.switch_vectorizer sets it); NULL: qvl.service's.
+VECTORIZER_URL_SQL = ("SELECT pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'service_url' AS url "
+                      "FROM qvl.vectorizer v WHERE v.id = $1")
+
+
+def send(endpoint: str, request: str, vectorizer_id: int | None = None, url: str | None = None) -> tuple[int, str]:
     """(status, body) of one call to the configured service; status 0 when unreachable. Raises only
-    when the statement is cancelled (pg_cancel_backend, statement_timeout) while it waits."""
+    when the statement is cancelled (pg_cancel_backend, statement_timeout) while it waits.
+    ``vectorizer_id``: to that vectorizer's own service where it has one (qvl._call_for); ``url``: to
+    that address (qvl._service_info_at); either way with qvl.service's token, CA file and timeout."""
     route = ROUTES.get(endpoint)
     if route is None:
         return 400, json.dumps({"error": f"unknown endpoint {endpoint!r}", "code": "INVALID_ARGUMENT"})
@@ -103,8 +110,11 @@ def send(endpoint: str, request: str) -> tuple[int, str]:
     if rows.nrows() == 0:
         return 0, error_body("no service address is configured", "UNAVAILABLE")
     svc = rows[0]
+    if vectorizer_id is not None:
+        own = spi.plpy.execute(plan("vectorizer_url", VECTORIZER_URL_SQL, ["int4"]), [vectorizer_id])
+        url = own[0]["url"] if own.nrows() else None
     seconds, limit = budget(float(svc["timeout_s"]), svc.get("statement_timeout_s"), svc.get("statement_elapsed_s"))
-    return http_send(svc["url"], svc["token"], seconds, route, request, ca_file=svc.get("ca_file"),
+    return http_send(url or svc["url"], svc["token"], seconds, route, request, ca_file=svc.get("ca_file"),
                      check=interrupts, limit=limit)
 
 

@@ -42,7 +42,7 @@ class Worker:
         self.stopping = threading.Event()
         self.ident = f"{socket.gethostname()}:{os.getpid()}"
         self.connect = functools.partial(connect, settings.dsn, settings.application_name)
-        self.catalog = Catalog(settings.vectorizers)
+        self.catalog = Catalog(settings.vectorizers, shadows=settings.shadow)
         self.progress = Progress()
         self.status = StatusBoard(self.ident, settings.service, settings.heartbeat_s, settings.forget_workers_s)
         self.service = ServiceCalls(settings, self.stopping, self.progress.add_resent)
