@@ -93,9 +93,25 @@ def budget(timeout_s: float, statement_timeout_s: float | None, elapsed_s: float
     return timeout_s, "timeout_s"
 
 
-# A vectorizer's own service (version 13, blue/green: qvl.switch_vectorizer sets it); NULL: qvl.service's.
-VECTORIZER_URL_SQL = ("SELECT pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'service_url' AS url "
-                      "FROM qvl.vectorizer v WHERE v.id = $1")
+# A vectorizer's own service (version 13, blue/green: qvl.switch_vectorizer sets it; NULL: qvl.service's),
+# chosen by the model the request pins: a query that read the vectorizer just before a switch committed
+# pins the old model, and goes to the old model's service (kept in qvl.shadow until its column is dropped),
+# never to the new one, which would refuse it.
+VECTORIZER_URL_SQL = """
+SELECT CASE WHEN $2::pg_catalog.text IS NULL OR v.model_fingerprint OPERATOR(pg_catalog.=) $2
+            THEN v.service_url
+            ELSE (SELECT s.service_url FROM qvl.shadow s WHERE s.vectorizer_id OPERATOR(pg_catalog.=) v.id
+                     AND s.model_fingerprint OPERATOR(pg_catalog.=) $2) END AS url
+  FROM qvl.vectorizer v WHERE v.id OPERATOR(pg_catalog.=) $1"""
+
+
+def pinned_model(request: str) -> str | None:
+    """The fingerprint an embed request pins (None: none, or not an embed request)."""
+    try:
+        got = json.loads(request).get("fingerprint") if request else None
+    except (ValueError, AttributeError):
+        return None
+    return got if isinstance(got, str) else None
 
 
 def send(endpoint: str, request: str, vectorizer_id: int | None = None, url: str | None = None) -> tuple[int, str]:
@@ -111,7 +127,8 @@ def send(endpoint: str, request: str, vectorizer_id: int | None = None, url: str
         return 0, error_body("no service address is configured", "UNAVAILABLE")
     svc = rows[0]
     if vectorizer_id is not None:
-        own = spi.plpy.execute(plan("vectorizer_url", VECTORIZER_URL_SQL, ["int4"]), [vectorizer_id])
+        own = spi.plpy.execute(plan("vectorizer_url", VECTORIZER_URL_SQL, ["int4", "text"]),
+                               [vectorizer_id, pinned_model(request)])
         url = own[0]["url"] if own.nrows() else None
     seconds, limit = budget(float(svc["timeout_s"]), svc.get("statement_timeout_s"), svc.get("statement_elapsed_s"))
     return http_send(url or svc["url"], svc["token"], seconds, route, request, ca_file=svc.get("ca_file"),

@@ -8,6 +8,9 @@ real worker (one on each service: ``shadow=True`` embeds the shadows only), the 
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -17,13 +20,15 @@ import pytest
 
 from connectors.client import Client
 from qvl_devtools.tiny_model import build_checkpoint
-from tests.integration.postgres.conftest import cosines, drain, vec
+from tests.integration.postgres.conftest import cosines, drain, running, vec
+from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
 NAME = "tiny-qwen3-vl"  # both checkpoints' directory: the model name each service reports
 SEARCH = "SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 3, rerank => false)"
+DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, drop the old column
 
 
 @pytest.fixture(scope="module")
@@ -71,9 +76,9 @@ def test_a_shadow_is_filled_from_the_new_service_and_switched_in_one_step(
     old = column(conn, "embedding")
     before = conn.execute(SEARCH).fetchall()
 
+    make, switch, drop_old = run_by(DOC, __file__, "sql")
     # The shadow: a column of the new model's size, its service and model recorded, every row queued for it.
-    assert conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')",
-                        (new_service.http_url,)).fetchone() == (4,)
+    assert conn.execute(make.replace("http://qvl-new:8080", new_service.http_url)).fetchone() == (4,)
     assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
                         "AND attname = 'embedding_v2'").fetchone() == ("vector(32)",)
     assert shadow_status(conn) == ("embedding_v2", 0, 4, fp_new)
@@ -98,7 +103,7 @@ def test_a_shadow_is_filled_from_the_new_service_and_switched_in_one_step(
     assert conn.execute("SELECT model_fingerprint FROM qvl.vectorizer WHERE name = 'notes'").fetchone() == (fp_old,)
 
     # The switch: the shadow column, its service and its model become the vectorizer's at once.
-    conn.execute("SELECT qvl.switch_vectorizer('notes')")
+    conn.execute(switch)
     assert conn.execute("SELECT destination, model_fingerprint, service_url FROM qvl.vectorizer "
                         "WHERE name = 'notes'").fetchone() == ("embedding_v2", fp_new, new_service.http_url)
     after = conn.execute(SEARCH).fetchall()  # asked of the new service (qvl.service still names the old one)
@@ -112,7 +117,7 @@ def test_a_shadow_is_filled_from_the_new_service_and_switched_in_one_step(
     notes(conn, range(6, 7))
     drain(qvl_db, new_service.grpc_target)
     assert column(conn, "embedding_v2")[6] is not None and column(conn, "embedding")[6] is None
-    conn.execute("SELECT qvl.drop_old_column('notes')")
+    conn.execute(drop_old)
     assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
                         "AND attname = 'embedding' AND NOT attisdropped").fetchone() == (0,)
     assert shadow_status(conn) == (None, None, None, None)
@@ -148,3 +153,79 @@ def test_bad_shadow_requests_are_refused_clearly(conn: psycopg.Connection[Any], 
     with pytest.raises(psycopg.Error) as nothing:
         conn.execute("SELECT qvl.switch_vectorizer('notes')")
     assert "no shadow" in (nothing.value.diag.message_primary or ""), nothing.value.diag.message_primary
+
+
+def test_a_switch_under_inserts_and_searches_shows_no_error_and_no_mixed_answer(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """Threads insert rows and search all along, while the shadow fills and the switch happens: every search
+    answers, and each answer's distances are those of one model (its query vector against that model's
+    column), old ones first, then only new ones."""
+    notes(conn, range(1, 21))
+    drain(qvl_db, service.grpc_target)
+    q_old = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    stop = threading.Event()
+    answers: list[tuple[str, list[tuple[str, float]]]] = []  # (thread, answer) in each thread's order
+    errors: list[str] = []
+    inserted = [20]
+
+    def insert() -> None:
+        with psycopg.connect(qvl_db, autocommit=True) as c:
+            while not stop.is_set():
+                inserted[0] += 1
+                c.execute("INSERT INTO notes VALUES (%s, %s)", (inserted[0], f"a harbour crane number {inserted[0]}"))
+                time.sleep(0.05)
+
+    def search() -> None:
+        with psycopg.connect(qvl_db, autocommit=True) as c:
+            while not stop.is_set():
+                try:
+                    rows = c.execute("SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 5, "
+                                     "rerank => false)").fetchall()
+                    answers.append((threading.current_thread().name, [(str(p), float(d)) for p, d in rows]))
+                except psycopg.Error as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (insert, search, search)]
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(running(qvl_db, service.grpc_target))
+        stack.enter_context(running(qvl_db, new_service.grpc_target, shadow=True))
+        for t in threads:
+            t.start()
+        switched_at = None
+        deadline = time.monotonic() + 120
+        while switched_at is None and time.monotonic() < deadline:
+            try:
+                conn.execute("SELECT qvl.switch_vectorizer('notes')")
+                switched_at = time.monotonic()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                time.sleep(0.2)  # the shadow is not complete yet: rows keep coming
+        assert switched_at is not None, "the shadow never completed under the inserts"
+        live.stop()  # the old model's worker goes; one on the new service takes the vectorizer's own queue
+        stack.enter_context(running(qvl_db, new_service.grpc_target))
+        time.sleep(3.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert conn.execute("SELECT qvl.wait_for_embeddings('notes', '60 seconds')").fetchone() == (True,)
+    assert not errors, errors[:5]
+    q_new = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+    old, new = column(conn, "embedding"), column(conn, "embedding_v2")
+
+    def fits(answer: list[tuple[str, float]], q: np.ndarray, col: dict[int, Any]) -> bool:
+        return all(col.get(int(pk)) is not None and abs(d - (1 - float(cosines(q, col[int(pk)])))) < 1e-4
+                   for pk, d in answer)
+
+    kinds: dict[str, list[str]] = {}
+    for thread, answer in answers:
+        assert answer, "a search found nothing"
+        by_old, by_new = fits(answer, q_old, old), fits(answer, q_new, new)
+        assert by_old != by_new, (answer, by_old, by_new)  # exactly one model's distances: never a mix
+        kinds.setdefault(thread, []).append("old" if by_old else "new")
+    for seen in kinds.values():  # each searcher: old answers, then from the switch on only new ones
+        assert "old" in seen and "new" in seen, seen
+        assert seen == sorted(seen, key=lambda k: k == "new"), "an old answer after a new one"
+    print(f"searches: {len(answers)} ({sum(k.count('old') for k in kinds.values())} old, "
+          f"{sum(k.count('new') for k in kinds.values())} new), rows inserted meanwhile: {inserted[0] - 20}")
+    assert conn.execute("SELECT count(*) FROM notes WHERE embedding_v2 IS NULL").fetchone() == (0,)
+    assert inserted[0] > 30, inserted  # rows kept coming all along
