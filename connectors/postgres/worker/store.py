@@ -124,7 +124,8 @@ class BatchStore:
                 self.release(link.conn, vectorizer, keys(plan.rows), link.me)
                 fresh = self.catalog.reload(link.conn, vectorizer)
                 raise ModelMismatch(mismatch_words(vectorizer.name, exc.fingerprint, fresh and fresh.model_name,
-                                                   plan.model, plan.model_name)) from None
+                                                   plan.model, plan.model_name,
+                                                   vectorizer.destination if vectorizer.shadow else None)) from None
             except psycopg.errors.InsufficientPrivilege as exc:
                 # May read but not write (a missing grant, or a policy that hides rows from the write):
                 # give the batch back untouched and say so; nothing is failed or dropped.

@@ -20,7 +20,7 @@ import pytest
 
 from connectors.client import Client
 from qvl_devtools.tiny_model import build_checkpoint
-from tests.integration.postgres.conftest import cosines, drain, running, vec
+from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
 from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
@@ -229,3 +229,29 @@ def test_a_switch_under_inserts_and_searches_shows_no_error_and_no_mixed_answer(
           f"{sum(k.count('new') for k in kinds.values())} new), rows inserted meanwhile: {inserted[0] - 20}")
     assert conn.execute("SELECT count(*) FROM notes WHERE embedding_v2 IS NULL").fetchone() == (0,)
     assert inserted[0] > 30, inserted  # rows kept coming all along
+
+
+def test_a_shadow_worker_on_another_model_holds_the_shadow(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """The shadow is pinned to the new model: a --shadow worker started on the old service writes nothing
+    into it, fails no row, counts no attempt, and says what to run."""
+    notes(conn, range(1, 4))
+    drain(qvl_db, service.grpc_target)
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    fp_new = served(new_service)
+
+    def held() -> bool:
+        return bool(conn.execute("SELECT 1 FROM qvl.worker_status WHERE reason LIKE '%abandon_shadow%'").fetchall())
+
+    with running(qvl_db, service.grpc_target, shadow=True):
+        wait_until(held, timeout=60, every=0.2)
+        [(reason,)] = conn.execute("SELECT reason FROM qvl.worker_status").fetchall()
+    for words in ("shadow column embedding_v2", fp_new, "qvl worker --shadow", "SELECT qvl.abandon_shadow('notes')"):
+        assert words in reason, (words, reason)
+    assert conn.execute(f"SELECT id, attempts FROM qvl.shadow_queue_{vid} ORDER BY id").fetchall() == [
+        (1, 0), (2, 0), (3, 0)]
+    assert conn.execute(f"SELECT count(*) FROM qvl.shadow_failed_{vid}").fetchone() == (0,)
+    assert column(conn, "embedding_v2") == dict.fromkeys(range(1, 4))
+    drain(qvl_db, new_service.grpc_target, shadow=True)  # the new model's worker fills it
+    assert all(v is not None for v in column(conn, "embedding_v2").values())
