@@ -83,8 +83,6 @@ BEGIN
                    'EXECUTE FUNCTION qvl._enqueue_shadow(%L)', names[4], v.source, v.id);
     EXECUTE format('ALTER TABLE %s ', v.source)
             || (SELECT string_agg(format('ENABLE ALWAYS TRIGGER %I', n), ', ') FROM unnest(names) AS n);
-    PERFORM qvl._ensure_trigger_role();
-    ALTER FUNCTION qvl._enqueue_shadow() OWNER TO qvl_trigger;
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.shadow_queue_%s TO qvl_trigger', v.id);
     EXECUTE format('GRANT SELECT, DELETE ON qvl.shadow_failed_%s TO qvl_trigger', v.id);
     PERFORM qvl._ensure_worker_role();
@@ -280,6 +278,9 @@ $$;
 COMMENT ON FUNCTION qvl.abandon_shadow(text) IS 'Blue/green: give a shadow column up (dropped, with its queue)';
 
 
--- The worker reads which shadows to fill (qvl worker --shadow).
+-- The worker reads which shadows to fill (qvl worker --shadow); the shadow's queueing runs as qvl_trigger,
+-- never as the installing role (as every qvl trigger function: sql/idempotent/003_vectorizer_security.sql).
 SELECT qvl._ensure_worker_role();
 GRANT SELECT ON qvl.shadow TO qvl_worker;
+SELECT qvl._ensure_trigger_role();
+ALTER FUNCTION qvl._enqueue_shadow() OWNER TO qvl_trigger;

