@@ -110,7 +110,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     settings = WorkerSettings(
         dsn=args.dsn, service=args.service, token=args.token, batch=args.batch, concurrency=args.concurrency,
         lease_s=args.lease, poll_s=args.poll, max_attempts=args.max_attempts, log_every_s=args.log_every,
-        vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle,
+        vectorizers=tuple(args.vectorizer or ()), exit_when_idle=args.exit_when_idle, shadow=args.shadow,
         backoff_cap_s=args.max_backoff, application_name=args.application_name or "", stall_s=args.stall_timeout,
         tls=args.tls, ca_file=args.ca_file, retry_delay_s=args.retry_delay, heartbeat_s=args.heartbeat,
         prune_every_s=args.prune_every, write_lock_wait_s=args.write_lock_wait, alive_file=args.alive_file,
@@ -277,4 +277,7 @@ def add_postgres_parsers(sub: Any) -> None:
     p.add_argument("--application-name", help="shown in pg_stat_activity (default qvl-worker-<pid>)")
     p.add_argument("--vectorizer", action="append", help="only these vectorizers (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once every queue is empty")
+    p.add_argument("--shadow", action="store_true",
+                   help="blue/green: fill the shadow columns that qvl.reembed(name, service => ..., shadow => ...) "
+                   "made, from --service (the new model's), instead of the vectorizers' own columns")
     p.set_defaults(func=cmd_worker)

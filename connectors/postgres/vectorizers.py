@@ -6,6 +6,7 @@ Every statement addresses one vectorizer's queue and table by primary key; the c
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -65,14 +66,23 @@ class Vectorizer:
     document_columns: tuple[str, ...] = ()
     chunking: dict[str, Any] | None = None
     chunk_table: str | None = None
+    # A blue/green shadow (schema version 14): the same vectorizer's rows embedded into its shadow column
+    # (``destination``, ``dimensions``) by its new model (``model_fingerprint``), queued in a queue of its
+    # own; only a worker started with --shadow (on the new model's service) serves it.
+    shadow: bool = False
 
     @property
     def queue(self) -> str:
-        return f"qvl.queue_{self.id}"
+        return f"qvl.shadow_queue_{self.id}" if self.shadow else f"qvl.queue_{self.id}"
 
     @property
     def failed(self) -> str:
-        return f"qvl.failed_{self.id}"
+        return f"qvl.shadow_failed_{self.id}" if self.shadow else f"qvl.failed_{self.id}"
+
+    @property
+    def label(self) -> str:
+        """The name the worker's log and status give it."""
+        return f"{self.name} (shadow {self.destination})" if self.shadow else self.name
 
     @property
     def content_columns(self) -> tuple[str, ...]:
@@ -357,7 +367,28 @@ DELETE FROM {self.queue} q USING {self._unnest()}
         return f"SELECT count(*), count(*) FILTER (WHERE claimed_by IS NOT NULL) FROM {self.queue}"
 
 
-def load_vectorizers(conn: psycopg.Connection[Any], names: tuple[str, ...] = ()) -> list[Vectorizer]:
+# The shadows being filled (version 14): each a vectorizer's rows, into another column, by another model.
+SHADOWS_SQL = """
+SELECT vectorizer_id, destination::text, dimensions, model_fingerprint, model_name
+  FROM qvl.shadow WHERE state = 'filling' ORDER BY vectorizer_id
+"""
+
+
+def load_vectorizers(conn: psycopg.Connection[Any], names: tuple[str, ...] = (), *,
+                     shadows: bool = False) -> list[Vectorizer]:
+    """The vectorizers (``names``; empty: all); ``shadows``: their blue/green shadows being filled instead."""
+    live = _load_live(conn, names)
+    if not shadows:
+        return live
+    if conn.execute("SELECT to_regclass('qvl.shadow') IS NULL").fetchone() == (True,):
+        return []
+    by_id = {v.id: v for v in live}
+    return [dataclasses.replace(by_id[vid], destination=dest, dimensions=dims, model_fingerprint=fp,
+                                model_name=model, shadow=True)
+            for vid, dest, dims, fp, model in conn.execute(SHADOWS_SQL).fetchall() if vid in by_id]
+
+
+def _load_live(conn: psycopg.Connection[Any], names: tuple[str, ...]) -> list[Vectorizer]:
     out = []
     for row in conn.execute(LOAD_SQL).fetchall():
         (vid, name, source, pk_columns, pk_types, text_columns, image_columns, video_columns, destination,

@@ -332,19 +332,52 @@ END
 $$;
 
 
+-- A blue/green shadow column being filled (version 14; no rows before, and without one): its column,
+-- rows embedded there of the table's rows, its failed rows and its model. Counts only to roles that may
+-- read the table, as _queue_stats. Dynamic SQL: the same function at every version.
+CREATE OR REPLACE FUNCTION qvl._shadow_stats(vid int, OUT shadow_column name, OUT shadow_done bigint,
+                                             OUT shadow_total bigint, OUT shadow_failed bigint,
+                                             OUT shadow_model_name text, OUT shadow_model_fingerprint text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    pending bigint;
+BEGIN
+    IF to_regclass('qvl.shadow') IS NULL OR to_regclass(format('qvl.shadow_queue_%s', vid)) IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE 'SELECT destination, model_name, model_fingerprint FROM qvl.shadow WHERE vectorizer_id = $1 '
+            'AND state = ''filling''' INTO shadow_column, shadow_model_name, shadow_model_fingerprint USING vid;
+    IF shadow_column IS NULL OR NOT qvl._may_read_source(vid) THEN
+        RETURN;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM qvl.shadow_queue_%s', vid) INTO pending;
+    EXECUTE format('SELECT count(*) FROM qvl.shadow_failed_%s', vid) INTO shadow_failed;
+    EXECUTE format('SELECT count(*) FROM %s', (SELECT v.source FROM qvl.vectorizer v WHERE v.id = vid))
+       INTO shadow_total;
+    shadow_done := shadow_total - pending - shadow_failed;
+END
+$$;
+
+
 -- model_name, model_fingerprint: the model the vectors came from (version 11; read through to_jsonb, so
 -- the view is the same at every version, NULL before). cut: rows embedded from cut text (version 12).
--- New columns go last: CREATE OR REPLACE VIEW may only append.
+-- shadow_*: a blue/green shadow being filled (version 14, qvl._shadow_stats). New columns go last:
+-- CREATE OR REPLACE VIEW may only append.
 CREATE OR REPLACE VIEW qvl.vectorizer_status AS
 SELECT v.name, v.source, v.mode, v.storage, v.dimensions, v.destination,
        s.pending, s.in_progress, s.failed, s.oldest_pending_age,
        to_jsonb(v) ->> 'model_name' AS model_name, to_jsonb(v) ->> 'model_fingerprint' AS model_fingerprint,
-       qvl._cut_count(v.id) AS cut
-  FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s;
+       qvl._cut_count(v.id) AS cut,
+       sh.shadow_column, sh.shadow_done, sh.shadow_total, sh.shadow_failed, sh.shadow_model_name,
+       sh.shadow_model_fingerprint
+  FROM qvl.vectorizer v CROSS JOIN LATERAL qvl._queue_stats(v.id) AS s
+  LEFT JOIN LATERAL qvl._shadow_stats(v.id) AS sh ON true;
 COMMENT ON VIEW qvl.vectorizer_status IS
     'pending: rows waiting for (or being embedded by) the worker; failed: rows the service refused '
     '(counts NULL unless you may read the table); model_*: the model the vectors came from; cut: rows '
-    'embedded from text cut to the service''s maximum length (chunk the text instead: docs/postgres.md)';
+    'embedded from text cut to the service''s maximum length (chunk the text instead: docs/postgres.md); '
+    'shadow_*: a blue/green shadow column being filled (qvl.reembed(name, service, shadow)): rows done of '
+    'total, its model';
 
 
 -- Read-your-writes: true once every committed change of the vectorizer's table is embedded (or

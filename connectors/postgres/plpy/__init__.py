@@ -11,7 +11,8 @@ API (docs/api.md). One module per concern:
   scores; ``vectorizers``, ``triggers``: the catalog row, the sync trigger;
 - ``filters``, ``filter_text``, ``filter_structured``: the caller's filter, checked;
   ``candidates``, ``search``: ``qvl.search``, ``qvl.rerank_rows``' rows, ``qvl.hybrid_search``;
-  ``chunk_search``: ``qvl.search_chunks`` and ``qvl.search`` over a chunked vectorizer's chunks.
+  ``chunk_search``: ``qvl.search_chunks`` and ``qvl.search`` over a chunked vectorizer's chunks;
+- ``shadows``: what a blue/green shadow's service serves.
 
 How it gets there: ``qvl pg install`` bundles these files into one text, the body of ``qvl._load()``
 (connectors/postgres/plpy_bundle.py), which imports them as a package named after the bundle's hash
@@ -31,10 +32,12 @@ from .query_vectors import query_embedding_sql
 from .reranking import rerank_rows_sql, rerank_sql
 from .search import hybrid_rows, search_rows
 from .service import service_info_sql
+from .shadows import service_info_at_sql
 from .spi import bind
 from .transport import send
 from .triggers import sync_trigger
 
 __all__ = ["bind", "check_service_sql", "embed_sql", "hybrid_rows", "image_item", "query_embedding_sql",
-           "rerank_rows_sql", "rerank_sql", "search_chunks_rows", "search_rows", "send", "service_info_sql",
+           "rerank_rows_sql", "rerank_sql", "search_chunks_rows", "search_rows", "send", "service_info_at_sql",
+           "service_info_sql",
            "structured", "sync_trigger", "text_item"]

@@ -53,10 +53,11 @@ def embed_text(item: Item | None, instruction: str | None, dimensions: int | Non
 
 
 def embed_answer(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
-                 what: What, fingerprint: str | None = None) -> tuple[str, str | None]:
+                 what: What, fingerprint: str | None = None,
+                 vectorizer_id: int | None = None) -> tuple[str, str | None]:
     """As ``embed_text``, with the fingerprint of the model that answered (None: a service older
-    than fingerprints)."""
-    resp = call("embed", embed_request(item, instruction, dimensions, storage, fingerprint), what)
+    than fingerprints); ``vectorizer_id``: asked of that vectorizer's own service (``call``)."""
+    resp = call("embed", embed_request(item, instruction, dimensions, storage, fingerprint), what, vectorizer_id)
     try:
         text = vector_text(resp["embeddings"][0], storage, resp.get("dimensions"))
     except (KeyError, IndexError, TypeError, ValueError) as exc:

@@ -27,7 +27,9 @@ def embed_pinned(cfg: Row, item: Item, instruction: str | None, storage: str, wh
     """``item``'s vector text at the vectorizer's size, asked of the model its vectors came from, and the
     fingerprint of the model that answered; a service serving another is refused (``mismatch``)."""
     try:
-        return embed_answer(item, instruction, cfg["dimensions"], storage, what, pinned(cfg))
+        # A vectorizer with a service of its own (a blue/green switch) is asked there (qvl._call_for).
+        via = cfg["id"] if cfg.get("service_url") else None
+        return embed_answer(item, instruction, cfg["dimensions"], storage, what, pinned(cfg), via)
     except Failure as f:
         if is_mismatch(f):
             raise mismatch(cfg, f) from None

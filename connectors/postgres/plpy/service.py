@@ -16,11 +16,17 @@ INFO_TTL_S = 60.0
 cache: dict[str, tuple[float, Any]] = {}  # per backend: "info": (when, GET /v1/info answer)
 
 
-def call(endpoint: str, payload: Any, what: What) -> Any:
-    """The decoded answer; any failure raises Failure naming ``what(item index or None)``."""
+def call(endpoint: str, payload: Any, what: What, vectorizer_id: int | None = None) -> Any:
+    """The decoded answer; any failure raises Failure naming ``what(item index or None)``.
+    ``vectorizer_id``: asked of that vectorizer's own service (qvl.vectorizer.service_url, set by a
+    blue/green switch) through qvl._call_for; None: qvl.service's, through qvl._call."""
     body = json.dumps(payload, separators=(",", ":"))
-    row = spi.plpy.execute(plan("call", "SELECT status, response FROM qvl._call($1, $2)", ["text", "text"]),
-                           [endpoint, body])[0]
+    if vectorizer_id is None:
+        row = spi.plpy.execute(plan("call", "SELECT status, response FROM qvl._call($1, $2)", ["text", "text"]),
+                               [endpoint, body])[0]
+    else:
+        row = spi.plpy.execute(plan("call_for", "SELECT status, response FROM qvl._call_for($1, $2, $3)",
+                                    ["int4", "text", "text"]), [vectorizer_id, endpoint, body])[0]
     return answer(endpoint, row["status"], row["response"], what)
 
 

@@ -93,9 +93,32 @@ def budget(timeout_s: float, statement_timeout_s: float | None, elapsed_s: float
     return timeout_s, "timeout_s"
 
 
-def send(endpoint: str, request: str) -> tuple[int, str]:
+# A vectorizer's own service (version 14, blue/green: qvl.switch_vectorizer sets it; NULL: qvl.service's),
+# chosen by the model the request pins: a query that read the vectorizer just before a switch committed
+# pins the old model, and goes to the old model's service (kept in qvl.shadow until its column is dropped),
+# never to the new one, which would refuse it.
+VECTORIZER_URL_SQL = """
+SELECT CASE WHEN $2::pg_catalog.text IS NULL OR v.model_fingerprint OPERATOR(pg_catalog.=) $2
+            THEN v.service_url
+            ELSE (SELECT s.service_url FROM qvl.shadow s WHERE s.vectorizer_id OPERATOR(pg_catalog.=) v.id
+                     AND s.model_fingerprint OPERATOR(pg_catalog.=) $2) END AS url
+  FROM qvl.vectorizer v WHERE v.id OPERATOR(pg_catalog.=) $1"""
+
+
+def pinned_model(request: str) -> str | None:
+    """The fingerprint an embed request pins (None: none, or not an embed request)."""
+    try:
+        got = json.loads(request).get("fingerprint") if request else None
+    except (ValueError, AttributeError):
+        return None
+    return got if isinstance(got, str) else None
+
+
+def send(endpoint: str, request: str, vectorizer_id: int | None = None, url: str | None = None) -> tuple[int, str]:
     """(status, body) of one call to the configured service; status 0 when unreachable. Raises only
-    when the statement is cancelled (pg_cancel_backend, statement_timeout) while it waits."""
+    when the statement is cancelled (pg_cancel_backend, statement_timeout) while it waits.
+    ``vectorizer_id``: to that vectorizer's own service where it has one (qvl._call_for); ``url``: to
+    that address (qvl._service_info_at); either way with qvl.service's token, CA file and timeout."""
     route = ROUTES.get(endpoint)
     if route is None:
         return 400, json.dumps({"error": f"unknown endpoint {endpoint!r}", "code": "INVALID_ARGUMENT"})
@@ -103,8 +126,12 @@ def send(endpoint: str, request: str) -> tuple[int, str]:
     if rows.nrows() == 0:
         return 0, error_body("no service address is configured", "UNAVAILABLE")
     svc = rows[0]
+    if vectorizer_id is not None:
+        own = spi.plpy.execute(plan("vectorizer_url", VECTORIZER_URL_SQL, ["int4", "text"]),
+                               [vectorizer_id, pinned_model(request)])
+        url = own[0]["url"] if own.nrows() else None
     seconds, limit = budget(float(svc["timeout_s"]), svc.get("statement_timeout_s"), svc.get("statement_elapsed_s"))
-    return http_send(svc["url"], svc["token"], seconds, route, request, ca_file=svc.get("ca_file"),
+    return http_send(url or svc["url"], svc["token"], seconds, route, request, ca_file=svc.get("ca_file"),
                      check=interrupts, limit=limit)
 
 

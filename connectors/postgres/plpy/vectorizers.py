@@ -15,6 +15,8 @@ VECTORIZER_SQL = """
 SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, v.video_columns,
        v.destination, v.dimensions, v.storage, v.instruction, v.query_instruction, v.mode, v.on_error,
        v.model_fingerprint, v.model_name,
+       -- Its own service (version 14, a blue/green switch; NULL before, and when it uses qvl.service's).
+       pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'service_url' AS service_url,
        pg_catalog.format('%%I.%%I', n.nspname, c.relname) AS source_sql, c.relname AS source_name,
        -- A chunked vectorizer's (version 13; read through to_jsonb: NULL before): jsonb as text.
        pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'chunking' AS chunking,

@@ -20,8 +20,9 @@ REFRESH_S = 30.0
 
 class Catalog:
     def __init__(self, names: tuple[str, ...], refresh_s: float = REFRESH_S,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, *, shadows: bool = False) -> None:
         self.names = names  # empty: all
+        self.shadows = shadows  # the blue/green shadows being filled instead (qvl worker --shadow)
         self._refresh_s, self._clock = refresh_s, clock
         self._vectorizers: list[Vectorizer] = []
         self._loaded_at = 0.0
@@ -37,7 +38,7 @@ class Catalog:
                 # Cleared before the read: an invalidate() during it makes the next use read again.
                 self._stale = False
                 try:
-                    self._vectorizers = load_vectorizers(conn, self.names)
+                    self._vectorizers = load_vectorizers(conn, self.names, shadows=self.shadows)
                 except BaseException:
                     self._stale = True
                     raise
@@ -51,4 +52,5 @@ class Catalog:
     def reload(self, conn: psycopg.Connection[Any], vectorizer: Vectorizer) -> Vectorizer | None:
         """``vectorizer`` as the catalog defines it now (None: dropped); the lanes read theirs again too."""
         self.invalidate()
-        return next((v for v in load_vectorizers(conn, self.names) if v.id == vectorizer.id), None)
+        fresh = load_vectorizers(conn, self.names, shadows=self.shadows)
+        return next((v for v in fresh if v.id == vectorizer.id), None)

@@ -43,7 +43,7 @@ class Worker:
         self.stopping = threading.Event()
         self.ident = f"{socket.gethostname()}:{os.getpid()}"
         self.connect = functools.partial(connect, settings.dsn, settings.application_name)
-        self.catalog = Catalog(settings.vectorizers)
+        self.catalog = Catalog(settings.vectorizers, shadows=settings.shadow)
         self.metrics = WorkerMetrics()
         self.progress = Progress(self.metrics)
         self.status = StatusBoard(self.ident, settings.service, settings.heartbeat_s, settings.forget_workers_s)

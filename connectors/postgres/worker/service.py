@@ -221,7 +221,8 @@ class ServiceCalls:
         recorded = pin.fingerprint or ""
         name = vectorizer.model_name if recorded == vectorizer.model_fingerprint else None
         return ModelMismatch(mismatch_words(vectorizer.name, recorded, name, served.fingerprint if served else None,
-                                            served.name if served else None))
+                                            served.name if served else None,
+                                            vectorizer.destination if vectorizer.shadow else None))
 
     def _abandoned(self, watchdog: Watchdog) -> ServiceDown | None:
         if watchdog.unreachable:

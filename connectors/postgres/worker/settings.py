@@ -32,6 +32,9 @@ class WorkerSettings:
     application_name: str = ""  # default qvl-worker-<pid> (pg_stat_activity shows who is who)
     tls: bool = False  # gRPC over TLS, verified against the system's CAs (or ca_file)
     ca_file: str | None = None  # PEM CA bundle that signed the service's certificate (implies TLS)
+    # Blue/green (docs/model-upgrades.md): fill the shadow columns of qvl.reembed(name, service, shadow)
+    # instead of the vectorizers' own; --service is then the new model's.
+    shadow: bool = False
     alive_file: str | None = None  # touched while the worker's loops turn (a liveness probe reads its age)
     # Prometheus metrics (docs/metrics.md): off unless a port is given (0: any free port, for tests). The
     # endpoint has no token: bind it where only the scraper reaches it.

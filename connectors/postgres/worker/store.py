@@ -124,7 +124,8 @@ class BatchStore:
                 self.release(link.conn, vectorizer, keys(plan.rows), link.me)
                 fresh = self.catalog.reload(link.conn, vectorizer)
                 raise ModelMismatch(mismatch_words(vectorizer.name, exc.fingerprint, fresh and fresh.model_name,
-                                                   plan.model, plan.model_name)) from None
+                                                   plan.model, plan.model_name,
+                                                   vectorizer.destination if vectorizer.shadow else None)) from None
             except psycopg.errors.InsufficientPrivilege as exc:
                 # May read but not write (a missing grant, or a policy that hides rows from the write):
                 # give the batch back untouched and say so; nothing is failed or dropped.
@@ -201,7 +202,12 @@ class BatchStore:
         return len(written)
 
     def _apply(self, conn: Conn, vectorizer: Vectorizer, me: str, plan: Plan, out: Outcome) -> None:
-        if plan.vectors and plan.model is not None and self.features.model_identity:
+        if plan.vectors and vectorizer.shadow:
+            # A shadow's model was recorded when it was made, and its streams are pinned to it: vectors of
+            # any other model (a service older than fingerprints) never land in the shadow column.
+            if plan.model != vectorizer.model_fingerprint:
+                raise ModelRecorded(str(vectorizer.model_fingerprint))
+        elif plan.vectors and plan.model is not None and self.features.model_identity:
             # The vectors' model, recorded by the first write; a write of another model's vectors is
             # rolled back whole (ModelRecorded), so one column never holds two models' vectors.
             row = conn.execute(RECORD_MODEL_SQL, (vectorizer.id, plan.model, plan.model_name)).fetchone()

@@ -74,8 +74,9 @@ def test_a_hostile_domain_check_never_runs_as_a_superuser(conn: psycopg.Connecti
                           "WHERE p.pronamespace = 'qvl'::regnamespace AND p.prorettype = 'trigger'::regtype "
                           "ORDER BY 1").fetchall()
     # Sync vectorizers have a queueing function too, for their key and truncate triggers (issue 19 item 4).
+    # qvl._enqueue_shadow: a blue/green shadow's queueing (issue 23 item 3), as qvl_trigger too.
     assert owners == [("_enqueue_1", "qvl_trigger"), ("_enqueue_2", "qvl_trigger"), ("_enqueue_3", "qvl_trigger"),
-                      ("_sync_embed", "qvl_trigger")]
+                      ("_enqueue_shadow", "qvl_trigger"), ("_sync_embed", "qvl_trigger")]
 
 
 # -- 10.13: what other roles may learn --------------------------------------------------------------
@@ -104,7 +105,10 @@ def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked
         ["_call", "_load", "_queue_stats", "_cut_count", "embed", "embed_halfvec", "rerank", "search", "service_info",
          "wait_for_embeddings", "query_embedding", "query_embedding_halfvec", "query_embedding_bit", "rerank_rows",
          "hybrid_search", "_check_key_type", "_rerank_rows", "_fulltext_document", "_fulltext_join",
-         "_key_changed_1", "_key_changed_2", "search_chunks"])
+         "_key_changed_1", "_key_changed_2", "search_chunks",
+         # Blue/green (issue 23 item 3): the door to a vectorizer's own service after a switch (it takes the
+         # vectorizer, never an address), and qvl.vectorizer_status's shadow progress (counts as _queue_stats).
+         "_call_for", "_shadow_stats"])
 
 
 def test_errors_do_not_name_the_service_host(conn: psycopg.Connection[Any], qvl_db: str) -> None:

@@ -1,0 +1,259 @@
+"""Blue/green model upgrades in Postgres (issue 23 item 3): a shadow column filled from a second service
+while queries keep the old column and the old service, one switch of both, the old column dropped on
+request.
+
+Two real services on two tiny checkpoints of the same name and shape (another seed), real Postgres, the
+real worker (one on each service: ``shadow=True`` embeds the shadows only), the real SQL functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from connectors.client import Client
+from qvl_devtools.tiny_model import build_checkpoint
+from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
+from tests.support.doc_snippets import ROOT, run_by
+from tests.support.service import ServiceProcess
+
+pytestmark = [pytest.mark.postgres, pytest.mark.service]
+
+NAME = "tiny-qwen3-vl"  # both checkpoints' directory: the model name each service reports
+SEARCH = "SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 3, rerank => false)"
+DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, drop the old column
+
+
+@pytest.fixture(scope="module")
+def new_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The new model: the tiny shape with another seed, under the same directory name."""
+    checkpoint = build_checkpoint(tmp_path_factory.mktemp("new-model") / NAME, seed=1)
+    with ServiceProcess(embedding_model=str(checkpoint), reranker_model=str(checkpoint)) as svc:
+        yield svc
+
+
+def served(svc: ServiceProcess) -> str:
+    with Client(svc.grpc_target) as client:
+        return next(m.fingerprint for m in client.info().models if m.task == "embed")
+
+
+def notes(conn: psycopg.Connection[Any], rows: range) -> None:
+    if conn.execute("SELECT to_regclass('notes')").fetchone() == (None,):
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], dimensions => 32)")
+    conn.execute("INSERT INTO notes SELECT i, 'a note about harbour number ' || i "
+                 "FROM generate_series(%s::int, %s::int) i", (rows.start, rows.stop - 1))
+
+
+def column(conn: psycopg.Connection[Any], name: str) -> dict[int, Any]:
+    return {i: (None if e is None else vec(e))
+            for i, e in conn.execute(f"SELECT id, {name}::text FROM notes ORDER BY id").fetchall()}
+
+
+def model_vectors(svc: ServiceProcess, conn: psycopg.Connection[Any], ids: list[int]) -> np.ndarray:
+    texts = dict(conn.execute("SELECT id, body FROM notes").fetchall())
+    with Client(svc.grpc_target) as client:
+        return client.embed([texts[i] for i in ids], dimensions=32)
+
+
+def shadow_status(conn: psycopg.Connection[Any]) -> tuple[Any, ...] | None:
+    return conn.execute("SELECT shadow_column, shadow_done, shadow_total, shadow_model_fingerprint "
+                        "FROM qvl.vectorizer_status WHERE name = 'notes'").fetchone()
+
+
+def test_a_shadow_is_filled_from_the_new_service_and_switched_in_one_step(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    notes(conn, range(1, 5))
+    drain(qvl_db, service.grpc_target)
+    fp_old, fp_new = served(service), served(new_service)
+    old = column(conn, "embedding")
+    before = conn.execute(SEARCH).fetchall()
+
+    make, switch, drop_old = run_by(DOC, __file__, "sql")
+    # The shadow: a column of the new model's size, its service and model recorded, every row queued for it.
+    assert conn.execute(make.replace("http://qvl-new:8080", new_service.http_url)).fetchone() == (4,)
+    assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
+                        "AND attname = 'embedding_v2'").fetchone() == ("vector(32)",)
+    assert shadow_status(conn) == ("embedding_v2", 0, 4, fp_new)
+    # The switch waits for a complete shadow, and says how much is left.
+    with pytest.raises(psycopg.Error) as refused:
+        conn.execute("SELECT qvl.switch_vectorizer('notes')")
+    assert refused.value.sqlstate == "55000", refused.value.diag.message_primary
+    assert "4 of 4 rows" in (refused.value.diag.message_primary or ""), refused.value.diag.message_primary
+    assert "qvl worker" in (refused.value.diag.message_hint or ""), refused.value.diag.message_hint
+
+    # A row written meanwhile goes to both: the live column from the old service, the shadow from the new.
+    notes(conn, range(5, 6))
+    drain(qvl_db, service.grpc_target)  # the live worker: the shadow is not its to fill
+    assert column(conn, "embedding_v2") == dict.fromkeys(range(1, 6))
+    assert conn.execute(SEARCH).fetchall() == before  # queries keep the old column and the old service
+    drain(qvl_db, new_service.grpc_target, shadow=True)
+    assert shadow_status(conn) == ("embedding_v2", 5, 5, fp_new)
+    ids = list(range(1, 6))
+    live, shadow = column(conn, "embedding"), column(conn, "embedding_v2")
+    assert (cosines(np.stack([live[i] for i in ids]), model_vectors(service, conn, ids)) >= 0.9999).all()
+    assert (cosines(np.stack([shadow[i] for i in ids]), model_vectors(new_service, conn, ids)) >= 0.9999).all()
+    assert conn.execute("SELECT model_fingerprint FROM qvl.vectorizer WHERE name = 'notes'").fetchone() == (fp_old,)
+
+    # The switch: the shadow column, its service and its model become the vectorizer's at once.
+    conn.execute(switch)
+    assert conn.execute("SELECT destination, model_fingerprint, service_url FROM qvl.vectorizer "
+                        "WHERE name = 'notes'").fetchone() == ("embedding_v2", fp_new, new_service.http_url)
+    after = conn.execute(SEARCH).fetchall()  # asked of the new service (qvl.service still names the old one)
+    assert after and after != before
+    q = conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0]  # type: ignore[index]
+    for pk, distance in after:
+        assert abs(distance - (1 - cosines(vec(q), shadow[int(pk)]))) < 1e-4, (pk, distance)
+    # The old column stays (a way back) until dropped on request; new rows fill the new column only.
+    kept = column(conn, "embedding")
+    assert all(np.array_equal(kept[i], (old | {5: live[5]})[i]) for i in ids) and kept.keys() == set(ids)
+    notes(conn, range(6, 7))
+    drain(qvl_db, new_service.grpc_target)
+    assert column(conn, "embedding_v2")[6] is not None and column(conn, "embedding")[6] is None
+    conn.execute(drop_old)
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
+                        "AND attname = 'embedding' AND NOT attisdropped").fetchone() == (0,)
+    assert shadow_status(conn) == (None, None, None, None)
+
+
+def test_a_shadow_can_be_abandoned(qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess,
+                                   new_service: ServiceProcess) -> None:
+    notes(conn, range(1, 3))
+    drain(qvl_db, service.grpc_target)
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    with pytest.raises(psycopg.Error) as twice:
+        conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v3')", (new_service.http_url,))
+    assert twice.value.sqlstate == "55000" and "embedding_v2" in (twice.value.diag.message_primary or "")
+    conn.execute("SELECT qvl.abandon_shadow('notes')")
+    assert conn.execute("SELECT to_regclass(%s)", (f"qvl.shadow_queue_{vid}",)).fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
+                        "AND attname = 'embedding_v2' AND NOT attisdropped").fetchone() == (0,)
+    notes(conn, range(3, 4))  # the table's writes go on without the shadow
+    drain(qvl_db, service.grpc_target)
+    assert column(conn, "embedding")[3] is not None
+
+
+def test_bad_shadow_requests_are_refused_clearly(conn: psycopg.Connection[Any], new_service: ServiceProcess) -> None:
+    notes(conn, range(1, 2))
+    for args, words in ((("embedding",), "already"), (("body",), "already")):
+        with pytest.raises(psycopg.Error) as refused:
+            conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => %s)", (new_service.http_url, *args))
+        assert words in (refused.value.diag.message_primary or ""), refused.value.diag.message_primary
+    with pytest.raises(psycopg.Error) as unreachable:
+        conn.execute("SELECT qvl.reembed('notes', service => 'http://127.0.0.1:9', shadow => 'embedding_v2')")
+    assert "127.0.0.1:9" in (unreachable.value.diag.message_primary or ""), unreachable.value.diag.message_primary
+    with pytest.raises(psycopg.Error) as nothing:
+        conn.execute("SELECT qvl.switch_vectorizer('notes')")
+    assert "no shadow" in (nothing.value.diag.message_primary or ""), nothing.value.diag.message_primary
+
+
+def test_a_switch_under_inserts_and_searches_shows_no_error_and_no_mixed_answer(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """Threads insert rows and search all along, while the shadow fills and the switch happens: every search
+    answers, and each answer's distances are those of one model (its query vector against that model's
+    column), old ones first, then only new ones."""
+    notes(conn, range(1, 21))
+    drain(qvl_db, service.grpc_target)
+    q_old = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    stop = threading.Event()
+    answers: list[tuple[str, list[tuple[str, float]]]] = []  # (thread, answer) in each thread's order
+    errors: list[str] = []
+    inserted = [20]
+
+    def insert() -> None:
+        with psycopg.connect(qvl_db, autocommit=True) as c:
+            while not stop.is_set():
+                inserted[0] += 1
+                c.execute("INSERT INTO notes VALUES (%s, %s)", (inserted[0], f"a harbour crane number {inserted[0]}"))
+                time.sleep(0.05)
+
+    def search() -> None:
+        with psycopg.connect(qvl_db, autocommit=True) as c:
+            while not stop.is_set():
+                try:
+                    rows = c.execute("SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 5, "
+                                     "rerank => false)").fetchall()
+                    answers.append((threading.current_thread().name, [(str(p), float(d)) for p, d in rows]))
+                except psycopg.Error as exc:
+                    errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=f, daemon=True) for f in (insert, search, search)]
+    with contextlib.ExitStack() as stack:
+        live = stack.enter_context(running(qvl_db, service.grpc_target))
+        stack.enter_context(running(qvl_db, new_service.grpc_target, shadow=True))
+        for t in threads:
+            t.start()
+        # Both searchers answer (from the old column) before the switch is tried.
+        wait_until(lambda: len({thread for thread, _ in answers}) == 2, timeout=60, every=0.05)
+        switched_at = None
+        deadline = time.monotonic() + 120
+        while switched_at is None and time.monotonic() < deadline:
+            try:
+                conn.execute("SELECT qvl.switch_vectorizer('notes')")
+                switched_at = time.monotonic()
+            except psycopg.errors.ObjectNotInPrerequisiteState:
+                time.sleep(0.2)  # the shadow is not complete yet: rows keep coming
+        assert switched_at is not None, "the shadow never completed under the inserts"
+        live.stop()  # the old model's worker goes; one on the new service takes the vectorizer's own queue
+        stack.enter_context(running(qvl_db, new_service.grpc_target))
+        time.sleep(3.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+        assert conn.execute("SELECT qvl.wait_for_embeddings('notes', '60 seconds')").fetchone() == (True,)
+    assert not errors, errors[:5]
+    q_new = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+    old, new = column(conn, "embedding"), column(conn, "embedding_v2")
+
+    def fits(answer: list[tuple[str, float]], q: np.ndarray, col: dict[int, Any]) -> bool:
+        return all(col.get(int(pk)) is not None and abs(d - (1 - float(cosines(q, col[int(pk)])))) < 1e-4
+                   for pk, d in answer)
+
+    kinds: dict[str, list[str]] = {}
+    for thread, answer in answers:
+        assert answer, "a search found nothing"
+        by_old, by_new = fits(answer, q_old, old), fits(answer, q_new, new)
+        assert by_old != by_new, (answer, by_old, by_new)  # exactly one model's distances: never a mix
+        kinds.setdefault(thread, []).append("old" if by_old else "new")
+    for seen in kinds.values():  # each searcher: old answers, then from the switch on only new ones
+        assert "old" in seen and "new" in seen, seen
+        assert seen == sorted(seen, key=lambda k: k == "new"), "an old answer after a new one"
+    print(f"searches: {len(answers)} ({sum(k.count('old') for k in kinds.values())} old, "
+          f"{sum(k.count('new') for k in kinds.values())} new), rows inserted meanwhile: {inserted[0] - 20}")
+    assert conn.execute("SELECT count(*) FROM notes WHERE embedding_v2 IS NULL").fetchone() == (0,)
+    assert inserted[0] > 25, inserted  # rows kept coming all along
+
+
+def test_a_shadow_worker_on_another_model_holds_the_shadow(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """The shadow is pinned to the new model: a --shadow worker started on the old service writes nothing
+    into it, fails no row, counts no attempt, and says what to run."""
+    notes(conn, range(1, 4))
+    drain(qvl_db, service.grpc_target)
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    fp_new = served(new_service)
+
+    def held() -> bool:
+        return bool(conn.execute("SELECT 1 FROM qvl.worker_status WHERE reason LIKE '%abandon_shadow%'").fetchall())
+
+    with running(qvl_db, service.grpc_target, shadow=True):
+        wait_until(held, timeout=60, every=0.2)
+        [(reason,)] = conn.execute("SELECT reason FROM qvl.worker_status").fetchall()
+    for words in ("shadow column embedding_v2", fp_new, "qvl worker --shadow", "SELECT qvl.abandon_shadow('notes')"):
+        assert words in reason, (words, reason)
+    assert conn.execute(f"SELECT id, attempts FROM qvl.shadow_queue_{vid} ORDER BY id").fetchall() == [
+        (1, 0), (2, 0), (3, 0)]
+    assert conn.execute(f"SELECT count(*) FROM qvl.shadow_failed_{vid}").fetchone() == (0,)
+    assert column(conn, "embedding_v2") == dict.fromkeys(range(1, 4))
+    drain(qvl_db, new_service.grpc_target, shadow=True)  # the new model's worker fills it
+    assert all(v is not None for v in column(conn, "embedding_v2").values())
