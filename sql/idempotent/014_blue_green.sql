@@ -283,4 +283,4 @@ COMMENT ON FUNCTION qvl.abandon_shadow(text) IS 'Blue/green: give a shadow colum
 SELECT qvl._ensure_worker_role();
 GRANT SELECT ON qvl.shadow TO qvl_worker;
 SELECT qvl._ensure_trigger_role();
-ALTER FUNCTION qvl._enqueue_shadow() OWNER TO qvl_trigger;
+SELECT qvl._own_by_trigger_role('qvl._enqueue_shadow()');  -- lends CREATE on schema qvl where the installer is no superuser
