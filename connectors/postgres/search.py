@@ -259,6 +259,8 @@ def _with_library(conn: psycopg.Connection[Any], run: Callable[[], T]) -> T:
                 conn.execute(b"SET LOCAL transaction_read_only = on")  # as qvl.search's SET clause
                 try:
                     return run()
+                except _SpiError as exc:  # what the SQL function would raise (a missing privilege, ...)
+                    raise SearchError(str(exc), exc.sqlstate) from None
                 finally:
                     spi_.close()  # (PREPARE outlives a rollback)
         finally:

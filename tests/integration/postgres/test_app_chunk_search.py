@@ -6,6 +6,7 @@ as the PL/Python `qvl.search_chunks`; on the managed install, how an application
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ from connectors.client import Client
 from connectors.postgres.installer import install
 from connectors.postgres.search import ChunkHit, SearchError, search_chunks
 from tests.document_factory import pdf_of, pictures
-from tests.integration.postgres.conftest import drain
+from tests.integration.postgres.conftest import drain, role_dsn
 from tests.support.cli import run_qvl
 from tests.support.managed_postgres import managed_database
 from tests.support.postgres import PostgresServer
@@ -96,6 +97,32 @@ def test_the_application_side_gives_the_chunks_and_scores_of_qvl_search_chunks(
     with pytest.raises(SearchError) as app:
         search_chunks(conn, "plain", QUERY, client=client)
     assert app.value.sqlstate == "22023" and "not chunks" in app.value.message
+
+
+def test_the_vector_overload_and_the_application_side_read_with_the_callers_rights(
+        conn: psycopg.Connection[Any], qvl_db: str, service: ServiceProcess, client: Client) -> None:
+    """Row-level security on the table holds for both; without SELECT on the chunk table, both are refused."""
+    manuals(conn, qvl_db, service.grpc_target)
+    literal = query_literal(client, QUERY)
+    role = f"chunk_app_{uuid.uuid4().hex[:8]}"  # roles are the cluster's: one of this test's own
+    conn.execute(f"CREATE ROLE {role} LOGIN; GRANT SELECT ON manuals TO {role}; "
+                 "ALTER TABLE manuals ENABLE ROW LEVEL SECURITY; "
+                 f"CREATE POLICY only_winches ON manuals TO {role} USING (title LIKE 'winch%')")
+    try:
+        with psycopg.connect(role_dsn(qvl_db, role), autocommit=True) as reader:
+            with pytest.raises(psycopg.errors.InsufficientPrivilege, match="manual_pages"):
+                reader.execute("SELECT * FROM qvl.search_chunks('manuals', %s::vector)", (literal,))
+            with pytest.raises(SearchError) as app:
+                search_chunks(reader, "manuals", QUERY, client=client)
+            assert app.value.sqlstate == "42501" and "manual_pages" in app.value.message
+            conn.execute(f"GRANT SELECT ON manual_pages TO {role}")
+            near = in_sql(reader, "%s::vector, k => 10", literal)
+            assert sorted((h.pk, h.chunk_seq) for h in near) == [("3", 0), ("3", 1), ("3", 2)]
+            assert [h.distance for h in near] == sorted(h.distance for h in near)
+            hits = search_chunks(reader, "manuals", QUERY, client=client, k=10)
+            assert sorted((h.pk, h.chunk_seq) for h in hits) == [("3", 0), ("3", 1), ("3", 2)]
+    finally:
+        conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
 def test_chunks_on_the_managed_install_and_qvl_pg_search_chunks(
