@@ -11,7 +11,7 @@ the end: the same rows, the same filter security, the same distances as ``qvl.se
 ``search_chunks(conn, vectorizer, query, client=...)`` is ``qvl.search_chunks`` from the application: the
 same candidate stage over the chunk table (``plpy/chunk_search.chunk_candidates``), each candidate's
 part built as the library builds it (``part_item``: the page, the clip span, the passage) and reranked
-over gRPC.
+over gRPC. ``search`` on a chunked vectorizer ranks its rows by their best part, as ``qvl.search`` does.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ from psycopg.rows import dict_row
 from connectors.client import Client, QvlClientError
 from connectors.postgres.plpy import filter_text, filters, spi
 from connectors.postgres.plpy.candidates import candidate_rows, checked_filter
-from connectors.postgres.plpy.chunk_search import chunk_candidates, chunked, part_item
+from connectors.postgres.plpy.chunk_search import chunk_candidates, chunked, is_chunked, part_item
 from connectors.postgres.plpy.filters import Structured
 from connectors.postgres.plpy.search import check_k, check_offset
 from connectors.postgres.plpy.service import DEFAULT_QUERY_INSTRUCTION
@@ -278,6 +278,8 @@ def _search(*, cfg_name: str, query: str | bytes | None, client: Client, k: int,
     wanted = skip + k
     limit = max(candidates or 0, wanted)
     qvec = query_vector(cfg, query, client)
+    if is_chunked(cfg):  # rows ranked by their best part, as plpy/chunk_search.search_best_parts
+        return _best_parts(cfg, query, qvec, client, flt, limit, use_rerank)[skip:wanted]
     rows = candidate_rows(cfg, qvec, flt, limit, bool(use_rerank))
     if not use_rerank or not rows:
         return [Hit(r["qvl_pk"], r["qvl_distance"], None) for r in rows][skip:wanted]
@@ -312,6 +314,35 @@ def search_chunks(conn: psycopg.Connection[Any], vectorizer: str, query: str | b
                                                       _given_filter(filter), rerank))
 
 
+def _ranked_chunks(cfg: Mapping[str, Any], query: str | bytes, qvec: str, client: Client, flt: Any, limit: int,
+                   use_rerank: bool) -> list[ChunkHit]:
+    """``plpy/chunk_search.ranked_chunks`` with the rerank over gRPC: every candidate, best first."""
+    rows = chunk_candidates(cfg, qvec, flt, limit)
+
+    def hit(r: Mapping[str, Any], score: float | None) -> ChunkHit:
+        return ChunkHit(r["qvl_pk"], r["qvl_seq"], json.loads(r["qvl_locator"]), r["qvl_distance"], score)
+
+    if not use_rerank or not rows:
+        return [hit(r, None) for r in rows]
+    parts = [part_pb(part_item(cfg, r)) for r in rows]
+    try:
+        result = client.rerank(query_item(query), parts, allow_partial=True)
+    except QvlClientError as exc:
+        raise SearchError(f"qvl: the service could not rerank for vectorizer {cfg['name']!r}: {exc}",
+                          "08006") from None
+    return [hit(rows[i], score) for i, score in sorted(result.ranking, key=lambda r: -r[1])]
+
+
+def _best_parts(cfg: Mapping[str, Any], query: str | bytes, qvec: str, client: Client, flt: Any, limit: int,
+                use_rerank: bool) -> list[Hit]:
+    """Rows by their best chunk's rank, each with its nearest chunk's distance."""
+    rows: dict[str, list[Any]] = {}  # pk -> [distance, score], in rank order
+    for h in _ranked_chunks(cfg, query, qvec, client, flt, limit, use_rerank):
+        entry = rows.setdefault(h.pk, [h.distance, h.score])
+        entry[0] = min(entry[0], h.distance)
+    return [Hit(pk, d, s) for pk, (d, s) in rows.items()]
+
+
 def _search_chunks(name: str, query: str | bytes | None, client: Client, k: int, candidates: int,
                    flt_given: str | None, use_rerank: bool) -> list[ChunkHit]:
     """``plpy/chunk_search.search_chunks_rows`` with the two service calls made over gRPC."""
@@ -320,16 +351,5 @@ def _search_chunks(name: str, query: str | bytes | None, client: Client, k: int,
     k = check_k(k)
     if query is None or k < 1:
         return []
-    rows = chunk_candidates(cfg, query_vector(cfg, query, client), flt, max(candidates or 0, k))
-
-    def hit(r: Mapping[str, Any], score: float | None) -> ChunkHit:
-        return ChunkHit(r["qvl_pk"], r["qvl_seq"], json.loads(r["qvl_locator"]), r["qvl_distance"], score)
-
-    if not use_rerank or not rows:
-        return [hit(r, None) for r in rows][:k]
-    parts = [part_pb(part_item(cfg, r)) for r in rows]
-    try:
-        result = client.rerank(query_item(query), parts, top_k=k, allow_partial=True)
-    except QvlClientError as exc:
-        raise SearchError(f"qvl: the service could not rerank for vectorizer {name!r}: {exc}", "08006") from None
-    return [hit(rows[i], score) for i, score in sorted(result.ranking, key=lambda r: -r[1])][:k]
+    qvec = query_vector(cfg, query, client)
+    return _ranked_chunks(cfg, query, qvec, client, flt, max(candidates or 0, k), use_rerank)[:k]

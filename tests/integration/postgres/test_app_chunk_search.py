@@ -15,7 +15,7 @@ import pytest
 
 from connectors.client import Client
 from connectors.postgres.installer import install
-from connectors.postgres.search import ChunkHit, SearchError, search_chunks
+from connectors.postgres.search import ChunkHit, Hit, SearchError, search, search_chunks
 from tests.document_factory import pdf_of, pictures
 from tests.integration.postgres.conftest import drain, role_dsn
 from tests.support.cli import run_qvl
@@ -87,6 +87,21 @@ def test_the_application_side_gives_the_chunks_and_scores_of_qvl_search_chunks(
     with pytest.raises(psycopg.errors.DataException) as wrong:
         conn.execute("SELECT * FROM qvl.search_chunks('manuals', '[1,2,3]'::vector)")
     assert "dimensions => 32" in (wrong.value.diag.message_hint or "")
+
+    # qvl.search on a chunked vectorizer ranks rows by their best part: the application side as well.
+    for call, kwargs in (("k => 2", {"k": 2}), ("k => 3, rerank => false", {"k": 3, "rerank": False}),
+                         ("k => 2, \"offset\" => 1, candidates => 4", {"k": 2, "offset": 1, "candidates": 4})):
+        rows = conn.execute(f"SELECT pk, distance, score FROM qvl.search('manuals', %s, {call})", (QUERY,)).fetchall()
+        got = search(conn, "manuals", QUERY, client=client, **kwargs)  # type: ignore[arg-type]
+        assert [(h.pk, h.score is None) for h in got] == [(r[0], r[2] is None) for r in rows]
+        for h, (_, distance, score) in zip(got, rows, strict=True):
+            assert h.distance == pytest.approx(distance, abs=1e-6)
+            assert h.score == (None if score is None else pytest.approx(score, abs=1e-5))
+    assert all(isinstance(h, Hit) for h in got)
+    # By a query vector, qvl.search refuses a chunked vectorizer, naming the overload that reads chunks.
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as chunky:
+        conn.execute("SELECT * FROM qvl.search('manuals', %s::vector)", (literal,))
+    assert "qvl.search_chunks('manuals', query_vector" in (chunky.value.diag.message_hint or "")
 
     # A vectorizer with one vector per row is refused by both, naming qvl.search.
     conn.execute("CREATE TABLE plain (id int PRIMARY KEY, body text)")
