@@ -75,8 +75,12 @@ def cmd_pg_search(args: argparse.Namespace) -> int:
     import psycopg
 
     from connectors.client import Client, QvlClientError
-    from connectors.postgres.search import SearchError, search
+    from connectors.postgres.search import ChunkHit, Hit, SearchError, search, search_chunks
 
+    if args.chunks and args.offset:
+        print("qvl pg search: --offset is not taken with --chunks (qvl.search_chunks has none): ask for more with --k",
+              file=sys.stderr)
+        return 2
     flt: Any = args.filter
     if args.filter_json is not None:
         try:
@@ -91,8 +95,13 @@ def cmd_pg_search(args: argparse.Namespace) -> int:
     try:
         with psycopg.connect(args.dsn, autocommit=True, connect_timeout=10) as conn, \
                 Client(args.service, token=args.token) as client:
-            hits = search(conn, args.vectorizer, query, client=client, k=args.k, candidates=args.candidates,
-                          filter=flt, rerank=not args.no_rerank, offset=args.offset)
+            hits: list[Hit] | list[ChunkHit]
+            if args.chunks:
+                hits = search_chunks(conn, args.vectorizer, query, client=client, k=args.k,
+                                     candidates=args.candidates, filter=flt, rerank=not args.no_rerank)
+            else:
+                hits = search(conn, args.vectorizer, query, client=client, k=args.k, candidates=args.candidates,
+                              filter=flt, rerank=not args.no_rerank, offset=args.offset)
     except SearchError as exc:
         print(f"qvl pg search: {exc}", file=sys.stderr)
         return 2
@@ -194,7 +203,8 @@ def add_postgres_parsers(sub: Any) -> None:
     p = pg_sub.add_parser("search", help="search a vectorizer from the application (embed and rerank over gRPC)",
                           description="The application side of qvl.search: the query embedded and the candidates "
                           "reranked over gRPC, the candidate stage in the database as --dsn's role. Works on the "
-                          "managed install. Prints one JSON object per hit, best first: {pk, distance, score}.")
+                          "managed install. Prints one JSON object per hit, best first: {pk, distance, score} "
+                          "(with --chunks: {pk, chunk_seq, locator, distance, score}).")
     _dsn(p)
     p.add_argument("--service", default=os.environ.get("QVL_SERVICE", "127.0.0.1:50051"),
                    help="gRPC target of qvl serve (QVL_SERVICE)")
@@ -210,7 +220,9 @@ def add_postgres_parsers(sub: Any) -> None:
                      "checks it)")
     flt.add_argument("--filter-json", help='a structured filter: {"column": ..., "op": ..., "value": ...}')
     p.add_argument("--no-rerank", action="store_true", help="by distance alone (score null)")
-    # (--chunks: the chunk tables' search, search_chunks, is being built beside this: it goes here.)
+    p.add_argument("--chunks", action="store_true",
+                   help="a chunked vectorizer's chunks, as qvl.search_chunks: {pk, chunk_seq, locator, distance, "
+                   "score} per hit (no --offset)")
     p.set_defaults(func=cmd_pg_search)
 
     p = pg_sub.add_parser("sql", help="print the install as one SQL script (for migration tools)",

@@ -8,21 +8,24 @@ candidates over gRPC with their own columns. The candidate stage is the in-datab
 run here over psycopg instead of PL/Python (``PsycopgSpi``), read-only, in a savepoint rolled back at
 the end: the same rows, the same filter security, the same distances as ``qvl.search``.
 
-Chunks (``search_chunks``) are another engineer's work in progress: they would add a candidate stage
-over the chunk table beside ``candidate_rows`` and a ``chunks=True`` path here.
+``search_chunks(conn, vectorizer, query, client=...)`` is ``qvl.search_chunks`` from the application: the
+same candidate stage over the chunk table (``plpy/chunk_search.chunk_candidates``), each candidate's
+part built as the library builds it (``part_item``: the page, the clip span, the passage) and reranked
+over gRPC. ``search`` on a chunked vectorizer ranks its rows by their best part, as ``qvl.search`` does.
 """
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import itertools
 import json
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TypeVar
 
 import numpy as np
 import psycopg
@@ -32,6 +35,7 @@ from psycopg.rows import dict_row
 from connectors.client import Client, QvlClientError
 from connectors.postgres.plpy import filter_text, filters, spi
 from connectors.postgres.plpy.candidates import candidate_rows, checked_filter
+from connectors.postgres.plpy.chunk_search import chunk_candidates, chunked, is_chunked, part_item
 from connectors.postgres.plpy.filters import Structured
 from connectors.postgres.plpy.search import check_k, check_offset
 from connectors.postgres.plpy.service import DEFAULT_QUERY_INSTRUCTION
@@ -44,6 +48,7 @@ from qvl_proto import vectorizer_pb2 as pb
 _LIBRARY = threading.Lock()
 _EXPLAIN = re.compile(r"^\s*EXPLAIN\s*(\([^)]*\))\s*(.*)$", re.S | re.I)
 _names = itertools.count(1)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -54,6 +59,19 @@ class Hit:
 
     def as_json(self) -> dict[str, Any]:
         return {"pk": self.pk, "distance": self.distance, "score": self.score}
+
+
+@dataclass(frozen=True)
+class ChunkHit:
+    pk: str
+    chunk_seq: int
+    locator: dict[str, Any]  # {"page": n}, {"start_s", "end_s"} or {"char_start", "char_end"}
+    distance: float
+    score: float | None  # None without rerank
+
+    def as_json(self) -> dict[str, Any]:
+        return {"pk": self.pk, "chunk_seq": self.chunk_seq, "locator": self.locator, "distance": self.distance,
+                "score": self.score}
 
 
 class SearchError(Exception):
@@ -219,11 +237,19 @@ def search(conn: psycopg.Connection[Any], vectorizer: str, query: str | bytes | 
     rows offset+1 .. offset+k, best first. ``filter``: SQL text (one condition on the table's columns) or
     a structured filter (a dict, as the jsonb one). Runs as ``conn``'s role; ``conn``'s transaction is as
     it was afterwards. A refusal raises ``SearchError`` with what qvl.search's SQL error would say."""
-    given: str | None = None
+    return _with_library(conn, lambda: _search(cfg_name=vectorizer, query=query, client=client, k=k,
+                                               candidates=candidates, flt_given=_given_filter(filter),
+                                               use_rerank=rerank, offset=offset))
+
+
+def _given_filter(filter: str | Mapping[str, Any] | None) -> str | None:
     if isinstance(filter, Mapping):
-        given = Structured(json.dumps(filter))
-    elif filter is not None:
-        given = filter
+        return Structured(json.dumps(filter))
+    return filter
+
+
+def _with_library(conn: psycopg.Connection[Any], run: Callable[[], T]) -> T:
+    """``run`` with the library's ``plpy`` over ``conn``, read-only, in a transaction rolled back after."""
     spi_ = PsycopgSpi(conn)
     with _LIBRARY:
         saved = (spi.plpy, spi.plans, filters.filter_plans, filter_text.probed)
@@ -232,8 +258,9 @@ def search(conn: psycopg.Connection[Any], vectorizer: str, query: str | bytes | 
             with conn.transaction(force_rollback=True):
                 conn.execute(b"SET LOCAL transaction_read_only = on")  # as qvl.search's SET clause
                 try:
-                    return _search(cfg_name=vectorizer, query=query, client=client, k=k, candidates=candidates,
-                                   flt_given=given, use_rerank=rerank, offset=offset)
+                    return run()
+                except _SpiError as exc:  # what the SQL function would raise (a missing privilege, ...)
+                    raise SearchError(str(exc), exc.sqlstate) from None
                 finally:
                     spi_.close()  # (PREPARE outlives a rollback)
         finally:
@@ -251,8 +278,78 @@ def _search(*, cfg_name: str, query: str | bytes | None, client: Client, k: int,
     wanted = skip + k
     limit = max(candidates or 0, wanted)
     qvec = query_vector(cfg, query, client)
+    if is_chunked(cfg):  # rows ranked by their best part, as plpy/chunk_search.search_best_parts
+        return _best_parts(cfg, query, qvec, client, flt, limit, use_rerank)[skip:wanted]
     rows = candidate_rows(cfg, qvec, flt, limit, bool(use_rerank))
     if not use_rerank or not rows:
         return [Hit(r["qvl_pk"], r["qvl_distance"], None) for r in rows][skip:wanted]
     ranked = rerank(cfg, query, rows, wanted, client)
     return [Hit(rows[i]["qvl_pk"], rows[i]["qvl_distance"], score) for i, score in ranked][skip:wanted]
+
+
+# The keys of the library's JSON item that hold base64 (the service's JSON API); the gRPC client takes bytes.
+_BASE64_KEYS = ("video", "image", "document", "frames")
+
+
+def part_pb(item: Mapping[str, Any]) -> dict[str, Any]:
+    """``plpy/chunk_search.part_item``'s JSON item as the gRPC client's item (bytes, not base64)."""
+    out = dict(item)
+    for key in _BASE64_KEYS:
+        value = out.get(key)
+        if isinstance(value, list):
+            out[key] = [base64.b64decode(v) for v in value]
+        elif value is not None:
+            out[key] = base64.b64decode(value)
+    return out
+
+
+def search_chunks(conn: psycopg.Connection[Any], vectorizer: str, query: str | bytes | None, *, client: Client,
+                  k: int = 10, candidates: int = 100, filter: str | Mapping[str, Any] | None = None,
+                  rerank: bool = True) -> list[ChunkHit]:
+    """``qvl.search_chunks(vectorizer, query, k, candidates, filter, rerank)`` from the application: the
+    ``candidates`` nearest chunks of the rows that pass the filter, each one's part (page, clip span,
+    passage) reranked over gRPC; k of them, best first (without rerank: nearest first, score None).
+    As ``search``: runs as ``conn``'s role, leaves its transaction as it was, refuses with ``SearchError``."""
+    return _with_library(conn, lambda: _search_chunks(vectorizer, query, client, k, candidates,
+                                                      _given_filter(filter), rerank))
+
+
+def _ranked_chunks(cfg: Mapping[str, Any], query: str | bytes, qvec: str, client: Client, flt: Any, limit: int,
+                   use_rerank: bool) -> list[ChunkHit]:
+    """``plpy/chunk_search.ranked_chunks`` with the rerank over gRPC: every candidate, best first."""
+    rows = chunk_candidates(cfg, qvec, flt, limit)
+
+    def hit(r: Mapping[str, Any], score: float | None) -> ChunkHit:
+        return ChunkHit(r["qvl_pk"], r["qvl_seq"], json.loads(r["qvl_locator"]), r["qvl_distance"], score)
+
+    if not use_rerank or not rows:
+        return [hit(r, None) for r in rows]
+    parts = [part_pb(part_item(cfg, r)) for r in rows]
+    try:
+        result = client.rerank(query_item(query), parts, allow_partial=True)
+    except QvlClientError as exc:
+        raise SearchError(f"qvl: the service could not rerank for vectorizer {cfg['name']!r}: {exc}",
+                          "08006") from None
+    return [hit(rows[i], score) for i, score in sorted(result.ranking, key=lambda r: -r[1])]
+
+
+def _best_parts(cfg: Mapping[str, Any], query: str | bytes, qvec: str, client: Client, flt: Any, limit: int,
+                use_rerank: bool) -> list[Hit]:
+    """Rows by their best chunk's rank, each with its nearest chunk's distance."""
+    rows: dict[str, list[Any]] = {}  # pk -> [distance, score], in rank order
+    for h in _ranked_chunks(cfg, query, qvec, client, flt, limit, use_rerank):
+        entry = rows.setdefault(h.pk, [h.distance, h.score])
+        entry[0] = min(entry[0], h.distance)
+    return [Hit(pk, d, s) for pk, (d, s) in rows.items()]
+
+
+def _search_chunks(name: str, query: str | bytes | None, client: Client, k: int, candidates: int,
+                   flt_given: str | None, use_rerank: bool) -> list[ChunkHit]:
+    """``plpy/chunk_search.search_chunks_rows`` with the two service calls made over gRPC."""
+    cfg = chunked(vectorizer_by_name(name), name)
+    flt = checked_filter(cfg, flt_given)
+    k = check_k(k)
+    if query is None or k < 1:
+        return []
+    qvec = query_vector(cfg, query, client)
+    return _ranked_chunks(cfg, query, qvec, client, flt, max(candidates or 0, k), use_rerank)[:k]

@@ -19,12 +19,20 @@ DECLARE
     ef text;
 BEGIN
     SELECT x.name, x.pk_columns, x.destination, x.dimensions, x.storage, c.relname,
-           pg_catalog.format('%I.%I', n.nspname, c.relname) AS source_sql
+           pg_catalog.format('%I.%I', n.nspname, c.relname) AS source_sql,
+           -- a chunked vectorizer's chunk table (version 13; read through to_jsonb: NULL before)
+           pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.->>) 'chunk_table' AS chunk_table
       INTO v FROM qvl.vectorizer x JOIN pg_catalog.pg_class c ON c.oid = x.source
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE x.name = vectorizer;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704',
             HINT = 'See SELECT name FROM qvl.vectorizer_status;';
+    END IF;
+    IF v.chunk_table IS NOT NULL THEN
+        RAISE EXCEPTION 'qvl: vectorizer % keeps chunks, not one vector per row', pg_catalog.quote_literal(vectorizer)
+            USING ERRCODE = '0A000',
+            HINT = pg_catalog.format('Search its chunks: qvl.search_chunks(%L, query_vector, k); or rank its rows by '
+                                     'their best part from the application (connectors.postgres.search).', vectorizer);
     END IF;
     IF k IS NULL THEN
         RAISE EXCEPTION 'qvl: k is NULL' USING ERRCODE = '22004', HINT = 'k => 10 returns the 10 nearest rows.';

@@ -42,3 +42,89 @@ return lib.search_chunks_rows(vectorizer, lib.text_item(query), k, candidates, r
 $py$;
 COMMENT ON FUNCTION qvl.search_chunks(text, text, jsonb, int, int, boolean) IS
     'Text query over a chunked vectorizer under a structured (jsonb) filter';
+
+-- By a query vector the application embedded (issue 22), in PL/pgSQL, so on both installs (the managed
+-- one has no PL/Python): the `k` nearest chunks after `offset`, nearest first, score NULL (the reranker
+-- runs in the application: connectors.postgres.search_chunks). As the caller, read-only; the chunks are
+-- joined to their rows, so the caller's rights and row-level security on the table apply as above.
+CREATE OR REPLACE FUNCTION qvl.search_chunks(vectorizer text, query_vector vector, k int DEFAULT 10,
+                                             "offset" int DEFAULT 0)
+RETURNS TABLE(pk text, chunk_seq int, locator jsonb, distance real, score real) LANGUAGE plpgsql VOLATILE
+SET transaction_read_only = on AS $$
+DECLARE
+    v record;
+    vs text;
+    dims int;
+    rel text;
+    keytext text;
+    joined text;
+    probe text;
+    ef text;
+BEGIN
+    SELECT x.name, x.pk_columns, x.dimensions, x.storage, x.chunk_table, c.relname,
+           pg_catalog.format('%I.%I', n.nspname, c.relname) AS source_sql,
+           (SELECT pg_catalog.format('%I.%I', cn.nspname, cc.relname) FROM pg_catalog.pg_class cc
+              JOIN pg_catalog.pg_namespace cn ON cn.oid = cc.relnamespace WHERE cc.oid = x.chunk_table) AS chunk_sql
+      INTO v FROM qvl.vectorizer x JOIN pg_catalog.pg_class c ON c.oid = x.source
+      JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE x.name = vectorizer;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704',
+            HINT = 'See SELECT name FROM qvl.vectorizer_status;';
+    END IF;
+    IF v.chunk_table IS NULL THEN
+        RAISE EXCEPTION 'qvl: vectorizer % keeps one vector per row, not chunks', pg_catalog.quote_literal(vectorizer)
+            USING ERRCODE = '22023', HINT = pg_catalog.format('Search it with qvl.search(%L, query_vector).', vectorizer);
+    END IF;
+    IF v.chunk_sql IS NULL THEN
+        RAISE EXCEPTION 'qvl: the chunk table of vectorizer % is gone', pg_catalog.quote_literal(vectorizer)
+            USING ERRCODE = '42P01',
+            HINT = pg_catalog.format('Drop the vectorizer (SELECT qvl.drop_vectorizer(%L)) and create it again.',
+                                     vectorizer);
+    END IF;
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'qvl: k is NULL' USING ERRCODE = '22004', HINT = 'k => 10 returns the 10 nearest chunks.';
+    END IF;
+    IF "offset" IS NOT NULL AND "offset" < 0 THEN
+        RAISE EXCEPTION 'qvl: offset must be 0 or more, got %', "offset" USING ERRCODE = '22023',
+            HINT = 'offset => 20 skips the 20 nearest chunks.';
+    END IF;
+    IF query_vector IS NULL OR k < 1 THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.quote_ident(ns.nspname) INTO vs FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector';
+    EXECUTE pg_catalog.format('SELECT %s.vector_dims($1)', vs) INTO dims USING query_vector;
+    IF dims <> v.dimensions THEN
+        RAISE EXCEPTION 'qvl: the query vector has % dimensions, and vectorizer % stores %',
+                dims, vectorizer, v.dimensions USING ERRCODE = '22000',
+            HINT = pg_catalog.format('Embed the query at dimensions => %s with the vectorizer''s query instruction '
+                                     '(connectors.postgres.search_chunks does).', v.dimensions);
+    END IF;
+    rel := pg_catalog.quote_ident(v.relname);
+    SELECT CASE WHEN pg_catalog.cardinality(v.pk_columns) = 1
+                THEN pg_catalog.format('%s.%I::pg_catalog.text', rel, v.pk_columns[1])
+                ELSE pg_catalog.format('ROW(%s)::pg_catalog.text',
+                                       pg_catalog.string_agg(pg_catalog.format('%s.%I', rel, c), ', ' ORDER BY o)) END,
+           pg_catalog.string_agg(pg_catalog.format('%s.%I = qvl_c.%I', rel, c, c), ' AND ' ORDER BY o)
+      INTO keytext, joined FROM pg_catalog.unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
+    -- The chunk column's own type on the query side, so its index serves (as qvl.search above).
+    probe := CASE v.storage
+        WHEN 'vector' THEN pg_catalog.format('OPERATOR(%s.<=>) $1', vs)
+        WHEN 'halfvec' THEN pg_catalog.format('OPERATOR(%1$s.<=>) $1::%1$s.halfvec(%2$s)', vs, v.dimensions)
+        ELSE pg_catalog.format('OPERATOR(%1$s.<~>) %1$s.binary_quantize($1)::pg_catalog.bit(%2$s)', vs, v.dimensions)
+    END;
+    ef := pg_catalog.current_setting('hnsw.ef_search', true);
+    PERFORM pg_catalog.set_config('hnsw.ef_search',
+                                  least(1000, greatest(40, k + coalesce("offset", 0), coalesce(ef, '0')::int))::text,
+                                  true);
+    RETURN QUERY EXECUTE pg_catalog.format(
+        'SELECT %1$s, qvl_c.chunk_seq::pg_catalog.int4, qvl_c.locator::pg_catalog.jsonb, '
+        '(qvl_c.embedding %2$s)::pg_catalog.float4, NULL::pg_catalog.float4 '
+        'FROM %3$s AS qvl_c JOIN %4$s ON %5$s WHERE qvl_c.embedding IS NOT NULL '
+        'ORDER BY qvl_c.embedding %2$s LIMIT $2 OFFSET $3', keytext, probe, v.chunk_sql, v.source_sql, joined)
+        USING query_vector, k, coalesce("offset", 0);
+    PERFORM pg_catalog.set_config('hnsw.ef_search', coalesce(ef, '40'), true);
+END
+$$;
+COMMENT ON FUNCTION qvl.search_chunks(text, vector, int, int) IS
+    'The nearest chunks to a query vector the application embedded (score NULL: rerank in the application)';
