@@ -174,7 +174,13 @@ def _dsn(p: argparse.ArgumentParser) -> None:
 def add_postgres_parsers(sub: Any) -> None:
     pg = sub.add_parser("pg", help="install qvl into a Postgres database, show vectorizer status")
     pg_sub = pg.add_subparsers(dest="pg_command", required=True)
+    _add_install_parser(pg_sub)
+    _add_search_parser(pg_sub)
+    _add_sql_and_status_parsers(pg_sub)
+    _add_worker_parser(sub)
 
+
+def _add_install_parser(pg_sub: Any) -> None:
     p = pg_sub.add_parser("install", help="apply sql/ (idempotent; upgrades in place)",
                           description="Creates or upgrades schema qvl. Where the role is a superuser and "
                           "PL/Python exists: the full install; otherwise the managed install (no model calls "
@@ -200,6 +206,8 @@ def add_postgres_parsers(sub: Any) -> None:
                    help="the managed install even where the full one could be made (no PL/Python in the database)")
     p.set_defaults(func=cmd_pg_install)
 
+
+def _add_search_parser(pg_sub: Any) -> None:
     p = pg_sub.add_parser("search", help="search a vectorizer from the application (embed and rerank over gRPC)",
                           description="The application side of qvl.search: the query embedded and the candidates "
                           "reranked over gRPC, the candidate stage in the database as --dsn's role. Works on the "
@@ -225,6 +233,8 @@ def add_postgres_parsers(sub: Any) -> None:
                    "score} per hit (no --offset)")
     p.set_defaults(func=cmd_pg_search)
 
+
+def _add_sql_and_status_parsers(pg_sub: Any) -> None:
     p = pg_sub.add_parser("sql", help="print the install as one SQL script (for migration tools)",
                           description="A fresh install as one script, for `psql -1 -f` as the installing role or a "
                           "migration tool: every migration with its version row, every function, the grants.")
@@ -237,6 +247,8 @@ def add_postgres_parsers(sub: Any) -> None:
     _dsn(p)
     p.set_defaults(func=cmd_pg_status)
 
+
+def _add_worker_parser(sub: Any) -> None:
     p = sub.add_parser("worker", help="embed queued Postgres rows through the service (gRPC)",
                        description="LISTEN/NOTIFY with polling, FOR UPDATE SKIP LOCKED claims with a lease; run "
                        "as many as you like. SIGTERM finishes the batches in hand.")

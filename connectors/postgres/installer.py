@@ -263,6 +263,23 @@ def ensure_worker_login(conn: psycopg.Connection, login: str, password: str | No
         conn.execute(sql.SQL("GRANT qvl_worker TO {}").format(role))
 
 
+def _set_service(conn: psycopg.Connection, after: int, mode: str, url: str, token: str | None,
+                 ca_file: str | None) -> None:
+    """``--service-url``: where the database calls the service (the full install only)."""
+    if mode == MANAGED:
+        log.warning("--service-url is not used on the managed install: the database never calls the "
+                    "service (give the address to `qvl worker --service`)")
+        return
+    if after < SERVICE_FROM:
+        raise InstallError("--service-url needs version >= 2")
+    if ca_file is None:
+        conn.execute("SELECT qvl.set_service(%s, %s)", (url, token))
+    elif after < CA_FILE_FROM:
+        raise InstallError(f"--service-ca-file needs version >= {CA_FILE_FROM}")
+    else:
+        conn.execute("SELECT qvl.set_service(%s, %s, ca_file => %s)", (url, token, ca_file))
+
+
 def install(dsn: str, *, service_url: str | None = None, service_token: str | None = None,
             service_ca_file: str | None = None, public_grant: bool | None = None, target: int | None = None,
             directory: Path | None = None, worker_login: str | None = None,
@@ -333,19 +350,8 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                 if after < GRANTS_FROM:
                     raise InstallError(f"--worker-login needs version >= {GRANTS_FROM}")
                 ensure_worker_login(conn, worker_login, worker_password)
-            if service_url is not None and choice.mode == MANAGED:
-                log.warning("--service-url is not used on the managed install: the database never calls the "
-                            "service (give the address to `qvl worker --service`)")
-            elif service_url is not None:
-                if after < SERVICE_FROM:
-                    raise InstallError("--service-url needs version >= 2")
-                if service_ca_file is None:
-                    conn.execute("SELECT qvl.set_service(%s, %s)", (service_url, service_token))
-                elif after < CA_FILE_FROM:
-                    raise InstallError(f"--service-ca-file needs version >= {CA_FILE_FROM}")
-                else:
-                    conn.execute("SELECT qvl.set_service(%s, %s, ca_file => %s)",
-                                 (service_url, service_token, service_ca_file))
+            if service_url is not None:
+                _set_service(conn, after, choice.mode, service_url, service_token, service_ca_file)
     if applied:
         log.info("qvl schema at version %d (was %d): applied %s", after, before, ", ".join(applied),
                  extra={"version": after, "version_before": before})

@@ -37,8 +37,57 @@ def ident(name: str) -> str:
     return '"' + name.replace('"', '""') + '"'
 
 
+class ChunkStatements:
+    """A chunked vectorizer's write, one transaction per batch (BatchStore._write_chunks): the statements
+    ``Vectorizer`` gets from here, over its keys, queue, source and chunk table."""
+
+    def chunk_rows_sql(self) -> str:
+        """The keys of the rows to write: still held by this worker (their queue rows locked until the
+        transaction ends) and whose content hash still matches what was embedded."""
+        pk = ", ".join("q." + ident(c) for c in self.pk_columns)
+        return f"""
+WITH v AS (SELECT * FROM {self._unnest((("qvl_hash", "text"),))}),
+held AS (
+    SELECT {pk} FROM {self.queue} q JOIN v ON {self._keys("q", "v")} WHERE q.claimed_by = %(me)s FOR UPDATE OF q
+)
+SELECT {", ".join("s." + ident(c) for c in self.pk_columns)}
+  FROM {self.source} s JOIN v ON {self._keys("s", "v")} JOIN held h ON {self._keys("h", "v")}
+ WHERE {self.content_hash("s")} = v.qvl_hash"""
+
+    def delete_chunks_sql(self) -> str:
+        """Every chunk of the given rows."""
+        return f"DELETE FROM {self.chunk_table} c USING {self._unnest()} WHERE {self._keys('c', 'v')}"
+
+    def insert_chunks_sql(self) -> str:
+        """New chunks: one array element per chunk (its row's key, sequence number, locator, vector)."""
+        cols = ", ".join(ident(c) for c in self.pk_columns)
+        extra = (("qvl_seq", "int"), ("qvl_locator", "jsonb"), ("qvl_vec", "text"))
+        return f"""
+INSERT INTO {self.chunk_table} ({cols}, chunk_seq, locator, embedding)
+SELECT {", ".join("v." + ident(c) for c in self.pk_columns)}, v.qvl_seq, v.qvl_locator, v.qvl_vec::{self.vector_type}
+  FROM {self._unnest(extra)}"""
+
+    def dequeue_sql(self) -> str:
+        """The written rows out of the queue (those still claimed by this worker) and the failed table."""
+        return f"""
+WITH dequeued AS (
+    DELETE FROM {self.queue} q USING {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s
+    RETURNING 1
+), unfailed AS (
+    DELETE FROM {self.failed} f USING {self._unnest()} WHERE {self._keys("f", "v")} RETURNING 1
+)
+SELECT (SELECT count(*) FROM dequeued), (SELECT count(*) FROM unfailed)"""
+
+    def forget_gone_chunks_sql(self) -> str:
+        """The chunks of rows deleted since they were queued (the table's trigger deletes them too; this
+        keeps none of a row whose delete raced a write)."""
+        return f"""
+DELETE FROM {self.chunk_table} c USING {self._unnest()}
+ WHERE {self._keys("c", "v")} AND NOT EXISTS (SELECT 1 FROM {self.source} s WHERE {self._keys("s", "v")})"""
+
+
 @dataclass(frozen=True)
-class Vectorizer:
+class Vectorizer(ChunkStatements):
     id: int
     name: str
     source: str  # quoted, schema-qualified
@@ -276,50 +325,6 @@ whole AS (
 INSERT INTO qvl.cut_rows AS c (vectorizer, key, tokens)
 SELECT {self.id}, {key}, v.qvl_cut FROM v WHERE v.qvl_cut > 0
 ON CONFLICT (vectorizer, key) DO UPDATE SET tokens = EXCLUDED.tokens, cut_at = now()"""
-    # -- a chunked vectorizer's write: one transaction per batch (BatchStore._write_chunks) --------------
-    def chunk_rows_sql(self) -> str:
-        """The keys of the rows to write: still held by this worker (their queue rows locked until the
-        transaction ends) and whose content hash still matches what was embedded."""
-        pk = ", ".join("q." + ident(c) for c in self.pk_columns)
-        return f"""
-WITH v AS (SELECT * FROM {self._unnest((("qvl_hash", "text"),))}),
-held AS (
-    SELECT {pk} FROM {self.queue} q JOIN v ON {self._keys("q", "v")} WHERE q.claimed_by = %(me)s FOR UPDATE OF q
-)
-SELECT {", ".join("s." + ident(c) for c in self.pk_columns)}
-  FROM {self.source} s JOIN v ON {self._keys("s", "v")} JOIN held h ON {self._keys("h", "v")}
- WHERE {self.content_hash("s")} = v.qvl_hash"""
-
-    def delete_chunks_sql(self) -> str:
-        """Every chunk of the given rows."""
-        return f"DELETE FROM {self.chunk_table} c USING {self._unnest()} WHERE {self._keys('c', 'v')}"
-
-    def insert_chunks_sql(self) -> str:
-        """New chunks: one array element per chunk (its row's key, sequence number, locator, vector)."""
-        cols = ", ".join(ident(c) for c in self.pk_columns)
-        extra = (("qvl_seq", "int"), ("qvl_locator", "jsonb"), ("qvl_vec", "text"))
-        return f"""
-INSERT INTO {self.chunk_table} ({cols}, chunk_seq, locator, embedding)
-SELECT {", ".join("v." + ident(c) for c in self.pk_columns)}, v.qvl_seq, v.qvl_locator, v.qvl_vec::{self.vector_type}
-  FROM {self._unnest(extra)}"""
-
-    def dequeue_sql(self) -> str:
-        """The written rows out of the queue (those still claimed by this worker) and the failed table."""
-        return f"""
-WITH dequeued AS (
-    DELETE FROM {self.queue} q USING {self._unnest()} WHERE {self._keys("q", "v")} AND q.claimed_by = %(me)s
-    RETURNING 1
-), unfailed AS (
-    DELETE FROM {self.failed} f USING {self._unnest()} WHERE {self._keys("f", "v")} RETURNING 1
-)
-SELECT (SELECT count(*) FROM dequeued), (SELECT count(*) FROM unfailed)"""
-
-    def forget_gone_chunks_sql(self) -> str:
-        """The chunks of rows deleted since they were queued (the table's trigger deletes them too; this
-        keeps none of a row whose delete raced a write)."""
-        return f"""
-DELETE FROM {self.chunk_table} c USING {self._unnest()}
- WHERE {self._keys("c", "v")} AND NOT EXISTS (SELECT 1 FROM {self.source} s WHERE {self._keys("s", "v")})"""
 
     def fail_sql(self) -> str:
         """Move rows this worker still holds to the failed table, with their error."""
