@@ -89,6 +89,7 @@ class Worker:
         features = check_install(self.connect, self._backoff(), self.stopping, self.alive,
                                  exit_when_idle=self.settings.exit_when_idle)
         self.status.features = self.store.features = features = features or Features()
+        self.service.check_dimensions = features.unchecked_dimensions
         if not features.cut_rows:
             log.info("rows the service cuts to its maximum length are embedded but not recorded in "
                      "qvl.vectorizer_status.cut: the database's qvl schema is older than version 12 (qvl pg install "

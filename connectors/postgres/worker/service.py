@@ -61,6 +61,7 @@ class ServiceCalls:
         self.on_resent = on_resent  # (vectorizer name, streams that finished after being sent again)
         self.on_stall = on_stall  # (vectorizer name): a stream abandoned, its rows given back
         self.max_item_bytes = DEFAULT_MAX_ITEM_BYTES
+        self.check_dimensions = False  # the managed install only (Features.unchecked_dimensions)
         self._dimensions_ok: set[tuple[int, int, str]] = set()  # (vectorizer, dimensions, encoding) the service gives
         self._dimensions_unknown: dict[tuple[int, int, str], float] = {}  # ... it could not say: ask again after
 
@@ -83,6 +84,8 @@ class ServiceCalls:
         """Why the service cannot give ``vectorizer``'s dimensions, or None (it can, or cannot say now:
         the batch's own calls then find out). Asked once per vectorizer and size: create_vectorizer on
         the managed install could not ask (the database never calls the service)."""
+        if not self.check_dimensions:
+            return None  # the full install asked the service when the vectorizer was made
         key = (vectorizer.id, vectorizer.dimensions, vectorizer.encoding)
         if key in self._dimensions_ok or time.monotonic() < self._dimensions_unknown.get(key, 0.0):
             return None
