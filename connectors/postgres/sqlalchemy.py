@@ -269,6 +269,8 @@ def chunk_video(seconds: float = 10, overlap: float = 0) -> dict[str, Any]:
 def chunk_text(tokens: int = 512, overlap: int = 64) -> dict[str, Any]:
     """As ``qvl.chunk_text``: passages of the last text column, ``tokens`` long, sharing ``overlap``."""
     return {"type": "text", "tokens": tokens, "overlap": overlap}
+
+
 def application_search(conn: Connection, vectorizer: str, query: Any, *, client: Any, k: int = 10,
                        candidates: int = 100, filter: Any = None, rerank: bool = True, offset: int = 0) -> list[Any]:
     """``connectors.postgres.search`` on a SQLAlchemy connection (``Session.connection()`` too): the query
@@ -277,13 +279,27 @@ def application_search(conn: Connection, vectorizer: str, query: Any, *, client:
     a structured filter). Returns ``Hit``s (pk, distance, score), best first."""
     from connectors.postgres.search import search as app_search
 
+    raw = conn.connection.driver_connection
+    return app_search(raw, vectorizer, query, client=client, k=k, candidates=candidates,  # type: ignore[arg-type]
+                      filter=_app_filter(filter), rerank=rerank, offset=offset)
+
+
+def application_search_chunks(conn: Connection, vectorizer: str, query: Any, *, client: Any, k: int = 10,
+                              candidates: int = 100, filter: Any = None, rerank: bool = True) -> list[Any]:
+    """``connectors.postgres.search_chunks`` on a SQLAlchemy connection, as ``application_search``:
+    ``ChunkHit``s (pk, chunk_seq, locator, distance, score), best first."""
+    from connectors.postgres.search import search_chunks as app_search_chunks
+
+    raw = conn.connection.driver_connection
+    return app_search_chunks(raw, vectorizer, query, client=client, k=k, candidates=candidates,  # type: ignore[arg-type]
+                             filter=_app_filter(filter), rerank=rerank)
+
+
+def _app_filter(filter: Any) -> Any:
+    """A SQLAlchemy condition as the structured filter's JSON; SQL text and dicts as they are."""
     if filter is not None and not isinstance(filter, str | dict):
         filter = _structured(filter)
-    if isinstance(filter, dict):
-        filter = _value(filter)
-    raw = conn.connection.driver_connection
-    return app_search(raw, vectorizer, query, client=client, k=k, candidates=candidates, filter=filter,  # type: ignore[arg-type]
-                      rerank=rerank, offset=offset)
+    return _value(filter) if isinstance(filter, dict) else filter
 
 
 def hybrid_search(vectorizer: str, query: Any, *, k: int = 10, filter: Any = None,

@@ -79,6 +79,17 @@ def test_the_application_side_gives_the_chunks_and_scores_of_qvl_search_chunks(
     structured = {"column": "title", "op": "like", "value": "crane%"}
     same(search_chunks(conn, "manuals", QUERY, client=client, k=3, filter=structured),
          in_sql(conn, "%s, %s::jsonb, k => 3", QUERY, json.dumps(structured)))
+    # The SQLAlchemy helper, with a SQLAlchemy condition as the filter: the same chunks.
+    from sqlalchemy import column, create_engine
+
+    from connectors.postgres.sqlalchemy import application_search_chunks
+
+    engine = create_engine("postgresql+psycopg://", creator=lambda: psycopg.connect(qvl_db))
+    with engine.connect() as sa_conn:
+        same(application_search_chunks(sa_conn, "manuals", QUERY, client=client, k=3,
+                                       filter=column("title").like("crane%")),
+             in_sql(conn, "%s, %s::jsonb, k => 3", QUERY, json.dumps(structured)))
+    engine.dispose()
 
     # In PL/pgSQL, by the query's vector: the nearest chunks, as qvl.search_chunks finds them without rerank.
     literal = query_literal(client, QUERY)
