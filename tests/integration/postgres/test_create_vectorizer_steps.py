@@ -69,9 +69,11 @@ STATE = [
     "SELECT tgrelid::regclass::text, tgname, tgenabled, pg_get_triggerdef(oid) FROM pg_trigger "
     "WHERE NOT tgisinternal ORDER BY 1, 2",
     # The trigger function now belongs to qvl_trigger (issue 10.4), not the installing role: the same
-    # rights otherwise.
+    # rights otherwise. (qvl._enqueue_shadow, blue/green's shared queueing of shadows (issue 23), is
+    # made by the install, not by create_vectorizer.)
     "SELECT p.proname, pg_get_functiondef(p.oid), replace(p.proacl::text, 'qvl_trigger', 'postgres') FROM pg_proc p "
-    "WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname LIKE '\\_enqueue\\_%' ORDER BY 1",
+    "WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname LIKE '\\_enqueue\\_%' "
+    "AND p.proname <> '_enqueue_shadow' ORDER BY 1",
     "SELECT c.relname, c.reloptions::text, a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull "
     "FROM pg_class c JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 "
     "WHERE c.relnamespace = 'qvl'::regnamespace AND c.relname ~ '^(queue|failed)_' ORDER BY 1, a.attnum",
