@@ -17,7 +17,7 @@ import logging
 import time
 import uuid as uuidlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -25,16 +25,14 @@ from weaviate.classes.data import DataObject
 from weaviate.collections import Collection
 from weaviate.util import generate_uuid5
 
-from connectors.client import Client, ItemFailure, QvlClientError
+from connectors.client import Client
 from connectors.progress import Progress
 from connectors.weaviate.collections import JOINT_VECTOR, collection_fields, collection_fingerprint
-from connectors.weaviate.objects import IngestError, Inserts, KeyFn, key_value, media_b64, object_item
+from connectors.weaviate.objects import IngestError, Inserts, KeyFn, ProgressFn, key_value, media_b64, object_item
 from connectors.weaviate.part_ingest import collection_layout, ingest_parts
 from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.weaviate.ingest")
-
-ProgressFn = Callable[[int, int | None], None]
 
 
 def object_uuid(collection_name: str, key: Any) -> str:
@@ -123,39 +121,18 @@ def ingest(
     failed: list[dict[str, Any]] = []
     uuids: dict[int, str] = {}
     reader = _Reader(collection.name, fields, key, failed)
-    meter = Progress(f"ingested objects into {collection.name}", total, logger=log)
-    done = answered = 0  # answered: the objects before the first one not answered (results come in order)
     inserts = Inserts(collection, failed, uuids)
-    try:
-        for result in qvl.embed_stream(reader.items(objects), dimensions=dimensions, instruction=instruction,
-                                       max_in_flight=max_in_flight, fingerprint=fingerprint):
-            index, obj, object_id = reader.pending.popleft()
-            answered = index + 1
-            if isinstance(result, ItemFailure):
-                failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
-            else:
-                uuids[index] = object_id
-                inserts.add(index, DataObject(properties=weaviate_properties(obj, fields), uuid=object_id,
-                                              vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()}))
-                if len(inserts.chunk) >= batch_size:
-                    inserts.send()
-            done += 1
-            meter.advance()
-            if progress is not None:
-                progress(done, total)
-    except QvlClientError as exc:
-        # The stream itself broke (service down, token refused): the objects already embedded are
-        # still inserted; from the first unanswered one on nothing was stored. Counted here, not read
-        # from ``pending`` or ``seen``: the stream's sending thread may be reading an object in neither.
-        inserts.finish()
-        first = answered
-        raise IngestError(f"collection {collection.name!r}: the embedding stream failed at object {first} "
-                          f"after {len(uuids)} embedded objects; objects {first} and later were not "
-                          f"inserted: {exc}") from exc
-    inserts.finish()
-    meter.finish()
+
+    def store(index: int, obj: Mapping[str, Any], object_id: Any, result: Any) -> None:
+        uuids[index] = object_id
+        inserts.add(index, DataObject(properties=weaviate_properties(obj, fields), uuid=object_id,
+                                      vector={JOINT_VECTOR: np.asarray(result, dtype=np.float32).tolist()}))
+
+    inserts.run(qvl.embed_stream(reader.items(objects), dimensions=dimensions, instruction=instruction,
+                                 max_in_flight=max_in_flight, fingerprint=fingerprint),
+                reader.pending, store, batch_size=batch_size, total=total, progress=progress, noun="objects",
+                meter=Progress(f"ingested objects into {collection.name}", total, logger=log))
     seconds = time.monotonic() - started
-    failed.sort(key=lambda f: f["index"])
     return {
         "inserted": len(uuids),
         "failed": failed,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 from collections import deque
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
@@ -15,10 +15,13 @@ from weaviate.collections import Collection
 from weaviate.collections.classes.batch import BatchObjectReturn
 from weaviate.exceptions import WeaviateBaseError
 
-from connectors.client import as_list
+from connectors.client import ItemFailure, QvlClientError, as_list
+from connectors.progress import Progress
 from qvl_proto import vectorizer_pb2 as pb
 
 KeyFn = Callable[[Mapping[str, Any]], Any]
+ProgressFn = Callable[[int, int | None], None]
+StoreFn = Callable[[int, Any, Any, Any], None]  # (index, object, key, the answer): adds its objects
 
 
 class IngestError(ValueError):
@@ -114,3 +117,33 @@ class Inserts:
             index = indices[k]
             self.uuids.pop(index, None)
             self.failed.append({"index": index, "stage": "insert", "error": f"object {index}: {message}"})
+
+    def run(self, results: Iterable[Any], pending: deque[tuple[int, Any, Any]], store: StoreFn, *,
+            batch_size: int, meter: Progress, progress: ProgressFn | None, total: int | None, noun: str) -> None:
+        """Both ingests' loop: each answer (in input order) with its pending object, a failure recorded,
+        a vector handed to ``store`` (which ``add``s), a full chunk sent. If the stream itself breaks, the
+        objects already embedded are still inserted and the error names the first unanswered object
+        (counted here, not read from ``pending``: the stream's sending thread may be reading one)."""
+        done = answered = 0
+        try:
+            for result in results:
+                index, obj, value = pending.popleft()
+                answered = index + 1
+                if isinstance(result, ItemFailure):
+                    self.failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
+                else:
+                    store(index, obj, value, result)
+                    if len(self.chunk) >= batch_size:
+                        self.send()
+                done += 1
+                meter.advance()
+                if progress is not None:
+                    progress(done, total)
+        except QvlClientError as exc:
+            self.finish()
+            raise IngestError(f"collection {self.collection.name!r}: the embedding stream failed at object "
+                              f"{answered} after {len(self.uuids)} embedded {noun}; objects {answered} and later "
+                              f"were not inserted: {exc}") from exc
+        self.finish()
+        meter.finish()
+        self.failed.sort(key=lambda f: f["index"])

@@ -25,7 +25,7 @@ from weaviate.collections import Collection
 from weaviate.collections.classes.batch import BatchObjectReturn
 from weaviate.exceptions import WeaviateBaseError
 
-from connectors.client import Chunk, Client, ItemFailure, QvlClientError
+from connectors.client import Chunk, Client
 from connectors.progress import Progress
 from connectors.weaviate.collections import (
     JOINT_VECTOR,
@@ -210,35 +210,18 @@ def ingest_parts(collection: Collection, objects: Iterable[Mapping[str, Any]], *
     uuids: dict[int, list[str]] = {}
     reader = PartReader(fields, layout, key, failed)
     inserts = PartInserts(collection, failed, uuids)
-    meter = Progress(f"ingested sources into {collection.name}", total, logger=log)
-    done = answered = 0
-    try:
-        for result in qvl.embed_stream(reader.items(objects), dimensions=dimensions, instruction=instruction,
-                                       max_in_flight=max_in_flight, fingerprint=fingerprint, chunking=chunking):
-            index, obj, value = reader.pending.popleft()
-            answered = index + 1
-            if isinstance(result, ItemFailure):
-                failed.append({"index": index, "stage": "embed", "error": f"object {index}: {result.message}"})
-            else:
-                parts = part_objects(collection.name, obj, value, list(result), layout, fields, vectors,  # type: ignore[arg-type]
-                                     key if isinstance(key, str) else None)
-                uuids[index] = [str(p.uuid) for p in parts]
-                inserts.add_source(index, value, parts)
-                if len(inserts.chunk) >= batch_size:
-                    inserts.send()
-            done += 1
-            meter.advance()
-            if progress is not None:
-                progress(done, total)
-    except QvlClientError as exc:
-        inserts.finish()
-        raise IngestError(f"collection {collection.name!r}: the embedding stream failed at object {answered} "
-                          f"after {len(uuids)} embedded sources; objects {answered} and later were not "
-                          f"inserted: {exc}") from exc
-    inserts.finish()
-    meter.finish()
+
+    def store(index: int, obj: Mapping[str, Any], value: Any, result: Any) -> None:
+        parts = part_objects(collection.name, obj, value, list(result), layout, fields, vectors,
+                             key if isinstance(key, str) else None)
+        uuids[index] = [str(p.uuid) for p in parts]
+        inserts.add_source(index, value, parts)
+
+    inserts.run(qvl.embed_stream(reader.items(objects), dimensions=dimensions, instruction=instruction,
+                                 max_in_flight=max_in_flight, fingerprint=fingerprint, chunking=chunking),
+                reader.pending, store, batch_size=batch_size, total=total, progress=progress, noun="sources",
+                meter=Progress(f"ingested sources into {collection.name}", total, logger=log))
     seconds = time.monotonic() - started
-    failed.sort(key=lambda f: f["index"])
     written = list(uuids)  # the sources whose parts are all in (Inserts drops a refused one)
     return {"inserted": len(written), "parts": sum(len(uuids[i]) for i in written), "removed": inserts.removed,
             "failed": failed, "uuids": [uuids.get(i) for i in range(reader.seen)],
