@@ -29,7 +29,7 @@ test-fast: setup
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PYTHON) -m pytest -q $(XDIST)
+	$(PYTHON) -m pytest -q $(XDIST) --durations=40
 
 lint: setup
 	$(VENV)/bin/ruff check .
