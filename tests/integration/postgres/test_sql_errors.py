@@ -84,3 +84,21 @@ def test_no_public_function_is_left_in_python(conn: psycopg.Connection[Any]) -> 
                                              "search_chunks", "service_info"}
     assert [r for r in rows if r[1:] != ("plpgsql", True)] == []
 
+
+
+def test_hybrid_search_by_vector_on_a_chunked_vectorizer_names_itself_and_what_to_use(
+        conn: psycopg.Connection[Any]) -> None:
+    """Issue 24 leftover: the refusal came from the qvl.search it calls, whose hint names qvl.search."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT qvl.create_vectorizer('docs', text_columns => ARRAY['body'], "
+                 "chunking => qvl.chunk_text(100, 10))")
+    conn.execute("SELECT qvl.set_fulltext('docs', 'english')")
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as caught:
+        conn.execute("SELECT * FROM qvl.hybrid_search('docs', 'a query', array_fill(0.1, ARRAY[64])::vector)")
+    diag = caught.value.diag
+    assert diag.message_primary == "qvl: vectorizer 'docs' keeps chunks; hybrid search reads one vector per row"
+    assert diag.message_hint is not None and "qvl.search(" not in diag.message_hint
+    assert diag.message_hint == ("qvl.hybrid_search fuses one vector per row with full text, and this vectorizer "
+                                 "keeps a vector per chunk: search its chunks with qvl.search_chunks('docs', "
+                                 "query_vector, k), or rank its rows by their best part from the application "
+                                 "(connectors.postgres.search).")
