@@ -28,6 +28,9 @@ CASES = [
      "or NULL for all of them.", "qvl.embed(text,bytea,bytea,text,integer)"),
     ("SELECT * FROM qvl.search('nope', 'a query')", "42704", "plpy.Error: qvl: no vectorizer named 'nope'", None,
      "See SELECT name FROM qvl.vectorizer_status;", "qvl.search(text,text,integer,integer,boolean,text,integer)"),
+    ("SELECT * FROM qvl.rerank_rows('nope', 'a query', ARRAY[1, 2])", "42704",
+     "plpy.Error: qvl: no vectorizer named 'nope'", None, "See SELECT name FROM qvl.vectorizer_status;",
+     "qvl.rerank_rows(text,text,anyarray,integer)"),
     ("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['nope'])", "42703",
      "qvl: public.notes has no column nope", None, "Its columns: id, body", f"qvl.create_vectorizer({CREATE})"),
 ]
@@ -37,7 +40,7 @@ def one_context_line(function: str) -> re.Pattern[str]:
     return re.compile(rf"PL/pgSQL function {re.escape(function)} line \d+ at RAISE")
 
 
-@pytest.mark.parametrize("case", CASES, ids=["embed", "search", "create_vectorizer"])
+@pytest.mark.parametrize("case", CASES, ids=["embed", "search", "rerank_rows", "create_vectorizer"])
 def test_an_error_keeps_its_words_and_loses_the_traceback(conn: psycopg.Connection[Any], case: Any) -> None:
     call, sqlstate, message, detail, hint, function = case
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
