@@ -13,7 +13,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.postgres import pg_bindir
+from connectors.postgres.installer import install
+from tests.integration.postgres.conftest import new_database
+from tests.support.postgres import PostgresServer, pg_bindir
+from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
@@ -87,6 +90,35 @@ def test_no_public_function_is_left_in_python(conn: psycopg.Connection[Any]) -> 
                                              "search_chunks", "service_info"}
     assert [r for r in rows if r[1:] != ("plpgsql", True)] == []
 
+
+
+def test_an_upgrade_and_a_reinstall_leave_one_handler_and_no_python_under_a_public_name(
+        pg_server: PostgresServer, service: ServiceProcess, request: pytest.FixtureRequest) -> None:
+    """From version 13 (public functions in PL/Python, no handler) to now, then installed again twice."""
+    dsn = new_database(pg_server, request.node.name)
+    install(dsn, service_url=service.http_url, target=13)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                            "WHERE p.oid = 'qvl.embed(text, bytea, bytea, text, int)'::regprocedure").fetchone() == (
+            "plpython3u",)
+        conn.execute("GRANT EXECUTE ON FUNCTION qvl.embed(text, bytea, bytea, text, int) TO pg_monitor")
+    for _ in range(3):
+        install(dsn)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                            "WHERE p.pronamespace = 'qvl'::regnamespace AND l.lanname = 'plpython3u' "
+                            "AND p.proname !~ '^_'").fetchone() == (0,)
+        # One handler each, however many installs; a grant made on the old function stays with its name.
+        handlers = conn.execute("SELECT DISTINCT (length(p.prosrc) - length(replace(p.prosrc, 'qvl:bare-errors', '')))"
+                                " / length('qvl:bare-errors') FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang "
+                                "WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname !~ '^_' "
+                                "AND l.lanname = 'plpgsql'").fetchall()
+        assert handlers == [(1,)]
+        assert conn.execute("SELECT has_function_privilege('pg_monitor', "
+                            "'qvl.embed(text, bytea, bytea, text, int)', 'EXECUTE')").fetchone() == (True,)
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("SELECT * FROM qvl.search('nope', 'a query')")
+        assert one_context_line(CASES[1][5]).fullmatch(caught.value.diag.context or ""), caught.value.diag.context
 
 
 def test_hybrid_search_by_vector_on_a_chunked_vectorizer_names_itself_and_what_to_use(
