@@ -73,7 +73,9 @@ BEGIN
                  ELSE 'RETURN ' || call || ';' END;
     -- pg_get_functiondef writes every attribute (volatility, strictness, SECURITY, PARALLEL, COST, ROWS, SET):
     -- only the language and the body change.
-    EXECUTE replace(regexp_replace(pg_get_functiondef(f), '\n LANGUAGE plpython3u\n', E'\n LANGUAGE plpgsql\n'),
+    EXECUTE replace(replace(pg_get_functiondef(f), format(E'\n LANGUAGE %s\n', (SELECT lanname FROM pg_language
+                                                                               WHERE oid = p.prolang)),
+                            E'\n LANGUAGE plpgsql\n'),
                     p.prosrc, E'\nBEGIN\n    ' || call || qvl._bare_error_handler() || E'\n');
 END
 $$;
