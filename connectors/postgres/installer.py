@@ -49,6 +49,7 @@ PGVECTOR_MIN = (0, 7)
 GRANTS_FROM = 3
 SERVICE_FROM = 2
 CA_FILE_FROM = 5  # qvl.set_service(..., ca_file)
+BARE_ERRORS_FROM = 14  # qvl._bare_errors: public functions raise without a traceback (run after every file)
 
 EXTENSION_HELP = {
     "vector": "pgvector (>= 0.7) is not installed on the database server. Debian 13 / Ubuntu: "
@@ -159,6 +160,7 @@ def script(directory: Path | None = None, lib: Library | None = None, public_gra
                  f"ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value;")
     for f, text in _bundled(root, lib, mode):
         parts += [f"-- {IDEMPOTENT}/{f.path.name}", text]
+    parts.append("SELECT qvl._bare_errors();")
     parts.append(f"SELECT qvl._apply_grants({str(public_grant).lower()});")
     return "\n".join(parts) + "\n"
 
@@ -339,6 +341,8 @@ def install(dsn: str, *, service_url: str | None = None, service_token: str | No
                     if f.version <= after:
                         _run(conn, f"{IDEMPOTENT}/{f.path.name}", text, choice.mode)
                         refreshed.append(f.path.name)
+                if after >= BARE_ERRORS_FROM:
+                    conn.execute("SELECT qvl._bare_errors()")
             if before <= newest:
                 _follow_guard(conn, migrations, after, choice.mode)
             if after >= GRANTS_FROM:

@@ -1,12 +1,13 @@
 -- qvl 003: who may query. Re-applied by every install; the installer then calls qvl._apply_grants
 -- with the install's choice (public_grant, kept in qvl.config).
 
--- Who may query. Everything in qvl is private, then the query functions are opened to the grantee.
+-- Who may query. Everything in qvl is private, then the query functions are opened to the grantee, each
+-- with its body qvl._raw_<name> where it has one (014_error_wrappers: it runs as the caller too).
 CREATE OR REPLACE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
-    SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
+    SELECT f || ARRAY(SELECT ('_raw_' || n)::name FROM unnest(f) AS n) FROM (SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
                  'query_embedding', 'query_embedding_halfvec', 'query_embedding_bit', 'rerank_rows', 'hybrid_search',
                  '_call', '_load', '_queue_stats', '_cut_count', '_check_key_type', '_rerank_rows', '_fulltext_document',
-                 'search_chunks', '_call_for', '_shadow_stats']::name[]
+                 'search_chunks', '_call_for', '_shadow_stats']::name[]) AS q(f)
 $$;
 
 CREATE OR REPLACE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE

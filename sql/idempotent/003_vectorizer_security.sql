@@ -67,6 +67,9 @@ BEGIN
     IF to_regprocedure('qvl._record_model(int, text, text)') IS NOT NULL THEN  -- version 11: sync mode's first write
         GRANT EXECUTE ON FUNCTION qvl._record_model(int, text, text) TO qvl_trigger;
     END IF;
+    IF to_regclass('qvl.cut_rows') IS NOT NULL THEN  -- version 12: sync mode records the rows it stored cut
+        GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.cut_rows TO qvl_trigger;
+    END IF;
     PERFORM qvl._own_by_trigger_role('qvl._sync_embed()');
 END
 $$;

@@ -123,19 +123,27 @@ item = lib.text_item(query) if image is None else lib.image_item(image)
 return lib.rerank_rows_sql(vectorizer, item, keys, key_type, top_k)
 $py$;
 
+-- PL/pgSQL, not SQL: qvl._bare_errors gives it the handler that keeps the traceback of qvl._rerank_rows out
+-- of its errors (a SQL function would pass it on).
 CREATE OR REPLACE FUNCTION qvl.rerank_rows(vectorizer text, query text, keys anyarray, top_k int DEFAULT NULL)
-RETURNS TABLE(key anyelement, score real) LANGUAGE sql VOLATILE AS $$
+RETURNS TABLE(key anyelement, score real) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY
     SELECT keys[pg_catalog.array_lower(keys, 1) + r.ordinal - 1], r.score
       FROM qvl._rerank_rows(vectorizer, query, NULL, keys::pg_catalog.text[],
                             pg_catalog.pg_typeof(keys[pg_catalog.array_lower(keys, 1)])::pg_catalog.regtype,
-                            top_k) AS r
+                            top_k) AS r;
+END
 $$;
 CREATE OR REPLACE FUNCTION qvl.rerank_rows(vectorizer text, query bytea, keys anyarray, top_k int DEFAULT NULL)
-RETURNS TABLE(key anyelement, score real) LANGUAGE sql VOLATILE AS $$
+RETURNS TABLE(key anyelement, score real) LANGUAGE plpgsql VOLATILE AS $$
+BEGIN
+    RETURN QUERY
     SELECT keys[pg_catalog.array_lower(keys, 1) + r.ordinal - 1], r.score
       FROM qvl._rerank_rows(vectorizer, NULL, query, keys::pg_catalog.text[],
                             pg_catalog.pg_typeof(keys[pg_catalog.array_lower(keys, 1)])::pg_catalog.regtype,
-                            top_k) AS r
+                            top_k) AS r;
+END
 $$;
 COMMENT ON FUNCTION qvl.rerank_rows(text, text, anyarray, int) IS
     'Rerank the rows with these keys by their own text/images/video: (key, score) best first';

@@ -103,12 +103,22 @@ DECLARE
     wanted int;
     limited int;
 BEGIN
-    SELECT x.id, x.pk_columns, x.fulltext, c.relname, pg_catalog.format('%I.%I', n.nspname, c.relname) AS source_sql
+    SELECT x.id, x.pk_columns, x.fulltext, c.relname, pg_catalog.format('%I.%I', n.nspname, c.relname) AS source_sql,
+           pg_catalog.to_jsonb(x) OPERATOR(pg_catalog.->>) 'chunk_table' AS chunk_table  -- version 13, as above
       INTO v FROM qvl.vectorizer x JOIN pg_catalog.pg_class c ON c.oid = x.source
       JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace WHERE x.name = vectorizer;
     IF NOT FOUND THEN
         RAISE EXCEPTION 'qvl: no vectorizer named %', vectorizer USING ERRCODE = '42704',
             HINT = 'See SELECT name FROM qvl.vectorizer_status;';
+    END IF;
+    -- Refused here, not by the qvl.search below: its words would name qvl.search.
+    IF v.chunk_table IS NOT NULL THEN
+        RAISE EXCEPTION 'qvl: vectorizer % keeps chunks; hybrid search reads one vector per row',
+                pg_catalog.quote_literal(vectorizer) USING ERRCODE = '0A000',
+            HINT = pg_catalog.format('qvl.hybrid_search fuses one vector per row with full text, and this vectorizer '
+                                     'keeps a vector per chunk: search its chunks with qvl.search_chunks(%L, '
+                                     'query_vector, k), or rank its rows by their best part from the application '
+                                     '(connectors.postgres.search).', vectorizer);
     END IF;
     IF v.fulltext IS NULL THEN
         RAISE EXCEPTION 'qvl: vectorizer % has no full-text index', pg_catalog.quote_literal(vectorizer)

@@ -54,9 +54,10 @@ def embed_text(item: Item | None, instruction: str | None, dimensions: int | Non
 
 def embed_answer(item: Item | None, instruction: str | None, dimensions: int | None, storage: str,
                  what: What, fingerprint: str | None = None,
-                 vectorizer_id: int | None = None) -> tuple[str, str | None]:
+                 vectorizer_id: int | None = None) -> tuple[str, str | None, int]:
     """As ``embed_text``, with the fingerprint of the model that answered (None: a service older
-    than fingerprints); ``vectorizer_id``: asked of that vectorizer's own service (``call``)."""
+    than fingerprints) and the text tokens the service cut (0: none; the answer's ``truncated``);
+    ``vectorizer_id``: asked of that vectorizer's own service (``call``)."""
     resp = call("embed", embed_request(item, instruction, dimensions, storage, fingerprint), what, vectorizer_id)
     try:
         text = vector_text(resp["embeddings"][0], storage, resp.get("dimensions"))
@@ -67,7 +68,15 @@ def embed_answer(item: Item | None, instruction: str | None, dimensions: int | N
                       f"{what(None)}", detail="embed 200: a NaN or infinite value", hint=HINTS[500],
                       sqlstate="XX000", status=200)
     answered = resp.get("fingerprint")
-    return text, answered if isinstance(answered, str) and answered else None
+    return text, answered if isinstance(answered, str) and answered else None, cut_tokens(resp)
+
+
+def cut_tokens(resp: Mapping[str, Any]) -> int:
+    """The tokens the service cut from the one item of ``resp`` (a service older than ``truncated``: 0)."""
+    cut = resp.get("truncated")
+    if not isinstance(cut, list):
+        return 0
+    return sum(int(c.get("tokens") or 0) for c in cut if isinstance(c, dict) and c.get("item") == 0)
 
 
 def embed_sql(text: str | None, image: bytes | None, video: bytes | None, instruction: str | None,

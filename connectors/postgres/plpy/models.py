@@ -23,9 +23,11 @@ def pinned(cfg: Row) -> str | None:
     return cfg.get("model_fingerprint")
 
 
-def embed_pinned(cfg: Row, item: Item, instruction: str | None, storage: str, what: What) -> tuple[str, str | None]:
-    """``item``'s vector text at the vectorizer's size, asked of the model its vectors came from, and the
-    fingerprint of the model that answered; a service serving another is refused (``mismatch``)."""
+def embed_pinned(cfg: Row, item: Item, instruction: str | None, storage: str,
+                 what: What) -> tuple[str, str | None, int]:
+    """``item``'s vector text at the vectorizer's size, asked of the model its vectors came from, the
+    fingerprint of the model that answered and the tokens it cut; a service serving another is refused
+    (``mismatch``)."""
     try:
         # A vectorizer with a service of its own (a blue/green switch) is asked there (qvl._call_for).
         via = cfg["id"] if cfg.get("service_url") else None

@@ -31,6 +31,25 @@ def enqueue(cfg: Row, row: Row) -> None:
     spi.plpy.execute(plan("notify", "SELECT pg_catalog.pg_notify('qvl_queue', $1)", ["text"]), [str(cfg["id"])])
 
 
+def record_cut_sql(vid: int, pk_types: Sequence[str]) -> str:
+    """The row of key $1, $2, ... stored from text cut by $N tokens (N = one past the key) into
+    qvl.cut_rows, or out of it when $N is 0: as the worker records its rows (the key as text per column)."""
+    key = "ARRAY[" + ", ".join(f"${i + 1}::pg_catalog.text" for i in range(len(pk_types))) + "]"
+    tokens = f"${len(pk_types) + 1}"
+    return (f"WITH whole AS (DELETE FROM qvl.cut_rows WHERE vectorizer = {vid} AND key = {key} AND {tokens} = 0) "
+            f"INSERT INTO qvl.cut_rows AS c (vectorizer, key, tokens) SELECT {vid}, {key}, {tokens} WHERE {tokens} > 0 "
+            f"ON CONFLICT (vectorizer, key) DO UPDATE SET tokens = EXCLUDED.tokens, cut_at = pg_catalog.now()")
+
+
+def record_cut(cfg: Row, row: Row, tokens: int) -> None:
+    """qvl.vectorizer_status.cut counts the row while its vector comes from cut text (version 12)."""
+    if not cfg.get("cut_rows"):
+        return
+    query = record_cut_sql(cfg["id"], cfg["pk_types"])
+    spi.plpy.execute(plan(("record_cut", cfg["id"]), query, [*cfg["pk_types"], "int4"]),
+                     [*(row[c] for c in cfg["pk_columns"]), tokens])
+
+
 def unfail_sql(vid: int, pk_columns: Sequence[str], quote: Quote) -> str:
     """Forget a row's failure ($1, $2, ...: its key): it has just been embedded."""
     where = " AND ".join(f"{quote(c)} = ${i + 1}" for i, c in enumerate(pk_columns))
@@ -50,12 +69,14 @@ def sync_trigger(TD: dict[str, Any]) -> str:
     item = row_item(cfg, new)
     if item is None:
         new[dest] = None
+        record_cut(cfg, new, 0)
         return "MODIFY"
     where = f"row {pk_text(cfg, new)} of {cfg['source_sql']}"
     try:
         # Asked of the model the column's vectors came from; the first write records the one that answers.
-        new[dest], answered = embed_pinned(cfg, item, cfg["instruction"], cfg["storage"], lambda i: where)
+        new[dest], answered, cut = embed_pinned(cfg, item, cfg["instruction"], cfg["storage"], lambda i: where)
         record(cfg, answered)
+        record_cut(cfg, new, cut)
     except Failure as f:
         if cfg["on_error"] != "queue":
             if f.reason != MODEL_MISMATCH:  # its own hint says what to do (a queued row would wait alike)

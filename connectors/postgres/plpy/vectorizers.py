@@ -26,7 +26,8 @@ SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, 
          WHERE cc.oid = (pg_catalog.to_jsonb(v) OPERATOR(pg_catalog.->>) 'chunk_table')::pg_catalog.regclass)
            AS chunk_sql,
        (SELECT format('%%I', ns.nspname) FROM pg_catalog.pg_extension e
-          JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector') AS vector_schema
+          JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector') AS vector_schema,
+       pg_catalog.to_regclass('qvl.cut_rows') IS NOT NULL AS cut_rows  -- version 12: rows stored from cut text
   FROM qvl.vectorizer v
   JOIN pg_catalog.pg_class c ON c.oid = v.source
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace

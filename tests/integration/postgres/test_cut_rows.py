@@ -56,3 +56,25 @@ def test_rows_the_service_cut_are_counted_in_the_status(pg_server: PostgresServe
         conn.execute("DELETE FROM notes WHERE id = 2")
         drain(dsn, svc.grpc_target)  # a worker prunes as it starts
         assert cut(conn) == 0
+
+
+def test_a_sync_vectorizer_counts_the_rows_it_stored_cut(pg_server: PostgresServer, service_pool: ServicePool,
+                                                         request: pytest.FixtureRequest) -> None:
+    """Issue 24 leftover: mode => 'sync' embeds inside the trigger, and its cut rows count alike."""
+    svc = service_pool.get(env={"QVL_EMBED_MAX_LENGTH": str(MAX)})
+    dsn = new_database(pg_server, request.node.name)
+    install(dsn, service_url=svc.http_url)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        conn.execute("SELECT qvl.create_vectorizer('notes', text_columns => ARRAY['body'], mode => 'sync')")
+        conn.execute("INSERT INTO notes VALUES (1, %s), (2, %s), (3, %s)", (SHORT, LONG, LONG))
+        assert conn.execute("SELECT count(*) FROM notes WHERE embedding IS NOT NULL").fetchone() == (3,)
+        assert cut(conn) == 2
+        assert conn.execute("SELECT key, tokens > 0 FROM qvl.cut_rows ORDER BY key").fetchall() == [
+            (["2"], True), (["3"], True)]
+        # A row shortened, or left without text, counts no more; one made long counts.
+        conn.execute("UPDATE notes SET body = %s WHERE id = 2", (SHORT,))
+        conn.execute("UPDATE notes SET body = NULL WHERE id = 3")
+        conn.execute("UPDATE notes SET body = %s WHERE id = 1", (LONG,))
+        assert conn.execute("SELECT key FROM qvl.cut_rows ORDER BY key").fetchall() == [(["1"],)]
+        assert cut(conn) == 1
