@@ -346,7 +346,7 @@ BEGIN
         RETURN;
     END IF;
     EXECUTE 'SELECT destination, model_name, model_fingerprint FROM qvl.shadow WHERE vectorizer_id = $1 '
-            'AND state = ''filling''' INTO shadow_column, shadow_model_name, shadow_model_fingerprint USING vid;
+            'AND to_regclass(format(''qvl.shadow_queue_%s'', vectorizer_id)) IS NOT NULL' INTO shadow_column, shadow_model_name, shadow_model_fingerprint USING vid;
     IF shadow_column IS NULL OR NOT qvl._may_read_source(vid) THEN
         RETURN;
     END IF;
