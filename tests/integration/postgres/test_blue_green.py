@@ -257,3 +257,79 @@ def test_a_shadow_worker_on_another_model_holds_the_shadow(
     assert column(conn, "embedding_v2") == dict.fromkeys(range(1, 4))
     drain(qvl_db, new_service.grpc_target, shadow=True)  # the new model's worker fills it
     assert all(v is not None for v in column(conn, "embedding_v2").values())
+
+
+def test_the_switch_waits_for_its_locks_at_most_lock_timeout(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """A transaction that keeps writing the table holds the lock the switch needs: the switch gives up after
+    lock_timeout (55P03, nothing changed, the holder named), so the writers queued behind it go on."""
+    notes(conn, range(1, 3))
+    drain(qvl_db, service.grpc_target)
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    drain(qvl_db, new_service.grpc_target, shadow=True)
+    with psycopg.connect(qvl_db) as holder:  # a transaction left open after a write
+        holder.execute("INSERT INTO notes VALUES (100, 'a long transaction')")
+        waited: dict[str, float] = {}
+
+        def writer() -> None:  # comes after the switch started waiting: queued behind its lock request
+            time.sleep(0.3)
+            with psycopg.connect(qvl_db, autocommit=True) as c:
+                c.execute("INSERT INTO notes VALUES (101, 'another writer')")
+            waited["writer"] = time.monotonic() - started
+
+        other = threading.Thread(target=writer)
+        started = time.monotonic()
+        other.start()
+        with pytest.raises(psycopg.errors.LockNotAvailable) as refused:
+            conn.execute("SELECT qvl.switch_vectorizer('notes', lock_timeout => '1 second')")
+        waited["switch"] = time.monotonic() - started
+        other.join(30)
+        assert 0.9 < waited["switch"] < 4, waited
+        assert 0.8 < waited["writer"] < waited["switch"] + 2, waited  # queued behind the switch until it gave up
+        message, hint = refused.value.diag.message_primary or "", refused.value.diag.message_hint or ""
+        assert "gave up; nothing changed" in message, message
+        assert f"pid {holder.info.backend_pid}" in hint and "Retry" in hint, hint
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):  # the default wait: 5 seconds
+            conn.execute("SELECT qvl.switch_vectorizer('notes')")
+        assert 4.9 < time.monotonic() - started < 8
+        assert conn.execute("SELECT destination FROM qvl.vectorizer").fetchone() == ("embedding",)
+        holder.rollback()
+    drain(qvl_db, new_service.grpc_target, shadow=True)  # (row 101)
+    assert conn.execute("SELECT qvl.switch_vectorizer('notes')").fetchone() == (True,)
+    assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)  # the session's own setting is left alone
+
+
+def test_a_switch_goes_back_to_the_old_column_kept_complete(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """After a switch the old column is the shadow: rows written since are queued for it, a worker of the old
+    model keeps it complete, and back => true switches to it (and its service and model) the same way."""
+    notes(conn, range(1, 4))
+    drain(qvl_db, service.grpc_target)
+    fp_old, fp_new = served(service), served(new_service)
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    q_old = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    drain(qvl_db, new_service.grpc_target, shadow=True)
+    conn.execute("SELECT qvl.switch_vectorizer('notes')")
+    notes(conn, range(4, 5))  # written after the switch: queued for both sides
+    drain(qvl_db, new_service.grpc_target)
+    assert conn.execute(f"SELECT id FROM qvl.shadow_queue_{vid}").fetchall() == [(4,)]
+    assert shadow_status(conn) == ("embedding", 3, 4, fp_old)
+    with pytest.raises(psycopg.Error) as incomplete:
+        conn.execute("SELECT qvl.switch_vectorizer('notes', back => true)")
+    assert incomplete.value.sqlstate == "55000"
+    assert "old side embedding is not complete: 1 of 4 rows" in (incomplete.value.diag.message_primary or "")
+    drain(qvl_db, service.grpc_target, shadow=True)  # the old model's worker keeps the old side complete
+    assert (cosines(column(conn, "embedding")[4], model_vectors(service, conn, [4])) >= 0.9999).all()
+    conn.execute("SELECT qvl.switch_vectorizer('notes', back => true)")
+    assert conn.execute("SELECT destination, model_fingerprint, service_url FROM qvl.vectorizer").fetchone() == (
+        "embedding", fp_old, None)
+    old = column(conn, "embedding")
+    answer = conn.execute(SEARCH).fetchall()
+    assert answer and all(abs(d - (1 - cosines(q_old, old[int(pk)]))) < 1e-4 for pk, d in answer)
+    assert shadow_status(conn) == ("embedding_v2", 4, 4, fp_new)  # the new side is the one kept now
+    conn.execute("SELECT qvl.drop_old_column('notes')")
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
+                        "AND attname = 'embedding_v2' AND NOT attisdropped").fetchone() == (0,)
+    assert conn.execute("SELECT to_regclass(%s)", (f"qvl.shadow_queue_{vid}",)).fetchone() == (None,)

@@ -202,3 +202,36 @@ def test_a_chunked_switch_under_inserts_and_searches_shows_no_error_and_no_mixed
           f"{sum(k.count('new') for k in kinds.values())} new), rows inserted meanwhile: {inserted[0] - 8}")
     assert conn.execute(f"SELECT count(*) FROM articles a WHERE NOT EXISTS (SELECT 1 FROM {V2} c "
                         "WHERE c.id = a.id)").fetchone() == (0,)
+
+
+def test_a_chunked_switch_goes_back_to_the_old_chunk_table_kept_complete(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """After a switch the old chunk table is the shadow: a row written since gets its chunks there from the
+    old model's --shadow worker, a deleted row's go, and back => true makes it live again."""
+    articles(conn, range(1, 3))
+    drain(qvl_db, service.grpc_target)
+    fp_old = served(service)
+    conn.execute("SELECT qvl.reembed('articles', service => %s, shadow => %s)", (new_service.http_url, V2))
+    drain(qvl_db, new_service.grpc_target, shadow=True)
+    conn.execute("SELECT qvl.switch_vectorizer('articles')")
+    articles(conn, range(3, 4))
+    conn.execute("DELETE FROM articles WHERE id = 1")
+    drain(qvl_db, new_service.grpc_target)
+    assert conn.execute("SELECT DISTINCT id FROM articles_chunks ORDER BY id").fetchall() == [(2,)]
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        conn.execute("SELECT qvl.switch_vectorizer('articles', back => true)")
+    drain(qvl_db, service.grpc_target, shadow=True)
+    assert conn.execute("SELECT DISTINCT id FROM articles_chunks ORDER BY id").fetchall() == [(2,), (3,)]
+    conn.execute("SELECT qvl.switch_vectorizer('articles', back => true)")
+    assert conn.execute("SELECT chunk_table::text, chunk_view::text, model_fingerprint, service_url "
+                        "FROM qvl.vectorizer").fetchone() == ("articles_chunks", "articles_chunks_view", fp_old, None)
+    q = vec(conn.execute("SELECT qvl.query_embedding('articles', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+    old = chunk_rows(conn, "articles_chunks")
+    got = conn.execute("SELECT pk, chunk_seq, distance FROM qvl.search_chunks('articles', 'harbour', k => 3, "
+                       "rerank => false)").fetchall()
+    assert got and all(abs(d - (1 - cosines(q, old[(int(pk), s)][1]))) < 1e-4 for pk, s, d in got)
+    conn.execute("DELETE FROM articles WHERE id = 2")  # the live triggers follow the old table again
+    assert conn.execute("SELECT DISTINCT id FROM articles_chunks").fetchall() == [(3,)]
+    assert conn.execute(f"SELECT DISTINCT id FROM {V2}").fetchall() == [(3,)]
+    conn.execute("SELECT qvl.drop_old_column('articles')")
+    assert conn.execute("SELECT to_regclass(%s), to_regclass(%s)", (V2, V2 + "_view")).fetchone() == (None, None)
