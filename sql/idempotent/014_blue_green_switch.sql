@@ -162,6 +162,30 @@ END
 $$;
 
 
+-- Searches running on the vectorizer hold it (shared, from when they resolve its column until their
+-- transaction ends: connectors/postgres/plpy/vectorizers.py); a drop waits for them, at most 5 seconds, so a
+-- search that resolved the side being dropped still answers from it. Searches that start meanwhile wait
+-- behind the drop (and then see the vectorizer without that side).
+CREATE OR REPLACE FUNCTION qvl._wait_for_searches(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
+SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    was text := current_setting('lock_timeout');
+BEGIN
+    PERFORM set_config('lock_timeout', '5s', true);
+    BEGIN
+        PERFORM pg_advisory_xact_lock(7123, v.id);
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('lock_timeout', was, true);
+        RAISE EXCEPTION 'qvl: vectorizer %: searches kept running on it for 5 seconds; nothing was dropped', v.name
+            USING ERRCODE = '55P03',
+            HINT = 'Retry; a transaction that searched the vectorizer holds it until it ends (pg_locks, locktype '
+                   '''advisory'', classid 7123, objid the vectorizer''s id, shows who).';
+    END;
+    PERFORM set_config('lock_timeout', was, true);
+END
+$$;
+
+
 -- The second side of a vectorizer dropped: its column or chunk table (and view), its queue, failed table
 -- and triggers, its catalog row. qvl.drop_old_column's (state 'retired') and qvl.abandon_shadow's ('filling').
 CREATE OR REPLACE FUNCTION qvl._drop_second_side(v qvl.vectorizer, state text) RETURNS boolean
@@ -181,6 +205,7 @@ BEGIN
             HINT = CASE state WHEN 'retired' THEN 'A shadow being filled is given up with qvl.abandon_shadow(name).'
                               ELSE 'The old side of a switch is dropped with qvl.drop_old_column(name).' END;
     END IF;
+    PERFORM qvl._wait_for_searches(v);
     PERFORM qvl._drop_shadow_objects(v);
     chunks := (to_jsonb(s) ->> 'chunk_table')::regclass;
     chunk_view := (to_jsonb(s) ->> 'chunk_view')::regclass;

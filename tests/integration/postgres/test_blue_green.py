@@ -9,8 +9,11 @@ real worker (one on each service: ``shadow=True`` embeds the shadows only), the 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -333,3 +336,92 @@ def test_a_switch_goes_back_to_the_old_column_kept_complete(
     assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
                         "AND attname = 'embedding_v2' AND NOT attisdropped").fetchone() == (0,)
     assert conn.execute("SELECT to_regclass(%s)", (f"qvl.shadow_queue_{vid}",)).fetchone() == (None,)
+
+
+class SlowProxy:
+    """An HTTP hop to a real service that holds each POST (an embedding) for ``delay_s`` once told to: a search
+    that has resolved its vectorizer stays in flight that long."""
+
+    def __init__(self, upstream: str) -> None:
+        self.delay_s = 0.0
+        self.started = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self, body: bytes | None) -> None:
+                request = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                                 headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as answer:
+                        status, headers, data = answer.status, answer.headers.items(), answer.read()
+                except urllib.error.HTTPError as exc:
+                    status, headers, data = exc.code, exc.headers.items(), exc.read()
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._forward(None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if proxy.delay_s:
+                    proxy.started.set()
+                    time.sleep(proxy.delay_s)
+                self._forward(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_dropping_the_old_column_waits_for_a_search_that_resolved_it(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """A search resolves the vectorizer (its column and service), then waits for its query's embedding; a switch
+    back and qvl.drop_old_column of the column it resolved happen meanwhile: the search still answers, from
+    that column, and the drop waits for it (its transaction's hold on the vectorizer)."""
+    notes(conn, range(1, 4))
+    drain(qvl_db, service.grpc_target)
+    proxy = SlowProxy(new_service.http_url)
+    try:
+        conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (proxy.url,))
+        drain(qvl_db, new_service.grpc_target, shadow=True)
+        conn.execute("SELECT qvl.switch_vectorizer('notes')")  # live: embedding_v2, asked through the proxy
+        q_new = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+        new = column(conn, "embedding_v2")
+        proxy.delay_s = 3.0
+        got: dict[str, Any] = {}
+
+        def search() -> None:
+            with psycopg.connect(qvl_db, autocommit=True) as c:
+                try:
+                    got["answer"] = c.execute(SEARCH).fetchall()
+                except psycopg.Error as exc:
+                    got["error"] = f"{type(exc).__name__}: {exc}"
+                got["done"] = time.monotonic()
+
+        searcher = threading.Thread(target=search)
+        searcher.start()
+        assert proxy.started.wait(30)  # the search resolved embedding_v2 and waits for its query vector
+        conn.execute("SELECT qvl.switch_vectorizer('notes', back => true)")
+        conn.execute("SELECT qvl.drop_old_column('notes')")  # embedding_v2
+        dropped = time.monotonic()
+        searcher.join(30)
+    finally:
+        proxy.close()
+    assert "error" not in got, got["error"]
+    assert got["answer"] and all(abs(d - (1 - cosines(q_new, new[int(pk)]))) < 1e-4 for pk, d in got["answer"])
+    assert dropped >= got["done"] - 0.5  # the drop waited for the search's transaction
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
+                        "AND attname = 'embedding_v2' AND NOT attisdropped").fetchone() == (0,)
