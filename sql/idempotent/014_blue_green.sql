@@ -36,6 +36,9 @@ BEGIN
     IF TG_OP = 'TRUNCATE' THEN
         EXECUTE format('DELETE FROM qvl.shadow_queue_%s', TG_ARGV[0]);
         EXECUTE format('DELETE FROM qvl.shadow_failed_%s', TG_ARGV[0]);
+        IF to_regclass(format('qvl.shadow_rows_%s', TG_ARGV[0])) IS NOT NULL THEN  -- the table's row count: 0
+            EXECUTE format('DELETE FROM qvl.shadow_rows_%s', TG_ARGV[0]);
+        END IF;
         RETURN NULL;
     END IF;
     SELECT string_agg(format('%I', c), ', '), string_agg(format('($1).%I', c), ', ')
@@ -75,13 +78,34 @@ END
 $$;
 
 
+-- The table's row count while it has a shadow, for the status's shadow_total without counting the table
+-- at every read: qvl.shadow_rows_<id> holds deltas (the rows at the start, then +n per INSERT statement,
+-- -n per DELETE; TRUNCATE empties it in qvl._enqueue_shadow) that sum to the count. Writers only append
+-- (no row every writer updates, so none waits for another); now and then (1 statement in 200) one of them
+-- folds the deltas into one row, so a status read sums few. TG_ARGV: the vectorizer's id.
+CREATE OR REPLACE FUNCTION qvl._shadow_count() RETURNS trigger LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('INSERT INTO qvl.shadow_rows_%s (delta) SELECT n FROM (SELECT %s count(*) AS n FROM qvl_rows) c '
+                   'WHERE n <> 0', TG_ARGV[0], CASE TG_OP WHEN 'DELETE' THEN '-' ELSE '' END);
+    IF random() < 0.005 AND pg_try_advisory_xact_lock(7124, TG_ARGV[0]::int) THEN
+        EXECUTE format('WITH d AS (DELETE FROM qvl.shadow_rows_%1$s RETURNING delta) '
+                       'INSERT INTO qvl.shadow_rows_%1$s (delta) SELECT coalesce(sum(delta), 0) FROM d', TG_ARGV[0]);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+
 -- insert, update, key: queue the row for the shadow; truncate: its queue emptied; and a chunked
--- vectorizer's shadow chunk table's: delete, rekey, chunks_truncate (qvl._shadow_chunks_gone).
+-- vectorizer's shadow chunk table's: delete, rekey, chunks_truncate (qvl._shadow_chunks_gone); the table's
+-- row count: count_insert, count_delete (qvl._shadow_count).
 CREATE OR REPLACE FUNCTION qvl._shadow_trigger_names(vid int) RETURNS name[] LANGUAGE sql IMMUTABLE AS $$
     SELECT ARRAY[format('qvl_%s_shadow_insert', vid), format('qvl_%s_shadow_update', vid),
                  format('qvl_%s_shadow_key', vid), format('qvl_%s_shadow_truncate', vid),
                  format('qvl_%s_shadow_delete', vid), format('qvl_%s_shadow_rekey', vid),
-                 format('qvl_%s_shadow_chunks_truncate', vid)]::name[]
+                 format('qvl_%s_shadow_chunks_truncate', vid), format('qvl_%s_shadow_count_insert', vid),
+                 format('qvl_%s_shadow_count_delete', vid)]::name[]
 $$;
 
 
@@ -100,6 +124,13 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.shadow_failed_%s TO qvl_worker', v.id);
     IF chunks IS NULL THEN
         EXECUTE format('GRANT UPDATE (%I) ON %s TO qvl_worker', shadow, v.source);
+    END IF;
+    -- The row count's deltas (qvl._shadow_count), where statement triggers may see the rows written: not
+    -- on a partition or an inheritance child (Postgres refuses transition tables there; the status then
+    -- counts the table).
+    IF NOT EXISTS (SELECT 1 FROM pg_inherits i WHERE i.inhrelid = v.source) THEN
+        EXECUTE format('CREATE TABLE qvl.shadow_rows_%s (delta bigint NOT NULL)', v.id);
+        EXECUTE format('GRANT SELECT, INSERT, DELETE ON qvl.shadow_rows_%s TO qvl_trigger', v.id);
     END IF;
     PERFORM qvl._create_shadow_triggers(v, chunks);
 END
@@ -138,9 +169,15 @@ BEGIN
                        'EXECUTE FUNCTION qvl._shadow_chunks_gone(%L, %L)', names[7], v.source, v.id, chunks);
         EXECUTE format('GRANT SELECT, DELETE ON %s TO qvl_trigger', chunks);
     END IF;
+    IF to_regclass(format('qvl.shadow_rows_%s', v.id)) IS NOT NULL THEN
+        EXECUTE format('CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS qvl_rows FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION qvl._shadow_count(%L)', names[8], v.source, v.id);
+        EXECUTE format('CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS qvl_rows FOR EACH STATEMENT '
+                       'EXECUTE FUNCTION qvl._shadow_count(%L)', names[9], v.source, v.id);
+    END IF;
     EXECUTE format('ALTER TABLE %s ', v.source)
-            || (SELECT string_agg(format('ENABLE ALWAYS TRIGGER %I', n), ', ')
-                  FROM unnest(names[1:CASE WHEN chunks IS NULL THEN 4 ELSE 7 END]) AS n);
+            || (SELECT string_agg(format('ENABLE ALWAYS TRIGGER %I', n), ', ') FROM unnest(names) AS n
+                 WHERE EXISTS (SELECT 1 FROM pg_trigger t WHERE t.tgrelid = v.source AND t.tgname = n));
 END
 $$;
 
@@ -163,7 +200,8 @@ CREATE OR REPLACE FUNCTION qvl._drop_shadow_objects(v qvl.vectorizer) RETURNS vo
 SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM qvl._drop_shadow_triggers(v);
-    EXECUTE format('DROP TABLE IF EXISTS qvl.shadow_queue_%s, qvl.shadow_failed_%s', v.id, v.id);
+    EXECUTE format('DROP TABLE IF EXISTS qvl.shadow_queue_%s, qvl.shadow_failed_%s, qvl.shadow_rows_%s', v.id, v.id,
+                   v.id);
 END
 $$;
 
@@ -259,6 +297,9 @@ BEGIN
     EXECUTE format('INSERT INTO qvl.shadow_queue_%s (%s) SELECT %2$s FROM %s', v.id,
                    (SELECT string_agg(format('%I', c), ', ') FROM unnest(v.pk_columns) AS c), v.source);
     GET DIAGNOSTICS n = ROW_COUNT;
+    IF to_regclass(format('qvl.shadow_rows_%s', v.id)) IS NOT NULL THEN
+        EXECUTE format('INSERT INTO qvl.shadow_rows_%s (delta) VALUES ($1)', v.id) USING n;
+    END IF;
     INSERT INTO qvl.shadow (vectorizer_id, state, destination, dimensions, service_url, model_fingerprint, model_name)
     VALUES (v.id, 'filling', shadow, dims, qvl._check_service(service, NULL), model ->> 'fingerprint',
             model ->> 'name');
@@ -344,3 +385,4 @@ GRANT SELECT ON qvl.shadow TO qvl_worker;
 SELECT qvl._ensure_trigger_role();
 SELECT qvl._own_by_trigger_role('qvl._enqueue_shadow()');  -- lends CREATE on schema qvl where the installer is no superuser
 SELECT qvl._own_by_trigger_role('qvl._shadow_chunks_gone()');
+SELECT qvl._own_by_trigger_role('qvl._shadow_count()');
