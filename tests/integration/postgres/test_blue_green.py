@@ -31,7 +31,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
 NAME = "tiny-qwen3-vl"  # both checkpoints' directory: the model name each service reports
 SEARCH = "SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 3, rerank => false)"
-DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, drop the old column
+DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, the bounded switch, drop
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +79,7 @@ def test_a_shadow_is_filled_from_the_new_service_and_switched_in_one_step(
     old = column(conn, "embedding")
     before = conn.execute(SEARCH).fetchall()
 
-    make, switch, drop_old = run_by(DOC, __file__, "sql")
+    make, switch, _, drop_old = run_by(DOC, __file__, "sql")  # (the third: the lock wait's test)
     # The shadow: a column of the new model's size, its service and model recorded, every row queued for it.
     assert conn.execute(make.replace("http://qvl-new:8080", new_service.http_url)).fetchone() == (4,)
     assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
@@ -281,10 +281,11 @@ def test_the_switch_waits_for_its_locks_at_most_lock_timeout(
             waited["writer"] = time.monotonic() - started
 
         other = threading.Thread(target=writer)
+        bounded = run_by(DOC, __file__, "sql")[2]  # lock_timeout => '1 second'
         started = time.monotonic()
         other.start()
         with pytest.raises(psycopg.errors.LockNotAvailable) as refused:
-            conn.execute("SELECT qvl.switch_vectorizer('notes', lock_timeout => '1 second')")
+            conn.execute(bounded)
         waited["switch"] = time.monotonic() - started
         other.join(30)
         assert 0.9 < waited["switch"] < 4, waited

@@ -22,6 +22,7 @@ from connectors.client import Client
 from qvl_devtools.tiny_model import build_checkpoint
 from qvl_proto import vectorizer_pb2 as pb
 from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
+from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
@@ -30,6 +31,7 @@ NAME = "tiny-qwen3-vl"
 BODY = " ".join(f"Section {p}: the ferry left the harbour at {p + 6} o'clock with {p * 13} passengers. "
                 for p in range(12))
 V2 = "articles_chunks_v2"
+DOC = ROOT / "docs" / "model-upgrades.md"  # the chunked recipe's SQL: back, make the shadow, switch, drop
 
 
 @pytest.fixture(scope="module")
@@ -211,18 +213,19 @@ def test_a_chunked_switch_goes_back_to_the_old_chunk_table_kept_complete(
     articles(conn, range(1, 3))
     drain(qvl_db, service.grpc_target)
     fp_old = served(service)
-    conn.execute("SELECT qvl.reembed('articles', service => %s, shadow => %s)", (new_service.http_url, V2))
+    back, make, switch, drop = run_by(DOC, __file__, "sql")
+    conn.execute(make.replace("http://qvl-new:8080", new_service.http_url))
     drain(qvl_db, new_service.grpc_target, shadow=True)
-    conn.execute("SELECT qvl.switch_vectorizer('articles')")
+    conn.execute(switch)
     articles(conn, range(3, 4))
     conn.execute("DELETE FROM articles WHERE id = 1")
     drain(qvl_db, new_service.grpc_target)
     assert conn.execute("SELECT DISTINCT id FROM articles_chunks ORDER BY id").fetchall() == [(2,)]
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
-        conn.execute("SELECT qvl.switch_vectorizer('articles', back => true)")
+        conn.execute(back)
     drain(qvl_db, service.grpc_target, shadow=True)
     assert conn.execute("SELECT DISTINCT id FROM articles_chunks ORDER BY id").fetchall() == [(2,), (3,)]
-    conn.execute("SELECT qvl.switch_vectorizer('articles', back => true)")
+    conn.execute(back)
     assert conn.execute("SELECT chunk_table::text, chunk_view::text, model_fingerprint, service_url "
                         "FROM qvl.vectorizer").fetchone() == ("articles_chunks", "articles_chunks_view", fp_old, None)
     q = vec(conn.execute("SELECT qvl.query_embedding('articles', 'harbour')::text").fetchone()[0])  # type: ignore[index]
@@ -233,5 +236,5 @@ def test_a_chunked_switch_goes_back_to_the_old_chunk_table_kept_complete(
     conn.execute("DELETE FROM articles WHERE id = 2")  # the live triggers follow the old table again
     assert conn.execute("SELECT DISTINCT id FROM articles_chunks").fetchall() == [(3,)]
     assert conn.execute(f"SELECT DISTINCT id FROM {V2}").fetchall() == [(3,)]
-    conn.execute("SELECT qvl.drop_old_column('articles')")
+    conn.execute(drop)
     assert conn.execute("SELECT to_regclass(%s), to_regclass(%s)", (V2, V2 + "_view")).fetchone() == (None, None)
