@@ -49,7 +49,7 @@ def served(svc: ServiceProcess) -> str:
 def articles(conn: psycopg.Connection[Any], rows: range) -> None:
     if conn.execute("SELECT to_regclass('articles')").fetchone() == (None,):
         conn.execute("CREATE TABLE articles (id int PRIMARY KEY, title text, body text)")
-        conn.execute("CREATE ROLE reader_bg")
+        conn.execute("DO $$ BEGIN IF to_regrole('reader_bg') IS NULL THEN CREATE ROLE reader_bg; END IF; END $$")
         conn.execute("GRANT SELECT ON articles TO reader_bg")
         conn.execute("SELECT qvl.create_vectorizer('articles', text_columns => '{title, body}', dimensions => 32, "
                      "chunking => qvl.chunk_text(tokens => 32, overlap => 4))")
