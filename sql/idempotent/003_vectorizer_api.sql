@@ -149,6 +149,9 @@ DECLARE
     cleared bigint := 0;
     kept bigint;
 BEGIN
+    IF to_regprocedure('qvl._drop_shadow_of(qvl.vectorizer, boolean)') IS NOT NULL THEN
+        PERFORM qvl._drop_shadow_of(v, drop_column AND source_exists);  -- version 14: a blue/green shadow first
+    END IF;
     IF source_exists THEN
         PERFORM qvl._drop_triggers(v.id, v.source);
         PERFORM qvl._revoke_worker(v);

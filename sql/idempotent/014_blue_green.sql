@@ -198,10 +198,17 @@ $$;
 
 CREATE OR REPLACE FUNCTION qvl._drop_shadow_objects(v qvl.vectorizer) RETURNS void LANGUAGE plpgsql VOLATILE
 SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    tbl regclass;
 BEGIN
     PERFORM qvl._drop_shadow_triggers(v);
-    EXECUTE format('DROP TABLE IF EXISTS qvl.shadow_queue_%s, qvl.shadow_failed_%s, qvl.shadow_rows_%s', v.id, v.id,
-                   v.id);
+    -- Only those that exist (no "skipping" NOTICE: qvl.drop_vectorizer calls this for every vectorizer).
+    FOR tbl IN SELECT to_regclass(p || v.id) FROM unnest(ARRAY['qvl.shadow_queue_', 'qvl.shadow_failed_',
+                                                               'qvl.shadow_rows_']) AS p LOOP
+        IF tbl IS NOT NULL THEN
+            EXECUTE format('DROP TABLE %s', tbl);
+        END IF;
+    END LOOP;
 END
 $$;
 

@@ -226,6 +226,22 @@ END
 $$;
 
 
+-- qvl.drop_vectorizer's: a shadow's triggers (which name the vectorizer's key function), queue and counts go
+-- with the vectorizer; its column or chunk table only with ``drop_column`` (as the live one's).
+CREATE OR REPLACE FUNCTION qvl._drop_shadow_of(v qvl.vectorizer, drop_column boolean) RETURNS void
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    state text := (SELECT x.state FROM qvl.shadow x WHERE x.vectorizer_id = v.id);
+BEGIN
+    IF state IS NOT NULL AND drop_column THEN
+        PERFORM qvl._drop_second_side(v, state);
+    ELSE
+        PERFORM qvl._drop_shadow_objects(v);
+    END IF;
+END
+$$;
+
+
 CREATE OR REPLACE FUNCTION qvl.drop_old_column(name text) RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN

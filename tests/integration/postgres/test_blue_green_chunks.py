@@ -238,3 +238,27 @@ def test_a_chunked_switch_goes_back_to_the_old_chunk_table_kept_complete(
     assert conn.execute(f"SELECT DISTINCT id FROM {V2}").fetchall() == [(3,)]
     conn.execute(drop)
     assert conn.execute("SELECT to_regclass(%s), to_regclass(%s)", (V2, V2 + "_view")).fetchone() == (None, None)
+
+
+def test_dropping_a_vectorizer_takes_its_shadow_along(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """qvl.drop_vectorizer with a shadow: its triggers, queue and count go (nothing keeps queueing rows for a
+    vectorizer that is gone); its chunk table stays unless drop_column, like the live one."""
+    articles(conn, range(1, 3))
+    vid = conn.execute("SELECT id FROM qvl.vectorizer").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('articles', service => %s, shadow => %s)", (new_service.http_url, V2))
+    conn.execute("SELECT qvl.drop_vectorizer('articles')")
+    assert conn.execute("SELECT tgname FROM pg_trigger WHERE tgrelid = 'articles'::regclass").fetchall() == []
+    assert conn.execute("SELECT to_regclass(%s), to_regclass(%s)",
+                        (f"qvl.shadow_queue_{vid}", f"qvl.shadow_rows_{vid}")).fetchone() == (None, None)
+    articles(conn, range(3, 4))  # the table is written as any other now
+    assert conn.execute("SELECT to_regclass(%s) IS NOT NULL", (V2,)).fetchone() == (True,)
+    conn.execute(f"DROP TABLE {V2} CASCADE")
+    conn.execute("DROP TABLE articles_chunks CASCADE")
+    conn.execute("SELECT qvl.create_vectorizer('articles', text_columns => '{title, body}', dimensions => 32, "
+                 "chunking => qvl.chunk_text(tokens => 32, overlap => 4))")
+    vid = conn.execute("SELECT id FROM qvl.vectorizer").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('articles', service => %s, shadow => %s)", (new_service.http_url, V2))
+    conn.execute("SELECT qvl.drop_vectorizer('articles', drop_column => true)")
+    assert conn.execute("SELECT to_regclass(%s), to_regclass(%s), to_regclass(%s)",
+                        (V2, V2 + "_view", f"qvl.shadow_queue_{vid}")).fetchone() == (None, None, None)
