@@ -302,6 +302,7 @@ def _add_worker_parser(sub: Any) -> None:
     p.add_argument("--vectorizer", action="append", help="only these vectorizers (repeatable; default all)")
     p.add_argument("--exit-when-idle", action="store_true", help="exit once every queue is empty")
     p.add_argument("--shadow", action="store_true",
-                   help="blue/green: fill the shadow columns that qvl.reembed(name, service => ..., shadow => ...) "
-                   "made, from --service (the new model's), instead of the vectorizers' own columns")
+                   help="blue/green: fill the shadow columns (chunk tables) that qvl.reembed(name, service => ..., "
+                   "shadow => ...) made, from --service (the new model's; after a switch, the old model's keeps "
+                   "the way back), instead of the vectorizers' own")
     p.set_defaults(func=cmd_worker)

@@ -372,10 +372,15 @@ DELETE FROM {self.queue} q USING {self._unnest()}
         return f"SELECT count(*), count(*) FILTER (WHERE claimed_by IS NOT NULL) FROM {self.queue}"
 
 
-# The shadows being filled (version 14): each a vectorizer's rows, into another column, by another model.
+# The shadows (version 14): each a vectorizer's rows, into another column, by another model: one being
+# filled, or the old side a switch left, kept current while its queue is there. A chunked vectorizer's
+# shadow is a chunk table of its own (version 15; NULL before, and for a column).
 SHADOWS_SQL = """
-SELECT vectorizer_id, destination::text, dimensions, model_fingerprint, model_name
-  FROM qvl.shadow WHERE state = 'filling' ORDER BY vectorizer_id
+SELECT s.vectorizer_id, s.destination::text, s.dimensions, s.model_fingerprint, s.model_name,
+       (SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = (to_jsonb(s) ->> 'chunk_table')::regclass) AS chunk_table
+  FROM qvl.shadow s WHERE to_regclass(format('qvl.shadow_queue_%s', s.vectorizer_id)) IS NOT NULL
+ ORDER BY s.vectorizer_id
 """
 
 
@@ -389,8 +394,9 @@ def load_vectorizers(conn: psycopg.Connection[Any], names: tuple[str, ...] = (),
         return []
     by_id = {v.id: v for v in live}
     return [dataclasses.replace(by_id[vid], destination=dest, dimensions=dims, model_fingerprint=fp,
-                                model_name=model, shadow=True)
-            for vid, dest, dims, fp, model in conn.execute(SHADOWS_SQL).fetchall() if vid in by_id]
+                                model_name=model, shadow=True,
+                                chunk_table=chunks if by_id[vid].chunked else by_id[vid].chunk_table)
+            for vid, dest, dims, fp, model, chunks in conn.execute(SHADOWS_SQL).fetchall() if vid in by_id]
 
 
 def _load_live(conn: psycopg.Connection[Any], names: tuple[str, ...]) -> list[Vectorizer]:

@@ -149,6 +149,9 @@ DECLARE
     cleared bigint := 0;
     kept bigint;
 BEGIN
+    IF to_regprocedure('qvl._drop_shadow_of(qvl.vectorizer, boolean)') IS NOT NULL THEN
+        PERFORM qvl._drop_shadow_of(v, drop_column AND source_exists);  -- version 14: a blue/green shadow first
+    END IF;
     IF source_exists THEN
         PERFORM qvl._drop_triggers(v.id, v.source);
         PERFORM qvl._revoke_worker(v);
@@ -332,8 +335,10 @@ END
 $$;
 
 
--- A blue/green shadow column being filled (version 14; no rows before, and without one): its column,
--- rows embedded there of the table's rows, its failed rows and its model. Counts only to roles that may
+-- A blue/green shadow (version 14; no rows before, and without one): being filled, or the old side a
+-- switch left (kept current while its queue is there): its column (chunk table), rows embedded there of
+-- the table's rows (counted from qvl._shadow_count's deltas, not the table, where there are some), its
+-- failed rows and its model. Counts only to roles that may
 -- read the table, as _queue_stats. Dynamic SQL: the same function at every version.
 CREATE OR REPLACE FUNCTION qvl._shadow_stats(vid int, OUT shadow_column name, OUT shadow_done bigint,
                                              OUT shadow_total bigint, OUT shadow_failed bigint,
@@ -346,14 +351,18 @@ BEGIN
         RETURN;
     END IF;
     EXECUTE 'SELECT destination, model_name, model_fingerprint FROM qvl.shadow WHERE vectorizer_id = $1 '
-            'AND state = ''filling''' INTO shadow_column, shadow_model_name, shadow_model_fingerprint USING vid;
+            'AND to_regclass(format(''qvl.shadow_queue_%s'', vectorizer_id)) IS NOT NULL' INTO shadow_column, shadow_model_name, shadow_model_fingerprint USING vid;
     IF shadow_column IS NULL OR NOT qvl._may_read_source(vid) THEN
         RETURN;
     END IF;
     EXECUTE format('SELECT count(*) FROM qvl.shadow_queue_%s', vid) INTO pending;
     EXECUTE format('SELECT count(*) FROM qvl.shadow_failed_%s', vid) INTO shadow_failed;
-    EXECUTE format('SELECT count(*) FROM %s', (SELECT v.source FROM qvl.vectorizer v WHERE v.id = vid))
-       INTO shadow_total;
+    IF to_regclass(format('qvl.shadow_rows_%s', vid)) IS NOT NULL THEN  -- the row count's deltas (version 15)
+        EXECUTE format('SELECT coalesce(sum(delta), 0) FROM qvl.shadow_rows_%s', vid) INTO shadow_total;
+    ELSE
+        EXECUTE format('SELECT count(*) FROM %s', (SELECT v.source FROM qvl.vectorizer v WHERE v.id = vid))
+           INTO shadow_total;
+    END IF;
     shadow_done := shadow_total - pending - shadow_failed;
 END
 $$;

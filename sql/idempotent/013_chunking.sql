@@ -204,6 +204,37 @@ END
 $$;
 
 
+-- A chunk table (the key columns, chunk_seq, locator, embedding of ``vtype``; an HNSW index where ``index``
+-- says so), owned like the table it derives from: its owner reads it and grants it to whom it pleases.
+-- qvl.create_vectorizer's, and a blue/green shadow's (sql/idempotent/014_blue_green.sql).
+CREATE OR REPLACE FUNCTION qvl._create_chunk_table(source regclass, schema_name name, table_name name, keys name[],
+                                                   key_types text[], vtype text, index text, storage text,
+                                                   vname text) RETURNS regclass
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    chunks regclass;
+BEGIN
+    EXECUTE format('CREATE TABLE %I.%I (%s, chunk_seq int NOT NULL CHECK (chunk_seq >= 0), locator jsonb NOT NULL, '
+                   'embedding %s NOT NULL, PRIMARY KEY (%s, chunk_seq))', schema_name, table_name,
+                   (SELECT string_agg(format('%I %s NOT NULL', c, t), ', ' ORDER BY o)
+                      FROM unnest(keys, key_types) WITH ORDINALITY AS u(c, t, o)),
+                   vtype, (SELECT string_agg(format('%I', c), ', ') FROM unnest(keys) AS c));
+    chunks := format('%I.%I', schema_name, table_name)::regclass;
+    IF index = 'hnsw' THEN
+        EXECUTE format('CREATE INDEX %I ON %s USING hnsw (embedding %s.%s)', left(table_name || '_hnsw', 63), chunks,
+                       qvl._vector_schema(),
+                       CASE storage WHEN 'vector' THEN 'vector_cosine_ops' WHEN 'halfvec' THEN 'halfvec_cosine_ops'
+                                    ELSE 'bit_hamming_ops' END);
+    END IF;
+    EXECUTE format('COMMENT ON TABLE %s IS %L', chunks,
+                   format('qvl: the chunks of %s (vectorizer %s), kept by qvl worker', source, vname));
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', chunks,
+                   (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
+    RETURN chunks;
+END
+$$;
+
+
 -- qvl.create_vectorizer with chunking (it calls this): the checks, the destination table, its index
 -- and view, the catalog row, the queue, the triggers and the backfill.
 CREATE OR REPLACE FUNCTION qvl._create_chunked_vectorizer(
@@ -280,22 +311,8 @@ BEGIN
     vtype := qvl._vector_type(storage, dimensions, index);
     PERFORM qvl._check_dimensions(dimensions, model_size);
 
-    EXECUTE format('CREATE TABLE %I.%I (%s, chunk_seq int NOT NULL CHECK (chunk_seq >= 0), locator jsonb NOT NULL, '
-                   'embedding %s NOT NULL, PRIMARY KEY (%s, chunk_seq))', schema_name, destination,
-                   (SELECT string_agg(format('%I %s NOT NULL', c, t), ', ' ORDER BY o)
-                      FROM unnest(pk.pk_columns, pk.pk_types) WITH ORDINALITY AS u(c, t, o)),
-                   vtype, (SELECT string_agg(format('%I', c), ', ') FROM unnest(pk.pk_columns) AS c));
-    chunks := format('%I.%I', schema_name, destination)::regclass;
-    IF index = 'hnsw' THEN
-        EXECUTE format('CREATE INDEX %I ON %s USING hnsw (embedding %s.%s)', left(destination || '_hnsw', 63), chunks,
-                       qvl._vector_schema(),
-                       CASE storage WHEN 'vector' THEN 'vector_cosine_ops' WHEN 'halfvec' THEN 'halfvec_cosine_ops'
-                                    ELSE 'bit_hamming_ops' END);
-    END IF;
-    EXECUTE format('COMMENT ON TABLE %s IS %L', chunks,
-                   format('qvl: the chunks of %s (vectorizer %s), kept by qvl worker', source, vname));
-    -- Owned like the table it derives from: its owner reads it and grants it to whom it pleases.
-    EXECUTE format('ALTER TABLE %s OWNER TO %I', chunks, owner);
+    chunks := qvl._create_chunk_table(source, schema_name, destination, pk.pk_columns, pk.pk_types, vtype, index,
+                                      storage, vname);
     PERFORM qvl._create_chunk_view(source, chunks, format('%I.%I', schema_name, view_name), pk.pk_columns);
 
     INSERT INTO qvl.vectorizer (name, source, pk_columns, pk_types, text_columns, image_columns, video_columns,

@@ -34,11 +34,23 @@ SELECT v.id, v.name, v.pk_columns, v.pk_types, v.text_columns, v.image_columns, 
  WHERE %s"""
 
 
+# A search holds its vectorizer until its transaction ends (shared; qvl._drop_second_side takes it
+# exclusively): a blue/green drop of the column or chunk table a running search resolved waits for it
+# (sql/idempotent/014_blue_green_switch.sql). The first key is qvl's class of advisory locks.
+HOLD_SQL = "SELECT pg_catalog.pg_advisory_xact_lock_shared(7123, $1)"
+
+
 def vectorizer_by_name(name: str) -> Row:
-    rows = spi.plpy.execute(plan("vec_by_name", VECTORIZER_SQL % "v.name = $1", ["text"]), [name])
+    by_name = plan("vec_by_name", VECTORIZER_SQL % "v.name = $1", ["text"])
+    rows = spi.plpy.execute(by_name, [name])
     if rows.nrows() == 0:
         spi.plpy.error(f"qvl: no vectorizer named {name!r}", hint="See SELECT name FROM qvl.vectorizer_status;",
                        sqlstate="42704")
+    spi.plpy.execute(plan("vec_hold", HOLD_SQL, ["int4"]), [rows[0]["id"]])
+    # Read again once held: a drop that committed between the first read and the hold is seen now.
+    rows = spi.plpy.execute(by_name, [name])
+    if rows.nrows() == 0:
+        spi.plpy.error(f"qvl: vectorizer {name!r} was dropped", sqlstate="42704")
     return rows[0]
 
 

@@ -185,13 +185,15 @@ def mismatch_words(vectorizer: str, recorded: str, recorded_name: str | None, se
                    served_name: str | None, shadow: str | None = None) -> str:
     """Why a vectorizer's rows stay queued after a model change, and what an operator does about it
     (the SQL functions' refusal, connectors/postgres/plpy/models.py, says the same). ``shadow``: the
-    column of a blue/green shadow that a worker started with --shadow fills."""
+    column (chunk table) of a blue/green shadow that a worker started with --shadow fills: a new model's,
+    or after a switch the old model's, kept for the way back."""
     now = model_words(served, served_name) if served else "another model"
     if shadow is not None:
         return (f"its shadow column {shadow} is for model {model_words(recorded, recorded_name)}, but this "
                 f"worker's service serves {now}, so the shadow's rows stay queued (none is failed). Run "
                 f"qvl worker --shadow with --service on model {recorded}'s service, or give the shadow up: "
-                f"SELECT qvl.abandon_shadow({sql_literal(vectorizer)})")
+                f"SELECT qvl.abandon_shadow({sql_literal(vectorizer)}) (a shadow being filled), or "
+                f"SELECT qvl.drop_old_column({sql_literal(vectorizer)}) (the old side a switch left)")
     return (f"its vectors were made by model {model_words(recorded, recorded_name)}, but the service serves "
             f"{now}; vectors of two models are not comparable, so its rows stay queued (none is failed). Run "
             f"SELECT qvl.reembed({sql_literal(vectorizer)}) to move every row to the served model, or serve "

@@ -9,8 +9,11 @@ real worker (one on each service: ``shadow=True`` embeds the shadows only), the 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
@@ -28,7 +31,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
 NAME = "tiny-qwen3-vl"  # both checkpoints' directory: the model name each service reports
 SEARCH = "SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 3, rerank => false)"
-DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, drop the old column
+DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, the bounded switch, drop
 
 
 @pytest.fixture(scope="module")
@@ -76,7 +79,7 @@ def test_a_shadow_is_filled_from_the_new_service_and_switched_in_one_step(
     old = column(conn, "embedding")
     before = conn.execute(SEARCH).fetchall()
 
-    make, switch, drop_old = run_by(DOC, __file__, "sql")
+    make, switch, _, drop_old = run_by(DOC, __file__, "sql")  # (the third: the lock wait's test)
     # The shadow: a column of the new model's size, its service and model recorded, every row queued for it.
     assert conn.execute(make.replace("http://qvl-new:8080", new_service.http_url)).fetchone() == (4,)
     assert conn.execute("SELECT format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
@@ -257,3 +260,219 @@ def test_a_shadow_worker_on_another_model_holds_the_shadow(
     assert column(conn, "embedding_v2") == dict.fromkeys(range(1, 4))
     drain(qvl_db, new_service.grpc_target, shadow=True)  # the new model's worker fills it
     assert all(v is not None for v in column(conn, "embedding_v2").values())
+
+
+def test_the_switch_waits_for_its_locks_at_most_lock_timeout(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """A transaction that keeps writing the table holds the lock the switch needs: the switch gives up after
+    lock_timeout (55P03, nothing changed, the holder named), so the writers queued behind it go on."""
+    notes(conn, range(1, 3))
+    drain(qvl_db, service.grpc_target)
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    drain(qvl_db, new_service.grpc_target, shadow=True)
+    with psycopg.connect(qvl_db) as holder:  # a transaction left open after a write
+        holder.execute("INSERT INTO notes VALUES (100, 'a long transaction')")
+        waited: dict[str, float] = {}
+
+        def writer() -> None:  # comes after the switch started waiting: queued behind its lock request
+            time.sleep(0.3)
+            with psycopg.connect(qvl_db, autocommit=True) as c:
+                c.execute("INSERT INTO notes VALUES (101, 'another writer')")
+            waited["writer"] = time.monotonic() - started
+
+        other = threading.Thread(target=writer)
+        bounded = run_by(DOC, __file__, "sql")[2]  # lock_timeout => '1 second'
+        started = time.monotonic()
+        other.start()
+        with pytest.raises(psycopg.errors.LockNotAvailable) as refused:
+            conn.execute(bounded)
+        waited["switch"] = time.monotonic() - started
+        other.join(30)
+        assert 0.9 < waited["switch"] < 4, waited
+        assert 0.8 < waited["writer"] < waited["switch"] + 2, waited  # queued behind the switch until it gave up
+        message, hint = refused.value.diag.message_primary or "", refused.value.diag.message_hint or ""
+        assert "gave up; nothing changed" in message, message
+        assert f"pid {holder.info.backend_pid}" in hint and "Retry" in hint, hint
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.LockNotAvailable):  # the default wait: 5 seconds
+            conn.execute("SELECT qvl.switch_vectorizer('notes')")
+        assert 4.9 < time.monotonic() - started < 8
+        assert conn.execute("SELECT destination FROM qvl.vectorizer").fetchone() == ("embedding",)
+        holder.rollback()
+    drain(qvl_db, new_service.grpc_target, shadow=True)  # (row 101)
+    assert conn.execute("SELECT qvl.switch_vectorizer('notes')").fetchone() == (True,)
+    assert conn.execute("SHOW lock_timeout").fetchone() == ("0",)  # the session's own setting is left alone
+
+
+def test_a_switch_goes_back_to_the_old_column_kept_complete(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """After a switch the old column is the shadow: rows written since are queued for it, a worker of the old
+    model keeps it complete, and back => true switches to it (and its service and model) the same way."""
+    notes(conn, range(1, 4))
+    drain(qvl_db, service.grpc_target)
+    fp_old, fp_new = served(service), served(new_service)
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    q_old = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    drain(qvl_db, new_service.grpc_target, shadow=True)
+    conn.execute("SELECT qvl.switch_vectorizer('notes')")
+    notes(conn, range(4, 5))  # written after the switch: queued for both sides
+    drain(qvl_db, new_service.grpc_target)
+    assert conn.execute(f"SELECT id FROM qvl.shadow_queue_{vid}").fetchall() == [(4,)]
+    assert shadow_status(conn) == ("embedding", 3, 4, fp_old)
+    with pytest.raises(psycopg.Error) as incomplete:
+        conn.execute("SELECT qvl.switch_vectorizer('notes', back => true)")
+    assert incomplete.value.sqlstate == "55000"
+    assert "old side embedding is not complete: 1 of 4 rows" in (incomplete.value.diag.message_primary or "")
+    drain(qvl_db, service.grpc_target, shadow=True)  # the old model's worker keeps the old side complete
+    assert (cosines(column(conn, "embedding")[4], model_vectors(service, conn, [4])) >= 0.9999).all()
+    conn.execute("SELECT qvl.switch_vectorizer('notes', back => true)")
+    assert conn.execute("SELECT destination, model_fingerprint, service_url FROM qvl.vectorizer").fetchone() == (
+        "embedding", fp_old, None)
+    old = column(conn, "embedding")
+    answer = conn.execute(SEARCH).fetchall()
+    assert answer and all(abs(d - (1 - cosines(q_old, old[int(pk)]))) < 1e-4 for pk, d in answer)
+    assert shadow_status(conn) == ("embedding_v2", 4, 4, fp_new)  # the new side is the one kept now
+    conn.execute("SELECT qvl.drop_old_column('notes')")
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
+                        "AND attname = 'embedding_v2' AND NOT attisdropped").fetchone() == (0,)
+    assert conn.execute("SELECT to_regclass(%s)", (f"qvl.shadow_queue_{vid}",)).fetchone() == (None,)
+
+
+class SlowProxy:
+    """An HTTP hop to a real service that holds each POST (an embedding) for ``delay_s`` once told to: a search
+    that has resolved its vectorizer stays in flight that long."""
+
+    def __init__(self, upstream: str) -> None:
+        self.delay_s = 0.0
+        self.started = threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forward(self, body: bytes | None) -> None:
+                request = urllib.request.Request(upstream + self.path, data=body, method=self.command,
+                                                 headers={k: v for k, v in self.headers.items() if k.lower() != "host"})
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as answer:
+                        status, headers, data = answer.status, answer.headers.items(), answer.read()
+                except urllib.error.HTTPError as exc:
+                    status, headers, data = exc.code, exc.headers.items(), exc.read()
+                self.send_response(status)
+                for k, v in headers:
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self) -> None:
+                self._forward(None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+                if proxy.delay_s:
+                    proxy.started.set()
+                    time.sleep(proxy.delay_s)
+                self._forward(body)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_dropping_the_old_column_waits_for_a_search_that_resolved_it(
+        qvl_db: str, conn: psycopg.Connection[Any], service: ServiceProcess, new_service: ServiceProcess) -> None:
+    """A search resolves the vectorizer (its column and service), then waits for its query's embedding; a switch
+    back and qvl.drop_old_column of the column it resolved happen meanwhile: the search still answers, from
+    that column, and the drop waits for it (its transaction's hold on the vectorizer)."""
+    notes(conn, range(1, 4))
+    drain(qvl_db, service.grpc_target)
+    proxy = SlowProxy(new_service.http_url)
+    try:
+        conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (proxy.url,))
+        drain(qvl_db, new_service.grpc_target, shadow=True)
+        conn.execute("SELECT qvl.switch_vectorizer('notes')")  # live: embedding_v2, asked through the proxy
+        q_new = vec(conn.execute("SELECT qvl.query_embedding('notes', 'harbour')::text").fetchone()[0])  # type: ignore[index]
+        new = column(conn, "embedding_v2")
+        proxy.delay_s = 3.0
+        got: dict[str, Any] = {}
+
+        def search() -> None:
+            with psycopg.connect(qvl_db, autocommit=True) as c:
+                try:
+                    got["answer"] = c.execute(SEARCH).fetchall()
+                except psycopg.Error as exc:
+                    got["error"] = f"{type(exc).__name__}: {exc}"
+                got["done"] = time.monotonic()
+
+        searcher = threading.Thread(target=search)
+        searcher.start()
+        assert proxy.started.wait(30)  # the search resolved embedding_v2 and waits for its query vector
+        conn.execute("SELECT qvl.switch_vectorizer('notes', back => true)")
+        conn.execute("SELECT qvl.drop_old_column('notes')")  # embedding_v2
+        dropped = time.monotonic()
+        searcher.join(30)
+    finally:
+        proxy.close()
+    assert "error" not in got, got["error"]
+    assert got["answer"] and all(abs(d - (1 - cosines(q_new, new[int(pk)]))) < 1e-4 for pk, d in got["answer"])
+    assert dropped >= got["done"] - 0.5  # the drop waited for the search's transaction
+    assert conn.execute("SELECT count(*) FROM pg_attribute WHERE attrelid = 'notes'::regclass "
+                        "AND attname = 'embedding_v2' AND NOT attisdropped").fetchone() == (0,)
+
+
+def test_shadow_total_follows_the_table_without_counting_it(
+        qvl_db: str, conn: psycopg.Connection[Any], new_service: ServiceProcess) -> None:
+    """shadow_total is the table's row count through inserts (one row, many, COPY), deletes and TRUNCATE,
+    summed from the shadow's deltas instead of counting the table at each status read (timed here on 20k
+    rows against the count it replaced)."""
+    notes(conn, range(1, 20001))
+    vid = conn.execute("SELECT id FROM qvl.vectorizer WHERE name = 'notes'").fetchone()[0]  # type: ignore[index]
+    conn.execute("SELECT qvl.reembed('notes', service => %s, shadow => 'embedding_v2')", (new_service.http_url,))
+    conn.execute(f"DELETE FROM qvl.queue_{vid}")  # as if both workers were done: the counts left are the table's
+    conn.execute(f"DELETE FROM qvl.shadow_queue_{vid}")
+
+    def total() -> int:
+        return int(conn.execute("SELECT shadow_total FROM qvl.vectorizer_status").fetchone()[0])  # type: ignore[index]
+
+    def rows() -> int:
+        return int(conn.execute("SELECT count(*) FROM notes").fetchone()[0])  # type: ignore[index]
+
+    assert total() == rows() == 20000
+    notes(conn, range(20001, 20011))
+    conn.execute("DELETE FROM notes WHERE id <= 5")
+    for i in range(30001, 31501):  # single-row statements: their deltas are folded now and then
+        conn.execute("INSERT INTO notes VALUES (%s, 'one more')", (i,))
+    with conn.cursor().copy("COPY notes (id, body) FROM STDIN") as copy:
+        for i in range(40001, 40004):
+            copy.write_row((i, "copied"))
+    conn.execute("UPDATE notes SET id = 50000 WHERE id = 6")  # a key change: the count stays
+    assert total() == rows() == 21508
+    deltas = conn.execute(f"SELECT count(*) FROM qvl.shadow_rows_{vid}").fetchone()[0]  # type: ignore[index]
+    assert deltas < 1500, deltas
+
+    def status_ms() -> float:
+        times = []
+        for _ in range(30):
+            t = time.perf_counter()
+            conn.execute("SELECT * FROM qvl.vectorizer_status").fetchall()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times)) * 1000
+
+    summed = status_ms()
+    conn.execute(f"ALTER TABLE qvl.shadow_rows_{vid} RENAME TO counted_{vid}")  # the status counts the table again
+    assert total() == 21508
+    counted = status_ms()
+    conn.execute(f"ALTER TABLE qvl.counted_{vid} RENAME TO shadow_rows_{vid}")
+    print(f"status on {rows()} rows: {summed:.2f} ms from {deltas} deltas, {counted:.2f} ms counting the table")
+    conn.execute("TRUNCATE notes")
+    assert total() == 0
+    notes(conn, range(1, 3))
+    assert total() == 2

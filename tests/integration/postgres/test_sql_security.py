@@ -74,9 +74,11 @@ def test_a_hostile_domain_check_never_runs_as_a_superuser(conn: psycopg.Connecti
                           "WHERE p.pronamespace = 'qvl'::regnamespace AND p.prorettype = 'trigger'::regtype "
                           "ORDER BY 1").fetchall()
     # Sync vectorizers have a queueing function too, for their key and truncate triggers (issue 19 item 4).
-    # qvl._enqueue_shadow: a blue/green shadow's queueing (issue 23 item 3), as qvl_trigger too.
+    # qvl._enqueue_shadow, qvl._shadow_chunks_gone, qvl._shadow_count: a blue/green shadow's queueing, its
+    # chunks' upkeep and the table's row count (issue 23 item 3), as qvl_trigger too.
     assert owners == [("_enqueue_1", "qvl_trigger"), ("_enqueue_2", "qvl_trigger"), ("_enqueue_3", "qvl_trigger"),
-                      ("_enqueue_shadow", "qvl_trigger"), ("_sync_embed", "qvl_trigger")]
+                      ("_enqueue_shadow", "qvl_trigger"), ("_shadow_chunks_gone", "qvl_trigger"),
+                      ("_shadow_count", "qvl_trigger"), ("_sync_embed", "qvl_trigger")]
 
 
 # -- 10.13: what other roles may learn --------------------------------------------------------------
