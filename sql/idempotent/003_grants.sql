@@ -7,7 +7,7 @@ CREATE OR REPLACE FUNCTION qvl._query_functions() RETURNS name[] LANGUAGE sql IM
     SELECT f || ARRAY(SELECT ('_raw_' || n)::name FROM unnest(f) AS n) FROM (SELECT ARRAY['embed', 'embed_halfvec', 'rerank', 'search', 'wait_for_embeddings', 'service_info',
                  'query_embedding', 'query_embedding_halfvec', 'query_embedding_bit', 'rerank_rows', 'hybrid_search',
                  '_call', '_load', '_queue_stats', '_cut_count', '_check_key_type', '_rerank_rows', '_fulltext_document',
-                 'search_chunks', '_call_for', '_shadow_stats']::name[]) AS q(f)
+                 'search_chunks', '_call_for', '_shadow_stats', '_vector_probe']::name[]) AS q(f)
 $$;
 
 CREATE OR REPLACE FUNCTION qvl._grant_query_access(grantee text, allow boolean) RETURNS void LANGUAGE plpgsql VOLATILE

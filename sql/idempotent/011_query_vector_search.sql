@@ -6,12 +6,56 @@
 -- is not taken here: add WHERE to your own `ORDER BY embedding <=> $1` query, or pass it to
 -- connectors.postgres.search, which checks it as qvl.search does.
 
+-- What both query-vector searches (qvl.search here, qvl.search_chunks in 013_chunk_search.sql) check and
+-- prepare: k and offset, the vector's size; the distance to the query on the stored type (pgvector's
+-- operators by their schema, whatever the caller's search_path, so the column's index serves); and
+-- hnsw.ef_search raised for this query (an HNSW scan returns at most that many rows). Returns the probe
+-- and the setting to put back once the caller's RETURN QUERY has read every row; probe NULL: nothing to
+-- return (no query vector, or k < 1). `unit`: what k counts; `via`: the application-side call.
+CREATE OR REPLACE FUNCTION qvl._vector_probe(vectorizer text, query vector, dimensions int, storage text, k int,
+                                             "offset" int, unit text, via text, OUT probe text, OUT ef text)
+LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    vs text;
+    dims int;
+BEGIN
+    IF k IS NULL THEN
+        RAISE EXCEPTION 'qvl: k is NULL' USING ERRCODE = '22004',
+            HINT = pg_catalog.format('k => 10 returns the 10 nearest %s.', unit);
+    END IF;
+    IF "offset" IS NOT NULL AND "offset" < 0 THEN
+        RAISE EXCEPTION 'qvl: offset must be 0 or more, got %', "offset" USING ERRCODE = '22023',
+            HINT = pg_catalog.format('offset => 20 skips the 20 nearest %s.', unit);
+    END IF;
+    IF query IS NULL OR k < 1 THEN
+        RETURN;
+    END IF;
+    SELECT pg_catalog.quote_ident(ns.nspname) INTO vs FROM pg_catalog.pg_extension e
+      JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector';
+    EXECUTE pg_catalog.format('SELECT %s.vector_dims($1)', vs) INTO dims USING query;
+    IF dims <> dimensions THEN
+        RAISE EXCEPTION 'qvl: the query vector has % dimensions, and vectorizer % stores %',
+                dims, vectorizer, dimensions USING ERRCODE = '22000',
+            HINT = pg_catalog.format('Embed the query at dimensions => %s with the vectorizer''s query instruction '
+                                     '(%s does).', dimensions, via);
+    END IF;
+    probe := CASE storage
+        WHEN 'vector' THEN pg_catalog.format('OPERATOR(%s.<=>) $1', vs)
+        WHEN 'halfvec' THEN pg_catalog.format('OPERATOR(%1$s.<=>) $1::%1$s.halfvec(%2$s)', vs, dimensions)
+        ELSE pg_catalog.format('OPERATOR(%1$s.<~>) %1$s.binary_quantize($1)::pg_catalog.bit(%2$s)', vs, dimensions)
+    END;
+    ef := pg_catalog.current_setting('hnsw.ef_search', true);
+    PERFORM pg_catalog.set_config('hnsw.ef_search',
+                                  least(1000, greatest(40, k + coalesce("offset", 0), coalesce(ef, '0')::int))::text,
+                                  true);
+END
+$$;
+
+
 CREATE OR REPLACE FUNCTION qvl.search(vectorizer text, query vector, k int DEFAULT 10, "offset" int DEFAULT 0)
 RETURNS TABLE(pk text, distance real, score real) LANGUAGE plpgsql VOLATILE SET transaction_read_only = on AS $$
 DECLARE
     v record;
-    vs text;
-    dims int;
     rel text;
     keytext text;
     target text;
@@ -34,25 +78,10 @@ BEGIN
             HINT = pg_catalog.format('Search its chunks: qvl.search_chunks(%L, query_vector, k); or rank its rows by '
                                      'their best part from the application (connectors.postgres.search).', vectorizer);
     END IF;
-    IF k IS NULL THEN
-        RAISE EXCEPTION 'qvl: k is NULL' USING ERRCODE = '22004', HINT = 'k => 10 returns the 10 nearest rows.';
-    END IF;
-    IF "offset" IS NOT NULL AND "offset" < 0 THEN
-        RAISE EXCEPTION 'qvl: offset must be 0 or more, got %', "offset" USING ERRCODE = '22023',
-            HINT = 'offset => 20 skips the 20 nearest rows.';
-    END IF;
-    IF query IS NULL OR k < 1 THEN
+    SELECT * INTO probe, ef
+      FROM qvl._vector_probe(vectorizer, query, v.dimensions, v.storage, k, "offset", 'rows', 'connectors.postgres.search');
+    IF probe IS NULL THEN
         RETURN;
-    END IF;
-    -- pgvector's schema (its operators and functions by name, whatever the caller's search_path).
-    SELECT pg_catalog.quote_ident(ns.nspname) INTO vs FROM pg_catalog.pg_extension e
-      JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector';
-    EXECUTE pg_catalog.format('SELECT %s.vector_dims($1)', vs) INTO dims USING query;
-    IF dims <> v.dimensions THEN
-        RAISE EXCEPTION 'qvl: the query vector has % dimensions, and vectorizer % stores %',
-                dims, vectorizer, v.dimensions USING ERRCODE = '22000',
-            HINT = pg_catalog.format('Embed the query at dimensions => %s with the vectorizer''s query instruction '
-                                     '(connectors.postgres.search does).', v.dimensions);
     END IF;
     rel := pg_catalog.quote_ident(v.relname);
     SELECT CASE WHEN pg_catalog.cardinality(v.pk_columns) = 1
@@ -61,18 +90,6 @@ BEGIN
                                        pg_catalog.string_agg(pg_catalog.format('%s.%I', rel, c), ', ' ORDER BY o)) END
       INTO keytext FROM pg_catalog.unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
     target := pg_catalog.format('%s.%I', rel, v.destination);
-    -- The column's own type on the query side, so its index serves (pgvector's operators, by schema).
-    probe := CASE v.storage
-        WHEN 'vector' THEN pg_catalog.format('OPERATOR(%s.<=>) $1', vs)
-        WHEN 'halfvec' THEN pg_catalog.format('OPERATOR(%1$s.<=>) $1::%1$s.halfvec(%2$s)', vs, v.dimensions)
-        ELSE pg_catalog.format('OPERATOR(%1$s.<~>) %1$s.binary_quantize($1)::pg_catalog.bit(%2$s)', vs, v.dimensions)
-    END;
-    -- An HNSW scan returns at most hnsw.ef_search rows: enough for these (as qvl.search sets it), for
-    -- this query alone (RETURN QUERY has read every row before the setting goes back).
-    ef := pg_catalog.current_setting('hnsw.ef_search', true);
-    PERFORM pg_catalog.set_config('hnsw.ef_search',
-                                  least(1000, greatest(40, k + coalesce("offset", 0), coalesce(ef, '0')::int))::text,
-                                  true);
     RETURN QUERY EXECUTE pg_catalog.format(
         'SELECT %1$s, (%2$s %3$s)::pg_catalog.float4, NULL::pg_catalog.float4 FROM %4$s WHERE %2$s IS NOT NULL '
         'ORDER BY %2$s %3$s LIMIT $2 OFFSET $3', keytext, target, probe, v.source_sql)

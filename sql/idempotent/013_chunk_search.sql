@@ -53,8 +53,6 @@ RETURNS TABLE(pk text, chunk_seq int, locator jsonb, distance real, score real) 
 SET transaction_read_only = on AS $$
 DECLARE
     v record;
-    vs text;
-    dims int;
     rel text;
     keytext text;
     joined text;
@@ -81,24 +79,10 @@ BEGIN
             HINT = pg_catalog.format('Drop the vectorizer (SELECT qvl.drop_vectorizer(%L)) and create it again.',
                                      vectorizer);
     END IF;
-    IF k IS NULL THEN
-        RAISE EXCEPTION 'qvl: k is NULL' USING ERRCODE = '22004', HINT = 'k => 10 returns the 10 nearest chunks.';
-    END IF;
-    IF "offset" IS NOT NULL AND "offset" < 0 THEN
-        RAISE EXCEPTION 'qvl: offset must be 0 or more, got %', "offset" USING ERRCODE = '22023',
-            HINT = 'offset => 20 skips the 20 nearest chunks.';
-    END IF;
-    IF query_vector IS NULL OR k < 1 THEN
+    SELECT * INTO probe, ef FROM qvl._vector_probe(vectorizer, query_vector, v.dimensions, v.storage, k, "offset",
+                                                   'chunks', 'connectors.postgres.search_chunks');
+    IF probe IS NULL THEN
         RETURN;
-    END IF;
-    SELECT pg_catalog.quote_ident(ns.nspname) INTO vs FROM pg_catalog.pg_extension e
-      JOIN pg_catalog.pg_namespace ns ON ns.oid = e.extnamespace WHERE e.extname = 'vector';
-    EXECUTE pg_catalog.format('SELECT %s.vector_dims($1)', vs) INTO dims USING query_vector;
-    IF dims <> v.dimensions THEN
-        RAISE EXCEPTION 'qvl: the query vector has % dimensions, and vectorizer % stores %',
-                dims, vectorizer, v.dimensions USING ERRCODE = '22000',
-            HINT = pg_catalog.format('Embed the query at dimensions => %s with the vectorizer''s query instruction '
-                                     '(connectors.postgres.search_chunks does).', v.dimensions);
     END IF;
     rel := pg_catalog.quote_ident(v.relname);
     SELECT CASE WHEN pg_catalog.cardinality(v.pk_columns) = 1
@@ -107,16 +91,6 @@ BEGIN
                                        pg_catalog.string_agg(pg_catalog.format('%s.%I', rel, c), ', ' ORDER BY o)) END,
            pg_catalog.string_agg(pg_catalog.format('%s.%I = qvl_c.%I', rel, c, c), ' AND ' ORDER BY o)
       INTO keytext, joined FROM pg_catalog.unnest(v.pk_columns) WITH ORDINALITY AS u(c, o);
-    -- The chunk column's own type on the query side, so its index serves (as qvl.search above).
-    probe := CASE v.storage
-        WHEN 'vector' THEN pg_catalog.format('OPERATOR(%s.<=>) $1', vs)
-        WHEN 'halfvec' THEN pg_catalog.format('OPERATOR(%1$s.<=>) $1::%1$s.halfvec(%2$s)', vs, v.dimensions)
-        ELSE pg_catalog.format('OPERATOR(%1$s.<~>) %1$s.binary_quantize($1)::pg_catalog.bit(%2$s)', vs, v.dimensions)
-    END;
-    ef := pg_catalog.current_setting('hnsw.ef_search', true);
-    PERFORM pg_catalog.set_config('hnsw.ef_search',
-                                  least(1000, greatest(40, k + coalesce("offset", 0), coalesce(ef, '0')::int))::text,
-                                  true);
     RETURN QUERY EXECUTE pg_catalog.format(
         'SELECT %1$s, qvl_c.chunk_seq::pg_catalog.int4, qvl_c.locator::pg_catalog.jsonb, '
         '(qvl_c.embedding %2$s)::pg_catalog.float4, NULL::pg_catalog.float4 '

@@ -120,6 +120,21 @@ def test_the_application_side_gives_the_chunks_and_scores_of_qvl_search_chunks(
     with pytest.raises(psycopg.errors.InvalidParameterValue) as in_db:
         conn.execute("SELECT * FROM qvl.search_chunks('plain', %s::vector)", (literal,))
     assert "qvl.search" in (in_db.value.diag.message_hint or "")
+    # Both overloads check k, offset and the vector's size alike (qvl._vector_probe), each in its own words.
+    plain = query_literal(client, "a plain query")
+    for name, table, unit, via in (("search", "plain", "rows", "connectors.postgres.search"),
+                                   ("search_chunks", "manuals", "chunks", "connectors.postgres.search_chunks")):
+        for call, error, words in (("%s::vector, k => NULL", psycopg.errors.NullValueNotAllowed, "k is NULL"),
+                                   ("%s::vector, \"offset\" => -1", psycopg.errors.InvalidParameterValue,
+                                    "offset must be 0 or more, got -1"),
+                                   ("'[1,2,3]'::vector", psycopg.errors.DataException, "has 3 dimensions")):
+            with pytest.raises(error) as bad:
+                conn.execute(f"SELECT * FROM qvl.{name}('{table}', {call})", (plain,) if "%s" in call else ())
+            hint = bad.value.diag.message_hint or ""
+            assert words in bad.value.diag.message_primary, (name, call)
+            assert (unit in hint) if "dimensions" not in words else (via + " does" in hint), (name, call, hint)
+        none = conn.execute(f"SELECT count(*) FROM qvl.{name}('{table}', %s::vector, k => 0)", (plain,)).fetchone()
+        assert none == (0,)
     with pytest.raises(SearchError) as app:
         search_chunks(conn, "plain", QUERY, client=client)
     assert app.value.sqlstate == "22023" and "not chunks" in app.value.message

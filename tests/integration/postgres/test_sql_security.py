@@ -111,6 +111,8 @@ def test_default_privileges_per_schema_cannot_revoke_so_each_function_is_revoked
          # Blue/green (issue 23 item 3): the door to a vectorizer's own service after a switch (it takes the
          # vectorizer, never an address), and qvl.vectorizer_status's shadow progress (counts as _queue_stats).
          "_call_for", "_shadow_stats",
+         # The checks and the distance probe the two query-vector searches share (issue 22).
+         "_vector_probe",
          # The bodies of the public PL/Python functions, which raise their errors again without the traceback
          # (issue 24): they run as the caller, as those do.
          "_raw_embed", "_raw_embed_halfvec", "_raw_rerank", "_raw_search", "_raw_service_info", "_raw_query_embedding",
