@@ -257,8 +257,10 @@ class StreamSession:
         """The watcher's look at ``stream`` (every ``tick_every`` seconds)."""
         if stream.over or stream.stall is not None:
             return Watch.STOP
-        if stream.sent <= stream.received:
-            return Watch.WAIT  # nothing out: waiting on the caller, not on the service
+        if stream.sent <= stream.received and not self.open:
+            return Watch.WAIT  # nothing out or owed: waiting on the caller, not on the service
+        # Owed items not yet sent count too: a stream whose transport never takes them (opened as
+        # the service went away) is as stuck as one that waits for their answers.
         quiet = now - stream.last
         if quiet > self.stall_timeout:
             stream.stall = StreamStalled(f"the stream answered nothing for {self.stall_timeout:g} s; cancelled",

@@ -341,3 +341,21 @@ def test_rows_are_numpy_arrays_and_item_failures() -> None:
     first, second = s.received(stream, answer(0, 0.5), 1.0)
     assert isinstance(first, np.ndarray) and first.dtype == np.float32 and first.tolist() == [0.5]
     assert isinstance(second, ItemFailure) and (second.index, second.limit) == (1, "QVL_MAX_TEXT_TOKENS")
+
+
+def test_a_stream_that_cannot_send_what_it_owes_is_stalled() -> None:
+    """Items left unanswered by a failed stream are owed by the next one from its start: a stream
+    whose transport never takes them (opened as the service went away) stalls like one that waits
+    for answers. (The worker's own watchdog used to catch it: with only the client's stall clock,
+    test_service_outage_loses_nothing left rows pending for good.)"""
+    s = session(stall_timeout=10.0, retries=2)
+    first = s.start(0.0)
+    send(s, first, ["a", "b"], now=0.0)
+    s.failed(first, QvlClientError("connection refused", code="UNAVAILABLE"))
+    assert s.ended(first, closed=False) is not None  # sent again on a new stream
+    second = s.start(5.0)  # its sender never gets to send: nothing is out, yet two items are owed
+    assert s.tick(second, 14.0) is Watch.WAIT
+    assert s.tick(second, 15.5) is Watch.CANCEL
+    s.failed(second, QvlClientError("Locally cancelled", code="CANCELLED"))
+    with pytest.raises(StreamStalled):
+        s.ended(second, closed=False)
