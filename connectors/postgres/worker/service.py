@@ -11,14 +11,21 @@ from pathlib import Path
 
 import numpy as np
 
-from connectors.client import Client, ItemFailure, QvlClientError, TransientError, Unauthenticated, not_ready
+from connectors.client import (
+    Client,
+    ItemFailure,
+    QvlClientError,
+    StreamStalled,
+    TransientError,
+    Unauthenticated,
+    not_ready,
+)
 from connectors.postgres.vectorizers import Vectorizer
 from connectors.postgres.worker.attempts import is_transient
 from connectors.postgres.worker.bisection import Attempt, bisect
 from connectors.postgres.worker.errors import Malformed, ServiceDown
 from connectors.postgres.worker.judge import service_words
 from connectors.postgres.worker.settings import WorkerSettings
-from connectors.postgres.worker.watchdog import Watchdog
 from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.worker")
@@ -26,6 +33,9 @@ log = logging.getLogger("qvl.worker")
 DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
 PROBE_TEXT = "qvl worker probe"
+# A stream quiet this long has the client ask the service on a new connection: one opened as the
+# service went away can otherwise wait until the stall timeout.
+STALL_PROBE_S = 5.0
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 
 Answer = np.ndarray | ItemFailure
@@ -43,7 +53,8 @@ class ServiceCalls:
         settings = self.settings
         roots = Path(settings.ca_file).read_bytes() if settings.ca_file else None
         return Client(settings.service, token=settings.token, timeout=timeout or settings.rpc_timeout_s,
-                      retries=retries, root_certificates=roots, tls=settings.tls)
+                      retries=retries, root_certificates=roots, tls=settings.tls,
+                      stall_timeout=settings.stall_s, stall_probe=STALL_PROBE_S)
 
     def learn_limits(self) -> None:
         try:
@@ -53,14 +64,6 @@ class ServiceCalls:
         except QvlClientError as exc:
             log.warning("the service is not answering yet; rows stay queued until it does",
                         extra={"service": self.settings.service, "error": str(exc)})
-
-    def reachable(self) -> bool:
-        try:
-            with self.client(timeout=3, retries=0) as client:
-                client.info()
-            return True
-        except QvlClientError:
-            return False
 
     # -- a batch's items -----------------------------------------------------------------------
     def embed_checked(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> list[Checked]:
@@ -94,7 +97,6 @@ class ServiceCalls:
     def _stream(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item]) -> Attempt[Answer, ItemFailure]:
         log.debug("embedding", extra={"vectorizer": vectorizer.name, "items": len(items)})
         got: list[Answer] = []
-        watchdog = Watchdog(client, self.settings.stall_s, self.reachable)
         retried = client.retried
         carried = False  # the stream reached its end (after any resends)
         try:
@@ -102,13 +104,12 @@ class ServiceCalls:
                                          instruction=vectorizer.instruction, max_in_flight=max(1, len(items)),
                                          timeout=self.settings.rpc_timeout_s)
             for res in stream:
-                watchdog.progress()
                 got.append(res)
             carried = True
             return Attempt(got)
         except Exception as exc:
-            if (down := self._abandoned(watchdog)) is not None:
-                raise down from None
+            if isinstance(exc, StreamStalled):  # the client cancelled it: nothing more will come
+                raise self._abandoned(exc) from None
             # CANCELLED for a whole stream: the service stopped it (draining), not this input.
             if isinstance(exc, TransientError) or (isinstance(exc, QvlClientError) and exc.code == "CANCELLED"):
                 if not got:
@@ -120,7 +121,6 @@ class ServiceCalls:
                 raise
             return Attempt(got, ItemFailure(0, str(exc), exc.code, exc.limit, exc.reason))
         finally:
-            watchdog.stop()
             # Only a stream that then finished was carried on; one whose retries all failed (a single
             # replica that is down) is the ServiceDown reported above, not a resend.
             if client.retried > retried and carried:
@@ -128,13 +128,13 @@ class ServiceCalls:
                     "vectorizer": vectorizer.name, "times": client.retried - retried})
                 self.on_resent(vectorizer.name, client.retried - retried)
 
-    def _abandoned(self, watchdog: Watchdog) -> ServiceDown | None:
-        if watchdog.unreachable:
+    def _abandoned(self, stalled: StreamStalled) -> ServiceDown:
+        log.warning("the service stream made no progress; abandoning it", extra={
+            "stall_s": self.settings.stall_s, "unreachable": stalled.unreachable})
+        if stalled.unreachable:
             return ServiceDown("the service went away while the stream waited; its rows were given back")
-        if watchdog.fired:
-            return ServiceDown(f"no answer from the service for {self.settings.stall_s:g} s; the stream was "
-                               f"abandoned and its rows given back")
-        return None
+        return ServiceDown(f"no answer from the service for {self.settings.stall_s:g} s; the stream was "
+                           f"abandoned and its rows given back")
 
     # -- probes ----------------------------------------------------------------------------------
     def probe_once(self, vectorizer: Vectorizer) -> str | None:
