@@ -71,7 +71,7 @@ class Client(ClientBase):
                 return
             self.channel = self._new_channel(self.options)
             self.stub = pb_grpc.VectorizerStub(self.channel)
-            stale.close()
+        stale.close()  # outside the lock: ``close`` need not wait on it
         log.warning("a cancelled stream had not ended after %g s; its channel was closed and replaced",
                     self.cancel_grace, extra={"target": self.target})
 
