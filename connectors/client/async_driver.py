@@ -32,6 +32,7 @@ from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
 log = logging.getLogger("qvl.client")
 
+
 class AsyncClient(ClientBase):
     """asyncio client with the same methods as ``Client``."""
 

@@ -32,9 +32,10 @@ class ClientBase:
     this long for an answer, the service is asked (``Info``, on a new connection) every that many
     seconds, and the stream is cancelled at once when nobody answers there (a stream opened just
     as the service went away can otherwise wait until ``stall_timeout``). ``cancel_grace``: a stalled
-    stream whose call has not ended this long after its cancel has the client's channel closed and
-    replaced (calls on the old one end CANCELLED, and are sent again on the new one as any
-    CANCELLED is), so no receive stays blocked.
+    stream whose receive is still blocked this long after its cancel is ended by force, so none
+    stays blocked: ``Client`` closes its channel and uses a new one (other calls on the old one end
+    CANCELLED and are sent again, as any CANCELLED is); ``AsyncClient`` interrupts the task that
+    waits, and replaces its channel likewise.
     """
 
     def __init__(self, target: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 6,
