@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Mapping, Sequence
 from contextlib import aclosing
+from operator import attrgetter
 from typing import Any
 
 import grpc
 import numpy as np
 
 from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
-from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
+from connectors.client.errors import ItemFailure, TransientError, code_name, reachable, stream_error, translate
 from connectors.client.items import (
     Chunk,
     ItemLike,
@@ -27,6 +29,8 @@ from connectors.client.options import embed_options, embed_request, optional_sec
 from connectors.client.session import Row, Step, Stream, StreamSession, Watch, prepare
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
+
+log = logging.getLogger("qvl.client")
 
 
 class AsyncClient(ClientBase):
@@ -52,18 +56,44 @@ class AsyncClient(ClientBase):
         self.closed = True
         await self.channel.close()
 
-    async def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    async def _replace_channel(self, stale: grpc.aio.Channel) -> None:
+        """As ``Client._replace_channel`` (one event loop: no lock)."""
+        if self.closed or self.channel is not stale:
+            return
+        self.channel = self._new_channel(self.options)
+        self.stub = pb_grpc.VectorizerStub(self.channel)
+        log.warning("a cancelled stream had not ended after %g s; its channel was closed and replaced",
+                    self.cancel_grace, extra={"target": self.target})
+        # Shielded: the stalled stream ends as the close cancels it, and its end cancels this watcher.
+        await asyncio.shield(stale.close())
+
+    def _replaced(self, channel: grpc.aio.Channel) -> TransientError | None:
+        """As ``Client._replaced`` (grpc.aio raises UsageError on a closed channel)."""
+        if self.closed or channel is self.channel:
+            return None
+        return TransientError("the client's channel was replaced as the call started", code="CANCELLED")
+
+    async def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """As ``Client._call``: ``method`` looked up at each attempt."""
         attempt = 0
         while True:
+            channel = self.channel
             try:
-                return await method(request, timeout=self._timeout(timeout), metadata=self.metadata)
+                return await attrgetter(method)(self)(request, timeout=self._timeout(timeout), metadata=self.metadata)
             except grpc.RpcError as err:
                 error = translate(err)
+            except (grpc.aio.UsageError, asyncio.CancelledError):
+                # On a replaced channel: grpc.aio refuses a new call, and cancels one in flight as it
+                # closes it (not this task: that one is being cancelled itself).
+                task = asyncio.current_task()
+                if (task is not None and task.cancelling()) or (replaced := self._replaced(channel)) is None:
+                    raise
+                error = replaced
             await asyncio.sleep(self._call_retry(error, attempt))  # raises the error when it is not sent again
             attempt += 1
 
     async def info(self) -> pb.InfoResponse:
-        return await self._call(self.stub.Info, pb.InfoRequest())
+        return await self._call("stub.Info", pb.InfoRequest())
 
     async def wait_ready(self, timeout: float = 120.0) -> None:
         """As ``Client.wait_ready`` (``grpc.FutureTimeoutError`` after ``timeout``)."""
@@ -78,7 +108,7 @@ class AsyncClient(ClientBase):
         """As ``Client.embed`` (``last_scales``, ``last_truncated``, ``last_fingerprint``)."""
         options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate,
                                 fingerprint=fingerprint)
-        resp = await self._call(self._embed_call, embed_request(items, options), optional_seconds("timeout", timeout))
+        resp = await self._call("_embed_call", embed_request(items, options), optional_seconds("timeout", timeout))
         rows, self.last_scales = embeddings(resp)
         self.last_truncated = truncated(resp)
         return rows
@@ -96,13 +126,13 @@ class AsyncClient(ClientBase):
         """As ``Client.embed_chunks``."""
         options = embed_options(dimensions, encoding, normalize, instruction, chunking=chunking)
         request = embed_request(items, options)
-        return chunk_lists(await self._call(self.stub.Embed, request, optional_seconds("timeout", timeout)))
+        return chunk_lists(await self._call("stub.Embed", request, optional_seconds("timeout", timeout)))
 
     async def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                      top_k: int | None = None, allow_partial: bool = False,
                      timeout: float | None = None) -> RerankResult:
         request = rerank_request(query, documents, instruction, top_k, allow_partial)
-        return rerank_result(await self._call(self.stub.Rerank, request, optional_seconds("timeout", timeout)))
+        return rerank_result(await self._call("stub.Rerank", request, optional_seconds("timeout", timeout)))
 
     async def embed_stream(self, items: Iterable[ItemLike] | AsyncIterable[ItemLike], *,
                            dimensions: int | None = None, encoding: str = "float32", normalize: bool = True,
@@ -134,11 +164,18 @@ class AsyncClient(ClientBase):
                           pulling: asyncio.Lock, timeout: float | None) -> AsyncIterator[Row]:
         """One gRPC stream of an ``embed_stream``: its results handed on as the session releases them."""
         wake = asyncio.Event()  # the window may have room, or the stream stopped
-        call = self.stub.EmbedStream(_requests(session, stream, source, pulling, wake), timeout=timeout,
-                                     metadata=self.metadata)
-        watcher = asyncio.ensure_future(self._watch(session, stream, call))
+        channel = self.channel
         try:
-            async for result in call:
+            call = self._open_stream(channel, _requests(session, stream, source, pulling, wake), timeout)
+        except grpc.aio.UsageError:
+            if (replaced := self._replaced(channel)) is None:
+                raise
+            session.failed(stream, replaced)
+            return
+        reader = asyncio.current_task()  # the caller's task, which waits for the results
+        watcher = asyncio.ensure_future(self._watch(session, stream, call, channel, reader))
+        try:
+            async for result in _results(stream, call):
                 if session.fingerprint is None:  # the first answer: the metadata has come
                     self.last_fingerprint = session.announced(await call.initial_metadata())
                 rows = session.received(stream, result, time.monotonic())
@@ -148,7 +185,11 @@ class AsyncClient(ClientBase):
         except grpc.RpcError as err:
             session.failed(stream, stream_error(err))
         except asyncio.CancelledError:
-            if stream.stall is None:  # not our cancel: the caller's task is being cancelled
+            if stream.closing and reader is not None:
+                reader.uncancel()  # the watcher interrupted the reader (Watch.CLOSE): taken back
+            # Our cancel of the call reads as CancelledError too; the caller's task being cancelled
+            # (by itself, or also) raises.
+            if stream.stall is None or (reader is not None and reader.cancelling()):
                 raise
         finally:
             session.stop(stream)
@@ -156,8 +197,16 @@ class AsyncClient(ClientBase):
             watcher.cancel()
             call.cancel()
 
-    async def _watch(self, session: StreamSession, stream: Stream, call: Any) -> None:
-        """The stream's clock: the session decides when to probe and when to cancel."""
+    def _open_stream(self, channel: grpc.aio.Channel, requests: AsyncIterator[pb.EmbedStreamRequest],
+                     timeout: float | None) -> Any:
+        """An ``EmbedStream`` call on ``channel`` (the seam of ``Client._open_stream``)."""
+        return pb_grpc.VectorizerStub(channel).EmbedStream(requests, timeout=timeout, metadata=self.metadata)
+
+    async def _watch(self, session: StreamSession, stream: Stream, call: Any, channel: grpc.aio.Channel,
+                     reader: asyncio.Task[Any] | None) -> None:
+        """The stream's clock: the session decides when to probe, to cancel, and to end by force a
+        call the cancel did not end (grpc.aio's channel close does not end a stream read by another
+        task: the reader's wait is interrupted, and the channel replaced)."""
         while True:
             await asyncio.sleep(session.tick_every)
             action = session.tick(stream, time.monotonic())
@@ -166,7 +215,11 @@ class AsyncClient(ClientBase):
                 action = session.probed(stream, answered, time.monotonic())
             if action is Watch.CANCEL:
                 call.cancel()
-            if action in (Watch.CANCEL, Watch.STOP):
+            elif action is Watch.CLOSE:
+                if reader is not None:
+                    reader.cancel()
+                await self._replace_channel(channel)
+            if action in (Watch.CLOSE, Watch.STOP):
                 return
 
     async def _probe(self) -> str | None:
@@ -189,6 +242,20 @@ async def _each(items: Iterable[ItemLike] | AsyncIterable[ItemLike]) -> AsyncIte
     else:
         for it in items:
             yield it
+
+
+async def _results(stream: Stream, call: AsyncIterable[pb.EmbedStreamResult]) -> AsyncIterator[pb.EmbedStreamResult]:
+    """As the sync driver's ``_results``."""
+    results = aiter(call)
+    while True:
+        stream.receiving_since = time.monotonic()
+        try:
+            result = await anext(results)
+        except StopAsyncIteration:
+            return
+        finally:
+            stream.receiving_since = None
+        yield result
 
 
 async def _requests(session: StreamSession, stream: Stream, source: AsyncIterator[ItemLike],

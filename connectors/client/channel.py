@@ -31,17 +31,23 @@ class ClientBase:
     cancelled and raises ``StreamStalled``. ``stall_probe`` (None: never): once a stream has waited
     this long for an answer, the service is asked (``Info``, on a new connection) every that many
     seconds, and the stream is cancelled at once when nobody answers there (a stream opened just
-    as the service went away can otherwise wait until ``stall_timeout``).
+    as the service went away can otherwise wait until ``stall_timeout``). ``cancel_grace``: a stalled
+    stream whose receive is still blocked this long after its cancel is ended by force, so none
+    stays blocked: ``Client`` closes its channel and uses a new one (other calls on the old one end
+    CANCELLED and are sent again, as any CANCELLED is); ``AsyncClient`` interrupts the task that
+    waits, and replaces its channel likewise.
     """
 
     def __init__(self, target: str, *, token: str | None = None, timeout: float = 120.0, retries: int = 6,
                  root_certificates: bytes | None = None, tls: bool = False, stall_timeout: float = 120.0,
-                 stall_probe: float | None = None, channel_options: Sequence[tuple[str, Any]] = ()) -> None:
+                 stall_probe: float | None = None, cancel_grace: float = 3.0,
+                 channel_options: Sequence[tuple[str, Any]] = ()) -> None:
         self.target = target
         self.timeout = seconds("timeout", timeout)
         self.retries = whole("retries", retries, least=0)
         self.stall_timeout = seconds("stall_timeout", stall_timeout)
         self.stall_probe = optional_seconds("stall_probe", stall_probe)
+        self.cancel_grace = seconds("cancel_grace", cancel_grace)
         self.metadata = (("authorization", f"Bearer {token}"),) if token else ()
         # Keepalive finds a dead connection in seconds; a short reconnect backoff finds a service
         # that came back (gRPC's default backoff grows to two minutes).
@@ -69,7 +75,8 @@ class ClientBase:
 
     def _session(self, options: pb.EmbedOptions, max_in_flight: int) -> StreamSession:
         return StreamSession(options, max_in_flight=max_in_flight, retries=self.retries,
-                             stall_timeout=self.stall_timeout, stall_probe=self.stall_probe)
+                             stall_timeout=self.stall_timeout, stall_probe=self.stall_probe,
+                             cancel_grace=self.cancel_grace)
 
     def _call_retry(self, error: QvlClientError, attempt: int) -> float:
         """The wait before a failed call is sent again (counted in ``retried``); raises ``error``

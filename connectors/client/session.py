@@ -14,7 +14,10 @@ it decides; so the two drivers cannot drift. It keeps:
   (unless the caller pinned one), so a retry on a replica of another model is refused, not mixed;
 - the stall decision: a stream with items out that answers nothing for ``stall_timeout`` seconds
   is cancelled and raises ``StreamStalled``; with ``stall_probe``, one quiet for that long has the
-  service asked on a new connection, and is cancelled when nobody answers there.
+  service asked on a new connection, and is cancelled when nobody answers there. A cancelled call
+  whose receive is still blocked ``cancel_grace`` seconds later is ended by force (once): a cancel
+  was seen not to wake a receive blocked in gRPC (the sync driver closes and replaces the channel,
+  the async one also interrupts the task that waits).
 
 Not thread-safe: the sync driver holds one lock around every call.
 """
@@ -60,6 +63,7 @@ class Watch(enum.Enum):
     WAIT = "wait"  # look again in ``tick_every`` seconds
     PROBE = "probe"  # ask the service on a new connection, then ``probed``
     CANCEL = "cancel"  # cancel the call (the stream's end raises the stall)
+    CLOSE = "close"  # the cancel did not end the call's receive: end it by force, then stop
     STOP = "stop"  # the stream is over: stop watching
 
 
@@ -80,6 +84,11 @@ class Stream:
     probing_since: float = -math.inf  # when the last probe began
     error: QvlClientError | None = None  # how the call failed
     stall: StreamStalled | None = None  # why the session cancelled it
+    cancelled_at: float = math.inf  # when the session cancelled it
+    # Since when the driver's reader has been waiting for the next result (None: it is not, it
+    # is handing a row on). Set by the reader alone, without the driver's lock.
+    receiving_since: float | None = None
+    closing: bool = False  # ended by force: the last thing the watcher does
 
     @property
     def stopped(self) -> bool:
@@ -112,12 +121,13 @@ class StreamSession:
     """The books, release, resend and stall decisions of one ``embed_stream`` (see the module)."""
 
     def __init__(self, options: pb.EmbedOptions, *, max_in_flight: int, retries: int, stall_timeout: float,
-                 stall_probe: float | None = None, rng: Any = random) -> None:
+                 stall_probe: float | None = None, cancel_grace: float = 3.0, rng: Any = random) -> None:
         self.options = options
         self.max_in_flight = max_in_flight
         self.retries = retries
         self.stall_timeout = stall_timeout
         self.stall_probe = stall_probe
+        self.cancel_grace = cancel_grace
         self.rng = rng
         # How often a watcher looks: often enough to act within a quarter of the shorter limit.
         self.tick_every = min(1.0, stall_timeout / 4, (stall_probe or math.inf) / 2)
@@ -258,17 +268,23 @@ class StreamSession:
     # ---- stalls ----
     def tick(self, stream: Stream, now: float) -> Watch:
         """The watcher's look at ``stream`` (every ``tick_every`` seconds)."""
-        if stream.over or stream.stall is not None:
+        if stream.over or stream.closing:
             return Watch.STOP
+        if stream.stall is not None:  # cancelled, and the call has not ended yet
+            since = stream.receiving_since
+            # A reader that is handing a row on (the caller holds it) is not blocked by gRPC.
+            if since is None or now - max(since, stream.cancelled_at) < self.cancel_grace:
+                return Watch.WAIT
+            stream.closing = True
+            return Watch.CLOSE
         if stream.sent <= stream.received and not self.open:
             return Watch.WAIT  # nothing out or owed: waiting on the caller, not on the service
         # Owed items not yet sent count too: a stream whose transport never takes them (opened as
         # the service went away) is as stuck as one that waits for their answers.
         quiet = now - stream.last
         if quiet > self.stall_timeout:
-            stream.stall = StreamStalled(f"the stream answered nothing for {self.stall_timeout:g} s; cancelled",
-                                         unreachable=False)
-            return Watch.CANCEL
+            return self._cancel(stream, StreamStalled(
+                f"the stream answered nothing for {self.stall_timeout:g} s; cancelled", unreachable=False), now)
         probe = self.stall_probe
         if probe is not None and quiet >= probe and now - stream.probing_since >= probe:
             stream.probing_since = now
@@ -280,7 +296,11 @@ class StreamSession:
         progress meanwhile."""
         if reachable or stream.over or stream.stall is not None or stream.last > stream.probing_since:
             return Watch.WAIT
-        stream.stall = StreamStalled(
+        return self._cancel(stream, StreamStalled(
             f"the service did not answer on a new connection after the stream had waited "
-            f"{now - stream.last:.1f} s for an answer; cancelled", unreachable=True)
+            f"{now - stream.last:.1f} s for an answer; cancelled", unreachable=True), now)
+
+    @staticmethod
+    def _cancel(stream: Stream, stall: StreamStalled, now: float) -> Watch:
+        stream.stall, stream.cancelled_at = stall, now
         return Watch.CANCEL

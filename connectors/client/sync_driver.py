@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Generator, Iterable, Iterator, Mapping, Sequence
+from operator import attrgetter
 from typing import Any
 
 import grpc
 import numpy as np
 
 from connectors.client.channel import PROBE_TIMEOUT_S, ClientBase
-from connectors.client.errors import ItemFailure, code_name, reachable, stream_error, translate
+from connectors.client.errors import ItemFailure, TransientError, code_name, reachable, stream_error, translate
 from connectors.client.items import (
     Chunk,
     ItemLike,
@@ -27,6 +29,8 @@ from connectors.client.session import Row, Step, Stream, StreamSession, Watch, p
 from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 
+log = logging.getLogger("qvl.client")
+
 _END = object()
 # One stream-stream call starts at a time in a process: grpcio 1.78 was seen to crash (SIGSEGV in its
 # C core) when two threads started streams on their own channels at once (a worker's lanes at
@@ -39,6 +43,7 @@ class Client(ClientBase):
 
     def __init__(self, target: str, **kwargs: Any) -> None:
         super().__init__(target, **kwargs)
+        self._swap = threading.Lock()  # the channel is closed, or replaced, by one thread at a time
         self.channel = self._new_channel(self.options)
         self.stub = pb_grpc.VectorizerStub(self.channel)
 
@@ -54,21 +59,48 @@ class Client(ClientBase):
         self.close()
 
     def close(self) -> None:
-        self.closed = True
-        self.channel.close()
+        with self._swap:
+            self.closed = True
+            self.channel.close()
 
-    def _call(self, method: Any, request: Any, timeout: float | None = None) -> Any:
+    def _replace_channel(self, stale: grpc.Channel) -> None:
+        """A new channel for the calls to come, then ``stale`` closed: every call still on it ends
+        (CANCELLED, sent again as any CANCELLED is), the stalled one whose cancel did not end it too."""
+        with self._swap:
+            if self.closed or self.channel is not stale:
+                return
+            self.channel = self._new_channel(self.options)
+            self.stub = pb_grpc.VectorizerStub(self.channel)
+        stale.close()  # outside the lock: ``close`` need not wait on it
+        log.warning("a cancelled stream had not ended after %g s; its channel was closed and replaced",
+                    self.cancel_grace, extra={"target": self.target})
+
+    def _replaced(self, channel: grpc.Channel) -> TransientError | None:
+        """A call that could not start on ``channel`` (ValueError: it is closed) is sent again when a
+        stalled stream's channel was replaced meanwhile (not when the client was closed)."""
+        if self.closed or channel is self.channel:
+            return None
+        return TransientError("the client's channel was replaced as the call started", code="CANCELLED")
+
+    def _call(self, method: str, request: Any, timeout: float | None = None) -> Any:
+        """``method`` (a path from the client, as "stub.Info": looked up at each attempt, on the
+        channel of that moment) with retries."""
         attempt = 0
         while True:
+            channel = self.channel
             try:
-                return method(request, timeout=self._timeout(timeout), metadata=self.metadata)
+                return attrgetter(method)(self)(request, timeout=self._timeout(timeout), metadata=self.metadata)
             except grpc.RpcError as err:
                 error = translate(err)
+            except ValueError:
+                if (replaced := self._replaced(channel)) is None:
+                    raise
+                error = replaced
             time.sleep(self._call_retry(error, attempt))  # raises the error when it is not sent again
             attempt += 1
 
     def info(self) -> pb.InfoResponse:
-        return self._call(self.stub.Info, pb.InfoRequest())
+        return self._call("stub.Info", pb.InfoRequest())
 
     def wait_ready(self, timeout: float = 120.0) -> None:
         """Until the channel is connected (a replica serving); ``grpc.FutureTimeoutError`` after ``timeout``."""
@@ -88,7 +120,7 @@ class Client(ClientBase):
         options = embed_options(dimensions, encoding, normalize, instruction, truncate=truncate,
                                 fingerprint=fingerprint)
         request = embed_request(items, options)
-        resp, call = self._call(self.stub.Embed.with_call, request, optional_seconds("timeout", timeout))
+        resp, call = self._call("stub.Embed.with_call", request, optional_seconds("timeout", timeout))
         self.last_fingerprint = fingerprint_of(call.initial_metadata())
         rows, self.last_scales = embeddings(resp)
         self.last_truncated = truncated(resp)
@@ -100,12 +132,12 @@ class Client(ClientBase):
         """Each item split by ``chunking`` (docs/documents.md): per item, its chunks in order."""
         options = embed_options(dimensions, encoding, normalize, instruction, chunking=chunking)
         request = embed_request(items, options)
-        return chunk_lists(self._call(self.stub.Embed, request, optional_seconds("timeout", timeout)))
+        return chunk_lists(self._call("stub.Embed", request, optional_seconds("timeout", timeout)))
 
     def rerank(self, query: ItemLike, documents: Sequence[ItemLike], *, instruction: str | None = None,
                top_k: int | None = None, allow_partial: bool = False, timeout: float | None = None) -> RerankResult:
         request = rerank_request(query, documents, instruction, top_k, allow_partial)
-        return rerank_result(self._call(self.stub.Rerank, request, optional_seconds("timeout", timeout)))
+        return rerank_result(self._call("stub.Rerank", request, optional_seconds("timeout", timeout)))
 
     def embed_stream(self, items: Iterable[ItemLike], *, dimensions: int | None = None, encoding: str = "float32",
                      normalize: bool = True, instruction: str | None = None, truncate: str = "end",
@@ -156,12 +188,20 @@ class Client(ClientBase):
         wake = threading.Event()  # the window may have room, or the stream stopped
         over = threading.Event()
         requests = _requests(session, stream, source, lock, pulling, wake)
-        with _STREAM_START:
-            call = self.stub.EmbedStream(requests, timeout=timeout, metadata=self.metadata)
-        threading.Thread(target=self._watch, args=(session, stream, lock, call, over),
+        channel = self.channel
+        try:
+            with _STREAM_START:
+                call = self._open_stream(channel, requests, timeout)
+        except ValueError:
+            if (replaced := self._replaced(channel)) is None:
+                raise
+            with lock:
+                session.failed(stream, replaced)
+            return
+        threading.Thread(target=self._watch, args=(session, stream, lock, call, over, channel),
                          name="qvl-stream-watch", daemon=True).start()
         try:
-            for result in call:
+            for result in _results(stream, call):
                 if session.fingerprint is None:  # the first answer: the metadata has come
                     metadata = call.initial_metadata()
                     with lock:
@@ -180,9 +220,16 @@ class Client(ClientBase):
             wake.set()
             call.cancel()
 
+    def _open_stream(self, channel: grpc.Channel, requests: Iterator[pb.EmbedStreamRequest],
+                     timeout: float | None) -> Any:
+        """An ``EmbedStream`` call on ``channel`` (a seam: tests/unit/test_client_stall.py gives it a
+        call whose cancel does not wake its receive)."""
+        return pb_grpc.VectorizerStub(channel).EmbedStream(requests, timeout=timeout, metadata=self.metadata)
+
     def _watch(self, session: StreamSession, stream: Stream, lock: threading.Lock, call: Any,
-               over: threading.Event) -> None:
-        """The stream's clock: the session decides when to probe and when to cancel."""
+               over: threading.Event, channel: grpc.Channel) -> None:
+        """The stream's clock: the session decides when to probe, to cancel, and to close the channel
+        of a call the cancel did not end."""
         while not over.wait(session.tick_every):
             with lock:
                 action = session.tick(stream, time.monotonic())
@@ -192,7 +239,9 @@ class Client(ClientBase):
                     action = session.probed(stream, answered, time.monotonic())
             if action is Watch.CANCEL:
                 call.cancel()
-            if action in (Watch.CANCEL, Watch.STOP):
+            elif action is Watch.CLOSE:
+                self._replace_channel(channel)
+            if action in (Watch.CLOSE, Watch.STOP):
                 return
 
     def _probe(self) -> str | None:
@@ -205,6 +254,20 @@ class Client(ClientBase):
             return code_name(err)
         finally:
             channel.close()
+
+
+def _results(stream: Stream, call: Iterable[pb.EmbedStreamResult]) -> Iterator[pb.EmbedStreamResult]:
+    """The call's results; ``stream.receiving_since`` says while the reader waits in gRPC for one."""
+    results = iter(call)
+    while True:
+        stream.receiving_since = time.monotonic()
+        try:
+            result = next(results)
+        except StopIteration:
+            return
+        finally:
+            stream.receiving_since = None
+        yield result
 
 
 def _requests(session: StreamSession, stream: Stream, source: Iterator[ItemLike], lock: threading.Lock,

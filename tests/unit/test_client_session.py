@@ -359,3 +359,43 @@ def test_a_stream_that_cannot_send_what_it_owes_is_stalled() -> None:
     s.failed(second, QvlClientError("Locally cancelled", code="CANCELLED"))
     with pytest.raises(StreamStalled):
         s.ended(second, closed=False)
+
+
+def test_a_cancel_that_does_not_end_the_call_has_its_channel_closed_once() -> None:
+    """A lane hung after a stall: the cancel did not wake the receive blocked in gRPC (the worker's
+    old watchdog closed the channel, which does). The session asks for the close ``cancel_grace``
+    after the cancel, once, then the watcher stops."""
+    s = session(stall_timeout=10.0, cancel_grace=3.0)
+    stream = s.start(0.0)
+    send(s, stream, ["a"], now=0.0)
+    stream.receiving_since = 0.0  # the reader waits in gRPC for the answer
+    assert s.tick(stream, 10.5) is Watch.CANCEL
+    assert s.tick(stream, 11.0) is Watch.WAIT and s.tick(stream, 13.4) is Watch.WAIT  # the cancel may end it yet
+    assert s.tick(stream, 13.5) is Watch.CLOSE
+    assert s.tick(stream, 14.0) is Watch.STOP
+    s.failed(stream, QvlClientError("Channel closed!", code="CANCELLED"))  # how the close reads
+    with pytest.raises(StreamStalled, match="answered nothing for 10 s"):
+        s.ended(stream, closed=False)
+
+
+def test_a_cancel_that_ends_the_call_closes_nothing() -> None:
+    s = session(stall_timeout=120.0, stall_probe=5.0, cancel_grace=3.0)
+    stream = s.start(0.0)
+    send(s, stream, ["a"], now=0.0)
+    assert s.tick(stream, 5.0) is Watch.PROBE and s.probed(stream, False, 5.2) is Watch.CANCEL
+    s.failed(stream, QvlClientError("Locally cancelled", code="CANCELLED"))
+    s.stop(stream)  # the driver saw the call end
+    assert s.tick(stream, 9.0) is Watch.STOP
+
+
+def test_a_reader_handing_a_row_on_is_not_forced() -> None:
+    """A stream can stall while the caller holds its last row (the reader is not in gRPC): its end
+    waits for the caller, and the grace counts from when the reader waits in gRPC again."""
+    s = session(stall_timeout=10.0, cancel_grace=3.0, max_in_flight=8)
+    stream = s.start(0.0)
+    send(s, stream, ["a", "b"], now=0.0)
+    s.received(stream, answer(0), 1.0)  # handed on: the caller holds it
+    assert s.tick(stream, 11.5) is Watch.CANCEL
+    assert s.tick(stream, 30.0) is Watch.WAIT
+    stream.receiving_since = 31.0  # the caller asks for the next row
+    assert s.tick(stream, 33.0) is Watch.WAIT and s.tick(stream, 34.0) is Watch.CLOSE

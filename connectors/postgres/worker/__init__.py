@@ -14,10 +14,11 @@ and waits for a promotion.
 
 The parts (docs/architecture.md, "The worker's parts"): ``root`` composes them; ``lane`` runs
 one lane; ``batch`` takes one batch through ``judge`` (pure: what is written, failed, retried),
-``service`` (streams, ``bisection``, probes, the stall ``watchdog``) and ``store`` (claim, lease,
-write, release); ``claims`` and ``holds`` hold back a vectorizer whose claims fail; ``catalog``,
-``features``, ``status``, ``progress``, ``monitor``, ``listener``, ``startup``. The rules
-(``judge``, ``attempts``, ``backoff``, ``bisection``, ``holds``) need neither Postgres nor gRPC.
+``service`` (streams, ``bisection``, probes; a stalled stream is the client's ``StreamStalled``)
+and ``store`` (claim, lease, write, release); ``claims`` and ``holds`` hold back a vectorizer
+whose claims fail; ``catalog``, ``features``, ``status``, ``progress``, ``monitor``,
+``listener``, ``startup``. The rules (``judge``, ``attempts``, ``backoff``, ``bisection``,
+``holds``) need neither Postgres nor gRPC.
 """
 
 from connectors.postgres.worker.errors import Malformed, ServiceDown

@@ -18,6 +18,7 @@ from connectors.client import (
     InvalidInput,
     ItemFailure,
     QvlClientError,
+    StreamStalled,
     TransientError,
     Unauthenticated,
     not_ready,
@@ -28,7 +29,6 @@ from connectors.postgres.worker.bisection import Attempt, bisect
 from connectors.postgres.worker.errors import Malformed, ModelMismatch, ServiceDown
 from connectors.postgres.worker.judge import CutVector, mismatch_words, service_words
 from connectors.postgres.worker.settings import WorkerSettings
-from connectors.postgres.worker.watchdog import Watchdog
 from qvl_proto import vectorizer_pb2 as pb
 
 log = logging.getLogger("qvl.worker")
@@ -37,6 +37,9 @@ DEFAULT_MAX_ITEM_BYTES = 128 * 1024 * 1024 - 4096
 STREAM_RETRIES = 2  # a lane's stream is carried on to another replica this many times in a row
 PROBE_TEXT = "qvl worker probe"
 DIMENSIONS_RECHECK_S = 30.0  # a service that could not say whether it gives a vectorizer's size is asked again
+# A stream quiet this long has the client ask the service on a new connection: one opened as the
+# service went away can otherwise wait until the stall timeout.
+STALL_PROBE_S = 5.0
 NON_FINITE = "the service returned a vector that is not finite (NaN or infinity)"
 MODEL_MISMATCH = "MODEL_MISMATCH"  # the service's reason for a stream pinned to another model
 
@@ -69,7 +72,8 @@ class ServiceCalls:
         settings = self.settings
         roots = Path(settings.ca_file).read_bytes() if settings.ca_file else None
         return Client(settings.service, token=settings.token, timeout=timeout or settings.rpc_timeout_s,
-                      retries=retries, root_certificates=roots, tls=settings.tls)
+                      retries=retries, root_certificates=roots, tls=settings.tls,
+                      stall_timeout=settings.stall_s, stall_probe=STALL_PROBE_S)
 
     def learn_limits(self) -> None:
         try:
@@ -121,14 +125,6 @@ class ServiceCalls:
             return None
         return next((m.name for m in models if m.task == "embed" and m.fingerprint == fingerprint), None)
 
-    def reachable(self) -> bool:
-        try:
-            with self.client(timeout=3, retries=0) as client:
-                client.info()
-            return True
-        except QvlClientError:
-            return False
-
     # -- a batch's items -----------------------------------------------------------------------
     def embed_checked(self, client: Client, vectorizer: Vectorizer, items: Sequence[pb.Item],
                       pin: ModelPin) -> list[Checked]:
@@ -166,7 +162,6 @@ class ServiceCalls:
                 pin: ModelPin) -> Attempt[Answer, ItemFailure]:
         log.debug("embedding", extra={"vectorizer": vectorizer.name, "items": len(items)})
         got: list[Answer] = []
-        watchdog = Watchdog(client, self.settings.stall_s, self.reachable)
         retried = client.retried
         carried = False  # the stream reached its end (after any resends)
         try:
@@ -175,7 +170,6 @@ class ServiceCalls:
                                          timeout=self.settings.rpc_timeout_s, fingerprint=pin.fingerprint,
                                          chunking=vectorizer.chunking)
             for res in stream:
-                watchdog.progress()
                 if isinstance(res, ItemFailure) and res.reason == MODEL_MISMATCH:
                     stream.close()  # cancels the call: the rest would be refused alike
                     raise self.mismatch(client, vectorizer, pin)
@@ -192,9 +186,9 @@ class ServiceCalls:
         except Exception as exc:
             if isinstance(exc, QvlClientError) and exc.reason == MODEL_MISMATCH:
                 raise self.mismatch(client, vectorizer, pin) from None
-            if (down := self._abandoned(watchdog)) is not None:
+            if isinstance(exc, StreamStalled):  # the client cancelled it: nothing more will come
                 self.on_stall(vectorizer.name)
-                raise down from None
+                raise self._abandoned(exc) from None
             # CANCELLED for a whole stream: the service stopped it (draining), not this input.
             if isinstance(exc, TransientError) or (isinstance(exc, QvlClientError) and exc.code == "CANCELLED"):
                 if not got:
@@ -206,7 +200,6 @@ class ServiceCalls:
                 raise
             return Attempt(got, ItemFailure(0, str(exc), exc.code, exc.limit, exc.reason))
         finally:
-            watchdog.stop()
             # Only a stream that then finished was carried on; one whose retries all failed (a single
             # replica that is down) is the ServiceDown reported above, not a resend.
             if client.retried > retried and carried:
@@ -227,13 +220,13 @@ class ServiceCalls:
                                             served.name if served else None,
                                             vectorizer.destination if vectorizer.shadow else None))
 
-    def _abandoned(self, watchdog: Watchdog) -> ServiceDown | None:
-        if watchdog.unreachable:
+    def _abandoned(self, stalled: StreamStalled) -> ServiceDown:
+        log.warning("the service stream made no progress; abandoning it", extra={
+            "stall_s": self.settings.stall_s, "unreachable": stalled.unreachable})
+        if stalled.unreachable:
             return ServiceDown("the service went away while the stream waited; its rows were given back")
-        if watchdog.fired:
-            return ServiceDown(f"no answer from the service for {self.settings.stall_s:g} s; the stream was "
-                               f"abandoned and its rows given back")
-        return None
+        return ServiceDown(f"no answer from the service for {self.settings.stall_s:g} s; the stream was "
+                           f"abandoned and its rows given back")
 
     # -- probes ----------------------------------------------------------------------------------
     def probe_once(self, vectorizer: Vectorizer) -> str | None:
