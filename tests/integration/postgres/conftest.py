@@ -19,9 +19,11 @@ import numpy as np
 import psycopg
 import pytest
 
+from connectors.client import Client
 from connectors.postgres.installer import install
 from connectors.postgres.worker import Worker, WorkerSettings
 from qvl_devtools.launchers.postgres import worker_dsn as launcher_worker_dsn
+from qvl_devtools.tiny_model import build_checkpoint
 from tests.media_factory import image_bytes
 from tests.support.fake_service import FakeService
 from tests.support.postgres import PostgresServer
@@ -210,3 +212,18 @@ def write_log(conn: psycopg.Connection[Any], table: str, column: str = "embeddin
         CREATE TRIGGER {table}_log_write AFTER UPDATE OF {column} ON {table}
             FOR EACH ROW EXECUTE FUNCTION {table}_log_write();
     """)
+
+
+@pytest.fixture(scope="module")
+def new_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """A blue/green test's new model: the tiny shape with another seed, under the same directory name
+    (the model name each service reports)."""
+    checkpoint = build_checkpoint(tmp_path_factory.mktemp("new-model") / "tiny-qwen3-vl", seed=1)
+    with ServiceProcess(embedding_model=str(checkpoint), reranker_model=str(checkpoint)) as svc:
+        yield svc
+
+
+def served(svc: ServiceProcess) -> str:
+    """The fingerprint of the embedding model ``svc`` serves."""
+    with Client(svc.grpc_target) as client:
+        return next(m.fingerprint for m in client.info().models if m.task == "embed")

@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -22,29 +21,14 @@ import psycopg
 import pytest
 
 from connectors.client import Client
-from qvl_devtools.tiny_model import build_checkpoint
-from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
+from tests.integration.postgres.conftest import cosines, drain, running, served, vec, wait_until
 from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
-NAME = "tiny-qwen3-vl"  # both checkpoints' directory: the model name each service reports
 SEARCH = "SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 3, rerank => false)"
 DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, the bounded switch, drop
-
-
-@pytest.fixture(scope="module")
-def new_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    """The new model: the tiny shape with another seed, under the same directory name."""
-    checkpoint = build_checkpoint(tmp_path_factory.mktemp("new-model") / NAME, seed=1)
-    with ServiceProcess(embedding_model=str(checkpoint), reranker_model=str(checkpoint)) as svc:
-        yield svc
-
-
-def served(svc: ServiceProcess) -> str:
-    with Client(svc.grpc_target) as client:
-        return next(m.fingerprint for m in client.info().models if m.task == "embed")
 
 
 def notes(conn: psycopg.Connection[Any], rows: range) -> None:

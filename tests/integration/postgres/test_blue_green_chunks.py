@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -19,31 +18,17 @@ import psycopg
 import pytest
 
 from connectors.client import Client
-from qvl_devtools.tiny_model import build_checkpoint
 from qvl_proto import vectorizer_pb2 as pb
-from tests.integration.postgres.conftest import cosines, drain, running, vec, wait_until
+from tests.integration.postgres.conftest import cosines, drain, running, served, vec, wait_until
 from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
 pytestmark = [pytest.mark.postgres, pytest.mark.service]
 
-NAME = "tiny-qwen3-vl"
 BODY = " ".join(f"Section {p}: the ferry left the harbour at {p + 6} o'clock with {p * 13} passengers. "
                 for p in range(12))
 V2 = "articles_chunks_v2"
 DOC = ROOT / "docs" / "model-upgrades.md"  # the chunked recipe's SQL: back, make the shadow, switch, drop
-
-
-@pytest.fixture(scope="module")
-def new_service(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
-    checkpoint = build_checkpoint(tmp_path_factory.mktemp("new-model") / NAME, seed=1)
-    with ServiceProcess(embedding_model=str(checkpoint), reranker_model=str(checkpoint)) as svc:
-        yield svc
-
-
-def served(svc: ServiceProcess) -> str:
-    with Client(svc.grpc_target) as client:
-        return next(m.fingerprint for m in client.info().models if m.task == "embed")
 
 
 def articles(conn: psycopg.Connection[Any], rows: range) -> None:
