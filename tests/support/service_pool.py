@@ -6,6 +6,7 @@ drain, restart or a crash start their own ``ServiceProcess``."""
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from tests.support.service import ServiceProcess
 
@@ -28,6 +29,7 @@ class ServicePool:
         return svc
 
     def close(self) -> None:
-        for svc in self.services.values():
-            svc.stop()
+        """Every service stopped at once: their drains overlap (this runs at the end of a worker's session)."""
+        with ThreadPoolExecutor(max_workers=max(1, len(self.services))) as stopping:
+            list(stopping.map(lambda svc: svc.stop(), self.services.values()))
         self.services.clear()

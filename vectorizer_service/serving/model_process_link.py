@@ -11,7 +11,9 @@ import importlib
 import itertools
 import logging
 import multiprocessing
+import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -42,6 +44,14 @@ def _model_process_entry(entry: str, sock: socket.socket, settings: Settings, lo
     process never imports it, so torch is loaded in the child alone."""
     module, _, function = entry.partition(":")
     getattr(importlib.import_module(module), function)(sock, settings, log_level, log_format)
+    # Done (Stop, or the request process went away). Tearing the interpreter down would free torch's
+    # and the models' objects one by one while the request process waits to join us: 2.5 s measured
+    # on the tiny checkpoint, against 0.1 s for the kernel to free them at once. Only the log is
+    # left to write. (An exception still ends the usual way, with its traceback and exit code 1.)
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 class ModelProcessFailed(RuntimeError):
