@@ -252,7 +252,7 @@ def test_sync_row_gives_the_vector_for_the_new_row(plpy: FakePlpy) -> None:
 
 
 def test_the_row_comes_back_from_its_json_as_the_trigger_had_it() -> None:
-    """to_jsonb(NEW): bytea (and bytea[]) as '\\x' hex, numeric as a JSON number."""
+    """to_json(NEW): bytea (and bytea[]) as '\\x' hex, numeric as a JSON number."""
     cfg = {**CFG, "image_columns": ["image", "frames"], "bytea_columns": ["image", "frames"]}
     row = triggers.json_row(cfg, '{"id": 12345678901234567890.10, "caption": "\\\\x00 is text", '
                                  '"image": "\\\\x89504e47", "frames": ["\\\\x01", null, "\\\\x"], "embedding": null}')

@@ -66,7 +66,7 @@ def unfail(cfg: Row, row: Row) -> None:
 
 def sync_row(vid: int, new_json: str) -> str:
     """BEFORE INSERT/UPDATE of a 'sync' vectorizer (``qvl._sync_row``, called by the PL/pgSQL trigger
-    ``qvl._sync_embed``): the destination's new value for the row (``to_jsonb(NEW)``), as a JSON object
+    ``qvl._sync_embed``): the destination's new value for the row (``to_json(NEW)``), as a JSON object
     {destination: vector text or null} that the trigger writes into the row (jsonb_populate_record)."""
     cfg = vectorizer_by_id(vid)
     return json.dumps({cfg["destination"]: _sync_vector(cfg, json_row(cfg, new_json))})
