@@ -398,12 +398,27 @@ END
 $$;
 
 
--- Sync mode's trigger function; owned by qvl_trigger (qvl._ensure_trigger_role), like qvl._enqueue_<id>.
-CREATE OR REPLACE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpython3u VOLATILE
-SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $py$
+-- Sync mode's work on one row, in PL/Python: {destination: its value}. The row comes as JSON: PL/Python
+-- takes no anyelement nor record argument (lib.json_row reads it back). Called by qvl._sync_embed only
+-- (qvl_trigger may: qvl._ensure_trigger_role).
+CREATE OR REPLACE FUNCTION qvl._sync_row(vid int, new json) RETURNS jsonb LANGUAGE plpython3u VOLATILE
+SET search_path = pg_catalog, pg_temp AS $py$
 # qvl:prologue
-return lib.sync_trigger(TD)
+return lib.sync_row(vid, new)
 $py$;
+
+-- Sync mode's trigger function; owned by qvl_trigger (qvl._ensure_trigger_role), like qvl._enqueue_<id>.
+-- PL/pgSQL (it was PL/Python: CREATE OR REPLACE changes the language under the same oid, so the triggers
+-- made before call this one) so that qvl._bare_errors gives it the handler that drops the Python
+-- traceback from a refused row's error, as the public functions have. bytea_output: the row's bytes reach
+-- the body as hex, whatever the writer's session says (escape would be misread).
+CREATE OR REPLACE FUNCTION qvl._sync_embed() RETURNS trigger LANGUAGE plpgsql VOLATILE
+SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET bytea_output = hex AS $$
+BEGIN
+    NEW := jsonb_populate_record(NEW, qvl._sync_row(TG_ARGV[0]::int, to_json(NEW)));
+    RETURN NEW;
+END
+$$;
 
 
 CREATE OR REPLACE FUNCTION qvl._index_sql(v qvl.vectorizer) RETURNS text LANGUAGE sql STABLE

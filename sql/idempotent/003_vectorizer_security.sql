@@ -70,6 +70,7 @@ BEGIN
     IF to_regclass('qvl.cut_rows') IS NOT NULL THEN  -- version 12: sync mode records the rows it stored cut
         GRANT SELECT, INSERT, UPDATE, DELETE ON qvl.cut_rows TO qvl_trigger;
     END IF;
+    GRANT EXECUTE ON FUNCTION qvl._sync_row(int, json) TO qvl_trigger;  -- qvl._sync_embed's body
     PERFORM qvl._own_by_trigger_role('qvl._sync_embed()');
 END
 $$;

@@ -9,7 +9,8 @@
 --  - a public PL/pgSQL function gets its own body as an inner block with that handler.
 -- The handler is a subtransaction per call (measured: docs/postgres.md, "SQL functions"). Functions named
 -- with a leading underscore are internal and keep their errors as they are; a new public function is
--- covered without a line here.
+-- covered without a line here. One internal function is a writer's entry point too: a sync vectorizer's
+-- trigger, qvl._sync_embed (PL/pgSQL calling its PL/Python body, qvl._sync_row), gets the handler alike.
 
 -- The handler, as text (the RAISE must be in the outermost function: a helper would add its own line
 -- and its caller's). RAISE refuses a NULL option and sends an empty one as given (psql would print
@@ -105,8 +106,9 @@ DECLARE
     wrapped oid[] := '{}';
 BEGIN
     FOR f IN SELECT p.oid, l.lanname FROM pg_proc p JOIN pg_language l ON l.oid = p.prolang
-              WHERE p.pronamespace = 'qvl'::regnamespace AND p.proname !~ '^_' AND p.prokind = 'f'
-                AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
+              WHERE p.pronamespace = 'qvl'::regnamespace AND p.prokind = 'f'
+                AND ((p.proname !~ '^_' AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype))
+                     OR p.oid = 'qvl._sync_embed()'::regprocedure)  -- a sync vectorizer's refusal of a row
                 AND (l.lanname = 'plpython3u' OR (l.lanname = 'plpgsql' AND p.prosrc NOT LIKE '%-- qvl:bare-errors%'))
               ORDER BY p.oid LOOP
         IF f.lanname = 'plpython3u' THEN

@@ -16,12 +16,13 @@ import pytest
 
 from connectors.postgres.plpy import filter_text, filters, query_vectors, service, spi
 
-# A vectorizer's catalog row as the library reads it (vectorizers.VECTORIZER_SQL).
+# A vectorizer's catalog row as the library reads it (vectorizers.VECTORIZER_SQL; bytea_columns: BY_ID_SQL's).
 CFG: dict[str, Any] = {
     "id": 7, "name": "photos", "pk_columns": ["id"], "pk_types": ["bigint"], "text_columns": ["caption"],
     "image_columns": ["image"], "video_columns": [], "destination": "embedding", "dimensions": 3,
     "storage": "vector", "instruction": None, "query_instruction": None, "mode": "sync", "on_error": "fail",
     "source_sql": "public.photos", "source_name": "photos", "vector_schema": "public",
+    "bytea_columns": ["image"],
 }
 
 

@@ -12,6 +12,7 @@ import json
 import re
 import sys
 import time
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -236,32 +237,41 @@ def sync_setup(plpy: FakePlpy, on_error: str, status: int, body: Any) -> list[tu
     return service_answers(plpy, {"embed": (status, body)})
 
 
-def test_sync_trigger_writes_the_vector_into_the_new_row(plpy: FakePlpy) -> None:
+def test_sync_row_gives_the_vector_for_the_new_row(plpy: FakePlpy) -> None:
     calls = sync_setup(plpy, "fail", 200, {"embeddings": [{"embedding_b64": b64_floats([1, 0, 0])}],
                                            "dimensions": 3})
-    td: dict[str, Any] = {"args": ["7"], "new": {"id": 1, "caption": "a cat", "image": None, "embedding": None}}
-    assert triggers.sync_trigger(td) == "MODIFY"
-    assert td["new"]["embedding"] == "[1.0,0.0,0.0]"
+    new = {"id": 1, "caption": "a cat", "image": None, "embedding": None}
+    assert json.loads(triggers.sync_row(7, json.dumps(new))) == {"embedding": "[1.0,0.0,0.0]"}
     assert calls == [("embed", {"items": [{"text": ["a cat"]}], "format": "base64", "encoding": "float32",
                                 "dimensions": 3})]
     # Embedded: a failure the worker recorded for the row before it was fixed is forgotten.
     assert [(q, a) for q, a in plpy.executed if "failed_7" in q] == [
         ('DELETE FROM qvl.failed_7 WHERE "id" = $1', [1])]
-    td = {"args": ["7"], "new": {"id": 2, "caption": None, "image": None, "embedding": "[1,2,3]"}}
-    assert triggers.sync_trigger(td) == "MODIFY" and td["new"]["embedding"] is None and len(calls) == 1
+    new = {"id": 2, "caption": None, "image": None, "embedding": "[1,2,3]"}
+    assert json.loads(triggers.sync_row(7, json.dumps(new))) == {"embedding": None} and len(calls) == 1
 
 
-def test_sync_trigger_fails_the_statement_or_queues_the_row(plpy: FakePlpy) -> None:
+def test_the_row_comes_back_from_its_json_as_the_trigger_had_it() -> None:
+    """to_json(NEW): bytea (and bytea[]) as '\\x' hex, numeric as a JSON number."""
+    cfg = {**CFG, "image_columns": ["image", "frames"], "bytea_columns": ["image", "frames"]}
+    row = triggers.json_row(cfg, '{"id": 12345678901234567890.10, "caption": "\\\\x00 is text", '
+                                 '"image": "\\\\x89504e47", "frames": ["\\\\x01", null, "\\\\x"], "embedding": null}')
+    assert row == {"id": Decimal("12345678901234567890.10"), "caption": "\\x00 is text", "image": b"\x89PNG",
+                   "frames": [b"\x01", None, b""], "embedding": None}
+    assert str(row["id"]) == "12345678901234567890.10"  # as the row's key is written
+
+
+def test_sync_row_fails_the_statement_or_queues_the_row(plpy: FakePlpy) -> None:
     sync_setup(plpy, "fail", 400, {"error": "item 0: not an image", "item": 0})
-    td: dict[str, Any] = {"args": ["7"], "new": {"id": 5, "caption": "x", "image": b"bad", "embedding": None}}
+    new = json.dumps({"id": 5, "caption": "x", "image": "\\x626164", "embedding": None})
     with pytest.raises(PlpyError) as caught:
-        triggers.sync_trigger(td)
+        triggers.sync_row(7, new)
     assert caught.value.message == "qvl: the model service refused row 5 of public.photos: not an image"
     assert caught.value.hint is not None and caught.value.hint.endswith(triggers.SYNC_QUEUE_HINT)
 
     plpy.answers.clear()
     sync_setup(plpy, "queue", 503, {"error": "warming up"})
-    assert triggers.sync_trigger(td) == "MODIFY" and td["new"]["embedding"] is None
+    assert json.loads(triggers.sync_row(7, new)) == {"embedding": None}
     queued = [(q, a) for q, a in plpy.executed if "qvl.queue_7" in q or "pg_notify" in q]
     assert queued == [('INSERT INTO qvl.queue_7 ("id") VALUES ($1) ON CONFLICT ("id") DO UPDATE '
                        "SET claimed_until = NULL, claimed_by = NULL, not_before = NULL", [5]),

@@ -35,9 +35,9 @@ from .service import service_info_sql
 from .shadows import service_info_at_sql
 from .spi import bind
 from .transport import send
-from .triggers import sync_trigger
+from .triggers import sync_row
 
 __all__ = ["bind", "check_service_sql", "embed_sql", "hybrid_rows", "image_item", "query_embedding_sql",
            "rerank_rows_sql", "rerank_sql", "search_chunks_rows", "search_rows", "send", "service_info_at_sql",
            "service_info_sql",
-           "structured", "sync_trigger", "text_item"]
+           "structured", "sync_row", "text_item"]

@@ -1,9 +1,12 @@
-"""The sync trigger (``qvl._sync_embed``): the vector is in the row when the statement ends; on a
-failure the row is queued for the worker instead when the vectorizer says so."""
+"""The sync trigger's work (``qvl._sync_row``, which the PL/pgSQL trigger ``qvl._sync_embed`` calls):
+the vector is in the row when the statement ends; on a failure the row is queued for the worker
+instead when the vectorizer says so."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
+from decimal import Decimal
 from typing import Any
 
 from . import spi
@@ -61,20 +64,39 @@ def unfail(cfg: Row, row: Row) -> None:
     spi.plpy.execute(plan(("unfail", cfg["id"]), query, cfg["pk_types"]), [row[c] for c in cfg["pk_columns"]])
 
 
-def sync_trigger(TD: dict[str, Any]) -> str:
-    """BEFORE INSERT/UPDATE of a 'sync' vectorizer: the vector is in the row when the statement ends."""
-    cfg = vectorizer_by_id(int(TD["args"][0]))
-    new = TD["new"]
-    dest = cfg["destination"]
+def sync_row(vid: int, new_json: str) -> str:
+    """BEFORE INSERT/UPDATE of a 'sync' vectorizer (``qvl._sync_row``, called by the PL/pgSQL trigger
+    ``qvl._sync_embed``): the destination's new value for the row (``to_json(NEW)``), as a JSON object
+    {destination: vector text or null} that the trigger writes into the row (jsonb_populate_record)."""
+    cfg = vectorizer_by_id(vid)
+    return json.dumps({cfg["destination"]: _sync_vector(cfg, json_row(cfg, new_json))})
+
+
+def json_row(cfg: Row, new_json: str) -> dict[str, Any]:
+    """The row as TD["new"] had it, from its JSON, for what the trigger reads: the content columns (text,
+    text[], and bytea or bytea[] from their hex) and the key (numeric as Decimal; any value goes back into
+    a query as its text)."""
+    row: dict[str, Any] = json.loads(new_json, parse_float=Decimal)
+    for c in cfg["bytea_columns"]:
+        row[c] = _unhex(row[c])
+    return row
+
+
+def _unhex(value: Any) -> Any:
+    if isinstance(value, list):
+        return [_unhex(v) for v in value]
+    return None if value is None else bytes.fromhex(value[2:])  # bytea as JSON: '\\x' and hex digits
+
+
+def _sync_vector(cfg: Row, new: Row) -> str | None:
     item = row_item(cfg, new)
     if item is None:
-        new[dest] = None
         record_cut(cfg, new, 0)
-        return "MODIFY"
+        return None
     where = f"row {pk_text(cfg, new)} of {cfg['source_sql']}"
     try:
         # Asked of the model the column's vectors came from; the first write records the one that answers.
-        new[dest], answered, cut = embed_pinned(cfg, item, cfg["instruction"], cfg["storage"], lambda i: where)
+        vector, answered, cut = embed_pinned(cfg, item, cfg["instruction"], cfg["storage"], lambda i: where)
         record(cfg, answered)
         record_cut(cfg, new, cut)
     except Failure as f:
@@ -82,11 +104,10 @@ def sync_trigger(TD: dict[str, Any]) -> str:
             if f.reason != MODEL_MISMATCH:  # its own hint says what to do (a queued row would wait alike)
                 f.hint = (f.hint or "") + SYNC_QUEUE_HINT
             f.raise_sql()
-        new[dest] = None
         enqueue(cfg, new)
         spi.plpy.notice(f"qvl: {where} queued for the worker: {f.message}")
-        return "MODIFY"
+        return None
     # A row that failed in the worker (queued by on_error => 'queue') and was fixed since: its failure
     # is past (the worker's write does the same for async rows).
     unfail(cfg, new)
-    return "MODIFY"
+    return vector

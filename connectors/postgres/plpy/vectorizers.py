@@ -54,8 +54,18 @@ def vectorizer_by_name(name: str) -> Row:
     return rows[0]
 
 
+# The sync trigger's (by id) also names the media columns that hold bytes (bytea, bytea[]): the row reaches
+# it as JSON (qvl._sync_row), where bytes are '\\x' hex text, as a path in a text column could be.
+BY_ID_SQL = VECTORIZER_SQL.replace("SELECT v.id,", """SELECT
+       ARRAY(SELECT a.attname::pg_catalog.text FROM pg_catalog.pg_attribute a
+              WHERE a.attrelid = v.source AND a.attnum > 0 AND NOT a.attisdropped
+                AND a.atttypid IN ('pg_catalog.bytea'::pg_catalog.regtype, 'pg_catalog._bytea'::pg_catalog.regtype)
+                AND a.attname::pg_catalog.text = ANY (v.image_columns || v.video_columns)) AS bytea_columns,
+       v.id,""", 1)
+
+
 def vectorizer_by_id(vid: int) -> Row:
-    rows = spi.plpy.execute(plan("vec_by_id", VECTORIZER_SQL % "v.id = $1", ["int4"]), [vid])
+    rows = spi.plpy.execute(plan("vec_by_id", BY_ID_SQL % "v.id = $1", ["int4"]), [vid])
     if rows.nrows() == 0:
         spi.plpy.error(f"qvl: vectorizer {vid} is gone; its trigger should have been dropped", sqlstate="42704")
     return rows[0]

@@ -8,13 +8,16 @@ from __future__ import annotations
 import os
 import re
 import subprocess
+import sys
+import tarfile
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from connectors.postgres.installer import install
-from tests.integration.postgres.conftest import new_database
+from tests.integration.postgres.conftest import images, new_database
 from tests.support.postgres import PostgresServer, pg_bindir
 from tests.support.service import ServiceProcess
 
@@ -137,3 +140,110 @@ def test_hybrid_search_by_vector_on_a_chunked_vectorizer_names_itself_and_what_t
                                  "keeps a vector per chunk: search its chunks with qvl.search_chunks('docs', "
                                  "query_vector, k), or rank its rows by their best part from the application "
                                  "(connectors.postgres.search).")
+
+
+# -- a sync vectorizer's trigger (issue 24 leftover) --------------------------------------------------------
+SYNC_TRIGGER = "qvl._sync_embed()"
+SYNC_MESSAGE = ("plpy.Error: qvl: the model service refused row 7 of public.shots: image 0 is not a recognised "
+                "image (PNG, JPEG, WebP, GIF, BMP or TIFF)")
+SYNC_DETAIL = "embed 400: item 0: image 0 is not a recognised image (PNG, JPEG, WebP, GIF, BMP or TIFF)"
+SYNC_HINT = ("Fix or leave out that input: images must be PNG, JPEG, WebP, GIF, BMP or TIFF bytes, videos MP4, MOV, "
+             "WebM, MKV or GIF bytes (or a bytea[] of frames), and a path/URI is read only where the service allows it "
+             "(QVL_ALLOW_URI_SCHEMES, QVL_ALLOW_URI_ROOTS). Or create the vectorizer with on_error => 'queue' to "
+             "store the row now and embed it later through the worker.")
+
+
+def _sync_table(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE TABLE shots (id int PRIMARY KEY, caption text, image bytea)")
+    conn.execute("SELECT qvl.create_vectorizer('shots', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['image'], mode => 'sync', dimensions => 32)")
+
+
+def test_a_sync_trigger_refusal_keeps_its_words_and_loses_the_traceback(conn: psycopg.Connection[Any]) -> None:
+    """An INSERT the sync trigger refuses (an image that is none, on_error => 'raise'): the trigger's
+    SQLSTATE, message (naming the row) and hint, and one CONTEXT line, its own RAISE."""
+    _sync_table(conn)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as caught:
+        conn.execute("INSERT INTO shots VALUES (7, 'broken', 'junk'::bytea)")
+    diag = caught.value.diag
+    assert diag.message_primary is not None and "row 7 of public.shots" in diag.message_primary
+    assert (diag.message_primary, diag.message_detail, diag.message_hint) == (SYNC_MESSAGE, SYNC_DETAIL, SYNC_HINT)
+    assert diag.context is not None
+    assert "Traceback" not in diag.context and "PL/Python" not in diag.context, diag.context
+    assert one_context_line(SYNC_TRIGGER).fullmatch(diag.context.strip()), diag.context
+    assert conn.execute("SELECT count(*) FROM shots").fetchone() == (0,)
+
+
+def test_psql_prints_a_sync_trigger_refusal_its_hint_and_one_line(conn: psycopg.Connection[Any], qvl_db: str) -> None:
+    _sync_table(conn)
+    done = subprocess.run([str(pg_bindir() / "psql"), "-X", "-c", "INSERT INTO shots VALUES (7, 'broken', 'junk')",
+                           qvl_db], capture_output=True, text=True, timeout=60,
+                          env={k: v for k, v in os.environ.items() if not k.startswith("PG")})
+    assert done.returncode == 1
+    lines = done.stderr.splitlines()
+    assert len(lines) == 4, lines
+    assert lines[:2] == [f"ERROR:  {SYNC_MESSAGE}", f"DETAIL:  {SYNC_DETAIL}"], lines
+    assert lines[2] == f"HINT:  {SYNC_HINT}", lines
+    assert one_context_line(SYNC_TRIGGER).fullmatch(lines[3].removeprefix("CONTEXT:  ")), lines
+
+
+# The last commit whose qvl._sync_embed was a PL/Python trigger function (its errors carried the traceback).
+PYTHON_SYNC_TRIGGER = "1f353e2"
+ROOT = Path(__file__).parents[3]
+
+
+def install_at(commit: str, dsn: str, service_url: str, into: Path) -> None:
+    """qvl pg install as the code of ``commit`` did it (its installer, sql/ and in-database library, from
+    git history; skips without it), in a process of its own."""
+    try:
+        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "connectors", "sql"], check=True,
+                                 capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"needs the git history of commit {commit} (a full clone)")
+    (into / "old.tar").write_bytes(archive)
+    with tarfile.open(into / "old.tar") as tar:
+        tar.extractall(into, filter="tar")
+    code = f"from connectors.postgres.installer import install; install({dsn!r}, service_url={service_url!r})"
+    done = subprocess.run([sys.executable, "-c", code], cwd=into, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "PYTHONPATH": str(into)})
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_a_sync_trigger_made_before_keeps_its_oid_loses_the_traceback_and_embeds_alike(
+        pg_server: PostgresServer, service: ServiceProcess, request: pytest.FixtureRequest,
+        tmp_path: Path) -> None:
+    """A database installed by the code whose sync trigger was PL/Python, with a sync vectorizer, takes
+    this install: qvl._sync_embed changes language under the same oid, so the trigger made before calls
+    the new one; it refuses a bad row without the traceback and embeds a row as the old one did."""
+    dsn = new_database(pg_server, request.node.name)
+    install_at(PYTHON_SYNC_TRIGGER, dsn, service.http_url, tmp_path)
+    pic = images(1, offset=900)[0]
+    trigger_function = ("SELECT g.oid, g.tgfoid, l.lanname FROM pg_trigger g JOIN pg_proc p ON p.oid = g.tgfoid "
+                        "JOIN pg_language l ON l.oid = p.prolang WHERE g.tgname = 'zzz_qvl_1_insert'")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        _sync_table(conn)
+        conn.execute("INSERT INTO shots VALUES (1, 'a red kite', %s)", (pic,))
+        old_trigger, old_function, language = conn.execute(trigger_function).fetchone() or (None, None, None)
+        assert language == "plpython3u"
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as before:
+            conn.execute("INSERT INTO shots VALUES (7, 'broken', 'junk'::bytea)")
+        assert "Traceback" in (before.value.diag.context or "")
+
+        with psycopg.connect(dsn, autocommit=True) as old_session:
+            old_session.execute("INSERT INTO shots VALUES (2, 'a red kite', %s)", (pic,))  # loads the old library
+            install(dsn)
+            assert conn.execute(trigger_function).fetchone() == (old_trigger, old_function, "plpgsql")
+            old_session.execute("INSERT INTO shots VALUES (3, 'a red kite', %s)", (pic,))
+        conn.execute("INSERT INTO shots VALUES (4, 'a red kite', %s)", (pic,))
+        conn.execute("UPDATE shots SET caption = 'a blue kite' WHERE id = 2")
+        conn.execute("UPDATE shots SET caption = 'a red kite' WHERE id = 2")
+        vectors = conn.execute("SELECT id, embedding::text FROM shots ORDER BY id").fetchall()
+        assert [i for i, _ in vectors] == [1, 2, 3, 4] and vectors[0][1] is not None
+        assert {v for _, v in vectors} == {vectors[0][1]}, vectors  # the old trigger's vector, through the new
+
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as after:
+            conn.execute("INSERT INTO shots VALUES (7, 'broken', 'junk'::bytea)")
+        diag = after.value.diag
+        assert (diag.message_primary, diag.message_detail, diag.message_hint) == (
+            before.value.diag.message_primary, before.value.diag.message_detail, before.value.diag.message_hint)
+        assert one_context_line(SYNC_TRIGGER).fullmatch((diag.context or "").strip()), diag.context

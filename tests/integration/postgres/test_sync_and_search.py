@@ -147,3 +147,49 @@ def test_sync_mode_queues_on_a_malformed_answer_or_a_nan_vector(conn: psycopg.Co
         assert conn.execute("SELECT pending FROM qvl.vectorizer_status WHERE name = 's'").fetchone() == (len(bodies),)
     finally:
         server.shutdown()
+
+
+def test_sync_mode_reads_the_row_whatever_its_key_and_bytes(conn: psycopg.Connection[Any], client: Client) -> None:
+    """The sync trigger's body gets the row as JSON (qvl._sync_row: PL/Python takes no row argument):
+    a uuid key, a numeric key with its trailing zero, bytea and bytea[] images, two tables in one session,
+    the queue fallback keyed by a uuid: as the PL/Python trigger read them from TD["new"]."""
+    pics = images(3, offset=950)
+    conn.execute("CREATE TABLE u (id uuid PRIMARY KEY, caption text, image bytea)")
+    conn.execute("SELECT qvl.create_vectorizer('u', text_columns => ARRAY['caption'], image_columns => ARRAY['image'], "
+                 "mode => 'sync', on_error => 'queue', dimensions => 32)")
+    conn.execute("CREATE TABLE n (id numeric PRIMARY KEY, caption text, shots bytea[], path text)")
+    conn.execute("SELECT qvl.create_vectorizer('n', text_columns => ARRAY['caption'], "
+                 "image_columns => ARRAY['shots', 'path'], mode => 'sync', dimensions => 32)")
+    key = "5b0c3f5e-2d4f-4a57-9a38-3f1c2c9b8e01"
+    conn.execute("SET bytea_output = escape")  # the writer's: the trigger's JSON has bytes as hex all the same
+    conn.execute("INSERT INTO u VALUES (%s, 'a kite', %s)", (key, pics[0]))
+    conn.execute("INSERT INTO n VALUES (12345678901234567890.10, 'two kites', ARRAY[%s, %s]::bytea[], NULL)",
+                 (pics[1], pics[2]))
+    got_u = conn.execute("SELECT embedding::text FROM u").fetchone()
+    got_n = conn.execute("SELECT embedding::text FROM n").fetchone()
+    want = client.embed([{"image": pics[0], "text": "a kite"}, {"image": [pics[1], pics[2]], "text": "two kites"}],
+                        dimensions=32)
+    assert cosines(vec(got_u[0] if got_u else None), want[0]) >= 0.9999
+    assert cosines(vec(got_n[0] if got_n else None), want[1]) >= 0.9999
+
+    # A bit column takes the bit string the trigger's body answers (a vectorizer of its own: 'binary').
+    conn.execute("CREATE TABLE b (id bigint PRIMARY KEY, caption text)")
+    conn.execute("SELECT qvl.create_vectorizer('b', text_columns => ARRAY['caption'], mode => 'sync', "
+                 "storage => 'bit', dimensions => 32)")
+    conn.execute("INSERT INTO b VALUES (9000000000, 'a kite')")
+    assert conn.execute("SELECT embedding::text FROM b").fetchone() == (
+        "".join("1" if x > 0 else "0" for x in client.embed(["a kite"], dimensions=32)[0]),)
+
+    said: list[str] = []
+    conn.add_notice_handler(lambda d: said.append(d.message_primary or ""))
+    conn.execute("INSERT INTO u VALUES ('00000000-0000-0000-0000-00000000000a', 'poison', 'junk'::bytea)")
+    assert said and said[-1].startswith("qvl: row 00000000-0000-0000-0000-00000000000a of public.u queued"), said
+    assert conn.execute("SELECT id::text FROM qvl.queue_1").fetchall() == [("00000000-0000-0000-0000-00000000000a",)]
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        conn.execute("INSERT INTO n VALUES (2.50, 'broken', ARRAY['junk'::bytea], NULL)")
+    assert "row 2.50 of public.n" in (err.value.diag.message_primary or ""), err.value.diag.message_primary
+    # A path in a text column is sent as a path (a URI the service refuses here), even one that reads like
+    # bytea's hex in the row's JSON.
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as err:
+        conn.execute("INSERT INTO n VALUES (3, 'a path', NULL, '\\x89504e47')")
+    assert "row 3 of public.n: image 0: URI scheme 'file' is not allowed" in (err.value.diag.message_primary or "")
