@@ -19,11 +19,12 @@ check: setup
 	$(PYTHON) -m pytest -q $(XDIST) tests/unit
 
 # The everyday loop: every test but the soak tests (the 2,000-row fault suite, the Weaviate cluster,
-# the light worker install).
+# the light worker install) and the lifecycle tests (processes started, killed and restarted: crashes,
+# outages, drains, replicas, standbys, port races, model moves), which make test runs.
 test-fast: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
-	$(PYTHON) -m pytest -q $(XDIST) -m "not soak"
+	$(PYTHON) -m pytest -q $(XDIST) -m "not soak and not lifecycle"
 
 # Every test (what .ci/run runs). Any nonzero exit fails the target, including pytest exit 5 (no tests collected).
 test: setup

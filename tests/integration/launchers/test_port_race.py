@@ -32,6 +32,7 @@ from tests.support.service import ServiceProcess, started_together
 # Each test starts servers of its own (nothing per module): the two xdist workers share them out
 # (together they are minutes, more than any other file but the soak tests).
 XDIST_EACH_TEST = True
+pytestmark = pytest.mark.lifecycle
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from tests.integration.postgres.conftest import cosines, drain, running, served,
 from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service]
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.lifecycle]
 
 SEARCH = "SELECT pk, distance FROM qvl.search('notes', 'harbour', k => 3, rerank => false)"
 DOC = ROOT / "docs" / "model-upgrades.md"  # its recipe's SQL: make the shadow, switch, the bounded switch, drop

@@ -23,7 +23,7 @@ from tests.integration.postgres.conftest import cosines, drain, running, served,
 from tests.support.doc_snippets import ROOT, run_by
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service]
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.lifecycle]
 
 BODY = " ".join(f"Section {p}: the ferry left the harbour at {p + 6} o'clock with {p * 13} passengers. "
                 for p in range(12))

@@ -17,7 +17,7 @@ from tests.support.haproxy import HAProxy
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess, metric, started_together
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 
 def http_embeds(svc: ServiceProcess) -> float:

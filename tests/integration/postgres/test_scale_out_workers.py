@@ -16,7 +16,7 @@ from tests.integration.postgres.conftest import WorkerProcess, images, new_datab
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess, metric, started_together
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 ROWS = 600
 
 

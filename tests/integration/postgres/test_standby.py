@@ -19,7 +19,7 @@ from tests.integration.postgres.conftest import ROOT, WorkerProcess, drain, imag
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 
 @pytest.fixture(scope="module")

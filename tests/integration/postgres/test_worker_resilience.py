@@ -24,7 +24,7 @@ from tests.integration.postgres.conftest import (
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.postgres, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 
 def make_items(conn: psycopg.Connection[Any]) -> int:

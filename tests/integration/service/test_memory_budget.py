@@ -24,7 +24,7 @@ from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 CGROUP_ROOT = Path("/sys/fs/cgroup/memory")
 LIMIT = 1000 * 1024 * 1024
 BODY_MB = 40

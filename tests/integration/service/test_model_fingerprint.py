@@ -33,7 +33,7 @@ from qvl_proto import vectorizer_pb2 as pb
 from qvl_proto import vectorizer_pb2_grpc as pb_grpc
 from tests.support.service import TINY, ServiceProcess
 
-pytestmark = [pytest.mark.service]
+pytestmark = [pytest.mark.service, pytest.mark.lifecycle]
 
 FINGERPRINT = re.compile(r"[0-9a-f]{16}")
 HEADER = "qvl-model-fingerprint"

@@ -19,7 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from connectors.client import SERVICE_NAME, Client, ItemFailure
 from tests.support.service import DRAIN_NOTICE, ServiceProcess, started_together
 
-pytestmark = [pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 
 def grpc_calls(svc: ServiceProcess, code: str | None = "OK") -> dict[str, float]:

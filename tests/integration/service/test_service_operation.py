@@ -33,7 +33,7 @@ from tests.support.inprocess_service import InProcessService
 from tests.support.service import DRAIN_NOTICE, TINY, ServiceProcess
 from tests.support.tls import TlsFiles, self_signed
 
-pytestmark = pytest.mark.service
+pytestmark = [pytest.mark.service, pytest.mark.lifecycle]
 
 
 def metric(url: str, name: str, **labels: str) -> float:

@@ -9,7 +9,7 @@ import pytest
 from qvl_devtools.demo.weaviate_demo import run_weaviate_demo, sample_pictures
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 
 def test_weaviate_demo_prints_and_returns_rows(qvl_service: ServiceProcess) -> None:

@@ -28,7 +28,7 @@ from qvl_devtools.tiny_model import build_checkpoint
 from tests.integration.weaviate.conftest import b64, cos
 from tests.support.service import TINY, ServiceProcess, started_together
 
-pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 KEY = "any-key"
 ALIAS = "Photos"

@@ -25,7 +25,7 @@ from qvl_devtools.tiny_model import build_checkpoint
 from tests.integration.weaviate.conftest import b64
 from tests.support.service import TINY, ServiceProcess
 
-pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 KEY = "any-key"  # the service has no token; Weaviate's API modules still want some key to send
 COLLECTIONS = {"PinVoy": "multi2vec-voyageai", "PinClip": "multi2vec-clip"}

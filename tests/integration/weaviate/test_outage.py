@@ -9,7 +9,7 @@ from connectors.weaviate.collections import create_collection
 from tests.integration.weaviate.conftest import b64
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 
 def test_qvl_down_mid_ingestion(wv: weaviate.WeaviateClient, qvl_service: ServiceProcess,

@@ -18,7 +18,7 @@ from tests.integration.weaviate.conftest import PROFILES, b64, cos
 from tests.media_factory import video_bytes
 from tests.support.service import ServiceProcess
 
-pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow]
+pytestmark = [pytest.mark.weaviate, pytest.mark.service, pytest.mark.slow, pytest.mark.lifecycle]
 
 
 @pytest.fixture(scope="module")
