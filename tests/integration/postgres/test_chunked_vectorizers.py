@@ -442,6 +442,7 @@ def test_search_chunks_reads_with_the_callers_rights(conn: psycopg.Connection[An
     conn.execute(f"DROP OWNED BY {role}; DROP ROLE {role}")
 
 
+@pytest.mark.lifecycle  # a renderer process killed (and a service of its own)
 def test_a_document_that_kills_its_renderer_fails_alone(conn: psycopg.Connection[Any], qvl_db: str,
                                                         service_pool: Any) -> None:
     """The service's test hook aborts the renderer on a marker in the file: that row fails with the
