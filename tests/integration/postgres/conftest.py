@@ -39,6 +39,15 @@ def worker_dsn(dsn: str) -> str:
     return launcher_worker_dsn(dsn) if "user=postgres" in dsn.split() else dsn
 
 
+def git_history(commit: str, *args: str) -> bytes:
+    """``git -C <project> *args`` on the project's history, for a test that installs what ``commit``
+    shipped (upgrade tests); the test skips in a clone without that history (a shallow one)."""
+    try:
+        return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        pytest.skip(f"needs the git history of commit {commit} (a full clone)")
+
+
 def new_database(pg_server: PostgresServer, hint: str) -> str:
     name = "q_" + re.sub(r"\W+", "_", hint.lower())[:40] + "_" + uuid.uuid4().hex[:6]
     return pg_server.create_database(name)

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import logging
-import subprocess
 import uuid
-from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -19,7 +17,7 @@ from connectors.postgres.installer import (
     script,
     sql_files,
 )
-from tests.integration.postgres.conftest import drain, images, new_database, role_dsn
+from tests.integration.postgres.conftest import drain, git_history, images, new_database, role_dsn
 from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 
@@ -167,18 +165,14 @@ def test_upgrade_in_place_keeps_data(pg_server: PostgresServer, service: Service
 # The last commit of the single-folder layout (sql/NNN_*.sql at version 4, the library inside
 # qvl._load() under the hand-bumped GD key "qvl_lib_1"): what existing databases hold.
 SINGLE_FOLDER_LAYOUT = "5538d1f"
-ROOT = Path(__file__).parents[3]
 
 
 def single_folder_sql() -> list[tuple[int, str, str]]:
     """(version, name, text) of that layout's files, from git history (skips without it)."""
     def git(*args: str) -> str:
-        return subprocess.run(["git", "-C", str(ROOT), *args], check=True, capture_output=True, text=True).stdout
+        return git_history(SINGLE_FOLDER_LAYOUT, *args).decode()
 
-    try:
-        names = git("ls-tree", "--name-only", f"{SINGLE_FOLDER_LAYOUT}:sql").split()
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"needs the git history of commit {SINGLE_FOLDER_LAYOUT} (a full clone)")
+    names = git("ls-tree", "--name-only", f"{SINGLE_FOLDER_LAYOUT}:sql").split()
     return [(int(n[:3]), n.removesuffix(".sql"), git("show", f"{SINGLE_FOLDER_LAYOUT}:sql/{n}")) for n in names]
 
 

@@ -17,7 +17,7 @@ import psycopg
 import pytest
 
 from connectors.postgres.installer import install
-from tests.integration.postgres.conftest import images, new_database
+from tests.integration.postgres.conftest import git_history, images, new_database
 from tests.support.postgres import PostgresServer, pg_bindir
 from tests.support.service import ServiceProcess
 
@@ -189,17 +189,12 @@ def test_psql_prints_a_sync_trigger_refusal_its_hint_and_one_line(conn: psycopg.
 
 # The last commit whose qvl._sync_embed was a PL/Python trigger function (its errors carried the traceback).
 PYTHON_SYNC_TRIGGER = "1f353e2"
-ROOT = Path(__file__).parents[3]
 
 
 def install_at(commit: str, dsn: str, service_url: str, into: Path) -> None:
     """qvl pg install as the code of ``commit`` did it (its installer, sql/ and in-database library, from
     git history; skips without it), in a process of its own."""
-    try:
-        archive = subprocess.run(["git", "-C", str(ROOT), "archive", commit, "connectors", "sql"], check=True,
-                                 capture_output=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        pytest.skip(f"needs the git history of commit {commit} (a full clone)")
+    archive = git_history(commit, "archive", commit, "connectors", "sql")
     (into / "old.tar").write_bytes(archive)
     with tarfile.open(into / "old.tar") as tar:
         tar.extractall(into, filter="tar")
