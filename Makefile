@@ -2,7 +2,8 @@
 VENV := .venv
 PYTHON := $(VENV)/bin/python
 # Two workers (the machines here have 2 cores). loadgroup keeps each file of tests/integration on
-# one worker, so its servers start once; tests/conftest.py hands the soak tests out first, in the
+# one worker, so its servers start once (the groups come from tests/support/xdist_groups.py, the
+# scheduler tests/conftest.py supplies); tests/conftest.py hands the soak tests out first, in the
 # order it sorts them (hence no reordering), so they overlap the rest. A worker that crashes ends the
 # run (xdist 3.8's replacement worker once left a loadgroup run waiting, all tests but its own done).
 XDIST := -n 2 --dist loadgroup --no-loadscope-reorder --max-worker-restart=0

@@ -1,8 +1,9 @@
 """Session-wide real servers. A missing binary makes the fixture fail (never skip): run `make setup`.
 
 Under pytest-xdist (`make test`, `make test-fast`: ``-n 2 --dist loadgroup``) fixtures are per
-worker, so the tests of one file of tests/integration go to one worker together (``xdist_group``)
-and start its servers once; the soak tests are handed out first, so they overlap everything else.
+worker, so the tests of one file of tests/integration go to one worker together
+(``tests.support.xdist_groups``, the scheduler for loadgroup) and start its servers once; the soak
+tests are handed out first, so they overlap everything else.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from tests.support.postgres import PostgresServer
 from tests.support.service import ServiceProcess
 from tests.support.service_pool import ServicePool
 from tests.support.tls import TlsFiles, readable_tls_files
+from tests.support.xdist_groups import pytest_xdist_make_scheduler
 from vectorizer_service.core.settings import Settings
 
 if TYPE_CHECKING:  # torch, transformers and the Weaviate client load in the fixtures that need them: every
@@ -27,7 +29,7 @@ if TYPE_CHECKING:  # torch, transformers and the Weaviate client load in the fix
     from tests.support.weaviate import WeaviateServer
     from vectorizer_service.model.served_models import Models
 
-ROOT = Path(__file__).parents[1]
+__all__ = ["pytest_xdist_make_scheduler"]  # a hook of this conftest: loadgroup's scheduler
 
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Workers share the cores: one torch thread per model (each service's model process and the
@@ -35,26 +37,8 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     os.environ.setdefault("QVL_TORCH_THREADS", "1")
 
 
-def xdist_group(item: pytest.Item) -> str | None:
-    """One group per file of tests/integration: its module-scoped servers start once, on one worker.
-    (Whole directories as groups would give one worker the whole Postgres directory: 22 minutes of
-    tests besides the fault suite, measured on a loaded machine.) With two workers a session server
-    starts at most twice.
-    Unit tests go wherever a worker is free, and so do the tests of a file that sets
-    ``XDIST_EACH_TEST = True`` (long tests that start servers of their own, none per module)."""
-    parts = item.path.relative_to(ROOT).parts
-    if getattr(getattr(item, "module", None), "XDIST_EACH_TEST", False):
-        return None
-    if parts[:2] == ("tests", "integration"):
-        return "/".join(parts[2:])
-    return None
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the groups
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    for item in items:
-        if item.get_closest_marker("xdist_group") is None and (group := xdist_group(item)) is not None:
-            item.add_marker(pytest.mark.xdist_group(group))
     if os.environ.get("PYTEST_XDIST_WORKER"):
         # The longest first: xdist hands out work in collection order (every worker sorts alike).
         items.sort(key=lambda item: item.get_closest_marker("soak") is None)

@@ -29,9 +29,9 @@ from tests.support import fake_service
 from tests.support.fake_service import FakeService, FakeVectorizer
 from tests.support.service import ServiceProcess, started_together
 
-# Each test starts servers of its own (nothing per module): the two xdist workers share them out
-# (together they are minutes, more than any other file but the soak tests).
-XDIST_EACH_TEST = True
+# Each test starts servers of its own (nothing per module), so this file is in
+# tests.support.xdist_groups.EACH_TEST: the two xdist workers share its tests out (together they are
+# minutes, more than any other file but the soak tests).
 pytestmark = pytest.mark.lifecycle
 
 
