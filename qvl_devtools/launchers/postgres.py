@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import pwd
-import shutil
 import subprocess
 import tempfile
 import time
@@ -22,7 +21,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from qvl_devtools.launchers.ports import START_ATTEMPTS, bind_failed, free_port, hold_for, release_ports
-from qvl_devtools.launchers.process import LocalDataServer
+from qvl_devtools.launchers.process import LocalDataServer, remove_detached
 
 DEFAULT_PG_BINDIR = "/usr/lib/postgresql/15/bin"
 SETUP_HINT = "run `make setup` (scripts/setup.sh) to install it, or set QVL_PG_BINDIR"
@@ -192,8 +191,9 @@ class LocalPostgres(LocalDataServer):
         self._write_settings()  # appended: the last `port` line wins
 
     def stop(self, *, remove: bool = True) -> None:
-        """Fast shutdown; with remove (the default) the whole temporary directory goes too, and a
-        standby's replication slot on its primary (which would keep WAL for it forever). A cluster
+        """Fast shutdown; with remove (the default) the whole temporary directory goes too (in the
+        background: ``remove_detached``), and a standby's replication slot on its primary (which
+        would keep WAL for it forever). A cluster
         that is removed stops at once (immediate): nothing of it is kept, and a backend waiting in
         PL/Python sees fast mode's SIGTERM only once it returns."""
         try:
@@ -202,7 +202,7 @@ class LocalPostgres(LocalDataServer):
                 self._pg_ctl("stop", "-m", "immediate" if remove else "fast", "-w", "-t", "60")
         finally:
             if remove and self.base_dir is not None:
-                shutil.rmtree(self.base_dir, ignore_errors=True)
+                remove_detached(self.base_dir)
                 self.base_dir = None
                 self._drop_slot()
 

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
+
+
+def remove_detached(path: Path) -> None:
+    """Delete a stopped server's data directory in an ``rm -rf`` that runs on after the caller
+    returns (and exits): a test session's Postgres leaves gigabytes in tens of thousands of files,
+    and deleting them took 5-15 s at the end of each pytest worker (measured), for nothing anyone
+    waits on. ``sh`` puts ``rm`` in the background and exits at once, so no child is left to reap."""
+    subprocess.run(["sh", "-c", 'rm -rf -- "$1" </dev/null >/dev/null 2>&1 &', "sh", str(path)],
+                   check=True, start_new_session=True)
 
 
 class LocalProcess:

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import tempfile
@@ -37,7 +36,7 @@ from qvl_devtools.launchers.ports import (
     listening_ports,
     release_ports,
 )
-from qvl_devtools.launchers.process import LocalDataServer
+from qvl_devtools.launchers.process import LocalDataServer, remove_detached
 
 DEFAULT_WEAVIATE_BIN = "/opt/qvl/weaviate-v1.39.0/weaviate-server"
 SETUP_HINT = "run `make setup` (scripts/setup.sh) to build it"
@@ -303,7 +302,7 @@ class WeaviateServer(LocalDataServer):
                 self._log_file.close()
                 self._log_file = None
             if remove and self.base_dir is not None:
-                shutil.rmtree(self.base_dir, ignore_errors=True)
+                remove_detached(self.base_dir)
                 self.base_dir = None
 
     def wait_ready(self, settle_s: float = 10.0) -> None:
