@@ -1,6 +1,6 @@
 """Session-wide real servers. A missing binary makes the fixture fail (never skip): run `make setup`.
 
-Under pytest-xdist (`make test`, `make test-fast`: ``-n 2 --dist loadgroup``) fixtures are per
+Under pytest-xdist (`make test`, `make test-fast`: ``-n 3 --dist loadgroup``) fixtures are per
 worker, so the tests of one file of tests/integration go to one worker together
 (``tests.support.xdist_groups``, the scheduler for loadgroup) and start its servers once; the soak
 tests are handed out first, so they overlap everything else.

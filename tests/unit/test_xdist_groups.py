@@ -1,4 +1,4 @@
-"""The test suite's own scheduling: under ``-n 2 --dist loadgroup`` (the Makefile's) the tests of
+"""The test suite's own scheduling: under ``--dist loadgroup`` (the Makefile's) the tests of
 one file of tests/integration run on one worker, so its module-scoped servers start once.
 
 The second test runs a real pytest-xdist session (two worker processes) over two throwaway test

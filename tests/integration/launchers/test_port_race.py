@@ -30,7 +30,7 @@ from tests.support.fake_service import FakeService, FakeVectorizer
 from tests.support.service import ServiceProcess, started_together
 
 # Each test starts servers of its own (nothing per module), so this file is in
-# tests.support.xdist_groups.EACH_TEST: the two xdist workers share its tests out (together they are
+# tests.support.xdist_groups.EACH_TEST: the xdist workers share its tests out (together they are
 # minutes, more than any other file but the soak tests).
 pytestmark = pytest.mark.lifecycle
 
