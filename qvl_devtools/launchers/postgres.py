@@ -193,9 +193,9 @@ class LocalPostgres(LocalDataServer):
     def stop(self, *, remove: bool = True) -> None:
         """Fast shutdown; with remove (the default) the whole temporary directory goes too (in the
         background: ``remove_detached``), and a standby's replication slot on its primary (which
-        would keep WAL for it forever). A cluster
-        that is removed stops at once (immediate): nothing of it is kept, and a backend waiting in
-        PL/Python sees fast mode's SIGTERM only once it returns."""
+        would keep WAL for it forever). A cluster that is removed stops at once (immediate): nothing
+        of it is kept, and a backend waiting in PL/Python sees fast mode's SIGTERM only once it
+        returns."""
         try:
             if self._running:
                 self._running = False
