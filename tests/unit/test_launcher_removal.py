@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -10,15 +11,13 @@ from qvl_devtools.launchers.process import remove_detached
 
 
 def _children() -> set[str]:
-    """The command names of this process's children (zombies included)."""
+    """The command names of this process's children, zombies included (the kernel's list, as
+    ``ServiceProcess.pids`` reads it)."""
     names = set()
-    for proc in Path("/proc").iterdir():
-        try:
-            stat = (proc / "stat").read_text() if proc.name.isdigit() else ""
-        except OSError:  # it ended meanwhile
-            continue
-        if stat and stat.rsplit(") ", 1)[-1].split()[1] == str(os.getpid()):
-            names.add(stat.split("(", 1)[1].rsplit(")", 1)[0])
+    for task in Path(f"/proc/{os.getpid()}/task").iterdir():
+        for pid in (task / "children").read_text().split():
+            with contextlib.suppress(OSError):  # it ended meanwhile
+                names.add(Path(f"/proc/{pid}/comm").read_text().strip())
     return names
 
 
